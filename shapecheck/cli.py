@@ -1,0 +1,55 @@
+"""The `shapecheck` command: argument parsing, dispatch and exit codes. No logic lives here.
+
+Exit codes (every command): 0 the spec is valid (warnings allowed); 1 the spec is invalid, or
+has warnings under --strict; 2 usage or input error (no such file, not YAML, not a mapping)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__
+from .commands import EXIT_INPUT, print_diagnostics
+from .diagnostics import InputError
+
+COMMANDS = ["plan", "check", "render", "build", "eval"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="shapecheck",
+        description="Check a CNN's shapes, parameters and MACs from a YAML spec before PyTorch does.",
+    )
+    parser.add_argument("--version", action="version", version=f"shapecheck {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f".commands.{name}", __package__)
+        except ModuleNotFoundError as e:
+            if e.name != f"{__package__}.commands.{name}":
+                raise
+            continue
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except InputError as e:
+        print_diagnostics([e.diagnostic])
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `shapecheck plan ... | head`
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""One module per command, each with add_parser(subparsers) and run(args) -> exit code.
+
+Command modules import only the light core at import time: torch and graphviz are imported
+inside run() of the commands that need them."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+
+from ..diagnostics import Diagnostic
+from ..report import format_text
+
+EXIT_OK, EXIT_INVALID, EXIT_INPUT = 0, 1, 2
+
+
+def input_shape(text: str) -> tuple[int, int, int]:
+    """`3x32x32`, `3×32×32` or `3,32,32`."""
+    parts = re.split(r"\s*[x×,]\s*", text.strip().lower())
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected C×H×W such as 3x32x32, got {text!r}")
+    return tuple(int(p) for p in parts)  # type: ignore[return-value]
+
+
+def batch_size(text: str) -> int | str:
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    if text.isidentifier():
+        return text
+    raise argparse.ArgumentTypeError(f"expected a positive int or a symbol such as N, got {text!r}")
+
+
+def add_shape_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch", type=batch_size, metavar="B",
+                        help="batch size (an int or a symbol such as N); overrides the spec")
+    parser.add_argument("--input", type=input_shape, metavar="CxHxW",
+                        help="input shape such as 3x32x32; overrides the spec")
+
+
+def print_diagnostics(diagnostics: list[Diagnostic], stream=None) -> None:
+    stream = stream or sys.stderr
+    for d in diagnostics:
+        print(format_text(d), file=stream)
+
+
+def exit_code(plans, strict: bool) -> int:
+    if any(not p.valid for p in plans):
+        return EXIT_INVALID
+    if strict and any(p.warnings for p in plans):
+        return EXIT_INVALID
+    return EXIT_OK

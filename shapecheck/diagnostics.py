@@ -1,0 +1,91 @@
+"""Diagnostics: plain values describing a problem, and the table of codes.
+
+Formatting lives with the outputs (report.py); this module only says what went wrong and where.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Severity = Literal["error", "warning"]
+
+# One code per kind of problem. The README's table is generated from this dict, so the
+# description here is the user's documentation. Codes never change meaning.
+CODES: dict[str, str] = {
+    # SC0xx: the file cannot be read as a spec at all (exit code 2).
+    "SC001": "The file cannot be read: missing, a directory, or not UTF-8 text.",
+    "SC002": "The file is not valid YAML.",
+    "SC003": "The YAML is not a spec: not a mapping, or it has neither `input` nor `layers`.",
+    "SC004": "The YAML is refused for safety: an unsafe or unknown tag, too many nodes or "
+    "aliases (an alias bomb), too deep, or too large.",
+    # SC1xx: the spec does not follow the schema (exit code 1).
+    "SC101": "Unknown layer type.",
+    "SC102": "Unknown field.",
+    "SC103": "A field has the wrong type or an impossible value (e.g. a non-positive size).",
+    "SC104": "A required field is missing (e.g. `input`, `layers`, a conv's `out_channels`).",
+    "SC105": "A name is not a Python identifier.",
+    "SC106": "A name is used twice.",
+    "SC107": "A YAML key is given twice in one mapping.",
+    # SC2xx: PyTorch would reject the network at this layer (exit code 1).
+    "SC201": "The (dilated) kernel is larger than the padded input.",
+    "SC202": "The layer's output would have size 0 or less.",
+    "SC203": "The declared in_channels does not match the channels that arrive.",
+    "SC204": "The declared in_features does not match the features that arrive.",
+    "SC205": "The declared num_features does not match the channels that arrive.",
+    "SC206": "`groups` does not divide in_channels or out_channels.",
+    "SC207": "padding='same' is not supported with a stride other than 1.",
+    "SC208": "Pool padding is larger than half the (effective) kernel size.",
+    "SC209": "The tensor that arrives has the wrong number of dimensions for this layer.",
+    "SC210": "A dimension argument (flatten start_dim/end_dim, softmax dim) is out of range.",
+    "SC211": "A residual block's body and shortcut produce different shapes.",
+    "SC212": "A concat block's branches disagree on a dimension other than channels.",
+    "SC213": "The layer would mix samples of the batch (it acts on the batch dimension).",
+    # SC3xx: warnings; the network runs but probably not as intended (exit 0, 1 with --strict).
+    "SC301": "The stride leaves the last rows or columns of the input unused.",
+    "SC302": "A softmax/logsoftmax last layer with cross_entropy loss, which already applies "
+    "log-softmax.",
+    "SC303": "A conv bias directly followed by batchnorm2d, which cancels it.",
+    "SC304": "An even kernel with padding='same' pads asymmetrically (one more on the "
+    "bottom/right).",
+    "SC305": "linear on a tensor of more than 2 dims acts on the last dim only.",
+}
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    severity: Severity
+    code: str
+    message: str
+    layer: int | None = None  # top-level index of the layer
+    path: tuple[int | str, ...] | None = None  # inside a block: (block index, branch, layer, ...)
+    line: int | None = None  # 1-based
+    column: int | None = None  # 1-based
+    hint: str | None = None
+    file: str | None = field(default=None, compare=False)
+
+    @property
+    def is_error(self) -> bool:
+        return self.severity == "error"
+
+    def to_dict(self) -> dict:
+        d = {
+            "severity": self.severity,
+            "code": self.code,
+            "message": self.message,
+            "layer": self.layer,
+            "line": self.line,
+            "column": self.column,
+            "hint": self.hint,
+        }
+        if self.path is not None:
+            d["path"] = list(self.path)
+        return d
+
+
+class InputError(Exception):
+    """The input cannot be read as a spec (exit code 2). Carries one diagnostic."""
+
+    def __init__(self, diagnostic: Diagnostic):
+        super().__init__(diagnostic.message)
+        self.diagnostic = diagnostic

@@ -1,0 +1,170 @@
+"""What every layer kind shares: the pydantic base model, field types, and the shape-rule result.
+
+A shape is the tensor's dims with the batch factored out: ``dims[0]`` is how many batch-sized
+rows the first dim holds per sample (1, unless a flatten merged the batch with other dims), so
+``(1, 10, 24, 24)`` is N×10×24×24 for any batch N. All arithmetic is on Python ints: exact at
+any size, and nothing is allocated.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Annotated, Any, ClassVar
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict
+from pydantic_core import PydanticCustomError
+
+Dims = tuple[int, ...]
+
+
+def _strict_int(value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PydanticCustomError("int_type", "must be an integer, got {value!r}", {"value": value})
+    if value < minimum:
+        kind = "positive" if minimum == 1 else "non-negative"
+        raise PydanticCustomError(
+            "int_range", "must be {kind}, got {value}", {"kind": kind, "value": value}
+        )
+    return value
+
+
+def _int_or_pair(value: Any, minimum: int) -> int | tuple[int, int]:
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise PydanticCustomError(
+                "pair_length", "must be an int or a pair [h, w], got {n} items", {"n": len(value)}
+            )
+        return (_strict_int(value[0], minimum), _strict_int(value[1], minimum))
+    return _strict_int(value, minimum)
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise PydanticCustomError("float_type", "must be a number, got {value!r}", {"value": value})
+    return float(value)
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise PydanticCustomError("bool_type", "must be true or false, got {value!r}", {"value": value})
+    return value
+
+
+def _identifier(value: Any) -> str:
+    import keyword
+
+    if not isinstance(value, str):
+        raise PydanticCustomError("string_type", "must be a string, got {value!r}", {"value": value})
+    if not value.isidentifier() or keyword.iskeyword(value) or not value.isascii():
+        raise PydanticCustomError(
+            "not_identifier",
+            "{value!r} is not a Python identifier (letters, digits and _, not starting with a digit)",
+            {"value": value},
+        )
+    return value
+
+
+PosInt = Annotated[int, BeforeValidator(lambda v: _strict_int(v, 1))]
+NonNegInt = Annotated[int, BeforeValidator(lambda v: _strict_int(v, 0))]
+Int = Annotated[int, BeforeValidator(lambda v: _strict_int(v, -(2**63)))]
+PosPair = Annotated[Any, BeforeValidator(lambda v: _int_or_pair(v, 1))]
+NonNegPair = Annotated[Any, BeforeValidator(lambda v: _int_or_pair(v, 0))]
+Number = Annotated[float, BeforeValidator(_number)]
+Flag = Annotated[bool, BeforeValidator(_flag)]
+Identifier = Annotated[str, BeforeValidator(_identifier)]
+
+
+def pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    """Normalise an int-or-pair field once, before any arithmetic."""
+    return (value, value) if isinstance(value, int) else value
+
+
+class ShapeError(Exception):
+    """The layer cannot work on the tensor that arrives; PyTorch would raise here."""
+
+    def __init__(self, code: str, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.hint = hint
+
+
+@dataclass
+class Inferred:
+    """What a shape rule computes for one layer."""
+
+    out: Dims
+    weight: Dims | None = None
+    bias: Dims | None = None
+    params: int = 0
+    macs: int = 0  # per sample
+    explain: list[str] = field(default_factory=list)
+    # Constructor arguments the spec left out and the planner worked out (in_channels, ...).
+    inferred_args: dict[str, Any] = field(default_factory=dict)
+    # (code, message, hint) for things that work but are probably not intended.
+    warnings: list[tuple[str, str, str | None]] = field(default_factory=list)
+
+
+@dataclass
+class Context:
+    """What a rule may know beyond its input: how the last dim was produced (for explanations)."""
+
+    features_from: str | None = None  # e.g. "flatten1: 20 × 4 × 4 = 320"
+
+
+class LayerSpec(BaseModel):
+    """Base of every layer kind: a pydantic model of the spec entry plus its shape rule."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+    name: Identifier | None = None
+
+    torch_class: ClassVar[str] = ""  # torch.nn class name
+    family: ClassVar[str] = "other"  # conv, pool, norm, activation, dropout, reshape, linear, block
+    name_prefix: ClassVar[str] = "layer"  # auto names: conv1, pool1, fc1 ...
+
+    def infer(self, x: Dims, ctx: Context) -> Inferred:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def given_args(self) -> dict[str, Any]:
+        """The constructor arguments the spec wrote, in the constructor's order."""
+        return {
+            k: getattr(self, k)
+            for k in type(self).model_fields
+            if k not in ("name", "type") and k in self.model_fields_set
+        }
+
+    def torch_kwargs(self, inferred_args: dict[str, Any]) -> dict[str, Any]:
+        """Keyword arguments for the torch.nn constructor, inferred ones included."""
+        args = {**inferred_args, **self.given_args()}
+        order = list(type(self).model_fields)
+        return dict(sorted(args.items(), key=lambda kv: order.index(kv[0])))
+
+    def settings(self) -> str:
+        """A short summary of the settings, for tables and diagrams (e.g. '5×5 /1 p0')."""
+        return ""
+
+
+def need_rank(x: Dims, ranks: tuple[int, ...], what: str) -> None:
+    if len(x) not in ranks:
+        want = " or ".join(f"{r}-d" for r in ranks)
+        raise ShapeError(
+            "SC209",
+            f"{what} needs a {want} tensor, but a {len(x)}-d tensor arrives",
+            "a conv/pool/batchnorm2d needs (N, C, H, W): remove the flatten before it, "
+            "or move this layer before the flatten" if len(x) < 4 else None,
+        )
+
+
+def fmt(n: int) -> str:
+    """An int with thousands separators."""
+    return f"{n:,}"
+
+
+def prod(values) -> int:
+    return math.prod(values)
+
+
+def times(values) -> str:
+    return " × ".join(str(v) for v in values)

@@ -1,0 +1,177 @@
+"""conv2d: PyTorch's Conv2d shape rule, parameters and MACs."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from .base import (
+    Context,
+    Dims,
+    Flag,
+    Inferred,
+    LayerSpec,
+    NonNegPair,
+    PosInt,
+    PosPair,
+    ShapeError,
+    fmt,
+    need_rank,
+    pair,
+    times,
+)
+
+
+def conv_out(size: int, kernel: int, stride: int, pad_total: int, dilation: int) -> int:
+    """floor((H + pad_l + pad_r − d·(k−1) − 1) / s) + 1, PyTorch's formula."""
+    return (size + pad_total - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def same_padding(kernel: int, dilation: int) -> tuple[int, int]:
+    """PyTorch's split for padding='same': the extra pixel of an even total goes right/bottom."""
+    total = dilation * (kernel - 1)
+    return total // 2, total - total // 2
+
+
+class Conv2d(LayerSpec):
+    type: Literal["conv2d"]
+    in_channels: PosInt | None = None
+    out_channels: PosInt
+    kernel_size: PosPair
+    stride: PosPair = 1
+    padding: NonNegPair | Literal["same", "valid"] = 0
+    dilation: PosPair = 1
+    groups: PosInt = 1
+    bias: Flag = True
+    padding_mode: Literal["zeros", "reflect", "replicate", "circular"] = "zeros"
+
+    torch_class = "Conv2d"
+    family = "conv"
+    name_prefix = "conv"
+
+    def pads(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """((top, bottom), (left, right)) padding."""
+        kh, kw = pair(self.kernel_size)
+        dh, dw = pair(self.dilation)
+        if self.padding == "same":
+            return same_padding(kh, dh), same_padding(kw, dw)
+        if self.padding == "valid":
+            return (0, 0), (0, 0)
+        ph, pw = pair(self.padding)
+        return (ph, ph), (pw, pw)
+
+    def settings(self) -> str:
+        kh, kw = pair(self.kernel_size)
+        sh, sw = pair(self.stride)
+        parts = [f"{kh}×{kw}", f"/{sh}" if sh == sw else f"/{sh},{sw}"]
+        if isinstance(self.padding, str):
+            parts.append(f"p:{self.padding}")
+        else:
+            ph, pw = pair(self.padding)
+            parts.append(f"p{ph}" if ph == pw else f"p{ph},{pw}")
+        dh, dw = pair(self.dilation)
+        if (dh, dw) != (1, 1):
+            parts.append(f"d{dh}" if dh == dw else f"d{dh},{dw}")
+        if self.groups != 1:
+            parts.append(f"g{self.groups}")
+        return " ".join(parts)
+
+    def infer(self, x: Dims, ctx: Context) -> Inferred:
+        need_rank(x, (4,), "conv2d")
+        _, c_in, h, w = x
+        if self.in_channels is not None and self.in_channels != c_in:
+            raise ShapeError(
+                "SC203",
+                f"in_channels is {self.in_channels}, but {c_in} channels arrive",
+                f"set in_channels: {c_in}, or leave it out to infer it",
+            )
+        c_out, g = self.out_channels, self.groups
+        if c_in % g or c_out % g:
+            common = [d for d in range(1, math.gcd(c_in, c_out) + 1) if c_in % d == 0 == c_out % d]
+            raise ShapeError(
+                "SC206",
+                f"groups={g} must divide in_channels ({c_in}) and out_channels ({c_out})",
+                "groups that divide both: " + ", ".join(map(str, common[:12])),
+            )
+        kernel, stride, dil = pair(self.kernel_size), pair(self.stride), pair(self.dilation)
+        if self.padding == "same" and stride != (1, 1):
+            k, s, d = kernel[0], stride[0], dil[0]
+            p = d * (k - 1) // 2
+            raise ShapeError(
+                "SC207",
+                f"padding='same' needs stride 1, but stride is {self.stride}",
+                f"use padding: {p} (with stride {s} it gives H={conv_out(h, k, s, 2 * p, d)} "
+                f"from {h}), or set stride: 1",
+            )
+        warnings = []
+        if self.padding == "same" and (kernel[0] % 2 == 0 or kernel[1] % 2 == 0):
+            warnings.append(
+                (
+                    "SC304",
+                    f"kernel {times(kernel)} with padding='same' pads one more pixel on the "
+                    "bottom/right than on the top/left",
+                    "use an odd kernel_size for symmetric padding",
+                )
+            )
+        out_hw, explain = [], []
+        for axis, size, k, s, d, (pl, pr) in zip(
+            ("H", "W"), (h, w), kernel, stride, dil, self.pads()
+        ):
+            padded, eff = size + pl + pr, d * (k - 1) + 1
+            if self.padding_mode != "zeros" and max(pl, pr) > 0:
+                limit_ok = max(pl, pr) < size if self.padding_mode == "reflect" else max(pl, pr) <= size
+                if not limit_ok:
+                    raise ShapeError(
+                        "SC201",
+                        f"padding {max(pl, pr)} is too large for padding_mode="
+                        f"'{self.padding_mode}' on an input of {axis}={size}",
+                        "reflect padding must be smaller than the input size; "
+                        "use padding_mode: zeros or a larger input",
+                    )
+            if padded < eff:
+                raise ShapeError(
+                    "SC201",
+                    f"kernel {times(kernel)} (effective {eff} with dilation {d}) is larger than "
+                    f"the padded input {axis}={padded} ({size} + padding {pl + pr})",
+                    None,  # the planner adds the smallest input that works
+                )
+            out = conv_out(size, k, s, pl + pr, d)
+            out_hw.append(out)
+            pad_txt = f"2·{pl}" if pl == pr else f"{pl}+{pr}"
+            explain.append(
+                f"{axis}_out = floor(({size} + {pad_txt} − {d}·({k}−1) − 1) / {s}) + 1 = {out}"
+            )
+            if (size + pl + pr - eff) % s:
+                unused = (size + pl + pr - eff) % s
+                warnings.append(
+                    (
+                        "SC301",
+                        f"stride {s} leaves the last {unused} {'rows' if axis == 'H' else 'columns'}"
+                        f" of the padded input ({axis}={padded}) unused",
+                        f"use an input {axis} of {padded - unused - pl - pr} or "
+                        f"{padded - unused - pl - pr + s}, or adjust padding",
+                    )
+                )
+        weight = (c_out, c_in // g, *kernel)
+        per_out = (c_in // g) * kernel[0] * kernel[1]
+        out = (x[0], c_out, *out_hw)
+        macs = c_out * out_hw[0] * out_hw[1] * per_out
+        params = math.prod(weight) + (c_out if self.bias else 0)
+        explain.append(
+            f"weight = out × in/groups × kh × kw = {times(weight)}; params = "
+            f"{fmt(math.prod(weight))}" + (f" + {c_out} (bias) = {fmt(params)}" if self.bias else "")
+        )
+        explain.append(
+            f"MACs = {c_out}×{out_hw[0]}×{out_hw[1]} outputs × {per_out} "
+            f"({c_in // g}×{kernel[0]}×{kernel[1]}) = {fmt(macs)}"
+        )
+        return Inferred(
+            out=out,
+            weight=weight,
+            bias=(c_out,) if self.bias else None,
+            params=params,
+            macs=macs,
+            explain=explain,
+            inferred_args={"in_channels": c_in},
+            warnings=warnings,
+        )

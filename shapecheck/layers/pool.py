@@ -1,0 +1,167 @@
+"""Pools: max/avg with PyTorch's pooling_output_shape (ceil_mode included), and adaptive pools."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator
+from pydantic_core import PydanticCustomError
+
+from .base import (
+    Context,
+    Dims,
+    Flag,
+    Inferred,
+    LayerSpec,
+    NonNegPair,
+    PosInt,
+    PosPair,
+    ShapeError,
+    _strict_int,
+    need_rank,
+    pair,
+    times,
+)
+
+
+def pool_out(size: int, kernel: int, stride: int, pad: int, dilation: int, ceil: bool) -> int:
+    """ATen's pooling_output_shape, including its rule for ceil_mode: a last window that would
+    start in the right padding is dropped."""
+    eff = dilation * (kernel - 1) + 1
+    out = (size + 2 * pad - eff + (stride - 1 if ceil else 0)) // stride + 1
+    if ceil and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+class _WindowPool(LayerSpec):
+    """The shared rule of maxpool2d and avgpool2d (they differ only in dilation)."""
+
+    kernel_size: PosPair
+    stride: PosPair | None = None  # None: the kernel size, as in PyTorch
+    padding: NonNegPair = 0
+    ceil_mode: Flag = False
+
+    family = "pool"
+    name_prefix = "pool"
+
+    def _dilation(self) -> tuple[int, int]:
+        return (1, 1)
+
+    def settings(self) -> str:
+        kh, kw = pair(self.kernel_size)
+        sh, sw = pair(self.stride if self.stride is not None else self.kernel_size)
+        ph, pw = pair(self.padding)
+        parts = [f"{kh}×{kw}", f"/{sh}" if sh == sw else f"/{sh},{sw}"]
+        if (ph, pw) != (0, 0):
+            parts.append(f"p{ph}" if ph == pw else f"p{ph},{pw}")
+        if self._dilation() != (1, 1):
+            parts.append(f"d{self._dilation()[0]}")
+        if self.ceil_mode:
+            parts.append("ceil")
+        return " ".join(parts)
+
+    def infer(self, x: Dims, ctx: Context) -> Inferred:
+        need_rank(x, (3, 4), self.type)
+        kernel = pair(self.kernel_size)
+        stride = pair(self.stride if self.stride is not None else self.kernel_size)
+        pad, dil = pair(self.padding), self._dilation()
+        for p, k in zip(pad, kernel):
+            if p > k // 2:
+                raise ShapeError(
+                    "SC208",
+                    f"padding {p} is more than half the kernel size {k}",
+                    f"use padding: {k // 2} or less",
+                )
+        out_hw, explain, warnings = [], [], []
+        for axis, size, k, s, p, d in zip(("H", "W"), x[-2:], kernel, stride, pad, dil):
+            out = pool_out(size, k, s, p, d, self.ceil_mode)
+            if out < 1:
+                raise ShapeError(
+                    "SC202",
+                    f"kernel {times(kernel)} on an input of {axis}={size} (padding {p}) "
+                    f"gives an output of {axis}={out}",
+                    None,  # the planner adds the smallest input that works
+                )
+            out_hw.append(out)
+            num = f"{size} + 2·{p} − {d}·({k}−1) − 1"
+            if self.ceil_mode:
+                line = f"{axis}_out = ceil(({num}) / {s}) + 1"
+                floor_based = (size + 2 * p - d * (k - 1) - 1 + s - 1) // s + 1
+                if floor_based != out:
+                    line += f" = {floor_based}, minus the last window (it would start in the padding)"
+                explain.append(f"{line} = {out}")
+            else:
+                explain.append(f"{axis}_out = floor(({num}) / {s}) + 1 = {out}")
+                unused = (size + 2 * p - d * (k - 1) - 1) % s
+                if unused:
+                    kind = "row" if axis == "H" else "column"
+                    warnings.append(
+                        (
+                            "SC301",
+                            f"stride {s} leaves the last {unused} {kind}{'s' * (unused > 1)} of "
+                            f"{axis}={size} unused",
+                            f"use ceil_mode: true to keep them, or an input {axis} of "
+                            f"{size - unused}",
+                        )
+                    )
+        return Inferred(out=(*x[:-2], *out_hw), explain=explain, warnings=warnings)
+
+
+class MaxPool2d(_WindowPool):
+    type: Literal["maxpool2d"]
+    dilation: PosPair = 1
+
+    torch_class = "MaxPool2d"
+
+    def _dilation(self) -> tuple[int, int]:
+        return pair(self.dilation)
+
+
+class AvgPool2d(_WindowPool):
+    type: Literal["avgpool2d"]
+    count_include_pad: Flag = True
+    divisor_override: PosInt | None = None
+
+    torch_class = "AvgPool2d"
+
+
+def _output_size(value: Any) -> Any:
+    """An int or a pair whose items may be null (keep that input size), as in PyTorch."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise PydanticCustomError(
+                "pair_length", "must be an int or a pair [h, w], got {n} items", {"n": len(value)}
+            )
+        return tuple(None if v is None else _strict_int(v, 1) for v in value)
+    return _strict_int(value, 1)
+
+
+class _AdaptivePool(LayerSpec):
+    output_size: Annotated[Any, BeforeValidator(_output_size)]
+
+    family = "pool"
+    name_prefix = "pool"
+
+    def settings(self) -> str:
+        oh, ow = pair(self.output_size)
+        return f"→ {'in' if oh is None else oh}×{'in' if ow is None else ow}"
+
+    def infer(self, x: Dims, ctx: Context) -> Inferred:
+        need_rank(x, (3, 4), self.type)
+        oh, ow = pair(self.output_size)
+        out_hw = (x[-2] if oh is None else oh, x[-1] if ow is None else ow)
+        explain = [f"adaptive: {x[-2]}×{x[-1]} → {out_hw[0]}×{out_hw[1]} (output_size)"]
+        return Inferred(out=(*x[:-2], *out_hw), explain=explain)
+
+
+class AdaptiveAvgPool2d(_AdaptivePool):
+    type: Literal["adaptiveavgpool2d"]
+
+    torch_class = "AdaptiveAvgPool2d"
+
+
+class AdaptiveMaxPool2d(_AdaptivePool):
+    type: Literal["adaptivemaxpool2d"]
+
+    torch_class = "AdaptiveMaxPool2d"

@@ -1,0 +1,348 @@
+"""YAML text to Spec: safe loading with limits, a (line, column) for every key and item, and
+pydantic errors mapped back to those positions as diagnostics."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from .diagnostics import Diagnostic, InputError
+from .layers import KINDS, normalize_type
+from .spec import InputSpec, Spec, assign_names, default_name, yaml_loc
+from .trainspec import TrainSpec
+
+MAX_BYTES = 4 * 1024 * 1024  # a spec is a few KB; a 10,000-layer spec is about 0.5 MB
+MAX_NODES = 1_000_000  # after expanding aliases: stops alias and merge-key bombs
+MAX_DEPTH = 100
+
+_SAFE_TAGS = {
+    f"tag:yaml.org,2002:{t}"
+    for t in ("str", "int", "float", "bool", "null", "seq", "map", "merge", "timestamp")
+}
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class SpecError(Exception):
+    """The spec does not follow the schema (exit code 1)."""
+
+    def __init__(self, diagnostics: list[Diagnostic]):
+        super().__init__("; ".join(d.message for d in diagnostics))
+        self.diagnostics = diagnostics
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A spec file's text, or an InputError that says why it cannot be read."""
+    path = Path(path)
+    file = str(path)
+
+    def fail(message: str, hint: str | None = None) -> InputError:
+        return InputError(Diagnostic("error", "SC001", message, hint=hint, file=file))
+
+    try:
+        if path.is_dir():
+            raise fail(f"{file} is a directory, not a spec file")
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            raise InputError(
+                Diagnostic("error", "SC004", f"the file is {size:,} bytes; specs are limited "
+                           f"to {MAX_BYTES:,} bytes", file=file)
+            )
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise fail(f"no such file: {file}") from None
+    except PermissionError:
+        raise fail(f"permission denied: {file}") from None
+    except OSError as e:
+        raise fail(f"cannot read {file}: {e.strerror or e}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise fail(f"{file} is not UTF-8 text (byte {e.start})", "save the file as UTF-8") from None
+
+
+def parse(text: str, source: str | None = None, name: str | None = None) -> Spec:
+    """Validate spec text. Raises InputError (exit 2) or SpecError (exit 1)."""
+    node = _compose(text, source)
+    positions: dict[tuple, tuple[int, int]] = {}
+    problems: list[Diagnostic] = []
+    _index(node, (), positions, problems, source, set())
+    data = yaml.constructor.SafeConstructor().construct_document(node)
+    if not isinstance(data, dict) or not ({"input", "layers"} & data.keys()):
+        what = "a YAML mapping" if isinstance(data, dict) else f"a YAML {_kind(data)}"
+        raise InputError(
+            Diagnostic("error", "SC003", f"not a shapecheck spec: {what} with neither `input` "
+                       "nor `layers`", line=1, column=1, file=source,
+                       hint="a spec is a mapping with `input: {shape: [C, H, W]}` and `layers: [...]`")
+        )
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as e:
+        problems += _schema_diagnostics(e, data, positions, source)
+        raise SpecError(problems) from None
+    spec._positions = positions
+    spec._source = source
+    if spec.name is None:
+        spec.name = name or (default_name(Path(source).stem) if source else "net")
+    for path, dup in assign_names(spec):
+        line, col = positions.get(yaml_loc(path) + ("name",), (None, None))
+        problems.append(Diagnostic("error", "SC106", f"layer {_where(path)}: the name {dup!r} "
+                                   "is already used", path[0], _path_or_none(path), line, col,
+                                   "give each layer a unique name", file=source))
+    if problems:
+        raise SpecError(problems)
+    return spec
+
+
+def load_spec(source: str | os.PathLike) -> Spec:
+    """A validated Spec from a file path or from YAML text."""
+    if isinstance(source, os.PathLike) or (
+        isinstance(source, str) and "\n" not in source and source.endswith((".yaml", ".yml"))
+    ):
+        return parse(read_text(source), str(source))
+    return parse(source)
+
+
+def _kind(data: object) -> str:
+    return {list: "list", str: "string", type(None): "empty document"}.get(type(data), "scalar")
+
+
+def _compose(text: str, source: str | None) -> yaml.Node:
+    def refuse(message: str, mark=None, code="SC004") -> InputError:
+        line = mark.line + 1 if mark else None
+        col = mark.column + 1 if mark else None
+        return InputError(Diagnostic("error", code, message, line=line, column=col, file=source))
+
+    if len(text) > MAX_BYTES:
+        raise refuse(f"the text is {len(text):,} characters; specs are limited to {MAX_BYTES:,}")
+    try:
+        node = yaml.compose(text.lstrip("\ufeff"), Loader=_Loader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        raise refuse(f"not valid YAML: {e.problem or e.context}", mark, "SC002") from None
+    except yaml.YAMLError as e:
+        raise refuse(f"not valid YAML: {e}", None, "SC002") from None
+    except RecursionError:
+        raise refuse("the YAML is nested too deeply") from None
+    if node is None:
+        raise refuse("the file is empty", None, "SC003")
+    _check_size(node, refuse)
+    return node
+
+
+def _check_size(root: yaml.Node, refuse) -> None:
+    """Refuse unknown tags, deep nesting, and documents whose aliases expand to too many nodes."""
+    sizes: dict[int, int] = {}  # memo: a shared (aliased) node is sized once
+    stack = [(root, 0, False)]
+    while stack:
+        node, depth, done = stack.pop()
+        if done:
+            children = _children(node)
+            sizes[id(node)] = 1 + sum(sizes[id(c)] for c in children)
+            if sizes[id(node)] > MAX_NODES:
+                raise refuse(f"the YAML expands to more than {MAX_NODES:,} nodes "
+                             "(aliases repeated inside aliases?)", node.start_mark)
+            continue
+        if id(node) in sizes:
+            continue
+        if node.tag not in _SAFE_TAGS:
+            raise refuse(f"the tag {node.tag} is not allowed in a spec (only plain YAML data)",
+                         node.start_mark)
+        if depth > MAX_DEPTH:
+            raise refuse(f"the YAML is nested more than {MAX_DEPTH} levels deep", node.start_mark)
+        sizes.setdefault(id(node), 0)  # visiting: a cycle would be sized 0 here
+        stack.append((node, depth, True))
+        stack.extend((c, depth + 1, False) for c in _children(node) if sizes.get(id(c)) is None)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return node.value
+    if isinstance(node, yaml.MappingNode):
+        return [n for kv in node.value for n in kv]
+    return []
+
+
+def _index(node, loc: tuple, positions, problems, source, seen: set) -> None:
+    """Record the position of every key and item; report duplicate keys."""
+    if id(node) in seen:  # an alias: its positions are those of its anchor
+        return
+    seen.add(id(node))
+    positions.setdefault(loc, (node.start_mark.line + 1, node.start_mark.column + 1))
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _index(item, (*loc, i), positions, problems, source, seen)
+    elif isinstance(node, yaml.MappingNode):
+        keys: set = set()
+        for key, value in node.value:
+            k = key.value if isinstance(key, yaml.ScalarNode) else None
+            mark = key.start_mark
+            if k is not None and k != "<<":
+                if k in keys:
+                    problems.append(Diagnostic(
+                        "error", "SC107", f"the key {k!r} is given twice in this mapping",
+                        *_layer_of(loc), mark.line + 1, mark.column + 1,
+                        "keep one: YAML would silently use the last", file=source))
+                keys.add(k)
+                positions[(*loc, k)] = (mark.line + 1, mark.column + 1)
+                _index(value, (*loc, k), positions, problems, source, seen)
+
+
+def _layer_of(loc: tuple) -> tuple[int | None, tuple | None]:
+    """(top-level layer index, layer path) of a YAML location under `layers`."""
+    if len(loc) < 2 or loc[0] != "layers" or not isinstance(loc[1], int):
+        return None, None
+    path: list = [loc[1]]
+    rest = list(loc[2:])
+    while len(rest) >= 2:
+        if rest[0] == "branches" and len(rest) >= 3 and isinstance(rest[1], int):
+            if not isinstance(rest[2], int):
+                break
+            path += [rest[1], rest[2]]
+            rest = rest[3:]
+        elif rest[0] in ("body", "shortcut") and isinstance(rest[1], int):
+            path += [rest[0], rest[1]]
+            rest = rest[2:]
+        else:
+            break
+    return loc[1], _path_or_none(tuple(path))
+
+
+def _path_or_none(path: tuple) -> tuple | None:
+    return path if len(path) > 1 else None
+
+
+def _where(path: tuple) -> str:
+    return "/".join(str(p) for p in path)
+
+
+# --- pydantic errors to diagnostics -------------------------------------------------------
+
+_TOP_MODELS = {(): Spec, ("input",): InputSpec, ("train",): TrainSpec}
+
+
+def _fields_at(loc: tuple, data) -> list[str]:
+    """The field names allowed in the mapping at a YAML location (for 'did you mean')."""
+    if loc in _TOP_MODELS:
+        return list(_TOP_MODELS[loc].model_fields)
+    node = _get(data, loc)
+    if isinstance(node, dict) and isinstance(node.get("type"), str):
+        kind = KINDS.get(normalize_type(node["type"]))
+        if kind is not None:
+            return [f.alias or k for k, f in kind.model_fields.items()]
+    if loc[:1] == ("train",):
+        return [k for model in _train_models() for k in model.model_fields]
+    return []
+
+
+def _train_models():
+    from .trainspec import DatasetSpec, OptimizerSpec
+
+    return (TrainSpec, DatasetSpec, OptimizerSpec)
+
+
+def _get(data, loc: tuple):
+    for seg in loc:
+        data = data[seg]
+    return data
+
+
+def _data_loc(data, loc: tuple) -> tuple[tuple, str | int | None]:
+    """Follow pydantic's loc through the data, skipping union-tag and validator segments.
+    Returns the deepest existing location and the missing last key, if any."""
+    path: list = []
+    cur = data
+    missing = None
+    for seg in loc:
+        if isinstance(cur, dict) and seg in cur:
+            path.append(seg)
+            cur = cur[seg]
+        elif isinstance(cur, list) and isinstance(seg, int) and 0 <= seg < len(cur):
+            path.append(seg)
+            cur = cur[seg]
+        elif isinstance(cur, dict) and isinstance(seg, str) and seg not in KINDS:
+            missing = seg
+    return tuple(path), missing
+
+
+def _layer_label(loc: tuple, data) -> str:
+    """'layer 3 (conv2d conv2)' for a location under layers, else the dotted key path."""
+    index, path = _layer_of(loc)
+    if index is None:
+        return ".".join(str(s) for s in loc) or "spec"
+    layer_loc = yaml_loc(path or (index,))
+    node = _get(data, layer_loc)
+    kind = node.get("type") if isinstance(node, dict) else node if isinstance(node, str) else None
+    name = node.get("name") if isinstance(node, dict) else None
+    inner = " ".join(str(x) for x in (kind, name) if x)
+    return f"layer {_where(path or (index,))}" + (f" ({inner})" if inner else "")
+
+
+def _schema_diagnostics(err: ValidationError, data, positions, source) -> list[Diagnostic]:
+    grouped: dict[tuple, list[dict]] = {}
+    for e in err.errors():
+        loc, missing = _data_loc(data, e["loc"])
+        e["missing_key"] = missing
+        grouped.setdefault((loc, missing), []).append(e)
+
+    # A misspelt field shows up as an unknown key plus a missing one: report it once.
+    misspelt: set[tuple] = set()
+    for (loc, _), errors in grouped.items():
+        if errors[0]["type"] == "extra_forbidden":
+            allowed = _fields_at(loc[:-1], data)
+            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            if close and (loc[:-1], close[0]) in grouped:
+                misspelt.add((loc[:-1], close[0]))
+
+    out = []
+    for (loc, missing), errors in grouped.items():
+        if (loc, missing) in misspelt:
+            continue
+        line, col = positions.get(loc, positions.get(loc[:-1], (None, None)))
+        index, path = _layer_of(loc)
+        code, message, hint = _describe(errors, loc, missing, data)
+        out.append(Diagnostic("error", code, message, index, path, line, col, hint, file=source))
+    return sorted(out, key=lambda d: (d.line or 0, d.column or 0))
+
+
+def _describe(errors: list[dict], loc: tuple, missing, data) -> tuple[str, str, str | None]:
+    e = errors[0]
+    kind = e["type"]
+    where = _layer_label(loc, data)
+    key = loc[-1] if loc else None
+    if kind == "unknown_layer_type":
+        value = e["input"]
+        if isinstance(value, dict) and "type" not in value:
+            return "SC104", f"{where}: the layer has no `type`", "add `type: conv2d` (or another type)"
+        if not isinstance(value, (str, dict)) or not isinstance(value.get("type", ""), str):
+            return "SC103", f"{where}: a layer must be a type name or a mapping with `type`, " \
+                f"got {value!r}", None
+        name = value if isinstance(value, str) else value["type"]
+        close = difflib.get_close_matches(normalize_type(name), list(KINDS), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}?" if close else "known types: " + ", ".join(KINDS)
+        return "SC101", f"{where}: unknown layer type {name!r}", hint
+    if kind == "missing":
+        what = f"{where}: the required field {missing!r} is missing"
+        if loc == () and missing == "layers":
+            return "SC104", "the spec has no `layers`", "add `layers:` with at least one layer"
+        return "SC104", what, None
+    if kind == "extra_forbidden":
+        allowed = _fields_at(loc[:-1], data)
+        close = difflib.get_close_matches(str(key), allowed, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else (
+            "allowed fields: " + ", ".join(allowed) if allowed else None)
+        owner = _layer_label(loc[:-1], data)
+        return "SC102", f"{owner}: unknown field {key!r}", hint
+    if kind == "not_identifier":
+        from .spec import default_name
+
+        suggestion = default_name(str(e["input"]))
+        return "SC105", f"{where}: {e['msg']}", f"use a name such as {suggestion!r}"
+    if kind == "too_short" and key == "layers":
+        return "SC104", "`layers` is empty", "add at least one layer"
+    messages = list(dict.fromkeys(x["msg"] for x in errors))
+    field = f"{key}" if isinstance(key, str) else f"item {key}"
+    return "SC103", f"{where}: {field}: " + "; or ".join(messages), None

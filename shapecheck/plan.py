@@ -1,0 +1,154 @@
+"""The Plan: every layer's shapes, parameters and MACs, plus diagnostics. Every output reads it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .diagnostics import Diagnostic
+from .layers import LayerSpec
+
+Shape = tuple[int | str, ...]  # as shown to users: the batch is an int or a symbol such as "N"
+Status = Literal["ok", "failed", "skipped"]  # skipped: after the first failure, not planned
+
+BYTES_PER_VALUE = 4  # float32
+
+
+@dataclass
+class LayerPlan:
+    index: int  # position in its own list (top level or branch)
+    path: tuple[int | str, ...]  # full place in the tree, e.g. (3,) or (3, "body", 1)
+    name: str
+    type: str
+    spec: LayerSpec
+    line: int | None = None
+    column: int | None = None
+    status: Status = "skipped"
+    input_shape: Shape | None = None
+    output_shape: Shape | None = None
+    weight_shape: tuple[int, ...] | None = None
+    bias_shape: tuple[int, ...] | None = None
+    params: int = 0
+    macs: int = 0
+    explain: list[str] = field(default_factory=list)
+    # Constructor arguments for torch.nn, with the inferred ones (in_channels ...) filled in.
+    torch_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Blocks only: residual [body, shortcut]; concat one list per branch.
+    branches: list[list[LayerPlan]] | None = None
+    branch_keys: list[int | str] | None = None
+    activation_values: int = 0  # output elements per sample, the block's children included
+
+    @property
+    def family(self) -> str:
+        return self.spec.family
+
+    @property
+    def settings(self) -> str:
+        return self.spec.settings()
+
+    @property
+    def depth(self) -> int:
+        return (len(self.path) - 1) // 2
+
+    def to_dict(self) -> dict:
+        d = {
+            "index": self.index,
+            "name": self.name,
+            "type": self.type,
+            "line": self.line,
+            "input_shape": _list(self.input_shape),
+            "output_shape": _list(self.output_shape),
+            "weight_shape": _list(self.weight_shape),
+            "bias_shape": _list(self.bias_shape),
+            "params": self.params,
+            "macs": self.macs,
+        }
+        if self.branches is not None:
+            d["branches"] = [[layer.to_dict() for layer in branch] for branch in self.branches]
+        return d
+
+
+@dataclass
+class Plan:
+    name: str
+    description: str | None
+    source: str | None  # the spec file, if any
+    batch: int | str
+    input_shape: Shape
+    layers: list[LayerPlan]
+    diagnostics: list[Diagnostic]
+    loss: str | None = None  # train.loss, for lints and training
+
+    @property
+    def valid(self) -> bool:
+        return not any(d.is_error for d in self.diagnostics)
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.is_error]
+
+    @property
+    def warnings(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if not d.is_error]
+
+    @property
+    def output_shape(self) -> Shape | None:
+        if not self.valid or not self.layers:
+            return None
+        return self.layers[-1].output_shape
+
+    @property
+    def params(self) -> int:
+        return sum(layer.params for layer in self.layers)
+
+    @property
+    def trainable_params(self) -> int:
+        return self.params  # a spec cannot freeze parameters
+
+    @property
+    def macs(self) -> int:
+        return sum(layer.macs for layer in self.layers)
+
+    @property
+    def param_bytes(self) -> int:
+        return self.params * BYTES_PER_VALUE
+
+    @property
+    def activation_bytes(self) -> int:
+        """Every layer's output, kept for backward, at the spec's batch (per sample if symbolic)."""
+        per_sample = sum(layer.activation_values for layer in self.layers)
+        batch = self.batch if isinstance(self.batch, int) else 1
+        return per_sample * batch * BYTES_PER_VALUE
+
+    def walk(self):
+        """Every LayerPlan in order, blocks before their contents."""
+
+        def _walk(layers):
+            for layer in layers:
+                yield layer
+                for branch in layer.branches or []:
+                    yield from _walk(branch)
+
+        yield from _walk(self.layers)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "file": self.source,
+            "valid": self.valid,
+            "input_shape": _list(self.input_shape),
+            "output_shape": _list(self.output_shape),
+            "layers": [layer.to_dict() for layer in self.layers],
+            "totals": {
+                "params": self.params,
+                "trainable_params": self.trainable_params,
+                "macs": self.macs,
+                "param_bytes": self.param_bytes,
+                "activation_bytes": self.activation_bytes,
+            },
+            "diagnostics": [d.to_dict() for d in self.diagnostics],
+        }
+
+
+def _list(shape) -> list | None:
+    return None if shape is None else list(shape)

@@ -1,0 +1,209 @@
+"""The planner: threads the shape through the layers (and blocks), collecting diagnostics.
+
+Shape-threading stops at the first layer that cannot work: that layer is marked failed, the
+ones after it keep null shapes, exactly as PyTorch would stop at the first exception."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+from .diagnostics import Diagnostic
+from .layers import BLOCKS, Context, LayerSpec, ShapeError
+from .layers.base import Dims
+from .lint import lint
+from .loader import SpecError, load_spec
+from .plan import LayerPlan, Plan, Shape
+from .spec import Spec, default_name
+
+# Errors that mean "the input is too small for the stack": they get the smallest input as hint.
+_TOO_SMALL = {"SC201", "SC202"}
+
+
+@dataclass
+class _Failure:
+    path: tuple
+    error: ShapeError
+
+
+def plan(
+    spec: Spec | str | os.PathLike,
+    *,
+    batch: int | str | None = None,
+    input_shape: tuple[int, int, int] | None = None,
+) -> Plan:
+    """Plan a spec (a Spec, a file path or YAML text). A spec that breaks the schema gives an
+    invalid Plan with its diagnostics; unreadable input raises InputError."""
+    if not isinstance(spec, Spec):
+        source = str(spec) if isinstance(spec, os.PathLike) or _looks_like_path(spec) else None
+        if source is not None:
+            spec = os.fspath(spec)
+        try:
+            spec = load_spec(spec)
+        except SpecError as e:
+            name = default_name(os.path.basename(source).rsplit(".", 1)[0]) if source else "net"
+            return Plan(name, None, source, batch or "N", None, [], e.diagnostics)
+    return _Planner(spec, batch, input_shape).plan()
+
+
+def _looks_like_path(text: str) -> bool:
+    return "\n" not in text and text.endswith((".yaml", ".yml"))
+
+
+class _Planner:
+    def __init__(self, spec: Spec, batch, input_shape, hints: bool = True):
+        self.spec = spec
+        self.batch = batch if batch is not None else spec.input.batch
+        self.input = tuple(input_shape or spec.input.shape)
+        self.hints = hints
+        self.failure: _Failure | None = None
+        self.warnings: list[tuple[tuple, str, str, str | None]] = []
+
+    def plan(self) -> Plan:
+        x: Dims = (1, *self.input)
+        rows, _ = self._plan_list(self.spec.layers, x, (), Context())
+        diagnostics = [self._diagnostic("warning", path, code, msg, hint)
+                       for path, code, msg, hint in self.warnings]
+        if self.failure:
+            f = self.failure
+            hint = f.error.hint
+            if hint is None and f.error.code in _TOO_SMALL and self.hints:
+                hint = self._smallest_input_hint()
+            diagnostics.append(self._diagnostic("error", f.path, f.error.code, f.error.message, hint))
+        train = self.spec.train
+        result = Plan(
+            name=self.spec.name,
+            description=self.spec.description,
+            source=self.spec.source,
+            batch=self.batch,
+            input_shape=self.shape((1, *self.input)),
+            layers=rows,
+            diagnostics=diagnostics,
+            loss=train.loss if train else None,
+        )
+        result.diagnostics += [
+            self._diagnostic("warning", path, code, msg, hint)
+            for path, code, msg, hint in lint(result, has_train=train is not None)
+        ]
+        result.diagnostics.sort(key=lambda d: (d.line or 0, d.column or 0, d.severity))
+        return result
+
+    def shape(self, dims: Dims) -> Shape:
+        """Dims with the batch put back: (1, 10, 24, 24) -> (64, 10, 24, 24) or ("N", 10, 24, 24)."""
+        k = dims[0]
+        if isinstance(self.batch, int):
+            return (self.batch * k, *dims[1:])
+        return (self.batch if k == 1 else f"{self.batch}*{k}", *dims[1:])
+
+    def _plan_list(self, layers: list[LayerSpec], x: Dims, prefix: tuple, ctx: Context):
+        rows = []
+        for i, layer in enumerate(layers):
+            path = (*prefix, i)
+            row = self._row(i, path, layer)
+            rows.append(row)
+            if self.failure:
+                continue  # skipped: null shapes
+            x = self._plan_layer(row, layer, x, ctx)
+        return rows, x
+
+    def _row(self, i: int, path: tuple, layer: LayerSpec) -> LayerPlan:
+        line, col = self.spec.layer_position(path) or (None, None)
+        return LayerPlan(index=i, path=path, name=layer.name, type=layer.type, spec=layer,
+                         line=line, column=col)
+
+    def _plan_layer(self, row: LayerPlan, layer: LayerSpec, x: Dims, ctx: Context) -> Dims:
+        row.input_shape = self.shape(x)
+        try:
+            if isinstance(layer, BLOCKS):
+                out = self._plan_block(row, layer, x)
+            else:
+                inferred = layer.infer(x, ctx)
+                out = inferred.out
+                row.weight_shape, row.bias_shape = inferred.weight, inferred.bias
+                row.params, row.macs, row.explain = inferred.params, inferred.macs, inferred.explain
+                row.torch_kwargs = layer.torch_kwargs(inferred.inferred_args)
+                row.activation_values = math.prod(out)
+                self.warnings += [(row.path, *w) for w in inferred.warnings]
+                if layer.family != "reshape" and out[-1:] != x[-1:]:
+                    ctx.features_from = None
+        except ShapeError as e:
+            row.status = "failed"
+            if self.failure is None:  # a block's child may have failed first
+                self.failure = _Failure(row.path, e)
+            return x
+        if self.failure:  # a child inside this block failed
+            row.status = "failed"
+            return x
+        row.status = "ok"
+        row.output_shape = self.shape(out)
+        return out
+
+    def _plan_block(self, row: LayerPlan, block, x: Dims) -> Dims:
+        row.branches, row.branch_keys, outs = [], [], []
+        for key, layers in block.branch_lists():
+            sub, out = self._plan_list(layers, x, (*row.path, key), Context())
+            row.branches.append(sub)
+            row.branch_keys.append(key)
+            outs.append(out)
+            if self.failure:
+                return x
+        out, merge = block.merge(x, outs)
+        children = [r for branch in row.branches for r in branch]
+        row.params = sum(r.params for r in children)
+        row.macs = sum(r.macs for r in children)
+        row.activation_values = sum(r.activation_values for r in children) + math.prod(out)
+        row.explain = [merge]
+        return out
+
+    def _diagnostic(self, severity, path: tuple, code: str, message: str, hint) -> Diagnostic:
+        line, col = self.spec.layer_position(path) or (None, None)
+        layer = self._find(path)
+        subject = f"layer {'/'.join(map(str, path))} ({layer.type} {layer.name})"
+        return Diagnostic(severity, code, f"{subject}: {message}", path[0],
+                          path if len(path) > 1 else None, line, col, hint, file=self.spec.source)
+
+    def _find(self, path: tuple) -> LayerSpec:
+        layers, layer = self.spec.layers, None
+        rest = list(path)
+        while rest:
+            layer = layers[rest.pop(0)]
+            if rest:
+                key = rest.pop(0)
+                layers = dict(layer.branch_lists())[key]
+        return layer
+
+    def _smallest_input_hint(self) -> str | None:
+        c, h, w = self.input
+        big = 1 << 40
+        min_h = _smallest(lambda s: self._fits(s, big))
+        min_w = _smallest(lambda s: self._fits(big, s))
+        if min_h is None or min_w is None:
+            return None
+        need = (max(h, min_h), max(w, min_w))
+        if not self._fits(*need):
+            return None
+        return (f"this stack needs an input of at least {need[0]}×{need[1]} (this one is {h}×{w}); "
+                "or use smaller kernels/strides, or add padding")
+
+    def _fits(self, h: int, w: int) -> bool:
+        trial = _Planner(self.spec, 1, (self.input[0], h, w), hints=False)
+        trial._plan_list(self.spec.layers, (1, self.input[0], h, w), (), Context())
+        return trial.failure is None or trial.failure.error.code not in _TOO_SMALL
+
+
+def _smallest(fits, limit: int = 1 << 40) -> int | None:
+    """The smallest size for which fits() holds, assuming it is monotone; None if none."""
+    hi = 1
+    while not fits(hi):
+        hi *= 2
+        if hi > limit:
+            return None
+    lo = hi // 2 + 1 if hi > 1 else 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return hi

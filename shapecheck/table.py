@@ -1,0 +1,104 @@
+"""The plan as a table (plain text or Markdown), with totals and, on request, the arithmetic."""
+
+from __future__ import annotations
+
+from tabulate import tabulate
+
+from .plan import LayerPlan, Plan
+
+HEADERS = ["#", "name", "type", "output shape", "weight", "bias", "params", "MACs"]
+
+
+def dims(shape) -> str:
+    return "—" if shape is None else "×".join(str(d) for d in shape)
+
+
+def human_count(n: int) -> str:
+    for unit, size in (("G", 10**9), ("M", 10**6), ("K", 10**3)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return str(n)
+
+
+def human_bytes(n: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def _rows(layers: list[LayerPlan], indent: str = ""):
+    for layer in layers:
+        yield layer, indent
+        for key, branch in zip(layer.branch_keys or [], layer.branches or []):
+            yield from _rows(branch, indent + "  ")
+
+
+def _cells(layer: LayerPlan, indent: str) -> list:
+    where = "/".join(str(p) for p in layer.path)
+    if layer.status == "failed":
+        out = "✗ fails here"
+    elif layer.status == "skipped":
+        out = "—"
+    else:
+        out = dims(layer.output_shape)
+    planned = layer.status == "ok"
+    return [
+        where,
+        indent + layer.name,
+        layer.type,
+        out,
+        dims(layer.weight_shape) if layer.weight_shape else "",
+        dims(layer.bias_shape) if layer.bias_shape else "",
+        f"{layer.params:,}" if planned else "",
+        f"{layer.macs:,}" if planned else "",
+    ]
+
+
+def render_table(plan: Plan, markdown: bool = False, explain: bool = False) -> str:
+    rows = list(_rows(plan.layers))
+    fmt = "github" if markdown else "simple"
+    table = tabulate([_cells(layer, ind) for layer, ind in rows], HEADERS, tablefmt=fmt,
+                     colalign=("right", "left", "left", "left", "left", "left", "right", "right"),
+                     disable_numparse=True)
+    lines = table.splitlines()
+    if explain and not markdown:
+        head, body = lines[:2], lines[2:]
+        lines = head
+        for line, (layer, indent) in zip(body, rows):
+            lines.append(line)
+            lines += [f"{'':6}{indent}{text}" for text in layer.explain]
+    out = [_header(plan), ""] + lines + [""] + _totals(plan)
+    if explain and markdown:
+        out += ["", *_explain_markdown(rows)]
+    return "\n".join(out)
+
+
+def _header(plan: Plan) -> str:
+    shape = dims(plan.input_shape[1:]) if plan.input_shape else "?"
+    batch = plan.input_shape[0] if plan.input_shape else plan.batch
+    title = f"{plan.name}: input {shape}, batch {batch}"
+    return title + (f"  ({plan.source})" if plan.source else "")
+
+
+def _totals(plan: Plan) -> list[str]:
+    if not plan.valid:
+        return [f"invalid: {len(plan.errors)} error(s); totals are shown for valid specs only"]
+    batch = plan.batch if isinstance(plan.batch, int) else None
+    at = f"at batch {batch}" if batch else "per sample"
+    return [
+        f"output shape:       {dims(plan.output_shape)}",
+        f"params:             {plan.params:,} (trainable {plan.trainable_params:,})",
+        f"MACs per sample:    {plan.macs:,} ({human_count(plan.macs)})",
+        f"parameter memory:   {human_bytes(plan.param_bytes)} (float32)",
+        f"activation memory:  {human_bytes(plan.activation_bytes)} {at} (float32, forward)",
+    ]
+
+
+def _explain_markdown(rows) -> list[str]:
+    out = []
+    for layer, _ in rows:
+        if layer.explain:
+            out.append(f"- **{layer.name}** ({layer.type})")
+            out += [f"  - `{text}`" for text in layer.explain]
+    return out
