@@ -1,0 +1,36 @@
+"""Shared test helpers. `pytest --update-expected` rewrites the expected-output files under
+tests/expected/ instead of comparing against them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SPECS = ROOT / "specs"
+EXPECTED = Path(__file__).resolve().parent / "expected"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--update-expected", action="store_true",
+                     help="rewrite tests/expected/* from the current output")
+
+
+@pytest.fixture
+def expect(request):
+    """expect(name, text): compare text with tests/expected/<name>, or rewrite it."""
+    update = request.config.getoption("--update-expected")
+
+    def check(name: str, text: str) -> None:
+        path = EXPECTED / name
+        if update:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            return
+        assert path.exists(), f"{path} is missing: run pytest --update-expected"
+        assert text == path.read_text(encoding="utf-8"), (
+            f"output differs from {path}; if the change is intended, run pytest --update-expected"
+        )
+
+    return check
