@@ -11,7 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from .diagnostics import Diagnostic, InputError
-from .layers import KINDS, normalize_type
+from .layers import KINDS, normalize_type, parse_layers
 from .spec import InputSpec, Spec, assign_names, default_name, yaml_loc
 from .trainspec import TrainSpec
 
@@ -78,11 +78,18 @@ def parse(text: str, source: str | None = None, name: str | None = None) -> Spec
                        "nor `layers`", line=1, column=1, file=source,
                        hint="a spec is a mapping with `input: {shape: [C, H, W]}` and `layers: [...]`")
         )
+    errors: list[dict] = []
     try:
         spec = Spec.model_validate(data)
     except ValidationError as e:
-        problems += _schema_diagnostics(e, data, positions, source)
-        raise SpecError(problems) from None
+        spec, errors = None, e.errors()
+    if isinstance(data.get("layers"), list):
+        layers, layer_errors = parse_layers(data["layers"], ("layers",))
+        errors += layer_errors
+    if errors:
+        problems += _schema_diagnostics(errors, data, positions, source)
+        raise SpecError(sorted(problems, key=lambda d: (d.line or 0, d.column or 0)))
+    spec.layers = layers
     spec._positions = positions
     spec._source = source
     if spec.name is None:
@@ -251,7 +258,7 @@ def _get(data, loc: tuple):
 
 
 def _data_loc(data, loc: tuple) -> tuple[tuple, str | int | None]:
-    """Follow pydantic's loc through the data, skipping union-tag and validator segments.
+    """Follow pydantic's loc through the data.
     Returns the deepest existing location and the missing last key, if any."""
     path: list = []
     cur = data
@@ -263,7 +270,7 @@ def _data_loc(data, loc: tuple) -> tuple[tuple, str | int | None]:
         elif isinstance(cur, list) and isinstance(seg, int) and 0 <= seg < len(cur):
             path.append(seg)
             cur = cur[seg]
-        elif isinstance(cur, dict) and isinstance(seg, str) and seg not in KINDS:
+        elif isinstance(seg, str) and not isinstance(cur, list):
             missing = seg
     return tuple(path), missing
 
@@ -281,9 +288,9 @@ def _layer_label(loc: tuple, data) -> str:
     return f"layer {_where(path or (index,))}" + (f" ({inner})" if inner else "")
 
 
-def _schema_diagnostics(err: ValidationError, data, positions, source) -> list[Diagnostic]:
+def _schema_diagnostics(errors: list[dict], data, positions, source) -> list[Diagnostic]:
     grouped: dict[tuple, list[dict]] = {}
-    for e in err.errors():
+    for e in errors:
         loc, missing = _data_loc(data, e["loc"])
         e["missing_key"] = missing
         grouped.setdefault((loc, missing), []).append(e)

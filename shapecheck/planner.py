@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from dataclasses import dataclass
 
 from .diagnostics import Diagnostic
@@ -36,13 +37,12 @@ def plan(
     """Plan a spec (a Spec, a file path or YAML text). A spec that breaks the schema gives an
     invalid Plan with its diagnostics; unreadable input raises InputError."""
     if not isinstance(spec, Spec):
-        source = str(spec) if isinstance(spec, os.PathLike) or _looks_like_path(spec) else None
-        if source is not None:
-            spec = os.fspath(spec)
+        is_path = isinstance(spec, os.PathLike) or _looks_like_path(spec)
+        source = os.fspath(spec) if is_path else None
         try:
-            spec = load_spec(spec)
+            spec = load_spec(Path(spec) if is_path else spec)
         except SpecError as e:
-            name = default_name(os.path.basename(source).rsplit(".", 1)[0]) if source else "net"
+            name = default_name(Path(source).stem) if source else "net"
             return Plan(name, None, source, batch or "N", None, [], e.diagnostics)
     return _Planner(spec, batch, input_shape).plan()
 

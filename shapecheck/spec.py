@@ -1,14 +1,12 @@
 """The spec: pydantic models of a whole YAML spec (input, layers, train), and layer naming."""
 
-from __future__ import annotations
-
 import re
 from collections.abc import Iterator
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
 
-from .layers import BLOCKS, Layer, LayerSpec
+from .layers import BLOCKS, LayerSpec
 from .layers.base import Identifier, PosInt, _identifier
 from .trainspec import TrainSpec
 
@@ -36,7 +34,9 @@ class Spec(BaseModel):
     name: Identifier | None = None
     description: str | None = None
     input: InputSpec
-    layers: list[Layer] = Field(min_length=1)
+    # Raw entries when pydantic validates the spec; the loader then validates each one with
+    # its type's model (layers.parse_layers), so only the types a spec uses are built.
+    layers: list[Any] = Field(min_length=1)
     train: TrainSpec | None = None
 
     # Where each key and item stood in the YAML file: path -> (line, column), 1-based.

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from tabulate import tabulate
-
 from .plan import LayerPlan, Plan
 
 HEADERS = ["#", "name", "type", "output shape", "weight", "bias", "params", "MACs"]
@@ -55,13 +53,26 @@ def _cells(layer: LayerPlan, indent: str) -> list:
     ]
 
 
+def grid(headers: list[str], rows: list[list[str]], right: set[int], markdown: bool) -> list[str]:
+    """Aligned columns: plain text with a dashed rule, or a GitHub Markdown table."""
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+
+    def line(cells) -> str:
+        padded = [c.rjust(w) if i in right else c.ljust(w)
+                  for i, (c, w) in enumerate(zip(cells, widths))]
+        return ("| " + " | ".join(padded) + " |") if markdown else "  ".join(padded).rstrip()
+
+    if markdown:
+        rule = "|" + "|".join(("-" * (w + 1) + ":") if i in right else ("-" * (w + 2))
+                              for i, w in enumerate(widths)) + "|"
+    else:
+        rule = "  ".join("-" * w for w in widths)
+    return [line(headers), rule, *(line(r) for r in rows)]
+
+
 def render_table(plan: Plan, markdown: bool = False, explain: bool = False) -> str:
     rows = list(_rows(plan.layers))
-    fmt = "github" if markdown else "simple"
-    table = tabulate([_cells(layer, ind) for layer, ind in rows], HEADERS, tablefmt=fmt,
-                     colalign=("right", "left", "left", "left", "left", "left", "right", "right"),
-                     disable_numparse=True)
-    lines = table.splitlines()
+    lines = grid(HEADERS, [_cells(layer, ind) for layer, ind in rows], {0, 6, 7}, markdown)
     if explain and not markdown:
         head, body = lines[:2], lines[2:]
         lines = head

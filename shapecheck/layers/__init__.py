@@ -3,11 +3,7 @@
 Adding a layer type: write its model (fields, shape rule, torch class) in its family's module,
 add it to KINDS, and add a test."""
 
-from __future__ import annotations
-
-from typing import Annotated, Any, Union, get_args
-
-from pydantic import BeforeValidator, Discriminator, Tag
+from pydantic import ValidationError
 
 from .base import Context, Inferred, LayerSpec, ShapeError
 from .blocks import Concat, Residual
@@ -33,7 +29,7 @@ from .pool import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d
 from .reshape import Flatten
 
 KINDS: dict[str, type[LayerSpec]] = {
-    get_args(cls.model_fields["type"].annotation)[0]: cls
+    cls.type_name(): cls
     for cls in (
         Conv2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, AdaptiveMaxPool2d, BatchNorm2d,
         Dropout, Dropout2d, ReLU, ReLU6, LeakyReLU, ELU, GELU, SiLU, Sigmoid, Tanh, Identity,
@@ -53,35 +49,36 @@ def normalize_type(name: str) -> str:
     return name.lower()
 
 
-def _as_mapping(value: Any) -> Any:
-    """A bare string is a layer with no fields; the type name is matched case-insensitively."""
-    if isinstance(value, str):
-        return {"type": normalize_type(value)}
-    if isinstance(value, dict) and isinstance(value.get("type"), str):
-        return {**value, "type": normalize_type(value["type"])}
-    return value
+def parse_layers(items: list, loc: tuple) -> tuple[list[LayerSpec], list[dict]]:
+    """Validate raw layer entries with the model of each one's type.
+
+    Only the models of the types a spec uses are built (pydantic builds a schema on first use),
+    which keeps start-up fast. Returns the layers and pydantic-style error dicts whose `loc`
+    starts at `loc` (e.g. ("layers", 3, "kernel_size"))."""
+    layers, errors = [], []
+    for i, item in enumerate(items):
+        here = (*loc, i)
+        if isinstance(item, str):
+            item = {"type": item}
+        if not isinstance(item, dict) or not isinstance(item.get("type"), str):
+            errors.append({"type": "unknown_layer_type", "loc": here, "input": item,
+                           "msg": "unknown layer type"})
+            continue
+        kind = KINDS.get(normalize_type(item["type"]))
+        if kind is None:
+            errors.append({"type": "unknown_layer_type", "loc": here, "input": item,
+                           "msg": "unknown layer type"})
+            continue
+        try:
+            layer = kind.model_validate({**item, "type": kind.type_name()})
+        except ValidationError as e:
+            errors += [{**err, "loc": (*here, *err["loc"])} for err in e.errors()]
+            continue
+        if isinstance(layer, BLOCKS):
+            layer, sub_errors = layer.parse_children(parse_layers, here)
+            errors += sub_errors
+        layers.append(layer)
+    return layers, errors
 
 
-def _tag(value: Any) -> str | None:
-    if isinstance(value, dict):
-        kind = value.get("type")
-        return kind if kind in KINDS else None
-    return getattr(value, "type", None)
-
-
-Layer = Annotated[
-    Annotated[
-        Union[tuple(Annotated[cls, Tag(name)] for name, cls in KINDS.items())],  # noqa: UP007
-        Discriminator(
-            _tag,
-            custom_error_type="unknown_layer_type",
-            custom_error_message="unknown layer type",
-        ),
-    ],
-    BeforeValidator(_as_mapping),
-]
-
-for _block in BLOCKS:
-    _block.model_rebuild(_types_namespace={"Layer": Layer})
-
-__all__ = ["KINDS", "BLOCKS", "Layer", "LayerSpec", "Context", "Inferred", "ShapeError"]
+__all__ = ["KINDS", "BLOCKS", "LayerSpec", "Context", "Inferred", "ShapeError", "parse_layers"]

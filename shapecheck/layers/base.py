@@ -6,11 +6,9 @@ rows the first dim holds per sample (1, unless a flatten merged the batch with o
 any size, and nothing is allocated.
 """
 
-from __future__ import annotations
-
 import math
 from dataclasses import dataclass, field
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict
 from pydantic_core import PydanticCustomError
@@ -20,7 +18,7 @@ Dims = tuple[int, ...]
 
 def _strict_int(value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise PydanticCustomError("int_type", "must be an integer, got {value!r}", {"value": value})
+        raise PydanticCustomError("int_type", "must be an integer, got {value}", {"value": repr(value)})
     if value < minimum:
         kind = "positive" if minimum == 1 else "non-negative"
         raise PydanticCustomError(
@@ -41,13 +39,13 @@ def _int_or_pair(value: Any, minimum: int) -> int | tuple[int, int]:
 
 def _number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise PydanticCustomError("float_type", "must be a number, got {value!r}", {"value": value})
+        raise PydanticCustomError("float_type", "must be a number, got {value}", {"value": repr(value)})
     return float(value)
 
 
 def _flag(value: Any) -> bool:
     if not isinstance(value, bool):
-        raise PydanticCustomError("bool_type", "must be true or false, got {value!r}", {"value": value})
+        raise PydanticCustomError("bool_type", "must be true or false, got {value}", {"value": repr(value)})
     return value
 
 
@@ -55,12 +53,12 @@ def _identifier(value: Any) -> str:
     import keyword
 
     if not isinstance(value, str):
-        raise PydanticCustomError("string_type", "must be a string, got {value!r}", {"value": value})
+        raise PydanticCustomError("string_type", "must be a string, got {value}", {"value": repr(value)})
     if not value.isidentifier() or keyword.iskeyword(value) or not value.isascii():
         raise PydanticCustomError(
             "not_identifier",
-            "{value!r} is not a Python identifier (letters, digits and _, not starting with a digit)",
-            {"value": value},
+            "{value} is not a Python identifier (letters, digits and _, not starting with a digit)",
+            {"value": repr(value)},
         )
     return value
 
@@ -124,6 +122,11 @@ class LayerSpec(BaseModel):
     family: ClassVar[str] = "other"  # conv, pool, norm, activation, dropout, reshape, linear, block
     name_prefix: ClassVar[str] = "layer"  # auto names: conv1, pool1, fc1 ...
 
+    @classmethod
+    def type_name(cls) -> str:
+        """The lowercase type this model validates, from its `type: Literal[...]` field."""
+        return get_args(cls.model_fields["type"].annotation)[0]
+
     def infer(self, x: Dims, ctx: Context) -> Inferred:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -155,6 +158,26 @@ def need_rank(x: Dims, ranks: tuple[int, ...], what: str) -> None:
             "a conv/pool/batchnorm2d needs (N, C, H, W): remove the flatten before it, "
             "or move this layer before the flatten" if len(x) < 4 else None,
         )
+
+
+def unused_rows(size: int, pad_l: int, pad_r: int, eff: int, stride: int) -> int:
+    """Input rows (not padding) after the last window that no window reads. A kernel narrower
+    than its stride skips pixels on purpose, so that case is not counted."""
+    if eff < stride:
+        return 0
+    return max(0, (size + pad_l + pad_r - eff) % stride - pad_r)
+
+
+def unused_warning(unused: tuple[int, int], size: tuple[int, int], stride: tuple[int, int],
+                   hint: str) -> tuple[str, str, str] | None:
+    """One SC301 warning for the rows and columns a stride leaves unused, or None."""
+    parts = [f"{n} {word}{'s' * (n > 1)}"
+             for n, word in zip(unused, ("row", "column")) if n]
+    if not parts:
+        return None
+    s = stride[0] if stride[0] == stride[1] else f"{stride[0]},{stride[1]}"
+    return ("SC301", f"stride {s} leaves the last {' and '.join(parts)} of the "
+            f"{size[0]}×{size[1]} input unused", hint)
 
 
 def fmt(n: int) -> str:

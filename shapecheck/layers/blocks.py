@@ -3,17 +3,12 @@
 A block holds lists of layers, which may hold blocks again. The planner plans each branch from
 the block's input and then asks the block to merge the branch outputs."""
 
-from __future__ import annotations
-
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
 from .base import Dims, LayerSpec, ShapeError, times
 from .conv import conv_out
-
-if TYPE_CHECKING:  # the union of all kinds is built in layers/__init__, which rebuilds these
-    from . import Layer
 
 
 def _chw(x: Dims) -> str:
@@ -22,8 +17,9 @@ def _chw(x: Dims) -> str:
 
 class Residual(LayerSpec):
     type: Literal["residual"]
-    body: list[Layer] = Field(min_length=1)
-    shortcut: list[Layer] = []  # empty: the identity
+    # Raw entries at first; parse_children() replaces them with validated layers.
+    body: list[Any] = Field(min_length=1)
+    shortcut: list[Any] = []  # empty: the identity
 
     family = "block"
     name_prefix = "res"
@@ -31,6 +27,11 @@ class Residual(LayerSpec):
 
     def branch_lists(self) -> list[tuple[str, list[LayerSpec]]]:
         return [("body", self.body), ("shortcut", self.shortcut)]
+
+    def parse_children(self, parse, loc: tuple) -> "tuple[Residual, list[dict]]":
+        body, errors = parse(self.body, (*loc, "body"))
+        shortcut, more = parse(self.shortcut, (*loc, "shortcut"))
+        return self.model_copy(update={"body": body, "shortcut": shortcut}), errors + more
 
     def merge(self, x: Dims, outs: list[Dims]) -> tuple[Dims, str]:
         body, shortcut = outs
@@ -60,7 +61,8 @@ def _shortcut_hint(x: Dims, body: Dims) -> str | None:
 
 class Concat(LayerSpec):
     type: Literal["concat"]
-    branches: list[list[Layer]] = Field(min_length=1)  # an empty branch is the identity
+    # Raw entries at first; parse_children() replaces them with validated layers.
+    branches: list[list[Any]] = Field(min_length=1)  # an empty branch is the identity
 
     family = "block"
     name_prefix = "concat"
@@ -68,6 +70,14 @@ class Concat(LayerSpec):
 
     def branch_lists(self) -> list[tuple[int, list[LayerSpec]]]:
         return list(enumerate(self.branches))
+
+    def parse_children(self, parse, loc: tuple) -> "tuple[Concat, list[dict]]":
+        branches, errors = [], []
+        for j, branch in enumerate(self.branches):
+            parsed, more = parse(branch, (*loc, "branches", j))
+            branches.append(parsed)
+            errors += more
+        return self.model_copy(update={"branches": branches}), errors
 
     def merge(self, x: Dims, outs: list[Dims]) -> tuple[Dims, str]:
         first = outs[0]

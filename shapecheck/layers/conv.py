@@ -1,9 +1,10 @@
 """conv2d: PyTorch's Conv2d shape rule, parameters and MACs."""
 
-from __future__ import annotations
-
 import math
-from typing import Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator
+from pydantic_core import PydanticCustomError
 
 from .base import (
     Context,
@@ -11,15 +12,28 @@ from .base import (
     Flag,
     Inferred,
     LayerSpec,
-    NonNegPair,
     PosInt,
     PosPair,
     ShapeError,
+    _int_or_pair,
     fmt,
     need_rank,
     pair,
     times,
+    unused_rows,
+    unused_warning,
 )
+
+
+def _padding(value: Any) -> Any:
+    if isinstance(value, str):
+        if value.lower() in ("same", "valid"):
+            return value.lower()
+        raise PydanticCustomError(
+            "padding", "must be an int, a pair [h, w], 'same' or 'valid', got {value}",
+            {"value": repr(value)},
+        )
+    return _int_or_pair(value, 0)
 
 
 def conv_out(size: int, kernel: int, stride: int, pad_total: int, dilation: int) -> int:
@@ -39,7 +53,7 @@ class Conv2d(LayerSpec):
     out_channels: PosInt
     kernel_size: PosPair
     stride: PosPair = 1
-    padding: NonNegPair | Literal["same", "valid"] = 0
+    padding: Annotated[Any, BeforeValidator(_padding)] = 0  # int, [h, w], 'same' or 'valid'
     dilation: PosPair = 1
     groups: PosInt = 1
     bias: Flag = True
@@ -113,7 +127,7 @@ class Conv2d(LayerSpec):
                     "use an odd kernel_size for symmetric padding",
                 )
             )
-        out_hw, explain = [], []
+        out_hw, explain, unused = [], [], []
         for axis, size, k, s, d, (pl, pr) in zip(
             ("H", "W"), (h, w), kernel, stride, dil, self.pads()
         ):
@@ -131,7 +145,7 @@ class Conv2d(LayerSpec):
             if padded < eff:
                 raise ShapeError(
                     "SC201",
-                    f"kernel {times(kernel)} (effective {eff} with dilation {d}) is larger than "
+                    f"kernel {kernel[0]}×{kernel[1]} (effective {eff} with dilation {d}) is larger than "
                     f"the padded input {axis}={padded} ({size} + padding {pl + pr})",
                     None,  # the planner adds the smallest input that works
                 )
@@ -141,17 +155,11 @@ class Conv2d(LayerSpec):
             explain.append(
                 f"{axis}_out = floor(({size} + {pad_txt} − {d}·({k}−1) − 1) / {s}) + 1 = {out}"
             )
-            if (size + pl + pr - eff) % s:
-                unused = (size + pl + pr - eff) % s
-                warnings.append(
-                    (
-                        "SC301",
-                        f"stride {s} leaves the last {unused} {'rows' if axis == 'H' else 'columns'}"
-                        f" of the padded input ({axis}={padded}) unused",
-                        f"use an input {axis} of {padded - unused - pl - pr} or "
-                        f"{padded - unused - pl - pr + s}, or adjust padding",
-                    )
-                )
+            unused.append(unused_rows(size, pl, pr, eff, s))
+        warning = unused_warning(tuple(unused), (h, w), stride,
+                                 "adjust padding or the input size so the windows reach the edge")
+        if warning:
+            warnings.append(warning)
         weight = (c_out, c_in // g, *kernel)
         per_out = (c_in // g) * kernel[0] * kernel[1]
         out = (x[0], c_out, *out_hw)

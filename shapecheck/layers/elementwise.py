@@ -2,8 +2,6 @@
 
 They have no parameters and no MACs (as the contract counts them)."""
 
-from __future__ import annotations
-
 from typing import Literal
 
 from .base import Context, Dims, Flag, Inferred, Int, LayerSpec, Number

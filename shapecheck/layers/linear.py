@@ -1,7 +1,5 @@
 """linear: y = x·Wᵀ + b on the last dim of a tensor of any rank, as nn.Linear does."""
 
-from __future__ import annotations
-
 import math
 from typing import Literal
 

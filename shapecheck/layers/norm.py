@@ -1,7 +1,5 @@
 """batchnorm2d: one weight and bias per channel; running statistics are buffers, not parameters."""
 
-from __future__ import annotations
-
 from typing import Literal
 
 from .base import Context, Dims, Flag, Inferred, LayerSpec, Number, PosInt, ShapeError, need_rank

@@ -1,7 +1,5 @@
 """Pools: max/avg with PyTorch's pooling_output_shape (ceil_mode included), and adaptive pools."""
 
-from __future__ import annotations
-
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator
@@ -21,6 +19,8 @@ from .base import (
     need_rank,
     pair,
     times,
+    unused_rows,
+    unused_warning,
 )
 
 
@@ -73,13 +73,13 @@ class _WindowPool(LayerSpec):
                     f"padding {p} is more than half the kernel size {k}",
                     f"use padding: {k // 2} or less",
                 )
-        out_hw, explain, warnings = [], [], []
+        out_hw, explain, warnings, unused = [], [], [], []
         for axis, size, k, s, p, d in zip(("H", "W"), x[-2:], kernel, stride, pad, dil):
             out = pool_out(size, k, s, p, d, self.ceil_mode)
             if out < 1:
                 raise ShapeError(
                     "SC202",
-                    f"kernel {times(kernel)} on an input of {axis}={size} (padding {p}) "
+                    f"kernel {kernel[0]}×{kernel[1]} on an input of {axis}={size} (padding {p}) "
                     f"gives an output of {axis}={out}",
                     None,  # the planner adds the smallest input that works
                 )
@@ -93,18 +93,11 @@ class _WindowPool(LayerSpec):
                 explain.append(f"{line} = {out}")
             else:
                 explain.append(f"{axis}_out = floor(({num}) / {s}) + 1 = {out}")
-                unused = (size + 2 * p - d * (k - 1) - 1) % s
-                if unused:
-                    kind = "row" if axis == "H" else "column"
-                    warnings.append(
-                        (
-                            "SC301",
-                            f"stride {s} leaves the last {unused} {kind}{'s' * (unused > 1)} of "
-                            f"{axis}={size} unused",
-                            f"use ceil_mode: true to keep them, or an input {axis} of "
-                            f"{size - unused}",
-                        )
-                    )
+            unused.append(0 if self.ceil_mode else unused_rows(size, p, p, d * (k - 1) + 1, s))
+        warning = unused_warning(tuple(unused), x[-2:], stride,
+                                 "use ceil_mode: true to keep them, or adjust padding")
+        if warning:
+            warnings.append(warning)
         return Inferred(out=(*x[:-2], *out_hw), explain=explain, warnings=warnings)
 
 

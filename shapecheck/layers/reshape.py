@@ -1,7 +1,5 @@
 """flatten: merges dims start_dim..end_dim into one, as nn.Flatten (start_dim=1 keeps the batch)."""
 
-from __future__ import annotations
-
 import math
 from typing import Literal
 
