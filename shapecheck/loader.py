@@ -66,11 +66,7 @@ def read_text(path: str | os.PathLike) -> str:
 
 def parse(text: str, source: str | None = None, name: str | None = None) -> Spec:
     """Validate spec text. Raises InputError (exit 2) or SpecError (exit 1)."""
-    node = _compose(text, source)
-    positions: dict[tuple, tuple[int, int]] = {}
-    problems: list[Diagnostic] = []
-    _index(node, (), positions, problems, source, set())
-    data = yaml.constructor.SafeConstructor().construct_document(node)
+    data, positions, problems = _load(text, source)
     if not isinstance(data, dict) or not ({"input", "layers"} & data.keys()):
         what = "a YAML mapping" if isinstance(data, dict) else f"a YAML {_kind(data)}"
         raise InputError(
@@ -78,6 +74,8 @@ def parse(text: str, source: str | None = None, name: str | None = None) -> Spec
                        "nor `layers`", line=1, column=1, file=source,
                        hint="a spec is a mapping with `input: {shape: [C, H, W]}` and `layers: [...]`")
         )
+    # Top-level `x-...` keys are free for the user, e.g. to hold YAML anchors to merge (<<).
+    data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
     errors: list[dict] = []
     try:
         spec = Spec.model_validate(data)
@@ -117,7 +115,9 @@ def _kind(data: object) -> str:
     return {list: "list", str: "string", type(None): "empty document"}.get(type(data), "scalar")
 
 
-def _compose(text: str, source: str | None) -> yaml.Node:
+def _load(text: str, source: str | None) -> tuple[object, dict, list[Diagnostic]]:
+    """YAML text to Python data, positions and duplicate-key problems; InputError if refused."""
+
     def refuse(message: str, mark=None, code="SC004") -> InputError:
         line = mark.line + 1 if mark else None
         col = mark.column + 1 if mark else None
@@ -136,33 +136,108 @@ def _compose(text: str, source: str | None) -> yaml.Node:
         raise refuse("the YAML is nested too deeply") from None
     if node is None:
         raise refuse("the file is empty", None, "SC003")
-    _check_size(node, refuse)
-    return node
+    builder = _Builder(refuse, source)
+    try:
+        data = builder.build(node)
+    except (ValueError, yaml.YAMLError) as e:  # e.g. an impossible timestamp
+        raise refuse(f"not valid YAML: {e}", None, "SC002") from None
+    if builder.aliased:
+        _check_expanded_size(node, refuse)
+    return data, builder.positions, builder.problems
 
 
-def _check_size(root: yaml.Node, refuse) -> None:
-    """Refuse unknown tags, deep nesting, and documents whose aliases expand to too many nodes."""
-    sizes: dict[int, int] = {}  # memo: a shared (aliased) node is sized once
-    stack = [(root, 0, False)]
+class _Builder:
+    """One pass over the node tree that builds the Python data as PyYAML's safe loader would,
+    and on the way refuses unknown tags and deep nesting, records the position of every key
+    and item, and reports duplicate keys. Aliases become shared objects, never copies."""
+
+    _constructor = yaml.constructor.SafeConstructor()
+
+    def __init__(self, refuse, source: str | None):
+        self.refuse, self.source = refuse, source
+        self.positions: dict[tuple, tuple[int, int]] = {}
+        self.problems: list[Diagnostic] = []
+        self.built: dict[int, object] = {}
+        self.aliased = False
+
+    def build(self, node: yaml.Node, loc: tuple = (), depth: int = 0):
+        if id(node) in self.built:
+            self.aliased = True
+            return self.built[id(node)]
+        if node.tag not in _SAFE_TAGS:
+            raise self.refuse(f"the tag {node.tag} is not allowed in a spec (only plain YAML "
+                              "data)", node.start_mark)
+        if depth > MAX_DEPTH:
+            raise self.refuse(f"the YAML is nested more than {MAX_DEPTH} levels deep",
+                              node.start_mark)
+        mark = node.start_mark
+        self.positions.setdefault(loc, (mark.line + 1, mark.column + 1))
+        if isinstance(node, yaml.ScalarNode):
+            value = self._scalar(node)
+        elif isinstance(node, yaml.SequenceNode):
+            value = self.built[id(node)] = []
+            value += [self.build(item, (*loc, i), depth + 1) for i, item in enumerate(node.value)]
+        else:
+            value = self.built[id(node)] = {}
+            merged = []
+            for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    merged.append(self.build(value_node, loc, depth + 1))
+                    continue
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag not in _SAFE_TAGS:
+                    raise self.refuse("keys must be plain scalars in a spec", key_node.start_mark)
+                key = self._scalar(key_node)
+                mark = key_node.start_mark
+                if key in value:
+                    index, path = _layer_of(loc)
+                    self.problems.append(Diagnostic(
+                        "error", "SC107", f"the key {key!r} is given twice in one mapping",
+                        index, path, mark.line + 1, mark.column + 1,
+                        "keep one: YAML would silently use the last", file=self.source))
+                self.positions[(*loc, key)] = (mark.line + 1, mark.column + 1)
+                value[key] = self.build(value_node, (*loc, key), depth + 1)
+            # `<<: *base` (or a list of them): explicit keys win, then earlier merges.
+            for source in merged:
+                for item in source if isinstance(source, list) else [source]:
+                    if not isinstance(item, dict):
+                        raise self.refuse("a merge key (<<) needs a mapping", node.start_mark)
+                    for k, v in item.items():
+                        value.setdefault(k, v)
+        self.built[id(node)] = value
+        return value
+
+    def _scalar(self, node: yaml.ScalarNode):
+        tag, text = node.tag, node.value
+        if tag == "tag:yaml.org,2002:str":
+            return text
+        if tag == "tag:yaml.org,2002:int":
+            return int(text) if text.isdigit() else self._constructor.construct_yaml_int(node)
+        if tag == "tag:yaml.org,2002:null":
+            return None
+        if tag == "tag:yaml.org,2002:bool":
+            return self._constructor.bool_values[text.lower()]
+        if tag == "tag:yaml.org,2002:float":
+            return self._constructor.construct_yaml_float(node)
+        return self._constructor.construct_yaml_timestamp(node)
+
+
+def _check_expanded_size(root: yaml.Node, refuse) -> None:
+    """Refuse documents whose aliases expand to too many nodes (alias and merge-key bombs).
+    Each shared node is sized once, so this is linear in the document, not in its expansion."""
+    sizes: dict[int, int] = {}
+    stack = [(root, False)]
     while stack:
-        node, depth, done = stack.pop()
+        node, done = stack.pop()
+        children = _children(node)
         if done:
-            children = _children(node)
             sizes[id(node)] = 1 + sum(sizes[id(c)] for c in children)
             if sizes[id(node)] > MAX_NODES:
                 raise refuse(f"the YAML expands to more than {MAX_NODES:,} nodes "
                              "(aliases repeated inside aliases?)", node.start_mark)
-            continue
-        if id(node) in sizes:
-            continue
-        if node.tag not in _SAFE_TAGS:
-            raise refuse(f"the tag {node.tag} is not allowed in a spec (only plain YAML data)",
-                         node.start_mark)
-        if depth > MAX_DEPTH:
-            raise refuse(f"the YAML is nested more than {MAX_DEPTH} levels deep", node.start_mark)
-        sizes.setdefault(id(node), 0)  # visiting: a cycle would be sized 0 here
-        stack.append((node, depth, True))
-        stack.extend((c, depth + 1, False) for c in _children(node) if sizes.get(id(c)) is None)
+        elif id(node) not in sizes:
+            sizes[id(node)] = 0  # visiting; a cycle counts as empty here
+            stack.append((node, True))
+            stack += [(c, False) for c in children if id(c) not in sizes]
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:
@@ -171,31 +246,6 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
     if isinstance(node, yaml.MappingNode):
         return [n for kv in node.value for n in kv]
     return []
-
-
-def _index(node, loc: tuple, positions, problems, source, seen: set) -> None:
-    """Record the position of every key and item; report duplicate keys."""
-    if id(node) in seen:  # an alias: its positions are those of its anchor
-        return
-    seen.add(id(node))
-    positions.setdefault(loc, (node.start_mark.line + 1, node.start_mark.column + 1))
-    if isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _index(item, (*loc, i), positions, problems, source, seen)
-    elif isinstance(node, yaml.MappingNode):
-        keys: set = set()
-        for key, value in node.value:
-            k = key.value if isinstance(key, yaml.ScalarNode) else None
-            mark = key.start_mark
-            if k is not None and k != "<<":
-                if k in keys:
-                    problems.append(Diagnostic(
-                        "error", "SC107", f"the key {k!r} is given twice in this mapping",
-                        *_layer_of(loc), mark.line + 1, mark.column + 1,
-                        "keep one: YAML would silently use the last", file=source))
-                keys.add(k)
-                positions[(*loc, k)] = (mark.line + 1, mark.column + 1)
-                _index(value, (*loc, k), positions, problems, source, seen)
 
 
 def _layer_of(loc: tuple) -> tuple[int | None, tuple | None]:

@@ -31,8 +31,8 @@ class LayerPlan:
     params: int = 0
     macs: int = 0
     explain: list[str] = field(default_factory=list)
-    # Constructor arguments for torch.nn, with the inferred ones (in_channels ...) filled in.
-    torch_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Constructor arguments the planner worked out (in_channels, in_features, num_features).
+    inferred_args: dict[str, Any] = field(default_factory=dict)
     # Blocks only: residual [body, shortcut]; concat one list per branch.
     branches: list[list[LayerPlan]] | None = None
     branch_keys: list[int | str] | None = None
@@ -45,6 +45,11 @@ class LayerPlan:
     @property
     def settings(self) -> str:
         return self.spec.settings()
+
+    @property
+    def torch_kwargs(self) -> dict[str, Any]:
+        """Constructor arguments for torch.nn, the inferred ones (in_channels ...) filled in."""
+        return self.spec.torch_kwargs(self.inferred_args)
 
     @property
     def depth(self) -> int:

@@ -122,7 +122,7 @@ class _Planner:
                 out = inferred.out
                 row.weight_shape, row.bias_shape = inferred.weight, inferred.bias
                 row.params, row.macs, row.explain = inferred.params, inferred.macs, inferred.explain
-                row.torch_kwargs = layer.torch_kwargs(inferred.inferred_args)
+                row.inferred_args = inferred.inferred_args
                 row.activation_values = math.prod(out)
                 self.warnings += [(row.path, *w) for w in inferred.warnings]
                 if layer.family != "reshape" and out[-1:] != x[-1:]:

@@ -71,6 +71,8 @@ def grid(headers: list[str], rows: list[list[str]], right: set[int], markdown: b
 
 
 def render_table(plan: Plan, markdown: bool = False, explain: bool = False) -> str:
+    if not plan.layers:
+        return f"{plan.name}: not planned, the spec does not follow the schema (errors below)"
     rows = list(_rows(plan.layers))
     lines = grid(HEADERS, [_cells(layer, ind) for layer, ind in rows], {0, 6, 7}, markdown)
     if explain and not markdown:
