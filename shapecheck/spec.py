@@ -7,7 +7,9 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
 
 from .layers import BLOCKS, LayerSpec
-from .layers.base import Identifier, PosInt, _identifier
+from pydantic_core import PydanticCustomError
+
+from .layers.base import Identifier, _identifier, _strict_int
 from .trainspec import TrainSpec
 
 Path = tuple[int | str, ...]  # a layer's place: (3,) at top level, (3, "body", 1) in a block
@@ -16,15 +18,21 @@ Path = tuple[int | str, ...]  # a layer's place: (3,) at top level, (3, "body", 
 def _batch(value: Any) -> int | str:
     if isinstance(value, str):
         return _identifier(value)
-    from .layers.base import _strict_int
-
     return _strict_int(value, 1)
+
+
+def _chw(value: Any) -> tuple[int, int, int]:
+    if not isinstance(value, (list, tuple)) or len(value) != 3:
+        raise PydanticCustomError(
+            "input_shape", "must be [channels, height, width], got {value}", {"value": repr(value)}
+        )
+    return tuple(_strict_int(v, 1) for v in value)
 
 
 class InputSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    shape: tuple[PosInt, PosInt, PosInt]  # channels, height, width
+    shape: Annotated[tuple[int, int, int], BeforeValidator(_chw)]  # channels, height, width
     batch: Annotated[int | str, BeforeValidator(_batch)] = "N"  # an int, or a symbol
 
 

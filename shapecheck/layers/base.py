@@ -43,6 +43,14 @@ def _number(value: Any) -> float:
     return float(value)
 
 
+def _probability(value: Any) -> float:
+    value = _number(value)
+    if not 0 <= value <= 1:
+        raise PydanticCustomError("probability", "must be between 0 and 1, got {value}",
+                                  {"value": value})
+    return value
+
+
 def _flag(value: Any) -> bool:
     if not isinstance(value, bool):
         raise PydanticCustomError("bool_type", "must be true or false, got {value}", {"value": repr(value)})
@@ -69,6 +77,7 @@ Int = Annotated[int, BeforeValidator(lambda v: _strict_int(v, -(2**63)))]
 PosPair = Annotated[Any, BeforeValidator(lambda v: _int_or_pair(v, 1))]
 NonNegPair = Annotated[Any, BeforeValidator(lambda v: _int_or_pair(v, 0))]
 Number = Annotated[float, BeforeValidator(_number)]
+Probability = Annotated[float, BeforeValidator(_probability)]
 Flag = Annotated[bool, BeforeValidator(_flag)]
 Identifier = Annotated[str, BeforeValidator(_identifier)]
 

@@ -4,7 +4,7 @@ They have no parameters and no MACs (as the contract counts them)."""
 
 from typing import Literal
 
-from .base import Context, Dims, Flag, Inferred, Int, LayerSpec, Number
+from .base import Context, Dims, Flag, Inferred, Int, LayerSpec, Number, Probability
 from .reshape import wrap_dim
 
 
@@ -80,7 +80,7 @@ class Identity(_Elementwise):
 
 
 class _Dropout(_Elementwise):
-    p: Number = 0.5
+    p: Probability = 0.5
     inplace: Flag = False
     family = "dropout"
     name_prefix = "dropout"

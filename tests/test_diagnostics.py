@@ -1,0 +1,327 @@
+"""One test per diagnostic code: a spec file that triggers it, and the code, layer, line and
+hint a user would read."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+import shapecheck
+from shapecheck.diagnostics import CODES, InputError
+
+HEAD = "input: {shape: [1, 28, 28]}\nlayers:\n"
+
+
+def diagnose(tmp_path, text: str, name: str = "net.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return shapecheck.plan(path)
+
+
+def only(plan, code: str):
+    found = [d for d in plan.diagnostics if d.code == code]
+    assert len(found) == 1, [(d.code, d.message) for d in plan.diagnostics]
+    return found[0]
+
+
+def input_error(tmp_path, data: bytes | str, name: str = "net.yaml"):
+    path = tmp_path / name
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    with pytest.raises(InputError) as info:
+        shapecheck.plan(path)
+    return info.value.diagnostic
+
+
+# --- SC0xx: not readable as a spec ------------------------------------------------------
+
+
+def test_sc001_missing_file_directory_and_not_utf8(tmp_path):
+    with pytest.raises(InputError) as info:
+        shapecheck.plan(tmp_path / "nope.yaml")
+    assert info.value.diagnostic.code == "SC001"
+    assert "no such file" in info.value.diagnostic.message
+    (tmp_path / "dir.yaml").mkdir()
+    with pytest.raises(InputError) as info:
+        shapecheck.plan(tmp_path / "dir.yaml")
+    assert "directory" in info.value.diagnostic.message
+    d = input_error(tmp_path, b"input: \xff\xfe\n")
+    assert d.code == "SC001" and "UTF-8" in d.message
+
+
+def test_sc002_not_yaml_points_at_the_problem(tmp_path):
+    d = input_error(tmp_path, "input: {shape: [1, 28, 28]}\nlayers: [relu\n")
+    assert d.code == "SC002"
+    assert d.line == 3
+
+
+@pytest.mark.parametrize("text", ["- relu\n- flatten\n", "just a string\n", "a: 1\n"])
+def test_sc003_not_a_spec_in_one_line(tmp_path, text):
+    d = input_error(tmp_path, text)
+    assert d.code == "SC003"
+    assert "not a shapecheck spec" in d.message
+
+
+def test_sc003_empty_file(tmp_path):
+    assert input_error(tmp_path, "").code == "SC003"
+
+
+def test_sc004_python_tag_is_refused_not_run(tmp_path):
+    marker = tmp_path / "ran"
+    d = input_error(tmp_path, f"input: !!python/object/apply:os.system ['touch {marker}']\n")
+    assert d.code == "SC004" and "python/object" in d.message
+    assert not marker.exists()
+
+
+def test_sc004_alias_bomb(tmp_path):
+    rows = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    for i, name in enumerate("bcdefgh"):
+        prev = "abcdefgh"[i]
+        rows.append(f"{name}: &{name} [" + ", ".join([f"*{prev}"] * 10) + "]")
+    rows += ["input: *h", "layers: *h"]
+    d = input_error(tmp_path, "\n".join(rows) + "\n")
+    assert d.code == "SC004" and "expands" in d.message
+
+
+# --- SC1xx: schema -----------------------------------------------------------------------
+
+
+def test_sc101_unknown_type_with_did_you_mean(tmp_path):
+    plan = diagnose(tmp_path, HEAD + "  - relu\n  - {type: maxpool, kernel_size: 2}\n")
+    d = only(plan, "SC101")
+    assert (d.layer, d.line, d.column) == (1, 4, 5)
+    assert d.hint == "did you mean 'maxpool2d'?"
+    assert not plan.valid and plan.layers == []
+
+
+def test_sc102_misspelt_field_is_one_error(tmp_path):
+    plan = diagnose(tmp_path, HEAD + "  - {type: conv2d, out_channels: 4, kernal_size: 5}\n")
+    d = only(plan, "SC102")
+    assert d.layer == 0 and d.line == 3
+    assert d.hint == "did you mean 'kernel_size'?"
+    assert len(plan.diagnostics) == 1  # not also "kernel_size is missing"
+
+
+def test_sc102_unknown_top_level_key(tmp_path):
+    plan = diagnose(tmp_path, HEAD + "  - relu\nlayer: []\n")
+    d = only(plan, "SC102")
+    assert d.line == 4 and d.hint == "did you mean 'layers'?"
+
+
+@pytest.mark.parametrize(
+    "layer, field",
+    [
+        ("{type: conv2d, out_channels: 0, kernel_size: 3}", "out_channels"),
+        ("{type: conv2d, out_channels: 4, kernel_size: '3'}", "kernel_size"),
+        ("{type: conv2d, out_channels: 4, kernel_size: [3, 3, 3]}", "kernel_size"),
+        ("{type: conv2d, out_channels: 4, kernel_size: 3, padding: sme}", "padding"),
+        ("{type: conv2d, out_channels: 4, kernel_size: 3, bias: 'no'}", "bias"),
+        ("{type: dropout, p: 1.5}", "p"),
+    ],
+)
+def test_sc103_wrong_types_and_values(tmp_path, layer, field):
+    d = only(diagnose(tmp_path, HEAD + f"  - {layer}\n"), "SC103")
+    assert d.layer == 0 and d.line == 3 and field in d.message
+
+
+def test_sc103_input_shape(tmp_path):
+    plan = diagnose(tmp_path, "input: {shape: [1, 28]}\nlayers: [relu]\n")
+    assert only(plan, "SC103").line == 1
+
+
+def test_sc104_missing_required(tmp_path):
+    d = only(diagnose(tmp_path, HEAD + "  - {type: conv2d, kernel_size: 3}\n"), "SC104")
+    assert d.layer == 0 and d.line == 3 and "out_channels" in d.message
+    d = only(diagnose(tmp_path, "layers: [relu]\n"), "SC104")
+    assert "input" in d.message
+    d = only(diagnose(tmp_path, "input: {shape: [1, 28, 28]}\nlayers: []\n"), "SC104")
+    assert "empty" in d.message
+
+
+def test_sc105_name_not_identifier(tmp_path):
+    d = only(diagnose(tmp_path, HEAD + "  - {type: relu, name: 1st-relu}\n"), "SC105")
+    assert d.layer == 0 and d.line == 3 and d.hint == "use a name such as 'net_1st_relu'"
+
+
+def test_sc106_duplicate_name(tmp_path):
+    plan = diagnose(tmp_path, HEAD + "  - {type: relu, name: act}\n  - {type: tanh, name: act}\n")
+    d = only(plan, "SC106")
+    assert (d.layer, d.line) == (1, 4)
+
+
+def test_sc107_duplicate_yaml_key(tmp_path):
+    plan = diagnose(tmp_path, HEAD + "  - {type: linear, out_features: 10, out_features: 3}\n")
+    d = only(plan, "SC107")
+    assert (d.layer, d.line, d.column) == (0, 3, 38)
+
+
+# --- SC2xx: PyTorch would fail here ------------------------------------------------------
+
+
+def test_sc201_kernel_larger_than_input_gives_smallest_input(tmp_path):
+    plan = diagnose(tmp_path, HEAD + """\
+      - {type: conv2d, out_channels: 10, kernel_size: 5}
+      - {type: maxpool2d, kernel_size: 2}
+      - {type: conv2d, out_channels: 20, kernel_size: 5}
+      - {type: maxpool2d, kernel_size: 2}
+      - {type: conv2d, out_channels: 20, kernel_size: 5}
+    """)
+    d = only(plan, "SC201")
+    assert (d.layer, d.line) == (4, 7)
+    assert "at least 32×32" in d.hint
+    # Layers before the failure keep their shapes; the failing one has none.
+    assert plan.layers[3].output_shape == ("N", 20, 4, 4)
+    assert plan.layers[4].status == "failed" and plan.layers[4].output_shape is None
+
+
+def test_sc202_pool_output_zero(tmp_path):
+    plan = diagnose(tmp_path, "input: {shape: [1, 3, 3]}\nlayers:\n"
+                    "  - {type: maxpool2d, kernel_size: 2}\n  - {type: maxpool2d, kernel_size: 2}\n")
+    d = only(plan, "SC202")
+    assert d.layer == 1 and d.line == 4 and "at least 4×4" in d.hint
+
+
+def test_sc203_in_channels(tmp_path):
+    d = only(diagnose(tmp_path, HEAD + "  - {type: conv2d, in_channels: 3, out_channels: 4, "
+                      "kernel_size: 3}\n"), "SC203")
+    assert d.layer == 0 and d.hint.startswith("set in_channels: 1")
+
+
+def test_sc204_linear_before_flatten_hints_flatten(tmp_path):
+    plan = diagnose(tmp_path, HEAD + """\
+      - {type: conv2d, out_channels: 10, kernel_size: 5}
+      - {type: maxpool2d, kernel_size: 2}
+      - {type: conv2d, out_channels: 20, kernel_size: 5}
+      - {type: maxpool2d, kernel_size: 2}
+      - {type: linear, name: fc, in_features: 320, out_features: 10}
+    """)
+    d = only(plan, "SC204")
+    assert (d.layer, d.line) == (4, 7)
+    assert d.hint == "add flatten before fc: it gives 320 features"
+
+
+def test_sc204_wrong_in_features_hints_the_right_one(tmp_path):
+    plan = diagnose(tmp_path, HEAD + """\
+      - {type: conv2d, out_channels: 20, kernel_size: 5}
+      - {type: maxpool2d, kernel_size: 6}
+      - flatten
+      - {type: linear, in_features: 300, out_features: 10}
+    """)
+    d = only(plan, "SC204")
+    assert d.layer == 3 and "in_features: 320" in d.hint and "20 × 4 × 4" in d.hint
+
+
+def test_sc205_num_features(tmp_path):
+    plan = diagnose(tmp_path, HEAD + "  - {type: conv2d, out_channels: 8, kernel_size: 3, "
+                    "bias: false}\n  - {type: batchnorm2d, num_features: 16}\n")
+    d = only(plan, "SC205")
+    assert d.layer == 1 and d.hint.startswith("set num_features: 8")
+
+
+def test_sc206_groups(tmp_path):
+    plan = diagnose(tmp_path, "input: {shape: [6, 8, 8]}\nlayers:\n"
+                    "  - {type: conv2d, out_channels: 9, kernel_size: 3, groups: 2}\n")
+    d = only(plan, "SC206")
+    assert d.layer == 0 and d.hint == "groups that divide both: 1, 3"
+
+
+def test_sc207_same_padding_with_stride(tmp_path):
+    plan = diagnose(tmp_path, HEAD + "  - {type: conv2d, out_channels: 4, kernel_size: 3, "
+                    "stride: 2, padding: same}\n")
+    d = only(plan, "SC207")
+    assert d.layer == 0 and "padding: 1" in d.hint and "14" in d.hint
+
+
+def test_sc208_pool_padding(tmp_path):
+    d = only(diagnose(tmp_path, HEAD + "  - {type: maxpool2d, kernel_size: 2, padding: 2}\n"),
+             "SC208")
+    assert d.layer == 0 and d.hint == "use padding: 1 or less"
+
+
+def test_sc209_conv_after_flatten(tmp_path):
+    d = only(diagnose(tmp_path, HEAD + "  - flatten\n  - {type: conv2d, out_channels: 4, "
+                      "kernel_size: 3}\n"), "SC209")
+    assert d.layer == 1 and "2-d" in d.message and "flatten" in d.hint
+
+
+def test_sc210_flatten_dims(tmp_path):
+    d = only(diagnose(tmp_path, HEAD + "  - {type: flatten, start_dim: 3, end_dim: 1}\n"),
+             "SC210")
+    assert d.layer == 0
+
+
+def test_sc211_residual_mismatch_hints_the_shortcut(tmp_path):
+    plan = diagnose(tmp_path, "input: {shape: [64, 56, 56]}\nlayers:\n"
+                    "  - type: residual\n    body:\n"
+                    "      - {type: conv2d, out_channels: 128, kernel_size: 3, stride: 2, padding: 1}\n")
+    d = only(plan, "SC211")
+    assert d.layer == 0 and d.line == 3
+    assert "kernel_size: 1, stride: 2" in d.hint and "out_channels: 128" in d.hint
+
+
+def test_sc212_concat_mismatch(tmp_path):
+    plan = diagnose(tmp_path, "input: {shape: [8, 28, 28]}\nlayers:\n"
+                    "  - type: concat\n    branches:\n"
+                    "      - [{type: conv2d, out_channels: 4, kernel_size: 1}]\n"
+                    "      - [{type: maxpool2d, kernel_size: 2}]\n")
+    d = only(plan, "SC212")
+    assert d.layer == 0 and "branch 1" in d.message and "branch 1" in d.hint
+
+
+def test_error_inside_a_block_has_its_path(tmp_path):
+    plan = diagnose(tmp_path, "input: {shape: [8, 28, 28]}\nlayers:\n"
+                    "  - type: residual\n    body:\n      - relu\n"
+                    "      - {type: conv2d, in_channels: 3, out_channels: 8, kernel_size: 1}\n")
+    d = only(plan, "SC203")
+    assert d.layer == 0 and d.path == (0, "body", 1) and d.line == 6
+    assert plan.to_dict()["diagnostics"][0]["path"] == [0, "body", 1]
+
+
+def test_sc213_linear_on_the_batch(tmp_path):
+    d = only(diagnose(tmp_path, HEAD + "  - {type: flatten, start_dim: 0}\n"
+                      "  - {type: linear, out_features: 10}\n"), "SC213")
+    assert d.layer == 1
+
+
+# --- SC3xx: warnings ---------------------------------------------------------------------
+
+
+def test_sc301_pool_on_odd_size(tmp_path):
+    plan = diagnose(tmp_path, "input: {shape: [1, 25, 25]}\nlayers:\n"
+                    "  - {type: maxpool2d, kernel_size: 2}\n")
+    d = only(plan, "SC301")
+    assert d.severity == "warning" and d.layer == 0 and "1 row and 1 column" in d.message
+    assert "ceil_mode" in d.hint and plan.valid
+
+
+def test_sc302_softmax_with_cross_entropy(tmp_path):
+    plan = diagnose(tmp_path, HEAD + "  - flatten\n  - {type: linear, out_features: 10}\n"
+                    "  - softmax\ntrain: {loss: cross_entropy}\n")
+    d = only(plan, "SC302")
+    assert d.layer == 2 and d.line == 5
+
+
+def test_sc303_conv_bias_before_batchnorm(tmp_path):
+    plan = diagnose(tmp_path, HEAD + "  - {type: conv2d, out_channels: 8, kernel_size: 3}\n"
+                    "  - batchnorm2d\n")
+    d = only(plan, "SC303")
+    assert d.layer == 0 and d.hint == "set bias: false on the conv"
+
+
+def test_sc304_even_kernel_same_padding(tmp_path):
+    plan = diagnose(tmp_path, HEAD + "  - {type: conv2d, out_channels: 8, kernel_size: 4, "
+                    "padding: same}\n")
+    d = only(plan, "SC304")
+    assert d.layer == 0 and plan.layers[0].output_shape == ("N", 8, 28, 28)
+
+
+def test_sc305_linear_on_4d(tmp_path):
+    plan = diagnose(tmp_path, HEAD + "  - {type: linear, out_features: 10}\n")
+    d = only(plan, "SC305")
+    assert d.layer == 0 and plan.layers[0].output_shape == ("N", 1, 28, 10)
+
+
+def test_every_code_is_tested():
+    source = open(__file__, encoding="utf-8").read()
+    for code in CODES:
+        assert f"test_{code.lower()}" in source, f"{code} has no test"
