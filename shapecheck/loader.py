@@ -129,6 +129,8 @@ def _load(text: str, source: str | None) -> tuple[object, dict, list[Diagnostic]
         node = yaml.compose(text.lstrip("\ufeff"), Loader=_Loader)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
+        if "nesting depth" in str(e.problem):  # libyaml's own limit
+            raise refuse(f"the YAML is nested more than {MAX_DEPTH} levels deep", mark) from None
         raise refuse(f"not valid YAML: {e.problem or e.context}", mark, "SC002") from None
     except yaml.YAMLError as e:
         raise refuse(f"not valid YAML: {e}", None, "SC002") from None

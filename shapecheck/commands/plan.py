@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "json":
         data = [p.to_dict() for p in plans]
         print(json.dumps(data[0] if len(args.specs) == 1 and data else data, indent=2))
-    else:
+    elif plans:
         print("\n\n".join(render_table(p, args.format == "markdown", args.explain) for p in plans))
     for p in plans:
         print_diagnostics(p.diagnostics)
