@@ -1,0 +1,101 @@
+"""`shapecheck check [FILE...]`: check many specs in one process and print only the problems.
+
+Meant for pre-commit hooks and CI: one line per problem (`file:line:col: error[SC201]: ...`, with
+its hint), or GitHub Actions annotations, then one summary line. With no files it checks every
+*.yaml / *.yml under specs/."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..diagnostics import Diagnostic, InputError
+from ..planner import plan
+from ..report import format_github, format_text, summary
+from . import EXIT_INPUT, EXIT_INVALID, EXIT_OK
+
+DEFAULT_DIR = "specs"
+SUFFIXES = (".yaml", ".yml")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "check", help="check many specs; print only the problems (for pre-commit and CI)",
+        description="Check spec files and print only their problems, then one summary line. "
+        "A folder stands for every *.yaml / *.yml file under it. With no files, check every "
+        f"*.yaml / *.yml file under {DEFAULT_DIR}/. Exit 0: all valid (warnings allowed); "
+        "1: a spec is invalid (or has warnings, with --strict); 2: a file cannot be read as a "
+        "spec (missing, not YAML, not a spec).")
+    p.add_argument("files", nargs="*", metavar="FILE",
+                   help=f"spec files or folders (default: every YAML file under {DEFAULT_DIR}/)")
+    p.add_argument("--strict", action="store_true", help="warnings fail the run (exit 1)")
+    p.add_argument("--format", choices=["text", "github"], default="text",
+                   help="text: file:line:col: error[SC...]: message (default); "
+                   "github: GitHub Actions annotations (::error file=...,line=...::...)")
+    p.set_defaults(run=run)
+
+
+def spec_files(folder: Path) -> list[Path]:
+    """Every *.yaml / *.yml file under a folder, recursively, sorted by path components (the
+    same order on every Python version and platform)."""
+    found = (p for p in folder.rglob("*") if p.suffix in SUFFIXES and p.is_file())
+    return sorted(found, key=lambda p: p.parts)
+
+
+def _targets(names: list[str]) -> list[Path] | None:
+    """The files to check, in order and without repeats; None (after saying why) if none can be
+    chosen."""
+    if not names:
+        folder = Path(DEFAULT_DIR)
+        if not folder.is_dir():
+            print(f"shapecheck check: no files given and no {DEFAULT_DIR}/ folder in "
+                  f"{Path.cwd()}; name the spec files to check", file=sys.stderr)
+            return None
+        files = spec_files(folder)
+        if not files:
+            print(f"shapecheck check: no *.yaml / *.yml files under {DEFAULT_DIR}/",
+                  file=sys.stderr)
+        return files
+    files: list[Path] = []
+    for name in names:
+        path = Path(name)
+        # A folder stands for its YAML files; anything else (a missing file too) is checked
+        # as a spec, so that the loader says what is wrong with it.
+        files += spec_files(path) if path.is_dir() else [path]
+    return list(dict.fromkeys(files))
+
+
+def run(args: argparse.Namespace) -> int:
+    files = _targets(args.files)
+    if files is None:
+        return EXIT_INPUT
+    show = format_github if args.format == "github" else format_text
+    invalid = warnings = unreadable = 0
+    failed = False
+
+    def report(diagnostics: list[Diagnostic]) -> None:
+        for d in diagnostics:
+            print(show(d))
+
+    for path in files:
+        try:
+            result = plan(path)
+        except InputError as e:  # missing, not UTF-8, not YAML, not a spec: exit 2
+            unreadable += 1
+            report([e.diagnostic])
+            continue
+        report(result.diagnostics)
+        warnings += len(result.warnings)
+        if not result.valid:
+            invalid += 1
+            failed = True
+        elif args.strict and result.warnings:
+            failed = True
+    line = summary(len(files), invalid, warnings)
+    if unreadable:
+        line += f", {unreadable} unreadable"
+    print(line)
+    if unreadable:
+        return EXIT_INPUT
+    return EXIT_INVALID if failed else EXIT_OK
