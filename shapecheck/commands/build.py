@@ -1,0 +1,266 @@
+"""`shapecheck build SPEC`: the PyTorch module as Python source; with --train, also trained.
+
+The source is written to `-o FILE` (default: `<stem>_model.py` in the current folder; `-o -`
+prints it). It is checked first: the module is built on the meta device and its forward pass
+must give every layer the planned shape. A file that shapecheck did not write is never
+overwritten without --force.
+
+--train trains the module with the spec's `train:` section, each flag overriding its field;
+the run folder gets the weights, a checkpoint, metrics, curves and the same source.
+
+Exit codes: 0 done; 1 the spec is invalid, it cannot be trained (its output is not
+(N, classes)), training failed (a NaN loss, a checkpoint of another architecture, no such
+device) or shapecheck found an internal error; 2 usage or input error (no such spec, a file
+that is not ours in the way, a bad flag value, no dataset, a dataset that cannot be read or does
+not fit the spec); 130 interrupted (training keeps a checkpoint: continue with --resume).
+torch is imported only when the command runs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from ..atomic import atomic_write
+from ..loader import SpecError, load_spec
+from ..planner import plan as make_plan
+from ..spec import default_name
+from ..table import human_bytes
+from ..trainspec import TrainSpec, apply_overrides
+from . import EXIT_INPUT, EXIT_INVALID, EXIT_OK, add_shape_overrides, print_diagnostics
+
+EXIT_INTERRUPTED = 130
+
+TRAIN_FLAGS = ["--data", "--data-format", "--loss", "--optimizer", "--lr", "--momentum",
+               "--weight-decay", "--epochs", "--batch-size", "--seed", "--device", "--out"]
+# Bytes per parameter while training, besides the weights themselves: the gradient, plus the
+# optimizer's state (SGD's momentum buffer; Adam's two moments).
+_STATE_COPIES = {"sgd": 0, "adam": 2, "adamw": 2}
+
+
+def _int(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "build", help="write the network as PyTorch source (and train it with --train)",
+        description="Write the network as a PyTorch nn.Module: a class named after the spec, "
+        "every layer with its arguments spelled out, forward() with the shape after each step. "
+        "The module is checked against the plan first. An invalid spec writes nothing (exit 1).")
+    p.add_argument("spec", metavar="SPEC", help="spec file (YAML)")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="where to write the source; '-' prints it. Default: <SPEC stem>_model.py "
+                   "in the current folder (with --train: only the run folder gets it)")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite FILE even if shapecheck did not write it")
+    add_shape_overrides(p)
+    t = p.add_argument_group(
+        "training", "--train trains with the spec's train: section; each flag below overrides "
+        "its field. Paths in the spec are relative to the spec's folder, paths given here to "
+        "the current folder.")
+    t.add_argument("--train", action="store_true", help="train the module after building it")
+    t.add_argument("--data", metavar="PATH",
+                   help="dataset: an IDX folder, an .npz file, an image folder, or 'synthetic'")
+    t.add_argument("--data-format", choices=["idx", "npz", "folder", "synthetic"],
+                   help="the dataset's format (default: detected from PATH)")
+    t.add_argument("--loss", choices=["cross_entropy", "nll_loss"], type=str.lower)
+    t.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], type=str.lower)
+    t.add_argument("--lr", type=float, metavar="LR", help="learning rate")
+    t.add_argument("--momentum", type=float, metavar="M", help="SGD momentum")
+    t.add_argument("--weight-decay", type=float, metavar="WD")
+    t.add_argument("--epochs", type=_int(1), metavar="E")
+    t.add_argument("--batch-size", type=_int(1), metavar="B", help="training batch size")
+    t.add_argument("--seed", type=_int(0), metavar="S")
+    t.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], type=str.lower,
+                   help="auto (default): cuda, then mps, then cpu")
+    t.add_argument("--out", metavar="DIR",
+                   help="run folder (default: the spec's train.output, else runs/<name>)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from the run folder's checkpoint.pt")
+    p.set_defaults(run=run)
+
+
+def _fail(message: str, code: int = EXIT_INPUT) -> int:
+    print(f"shapecheck build: error: {message}", file=sys.stderr)
+    return code
+
+
+def _note(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr)
+
+
+def _destination(args: argparse.Namespace) -> Path | str | None:
+    """Where the source goes: a path, '-' for stdout, or None (--train without -o)."""
+    if args.output == "-":
+        return "-"
+    if args.output is not None:
+        return Path(args.output)
+    if args.train:
+        return None
+    return Path(f"{default_name(Path(args.spec).stem)}_model.py")
+
+
+def _check_destination(out: Path, force: bool) -> str | None:
+    """Why ``out`` cannot be written, or None."""
+    from ..codegen import is_generated
+
+    if out.is_dir():
+        return f"{str(out)!r} is a folder; give a file name such as {str(out / 'net_model.py')!r}"
+    parent = out.parent
+    if not parent.is_dir():
+        return (f"the folder {str(parent)!r} does not exist (create it first)"
+                if not parent.exists() else f"{str(parent)!r} is not a folder")
+    if out.exists() and not force and not is_generated(out):
+        return (f"{out} exists and was not written by shapecheck; it was left untouched "
+                "(use --force to overwrite it)")
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    given = [flag for flag in TRAIN_FLAGS if getattr(args, flag[2:].replace("-", "_")) is not None]
+    given += ["--resume"] if args.resume else []
+    if given and not args.train:
+        return _fail(f"{', '.join(given)} only apply with --train")
+    destination = _destination(args)
+    if isinstance(destination, Path):
+        problem = _check_destination(destination, args.force)
+        if problem:
+            return _fail(problem)
+
+    spec_path = Path(args.spec)
+    try:
+        spec = load_spec(spec_path)
+    except SpecError as e:
+        print_diagnostics(e.diagnostics)
+        return EXIT_INVALID
+    p = make_plan(spec, batch=args.batch, input_shape=args.input)
+    print_diagnostics(p.diagnostics)
+    if not p.valid:
+        return EXIT_INVALID
+
+    train_spec = None
+    if args.train:
+        train_spec = _train_spec(spec.train, args)
+        if isinstance(train_spec, int):
+            return train_spec
+        if _classes(p) is None:
+            return _fail(f"{p.name} cannot be trained as a classifier: its output is "
+                         f"{_shape(p.output_shape)}, not (N, classes); end it with flatten "
+                         "and linear", EXIT_INVALID)
+
+    from ..codegen import BuildError, InternalError, available_memory, generate, instantiate
+
+    try:
+        generated = generate(p, batch=args.batch)
+        model = instantiate(p, generated, device="meta")  # the check against the plan
+    except InternalError as e:
+        return _fail(f"internal error (please report it): {e}", EXIT_INVALID)
+    del model
+    for old, new in generated.renamed:
+        _note(f"layer {old} is the attribute {new} in the module ({old} is an nn.Module "
+              "attribute)")
+
+    if destination == "-":
+        sys.stdout.write(generated.source)
+        sys.stdout.flush()
+    elif destination is not None:
+        try:
+            atomic_write(destination, generated.source)
+        except OSError as e:
+            return _fail(f"cannot write {destination}: {e.strerror or e}")
+        print(f"wrote {destination}: class {generated.class_name}, {p.params:,} parameters")
+        available = available_memory()
+        if not args.train and available is not None and p.param_bytes > available:
+            _note(f"its parameters need {p.param_bytes:,} bytes ({human_bytes(p.param_bytes)}),"
+                  f" more than the {available:,} bytes of memory available here: building it "
+                  "on this machine will fail")
+
+    if train_spec is None:
+        return EXIT_OK
+    try:
+        return _train(p, generated, train_spec, spec_path, args)
+    except BuildError as e:
+        return _fail(str(e), EXIT_INVALID)
+
+
+def _shape(shape) -> str:
+    return "(" + ", ".join(map(str, shape)) + ")"
+
+
+def _classes(p) -> int | None:
+    """The number of classes: the plan's output must be (batch, classes)."""
+    out = p.output_shape
+    if out is None or len(out) != 2 or out[0] != p.batch:
+        return None
+    return int(out[1])
+
+
+def _train_spec(spec_train: TrainSpec | None, args: argparse.Namespace) -> TrainSpec | int:
+    from pydantic import ValidationError
+
+    data = args.data
+    if data is not None and data != "synthetic":
+        data = os.path.abspath(os.path.expanduser(data))  # relative to the current folder
+    try:
+        result = apply_overrides(
+            spec_train, data=data, data_format=args.data_format, loss=args.loss,
+            optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
+            weight_decay=args.weight_decay, epochs=args.epochs, batch_size=args.batch_size,
+            seed=args.seed, device=args.device, output=None)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            where = ".".join(str(part) for part in err["loc"])
+            message = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{where}: {message}" if where else message)
+        return _fail("bad training settings: " + "; ".join(problems))
+    if result.dataset is None:
+        return _fail("nothing to train on: the spec has no train.dataset; give --data PATH "
+                     "(or --data synthetic)")
+    return result
+
+
+def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
+    from ..codegen import check_fits, instantiate
+    from ..train import CURVES_FILE, MODEL_FILE, DataError, TrainError, train
+
+    states = 2 + _STATE_COPIES[train_spec.optimizer.type]
+    if train_spec.optimizer.type == "sgd" and train_spec.optimizer.effective_momentum:
+        states += 1
+    check_fits(p.param_bytes * states,
+               f"training {p.name} (weights, gradients and optimizer state of "
+               f"{p.params:,} parameters)")
+    module = instantiate(p, generated, check=False)  # checked on the meta device above
+    try:
+        result = train(
+            module, train_spec, name=p.name, input_shape=tuple(int(d) for d in p.input_shape[1:]),
+            num_classes=_classes(p), base_dir=spec_path.resolve().parent,
+            out_dir=Path(args.out) if args.out is not None else None,
+            model_source=generated.source, resume=args.resume)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except DataError as e:
+        return _fail(str(e), EXIT_INPUT)
+    except TrainError as e:
+        return _fail(str(e), EXIT_INVALID)
+    out = result.out_dir
+    final = result.final
+    if final is not None:
+        print(f"done in {result.seconds:.1f} s: test accuracy {final.test_acc:.2%}, test loss "
+              f"{final.test_loss:.4f} after {final.epoch} epoch{'s' if final.epoch != 1 else ''}")
+    print(f"run folder: {out} ({MODEL_FILE}, {CURVES_FILE}, ...); evaluate it with: "
+          f"shapecheck eval {shlex.quote(str(out))}")
+    return EXIT_OK
+

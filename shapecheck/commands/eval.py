@@ -1,0 +1,81 @@
+"""`shapecheck eval RUN [--data PATH]`: accuracy and confusion matrix of a trained run.
+
+RUN is the folder `shapecheck build --train` wrote (runs/<name>). The module is rebuilt from
+its model.py, the weights come from model.pt, and the images are normalised with the run's
+training mean/std. Without --data the run's own dataset is used.
+
+Exit codes: 0 done; 1 the run cannot be evaluated (its files do not load, no such device);
+2 usage or input error (no such run folder, a folder without run.json, a dataset that cannot
+be read or does not fit).
+torch is imported only when the command runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import EXIT_INPUT, EXIT_INVALID, EXIT_OK
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("eval", help="accuracy and confusion matrix of a trained run",
+                       description="Evaluate a run folder written by `shapecheck build --train`: "
+                       "accuracy, loss and the confusion matrix (rows: true class, columns: "
+                       "predicted) on a dataset.")
+    p.add_argument("run_dir", metavar="RUN", help="the run folder, e.g. runs/lecture_cnn")
+    p.add_argument("--data", metavar="PATH",
+                   help="dataset (relative to the current folder), or 'synthetic'; default: "
+                   "the one the run was trained on")
+    p.add_argument("--data-format", choices=["idx", "npz", "folder", "synthetic"],
+                   help="the dataset's format (default: detected from PATH)")
+    p.add_argument("--split", choices=["test", "train"], default="test",
+                   help="which split to score (default: test)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
+                   type=str.lower, help="auto (default): cuda, then mps, then cpu")
+    p.add_argument("--batch-size", type=int, default=256, metavar="B",
+                   help="images per forward pass (default: 256)")
+    p.set_defaults(run=run)
+
+
+def _fail(message: str, code: int = EXIT_INPUT) -> int:
+    print(f"shapecheck eval: error: {message}", file=sys.stderr)
+    return code
+
+
+def run(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        return _fail(f"no such run folder: {run_dir}")
+    if args.batch_size < 1:
+        return _fail(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.data_format is not None and args.data is None:
+        return _fail("--data-format needs --data")
+
+    from pydantic import ValidationError
+
+    from ..trainspec import DatasetSpec
+
+    data = None
+    if args.data is not None:
+        entry = ({"format": "synthetic"} if args.data == "synthetic" and args.data_format in
+                 (None, "synthetic") else {"path": args.data, "format": args.data_format})
+        try:
+            data = DatasetSpec.model_validate(entry)
+        except ValidationError as e:
+            return _fail("bad dataset: " + "; ".join(
+                err["msg"].removeprefix("Value error, ") for err in e.errors()))
+
+    from ..train import RUN_FILE, DataError, TrainError, evaluate, format_confusion
+
+    if not (run_dir / RUN_FILE).is_file():
+        return _fail(f"{run_dir} is not a training run folder ({RUN_FILE} is missing)")
+    try:
+        result = evaluate(run_dir, data, base_dir=Path.cwd(), split=args.split,
+                          device=args.device, batch_size=args.batch_size)
+    except DataError as e:
+        return _fail(str(e))
+    except TrainError as e:
+        return _fail(str(e), EXIT_INVALID)
+    print(format_confusion(result))
+    return EXIT_OK
