@@ -139,6 +139,31 @@ def test_renamed_layers_are_noted(cwd, capsys):
     assert "note: layer forward is the attribute forward_" in captured.err
 
 
+def test_big_module_is_written_with_a_note(cwd, capsys, monkeypatch):
+    pytest.importorskip("torch")
+    from shapecheck import codegen
+
+    monkeypatch.setattr(codegen, "available_memory", lambda: 1000)
+    assert main(["build", str(LECTURE)]) == 0  # writing the source allocates nothing
+    err = capsys.readouterr().err
+    assert "its parameters need 33,960 bytes" in err and "1,000 bytes of memory" in err
+    assert (cwd / "lecture_cnn_model.py").exists()
+
+
+def test_internal_error_is_reported_not_written(cwd, capsys, monkeypatch):
+    pytest.importorskip("torch")
+    from shapecheck import codegen
+
+    def disagree(model, plan, generated):
+        raise codegen.InternalError("layer 3 (conv2d conv2): the plan says (1,), torch gives (2,)")
+
+    monkeypatch.setattr(codegen, "check_module", disagree)
+    assert main(["build", str(LECTURE)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("shapecheck build: error: internal error (please report it): layer 3")
+    assert list(cwd.iterdir()) == []
+
+
 def test_import_does_not_import_torch():
     code = ("import sys, shapecheck.commands.build, shapecheck.commands.eval, shapecheck.codegen;"
             "from shapecheck.cli import build_parser; build_parser();"
