@@ -208,3 +208,15 @@ def test_files_and_args_can_be_overridden(project, env):
     assert done.returncode != 0, done.output
     assert "nets/warn.yaml:4:5: warning[SC303]" in done.output
     assert "1 spec checked, 0 invalid, 1 warning" in done.output
+
+
+def test_the_hook_environment_has_the_core_package_only(env, hook_env):
+    """pre-commit pip-installs the hook repository without extras: no torch, no graphviz."""
+    envs = sorted(Path(env["PRE_COMMIT_HOME"]).glob("repo*/py_env-*"))
+    assert envs, f"no hook environment under {env['PRE_COMMIT_HOME']}"
+    for venv in envs:
+        python = next(p for p in (venv / "bin" / "python", venv / "Scripts" / "python.exe")
+                      if p.exists())
+        probe = ("import importlib.util as u; "
+                 "print([m for m in ('shapecheck', 'torch', 'graphviz') if u.find_spec(m)])")
+        assert _ok([str(python), "-c", probe], venv, env).strip() == "['shapecheck']"
