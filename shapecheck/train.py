@@ -1,0 +1,874 @@
+"""Training and evaluating a built module: ``shapecheck build --train`` and ``shapecheck eval``.
+
+``train()`` reads the whole dataset into memory once (``shapecheck.data``),
+normalises it once, and runs a plain loop that indexes whole batches from the
+preloaded tensors; the loss and accuracy of each step stay on the device and
+are only summed every few steps (to check for NaN and to draw the progress
+bar), so the loop costs about what a hand-written one does.
+
+The run folder (``runs/<name>/`` unless told otherwise) holds, each file written
+atomically (``shapecheck.atomic``), so a kill at any instant leaves the last
+complete checkpoint loadable:
+
+- ``model.pt``       the model's ``state_dict`` after the last completed epoch
+- ``checkpoint.pt``  model, optimizer, epoch, step within the epoch, RNG states,
+                     metrics so far: what ``--resume`` continues from
+- ``metrics.csv``    one row per epoch, columns ``METRICS_COLUMNS``
+- ``curves.png``     loss and accuracy per epoch (matplotlib, Agg)
+- ``model.py``       the emitted model source
+- ``run.json``       what ``eval`` needs: input shape, classes, normalisation,
+                     the dataset, the train spec, the module's class name
+
+Reproducibility: the seed seeds torch's global RNG and re-initialises the
+module's parameters; the data order of epoch e comes from a generator seeded
+with (seed, e) alone. A resumed run restores the RNG state, the optimizer and
+the position inside the epoch, so with the same spec it ends with the same
+weights as a run that was never stopped. Ctrl-C is caught between steps: the
+current position is saved (an exact mid-epoch checkpoint) and KeyboardInterrupt
+is raised again for the caller to exit 130; a second Ctrl-C stops at once,
+keeping the last saved checkpoint.
+
+``evaluate()`` rebuilds the module from the run folder's ``model.py`` (or takes
+one passed in), loads ``model.pt`` and scores it with the run's normalisation.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import importlib.util
+import io
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from shapecheck.atomic import atomic_open, atomic_write, temp_name_prefix
+from shapecheck.data import DataError, load_dataset, load_split, resolve_path
+from shapecheck.trainspec import DatasetSpec, OptimizerSpec, TrainSpec
+
+__all__ = [
+    "CHECKPOINT_FILE",
+    "CURVES_FILE",
+    "METRICS_COLUMNS",
+    "METRICS_FILE",
+    "MODEL_FILE",
+    "RUN_FILE",
+    "SOURCE_FILE",
+    "DataError",
+    "EpochMetrics",
+    "EvalResult",
+    "TrainError",
+    "TrainResult",
+    "default_loss",
+    "evaluate",
+    "format_confusion",
+    "load_run_module",
+    "select_device",
+    "train",
+]
+
+MODEL_FILE = "model.pt"
+CHECKPOINT_FILE = "checkpoint.pt"
+METRICS_FILE = "metrics.csv"
+CURVES_FILE = "curves.png"
+SOURCE_FILE = "model.py"
+RUN_FILE = "run.json"
+RUN_FILES = (MODEL_FILE, CHECKPOINT_FILE, METRICS_FILE, CURVES_FILE, SOURCE_FILE, RUN_FILE)
+CHECKPOINT_VERSION = 1
+METRICS_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "lr",
+    "samples_per_s",
+    "seconds",
+)
+
+# Steps between two looks at the losses (each look is one device sync).
+CHECK_EVERY = 25
+PROGRESS_INTERVAL_S = 0.1
+# Redraw curves.png at most this often while training; always at the end.
+CURVES_INTERVAL_S = 5.0
+
+
+class TrainError(Exception):
+    """Training cannot start or cannot go on. The message says why and what was kept."""
+
+
+@dataclass
+class EpochMetrics:
+    epoch: int  # 1-based
+    train_loss: float
+    train_acc: float  # fraction, 0..1
+    test_loss: float
+    test_acc: float
+    lr: float
+    samples_per_s: float  # training samples per second of the training phase
+    seconds: float  # the whole epoch, evaluation included
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    device: str
+    history: list[EpochMetrics]
+    seconds: float  # wall time of this call
+    resumed_from: int | None = None  # completed epochs in the checkpoint resumed from
+
+    @property
+    def final(self) -> EpochMetrics | None:
+        return self.history[-1] if self.history else None
+
+    @property
+    def test_acc(self) -> float | None:
+        return self.history[-1].test_acc if self.history else None
+
+    @property
+    def test_loss(self) -> float | None:
+        return self.history[-1].test_loss if self.history else None
+
+
+@dataclass
+class EvalResult:
+    accuracy: float  # fraction, 0..1
+    loss: float  # mean loss with the run's loss function
+    confusion: list[list[int]]  # confusion[true][predicted]
+    classes: list[str]
+    num_samples: int
+    source: str = ""  # what was evaluated, in words
+
+    @property
+    def correct(self) -> int:
+        return sum(self.confusion[i][i] for i in range(len(self.confusion)))
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto``: cuda if available, then mps, then cpu. Asking for a missing one is a TrainError."""
+    mps = getattr(torch.backends, "mps", None)
+    mps_ok = bool(mps is not None and mps.is_available())
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if mps_ok else torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainError("device cuda was asked for, but this PyTorch sees no CUDA device")
+    if name == "mps" and not mps_ok:
+        raise TrainError("device mps was asked for, but it is not available here")
+    return torch.device(name)
+
+
+def _last_layer(module: nn.Module) -> nn.Module:
+    leaves = [m for m in module.modules() if not any(True for _ in m.children())]
+    return leaves[-1] if leaves else module
+
+
+def default_loss(module: nn.Module) -> str:
+    """``nll_loss`` when the module ends in LogSoftmax, else ``cross_entropy``."""
+    return "nll_loss" if isinstance(_last_layer(module), nn.LogSoftmax) else "cross_entropy"
+
+
+def _loss_fn(name: str) -> Callable[..., torch.Tensor]:
+    return {"cross_entropy": F.cross_entropy, "nll_loss": F.nll_loss}[name]
+
+
+def _make_optimizer(params: Any, o: OptimizerSpec) -> torch.optim.Optimizer:
+    if o.type == "sgd":
+        return torch.optim.SGD(
+            params, lr=o.effective_lr, momentum=o.effective_momentum,
+            weight_decay=o.effective_weight_decay,
+        )
+    cls = torch.optim.Adam if o.type == "adam" else torch.optim.AdamW
+    return cls(params, lr=o.effective_lr, weight_decay=o.effective_weight_decay)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    # The data order of an epoch depends on (seed, epoch) only, never on what
+    # ran before, which is what lets a resumed run replay it exactly.
+    return (seed * 1_000_003 + epoch) % (2**63)
+
+
+def _reinit(module: nn.Module) -> None:
+    for m in module.modules():
+        reset = getattr(m, "reset_parameters", None)
+        if callable(reset):
+            reset()
+
+
+def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def _params_finite(module: nn.Module) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in module.state_dict().values()
+               if t.is_floating_point())
+
+
+def _save_torch(obj: Any, path: Path) -> None:
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    elif device.type == "mps":
+        state["mps"] = torch.mps.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    elif device.type == "mps" and "mps" in state:
+        torch.mps.set_rng_state(state["mps"])
+
+
+def _out_dir(spec: TrainSpec, name: str, base_dir: Path, out_dir: Path | None) -> Path:
+    if out_dir is not None:
+        return Path(out_dir)
+    if spec.output is not None:
+        p = Path(spec.output).expanduser()
+        return p if p.is_absolute() else Path(base_dir) / p
+    return Path("runs") / name
+
+
+class _InterruptFlag:
+    """Turns the first Ctrl-C into a flag the loop checks between steps."""
+
+    def __init__(self) -> None:
+        self.set = False
+        self._old: Any = None
+        self._installed = False
+
+    def __enter__(self) -> _InterruptFlag:  # noqa: PYI034
+        if threading.current_thread() is threading.main_thread():
+            old = signal.getsignal(signal.SIGINT)
+            if old is not signal.SIG_IGN:
+                self._old = signal.signal(signal.SIGINT, self._handle)
+                self._installed = True
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.set:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.set = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._old)
+
+
+class _Progress:
+    """One status line on a terminal, redrawn in place; silent elsewhere."""
+
+    def __init__(self, enabled: bool, stream: TextIO) -> None:
+        self.enabled = enabled
+        self.stream = stream
+        self._width = 0
+
+    def draw(self, epoch: int, epochs: int, step: int, steps: int, loss: float, acc: float,
+             rate: float) -> None:
+        if not self.enabled:
+            return
+        filled = int(24 * step / max(steps, 1))
+        bar = "=" * filled + (">" if filled < 24 else "") + " " * max(0, 23 - filled)
+        line = (f"epoch {epoch}/{epochs} [{bar}] {step}/{steps}  loss {loss:.4f}  "
+                f"acc {acc:6.2%}  {rate:,.0f} samples/s")
+        self.stream.write("\r" + line + " " * max(0, self._width - len(line)))
+        self.stream.flush()
+        self._width = len(line)
+
+    def clear(self) -> None:
+        if self.enabled and self._width:
+            self.stream.write("\r" + " " * self._width + "\r")
+            self.stream.flush()
+            self._width = 0
+
+
+class _Running:
+    """Per-step losses and hits kept as device tensors, summed every few steps."""
+
+    def __init__(self, loss_sum: float = 0.0, correct: int = 0, seen: int = 0) -> None:
+        self.loss_sum = loss_sum
+        self.correct = correct
+        self.seen = seen
+        self._losses: list[torch.Tensor] = []
+        self._hits: list[torch.Tensor] = []
+        self._sizes: list[int] = []
+        self._first_step = 0
+
+    def add(self, step: int, loss: torch.Tensor, hits: torch.Tensor, size: int) -> None:
+        if not self._losses:
+            self._first_step = step
+        self._losses.append(loss)
+        self._hits.append(hits)
+        self._sizes.append(size)
+
+    def flush(self) -> tuple[int, float] | None:
+        """Sum the pending steps; (step, loss) of the first non-finite loss, if any."""
+        if not self._losses:
+            return None
+        # Summed in float64 on the CPU (MPS has no float64): one transfer per flush.
+        losses = torch.stack(self._losses).to("cpu", torch.float64)
+        total = float((losses * torch.tensor(self._sizes, dtype=torch.float64)).sum())
+        if not math.isfinite(total):
+            bad = (~torch.isfinite(losses)).nonzero()
+            i = int(bad[0]) if bad.numel() else 0
+            return self._first_step + i, float(losses[i])
+        self.loss_sum += total
+        self.correct += int(torch.stack(self._hits).sum())
+        self.seen += sum(self._sizes)
+        self._losses.clear()
+        self._hits.clear()
+        self._sizes.clear()
+        return None
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / self.seen if self.seen else float("nan")
+
+    @property
+    def acc(self) -> float:
+        return self.correct / self.seen if self.seen else 0.0
+
+
+@torch.inference_mode()
+def _predict(module: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_name: str,
+             batch: int) -> tuple[float, torch.Tensor]:
+    """(summed loss, predictions) over a whole split, in eval mode."""
+    was_training = module.training
+    module.eval()
+    loss_fn = _loss_fn(loss_name)
+    losses, preds = [], []
+    try:
+        for i in range(0, x.shape[0], batch):
+            out = module(x[i:i + batch])
+            losses.append(loss_fn(out, y[i:i + batch], reduction="sum"))
+            preds.append(out.argmax(1))
+    finally:
+        module.train(was_training)
+    return float(torch.stack(losses).to("cpu", torch.float64).sum()), torch.cat(preds)
+
+
+# ---------------------------------------------------------------- files of a run
+
+
+def _write_metrics(path: Path, history: Sequence[EpochMetrics]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(METRICS_COLUMNS)
+    for m in history:
+        row = asdict(m)
+        w.writerow([row["epoch"]] + [f"{row[c]:.6g}" for c in METRICS_COLUMNS[1:]])
+    atomic_write(path, buf.getvalue())
+
+
+def _write_curves(path: Path, history: Sequence[EpochMetrics], title: str) -> bool:
+    """curves.png; False when matplotlib is not installed."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return False
+    epochs = [m.epoch for m in history]
+    # Figure + the Agg canvas directly: no pyplot, so no global backend to switch.
+    fig = Figure(figsize=(9, 3.6), dpi=100)
+    FigureCanvasAgg(fig)
+    ax1, ax2 = fig.subplots(1, 2)
+    ax1.plot(epochs, [m.train_loss for m in history], "o-", label="train")
+    ax1.plot(epochs, [m.test_loss for m in history], "o-", label="test")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("loss")
+    ax1.set_title("loss")
+    ax1.legend()
+    ax2.plot(epochs, [100 * m.train_acc for m in history], "o-", label="train")
+    ax2.plot(epochs, [100 * m.test_acc for m in history], "o-", label="test")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("accuracy (%)")
+    ax2.set_title("accuracy")
+    ax2.legend()
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.suptitle(title)
+    # Fixed margins: tight_layout would double the cost of a small plot.
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.14, top=0.86, wspace=0.25)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png")
+    return True
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise TrainError(f"nothing to resume: {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: torch raises many kinds
+        raise TrainError(f"cannot read checkpoint {path}: {e}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
+        raise TrainError(f"{path} is not a shapecheck checkpoint (version {CHECKPOINT_VERSION})")
+    return ckpt
+
+
+def _architecture_diff(saved: dict[str, torch.Tensor], module: nn.Module) -> list[str]:
+    own = module.state_dict()
+    diffs = []
+    for k in own.keys() - saved.keys():
+        diffs.append(f"{k} is new")
+    for k in saved.keys() - own.keys():
+        diffs.append(f"{k} is gone")
+    for k in own.keys() & saved.keys():
+        if tuple(own[k].shape) != tuple(saved[k].shape):
+            diffs.append(f"{k} was {list(saved[k].shape)}, is {list(own[k].shape)}")
+    return sorted(diffs)
+
+
+# ---------------------------------------------------------------- train
+
+
+def train(
+    module: nn.Module,
+    spec: TrainSpec,
+    *,
+    name: str,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    base_dir: Path,
+    out_dir: Path | None,
+    model_source: str,
+    resume: bool = False,
+    log: Callable[[str], Any] = print,
+    progress: bool | None = None,
+    reinit: bool = True,
+) -> TrainResult:
+    """Train ``module`` as ``spec`` says and keep the run in a folder.
+
+    ``input_shape`` is the spec's ``(C, H, W)``, ``num_classes`` the last layer's
+    ``out_features``, ``base_dir`` the spec file's folder (relative dataset and
+    output paths start there), ``out_dir`` overrides the output folder (default:
+    ``spec.output``, else ``runs/<name>``), ``model_source`` is written to
+    ``model.py``. ``log`` gets one line per epoch and notes; ``progress`` (default:
+    stderr is a terminal) draws a bar on stderr. ``reinit`` re-initialises the
+    parameters from the seed on a fresh run (the module's own weights are used
+    when False).
+
+    Raises DataError (the data cannot be read or does not fit the spec),
+    TrainError (no dataset, no device, a bad resume, the model's output does not
+    fit, a NaN/inf loss), and KeyboardInterrupt after saving a checkpoint on
+    Ctrl-C.
+    """
+    t_call = time.perf_counter()
+    if spec.dataset is None:
+        raise TrainError("no dataset: give train.dataset in the spec (or --data)")
+    base_dir = Path(base_dir)
+    out = _out_dir(spec, name, base_dir, out_dir)
+    device = select_device(spec.device)
+    loss_name = spec.loss or default_loss(module)
+    last = _last_layer(module)
+    if loss_name == "nll_loss" and not isinstance(last, nn.LogSoftmax):
+        log(f"note: nll_loss expects log-probabilities, but the last layer is "
+            f"{type(last).__name__}")
+    if isinstance(last, nn.Softmax):
+        log("note: the last layer is Softmax; cross_entropy applies log-softmax itself, "
+            "so a Softmax before it slows learning (use logsoftmax with nll_loss, or drop it)")
+
+    ckpt: dict[str, Any] | None = None
+    if resume:
+        ckpt = _read_checkpoint(out / CHECKPOINT_FILE)
+        diffs = _architecture_diff(ckpt["model"], module)
+        if diffs or list(ckpt["input_shape"]) != list(input_shape) \
+                or ckpt["num_classes"] != num_classes:
+            detail = "; ".join(diffs[:5]) or (
+                f"input {ckpt['input_shape']} -> {list(input_shape)}, "
+                f"classes {ckpt['num_classes']} -> {num_classes}")
+            raise TrainError(
+                f"cannot resume: {out / CHECKPOINT_FILE} was made by a different "
+                f"architecture ({detail})")
+
+    data = load_dataset(spec.dataset, input_shape=input_shape, num_classes=num_classes,
+                        base_dir=base_dir)
+    for note in data.notes:
+        log(f"note: {note}")
+    if ckpt is not None and not torch.allclose(
+            torch.tensor(ckpt["mean"] + ckpt["std"]), torch.tensor(data.mean + data.std),
+            rtol=1e-4, atol=1e-6):
+        log("note: the training data's mean/std differ from the checkpoint's; "
+            "has the dataset changed?")
+
+    torch.manual_seed(spec.seed)
+    if ckpt is None and reinit:
+        _reinit(module)
+    module.to(device)
+    x_train, y_train = data.x_train.to(device), data.y_train.to(device)
+    x_test, y_test = data.x_test.to(device), data.y_test.to(device)
+    _check_output(module, x_train[:2], num_classes)
+
+    out.mkdir(parents=True, exist_ok=True)
+    for f in RUN_FILES:  # temp files a killed run may have left behind
+        for stale in out.glob(temp_name_prefix(f) + "*.tmp"):
+            stale.unlink(missing_ok=True)
+
+    optimizer = _make_optimizer(module.parameters(), spec.optimizer)
+    history: list[EpochMetrics] = []
+    start_epoch, start_step = 0, 0
+    partial: dict[str, Any] | None = None
+    if ckpt is not None:
+        module.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        for group in optimizer.param_groups:  # the spec may have changed lr and the like
+            group["lr"] = spec.optimizer.effective_lr
+            group["weight_decay"] = spec.optimizer.effective_weight_decay
+            if "momentum" in group:
+                group["momentum"] = spec.optimizer.effective_momentum
+        _set_rng_state(ckpt["rng"], device)
+        start_epoch, start_step = int(ckpt["epoch"]), int(ckpt["step"])
+        partial = ckpt.get("partial")
+        history = [EpochMetrics(**m) for m in ckpt["metrics"]]
+        where = f"epoch {start_epoch}" + (f", step {start_step}" if start_step else "")
+        log(f"resuming {out} from {where}")
+    else:
+        old = [f for f in (MODEL_FILE, CHECKPOINT_FILE, METRICS_FILE, CURVES_FILE)
+               if (out / f).exists()]
+        if old:
+            log(f"note: starting afresh in {out}; removing the previous run's "
+                f"{', '.join(old)}")
+            for f in old:
+                (out / f).unlink()
+        atomic_write(out / SOURCE_FILE, model_source)
+        run_info = {
+            "name": name,
+            "input_shape": list(input_shape),
+            "num_classes": num_classes,
+            "classes": data.classes,
+            "mean": data.mean,
+            "std": data.std,
+            "loss": loss_name,
+            "module_class": type(module).__name__,
+            "dataset": _absolute_dataset(spec.dataset, base_dir),
+            "train": spec.model_dump(mode="json"),
+            "torch_version": str(torch.__version__),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        atomic_write(out / RUN_FILE, json.dumps(run_info, indent=2) + "\n")
+
+    show = _Progress(sys.stderr.isatty() if progress is None else progress, sys.stderr)
+    n = x_train.shape[0]
+    bs = spec.batch_size
+    steps = math.ceil(n / bs)
+    loss_fn = _loss_fn(loss_name)
+    eval_batch = max(2 * bs, 256)
+    lr = spec.optimizer.effective_lr
+    log(f"training {name} on {device.type}: {n} training and {x_test.shape[0]} test "
+        f"images ({data.source}), {spec.epochs} epochs, batch {bs}, "
+        f"{spec.optimizer.type} lr {lr:g}, {loss_name}")
+    if start_epoch >= spec.epochs:
+        log(f"nothing to do: the checkpoint has {start_epoch} epochs, the spec asks "
+            f"for {spec.epochs}")
+    last_curves = time.perf_counter()
+
+    def checkpoint(epoch: int, step: int, run: _Running | None) -> None:
+        _save_torch({
+            "version": CHECKPOINT_VERSION,
+            "epoch": epoch,
+            "step": step,
+            "model": _cpu_state(module),
+            "optimizer": optimizer.state_dict(),
+            "rng": _rng_state(device),
+            "partial": None if run is None else {
+                "loss_sum": run.loss_sum, "correct": run.correct, "seen": run.seen},
+            "metrics": [asdict(m) for m in history],
+            "train": spec.model_dump(mode="json"),
+            "input_shape": list(input_shape),
+            "num_classes": num_classes,
+            "mean": data.mean,
+            "std": data.std,
+            "loss": loss_name,
+            "torch_version": str(torch.__version__),
+        }, out / CHECKPOINT_FILE)
+
+    def last_good() -> str:
+        done = len(history)
+        return (f"the last good checkpoint (epoch {done}) is kept in {out}" if done
+                else "no epoch had completed, so no checkpoint was written")
+
+    saved = False  # whether a Ctrl-C has been answered with a checkpoint
+    try:
+        with _InterruptFlag() as interrupt:
+            for epoch in range(start_epoch, spec.epochs):
+                t_epoch = time.perf_counter()
+                first = start_step if (epoch == start_epoch and partial) else 0
+                run = _Running(**partial) if first else _Running()
+                perm = torch.randperm(n, generator=torch.Generator().manual_seed(
+                    _epoch_seed(spec.seed, epoch))).to(device)
+                module.train()
+                next_check = first + CHECK_EVERY
+                next_draw = t_epoch + PROGRESS_INTERVAL_S
+                seen_here = 0
+                for step in range(first, steps):
+                    idx = perm[step * bs:(step + 1) * bs]
+                    xb = x_train.index_select(0, idx)
+                    yb = y_train.index_select(0, idx)
+                    optimizer.zero_grad(set_to_none=True)
+                    output = module(xb)
+                    loss = loss_fn(output, yb)
+                    loss.backward()
+                    optimizer.step()
+                    # argmax carries no graph; nothing here waits for the device.
+                    run.add(step, loss.detach(), (output.argmax(1) == yb).sum(), idx.numel())
+                    seen_here += idx.numel()
+                    if interrupt.set:
+                        _raise_if_nan(run, epoch, show, last_good)
+                        checkpoint(epoch, step + 1, run)
+                        show.clear()
+                        log(f"interrupted at epoch {epoch + 1}, step {step + 1}/{steps}; "
+                            f"checkpoint saved in {out} (continue with --resume)")
+                        saved = True
+                        raise KeyboardInterrupt
+                    draw = show.enabled and (step + 1 == steps
+                                             or time.perf_counter() >= next_draw)
+                    if draw or step + 1 >= next_check:
+                        _raise_if_nan(run, epoch, show, last_good)
+                        next_check = step + 1 + CHECK_EVERY
+                        if draw:
+                            now = time.perf_counter()
+                            next_draw = now + PROGRESS_INTERVAL_S
+                            show.draw(epoch + 1, spec.epochs, step + 1, steps, run.loss, run.acc,
+                                      seen_here / max(now - t_epoch, 1e-9))
+                _raise_if_nan(run, epoch, show, last_good)
+                train_s = time.perf_counter() - t_epoch
+                test_loss_sum, preds = _predict(module, x_test, y_test, loss_name, eval_batch)
+                test_loss = test_loss_sum / x_test.shape[0]
+                test_acc = float((preds == y_test).sum()) / x_test.shape[0]
+                if not math.isfinite(test_loss) or not _params_finite(module):
+                    show.clear()
+                    raise TrainError(
+                        f"the weights became NaN or infinite in epoch {epoch + 1} (test loss "
+                        f"{test_loss}); stopped. {last_good()[0].upper()}{last_good()[1:]}")
+                history.append(EpochMetrics(
+                    epoch=epoch + 1, train_loss=run.loss, train_acc=run.acc,
+                    test_loss=test_loss, test_acc=test_acc, lr=lr,
+                    samples_per_s=seen_here / max(train_s, 1e-9),
+                    seconds=time.perf_counter() - t_epoch))
+                checkpoint(epoch + 1, 0, None)
+                _save_torch(_cpu_state(module), out / MODEL_FILE)
+                _write_metrics(out / METRICS_FILE, history)
+                final = epoch + 1 == spec.epochs
+                if final or time.perf_counter() - last_curves >= CURVES_INTERVAL_S:
+                    _write_curves(out / CURVES_FILE, history, name)
+                    last_curves = time.perf_counter()
+                show.clear()
+                m = history[-1]
+                log(f"epoch {m.epoch}/{spec.epochs}  train loss {m.train_loss:.4f}  "
+                    f"test loss {m.test_loss:.4f}  test acc {m.test_acc:.2%}  "
+                    f"{m.samples_per_s:,.0f} samples/s  ({m.seconds:.1f} s)")
+                if interrupt.set:
+                    log(f"interrupted after epoch {epoch + 1}; checkpoint saved in {out} "
+                        "(continue with --resume)")
+                    saved = True
+                    raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        show.clear()
+        if not saved:
+            log(f"interrupted; {last_good()}")
+        if history:
+            _write_curves(out / CURVES_FILE, history, name)
+        raise
+    except TrainError:
+        if history:
+            _write_curves(out / CURVES_FILE, history, name)
+        raise
+    if history and not (out / CURVES_FILE).exists():
+        _write_curves(out / CURVES_FILE, history, name)
+    return TrainResult(out_dir=out, device=str(device), history=history,
+                       seconds=time.perf_counter() - t_call,
+                       resumed_from=start_epoch if ckpt is not None else None)
+
+
+def _raise_if_nan(run: _Running, epoch: int, show: _Progress,
+                  last_good: Callable[[], str]) -> None:
+    bad = run.flush()
+    if bad is not None:
+        show.clear()
+        step, value = bad
+        raise TrainError(
+            f"the loss became {value} at epoch {epoch + 1}, step {step + 1}; training "
+            f"stopped (try a lower lr). {last_good()[0].upper()}{last_good()[1:]}")
+
+
+def _check_output(module: nn.Module, x: torch.Tensor, num_classes: int) -> None:
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            out = module(x)
+    except Exception as e:  # noqa: BLE001 - whatever the model raises, say it plainly
+        raise TrainError(
+            f"the model fails on a batch of shape {list(x.shape)}: {type(e).__name__}: {e}"
+        ) from None
+    finally:
+        module.train(was_training)
+    if out.ndim != 2 or out.shape[1] != num_classes:
+        raise TrainError(
+            f"the model's output has shape {list(out.shape)}; training a classifier of "
+            f"{num_classes} classes needs (batch, {num_classes})")
+
+
+def _absolute_dataset(ds: DatasetSpec, base_dir: Path) -> dict[str, Any]:
+    d = ds.model_dump(mode="json", exclude_none=True)
+    path = resolve_path(ds, base_dir)
+    if path is not None:
+        d["path"] = str(path.resolve())
+    return d
+
+
+# ---------------------------------------------------------------- evaluate
+
+
+def load_run_module(run_dir: Path, prefer: str | None = None) -> nn.Module:
+    """The module of a run: built from its ``model.py``, weights from ``model.pt``.
+
+    ``model.py`` is executed; the first ``nn.Module`` subclass it defines (the one
+    named ``prefer`` first) that can be built without arguments and takes the
+    saved weights is used. Raises TrainError.
+    """
+    run_dir = Path(run_dir)
+    src, weights = run_dir / SOURCE_FILE, run_dir / MODEL_FILE
+    for p in (src, weights):
+        if not p.is_file():
+            raise TrainError(f"{run_dir} is not a finished training run: {p.name} is missing")
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - as in _read_checkpoint
+        raise TrainError(f"cannot read {weights}: {e}") from None
+    mod_name = f"_shapecheck_run_{abs(hash(str(src.resolve())))}"
+    spec = importlib.util.spec_from_file_location(mod_name, src)
+    assert spec is not None and spec.loader is not None
+    py = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = py
+    try:
+        spec.loader.exec_module(py)
+    except Exception as e:  # noqa: BLE001 - user code
+        raise TrainError(f"{src} does not run: {type(e).__name__}: {e}") from None
+    finally:
+        sys.modules.pop(mod_name, None)
+    classes = [v for v in vars(py).values() if isinstance(v, type)
+               and issubclass(v, nn.Module) and v.__module__ == mod_name]
+    classes.sort(key=lambda c: c.__name__ != prefer)
+    tried = []
+    for cls in classes:
+        try:
+            m = cls()
+            m.load_state_dict(state)
+        except Exception as e:  # noqa: BLE001 - wrong constructor or weights: try the next
+            tried.append(f"{cls.__name__}: {type(e).__name__}")
+            continue
+        return m
+    raise TrainError(
+        f"{src} defines no nn.Module class that can be built without arguments and takes "
+        f"the weights in {weights.name}" + (f" (tried {', '.join(tried)})" if tried else ""))
+
+
+def evaluate(
+    run_dir: Path,
+    data: DatasetSpec | None = None,
+    *,
+    base_dir: Path | None = None,
+    split: str = "test",
+    device: str = "auto",
+    batch_size: int = 256,
+    module: nn.Module | None = None,
+) -> EvalResult:
+    """Accuracy, loss and confusion matrix of a trained run on a dataset.
+
+    ``data`` defaults to the dataset the run was trained on; a relative path in it
+    is taken from ``base_dir`` (default: the working directory). The images are
+    normalised with the run's training mean/std, whatever the dataset entry says.
+    ``module`` overrides rebuilding the model from the run's ``model.py``; the
+    run's ``model.pt`` is loaded into it either way. Raises TrainError, DataError.
+    """
+    run_dir = Path(run_dir)
+    info_path = run_dir / RUN_FILE
+    if not info_path.is_file():
+        raise TrainError(f"{run_dir} is not a training run folder ({RUN_FILE} is missing)")
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise TrainError(f"cannot read {info_path}: {e}") from None
+    if module is None:
+        module = load_run_module(run_dir, prefer=info.get("module_class"))
+    else:
+        try:
+            module.load_state_dict(torch.load(run_dir / MODEL_FILE, map_location="cpu",
+                                              weights_only=True))
+        except FileNotFoundError:
+            raise TrainError(f"{run_dir} has no {MODEL_FILE}") from None
+        except RuntimeError as e:
+            raise TrainError(f"{run_dir / MODEL_FILE} does not fit the module: {e}") from None
+    if data is None:
+        data = DatasetSpec.model_validate(info["dataset"])
+        base_dir = None
+    num_classes = int(info["num_classes"])
+    x, y = load_split(
+        data, input_shape=info["input_shape"], num_classes=num_classes, mean=info["mean"],
+        std=info["std"], base_dir=base_dir if base_dir is not None else Path.cwd(),
+        split=split, classes=info.get("classes"))
+    dev = select_device(device)
+    module.to(dev)
+    x, y = x.to(dev), y.to(dev)
+    loss_sum, preds = _predict(module, x, y, info.get("loss", "cross_entropy"), batch_size)
+    confusion = torch.bincount(y * num_classes + preds, minlength=num_classes * num_classes)
+    matrix = confusion.view(num_classes, num_classes).cpu().tolist()
+    n = int(y.shape[0])
+    names = info.get("classes") or [str(i) for i in range(num_classes)]
+    where = resolve_path(data, base_dir if base_dir is not None else Path.cwd())
+    return EvalResult(
+        accuracy=sum(matrix[i][i] for i in range(num_classes)) / n,
+        loss=loss_sum / n, confusion=matrix, classes=list(names), num_samples=n,
+        source=f"{split} split of {where if where is not None else 'synthetic data'}")
+
+
+def format_confusion(result: EvalResult) -> str:
+    """The accuracy line and the confusion matrix (rows: true class, columns: predicted)."""
+    k = len(result.classes)
+    names = [str(c) for c in result.classes]
+    cells = [[str(v) for v in row] for row in result.confusion]
+    recall = []
+    for i in range(k):
+        total = sum(result.confusion[i])
+        recall.append(f"{result.confusion[i][i] / total:.1%}" if total else "-")
+    precision = []
+    for j in range(k):
+        total = sum(result.confusion[i][j] for i in range(k))
+        precision.append(f"{result.confusion[j][j] / total:.1%}" if total else "-")
+    head = "true \\ predicted"
+    w0 = max(len(head), *(len(n) for n in names), len("precision"))
+    w = max(3, *(len(n) for n in names), *(len(c) for row in cells for c in row),
+            *(len(p) for p in precision))
+    lines = [
+        (f"accuracy {result.accuracy:.2%} ({result.correct}/{result.num_samples})  "
+         f"loss {result.loss:.4f}  on the {result.source}"),
+        "",
+        head.ljust(w0) + "".join(f" {n:>{w}}" for n in names) + "   recall",
+    ]
+    for name, row, r in zip(names, cells, recall):
+        lines.append(name.rjust(w0) + "".join(f" {c:>{w}}" for c in row) + f"   {r:>6}")
+    lines.append("precision".rjust(w0) + "".join(f" {p:>{w}}" for p in precision))
+    return "\n".join(lines)

@@ -1,0 +1,238 @@
+"""The spec's ``train:`` section, read by ``shapecheck build --train``.
+
+Plain pydantic models with no torch import, so loading and planning a spec
+never pays for torch. Every field has a default except the dataset, which may
+also come from the command line (``apply_overrides``).
+
+    train:
+      dataset: {format: idx, path: data/mnist-5k}   # or just: dataset: data/mnist-5k
+      loss: cross_entropy          # default: nll_loss after a logsoftmax layer, else cross_entropy
+      optimizer: {type: sgd, lr: 0.01, momentum: 0.5}
+      epochs: 10
+      batch_size: 64
+      seed: 0
+      device: auto                 # auto: cuda, then mps, then cpu
+      output: runs/lecture_cnn     # default: runs/<name> in the working directory
+
+Datasets (``format``; left out, it is detected from ``path``):
+
+- ``idx``: a folder with the four MNIST IDX files, gzipped or not
+  (``train-images-idx3-ubyte[.gz]``, ``train-labels-idx1-ubyte[.gz]``,
+  ``t10k-images-idx3-ubyte[.gz]``, ``t10k-labels-idx1-ubyte[.gz]``); the folder may
+  also be torchvision's root, with the files under ``MNIST/raw/`` or ``raw/``.
+- ``npz``: a ``.npz`` file with ``x_train, y_train, x_test, y_test`` (as Keras'
+  ``mnist.npz``), or with ``x, y`` and a ``test_fraction`` to hold out. Images are
+  ``(N, H, W)`` for one channel, ``(N, C, H, W)`` or ``(N, H, W, C)``; labels are
+  integers ``0 .. classes-1``.
+- ``folder``: one sub-folder of images per class (class index = sorted folder
+  name, as torchvision's ImageFolder), either under ``train/`` and ``test/`` (or
+  ``val/``), or directly in the folder together with a ``test_fraction``.
+- ``synthetic``: random class-dependent images of the spec's input shape, for
+  smoke tests (``train_size``/``test_size`` samples; default 512/128).
+
+Images stored as 8-bit integers are scaled to [0, 1] first (as torchvision's
+``ToTensor``); then each channel is normalised with ``mean``/``std``, which
+default to those of the training split. A ``test_fraction`` split is stratified
+per class and fixed (it does not depend on the training seed), so ``eval`` with
+the same dataset entry sees the same held-out images. ``train_size`` and
+``test_size`` keep only the first n samples of each split.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "DatasetFormat",
+    "DatasetSpec",
+    "LossName",
+    "OptimizerSpec",
+    "TrainSpec",
+    "apply_overrides",
+]
+
+DatasetFormat = Literal["idx", "npz", "folder", "synthetic"]
+LossName = Literal["cross_entropy", "nll_loss"]
+DeviceName = Literal["auto", "cpu", "cuda", "mps"]
+
+DEFAULT_LR = {"sgd": 0.01, "adam": 0.001, "adamw": 0.001}
+
+
+def _finite(value: float | list[float] | None, what: str) -> None:
+    values = value if isinstance(value, list) else [value]
+    for v in values:
+        if v is not None and not math.isfinite(v):
+            raise ValueError(f"{what} must be a finite number")
+
+
+class DatasetSpec(BaseModel):
+    """Where the training data comes from (see the module docstring for formats)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: DatasetFormat | None = None
+    path: str | None = None
+    mean: float | list[float] | None = None
+    std: PositiveFloat | list[PositiveFloat] | None = None
+    test_fraction: float | None = Field(default=None, gt=0, lt=1)
+    train_size: PositiveInt | None = None
+    test_size: PositiveInt | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, data: Any) -> Any:
+        # `dataset: synthetic` and `dataset: data/mnist` are shorthands.
+        if isinstance(data, str):
+            return {"format": "synthetic"} if data == "synthetic" else {"path": data}
+        return data
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _lower_format(cls, v: Any) -> Any:
+        return v.lower() if isinstance(v, str) else v
+
+    @field_validator("mean", "std")
+    @classmethod
+    def _non_empty(cls, v: Any) -> Any:
+        if isinstance(v, list) and not v:
+            raise ValueError("give one number, or one per channel")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> DatasetSpec:
+        _finite(self.mean, "mean")
+        _finite(self.std, "std")
+        if self.format == "synthetic":
+            if self.path is not None:
+                raise ValueError("a synthetic dataset takes no path")
+        elif self.path is None or not self.path.strip():
+            raise ValueError("a dataset needs a path (or format: synthetic)")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give both mean and std, or neither")
+        return self
+
+
+class OptimizerSpec(BaseModel):
+    """``torch.optim`` SGD, Adam or AdamW.
+
+    Left out, ``lr`` is 0.01 for sgd and 0.001 for adam/adamw, ``momentum`` 0, and
+    ``weight_decay`` PyTorch's default (0, but 0.01 for adamw).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: PositiveFloat | None = None
+    momentum: NonNegativeFloat | None = None
+    weight_decay: NonNegativeFloat | None = None
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _lower_type(cls, v: Any) -> Any:
+        # PyTorch spells them SGD, Adam, AdamW; accept any case.
+        return v.lower() if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _check(self) -> OptimizerSpec:
+        _finite(self.lr, "lr")
+        _finite(self.weight_decay, "weight_decay")
+        if self.momentum is not None and self.type != "sgd" and self.momentum != 0:
+            raise ValueError(f"momentum applies to sgd only ({self.type} has its own betas)")
+        if self.momentum is not None and self.momentum >= 1:
+            raise ValueError("momentum must be below 1")
+        return self
+
+    @property
+    def effective_lr(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.type]
+
+    @property
+    def effective_momentum(self) -> float:
+        return self.momentum or 0.0
+
+    @property
+    def effective_weight_decay(self) -> float:
+        if self.weight_decay is not None:
+            return self.weight_decay
+        return 0.01 if self.type == "adamw" else 0.0
+
+
+class TrainSpec(BaseModel):
+    """The ``train:`` section. ``loss`` left out is chosen from the last layer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: DatasetSpec | None = None
+    loss: LossName | None = None
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    epochs: PositiveInt = 10
+    batch_size: PositiveInt = 64
+    seed: NonNegativeInt = 0
+    device: DeviceName = "auto"
+    output: str | None = None
+
+    @field_validator("loss", "device", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return v.lower() if isinstance(v, str) else v
+
+
+def apply_overrides(
+    spec: TrainSpec | None,
+    *,
+    data: str | None = None,
+    data_format: str | None = None,
+    loss: str | None = None,
+    optimizer: str | None = None,
+    lr: float | None = None,
+    momentum: float | None = None,
+    weight_decay: float | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+    output: str | None = None,
+) -> TrainSpec:
+    """A new, validated TrainSpec: ``spec`` (or the defaults) with each non-None flag applied.
+
+    For the command line: ``--data PATH`` replaces the whole dataset entry
+    (``--data synthetic`` too), ``--optimizer adam`` keeps lr/weight_decay unless
+    given. Raises ``pydantic.ValidationError`` for bad values.
+    """
+    base: dict[str, Any] = spec.model_dump(exclude_none=True) if spec is not None else {}
+    if data is not None:
+        base["dataset"] = {"format": "synthetic"} if data == "synthetic" else {"path": data}
+    if data_format is not None:
+        base.setdefault("dataset", {})["format"] = data_format
+    opt: dict[str, Any] = base.setdefault("optimizer", {})
+    if optimizer is not None:
+        if opt.get("type", "sgd") != optimizer.lower():
+            opt.pop("momentum", None)  # sgd's momentum means nothing to adam
+        opt["type"] = optimizer
+    for key, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
+        if value is not None:
+            opt[key] = value
+    for key, value in (
+        ("loss", loss),
+        ("epochs", epochs),
+        ("batch_size", batch_size),
+        ("seed", seed),
+        ("device", device),
+        ("output", output),
+    ):
+        if value is not None:
+            base[key] = value
+    return TrainSpec.model_validate(base)
