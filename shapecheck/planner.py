@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 from .diagnostics import Diagnostic
 from .layers import BLOCKS, Context, LayerSpec, ShapeError
@@ -146,12 +146,13 @@ class _Planner:
             row.branches.append(sub)
             row.branch_keys.append(key)
             outs.append(out)
+            # A block's params and MACs are its children's, also where the block fails.
+            children = [r for branch in row.branches for r in branch]
+            row.params = sum(r.params for r in children)
+            row.macs = sum(r.macs for r in children)
             if self.failure:
                 return x
         out, merge = block.merge(x, outs)
-        children = [r for branch in row.branches for r in branch]
-        row.params = sum(r.params for r in children)
-        row.macs = sum(r.macs for r in children)
         row.activation_values = sum(r.activation_values for r in children) + math.prod(out)
         row.explain = [merge]
         return out
@@ -174,7 +175,7 @@ class _Planner:
         return layer
 
     def _smallest_input_hint(self) -> str | None:
-        c, h, w = self.input
+        _, h, w = self.input
         big = 1 << 40
         min_h = _smallest(lambda s: self._fits(s, big))
         min_w = _smallest(lambda s: self._fits(big, s))

@@ -8,7 +8,6 @@ from typing import Any, Literal
 from pydantic import Field
 
 from .base import Dims, LayerSpec, ShapeError, times
-from .conv import conv_out
 
 
 def _chw(x: Dims) -> str:
@@ -19,7 +18,7 @@ class Residual(LayerSpec):
     type: Literal["residual"]
     # Raw entries at first; parse_children() replaces them with validated layers.
     body: list[Any] = Field(min_length=1)
-    shortcut: list[Any] = []  # empty: the identity
+    shortcut: list[Any] = Field(default_factory=list)  # empty: the identity
 
     family = "block"
     name_prefix = "res"
@@ -49,14 +48,29 @@ def _shortcut_hint(x: Dims, body: Dims) -> str | None:
     """The 1×1 conv shortcut (with its stride) that maps the input to the body's shape."""
     if len(x) != 4 or len(body) != 4:
         return None
-    for s in range(1, max(x[2], x[3]) + 1):
-        if (conv_out(x[2], 1, s, 0, 1), conv_out(x[3], 1, s, 0, 1)) == body[2:]:
-            stride = "" if s == 1 else f", stride: {s}"
-            return (
-                f"use shortcut: [{{type: conv2d, out_channels: {body[1]}, kernel_size: 1{stride}, "
-                f"bias: false}}, batchnorm2d]"
-            )
-    return f"the body changes {x[2]}×{x[3]} to {body[2]}×{body[3]}, which no 1×1 conv stride gives"
+    s = _one_by_one_stride(x[2:], body[2:])
+    if s is None:
+        return (f"the body changes {x[2]}×{x[3]} to {body[2]}×{body[3]}, "
+                "which no 1×1 conv stride gives")
+    stride = "" if s == 1 else f", stride: {s}"
+    return (
+        f"use shortcut: [{{type: conv2d, out_channels: {body[1]}, kernel_size: 1{stride}, "
+        f"bias: false}}, batchnorm2d]"
+    )
+
+
+def _one_by_one_stride(sizes: Dims, outs: Dims) -> int | None:
+    """The smallest stride s with (n − 1) // s + 1 == out on every axis, or None.
+
+    Solved per axis as an interval of s rather than by trying strides: the planner also plans
+    at huge trial inputs (to find the smallest input that fits), where a search would hang."""
+    lo, hi = 1, None
+    for n, out in zip(sizes, outs):
+        m, q = n - 1, out - 1  # need q·s <= m < (q + 1)·s
+        lo = max(lo, m // (q + 1) + 1)
+        if q > 0:
+            hi = m // q if hi is None else min(hi, m // q)
+    return lo if hi is None or lo <= hi else None
 
 
 class Concat(LayerSpec):
@@ -80,6 +94,13 @@ class Concat(LayerSpec):
         return self.model_copy(update={"branches": branches}), errors
 
     def merge(self, x: Dims, outs: list[Dims]) -> tuple[Dims, str]:
+        for i, out in enumerate(outs):
+            if len(out) < 2:  # torch.cat(dim=1) raises: there is no dim 1
+                raise ShapeError(
+                    "SC209",
+                    f"branch {i} gives a 1-d tensor, but concat joins on dim 1 (channels)",
+                    "flatten with start_dim: 1 (the default) keeps the batch dimension",
+                )
         first = outs[0]
         for i, out in enumerate(outs[1:], start=1):
             if len(out) != len(first) or out[:1] + out[2:] != first[:1] + first[2:]:

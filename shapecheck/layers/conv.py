@@ -47,6 +47,16 @@ def same_padding(kernel: int, dilation: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+# F.pad's limits per side: reflect mirrors without repeating the edge, so it needs pad < size;
+# circular wraps around at most once, pad <= size. zeros and replicate pad any amount.
+_PAD_RULE = {"reflect": "less than the input size", "circular": "at most the input size"}
+
+
+def _pad_limit(mode: str, size: int) -> int | None:
+    """The largest padding per side that padding_mode allows on an input of this size."""
+    return {"reflect": size - 1, "circular": size}.get(mode)
+
+
 class Conv2d(LayerSpec):
     type: Literal["conv2d"]
     in_channels: PosInt | None = None
@@ -122,8 +132,8 @@ class Conv2d(LayerSpec):
             warnings.append(
                 (
                     "SC304",
-                    f"kernel {times(kernel)} with padding='same' pads one more pixel on the "
-                    "bottom/right than on the top/left",
+                    (f"kernel {times(kernel)} with padding='same' pads one more pixel on "
+                     "the bottom/right than on the top/left"),
                     "use an odd kernel_size for symmetric padding",
                 )
             )
@@ -132,16 +142,16 @@ class Conv2d(LayerSpec):
             ("H", "W"), (h, w), kernel, stride, dil, self.pads()
         ):
             padded, eff = size + pl + pr, d * (k - 1) + 1
-            if self.padding_mode != "zeros" and max(pl, pr) > 0:
-                limit_ok = max(pl, pr) < size if self.padding_mode == "reflect" else max(pl, pr) <= size
-                if not limit_ok:
-                    raise ShapeError(
-                        "SC201",
-                        f"padding {max(pl, pr)} is too large for padding_mode="
-                        f"'{self.padding_mode}' on an input of {axis}={size}",
-                        "reflect padding must be smaller than the input size; "
-                        "use padding_mode: zeros or a larger input",
-                    )
+            limit = _pad_limit(self.padding_mode, size)
+            if limit is not None and max(pl, pr) > limit:
+                raise ShapeError(
+                    "SC201",
+                    f"padding {max(pl, pr)} is too large for padding_mode="
+                    f"'{self.padding_mode}' on an input of {axis}={size}",
+                    f"{self.padding_mode} padding must be at most {limit} here "
+                    f"({_PAD_RULE[self.padding_mode]}); use padding_mode: zeros or replicate, "
+                    "or a larger input",
+                )
             if padded < eff:
                 raise ShapeError(
                     "SC201",

@@ -4,7 +4,17 @@ They have no parameters and no MACs (as the contract counts them)."""
 
 from typing import Literal
 
-from .base import Context, Dims, Flag, Inferred, Int, LayerSpec, Number, Probability
+from .base import (
+    Context,
+    Dims,
+    Flag,
+    Inferred,
+    Int,
+    LayerSpec,
+    Number,
+    Probability,
+    ShapeError,
+)
 from .reshape import wrap_dim
 
 
@@ -97,6 +107,18 @@ class Dropout(_Dropout):
 class Dropout2d(_Dropout):
     type: Literal["dropout2d"]
     torch_class = "Dropout2d"
+
+    def infer(self, x: Dims, ctx: Context) -> Inferred:
+        # It zeroes whole channels (dim 1): in training torch raises on a 1-d tensor, which has
+        # none (in eval mode it passes it through, but dropout only acts in training).
+        if len(x) < 2:
+            raise ShapeError(
+                "SC209",
+                "dropout2d needs a tensor of at least 2 dims (it drops whole channels), "
+                "but a 1-d tensor arrives",
+                "flatten with start_dim: 1 (the default) keeps the batch dimension",
+            )
+        return Inferred(out=x)
 
 
 class _Softmax(_Elementwise):

@@ -1,0 +1,551 @@
+"""Differential test: the planner against PyTorch itself.
+
+Hypothesis generates random specs over every layer type and field of the spec-format contract,
+dumps each to YAML text and plans it with ``shapecheck.plan``; the torch oracle
+(tests/torch_oracle.py) builds the same spec with torch.nn and runs real tensors through it.
+Validity, the first failing layer (index and path), every layer's input and output shape,
+weight and bias shapes, params and MACs must agree, and ``Plan.to_dict()`` must agree with the
+Plan. A symbolic batch runs in torch as batch 2.
+
+Deliberate differences from torch (the contract is stricter on purpose):
+
+- conv2d on a 3-d tensor: shapecheck says SC209 (it needs N×C×H×W). torch takes a 3-d tensor as
+  one unbatched sample (C, H, W), so in a network it would read the batch as channels. The
+  generator makes such cases; the test asserts SC209 and that torch fails no earlier.
+- adaptiveavgpool2d on a 2-d tensor: SC209. With output_size 1 (an int) torch takes a shortcut,
+  the mean over the last two dims, which on N×F averages over the batch; any other output_size
+  raises. Asserted the same way.
+- linear on a 1-d tensor (a flatten with start_dim 0 merged the batch into the features):
+  shapecheck says SC213; torch takes it as one sample's features. Asserted the same way.
+- Non-positive sizes (out_channels: 0, out_features: 0, output_size: 0): SC103; torch builds
+  an empty layer. Schema errors are found before any shape is planned, so a spec with a schema
+  error reports that error even where torch would fail earlier on a shape. The generator keeps
+  to schema-valid specs; test_deliberate_differences checks these cases.
+- dropout2d on a 1-d tensor: SC209. torch raises in training ("Feature dropout requires at
+  least 2 dimensions"), the only mode where dropout acts; the oracle runs in eval mode, where
+  it passes the tensor through. Asserted like the two above.
+- batchnorm2d with a wrong num_features: SC205 always. torch checks num_features only through
+  its weight, bias and running statistics, so with affine and track_running_stats both false
+  it normalises any number of channels. Asserted like the ones above.
+- A residual whose body and shortcut shapes merely broadcast (N×C×1×1 + N×C×7×7): SC211;
+  ``torch.add`` would broadcast. The oracle's residual checks equal shapes as the contract does,
+  so the generator's residuals are compared exactly.
+- Batch-size-dependent failures are not modelled: batchnorm2d with track_running_stats false
+  (or in train mode) raises on one value per channel (batch 1 at 1×1). The generator never
+  combines track_running_stats false with batch 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+torch = pytest.importorskip("torch")
+hypothesis = pytest.importorskip("hypothesis")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from torch_oracle import LAYER_CLASSES, _LayerFailure, _Runner, run_oracle
+
+import shapecheck
+
+SYMBOLIC_BATCH = 2  # what a symbolic batch ("N") runs as in torch
+MAX_EXAMPLES = 300
+
+CAMEL = {name: cls.__name__ for name, cls in LAYER_CLASSES.items()}
+CAMEL.update(residual="Residual", concat="Concat")
+ACTIVATIONS = ["relu", "relu6", "leakyrelu", "elu", "gelu", "silu", "sigmoid", "tanh"]
+
+# Layer kinds by the rank of the tensor that arrives, repeated to weight the draw. Kinds that
+# cannot work at a rank still come up through the "anything" draw.
+KINDS_BY_RANK = {
+    4: ["relu", "conv2d", "conv2d", "conv2d", "maxpool2d", "maxpool2d", "avgpool2d",
+        "avgpool2d", "adaptiveavgpool2d", "adaptivemaxpool2d", "batchnorm2d", "batchnorm2d",
+        "dropout", "dropout2d", "identity", "softmax", "logsoftmax", "flatten", "flatten",
+        "flatten", "flatten", "linear", "residual", "residual", "concat", "concat", *ACTIVATIONS],
+    3: ["relu", "maxpool2d", "avgpool2d", "adaptiveavgpool2d", "adaptivemaxpool2d", "dropout2d",
+        "flatten", "flatten", "linear", "linear", "softmax", "residual", "concat", "conv2d",
+        "batchnorm2d", *ACTIVATIONS],
+    2: ["relu", "linear", "linear", "linear", "dropout", "dropout2d", "identity", "softmax",
+        "logsoftmax", "flatten", "residual", "concat", "adaptiveavgpool2d", *ACTIVATIONS],
+    1: ["relu", "softmax", "dropout", "dropout2d", "flatten", "linear", "linear", "linear",
+        "residual", "concat", *ACTIVATIONS],
+}
+ALL_KINDS = sorted(set(KINDS_BY_RANK[4]))
+
+_TRACK = _Runner("meta")  # the generator follows torch's shapes to make valid specs common
+
+
+def torch_after(raw, x):
+    """The tensor torch gives for one layer (meta device), or None where torch raises."""
+    if x is None:
+        return None
+    try:
+        return _TRACK.one(raw, x, 0, (0,))[1]
+    except _LayerFailure:
+        return None
+
+
+def int_or_pair(lo: int, hi: int):
+    return st.one_of(st.integers(lo, hi), st.lists(st.integers(lo, hi), min_size=2, max_size=2))
+
+
+class _Gen:
+    """Draws layers one by one, following the shape torch computes for the layers so far."""
+
+    def __init__(self, draw, batch: int):
+        self.draw = draw
+        self.batch = batch
+        self.names = 0
+
+    def chance(self, tenths: int) -> bool:
+        return self.draw(st.integers(0, 9)) < tenths
+
+    def pick(self, values):
+        return self.draw(st.sampled_from(values))
+
+    def layers(self, x, count: int, depth: int, keep: bool = False):
+        out = []
+        for _ in range(count):
+            raw = self.layer(x, depth, keep)
+            out.append(raw)
+            x = torch_after(raw, x)
+        return out, x
+
+    def layer(self, x, depth: int, keep: bool):
+        rank = x.dim() if x is not None else 4
+        kinds = KINDS_BY_RANK.get(rank, ALL_KINDS)
+        kind = self.pick(ALL_KINDS if self.chance(1) else kinds)
+        if kind in ("residual", "concat") and depth >= 2:
+            kind = "relu"
+        raw = getattr(self, kind, self.plain)(kind, x, depth, keep)
+        raw = {"type": self.pick([kind, CAMEL[kind], kind.upper()]), **raw}
+        if self.chance(2):
+            self.names += 1
+            raw["name"] = f"n{self.names}"
+        if set(raw) == {"type"} and self.chance(5):
+            return raw["type"]  # a bare string
+        return raw
+
+    def opt(self, raw: dict, key: str, strategy, tenths: int = 5) -> None:
+        if self.chance(tenths):
+            raw[key] = self.draw(strategy)
+
+    def declared(self, raw: dict, key: str, right: int | None, lo: int, hi: int) -> None:
+        """in_channels / num_features / in_features: left out, right, or any value."""
+        roll = self.draw(st.integers(0, 9))
+        if roll >= 8:
+            raw[key] = self.draw(st.integers(lo, hi))
+        elif roll >= 5 and right is not None:
+            raw[key] = right
+
+    # -- layer kinds ---------------------------------------------------------------------
+    def plain(self, kind, x, depth, keep):
+        raw = {}
+        if kind in ("relu", "relu6", "silu", "elu", "leakyrelu"):
+            self.opt(raw, "inplace", st.booleans(), 2)
+        if kind == "leakyrelu":
+            self.opt(raw, "negative_slope", st.sampled_from([0.01, 0.2, -0.5]), 3)
+        if kind == "elu":
+            self.opt(raw, "alpha", st.sampled_from([1.0, 0.5, 2]), 3)
+        if kind == "gelu":
+            self.opt(raw, "approximate", st.sampled_from(["none", "tanh"]), 4)
+        return raw
+
+    def identity(self, kind, x, depth, keep):
+        return {}
+
+    def dropout(self, kind, x, depth, keep):
+        raw = {}
+        self.opt(raw, "p", st.sampled_from([0.0, 0.2, 0.5, 1.0, 1]), 4)
+        self.opt(raw, "inplace", st.booleans(), 2)
+        return raw
+
+    dropout2d = dropout
+
+    def dim(self, rank: int, lowest: int = 0) -> int:
+        """A dim index at least `lowest`, written either way (2 or -2); now and then one out of
+        range."""
+        if self.chance(1) or lowest >= rank:
+            return self.draw(st.integers(-rank - 1, rank))
+        d = self.draw(st.integers(lowest, rank - 1))
+        return d - rank if self.chance(3) else d
+
+    def softmax(self, kind, x, depth, keep):
+        rank = x.dim() if x is not None else 4
+        raw = {}
+        if self.chance(7):
+            raw["dim"] = self.dim(rank)
+        return raw
+
+    logsoftmax = softmax
+
+    def flatten(self, kind, x, depth, keep):
+        rank = x.dim() if x is not None else 4
+        raw = {}
+        if self.chance(5):
+            raw["start_dim"] = self.dim(rank)
+        if self.chance(4):
+            start = raw.get("start_dim", 1)
+            raw["end_dim"] = self.dim(rank, start % rank if -rank <= start < rank else 0)
+        return raw
+
+    def linear(self, kind, x, depth, keep):
+        raw = {"out_features": self.draw(st.integers(1, 12))}
+        right = int(x.shape[-1]) if x is not None and x.dim() >= 1 else None
+        self.declared(raw, "in_features", right, 1, 40)
+        self.opt(raw, "bias", st.booleans(), 3)
+        return raw
+
+    def batchnorm2d(self, kind, x, depth, keep):
+        raw = {}
+        right = int(x.shape[1]) if x is not None and x.dim() >= 2 else None
+        self.declared(raw, "num_features", right, 1, 8)
+        self.opt(raw, "eps", st.sampled_from([1e-5, 0.001]), 2)
+        self.opt(raw, "momentum", st.sampled_from([0.1, None, 0.5]), 2)
+        self.opt(raw, "affine", st.booleans(), 3)
+        if self.batch > 1:  # batch 1 at 1×1 would fail in torch whatever the architecture
+            self.opt(raw, "track_running_stats", st.booleans(), 2)
+        return raw
+
+    def conv2d(self, kind, x, depth, keep):
+        c_in = int(x.shape[1]) if x is not None and x.dim() >= 2 else None
+        groups = 1
+        if self.chance(3):
+            groups = self.pick([2, 3, 4] + ([c_in] if c_in else []))
+        if self.chance(8):  # a multiple of groups, so that groups usually divides it
+            out_channels = groups * self.draw(st.integers(1, 3))
+        else:
+            out_channels = self.draw(st.integers(1, 8))
+        raw = {"out_channels": min(out_channels, 24)}
+        self.declared(raw, "in_channels", c_in, 1, 8)
+        if keep and self.chance(7):  # keeps H×W, for concat branches and residual bodies
+            k = self.pick([1, 3, 5])
+            raw["kernel_size"] = k
+            if self.chance(5):
+                raw["padding"] = "same"
+                self.opt(raw, "dilation", int_or_pair(1, 2), 3)
+            else:
+                raw["padding"] = k // 2
+        else:
+            raw["kernel_size"] = self.draw(int_or_pair(1, 7))
+            self.opt(raw, "stride", int_or_pair(1, 3), 4)
+            self.opt(raw, "padding", st.one_of(int_or_pair(0, 3), st.sampled_from(["same", "valid"])), 5)
+            self.opt(raw, "dilation", int_or_pair(1, 3), 3)
+        if groups != 1 or self.chance(1):
+            raw["groups"] = groups
+        self.opt(raw, "bias", st.booleans(), 3)
+        self.opt(raw, "padding_mode",
+                 st.sampled_from(["zeros", "reflect", "replicate", "circular"]), 3)
+        return raw
+
+    def _window(self, kind, keep):
+        raw = {}
+        if keep and self.chance(7):
+            k = self.pick([1, 3, 5])
+            raw.update(kernel_size=k, stride=1, padding=k // 2)
+        else:
+            raw["kernel_size"] = self.draw(int_or_pair(1, 5))
+            self.opt(raw, "stride", st.one_of(st.none(), int_or_pair(1, 3)), 5)
+            self.opt(raw, "padding", int_or_pair(0, 2), 4)
+        self.opt(raw, "ceil_mode", st.booleans(), 4)
+        return raw
+
+    def maxpool2d(self, kind, x, depth, keep):
+        raw = self._window(kind, keep)
+        if not keep:
+            self.opt(raw, "dilation", int_or_pair(1, 3), 3)
+        return raw
+
+    def avgpool2d(self, kind, x, depth, keep):
+        raw = self._window(kind, keep)
+        self.opt(raw, "count_include_pad", st.booleans(), 3)
+        self.opt(raw, "divisor_override", st.one_of(st.none(), st.integers(1, 9)), 2)
+        return raw
+
+    def adaptiveavgpool2d(self, kind, x, depth, keep):
+        size = st.one_of(st.none(), st.integers(1, 8))
+        return {"output_size": self.draw(st.one_of(
+            st.integers(1, 8), st.lists(size, min_size=2, max_size=2)))}
+
+    adaptivemaxpool2d = adaptiveavgpool2d
+
+    def residual(self, kind, x, depth, keep):
+        body, y = self.layers(x, self.draw(st.integers(1, 3)), depth + 1, keep=self.chance(6))
+        raw = {"body": body}
+        roll = self.draw(st.integers(0, 9))
+        if roll >= 7 and x is not None and y is not None and x.dim() == 4 == y.dim():
+            raw["shortcut"] = self.fitting_shortcut(x, y)
+        elif roll >= 5:
+            raw["shortcut"], _ = self.layers(x, self.draw(st.integers(0, 2)), depth + 1, keep=True)
+        return raw
+
+    def fitting_shortcut(self, x, y):
+        """A 1×1 conv (and batchnorm) that maps x to the body's shape, where a stride can."""
+        for s in range(1, 41):
+            if ((x.shape[2] - 1) // s + 1, (x.shape[3] - 1) // s + 1) == tuple(y.shape[2:]):
+                break
+        conv = {"type": "conv2d", "out_channels": int(y.shape[1]), "kernel_size": 1,
+                "stride": s, "bias": False}
+        return [conv, "batchnorm2d"] if self.chance(5) else [conv]
+
+    def concat(self, kind, x, depth, keep):
+        branches = []
+        for _ in range(self.draw(st.integers(1, 3))):
+            layers, _ = self.layers(x, self.draw(st.integers(0, 3)), depth + 1, keep=self.chance(8))
+            branches.append(layers)
+        return {"branches": branches}
+
+
+@st.composite
+def specs(draw):
+    c = draw(st.integers(1, 6))
+    h = draw(st.integers(1, 40))
+    w = draw(st.one_of(st.just(h), st.integers(1, 40)))
+    batch = draw(st.one_of(st.sampled_from(["N", "B", "batch"]), st.integers(1, 3)))
+    run_batch = batch if isinstance(batch, int) else SYMBOLIC_BATCH
+    gen = _Gen(draw, run_batch)
+    x = torch.empty(run_batch, c, h, w, device="meta")
+    layers, x = gen.layers(x, draw(st.integers(1, 6)), depth=0)
+    if gen.chance(4):  # a classifier head: flatten, then linear layers and the like
+        flatten = {"type": "flatten"}
+        if gen.chance(4):
+            flatten.update(gen.flatten("flatten", x, 0, False))
+        x = torch_after(flatten, x)
+        head, _ = gen.layers(x, draw(st.integers(1, 3)), depth=0)
+        layers += [flatten, *head]
+    spec = {"input": {"shape": [c, h, w]}, "layers": layers}
+    if batch != "N" or draw(st.booleans()):
+        spec["input"]["batch"] = batch
+    return spec
+
+
+# -- comparison ----------------------------------------------------------------------------
+
+
+def run_batch(spec: dict) -> int:
+    batch = spec["input"].get("batch", "N")
+    return batch if isinstance(batch, int) else SYMBOLIC_BATCH
+
+
+def concrete(shape, batch: int):
+    """A plan shape with the batch as torch sees it: ("N*3", 5) -> (6, 5) at batch 2."""
+    if shape is None:
+        return None
+    first = shape[0]
+    if isinstance(first, str):
+        _, _, k = first.partition("*")
+        first = batch * (int(k) if k else 1)
+    return (first, *shape[1:])
+
+
+def order(path) -> tuple:
+    """A sort key for layer paths in execution order: a block's children run before the
+    block's own merge; residual body before shortcut, concat branches in order."""
+    key = []
+    for i, part in enumerate(path):
+        key.append({"body": 0, "shortcut": 1}.get(part, part) if i % 2 else part)
+    return (*key, float("inf"))
+
+
+def find_row(plan, path):
+    return next(row for row in plan.walk() if row.path == tuple(path))
+
+
+def check_rows(rows, olayers, batch: int) -> None:
+    assert [row.index for row in rows] == [o.index for o in olayers]
+    for row, o in zip(rows, olayers):
+        where = f"layer {'/'.join(map(str, row.path))} ({row.type})"
+        assert row.status == "ok", where
+        assert row.type == o.type, where
+        assert concrete(row.input_shape, batch) == o.input_shape, where
+        assert concrete(row.output_shape, batch) == o.output_shape, where
+        assert row.weight_shape == o.weight_shape, where
+        assert row.bias_shape == o.bias_shape, where
+        assert row.params == o.params, where
+        assert row.macs == o.macs, where
+        if o.branches is None:
+            assert row.branches is None, where
+        else:
+            assert row.branches is not None and len(row.branches) == len(o.branches), where
+            for rbranch, obranch in zip(row.branches, o.branches):
+                check_rows(rbranch, obranch, batch)
+
+
+def deliberate(plan, error) -> bool:
+    """Whether the planner's error is one the contract makes on purpose where torch may run."""
+    path = error.path or (error.layer,)
+    row = find_row(plan, path)
+    if error.code == "SC213":
+        return True
+    if error.code == "SC205":  # torch checks num_features only against its own tensors
+        return not (row.spec.affine or row.spec.track_running_stats)
+    rank = len(row.input_shape)
+    return error.code == "SC209" and (row.type, rank) in (
+        ("conv2d", 3), ("dropout2d", 1), ("adaptiveavgpool2d", 2))
+
+
+def check_json(plan) -> None:
+    d = json.loads(json.dumps(plan.to_dict()))
+    assert d["name"] == plan.name and d["valid"] is plan.valid
+    assert d["input_shape"] == list(plan.input_shape)
+    assert d["output_shape"] == (None if plan.output_shape is None else list(plan.output_shape))
+    totals = d["totals"]
+    assert totals["params"] == plan.params == sum(e["params"] for e in d["layers"])
+    assert totals["trainable_params"] == plan.params
+    assert totals["macs"] == plan.macs == sum(e["macs"] for e in d["layers"])
+
+    def same(items, rows):
+        assert len(items) == len(rows)
+        for e, row in zip(items, rows):
+            assert e["index"] == row.index and e["name"] == row.name and e["type"] == row.type
+            assert e["line"] == row.line
+            for key in ("input_shape", "output_shape", "weight_shape", "bias_shape"):
+                value = getattr(row, key)
+                assert e[key] == (None if value is None else list(value)), key
+            assert e["params"] == row.params and e["macs"] == row.macs
+            if row.branches is None:
+                assert "branches" not in e
+            else:
+                assert e["params"] == sum(c["params"] for b in e["branches"] for c in b)
+                assert e["macs"] == sum(c["macs"] for b in e["branches"] for c in b)
+                for eb, rb in zip(e["branches"], row.branches, strict=True):
+                    same(eb, rb)
+
+    same(d["layers"], plan.layers)
+    assert [(x["severity"], x["code"], x["layer"], x.get("path")) for x in d["diagnostics"]] == [
+        (x.severity, x.code, x.layer, None if x.path is None else list(x.path))
+        for x in plan.diagnostics
+    ]
+
+
+def check_against_torch(spec: dict) -> None:
+    text = yaml.safe_dump(spec, sort_keys=False)
+    plan = shapecheck.plan(text)
+    batch = run_batch(spec)
+    oracle = run_oracle(spec, batch=batch)
+    check_json(plan)
+    assert plan.layers, [d.message for d in plan.errors]  # generated specs follow the schema
+    assert concrete(plan.input_shape, batch) == oracle.input_shape
+    errors = plan.errors
+    assert len(errors) <= 1, [e.message for e in errors]
+    if not errors:
+        assert oracle.valid, f"torch fails at {oracle.failed_path}: {oracle.error}"
+        check_rows(plan.layers, oracle.layers, batch)
+        assert concrete(plan.output_shape, batch) == oracle.output_shape
+        assert (plan.params, plan.macs) == (oracle.total_params, oracle.total_macs)
+        return
+    error = errors[0]
+    path = error.path or (error.layer,)
+    assert error.layer == path[0] and (error.path is None) == (len(path) == 1)
+    row = find_row(plan, path)
+    assert row.status == "failed" and row.output_shape is None
+    assert all(r.status == "skipped" and r.output_shape is None for r in plan.layers[path[0] + 1:])
+    if deliberate(plan, error):
+        # torch may run this layer; it must not fail before it.
+        assert oracle.valid or order(oracle.failed_path) >= order(path), (
+            f"torch fails earlier, at {oracle.failed_path}: {oracle.error}"
+        )
+        check_rows(plan.layers[: path[0]], oracle.layers[: path[0]], batch)
+        return
+    assert not oracle.valid, f"shapecheck says {error.code} at {path}: {error.message}"
+    assert tuple(path) == oracle.failed_path, (
+        f"shapecheck fails at {path} ({error.code}: {error.message}); "
+        f"torch at {oracle.failed_path} ({oracle.error})"
+    )
+    check_rows(plan.layers[: path[0]], oracle.layers, batch)
+
+
+def _spec(layers, shape=(3, 8, 8), batch="N"):
+    return {"input": {"shape": list(shape), "batch": batch}, "layers": layers}
+
+
+# Bugs the differential test found, kept as fixed examples.
+@example(spec=_spec([{"type": "conv2d", "out_channels": 2, "kernel_size": 1, "padding": 9,
+                      "padding_mode": "replicate"}]))  # replicate padding has no limit
+@example(spec=_spec([{"type": "flatten", "start_dim": 0}, "dropout2d"]))  # needs >= 2 dims
+@example(spec=_spec([{"type": "flatten", "start_dim": 0},
+                     {"type": "concat", "branches": [[], []]}]))  # crashed: cat on dim 1 of 1-d
+@example(spec=_spec([{"type": "maxpool2d", "kernel_size": 9},
+                     {"type": "residual",
+                      "body": [{"type": "conv2d", "out_channels": 3, "kernel_size": 3}]}]))
+# (hung: the too-small hint re-plans at a huge input, where the residual's shortcut hint
+# tried every stride up to the input size)
+@example(spec=_spec([{"type": "residual", "body": [{"type": "conv2d", "out_channels": 1,
+                                                   "kernel_size": 1}]}], shape=(2, 1, 1)))
+# (a failed block showed params 0 while its planned children had some)
+# The deliberate differences, so that every run checks them:
+@example(spec=_spec([{"type": "flatten", "start_dim": 2},
+                     {"type": "conv2d", "out_channels": 2, "kernel_size": 1}]))
+@example(spec=_spec([{"type": "flatten", "start_dim": 0}, {"type": "linear", "out_features": 2}]))
+@example(spec=_spec(["flatten", {"type": "adaptiveavgpool2d", "output_size": 1}]))
+@example(spec=_spec([{"type": "batchnorm2d", "num_features": 5, "affine": False,
+                      "track_running_stats": False}]))
+@settings(max_examples=MAX_EXAMPLES, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(spec=specs())
+def test_planner_equals_torch(spec):
+    check_against_torch(spec)
+
+
+# -- deliberate differences, one by one -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("layers", "code"),
+    [
+        # torch: one unbatched (C, H, W) sample, the batch of 2 read as 2 channels;
+        # shapecheck: a conv needs N×C×H×W
+        ([{"type": "flatten", "start_dim": 2},
+          {"type": "conv2d", "in_channels": 2, "out_channels": 2, "kernel_size": 1}], "SC209"),
+        # torch: the whole batch as one sample's features
+        ([{"type": "flatten", "start_dim": 0}, {"type": "linear", "out_features": 2}], "SC213"),
+        # torch, in eval mode only: passed through (in training it raises)
+        ([{"type": "flatten", "start_dim": 0}, "dropout2d"], "SC209"),
+        # torch (output_size 1): the mean over the last two dims, the batch included
+        (["flatten", {"type": "adaptiveavgpool2d", "output_size": 1}], "SC209"),
+        # torch checks num_features only against its own weight and running statistics
+        (["relu", {"type": "batchnorm2d", "num_features": 5, "affine": False,
+                   "track_running_stats": False}], "SC205"),
+    ],
+)
+def test_deliberate_shape_differences(layers, code):
+    """The planner rejects layer 1 on purpose; torch runs the whole spec."""
+    spec = _spec(layers, batch=2)
+    assert run_oracle(spec).valid
+    plan = shapecheck.plan(yaml.safe_dump(spec))
+    assert [(e.code, e.layer) for e in plan.errors] == [(code, 1)]
+
+
+@pytest.mark.parametrize(
+    ("layer", "torch_valid"),
+    [
+        ({"type": "linear", "out_features": 0}, True),
+        ({"type": "adaptiveavgpool2d", "output_size": 0}, True),
+        ({"type": "adaptivemaxpool2d", "output_size": [0, 2]}, True),
+        ({"type": "dropout", "p": 1.5}, False),
+        ({"type": "dropout2d", "p": -0.1}, False),
+    ],
+)
+def test_deliberate_differences(layer, torch_valid):
+    """Values the schema refuses (SC103) before planning shapes, whatever torch does."""
+    spec = _spec(["flatten", layer] if layer["type"] == "linear" else [layer])
+    assert run_oracle(spec).valid is torch_valid
+    plan = shapecheck.plan(yaml.safe_dump(spec))
+    assert [e.code for e in plan.errors] == ["SC103"]
+    assert plan.errors[0].layer == len(spec["layers"]) - 1
+
+
+def test_schema_errors_come_before_shapes():
+    """torch fails at layer 0 (kernel larger than the input); the schema error at layer 1 is
+    what shapecheck reports, since a spec that breaks the schema is not planned."""
+    spec = _spec([{"type": "conv2d", "out_channels": 2, "kernel_size": 20},
+                  {"type": "linear", "out_features": 0}])
+    assert run_oracle(spec).failed_index == 0
+    plan = shapecheck.plan(yaml.safe_dump(spec))
+    assert [(e.code, e.layer) for e in plan.errors] == [("SC103", 1)]
