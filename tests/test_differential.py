@@ -479,6 +479,9 @@ def _spec(layers, shape=(3, 8, 8), batch="N"):
 @example(spec=_spec([{"type": "residual", "body": [{"type": "conv2d", "out_channels": 1,
                                                    "kernel_size": 1}]}], shape=(2, 1, 1)))
 # (a failed block showed params 0 while its planned children had some)
+@example(spec=_spec([{"type": "conv2d", "out_channels": 12 * 10**9, "kernel_size": 1,
+                      "groups": 7}], shape=(6 * 10**9, 1, 1)))
+# (the groups hint tried every number up to gcd(in_channels, out_channels): minutes here)
 # The deliberate differences, so that every run checks them:
 @example(spec=_spec([{"type": "flatten", "start_dim": 2},
                      {"type": "conv2d", "out_channels": 2, "kernel_size": 1}]))

@@ -47,6 +47,23 @@ def same_padding(kernel: int, dilation: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+def _common_divisors(a: int, b: int, count: int = 12) -> list[int]:
+    """Up to `count` common divisors of a and b, the smallest first, for the groups hint.
+
+    Trial division stops after `count` divisors or 10⁵ tries (then it lists those found and
+    their partners): channel counts may be huge, and trying every number up to the gcd took
+    minutes for billions of channels."""
+    g = math.gcd(a, b)
+    small, large = [], {g}  # divisors up to √g, and their partners above it
+    d = 1
+    while d * d <= g and d <= 100_000 and len(small) < count:
+        if g % d == 0:
+            small.append(d)
+            large.add(g // d)
+        d += 1
+    return sorted({*small, *large})[:count]
+
+
 # F.pad's limits per side: reflect mirrors without repeating the edge, so it needs pad < size;
 # circular wraps around at most once, pad <= size. zeros and replicate pad any amount.
 _PAD_RULE = {"reflect": "less than the input size", "circular": "at most the input size"}
@@ -111,11 +128,10 @@ class Conv2d(LayerSpec):
             )
         c_out, g = self.out_channels, self.groups
         if c_in % g or c_out % g:
-            common = [d for d in range(1, math.gcd(c_in, c_out) + 1) if c_in % d == 0 == c_out % d]
             raise ShapeError(
                 "SC206",
                 f"groups={g} must divide in_channels ({c_in}) and out_channels ({c_out})",
-                "groups that divide both: " + ", ".join(map(str, common[:12])),
+                "groups that divide both: " + ", ".join(map(str, _common_divisors(c_in, c_out))),
             )
         kernel, stride, dil = pair(self.kernel_size), pair(self.stride), pair(self.dilation)
         if self.padding == "same" and stride != (1, 1):
