@@ -636,6 +636,10 @@ def train(
                     seen_here += idx.numel()
                     if interrupt.set:
                         _raise_if_nan(run, epoch, show, last_good)
+                        if not _params_finite(module):
+                            raise TrainError(
+                                f"the weights became NaN or infinite in epoch {epoch + 1}; "
+                                f"stopped. {_capital(last_good())}")
                         checkpoint(epoch, step + 1, run)
                         show.clear()
                         log(f"interrupted at epoch {epoch + 1}, step {step + 1}/{steps}; "
@@ -661,7 +665,7 @@ def train(
                     show.clear()
                     raise TrainError(
                         f"the weights became NaN or infinite in epoch {epoch + 1} (test loss "
-                        f"{test_loss}); stopped. {last_good()[0].upper()}{last_good()[1:]}")
+                        f"{test_loss}); stopped. {_capital(last_good())}")
                 history.append(EpochMetrics(
                     epoch=epoch + 1, train_loss=run.loss, train_acc=run.acc,
                     test_loss=test_loss, test_acc=test_acc, lr=lr,
@@ -702,6 +706,10 @@ def train(
                        resumed_from=start_epoch if ckpt is not None else None)
 
 
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def _raise_if_nan(run: _Running, epoch: int, show: _Progress,
                   last_good: Callable[[], str]) -> None:
     bad = run.flush()
@@ -710,7 +718,7 @@ def _raise_if_nan(run: _Running, epoch: int, show: _Progress,
         step, value = bad
         raise TrainError(
             f"the loss became {value} at epoch {epoch + 1}, step {step + 1}; training "
-            f"stopped (try a lower lr). {last_good()[0].upper()}{last_good()[1:]}")
+            f"stopped (try a lower lr). {_capital(last_good())}")
 
 
 def _check_output(module: nn.Module, x: torch.Tensor, num_classes: int) -> None:
