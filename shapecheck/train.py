@@ -40,6 +40,7 @@ import importlib.util
 import io
 import json
 import math
+import shutil
 import signal
 import sys
 import threading
@@ -288,10 +289,12 @@ class _Progress:
              rate: float) -> None:
         if not self.enabled:
             return
-        filled = int(24 * step / max(steps, 1))
-        bar = "=" * filled + (">" if filled < 24 else "") + " " * max(0, 23 - filled)
-        line = (f"epoch {epoch}/{epochs} [{bar}] {step}/{steps}  loss {loss:.4f}  "
-                f"acc {acc:6.2%}  {rate:,.0f} samples/s")
+        filled = int(16 * step / max(steps, 1))
+        bar = "=" * filled + (">" if filled < 16 else "") + " " * max(0, 15 - filled)
+        line = (f"epoch {epoch}/{epochs} [{bar}] {step}/{steps} loss {loss:.4f} "
+                f"acc {acc:.2%} {rate:,.0f} samples/s")
+        # A line that wraps cannot be redrawn in place with \r.
+        line = line[:max(20, shutil.get_terminal_size().columns - 1)]
         self.stream.write("\r" + line + " " * max(0, self._width - len(line)))
         self.stream.flush()
         self._width = len(line)
