@@ -1,0 +1,93 @@
+"""The benchmark harness (benchmarks/) runs end to end on tiny sizes, so it never rots.
+
+No timing is asserted: only that every section runs, prints its table and writes the Markdown,
+that the hand-written networks are the specs' networks, and that the harness measures what it
+says (each child's own peak memory; torchinfo's column skipped when torchinfo is missing)."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import shapecheck
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import run, specgen
+from benchmarks.nets import BUILD, INPUTS, SPECS
+
+TITLES = ("1. Plan latency", "2. Scale", "3. shapecheck check", "4. Training the lecture net",
+          "Targets")
+
+
+def test_quick_run_prints_every_section_and_writes_markdown(tmp_path):
+    pytest.importorskip("torch")
+    md = tmp_path / "bench.md"
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--markdown", str(md)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    for title in (*TITLES, "load average (1, 5, 15 min)", "CPU:", "Python:", "versions:"):
+        assert title in out
+    assert "identical final weights: yes" in out
+    text = md.read_text(encoding="utf-8")
+    assert text.startswith("## Benchmark results")
+    for title in TITLES:
+        assert f"### {title}" in text
+    assert "| lecture_cnn |" in text
+    if importlib.util.find_spec("torchinfo") is None:
+        assert "torchinfo is not installed" in out
+    else:
+        assert "skipped" not in out
+
+
+def test_without_torchinfo_the_column_is_skipped(monkeypatch, capsys):
+    pytest.importorskip("torch")
+    monkeypatch.setattr(run, "torchinfo_available", lambda: False)
+    assert run.main(["--quick", "--only", "plan"]) == 0
+    captured = capsys.readouterr()
+    assert "torchinfo is not installed" in captured.err
+    assert "skipped" in captured.out
+    assert "torchinfo not installed" in captured.out  # the target row
+
+
+@pytest.mark.parametrize("net", sorted(SPECS))
+def test_hand_written_nets_are_the_specs(net):
+    torch = pytest.importorskip("torch")
+    plan = shapecheck.plan(ROOT / SPECS[net])
+    with torch.device("meta"):
+        model = BUILD[net]()
+    out = model(torch.empty(INPUTS[net], device="meta"))
+    assert sum(p.numel() for p in model.parameters()) == plan.params
+    assert tuple(out.shape[1:]) == tuple(plan.output_shape[1:])
+    if isinstance(plan.batch, int):
+        assert INPUTS[net][0] == plan.batch
+
+
+def test_generated_specs_are_valid(tmp_path):
+    chain = shapecheck.plan(specgen.write_chain(tmp_path / "chain.yaml", 10))
+    assert chain.valid and len(chain.layers) == 10
+    for path in specgen.write_variants(tmp_path, 12):
+        assert shapecheck.plan(path).valid, path
+
+
+def test_peak_memory_is_the_childs_own():
+    """A child forked from a large process would report that process's memory as its own
+    peak; the launcher keeps the figure to the command's."""
+    ballast = bytearray(300 * 2**20)  # this process: at least 300 MiB resident
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    done = run.run_child([sys.executable, "-c", "pass"])
+    assert done.rc == 0 and done.wall > 0 and done.cpu >= 0
+    assert done.rss_mib < 100
+    del ballast
+
+
+def test_a_failing_command_is_reported():
+    with pytest.raises(run.BenchError, match="exited 3"):
+        run.run_child([sys.executable, "-c", "import sys; sys.exit(3)"])
