@@ -104,11 +104,14 @@ def parse(text: str, source: str | None = None, name: str | None = None) -> Spec
 
 def load_spec(source: str | os.PathLike) -> Spec:
     """A validated Spec from a file path or from YAML text."""
-    if isinstance(source, os.PathLike) or (
-        isinstance(source, str) and "\n" not in source and source.endswith((".yaml", ".yml"))
-    ):
-        return parse(read_text(source), str(source))
+    if isinstance(source, os.PathLike) or looks_like_path(source):
+        return parse(read_text(source), os.fspath(source))
     return parse(source)
+
+
+def looks_like_path(text: str) -> bool:
+    """A one-line string naming a YAML file, or an existing file, is a path; else YAML text."""
+    return "\n" not in text and (text.endswith((".yaml", ".yml")) or os.path.isfile(text))
 
 
 def _kind(data: object) -> str:
@@ -160,11 +163,15 @@ class _Builder:
         self.positions: dict[tuple, tuple[int, int]] = {}
         self.problems: list[Diagnostic] = []
         self.built: dict[int, object] = {}
+        self.open: set[int] = set()  # the collections being built: the current node's ancestors
         self.aliased = False
 
     def build(self, node: yaml.Node, loc: tuple = (), depth: int = 0):
         if id(node) in self.built:
             self.aliased = True
+            if id(node) in self.open:  # e.g. `layers: &a [relu, {type: residual, body: *a}]`
+                raise self.refuse("an alias refers to a node that contains it: the YAML would "
+                                  "be infinitely deep", node.start_mark)
             return self.built[id(node)]
         if node.tag not in _SAFE_TAGS:
             raise self.refuse(f"the tag {node.tag} is not allowed in a spec (only plain YAML "
@@ -174,6 +181,8 @@ class _Builder:
                               node.start_mark)
         mark = node.start_mark
         self.positions.setdefault(loc, (mark.line + 1, mark.column + 1))
+        if not isinstance(node, yaml.ScalarNode):
+            self.open.add(id(node))
         if isinstance(node, yaml.ScalarNode):
             value = self._scalar(node)
         elif isinstance(node, yaml.SequenceNode):
@@ -205,6 +214,7 @@ class _Builder:
                         raise self.refuse("a merge key (<<) needs a mapping", node.start_mark)
                     for k, v in item.items():
                         value.setdefault(k, v)
+        self.open.discard(id(node))
         self.built[id(node)] = value
         return value
 

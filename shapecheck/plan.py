@@ -79,7 +79,7 @@ class Plan:
     description: str | None
     source: str | None  # the spec file, if any
     batch: int | str
-    input_shape: Shape
+    input_shape: Shape | None  # None when the spec does not follow the schema
     layers: list[LayerPlan]
     diagnostics: list[Diagnostic]
     loss: str | None = None  # train.loss, for lints and training

@@ -14,7 +14,7 @@ from .diagnostics import Diagnostic
 from .layers import BLOCKS, Context, LayerSpec, ShapeError
 from .layers.base import Dims
 from .lint import lint
-from .loader import SpecError, load_spec
+from .loader import SpecError, load_spec, looks_like_path
 from .plan import LayerPlan, Plan, Shape
 from .spec import Spec, default_name
 
@@ -37,7 +37,7 @@ def plan(
     """Plan a spec (a Spec, a file path or YAML text). A spec that breaks the schema gives an
     invalid Plan with its diagnostics; unreadable input raises InputError."""
     if not isinstance(spec, Spec):
-        is_path = isinstance(spec, os.PathLike) or _looks_like_path(spec)
+        is_path = isinstance(spec, os.PathLike) or looks_like_path(spec)
         source = os.fspath(spec) if is_path else None
         try:
             spec = load_spec(Path(spec) if is_path else spec)
@@ -45,10 +45,6 @@ def plan(
             name = default_name(Path(source).stem) if source else "net"
             return Plan(name, None, source, batch or "N", None, [], e.diagnostics)
     return _Planner(spec, batch, input_shape).plan()
-
-
-def _looks_like_path(text: str) -> bool:
-    return "\n" not in text and text.endswith((".yaml", ".yml"))
 
 
 class _Planner:
@@ -102,8 +98,10 @@ class _Planner:
             path = (*prefix, i)
             row = self._row(i, path, layer)
             rows.append(row)
-            if self.failure:
-                continue  # skipped: null shapes
+            if self.failure:  # skipped: null shapes, but a block keeps its branches
+                if isinstance(layer, BLOCKS):
+                    self._plan_branches(row, layer, x)
+                continue
             x = self._plan_layer(row, layer, x, ctx)
         return rows, x
 
@@ -140,22 +138,27 @@ class _Planner:
         return out
 
     def _plan_block(self, row: LayerPlan, block, x: Dims) -> Dims:
+        outs = self._plan_branches(row, block, x)
+        # A block's params and MACs are its children's, also where the block fails.
+        children = [r for branch in row.branches for r in branch]
+        row.params = sum(r.params for r in children)
+        row.macs = sum(r.macs for r in children)
+        if self.failure:
+            return x
+        out, merge = block.merge(x, outs)
+        row.activation_values = sum(r.activation_values for r in children) + math.prod(out)
+        row.explain = [merge]
+        return out
+
+    def _plan_branches(self, row: LayerPlan, block, x: Dims) -> list[Dims]:
+        """Plan every branch from the block's input; after a failure the rest are skipped."""
         row.branches, row.branch_keys, outs = [], [], []
         for key, layers in block.branch_lists():
             sub, out = self._plan_list(layers, x, (*row.path, key), Context())
             row.branches.append(sub)
             row.branch_keys.append(key)
             outs.append(out)
-            # A block's params and MACs are its children's, also where the block fails.
-            children = [r for branch in row.branches for r in branch]
-            row.params = sum(r.params for r in children)
-            row.macs = sum(r.macs for r in children)
-            if self.failure:
-                return x
-        out, merge = block.merge(x, outs)
-        row.activation_values = sum(r.activation_values for r in children) + math.prod(out)
-        row.explain = [merge]
-        return out
+        return outs
 
     def _diagnostic(self, severity, path: tuple, code: str, message: str, hint) -> Diagnostic:
         line, col = self.spec.layer_position(path) or (None, None)

@@ -74,7 +74,7 @@ def render_table(plan: Plan, markdown: bool = False, explain: bool = False) -> s
     if not plan.layers:
         return f"{plan.name}: not planned, the spec does not follow the schema (errors below)"
     rows = list(_rows(plan.layers))
-    lines = grid(HEADERS, [_cells(layer, ind) for layer, ind in rows], {0, 6, 7}, markdown)
+    lines = grid(HEADERS, [_cells(layer, ind) for layer, ind in rows], {6, 7}, markdown)
     if explain and not markdown:
         head, body = lines[:2], lines[2:]
         lines = head
