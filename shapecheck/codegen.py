@@ -38,7 +38,7 @@ from typing import Any
 from . import __version__
 from .layers import KINDS
 from .loader import SpecError
-from .plan import Plan
+from .plan import BYTES_PER_VALUE, Plan
 from .planner import plan as make_plan
 from .spec import Spec
 
@@ -52,6 +52,7 @@ __all__ = [
     "build_module",
     "check_fits",
     "check_module",
+    "check_torch_limits",
     "class_name",
     "comment_text",
     "docstring_text",
@@ -175,8 +176,12 @@ def _attribute_names(plan: Plan) -> tuple[dict[int, str], list[tuple[str, str]]]
 
 
 def comment_text(text: str) -> str:
-    """Text for a one-line comment: line breaks and other invisible characters escaped."""
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+    """Text for a one-line comment: line breaks and other invisible characters escaped, and
+    ``coding:`` / ``coding=`` too: in the first two lines Python would take it as the file's
+    encoding (PEP 263), and a spec file named ``x coding=utf-7 y.yaml`` could then turn text in
+    the docstring into code when the file is imported."""
+    text = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+    return re.sub(r"coding([:=])", lambda m: f"coding\\x{ord(m.group(1)):02x}", text)
 
 
 def docstring_text(text: str) -> str:
@@ -504,6 +509,31 @@ def check_fits(nbytes: int, what: str) -> None:
         )
 
 
+# torch refuses a tensor whose storage needs more bytes than this, even on the meta device.
+TORCH_MAX_BYTES = 2**63 - 1
+
+
+def check_torch_limits(plan: Plan) -> None:
+    """Raise TooLargeError when a parameter, or a tensor of the check's forward pass (at the
+    plan's batch, or CHECK_BATCH), would have more bytes than torch can address."""
+    batch = plan.batch if isinstance(plan.batch, int) else CHECK_BATCH
+    smaller = "; a smaller input or batch may fit"
+    tensors = [("the input", _concrete(plan.input_shape, plan.batch, batch), smaller)]
+    for layer in plan.walk():
+        where = f"layer {'/'.join(map(str, layer.path))} ({layer.type} {layer.name})"
+        tensors += [
+            (f"the weight of {where}", layer.weight_shape, ""),
+            (f"the output of {where}", _concrete(layer.output_shape, plan.batch, batch), smaller),
+        ]
+    for what, shape, hint in tensors:
+        nbytes = math.prod(shape) * BYTES_PER_VALUE if shape else 0
+        if nbytes > TORCH_MAX_BYTES:
+            raise TooLargeError(
+                f"{what} would be a tensor of shape {tuple(shape)}: {nbytes:,} bytes, more than "
+                f"torch can address ({TORCH_MAX_BYTES:,} bytes); nothing was allocated{hint}"
+            )
+
+
 def _human(n: int) -> str:
     for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= size:
@@ -577,12 +607,14 @@ def check_module(model, plan: Plan, generated: Generated) -> None:
 
 def instantiate(plan: Plan, generated: Generated, *, device=None, check: bool = True):
     """The module of ``generated`` on ``device`` (default: torch's default device), checked
-    against the plan on the meta device first. Refuses parameters that would not fit."""
+    against the plan on the meta device first. Refuses parameters that would not fit, and
+    tensors larger than torch can address (TooLargeError), before creating anything."""
     import torch
 
     meta = device is not None and torch.device(device).type == "meta"
     if not meta:
         check_fits(plan.param_bytes, f"the {plan.params:,} parameters of {plan.name}")
+    check_torch_limits(plan)
     namespace = module_from_source(generated.source, f"shapecheck_{plan.name}")
     cls = getattr(namespace, generated.class_name)
     if check:

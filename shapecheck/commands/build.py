@@ -3,16 +3,19 @@
 The source is written to `-o FILE` (default: `<stem>_model.py` in the current folder; `-o -`
 prints it). It is checked first: the module is built on the meta device and its forward pass
 must give every layer the planned shape. A file that shapecheck did not write is never
-overwritten without --force.
+overwritten without --force. A module whose parameters would not fit in the memory available
+here is refused before anything is created (--no-memory-check writes its source anyway).
 
 --train trains the module with the spec's `train:` section, each flag overriding its field;
 the run folder gets the weights, a checkpoint, metrics, curves and the same source.
 
-Exit codes: 0 done; 1 the spec is invalid, it cannot be trained (its output is not
+Exit codes: 0 done; 1 the spec is invalid, its parameters would not fit in memory (or its
+tensors are larger than torch can address), it cannot be trained (its output is not
 (N, classes)), training failed (a NaN loss, a checkpoint of another architecture, no such
 device) or shapecheck found an internal error; 2 usage or input error (no such spec, a file
 that is not ours in the way, a bad flag value, no dataset, a dataset that cannot be read or does
-not fit the spec); 130 interrupted (training keeps a checkpoint: continue with --resume).
+not fit the spec, a run folder that cannot be written); 130 interrupted (training keeps a
+checkpoint: continue with --resume).
 torch is imported only when the command runs."""
 
 from __future__ import annotations
@@ -65,6 +68,9 @@ def add_parser(sub) -> None:
                    "in the current folder (with --train: only the run folder gets it)")
     p.add_argument("--force", action="store_true",
                    help="overwrite FILE even if shapecheck did not write it")
+    p.add_argument("--no-memory-check", action="store_true",
+                   help="write the source even if its parameters would not fit in the memory "
+                   "available here (building the module here would fail; --train still checks)")
     add_shape_overrides(p)
     t = p.add_argument_group(
         "training", "--train trains with the spec's train: section; each flag below overrides "
@@ -160,13 +166,37 @@ def run(args: argparse.Namespace) -> int:
                          f"{_shape(p.output_shape)}, not (N, classes); end it with flatten "
                          "and linear", EXIT_INVALID)
 
-    from ..codegen import BuildError, InternalError, available_memory, generate, instantiate
+    from ..codegen import (
+        BuildError,
+        InternalError,
+        TooLargeError,
+        available_memory,
+        check_fits,
+        generate,
+        instantiate,
+    )
 
+    # Refused before anything is generated or built, even on the meta device.
+    available = available_memory()
+    if train_spec is not None:
+        try:
+            check_fits(p.param_bytes * _training_copies(train_spec),
+                       f"training {p.name} (weights, gradients and optimizer state of "
+                       f"{p.params:,} parameters)")
+        except TooLargeError as e:
+            return _fail(str(e), EXIT_INVALID)
+    elif not args.no_memory_check and available is not None and p.param_bytes > available:
+        return _fail(f"the {p.params:,} parameters of {p.name} need {p.param_bytes:,} bytes "
+                     f"({human_bytes(p.param_bytes)}), more than the {available:,} bytes of "
+                     "memory available here, so building the module here would fail; nothing "
+                     "was written (--no-memory-check writes the source anyway)", EXIT_INVALID)
     try:
         generated = generate(p, batch=args.batch)
         model = instantiate(p, generated, device="meta")  # the check against the plan
     except InternalError as e:
         return _fail(f"internal error (please report it): {e}", EXIT_INVALID)
+    except TooLargeError as e:
+        return _fail(str(e), EXIT_INVALID)
     del model
     for old, new in generated.renamed:
         _note(f"layer {old} is the attribute {new} in the module ({old} is an nn.Module "
@@ -181,7 +211,6 @@ def run(args: argparse.Namespace) -> int:
         except OSError as e:
             return _fail(f"cannot write {destination}: {e.strerror or e}")
         print(f"wrote {destination}: class {generated.class_name}, {p.params:,} parameters")
-        available = available_memory()
         if not args.train and available is not None and p.param_bytes > available:
             _note(f"its parameters need {p.param_bytes:,} bytes ({human_bytes(p.param_bytes)}),"
                   f" more than the {available:,} bytes of memory available here: building it "
@@ -232,16 +261,18 @@ def _train_spec(spec_train: TrainSpec | None, args: argparse.Namespace) -> Train
     return result
 
 
-def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
-    from ..codegen import check_fits, instantiate
-    from ..train import CURVES_FILE, MODEL_FILE, DataError, TrainError, train
-
+def _training_copies(train_spec: TrainSpec) -> int:
+    """Copies of the parameters training keeps: weights, gradients, optimizer state."""
     states = 2 + _STATE_COPIES[train_spec.optimizer.type]
     if train_spec.optimizer.type == "sgd" and train_spec.optimizer.effective_momentum:
         states += 1
-    check_fits(p.param_bytes * states,
-               f"training {p.name} (weights, gradients and optimizer state of "
-               f"{p.params:,} parameters)")
+    return states
+
+
+def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
+    from ..codegen import instantiate
+    from ..train import CURVES_FILE, MODEL_FILE, DataError, TrainError, train
+
     module = instantiate(p, generated, check=False)  # checked on the meta device above
     try:
         result = train(
@@ -255,6 +286,9 @@ def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
         return _fail(str(e), EXIT_INPUT)
     except TrainError as e:
         return _fail(str(e), EXIT_INVALID)
+    except OSError as e:  # the run folder: --out names a file, no permission, disk full ...
+        where = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
+        return _fail(f"cannot write the run: {where}", EXIT_INPUT)
     out = result.out_dir
     final = result.final
     if final is not None:
