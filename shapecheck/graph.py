@@ -54,7 +54,7 @@ TITLE_MAX = 300  # a longer description is cut
 MAX_SCHEMA_ERRORS = 8
 LEGEND_ROW = 7  # legend cells per row
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
 
 
 def text(value: object) -> str:

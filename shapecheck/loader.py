@@ -18,6 +18,8 @@ from .trainspec import TrainSpec
 MAX_BYTES = 4 * 1024 * 1024  # a spec is a few KB; a 10,000-layer spec is about 0.5 MB
 MAX_NODES = 1_000_000  # after expanding aliases: stops alias and merge-key bombs
 MAX_DEPTH = 100
+MAX_LAYERS = 20_000  # bounds the time of every command; the deepest real networks have ~1,000
+MAX_MESSAGE = 300  # user text repeated in a message is cut to this many characters
 
 _SAFE_TAGS = {
     f"tag:yaml.org,2002:{t}"
@@ -82,6 +84,11 @@ def parse(text: str, source: str | None = None, name: str | None = None) -> Spec
     except ValidationError as e:
         spec, errors = None, e.errors()
     if isinstance(data.get("layers"), list):
+        if (count := _count_layers(data["layers"])) > MAX_LAYERS:
+            raise InputError(Diagnostic(
+                "error", "SC004", f"the spec has {count:,} layers; specs are limited to "
+                f"{MAX_LAYERS:,}", line=positions.get(("layers",), (None, None))[0],
+                file=source))
         layers, layer_errors = parse_layers(data["layers"], ("layers",))
         errors += layer_errors
     if errors:
@@ -100,6 +107,21 @@ def parse(text: str, source: str | None = None, name: str | None = None) -> Spec
     if problems:
         raise SpecError(problems)
     return spec
+
+
+def _count_layers(items: list) -> int:
+    """Layers in a raw layer list, those inside blocks included."""
+    count, stack = 0, [items]
+    while stack:
+        for item in stack.pop():
+            count += 1
+            if isinstance(item, dict):
+                for key in ("body", "shortcut", "branches"):
+                    value = item.get(key)
+                    if isinstance(value, list):
+                        stack += [v for v in value if isinstance(v, list)] if key == "branches" \
+                            else [value]
+    return count
 
 
 def load_spec(source: str | os.PathLike) -> Spec:
@@ -373,6 +395,8 @@ def _schema_diagnostics(errors: list[dict], data, positions, source) -> list[Dia
         line, col = positions.get(loc, positions.get(loc[:-1], (None, None)))
         index, path = _layer_of(loc)
         code, message, hint = _describe(errors, loc, missing, data)
+        if len(message) > MAX_MESSAGE:
+            message = message[: MAX_MESSAGE - 1] + "…"
         out.append(Diagnostic("error", code, message, index, path, line, col, hint, file=source))
     return sorted(out, key=lambda d: (d.line or 0, d.column or 0))
 
@@ -390,7 +414,7 @@ def _describe(errors: list[dict], loc: tuple, missing, data) -> tuple[str, str, 
             return "SC103", f"{where}: a layer must be a type name or a mapping with `type`, " \
                 f"got {value!r}", None
         name = value if isinstance(value, str) else value["type"]
-        close = difflib.get_close_matches(normalize_type(name), list(KINDS), n=1, cutoff=0.6)
+        close = difflib.get_close_matches(normalize_type(name[:40]), list(KINDS), n=1, cutoff=0.6)
         hint = f"did you mean {close[0]!r}?" if close else "known types: " + ", ".join(KINDS)
         return "SC101", f"{where}: unknown layer type {name!r}", hint
     if kind == "missing":

@@ -1,5 +1,6 @@
 """The spec: pydantic models of a whole YAML spec (input, layers, train), and layer naming."""
 
+import keyword
 import re
 from collections.abc import Iterator
 from typing import Annotated, Any
@@ -89,6 +90,8 @@ def walk(layers: list[LayerSpec], prefix: Path = ()) -> Iterator[tuple[Path, Lay
 def default_name(stem: str) -> str:
     """A file stem as a spec name: `my-net.v2` -> `my_net_v2`."""
     name = re.sub(r"\W", "_", stem, flags=re.ASCII).strip("_") or "net"
+    if keyword.iskeyword(name):
+        return f"{name}_"
     return f"net_{name}" if name[0].isdigit() else name
 
 

@@ -325,3 +325,19 @@ def test_every_code_is_tested():
     source = open(__file__, encoding="utf-8").read()
     for code in CODES:
         assert f"test_{code.lower()}" in source, f"{code} has no test"
+
+
+def test_sc004_too_many_layers(tmp_path):
+    d = input_error(tmp_path, HEAD + "  - relu\n" * 20_001)
+    assert d.code == "SC004" and "20,001 layers" in d.message and d.line == 2
+
+
+def test_long_user_text_is_cut_in_messages(tmp_path):
+    plan = diagnose(tmp_path, HEAD + "  - " + "x" * 100_000 + "\n")
+    d = only(plan, "SC101")
+    assert len(d.message) <= 300 and d.message.endswith("…")
+
+
+def test_sc105_hint_for_a_keyword_is_a_valid_name(tmp_path):
+    d = only(diagnose(tmp_path, HEAD + "  - {type: relu, name: class}\n"), "SC105")
+    assert d.hint == "use a name such as 'class_'"

@@ -773,8 +773,6 @@ def test_injected_text_keeps_dot_and_svg_valid(tmp_path):
 
 
 @needs_dot
-@pytest.mark.xfail(strict=True, reason="graph.text() passes U+FFFE/U+FFFF, which are not XML "
-                   "characters: dot refuses the label (add them to graph._CONTROL)")
 def test_xml_noncharacters_in_the_description_still_draw(tmp_path):
     spec = write(tmp_path, SMALL.replace("name: small", 'name: small\ndescription: "a\\uFFFEb"'))
     r = assert_clean(cli("render", spec, "-o", tmp_path / "net.svg"))
