@@ -7,7 +7,7 @@ cluster, the rest the "classifier" cluster. A residual or concat block is a clus
 a node with its name at the top, where the branches fork, the branches side by side, and a merge
 node (⊕ add, ‖ concat) where they join; an identity shortcut is an edge straight from the fork to
 the ⊕. On an invalid plan the failing layer (or merge) is red, with the error and hint in its
-label, and the layers after it are grey; a skipped block is drawn from its spec, without shapes.
+label, and the layers after it are grey (a skipped block with its branches, without shapes).
 
 Every piece of text goes into an HTML-like label through `text()`, which escapes it, so a
 description holding quotes, brackets, braces, backslashes or newlines still gives valid DOT.
@@ -298,7 +298,7 @@ class _Drawer:
                 self._skipped_attrs() if skipped else {"fillcolor": "white", "color": "#888888"}))
             self._edge(tail, fork, shape)
             ends = []
-            branches = _branches(block)
+            branches = list(zip(block.branch_keys, block.branches))
             for _key, branch in reversed(branches) if self.reverse_branches else branches:
                 if not branch:  # an identity shortcut or an empty concat branch
                     ends.append((fork, shape))
@@ -381,21 +381,3 @@ def _chw(shape) -> str:
     if shape is None:
         return ""
     return f"{dims(shape[1:])}, batch {shape[0]}"
-
-
-def _branches(block: LayerPlan) -> list[tuple[object, list[LayerPlan]]]:
-    """The block's branches as planned; where the planner stopped before a branch (or before
-    the block), that branch's layers as unplanned stand-ins named and typed from the spec."""
-    planned = dict(zip(block.branch_keys or [], block.branches or []))
-    out = []
-    for key, specs in block.spec.branch_lists():
-        if key in planned:
-            out.append((key, planned[key]))
-        else:
-            out.append((key, [_stand_in(spec, (*block.path, key, i), i)
-                              for i, spec in enumerate(specs)]))
-    return out
-
-
-def _stand_in(spec, path: tuple, index: int) -> LayerPlan:
-    return LayerPlan(index=index, path=path, name=spec.name or "?", type=spec.type, spec=spec)
