@@ -26,6 +26,14 @@ def build_module(spec, **kwargs):
 
 
 __all__ = [
-    "Diagnostic", "InputError", "LayerPlan", "Plan", "Spec", "SpecError",
-    "build_module", "load_spec", "plan", "__version__",
+    "Diagnostic",
+    "InputError",
+    "LayerPlan",
+    "Plan",
+    "Spec",
+    "SpecError",
+    "__version__",
+    "build_module",
+    "load_spec",
+    "plan",
 ]

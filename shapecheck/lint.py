@@ -5,6 +5,7 @@ layer's own shape rule.)"""
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ def lint(plan: Plan, has_train: bool) -> list[Warning]:
 
 
 def _conv_bias_before_batchnorm(layers: list[LayerPlan], found: list[Warning]) -> None:
-    for layer, after in zip(layers, layers[1:]):
+    for layer, after in pairwise(layers):
         if layer.type == "conv2d" and layer.spec.bias and after.type == "batchnorm2d":
             found.append((
                 layer.path, "SC303",

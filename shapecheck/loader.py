@@ -348,10 +348,7 @@ def _data_loc(data, loc: tuple) -> tuple[tuple, str | int | None]:
     cur = data
     missing = None
     for seg in loc:
-        if isinstance(cur, dict) and seg in cur:
-            path.append(seg)
-            cur = cur[seg]
-        elif isinstance(cur, list) and isinstance(seg, int) and 0 <= seg < len(cur):
+        if isinstance(cur, dict) and seg in cur or isinstance(cur, list) and isinstance(seg, int) and 0 <= seg < len(cur):
             path.append(seg)
             cur = cur[seg]
         elif isinstance(seg, str) and not isinstance(cur, list):
@@ -381,20 +378,20 @@ def _schema_diagnostics(errors: list[dict], data, positions, source) -> list[Dia
 
     # A misspelt field shows up as an unknown key plus a missing one: report it once.
     misspelt: set[tuple] = set()
-    for (loc, _), errors in grouped.items():
-        if errors[0]["type"] == "extra_forbidden":
+    for (loc, _), group in grouped.items():
+        if group[0]["type"] == "extra_forbidden":
             allowed = _fields_at(loc[:-1], data)
             close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
             if close and (loc[:-1], close[0]) in grouped:
                 misspelt.add((loc[:-1], close[0]))
 
     out = []
-    for (loc, missing), errors in grouped.items():
+    for (loc, missing), group in grouped.items():
         if (loc, missing) in misspelt:
             continue
         line, col = positions.get(loc, positions.get(loc[:-1], (None, None)))
         index, path = _layer_of(loc)
-        code, message, hint = _describe(errors, loc, missing, data)
+        code, message, hint = _describe(group, loc, missing, data)
         if len(message) > MAX_MESSAGE:
             message = message[: MAX_MESSAGE - 1] + "…"
         out.append(Diagnostic("error", code, message, index, path, line, col, hint, file=source))
@@ -410,10 +407,10 @@ def _describe(errors: list[dict], loc: tuple, missing, data) -> tuple[str, str, 
         value = e["input"]
         if isinstance(value, dict) and "type" not in value:
             return "SC104", f"{where}: the layer has no `type`", "add `type: conv2d` (or another type)"
-        if not isinstance(value, (str, dict)) or not isinstance(value.get("type", ""), str):
-            return "SC103", f"{where}: a layer must be a type name or a mapping with `type`, " \
-                f"got {value!r}", None
-        name = value if isinstance(value, str) else value["type"]
+        if not isinstance(value, dict) or not isinstance(value["type"], str):
+            message = f"{where}: a layer must be a type name or a mapping with `type`, got {value!r}"
+            return "SC103", message, None
+        name = value["type"]
         close = difflib.get_close_matches(normalize_type(name[:40]), list(KINDS), n=1, cutoff=0.6)
         hint = f"did you mean {close[0]!r}?" if close else "known types: " + ", ".join(KINDS)
         return "SC101", f"{where}: unknown layer type {name!r}", hint

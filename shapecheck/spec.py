@@ -6,10 +6,9 @@ from collections.abc import Iterator
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
-
-from .layers import BLOCKS, LayerSpec
 from pydantic_core import PydanticCustomError
 
+from .layers import BLOCKS, LayerSpec
 from .layers.base import Identifier, _identifier, _strict_int
 from .trainspec import TrainSpec
 

@@ -627,8 +627,9 @@ def train(
                 seen_here = 0
                 for step in range(first, steps):
                     idx = perm[step * bs:(step + 1) * bs]
-                    xb = x_train.index_select(0, idx)
-                    yb = y_train.index_select(0, idx)
+                    # Advanced indexing, not index_select: the latter opens a parallel
+                    # region per call, which costs dearly when other processes hold the cores.
+                    xb, yb = x_train[idx], y_train[idx]
                     optimizer.zero_grad(set_to_none=True)
                     output = module(xb)
                     loss = loss_fn(output, yb)

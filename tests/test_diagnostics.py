@@ -4,6 +4,7 @@ hint a user would read."""
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -322,7 +323,7 @@ def test_sc305_linear_on_4d(tmp_path):
 
 
 def test_every_code_is_tested():
-    source = open(__file__, encoding="utf-8").read()
+    source = Path(__file__).read_text(encoding="utf-8")
     for code in CODES:
         assert f"test_{code.lower()}" in source, f"{code} has no test"
 

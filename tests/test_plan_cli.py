@@ -7,11 +7,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import SPECS
 
 import shapecheck
 from shapecheck.cli import main
-
-from conftest import SPECS
 
 LECTURE = str(SPECS / "lecture_cnn.yaml")
 

@@ -20,7 +20,7 @@ def test_every_code_is_documented_as_in_the_code_table():
 def test_the_lecture_plan_shown_is_what_plan_prints(capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     block = re.search(r"```console\n\$ shapecheck plan specs/lecture_cnn.yaml\n(.*?)```",
-                      README, re.S)
+                      README, re.DOTALL)
     assert block, "the README lost its example"
     assert main(["plan", "specs/lecture_cnn.yaml"]) == 0
     assert capsys.readouterr().out == block.group(1)

@@ -44,8 +44,7 @@ def normalize_type(name: str) -> str:
     """`Conv2d`, `conv2d`, `nn.Conv2d` and `torch.nn.Conv2d` are one type."""
     name = name.strip()
     for prefix in ("torch.nn.", "nn."):
-        if name.startswith(prefix):
-            name = name[len(prefix) :]
+        name = name.removeprefix(prefix)
     return name.lower()
 
 
@@ -81,4 +80,4 @@ def parse_layers(items: list, loc: tuple) -> tuple[list[LayerSpec], list[dict]]:
     return layers, errors
 
 
-__all__ = ["KINDS", "BLOCKS", "LayerSpec", "Context", "Inferred", "ShapeError", "parse_layers"]
+__all__ = ["BLOCKS", "KINDS", "Context", "Inferred", "LayerSpec", "ShapeError", "parse_layers"]

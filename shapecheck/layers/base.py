@@ -185,8 +185,8 @@ def unused_warning(unused: tuple[int, int], size: tuple[int, int], stride: tuple
     if not parts:
         return None
     s = stride[0] if stride[0] == stride[1] else f"{stride[0]},{stride[1]}"
-    return ("SC301", f"stride {s} leaves the last {' and '.join(parts)} of the "
-            f"{size[0]}×{size[1]} input unused", hint)
+    message = f"stride {s} leaves the last {' and '.join(parts)} of the {size[0]}×{size[1]} input unused"
+    return ("SC301", message, hint)
 
 
 def fmt(n: int) -> str:

@@ -27,7 +27,7 @@ class Linear(LayerSpec):
                 "flatten with start_dim: 1 (the default) keeps the batch dimension",
             )
         last = x[-1]
-        origin = ctx.features_from or f"the last dim of the input"
+        origin = ctx.features_from or "the last dim of the input"
         if self.in_features is not None and self.in_features != last:
             flat = math.prod(x[1:])
             if len(x) > 2 and flat == self.in_features:

@@ -18,7 +18,6 @@ from .base import (
     _strict_int,
     need_rank,
     pair,
-    times,
     unused_rows,
     unused_warning,
 )
