@@ -13,6 +13,9 @@ from .commands import EXIT_INPUT, print_diagnostics
 from .diagnostics import InputError
 
 COMMANDS = ["plan", "check", "render", "build", "eval"]
+# Packages of the extras, by the extra that installs them.
+OPTIONAL = {"torch": "torch", "numpy": "torch", "matplotlib": "torch", "PIL": "torch",
+            "graphviz": "render"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +45,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except InputError as e:
         print_diagnostics([e.diagnostic])
+        return EXIT_INPUT
+    except ModuleNotFoundError as e:  # an optional dependency the command needs
+        extra = OPTIONAL.get((e.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        print(f"shapecheck {args.command}: needs {e.name}: pip install 'shapecheck[{extra}]'",
+              file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

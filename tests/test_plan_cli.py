@@ -143,3 +143,16 @@ def test_planning_never_imports_torch():
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_missing_extra_is_one_line_not_a_traceback():
+    # Run build with torch hidden, as on a machine with the core package only.
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from shapecheck.cli import main\n"
+        f"sys.exit(main(['build', {LECTURE!r}, '-o', '-']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "pip install 'shapecheck[torch]'" in done.stderr
+    assert "Traceback" not in done.stderr
