@@ -4,8 +4,11 @@ pydantic errors mapped back to those positions as diagnostics."""
 from __future__ import annotations
 
 import difflib
+import gc
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import ClassVar
 
 import yaml
 from pydantic import ValidationError
@@ -13,7 +16,6 @@ from pydantic import ValidationError
 from .diagnostics import Diagnostic, InputError
 from .layers import KINDS, normalize_type, parse_layers
 from .spec import InputSpec, Spec, assign_names, default_name, yaml_loc
-from .trainspec import TrainSpec
 
 MAX_BYTES = 4 * 1024 * 1024  # a spec is a few KB; a 10,000-layer spec is about 0.5 MB
 MAX_NODES = 1_000_000  # after expanding aliases: stops alias and merge-key bombs
@@ -25,7 +27,24 @@ _SAFE_TAGS = {
     f"tag:yaml.org,2002:{t}"
     for t in ("str", "int", "float", "bool", "null", "seq", "map", "merge", "timestamp")
 }
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    """The safe loader, remembering how each plain scalar resolves: a spec repeats the same few
+    scalars (conv2d, 3, relu ...) and PyYAML's resolver runs its regexes for every one."""
+
+    _resolved: ClassVar[dict[tuple, str]] = {}
+
+    def resolve(self, kind, value, implicit):
+        if kind is not yaml.ScalarNode:
+            return super().resolve(kind, value, implicit)
+        key = (value, implicit)
+        tag = self._resolved.get(key)
+        if tag is None:
+            tag = super().resolve(kind, value, implicit)
+            if len(self._resolved) < 10_000:
+                self._resolved[key] = tag
+        return tag
 
 
 class SpecError(Exception):
@@ -68,6 +87,24 @@ def read_text(path: str | os.PathLike) -> str:
 
 def parse(text: str, source: str | None = None, name: str | None = None) -> Spec:
     """Validate spec text. Raises InputError (exit 2) or SpecError (exit 1)."""
+    with gc_paused():
+        return _parse(text, source, name)
+
+
+@contextmanager
+def gc_paused():
+    """Loading and planning make many small objects and no cycles; the cyclic collector would
+    only rescan them again and again (a 10,000-layer spec loads three times as fast without)."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _parse(text: str, source: str | None, name: str | None) -> Spec:
     data, positions, problems = _load(text, source)
     if not isinstance(data, dict) or not ({"input", "layers"} & data.keys()):
         what = "a YAML mapping" if isinstance(data, dict) else f"a YAML {_kind(data)}"
@@ -83,6 +120,13 @@ def parse(text: str, source: str | None = None, name: str | None = None) -> Spec
         spec = Spec.model_validate(data)
     except ValidationError as e:
         spec, errors = None, e.errors()
+    if spec is not None and spec.train is not None:
+        from .trainspec import TrainSpec
+
+        try:
+            spec.train = TrainSpec.model_validate(spec.train)
+        except ValidationError as e:
+            errors += [{**err, "loc": ("train", *err["loc"])} for err in e.errors()]
     if isinstance(data.get("layers"), list):
         if (count := _count_layers(data["layers"])) > MAX_LAYERS:
             raise InputError(Diagnostic(
@@ -312,27 +356,22 @@ def _where(path: tuple) -> str:
 
 # --- pydantic errors to diagnostics -------------------------------------------------------
 
-_TOP_MODELS = {(): Spec, ("input",): InputSpec, ("train",): TrainSpec}
-
-
 def _fields_at(loc: tuple, data) -> list[str]:
     """The field names allowed in the mapping at a YAML location (for 'did you mean')."""
-    if loc in _TOP_MODELS:
-        return list(_TOP_MODELS[loc].model_fields)
+    if loc in ((), ("input",)):
+        return list((InputSpec if loc else Spec).model_fields)
     node = _get(data, loc)
     if isinstance(node, dict) and isinstance(node.get("type"), str):
         kind = KINDS.get(normalize_type(node["type"]))
         if kind is not None:
             return [f.alias or k for k, f in kind.model_fields.items()]
     if loc[:1] == ("train",):
-        return [k for model in _train_models() for k in model.model_fields]
+        from . import trainspec
+
+        model = {("train",): trainspec.TrainSpec, ("train", "dataset"): trainspec.DatasetSpec,
+                 ("train", "optimizer"): trainspec.OptimizerSpec}.get(loc)
+        return list(model.model_fields) if model else []
     return []
-
-
-def _train_models():
-    from .trainspec import DatasetSpec, OptimizerSpec
-
-    return (TrainSpec, DatasetSpec, OptimizerSpec)
 
 
 def _get(data, loc: tuple):

@@ -14,7 +14,7 @@ from .diagnostics import Diagnostic
 from .layers import BLOCKS, Context, LayerSpec, ShapeError
 from .layers.base import Dims
 from .lint import lint
-from .loader import SpecError, load_spec, looks_like_path
+from .loader import SpecError, gc_paused, load_spec, looks_like_path
 from .plan import LayerPlan, Plan, Shape
 from .spec import Spec, default_name
 
@@ -44,7 +44,8 @@ def plan(
         except SpecError as e:
             name = default_name(Path(source).stem) if source else "net"
             return Plan(name, None, source, batch or "N", None, [], e.diagnostics)
-    return _Planner(spec, batch, input_shape).plan()
+    with gc_paused():
+        return _Planner(spec, batch, input_shape).plan()
 
 
 class _Planner:

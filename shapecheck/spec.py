@@ -10,7 +10,6 @@ from pydantic_core import PydanticCustomError
 
 from .layers import BLOCKS, LayerSpec
 from .layers.base import Identifier, _identifier, _strict_int
-from .trainspec import TrainSpec
 
 Path = tuple[int | str, ...]  # a layer's place: (3,) at top level, (3, "body", 1) in a block
 
@@ -45,7 +44,9 @@ class Spec(BaseModel):
     # Raw entries when pydantic validates the spec; the loader then validates each one with
     # its type's model (layers.parse_layers), so only the types a spec uses are built.
     layers: list[Any] = Field(min_length=1)
-    train: TrainSpec | None = None
+    # A TrainSpec (trainspec.py) once loaded; the loader validates it only where a spec has a
+    # `train:` section, so that planning a spec without one never builds those models.
+    train: Any = None
 
     # Where each key and item stood in the YAML file: path -> (line, column), 1-based.
     _positions: dict[tuple, tuple[int, int]] = PrivateAttr(default_factory=dict)
@@ -59,7 +60,8 @@ class Spec(BaseModel):
         return self._positions.get(loc)
 
     def layer_position(self, path: Path) -> tuple[int, int] | None:
-        return self._positions.get(yaml_loc(path))
+        loc = ("layers", path[0]) if len(path) == 1 else yaml_loc(path)
+        return self._positions.get(loc)
 
 
 def yaml_loc(path: Path) -> tuple:

@@ -25,14 +25,17 @@ import os
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..atomic import atomic_write
 from ..loader import SpecError, load_spec
 from ..planner import plan as make_plan
 from ..spec import default_name
 from ..table import human_bytes
-from ..trainspec import TrainSpec, apply_overrides
 from . import EXIT_INPUT, EXIT_INVALID, EXIT_OK, add_shape_overrides, print_diagnostics
+
+if TYPE_CHECKING:
+    from ..trainspec import TrainSpec
 
 EXIT_INTERRUPTED = 130
 
@@ -238,6 +241,8 @@ def _classes(p) -> int | None:
 
 def _train_spec(spec_train: TrainSpec | None, args: argparse.Namespace) -> TrainSpec | int:
     from pydantic import ValidationError
+
+    from ..trainspec import apply_overrides
 
     data = args.data
     if data is not None and data != "synthetic":

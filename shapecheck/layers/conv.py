@@ -158,7 +158,7 @@ class Conv2d(LayerSpec):
             ("H", "W"), (h, w), kernel, stride, dil, self.pads()
         ):
             padded, eff = size + pl + pr, d * (k - 1) + 1
-            limit = _pad_limit(self.padding_mode, size)
+            limit = None if self.padding_mode == "zeros" else _pad_limit(self.padding_mode, size)
             if limit is not None and max(pl, pr) > limit:
                 raise ShapeError(
                     "SC201",
