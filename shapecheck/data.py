@@ -12,6 +12,7 @@ Only ``shapecheck build --train`` and ``eval`` import this module.
 from __future__ import annotations
 
 import gzip
+import os
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -95,7 +96,7 @@ def resolve_path(spec: DatasetSpec, base_dir: str | Path | None) -> Path | None:
         return None
     p = Path(spec.path).expanduser()
     if not p.is_absolute() and base_dir is not None:
-        p = Path(base_dir) / p
+        p = Path(os.path.normpath(Path(base_dir) / p))  # specs/../data reads as data
     return p
 
 
