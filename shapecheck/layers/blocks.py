@@ -7,11 +7,11 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from .base import Dims, LayerSpec, ShapeError, times
+from .base import Dims, LayerSpec, ShapeError
 
 
 def _chw(x: Dims) -> str:
-    return times(x[1:])
+    return "×".join(map(str, x[1:]))  # 128×28×28, as the table writes shapes
 
 
 class Residual(LayerSpec):
@@ -108,7 +108,7 @@ class Concat(LayerSpec):
                     "SC212",
                     f"branch {i} gives {_chw(out)} but branch 0 gives {_chw(first)}: "
                     "concat needs every dim but channels to agree",
-                    f"make branch {i} keep {times(first[2:])}: stride 1 and padding (k−1)/2 "
+                    f"make branch {i} keep {_chw(first[1:])}: stride 1 and padding (k−1)/2 "
                     "on its convs and pools" if len(out) == len(first) == 4 else None,
                 )
         channels = sum(out[1] for out in outs)
