@@ -51,10 +51,6 @@ class LayerPlan:
         """Constructor arguments for torch.nn, the inferred ones (in_channels ...) filled in."""
         return self.spec.torch_kwargs(self.inferred_args)
 
-    @property
-    def depth(self) -> int:
-        return (len(self.path) - 1) // 2
-
     def to_dict(self) -> dict:
         d = {
             "index": self.index,

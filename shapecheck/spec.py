@@ -56,9 +56,6 @@ class Spec(BaseModel):
     def source(self) -> str | None:
         return self._source
 
-    def position(self, loc: tuple) -> tuple[int, int] | None:
-        return self._positions.get(loc)
-
     def layer_position(self, path: Path) -> tuple[int, int] | None:
         loc = ("layers", path[0]) if len(path) == 1 else yaml_loc(path)
         return self._positions.get(loc)

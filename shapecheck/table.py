@@ -29,7 +29,7 @@ def human_bytes(n: int) -> str:
 def _rows(layers: list[LayerPlan], indent: str = ""):
     for layer in layers:
         yield layer, indent
-        for key, branch in zip(layer.branch_keys or [], layer.branches or []):
+        for branch in layer.branches or []:
             yield from _rows(branch, indent + "  ")
 
 

@@ -6,7 +6,6 @@ rows the first dim holds per sample (1, unless a flatten merged the batch with o
 any size, and nothing is allocated.
 """
 
-import math
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, get_args
 
@@ -192,10 +191,6 @@ def unused_warning(unused: tuple[int, int], size: tuple[int, int], stride: tuple
 def fmt(n: int) -> str:
     """An int with thousands separators."""
     return f"{n:,}"
-
-
-def prod(values) -> int:
-    return math.prod(values)
 
 
 def times(values) -> str:
