@@ -3,8 +3,8 @@
 ``generate(plan)`` writes the module a person would write by hand: one class named after the
 spec, every layer created in ``__init__`` with its arguments spelled out (the inferred
 ``in_channels``/``in_features``/``num_features`` included), and a ``forward`` that applies them
-in order with the shape after each step as a comment. Residual and concat blocks use two small
-helper classes, ``Residual(body, shortcut)`` and ``Concat(*branches)``, whose parts are
+in order with the shape after each step as a comment. A block uses the small helper class its
+module declares (``Residual(body, shortcut)``, ``Concat(*branches)`` …), whose parts are
 ``nn.Sequential``s, so the state_dict keys read ``conv1.weight``, ``layer1_0.body.0.weight``,
 ``inception3a.branches.1.3.weight``.
 
@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__
-from .layers import KINDS
+from .layers import BLOCKS, KINDS
 from .loader import SpecError
-from .plan import BYTES_PER_VALUE, Plan
+from .plan import BYTES_PER_VALUE, Plan, with_batch
 from .planner import plan as make_plan
 from .spec import Spec
 
@@ -75,7 +75,7 @@ TORCH_CLASSES = frozenset(
     {cls.torch_class for cls in KINDS.values() if cls.torch_class}
     | {"Sequential", "Identity", "ModuleList", "Module"}
 )
-HELPERS = ("Residual", "Concat")
+HELPERS = {block.helper: block for block in BLOCKS}  # helper class name -> its block
 
 # nn.Module's own attributes (torch 2.x), public and private. A layer with one of these names
 # would replace a method or break the module, so it gets another attribute name. Whatever torch
@@ -222,28 +222,12 @@ def _literal(value: Any) -> str:
 # ---------------------------------------------------------------- shapes
 
 
-def _batch_factor(first: int | str, plan_batch: int | str) -> int:
-    """How many batches the first dim holds: 1, or k after a flatten over the batch."""
-    if isinstance(plan_batch, int):
-        return int(first) // plan_batch
-    text = str(first)
-    return int(text.rsplit("*", 1)[1]) if "*" in text else 1
-
-
-def shape_text(shape, plan_batch: int | str, batch: int | str) -> str:
-    """A planned shape for a comment, with ``batch`` in the batch's place: ``(N, 20, 4, 4)``."""
-    k = _batch_factor(shape[0], plan_batch)
-    if isinstance(batch, int):
-        first = str(batch * k)
-    else:
-        first = batch if k == 1 else f"{batch}*{k}"
+def shape_text(dims: tuple[int, ...], batch: int | str) -> str:
+    """Batch-factored dims for a comment, with ``batch`` in the batch's place: ``(N, 20, 4, 4)``."""
+    shape = with_batch(dims, batch)
     if len(shape) == 1:
-        return f"({first},)"
-    return "(" + ", ".join([first, *map(str, shape[1:])]) + ")"
-
-
-def _concrete(shape, plan_batch: int | str, batch: int) -> tuple[int, ...]:
-    return (batch * _batch_factor(shape[0], plan_batch), *map(int, shape[1:]))
+        return f"({shape[0]},)"
+    return "(" + ", ".join(map(str, shape)) + ")"
 
 
 # ---------------------------------------------------------------- the source
@@ -273,31 +257,27 @@ class _Writer:
         self.uses: set[str] = set()
         self.module_names: dict[tuple, str] = {}
 
-    def shape(self, shape) -> str:
-        return shape_text(shape, self.plan.batch, self.batch)
+    def shape(self, dims) -> str:
+        return shape_text(dims, self.batch)
 
     def layer_expr(self, layer, indent: int, qualname: str, tail: str, comment: str,
                    head: str = "") -> list[str]:
         """The expression that creates one layer (a torch.nn layer or a block)."""
         self.module_names[layer.path] = qualname
-        if layer.branches is None:
+        if not layer.is_block:
             if layer.spec.torch_class not in TORCH_CLASSES:
                 raise InternalError(f"layer {layer.name}: no torch.nn class for {layer.type}")
             args = [f"{k}={_literal(v)}" for k, v in layer.torch_kwargs.items()]
             return _call(f"nn.{layer.spec.torch_class}", args, indent=indent, head=head,
                          tail=tail, comment=comment)
+        block = layer.spec
         pad = INDENT * indent
-        lines = [f"{pad}{head}{'Residual' if layer.type == 'residual' else 'Concat'}("]
-        if layer.type == "residual":
-            self.uses.add("Residual")
-            for key, branch in zip(layer.branch_keys, layer.branches):
-                lines += self.branch_expr(branch, layer, indent + 1, f"{qualname}.{key}",
-                                          f"{key}=")
-        else:
-            self.uses.add("Concat")
-            for key, branch in zip(layer.branch_keys, layer.branches):
-                lines += self.branch_expr(branch, layer, indent + 1,
-                                          f"{qualname}.branches.{key}", "")
+        lines = [f"{pad}{head}{block.helper}("]
+        self.uses.add(block.helper)
+        branches = dict(zip(layer.branch_keys, layer.branches))
+        for arg, key in block.helper_args():
+            where = ".".join(map(str, block.branch_loc(key)))
+            lines += self.branch_expr(branches[key], layer, indent + 1, f"{qualname}.{where}", arg)
         lines.append(f"{pad}){tail}" + (f"  # {comment}" if comment else ""))
         return lines
 
@@ -305,14 +285,14 @@ class _Writer:
         """One branch of a block: an nn.Sequential of its layers, or nn.Identity() if empty."""
         pad = INDENT * indent
         if not branch:
-            return [f"{pad}{head}nn.Identity(),  # {self.shape(block.input_shape)}"]
+            return [f"{pad}{head}nn.Identity(),  # {self.shape(block.input_dims)}"]
         lines = [f"{pad}{head}nn.Sequential("]
         for j, layer in enumerate(branch):
             # The shape goes next to the layers that change it (not after batchnorm, relu ...).
-            changes = layer.output_shape != layer.input_shape
-            comment = self.shape(layer.output_shape) if changes else ""
+            changes = layer.output_dims != layer.input_dims
+            comment = self.shape(layer.output_dims) if changes else ""
             lines += self.layer_expr(layer, indent + 1, f"{qualname}.{j}", ",", comment)
-        lines.append(f"{pad}),  # {self.shape(branch[-1].output_shape)}")
+        lines.append(f"{pad}),  # {self.shape(branch[-1].output_dims)}")
         return lines
 
     def write(self) -> Generated:
@@ -325,16 +305,16 @@ class _Writer:
         ]
         forward = [
             f"{INDENT}def forward(self, x: torch.Tensor) -> torch.Tensor:",
-            f"{INDENT * 2}# x: {self.shape(plan.input_shape)}",
+            f"{INDENT * 2}# x: {self.shape(plan.input_dims)}",
         ]
         for i, layer in enumerate(plan.layers):
             attr = attrs[i]
             init += self.layer_expr(layer, 2, attr, "", "", head=f"self.{attr} = ")
-            forward.append(f"{INDENT * 2}x = self.{attr}(x)  # {self.shape(layer.output_shape)}")
+            forward.append(f"{INDENT * 2}x = self.{attr}(x)  # {self.shape(layer.output_dims)}")
         forward.append(f"{INDENT * 2}return x")
 
         where = f" from {comment_text(self.source_name)}" if self.source_name else ""
-        shapes = f"Input {self.shape(plan.input_shape)}, output {self.shape(plan.output_shape)}."
+        shapes = f"Input {self.shape(plan.input_dims)}, output {self.shape(plan.output_dims)}."
         description = (plan.description or "").strip()
         if description:
             body = _wrap(docstring_text(description).split("\n"), len(INDENT) + 3)
@@ -350,9 +330,9 @@ class _Writer:
             "from torch import nn",
             "",
         ]
-        helpers = [name for name in HELPERS if name in self.uses]
-        for name in helpers:
-            lines += ["", *_HELPER_SOURCE[name].strip("\n").split("\n"), ""]
+        for name, block in HELPERS.items():
+            if name in self.uses:
+                lines += ["", *block.helper_source.strip("\n").split("\n"), ""]
         lines += [
             "",
             f"# {plan.params:,} parameters, {plan.macs:,} multiply-accumulates per sample.",
@@ -381,33 +361,6 @@ def _wrap(lines: list[str], indent: int) -> list[str]:
                              break_long_words=False, break_on_hyphens=False,
                              drop_whitespace=True) or [""]
     return out
-
-
-_HELPER_SOURCE = {
-    "Residual": '''
-class Residual(nn.Module):
-    """y = body(x) + shortcut(x); an identity shortcut passes x through."""
-
-    def __init__(self, body: nn.Module, shortcut: nn.Module) -> None:
-        super().__init__()
-        self.body = body
-        self.shortcut = shortcut
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x) + self.shortcut(x)
-''',
-    "Concat": '''
-class Concat(nn.Module):
-    """Every branch gets the same input; their outputs are joined on channels (dim 1)."""
-
-    def __init__(self, *branches: nn.Module) -> None:
-        super().__init__()
-        self.branches = nn.ModuleList(branches)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([branch(x) for branch in self.branches], dim=1)
-''',
-}
 
 
 def generate(plan: Plan, *, batch: int | str | None = None,
@@ -439,8 +392,9 @@ def _audit(source: str) -> None:
         tree = ast.parse(source)
     except SyntaxError as e:
         raise InternalError(f"the emitted source does not parse: {e}") from None
-    allowed_calls = {"super", "float", "Residual", "Concat", "torch.cat",
-                     *(f"nn.{c}" for c in TORCH_CLASSES)}
+    allowed_calls = {"super", "float", *HELPERS, *(f"nn.{c}" for c in TORCH_CLASSES)}
+    for block in HELPERS.values():
+        allowed_calls |= block.helper_calls
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             ok = [a.name for a in node.names] == ["torch"] and node.names[0].asname is None
@@ -450,7 +404,7 @@ def _audit(source: str) -> None:
             ]
         elif isinstance(node, ast.Call):
             func = ast.unparse(node.func)
-            ok = (func in allowed_calls or func == "super().__init__" or func == "branch"
+            ok = (func in allowed_calls or func == "super().__init__"
                   or re.fullmatch(r"self\.\w+", func) is not None)
         elif isinstance(node, (ast.Lambda, ast.Global, ast.Nonlocal, ast.Delete, ast.With,
                                ast.Try, ast.Raise, ast.Await, ast.Yield, ast.YieldFrom)):
@@ -518,12 +472,12 @@ def check_torch_limits(plan: Plan) -> None:
     plan's batch, or CHECK_BATCH), would have more bytes than torch can address."""
     batch = plan.batch if isinstance(plan.batch, int) else CHECK_BATCH
     smaller = "; a smaller input or batch may fit"
-    tensors = [("the input", _concrete(plan.input_shape, plan.batch, batch), smaller)]
+    tensors = [("the input", with_batch(plan.input_dims, batch), smaller)]
     for layer in plan.walk():
         where = f"layer {'/'.join(map(str, layer.path))} ({layer.type} {layer.name})"
         tensors += [
             (f"the weight of {where}", layer.weight_shape, ""),
-            (f"the output of {where}", _concrete(layer.output_shape, plan.batch, batch), smaller),
+            (f"the output of {where}", with_batch(layer.output_dims, batch), smaller),
         ]
     for what, shape, hint in tensors:
         nbytes = math.prod(shape) * BYTES_PER_VALUE if shape else 0
@@ -563,14 +517,21 @@ def check_module(model, plan: Plan, generated: Generated) -> None:
     handles = []
     try:
         for layer in plan.walk():
-            qualname = generated.module_names[layer.path]
-            sub = model.get_submodule(qualname)
+            qualname = generated.module_names.get(layer.path)
+            try:
+                sub = model.get_submodule(qualname)
+            except (AttributeError, TypeError):
+                raise InternalError(
+                    f"layer {'/'.join(map(str, layer.path))} ({layer.type} {layer.name}): the "
+                    f"module has no submodule {qualname!r} where the plan puts this layer"
+                ) from None
 
             def hook(_module, _args, output, path=layer.path):
-                seen[path] = tuple(output.shape)
+                seen[path] = (tuple(output.shape) if isinstance(output, torch.Tensor)
+                              else f"a {type(output).__name__}, not a tensor")
 
             handles.append(sub.register_forward_hook(hook))
-        x = torch.empty(_concrete(plan.input_shape, plan.batch, batch), device="meta")
+        x = torch.empty(with_batch(plan.input_dims, batch), device="meta")
         was_training = model.training
         model.eval()
         try:
@@ -587,7 +548,7 @@ def check_module(model, plan: Plan, generated: Generated) -> None:
         for h in handles:
             h.remove()
     for layer in plan.walk():
-        want = _concrete(layer.output_shape, plan.batch, batch)
+        want = with_batch(layer.output_dims, batch)
         got = seen.get(layer.path)
         if got != want:
             where = "/".join(map(str, layer.path))
@@ -597,9 +558,10 @@ def check_module(model, plan: Plan, generated: Generated) -> None:
                 f"{generated.module_names[layer.path]}): the plan says {want}, torch gives "
                 f"{got_text}"
             )
-    want = _concrete(plan.output_shape, plan.batch, batch)
-    if tuple(out.shape) != want:
-        raise InternalError(f"output: the plan says {want}, torch gives {tuple(out.shape)}")
+    want = with_batch(plan.output_dims, batch)
+    got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if got != want:
+        raise InternalError(f"output: the plan says {want}, torch gives {got}")
     params = sum(p.numel() for p in model.parameters())
     if params != plan.params:
         raise InternalError(f"parameters: the plan says {plan.params:,}, torch has {params:,}")

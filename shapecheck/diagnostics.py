@@ -63,10 +63,20 @@ class Diagnostic:
     column: int | None = None  # 1-based
     hint: str | None = None
     file: str | None = field(default=None, compare=False)
+    # What the message is about, where it leads the message: "layer 6 (linear fc)".
+    subject: str | None = field(default=None, compare=False)
 
     @property
     def is_error(self) -> bool:
         return self.severity == "error"
+
+    @property
+    def detail(self) -> str:
+        """The message without its subject, for outputs that show the subject another way
+        (a diagram draws it next to the layer)."""
+        if self.subject and self.message.startswith(f"{self.subject}: "):
+            return self.message[len(self.subject) + 2:]
+        return self.message
 
     def to_dict(self) -> dict:
         d = {

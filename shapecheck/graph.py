@@ -22,6 +22,7 @@ import textwrap
 from typing import TYPE_CHECKING
 
 from .diagnostics import Diagnostic
+from .layers import BLOCKS
 from .plan import LayerPlan, Plan
 from .table import dims, human_count
 
@@ -45,8 +46,6 @@ FAILED_FILL, FAILED_LINE, FAILED_TEXT = "#f4cccc", "#cc0000", "#990000"
 SKIPPED_FILL, SKIPPED_LINE, SKIPPED_TEXT = "#f7f7f7", "#bbbbbb", "#999999"
 WARNING_LINE, WARNING_TEXT = "#e69138", "#b45f06"
 LINE, EDGE, MUTED = "#666666", "#555555", "#666666"
-MERGE_GLYPH = {"residual": "⊕", "concat": "‖"}
-MERGE_WORD = {"residual": "add", "concat": "concat"}
 
 WRAP = 46  # characters per line of an error or hint inside a node
 TITLE_WRAP = 80
@@ -176,7 +175,7 @@ class _Drawer:
         plan = self.plan
         g.node("input", _html("<B>input</B>", _font(text(_chw(plan.input_shape)), size=10)),
                fillcolor="white", style="rounded,filled,bold")
-        cut = next((i for i, layer in enumerate(plan.layers) if layer.type == "flatten"),
+        cut = next((i for i, layer in enumerate(plan.layers) if layer.spec.starts_classifier),
                    len(plan.layers))
         tail, shape = "input", plan.input_shape
         for key, label, layers in (("features", "feature extractor", plan.layers[:cut]),
@@ -245,9 +244,8 @@ class _Drawer:
         failure styles where the plan is invalid. Empty where nothing was drawn."""
         cells = [f'<TD BGCOLOR="{FAMILIES[f][0]}">{text(FAMILIES[f][1])}</TD>'
                  for f in FAMILIES if f in self.families_seen]
-        kinds = {layer.type for layer in self.plan.walk() if layer.family == "block"}
-        cells += [f"<TD>{text(MERGE_GLYPH[k] + ' ' + MERGE_WORD[k])}</TD>"
-                  for k in MERGE_GLYPH if k in kinds]
+        drawn = {type(layer.spec) for layer in self.plan.walk() if layer.is_block}
+        cells += [f"<TD>{text(b.glyph + ' ' + b.merge_word)}</TD>" for b in BLOCKS if b in drawn]
         if self.warnings:
             cells.append(f'<TD COLOR="{WARNING_LINE}"><FONT COLOR="{WARNING_TEXT}">warning'
                          "</FONT></TD>")
@@ -271,7 +269,7 @@ class _Drawer:
     def _chain(self, c, layers: list[LayerPlan], tail: str, shape):
         """Draw layers one after another from `tail`; returns the last node and its shape."""
         for layer in layers:
-            if layer.family == "block":
+            if layer.is_block:
                 tail, shape = self._block(c, layer, tail, shape)
             else:
                 node = _node_id(layer.path)
@@ -309,11 +307,11 @@ class _Drawer:
                 b.node(merge, self._merge_error_label(block, error), shape="box",
                        **self._failed_attrs())
             elif block.status == "ok":
-                b.node(merge, MERGE_GLYPH.get(kind, "+"), shape="circle", fixedsize="true",
+                b.node(merge, block.spec.glyph, shape="circle", fixedsize="true",
                        width="0.36", fontsize="16", style="filled", fillcolor="white",
                        margin="0")
             else:
-                b.node(merge, MERGE_GLYPH.get(kind, "+"), shape="circle", fixedsize="true",
+                b.node(merge, block.spec.glyph, shape="circle", fixedsize="true",
                        width="0.36", fontsize="16", margin="0", **self._skipped_attrs())
             for end, end_shape in ends:
                 self._edge(end, merge, end_shape)
@@ -332,25 +330,21 @@ class _Drawer:
             lines.append(_font(text(f"{weight}{layer.params:,} params"), size=10))
         error = self.errors.get(layer.path)
         if error is not None:
-            lines += self._error_lines(layer, error)
+            lines += self._error_lines(error)
         codes = self.warnings.get(layer.path)
         if codes and layer.status == "ok":
             lines.append(_font(text("warning " + ", ".join(codes)), size=9, color=WARNING_TEXT))
         return _html(*lines)
 
-    def _error_lines(self, layer: LayerPlan, error: Diagnostic) -> list[str]:
-        message = error.message
-        prefix = f"layer {'/'.join(map(str, layer.path))} ({layer.type} {layer.name}): "
-        message = message.removeprefix(prefix)
-        lines = [_font(wrapped(f"error {error.code}: {message}"), size=10, color=FAILED_TEXT)]
+    def _error_lines(self, error: Diagnostic) -> list[str]:
+        lines = [_font(wrapped(f"error {error.code}: {error.detail}"), size=10, color=FAILED_TEXT)]
         if error.hint:
             lines.append(_font(wrapped(f"hint: {error.hint}"), size=10, color="#333333"))
         return lines
 
     def _merge_error_label(self, block: LayerPlan, error: Diagnostic) -> str:
-        glyph = MERGE_GLYPH.get(block.type, "+")
-        head = f"<B>{glyph} {text(MERGE_WORD.get(block.type, block.type))}</B>"
-        return _html(head, *self._error_lines(block, error))
+        head = f"<B>{block.spec.glyph} {text(block.spec.merge_word)}</B>"
+        return _html(head, *self._error_lines(error))
 
     def _attrs(self, layer: LayerPlan) -> dict[str, str]:
         if layer.status == "failed":

@@ -19,20 +19,21 @@ def lint(plan: Plan, has_train: bool) -> list[Warning]:
     _conv_bias_before_batchnorm(plan.layers, found)
     if plan.valid and plan.layers:
         last = plan.layers[-1]
-        loss = plan.loss or ("nll_loss" if last.type == "logsoftmax" else "cross_entropy")
-        if has_train and loss == "cross_entropy" and last.type in ("softmax", "logsoftmax"):
+        gives = last.spec.outputs
+        loss = plan.loss or plan.default_loss
+        if has_train and loss == "cross_entropy" and gives is not None:
             found.append((
                 last.path, "SC302",
                 f"the last layer is {last.type}, but cross_entropy already applies log-softmax",
                 f"remove {last.name}: train on the raw scores (logits)"
-                + (", or use loss: nll_loss" if last.type == "logsoftmax" else ""),
+                + (", or use loss: nll_loss" if gives == "log_probabilities" else ""),
             ))
     return found
 
 
 def _conv_bias_before_batchnorm(layers: list[LayerPlan], found: list[Warning]) -> None:
     for layer, after in pairwise(layers):
-        if layer.type == "conv2d" and layer.spec.bias and after.type == "batchnorm2d":
+        if layer.spec.bias_before_norm() and after.spec.cancels_channel_bias:
             found.append((
                 layer.path, "SC303",
                 f"the bias of {layer.name} is cancelled by {after.name}, which subtracts the mean",

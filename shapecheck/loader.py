@@ -14,8 +14,8 @@ import yaml
 from pydantic import ValidationError
 
 from .diagnostics import Diagnostic, InputError
-from .layers import KINDS, normalize_type, parse_layers
-from .spec import InputSpec, Spec, assign_names, default_name, yaml_loc
+from .layers import BLOCKS, KINDS, Origin, normalize_type, parse_layers
+from .spec import InputSpec, LayerErrors, Spec, default_name, yaml_loc
 
 MAX_BYTES = 4 * 1024 * 1024  # a spec is a few KB; a 10,000-layer spec is about 0.5 MB
 MAX_NODES = 1_000_000  # after expanding aliases: stops alias and merge-key bombs
@@ -45,6 +45,22 @@ class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
             if len(self._resolved) < 10_000:
                 self._resolved[key] = tag
         return tag
+
+
+class _AliasLoader(yaml.SafeLoader):
+    """The pure-Python safe loader, remembering where each alias stood. The C composer (and the
+    node tree) replaces an alias by the node it names, so only the composer sees its place;
+    this one is used only for texts that may hold aliases."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.alias_marks: dict[tuple[int, object], yaml.Mark] = {}
+
+    def compose_node(self, parent, index):
+        if parent is not None and self.check_event(yaml.AliasEvent):
+            key = id(index) if isinstance(index, yaml.Node) else index  # a key node, or an int
+            self.alias_marks[(id(parent), key)] = self.peek_event().start_mark
+        return super().compose_node(parent, index)
 
 
 class SpecError(Exception):
@@ -116,6 +132,7 @@ def _parse(text: str, source: str | None, name: str | None) -> Spec:
     # Top-level `x-...` keys are free for the user, e.g. to hold YAML anchors to merge (<<).
     data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
     errors: list[dict] = []
+    duplicates: list = []
     try:
         spec = Spec.model_validate(data)
     except ValidationError as e:
@@ -133,24 +150,43 @@ def _parse(text: str, source: str | None, name: str | None) -> Spec:
                 "error", "SC004", f"the spec has {count:,} layers; specs are limited to "
                 f"{MAX_LAYERS:,}", line=positions.get(("layers",), (None, None))[0],
                 file=source))
-        layers, layer_errors = parse_layers(data["layers"], ("layers",))
-        errors += layer_errors
+    if spec is not None:
+        spec._source = source
+        default = name or (default_name(Path(source).stem) if source else "net")
+        try:
+            duplicates = spec.complete(default=default, origin=_origins(positions, source))
+        except LayerErrors as e:
+            errors += e.errors
+    elif isinstance(data.get("layers"), list):  # still report the layers' own errors
+        errors += parse_layers(data["layers"], ("layers",))[1]
     if errors:
-        problems += _schema_diagnostics(errors, data, positions, source)
+        problems += schema_diagnostics(errors, data, positions, source)
         raise SpecError(sorted(problems, key=lambda d: (d.line or 0, d.column or 0)))
-    spec.layers = layers
-    spec._positions = positions
-    spec._source = source
-    if spec.name is None:
-        spec.name = name or (default_name(Path(source).stem) if source else "net")
-    for path, dup in assign_names(spec):
-        line, col = positions.get(yaml_loc(path) + ("name",), (None, None))
-        problems.append(Diagnostic("error", "SC106", f"layer {_where(path)}: the name {dup!r} "
-                                   "is already used", path[0], _path_or_none(path), line, col,
-                                   "give each layer a unique name", file=source))
+    for path, dup in duplicates:
+        line, col = positions.get(yaml_loc(path, data["layers"]) + ("name",), (None, None))
+        problems.append(duplicate_name(path, dup, line, col, source))
     if problems:
         raise SpecError(problems)
     return spec
+
+
+def _origins(positions: dict, source: str | None):
+    """origin(loc) for parse_layers: where the entry at a YAML location was written. Inside a
+    subtree written as an alias (`body: *blk`), that is the alias's place."""
+
+    def origin(loc: tuple) -> Origin:
+        while loc and loc not in positions:
+            loc = loc[:-1]
+        line, column = positions.get(loc, (None, None))
+        return Origin(source, line, column)
+
+    return origin
+
+
+def duplicate_name(path: tuple, name: str, line, col, source) -> Diagnostic:
+    return Diagnostic("error", "SC106", f"layer {_where(path)}: the name {name!r} is already "
+                      "used", path[0], _path_or_none(path), line, col,
+                      "give each layer a unique name", file=source)
 
 
 def _count_layers(items: list) -> int:
@@ -160,12 +196,16 @@ def _count_layers(items: list) -> int:
         for item in stack.pop():
             count += 1
             if isinstance(item, dict):
-                for key in ("body", "shortcut", "branches"):
-                    value = item.get(key)
-                    if isinstance(value, list):
-                        stack += [v for v in value if isinstance(v, list)] if key == "branches" \
-                            else [value]
+                block = _block_of(item)
+                if block is not None:
+                    stack += [branch for _, branch in block.raw_branches(item)]
     return count
+
+
+def _block_of(item: dict):
+    """The Block class of a raw entry, or None."""
+    kind = KINDS.get(normalize_type(item["type"])) if isinstance(item.get("type"), str) else None
+    return kind if kind is not None and kind.is_block else None
 
 
 def load_spec(source: str | os.PathLike) -> Spec:
@@ -194,8 +234,17 @@ def _load(text: str, source: str | None) -> tuple[object, dict, list[Diagnostic]
 
     if len(text) > MAX_BYTES:
         raise refuse(f"the text is {len(text):,} characters; specs are limited to {MAX_BYTES:,}")
+    alias_marks: dict = {}
     try:
-        node = yaml.compose(text.lstrip("\ufeff"), Loader=_Loader)
+        if "*" in text:
+            loader = _AliasLoader(text.lstrip("\ufeff"))
+            try:
+                node = loader.get_single_node()
+            finally:
+                loader.dispose()
+            alias_marks = loader.alias_marks
+        else:
+            node = yaml.compose(text.lstrip("\ufeff"), Loader=_Loader)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         if "nesting depth" in str(e.problem):  # libyaml's own limit
@@ -207,7 +256,7 @@ def _load(text: str, source: str | None) -> tuple[object, dict, list[Diagnostic]
         raise refuse("the YAML is nested too deeply") from None
     if node is None:
         raise refuse("the file is empty", None, "SC003")
-    builder = _Builder(refuse, source)
+    builder = _Builder(refuse, source, alias_marks)
     try:
         data = builder.build(node)
     except (ValueError, yaml.YAMLError) as e:  # e.g. an impossible timestamp
@@ -224,17 +273,19 @@ class _Builder:
 
     _constructor = yaml.constructor.SafeConstructor()
 
-    def __init__(self, refuse, source: str | None):
-        self.refuse, self.source = refuse, source
+    def __init__(self, refuse, source: str | None, alias_marks: dict):
+        self.refuse, self.source, self.alias_marks = refuse, source, alias_marks
         self.positions: dict[tuple, tuple[int, int]] = {}
         self.problems: list[Diagnostic] = []
         self.built: dict[int, object] = {}
         self.open: set[int] = set()  # the collections being built: the current node's ancestors
         self.aliased = False
 
-    def build(self, node: yaml.Node, loc: tuple = (), depth: int = 0):
+    def build(self, node: yaml.Node, loc: tuple = (), depth: int = 0, alias=None):
         if id(node) in self.built:
             self.aliased = True
+            if alias is not None:  # a layer written as `- *pool` is where the alias stands
+                self.positions[loc] = (alias.line + 1, alias.column + 1)
             if id(node) in self.open:  # e.g. `layers: &a [relu, {type: residual, body: *a}]`
                 raise self.refuse("an alias refers to a node that contains it: the YAML would "
                                   "be infinitely deep", node.start_mark)
@@ -253,7 +304,8 @@ class _Builder:
             value = self._scalar(node)
         elif isinstance(node, yaml.SequenceNode):
             value = self.built[id(node)] = []
-            value += [self.build(item, (*loc, i), depth + 1) for i, item in enumerate(node.value)]
+            value += [self.build(item, (*loc, i), depth + 1, self.alias_marks.get((id(node), i)))
+                      for i, item in enumerate(node.value)]
         else:
             value = self.built[id(node)] = {}
             merged = []
@@ -272,7 +324,8 @@ class _Builder:
                         index, path, mark.line + 1, mark.column + 1,
                         "keep one: YAML would silently use the last", file=self.source))
                 self.positions[(*loc, key)] = (mark.line + 1, mark.column + 1)
-                value[key] = self.build(value_node, (*loc, key), depth + 1)
+                value[key] = self.build(value_node, (*loc, key), depth + 1,
+                                        self.alias_marks.get((id(node), id(key_node))))
             # `<<: *base` (or a list of them): explicit keys win, then earlier merges.
             for source in merged:
                 for item in source if isinstance(source, list) else [source]:
@@ -326,6 +379,11 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
     return []
 
 
+# The YAML keys under which blocks hold layer lists (body, shortcut) and lists of them (branches).
+_LIST_FIELDS = {f for b in BLOCKS for f in b.list_fields}
+_LISTS_FIELDS = {b.lists_field for b in BLOCKS if b.lists_field}
+
+
 def _layer_of(loc: tuple) -> tuple[int | None, tuple | None]:
     """(top-level layer index, layer path) of a YAML location under `layers`."""
     if len(loc) < 2 or loc[0] != "layers" or not isinstance(loc[1], int):
@@ -333,12 +391,12 @@ def _layer_of(loc: tuple) -> tuple[int | None, tuple | None]:
     path: list = [loc[1]]
     rest = list(loc[2:])
     while len(rest) >= 2:
-        if rest[0] == "branches" and len(rest) >= 3 and isinstance(rest[1], int):
+        if rest[0] in _LISTS_FIELDS and len(rest) >= 3 and isinstance(rest[1], int):
             if not isinstance(rest[2], int):
                 break
             path += [rest[1], rest[2]]
             rest = rest[3:]
-        elif rest[0] in ("body", "shortcut") and isinstance(rest[1], int):
+        elif rest[0] in _LIST_FIELDS and isinstance(rest[1], int):
             path += [rest[0], rest[1]]
             rest = rest[2:]
         else:
@@ -400,15 +458,14 @@ def _layer_label(loc: tuple, data) -> str:
     index, path = _layer_of(loc)
     if index is None:
         return ".".join(str(s) for s in loc) or "spec"
-    layer_loc = yaml_loc(path or (index,))
-    node = _get(data, layer_loc)
+    node = _get(data, yaml_loc(path or (index,), data["layers"]))
     kind = node.get("type") if isinstance(node, dict) else node if isinstance(node, str) else None
     name = node.get("name") if isinstance(node, dict) else None
     inner = " ".join(str(x) for x in (kind, name) if x)
     return f"layer {_where(path or (index,))}" + (f" ({inner})" if inner else "")
 
 
-def _schema_diagnostics(errors: list[dict], data, positions, source) -> list[Diagnostic]:
+def schema_diagnostics(errors: list[dict], data, positions, source) -> list[Diagnostic]:
     grouped: dict[tuple, list[dict]] = {}
     for e in errors:
         loc, missing = _data_loc(data, e["loc"])

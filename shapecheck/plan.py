@@ -7,11 +7,23 @@ from typing import Any, Literal
 
 from .diagnostics import Diagnostic
 from .layers import LayerSpec
+from .layers.base import Dims
 
 Shape = tuple[int | str, ...]  # as shown to users: the batch is an int or a symbol such as "N"
 Status = Literal["ok", "failed", "skipped"]  # skipped: after the first failure, not planned
 
 BYTES_PER_VALUE = 4  # float32
+
+
+def with_batch(dims: Dims | None, batch: int | str) -> Shape | None:
+    """Batch-factored dims as users see them: (1, 10, 24, 24) -> (64, 10, 24, 24) at batch 64,
+    ("N", 10, 24, 24) for a symbol, and ("N*2", ...) where a flatten merged two batch rows."""
+    if dims is None:
+        return None
+    k = dims[0]
+    if isinstance(batch, int):
+        return (batch * k, *dims[1:])
+    return (batch if k == 1 else f"{batch}*{k}", *dims[1:])
 
 
 @dataclass
@@ -24,8 +36,11 @@ class LayerPlan:
     line: int | None = None
     column: int | None = None
     status: Status = "skipped"
-    input_shape: Shape | None = None
-    output_shape: Shape | None = None
+    batch: int | str = "N"
+    # The shapes with the batch factored out (layers/base.py); input_shape and output_shape
+    # put the batch back for display.
+    input_dims: Dims | None = None
+    output_dims: Dims | None = None
     weight_shape: tuple[int, ...] | None = None
     bias_shape: tuple[int, ...] | None = None
     params: int = 0
@@ -39,8 +54,20 @@ class LayerPlan:
     activation_values: int = 0  # output elements per sample, the block's children included
 
     @property
+    def input_shape(self) -> Shape | None:
+        return with_batch(self.input_dims, self.batch)
+
+    @property
+    def output_shape(self) -> Shape | None:
+        return with_batch(self.output_dims, self.batch)
+
+    @property
     def family(self) -> str:
         return self.spec.family
+
+    @property
+    def is_block(self) -> bool:
+        return self.spec.is_block
 
     @property
     def settings(self) -> str:
@@ -75,10 +102,28 @@ class Plan:
     description: str | None
     source: str | None  # the spec file, if any
     batch: int | str
-    input_shape: Shape | None  # None when the spec does not follow the schema
+    input_dims: Dims | None  # batch-factored; None when the spec does not follow the schema
     layers: list[LayerPlan]
     diagnostics: list[Diagnostic]
     loss: str | None = None  # train.loss, for lints and training
+
+    @property
+    def input_shape(self) -> Shape | None:
+        return with_batch(self.input_dims, self.batch)
+
+    @property
+    def output_dims(self) -> Dims | None:
+        if not self.valid or not self.layers:
+            return None
+        return self.layers[-1].output_dims
+
+    @property
+    def default_loss(self) -> str:
+        """The loss training uses when the spec names none: nll_loss after a layer that gives
+        log-probabilities (logsoftmax), else cross_entropy."""
+        last = self.layers[-1].spec if self.layers else None
+        return "nll_loss" if last is not None and last.outputs == "log_probabilities" \
+            else "cross_entropy"
 
     @property
     def valid(self) -> bool:

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .diagnostics import Diagnostic
-from .layers import BLOCKS, Context, LayerSpec, ShapeError
+from .layers import Block, Context, LayerSpec, Origin, ShapeError
 from .layers.base import Dims
 from .lint import lint
-from .loader import SpecError, gc_paused, load_spec, looks_like_path
-from .plan import LayerPlan, Plan, Shape
-from .spec import Spec, default_name
+from .loader import SpecError, duplicate_name, gc_paused, load_spec, looks_like_path
+from .loader import schema_diagnostics
+from .plan import LayerPlan, Plan
+from .spec import LayerErrors, Spec, default_name
 
 # Errors that mean "the input is too small for the stack": they get the smallest input as hint.
 _TOO_SMALL = {"SC201", "SC202"}
@@ -24,7 +25,7 @@ _TOO_SMALL = {"SC201", "SC202"}
 
 @dataclass
 class _Failure:
-    path: tuple
+    row: LayerPlan
     error: ShapeError
 
 
@@ -44,8 +45,23 @@ def plan(
         except SpecError as e:
             name = default_name(Path(source).stem) if source else "net"
             return Plan(name, None, source, batch or "N", None, [], e.diagnostics)
+    elif not spec.completed:
+        problems = _complete(spec)
+        if problems:
+            return Plan(spec.name or "net", spec.description, spec.source, batch or "N", None,
+                        [], problems)
     with gc_paused():
         return _Planner(spec, batch, input_shape).plan()
+
+
+def _complete(spec: Spec) -> list[Diagnostic]:
+    """Complete a Spec built in Python; its schema problems as diagnostics (no lines)."""
+    raw = list(spec.layers)
+    try:
+        duplicates = spec.complete()
+    except LayerErrors as e:
+        return schema_diagnostics(e.errors, {"layers": raw}, {}, spec.source)
+    return [duplicate_name(path, name, None, None, spec.source) for path, name in duplicates]
 
 
 class _Planner:
@@ -55,91 +71,85 @@ class _Planner:
         self.input = tuple(input_shape or spec.input.shape)
         self.hints = hints
         self.failure: _Failure | None = None
-        self.warnings: list[tuple[tuple, str, str, str | None]] = []
+        self.warnings: list[tuple[LayerPlan, str, str, str | None]] = []
 
     def plan(self) -> Plan:
         x: Dims = (1, *self.input)
-        rows, _ = self._plan_list(self.spec.layers, x, (), Context())
-        diagnostics = [self._diagnostic("warning", path, code, msg, hint)
-                       for path, code, msg, hint in self.warnings]
+        rows, _, _ = self._plan_list(self.spec.layers, x, (), Context())
+        diagnostics = [self._diagnostic("warning", row, code, msg, hint)
+                       for row, code, msg, hint in self.warnings]
         if self.failure:
             f = self.failure
             hint = f.error.hint
             if hint is None and f.error.code in _TOO_SMALL and self.hints:
                 hint = self._smallest_input_hint()
-            diagnostics.append(self._diagnostic("error", f.path, f.error.code, f.error.message, hint))
+            diagnostics.append(self._diagnostic("error", f.row, f.error.code, f.error.message, hint))
         train = self.spec.train
         result = Plan(
             name=self.spec.name,
             description=self.spec.description,
             source=self.spec.source,
             batch=self.batch,
-            input_shape=self.shape((1, *self.input)),
+            input_dims=x,
             layers=rows,
             diagnostics=diagnostics,
             loss=train.loss if train else None,
         )
+        rows_by_path = {row.path: row for row in result.walk()}
         result.diagnostics += [
-            self._diagnostic("warning", path, code, msg, hint)
+            self._diagnostic("warning", rows_by_path[path], code, msg, hint)
             for path, code, msg, hint in lint(result, has_train=train is not None)
         ]
         result.diagnostics.sort(key=lambda d: (d.line or 0, d.column or 0, d.severity))
         return result
 
-    def shape(self, dims: Dims) -> Shape:
-        """Dims with the batch put back: (1, 10, 24, 24) -> (64, 10, 24, 24) or ("N", 10, 24, 24)."""
-        k = dims[0]
-        if isinstance(self.batch, int):
-            return (self.batch * k, *dims[1:])
-        return (self.batch if k == 1 else f"{self.batch}*{k}", *dims[1:])
-
     def _plan_list(self, layers: list[LayerSpec], x: Dims, prefix: tuple, ctx: Context):
+        """Plan layers one after another; returns their rows, the output and its context."""
         rows = []
         for i, layer in enumerate(layers):
-            path = (*prefix, i)
-            row = self._row(i, path, layer)
+            row = self._row(i, (*prefix, i), layer)
             rows.append(row)
             if self.failure:  # skipped: null shapes, but a block keeps its branches
-                if isinstance(layer, BLOCKS):
-                    self._plan_branches(row, layer, x)
+                if layer.is_block:
+                    self._plan_branches(row, layer, x, [x] * len(layer.branch_lists()), ctx)
                 continue
-            x = self._plan_layer(row, layer, x, ctx)
-        return rows, x
+            x, ctx = self._plan_layer(row, layer, x, ctx)
+        return rows, x, ctx
 
     def _row(self, i: int, path: tuple, layer: LayerSpec) -> LayerPlan:
-        line, col = self.spec.layer_position(path) or (None, None)
+        origin = layer.origin
         return LayerPlan(index=i, path=path, name=layer.name, type=layer.type, spec=layer,
-                         line=line, column=col)
+                         line=origin and origin.line, column=origin and origin.column,
+                         batch=self.batch)
 
-    def _plan_layer(self, row: LayerPlan, layer: LayerSpec, x: Dims, ctx: Context) -> Dims:
-        row.input_shape = self.shape(x)
+    def _plan_layer(self, row: LayerPlan, layer: LayerSpec, x: Dims, ctx: Context):
+        row.input_dims = x
         try:
-            if isinstance(layer, BLOCKS):
-                out = self._plan_block(row, layer, x)
+            if layer.is_block:
+                out, said = self._plan_block(row, layer, x, ctx), None
             else:
                 inferred = layer.infer(x, ctx)
-                out = inferred.out
+                out, said = inferred.out, inferred.features_from
                 row.weight_shape, row.bias_shape = inferred.weight, inferred.bias
                 row.params, row.macs, row.explain = inferred.params, inferred.macs, inferred.explain
                 row.inferred_args = inferred.inferred_args
                 row.activation_values = math.prod(out)
-                self.warnings += [(row.path, *w) for w in inferred.warnings]
-                if layer.family != "reshape" and out[-1:] != x[-1:]:
-                    ctx.features_from = None
+                self.warnings += [(row, *w) for w in inferred.warnings]
         except ShapeError as e:
             row.status = "failed"
             if self.failure is None:  # a block's child may have failed first
-                self.failure = _Failure(row.path, e)
-            return x
+                self.failure = _Failure(row, e)
+            return x, ctx
         if self.failure:  # a child inside this block failed
             row.status = "failed"
-            return x
+            return x, ctx
         row.status = "ok"
-        row.output_shape = self.shape(out)
-        return out
+        row.output_dims = out
+        return out, ctx.after(x, out, said)
 
-    def _plan_block(self, row: LayerPlan, block, x: Dims) -> Dims:
-        outs = self._plan_branches(row, block, x)
+    def _plan_block(self, row: LayerPlan, block: Block, x: Dims, ctx: Context) -> Dims:
+        inputs = block.branch_inputs(x)
+        outs = self._plan_branches(row, block, x, inputs, ctx)
         # A block's params and MACs are its children's, also where the block fails.
         children = [r for branch in row.branches for r in branch]
         row.params = sum(r.params for r in children)
@@ -151,32 +161,26 @@ class _Planner:
         row.explain = [merge]
         return out
 
-    def _plan_branches(self, row: LayerPlan, block, x: Dims) -> list[Dims]:
-        """Plan every branch from the block's input; after a failure the rest are skipped."""
+    def _plan_branches(self, row: LayerPlan, block: Block, x: Dims, inputs: list[Dims],
+                       ctx: Context) -> list[Dims]:
+        """Plan every branch from its input; after a failure the rest are skipped. A branch
+        keeps what is known of the last dim while its input ends as the block's does."""
         row.branches, row.branch_keys, outs = [], [], []
-        for key, layers in block.branch_lists():
-            sub, out = self._plan_list(layers, x, (*row.path, key), Context())
+        for (key, layers), branch_x in zip(block.branch_lists(), inputs):
+            branch_ctx = ctx if branch_x[-1:] == x[-1:] else Context()
+            sub, out, _ = self._plan_list(layers, branch_x, (*row.path, key), branch_ctx)
             row.branches.append(sub)
             row.branch_keys.append(key)
             outs.append(out)
         return outs
 
-    def _diagnostic(self, severity, path: tuple, code: str, message: str, hint) -> Diagnostic:
-        line, col = self.spec.layer_position(path) or (None, None)
-        layer = self._find(path)
-        subject = f"layer {'/'.join(map(str, path))} ({layer.type} {layer.name})"
+    def _diagnostic(self, severity, row: LayerPlan, code: str, message: str, hint) -> Diagnostic:
+        path = row.path
+        subject = f"layer {'/'.join(map(str, path))} ({row.type} {row.name})"
+        origin = row.spec.origin or Origin(self.spec.source)
         return Diagnostic(severity, code, f"{subject}: {message}", path[0],
-                          path if len(path) > 1 else None, line, col, hint, file=self.spec.source)
-
-    def _find(self, path: tuple) -> LayerSpec:
-        layers, layer = self.spec.layers, None
-        rest = list(path)
-        while rest:
-            layer = layers[rest.pop(0)]
-            if rest:
-                key = rest.pop(0)
-                layers = dict(layer.branch_lists())[key]
-        return layer
+                          path if len(path) > 1 else None, origin.line, origin.column, hint,
+                          file=origin.file, subject=subject)
 
     def _smallest_input_hint(self) -> str | None:
         _, h, w = self.input

@@ -2,13 +2,13 @@
 
 import keyword
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
 from pydantic_core import PydanticCustomError
 
-from .layers import BLOCKS, LayerSpec
+from .layers import KINDS, LayerSpec, Origin, normalize_type, parse_layers
 from .layers.base import Identifier, _identifier, _strict_int
 
 Path = tuple[int | str, ...]  # a layer's place: (3,) at top level, (3, "body", 1) in a block
@@ -35,43 +35,96 @@ class InputSpec(BaseModel):
     batch: Annotated[int | str, BeforeValidator(_batch)] = "N"  # an int, or a symbol
 
 
+class LayerErrors(Exception):
+    """Layer entries that do not follow the schema: pydantic-style error dicts whose ``loc``
+    starts at ("layers", i, ...)."""
+
+    def __init__(self, errors: list[dict]):
+        super().__init__(f"{len(errors)} invalid layer entries")
+        self.errors = errors
+
+
 class Spec(BaseModel):
+    """A whole spec. Build one from YAML with ``load_spec``, or in Python:
+
+        Spec(input={"shape": [1, 28, 28]},
+             layers=[Conv2d(out_channels=10, kernel_size=5), "relu", "flatten",
+                     {"type": "linear", "out_features": 10}])
+
+    Layers may be layer models, dicts as in YAML, or type names. ``complete()`` validates and
+    names them; ``plan()`` calls it for a spec that has not been completed."""
+
     model_config = ConfigDict(extra="forbid")
 
     name: Identifier | None = None
     description: str | None = None
     input: InputSpec
-    # Raw entries when pydantic validates the spec; the loader then validates each one with
-    # its type's model (layers.parse_layers), so only the types a spec uses are built.
+    # Raw entries or layer models at first; complete() validates each one with its type's model,
+    # so only the types a spec uses are built.
     layers: list[Any] = Field(min_length=1)
     # A TrainSpec (trainspec.py) once loaded; the loader validates it only where a spec has a
     # `train:` section, so that planning a spec without one never builds those models.
     train: Any = None
 
-    # Where each key and item stood in the YAML file: path -> (line, column), 1-based.
-    _positions: dict[tuple, tuple[int, int]] = PrivateAttr(default_factory=dict)
     _source: str | None = PrivateAttr(default=None)  # the file path, if read from a file
+    _completed: bool = PrivateAttr(default=False)
 
     @property
     def source(self) -> str | None:
         return self._source
 
-    def layer_position(self, path: Path) -> tuple[int, int] | None:
-        loc = ("layers", path[0]) if len(path) == 1 else yaml_loc(path)
-        return self._positions.get(loc)
+    @property
+    def completed(self) -> bool:
+        return self._completed
+
+    def complete(self, *, default: str = "net",
+                 origin: Callable[[tuple], Origin | None] | None = None) -> list[tuple[Path, str]]:
+        """Make the spec ready to plan: validate every layer entry (raises LayerErrors), give
+        each layer its origin (``origin(yaml_loc)``), give the spec the name ``default`` if it
+        has none and every unnamed layer a stable one. Returns the (path, name) of names used
+        twice. Idempotent."""
+        if self._completed:
+            return []
+        layers, errors = parse_layers(self.layers, ("layers",), origin)
+        if errors:
+            raise LayerErrors(errors)
+        self.layers = layers
+        if self.name is None:
+            self.name = default
+        self._completed = True
+        return assign_names(self)
+
+    def find(self, path: Path) -> LayerSpec:
+        """The layer at a path: (3,) or (3, "body", 1)."""
+        layers, layer = self.layers, None
+        rest = list(path)
+        while rest:
+            layer = layers[rest.pop(0)]
+            if rest:
+                layers = dict(layer.branch_lists())[rest.pop(0)]
+        return layer
 
 
-def yaml_loc(path: Path) -> tuple:
-    """The YAML location of a layer path: (3, "body", 1) -> ("layers", 3, "body", 1);
-    concat branches sit under "branches": (5, 2, 0) -> ("layers", 5, "branches", 2, 0)."""
-    loc: list = ["layers", path[0]]
-    rest = list(path[1:])
+def yaml_loc(path: Path, layers: list) -> tuple:
+    """The YAML location of a layer path, following the blocks on the way (layer models or raw
+    entries): (3, "body", 1) -> ("layers", 3, "body", 1); (5, 2, 0) -> ("layers", 5,
+    "branches", 2, 0)."""
+    loc: list = ["layers"]
+    rest = list(path)
     while rest:
-        branch, index = rest[0], rest[1] if len(rest) > 1 else None
-        loc += [branch] if isinstance(branch, str) else ["branches", branch]
-        if index is not None:
-            loc.append(index)
-        rest = rest[2:]
+        index = rest.pop(0)
+        loc.append(index)
+        if not rest:
+            break
+        key = rest.pop(0)
+        item = layers[index]
+        block = type(item) if isinstance(item, LayerSpec) else KINDS.get(
+            normalize_type(str(item.get("type", ""))) if isinstance(item, dict) else "")
+        branch_loc = block.branch_loc(key) if block and block.is_block else (key,)
+        loc += branch_loc
+        layers = item
+        for seg in branch_loc:
+            layers = getattr(layers, seg) if isinstance(layers, LayerSpec) else layers[seg]
     return tuple(loc)
 
 
@@ -80,7 +133,7 @@ def walk(layers: list[LayerSpec], prefix: Path = ()) -> Iterator[tuple[Path, Lay
     for i, layer in enumerate(layers):
         path = (*prefix, i)
         yield path, layer
-        if isinstance(layer, BLOCKS):
+        if layer.is_block:
             for branch, sub in layer.branch_lists():
                 yield from walk(sub, (*path, branch))
 

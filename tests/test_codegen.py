@@ -122,11 +122,13 @@ def test_batch_and_input_in_comments():
 
 
 def test_shape_text():
-    assert shape_text((64, 10, 24, 24), 64, "N") == "(N, 10, 24, 24)"
-    assert shape_text((256, 10), 64, "N") == "(N*4, 10)"
-    assert shape_text(("N*4", 10), "N", "B") == "(B*4, 10)"
-    assert shape_text(("N", 3), "N", 8) == "(8, 3)"
-    assert shape_text(("N*1536",), "N", "B") == "(B*1536,)"
+    # Batch-factored dims: the first is how many batch rows one sample's row holds.
+    assert shape_text((1, 10, 24, 24), "N") == "(N, 10, 24, 24)"
+    assert shape_text((4, 10), "N") == "(N*4, 10)"
+    assert shape_text((4, 10), "B") == "(B*4, 10)"
+    assert shape_text((1, 3), 8) == "(8, 3)"
+    assert shape_text((4, 3), 8) == "(32, 3)"
+    assert shape_text((1536,), "B") == "(B*1536,)"
 
 
 @pytest.mark.parametrize(
@@ -273,7 +275,7 @@ def test_build_module_on_meta_skips_the_memory_check(monkeypatch):
 def test_check_catches_a_shape_the_plan_got_wrong():
     p = shapecheck.plan(SPECS / "lecture_cnn.yaml")
     generated = generate(p)
-    p.layers[3].output_shape = (64, 20, 9, 9)  # as if the planner had a bug
+    p.layers[3].output_dims = (1, 20, 9, 9)  # as if the planner had a bug
     with pytest.raises(InternalError) as e:
         codegen.instantiate(p, generated, device="meta")
     message = str(e.value)

@@ -1,12 +1,16 @@
-"""Every layer kind, by its lowercase type name, and the discriminated union that validates them.
+"""Every layer kind, by its lowercase type name, and the validation of raw layer entries.
 
 Adding a layer type: write its model (fields, shape rule, torch class) in its family's module,
-add it to KINDS, and add a test."""
+add it to KINDS, and add a test. Adding a block: its own module (a Block subclass), KINDS, and
+a test. docs/extending.md walks through both."""
+
+from collections.abc import Callable
 
 from pydantic import ValidationError
 
-from .base import Context, Inferred, LayerSpec, ShapeError
-from .blocks import Concat, Residual
+from .base import Context, Inferred, LayerSpec, Origin, ShapeError
+from .block import Block
+from .concat import Concat
 from .conv import Conv2d
 from .elementwise import (
     ELU,
@@ -27,6 +31,7 @@ from .linear import Linear
 from .norm import BatchNorm2d
 from .pool import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d
 from .reshape import Flatten
+from .residual import Residual
 
 KINDS: dict[str, type[LayerSpec]] = {
     cls.type_name(): cls
@@ -37,7 +42,7 @@ KINDS: dict[str, type[LayerSpec]] = {
     )
 }  # fmt: skip
 
-BLOCKS = (Residual, Concat)
+BLOCKS: tuple[type[Block], ...] = tuple(k for k in KINDS.values() if issubclass(k, Block))
 
 
 def normalize_type(name: str) -> str:
@@ -48,8 +53,11 @@ def normalize_type(name: str) -> str:
     return name.lower()
 
 
-def parse_layers(items: list, loc: tuple) -> tuple[list[LayerSpec], list[dict]]:
-    """Validate raw layer entries with the model of each one's type.
+def parse_layers(items: list, loc: tuple, origin: Callable[[tuple], Origin | None] | None = None,
+                 ) -> tuple[list[LayerSpec], list[dict]]:
+    """Validate raw layer entries (dicts, type names, or layer models) with the model of each
+    one's type, and give each layer its origin: ``origin(loc)`` for the entry at YAML location
+    ``loc``.
 
     Only the models of the types a spec uses are built (pydantic builds a schema on first use),
     which keeps start-up fast. Returns the layers and pydantic-style error dicts whose `loc`
@@ -57,6 +65,13 @@ def parse_layers(items: list, loc: tuple) -> tuple[list[LayerSpec], list[dict]]:
     layers, errors = [], []
     for i, item in enumerate(items):
         here = (*loc, i)
+        if isinstance(item, LayerSpec):  # built in Python; a block's branches may still be raw
+            layer = item
+            if layer.is_block:
+                layer, sub_errors = _parse_branches(layer, here, origin)
+                errors += sub_errors
+            layers.append(layer)
+            continue
         if isinstance(item, str):
             item = {"type": item}
         if not isinstance(item, dict) or not isinstance(item.get("type"), str):
@@ -73,11 +88,23 @@ def parse_layers(items: list, loc: tuple) -> tuple[list[LayerSpec], list[dict]]:
         except ValidationError as e:
             errors += [{**err, "loc": (*here, *err["loc"])} for err in e.errors()]
             continue
-        if isinstance(layer, BLOCKS):
-            layer, sub_errors = layer.parse_children(parse_layers, here)
+        if origin is not None:
+            layer._origin = origin(here)
+        if layer.is_block:
+            layer, sub_errors = _parse_branches(layer, here, origin)
             errors += sub_errors
         layers.append(layer)
     return layers, errors
 
 
-__all__ = ["BLOCKS", "KINDS", "Context", "Inferred", "LayerSpec", "ShapeError", "parse_layers"]
+def _parse_branches(block: Block, loc: tuple, origin) -> tuple[Block, list[dict]]:
+    lists, errors = [], []
+    for key, raw in block.branch_lists():
+        parsed, more = parse_layers(raw, (*loc, *block.branch_loc(key)), origin)
+        lists.append(parsed)
+        errors += more
+    return block.with_branches(lists), errors
+
+
+__all__ = ["BLOCKS", "KINDS", "Block", "Context", "Inferred", "LayerSpec", "Origin", "ShapeError",
+           "parse_layers"]

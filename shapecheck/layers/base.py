@@ -9,7 +9,7 @@ any size, and nothing is allocated.
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, get_args
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PrivateAttr, model_validator
 from pydantic_core import PydanticCustomError
 
 Dims = tuple[int, ...]
@@ -96,6 +96,19 @@ class ShapeError(Exception):
         self.hint = hint
 
 
+@dataclass(frozen=True)
+class Origin:
+    """Where a layer was written: the file and the 1-based line and column of its entry.
+
+    A layer that something else made (a template, an import) keeps the place it was written and
+    lists, outermost last, the places that used it in ``used_at``."""
+
+    file: str | None = None
+    line: int | None = None
+    column: int | None = None
+    used_at: tuple["Origin", ...] = ()
+
+
 @dataclass
 class Inferred:
     """What a shape rule computes for one layer."""
@@ -110,13 +123,23 @@ class Inferred:
     inferred_args: dict[str, Any] = field(default_factory=dict)
     # (code, message, hint) for things that work but are probably not intended.
     warnings: list[tuple[str, str, str | None]] = field(default_factory=list)
+    # How this layer made the last dim, when it says more than the shape (a flatten's product).
+    features_from: str | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Context:
-    """What a rule may know beyond its input: how the last dim was produced (for explanations)."""
+    """What a rule may know beyond its input: how the last dim was produced (for explanations).
+    Rules only read it; the planner makes the next one after every layer (``after``)."""
 
     features_from: str | None = None  # e.g. "flatten1: 20 × 4 × 4 = 320"
+
+    def after(self, x: Dims, out: Dims, features_from: str | None = None) -> "Context":
+        """The context for the layer after one that turned ``x`` into ``out``: what the layer
+        said about the last dim, else the same note while the last dim is unchanged."""
+        if features_from is not None:
+            return Context(features_from)
+        return self if out[-1:] == x[-1:] else Context()
 
 
 class LayerSpec(BaseModel):
@@ -127,8 +150,36 @@ class LayerSpec(BaseModel):
     name: Identifier | None = None
 
     torch_class: ClassVar[str] = ""  # torch.nn class name
-    family: ClassVar[str] = "other"  # conv, pool, norm, activation, dropout, reshape, linear, block
+    # The diagram's colour group (conv, pool, norm, activation, dropout, reshape, linear, block);
+    # only the drawing reads it. Behaviour keys on the capabilities below.
+    family: ClassVar[str] = "other"
     name_prefix: ClassVar[str] = "layer"  # auto names: conv1, pool1, fc1 ...
+
+    # Capabilities that rules over several layers read (lint, diagrams, training).
+    is_block: ClassVar[bool] = False  # holds layer lists (layers/block.py)
+    cancels_channel_bias: ClassVar[bool] = False  # subtracts a per-channel mean (batchnorm)
+    starts_classifier: ClassVar[bool] = False  # the diagram's classifier begins here (flatten)
+    # What a last layer of this kind hands to the loss: "probabilities", "log_probabilities".
+    outputs: ClassVar[str | None] = None
+
+    # Where the layer was written; set by the loader, copied by model_copy.
+    _origin: Origin | None = PrivateAttr(default=None)
+
+    @property
+    def origin(self) -> Origin | None:
+        return self._origin
+
+    def bias_before_norm(self) -> bool:
+        """Whether this layer adds a per-channel bias that a following norm would cancel."""
+        return False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_type(cls, data: Any) -> Any:
+        # A layer built in Python (Conv2d(out_channels=8, kernel_size=3)) needs no `type`.
+        if isinstance(data, dict) and "type" not in data and "type" in cls.model_fields:
+            return {**data, "type": cls.type_name()}
+        return data
 
     @classmethod
     def type_name(cls) -> str:
@@ -166,26 +217,6 @@ def need_rank(x: Dims, ranks: tuple[int, ...], what: str) -> None:
             "a conv/pool/batchnorm2d needs (N, C, H, W): remove the flatten before it, "
             "or move this layer before the flatten" if len(x) < 4 else None,
         )
-
-
-def unused_rows(size: int, pad_l: int, pad_r: int, eff: int, stride: int) -> int:
-    """Input rows (not padding) after the last window that no window reads. A kernel narrower
-    than its stride skips pixels on purpose, so that case is not counted."""
-    if eff < stride:
-        return 0
-    return max(0, (size + pad_l + pad_r - eff) % stride - pad_r)
-
-
-def unused_warning(unused: tuple[int, int], size: tuple[int, int], stride: tuple[int, int],
-                   hint: str) -> tuple[str, str, str] | None:
-    """One SC301 warning for the rows and columns a stride leaves unused, or None."""
-    parts = [f"{n} {word}{'s' * (n > 1)}"
-             for n, word in zip(unused, ("row", "column")) if n]
-    if not parts:
-        return None
-    s = stride[0] if stride[0] == stride[1] else f"{stride[0]},{stride[1]}"
-    message = f"stride {s} leaves the last {' and '.join(parts)} of the {size[0]}×{size[1]} input unused"
-    return ("SC301", message, hint)
 
 
 def fmt(n: int) -> str:

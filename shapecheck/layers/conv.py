@@ -20,6 +20,15 @@ from .base import (
     need_rank,
     pair,
     times,
+)
+from .window import (
+    conv_out,
+    effective,
+    floor_line,
+    kernel_too_large,
+    pad_text,
+    same_padding,
+    settings,
     unused_rows,
     unused_warning,
 )
@@ -34,17 +43,6 @@ def _padding(value: Any) -> Any:
             {"value": repr(value)},
         )
     return _int_or_pair(value, 0)
-
-
-def conv_out(size: int, kernel: int, stride: int, pad_total: int, dilation: int) -> int:
-    """floor((H + pad_l + pad_r − d·(k−1) − 1) / s) + 1, PyTorch's formula."""
-    return (size + pad_total - dilation * (kernel - 1) - 1) // stride + 1
-
-
-def same_padding(kernel: int, dilation: int) -> tuple[int, int]:
-    """PyTorch's split for padding='same': the extra pixel of an even total goes right/bottom."""
-    total = dilation * (kernel - 1)
-    return total // 2, total - total // 2
 
 
 def _common_divisors(a: int, b: int, count: int = 12) -> list[int]:
@@ -90,6 +88,9 @@ class Conv2d(LayerSpec):
     family = "conv"
     name_prefix = "conv"
 
+    def bias_before_norm(self) -> bool:
+        return self.bias
+
     def pads(self) -> tuple[tuple[int, int], tuple[int, int]]:
         """((top, bottom), (left, right)) padding."""
         kh, kw = pair(self.kernel_size)
@@ -102,17 +103,7 @@ class Conv2d(LayerSpec):
         return (ph, ph), (pw, pw)
 
     def settings(self) -> str:
-        kh, kw = pair(self.kernel_size)
-        sh, sw = pair(self.stride)
-        parts = [f"{kh}×{kw}", f"/{sh}" if sh == sw else f"/{sh},{sw}"]
-        if isinstance(self.padding, str):
-            parts.append(f"p:{self.padding}")
-        else:
-            ph, pw = pair(self.padding)
-            parts.append(f"p{ph}" if ph == pw else f"p{ph},{pw}")
-        dh, dw = pair(self.dilation)
-        if (dh, dw) != (1, 1):
-            parts.append(f"d{dh}" if dh == dw else f"d{dh},{dw}")
+        parts = settings(self.kernel_size, self.stride, self.padding, self.dilation)
         if self.groups != 1:
             parts.append(f"g{self.groups}")
         return " ".join(parts)
@@ -157,7 +148,7 @@ class Conv2d(LayerSpec):
         for axis, size, k, s, d, (pl, pr) in zip(
             ("H", "W"), (h, w), kernel, stride, dil, self.pads()
         ):
-            padded, eff = size + pl + pr, d * (k - 1) + 1
+            padded, eff = size + pl + pr, effective(k, d)
             limit = None if self.padding_mode == "zeros" else _pad_limit(self.padding_mode, size)
             if limit is not None and max(pl, pr) > limit:
                 raise ShapeError(
@@ -169,18 +160,10 @@ class Conv2d(LayerSpec):
                     "or a larger input",
                 )
             if padded < eff:
-                raise ShapeError(
-                    "SC201",
-                    f"kernel {kernel[0]}×{kernel[1]} (effective {eff} with dilation {d}) is larger than "
-                    f"the padded input {axis}={padded} ({size} + padding {pl + pr})",
-                    None,  # the planner adds the smallest input that works
-                )
+                raise kernel_too_large(kernel, eff, d, axis, size, pl + pr)
             out = conv_out(size, k, s, pl + pr, d)
             out_hw.append(out)
-            pad_txt = f"2·{pl}" if pl == pr else f"{pl}+{pr}"
-            explain.append(
-                f"{axis}_out = floor(({size} + {pad_txt} − {d}·({k}−1) − 1) / {s}) + 1 = {out}"
-            )
+            explain.append(floor_line(axis, size, pad_text(pl, pr), d, k, s, out))
             unused.append(unused_rows(size, pl, pr, eff, s))
         warning = unused_warning(tuple(unused), (h, w), stride,
                                  "adjust padding or the input size so the windows reach the edge")

@@ -137,9 +137,11 @@ class Softmax(_Softmax):
     type: Literal["softmax"]
     torch_class = "Softmax"
     name_prefix = "softmax"
+    outputs = "probabilities"
 
 
 class LogSoftmax(_Softmax):
     type: Literal["logsoftmax"]
     torch_class = "LogSoftmax"
     name_prefix = "logsoftmax"
+    outputs = "log_probabilities"

@@ -16,6 +16,7 @@ class BatchNorm2d(LayerSpec):
     torch_class = "BatchNorm2d"
     family = "norm"
     name_prefix = "bn"
+    cancels_channel_bias = True  # it subtracts each channel's mean
 
     def infer(self, x: Dims, ctx: Context) -> Inferred:
         need_rank(x, (4,), "batchnorm2d")

@@ -18,19 +18,8 @@ from .base import (
     _strict_int,
     need_rank,
     pair,
-    unused_rows,
-    unused_warning,
 )
-
-
-def pool_out(size: int, kernel: int, stride: int, pad: int, dilation: int, ceil: bool) -> int:
-    """ATen's pooling_output_shape, including its rule for ceil_mode: a last window that would
-    start in the right padding is dropped."""
-    eff = dilation * (kernel - 1) + 1
-    out = (size + 2 * pad - eff + (stride - 1 if ceil else 0)) // stride + 1
-    if ceil and (out - 1) * stride >= size + pad:
-        out -= 1
-    return out
+from .window import effective, floor_line, pad_text, pool_out, settings, unused_rows, unused_warning
 
 
 class _WindowPool(LayerSpec):
@@ -48,14 +37,9 @@ class _WindowPool(LayerSpec):
         return (1, 1)
 
     def settings(self) -> str:
-        kh, kw = pair(self.kernel_size)
-        sh, sw = pair(self.stride if self.stride is not None else self.kernel_size)
-        ph, pw = pair(self.padding)
-        parts = [f"{kh}×{kw}", f"/{sh}" if sh == sw else f"/{sh},{sw}"]
-        if (ph, pw) != (0, 0):
-            parts.append(f"p{ph}" if ph == pw else f"p{ph},{pw}")
-        if self._dilation() != (1, 1):
-            parts.append(f"d{self._dilation()[0]}")
+        stride = self.stride if self.stride is not None else self.kernel_size
+        parts = settings(self.kernel_size, stride, self.padding, self._dilation(),
+                         show_zero_padding=False)
         if self.ceil_mode:
             parts.append("ceil")
         return " ".join(parts)
@@ -91,8 +75,8 @@ class _WindowPool(LayerSpec):
                     line += f" = {floor_based}, minus the last window (it would start in the padding)"
                 explain.append(f"{line} = {out}")
             else:
-                explain.append(f"{axis}_out = floor(({num}) / {s}) + 1 = {out}")
-            unused.append(0 if self.ceil_mode else unused_rows(size, p, p, d * (k - 1) + 1, s))
+                explain.append(floor_line(axis, size, pad_text(p, p), d, k, s, out))
+            unused.append(0 if self.ceil_mode else unused_rows(size, p, p, effective(k, d), s))
         warning = unused_warning(tuple(unused), x[-2:], stride,
                                  "use ceil_mode: true to keep them, or adjust padding")
         if warning:

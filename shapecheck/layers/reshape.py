@@ -24,6 +24,7 @@ class Flatten(LayerSpec):
     torch_class = "Flatten"
     family = "reshape"
     name_prefix = "flatten"
+    starts_classifier = True
 
     def settings(self) -> str:
         return "" if (self.start_dim, self.end_dim) == (1, -1) else f"{self.start_dim}..{self.end_dim}"
@@ -43,5 +44,5 @@ class Flatten(LayerSpec):
         shown = ["N" if i == 0 else str(x[i]) for i in range(start, end + 1)]
         line = f"dims {start}..{end}: {' × '.join(shown)} = {fmt(merged)}" if start > 0 else \
             f"dims {start}..{end}: {' × '.join(shown)}"
-        ctx.features_from = f"{self.name}: {times(x[start:end + 1])} = {fmt(merged)}"
-        return Inferred(out=out, explain=[line])
+        return Inferred(out=out, explain=[line],
+                        features_from=f"{self.name}: {times(x[start:end + 1])} = {fmt(merged)}")

@@ -1,0 +1,82 @@
+"""What every block shares: a layer that holds lists of layers (its branches).
+
+A block says, in its own module:
+- its YAML keys: ``list_fields`` (fields that hold one layer list each, such as ``body``) and
+  ``lists_field`` (a field that holds a list of layer lists, such as ``branches``);
+- what input each branch gets (``branch_inputs``: the block's input, or a slice of it);
+- how the branch outputs merge (``merge``), with the arithmetic for ``--explain``;
+- the helper module ``build`` writes for it (``helper``, ``helper_source``, ``helper_calls``);
+- its diagram glyph (``glyph``, ``merge_word``).
+
+The loader, planner, codegen and diagram call these; none of them asks which block it is.
+A branch is keyed by the field name (``"body"``) or by its index in ``lists_field`` (0, 1 …).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from .base import Dims, LayerSpec
+
+BranchKey = int | str
+
+
+class Block(LayerSpec):
+    family = "block"
+    is_block = True
+    torch_class = ""
+
+    list_fields: ClassVar[tuple[str, ...]] = ()
+    lists_field: ClassVar[str | None] = None
+
+    glyph: ClassVar[str] = "+"  # the merge node in diagrams
+    merge_word: ClassVar[str] = ""  # the legend's word for the glyph
+    helper: ClassVar[str] = ""  # the nn.Module class build writes for this block
+    helper_source: ClassVar[str] = ""  # its source: branches are nn.Sequential (or nn.Identity)
+    helper_calls: ClassVar[frozenset[str]] = frozenset()  # calls its source makes (for the audit)
+
+    def branch_lists(self) -> list[tuple[BranchKey, list]]:
+        """Every branch, in order, with its key."""
+        out: list[tuple[BranchKey, list]] = [(f, getattr(self, f)) for f in self.list_fields]
+        if self.lists_field:
+            out += list(enumerate(getattr(self, self.lists_field)))
+        return out
+
+    @classmethod
+    def branch_loc(cls, key: BranchKey) -> tuple:
+        """Where a branch sits under the block in the YAML (and in the module tree):
+        ``("body",)`` or ``("branches", 2)``."""
+        return (key,) if isinstance(key, str) else (cls.lists_field, key)
+
+    @classmethod
+    def raw_branches(cls, item: dict) -> list[tuple[tuple, Any]]:
+        """The raw branch lists of an unvalidated YAML entry, with their locations."""
+        out = [((f,), item.get(f)) for f in cls.list_fields]
+        if cls.lists_field and isinstance(item.get(cls.lists_field), list):
+            out += [((cls.lists_field, j), b) for j, b in enumerate(item[cls.lists_field])]
+        return [(loc, value) for loc, value in out if isinstance(value, list)]
+
+    def with_branches(self, lists: list[list]) -> Block:
+        """A copy holding ``lists`` (in branch_lists order) as its branches."""
+        update = dict(zip(self.list_fields, lists))
+        if self.lists_field:
+            update[self.lists_field] = lists[len(self.list_fields):]
+        return self.model_copy(update=update)
+
+    def branch_inputs(self, x: Dims) -> list[Dims]:
+        """The tensor each branch gets: by default the block's input, for every branch."""
+        return [x] * len(self.branch_lists())
+
+    def merge(self, x: Dims, outs: list[Dims]) -> tuple[Dims, str]:  # pragma: no cover
+        """The block's output from its input and the branch outputs, and the explain line.
+        Raises ShapeError where torch would."""
+        raise NotImplementedError
+
+    def helper_args(self) -> list[tuple[str, BranchKey]]:
+        """How the helper's constructor takes the branches: ("body=", "body") for a keyword,
+        ("", 2) for a positional one."""
+        return [(f"{key}=" if isinstance(key, str) else "", key) for key, _ in self.branch_lists()]
+
+
+def chw(x: Dims) -> str:
+    return "×".join(map(str, x[1:]))  # 128×28×28, as the table writes shapes

@@ -1,0 +1,72 @@
+"""residual: y = body(x) + shortcut(x); an absent or empty shortcut is the identity."""
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from .base import Dims, ShapeError
+from .block import Block, chw
+
+
+class Residual(Block):
+    type: Literal["residual"]
+    # Raw entries at first; the loader replaces them with validated layers.
+    body: list[Any] = Field(min_length=1)
+    shortcut: list[Any] = Field(default_factory=list)  # empty: the identity
+
+    name_prefix = "res"
+    list_fields = ("body", "shortcut")
+    glyph, merge_word = "⊕", "add"
+    helper = "Residual"
+    helper_source = '''
+class Residual(nn.Module):
+    """y = body(x) + shortcut(x); an identity shortcut passes x through."""
+
+    def __init__(self, body: nn.Module, shortcut: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+        self.shortcut = shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) + self.shortcut(x)
+'''
+
+    def merge(self, x: Dims, outs: list[Dims]) -> tuple[Dims, str]:
+        body, shortcut = outs
+        label = "shortcut" if self.shortcut else "identity shortcut"
+        if body == shortcut:
+            return body, f"body {chw(body)} + {label} {chw(shortcut)} = {chw(body)}"
+        raise ShapeError(
+            "SC211",
+            f"body gives {chw(body)} but the {label} gives {chw(shortcut)}: they cannot be added",
+            _shortcut_hint(x, body),
+        )
+
+
+def _shortcut_hint(x: Dims, body: Dims) -> str | None:
+    """The 1×1 conv shortcut (with its stride) that maps the input to the body's shape."""
+    if len(x) != 4 or len(body) != 4:
+        return None
+    s = _one_by_one_stride(x[2:], body[2:])
+    if s is None:
+        return (f"the body changes {x[2]}×{x[3]} to {body[2]}×{body[3]}, "
+                "which no 1×1 conv stride gives")
+    stride = "" if s == 1 else f", stride: {s}"
+    return (
+        f"use shortcut: [{{type: conv2d, out_channels: {body[1]}, kernel_size: 1{stride}, "
+        f"bias: false}}, batchnorm2d]"
+    )
+
+
+def _one_by_one_stride(sizes: Dims, outs: Dims) -> int | None:
+    """The smallest stride s with (n − 1) // s + 1 == out on every axis, or None.
+
+    Solved per axis as an interval of s rather than by trying strides: the planner also plans
+    at huge trial inputs (to find the smallest input that fits), where a search would hang."""
+    lo, hi = 1, None
+    for n, out in zip(sizes, outs):
+        m, q = n - 1, out - 1  # need q·s <= m < (q + 1)·s
+        lo = max(lo, m // (q + 1) + 1)
+        if q > 0:
+            hi = m // q if hi is None else min(hi, m // q)
+    return lo if hi is None or lo <= hi else None

@@ -1,0 +1,90 @@
+"""Sliding-window arithmetic: every layer that slides a kernel over H and W (conv, pools, and
+the transposed conv) reads its output size, settings text, explanation and unused-row check
+from here, with PyTorch's formulas."""
+
+from .base import ShapeError, pair
+
+
+def effective(kernel: int, dilation: int) -> int:
+    """The span of a dilated kernel: d·(k−1) + 1."""
+    return dilation * (kernel - 1) + 1
+
+
+def conv_out(size: int, kernel: int, stride: int, pad_total: int, dilation: int) -> int:
+    """floor((H + pad_l + pad_r − d·(k−1) − 1) / s) + 1, PyTorch's formula."""
+    return (size + pad_total - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def pool_out(size: int, kernel: int, stride: int, pad: int, dilation: int, ceil: bool) -> int:
+    """ATen's pooling_output_shape, including its rule for ceil_mode: a last window that would
+    start in the right padding is dropped."""
+    out = (size + 2 * pad - effective(kernel, dilation) + (stride - 1 if ceil else 0)) // stride + 1
+    if ceil and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def same_padding(kernel: int, dilation: int) -> tuple[int, int]:
+    """PyTorch's split for padding='same': the extra pixel of an even total goes right/bottom."""
+    total = dilation * (kernel - 1)
+    return total // 2, total - total // 2
+
+
+def floor_line(axis: str, size: int, pad: str, dilation: int, kernel: int, stride: int,
+               out: int) -> str:
+    """The --explain line of one axis: ``H_out = floor((28 + 2·0 − 1·(5−1) − 1) / 1) + 1 = 24``."""
+    return f"{axis}_out = floor(({size} + {pad} − {dilation}·({kernel}−1) − 1) / {stride}) + 1 = {out}"
+
+
+def pad_text(left: int, right: int) -> str:
+    """Padding in an explain line: ``2·1`` when symmetric, ``1+2`` when not."""
+    return f"2·{left}" if left == right else f"{left}+{right}"
+
+
+def settings(kernel, stride, padding=None, dilation=1, *, show_zero_padding: bool = True) -> list[str]:
+    """The settings column's words for a window: ``5×5``, ``/2``, ``p1``, ``d2``; ``padding`` may
+    be a string ('same'), an int or a pair."""
+    kh, kw = pair(kernel)
+    sh, sw = pair(stride)
+    parts = [f"{kh}×{kw}", f"/{sh}" if sh == sw else f"/{sh},{sw}"]
+    if isinstance(padding, str):
+        parts.append(f"p:{padding}")
+    elif padding is not None:
+        ph, pw = pair(padding)
+        if show_zero_padding or (ph, pw) != (0, 0):
+            parts.append(f"p{ph}" if ph == pw else f"p{ph},{pw}")
+    dh, dw = pair(dilation)
+    if (dh, dw) != (1, 1):
+        parts.append(f"d{dh}" if dh == dw else f"d{dh},{dw}")
+    return parts
+
+
+def unused_rows(size: int, pad_l: int, pad_r: int, eff: int, stride: int) -> int:
+    """Input rows (not padding) after the last window that no window reads. A kernel narrower
+    than its stride skips pixels on purpose, so that case is not counted."""
+    if eff < stride:
+        return 0
+    return max(0, (size + pad_l + pad_r - eff) % stride - pad_r)
+
+
+def unused_warning(unused: tuple[int, int], size: tuple[int, int], stride: tuple[int, int],
+                   hint: str) -> tuple[str, str, str] | None:
+    """One SC301 warning for the rows and columns a stride leaves unused, or None."""
+    parts = [f"{n} {word}{'s' * (n > 1)}"
+             for n, word in zip(unused, ("row", "column")) if n]
+    if not parts:
+        return None
+    s = stride[0] if stride[0] == stride[1] else f"{stride[0]},{stride[1]}"
+    message = f"stride {s} leaves the last {' and '.join(parts)} of the {size[0]}×{size[1]} input unused"
+    return ("SC301", message, hint)
+
+
+def kernel_too_large(kernel: tuple[int, int], eff: int, dilation: int, axis: str, size: int,
+                     pad_total: int) -> ShapeError:
+    """SC201 for a (dilated) kernel that does not fit in the padded input."""
+    return ShapeError(
+        "SC201",
+        f"kernel {kernel[0]}×{kernel[1]} (effective {eff} with dilation {dilation}) is larger "
+        f"than the padded input {axis}={size + pad_total} ({size} + padding {pad_total})",
+        None,  # the planner adds the smallest input that works
+    )
