@@ -144,12 +144,11 @@ def _parse(text: str, source: str | None, name: str | None) -> Spec:
             spec.train = TrainSpec.model_validate(spec.train)
         except ValidationError as e:
             errors += [{**err, "loc": ("train", *err["loc"])} for err in e.errors()]
-    if isinstance(data.get("layers"), list):
-        if (count := _count_layers(data["layers"])) > MAX_LAYERS:
-            raise InputError(Diagnostic(
-                "error", "SC004", f"the spec has {count:,} layers; specs are limited to "
-                f"{MAX_LAYERS:,}", line=positions.get(("layers",), (None, None))[0],
-                file=source))
+    layers = data.get("layers")
+    if isinstance(layers, list) and (count := _count_layers(layers)) > MAX_LAYERS:
+        raise InputError(Diagnostic(
+            "error", "SC004", f"the spec has {count:,} layers; specs are limited to "
+            f"{MAX_LAYERS:,}", line=positions.get(("layers",), (None, None))[0], file=source))
     if spec is not None:
         spec._source = source
         default = name or (default_name(Path(source).stem) if source else "net")
@@ -157,13 +156,13 @@ def _parse(text: str, source: str | None, name: str | None) -> Spec:
             duplicates = spec.complete(default=default, origin=_origins(positions, source))
         except LayerErrors as e:
             errors += e.errors
-    elif isinstance(data.get("layers"), list):  # still report the layers' own errors
-        errors += parse_layers(data["layers"], ("layers",))[1]
+    elif isinstance(layers, list):  # still report the layers' own errors
+        errors += parse_layers(layers, ("layers",))[1]
     if errors:
         problems += schema_diagnostics(errors, data, positions, source)
         raise SpecError(sorted(problems, key=lambda d: (d.line or 0, d.column or 0)))
     for path, dup in duplicates:
-        line, col = positions.get(yaml_loc(path, data["layers"]) + ("name",), (None, None))
+        line, col = positions.get(yaml_loc(path, layers) + ("name",), (None, None))
         problems.append(duplicate_name(path, dup, line, col, source))
     if problems:
         raise SpecError(problems)

@@ -14,8 +14,14 @@ from .diagnostics import Diagnostic
 from .layers import Block, Context, LayerSpec, Origin, ShapeError
 from .layers.base import Dims
 from .lint import lint
-from .loader import SpecError, duplicate_name, gc_paused, load_spec, looks_like_path
-from .loader import schema_diagnostics
+from .loader import (
+    SpecError,
+    duplicate_name,
+    gc_paused,
+    load_spec,
+    looks_like_path,
+    schema_diagnostics,
+)
 from .plan import LayerPlan, Plan
 from .spec import LayerErrors, Spec, default_name
 
