@@ -24,3 +24,29 @@ def test_the_lecture_plan_shown_is_what_plan_prints(capsys, monkeypatch):
     assert block, "the README lost its example"
     assert main(["plan", "specs/lecture_cnn.yaml"]) == 0
     assert capsys.readouterr().out == block.group(1)
+
+
+def test_the_python_examples_run_and_give_what_their_comments_say(monkeypatch):
+    """Each ```python block that uses shapecheck runs; an expression whose comment is a Python literal must evaluate
+    to it."""
+    import ast
+
+    monkeypatch.chdir(ROOT)
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", README, re.DOTALL)
+              if "shapecheck" in b]  # not the excerpts of emitted code
+    assert blocks, "the README lost its Python examples"
+    checked, namespace = 0, {}  # one session, as a reader would type them
+    for block in blocks:
+        lines = block.splitlines()
+        for stmt in ast.parse(block).body:
+            source = "\n".join(lines[stmt.lineno - 1:stmt.end_lineno])
+            comment = lines[stmt.end_lineno - 1].partition("  # ")[2].strip()
+            try:
+                expected = ast.literal_eval(comment)
+            except (ValueError, SyntaxError):
+                exec(source, namespace)  # noqa: S102 - the README's own example
+                continue
+            assert isinstance(stmt, ast.Expr), source
+            assert eval(source, namespace) == expected, source
+            checked += 1
+    assert checked >= 3

@@ -279,9 +279,11 @@ def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
     from ..train import CURVES_FILE, MODEL_FILE, DataError, TrainError, train
 
     module = instantiate(p, generated, check=False)  # checked on the meta device above
+    if train_spec.loss is None:  # the plan's rule, the one its lints use
+        train_spec = train_spec.model_copy(update={"loss": p.default_loss})
     try:
         result = train(
-            module, train_spec, name=p.name, input_shape=tuple(int(d) for d in p.input_shape[1:]),
+            module, train_spec, name=p.name, input_shape=p.input_dims[1:],
             num_classes=_classes(p), base_dir=spec_path.resolve().parent,
             out_dir=Path(args.out) if args.out is not None else None,
             model_source=generated.source, resume=args.resume)

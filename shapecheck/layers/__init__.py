@@ -66,7 +66,7 @@ def parse_layers(items: list, loc: tuple, origin: Callable[[tuple], Origin | Non
     for i, item in enumerate(items):
         here = (*loc, i)
         if isinstance(item, LayerSpec):  # built in Python; a block's branches may still be raw
-            layer = item
+            layer = item.model_copy()  # naming must not touch the caller's model, nor reuses
             if layer.is_block:
                 layer, sub_errors = _parse_branches(layer, here, origin)
                 errors += sub_errors
