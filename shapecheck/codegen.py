@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__
-from .layers import BLOCKS, KINDS
+from .layers import KINDS
 from .loader import SpecError
 from .plan import BYTES_PER_VALUE, Plan, with_batch
 from .planner import plan as make_plan
@@ -73,9 +73,10 @@ CHECK_BATCH = 2  # the batch of the meta forward pass when the plan's batch is a
 # torch.nn classes the emitted code may call (the layer kinds, and what the blocks use).
 TORCH_CLASSES = frozenset(
     {cls.torch_class for cls in KINDS.values() if cls.torch_class}
-    | {"Sequential", "Identity", "ModuleList", "Module"}
+    | {"Sequential", "Identity", "ModuleList", "Module", "Parameter"}
 )
-HELPERS = {block.helper: block for block in BLOCKS}  # helper class name -> its block
+# The small modules build writes for kinds that torch.nn lacks: class name -> its kind.
+HELPERS = {kind.helper: kind for kind in KINDS.values() if kind.helper}
 
 # nn.Module's own attributes (torch 2.x), public and private. A layer with one of these names
 # would replace a method or break the module, so it gets another attribute name. Whatever torch
@@ -265,27 +266,32 @@ class _Writer:
         """The expression that creates one layer (a torch.nn layer or a block)."""
         self.module_names[layer.path] = qualname
         if not layer.is_block:
-            if layer.spec.torch_class not in TORCH_CLASSES:
+            if layer.spec.helper:
+                func = layer.spec.helper
+                self.uses.add(func)
+            elif layer.spec.torch_class in TORCH_CLASSES:
+                func = f"nn.{layer.spec.torch_class}"
+            else:
                 raise InternalError(f"layer {layer.name}: no torch.nn class for {layer.type}")
             args = [f"{k}={_literal(v)}" for k, v in layer.torch_kwargs.items()]
-            return _call(f"nn.{layer.spec.torch_class}", args, indent=indent, head=head,
-                         tail=tail, comment=comment)
+            return _call(func, args, indent=indent, head=head, tail=tail, comment=comment)
         block = layer.spec
         pad = INDENT * indent
         lines = [f"{pad}{head}{block.helper}("]
         self.uses.add(block.helper)
-        branches = dict(zip(layer.branch_keys, layer.branches))
+        index = {key: i for i, key in enumerate(layer.branch_keys)}
         for arg, key in block.helper_args():
             where = ".".join(map(str, block.branch_loc(key)))
-            lines += self.branch_expr(branches[key], layer, indent + 1, f"{qualname}.{where}", arg)
+            lines += self.branch_expr(layer, index[key], indent + 1, f"{qualname}.{where}", arg)
         lines.append(f"{pad}){tail}" + (f"  # {comment}" if comment else ""))
         return lines
 
-    def branch_expr(self, branch, block, indent: int, qualname: str, head: str) -> list[str]:
-        """One branch of a block: an nn.Sequential of its layers, or nn.Identity() if empty."""
+    def branch_expr(self, block, i: int, indent: int, qualname: str, head: str) -> list[str]:
+        """Branch i of a block: an nn.Sequential of its layers, or nn.Identity() if empty."""
         pad = INDENT * indent
+        branch = block.branches[i]
         if not branch:
-            return [f"{pad}{head}nn.Identity(),  # {self.shape(block.input_dims)}"]
+            return [f"{pad}{head}nn.Identity(),  # {self.shape(block.branch_inputs[i])}"]
         lines = [f"{pad}{head}nn.Sequential("]
         for j, layer in enumerate(branch):
             # The shape goes next to the layers that change it (not after batchnorm, relu ...).

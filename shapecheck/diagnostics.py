@@ -28,19 +28,30 @@ CODES: dict[str, str] = {
     "SC106": "A name is used twice.",
     "SC107": "A YAML key is given twice in one mapping.",
     # SC2xx: PyTorch would reject the network at this layer (exit code 1).
-    "SC201": "The (dilated) kernel is larger than the padded input.",
+    "SC201": "The (dilated) kernel is larger than the padded input, or reflect/circular "
+    "padding is larger than the input allows.",
     "SC202": "The layer's output would have size 0 or less.",
     "SC203": "The declared in_channels does not match the channels that arrive.",
     "SC204": "The declared in_features does not match the features that arrive.",
-    "SC205": "The declared num_features does not match the channels that arrive.",
-    "SC206": "`groups` does not divide in_channels or out_channels.",
+    "SC205": "The declared num_features (num_channels, num_parameters) does not match the "
+    "channels that arrive.",
+    "SC206": "`groups` does not divide in_channels or out_channels (or the channels, for "
+    "groupnorm's num_groups and channelshuffle's groups).",
     "SC207": "padding='same' is not supported with a stride other than 1.",
     "SC208": "Pool padding is larger than half the (effective) kernel size.",
     "SC209": "The tensor that arrives has the wrong number of dimensions for this layer.",
-    "SC210": "A dimension argument (flatten start_dim/end_dim, softmax dim) is out of range.",
-    "SC211": "A residual block's body and shortcut produce different shapes.",
+    "SC210": "A dimension argument (flatten start_dim/end_dim, softmax dim, permute dims) is "
+    "out of range or repeated.",
+    "SC211": "A residual block's body and shortcut give shapes that cannot be added (torch's "
+    "broadcasting).",
     "SC212": "A concat block's branches disagree on a dimension other than channels.",
     "SC213": "The layer would mix samples of the batch (it acts on the batch dimension).",
+    "SC214": "A convtranspose2d's output_padding is not smaller than its stride or dilation.",
+    "SC215": "A layernorm's normalized_shape does not match the trailing dims of the input.",
+    "SC216": "A split block's x.chunk(n) gives fewer slices than it has branches.",
+    "SC217": "A gate block's gate cannot multiply its input (torch's broadcasting).",
+    "SC218": "pixelshuffle needs channels divisible by upscale_factor²; pixelunshuffle needs "
+    "H and W divisible by downscale_factor.",
     # SC3xx: warnings; the network runs but probably not as intended (exit 0, 1 with --strict).
     "SC301": "The stride leaves the last rows or columns of the input unused.",
     "SC302": "A softmax/logsoftmax last layer with cross_entropy loss, which already applies "

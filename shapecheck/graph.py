@@ -35,6 +35,7 @@ FONT = "Helvetica,Arial,sans-serif"
 FAMILIES: dict[str, tuple[str, str]] = {
     "conv": ("#cfe2f3", "convolution"),
     "pool": ("#d9ead3", "pooling"),
+    "resample": ("#d9f2ec", "resampling"),
     "norm": ("#fff2cc", "normalisation"),
     "activation": ("#fce5cd", "activation"),
     "dropout": ("#d0e0e3", "dropout"),
@@ -296,12 +297,13 @@ class _Drawer:
                 self._skipped_attrs() if skipped else {"fillcolor": "white", "color": "#888888"}))
             self._edge(tail, fork, shape)
             ends = []
-            branches = list(zip(block.branch_keys, block.branches))
-            for _key, branch in reversed(branches) if self.reverse_branches else branches:
+            branches = [(block.branch_input_shape(i), branch)
+                        for i, branch in enumerate(block.branches)]
+            for branch_shape, branch in reversed(branches) if self.reverse_branches else branches:
                 if not branch:  # an identity shortcut or an empty concat branch
-                    ends.append((fork, shape))
+                    ends.append((fork, branch_shape))
                     continue
-                ends.append(self._chain(b, branch, fork, shape))
+                ends.append(self._chain(b, branch, fork, branch_shape))
             error = self.errors.get(block.path)
             if error is not None:
                 b.node(merge, self._merge_error_label(block, error), shape="box",

@@ -51,6 +51,7 @@ class LayerPlan:
     # Blocks only: residual [body, shortcut]; concat one list per branch.
     branches: list[list[LayerPlan]] | None = None
     branch_keys: list[int | str] | None = None
+    branch_inputs: list[Dims] | None = None  # what each branch gets (a split gives slices)
     activation_values: int = 0  # output elements per sample, the block's children included
 
     @property
@@ -60,6 +61,12 @@ class LayerPlan:
     @property
     def output_shape(self) -> Shape | None:
         return with_batch(self.output_dims, self.batch)
+
+    def branch_input_shape(self, i: int) -> Shape | None:
+        """The shape branch i gets (null shapes where the block was not planned)."""
+        if self.status == "skipped" or self.branch_inputs is None:
+            return self.input_shape
+        return with_batch(self.branch_inputs[i], self.batch)
 
     @property
     def family(self) -> str:

@@ -132,10 +132,10 @@ class _Planner:
         row.input_dims = x
         try:
             if layer.is_block:
-                out, said = self._plan_block(row, layer, x, ctx), None
+                out, inferred = self._plan_block(row, layer, x, ctx), None
             else:
                 inferred = layer.infer(x, ctx)
-                out, said = inferred.out, inferred.features_from
+                out = inferred.out
                 row.weight_shape, row.bias_shape = inferred.weight, inferred.bias
                 row.params, row.macs, row.explain = inferred.params, inferred.macs, inferred.explain
                 row.inferred_args = inferred.inferred_args
@@ -151,10 +151,14 @@ class _Planner:
             return x, ctx
         row.status = "ok"
         row.output_dims = out
-        return out, ctx.after(x, out, said)
+        return out, ctx.after(x, out, inferred)
 
     def _plan_block(self, row: LayerPlan, block: Block, x: Dims, ctx: Context) -> Dims:
-        inputs = block.branch_inputs(x)
+        try:
+            inputs = block.branch_inputs(x)
+        except ShapeError as e:  # the block fails before its branches: they are skipped
+            self.failure = _Failure(row, e)
+            inputs = [x] * len(block.branch_lists())
         outs = self._plan_branches(row, block, x, inputs, ctx)
         # A block's params and MACs are its children's, also where the block fails.
         children = [r for branch in row.branches for r in branch]
@@ -172,6 +176,7 @@ class _Planner:
         """Plan every branch from its input; after a failure the rest are skipped. A branch
         keeps what is known of the last dim while its input ends as the block's does."""
         row.branches, row.branch_keys, outs = [], [], []
+        row.branch_inputs = inputs
         for (key, layers), branch_x in zip(block.branch_lists(), inputs):
             branch_ctx = ctx if branch_x[-1:] == x[-1:] else Context()
             sub, out, _ = self._plan_list(layers, branch_x, (*row.path, key), branch_ctx)

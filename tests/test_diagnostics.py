@@ -223,7 +223,15 @@ def test_sc206_groups(tmp_path):
     plan = diagnose(tmp_path, "input: {shape: [6, 8, 8]}\nlayers:\n"
                     "  - {type: conv2d, out_channels: 9, kernel_size: 3, groups: 2}\n")
     d = only(plan, "SC206")
-    assert d.layer == 0 and d.hint == "groups that divide both: 1, 3"
+    assert d.layer == 0 and d.hint == "groups that divide both: 3, 1"
+
+
+def test_sc206_groups_hint_names_depthwise_and_the_largest_divisors(tmp_path):
+    plan = diagnose(tmp_path, "input: {shape: [144, 8, 8]}\nlayers:\n"
+                    "  - {type: conv2d, out_channels: 144, kernel_size: 3, groups: 96}\n")
+    hint = only(plan, "SC206").hint
+    assert hint.startswith("groups that divide both: 144 (depthwise), 72, 48")
+    assert hint.endswith(", 1")
 
 
 def test_sc207_same_padding_with_stride(tmp_path):
@@ -282,6 +290,91 @@ def test_sc213_linear_on_the_batch(tmp_path):
     d = only(diagnose(tmp_path, HEAD + "  - {type: flatten, start_dim: 0}\n"
                       "  - {type: linear, out_features: 10}\n"), "SC213")
     assert d.layer == 1
+
+
+def test_sc211_a_residual_that_broadcasts_is_valid(tmp_path):
+    plan = diagnose(tmp_path, "input: {shape: [16, 8, 8]}\nlayers:\n"
+                    "  - type: residual\n    body: [{type: adaptiveavgpool2d, output_size: 1}]\n")
+    assert plan.valid and plan.output_shape == ("N", 16, 8, 8)
+    assert plan.layers[0].explain == ["body 16×1×1 + identity shortcut 16×8×8 = 16×8×8 "
+                                      "(broadcast)"]
+
+
+def test_sc214_convtranspose_output_padding(tmp_path):
+    spec = HEAD + ("  - {type: convtranspose2d, out_channels: 4, kernel_size: 3, stride: 2, "
+                   "output_padding: OP}\n")
+    d = only(diagnose(tmp_path, spec.replace("OP", "2")), "SC214")
+    assert d.layer == 0 and "output_padding: 1 or less" in d.hint
+    fixed = diagnose(tmp_path, spec.replace("OP", "1"))
+    assert fixed.valid and fixed.output_shape == ("N", 4, 58, 58)  # (28−1)·2 + 2 + 1 + 1
+
+
+def test_sc215_layernorm_shape(tmp_path):
+    d = only(diagnose(tmp_path, HEAD + "  - {type: layernorm, normalized_shape: [28, 27]}\n"),
+             "SC215")
+    assert d.layer == 0 and "set normalized_shape: [28, 28]" in d.hint
+    assert diagnose(tmp_path, HEAD + "  - {type: layernorm, normalized_shape: [28, 28]}\n").valid
+
+
+def test_sc216_split_with_fewer_chunks_than_branches(tmp_path):
+    spec = ("input: {{shape: [{}, 8, 8]}}\nlayers:\n"
+            "  - {{type: split, branches: [[], [relu], [relu]]}}\n")
+    d = only(diagnose(tmp_path, spec.format(4)), "SC216")
+    assert d.layer == 0 and "use 2 branches" in d.hint and "(6)" in d.hint
+    assert diagnose(tmp_path, spec.format(6)).valid
+    uneven = diagnose(tmp_path, spec.format(7))  # torch.chunk: 3 + 3 + 1
+    assert uneven.valid and uneven.layers[0].explain[0].startswith("7×8×8 split into 3 + 3 + 1")
+
+
+def test_sc217_gate_that_does_not_broadcast(tmp_path):
+    spec = ("input: {{shape: [16, 8, 8]}}\nlayers:\n  - type: gate\n    body:\n"
+            "      - {{type: adaptiveavgpool2d, output_size: {}}}\n"
+            "      - {{type: conv2d, out_channels: {}, kernel_size: 1}}\n      - sigmoid\n")
+    d = only(diagnose(tmp_path, spec.format(2, 4)), "SC217")
+    assert d.layer == 0 and d.line == 3
+    assert "give 16 channels" in d.hint and "output_size: 1" in d.hint
+    fixed = diagnose(tmp_path, spec.format(1, 16))
+    assert fixed.valid and fixed.output_shape == ("N", 16, 8, 8)
+
+
+def test_sc218_pixelshuffle_channels(tmp_path):
+    d = only(diagnose(tmp_path, "input: {shape: [6, 8, 8]}\nlayers:\n"
+                      "  - {type: pixelshuffle, upscale_factor: 2}\n"), "SC218")
+    assert d.layer == 0 and "4 or 8 output channels" in d.hint
+    d = only(diagnose(tmp_path, "input: {shape: [3, 9, 8]}\nlayers:\n"
+                      "  - {type: pixelunshuffle, downscale_factor: 2}\n"), "SC218")
+    assert "10×8" in d.hint
+
+
+def test_sc206_groupnorm_and_channelshuffle_groups(tmp_path):
+    d = only(diagnose(tmp_path, "input: {shape: [12, 4, 4]}\nlayers:\n"
+                      "  - {type: groupnorm, num_groups: 5}\n"), "SC206")
+    assert d.hint == "num_groups that divide them: 12, 6, 4, 3, 2, 1"
+    d = only(diagnose(tmp_path, "input: {shape: [12, 4, 4]}\nlayers:\n"
+                      "  - {type: channelshuffle, groups: 5}\n"), "SC206")
+    assert d.hint.startswith("groups that divide them: 12, 6")
+
+
+def test_sc210_permute_dims(tmp_path):
+    assert only(diagnose(tmp_path, HEAD + "  - {type: permute, dims: [0, 2, 2, 1]}\n"),
+                "SC210").layer == 0
+    assert only(diagnose(tmp_path, HEAD + "  - {type: permute, dims: [1, 0, 2, 3]}\n"),
+                "SC213").layer == 0
+
+
+def test_upsample_needs_one_of_size_and_scale_factor(tmp_path):
+    for fields in ("", "size: 4, scale_factor: 2", "scale_factor: 2, align_corners: true"):
+        plan = diagnose(tmp_path, HEAD + f"  - {{type: upsample, {fields}}}\n".replace(", }", "}"))
+        assert [d.code for d in plan.errors] == ["SC103"], fields
+
+
+def test_channels_last_linear_is_not_sc305(tmp_path):
+    plan = diagnose(tmp_path, "input: {shape: [8, 4, 4]}\nlayers:\n"
+                    "  - {type: permute, dims: [0, 2, 3, 1]}\n  - layernorm\n"
+                    "  - {type: linear, out_features: 32}\n  - {type: permute, dims: [0, 3, 1, 2]}\n"
+                    "  - {type: linear, out_features: 3}\n")
+    assert [(d.code, d.layer) for d in plan.warnings] == [("SC305", 4)]
+    assert plan.layers[2].explain[0] == "in_features = 8 (channels, moved last by permute1)"
 
 
 # --- SC3xx: warnings ---------------------------------------------------------------------

@@ -11,34 +11,50 @@ from pydantic import ValidationError
 from .base import Context, Inferred, LayerSpec, Origin, ShapeError
 from .block import Block
 from .concat import Concat
-from .conv import Conv2d
+from .conv import Conv2d, ConvTranspose2d
 from .elementwise import (
     ELU,
     GELU,
     Dropout,
     Dropout2d,
+    Hardsigmoid,
+    Hardswish,
     Identity,
     LeakyReLU,
     LogSoftmax,
+    Mish,
+    PReLU,
     ReLU,
     ReLU6,
     Sigmoid,
     SiLU,
     Softmax,
+    Softplus,
+    StochasticDepth,
     Tanh,
 )
+from .gate import Gate
 from .linear import Linear
-from .norm import BatchNorm2d
+from .norm import BatchNorm2d, GroupNorm, LayerNorm, LayerScale, LocalResponseNorm
+from .pad import ConstantPad2d, ReflectionPad2d, ReplicationPad2d, ZeroPad2d
 from .pool import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d
-from .reshape import Flatten
+from .resample import PixelShuffle, PixelUnshuffle, Upsample
+from .reshape import ChannelShuffle, Flatten, Permute
 from .residual import Residual
+from .split import Split
 
 KINDS: dict[str, type[LayerSpec]] = {
     cls.type_name(): cls
     for cls in (
-        Conv2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, AdaptiveMaxPool2d, BatchNorm2d,
-        Dropout, Dropout2d, ReLU, ReLU6, LeakyReLU, ELU, GELU, SiLU, Sigmoid, Tanh, Identity,
-        Softmax, LogSoftmax, Flatten, Linear, Residual, Concat,
+        Conv2d, ConvTranspose2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, AdaptiveMaxPool2d,
+        Upsample, PixelShuffle, PixelUnshuffle,
+        BatchNorm2d, GroupNorm, LayerNorm, LocalResponseNorm, LayerScale,
+        Dropout, Dropout2d, StochasticDepth,
+        ReLU, ReLU6, LeakyReLU, PReLU, ELU, GELU, SiLU, Mish, Hardswish, Hardsigmoid, Softplus,
+        Sigmoid, Tanh, Identity, Softmax, LogSoftmax,
+        ZeroPad2d, ConstantPad2d, ReflectionPad2d, ReplicationPad2d,
+        Flatten, ChannelShuffle, Permute, Linear,
+        Residual, Concat, Gate, Split,
     )
 }  # fmt: skip
 

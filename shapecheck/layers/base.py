@@ -125,21 +125,30 @@ class Inferred:
     warnings: list[tuple[str, str, str | None]] = field(default_factory=list)
     # How this layer made the last dim, when it says more than the shape (a flatten's product).
     features_from: str | None = None
+    # A layer that reorders dims says where the channels are: its name when they are now last,
+    # "" when they are back in dim 1, None when it says nothing.
+    layout: str | None = None
 
 
 @dataclass(frozen=True)
 class Context:
-    """What a rule may know beyond its input: how the last dim was produced (for explanations).
-    Rules only read it; the planner makes the next one after every layer (``after``)."""
+    """What a rule may know beyond its input shape, for explanations and warnings. Rules only
+    read it; the planner makes the next one after every layer (``after``)."""
 
-    features_from: str | None = None  # e.g. "flatten1: 20 × 4 × 4 = 320"
+    features_from: str | None = None  # how the last dim was made: "flatten1: 20 × 4 × 4 = 320"
+    channels_last: str | None = None  # the permute that moved the channels to the last dim
 
-    def after(self, x: Dims, out: Dims, features_from: str | None = None) -> "Context":
-        """The context for the layer after one that turned ``x`` into ``out``: what the layer
-        said about the last dim, else the same note while the last dim is unchanged."""
-        if features_from is not None:
-            return Context(features_from)
-        return self if out[-1:] == x[-1:] else Context()
+    def after(self, x: Dims, out: Dims, inferred: "Inferred | None" = None) -> "Context":
+        """The context for the layer after one that turned ``x`` into ``out``. A note on the
+        last dim lasts while the last dim is unchanged, the layout while the rank is, unless
+        the layer says otherwise."""
+        features = self.features_from if out[-1:] == x[-1:] else None
+        layout = self.channels_last if len(out) == len(x) else None
+        if inferred is not None:
+            features = inferred.features_from or features
+            if inferred.layout is not None:
+                layout = inferred.layout or None  # "" says: channels first again
+        return Context(features, layout)
 
 
 class LayerSpec(BaseModel):
@@ -161,6 +170,13 @@ class LayerSpec(BaseModel):
     starts_classifier: ClassVar[bool] = False  # the diagram's classifier begins here (flatten)
     # What a last layer of this kind hands to the loss: "probabilities", "log_probabilities".
     outputs: ClassVar[str | None] = None
+
+    # A kind with no torch.nn class (a block, a layer scale …) names the small nn.Module that
+    # `build` writes for it instead, its source, and the calls that source makes (for the audit
+    # of emitted code).
+    helper: ClassVar[str] = ""
+    helper_source: ClassVar[str] = ""
+    helper_calls: ClassVar[frozenset[str]] = frozenset()
 
     # Where the layer was written; set by the loader, copied by model_copy.
     _origin: Origin | None = PrivateAttr(default=None)

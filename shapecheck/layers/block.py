@@ -31,9 +31,8 @@ class Block(LayerSpec):
 
     glyph: ClassVar[str] = "+"  # the merge node in diagrams
     merge_word: ClassVar[str] = ""  # the legend's word for the glyph
-    helper: ClassVar[str] = ""  # the nn.Module class build writes for this block
-    helper_source: ClassVar[str] = ""  # its source: branches are nn.Sequential (or nn.Identity)
-    helper_calls: ClassVar[frozenset[str]] = frozenset()  # calls its source makes (for the audit)
+    # helper, helper_source, helper_calls (LayerSpec): the module build writes for the block;
+    # its branches arrive as nn.Sequential (or nn.Identity for an empty one).
 
     def branch_lists(self) -> list[tuple[BranchKey, list]]:
         """Every branch, in order, with its key."""
@@ -80,3 +79,17 @@ class Block(LayerSpec):
 
 def chw(x: Dims) -> str:
     return "×".join(map(str, x[1:]))  # 128×28×28, as the table writes shapes
+
+
+def broadcast(a: Dims, b: Dims) -> Dims | None:
+    """The shape torch's broadcasting gives for two batch-factored shapes, or None where it
+    fails. The ranks and the batch rows (dim 0) must agree: broadcasting across the batch would
+    pair samples with other dims, or work only for one batch size."""
+    if len(a) != len(b) or a[0] != b[0]:
+        return None
+    out = [a[0]]
+    for m, n in zip(a[1:], b[1:]):
+        if m != n and 1 not in (m, n):
+            return None
+        out.append(max(m, n) if 1 in (m, n) else m)
+    return tuple(out)

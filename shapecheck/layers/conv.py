@@ -1,4 +1,4 @@
-"""conv2d: PyTorch's Conv2d shape rule, parameters and MACs."""
+"""conv2d and convtranspose2d: PyTorch's shape rules, parameters and MACs."""
 
 import math
 from typing import Annotated, Any, Literal
@@ -12,6 +12,7 @@ from .base import (
     Flag,
     Inferred,
     LayerSpec,
+    NonNegPair,
     PosInt,
     PosPair,
     ShapeError,
@@ -29,6 +30,7 @@ from .window import (
     pad_text,
     same_padding,
     settings,
+    transposed_out,
     unused_rows,
     unused_warning,
 )
@@ -45,21 +47,32 @@ def _padding(value: Any) -> Any:
     return _int_or_pair(value, 0)
 
 
-def _common_divisors(a: int, b: int, count: int = 12) -> list[int]:
-    """Up to `count` common divisors of a and b, the smallest first, for the groups hint.
-
-    Trial division stops after `count` divisors or 10⁵ tries (then it lists those found and
-    their partners): channel counts may be huge, and trying every number up to the gcd took
-    minutes for billions of channels."""
-    g = math.gcd(a, b)
-    small, large = [], {g}  # divisors up to √g, and their partners above it
-    d = 1
-    while d * d <= g and d <= 100_000 and len(small) < count:
-        if g % d == 0:
-            small.append(d)
-            large.add(g // d)
+def divisors(n: int) -> list[int]:
+    """The divisors of n, largest first. Trial division stops after 10⁵ tries (then it lists
+    those found and their partners, the largest among them): channel counts may be huge, and
+    trying every number up to √n would take minutes for 10²⁰ channels."""
+    found = {1, n}
+    d = 2
+    while d * d <= n and d <= 100_000:
+        if n % d == 0:
+            found |= {d, n // d}
         d += 1
-    return sorted({*small, *large})[:count]
+    return sorted(found, reverse=True)
+
+
+def divisor_list(values: list[int], depthwise: int | None = None, shown: int = 6) -> str:
+    """'144 (depthwise), 72, 48, 36, 24, 18, …, 1': the largest few, then 1; the depthwise
+    value is marked."""
+    words = [f"{v} (depthwise)" if v == depthwise else str(v) for v in values]
+    if len(words) > shown + 2:
+        words = [*words[:shown], "…", words[-1]]
+    return ", ".join(words)
+
+
+def groups_hint(c_in: int, c_out: int) -> str:
+    """The groups a conv accepts: the common divisors of its channels, depthwise marked."""
+    g = math.gcd(c_in, c_out)
+    return "groups that divide both: " + divisor_list(divisors(g), c_in if g == c_in else None)
 
 
 # F.pad's limits per side: reflect mirrors without repeating the edge, so it needs pad < size;
@@ -122,7 +135,7 @@ class Conv2d(LayerSpec):
             raise ShapeError(
                 "SC206",
                 f"groups={g} must divide in_channels ({c_in}) and out_channels ({c_out})",
-                "groups that divide both: " + ", ".join(map(str, _common_divisors(c_in, c_out))),
+                groups_hint(c_in, c_out),
             )
         kernel, stride, dil = pair(self.kernel_size), pair(self.stride), pair(self.dilation)
         if self.padding == "same" and stride != (1, 1):
@@ -192,3 +205,78 @@ class Conv2d(LayerSpec):
             inferred_args={"in_channels": c_in},
             warnings=warnings,
         )
+
+
+class ConvTranspose2d(LayerSpec):
+    """The transposed convolution (a learnable upsampling): each input pixel spreads a
+    kernel-sized patch over the output, ``stride`` pixels apart."""
+
+    type: Literal["convtranspose2d"]
+    in_channels: PosInt | None = None
+    out_channels: PosInt
+    kernel_size: PosPair
+    stride: PosPair = 1
+    padding: NonNegPair = 0
+    output_padding: NonNegPair = 0
+    groups: PosInt = 1
+    bias: Flag = True
+    dilation: PosPair = 1
+    padding_mode: Literal["zeros"] = "zeros"  # the only mode torch implements for it
+
+    torch_class = "ConvTranspose2d"
+    family = "conv"
+    name_prefix = "deconv"
+
+    def bias_before_norm(self) -> bool:
+        return self.bias
+
+    def settings(self) -> str:
+        parts = settings(self.kernel_size, self.stride, self.padding, self.dilation)
+        oh, ow = pair(self.output_padding)
+        if (oh, ow) != (0, 0):
+            parts.append(f"op{oh}" if oh == ow else f"op{oh},{ow}")
+        if self.groups != 1:
+            parts.append(f"g{self.groups}")
+        return " ".join(parts)
+
+    def infer(self, x: Dims, ctx: Context) -> Inferred:
+        need_rank(x, (4,), "convtranspose2d")
+        _, c_in, h, w = x
+        if self.in_channels is not None and self.in_channels != c_in:
+            raise ShapeError("SC203", f"in_channels is {self.in_channels}, but {c_in} channels "
+                             "arrive", f"set in_channels: {c_in}, or leave it out to infer it")
+        c_out, g = self.out_channels, self.groups
+        if c_in % g or c_out % g:
+            raise ShapeError(
+                "SC206", f"groups={g} must divide in_channels ({c_in}) and out_channels ({c_out})",
+                groups_hint(c_in, c_out))
+        kernel, stride, dil = pair(self.kernel_size), pair(self.stride), pair(self.dilation)
+        pad, out_pad = pair(self.padding), pair(self.output_padding)
+        out_hw, explain = [], []
+        for axis, size, k, s, p, op, d in zip(("H", "W"), (h, w), kernel, stride, pad, out_pad,
+                                               dil):
+            if op >= s and op >= d:
+                raise ShapeError(
+                    "SC214", f"output_padding {op} must be smaller than the stride ({s}) or "
+                    f"the dilation ({d})",
+                    f"use output_padding: {max(s, d) - 1} or less; it only picks one of the "
+                    "output sizes a stride allows")
+            out = transposed_out(size, k, s, p, op, d)
+            if out < 1:
+                raise ShapeError(
+                    "SC202", f"padding {p} on an input of {axis}={size} gives an output of "
+                    f"{axis}={out}", None)  # the planner adds the smallest input that works
+            out_hw.append(out)
+            explain.append(f"{axis}_out = ({size}−1)·{s} − 2·{p} + {d}·({k}−1) + {op} + 1 = {out}")
+        weight = (c_in, c_out // g, *kernel)
+        per_in = (c_out // g) * kernel[0] * kernel[1]
+        macs = c_in * h * w * per_in
+        params = math.prod(weight) + (c_out if self.bias else 0)
+        explain.append(
+            f"weight = in × out/groups × kh × kw = {times(weight)}; params = "
+            f"{fmt(math.prod(weight))}" + (f" + {c_out} (bias) = {fmt(params)}" if self.bias else ""))
+        explain.append(f"MACs = {c_in}×{h}×{w} inputs × {per_in} ({c_out // g}×{kernel[0]}×"
+                       f"{kernel[1]}) = {fmt(macs)}")
+        return Inferred(out=(x[0], c_out, *out_hw), weight=weight,
+                        bias=(c_out,) if self.bias else None, params=params, macs=macs,
+                        explain=explain, inferred_args={"in_channels": c_in})

@@ -1,6 +1,6 @@
-"""Layers that keep the shape: activations, dropout, identity, softmax.
+"""Layers that keep the shape: activations, dropout and stochastic depth, identity, softmax.
 
-They have no parameters and no MACs (as the contract counts them)."""
+They have no MACs (as the contract counts them) and, but for PReLU's slopes, no parameters."""
 
 from typing import Literal
 
@@ -12,6 +12,7 @@ from .base import (
     Int,
     LayerSpec,
     Number,
+    PosInt,
     Probability,
     ShapeError,
 )
@@ -70,6 +71,53 @@ class SiLU(_InPlace):
     name_prefix = "silu"
 
 
+class Hardswish(_InPlace):
+    type: Literal["hardswish"]
+    torch_class = "Hardswish"
+    name_prefix = "hswish"
+
+
+class Hardsigmoid(_InPlace):
+    type: Literal["hardsigmoid"]
+    torch_class = "Hardsigmoid"
+    name_prefix = "hsigmoid"
+
+
+class Mish(_InPlace):
+    type: Literal["mish"]
+    torch_class = "Mish"
+    name_prefix = "mish"
+
+
+class Softplus(_Elementwise):
+    type: Literal["softplus"]
+    beta: Number = 1.0
+    threshold: Number = 20.0
+    torch_class = "Softplus"
+    name_prefix = "softplus"
+
+
+class PReLU(_Elementwise):
+    """A leaky ReLU whose negative slope is learnt: one for all channels, or one per channel."""
+
+    type: Literal["prelu"]
+    num_parameters: PosInt = 1
+    init: Number = 0.25
+    torch_class = "PReLU"
+    name_prefix = "prelu"
+
+    def infer(self, x: Dims, ctx: Context) -> Inferred:
+        n = self.num_parameters
+        if n != 1:
+            channels = x[1] if len(x) > 1 else None
+            if channels != n:
+                where = f"{channels} channels arrive" if channels else "a 1-d tensor has none"
+                raise ShapeError("SC205", f"num_parameters is {n} (one per channel), but "
+                                 f"{where}", f"set num_parameters: {channels} (or 1, one slope "
+                                 "for all)" if channels else "set num_parameters: 1")
+        return Inferred(out=x, weight=(n,), params=n, explain=[f"weight [{n}] = {n} params"])
+
+
 class Sigmoid(_Elementwise):
     type: Literal["sigmoid"]
     torch_class = "Sigmoid"
@@ -87,6 +135,45 @@ class Identity(_Elementwise):
     torch_class = "Identity"
     family = "reshape"
     name_prefix = "identity"
+
+
+class StochasticDepth(_Elementwise):
+    """Drops a whole residual branch per sample ('row') or per batch ('batch') in training
+    (torchvision's StochasticDepth); the identity at plan time and in eval mode. torch.nn has no
+    class for it: build writes a small module."""
+
+    type: Literal["stochasticdepth"]
+    p: Probability
+    mode: Literal["row", "batch"] = "row"
+
+    family = "dropout"
+    name_prefix = "droppath"
+    helper = "StochasticDepth"
+    helper_calls = frozenset({"torch.empty", "x.dim", "noise.bernoulli_", "noise.div_"})
+    helper_source = '''
+class StochasticDepth(nn.Module):
+    """In training, zeroes the input of a whole sample ('row') or batch ('batch') with
+    probability p and scales the rest by 1/(1−p); the identity in eval mode."""
+
+    def __init__(self, p: float, mode: str = "row") -> None:
+        super().__init__()
+        self.p = p
+        self.mode = mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        survival = 1.0 - self.p
+        shape = [x.shape[0]] + [1] * (x.dim() - 1) if self.mode == "row" else [1] * x.dim()
+        noise = torch.empty(shape, dtype=x.dtype, device=x.device)
+        noise.bernoulli_(survival)
+        if survival > 0.0:
+            noise.div_(survival)
+        return x * noise
+'''
+
+    def settings(self) -> str:
+        return f"p={self.p:g} {self.mode}"
 
 
 class _Dropout(_Elementwise):

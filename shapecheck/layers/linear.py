@@ -56,7 +56,7 @@ class Linear(LayerSpec):
         explain.append(f"MACs = {fmt(rows)} × {last} × {out_f} = {fmt(macs)}" if rows > 1
                        else f"MACs = {last} × {out_f} = {fmt(macs)}")
         warnings = []
-        if len(x) > 2:
+        if len(x) > 2 and not ctx.channels_last:  # channels-last linears are meant
             flat = math.prod(x[1:])
             warnings.append(
                 (

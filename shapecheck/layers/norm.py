@@ -1,8 +1,46 @@
-"""batchnorm2d: one weight and bias per channel; running statistics are buffers, not parameters."""
+"""Normalisation and per-channel scaling: batchnorm2d, groupnorm, layernorm, localresponsenorm,
+and layerscale. Running statistics are buffers, not parameters."""
 
-from typing import Literal
+import math
+from typing import Annotated, Any, Literal
 
-from .base import Context, Dims, Flag, Inferred, LayerSpec, Number, PosInt, ShapeError, need_rank
+from pydantic import BeforeValidator
+from pydantic_core import PydanticCustomError
+
+from .base import (
+    Context,
+    Dims,
+    Flag,
+    Inferred,
+    LayerSpec,
+    Number,
+    PosInt,
+    ShapeError,
+    _strict_int,
+    fmt,
+    need_rank,
+    times,
+)
+
+
+def _channels(x: Dims, declared: int | None, field: str, what: str) -> int:
+    """The channels that arrive (dim 1), checked against a declared count (SC205)."""
+    if len(x) < 2:
+        raise ShapeError("SC209", f"{what} needs a tensor of at least 2 dims (N, C, …), but a "
+                         "1-d tensor arrives",
+                         "flatten with start_dim: 1 (the default) keeps the batch dimension")
+    c = x[1]
+    if declared is not None and declared != c:
+        raise ShapeError("SC205", f"{field} is {declared}, but {c} channels arrive",
+                         f"set {field}: {c}, or leave it out to infer it")
+    return c
+
+
+def _affine(c: int, on: bool, explain: list[str]) -> dict:
+    if on:
+        explain.append(f"weight [{c}] + bias [{c}] = {2 * c} params")
+    return {"weight": (c,) if on else None, "bias": (c,) if on else None,
+            "params": 2 * c if on else 0}
 
 
 class BatchNorm2d(LayerSpec):
@@ -20,21 +58,153 @@ class BatchNorm2d(LayerSpec):
 
     def infer(self, x: Dims, ctx: Context) -> Inferred:
         need_rank(x, (4,), "batchnorm2d")
-        c = x[1]
-        if self.num_features is not None and self.num_features != c:
-            raise ShapeError(
-                "SC205",
-                f"num_features is {self.num_features}, but {c} channels arrive",
-                f"set num_features: {c}, or leave it out to infer it",
-            )
+        c = _channels(x, self.num_features, "num_features", "batchnorm2d")
         explain = [f"num_features = channels of the input = {c}"]
-        if self.affine:
-            explain.append(f"weight [{c}] + bias [{c}] = {2 * c} params")
-        return Inferred(
-            out=x,
-            weight=(c,) if self.affine else None,
-            bias=(c,) if self.affine else None,
-            params=2 * c if self.affine else 0,
-            explain=explain,
-            inferred_args={"num_features": c},
-        )
+        return Inferred(out=x, explain=explain, inferred_args={"num_features": c},
+                        **_affine(c, self.affine, explain))
+
+
+class GroupNorm(LayerSpec):
+    """Normalises each sample over groups of channels (and all positions)."""
+
+    type: Literal["groupnorm"]
+    num_groups: PosInt
+    num_channels: PosInt | None = None
+    eps: Number = 1e-5
+    affine: Flag = True
+
+    torch_class = "GroupNorm"
+    family = "norm"
+    name_prefix = "gn"
+
+    def settings(self) -> str:
+        return f"{self.num_groups} groups"
+
+    def infer(self, x: Dims, ctx: Context) -> Inferred:
+        from .conv import divisor_list, divisors
+
+        c = _channels(x, self.num_channels, "num_channels", "groupnorm")
+        if c % self.num_groups:
+            raise ShapeError("SC206", f"num_groups={self.num_groups} must divide the "
+                             f"{c} channels", "num_groups that divide them: "
+                             + divisor_list(divisors(c)))
+        explain = [f"num_channels = channels of the input = {c}; {self.num_groups} groups of "
+                   + str(c // self.num_groups)]
+        return Inferred(out=x, explain=explain, inferred_args={"num_channels": c},
+                        **_affine(c, self.affine, explain))
+
+
+def _shape(value: Any) -> Any:
+    """An int or a list of positive ints, as LayerNorm's normalized_shape."""
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise PydanticCustomError("shape", "must not be empty", {})
+        return tuple(_strict_int(v, 1) for v in value)
+    return _strict_int(value, 1)
+
+
+class LayerNorm(LayerSpec):
+    """Normalises over the trailing dims (normalized_shape), as torch does: on N×C×H×W with
+    [C, H, W] it is per sample; ConvNeXt permutes to N×H×W×C and normalises over C."""
+
+    type: Literal["layernorm"]
+    # Left out: the last dim of the input (the channels-last use).
+    normalized_shape: Annotated[Any, BeforeValidator(_shape)] = None
+    eps: Number = 1e-5
+    elementwise_affine: Flag = True
+    bias: Flag = True
+
+    torch_class = "LayerNorm"
+    family = "norm"
+    name_prefix = "ln"
+
+    def settings(self) -> str:
+        if self.normalized_shape is None:
+            return ""
+        shape = self.normalized_shape
+        return "over " + (times(shape) if isinstance(shape, tuple) else str(shape))
+
+    def infer(self, x: Dims, ctx: Context) -> Inferred:
+        given = self.normalized_shape
+        shape = (x[-1],) if given is None else given if isinstance(given, tuple) else (given,)
+        if len(shape) >= len(x):
+            raise ShapeError("SC213", f"normalized_shape {list(shape)} covers all {len(x)} "
+                             "dims, the batch included: it would normalise across samples",
+                             f"use normalized_shape: {list(x[1:])} (everything but the batch)"
+                             if len(x) > 1 else None)
+        if x[-len(shape):] != shape:
+            trailing = list(x[-len(shape):])
+            raise ShapeError("SC215", f"normalized_shape is {list(shape)}, but the last "
+                             f"{len(shape)} dim{'s' * (len(shape) > 1)} of the input are "
+                             f"{trailing}", f"set normalized_shape: {trailing}, or "
+                             f"{x[-1]} for the last dim (leave it out to infer that)")
+        n = math.prod(shape)
+        affine, with_bias = self.elementwise_affine, self.elementwise_affine and self.bias
+        dims = f"{len(shape)} dim{'s' * (len(shape) > 1)}"
+        explain = [f"normalized over the last {dims}: {times(shape)} = {fmt(n)} values per "
+                   "position" if len(shape) > 1 else f"normalized over the last dim: {n} values"]
+        params = n * affine + n * with_bias
+        if affine:
+            explain.append(f"weight [{times(shape)}]" + (f" + bias [{times(shape)}]"
+                                                          if with_bias else "")
+                           + f" = {fmt(params)} params")
+        return Inferred(out=x, weight=shape if affine else None,
+                        bias=shape if with_bias else None, params=params, explain=explain,
+                        inferred_args={"normalized_shape": shape if given is None else given})
+
+
+class LocalResponseNorm(LayerSpec):
+    """AlexNet's normalisation across neighbouring channels."""
+
+    type: Literal["localresponsenorm"]
+    size: PosInt
+    alpha: Number = 1e-4
+    beta: Number = 0.75
+    k: Number = 1.0
+
+    torch_class = "LocalResponseNorm"
+    family = "norm"
+    name_prefix = "lrn"
+
+    def settings(self) -> str:
+        return f"size {self.size}"
+
+    def infer(self, x: Dims, ctx: Context) -> Inferred:
+        if len(x) < 3:
+            raise ShapeError("SC209", f"localresponsenorm needs a tensor of at least 3 dims "
+                             f"(N, C, …), but a {len(x)}-d tensor arrives",
+                             "move it before the flatten")
+        return Inferred(out=x)
+
+
+class LayerScale(LayerSpec):
+    """A learnable scale per channel (dim 1), as ConvNeXt's layer_scale: y = weight[c] · x.
+    torch.nn has no class for it: build writes a small module."""
+
+    type: Literal["layerscale"]
+    num_channels: PosInt | None = None
+    init_value: Number = 1e-6
+
+    family = "norm"
+    name_prefix = "scale"
+    helper = "LayerScale"
+    helper_calls = frozenset({"torch.full", "self.weight.view", "x.dim"})
+    helper_source = '''
+class LayerScale(nn.Module):
+    """A learnable scale per channel (dim 1): y = weight[c] · x."""
+
+    def __init__(self, num_channels: int, init_value: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((num_channels,), init_value))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight.view(-1, *[1] * (x.dim() - 2))
+'''
+
+    def settings(self) -> str:
+        return f"init {self.init_value:g}"
+
+    def infer(self, x: Dims, ctx: Context) -> Inferred:
+        c = _channels(x, self.num_channels, "num_channels", "layerscale")
+        return Inferred(out=x, weight=(c,), params=c, explain=[f"weight [{c}] = {c} params"],
+                        inferred_args={"num_channels": c})

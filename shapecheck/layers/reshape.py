@@ -1,9 +1,24 @@
-"""flatten: merges dims start_dim..end_dim into one, as nn.Flatten (start_dim=1 keeps the batch)."""
+"""Layers that rearrange a tensor: flatten (merges dims start_dim..end_dim, as nn.Flatten;
+start_dim=1 keeps the batch), channelshuffle and permute."""
 
 import math
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from .base import Context, Dims, Inferred, Int, LayerSpec, ShapeError, fmt, times
+from pydantic import BeforeValidator
+from pydantic_core import PydanticCustomError
+
+from .base import (
+    Context,
+    Dims,
+    Inferred,
+    Int,
+    LayerSpec,
+    PosInt,
+    ShapeError,
+    _strict_int,
+    fmt,
+    times,
+)
 
 
 def wrap_dim(dim: int, ndim: int, what: str) -> int:
@@ -46,3 +61,83 @@ class Flatten(LayerSpec):
             f"dims {start}..{end}: {' × '.join(shown)}"
         return Inferred(out=out, explain=[line],
                         features_from=f"{self.name}: {times(x[start:end + 1])} = {fmt(merged)}")
+
+
+class ChannelShuffle(LayerSpec):
+    """Interleaves the channels of `groups` groups (ShuffleNet): the shape is kept."""
+
+    type: Literal["channelshuffle"]
+    groups: PosInt
+
+    torch_class = "ChannelShuffle"
+    family = "reshape"
+    name_prefix = "chshuffle"
+
+    def settings(self) -> str:
+        return f"g{self.groups}"
+
+    def infer(self, x: Dims, ctx: Context) -> Inferred:
+        from .conv import divisor_list, divisors
+
+        if len(x) < 3:
+            raise ShapeError("SC209", f"channelshuffle needs a tensor of more than 2 dims, but a "
+                             f"{len(x)}-d tensor arrives", "move it before the flatten")
+        c = x[1]
+        if c % self.groups:
+            raise ShapeError("SC206", f"groups={self.groups} must divide the {c} channels",
+                             "groups that divide them: " + divisor_list(divisors(c)))
+        explain = f"{self.groups} groups of {c // self.groups} channels, interleaved"
+        return Inferred(out=x, explain=[explain])
+
+
+def _dims(value: Any) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)) or not value:
+        raise PydanticCustomError("dims", "must be a list of dims, such as [0, 2, 3, 1], got "
+                                  "{value}", {"value": repr(value)})
+    return tuple(_strict_int(v, -(2**63)) for v in value)
+
+
+class Permute(LayerSpec):
+    """x.permute(*dims), for channels-last sections (ConvNeXt: [0, 2, 3, 1] and back with
+    [0, 3, 1, 2]). torch.nn has no class for it: build writes a small module."""
+
+    type: Literal["permute"]
+    dims: Annotated[tuple[int, ...], BeforeValidator(_dims)]
+
+    family = "reshape"
+    name_prefix = "permute"
+    helper = "Permute"
+    helper_calls = frozenset({"x.permute"})
+    helper_source = '''
+class Permute(nn.Module):
+    """x.permute(*dims): the same values with the dims reordered."""
+
+    def __init__(self, dims: tuple[int, ...]) -> None:
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(*self.dims)
+'''
+
+    def settings(self) -> str:
+        return str(list(self.dims))
+
+    def infer(self, x: Dims, ctx: Context) -> Inferred:
+        n = len(x)
+        if len(self.dims) != n:
+            raise ShapeError("SC210", f"dims has {len(self.dims)} entries, but a {n}-d tensor "
+                             "arrives", f"give all {n} dims, e.g. {list(range(n))}")
+        order = [wrap_dim(d, n, "dims entry") for d in self.dims]
+        if len(set(order)) != n:
+            raise ShapeError("SC210", f"dims {list(self.dims)} repeats a dim", "give each dim "
+                             f"once: a reordering of {list(range(n))}")
+        if order[0] != 0:
+            raise ShapeError("SC213", f"dims {list(self.dims)} moves the batch (dim 0)",
+                             "keep 0 first, e.g. [0, 2, 3, 1] for channels-last")
+        out = tuple(x[d] for d in order)
+        shown = ["N" if d == 0 else str(x[d]) for d in order]
+        last = order[-1] == 1 and n > 2  # channels-last, as ConvNeXt's [0, 2, 3, 1]
+        return Inferred(out=out, explain=[f"dims {order}: {' × '.join(shown)}"],
+                        features_from=f"channels, moved last by {self.name}" if last else None,
+                        layout=self.name if last else "")

@@ -1,11 +1,12 @@
-"""residual: y = body(x) + shortcut(x); an absent or empty shortcut is the identity."""
+"""residual: y = body(x) + shortcut(x); an absent or empty shortcut is the identity. The add
+broadcasts as torch's does (a body giving C×1×1 adds to a shortcut giving C×H×W)."""
 
 from typing import Any, Literal
 
 from pydantic import Field
 
 from .base import Dims, ShapeError
-from .block import Block, chw
+from .block import Block, broadcast, chw
 
 
 class Residual(Block):
@@ -34,8 +35,10 @@ class Residual(nn.Module):
     def merge(self, x: Dims, outs: list[Dims]) -> tuple[Dims, str]:
         body, shortcut = outs
         label = "shortcut" if self.shortcut else "identity shortcut"
-        if body == shortcut:
-            return body, f"body {chw(body)} + {label} {chw(shortcut)} = {chw(body)}"
+        out = broadcast(body, shortcut)
+        if out is not None:
+            note = "" if body == shortcut else " (broadcast)"
+            return out, f"body {chw(body)} + {label} {chw(shortcut)} = {chw(out)}{note}"
         raise ShapeError(
             "SC211",
             f"body gives {chw(body)} but the {label} gives {chw(shortcut)}: they cannot be added",

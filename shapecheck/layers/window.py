@@ -24,6 +24,12 @@ def pool_out(size: int, kernel: int, stride: int, pad: int, dilation: int, ceil:
     return out
 
 
+def transposed_out(size: int, kernel: int, stride: int, pad: int, output_padding: int,
+                   dilation: int) -> int:
+    """(H − 1)·s − 2p + d·(k − 1) + output_padding + 1, PyTorch's ConvTranspose2d formula."""
+    return (size - 1) * stride - 2 * pad + dilation * (kernel - 1) + output_padding + 1
+
+
 def same_padding(kernel: int, dilation: int) -> tuple[int, int]:
     """PyTorch's split for padding='same': the extra pixel of an even total goes right/bottom."""
     total = dilation * (kernel - 1)
