@@ -304,6 +304,8 @@ class _Drawer:
                     ends.append((fork, branch_shape))
                     continue
                 ends.append(self._chain(b, branch, fork, branch_shape))
+            if block.spec.merges_input:  # x itself meets the branches at the merge
+                ends.append((fork, shape))
             error = self.errors.get(block.path)
             if error is not None:
                 b.node(merge, self._merge_error_label(block, error), shape="box",

@@ -31,6 +31,7 @@ class Block(LayerSpec):
 
     glyph: ClassVar[str] = "+"  # the merge node in diagrams
     merge_word: ClassVar[str] = ""  # the legend's word for the glyph
+    merges_input: ClassVar[bool] = False  # the merge also takes the block's input (a gate)
     # helper, helper_source, helper_calls (LayerSpec): the module build writes for the block;
     # its branches arrive as nn.Sequential (or nn.Identity for an empty one).
 

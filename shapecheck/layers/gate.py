@@ -18,6 +18,7 @@ class Gate(Block):
     name_prefix = "gate"
     list_fields = ("body",)
     glyph, merge_word = "⊗", "gate (multiply)"
+    merges_input = True
     helper = "Gate"
     helper_source = '''
 class Gate(nn.Module):

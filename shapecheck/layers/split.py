@@ -18,7 +18,7 @@ class Split(Block):
 
     name_prefix = "split"
     lists_field = "branches"
-    glyph, merge_word = "⑃", "split, then concat"
+    glyph, merge_word = "‖", "split, then concat"
     helper = "Split"
     helper_calls = frozenset({"x.chunk", "len", "zip", "branch", "torch.cat"})
     helper_source = '''
