@@ -296,8 +296,8 @@ def test_sc211_a_residual_that_broadcasts_is_valid(tmp_path):
     plan = diagnose(tmp_path, "input: {shape: [16, 8, 8]}\nlayers:\n"
                     "  - type: residual\n    body: [{type: adaptiveavgpool2d, output_size: 1}]\n")
     assert plan.valid and plan.output_shape == ("N", 16, 8, 8)
-    assert plan.layers[0].explain == ["body 16×1×1 + identity shortcut 16×8×8 = 16×8×8 "
-                                      "(broadcast)"]
+    assert plan.layers[0].explain == [("body 16×1×1 + identity shortcut 16×8×8 = 16×8×8 "
+                                      "(broadcast)")]
 
 
 def test_sc214_convtranspose_output_padding(tmp_path):
