@@ -283,6 +283,7 @@ class _Writer:
         for arg, key in block.helper_args():
             where = ".".join(map(str, block.branch_loc(key)))
             lines += self.branch_expr(layer, index[key], indent + 1, f"{qualname}.{where}", arg)
+        lines += [f"{INDENT * (indent + 1)}{extra}," for extra in block.helper_extra()]
         lines.append(f"{pad}){tail}" + (f"  # {comment}" if comment else ""))
         return lines
 

@@ -291,6 +291,8 @@ class _Drawer:
             fork = "b" + _node_id(block.path)[1:]
             lines = [f"<B>{text(block.name)}</B>  "
                      + _font(text(kind), color=SKIPPED_TEXT if skipped else MUTED)]
+            if block.settings:
+                lines.append(_font(text(block.settings), size=10))
             if block.status == "ok":
                 lines.append(_font(text(f"{block.params:,} params"), size=10))
             b.node(fork, _html(*lines), fontsize="11", **(

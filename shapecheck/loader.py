@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from .diagnostics import Diagnostic, InputError
 from .layers import BLOCKS, KINDS, Origin, normalize_type, parse_layers
 from .spec import InputSpec, LayerErrors, Spec, default_name, yaml_loc
+from .templates import TemplateError, TooManyLayers, expand, needs_expansion
 
 MAX_BYTES = 4 * 1024 * 1024  # a spec is a few KB; a 10,000-layer spec is about 0.5 MB
 MAX_NODES = 1_000_000  # after expanding aliases: stops alias and merge-key bombs
@@ -101,10 +102,12 @@ def read_text(path: str | os.PathLike) -> str:
         raise fail(f"{file} is not UTF-8 text (byte {e.start})", "save the file as UTF-8") from None
 
 
-def parse(text: str, source: str | None = None, name: str | None = None) -> Spec:
-    """Validate spec text. Raises InputError (exit 2) or SpecError (exit 1)."""
+def parse(text: str, source: str | None = None, name: str | None = None,
+          scale: str | None = None) -> Spec:
+    """Validate spec text, its templates expanded at ``scale`` (default: the spec's default
+    scale). Raises InputError (exit 2) or SpecError (exit 1)."""
     with gc_paused():
-        return _parse(text, source, name)
+        return _parse(text, source, name, scale)
 
 
 @contextmanager
@@ -120,7 +123,7 @@ def gc_paused():
             gc.enable()
 
 
-def _parse(text: str, source: str | None, name: str | None) -> Spec:
+def _parse(text: str, source: str | None, name: str | None, scale: str | None = None) -> Spec:
     data, positions, problems = _load(text, source)
     if not isinstance(data, dict) or not ({"input", "layers"} & data.keys()):
         what = "a YAML mapping" if isinstance(data, dict) else f"a YAML {_kind(data)}"
@@ -131,6 +134,8 @@ def _parse(text: str, source: str | None, name: str | None) -> Spec:
         )
     # Top-level `x-...` keys are free for the user, e.g. to hold YAML anchors to merge (<<).
     data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
+    scales = data.get("scales")
+    data, locator, chosen = _expand(data, scale, positions, source)
     errors: list[dict] = []
     duplicates: list = []
     try:
@@ -151,35 +156,83 @@ def _parse(text: str, source: str | None, name: str | None) -> Spec:
             f"{MAX_LAYERS:,}", line=positions.get(("layers",), (None, None))[0], file=source))
     if spec is not None:
         spec._source = source
+        spec._scale = chosen
+        spec._scales = tuple(map(str, scales)) if isinstance(scales, dict) else ()
         default = name or (default_name(Path(source).stem) if source else "net")
         try:
-            duplicates = spec.complete(default=default, origin=_origins(positions, source))
+            duplicates = spec.complete(default=default, origin=locator.origin)
         except LayerErrors as e:
             errors += e.errors
     elif isinstance(layers, list):  # still report the layers' own errors
         errors += parse_layers(layers, ("layers",))[1]
     if errors:
-        problems += schema_diagnostics(errors, data, positions, source)
+        problems += schema_diagnostics(errors, data, locator, source)
         raise SpecError(sorted(problems, key=lambda d: (d.line or 0, d.column or 0)))
     for path, dup in duplicates:
-        line, col = positions.get(yaml_loc(path, layers) + ("name",), (None, None))
+        line, col = locator.position(yaml_loc(path, layers) + ("name",))
         problems.append(duplicate_name(path, dup, line, col, source))
     if problems:
         raise SpecError(problems)
     return spec
 
 
-def _origins(positions: dict, source: str | None):
-    """origin(loc) for parse_layers: where the entry at a YAML location was written. Inside a
-    subtree written as an alias (`body: *blk`), that is the alias's place."""
+def _expand(data: dict, scale: str | None, positions: dict, source: str | None):
+    """The spec with its templates expanded, and a Locator for its entries."""
+    if not needs_expansion(data):
+        if scale is not None:
+            raise SpecError([Diagnostic("error", "SC111", f"--scale {scale}: the spec has no "
+                                        "`scales`", file=source)])
+        return data, Locator(positions, source), None
+    try:
+        expansion = expand(data, scale, MAX_LAYERS)
+    except TooManyLayers:
+        raise InputError(Diagnostic(
+            "error", "SC004", f"the spec expands to more than {MAX_LAYERS:,} layers; specs are "
+            f"limited to {MAX_LAYERS:,}", line=positions.get(("layers",), (None, None))[0],
+            file=source)) from None
+    except TemplateError as e:
+        locator = Locator(positions, source)
+        origin = locator.origin_of(e.loc, e.chain)
+        index, path = _layer_of(e.loc)
+        raise SpecError([Diagnostic("error", e.code, e.message + origin.context, index,
+                                    path, *origin.reported, e.hint, file=source)]) from None
+    return expansion.data, Locator(positions, source, expansion.where), expansion.scale
 
-    def origin(loc: tuple) -> Origin:
-        while loc and loc not in positions:
+
+class Locator:
+    """Where an entry of the (expanded) spec data was written: its YAML location, line and
+    column, and the chain of template uses that made it."""
+
+    def __init__(self, positions: dict, source: str | None, where: dict | None = None):
+        self.positions, self.source, self.where = positions, source, where
+
+    def place(self, loc: tuple) -> tuple[tuple, tuple]:
+        """(the YAML location it was written at, the uses that made it, innermost first)."""
+        if self.where:
+            for cut in range(len(loc), 0, -1):
+                hit = self.where.get(loc[:cut])
+                if hit is not None:
+                    src, chain = hit
+                    return (*src, *loc[cut:]), chain
+        return loc, ()
+
+    def _written(self, loc: tuple) -> tuple[int | None, int | None]:
+        # Inside a subtree written as an alias (`body: *blk`), that is the alias's place.
+        while loc and loc not in self.positions:
             loc = loc[:-1]
-        line, column = positions.get(loc, (None, None))
-        return Origin(source, line, column)
+        return self.positions.get(loc, (None, None))
 
-    return origin
+    def position(self, loc: tuple) -> tuple[int | None, int | None]:
+        """The line and column to report: the outermost use for an expanded entry."""
+        return self.origin(loc).reported
+
+    def origin(self, loc: tuple) -> Origin:
+        return self.origin_of(*self.place(loc))
+
+    def origin_of(self, src: tuple, chain: tuple) -> Origin:
+        used_at = tuple(Origin(self.source, *self._written(site.loc), template=site.template)
+                        for site in chain)
+        return Origin(self.source, *self._written(src), used_at=used_at)
 
 
 def duplicate_name(path: tuple, name: str, line, col, source) -> Diagnostic:
@@ -207,11 +260,11 @@ def _block_of(item: dict):
     return kind if kind is not None and kind.is_block else None
 
 
-def load_spec(source: str | os.PathLike) -> Spec:
-    """A validated Spec from a file path or from YAML text."""
+def load_spec(source: str | os.PathLike, scale: str | None = None) -> Spec:
+    """A validated Spec from a file path or from YAML text, at ``scale`` if it has scales."""
     if isinstance(source, os.PathLike) or looks_like_path(source):
-        return parse(read_text(source), os.fspath(source))
-    return parse(source)
+        return parse(read_text(source), os.fspath(source), scale=scale)
+    return parse(source, scale=scale)
 
 
 def looks_like_path(text: str) -> bool:
@@ -464,7 +517,8 @@ def _layer_label(loc: tuple, data) -> str:
     return f"layer {_where(path or (index,))}" + (f" ({inner})" if inner else "")
 
 
-def schema_diagnostics(errors: list[dict], data, positions, source) -> list[Diagnostic]:
+def schema_diagnostics(errors: list[dict], data, locator: Locator,
+                       source) -> list[Diagnostic]:
     grouped: dict[tuple, list[dict]] = {}
     for e in errors:
         loc, missing = _data_loc(data, e["loc"])
@@ -484,11 +538,13 @@ def schema_diagnostics(errors: list[dict], data, positions, source) -> list[Diag
     for (loc, missing), group in grouped.items():
         if (loc, missing) in misspelt:
             continue
-        line, col = positions.get(loc, positions.get(loc[:-1], (None, None)))
+        origin = locator.origin(loc)
+        line, col = origin.reported
         index, path = _layer_of(loc)
         code, message, hint = _describe(group, loc, missing, data)
         if len(message) > MAX_MESSAGE:
             message = message[: MAX_MESSAGE - 1] + "…"
+        message += origin.context
         out.append(Diagnostic("error", code, message, index, path, line, col, hint, file=source))
     return sorted(out, key=lambda d: (d.line or 0, d.column or 0))
 

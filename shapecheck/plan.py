@@ -113,6 +113,8 @@ class Plan:
     layers: list[LayerPlan]
     diagnostics: list[Diagnostic]
     loss: str | None = None  # train.loss, for lints and training
+    scale: str | None = None  # the scale the spec was expanded at, if it has scales
+    scales: tuple[str, ...] = ()  # every scale the spec declares
 
     @property
     def input_shape(self) -> Shape | None:
@@ -188,6 +190,7 @@ class Plan:
         return {
             "name": self.name,
             "file": self.source,
+            **({"scale": self.scale} if self.scale else {}),
             "valid": self.valid,
             "input_shape": _list(self.input_shape),
             "output_shape": _list(self.output_shape),

@@ -15,6 +15,7 @@ from .layers import Block, Context, LayerSpec, Origin, ShapeError
 from .layers.base import Dims
 from .lint import lint
 from .loader import (
+    Locator,
     SpecError,
     duplicate_name,
     gc_paused,
@@ -40,14 +41,16 @@ def plan(
     *,
     batch: int | str | None = None,
     input_shape: tuple[int, int, int] | None = None,
+    scale: str | None = None,
 ) -> Plan:
-    """Plan a spec (a Spec, a file path or YAML text). A spec that breaks the schema gives an
-    invalid Plan with its diagnostics; unreadable input raises InputError."""
+    """Plan a spec (a Spec, a file path or YAML text; ``scale`` picks one of its scales). A spec
+    that breaks the schema gives an invalid Plan with its diagnostics; unreadable input raises
+    InputError."""
     if not isinstance(spec, Spec):
         is_path = isinstance(spec, os.PathLike) or looks_like_path(spec)
         source = os.fspath(spec) if is_path else None
         try:
-            spec = load_spec(Path(spec) if is_path else spec)
+            spec = load_spec(Path(spec) if is_path else spec, scale=scale)
         except SpecError as e:
             name = default_name(Path(source).stem) if source else "net"
             return Plan(name, None, source, batch or "N", None, [], e.diagnostics)
@@ -66,7 +69,8 @@ def _complete(spec: Spec) -> list[Diagnostic]:
     try:
         duplicates = spec.complete()
     except LayerErrors as e:
-        return schema_diagnostics(e.errors, {"layers": raw}, {}, spec.source)
+        return schema_diagnostics(e.errors, {"layers": raw}, Locator({}, spec.source),
+                                  spec.source)
     return [duplicate_name(path, name, None, None, spec.source) for path, name in duplicates]
 
 
@@ -100,6 +104,8 @@ class _Planner:
             layers=rows,
             diagnostics=diagnostics,
             loss=train.loss if train else None,
+            scale=self.spec.scale,
+            scales=self.spec.scales,
         )
         rows_by_path = {row.path: row for row in result.walk()}
         result.diagnostics += [
@@ -189,8 +195,8 @@ class _Planner:
         path = row.path
         subject = f"layer {'/'.join(map(str, path))} ({row.type} {row.name})"
         origin = row.spec.origin or Origin(self.spec.source)
-        return Diagnostic(severity, code, f"{subject}: {message}", path[0],
-                          path if len(path) > 1 else None, origin.line, origin.column, hint,
+        return Diagnostic(severity, code, f"{subject}: {message}{origin.context}", path[0],
+                          path if len(path) > 1 else None, *origin.reported, hint,
                           file=origin.file, subject=subject)
 
     def _smallest_input_hint(self) -> str | None:

@@ -68,10 +68,20 @@ class Spec(BaseModel):
 
     _source: str | None = PrivateAttr(default=None)  # the file path, if read from a file
     _completed: bool = PrivateAttr(default=False)
+    _scale: str | None = PrivateAttr(default=None)  # the scale its templates were expanded at
+    _scales: tuple[str, ...] = PrivateAttr(default=())  # every scale the YAML declares
 
     @property
     def source(self) -> str | None:
         return self._source
+
+    @property
+    def scale(self) -> str | None:
+        return self._scale
+
+    @property
+    def scales(self) -> tuple[str, ...]:
+        return self._scales
 
     @property
     def completed(self) -> bool:

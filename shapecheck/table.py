@@ -92,6 +92,8 @@ def _header(plan: Plan) -> str:
     shape = dims(plan.input_shape[1:]) if plan.input_shape else "?"
     batch = plan.input_shape[0] if plan.input_shape else plan.batch
     title = f"{plan.name}: input {shape}, batch {batch}"
+    if plan.scale:
+        title += f", scale {plan.scale}"
     return title + (f"  ({plan.source})" if plan.source else "")
 
 

@@ -31,7 +31,13 @@ def batch_size(text: str) -> int | str:
     raise argparse.ArgumentTypeError(f"expected a positive int or a symbol such as N, got {text!r}")
 
 
+def add_scale(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scale", metavar="NAME",
+                        help="one of the spec's `scales` (default: its default_scale)")
+
+
 def add_shape_overrides(parser: argparse.ArgumentParser) -> None:
+    add_scale(parser)
     parser.add_argument("--batch", type=batch_size, metavar="B",
                         help="batch size (an int or a symbol such as N); overrides the spec")
     parser.add_argument("--input", type=input_shape, metavar="CxHxW",

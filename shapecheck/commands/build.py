@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
 
     spec_path = Path(args.spec)
     try:
-        spec = load_spec(spec_path)
+        spec = load_spec(spec_path, scale=args.scale)
     except SpecError as e:
         print_diagnostics(e.diagnostics)
         return EXIT_INVALID

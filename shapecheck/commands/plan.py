@@ -29,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
     plans, input_failed = [], False
     for path in args.specs:
         try:
-            plans.append(plan(Path(path), batch=args.batch, input_shape=args.input))
+            plans.append(plan(Path(path), batch=args.batch, input_shape=args.input,
+                              scale=args.scale))
         except InputError as e:
             print_diagnostics([e.diagnostic])
             input_failed = True

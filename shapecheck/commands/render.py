@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail("drawing needs the graphviz package: pip install 'shapecheck[render]'")
     from ..graph import diagram
 
-    p = plan(Path(args.spec), batch=args.batch, input_shape=args.input)
+    p = plan(Path(args.spec), batch=args.batch, input_shape=args.input, scale=args.scale)
     print_diagnostics(p.diagnostics)
     code = exit_code([p], args.strict)
 

@@ -100,13 +100,32 @@ class ShapeError(Exception):
 class Origin:
     """Where a layer was written: the file and the 1-based line and column of its entry.
 
-    A layer that something else made (a template, an import) keeps the place it was written and
-    lists, outermost last, the places that used it in ``used_at``."""
+    A layer that a template made keeps the place it was written in the template, and lists in
+    ``used_at`` the uses that made it, innermost first; each names its template."""
 
     file: str | None = None
     line: int | None = None
     column: int | None = None
     used_at: tuple["Origin", ...] = ()
+    template: str | None = None  # for a use: the template it used
+
+    @property
+    def reported(self) -> tuple[int | None, int | None]:
+        """The line and column diagnostics show: the outermost use for a template's layer,
+        the place the user wrote in the spec's own layer list."""
+        where = self.used_at[-1] if self.used_at else self
+        return where.line, where.column
+
+    @property
+    def context(self) -> str:
+        """' (in template bottleneck at net.yaml:12:9)' for a template's layer, else ''."""
+        if not self.used_at:
+            return ""
+        file = self.file or "<text>"
+        parts = [f"in template {self.used_at[0].template} at {file}:{self.line}:{self.column}"]
+        for use, outer in zip(self.used_at, self.used_at[1:]):  # a use inside another template
+            parts.append(f"used in template {outer.template} at {file}:{use.line}:{use.column}")
+        return f" ({', '.join(parts)})"
 
 
 @dataclass

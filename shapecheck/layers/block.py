@@ -72,6 +72,11 @@ class Block(LayerSpec):
         Raises ShapeError where torch would."""
         raise NotImplementedError
 
+    def helper_extra(self) -> list[str]:
+        """Further constructor arguments of the helper, as Python source of validated values
+        (a residual's activation: ``activation=nn.ReLU()``)."""
+        return []
+
     def helper_args(self) -> list[tuple[str, BranchKey]]:
         """How the helper's constructor takes the branches: ("body=", "body") for a keyword,
         ("", 2) for a positional one."""

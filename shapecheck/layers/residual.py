@@ -1,12 +1,28 @@
 """residual: y = body(x) + shortcut(x); an absent or empty shortcut is the identity. The add
 broadcasts as torch's does (a body giving C×1×1 adds to a shortcut giving C×H×W)."""
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
+from pydantic_core import PydanticCustomError
 
 from .base import Dims, ShapeError
 from .block import Block, broadcast, chw
+
+
+def _activation(value: Any) -> str:
+    """A shape-keeping activation with no required fields, by type name: relu, silu …"""
+    from . import KINDS, normalize_type
+
+    kind = KINDS.get(normalize_type(value)) if isinstance(value, str) else None
+    if kind is None or kind.family != "activation" or not kind.torch_class or any(
+            f.is_required() for k, f in kind.model_fields.items() if k != "type"):
+        names = [k for k, c in KINDS.items() if c.family == "activation" and c.torch_class
+                 and not any(f.is_required() for n, f in c.model_fields.items() if n != "type")]
+        raise PydanticCustomError("activation", "must be an activation type such as relu, got "
+                                  "{value} (one of: {names})",
+                                  {"value": repr(value), "names": ", ".join(names)})
+    return kind.type_name()
 
 
 class Residual(Block):
@@ -14,6 +30,7 @@ class Residual(Block):
     # Raw entries at first; the loader replaces them with validated layers.
     body: list[Any] = Field(min_length=1)
     shortcut: list[Any] = Field(default_factory=list)  # empty: the identity
+    activation: Annotated[str, BeforeValidator(_activation)] | None = None  # after the add
 
     name_prefix = "res"
     list_fields = ("body", "shortcut")
@@ -23,14 +40,26 @@ class Residual(Block):
 class Residual(nn.Module):
     """y = body(x) + shortcut(x); an identity shortcut passes x through."""
 
-    def __init__(self, body: nn.Module, shortcut: nn.Module) -> None:
+    def __init__(self, body: nn.Module, shortcut: nn.Module,
+                 activation: nn.Module | None = None) -> None:
         super().__init__()
         self.body = body
         self.shortcut = shortcut
+        self.activation = activation if activation is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x) + self.shortcut(x)
+        return self.activation(self.body(x) + self.shortcut(x))
 '''
+
+    def settings(self) -> str:
+        return f"then {self.activation}" if self.activation else ""
+
+    def helper_extra(self) -> list[str]:
+        if not self.activation:
+            return []
+        from . import KINDS
+
+        return [f"activation=nn.{KINDS[self.activation].torch_class}()"]
 
     def merge(self, x: Dims, outs: list[Dims]) -> tuple[Dims, str]:
         body, shortcut = outs
@@ -38,7 +67,8 @@ class Residual(nn.Module):
         out = broadcast(body, shortcut)
         if out is not None:
             note = "" if body == shortcut else " (broadcast)"
-            return out, f"body {chw(body)} + {label} {chw(shortcut)} = {chw(out)}{note}"
+            then = f", then {self.activation}" if self.activation else ""
+            return out, f"body {chw(body)} + {label} {chw(shortcut)} = {chw(out)}{note}{then}"
         raise ShapeError(
             "SC211",
             f"body gives {chw(body)} but the {label} gives {chw(shortcut)}: they cannot be added",

@@ -1,0 +1,115 @@
+"""Expressions in specs: ``$width * 4``, ``make_divisible(32 * $width_mult, 8)``, ``($k - 1) // 2``.
+
+Pure data: the text is parsed with Python's own grammar and evaluated by walking the tree,
+allowing only numbers, ``$names``, + − * / // % and parentheses, and a few functions. Nothing
+is ever passed to Python's ``eval``. A string that is only ``$name`` gives the value itself,
+of any type (a list of layers, a bool)."""
+
+from __future__ import annotations
+
+import ast
+import math
+import operator
+import re
+from collections.abc import Mapping
+from typing import Any
+
+MAX_TEXT = 500  # characters in one expression
+MAX_VALUE = 2**256  # a larger result is an error, not a slow computation
+
+_NAME = re.compile(r"\$([A-Za-z_]\w*)")
+_PREFIX = "_p_"  # $width becomes _p_width, so that a bare word can only be a function
+
+
+def make_divisible(value: float, divisor: int, min_value: int | None = None) -> int:
+    """torchvision's ``_make_divisible``: the nearest multiple of ``divisor`` (at least
+    ``min_value``), rounded up where rounding down would lose more than 10%."""
+    if min_value is None:
+        min_value = divisor
+    new = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if new < 0.9 * value:
+        new += divisor
+    return new
+
+
+FUNCTIONS = {
+    "min": min, "max": max, "round": round, "ceil": math.ceil, "floor": math.floor,
+    "int": int, "abs": abs, "make_divisible": make_divisible,
+}
+_BINARY = {
+    ast.Add: ("+", operator.add), ast.Sub: ("−", operator.sub), ast.Mult: ("×", operator.mul),
+    ast.Div: ("/", operator.truediv), ast.FloorDiv: ("//", operator.floordiv),
+    ast.Mod: ("%", operator.mod),
+}
+
+
+class ExpressionError(Exception):
+    """The expression cannot be evaluated; the message says why."""
+
+
+def is_expression(value: Any) -> bool:
+    return isinstance(value, str) and "$" in value
+
+
+def evaluate(text: str, env: Mapping[str, Any]) -> Any:
+    """The value of an expression in ``env`` (names without their ``$``)."""
+    if len(text) > MAX_TEXT:
+        raise ExpressionError(f"the expression is {len(text)} characters; at most {MAX_TEXT}")
+    whole = _NAME.fullmatch(text.strip())
+    if whole:
+        return _lookup(whole.group(1), env)
+    source = _NAME.sub(lambda m: _PREFIX + m.group(1), text.strip())
+    if "$" in source:
+        raise ExpressionError(f"{text!r}: a $ must be followed by a name, as in $width")
+    try:
+        tree = ast.parse(source, mode="eval")
+    except (SyntaxError, RecursionError, MemoryError):
+        raise ExpressionError(f"{text!r} is not an expression (numbers, $names, + − * / // % "
+                              "and functions such as min, max, make_divisible)") from None
+    return _value(tree.body, env, text)
+
+
+def _lookup(name: str, env: Mapping[str, Any]) -> Any:
+    if name not in env:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(env), n=1)
+        known = ", ".join(f"${k}" for k in sorted(env)) or "none"
+        guess = f"did you mean ${close[0]}? " if close else ""
+        raise ExpressionError(f"${name} is not defined here ({guess}known: {known})")
+    return env[name]
+
+
+def _number(value: Any, what: str) -> int | float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ExpressionError(f"{what} is {value!r}, not a number")
+    if abs(value) > MAX_VALUE or (isinstance(value, float) and not math.isfinite(value)):
+        raise ExpressionError(f"{what} is too large")
+    return value
+
+
+def _value(node: ast.AST, env: Mapping[str, Any], text: str) -> int | float:
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return _number(node.value, "a constant")
+    if isinstance(node, ast.Name) and node.id.startswith(_PREFIX):
+        name = node.id[len(_PREFIX):]
+        return _number(_lookup(name, env), f"${name}")
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        value = _value(node.operand, env, text)
+        return -value if isinstance(node.op, ast.USub) else value
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+        symbol, apply = _BINARY[type(node.op)]
+        left, right = _value(node.left, env, text), _value(node.right, env, text)
+        if symbol in ("/", "//", "%") and right == 0:
+            raise ExpressionError(f"{text!r} divides by zero")
+        return _number(apply(left, right), f"{text!r}")
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+            and node.func.id in FUNCTIONS and not node.keywords):
+        args = [_value(a, env, text) for a in node.args]
+        try:
+            return _number(FUNCTIONS[node.func.id](*args), f"{text!r}")
+        except (TypeError, ValueError, OverflowError) as e:
+            raise ExpressionError(f"{node.func.id}() in {text!r}: {e}") from None
+    what = ast.unparse(node).replace(_PREFIX, "$")
+    raise ExpressionError(f"{what!r} is not allowed in an expression (numbers, $names, "
+                          "+ − * / // %, and " + ", ".join(FUNCTIONS) + ")")

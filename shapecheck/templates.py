@@ -1,0 +1,320 @@
+"""Templates, repeat and scales: expanded into plain layer entries before any layer is validated.
+
+    scales:                     # named sets of variables; --scale NAME picks one
+      x1_0: {width_mult: 1.0}
+    default_scale: x1_0
+    templates:
+      bottleneck:               # one layer (here a residual block) ...
+        params: {width: 64, stride: 1, shortcut: []}
+        type: residual
+        body: [{type: conv2d, name: conv1, out_channels: $width, kernel_size: 1}, ...]
+        shortcut: $shortcut
+      conv_bn:                  # ... or a sequence of layers, inlined where used
+        params: {out: 32}
+        layers: [{type: conv2d, out_channels: $out, kernel_size: 3}, batchnorm2d]
+    layers:
+      - {use: bottleneck, name: layer1, repeat: 3, width: 64, first: {stride: 2}}
+
+A string holding ``$`` is an expression (expressions.py), evaluated where it stands: in a
+template with that use's parameters, elsewhere with the scale's variables. ``$index`` is the
+repeat's index. Every expanded entry remembers the YAML place it was written and the chain of
+uses that made it (``Expansion.where``), so that errors name both."""
+
+from __future__ import annotations
+
+import difflib
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from .expressions import ExpressionError, evaluate, is_expression
+from .layers import BLOCKS, KINDS, normalize_type
+
+TOP_KEYS = ("templates", "scales", "default_scale")
+USE_KEYS = ("use", "name", "repeat", "first")
+
+
+@dataclass(frozen=True)
+class Site:
+    """A place a template was used: its name and the YAML location of the `use:` entry."""
+
+    template: str
+    loc: tuple
+
+
+class TemplateError(Exception):
+    """A template, a use of one, a scale or an expression is wrong (exit code 1)."""
+
+    def __init__(self, code: str, message: str, loc: tuple, hint: str | None = None,
+                 chain: tuple[Site, ...] = ()):
+        super().__init__(message)
+        self.code, self.message, self.loc, self.hint, self.chain = code, message, loc, hint, chain
+
+
+class TooManyLayers(Exception):
+    """The expansion passed the layer limit."""
+
+
+@dataclass
+class Expansion:
+    data: dict  # the spec with plain layers, without templates and scales
+    # New location of every layer entry -> (the YAML location it was written at, the uses that
+    # made it, innermost first).
+    where: dict[tuple, tuple[tuple, tuple[Site, ...]]] = field(default_factory=dict)
+    # New location of a layer entry -> the arithmetic that made its values, for `expand`.
+    notes: dict[tuple, list[str]] = field(default_factory=dict)
+    scale: str | None = None
+
+
+def needs_expansion(data: dict) -> bool:
+    """Whether a spec uses templates, scales or expressions (a quick look at the raw data)."""
+    if any(k in data for k in TOP_KEYS):
+        return True
+    stack = [data.get("layers")]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            if "$" in value:
+                return True
+        elif isinstance(value, dict):
+            if "use" in value:
+                return True
+            stack += value.values()
+        elif isinstance(value, list):
+            stack += value
+    return False
+
+
+def expand(data: dict, scale: str | None, limit: int) -> Expansion:
+    """The plain spec for ``data``. Raises TemplateError, or TooManyLayers past ``limit``."""
+    templates = data.get("templates") or {}
+    if not isinstance(templates, dict):
+        raise TemplateError("SC108", "`templates` must be a mapping of names to templates",
+                            ("templates",))
+    variables, chosen = _scale(data, scale)
+    expander = _Expander(templates, limit)
+    layers = data.get("layers")
+    plain = {k: v for k, v in data.items() if k not in TOP_KEYS}
+    if isinstance(layers, list):
+        plain["layers"] = expander.items(layers, ("layers",), ("layers",), variables, ())
+    return Expansion(plain, expander.where, expander.notes, chosen)
+
+
+def _scale(data: dict, asked: str | None) -> tuple[dict, str | None]:
+    """The chosen scale's variables and its name."""
+    scales = data.get("scales")
+    if scales is None:
+        if asked is not None:
+            raise TemplateError("SC111", f"--scale {asked}: the spec has no `scales`", (),
+                                "add `scales: {NAME: {variable: value}}` to the spec")
+        return {}, None
+    if not isinstance(scales, dict) or not scales or not all(
+            isinstance(v, dict) for v in scales.values()):
+        raise TemplateError("SC111", "`scales` must map names to variables, e.g. "
+                            "{x1_0: {width_mult: 1.0}}", ("scales",))
+    name = asked or data.get("default_scale") or next(iter(scales))
+    if name not in scales:
+        where = ("default_scale",) if asked is None else ()
+        close = difflib.get_close_matches(str(name), list(map(str, scales)), n=1)
+        raise TemplateError("SC111", f"unknown scale {name!r}", where,
+                            f"did you mean {close[0]!r}?" if close
+                            else "scales: " + ", ".join(map(str, scales)))
+    variables = scales[name]
+    for key, value in variables.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            raise TemplateError("SC111", f"scale {name}: {key!r} is not a variable name",
+                                ("scales", name))
+        if is_expression(value):
+            raise TemplateError("SC111", f"scale {name}: {key} must be a value, not an "
+                                "expression", ("scales", name, key))
+    return dict(variables), name
+
+
+class _Expander:
+    def __init__(self, templates: dict, limit: int):
+        self.templates = templates
+        self.limit = limit
+        self.count = 0
+        self.where: dict[tuple, tuple[tuple, tuple[Site, ...]]] = {}
+        self.notes: dict[tuple, list[str]] = {}
+        self.instances: Counter[str] = Counter()  # automatic instance names per template
+
+    def items(self, items: list, src: tuple, dst: tuple, env: dict, chain: tuple,
+              start: int = 0) -> list:
+        """Expand a raw layer list written at YAML location ``src``, placed in the list at
+        ``dst`` from index ``start`` on."""
+        out: list = []
+        for i, item in enumerate(items):
+            if isinstance(item, dict) and "use" in item:
+                out += self.use(item, (*src, i), dst, start + len(out), env, chain)
+            else:
+                out.append(self.layer(item, (*src, i), (*dst, start + len(out)), env, chain))
+        return out
+
+    def layer(self, item: Any, src: tuple, dst: tuple, env: dict, chain: tuple) -> Any:
+        self.count += 1
+        if self.count > self.limit:
+            raise TooManyLayers
+        self.where[dst] = (src, chain)
+        if not isinstance(item, dict):
+            return self.value(item, env, src, chain, dst, "type")
+        item = {k: self.value(v, env, (*src, k), chain, dst, k) for k, v in item.items()}
+        block = _block_of(item)
+        if block is not None:
+            for suffix, branch in block.raw_branches(item):
+                expanded = self.items(branch, (*src, *suffix), (*dst, *suffix), env, chain)
+                _put(item, suffix, expanded)
+        return item
+
+    def value(self, value: Any, env: dict, loc: tuple, chain: tuple, dst: tuple | None = None,
+              key: str | None = None) -> Any:
+        """A value with every expression in it evaluated (layer lists inside it included)."""
+        if is_expression(value):
+            try:
+                result = evaluate(value, env)
+            except ExpressionError as e:
+                raise TemplateError("SC109", str(e), loc, chain=chain) from None
+            if dst is not None and not isinstance(result, (list, dict)):
+                self.notes.setdefault(dst, []).append(f"{key}: {value.strip()} = {result!r}")
+            return result
+        if isinstance(value, list):
+            return [self.value(v, env, (*loc, i), chain) for i, v in enumerate(value)]
+        if isinstance(value, dict):
+            return {k: self.value(v, env, (*loc, k), chain) for k, v in value.items()}
+        return value
+
+    def use(self, item: dict, src: tuple, dst: tuple, at: int, env: dict, chain: tuple) -> list:
+        name = item["use"]
+        template = self.templates.get(name) if isinstance(name, str) else None
+        if template is None:
+            close = difflib.get_close_matches(str(name), list(map(str, self.templates)), n=1)
+            raise TemplateError("SC108", f"unknown template {name!r}", (*src, "use"),
+                                f"did you mean {close[0]!r}?" if close else
+                                ("templates: " + ", ".join(map(str, self.templates))
+                                 if self.templates else "define it under `templates:`"), chain)
+        if any(site.template == name for site in chain):
+            cycle = " → ".join([*(s.template for s in reversed(chain)), name])
+            raise TemplateError("SC110", f"templates use each other in a cycle: {cycle}",
+                                (*src, "use"), "a template cannot use itself, directly or "
+                                "through others", chain)
+        defaults, body, body_loc, single = self._template(name, template, chain)
+        args = self._args(item, src, defaults, env, chain)
+        first = item.get("first") or {}
+        if not isinstance(first, dict):
+            raise TemplateError("SC108", "`first` must map parameters to values for the first "
+                                "repeat", (*src, "first"), chain=chain)
+        first = self._args(first, (*src, "first"), defaults, env, chain, allow_use_keys=False)
+        repeat = self.value(item.get("repeat", 1), env, (*src, "repeat"), chain)
+        if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
+            raise TemplateError("SC103", f"repeat must be a positive integer, got {repeat!r}",
+                                (*src, "repeat"), chain=chain)
+        if repeat > self.limit:
+            raise TooManyLayers
+        missing = [p for p, v in {**defaults, **args}.items() if v is None]
+        if missing:
+            raise TemplateError("SC108", f"template {name} needs a value for "
+                                + ", ".join(missing), src, f"add {missing[0]}: … to the use",
+                                chain)
+        given = item.get("name")
+        site = Site(name, src)
+        out: list = []
+        for i in range(repeat):
+            local = {**env, **defaults, **args, **(first if i == 0 else {}), "index": i}
+            if isinstance(given, str):
+                instance = given if repeat == 1 else f"{given}_{i}"
+            elif chain:  # inside a template: the enclosing instance's name comes before it
+                instance = str(i) if repeat > 1 else None
+            else:
+                self.instances[name] += 1
+                instance = f"{name}{self.instances[name]}"
+            start = (*dst, at + len(out))
+            if single:
+                produced = [self.layer(body, body_loc, start, local, (site, *chain))]
+            else:
+                produced = self.items(body, body_loc, dst, local, (site, *chain),
+                                      start=at + len(out))
+            if instance is not None:
+                for layer in produced:
+                    if isinstance(layer, dict):
+                        _prefix_names(layer, instance, top=single)
+            if i == 0:
+                notes = [f"{k}: {v!r}" for k, v in args.items() if not isinstance(v, list)]
+                head = f"{given or name}: use {name}" + (f" × {repeat}" if repeat > 1 else "")
+                self.notes.setdefault(start, []).insert(0, "; ".join([head, *notes]))
+            out += produced
+        return out
+
+    def _template(self, name: str, template: Any, chain: tuple):
+        loc = ("templates", name)
+        if not isinstance(template, dict):
+            raise TemplateError("SC108", f"template {name} must be a mapping with `type:` or "
+                                "`layers:`", loc, chain=chain)
+        params = template.get("params") or {}
+        if isinstance(params, list):
+            params = dict.fromkeys(params)
+        if not isinstance(params, dict) or not all(isinstance(p, str) and p.isidentifier()
+                                                   for p in params):
+            raise TemplateError("SC108", f"template {name}: `params` must map parameter names "
+                                "to default values (null: required)", (*loc, "params"),
+                                chain=chain)
+        if ("type" in template) == ("layers" in template):
+            raise TemplateError("SC108", f"template {name} needs either `type:` (one layer) or "
+                                "`layers:` (a sequence)", loc, chain=chain)
+        if "layers" in template:
+            body = template["layers"]
+            if not isinstance(body, list) or not body:
+                raise TemplateError("SC108", f"template {name}: `layers` must be a non-empty "
+                                    "list", (*loc, "layers"), chain=chain)
+            return params, body, (*loc, "layers"), False
+        body = {k: v for k, v in template.items() if k != "params"}
+        return params, body, loc, True
+
+    def _args(self, given: dict, src: tuple, defaults: dict, env: dict, chain: tuple,
+              allow_use_keys: bool = True) -> dict:
+        args = {}
+        for key, value in given.items():
+            if allow_use_keys and key in USE_KEYS:
+                continue
+            if key not in defaults:
+                close = difflib.get_close_matches(str(key), list(defaults), n=1)
+                raise TemplateError(
+                    "SC108", f"the template has no parameter {key!r}", (*src, key),
+                    f"did you mean {close[0]!r}?" if close else
+                    ("parameters: " + ", ".join(defaults) if defaults else
+                     "it takes no parameters"), chain)
+            args[key] = self.value(value, env, (*src, key), chain)
+        return args
+
+
+def _block_of(item: dict):
+    kind = KINDS.get(normalize_type(item["type"])) if isinstance(item.get("type"), str) else None
+    return kind if kind is not None and kind.is_block else None
+
+
+def _put(item: dict, suffix: tuple, value: list) -> None:
+    if len(suffix) == 1:
+        item[suffix[0]] = value
+    else:
+        key, index = suffix
+        item[key] = list(item[key])
+        item[key][index] = value
+
+
+def _prefix_names(layer: dict, instance: str, top: bool = False) -> None:
+    """Name a template instance's layers after it: the instance's own layer takes its name,
+    named layers inside become ``{instance}_{name}``."""
+    if top:
+        layer["name"] = instance
+    elif isinstance(layer.get("name"), str):
+        layer["name"] = f"{instance}_{layer['name']}"
+    block = _block_of(layer)
+    if block is None:
+        return
+    for _, branch in block.raw_branches(layer):
+        for child in branch:
+            if isinstance(child, dict):
+                _prefix_names(child, instance)
+
+
+__all__ = ["BLOCKS", "Expansion", "Site", "TemplateError", "TooManyLayers", "expand",
+           "needs_expansion"]
