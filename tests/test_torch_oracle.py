@@ -285,3 +285,236 @@ def test_auto_agrees_with_cpu_on_small_nets():
         sd_cpu = {k: tuple(v.shape) for k, v in cpu.module.state_dict().items()}
         assert sd_auto == sd_cpu
         assert cpu.module(torch.zeros(2, *s["input"]["shape"])).shape == cpu.output_shape
+
+
+# -- the newer vocabulary ----------------------------------------------------------------------
+
+
+def only(layer, shape=(4, 8, 8)):
+    r = run_oracle(spec([layer], shape))
+    return r, (r.layers[0] if r.layers else None)
+
+
+def test_convtranspose2d_shapes_weights_and_macs():
+    # (8 - 1) * 2 - 2 * 1 + (3 - 1) + 1 + 1 = 16; in_channels inferred from dim 1
+    layer = {"type": "convtranspose2d", "out_channels": 6, "kernel_size": 3, "stride": 2,
+             "padding": 1, "output_padding": 1, "groups": 2}
+    r, t = only(layer)
+    assert r.valid and t.output_shape == (2, 6, 16, 16)
+    assert t.weight_shape == (4, 3, 3, 3) and t.bias_shape == (6,)  # (C_in, C_out/groups, kh, kw)
+    assert t.params == 4 * 3 * 9 + 6
+    assert t.macs == 4 * 8 * 8 * 3 * 9  # C_in·H_in·W_in · C_out/groups · kh·kw
+    r, t = only({"type": "convtranspose2d", "out_channels": 2, "kernel_size": [2, 1],
+                 "stride": [2, 1], "dilation": 2, "bias": False})
+    assert t.output_shape == (2, 2, 17, 8) and t.bias_shape is None
+    assert t.macs == 4 * 8 * 8 * 2 * 2
+
+
+def test_convtranspose2d_meta_leniency_is_caught_by_the_cpu_rerun():
+    cases = [
+        {"type": "convtranspose2d", "in_channels": 3, "out_channels": 4, "kernel_size": 3},
+        {"type": "convtranspose2d", "out_channels": 4, "kernel_size": 3, "stride": 2,
+         "output_padding": 2},
+        {"type": "convtranspose2d", "out_channels": 4, "kernel_size": 3, "stride": 0},
+        {"type": "convtranspose2d", "out_channels": 4, "kernel_size": 3, "padding": -1},
+    ]
+    for layer in cases:
+        assert run_oracle(spec([layer], (4, 8, 8)), device="meta").valid, layer
+        auto = run_oracle(spec([layer], (4, 8, 8)))
+        assert (auto.valid, auto.failed_index) == (False, 0) and auto.disagreements, layer
+    r, _ = only({"type": "convtranspose2d", "out_channels": 4, "kernel_size": 3, "padding": "same"})
+    assert not r.valid and "padding" in r.error  # no 'same' for transposed convs
+
+
+@pytest.mark.parametrize(
+    "layer, out",
+    [
+        ({"type": "upsample", "scale_factor": 2}, (2, 4, 16, 16)),
+        ({"type": "upsample", "scale_factor": [1.5, 0.5], "mode": "bilinear"}, (2, 4, 12, 4)),
+        ({"type": "upsample", "size": [3, 11], "mode": "bicubic", "align_corners": True},
+         (2, 4, 3, 11)),
+        ({"type": "upsample", "size": 5, "mode": "nearest-exact"}, (2, 4, 5, 5)),
+        ({"type": "zeropad2d", "padding": [1, 2, 3, 4]}, (2, 4, 15, 11)),
+        ({"type": "constantpad2d", "padding": 2, "value": 1.5}, (2, 4, 12, 12)),
+        ({"type": "reflectionpad2d", "padding": 7}, (2, 4, 22, 22)),
+        ({"type": "replicationpad2d", "padding": [0, 9, 1, 0]}, (2, 4, 9, 17)),
+        ({"type": "pixelshuffle", "upscale_factor": 2}, (2, 1, 16, 16)),
+        ({"type": "pixelunshuffle", "downscale_factor": 4}, (2, 64, 2, 2)),
+        ({"type": "channelshuffle", "groups": 4}, (2, 4, 8, 8)),
+        ({"type": "localresponsenorm", "size": 3, "k": 2.0}, (2, 4, 8, 8)),
+        ({"type": "permute", "dims": [0, 2, 3, 1]}, (2, 8, 8, 4)),
+        ({"type": "stochasticdepth", "p": 0.2, "mode": "batch"}, (2, 4, 8, 8)),
+    ],
+)
+def test_parameter_free_new_layers(layer, out):
+    r, t = only(layer)
+    assert r.valid, r.error
+    assert t.output_shape == out and t.params == 0 and t.macs == 0
+    assert t.weight_shape is None and not r.disagreements
+
+
+@pytest.mark.parametrize(
+    "layer, msg",
+    [
+        ({"type": "upsample", "scale_factor": 2, "align_corners": True}, "align_corners"),
+        ({"type": "upsample", "scale_factor": 2, "size": 4}, "only one of size or scale_factor"),
+        ({"type": "upsample", "scale_factor": 0.1}, "greater than 0"),
+        ({"type": "reflectionpad2d", "padding": 8}, "Padding size should be less than"),
+        ({"type": "zeropad2d", "padding": [1, 2, 3]}, "divisible by 2"),
+        ({"type": "pixelshuffle", "upscale_factor": 3}, "divisible by the square"),
+        ({"type": "pixelunshuffle", "downscale_factor": 3}, "divisible by downscale_factor"),
+        ({"type": "channelshuffle", "groups": 3}, "divisible by groups"),
+        ({"type": "groupnorm", "num_groups": 3}, "divisible by num_groups"),
+        ({"type": "groupnorm", "num_groups": 2, "num_channels": 6}, "number of channels"),
+        ({"type": "layernorm", "normalized_shape": 4}, "expected input with shape [*, 4]"),
+        ({"type": "prelu", "num_parameters": 3}, "Mismatch of parameter numbers"),
+        ({"type": "permute", "dims": [0, 2, 1]}, "does not match the length"),
+        ({"type": "permute", "dims": [0, 2, 2, 1]}, "duplicate dims"),
+        ({"type": "stochasticdepth", "p": 1.5}, "between 0 and 1"),
+        ({"type": "stochasticdepth", "p": 0.1, "mode": "col"}, "'batch' or 'row'"),
+        ({"type": "stochasticdepth"}, "missing 1 required positional argument: 'p'"),
+        ({"type": "layerscale", "num_channels": 4}, "unexpected keyword"),
+        ({"type": "mish", "beta": 2}, "unexpected keyword"),
+    ],
+)
+def test_new_layer_rejections(layer, msg):
+    r = run_oracle(spec(["relu", layer], (4, 8, 8)))
+    assert (r.valid, r.failed_index) == (False, 1), r.error
+    assert msg in r.error
+
+
+def test_norms_and_learned_activations_infer_their_sizes():
+    r = run_oracle(spec([
+        {"type": "groupnorm", "num_groups": 2},
+        {"type": "prelu", "num_parameters": 4, "init": 0.1},
+        {"type": "permute", "dims": [0, 2, 3, 1]},
+        {"type": "layernorm"},  # normalized_shape: [4], the last dim (channels-last)
+        {"type": "layernorm", "normalized_shape": [8, 4], "bias": False},
+        {"type": "layernorm", "normalized_shape": 4, "elementwise_affine": False},
+        {"type": "permute", "dims": [0, 3, 1, 2]},
+        "layerscale",
+        "flatten",
+        {"type": "layerscale", "init_value": 0.5},
+        "softplus", "mish", "hardswish", "hardsigmoid",
+    ], (4, 8, 8)))
+    assert r.valid and r.output_shape == (2, 256)
+    got = [(t.type, t.weight_shape, t.bias_shape, t.params) for t in r.layers]
+    assert got == [
+        ("groupnorm", (4,), (4,), 8),
+        ("prelu", (4,), None, 4),
+        ("permute", None, None, 0),
+        ("layernorm", (4,), (4,), 8),
+        ("layernorm", (8, 4), None, 32),
+        ("layernorm", None, None, 0),
+        ("permute", None, None, 0),
+        ("layerscale", (4, 1, 1), None, 4),
+        ("flatten", None, None, 0),
+        ("layerscale", (256,), None, 256),
+        ("softplus", None, None, 0),
+        ("mish", None, None, 0),
+        ("hardswish", None, None, 0),
+        ("hardsigmoid", None, None, 0),
+    ]
+    assert r.total_params == sum(p.numel() for p in r.module.parameters())
+    # layerscale's weight has a 1 for every dim after the channels
+    r = run_oracle(spec([{"type": "flatten", "start_dim": 2}, "layerscale"], (4, 8, 8)))
+    assert r.layers[1].weight_shape == (4, 1)
+    r = run_oracle(spec([{"type": "flatten", "start_dim": 0}, "layerscale"], (4, 8, 8)))
+    assert (r.failed_index, "cannot infer num_channels") == (1, r.error[:25])
+
+
+def test_residual_broadcasts_as_torch_adds():
+    pool = {"type": "adaptiveavgpool2d", "output_size": 1}
+    r = run_oracle(spec([{"type": "conv2d", "out_channels": 16, "kernel_size": 1},
+                         {"type": "residual", "body": [pool]}]))
+    assert r.valid and r.layers[1].output_shape == (2, 16, 8, 8)
+    # the body may be the larger one, and 1×8 against 8×1 broadcasts to 8×8
+    r = run_oracle(spec([pool, {"type": "residual", "body": [
+        {"type": "upsample", "size": [1, 8]}], "shortcut": [{"type": "upsample", "size": [8, 1]}]}]))
+    assert r.valid and r.output_shape == (2, 3, 8, 8)
+    # 2×2 against 8×8 does not broadcast: the block fails, naming both shapes
+    r = run_oracle(spec([{"type": "residual", "body": [{"type": "maxpool2d", "kernel_size": 4}]}]))
+    assert (r.valid, r.failed_path) == (False, (0,))
+    assert "(2, 3, 2, 2)" in r.error and "(2, 3, 8, 8)" in r.error
+
+
+SE = [
+    {"type": "adaptiveavgpool2d", "output_size": 1},
+    {"type": "conv2d", "out_channels": 2, "kernel_size": 1},
+    "relu",
+    {"type": "conv2d", "out_channels": 8, "kernel_size": 1},
+    "hardsigmoid",
+]
+
+
+def test_gate_is_squeeze_and_excitation():
+    r = run_oracle(spec([{"type": "conv2d", "out_channels": 8, "kernel_size": 3},
+                         {"type": "gate", "name": "se", "body": SE}]))
+    assert r.valid and r.output_shape == (2, 8, 6, 6)
+    gate = r.layers[1]
+    assert gate.type == "gate" and gate.name == "se" and len(gate.branches) == 1
+    assert gate.branches[0][3].path == (1, "body", 3)
+    assert gate.branches[0][-1].output_shape == (2, 8, 1, 1)
+    assert gate.params == (8 * 2 + 2) + (2 * 8 + 8) and gate.macs == 8 * 2 + 2 * 8
+    x = torch.zeros(2, 3, 8, 8)
+    cpu = run_oracle(spec([{"type": "conv2d", "out_channels": 8, "kernel_size": 3},
+                           {"type": "gate", "body": SE}]), device="cpu").module
+    assert cpu(x).shape == (2, 8, 6, 6)
+
+
+def test_gate_failures():
+    # the body's 4 channels do not broadcast against the input's 3: the gate itself fails
+    r = run_oracle(spec(["relu", {"type": "gate", "body": [
+        {"type": "conv2d", "out_channels": 4, "kernel_size": 1}]}]))
+    assert (r.failed_index, r.failed_path) == (1, (1,))
+    assert "(2, 3, 8, 8)" in r.error and "(2, 4, 8, 8)" in r.error
+    # a layer in the body fails: its path
+    r = run_oracle(spec([{"type": "gate", "body": ["relu", "flatten", "batchnorm2d"]}]))
+    assert r.failed_path == (0, "body", 2)
+    # the fields of residual and concat are not the gate's
+    r = run_oracle(spec([{"type": "gate", "body": SE, "shortcut": []}]))
+    assert r.failed_path == (0,) and "unexpected keyword" in r.error
+
+
+def test_split_hands_each_branch_its_chunk():
+    body = [{"type": "conv2d", "out_channels": 5, "kernel_size": 3, "padding": 1}]
+    r = run_oracle(spec([{"type": "split", "name": "s", "branches": [[], body]}], (6, 8, 8)))
+    assert r.valid and r.output_shape == (2, 8, 8, 8)  # 3 passed through + 5
+    block = r.layers[0]
+    assert block.type == "split" and [len(b) for b in block.branches] == [0, 1]
+    assert block.branches[1][0].input_shape == (2, 3, 8, 8)
+    assert block.branches[1][0].weight_shape == (5, 3, 3, 3) and block.params == 140
+    # chunks may be uneven: 5 channels in 3 chunks are 2 + 2 + 1
+    one_by_one = {"type": "conv2d", "out_channels": 3, "kernel_size": 1}
+    r = run_oracle(spec([{"type": "split", "branches": [["relu"], [], [one_by_one]]}], (5, 2, 2)))
+    assert [b[0].input_shape for b in r.layers[0].branches if b] == [(2, 2, 2, 2), (2, 1, 2, 2)]
+    assert r.output_shape == (2, 2 + 2 + 3, 2, 2)
+    # branch outputs that do not concatenate: the block fails after its branches ran
+    r = run_oracle(spec([{"type": "split", "branches": [["relu"], ["flatten"]]}], (4, 2, 2)))
+    assert (r.valid, r.failed_path) == (False, (0,))
+    # N×F splits on the features too
+    r = run_oracle(spec(["flatten", {"type": "split", "branches": [[], [
+        {"type": "linear", "out_features": 2}]]}], (2, 2, 2)))
+    assert r.valid and r.output_shape == (2, 6)
+    # the oracle's assembled module computes what the layer-by-layer run said
+    r = run_oracle(spec([{"type": "split", "branches": [[], body]}, {"type": "channelshuffle",
+                        "groups": 2}], (6, 8, 8)), device="cpu")
+    assert r.module(torch.zeros(2, 6, 8, 8)).shape == (2, 8, 8, 8)
+
+
+def test_split_failures():
+    # 4 channels in 3 chunks: torch.chunk gives 2, so the block fails before any branch runs
+    r = run_oracle(spec([{"type": "split", "branches": [["relu"], ["relu"], ["relu"]]}],
+                        (4, 8, 8)))
+    assert (r.valid, r.failed_path) == (False, (0,))
+    assert "4 channels give 2 chunks" in r.error
+    r = run_oracle(spec([{"type": "flatten", "start_dim": 0}, {"type": "split",
+                                                               "branches": [[], []]}]))
+    assert r.failed_path == (1,)  # a 1-d tensor has no dim 1
+    r = run_oracle(spec([{"type": "split", "branches": []}]))
+    assert r.failed_path == (0,)
+    # a failing layer inside branch 1
+    r = run_oracle(spec([{"type": "split", "branches": [[], [
+        {"type": "conv2d", "in_channels": 3, "out_channels": 2, "kernel_size": 1}]]}],
+        (4, 8, 8)))
+    assert r.failed_path == (0, 1, 0) and "channels" in r.error

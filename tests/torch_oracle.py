@@ -8,6 +8,19 @@ layer by layer. Whatever torch raises, at construction or in forward, makes the
 spec invalid at that layer. Nothing here imports shapecheck: the oracle is what
 the planner is checked against.
 
+Three layer types have no torch.nn class; the oracle brings small modules of its
+own, written as torchvision writes them: ``permute`` (``x.permute(*dims)``),
+``layerscale`` (a learnable per-channel scale on dim 1, weight (C, 1, ..., 1)
+with one 1 per dim after the channels, so (C, 1, 1) on N×C×H×W) and
+``stochasticdepth`` (the identity in eval mode; ``p`` must lie in [0, 1] and
+``mode`` be "row" or "batch").
+
+Fields a spec may leave out are read off the arriving tensor as a PyTorch user
+would: ``in_channels`` (conv2d, convtranspose2d), ``num_features`` (batchnorm2d)
+and ``num_channels`` (groupnorm) from dim 1; ``in_features`` (linear) from the
+last dim; ``normalized_shape`` (layernorm) as ``[last dim]``, the channels-last
+use. layerscale always takes its channels from dim 1.
+
 Devices. By default (``device="auto"``) every layer is built and run on the
 meta device (no memory, no compute, so VGG-16 costs milliseconds), and every
 layer that is cheap enough is run a second time on the CPU with a zero tensor
@@ -18,12 +31,27 @@ the CPU kernels make. Found so far (meta accepts, CPU raises):
 
 - conv2d with negative padding, dilation 0, kernel_size 0, out_channels 0,
   or an int-or-pair field given three items (``kernel_size: [3, 3, 3]``);
+- convtranspose2d with the same five, and also with stride 0, with
+  output_padding not smaller than both stride and dilation, and even with an
+  ``in_channels`` that does not match the input's channels;
 - softmax / logsoftmax with ``dim`` out of range.
 
 Every other check we tried (kernel larger than the padded input, pool padding
 over half the kernel, stride 0, ceil_mode, reflect/circular padding limits,
-channel and feature mismatches, batchnorm on non-4-d input) raises on both.
-``device="meta"`` or ``device="cpu"`` forces one device.
+channel and feature mismatches, batchnorm on non-4-d input, the new layer types'
+divisibility and rank checks) raises on both, though sometimes with a different
+message (pixelshuffle with upscale_factor 0: ZeroDivisionError on meta,
+"expects a positive upscale_factor" on the CPU). ``device="meta"`` or
+``device="cpu"`` forces one device.
+
+Blocks. ``residual``: body(x) + shortcut(x), broadcast as torch broadcasts
+(N×C×1×1 + N×C×7×7 gives N×C×7×7). ``gate``: x * body(x), broadcast the same
+way (squeeze-and-excitation). ``concat``: every branch gets x. ``split``: branch
+i gets ``x.chunk(n, dim=1)[i]`` for n branches; where torch.chunk gives fewer
+than n chunks (4 channels in 3 chunks gives 2) the block itself fails, before
+any branch runs. concat and split join their outputs on dim 1. The block
+checks (broadcast, chunk count) are made on shapes, so the verdict does not
+depend on the device.
 
 Other torch behaviour a reader of the results should know:
 
@@ -32,9 +60,13 @@ Other torch behaviour a reader of the results should know:
   depends on the batch size rather than on the architecture.
 - Boolean fields are not type-checked by torch (``bias: "no"`` is truthy), and
   ``linear``/``adaptive*pool2d`` accept a size of 0 (the output is empty).
-- A residual block requires body and shortcut outputs of exactly equal shape,
-  as the contract says; plain ``torch.add`` would broadcast ``[N,C,1,1]``
-  against ``[N,C,7,7]`` and silently pass.
+- Like batchnorm2d, groupnorm checks ``num_channels`` only through its weight:
+  with ``affine: false`` any channel count divisible by num_groups passes.
+- Some layers take a tensor of lower rank as one unbatched sample or simply pad
+  whatever dims are last: zeropad2d / constantpad2d on N×F pad the batch dim,
+  pixelshuffle and reflection/replication padding read N×C×L as (C, H, W),
+  upsample with mode nearest on N×C×L upsamples L, prelu on a 1-d tensor sees
+  one channel.
 - UserWarnings (dropout2d on a non-4-d input, softmax without ``dim``) are not
   failures; they are collected in ``OracleLayer.warnings``.
 """
@@ -50,6 +82,61 @@ from typing import Any
 
 import torch
 from torch import nn
+
+
+class Permute(nn.Module):
+    """x.permute(*dims), as torchvision.ops.misc.Permute; torch.nn has no class for it."""
+
+    def __init__(self, dims: Sequence[int]) -> None:
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(*self.dims)
+
+
+class LayerScale(nn.Module):
+    """A learnable scale per channel (dim 1), as ConvNeXt's layer_scale.
+
+    The weight broadcasts against the input: (C,) + (1,) * (ndim - 2), so (C, 1, 1) for
+    N×C×H×W. num_channels and ndim come from the arriving tensor, never from a spec."""
+
+    def __init__(
+        self, num_channels: int, ndim: int, init_value: float = 1e-6, device=None
+    ) -> None:
+        super().__init__()
+        shape = (num_channels,) + (1,) * (ndim - 2)
+        self.weight = nn.Parameter(
+            torch.full(shape, init_value, dtype=torch.float32, device=device)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight
+
+
+class StochasticDepth(nn.Module):
+    """torchvision.ops.StochasticDepth: drops whole rows (or the whole batch) in training,
+    the identity in eval mode. Its argument checks are made at construction here."""
+
+    def __init__(self, p: float, mode: str = "row") -> None:
+        super().__init__()
+        if p < 0.0 or p > 1.0:
+            raise ValueError(f"drop probability has to be between 0 and 1, but got {p}")
+        if mode not in ("batch", "row"):
+            raise ValueError(f"mode has to be either 'batch' or 'row', but got {mode}")
+        self.p = p
+        self.mode = mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        survival = 1.0 - self.p
+        size = [x.shape[0]] + [1] * (x.dim() - 1) if self.mode == "row" else [1] * x.dim()
+        noise = torch.empty(size, dtype=x.dtype, device=x.device).bernoulli_(survival)
+        if survival > 0.0:
+            noise.div_(survival)
+        return x * noise
+
 
 LAYER_CLASSES: dict[str, type[nn.Module]] = {
     cls.__name__.lower(): cls
@@ -75,12 +162,43 @@ LAYER_CLASSES: dict[str, type[nn.Module]] = {
         nn.LogSoftmax,
         nn.Flatten,
         nn.Linear,
+        nn.ConvTranspose2d,
+        nn.Upsample,
+        nn.GroupNorm,
+        nn.LayerNorm,
+        nn.LocalResponseNorm,
+        nn.Hardswish,
+        nn.Hardsigmoid,
+        nn.Mish,
+        nn.PReLU,
+        nn.Softplus,
+        nn.ZeroPad2d,
+        nn.ConstantPad2d,
+        nn.ReflectionPad2d,
+        nn.ReplicationPad2d,
+        nn.PixelShuffle,
+        nn.PixelUnshuffle,
+        nn.ChannelShuffle,
+        Permute,
+        LayerScale,
+        StochasticDepth,
     )
 }
-BLOCK_TYPES = ("residual", "concat")
+BLOCK_TYPES = ("residual", "concat", "gate", "split")
+# The keys of a block's layer lists, in the order of OracleLayer.branches.
+_BLOCK_LISTS = {"residual": ("body", "shortcut"), "gate": ("body",)}
 
-# Fields the contract lets a spec leave out, and the input dim they come from.
-_INFERRED = {"conv2d": "in_channels", "batchnorm2d": "num_features", "linear": "in_features"}
+# Fields the contract lets a spec leave out; they come from dim 1 of the arriving tensor,
+# or from its last dim for the types in _FROM_LAST_DIM.
+_INFERRED = {
+    "conv2d": "in_channels",
+    "convtranspose2d": "in_channels",
+    "batchnorm2d": "num_features",
+    "groupnorm": "num_channels",
+    "linear": "in_features",
+    "layernorm": "normalized_shape",
+}
+_FROM_LAST_DIM = {"linear", "layernorm"}
 
 # A layer is re-run on the CPU when all of these hold (per whole batch).
 _CPU_MAX_PARAMS = 1 << 23
@@ -97,7 +215,8 @@ class OracleLayer:
     macs: int  # per sample
     weight_shape: tuple[int, ...] | None = None
     bias_shape: tuple[int, ...] | None = None
-    branches: list[list[OracleLayer]] | None = None  # blocks: [body, shortcut] / one per branch
+    # blocks: residual [body, shortcut], gate [body], concat and split one list per branch
+    branches: list[list[OracleLayer]] | None = None
     name: str | None = None
     input_shape: tuple[int, ...] | None = None
     path: tuple[int | str, ...] = ()
@@ -122,7 +241,7 @@ class OracleResult:
 
 
 class Residual(nn.Module):
-    """y = body(x) + shortcut(x); an empty shortcut is the identity."""
+    """y = body(x) + shortcut(x), broadcast; an empty shortcut is the identity."""
 
     def __init__(self, body: nn.Sequential, shortcut: nn.Sequential) -> None:
         super().__init__()
@@ -131,6 +250,17 @@ class Residual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _residual_add(self.body(x), self.shortcut(x))
+
+
+class Gate(nn.Module):
+    """y = x * body(x), broadcast (squeeze-and-excitation: body ends in a sigmoid)."""
+
+    def __init__(self, body: nn.Sequential) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _gate_mul(x, self.body(x))
 
 
 class Concat(nn.Module):
@@ -144,12 +274,46 @@ class Concat(nn.Module):
         return torch.cat([b(x) for b in self.branches], dim=1)
 
 
+class Split(Concat):
+    """Branch i gets x.chunk(n, dim=1)[i]; outputs are joined on dim 1."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        chunks = _split(x, len(self.branches))
+        return torch.cat([b(c) for b, c in zip(self.branches, chunks)], dim=1)
+
+
+def _broadcasts(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """torch's rule, on shapes alone (so that meta and CPU agree): aligned from the last dim,
+    each pair of sizes is equal or one of them is 1."""
+    return all(m == n or 1 in (m, n) for m, n in zip(reversed(a.shape), reversed(b.shape)))
+
+
 def _residual_add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    if a.shape != b.shape:
+    if not _broadcasts(a, b):
         raise RuntimeError(
-            f"residual: body output {tuple(a.shape)} and shortcut output {tuple(b.shape)} differ"
+            f"residual: body output {tuple(a.shape)} and shortcut output {tuple(b.shape)} "
+            "cannot be added (they do not broadcast)"
         )
     return a + b
+
+
+def _gate_mul(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    if not _broadcasts(x, g):
+        raise RuntimeError(
+            f"gate: input {tuple(x.shape)} and body output {tuple(g.shape)} "
+            "cannot be multiplied (they do not broadcast)"
+        )
+    return x * g
+
+
+def _split(x: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
+    chunks = x.chunk(n, dim=1)
+    if len(chunks) != n:  # torch.chunk returns fewer chunks rather than raising
+        raise RuntimeError(
+            f"split: {x.shape[1]} channels give {len(chunks)} chunks with torch.chunk, "
+            f"not one for each of the {n} branches"
+        )
+    return chunks
 
 
 class _LayerFailure(Exception):
@@ -200,14 +364,23 @@ class _Runner:
         cls = LAYER_CLASSES[tname]
         kwargs = {k: _tuplify(v) for k, v in raw.items() if k not in ("type", "name")}
         inferred = _INFERRED.get(tname)
+        if tname == "layerscale":
+            given = sorted({"num_channels", "ndim"} & set(kwargs))
+            if given:
+                raise TypeError(f"layerscale: unexpected keyword argument(s) {', '.join(given)}")
+            inferred = "num_channels"
         if inferred and inferred not in kwargs:
             # What a PyTorch user would read off the arriving tensor: channels are
             # dim 1, features the last dim. Torch then judges the rest.
-            if x.dim() == 0 or (tname != "linear" and x.dim() < 2):
+            last = tname in _FROM_LAST_DIM
+            if x.dim() == 0 or (not last and x.dim() < 2):
                 raise RuntimeError(
                     f"cannot infer {inferred} from an input of shape {tuple(x.shape)}"
                 )
-            kwargs[inferred] = int(x.shape[-1] if tname == "linear" else x.shape[1])
+            value = int(x.shape[-1] if last else x.shape[1])
+            kwargs[inferred] = (value,) if tname == "layernorm" else value
+        if tname == "layerscale":
+            kwargs["ndim"] = x.dim()
 
         caught: list[str] = []
         with warnings.catch_warnings(record=True) as wlist:
@@ -220,13 +393,13 @@ class _Runner:
                 y = self._forward(module, x)
             except Exception as exc:  # noqa: BLE001 - any exception is torch's verdict
                 main_exc = exc
-            macs = 0 if y is None else _macs(tname, module, tuple(y.shape))
+            macs = 0 if y is None else _macs(tname, module, tuple(x.shape), tuple(y.shape))
             if self.device == "auto" and self._cheap(params, macs, x.shape, y):
                 y = self._cpu_check(cls, kwargs, x.shape, y, main_exc, path)
             elif main_exc is not None:
                 raise main_exc
             if main_exc is not None:  # meta raised, the CPU accepted: recount
-                macs = _macs(tname, module, tuple(y.shape))
+                macs = _macs(tname, module, tuple(x.shape), tuple(y.shape))
             # dict.fromkeys: the CPU re-run repeats the meta run's warnings
             caught = list(dict.fromkeys(str(w.message) for w in wlist))
         assert y is not None
@@ -289,40 +462,45 @@ class _Runner:
         self, raw: dict[str, Any], x: torch.Tensor, index: int, path: tuple[int | str, ...]
     ) -> tuple[nn.Module, torch.Tensor, OracleLayer]:
         tname = raw["type"].lower()
-        if tname == "residual":
-            allowed = {"type", "name", "body", "shortcut"}
-            lists = [("body", raw.get("body") or []), ("shortcut", raw.get("shortcut") or [])]
-        else:
-            allowed = {"type", "name", "branches"}
-            branches = raw.get("branches") or []
-            if not isinstance(branches, list):
-                raise TypeError(f"concat: branches must be a list, got {type(branches).__name__}")
-            lists = list(enumerate(branches))
-        extra = sorted(set(raw) - allowed)
+        keys = _BLOCK_LISTS.get(tname, ("branches",))
+        extra = sorted(set(raw) - {"type", "name", *keys})
         if extra:
             raise TypeError(f"{tname}: unexpected keyword argument(s) {', '.join(map(str, extra))}")
+        if tname in _BLOCK_LISTS:
+            lists = [(key, raw.get(key) or []) for key in keys]
+        else:
+            branches = raw.get("branches") or []
+            if not isinstance(branches, list):
+                raise TypeError(f"{tname}: branches must be a list, got {type(branches).__name__}")
+            lists = list(enumerate(branches))
+        # split hands each branch its own slice of the channels; the block fails here, before
+        # any branch runs, where torch.chunk cannot give one slice per branch.
+        inputs = _split(x, len(lists)) if tname == "split" else [x] * len(lists)
         seqs: list[nn.Sequential] = []
         outs: list[torch.Tensor] = []
         child_layers: list[list[OracleLayer]] = []
-        for key, items in lists:
+        for (key, items), branch_x in zip(lists, inputs):
             if not isinstance(items, list):
                 raise TypeError(f"{tname}: {key} must be a list of layers")
-            seq, y, layers = self.sequence(items, x, path + (key,))
+            seq, y, layers = self.sequence(items, branch_x, path + (key,))
             seqs.append(seq)
             outs.append(y)
             child_layers.append(layers)
         try:
+            # The explicit shape checks make the verdict device-independent.
             if tname == "residual":
-                # The explicit shape check makes the verdict device-independent.
                 module: nn.Module = Residual(seqs[0], seqs[1])
                 y = _residual_add(outs[0], outs[1])
+            elif tname == "gate":
+                module = Gate(seqs[0])
+                y = _gate_mul(x, outs[0])
             else:
-                module = Concat(seqs)
+                module = Split(seqs) if tname == "split" else Concat(seqs)
                 y = torch.cat(outs, dim=1)
                 if self.device == "auto" and _numel(y.shape) <= _CPU_MAX_ELEMENTS:
                     cpu_y = torch.cat([torch.zeros(o.shape) for o in outs], dim=1)
                     if cpu_y.shape != y.shape:
-                        self.disagreements.append(f"{_fmt_path(path)}: concat shapes differ")
+                        self.disagreements.append(f"{_fmt_path(path)}: {tname} shapes differ")
                         y = torch.empty(cpu_y.shape, device=self.main)
         except Exception as exc:
             raise _LayerFailure(path, exc) from exc
@@ -378,8 +556,11 @@ def _param_shape(module: nn.Module, attr: str) -> tuple[int, ...] | None:
     return tuple(p.shape) if isinstance(p, torch.Tensor) else None
 
 
-def _macs(tname: str, module: nn.Module, out: tuple[int, ...]) -> int:
+def _macs(tname: str, module: nn.Module, inp: tuple[int, ...], out: tuple[int, ...]) -> int:
     """Multiply-accumulates per sample, as the contract counts them."""
+    if tname == "convtranspose2d":  # every input element meets C_out/groups kernels
+        per_in = module.out_channels // module.groups * math.prod(module.kernel_size)
+        return _per_sample(inp, 4) * per_in
     if tname == "conv2d":
         per_out = module.in_channels // module.groups * math.prod(module.kernel_size)
         return _per_sample(out, 4) * per_out
