@@ -12,7 +12,7 @@ from . import __version__
 from .commands import EXIT_INPUT, print_diagnostics
 from .diagnostics import InputError
 
-COMMANDS = ["plan", "check", "render", "build", "eval"]
+COMMANDS = ["plan", "check", "expand", "render", "build", "eval"]
 # Packages of the extras, by the extra that installs them.
 OPTIONAL = {"torch": "torch", "numpy": "torch", "matplotlib": "torch", "PIL": "torch",
             "graphviz": "render"}

@@ -329,8 +329,11 @@ class _Writer:
             doc += ["", f"{INDENT}{shapes}", f'{INDENT}"""']
         else:
             doc = [f'{INDENT}"""{shapes}"""']
+        header = f"{MARKER} {__version__}{where}. Edit the spec and rebuild, not this file."
+        if len(header) > LINE_LENGTH:
+            header = f"{MARKER} {__version__}{where}.\n# Edit the spec and rebuild, not this file."
         lines = [
-            f"{MARKER} {__version__}{where}. Edit the spec and rebuild, not this file.",
+            header,
             f'"""The spec {plan.name} as a PyTorch module, written by shapecheck {__version__}."""',
             "",
             "import torch",

@@ -27,6 +27,13 @@ CODES: dict[str, str] = {
     "SC105": "A name is not a Python identifier.",
     "SC106": "A name is used twice.",
     "SC107": "A YAML key is given twice in one mapping.",
+    "SC108": "A template or a `use:` is wrong: an unknown template, an unknown or missing "
+    "parameter, or a template with neither `type:` nor `layers:`.",
+    "SC109": "An expression (`$…`) cannot be evaluated: an unknown name, a value that is not a "
+    "number, a division by zero, or a result too large.",
+    "SC110": "Templates use each other in a cycle.",
+    "SC111": "An unknown scale (`--scale`, `default_scale`), or `scales` that are not "
+    "named sets of values.",
     # SC2xx: PyTorch would reject the network at this layer (exit code 1).
     "SC201": "The (dilated) kernel is larger than the padded input, or reflect/circular "
     "padding is larger than the input allows.",

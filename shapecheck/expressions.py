@@ -44,7 +44,11 @@ _BINARY = {
 
 
 class ExpressionError(Exception):
-    """The expression cannot be evaluated; the message says why."""
+    """The expression cannot be evaluated; the message says why, the hint how to fix it."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.hint = hint
 
 
 def is_expression(value: Any) -> bool:
@@ -64,9 +68,24 @@ def evaluate(text: str, env: Mapping[str, Any]) -> Any:
     try:
         tree = ast.parse(source, mode="eval")
     except (SyntaxError, RecursionError, MemoryError):
+        hint = None
+        if text.count("(") > text.count(")"):  # YAML cut a flow mapping's value at a comma
+            hint = ("inside {…} a comma ends the value: quote the expression, "
+                    "out: \"make_divisible(32 * $width_mult, 8)\"")
         raise ExpressionError(f"{text!r} is not an expression (numbers, $names, + − * / // % "
-                              "and functions such as min, max, make_divisible)") from None
+                              "and functions such as min, max, make_divisible)", hint) from None
     return _value(tree.body, env, text)
+
+
+def show(text: str, env: Mapping[str, Any]) -> str:
+    """The expression with its numeric names replaced by their values, for explanations:
+    ``make_divisible(32 * $width_mult, 8)`` -> ``make_divisible(32 * 0.5, 8)``."""
+
+    def value(m: re.Match) -> str:
+        v = env.get(m.group(1))
+        return f"{v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else m.group(0)
+
+    return _NAME.sub(value, text.strip())
 
 
 def _lookup(name: str, env: Mapping[str, Any]) -> Any:

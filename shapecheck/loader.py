@@ -135,7 +135,7 @@ def _parse(text: str, source: str | None, name: str | None, scale: str | None = 
     # Top-level `x-...` keys are free for the user, e.g. to hold YAML anchors to merge (<<).
     data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
     scales = data.get("scales")
-    data, locator, chosen = _expand(data, scale, positions, source)
+    data, locator, expansion = _expand(data, scale, positions, source)
     errors: list[dict] = []
     duplicates: list = []
     try:
@@ -156,7 +156,10 @@ def _parse(text: str, source: str | None, name: str | None, scale: str | None = 
             f"{MAX_LAYERS:,}", line=positions.get(("layers",), (None, None))[0], file=source))
     if spec is not None:
         spec._source = source
-        spec._scale = chosen
+        if expansion is not None:
+            spec._scale = expansion.scale
+            spec._notes = {_layer_of(loc)[1] or (loc[1],): notes
+                           for loc, notes in expansion.notes.items()}
         spec._scales = tuple(map(str, scales)) if isinstance(scales, dict) else ()
         default = name or (default_name(Path(source).stem) if source else "net")
         try:
@@ -196,7 +199,7 @@ def _expand(data: dict, scale: str | None, positions: dict, source: str | None):
         index, path = _layer_of(e.loc)
         raise SpecError([Diagnostic("error", e.code, e.message + origin.context, index,
                                     path, *origin.reported, e.hint, file=source)]) from None
-    return expansion.data, Locator(positions, source, expansion.where), expansion.scale
+    return expansion.data, Locator(positions, source, expansion.where), expansion
 
 
 class Locator:

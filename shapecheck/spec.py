@@ -70,6 +70,8 @@ class Spec(BaseModel):
     _completed: bool = PrivateAttr(default=False)
     _scale: str | None = PrivateAttr(default=None)  # the scale its templates were expanded at
     _scales: tuple[str, ...] = PrivateAttr(default=())  # every scale the YAML declares
+    # Layer path -> the template arithmetic that made its values, for `expand --explain`.
+    _notes: dict[tuple, list[str]] = PrivateAttr(default_factory=dict)
 
     @property
     def source(self) -> str | None:
@@ -82,6 +84,10 @@ class Spec(BaseModel):
     @property
     def scales(self) -> tuple[str, ...]:
         return self._scales
+
+    @property
+    def notes(self) -> dict[tuple, list[str]]:
+        return self._notes
 
     @property
     def completed(self) -> bool:

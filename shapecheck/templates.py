@@ -27,7 +27,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from .expressions import ExpressionError, evaluate, is_expression
+from .expressions import ExpressionError, evaluate, is_expression, show
 from .layers import BLOCKS, KINDS, normalize_type
 
 TOP_KEYS = ("templates", "scales", "default_scale")
@@ -158,8 +158,12 @@ class _Expander:
         self.where[dst] = (src, chain)
         if not isinstance(item, dict):
             return self.value(item, env, src, chain, dst, "type")
-        item = {k: self.value(v, env, (*src, k), chain, dst, k) for k, v in item.items()}
-        block = _block_of(item)
+        kind = self.value(item.get("type"), env, (*src, "type"), chain)
+        block = _block_of({"type": kind})
+        # A block's layer lists are expanded layer by layer below, each with its own notes.
+        lists = {*block.list_fields, block.lists_field} if block is not None else set()
+        item = {k: v if k in lists and isinstance(v, list) else
+                self.value(v, env, (*src, k), chain, dst, k) for k, v in item.items()}
         if block is not None:
             for suffix, branch in block.raw_branches(item):
                 expanded = self.items(branch, (*src, *suffix), (*dst, *suffix), env, chain)
@@ -173,9 +177,10 @@ class _Expander:
             try:
                 result = evaluate(value, env)
             except ExpressionError as e:
-                raise TemplateError("SC109", str(e), loc, chain=chain) from None
+                raise TemplateError("SC109", str(e), loc, e.hint, chain) from None
             if dst is not None and not isinstance(result, (list, dict)):
-                self.notes.setdefault(dst, []).append(f"{key}: {value.strip()} = {result!r}")
+                steps = dict.fromkeys([value.strip(), show(value, env), repr(result)])
+                self.notes.setdefault(dst, []).append(f"{key}: " + " = ".join(steps))
             return result
         if isinstance(value, list):
             return [self.value(v, env, (*loc, i), chain) for i, v in enumerate(value)]
@@ -198,12 +203,13 @@ class _Expander:
                                 (*src, "use"), "a template cannot use itself, directly or "
                                 "through others", chain)
         defaults, body, body_loc, single = self._template(name, template, chain)
-        args = self._args(item, src, defaults, env, chain)
+        args = self._args(item, src, defaults, env, chain, index=0)
         first = item.get("first") or {}
         if not isinstance(first, dict):
             raise TemplateError("SC108", "`first` must map parameters to values for the first "
                                 "repeat", (*src, "first"), chain=chain)
-        first = self._args(first, (*src, "first"), defaults, env, chain, allow_use_keys=False)
+        first = self._args(first, (*src, "first"), defaults, env, chain, index=0,
+                           allow_use_keys=False)
         repeat = self.value(item.get("repeat", 1), env, (*src, "repeat"), chain)
         if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
             raise TemplateError("SC103", f"repeat must be a positive integer, got {repeat!r}",
@@ -219,6 +225,8 @@ class _Expander:
         site = Site(name, src)
         out: list = []
         for i in range(repeat):
+            if i > 0:  # the use's values may read $index, the repeat being made
+                args = self._args(item, src, defaults, env, chain, index=i)
             local = {**env, **defaults, **args, **(first if i == 0 else {}), "index": i}
             if isinstance(given, str):
                 instance = given if repeat == 1 else f"{given}_{i}"
@@ -237,10 +245,15 @@ class _Expander:
                 for layer in produced:
                     if isinstance(layer, dict):
                         _prefix_names(layer, instance, top=single)
-            if i == 0:
-                notes = [f"{k}: {v!r}" for k, v in args.items() if not isinstance(v, list)]
-                head = f"{given or name}: use {name}" + (f" × {repeat}" if repeat > 1 else "")
-                self.notes.setdefault(start, []).insert(0, "; ".join([head, *notes]))
+            head = f"{given or name}: use {name}" + (f" × {repeat}" if repeat > 1 else "")
+            if repeat > 1:
+                head += f", repeat {i}"
+            values = {**args, **(first if i == 0 else {})}
+            raw = {**item, **(item.get("first") or {} if i == 0 else {})}
+            notes = [f"{k}: " + " = ".join(dict.fromkeys(
+                        [str(raw[k]).strip(), show(str(raw[k]), {**env, "index": i}), repr(v)]))
+                     for k, v in values.items() if not isinstance(v, (list, dict))]
+            self.notes.setdefault(start, []).insert(0, "; ".join([head, *notes]))
             out += produced
         return out
 
@@ -270,7 +283,7 @@ class _Expander:
         return params, body, loc, True
 
     def _args(self, given: dict, src: tuple, defaults: dict, env: dict, chain: tuple,
-              allow_use_keys: bool = True) -> dict:
+              index: int, allow_use_keys: bool = True) -> dict:
         args = {}
         for key, value in given.items():
             if allow_use_keys and key in USE_KEYS:
@@ -282,7 +295,7 @@ class _Expander:
                     f"did you mean {close[0]!r}?" if close else
                     ("parameters: " + ", ".join(defaults) if defaults else
                      "it takes no parameters"), chain)
-            args[key] = self.value(value, env, (*src, key), chain)
+            args[key] = self.value(value, {**env, "index": index}, (*src, key), chain)
         return args
 
 

@@ -367,11 +367,13 @@ class CNBlock(nn.Module):
             nn.Linear(in_features=4 * dim, out_features=dim, bias=True),
             Permute([0, 3, 1, 2]),
         )
-        self.layer_scale = nn.Parameter(torch.ones(dim, 1, 1) * layer_scale)
+        # torchvision keeps (dim, 1, 1); shapecheck's LayerScale keeps (dim,) and views it so:
+        # the same values, the same count.
+        self.layer_scale = nn.Parameter(torch.ones(dim) * layer_scale)
         self.stochastic_depth = StochasticDepth(stochastic_depth_prob, "row")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        result = self.layer_scale * self.block(x)
+        result = self.layer_scale.view(-1, 1, 1) * self.block(x)
         result = self.stochastic_depth(result)
         result += x
         return result

@@ -132,9 +132,21 @@ def test_every_spec_renders_to_svg_with_every_name_and_edge_shape(spec, tmp_path
     shapes = expected_edge_shapes(p)
     edges = groups(root, "edge")
     assert edges
+    forks = {"b" + node_id(b.path)[1:]: b for b in p.walk() if b.is_block}
     for title, edge in edges.items():
-        tail = title.split("->")[0]
-        assert texts(edge) == [shapes[tail]], title
+        tail, head = title.split("->")
+        if tail in forks and head.startswith("n"):  # into a branch: what that branch gets
+            block = forks[tail]
+            key = head[len(tail):].lstrip("_").split("_")[0]
+            keys = [str(k) for k in block.branch_keys]
+            assert texts(edge) == [dims(block.branch_input_shape(keys.index(key)))], title
+        elif tail in forks:  # an empty branch, or the input itself (a gate), to the merge
+            block = forks[tail]
+            allowed = {dims(block.input_shape)} | {
+                dims(block.branch_input_shape(i)) for i in range(len(block.branches))}
+            assert texts(edge)[0] in allowed, title
+        else:
+            assert texts(edge) == [shapes[tail]], title
     assert sorted(os.listdir(tmp_path)) == ["net.svg"]  # no temporary file left behind
 
 

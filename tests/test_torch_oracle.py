@@ -373,7 +373,7 @@ def test_parameter_free_new_layers(layer, out):
         ({"type": "stochasticdepth", "p": 1.5}, "between 0 and 1"),
         ({"type": "stochasticdepth", "p": 0.1, "mode": "col"}, "'batch' or 'row'"),
         ({"type": "stochasticdepth"}, "missing 1 required positional argument: 'p'"),
-        ({"type": "layerscale", "num_channels": 4}, "unexpected keyword"),
+        ({"type": "layerscale", "num_channels": 5}, "weight of 5 channels, input with 4"),
         ({"type": "mish", "beta": 2}, "unexpected keyword"),
     ],
 )
@@ -407,7 +407,7 @@ def test_norms_and_learned_activations_infer_their_sizes():
         ("layernorm", (8, 4), None, 32),
         ("layernorm", None, None, 0),
         ("permute", None, None, 0),
-        ("layerscale", (4, 1, 1), None, 4),
+        ("layerscale", (4,), None, 4),
         ("flatten", None, None, 0),
         ("layerscale", (256,), None, 256),
         ("softplus", None, None, 0),
@@ -416,9 +416,9 @@ def test_norms_and_learned_activations_infer_their_sizes():
         ("hardsigmoid", None, None, 0),
     ]
     assert r.total_params == sum(p.numel() for p in r.module.parameters())
-    # layerscale's weight has a 1 for every dim after the channels
+    # layerscale's weight is one value per channel, whatever the rank
     r = run_oracle(spec([{"type": "flatten", "start_dim": 2}, "layerscale"], (4, 8, 8)))
-    assert r.layers[1].weight_shape == (4, 1)
+    assert r.layers[1].weight_shape == (4,)
     r = run_oracle(spec([{"type": "flatten", "start_dim": 0}, "layerscale"], (4, 8, 8)))
     assert (r.failed_index, "cannot infer num_channels") == (1, r.error[:25])
 

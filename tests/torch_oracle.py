@@ -96,22 +96,21 @@ class Permute(nn.Module):
 
 
 class LayerScale(nn.Module):
-    """A learnable scale per channel (dim 1), as ConvNeXt's layer_scale.
-
-    The weight broadcasts against the input: (C,) + (1,) * (ndim - 2), so (C, 1, 1) for
-    N×C×H×W. num_channels and ndim come from the arriving tensor, never from a spec."""
+    """A learnable scale per channel (dim 1), as ConvNeXt's layer_scale: a weight of shape (C,)
+    viewed as (C,) + (1,) * (ndim - 2) against the input. num_channels comes from the arriving
+    tensor, never from a spec."""
 
     def __init__(
         self, num_channels: int, ndim: int, init_value: float = 1e-6, device=None
     ) -> None:
         super().__init__()
-        shape = (num_channels,) + (1,) * (ndim - 2)
+        self.ndim = ndim
         self.weight = nn.Parameter(
-            torch.full(shape, init_value, dtype=torch.float32, device=device)
+            torch.full((num_channels,), init_value, dtype=torch.float32, device=device)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.weight
+        return x * self.weight.view(-1, *[1] * (x.dim() - 2))
 
 
 class StochasticDepth(nn.Module):
@@ -365,9 +364,12 @@ class _Runner:
         kwargs = {k: _tuplify(v) for k, v in raw.items() if k not in ("type", "name")}
         inferred = _INFERRED.get(tname)
         if tname == "layerscale":
-            given = sorted({"num_channels", "ndim"} & set(kwargs))
-            if given:
-                raise TypeError(f"layerscale: unexpected keyword argument(s) {', '.join(given)}")
+            if "ndim" in kwargs:
+                raise TypeError("layerscale: unexpected keyword argument ndim")
+            if "num_channels" in kwargs and x.dim() >= 2 and kwargs["num_channels"] != x.shape[1]:
+                # x * weight.view(-1, 1, ...) fails on a mismatch, as any channel count would
+                raise RuntimeError(f"layerscale: weight of {kwargs['num_channels']} channels, "
+                                   f"input with {x.shape[1]}")
             inferred = "num_channels"
         if inferred and inferred not in kwargs:
             # What a PyTorch user would read off the arriving tensor: channels are

@@ -12,12 +12,13 @@ INT64 = 2**63
 
 
 def _padding(value: Any) -> Any:
-    """An int, or [left, right, top, bottom], as nn.ZeroPad2d takes it; negative crops."""
+    """An int, [left, right, top, bottom], or [left, right] (the width only), as nn.ZeroPad2d
+    takes it; negative values crop."""
     if isinstance(value, (list, tuple)):
-        if len(value) != 4:
+        if len(value) not in (2, 4):
             raise PydanticCustomError(
-                "pad_length", "must be an int or [left, right, top, bottom], got {n} items",
-                {"n": len(value)})
+                "pad_length", "must be an int, [left, right, top, bottom] or [left, right], "
+                "got {n} items", {"n": len(value)})
         return tuple(_strict_int(v, -INT64) for v in value)
     return _strict_int(value, -INT64)
 
@@ -32,7 +33,9 @@ class _Pad2d(LayerSpec):
 
     def sides(self) -> tuple[int, int, int, int]:
         p = self.padding
-        return (p, p, p, p) if isinstance(p, int) else p
+        if isinstance(p, int):
+            return (p, p, p, p)
+        return p if len(p) == 4 else (*p, 0, 0)
 
     def settings(self) -> str:
         left, right, top, bottom = self.sides()

@@ -1,0 +1,94 @@
+"""`shapecheck expand SPEC`: the spec with its templates, repeats and scale written out as
+plain layers, every layer named: what a template turned into, to review and to diff. Planning
+the output gives the same plan as planning SPEC."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import yaml
+
+from ..loader import SpecError, load_spec
+from ..spec import Spec
+from . import EXIT_INVALID, EXIT_OK, add_scale, print_diagnostics
+
+INDENT = "  "
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("expand", help="print the spec with its templates written out",
+                       description="Print SPEC as a plain spec: every template use, repeat "
+                       "and expression written out at the chosen scale, every layer named.")
+    p.add_argument("spec", metavar="SPEC", help="spec file (YAML)")
+    p.add_argument("--explain", action="store_true",
+                   help="show, above each layer, the arithmetic that made its values")
+    add_scale(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        spec = load_spec(Path(args.spec), scale=args.scale)
+    except SpecError as e:
+        print_diagnostics(e.diagnostics)
+        return EXIT_INVALID
+    print(to_yaml(spec, explain=args.explain), end="")
+    return EXIT_OK
+
+
+def _flow(value) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True, sort_keys=False,
+                          width=float("inf"), allow_unicode=True).strip()
+    return text.removesuffix("\n...")  # PyYAML ends a lone scalar as a document
+
+
+def _entry(layer) -> dict:
+    """A layer as its YAML mapping: type, name, then the fields the spec gave."""
+    entry = {"type": layer.type, "name": layer.name}
+    for key, value in layer.given_args().items():
+        if layer.is_block and (key in layer.list_fields or key == layer.lists_field):
+            continue
+        entry[key] = list(value) if isinstance(value, tuple) else value
+    return entry
+
+
+def _layers(layers: list, indent: str, path: tuple, spec: Spec, explain: bool) -> list[str]:
+    lines = []
+    for i, layer in enumerate(layers):
+        here = (*path, i)
+        if explain:
+            lines += [f"{indent}# {note}" for note in spec.notes.get(here, [])]
+        if not layer.is_block:
+            lines.append(f"{indent}- {_flow(_entry(layer))}")
+            continue
+        head, *rest = [f"{k}: {_flow(v)}" for k, v in _entry(layer).items()]
+        lines += [f"{indent}- {head}", *(f"{indent}  {line}" for line in rest)]
+        for key, branch in layer.branch_lists():
+            if isinstance(key, str):
+                lines.append(f"{indent}  {key}:" + ("" if branch else " []"))
+                lines += _layers(branch, indent + INDENT * 2, (*here, key), spec, explain)
+            else:
+                if key == 0:
+                    lines.append(f"{indent}  {layer.lists_field}:")
+                lines.append(f"{indent}    -" + ("" if branch else " []"))
+                lines += _layers(branch, indent + INDENT * 3, (*here, key), spec, explain)
+    return lines
+
+
+def to_yaml(spec: Spec, explain: bool = False) -> str:
+    """The completed spec as plain YAML."""
+    lines = [f"# {Path(spec.source).name if spec.source else 'spec'} expanded by shapecheck"
+             + (f" at scale {spec.scale}" if spec.scale else "")]
+    head = {"name": spec.name}
+    if spec.description:
+        head["description"] = spec.description
+    for key, value in head.items():
+        lines.append(f"{key}: {_flow(value)}")
+    lines.append(f"input: {_flow(spec.input.model_dump(mode='json'))}")
+    lines.append("layers:")
+    lines += _layers(spec.layers, INDENT, (), spec, explain)
+    if spec.train is not None:
+        train = spec.train.model_dump(mode="json", exclude_unset=True)
+        lines.append("train: " + _flow(train))
+    return "\n".join(lines) + "\n"
