@@ -154,7 +154,7 @@ def test_image_folder_grey_with_fraction_and_hidden_files_ignored(tmp_path):
 def test_eval_split_maps_folder_classes_by_name(tmp_path):
     root = write_folder(tmp_path / "f", classes=("dog",), n=2)
     spec = DatasetSpec(path=str(root))
-    x, y = load_split(spec, input_shape=(3, 8, 10), num_classes=3, mean=[0, 0, 0],
+    x, y, _ = load_split(spec, input_shape=(3, 8, 10), num_classes=3, mean=[0, 0, 0],
                       std=[1, 1, 1], classes=["bird", "cat", "dog"])
     assert y.tolist() == [2, 2] and x.shape == (2, 3, 8, 10)
 
