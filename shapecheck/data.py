@@ -427,8 +427,13 @@ def _images(x: np.ndarray, where: str, channels: int | None = None) -> np.ndarra
 # ---------------------------------------------------------------- conversion
 
 
-# Images converted, resized or summed at a time: bounds the temporaries to a few MB.
-CHUNK = 1024
+# Bytes of float64 per chunk of images converted, resized or summed at a time: bounds
+# the temporaries to a few MB whatever the image size.
+CHUNK_BYTES = 8 << 20
+
+
+def _chunk(shape: Sequence[int]) -> int:
+    return max(1, CHUNK_BYTES // (8 * int(np.prod(shape[1:]))))
 
 
 def _nbytes(raw: _Raw, shape: tuple[int, int, int]) -> int:
@@ -475,14 +480,15 @@ def _to_float(raw: _Raw, shape: tuple[int, int, int]) -> torch.Tensor:
             "(train_size, test_size) or smaller images"
         ) from None
     resize = tuple(x.shape[2:]) != shape[1:]
-    for i in range(0, n, CHUNK):
-        chunk = torch.from_numpy(np.asarray(x[i:i + CHUNK], dtype=np.float32))
+    step = _chunk(x.shape)
+    for i in range(0, n, step):
+        chunk = torch.from_numpy(np.asarray(x[i:i + step], dtype=np.float32))
         if x.dtype == np.uint8:
             chunk.div_(255.0)
         if resize:
             chunk = torch.nn.functional.interpolate(
                 chunk, size=shape[1:], mode="bilinear", align_corners=False, antialias=True)
-        out[i:i + CHUNK] = chunk
+        out[i:i + step] = chunk
     return out
 
 
@@ -496,14 +502,15 @@ def _mean_std(
     # Two passes over chunks, summed in float64: no copy of the whole tensor, and
     # no cancellation from summing squares of large values.
     n = x.shape[0] * x.shape[2] * x.shape[3]
+    step = _chunk(x.shape)
     total = torch.zeros(channels, dtype=torch.float64)
-    for i in range(0, x.shape[0], CHUNK):
-        total += x[i:i + CHUNK].sum(dim=(0, 2, 3), dtype=torch.float64)
+    for i in range(0, x.shape[0], step):
+        total += x[i:i + step].sum(dim=(0, 2, 3), dtype=torch.float64)
     mean_t = total / n
     sq = torch.zeros(channels, dtype=torch.float64)
     m = mean_t.view(1, -1, 1, 1)
-    for i in range(0, x.shape[0], CHUNK):
-        sq += ((x[i:i + CHUNK].double() - m) ** 2).sum(dim=(0, 2, 3))
+    for i in range(0, x.shape[0], step):
+        sq += ((x[i:i + step].double() - m) ** 2).sum(dim=(0, 2, 3))
     std_t = (sq / max(n - 1, 1)).sqrt()
     # A constant channel (blank synthetic data) would divide by zero.
     std_t = torch.where(std_t > 1e-12, std_t, torch.ones_like(std_t))

@@ -804,7 +804,9 @@ def _train(
     if ckpt is not None:
         start_epoch, start_step = int(ckpt["epoch"]), int(ckpt["step"])
         if start_step:
-            where = f"at epoch {start_epoch + 1}, step {start_step}/{steps}"
+            was = TrainSpec.model_validate(ckpt["train"])  # the steps as the run counted them
+            was_steps = n // was.batch_size if was.drop_last else math.ceil(n / was.batch_size)
+            where = f"at epoch {start_epoch + 1}, step {start_step}/{was_steps}"
         else:
             where = f"after epoch {start_epoch}"
         changes = _resume_changes(ckpt, spec, dataset_entry, start_step, where)
