@@ -618,6 +618,12 @@ def _resume_changes(ckpt: dict[str, Any], spec: TrainSpec, dataset: dict[str, An
     old = _flat(old_spec.model_dump(mode="json", exclude={"dataset", "output"}))
     new = _flat(spec.model_dump(mode="json", exclude={"dataset", "output"}))
     changed = [k for k in sorted(old) if old[k] != new.get(k)]
+    fixed = [k for k in changed if k in ("optimizer.type", "optimizer.decay_norm_and_bias")]
+    if fixed:
+        raise TrainError(
+            f"cannot resume with {', '.join(f'{k} {new[k]}' for k in fixed)}: the checkpoint's "
+            f"optimizer state was made with {', '.join(f'{k} {old[k]}' for k in fixed)}; "
+            "start a new run in another folder (--out)")
     if steps_done:
         stuck = [k for k in changed if k in _EPOCH_KEYS]
         if stuck:
@@ -798,6 +804,7 @@ def _train(
             stale.unlink(missing_ok=True)
 
     optimizer = _make_optimizer(module, spec.optimizer)
+    pending_resume: dict[str, Any] | None = None
     history: list[EpochMetrics] = []
     start_epoch, start_step = 0, 0
     partial: dict[str, Any] | None = None
@@ -837,13 +844,15 @@ def _train(
                 log(f"note: the run used {_plural(int(saved_threads), 'thread')}, this "
                     f"process {torch.get_num_threads()}; the weights will differ in the last "
                     "bits from an uninterrupted run (--deterministic keeps the count)")
-        _update_run_info(out / RUN_FILE, {
+        # Recorded in run.json with the first checkpoint it writes: a resume that fails
+        # before then leaves the run folder as it was.
+        pending_resume = {
             "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "epoch": start_epoch + (1 if start_step else 0),
             "step": start_step,
             "changes": changes,
             "threads": torch.get_num_threads(),
-        }, spec)
+        }
     else:
         old = [f for f in (MODEL_FILE, BEST_FILE, CHECKPOINT_FILE, METRICS_FILE, CURVES_FILE)
                if (out / f).exists()]
@@ -915,6 +924,10 @@ def _train(
             "loss": loss_name,
             "torch_version": str(torch.__version__),
         }, out / CHECKPOINT_FILE)
+        nonlocal pending_resume
+        if pending_resume is not None:
+            _update_run_info(out / RUN_FILE, pending_resume, spec)
+            pending_resume = None
 
     def last_good() -> str:
         done = len(history)
@@ -997,10 +1010,11 @@ def _train(
                     seconds=time.perf_counter() - t_epoch,
                     val_loss=val_loss, val_acc=val_acc))
                 best_epoch = _best_epoch(history)
-                if best_epoch == epoch + 1:
-                    _save_torch(_cpu_state(module), out / BEST_FILE)
+                # The checkpoint first: if it cannot be written, nothing else moves on.
                 checkpoint(epoch + 1, 0, None)
                 _save_torch(_cpu_state(module), out / MODEL_FILE)
+                if best_epoch == epoch + 1:
+                    _save_torch(_cpu_state(module), out / BEST_FILE)
                 _write_metrics(out / METRICS_FILE, history)
                 if writer is not None:
                     _log_tensorboard(writer, history[-1])

@@ -410,6 +410,8 @@ def test_resume_mid_epoch_refuses_what_cannot_be_replayed(tmp_path):
     with pytest.raises(TrainError, match=r"the dataset differs .*train_size 256 -> 128"):
         run(LectureCNN(), spec(epochs=2, dataset={"format": "synthetic", "train_size": 128,
                                                   "test_size": 64}), out, resume=True)
+    with pytest.raises(TrainError, match=r"cannot resume with optimizer.type adam"):
+        run(LectureCNN(), spec(epochs=2, optimizer={"type": "adam"}), out, resume=True)
     assert (out / "checkpoint.pt").read_bytes() == before  # nothing lost
     result, lines = run(LectureCNN(), spec(epochs=2), out, resume=True)
     assert f"resuming {out} at epoch 2, step 3/8" in lines
