@@ -25,10 +25,10 @@ import torch
 from shapecheck.trainspec import DatasetSpec
 
 __all__ = [
+    "SPLITS",
     "DataError",
     "Dataset",
     "MemoryLimitError",
-    "SPLITS",
     "detect_format",
     "load_dataset",
     "load_split",

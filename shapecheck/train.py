@@ -43,8 +43,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import functools
 import datetime as _dt
+import functools
 import importlib.util
 import io
 import json
@@ -69,11 +69,11 @@ from shapecheck.data import DataError, MemoryLimitError, load_dataset, load_spli
 from shapecheck.trainspec import DatasetSpec, OptimizerSpec, TrainSpec
 
 __all__ = [
+    "BEST_FILE",
     "CHECKPOINT_FILE",
     "CURVES_FILE",
     "METRICS_COLUMNS",
     "METRICS_FILE",
-    "BEST_FILE",
     "MODEL_FILE",
     "RUN_FILE",
     "SOURCE_FILE",

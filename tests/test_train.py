@@ -413,7 +413,7 @@ def test_resume_mid_epoch_refuses_what_cannot_be_replayed(tmp_path):
     with pytest.raises(TrainError, match=r"cannot resume with optimizer.type adam"):
         run(LectureCNN(), spec(epochs=2, optimizer={"type": "adam"}), out, resume=True)
     assert (out / "checkpoint.pt").read_bytes() == before  # nothing lost
-    result, lines = run(LectureCNN(), spec(epochs=2), out, resume=True)
+    _, lines = run(LectureCNN(), spec(epochs=2), out, resume=True)
     assert f"resuming {out} at epoch 2, step 3/8" in lines
     info = json.loads((out / "run.json").read_text())
     assert [(r["epoch"], r["step"], r["changes"]) for r in info["resumes"]] == [(2, 3, [])]
@@ -466,7 +466,7 @@ class _Watch(nn.Sequential):
 def test_deterministic_sets_the_flags_and_a_resume_keeps_the_thread_count(tmp_path):
     assert not torch.are_deterministic_algorithms_enabled()
     net = _Watch()
-    whole, _ = run(net, spec(epochs=2, deterministic=True), tmp_path / "whole")
+    run(net, spec(epochs=2, deterministic=True), tmp_path / "whole")
     assert net.seen == {True} and not torch.are_deterministic_algorithms_enabled()
     assert json.loads((tmp_path / "whole" / "run.json").read_text())["threads"] == 1
 
