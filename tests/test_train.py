@@ -551,5 +551,10 @@ def test_practitioner_options_train(tmp_path):
 
 def test_tensorboard_logs_when_installed(tmp_path):
     pytest.importorskip("tensorboard")
-    run(LectureCNN(), spec(epochs=1), tmp_path / "run")
-    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result, _ = run(LectureCNN(), spec(epochs=2), tmp_path / "run")
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
+    assert {"train/loss", "test/acc", "lr"} <= set(events.Tags()["scalars"])
+    assert [e.value for e in events.Scalars("test/acc")] == pytest.approx(
+        [m.test_acc for m in result.history])
