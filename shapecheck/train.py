@@ -21,7 +21,7 @@ complete checkpoint loadable:
 - ``run.json``       what ``eval`` needs: input shape, classes, normalisation,
                      the dataset, the train spec, the module's class name; and
                      each resume, with what changed
-- ``tensorboard/``   the same numbers as metrics.csv, when tensorboard is installed
+- ``tensorboard/``   with ``tensorboard: true``: the numbers of metrics.csv as event files
 
 Reproducibility: the seed seeds torch's global RNG and re-initialises the
 module's parameters; the data order of epoch e comes from a generator seeded
@@ -684,12 +684,21 @@ def _best_epoch(history: Sequence[EpochMetrics]) -> int | None:
 
 
 def _tensorboard(out: Path) -> Any:
-    """A SummaryWriter in out/tensorboard, or None when tensorboard is not installed."""
+    """A SummaryWriter in out/tensorboard; TrainError when tensorboard is not installed."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        return None
+        raise TrainError("tensorboard: true needs the tensorboard package: "
+                         "pip install 'shapecheck[tensorboard]'") from None
     return SummaryWriter(log_dir=str(out / TENSORBOARD_DIR))
+
+
+def _tensorboard_available() -> None:
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        raise TrainError("tensorboard: true needs the tensorboard package: "
+                         "pip install 'shapecheck[tensorboard]'") from None
 
 
 def _plural(n: int, word: str) -> str:
@@ -742,6 +751,8 @@ def _train(
     if spec.patience is not None and (spec.dataset.val_fraction is None):
         raise TrainError("patience needs a validation split: give the dataset a val_fraction "
                          "(e.g. 0.1); the test split drives no decision")
+    if spec.tensorboard:
+        _tensorboard_available()
     dataset_entry = _absolute_dataset(spec.dataset, base_dir)
 
     ckpt: dict[str, Any] | None = None
@@ -900,7 +911,7 @@ def _train(
         log(f"nothing to do: the checkpoint has {_plural(start_epoch, 'epoch')}, the spec asks "
             f"for {spec.epochs}")
     last_curves = time.perf_counter()
-    writer = _tensorboard(out) if start_epoch < spec.epochs and not stopped_early else None
+    writer: Any = None  # made with the first epoch's files, so a failed start leaves none
 
     def checkpoint(epoch: int, step: int, run: _Running | None, train_s: float = 0.0) -> None:
         _save_torch({
@@ -1016,7 +1027,9 @@ def _train(
                 if best_epoch == epoch + 1:
                     _save_torch(_cpu_state(module), out / BEST_FILE)
                 _write_metrics(out / METRICS_FILE, history)
-                if writer is not None:
+                if spec.tensorboard:
+                    if writer is None:
+                        writer = _tensorboard(out)
                     _log_tensorboard(writer, history[-1])
                 final = epoch + 1 == spec.epochs
                 stopped_early = _patience_ran_out(spec, history, best_epoch)
@@ -1261,8 +1274,8 @@ def evaluate(
     return EvalResult(
         accuracy=sum(matrix[i][i] for i in range(num_classes)) / n,
         loss=loss_sum / n, confusion=matrix, classes=list(names), num_samples=n,
-        source=f"{split} split: {where}{note}" + (f" ({weights})" if weights != MODEL_FILE
-                                                   else ""))
+        source=(f"whole dataset: {where}" if split == "all" else f"{split} split: {where}")
+        + note + (f" ({weights})" if weights != MODEL_FILE else ""))
 
 
 def _same_dataset(data: DatasetSpec, own: DatasetSpec, base_dir: Path | None) -> bool:

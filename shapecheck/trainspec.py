@@ -19,6 +19,7 @@ also come from the command line (``apply_overrides``).
       grad_clip: null              # clip the gradients' global norm to this
       patience: null               # stop after this many epochs without a better validation score
       deterministic: false         # torch.use_deterministic_algorithms and cuDNN flags
+      tensorboard: false           # true: event files in <run>/tensorboard (needs tensorboard)
 
 Datasets (``format``; left out, it is detected from ``path``):
 
@@ -209,6 +210,7 @@ class TrainSpec(BaseModel):
     grad_clip: PositiveFloat | None = None
     patience: PositiveInt | None = None
     deterministic: bool = False
+    tensorboard: bool = False
 
     @field_validator("loss", "device", mode="before")
     @classmethod
@@ -244,6 +246,7 @@ def apply_overrides(
     patience: int | None = None,
     drop_last: bool | None = None,
     deterministic: bool | None = None,
+    tensorboard: bool | None = None,
 ) -> TrainSpec:
     """A new, validated TrainSpec: ``spec`` (or the defaults) with each non-None flag applied.
 
@@ -276,6 +279,7 @@ def apply_overrides(
         ("patience", patience),
         ("drop_last", drop_last),
         ("deterministic", deterministic),
+        ("tensorboard", tensorboard),
     ):
         if value is not None:
             base[key] = value

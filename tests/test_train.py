@@ -388,7 +388,7 @@ def test_eval_on_the_training_file_scores_only_the_held_out_part(tmp_path):
     assert ev.num_samples == 60 and ev.accuracy == pytest.approx(result.test_acc)
     assert "held-out part" in ev.source and "the run was trained on this dataset" in ev.source
     every = evaluate(tmp_path / "run", DatasetSpec(path=str(data)), split="all")
-    assert every.num_samples == 240
+    assert every.num_samples == 240 and every.source.startswith("whole dataset: ")
     trained = evaluate(tmp_path / "run", split="train")
     assert trained.num_samples == 180
     # Another file without a split of its own is scored whole, and says so.
@@ -549,12 +549,24 @@ def test_practitioner_options_train(tmp_path):
         run(nll, spec(label_smoothing=0.1), tmp_path / "ls")
 
 
-def test_tensorboard_logs_when_installed(tmp_path):
+def test_tensorboard_logs_when_asked(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    result, _ = run(LectureCNN(), spec(epochs=2), tmp_path / "run")
+    run(LectureCNN(), spec(epochs=1), tmp_path / "plain")
+    assert not (tmp_path / "plain" / "tensorboard").exists()
+    result, _ = run(LectureCNN(), spec(epochs=2, tensorboard=True), tmp_path / "run")
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
     assert {"train/loss", "test/acc", "lr"} <= set(events.Tags()["scalars"])
     assert [e.value for e in events.Scalars("test/acc")] == pytest.approx(
         [m.test_acc for m in result.history])
+
+
+def test_tensorboard_asked_for_without_the_package_stops_before_training(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is not None:
+        pytest.skip("tensorboard is installed here")
+    with pytest.raises(TrainError, match=r"pip install 'shapecheck\[tensorboard\]'"):
+        run(LectureCNN(), spec(tensorboard=True), tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -42,7 +42,7 @@ EXIT_INTERRUPTED = 130
 TRAIN_FLAGS = ["--data", "--data-format", "--loss", "--optimizer", "--lr", "--momentum",
                "--weight-decay", "--epochs", "--batch-size", "--seed", "--device", "--out",
                "--val-fraction", "--patience"]
-TRAIN_SWITCHES = ["--drop-last", "--deterministic"]
+TRAIN_SWITCHES = ["--drop-last", "--deterministic", "--tensorboard"]
 # Bytes per parameter while training, besides the weights themselves: the gradient, plus the
 # optimizer's state (SGD's momentum buffer; Adam's two moments).
 _STATE_COPIES = {"sgd": 0, "adam": 2, "adamw": 2}
@@ -120,6 +120,9 @@ def add_parser(sub) -> None:
     t.add_argument("--deterministic", action="store_true", default=None,
                    help="deterministic algorithms only (torch.use_deterministic_algorithms, "
                    "cuDNN flags); a resume keeps the run's thread count")
+    t.add_argument("--tensorboard", action="store_true", default=None,
+                   help="also write TensorBoard event files to RUN/tensorboard (needs the "
+                   "tensorboard package)")
     p.set_defaults(run=run)
 
 
@@ -277,7 +280,7 @@ def _train_spec(spec_train: TrainSpec | None, args: argparse.Namespace) -> Train
             weight_decay=args.weight_decay, epochs=args.epochs, batch_size=args.batch_size,
             seed=args.seed, device=args.device, output=None, val_fraction=args.val_fraction,
             patience=args.patience, drop_last=args.drop_last,
-            deterministic=args.deterministic)
+            deterministic=args.deterministic, tensorboard=args.tensorboard)
     except ValidationError as e:
         problems = []
         for err in e.errors():
