@@ -25,8 +25,10 @@ import torch
 from shapecheck.trainspec import DatasetSpec
 
 __all__ = [
+    "SPLITS",
     "DataError",
     "Dataset",
+    "MemoryLimitError",
     "detect_format",
     "load_dataset",
     "load_split",
@@ -72,6 +74,8 @@ class Dataset:
     classes: list[str] | None = None  # class names, for image folders
     source: str = ""
     notes: list[str] = field(default_factory=list)  # worth telling the user, not errors
+    x_val: torch.Tensor | None = None  # the validation part (val_fraction), if any
+    y_val: torch.Tensor | None = None
 
     @property
     def num_train(self) -> int:
@@ -80,6 +84,10 @@ class Dataset:
     @property
     def num_test(self) -> int:
         return int(self.x_test.shape[0])
+
+    @property
+    def num_val(self) -> int:
+        return 0 if self.x_val is None else int(self.x_val.shape[0])
 
 
 # A split as read from disk: images (N, C, H, W) as numpy (uint8 or float), labels int64.
@@ -121,59 +129,56 @@ def detect_format(spec: DatasetSpec, path: Path | None) -> str:
 # ---------------------------------------------------------------- public loaders
 
 
+class MemoryLimitError(DataError):
+    """The dataset would not fit in the memory available, or its allocation failed."""
+
+
 def load_dataset(
     spec: DatasetSpec,
     *,
     input_shape: Sequence[int],
     num_classes: int,
     base_dir: str | Path | None = None,
+    extra_bytes: int = 0,
+    extra_what: str = "",
 ) -> Dataset:
-    """Read the train and test splits, check them against the spec, normalise them.
+    """Read the train, validation and test splits, check them, normalise them.
 
     ``input_shape`` is the spec's ``(C, H, W)``; ``num_classes`` the last layer's
-    ``out_features``. Raises ``DataError``.
+    ``out_features``. ``extra_bytes`` (described by ``extra_what``) is memory the
+    caller will need besides the data, counted in the check that everything fits.
+    Raises ``DataError`` (``MemoryLimitError`` when it does not fit).
     """
     shape = _check_input_shape(input_shape)
-    path = resolve_path(spec, base_dir)
-    fmt = detect_format(spec, path)
-    notes: list[str] = []
-    classes: list[str] | None = None
-    if fmt == "synthetic":
-        train, test = _synthetic(spec, shape, num_classes)
-        source = "synthetic"
-    else:
-        assert path is not None
-        source = f"{fmt} {path}"
-        if fmt == "idx":
-            required = ("train",) if spec.test_fraction is not None else ("train", "test")
-            train, test, whole = _read_idx(path, want=("train", "test"), required=required)
-        elif fmt == "npz":
-            train, test, whole = _read_npz(path, shape[0])
-        elif fmt == "folder":
-            train, test, whole, classes = _read_folder(path, shape, num_classes)
-        else:  # pragma: no cover - the Literal rules it out
-            raise DataError(f"unknown dataset format {fmt!r}")
-        train, test = _split(train, test, whole, spec, path)
-    train = _limit(train, spec.train_size)
-    test = _limit(test, spec.test_size)
-    for raw in (train, test):
-        _check(raw, shape, num_classes, classes)
+    parts = _parts(spec, resolve_path(spec, base_dir), shape, num_classes)
+    train, val, test = parts.train, parts.val, parts.test
+    assert train is not None and test is not None
+    classes = parts.classes
+    for raw in (train, val, test):
+        if raw is not None:
+            _check(raw, shape, num_classes, classes, spec.resize)
     if classes is not None and len(classes) != num_classes:
         raise DataError(
-            f"{path}: {len(classes)} class folders ({', '.join(classes)}) but the last "
+            f"{parts.path}: {len(classes)} class folders ({', '.join(classes)}) but the last "
             f"layer has out_features {num_classes}"
         )
+    notes = list(parts.notes)
     seen = np.unique(train.y).size
-    if classes is None and seen < num_classes:
+    subset_named = any(n.startswith("train_size") for n in notes)
+    if classes is None and seen < num_classes and not subset_named:
         notes.append(
             f"the training labels use {seen} of the {num_classes} classes "
             "the last layer has"
         )
-    x_train = _to_float(train.x)
-    x_test = _to_float(test.x)
+    splits = [r for r in (train, val, test) if r is not None]
+    _check_fits(splits, shape, extra_bytes, extra_what)
+    x_train, x_val, x_test = (_to_float(r, shape) if r is not None else None
+                              for r in (train, val, test))
+    assert x_train is not None and x_test is not None
     mean, std = _mean_std(spec, x_train, shape[0])
-    _normalise(x_train, mean, std)
-    _normalise(x_test, mean, std)
+    for x in (x_train, x_val, x_test):
+        if x is not None:
+            _normalise(x, mean, std)
     return Dataset(
         x_train=x_train,
         y_train=torch.from_numpy(train.y),
@@ -182,9 +187,14 @@ def load_dataset(
         mean=mean,
         std=std,
         classes=classes,
-        source=source,
+        source=parts.source,
         notes=notes,
+        x_val=x_val,
+        y_val=torch.from_numpy(val.y) if val is not None else None,
     )
+
+
+SPLITS = ("test", "val", "train", "all")
 
 
 def load_split(
@@ -197,60 +207,137 @@ def load_split(
     base_dir: str | Path | None = None,
     split: str = "test",
     classes: Sequence[str] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, str]:
     """One split for evaluation, normalised with the training run's ``mean``/``std``.
 
-    ``split="test"`` takes the dataset's test split; a dataset that has no split
-    of its own (npz with x/y, an image folder of classes) is used whole, or its
-    held-out part where the spec has a ``test_fraction``. ``split="train"`` takes
-    the training split. ``classes`` (the training run's class names) maps image
-    folders by name, so an eval folder may hold a subset of the classes.
+    The split rules are load_dataset's, so the same dataset entry gives the same
+    images: ``test`` is the test split (or the held-out ``test_fraction``),
+    ``val`` the validation part, ``train`` the training part that was trained on;
+    ``all`` is every image in the dataset, whatever the entry's sizes and
+    fractions. A dataset with no split of its own and no ``test_fraction`` has
+    only ``all``. ``classes`` (the run's class names) maps image folders by
+    name, so an eval folder may hold a subset of the classes. Returns images,
+    labels and what they are, in words.
     """
-    if split not in ("train", "test"):
-        raise DataError(f"split must be 'train' or 'test', not {split!r}")
+    if split not in SPLITS:
+        raise DataError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
     shape = _check_input_shape(input_shape)
     path = resolve_path(spec, base_dir)
+    parts = _parts(spec, path, shape, num_classes, known=classes, want=split)
+    raw = {"test": parts.test, "val": parts.val, "train": parts.train, "all": parts.all}[split]
+    if raw is None:
+        raise DataError(f"{parts.path}: {parts.why_missing.get(split, 'no ' + split + ' split')}")
+    if classes is None:
+        classes = parts.classes
+    _check(raw, shape, num_classes, list(classes) if classes is not None else None, spec.resize)
+    x = _to_float(raw, shape)
+    _normalise(x, list(mean), list(std))
+    return x, torch.from_numpy(raw.y), raw.where
+
+
+@dataclass
+class _Parts:
+    """The splits of a dataset entry, as the split rules make them."""
+
+    path: str
+    source: str
+    train: _Raw | None = None
+    val: _Raw | None = None
+    test: _Raw | None = None
+    all: _Raw | None = None
+    classes: list[str] | None = None
+    notes: list[str] = field(default_factory=list)
+    why_missing: dict[str, str] = field(default_factory=dict)
+
+
+def _parts(
+    spec: DatasetSpec,
+    path: Path | None,
+    shape: tuple[int, int, int],
+    num_classes: int,
+    known: Sequence[str] | None = None,
+    want: str | None = None,
+) -> _Parts:
+    """Read the dataset and split it: train/test (a test split of its own, or
+    ``test_fraction`` held out), then ``train_size``/``test_size`` subsets, then
+    ``val_fraction`` held out of the training part. ``want`` None: for training
+    (every missing split is an error); else the one split eval asks for."""
     fmt = detect_format(spec, path)
     if fmt == "synthetic":
-        raw = _synthetic(spec, shape, num_classes)[0 if split == "train" else 1]
+        train, test = _synthetic(spec, shape, num_classes)
+        parts = _Parts(path="synthetic data", source="synthetic")
+        whole = None
     else:
         assert path is not None
-        folder_classes = None
-        f = spec.test_fraction
+        parts = _Parts(path=str(path), source=f"{fmt} {path}")
         if fmt == "idx":
-            want = ("test",) if split == "test" else ("train", "test")
-            train, test, whole = _read_idx(path, want=want, required=())
-            if split == "test" and test is None and f is not None:
-                train, test, whole = _read_idx(path, want=("train",), required=())
+            train, test, whole = _read_idx(path, want=("train", "test"), required=(
+                () if want is not None else
+                ("train",) if spec.test_fraction is not None else ("train", "test")))
         elif fmt == "npz":
             train, test, whole = _read_npz(path, shape[0])
         elif fmt == "folder":
-            train, test, whole, folder_classes = _read_folder(
-                path, shape, num_classes, known=classes
-            )
-        else:  # pragma: no cover
+            train, test, whole, parts.classes = _read_folder(
+                path, shape, num_classes, known=known, resize=spec.resize)
+        else:  # pragma: no cover - the Literal rules it out
             raise DataError(f"unknown dataset format {fmt!r}")
-        # The same split rules as load_dataset, so a held-out part is the same images.
-        if whole is not None:
-            raw = whole if f is None else _stratified(whole, f)[split == "test"]
-        elif split == "test":
-            if test is not None:
-                raw = test
-            elif train is not None and f is not None:
-                raw = _stratified(train, f)[1]
-            else:
-                raise DataError(f"{path}: missing split: no test data found")
-        else:
-            if train is None:
-                raise DataError(f"{path}: missing split: no training data found")
-            raw = _stratified(train, f)[0] if test is None and f is not None else train
-        if classes is None:
-            classes = folder_classes
-    raw = _limit(raw, spec.train_size if split == "train" else spec.test_size)
-    _check(raw, shape, num_classes, list(classes) if classes is not None else None)
-    x = _to_float(raw.x)
-    _normalise(x, list(mean), list(std))
-    return x, torch.from_numpy(raw.y)
+    if want == "all":
+        pieces = [r for r in (whole, train, test) if r is not None]
+        parts.all = pieces[0] if len(pieces) == 1 else _concat(pieces, parts.path)
+        return parts
+    f = spec.test_fraction
+    if whole is not None:
+        if f is None:
+            if want is None:
+                raise DataError(
+                    f"{path}: missing split: the data has no separate test set; give "
+                    "test_fraction (e.g. 0.2) to hold out part of it"
+                )
+            # Data kept for evaluation only: all of it is the test split.
+            parts.test = _Raw(whole.x, whole.y, f"{whole.where} (all of it: no split)")
+            parts.why_missing = {s: "the data has no separate test set, and the entry no "
+                                 "test_fraction, so it has no " + s + " part" for s in SPLITS}
+            return parts
+        train, test = _stratified(whole, f)
+    elif test is not None and f is not None:
+        raise DataError(
+            f"{path}: the dataset has its own test split, so test_fraction {f:g} would "
+            "be ignored; remove it (to hold out part of the training data for validation, "
+            "use val_fraction)"
+        )
+    elif test is None and train is not None and f is not None:
+        train, test = _stratified(train, f)
+    if train is None and want is None:
+        raise DataError(f"{path}: missing split: no training data found")
+    if test is None:
+        parts.why_missing["test"] = ("missing split: no test data found (--split all scores "
+                                     "every image)")
+        if want is None:
+            raise DataError(
+                f"{path}: missing split: no test data found; add it, or give test_fraction "
+                "to hold out part of the training data"
+            )
+    if train is not None:
+        train = _subset(train, spec.train_size, "train_size", parts.notes, num_classes)
+        if spec.val_fraction is not None:
+            train, val = _stratified(train, spec.val_fraction, "validation part")
+            parts.val = val
+    if test is not None:
+        test = _subset(test, spec.test_size, "test_size", parts.notes, num_classes)
+    if parts.val is None:
+        parts.why_missing["val"] = "the dataset entry has no val_fraction, so no validation part"
+    if train is None:
+        parts.why_missing["train"] = "missing split: no training data found"
+    parts.train, parts.test = train, test
+    return parts
+
+
+def _concat(pieces: list[_Raw], where: str) -> _Raw:
+    shapes = {tuple(r.x.shape[1:]) for r in pieces}
+    if len(shapes) > 1:
+        raise DataError(f"{where}: the splits hold images of different shapes")
+    return _Raw(np.concatenate([r.x for r in pieces]), np.concatenate([r.y for r in pieces]),
+                where)
 
 
 # ---------------------------------------------------------------- checks
@@ -271,7 +358,11 @@ def _fmt_shape(shape: Sequence[int]) -> str:
 
 
 def _check(
-    raw: _Raw, shape: tuple[int, int, int], num_classes: int, classes: list[str] | None
+    raw: _Raw,
+    shape: tuple[int, int, int],
+    num_classes: int,
+    classes: list[str] | None,
+    resize: bool = False,
 ) -> None:
     if raw.x.shape[0] == 0:
         raise DataError(f"{raw.where}: the dataset is empty")
@@ -279,10 +370,12 @@ def _check(
         raise DataError(
             f"{raw.where}: {raw.x.shape[0]} images but {raw.y.shape[0]} labels"
         )
-    if tuple(raw.x.shape[1:]) != shape:
+    if tuple(raw.x.shape[1:]) != shape and not (resize and raw.x.shape[1] == shape[0]):
         raise DataError(
             f"{raw.where}: images are {_fmt_shape(raw.x.shape[1:])} (channels×height×width) "
             f"but the spec's input.shape is {list(shape)}"
+            + ("" if raw.x.shape[1] != shape[0] else
+               " (dataset resize: true resizes them)")
         )
     if raw.x.dtype.kind == "f" and not np.isfinite(raw.x).all():
         raise DataError(f"{raw.where}: the images contain NaN or infinite values")
@@ -334,11 +427,69 @@ def _images(x: np.ndarray, where: str, channels: int | None = None) -> np.ndarra
 # ---------------------------------------------------------------- conversion
 
 
-def _to_float(x: np.ndarray) -> torch.Tensor:
-    t = torch.from_numpy(np.array(x, dtype=np.float32, order="C"))
-    if x.dtype == np.uint8:
-        t.div_(255.0)
-    return t
+# Bytes of float64 per chunk of images converted, resized or summed at a time: bounds
+# the temporaries to a few MB whatever the image size.
+CHUNK_BYTES = 8 << 20
+
+
+def _chunk(shape: Sequence[int]) -> int:
+    return max(1, CHUNK_BYTES // (8 * int(np.prod(shape[1:]))))
+
+
+def _nbytes(raw: _Raw, shape: tuple[int, int, int]) -> int:
+    return int(raw.x.shape[0]) * shape[0] * shape[1] * shape[2] * 4
+
+
+def _check_fits(splits: list[_Raw], shape: tuple[int, int, int], extra: int, what: str) -> None:
+    """Refuse, before converting anything, data (plus ``extra``) that would not fit."""
+    from shapecheck.codegen import available_memory
+
+    data = sum(_nbytes(r, shape) for r in splits)
+    available = available_memory()
+    if available is None or data + extra <= available:
+        return
+    n = sum(int(r.x.shape[0]) for r in splits)
+    also = f" and {what} ({_human(extra)})" if extra else ""
+    raise MemoryLimitError(
+        f"the {n:,} images as float32 ({_fmt_shape(shape)} each: {_human(data)}){also} need "
+        f"{_human(data + extra)}, but only {_human(available)} of memory are available; "
+        "train on a subset (train_size, test_size) or smaller images"
+    )
+
+
+def _human(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:,} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def _to_float(raw: _Raw, shape: tuple[int, int, int]) -> torch.Tensor:
+    """float32 (N, C, H, W) of ``shape``: 8-bit images scaled to [0, 1], other sizes resized.
+
+    Filled a chunk at a time, so the peak is the result plus one chunk."""
+    x = raw.x
+    n = int(x.shape[0])
+    try:
+        out = torch.empty((n, *shape), dtype=torch.float32)
+    except (MemoryError, RuntimeError) as e:
+        raise MemoryLimitError(
+            f"{raw.where}: cannot allocate {_human(n * 4 * shape[0] * shape[1] * shape[2])} "
+            f"for {n:,} images as float32 ({type(e).__name__}); train on a subset "
+            "(train_size, test_size) or smaller images"
+        ) from None
+    resize = tuple(x.shape[2:]) != shape[1:]
+    step = _chunk(x.shape)
+    for i in range(0, n, step):
+        chunk = torch.from_numpy(np.asarray(x[i:i + step], dtype=np.float32))
+        if x.dtype == np.uint8:
+            chunk.div_(255.0)
+        if resize:
+            chunk = torch.nn.functional.interpolate(
+                chunk, size=shape[1:], mode="bilinear", align_corners=False, antialias=True)
+        out[i:i + step] = chunk
+    return out
 
 
 def _mean_std(
@@ -348,7 +499,19 @@ def _mean_std(
         mean = _per_channel(spec.mean, channels, "mean")
         std = _per_channel(spec.std, channels, "std")
         return mean, std
-    std_t, mean_t = torch.std_mean(x.transpose(0, 1).reshape(channels, -1), dim=1)
+    # Two passes over chunks, summed in float64: no copy of the whole tensor, and
+    # no cancellation from summing squares of large values.
+    n = x.shape[0] * x.shape[2] * x.shape[3]
+    step = _chunk(x.shape)
+    total = torch.zeros(channels, dtype=torch.float64)
+    for i in range(0, x.shape[0], step):
+        total += x[i:i + step].sum(dim=(0, 2, 3), dtype=torch.float64)
+    mean_t = total / n
+    sq = torch.zeros(channels, dtype=torch.float64)
+    m = mean_t.view(1, -1, 1, 1)
+    for i in range(0, x.shape[0], step):
+        sq += ((x[i:i + step].double() - m) ** 2).sum(dim=(0, 2, 3))
+    std_t = (sq / max(n - 1, 1)).sqrt()
     # A constant channel (blank synthetic data) would divide by zero.
     std_t = torch.where(std_t > 1e-12, std_t, torch.ones_like(std_t))
     return [float(v) for v in mean_t], [float(v) for v in std_t]
@@ -371,35 +534,33 @@ def _normalise(x: torch.Tensor, mean: list[float], std: list[float]) -> None:
     x.sub_(m).div_(s)
 
 
-def _limit(raw: _Raw, n: int | None) -> _Raw:
+def _subset(raw: _Raw, n: int | None, key: str, notes: list[str], num_classes: int) -> _Raw:
+    """A random subset of n samples, stratified by class, the same for every run.
+
+    Each class's samples are shuffled and spread evenly over [0, 1); the n with the
+    lowest positions are kept, so every class gets its share (give or take one)
+    however the data is sorted, and a smaller n keeps a subset of a larger one's.
+    """
     if n is None or n >= raw.x.shape[0]:
         return raw
-    return _Raw(raw.x[:n], raw.y[:n], raw.where)
-
-
-def _split(
-    train: _Raw | None, test: _Raw | None, whole: _Raw | None, spec: DatasetSpec, path: Path
-) -> tuple[_Raw, _Raw]:
-    if whole is not None:
-        if spec.test_fraction is None:
-            raise DataError(
-                f"{path}: missing split: the data has no separate test set; give "
-                "test_fraction (e.g. 0.2) to hold out part of it"
-            )
-        return _stratified(whole, spec.test_fraction)
-    if train is None:
-        raise DataError(f"{path}: missing split: no training data found")
-    if test is None:
-        if spec.test_fraction is not None:
-            return _stratified(train, spec.test_fraction)
-        raise DataError(
-            f"{path}: missing split: no test data found; add it, or give test_fraction "
-            "to hold out part of the training data"
+    rng = np.random.default_rng(SPLIT_SEED)
+    position = np.empty(raw.y.shape[0])
+    for c in np.unique(raw.y):
+        idx = np.flatnonzero(raw.y == c)
+        idx = idx[rng.permutation(idx.size)]
+        position[idx] = (np.arange(idx.size) + rng.random(idx.size)) / idx.size
+    keep = np.sort(np.argsort(position, kind="stable")[:n])
+    present = np.unique(raw.y)
+    missing = sorted(set(present.tolist()) - set(np.unique(raw.y[keep]).tolist()))
+    if missing:
+        notes.append(
+            f"{key} {n} keeps {present.size - len(missing)} of the {present.size} classes "
+            f"in {raw.where}; missing: {', '.join(map(str, missing))}"
         )
-    return train, test
+    return _Raw(raw.x[keep], raw.y[keep], raw.where)
 
 
-def _stratified(raw: _Raw, fraction: float) -> tuple[_Raw, _Raw]:
+def _stratified(raw: _Raw, fraction: float, held_out: str = "held-out part") -> tuple[_Raw, _Raw]:
     if raw.x.shape[0] == 0:
         raise DataError(f"{raw.where}: the dataset is empty")
     if raw.x.shape[0] != raw.y.shape[0]:
@@ -416,9 +577,10 @@ def _stratified(raw: _Raw, fraction: float) -> tuple[_Raw, _Raw]:
     # Keep the original order inside each split; the trainer shuffles anyway.
     tr = np.sort(np.concatenate(train_idx))
     te = np.sort(np.concatenate(test_idx))
+    base = raw.where.removesuffix(" (training part)")
     return (
-        _Raw(raw.x[tr], raw.y[tr], f"{raw.where} (training part)"),
-        _Raw(raw.x[te], raw.y[te], f"{raw.where} (held-out part)"),
+        _Raw(raw.x[tr], raw.y[tr], f"{base} (training part)"),
+        _Raw(raw.x[te], raw.y[te], f"{base} ({held_out})"),
     )
 
 
@@ -584,6 +746,7 @@ def _read_folder(
     shape: tuple[int, int, int],
     num_classes: int,
     known: Sequence[str] | None = None,
+    resize: bool = False,
 ) -> tuple[_Raw | None, _Raw | None, _Raw | None, list[str]]:
     if not path.is_dir():
         raise DataError(f"{path}: not a folder")
@@ -600,16 +763,16 @@ def _read_folder(
     test_dir = next((path / n for n in ("test", "val") if (path / n).is_dir()), None)
     if train_dir.is_dir():
         classes = list(known) if known is not None else _class_dirs(train_dir)
-        train = _read_classes(train_dir, classes, shape, subset=known is not None)
-        test = _read_classes(test_dir, classes, shape, subset=True) if test_dir else None
+        train = _read_classes(train_dir, classes, shape, known is not None, resize)
+        test = _read_classes(test_dir, classes, shape, True, resize) if test_dir else None
         return train, test, None, classes
     if test_dir is not None and known is not None:
         # Evaluating on a folder that only has a test part.
         classes = list(known)
-        return None, _read_classes(test_dir, classes, shape, subset=True), None, classes
+        return None, _read_classes(test_dir, classes, shape, True, resize), None, classes
     names = _class_dirs(path)
     classes = list(known) if known is not None else names
-    whole = _read_classes(path, classes, shape, subset=known is not None)
+    whole = _read_classes(path, classes, shape, known is not None, resize)
     return None, None, whole, classes
 
 
@@ -621,7 +784,11 @@ def _class_dirs(d: Path) -> list[str]:
 
 
 def _read_classes(
-    d: Path, classes: list[str], shape: tuple[int, int, int], subset: bool = False
+    d: Path,
+    classes: list[str],
+    shape: tuple[int, int, int],
+    subset: bool = False,
+    resize: bool = False,
 ) -> _Raw:
     from PIL import Image, UnidentifiedImageError
 
@@ -650,12 +817,17 @@ def _read_classes(
             try:
                 with Image.open(p) as im:
                     im.load()
-                    if im.size != (w, h):
+                    if im.size != (w, h) and not resize:
                         raise DataError(
                             f"{p}: image is {im.size[0]}×{im.size[1]} (width×height) but the "
-                            f"spec's input.shape needs {w}×{h}"
+                            f"spec's input.shape needs {w}×{h} (dataset resize: true "
+                            "resizes them)"
                         )
-                    arr = np.asarray(im.convert(_PIL_MODES[c]))
+                    im = im.convert(_PIL_MODES[c])
+                    if im.size != (w, h):
+                        # Pillow's bilinear widens its filter when shrinking: antialiased.
+                        im = im.resize((w, h), Image.Resampling.BILINEAR)
+                    arr = np.asarray(im)
             except DataError:
                 raise
             except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:

@@ -11,19 +11,26 @@ atomically (``shapecheck.atomic``), so a kill at any instant leaves the last
 complete checkpoint loadable:
 
 - ``model.pt``       the model's ``state_dict`` after the last completed epoch
+- ``model_best.pt``  with a validation split: the epoch of the best validation
+                     accuracy (ties: lower validation loss)
 - ``checkpoint.pt``  model, optimizer, epoch, step within the epoch, RNG states,
                      metrics so far: what ``--resume`` continues from
 - ``metrics.csv``    one row per epoch, columns ``METRICS_COLUMNS``
 - ``curves.png``     loss and accuracy per epoch (matplotlib, Agg)
 - ``model.py``       the emitted model source
 - ``run.json``       what ``eval`` needs: input shape, classes, normalisation,
-                     the dataset, the train spec, the module's class name
+                     the dataset, the train spec, the module's class name; and
+                     each resume, with what changed
+- ``tensorboard/``   with ``tensorboard: true``: the numbers of metrics.csv as event files
 
 Reproducibility: the seed seeds torch's global RNG and re-initialises the
 module's parameters; the data order of epoch e comes from a generator seeded
 with (seed, e) alone. A resumed run restores the RNG state, the optimizer and
-the position inside the epoch, so with the same spec it ends with the same
-weights as a run that was never stopped. Ctrl-C is caught between steps: the
+the position inside the epoch, so with the same spec (and the same number of
+threads) it ends with the same weights as a run that was never stopped. A
+resume mid-epoch refuses a change of seed, batch size, drop_last or dataset
+(the rest of the epoch could not be replayed); at an epoch boundary the change
+applies from the next epoch and is named. Ctrl-C is caught between steps: the
 current position is saved (an exact mid-epoch checkpoint) and KeyboardInterrupt
 is raised again for the caller to exit 130; a second Ctrl-C stops at once,
 keeping the last saved checkpoint.
@@ -34,12 +41,15 @@ one passed in), loads ``model.pt`` and scores it with the run's normalisation.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as _dt
+import functools
 import importlib.util
 import io
 import json
 import math
+import os
 import shutil
 import signal
 import sys
@@ -55,10 +65,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from shapecheck.atomic import atomic_open, atomic_write, temp_name_prefix
-from shapecheck.data import DataError, load_dataset, load_split, resolve_path
+from shapecheck.data import DataError, MemoryLimitError, load_dataset, load_split, resolve_path
 from shapecheck.trainspec import DatasetSpec, OptimizerSpec, TrainSpec
 
 __all__ = [
+    "BEST_FILE",
     "CHECKPOINT_FILE",
     "CURVES_FILE",
     "METRICS_COLUMNS",
@@ -80,17 +91,22 @@ __all__ = [
 ]
 
 MODEL_FILE = "model.pt"
+BEST_FILE = "model_best.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.csv"
 CURVES_FILE = "curves.png"
 SOURCE_FILE = "model.py"
 RUN_FILE = "run.json"
-RUN_FILES = (MODEL_FILE, CHECKPOINT_FILE, METRICS_FILE, CURVES_FILE, SOURCE_FILE, RUN_FILE)
+RUN_FILES = (MODEL_FILE, BEST_FILE, CHECKPOINT_FILE, METRICS_FILE, CURVES_FILE, SOURCE_FILE,
+             RUN_FILE)
+TENSORBOARD_DIR = "tensorboard"
 CHECKPOINT_VERSION = 1
 METRICS_COLUMNS = (
     "epoch",
     "train_loss",
     "train_acc",
+    "val_loss",
+    "val_acc",
     "test_loss",
     "test_acc",
     "lr",
@@ -119,6 +135,8 @@ class EpochMetrics:
     lr: float
     samples_per_s: float  # training samples per second of the training phase
     seconds: float  # the whole epoch, evaluation included
+    val_loss: float | None = None  # None without a validation split
+    val_acc: float | None = None
 
 
 @dataclass
@@ -128,6 +146,12 @@ class TrainResult:
     history: list[EpochMetrics]
     seconds: float  # wall time of this call
     resumed_from: int | None = None  # completed epochs in the checkpoint resumed from
+    best_epoch: int | None = None  # the epoch in model_best.pt (with a validation split)
+    stopped_early: bool = False  # patience ran out
+
+    @property
+    def best(self) -> EpochMetrics | None:
+        return self.history[self.best_epoch - 1] if self.best_epoch else None
 
     @property
     def final(self) -> EpochMetrics | None:
@@ -188,14 +212,59 @@ def _loss_fn(name: str) -> Callable[..., torch.Tensor]:
     return {"cross_entropy": F.cross_entropy, "nll_loss": F.nll_loss}[name]
 
 
-def _make_optimizer(params: Any, o: OptimizerSpec) -> torch.optim.Optimizer:
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+def _param_groups(module: nn.Module, o: OptimizerSpec) -> list[dict[str, Any]]:
+    """One group, or two when norm weights and biases are kept out of weight decay.
+
+    Each group carries ``decay`` so a resume can re-apply the spec's weight decay."""
+    wd = o.effective_weight_decay
+    if o.decay_norm_and_bias:
+        return [{"params": list(module.parameters()), "weight_decay": wd, "decay": True}]
+    plain, exempt = [], []
+    for m in module.modules():
+        for pname, p in m.named_parameters(recurse=False):
+            (exempt if isinstance(m, _NORMS) or pname == "bias" else plain).append(p)
+    groups = [{"params": plain, "weight_decay": wd, "decay": True},
+              {"params": exempt, "weight_decay": 0.0, "decay": False}]
+    return [g for g in groups if g["params"]]
+
+
+def _make_optimizer(module: nn.Module, o: OptimizerSpec) -> torch.optim.Optimizer:
+    groups = _param_groups(module, o)
     if o.type == "sgd":
-        return torch.optim.SGD(
-            params, lr=o.effective_lr, momentum=o.effective_momentum,
-            weight_decay=o.effective_weight_decay,
-        )
+        return torch.optim.SGD(groups, lr=o.effective_lr, momentum=o.effective_momentum,
+                               nesterov=o.nesterov)
     cls = torch.optim.Adam if o.type == "adam" else torch.optim.AdamW
-    return cls(params, lr=o.effective_lr, weight_decay=o.effective_weight_decay)
+    return cls(groups, lr=o.effective_lr)
+
+
+def _apply_hyperparameters(optimizer: torch.optim.Optimizer, o: OptimizerSpec) -> None:
+    # A resumed run takes lr and the like from the spec, which may have changed.
+    for group in optimizer.param_groups:
+        group["lr"] = o.effective_lr
+        group["weight_decay"] = o.effective_weight_decay if group.get("decay", True) else 0.0
+        if "momentum" in group:
+            group["momentum"] = o.effective_momentum
+            group["nesterov"] = o.nesterov
+
+
+def _class_weights(spec: TrainSpec, y: torch.Tensor, num_classes: int) -> torch.Tensor | None:
+    w = spec.class_weights
+    if w is None:
+        return None
+    if w == "balanced":
+        # As scikit-learn's "balanced": n / (classes * count); an absent class weighs 0.
+        counts = torch.bincount(y.cpu(), minlength=num_classes).double()
+        present = int((counts > 0).sum())
+        weights = torch.where(counts > 0, y.numel() / (present * counts.clamp(min=1)),
+                              torch.zeros_like(counts))
+        return weights.float()
+    if len(w) != num_classes:
+        raise TrainError(f"class_weights has {len(w)} values; the last layer has "
+                         f"{num_classes} classes")
+    return torch.tensor(w, dtype=torch.float32)
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -380,7 +449,8 @@ def _write_metrics(path: Path, history: Sequence[EpochMetrics]) -> None:
     w.writerow(METRICS_COLUMNS)
     for m in history:
         row = asdict(m)
-        w.writerow([row["epoch"]] + [f"{row[c]:.6g}" for c in METRICS_COLUMNS[1:]])
+        w.writerow([row["epoch"]] + ["" if row[c] is None else f"{row[c]:.6g}"
+                                     for c in METRICS_COLUMNS[1:]])
     atomic_write(path, buf.getvalue())
 
 
@@ -397,12 +467,17 @@ def _write_curves(path: Path, history: Sequence[EpochMetrics], title: str) -> bo
     FigureCanvasAgg(fig)
     ax1, ax2 = fig.subplots(1, 2)
     ax1.plot(epochs, [m.train_loss for m in history], "o-", label="train")
+    has_val = any(m.val_loss is not None for m in history)
+    if has_val:
+        ax1.plot(epochs, [m.val_loss for m in history], "o-", label="validation")
     ax1.plot(epochs, [m.test_loss for m in history], "o-", label="test")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("loss")
     ax1.set_title("loss")
     ax1.legend()
     ax2.plot(epochs, [100 * m.train_acc for m in history], "o-", label="train")
+    if has_val:
+        ax2.plot(epochs, [100 * (m.val_acc or 0) for m in history], "o-", label="validation")
     ax2.plot(epochs, [100 * m.test_acc for m in history], "o-", label="test")
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("accuracy (%)")
@@ -473,11 +548,188 @@ def train(
     parameters from the seed on a fresh run (the module's own weights are used
     when False).
 
-    Raises DataError (the data cannot be read or does not fit the spec),
-    TrainError (no dataset, no device, a bad resume, the model's output does not
-    fit, a NaN/inf loss), and KeyboardInterrupt after saving a checkpoint on
-    Ctrl-C.
+    Raises DataError (the data cannot be read or does not fit the spec; a
+    MemoryLimitError when it does not fit in memory), TrainError (no dataset, no
+    device, a bad resume, the model's output or a batch does not fit, a NaN/inf
+    loss), and KeyboardInterrupt after saving a checkpoint on Ctrl-C.
     """
+    threads = torch.get_num_threads()
+    try:
+        with _deterministic(spec.deterministic):
+            return _train(module, spec, name=name, input_shape=input_shape,
+                          num_classes=num_classes, base_dir=base_dir, out_dir=out_dir,
+                          model_source=model_source, resume=resume, log=log,
+                          progress=progress, reinit=reinit)
+    finally:
+        torch.set_num_threads(threads)  # a deterministic resume may have changed it
+
+
+@contextlib.contextmanager
+def _deterministic(on: bool):
+    """torch.use_deterministic_algorithms and the cuDNN flags, restored afterwards."""
+    if not on:
+        yield
+        return
+    cudnn = torch.backends.cudnn
+    old = (torch.are_deterministic_algorithms_enabled(),
+           torch.is_deterministic_algorithms_warn_only_enabled(),
+           cudnn.deterministic, cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    # cuBLAS is deterministic only with a fixed workspace (PyTorch's reproducibility notes).
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    cudnn.deterministic, cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(old[0], warn_only=old[1])
+        cudnn.deterministic, cudnn.benchmark = old[2], old[3]
+        if old[4] is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+
+# What a resume may not change in the middle of an epoch: the rest of its batches
+# could not be replayed. At an epoch boundary they apply from the next epoch.
+_EPOCH_KEYS = ("seed", "batch_size", "drop_last")
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _resume_changes(ckpt: dict[str, Any], spec: TrainSpec, dataset: dict[str, Any],
+                    steps_done: int, where: str) -> list[str]:
+    """What differs from the checkpoint's spec, in words; TrainError where it cannot apply."""
+    old_spec = TrainSpec.model_validate(ckpt["train"])
+    old_ds = ckpt.get("dataset")
+    if old_ds is not None and old_ds != dataset:
+        diff = [f"{k} {_flat(old_ds).get(k)} -> {_flat(dataset).get(k)}"
+                for k in sorted(set(_flat(old_ds)) | set(_flat(dataset)))
+                if _flat(old_ds).get(k) != _flat(dataset).get(k)]
+        raise TrainError(
+            f"cannot resume: the dataset differs from the checkpoint's ({'; '.join(diff)}); "
+            "the run's splits and normalisation come from its dataset. Keep the dataset, or "
+            "start a new run in another folder (--out)")
+    old = _flat(old_spec.model_dump(mode="json", exclude={"dataset", "output"}))
+    new = _flat(spec.model_dump(mode="json", exclude={"dataset", "output"}))
+    changed = [k for k in sorted(old) if old[k] != new.get(k)]
+    fixed = [k for k in changed if k in ("optimizer.type", "optimizer.decay_norm_and_bias")]
+    if fixed:
+        raise TrainError(
+            f"cannot resume with {', '.join(f'{k} {new[k]}' for k in fixed)}: the checkpoint's "
+            f"optimizer state was made with {', '.join(f'{k} {old[k]}' for k in fixed)}; "
+            "start a new run in another folder (--out)")
+    if steps_done:
+        stuck = [k for k in changed if k in _EPOCH_KEYS]
+        if stuck:
+            was = ", ".join(f"{k} {old[k]}" for k in stuck)
+            raise TrainError(
+                f"cannot resume {where} with {', '.join(f'{k} {new[k]}' for k in stuck)}: the "
+                f"checkpoint was made with {was}, and the rest of the epoch can only be "
+                "replayed with the same. Resume with the same values; a change can apply "
+                "from an epoch boundary (the checkpoint of a completed epoch)")
+    return [f"{k} {old[k]} -> {new.get(k)}" for k in changed]
+
+
+def _check_batches(module: nn.Module, x: torch.Tensor, n: int, bs: int, drop_last: bool,
+                   device: torch.device) -> None:
+    """Every batch size the loop will make goes through the module in training mode.
+
+    BatchNorm, for one, refuses a batch of one sample; better to find out now than
+    after a whole epoch's work. Buffers (running statistics) and RNG are restored,
+    so the check leaves no trace in the run."""
+    if drop_last and n < bs:
+        raise TrainError(f"drop_last with batch_size {bs} leaves no batch: the training "
+                         f"split has {n} samples")
+    last = n % bs
+    sizes = sorted({min(bs, n)} | ({last} if last and not drop_last and n > bs else set()))
+    buffers = {k: v.detach().clone() for k, v in module.named_buffers()}
+    rng = _rng_state(device)
+    was_training = module.training
+    module.train()
+    try:
+        for size in sizes:
+            try:
+                with torch.no_grad():
+                    module(x[:size])
+            except Exception as e:  # noqa: BLE001 - whatever the model raises, say it plainly
+                what = f"{type(e).__name__}: {e}".strip()
+                if size == last and size != bs:
+                    raise TrainError(
+                        f"the last batch of each epoch has {size} sample"
+                        f"{'s' if size != 1 else ''} ({n} = {n // bs}×{bs} + {last}), and the "
+                        f"model fails on it in training mode: {what}. Set train.drop_last: true "
+                        "(--drop-last) to skip it, or choose another batch_size") from None
+                raise TrainError(f"the model fails on a training batch of {size} in training "
+                                 f"mode: {what}") from None
+    finally:
+        module.train(was_training)
+        with torch.no_grad():
+            for k, v in module.named_buffers():
+                v.copy_(buffers[k])
+        _set_rng_state(rng, device)
+
+
+def _best_epoch(history: Sequence[EpochMetrics]) -> int | None:
+    """The epoch (1-based) of the best validation accuracy, ties to the lower loss."""
+    scored = [m for m in history if m.val_acc is not None]
+    if not scored:
+        return None
+    return max(scored, key=lambda m: (m.val_acc, -(m.val_loss or 0.0), -m.epoch)).epoch
+
+
+def _tensorboard(out: Path) -> Any:
+    """A SummaryWriter in out/tensorboard; TrainError when tensorboard is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise TrainError("tensorboard: true needs the tensorboard package: "
+                         "pip install 'shapecheck[tensorboard]'") from None
+    return SummaryWriter(log_dir=str(out / TENSORBOARD_DIR))
+
+
+def _tensorboard_available() -> None:
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        raise TrainError("tensorboard: true needs the tensorboard package: "
+                         "pip install 'shapecheck[tensorboard]'") from None
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _update_run_info(path: Path, entry: dict[str, Any], spec: TrainSpec) -> None:
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # run.json is for eval; a resume must not fail for want of it
+    info.setdefault("resumes", []).append(entry)
+    info["train"] = spec.model_dump(mode="json")
+    atomic_write(path, json.dumps(info, indent=2) + "\n")
+
+
+def _train(
+    module: nn.Module,
+    spec: TrainSpec,
+    *,
+    name: str,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    base_dir: Path,
+    out_dir: Path | None,
+    model_source: str,
+    resume: bool,
+    log: Callable[[str], Any],
+    progress: bool | None,
+    reinit: bool,
+) -> TrainResult:
     t_call = time.perf_counter()
     if spec.dataset is None:
         raise TrainError("no dataset: give train.dataset in the spec (or --data)")
@@ -492,6 +744,16 @@ def train(
     if isinstance(last, nn.Softmax):
         log("note: the last layer is Softmax; cross_entropy applies log-softmax itself, "
             "so a Softmax before it slows learning (use logsoftmax with nll_loss, or drop it)")
+    if spec.label_smoothing and loss_name != "cross_entropy":
+        raise TrainError(f"label_smoothing needs cross_entropy; this run's loss is {loss_name} "
+                         "(the last layer is LogSoftmax): give loss: cross_entropy and drop "
+                         "the logsoftmax layer")
+    if spec.patience is not None and (spec.dataset.val_fraction is None):
+        raise TrainError("patience needs a validation split: give the dataset a val_fraction "
+                         "(e.g. 0.1); the test split drives no decision")
+    if spec.tensorboard:
+        _tensorboard_available()
+    dataset_entry = _absolute_dataset(spec.dataset, base_dir)
 
     ckpt: dict[str, Any] | None = None
     if resume:
@@ -506,10 +768,18 @@ def train(
                 f"cannot resume: {out / CHECKPOINT_FILE} was made by a different "
                 f"architecture ({detail})")
 
+    # Weights, gradients and optimizer state, counted with the data in one memory check.
+    param_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+    copies = 2 + (2 if spec.optimizer.type != "sgd" else int(bool(
+        spec.optimizer.effective_momentum)))
     data = load_dataset(spec.dataset, input_shape=input_shape, num_classes=num_classes,
-                        base_dir=base_dir)
+                        base_dir=base_dir, extra_bytes=param_bytes * copies,
+                        extra_what="the weights, gradients and optimizer state")
     for note in data.notes:
         log(f"note: {note}")
+    if data.source == "synthetic":
+        log("note: synthetic data is a smoke test: it shows that the model trains and the "
+            "run folder is written; its accuracy says nothing about real data")
     if ckpt is not None and not torch.allclose(
             torch.tensor(ckpt["mean"] + ckpt["std"]), torch.tensor(data.mean + data.std),
             rtol=1e-4, atol=1e-6):
@@ -519,36 +789,83 @@ def train(
     torch.manual_seed(spec.seed)
     if ckpt is None and reinit:
         _reinit(module)
-    module.to(device)
-    x_train, y_train = data.x_train.to(device), data.y_train.to(device)
-    x_test, y_test = data.x_test.to(device), data.y_test.to(device)
+    try:
+        module.to(device)
+        x_train, y_train = data.x_train.to(device), data.y_train.to(device)
+        x_test, y_test = data.x_test.to(device), data.y_test.to(device)
+        x_val = data.x_val.to(device) if data.x_val is not None else None
+        y_val = data.y_val.to(device) if data.y_val is not None else None
+    except (MemoryError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and "memory" not in str(e).lower():
+            raise
+        raise MemoryLimitError(f"the data does not fit on {device.type}: "
+                               f"{type(e).__name__}: {str(e).splitlines()[0]}") from None
     _check_output(module, x_train[:2], num_classes)
+    n = x_train.shape[0]
+    bs = spec.batch_size
+    steps = n // bs if spec.drop_last else math.ceil(n / bs)
+    _check_batches(module, x_train, n, bs, spec.drop_last, device)
+    class_weights = _class_weights(spec, data.y_train, num_classes)
+    if class_weights is not None:
+        class_weights = class_weights.to(device)
 
     out.mkdir(parents=True, exist_ok=True)
     for f in RUN_FILES:  # temp files a killed run may have left behind
         for stale in out.glob(temp_name_prefix(f) + "*.tmp"):
             stale.unlink(missing_ok=True)
 
-    optimizer = _make_optimizer(module.parameters(), spec.optimizer)
+    optimizer = _make_optimizer(module, spec.optimizer)
+    pending_resume: dict[str, Any] | None = None
     history: list[EpochMetrics] = []
     start_epoch, start_step = 0, 0
     partial: dict[str, Any] | None = None
     if ckpt is not None:
-        module.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        for group in optimizer.param_groups:  # the spec may have changed lr and the like
-            group["lr"] = spec.optimizer.effective_lr
-            group["weight_decay"] = spec.optimizer.effective_weight_decay
-            if "momentum" in group:
-                group["momentum"] = spec.optimizer.effective_momentum
-        _set_rng_state(ckpt["rng"], device)
         start_epoch, start_step = int(ckpt["epoch"]), int(ckpt["step"])
+        if start_step:
+            was = TrainSpec.model_validate(ckpt["train"])  # the steps as the run counted them
+            was_steps = n // was.batch_size if was.drop_last else math.ceil(n / was.batch_size)
+            where = f"at epoch {start_epoch + 1}, step {start_step}/{was_steps}"
+        else:
+            where = f"after epoch {start_epoch}"
+        changes = _resume_changes(ckpt, spec, dataset_entry, start_step, where)
+        module.load_state_dict(ckpt["model"])
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except ValueError as e:
+            raise TrainError(f"cannot resume: the optimizer's state does not fit ({e}); was "
+                             "the optimizer type or decay_norm_and_bias changed?") from None
+        _apply_hyperparameters(optimizer, spec.optimizer)
+        _set_rng_state(ckpt["rng"], device)
         partial = ckpt.get("partial")
         history = [EpochMetrics(**m) for m in ckpt["metrics"]]
-        where = f"epoch {start_epoch}" + (f", step {start_step}" if start_step else "")
-        log(f"resuming {out} from {where}")
+        log(f"resuming {out} {where}")
+        if changes:
+            log(f"note: changed since the checkpoint: {'; '.join(changes)}"
+                + ("; they apply from here on, so the run differs from one that had them "
+                   "from the start" if any(c.split()[0] in _EPOCH_KEYS for c in changes)
+                   else ""))
+        saved_threads = ckpt.get("threads")
+        if saved_threads is not None and saved_threads != torch.get_num_threads() \
+                and device.type == "cpu":
+            if spec.deterministic:
+                torch.set_num_threads(int(saved_threads))
+                log(f"note: using {_plural(int(saved_threads), 'thread')}, as the run did "
+                    "before: CPU results depend on the thread count")
+            else:
+                log(f"note: the run used {_plural(int(saved_threads), 'thread')}, this "
+                    f"process {torch.get_num_threads()}; the weights will differ in the last "
+                    "bits from an uninterrupted run (--deterministic keeps the count)")
+        # Recorded in run.json with the first checkpoint it writes: a resume that fails
+        # before then leaves the run folder as it was.
+        pending_resume = {
+            "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "epoch": start_epoch + (1 if start_step else 0),
+            "step": start_step,
+            "changes": changes,
+            "threads": torch.get_num_threads(),
+        }
     else:
-        old = [f for f in (MODEL_FILE, CHECKPOINT_FILE, METRICS_FILE, CURVES_FILE)
+        old = [f for f in (MODEL_FILE, BEST_FILE, CHECKPOINT_FILE, METRICS_FILE, CURVES_FILE)
                if (out / f).exists()]
         if old:
             log(f"note: starting afresh in {out}; removing the previous run's "
@@ -565,29 +882,38 @@ def train(
             "std": data.std,
             "loss": loss_name,
             "module_class": type(module).__name__,
-            "dataset": _absolute_dataset(spec.dataset, base_dir),
+            "dataset": dataset_entry,
             "train": spec.model_dump(mode="json"),
+            "splits": {"train": n, "val": data.num_val, "test": data.num_test},
+            "threads": torch.get_num_threads(),
             "torch_version": str(torch.__version__),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
         atomic_write(out / RUN_FILE, json.dumps(run_info, indent=2) + "\n")
 
     show = _Progress(sys.stderr.isatty() if progress is None else progress, sys.stderr)
-    n = x_train.shape[0]
-    bs = spec.batch_size
-    steps = math.ceil(n / bs)
-    loss_fn = _loss_fn(loss_name)
+    train_loss_fn = functools.partial(_loss_fn(loss_name), weight=class_weights,
+                                      **({"label_smoothing": spec.label_smoothing}
+                                         if spec.label_smoothing else {}))
     eval_batch = max(2 * bs, 256)
     lr = spec.optimizer.effective_lr
-    log(f"training {name} on {device.type}: {n} training and {x_test.shape[0]} test "
-        f"images ({data.source}), {spec.epochs} epochs, batch {bs}, "
+    val_part = f"{data.num_val} validation and " if x_val is not None else ""
+    log(f"training {name} on {device.type}: {n} training, {val_part}{x_test.shape[0]} test "
+        f"images ({data.source}), {_plural(spec.epochs, 'epoch')}, batch {bs}"
+        f"{' (last batch dropped)' if spec.drop_last and n % bs else ''}, "
         f"{spec.optimizer.type} lr {lr:g}, {loss_name}")
-    if start_epoch >= spec.epochs:
-        log(f"nothing to do: the checkpoint has {start_epoch} epochs, the spec asks "
+    best_epoch = _best_epoch(history)
+    stopped_early = _patience_ran_out(spec, history, best_epoch)
+    if stopped_early:
+        log(f"nothing to do: the run stopped early at epoch {len(history)} (patience "
+            f"{spec.patience}; best epoch {best_epoch})")
+    elif start_epoch >= spec.epochs:
+        log(f"nothing to do: the checkpoint has {_plural(start_epoch, 'epoch')}, the spec asks "
             f"for {spec.epochs}")
     last_curves = time.perf_counter()
+    writer: Any = None  # made with the first epoch's files, so a failed start leaves none
 
-    def checkpoint(epoch: int, step: int, run: _Running | None) -> None:
+    def checkpoint(epoch: int, step: int, run: _Running | None, train_s: float = 0.0) -> None:
         _save_torch({
             "version": CHECKPOINT_VERSION,
             "epoch": epoch,
@@ -596,9 +922,12 @@ def train(
             "optimizer": optimizer.state_dict(),
             "rng": _rng_state(device),
             "partial": None if run is None else {
-                "loss_sum": run.loss_sum, "correct": run.correct, "seen": run.seen},
+                "loss_sum": run.loss_sum, "correct": run.correct, "seen": run.seen,
+                "train_s": train_s},
             "metrics": [asdict(m) for m in history],
             "train": spec.model_dump(mode="json"),
+            "dataset": dataset_entry,
+            "threads": torch.get_num_threads(),
             "input_shape": list(input_shape),
             "num_classes": num_classes,
             "mean": data.mean,
@@ -606,6 +935,10 @@ def train(
             "loss": loss_name,
             "torch_version": str(torch.__version__),
         }, out / CHECKPOINT_FILE)
+        nonlocal pending_resume
+        if pending_resume is not None:
+            _update_run_info(out / RUN_FILE, pending_resume, spec)
+            pending_resume = None
 
     def last_good() -> str:
         done = len(history)
@@ -615,10 +948,16 @@ def train(
     saved = False  # whether a Ctrl-C has been answered with a checkpoint
     try:
         with _InterruptFlag() as interrupt:
-            for epoch in range(start_epoch, spec.epochs):
+            for epoch in range(start_epoch, spec.epochs if not stopped_early else start_epoch):
                 t_epoch = time.perf_counter()
                 first = start_step if (epoch == start_epoch and partial) else 0
-                run = _Running(**partial) if first else _Running()
+                before_s = 0.0  # training seconds spent in this epoch before a resume
+                if first:
+                    assert partial is not None
+                    before_s = float(partial.get("train_s", 0.0))
+                    run = _Running(partial["loss_sum"], partial["correct"], partial["seen"])
+                else:
+                    run = _Running()
                 perm = torch.randperm(n, generator=torch.Generator().manual_seed(
                     _epoch_seed(spec.seed, epoch))).to(device)
                 module.train()
@@ -632,8 +971,10 @@ def train(
                     xb, yb = x_train[idx], y_train[idx]
                     optimizer.zero_grad(set_to_none=True)
                     output = module(xb)
-                    loss = loss_fn(output, yb)
+                    loss = train_loss_fn(output, yb)
                     loss.backward()
+                    if spec.grad_clip is not None:
+                        nn.utils.clip_grad_norm_(module.parameters(), spec.grad_clip)
                     optimizer.step()
                     # argmax carries no graph; nothing here waits for the device.
                     run.add(step, loss.detach(), (output.argmax(1) == yb).sum(), idx.numel())
@@ -644,7 +985,8 @@ def train(
                             raise TrainError(
                                 f"the weights became NaN or infinite in epoch {epoch + 1}; "
                                 f"stopped. {_capital(last_good())}")
-                        checkpoint(epoch, step + 1, run)
+                        checkpoint(epoch, step + 1, run,
+                                   before_s + time.perf_counter() - t_epoch)
                         show.clear()
                         log(f"interrupted at epoch {epoch + 1}, step {step + 1}/{steps}; "
                             f"checkpoint saved in {out} (continue with --resume)")
@@ -661,10 +1003,11 @@ def train(
                             show.draw(epoch + 1, spec.epochs, step + 1, steps, run.loss, run.acc,
                                       seen_here / max(now - t_epoch, 1e-9))
                 _raise_if_nan(run, epoch, show, last_good)
-                train_s = time.perf_counter() - t_epoch
-                test_loss_sum, preds = _predict(module, x_test, y_test, loss_name, eval_batch)
-                test_loss = test_loss_sum / x_test.shape[0]
-                test_acc = float((preds == y_test).sum()) / x_test.shape[0]
+                train_s = before_s + time.perf_counter() - t_epoch
+                test_loss, test_acc = _score(module, x_test, y_test, loss_name, eval_batch)
+                val_loss = val_acc = None
+                if x_val is not None and y_val is not None:
+                    val_loss, val_acc = _score(module, x_val, y_val, loss_name, eval_batch)
                 if not math.isfinite(test_loss) or not _params_finite(module):
                     show.clear()
                     raise TrainError(
@@ -673,20 +1016,39 @@ def train(
                 history.append(EpochMetrics(
                     epoch=epoch + 1, train_loss=run.loss, train_acc=run.acc,
                     test_loss=test_loss, test_acc=test_acc, lr=lr,
-                    samples_per_s=seen_here / max(train_s, 1e-9),
-                    seconds=time.perf_counter() - t_epoch))
+                    # The whole epoch's samples over its training time, a resume's part included.
+                    samples_per_s=run.seen / max(train_s, 1e-9),
+                    seconds=time.perf_counter() - t_epoch,
+                    val_loss=val_loss, val_acc=val_acc))
+                best_epoch = _best_epoch(history)
+                # The checkpoint first: if it cannot be written, nothing else moves on.
                 checkpoint(epoch + 1, 0, None)
                 _save_torch(_cpu_state(module), out / MODEL_FILE)
+                if best_epoch == epoch + 1:
+                    _save_torch(_cpu_state(module), out / BEST_FILE)
                 _write_metrics(out / METRICS_FILE, history)
+                if spec.tensorboard:
+                    if writer is None:
+                        writer = _tensorboard(out)
+                    _log_tensorboard(writer, history[-1])
                 final = epoch + 1 == spec.epochs
-                if final or time.perf_counter() - last_curves >= CURVES_INTERVAL_S:
+                stopped_early = _patience_ran_out(spec, history, best_epoch)
+                if final or stopped_early or \
+                        time.perf_counter() - last_curves >= CURVES_INTERVAL_S:
                     _write_curves(out / CURVES_FILE, history, name)
                     last_curves = time.perf_counter()
                 show.clear()
                 m = history[-1]
-                log(f"epoch {m.epoch}/{spec.epochs}  train loss {m.train_loss:.4f}  "
+                val = (f"val loss {m.val_loss:.4f}  val acc {m.val_acc:.2%}  "
+                       if m.val_loss is not None and m.val_acc is not None else "")
+                log(f"epoch {m.epoch}/{spec.epochs}  train loss {m.train_loss:.4f}  {val}"
                     f"test loss {m.test_loss:.4f}  test acc {m.test_acc:.2%}  "
                     f"{m.samples_per_s:,.0f} samples/s  ({m.seconds:.1f} s)")
+                if stopped_early:
+                    log(f"stopping early: no better validation accuracy for "
+                        f"{_plural(spec.patience or 0, 'epoch')}; the best, epoch {best_epoch}, "
+                        f"is in {BEST_FILE}")
+                    break
                 if interrupt.set:
                     log(f"interrupted after epoch {epoch + 1}; checkpoint saved in {out} "
                         "(continue with --resume)")
@@ -703,11 +1065,50 @@ def train(
         if history:
             _write_curves(out / CURVES_FILE, history, name)
         raise
+    except RuntimeError as e:
+        show.clear()
+        text = str(e)
+        if "deterministic" in text:
+            raise TrainError(f"an operation of this model has no deterministic implementation "
+                             f"on {device.type}: {text.splitlines()[0]}. Train without "
+                             f"--deterministic. {_capital(last_good())}") from None
+        if "out of memory" in text.lower() or "can't allocate memory" in text:
+            raise TrainError(f"out of memory on {device.type} while training (batch {bs}): "
+                             f"{text.splitlines()[0]}; try a smaller batch_size. "
+                             f"{_capital(last_good())}") from None
+        raise
+    finally:
+        if writer is not None:
+            writer.close()
     if history and not (out / CURVES_FILE).exists():
         _write_curves(out / CURVES_FILE, history, name)
     return TrainResult(out_dir=out, device=str(device), history=history,
                        seconds=time.perf_counter() - t_call,
-                       resumed_from=start_epoch if ckpt is not None else None)
+                       resumed_from=start_epoch if ckpt is not None else None,
+                       best_epoch=best_epoch, stopped_early=stopped_early)
+
+
+def _patience_ran_out(spec: TrainSpec, history: Sequence[EpochMetrics],
+                      best_epoch: int | None) -> bool:
+    return (spec.patience is not None and best_epoch is not None
+            and len(history) - best_epoch >= spec.patience)
+
+
+def _score(module: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_name: str,
+           batch: int) -> tuple[float, float]:
+    """Mean loss (the plain loss: no weights, no smoothing) and accuracy over a split."""
+    loss_sum, preds = _predict(module, x, y, loss_name, batch)
+    return loss_sum / x.shape[0], float((preds == y).sum()) / x.shape[0]
+
+
+def _log_tensorboard(writer: Any, m: EpochMetrics) -> None:
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
+                "lr", "samples_per_s"):
+        value = getattr(m, key)
+        if value is not None:
+            writer.add_scalar(key.replace("_", "/", 1) if key[:4] in ("trai", "val_", "test")
+                              else key, value, m.epoch)
+    writer.flush()
 
 
 def _capital(text: str) -> str:
@@ -754,7 +1155,8 @@ def _absolute_dataset(ds: DatasetSpec, base_dir: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------- evaluate
 
 
-def load_run_module(run_dir: Path, prefer: str | None = None) -> nn.Module:
+def load_run_module(run_dir: Path, prefer: str | None = None,
+                    weights: str = MODEL_FILE) -> nn.Module:
     """The module of a run: built from its ``model.py``, weights from ``model.pt``.
 
     ``model.py`` is executed; the first ``nn.Module`` subclass it defines (the one
@@ -762,14 +1164,14 @@ def load_run_module(run_dir: Path, prefer: str | None = None) -> nn.Module:
     saved weights is used. Raises TrainError.
     """
     run_dir = Path(run_dir)
-    src, weights = run_dir / SOURCE_FILE, run_dir / MODEL_FILE
-    for p in (src, weights):
+    src, weights_path = run_dir / SOURCE_FILE, run_dir / weights
+    for p in (src, weights_path):
         if not p.is_file():
             raise TrainError(f"{run_dir} is not a finished training run: {p.name} is missing")
     try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - as in _read_checkpoint
-        raise TrainError(f"cannot read {weights}: {e}") from None
+        raise TrainError(f"cannot read {weights_path}: {e}") from None
     mod_name = f"_shapecheck_run_{abs(hash(str(src.resolve())))}"
     spec = importlib.util.spec_from_file_location(mod_name, src)
     assert spec is not None and spec.loader is not None
@@ -795,7 +1197,7 @@ def load_run_module(run_dir: Path, prefer: str | None = None) -> nn.Module:
         return m
     raise TrainError(
         f"{src} defines no nn.Module class that can be built without arguments and takes "
-        f"the weights in {weights.name}" + (f" (tried {', '.join(tried)})" if tried else ""))
+        f"the weights in {weights_path.name}" + (f" (tried {', '.join(tried)})" if tried else ""))
 
 
 def evaluate(
@@ -807,14 +1209,19 @@ def evaluate(
     device: str = "auto",
     batch_size: int = 256,
     module: nn.Module | None = None,
+    weights: str = MODEL_FILE,
 ) -> EvalResult:
     """Accuracy, loss and confusion matrix of a trained run on a dataset.
 
     ``data`` defaults to the dataset the run was trained on; a relative path in it
-    is taken from ``base_dir`` (default: the working directory). The images are
-    normalised with the run's training mean/std, whatever the dataset entry says.
-    ``module`` overrides rebuilding the model from the run's ``model.py``; the
-    run's ``model.pt`` is loaded into it either way. Raises TrainError, DataError.
+    is taken from ``base_dir`` (default: the working directory). ``data`` naming
+    the run's own dataset file is read with the run's dataset entry, so ``test``
+    is the part held out from training, never the images trained on (``split="all"``
+    scores every image). ``split`` is test, val, train or all (``shapecheck.data``).
+    The images are normalised with the run's training mean/std, whatever the
+    dataset entry says. ``module`` overrides rebuilding the model from the run's
+    ``model.py``; ``weights`` (``model.pt`` or ``model_best.pt``) is loaded into it
+    either way. Raises TrainError, DataError.
     """
     run_dir = Path(run_dir)
     info_path = run_dir / RUN_FILE
@@ -824,21 +1231,35 @@ def evaluate(
         info = json.loads(info_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise TrainError(f"cannot read {info_path}: {e}") from None
+    if weights != MODEL_FILE and not (run_dir / weights).is_file():
+        raise TrainError(f"{run_dir} has no {weights}"
+                         + (" (the run had no validation split)" if weights == BEST_FILE else ""))
     if module is None:
-        module = load_run_module(run_dir, prefer=info.get("module_class"))
+        module = load_run_module(run_dir, prefer=info.get("module_class"), weights=weights)
     else:
         try:
-            module.load_state_dict(torch.load(run_dir / MODEL_FILE, map_location="cpu",
+            module.load_state_dict(torch.load(run_dir / weights, map_location="cpu",
                                               weights_only=True))
         except FileNotFoundError:
-            raise TrainError(f"{run_dir} has no {MODEL_FILE}") from None
+            raise TrainError(f"{run_dir} has no {weights}") from None
         except RuntimeError as e:
-            raise TrainError(f"{run_dir / MODEL_FILE} does not fit the module: {e}") from None
+            raise TrainError(f"{run_dir / weights} does not fit the module: {e}") from None
+    own = DatasetSpec.model_validate(info["dataset"])
+    note = ""
     if data is None:
-        data = DatasetSpec.model_validate(info["dataset"])
-        base_dir = None
+        data, base_dir = own, None
+    elif _same_dataset(data, own, base_dir):
+        # The file training read: its entry says which images were trained on. Only a
+        # smaller test subset may be asked for on top.
+        merged = own.model_dump()
+        if data.test_size is not None:
+            merged["test_size"] = data.test_size
+        data, base_dir = DatasetSpec.model_validate(merged), None
+        note = ("; the run was trained on this dataset" + (
+            ", so only its held-out part is scored (--split all scores every image)"
+            if split == "test" else ""))
     num_classes = int(info["num_classes"])
-    x, y = load_split(
+    x, y, where = load_split(
         data, input_shape=info["input_shape"], num_classes=num_classes, mean=info["mean"],
         std=info["std"], base_dir=base_dir if base_dir is not None else Path.cwd(),
         split=split, classes=info.get("classes"))
@@ -850,11 +1271,26 @@ def evaluate(
     matrix = confusion.view(num_classes, num_classes).cpu().tolist()
     n = int(y.shape[0])
     names = info.get("classes") or [str(i) for i in range(num_classes)]
-    where = resolve_path(data, base_dir if base_dir is not None else Path.cwd())
     return EvalResult(
         accuracy=sum(matrix[i][i] for i in range(num_classes)) / n,
         loss=loss_sum / n, confusion=matrix, classes=list(names), num_samples=n,
-        source=f"{split} split of {where if where is not None else 'synthetic data'}")
+        source=(f"whole dataset: {where}" if split == "all" else f"{split} split: {where}")
+        + note + (f" ({weights})" if weights != MODEL_FILE else ""))
+
+
+def _same_dataset(data: DatasetSpec, own: DatasetSpec, base_dir: Path | None) -> bool:
+    """Whether ``data`` names the file or folder the run was trained on."""
+    if data.format == "synthetic" or own.format == "synthetic":
+        return data.format == own.format
+    mine = resolve_path(data, base_dir if base_dir is not None else Path.cwd())
+    theirs = resolve_path(own, None)
+    if mine is None or theirs is None or (data.format not in (None, own.format)
+                                          and own.format is not None):
+        return False
+    try:
+        return mine.exists() and theirs.exists() and mine.samefile(theirs)
+    except OSError:
+        return False
 
 
 def format_confusion(result: EvalResult) -> str:

@@ -13,6 +13,13 @@ also come from the command line (``apply_overrides``).
       seed: 0
       device: auto                 # auto: cuda, then mps, then cpu
       output: runs/lecture_cnn     # default: runs/<name> in the working directory
+      drop_last: false             # true: skip each epoch's last, smaller batch
+      label_smoothing: 0.0         # cross_entropy only
+      class_weights: null          # a list (one per class) or "balanced"
+      grad_clip: null              # clip the gradients' global norm to this
+      patience: null               # stop after this many epochs without a better validation score
+      deterministic: false         # torch.use_deterministic_algorithms and cuDNN flags
+      tensorboard: false           # true: event files in <run>/tensorboard (needs tensorboard)
 
 Datasets (``format``; left out, it is detected from ``path``):
 
@@ -34,8 +41,14 @@ Images stored as 8-bit integers are scaled to [0, 1] first (as torchvision's
 ``ToTensor``); then each channel is normalised with ``mean``/``std``, which
 default to those of the training split. A ``test_fraction`` split is stratified
 per class and fixed (it does not depend on the training seed), so ``eval`` with
-the same dataset entry sees the same held-out images. ``train_size`` and
-``test_size`` keep only the first n samples of each split.
+the same dataset entry sees the same held-out images. A ``test_fraction`` on a
+dataset that has its own test split is an error (``val_fraction`` is the
+hold-out for that case). ``train_size`` and ``test_size`` keep a random subset
+of n samples of each split, stratified by class and fixed in the same way.
+``val_fraction`` holds out part of the training split (after ``train_size``)
+as a validation split: it chooses ``model_best.pt`` and drives ``patience``.
+``resize: true`` resizes images of another size to the spec's input size
+(bilinear, antialiased); left out, a different size is an error.
 """
 
 from __future__ import annotations
@@ -88,8 +101,10 @@ class DatasetSpec(BaseModel):
     mean: float | list[float] | None = None
     std: PositiveFloat | list[PositiveFloat] | None = None
     test_fraction: float | None = Field(default=None, gt=0, lt=1)
+    val_fraction: float | None = Field(default=None, gt=0, lt=1)
     train_size: PositiveInt | None = None
     test_size: PositiveInt | None = None
+    resize: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -137,7 +152,11 @@ class OptimizerSpec(BaseModel):
     type: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: PositiveFloat | None = None
     momentum: NonNegativeFloat | None = None
+    nesterov: bool = False
     weight_decay: NonNegativeFloat | None = None
+    # False: norm-layer weights and all biases get no weight decay. True (PyTorch's
+    # behaviour) keeps a spec meaning what the same numbers mean in torch.optim.
+    decay_norm_and_bias: bool = True
 
     @field_validator("type", mode="before")
     @classmethod
@@ -153,6 +172,8 @@ class OptimizerSpec(BaseModel):
             raise ValueError(f"momentum applies to sgd only ({self.type} has its own betas)")
         if self.momentum is not None and self.momentum >= 1:
             raise ValueError("momentum must be below 1")
+        if self.nesterov and (self.type != "sgd" or not self.momentum):
+            raise ValueError("nesterov needs sgd with a momentum above 0")
         return self
 
     @property
@@ -183,11 +204,27 @@ class TrainSpec(BaseModel):
     seed: NonNegativeInt = 0
     device: DeviceName = "auto"
     output: str | None = None
+    drop_last: bool = False
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    class_weights: Literal["balanced"] | list[PositiveFloat] | None = None
+    grad_clip: PositiveFloat | None = None
+    patience: PositiveInt | None = None
+    deterministic: bool = False
+    tensorboard: bool = False
 
     @field_validator("loss", "device", mode="before")
     @classmethod
     def _lower(cls, v: Any) -> Any:
         return v.lower() if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainSpec:
+        _finite(self.grad_clip, "grad_clip")
+        if isinstance(self.class_weights, list):
+            _finite(self.class_weights, "class_weights")
+        if self.label_smoothing and self.loss == "nll_loss":
+            raise ValueError("label_smoothing needs cross_entropy (nll_loss has none)")
+        return self
 
 
 def apply_overrides(
@@ -205,6 +242,11 @@ def apply_overrides(
     seed: int | None = None,
     device: str | None = None,
     output: str | None = None,
+    val_fraction: float | None = None,
+    patience: int | None = None,
+    drop_last: bool | None = None,
+    deterministic: bool | None = None,
+    tensorboard: bool | None = None,
 ) -> TrainSpec:
     """A new, validated TrainSpec: ``spec`` (or the defaults) with each non-None flag applied.
 
@@ -217,6 +259,8 @@ def apply_overrides(
         base["dataset"] = {"format": "synthetic"} if data == "synthetic" else {"path": data}
     if data_format is not None:
         base.setdefault("dataset", {})["format"] = data_format
+    if val_fraction is not None:
+        base.setdefault("dataset", {})["val_fraction"] = val_fraction
     opt: dict[str, Any] = base.setdefault("optimizer", {})
     if optimizer is not None:
         if opt.get("type", "sgd") != optimizer.lower():
@@ -232,6 +276,10 @@ def apply_overrides(
         ("seed", seed),
         ("device", device),
         ("output", output),
+        ("patience", patience),
+        ("drop_last", drop_last),
+        ("deterministic", deterministic),
+        ("tensorboard", tensorboard),
     ):
         if value is not None:
             base[key] = value

@@ -309,3 +309,24 @@ def test_eval_errors(cwd, capsys):
         capsys.readouterr().err)
     assert main(["eval", "runs/empty", "--data-format", "npz"]) == 2
     assert "--data-format needs --data" in capsys.readouterr().err
+
+
+def test_training_options_through_the_cli(cwd, capsys):
+    pytest.importorskip("torch")
+    spec = _write(cwd / "small.yaml", SMALL.replace("shape: [1, 8, 8]}",
+                                                    "shape: [1, 8, 8], batch: 16}"))
+    assert main(["build", str(spec), "--drop-last", "--patience", "2"]) == 2
+    assert "--patience, --drop-last only apply with --train" in capsys.readouterr().err
+    assert main(["build", str(spec), "--train", "--data", "synthetic", "--epochs", "2",
+                 "--batch-size", "32", "--val-fraction", "0.25", "--patience", "3",
+                 "--drop-last", "--deterministic", "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert "note: input.batch is 16 but training uses train.batch_size 32" in captured.err
+    assert "best validation accuracy" in captured.out and "model_best.pt" in captured.out
+    assert "synthetic data: a smoke test" in captured.out
+    run = cwd / "runs" / "small_net"
+    assert main(["eval", str(run), "--best", "--split", "val", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "on the val split: synthetic training data (validation part) (model_best.pt)" in out
+    assert main(["eval", str(run), "--split", "all", "--device", "cpu"]) == 0
+    assert "/640)" in capsys.readouterr().out  # 512 training and 128 test images

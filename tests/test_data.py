@@ -154,7 +154,7 @@ def test_image_folder_grey_with_fraction_and_hidden_files_ignored(tmp_path):
 def test_eval_split_maps_folder_classes_by_name(tmp_path):
     root = write_folder(tmp_path / "f", classes=("dog",), n=2)
     spec = DatasetSpec(path=str(root))
-    x, y = load_split(spec, input_shape=(3, 8, 10), num_classes=3, mean=[0, 0, 0],
+    x, y, _ = load_split(spec, input_shape=(3, 8, 10), num_classes=3, mean=[0, 0, 0],
                       std=[1, 1, 1], classes=["bird", "cat", "dog"])
     assert y.tolist() == [2, 2] and x.shape == (2, 3, 8, 10)
 
@@ -353,3 +353,161 @@ def test_apply_overrides():
     assert apply_overrides(base, lr=0.5).optimizer.momentum == 0.9
     with pytest.raises(ValidationError):
         apply_overrides(base, batch_size=0)
+
+
+# ---------------------------------------------------------------- subsets, splits, memory
+
+
+def test_subsets_of_a_class_sorted_folder_are_random_and_stratified(tmp_path):
+    # An image folder is read class by class: the first 60 images are all one class.
+    classes = ("a", "b", "c")
+    write_folder(tmp_path / "f" / "train", classes=classes, n=40, size=(4, 4))
+    write_folder(tmp_path / "f" / "test", classes=classes, n=20, size=(4, 4))
+    ds = load(tmp_path / "f", fmt=None, shape=(3, 4, 4), classes=3, train_size=60,
+              test_size=30)
+    assert torch.bincount(ds.y_train).tolist() == [20, 20, 20]
+    assert torch.bincount(ds.y_test).tolist() == [10, 10, 10]
+    again = load(tmp_path / "f", fmt=None, shape=(3, 4, 4), classes=3, train_size=60,
+                 test_size=30)
+    assert torch.equal(ds.x_train, again.x_train)  # the same subset on every run
+    assert ds.notes == []
+
+
+def test_subset_of_a_class_sorted_npz_and_missing_classes_are_named(tmp_path):
+    p = tmp_path / "sorted.npz"
+    y = np.repeat(np.arange(10), 50)  # 0 0 0 ... 9 9 9
+    np.savez(p, x_train=np.zeros((500, 4, 4), np.uint8), y_train=y,
+             x_test=np.zeros((100, 4, 4), np.uint8), y_test=np.repeat(np.arange(10), 10))
+    ds = load(p, fmt=None, shape=(1, 4, 4), train_size=100)
+    assert torch.bincount(ds.y_train).tolist() == [10] * 10
+    few = load(p, fmt=None, shape=(1, 4, 4), train_size=4)
+    assert few.num_train == 4
+    missing = sorted(set(range(10)) - set(few.y_train.tolist()))
+    assert len(few.notes) == 1 and "train_size 4 keeps 4 of the 10 classes" in few.notes[0]
+    assert few.notes[0].endswith("missing: " + ", ".join(map(str, missing)))
+
+
+def test_test_fraction_is_refused_when_the_data_has_its_own_test_split(tmp_path):
+    expect_error(r"has its own test split, so test_fraction 0.2 would be ignored.*val_fraction",
+                 write_idx(tmp_path / "d"), test_fraction=0.2)
+
+
+def test_val_fraction_holds_out_part_of_the_training_split(tmp_path):
+    d = write_idx(tmp_path / "d", n_train=100, n_test=20)
+    ds = load(d, train_size=80, val_fraction=0.25)
+    assert (ds.num_train, ds.num_val, ds.num_test) == (60, 20, 20)
+    assert torch.bincount(ds.y_val).tolist() == [2] * 10
+    whole = load(d, train_size=80)
+    # Disjoint, and together the 80 images of the subset.
+    rows = {tuple(r.tolist()) for r in whole.x_train.flatten(1)}
+    train_rows = {tuple(r.tolist()) for r in ds.x_train.flatten(1)}
+    val_rows = {tuple(r.tolist()) for r in ds.x_val.flatten(1)}
+    assert not train_rows & val_rows
+    # (whole is normalised with its own statistics; compare the raw labels' counts instead)
+    assert len(rows) == 80 and ds.num_train + ds.num_val == 80
+    x, _, where = load_split(DatasetSpec(path=str(d), train_size=80, val_fraction=0.25),
+                             input_shape=(1, 28, 28), num_classes=10, mean=ds.mean, std=ds.std,
+                             split="val")
+    assert torch.equal(x, ds.x_val) and "validation part" in where
+
+
+def test_statistics_in_chunks_match_the_whole_tensor(tmp_path):
+    rng = np.random.default_rng(3)
+    p = tmp_path / "rgb.npz"
+    x = rng.integers(0, 256, (700, 3, 24, 24), dtype=np.uint8)
+    x[:, 1] //= 4  # channels with different statistics
+    np.savez(p, x_train=x, y_train=np.arange(700) % 10, x_test=x[:10], y_test=np.arange(10))
+    ds = load(p, fmt=None, shape=(3, 24, 24))
+    full = torch.from_numpy(x).double() / 255
+    std, mean = torch.std_mean(full.transpose(0, 1).reshape(3, -1), dim=1)
+    assert ds.mean == pytest.approx(mean.tolist(), rel=1e-6)  # float32 images
+    assert ds.std == pytest.approx(std.tolist(), rel=1e-6)
+
+
+PEAK_SCRIPT = """\
+import resource, sys
+import torch
+from shapecheck.data import load_dataset
+from shapecheck.trainspec import DatasetSpec
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+ds = load_dataset(DatasetSpec(path=sys.argv[1]), input_shape=(3, 64, 64), num_classes=10)
+rise = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+print(rise / ((ds.x_train.numel() + ds.x_test.numel()) * 4))
+"""
+
+
+def test_loading_peaks_well_below_twice_the_float_data(tmp_path):
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+    p = tmp_path / "rgb.npz"
+    np.savez(p, x_train=rng.integers(0, 256, (1600, 64, 64, 3), dtype=np.uint8),
+             y_train=np.arange(1600) % 10,
+             x_test=rng.integers(0, 256, (400, 64, 64, 3), dtype=np.uint8),
+             y_test=np.arange(400) % 10)
+    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(p)], capture_output=True,
+                         text=True, check=True)
+    # The float32 tensors, the uint8 arrays they came from (1/4) and small chunks.
+    # Copying the whole tensor for the statistics made it 2.1.
+    assert float(out.stdout) < 1.6
+
+
+def test_data_and_the_callers_needs_are_counted_against_the_memory(tmp_path):
+    from shapecheck.codegen import available_memory
+    from shapecheck.data import MemoryLimitError
+
+    available = available_memory()
+    if available is None:
+        pytest.skip("available memory cannot be told here")
+    d = write_idx(tmp_path / "d")
+    with pytest.raises(MemoryLimitError, match=r"the 60 images as float32 \(1×28×28 each: "
+                       r"183\.8 KiB\) and the weights \(.*\) need .* but only .* available"):
+        load_dataset(DatasetSpec(path=str(d)), input_shape=(1, 28, 28), num_classes=10,
+                     extra_bytes=2 * available, extra_what="the weights")
+
+
+ALLOC_SCRIPT = """\
+import resource, sys
+import torch
+from shapecheck.data import DataError, load_dataset
+from shapecheck.trainspec import DatasetSpec
+# Address space for what is loaded so far plus 80 MiB: the 126 MiB of float32 cannot fit.
+with open("/proc/self/status") as f:
+    vm = next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (vm + (80 << 20), resource.RLIM_INFINITY))
+try:
+    load_dataset(DatasetSpec(path=sys.argv[1]), input_shape=(1, 64, 64), num_classes=10)
+except DataError as e:
+    print(type(e).__name__, e)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_an_allocation_that_fails_is_a_clear_error(tmp_path):
+    import subprocess
+    import sys
+
+    p = tmp_path / "big.npz"
+    np.savez(p, x_train=np.zeros((8064, 64, 64), np.uint8), y_train=np.arange(8064) % 10,
+             x_test=np.zeros((10, 64, 64), np.uint8), y_test=np.arange(10))
+    out = subprocess.run([sys.executable, "-c", ALLOC_SCRIPT, str(p)], capture_output=True,
+                         text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("MemoryLimitError ") and "cannot allocate 126.0 MiB" in \
+        out.stdout and "train_size" in out.stdout
+
+
+def test_resize(tmp_path):
+    write_folder(tmp_path / "f" / "train", size=(12, 10))
+    write_folder(tmp_path / "f" / "test", size=(12, 10))
+    expect_error(r"image is 12×10 .* needs 10×8 \(dataset resize: true resizes them\)",
+                 tmp_path / "f", fmt=None, shape=(3, 8, 10), classes=2)
+    ds = load(tmp_path / "f", fmt=None, shape=(3, 8, 10), classes=2, resize=True)
+    assert ds.x_train.shape == (6, 3, 8, 10)
+    p = tmp_path / "big.npz"
+    np.savez(p, x_train=np.full((4, 56, 56), 255, np.uint8), y_train=np.arange(4),
+             x_test=np.zeros((2, 56, 56), np.uint8), y_test=np.arange(2))
+    expect_error(r"images are 1×56×56 .* \(dataset resize: true resizes them\)", p, fmt=None)
+    ds = load(p, fmt=None, resize=True, mean=0.0, std=1.0)
+    assert ds.x_train.shape == (4, 1, 28, 28) and float(ds.x_train.min()) == pytest.approx(1.0)

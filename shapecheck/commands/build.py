@@ -40,7 +40,9 @@ if TYPE_CHECKING:
 EXIT_INTERRUPTED = 130
 
 TRAIN_FLAGS = ["--data", "--data-format", "--loss", "--optimizer", "--lr", "--momentum",
-               "--weight-decay", "--epochs", "--batch-size", "--seed", "--device", "--out"]
+               "--weight-decay", "--epochs", "--batch-size", "--seed", "--device", "--out",
+               "--val-fraction", "--patience"]
+TRAIN_SWITCHES = ["--drop-last", "--deterministic", "--tensorboard"]
 # Bytes per parameter while training, besides the weights themselves: the gradient, plus the
 # optimizer's state (SGD's momentum buffer; Adam's two moments).
 _STATE_COPIES = {"sgd": 0, "adam": 2, "adamw": 2}
@@ -57,6 +59,16 @@ def _int(minimum: int):
         return value
 
     return parse
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
 
 
 def add_parser(sub) -> None:
@@ -98,6 +110,19 @@ def add_parser(sub) -> None:
                    help="run folder (default: the spec's train.output, else runs/<name>)")
     t.add_argument("--resume", action="store_true",
                    help="continue from the run folder's checkpoint.pt")
+    t.add_argument("--val-fraction", type=_fraction, metavar="F",
+                   help="hold out this fraction of the training split for validation "
+                   "(chooses model_best.pt; needed by --patience)")
+    t.add_argument("--patience", type=_int(1), metavar="P",
+                   help="stop after P epochs without a better validation accuracy")
+    t.add_argument("--drop-last", action="store_true", default=None,
+                   help="skip each epoch's last batch when it is smaller than the others")
+    t.add_argument("--deterministic", action="store_true", default=None,
+                   help="deterministic algorithms only (torch.use_deterministic_algorithms, "
+                   "cuDNN flags); a resume keeps the run's thread count")
+    t.add_argument("--tensorboard", action="store_true", default=None,
+                   help="also write TensorBoard event files to RUN/tensorboard (needs the "
+                   "tensorboard package)")
     p.set_defaults(run=run)
 
 
@@ -139,6 +164,7 @@ def _check_destination(out: Path, force: bool) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     given = [flag for flag in TRAIN_FLAGS if getattr(args, flag[2:].replace("-", "_")) is not None]
+    given += [flag for flag in TRAIN_SWITCHES if getattr(args, flag[2:].replace("-", "_"))]
     given += ["--resume"] if args.resume else []
     if given and not args.train:
         return _fail(f"{', '.join(given)} only apply with --train")
@@ -252,7 +278,9 @@ def _train_spec(spec_train: TrainSpec | None, args: argparse.Namespace) -> Train
             spec_train, data=data, data_format=args.data_format, loss=args.loss,
             optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
             weight_decay=args.weight_decay, epochs=args.epochs, batch_size=args.batch_size,
-            seed=args.seed, device=args.device, output=None)
+            seed=args.seed, device=args.device, output=None, val_fraction=args.val_fraction,
+            patience=args.patience, drop_last=args.drop_last,
+            deterministic=args.deterministic, tensorboard=args.tensorboard)
     except ValidationError as e:
         problems = []
         for err in e.errors():
@@ -276,8 +304,19 @@ def _training_copies(train_spec: TrainSpec) -> int:
 
 def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
     from ..codegen import instantiate
-    from ..train import CURVES_FILE, MODEL_FILE, DataError, TrainError, train
+    from ..train import (
+        BEST_FILE,
+        CURVES_FILE,
+        MODEL_FILE,
+        DataError,
+        MemoryLimitError,
+        TrainError,
+        train,
+    )
 
+    if isinstance(p.batch, int) and p.batch != train_spec.batch_size:
+        _note(f"input.batch is {p.batch} but training uses train.batch_size "
+              f"{train_spec.batch_size} (input.batch only sizes the plan)")
     module = instantiate(p, generated, check=False)  # checked on the meta device above
     if train_spec.loss is None:  # the plan's rule, the one its lints use
         train_spec = train_spec.model_copy(update={"loss": p.default_loss})
@@ -289,6 +328,8 @@ def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
             model_source=generated.source, resume=args.resume)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except MemoryLimitError as e:
+        return _fail(str(e), EXIT_INVALID)
     except DataError as e:
         return _fail(str(e), EXIT_INPUT)
     except TrainError as e:
@@ -300,7 +341,15 @@ def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
     final = result.final
     if final is not None:
         print(f"done in {result.seconds:.1f} s: test accuracy {final.test_acc:.2%}, test loss "
-              f"{final.test_loss:.4f} after {final.epoch} epoch{'s' if final.epoch != 1 else ''}")
+              f"{final.test_loss:.4f} after {final.epoch} epoch{'s' if final.epoch != 1 else ''}"
+              + (" (stopped early)" if result.stopped_early else ""))
+        best = result.best
+        if best is not None and best.val_acc is not None:
+            print(f"best validation accuracy {best.val_acc:.2%} at epoch {best.epoch} "
+                  f"({BEST_FILE}; its test accuracy {best.test_acc:.2%})")
+        if train_spec.dataset is not None and train_spec.dataset.format == "synthetic":
+            print("synthetic data: a smoke test of the model and the loop, not a measure of "
+                  "the model")
     print(f"run folder: {out} ({MODEL_FILE}, {CURVES_FILE}, ...); evaluate it with: "
           f"shapecheck eval {shlex.quote(str(out))}")
     return EXIT_OK

@@ -1,8 +1,10 @@
 """`shapecheck eval RUN [--data PATH]`: accuracy and confusion matrix of a trained run.
 
 RUN is the folder `shapecheck build --train` wrote (runs/<name>). The module is rebuilt from
-its model.py, the weights come from model.pt, and the images are normalised with the run's
-training mean/std. Without --data the run's own dataset is used.
+its model.py, the weights come from model.pt (model_best.pt with --best), and the images are
+normalised with the run's training mean/std. Without --data the run's own dataset is used;
+--data naming the run's own dataset file is read with the run's dataset entry too, so the
+test split is the part held out from training (--split all scores every image).
 
 Exit codes: 0 done; 1 the run cannot be evaluated (its files do not load, no such device);
 2 usage or input error (no such run folder, a folder without run.json, a dataset that cannot
@@ -29,8 +31,11 @@ def add_parser(sub) -> None:
                    "the one the run was trained on")
     p.add_argument("--data-format", choices=["idx", "npz", "folder", "synthetic"],
                    help="the dataset's format (default: detected from PATH)")
-    p.add_argument("--split", choices=["test", "train"], default="test",
-                   help="which split to score (default: test)")
+    p.add_argument("--split", choices=["test", "val", "train", "all"], default="test",
+                   help="which split to score (default: test): the test split, the validation "
+                   "part (val_fraction), the part trained on, or every image")
+    p.add_argument("--best", action="store_true",
+                   help="score model_best.pt (the best validation epoch) instead of model.pt")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
                    type=str.lower, help="auto (default): cuda, then mps, then cpu")
     p.add_argument("--batch-size", type=int, default=256, metavar="B",
@@ -66,13 +71,22 @@ def run(args: argparse.Namespace) -> int:
             return _fail("bad dataset: " + "; ".join(
                 err["msg"].removeprefix("Value error, ") for err in e.errors()))
 
-    from ..train import RUN_FILE, DataError, TrainError, evaluate, format_confusion
+    from ..train import (
+        BEST_FILE,
+        MODEL_FILE,
+        RUN_FILE,
+        DataError,
+        TrainError,
+        evaluate,
+        format_confusion,
+    )
 
     if not (run_dir / RUN_FILE).is_file():
         return _fail(f"{run_dir} is not a training run folder ({RUN_FILE} is missing)")
     try:
         result = evaluate(run_dir, data, base_dir=Path.cwd(), split=args.split,
-                          device=args.device, batch_size=args.batch_size)
+                          device=args.device, batch_size=args.batch_size,
+                          weights=BEST_FILE if args.best else MODEL_FILE)
     except DataError as e:
         return _fail(str(e))
     except TrainError as e:
