@@ -3,6 +3,7 @@ pydantic errors mapped back to those positions as diagnostics."""
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import gc
 import os
@@ -538,6 +539,8 @@ def schema_diagnostics(errors: list[dict], data, locator: Locator,
                 misspelt.add((loc[:-1], close[0]))
 
     out = []
+    # A mistake written once in a template is reported once, not at every use of it.
+    repeats: dict[tuple, list] = {}
     for (loc, missing), group in grouped.items():
         if (loc, missing) in misspelt:
             continue
@@ -545,10 +548,22 @@ def schema_diagnostics(errors: list[dict], data, locator: Locator,
         line, col = origin.reported
         index, path = _layer_of(loc)
         code, message, hint = _describe(group, loc, missing, data)
+        if origin.used_at:
+            written = (code, origin.line, origin.column, message.partition(": ")[2], missing)
+            if written in repeats:
+                repeats[written][1] += 1
+                continue
         if len(message) > MAX_MESSAGE:
             message = message[: MAX_MESSAGE - 1] + "…"
         message += origin.context
         out.append(Diagnostic("error", code, message, index, path, line, col, hint, file=source))
+        if origin.used_at:
+            repeats[written] = [len(out) - 1, 0]
+    for i, more in repeats.values():
+        if more:
+            d = out[i]
+            out[i] = dataclasses.replace(d, message=f"{d.message}; the same in {more} more "
+                                         f"use{'s' * (more > 1)} of the template")
     return sorted(out, key=lambda d: (d.line or 0, d.column or 0))
 
 

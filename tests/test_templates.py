@@ -1,0 +1,305 @@
+"""Templates, repeat, scales and expressions: what they expand to, where their errors point,
+and that nothing in them can run code or grow without bound."""
+
+from __future__ import annotations
+
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import shapecheck
+from shapecheck.cli import main
+from shapecheck.diagnostics import InputError
+from shapecheck.expressions import ExpressionError, evaluate, make_divisible
+
+RESNET50 = """\
+name: resnet50
+input: {shape: [3, 224, 224]}
+templates:
+  bottleneck:
+    params: {width: 64, stride: 1, shortcut: []}
+    type: residual
+    activation: relu
+    body:
+      - {type: conv2d, name: conv1, out_channels: $width, kernel_size: 1, bias: false}
+      - {type: batchnorm2d, name: bn1}
+      - relu
+      - {type: conv2d, name: conv2, out_channels: $width, kernel_size: 3, stride: $stride, padding: 1, bias: false}
+      - {type: batchnorm2d, name: bn2}
+      - relu
+      - {type: conv2d, name: conv3, out_channels: $width * 4, kernel_size: 1, bias: false}
+      - {type: batchnorm2d, name: bn3}
+    shortcut: $shortcut
+  stage:
+    params: {width: 64, blocks: 3, stride: 2}
+    layers:
+      - use: bottleneck
+        repeat: $blocks
+        width: $width
+        first:
+          stride: $stride
+          shortcut:
+            - {type: conv2d, name: downsample, out_channels: $width * 4, kernel_size: 1, stride: $stride, bias: false}
+            - batchnorm2d
+layers:
+  - {type: conv2d, name: conv1, out_channels: 64, kernel_size: 7, stride: 2, padding: 3, bias: false}
+  - {type: batchnorm2d, name: bn1}
+  - relu
+  - {type: maxpool2d, kernel_size: 3, stride: 2, padding: 1}
+  - {use: stage, name: layer1, width: 64, blocks: 3, stride: 1}
+  - {use: stage, name: layer2, width: 128, blocks: 4}
+  - {use: stage, name: layer3, width: 256, blocks: 6}
+  - {use: stage, name: layer4, width: 512, blocks: 3}
+  - {type: adaptiveavgpool2d, output_size: 1}
+  - flatten
+  - {type: linear, name: fc, out_features: 1000}
+"""
+
+SCALED = """\
+input: {shape: [3, 64, 64]}
+scales:
+  x1_0: {width_mult: 1.0, depth_mult: 1.0}
+  x0_5: {width_mult: 0.5, depth_mult: 2.0}
+default_scale: x1_0
+templates:
+  conv_bn:
+    params: {out: 32, k: 3, s: 1}
+    layers:
+      - {type: conv2d, name: conv, out_channels: $out, kernel_size: $k, stride: $s, padding: ($k - 1) // 2, bias: false}
+      - batchnorm2d
+      - relu6
+layers:
+  - {use: conv_bn, name: stem, out: "make_divisible(32 * $width_mult, 8)", s: 2}
+  - {use: conv_bn, name: blocks, repeat: "ceil(2 * $depth_mult)", out: "make_divisible((16 + 8 * $index) * $width_mult, 8)"}
+  - {type: adaptiveavgpool2d, output_size: 1}
+  - flatten
+  - {type: linear, out_features: 10}
+"""
+
+
+def write(tmp_path, text: str, name: str = "net.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def only_error(plan):
+    assert len(plan.errors) == 1, [(d.code, d.message) for d in plan.errors]
+    return plan.errors[0]
+
+
+# --- expressions --------------------------------------------------------------------------
+
+
+def test_expressions_compute_what_torchvision_computes():
+    env = {"width": 64, "width_mult": 0.5, "k": 3}
+    assert evaluate("$width * 4", env) == 256
+    assert evaluate("($k - 1) // 2", env) == 1
+    assert evaluate("make_divisible(32 * $width_mult, 8)", env) == 16
+    assert evaluate("max(8, min($width, 16))", env) == 16
+    assert evaluate("ceil(3 * 1.1)", env) == 4
+    assert evaluate("$width", env) == 64 and evaluate("$k", {"k": [1, 2]}) == [1, 2]
+    # torchvision's _make_divisible: never more than 10% below the value
+    assert [make_divisible(v, 8) for v in (16 * 0.75, 96 * 0.35, 1280 * 1.4, 3)] == [16, 32,
+                                                                                     1792, 8]
+
+
+@pytest.mark.parametrize("text", [
+    "__import__('os').system('true')", "$width.__class__", "(lambda: 1)()", "$width ** 99",
+    "'a' * 3", "open('/etc/passwd')", "[1, 2]", "$width if 1 else 2", "print(1)",
+])
+def test_expressions_allow_only_arithmetic(text):
+    with pytest.raises(ExpressionError):
+        evaluate(text, {"width": 64})
+
+
+def test_expression_errors_say_why():
+    with pytest.raises(ExpressionError, match=r"did you mean \$width"):
+        evaluate("$widht * 2", {"width": 64})
+    with pytest.raises(ExpressionError, match="divides by zero"):
+        evaluate("$width // 0", {"width": 64})
+    with pytest.raises(ExpressionError, match="too large"):
+        evaluate("$w * $w * $w * $w * $w", {"w": 2**100})
+    with pytest.raises(ExpressionError, match="not a number"):
+        evaluate("$s * 2", {"s": [1]})
+
+
+# --- templates and repeat -----------------------------------------------------------------
+
+
+def test_resnet50_from_templates_equals_torchvision(tmp_path):
+    p = shapecheck.plan(write(tmp_path, RESNET50))
+    assert p.valid, [d.message for d in p.diagnostics]
+    assert p.params == 25_557_032  # torchvision's resnet50
+    names = [row.name for row in p.layers]
+    assert names[4:8] == ["layer1_0", "layer1_1", "layer1_2", "layer2_0"]
+    assert names[-4:-3] == ["layer4_2"]
+    first = p.layers[7]  # layer2_0: stride 2 and a projection only on the first repeat
+    assert first.branches[1][0].name == "layer2_0_downsample"
+    assert first.branches[0][3].spec.stride == 2 and p.layers[8].branches[0][3].spec.stride == 1
+    assert p.layers[8].branches[1] == []  # identity shortcut after the first
+    assert first.explain == ["body 512×28×28 + shortcut 512×28×28 = 512×28×28, then relu"]
+    assert len(RESNET50.splitlines()) <= 50
+
+
+def test_errors_inside_templates_name_both_places(tmp_path):
+    broken = RESNET50.replace("kernel_size: 3, stride: $stride, padding: 1",
+                              "kernel_size: 3, stride: $stride, padding: 0")
+    path = write(tmp_path, broken)
+    error = only_error(shapecheck.plan(path))
+    assert (error.code, error.layer, error.line, error.column) == ("SC211", 4, 34, 5)
+    assert error.message.endswith(f"(in template bottleneck at {path}:4:3, used in template "
+                                  f"stage at {path}:21:9)")
+    schema = RESNET50.replace("{type: batchnorm2d, name: bn3}", "{type: batchnorm2d, nmae: x}")
+    error = only_error(shapecheck.plan(write(tmp_path, schema)))
+    assert (error.code, error.line) == ("SC102", 34) and "did you mean 'name'" in error.hint
+    assert f"in template bottleneck at {path}:16:29" in error.message  # the key
+    assert error.message.endswith("the same in 15 more uses of the template")
+
+
+def test_an_unknown_name_in_a_template_points_at_the_use_and_the_template(tmp_path, capsys):
+    path = write(tmp_path, RESNET50.replace("out_channels: $width * 4, kernel_size: 1, bias",
+                                            "out_channels: $widht * 4, kernel_size: 1, bias"))
+    assert main(["plan", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}:34:5: error[SC109]: $widht is not defined here (did you mean $width?" in err
+    assert "(in template bottleneck at" in err
+
+
+@pytest.mark.parametrize(("change", "code", "hint"), [
+    ("{use: stage, name: layer2, width: 128, blocks: 4}", "SC108", None),
+    ("{use: stag, name: layer2}", "SC108", "did you mean 'stage'?"),
+    ("{use: stage, name: layer2, widht: 128}", "SC108", "did you mean 'width'?"),
+    ("{use: stage, name: layer2, repeat: 0}", "SC103", None),
+])
+def test_uses_that_cannot_expand(tmp_path, change, code, hint):
+    text = RESNET50.replace("{use: stage, name: layer2, width: 128, blocks: 4}", change)
+    if change.startswith("{use: stage, name: layer2, width: 128"):
+        text = text.replace("params: {width: 64, blocks: 3, stride: 2}",
+                            "params: {width: 64, blocks: 3, stride: null}")
+    error = only_error(shapecheck.plan(write(tmp_path, text)))
+    assert (error.code, error.line) == (code, 35)
+    if hint:
+        assert error.hint == hint
+
+
+def test_templates_that_use_each_other_in_a_cycle(tmp_path):
+    p = shapecheck.plan(write(tmp_path, """\
+        input: {shape: [3, 8, 8]}
+        templates:
+          a: {layers: [relu, {use: b}]}
+          b: {type: residual, body: [{use: a}]}
+        layers: [{use: a}]
+        """))
+    error = only_error(p)
+    assert error.code == "SC110" and "a → b → a" in error.message
+
+
+def test_an_expansion_bomb_is_refused_quickly(tmp_path):
+    path = write(tmp_path, """\
+        input: {shape: [3, 8, 8]}
+        templates:
+          t1: {layers: [relu], params: {}}
+          t2: {layers: [{use: t1, repeat: 1000}]}
+          t3: {layers: [{use: t2, repeat: 1000}]}
+        layers: [{use: t3, repeat: 1000000000}]
+        """)
+    start = time.perf_counter()
+    with pytest.raises(InputError) as info:
+        shapecheck.plan(path)
+    assert info.value.diagnostic.code == "SC004" and "expands to more than 20,000" in \
+        info.value.diagnostic.message
+    assert time.perf_counter() - start < 30  # bounded by the layer limit, not the expansion
+
+
+# --- scales -------------------------------------------------------------------------------
+
+
+def test_scales_change_widths_and_depths(tmp_path, capsys):
+    path = write(tmp_path, SCALED)
+    default = shapecheck.plan(path)
+    half = shapecheck.plan(path, scale="x0_5")
+    assert default.scale == "x1_0" and half.scale == "x0_5" and half.scales == ("x1_0", "x0_5")
+    convs = [r for r in half.walk() if r.type == "conv2d"]
+    assert [r.spec.out_channels for r in convs] == [16, 8, 16, 16, 24]  # ceil(2 × 2) repeats
+    assert [r.name for r in convs] == ["stem_conv", "blocks_0_conv", "blocks_1_conv",
+                                       "blocks_2_conv", "blocks_3_conv"]
+    assert [r.spec.out_channels for r in default.walk() if r.type == "conv2d"] == [32, 16, 24]
+    assert main(["plan", str(path), "--scale", "x2"]) == 1
+    err = capsys.readouterr().err
+    assert "error[SC111]: unknown scale 'x2'" in err and "scales: x1_0, x0_5" in err
+    assert main(["plan", str(path), "--scale", "x0_5", "--format", "json"]) == 0
+    assert '"scale": "x0_5"' in capsys.readouterr().out
+
+
+def test_a_scale_for_a_spec_without_scales(tmp_path, capsys):
+    path = write(tmp_path, "input: {shape: [1, 8, 8]}\nlayers: [relu]\n")
+    assert main(["plan", str(path), "--scale", "x1_0"]) == 1
+    assert "SC111" in capsys.readouterr().err
+
+
+def test_a_flow_mapping_cut_at_a_comma_gets_a_quoting_hint(tmp_path):
+    text = SCALED.replace('out: "make_divisible(32 * $width_mult, 8)"',
+                          "out: make_divisible(32 * $width_mult, 8)")
+    error = only_error(shapecheck.plan(write(tmp_path, text)))
+    assert error.code == "SC109" and "quote the expression" in error.hint
+
+
+# --- expand -------------------------------------------------------------------------------
+
+
+def test_expand_round_trips(tmp_path, capsys):
+    for text, scale in ((RESNET50, None), (SCALED, "x0_5")):
+        path = write(tmp_path, text)
+        args = ["expand", str(path)] + (["--scale", scale] if scale else [])
+        assert main(args) == 0
+        expanded = write(tmp_path, capsys.readouterr().out, "expanded.yaml")
+        assert "use:" not in expanded.read_text() and "$" not in expanded.read_text()
+        original, again = shapecheck.plan(path, scale=scale), shapecheck.plan(expanded)
+        assert again.valid
+        for a, b in zip(original.walk(), again.walk(), strict=True):
+            assert (a.name, a.type, a.output_shape, a.params, a.macs) == \
+                (b.name, b.type, b.output_shape, b.params, b.macs)
+        assert original.to_dict()["totals"] == again.to_dict()["totals"]
+
+
+def test_expand_explain_shows_the_arithmetic(tmp_path, capsys):
+    assert main(["expand", str(write(tmp_path, SCALED)), "--scale", "x0_5", "--explain"]) == 0
+    out = capsys.readouterr().out
+    assert ("# stem: use conv_bn; out: make_divisible(32 * $width_mult, 8) = "
+            "make_divisible(32 * 0.5, 8) = 16; s: 2") in out
+    assert "# padding: ($k - 1) // 2 = (3 - 1) // 2 = 1" in out
+
+
+# --- residual activation, build -----------------------------------------------------------
+
+
+def test_a_residual_activation_is_built_and_runs(tmp_path):
+    torch = pytest.importorskip("torch")
+    path = write(tmp_path, """\
+        input: {shape: [4, 6, 6]}
+        layers:
+          - type: residual
+            activation: relu
+            body: [{type: conv2d, out_channels: 4, kernel_size: 3, padding: 1}]
+        """)
+    from shapecheck.codegen import generate_source
+
+    source = generate_source(shapecheck.plan(path))
+    assert "activation=nn.ReLU()," in source
+    model = shapecheck.build_module(path, device="cpu")
+    x = torch.randn(2, 4, 6, 6)
+    block = model.res1
+    expected = torch.relu(block.body(x) + x)
+    assert torch.equal(model(x), expected) and (model(x) >= 0).all()
+
+
+def test_a_residual_activation_must_be_an_activation(tmp_path):
+    p = shapecheck.plan(write(tmp_path, """\
+        input: {shape: [4, 6, 6]}
+        layers: [{type: residual, activation: conv2d, body: [relu]}]
+        """))
+    error = only_error(p)
+    assert error.code == "SC103" and "relu" in error.message
