@@ -303,3 +303,17 @@ def test_a_residual_activation_must_be_an_activation(tmp_path):
         """))
     error = only_error(p)
     assert error.code == "SC103" and "relu" in error.message
+
+
+def test_check_checks_every_scale(tmp_path, capsys):
+    # At x0_5 the grouped conv gets 12 channels, which 8 groups do not divide.
+    text = SCALED.replace("  - {type: adaptiveavgpool2d, output_size: 1}\n",
+                          "  - {type: conv2d, out_channels: \"make_divisible(24 * $width_mult, 4)\", "
+                          "kernel_size: 1, groups: 8}\n  - {type: adaptiveavgpool2d, output_size: 1}\n")
+    path = write(tmp_path, text)
+    assert shapecheck.plan(path).valid
+    assert main(["check", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "error[SC206]" in out and out.count("[scale x0_5]") == 1
+    assert main(["check", str(path), "--scale", "x1_0"]) == 0
+    capsys.readouterr()

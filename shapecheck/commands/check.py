@@ -2,11 +2,13 @@
 
 Meant for pre-commit hooks and CI: one line per problem (`file:line:col: error[SC201]: ...`, with
 its hint), or GitHub Actions annotations, then one summary line. With no files it checks every
-*.yaml / *.yml under specs/."""
+*.yaml / *.yml under specs/. A spec with scales is checked at every one of them, unless
+--scale names one."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -30,6 +32,8 @@ def add_parser(sub) -> None:
     p.add_argument("files", nargs="*", metavar="FILE",
                    help=f"spec files or folders (default: every YAML file under {DEFAULT_DIR}/)")
     p.add_argument("--strict", action="store_true", help="warnings fail the run (exit 1)")
+    p.add_argument("--scale", metavar="NAME",
+                   help="check specs at this scale only (default: every scale a spec declares)")
     p.add_argument("--format", choices=["text", "github"], default="text",
                    help="text: file:line:col: error[SC...]: message (default); "
                    "github: GitHub Actions annotations (::error file=...,line=...::...)")
@@ -66,6 +70,20 @@ def _targets(names: list[str]) -> list[Path] | None:
     return list(dict.fromkeys(files))
 
 
+def _other_scales(path: Path, first) -> list[Diagnostic]:
+    """The problems a spec has only at its other scales, each saying at which."""
+    seen = {(d.code, d.line, d.column, d.message) for d in first.diagnostics}
+    found = []
+    for scale in first.scales:
+        if scale == first.scale:
+            continue
+        for d in plan(path, scale=scale).diagnostics:
+            if (d.code, d.line, d.column, d.message) not in seen:
+                seen.add((d.code, d.line, d.column, d.message))
+                found.append(dataclasses.replace(d, message=f"{d.message} [scale {scale}]"))
+    return found
+
+
 def run(args: argparse.Namespace) -> int:
     files = _targets(args.files)
     if files is None:
@@ -80,17 +98,20 @@ def run(args: argparse.Namespace) -> int:
 
     for path in files:
         try:
-            result = plan(path)
+            result = plan(path, scale=args.scale)
         except InputError as e:  # missing, not UTF-8, not YAML, not a spec: exit 2
             unreadable += 1
             report([e.diagnostic])
             continue
-        report(result.diagnostics)
-        warnings += len(result.warnings)
-        if not result.valid:
+        diagnostics = result.diagnostics
+        if args.scale is None:
+            diagnostics = diagnostics + _other_scales(path, result)
+        report(diagnostics)
+        warnings += sum(not d.is_error for d in diagnostics)
+        if any(d.is_error for d in diagnostics):
             invalid += 1
             failed = True
-        elif args.strict and result.warnings:
+        elif args.strict and any(not d.is_error for d in diagnostics):
             failed = True
     line = summary(len(files), invalid, warnings)
     if unreadable:
