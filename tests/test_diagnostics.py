@@ -156,6 +156,33 @@ def test_sc107_duplicate_yaml_key(tmp_path):
     assert (d.layer, d.line, d.column) == (0, 3, 38)
 
 
+def test_sc108_unknown_template_or_parameter(tmp_path):
+    spec = ("input: {shape: [1, 8, 8]}\ntemplates:\n  block: {params: {c: 4}, layers: [relu]}\n"
+            "layers:\n  - {use: blok}\n  - {use: block, d: 1}\n")
+    plan = diagnose(tmp_path, spec)
+    d = only(plan, "SC108")
+    assert (d.line, d.hint) == (5, "did you mean 'block'?")
+
+
+def test_sc109_expression(tmp_path):
+    d = only(diagnose(tmp_path, HEAD + "  - {type: conv2d, out_channels: $c, kernel_size: 3}\n"),
+             "SC109")
+    assert d.line == 3 and "$c is not defined" in d.message
+
+
+def test_sc110_template_cycle(tmp_path):
+    spec = ("input: {shape: [1, 8, 8]}\ntemplates:\n  a: {layers: [{use: a}]}\n"
+            "layers: [{use: a}]\n")
+    assert "a → a" in only(diagnose(tmp_path, spec), "SC110").message
+
+
+def test_sc111_unknown_scale(tmp_path):
+    spec = ("input: {shape: [1, 8, 8]}\nscales: {small: {w: 1}}\ndefault_scale: smal\n"
+            "layers: [relu]\n")
+    d = only(diagnose(tmp_path, spec), "SC111")
+    assert d.line == 3 and d.hint == "did you mean 'small'?"
+
+
 # --- SC2xx: PyTorch would fail here ------------------------------------------------------
 
 
