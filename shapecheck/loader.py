@@ -17,7 +17,6 @@ from pydantic import ValidationError
 from .diagnostics import Diagnostic, InputError
 from .layers import BLOCKS, KINDS, Origin, normalize_type, parse_layers
 from .spec import InputSpec, LayerErrors, Spec, default_name, yaml_loc
-from .templates import TemplateError, TooManyLayers, expand, needs_expansion
 
 MAX_BYTES = 4 * 1024 * 1024  # a spec is a few KB; a 10,000-layer spec is about 0.5 MB
 MAX_NODES = 1_000_000  # after expanding aliases: stops alias and merge-key bombs
@@ -182,11 +181,13 @@ def _parse(text: str, source: str | None, name: str | None, scale: str | None = 
 
 def _expand(data: dict, scale: str | None, positions: dict, source: str | None):
     """The spec with its templates expanded, and a Locator for its entries."""
-    if not needs_expansion(data):
+    if not _uses_templates(data):
         if scale is not None:
             raise SpecError([Diagnostic("error", "SC111", f"--scale {scale}: the spec has no "
                                         "`scales`", file=source)])
         return data, Locator(positions, source), None
+    from .templates import TemplateError, TooManyLayers, expand  # only specs that need it
+
     try:
         expansion = expand(data, scale, MAX_LAYERS)
     except TooManyLayers:
@@ -201,6 +202,25 @@ def _expand(data: dict, scale: str | None, positions: dict, source: str | None):
         raise SpecError([Diagnostic("error", e.code, e.message + origin.context, index,
                                     path, *origin.reported, e.hint, file=source)]) from None
     return expansion.data, Locator(positions, source, expansion.where), expansion
+
+
+def _uses_templates(data: dict) -> bool:
+    """Whether a spec uses templates, scales or expressions (a quick look at the raw data)."""
+    if any(k in data for k in ("templates", "scales", "default_scale")):
+        return True
+    stack = [data.get("layers")]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            if "$" in value:
+                return True
+        elif isinstance(value, dict):
+            if "use" in value:
+                return True
+            stack += value.values()
+        elif isinstance(value, list):
+            stack += value
+    return False
 
 
 class Locator:

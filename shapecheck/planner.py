@@ -24,10 +24,13 @@ from .loader import (
     schema_diagnostics,
 )
 from .plan import LayerPlan, Plan
-from .spec import LayerErrors, Spec, default_name
+from .spec import LayerErrors, Spec, default_name, walk
 
 # Errors that mean "the input is too small for the stack": they get the smallest input as hint.
 _TOO_SMALL = {"SC201", "SC202"}
+MAX_LATER = 10  # errors reported after the first, by planning on with declared inputs
+# The smallest-input search plans the spec ~160 times: above this many layers it is skipped.
+MAX_HINT_LAYERS = 5_000
 
 
 @dataclass
@@ -94,6 +97,7 @@ class _Planner:
             if hint is None and f.error.code in _TOO_SMALL and self.hints:
                 hint = self._smallest_input_hint()
             diagnostics.append(self._diagnostic("error", f.row, f.error.code, f.error.message, hint))
+            diagnostics += self._later_errors(f, rows)
         train = self.spec.train
         result = Plan(
             name=self.spec.name,
@@ -115,10 +119,12 @@ class _Planner:
         result.diagnostics.sort(key=lambda d: (d.line or 0, d.column or 0, d.severity))
         return result
 
-    def _plan_list(self, layers: list[LayerSpec], x: Dims, prefix: tuple, ctx: Context):
-        """Plan layers one after another; returns their rows, the output and its context."""
+    def _plan_list(self, layers: list[LayerSpec], x: Dims, prefix: tuple, ctx: Context,
+                   start: int = 0):
+        """Plan layers one after another (the first being number ``start`` of its list);
+        returns their rows, the output and its context."""
         rows = []
-        for i, layer in enumerate(layers):
+        for i, layer in enumerate(layers, start):
             row = self._row(i, (*prefix, i), layer)
             rows.append(row)
             if self.failure:  # skipped: null shapes, but a block keeps its branches
@@ -199,7 +205,36 @@ class _Planner:
                           path if len(path) > 1 else None, *origin.reported, hint,
                           file=origin.file, subject=subject)
 
+    def _later_errors(self, first: _Failure, rows: list[LayerPlan]) -> list[Diagnostic]:
+        """The errors after the first, where the failing layer declares the input it expects
+        (a linear's in_features, a conv's in_channels): planning goes on from there as if that
+        input had arrived. Only top-level layers; the rows keep the first error's null shapes,
+        as the JSON contract says."""
+        found: list[Diagnostic] = []
+        failed = first
+        while failed is not None and len(failed.row.path) == 1 and len(found) < MAX_LATER:
+            x = failed.row.input_dims
+            declared = failed.row.spec.declared_input(x) if x is not None else None
+            if declared is None or declared == x:
+                break
+            try:
+                out = failed.row.spec.infer(declared, Context()).out
+            except ShapeError:
+                break
+            after = failed.row.path[0] + 1
+            trial = _Planner(self.spec, self.batch, self.input, hints=False)
+            trial._plan_list(self.spec.layers[after:], out, (), Context(), start=after)
+            note = (f" (found by planning on after the error at layer {failed.row.path[0]}, "
+                    f"as if {failed.row.name} got the input it declares)")
+            failed = trial.failure
+            if failed is not None:
+                found.append(self._diagnostic("error", failed.row, failed.error.code,
+                                              failed.error.message + note, failed.error.hint))
+        return found
+
     def _smallest_input_hint(self) -> str | None:
+        if sum(1 for _ in walk(self.spec.layers)) > MAX_HINT_LAYERS:
+            return None
         _, h, w = self.input
         big = 1 << 40
         min_h = _smallest(lambda s: self._fits(s, big))
@@ -207,10 +242,15 @@ class _Planner:
         if min_h is None or min_w is None:
             return None
         need = (max(h, min_h), max(w, min_w))
-        if not self._fits(*need):
+        if not self._valid_at(*need):  # a later layer fails there too: say nothing wrong
             return None
         return (f"this stack needs an input of at least {need[0]}×{need[1]} (this one is {h}×{w}); "
                 "or use smaller kernels/strides, or add padding")
+
+    def _valid_at(self, h: int, w: int) -> bool:
+        trial = _Planner(self.spec, 1, (self.input[0], h, w), hints=False)
+        trial._plan_list(self.spec.layers, (1, self.input[0], h, w), (), Context())
+        return trial.failure is None
 
     def _fits(self, h: int, w: int) -> bool:
         trial = _Planner(self.spec, 1, (self.input[0], h, w), hints=False)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .expressions import ExpressionError, evaluate, is_expression, show
-from .layers import BLOCKS, KINDS, normalize_type
+from .layers import KINDS, normalize_type
 
 TOP_KEYS = ("templates", "scales", "default_scale")
 USE_KEYS = ("use", "name", "repeat", "first")
@@ -64,25 +64,6 @@ class Expansion:
     # New location of a layer entry -> the arithmetic that made its values, for `expand`.
     notes: dict[tuple, list[str]] = field(default_factory=dict)
     scale: str | None = None
-
-
-def needs_expansion(data: dict) -> bool:
-    """Whether a spec uses templates, scales or expressions (a quick look at the raw data)."""
-    if any(k in data for k in TOP_KEYS):
-        return True
-    stack = [data.get("layers")]
-    while stack:
-        value = stack.pop()
-        if isinstance(value, str):
-            if "$" in value:
-                return True
-        elif isinstance(value, dict):
-            if "use" in value:
-                return True
-            stack += value.values()
-        elif isinstance(value, list):
-            stack += value
-    return False
 
 
 def expand(data: dict, scale: str | None, limit: int) -> Expansion:
@@ -329,5 +310,4 @@ def _prefix_names(layer: dict, instance: str, top: bool = False) -> None:
                 _prefix_names(child, instance)
 
 
-__all__ = ["BLOCKS", "Expansion", "Site", "TemplateError", "TooManyLayers", "expand",
-           "needs_expansion"]
+__all__ = ["Expansion", "Site", "TemplateError", "TooManyLayers", "expand"]

@@ -462,3 +462,44 @@ def test_long_user_text_is_cut_in_messages(tmp_path):
 def test_sc105_hint_for_a_keyword_is_a_valid_name(tmp_path):
     d = only(diagnose(tmp_path, HEAD + "  - {type: relu, name: class}\n"), "SC105")
     assert d.hint == "use a name such as 'class_'"
+
+
+def test_errors_after_the_first_are_found_from_declared_inputs(tmp_path):
+    plan = diagnose(tmp_path, """\
+        input: {shape: [3, 32, 32]}
+        layers:
+          - {type: conv2d, out_channels: 16, kernel_size: 3}
+          - {type: conv2d, in_channels: 8, out_channels: 16, kernel_size: 3}
+          - flatten
+          - {type: linear, in_features: 999, out_features: 10}
+          - {type: linear, in_features: 11, out_features: 2}
+        """)
+    assert [(d.code, d.layer, d.line) for d in plan.errors] == [
+        ("SC203", 1, 4), ("SC204", 3, 6), ("SC204", 4, 7)]
+    first, second, third = plan.errors
+    assert "planning on" not in first.message
+    assert second.message.endswith("(found by planning on after the error at layer 1, as if "
+                                   "conv2 got the input it declares)")
+    assert "12544" in second.hint and "after the error at layer 3" in third.message
+    # The rows keep the contract: null shapes after the first failing layer.
+    assert all(row.output_shape is None for row in plan.layers[1:])
+
+
+def test_the_smallest_input_hint_says_nothing_rather_than_something_wrong(tmp_path):
+    # ZFNet's fc6 declares 9216 features: only inputs of 213..244 work, so the size at which
+    # the convolutions first fit (53) is no answer.
+    plan = diagnose(tmp_path, """\
+        input: {shape: [3, 40, 40]}
+        layers:
+          - {type: conv2d, out_channels: 96, kernel_size: 7, stride: 2, padding: 1}
+          - {type: maxpool2d, kernel_size: 3, stride: 2, padding: 1}
+          - {type: conv2d, out_channels: 256, kernel_size: 5, stride: 2}
+          - {type: maxpool2d, kernel_size: 3, stride: 2, padding: 1}
+          - {type: conv2d, out_channels: 384, kernel_size: 3, padding: 1}
+          - {type: maxpool2d, kernel_size: 3, stride: 2}
+          - flatten
+          - {type: linear, name: fc6, in_features: 9216, out_features: 4096}
+        """)
+    error = plan.errors[0]
+    assert error.code == "SC202" and error.hint is None
+    assert "at least" not in " ".join(d.hint or "" for d in plan.diagnostics)

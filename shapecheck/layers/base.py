@@ -208,6 +208,12 @@ class LayerSpec(BaseModel):
         """Whether this layer adds a per-channel bias that a following norm would cancel."""
         return False
 
+    def declared_input(self, x: Dims) -> Dims | None:
+        """The input this layer declares it expects (a given in_channels, in_features …), in
+        place of ``x``; None where it declares nothing. The planner plans on from it after an
+        error, to report the errors that follow."""
+        return None
+
     @model_validator(mode="before")
     @classmethod
     def _default_type(cls, data: Any) -> Any:

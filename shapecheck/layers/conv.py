@@ -104,6 +104,11 @@ class Conv2d(LayerSpec):
     def bias_before_norm(self) -> bool:
         return self.bias
 
+    def declared_input(self, x: Dims) -> Dims | None:
+        if self.in_channels is None or len(x) != 4:
+            return None
+        return (x[0], self.in_channels, *x[2:])
+
     def pads(self) -> tuple[tuple[int, int], tuple[int, int]]:
         """((top, bottom), (left, right)) padding."""
         kh, kw = pair(self.kernel_size)
@@ -229,6 +234,11 @@ class ConvTranspose2d(LayerSpec):
 
     def bias_before_norm(self) -> bool:
         return self.bias
+
+    def declared_input(self, x: Dims) -> Dims | None:
+        if self.in_channels is None or len(x) != 4:
+            return None
+        return (x[0], self.in_channels, *x[2:])
 
     def settings(self) -> str:
         parts = settings(self.kernel_size, self.stride, self.padding, self.dilation)

@@ -19,6 +19,11 @@ class Linear(LayerSpec):
     def settings(self) -> str:
         return f"→ {self.out_features}"
 
+    def declared_input(self, x: Dims) -> Dims | None:
+        if self.in_features is None or len(x) < 2:
+            return None
+        return (*x[:-1], self.in_features)
+
     def infer(self, x: Dims, ctx: Context) -> Inferred:
         if len(x) == 1:
             raise ShapeError(

@@ -56,6 +56,11 @@ class BatchNorm2d(LayerSpec):
     name_prefix = "bn"
     cancels_channel_bias = True  # it subtracts each channel's mean
 
+    def declared_input(self, x: Dims) -> Dims | None:
+        if self.num_features is None or len(x) != 4:
+            return None
+        return (x[0], self.num_features, *x[2:])
+
     def infer(self, x: Dims, ctx: Context) -> Inferred:
         need_rank(x, (4,), "batchnorm2d")
         c = _channels(x, self.num_features, "num_features", "batchnorm2d")
