@@ -50,3 +50,16 @@ def test_the_python_examples_run_and_give_what_their_comments_say(monkeypatch):
             assert eval(source, namespace) == expected, source
             checked += 1
     assert checked >= 3
+
+
+def test_the_spec_format_summary_states_true_counts():
+    from shapecheck import plan
+    from shapecheck.layers import KINDS
+
+    layer_types = sum(not kind.is_block for kind in KINDS.values())
+    assert f"{layer_types} layer types" in README
+    resnet = re.search(r"```yaml\n(.*?)```", (ROOT / "docs" / "templates.md").read_text(
+        encoding="utf-8"), re.DOTALL).group(1)
+    lines = len(resnet.splitlines())
+    assert f"ResNet-50 is\n{lines} lines" in README
+    assert plan(resnet).params == 25_557_032
