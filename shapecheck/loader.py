@@ -14,6 +14,7 @@ from typing import ClassVar
 import yaml
 from pydantic import ValidationError
 
+from .atomic import FileTooLargeError, NotRegularFileError, read_bounded
 from .diagnostics import Diagnostic, InputError
 from .layers import BLOCKS, KINDS, Origin, normalize_type, parse_layers
 from .spec import InputSpec, LayerErrors, Spec, default_name, yaml_loc
@@ -89,7 +90,12 @@ def read_text(path: str | os.PathLike) -> str:
                 Diagnostic("error", "SC004", f"the file is {size:,} bytes; specs are limited "
                            f"to {MAX_BYTES:,} bytes", file=file)
             )
-        data = path.read_bytes()
+        data = read_bounded(path, MAX_BYTES)  # a FIFO or /dev/zero is refused, not read
+    except FileTooLargeError:
+        raise InputError(Diagnostic("error", "SC004", f"the file is larger than {MAX_BYTES:,} "
+                                    "bytes, the limit for a spec", file=file)) from None
+    except NotRegularFileError as e:
+        raise fail(f"cannot read {file}: {e.strerror}") from None
     except FileNotFoundError:
         raise fail(f"no such file: {file}") from None
     except PermissionError:

@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..atomic import atomic_write
+from ..atomic import atomic_write, replace_problem
 from ..loader import SpecError, load_spec
 from ..planner import plan as make_plan
 from ..spec import default_name
@@ -146,19 +146,19 @@ def _destination(args: argparse.Namespace) -> Path | str | None:
     return Path(f"{default_name(Path(args.spec).stem)}_model.py")
 
 
-def _check_destination(out: Path, force: bool) -> str | None:
+def _check_destination(out: Path, force: bool, spec: Path) -> str | None:
     """Why ``out`` cannot be written, or None."""
     from ..codegen import is_generated
 
-    if out.is_dir():
-        return f"{str(out)!r} is a folder; give a file name such as {str(out / 'net_model.py')!r}"
+    problem = replace_problem(out, force=force, ours=is_generated, inputs=[spec])
+    if problem is not None:
+        if out.is_dir() and not out.is_symlink():
+            problem += f" such as {str(out / 'net_model.py')!r}"
+        return problem
     parent = out.parent
     if not parent.is_dir():
         return (f"the folder {str(parent)!r} does not exist (create it first)"
                 if not parent.exists() else f"{str(parent)!r} is not a folder")
-    if out.exists() and not force and not is_generated(out):
-        return (f"{out} exists and was not written by shapecheck; it was left untouched "
-                "(use --force to overwrite it)")
     return None
 
 
@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"{', '.join(given)} only apply with --train")
     destination = _destination(args)
     if isinstance(destination, Path):
-        problem = _check_destination(destination, args.force)
+        problem = _check_destination(destination, args.force, Path(args.spec))
         if problem:
             return _fail(problem)
 
