@@ -251,7 +251,7 @@ def folder_lock(folder: str | os.PathLike[str], holder: str) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             held_by = os.read(fd, 1000).decode("utf-8", "replace").strip() or "another process"
-            raise FolderBusyError(errno.EBUSY, f"it is in use by {held_by}",
+            raise FolderBusyError(errno.EBUSY, f"in use by {held_by}",
                                   os.fspath(folder)) from None
         os.ftruncate(fd, 0)
         os.write(fd, holder.encode("utf-8", "replace") + b"\n")

@@ -64,8 +64,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shapecheck.atomic import atomic_open, atomic_write, temp_name_prefix
+from shapecheck.atomic import atomic_open, atomic_write, check_regular, temp_name_prefix
 from shapecheck.data import DataError, MemoryLimitError, load_dataset, load_split, resolve_path
+from shapecheck.runinfo import load_run_info
 from shapecheck.trainspec import DatasetSpec, OptimizerSpec, TrainSpec
 
 __all__ = [
@@ -494,15 +495,31 @@ def _write_curves(path: Path, history: Sequence[EpochMetrics], title: str) -> bo
     return True
 
 
+def _load_tensors(path: Path, what: str) -> Any:
+    """torch.load of a file that must hold tensors and plain data only. A pickle of anything
+    else is refused unrun, and said to be what it is: not a file shapecheck wrote."""
+    try:
+        check_regular(path)  # a FIFO would hang torch.load
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise TrainError(f"{path} does not exist") from None
+    except OSError as e:
+        raise TrainError(f"cannot read {path}: {e.strerror or e}") from None
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: torch raises many kinds
+        raise TrainError(f"{path} is not a shapecheck {what}: it cannot be read as plain "
+                         f"tensors ({type(e).__name__}); nothing in it was run") from None
+
+
 def _read_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise TrainError(f"nothing to resume: {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: torch raises many kinds
-        raise TrainError(f"cannot read checkpoint {path}: {e}") from None
+    ckpt = _load_tensors(path, "checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
         raise TrainError(f"{path} is not a shapecheck checkpoint (version {CHECKPOINT_VERSION})")
+    missing = sorted({"model", "optimizer", "rng", "epoch", "step", "metrics", "train",
+                      "input_shape", "num_classes", "mean", "std"} - ckpt.keys())
+    if missing:
+        raise TrainError(f"{path} is not a shapecheck checkpoint (it has no {', '.join(missing)})")
     return ckpt
 
 
@@ -767,6 +784,12 @@ def _train(
             raise TrainError(
                 f"cannot resume: {out / CHECKPOINT_FILE} was made by a different "
                 f"architecture ({detail})")
+        was = (ckpt.get("train") or {}).get("optimizer", {}).get("type")
+        if was != spec.optimizer.type:
+            raise TrainError(
+                f"cannot resume: {out / CHECKPOINT_FILE} was trained with {was}, and its "
+                f"optimizer state does not carry over to {spec.optimizer.type}; resume with "
+                f"--optimizer {was}, or start afresh without --resume")
 
     # Weights, gradients and optimizer state, counted with the data in one memory check.
     param_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
@@ -1168,10 +1191,7 @@ def load_run_module(run_dir: Path, prefer: str | None = None,
     for p in (src, weights_path):
         if not p.is_file():
             raise TrainError(f"{run_dir} is not a finished training run: {p.name} is missing")
-    try:
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - as in _read_checkpoint
-        raise TrainError(f"cannot read {weights_path}: {e}") from None
+    state = _load_tensors(weights_path, "weights file")
     mod_name = f"_shapecheck_run_{abs(hash(str(src.resolve())))}"
     spec = importlib.util.spec_from_file_location(mod_name, src)
     assert spec is not None and spec.loader is not None
@@ -1227,10 +1247,7 @@ def evaluate(
     info_path = run_dir / RUN_FILE
     if not info_path.is_file():
         raise TrainError(f"{run_dir} is not a training run folder ({RUN_FILE} is missing)")
-    try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise TrainError(f"cannot read {info_path}: {e}") from None
+    info = load_run_info(run_dir).model_dump(mode="json")  # RunInfoError if damaged
     if weights != MODEL_FILE and not (run_dir / weights).is_file():
         raise TrainError(f"{run_dir} has no {weights}"
                          + (" (the run had no validation split)" if weights == BEST_FILE else ""))
@@ -1238,10 +1255,7 @@ def evaluate(
         module = load_run_module(run_dir, prefer=info.get("module_class"), weights=weights)
     else:
         try:
-            module.load_state_dict(torch.load(run_dir / weights, map_location="cpu",
-                                              weights_only=True))
-        except FileNotFoundError:
-            raise TrainError(f"{run_dir} has no {weights}") from None
+            module.load_state_dict(_load_tensors(run_dir / weights, "weights file"))
         except RuntimeError as e:
             raise TrainError(f"{run_dir / weights} does not fit the module: {e}") from None
     own = DatasetSpec.model_validate(info["dataset"])
@@ -1266,6 +1280,7 @@ def evaluate(
     dev = select_device(device)
     module.to(dev)
     x, y = x.to(dev), y.to(dev)
+    _check_output(module, x[:2], num_classes)  # run.json's num_classes may not be the model's
     loss_sum, preds = _predict(module, x, y, info.get("loss", "cross_entropy"), batch_size)
     confusion = torch.bincount(y * num_classes + preds, minlength=num_classes * num_classes)
     matrix = confusion.view(num_classes, num_classes).cpu().tolist()

@@ -84,11 +84,17 @@ DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 DEFAULT_LR = {"sgd": 0.01, "adam": 0.001, "adamw": 0.001}
 
 
+# Training runs in float32: a value beyond its range overflows inside torch.
+FLOAT32_MAX = 3.4028234663852886e38
+INT64_MAX = 2**63 - 1  # torch.manual_seed and the data order take a signed 64-bit seed
+
+
 def _finite(value: float | list[float] | None, what: str) -> None:
     values = value if isinstance(value, list) else [value]
     for v in values:
-        if v is not None and not math.isfinite(v):
-            raise ValueError(f"{what} must be a finite number")
+        if v is not None and not (math.isfinite(v) and abs(v) <= FLOAT32_MAX):
+            raise ValueError(f"{what} must be a finite number within float32's range "
+                             f"(at most {FLOAT32_MAX:.4g}), got {v:g}")
 
 
 class DatasetSpec(BaseModel):
@@ -201,7 +207,7 @@ class TrainSpec(BaseModel):
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     epochs: PositiveInt = 10
     batch_size: PositiveInt = 64
-    seed: NonNegativeInt = 0
+    seed: NonNegativeInt = Field(default=0, le=INT64_MAX)
     device: DeviceName = "auto"
     output: str | None = None
     drop_last: bool = False

@@ -24,12 +24,14 @@ import argparse
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..atomic import atomic_write, replace_problem
+from ..atomic import FolderBusyError, atomic_write, folder_lock, replace_problem
 from ..loader import SpecError, load_spec
 from ..planner import plan as make_plan
+from ..runinfo import run_folder_problem
 from ..spec import default_name
 from ..table import human_bytes
 from . import EXIT_INPUT, EXIT_INVALID, EXIT_OK, add_shape_overrides, print_diagnostics
@@ -302,6 +304,24 @@ def _training_copies(train_spec: TrainSpec) -> int:
     return states
 
 
+def _run_folder(p, train_spec: TrainSpec, spec_path: Path, args) -> Path | str:
+    """The run folder: --out, else the spec's train.output (which must stay inside the spec's
+    own folder: a spec does not choose where files go outside it), else runs/<name>. Or why
+    it cannot be used."""
+    if args.out is not None:
+        out = Path(args.out)
+    elif train_spec.output is not None:
+        home = spec_path.resolve().parent
+        out = home / Path(train_spec.output).expanduser()
+        if not out.resolve().is_relative_to(home):
+            return (f"the spec's train.output {train_spec.output!r} is outside the spec's "
+                    f"folder {home}; a spec may only write under its own folder (give --out "
+                    "DIR on the command line to write there)")
+    else:
+        out = Path("runs") / p.name
+    return run_folder_problem(out, args.force) or out
+
+
 def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
     from ..codegen import instantiate
     from ..train import (
@@ -314,18 +334,32 @@ def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
         train,
     )
 
+    out_dir = _run_folder(p, train_spec, spec_path, args)
+    if isinstance(out_dir, str):
+        return _fail(out_dir)
     if isinstance(p.batch, int) and p.batch != train_spec.batch_size:
         _note(f"input.batch is {p.batch} but training uses train.batch_size "
               f"{train_spec.batch_size} (input.batch only sizes the plan)")
     module = instantiate(p, generated, check=False)  # checked on the meta device above
     if train_spec.loss is None:  # the plan's rule, the one its lints use
         train_spec = train_spec.model_copy(update={"loss": p.default_loss})
+    holder = (f"shapecheck build (pid {os.getpid()}, started "
+              f"{time.strftime('%Y-%m-%d %H:%M:%S')})")
     try:
-        result = train(
-            module, train_spec, name=p.name, input_shape=p.input_dims[1:],
-            num_classes=_classes(p), base_dir=spec_path.resolve().parent,
-            out_dir=Path(args.out) if args.out is not None else None,
-            model_source=generated.source, resume=args.resume)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        # One run at a time in a folder; checked again under the lock, as another run may
+        # have written the folder in between.
+        with folder_lock(out_dir, holder):
+            problem = run_folder_problem(out_dir, args.force)
+            if problem:
+                return _fail(problem)
+            result = train(
+                module, train_spec, name=p.name, input_shape=p.input_dims[1:],
+                num_classes=_classes(p), base_dir=spec_path.resolve().parent, out_dir=out_dir,
+                model_source=generated.source, resume=args.resume)
+    except FolderBusyError as e:
+        return _fail(f"the run folder {out_dir} is {e.strerror}; wait for it to finish, or give "
+                     "another --out")
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except MemoryLimitError as e:

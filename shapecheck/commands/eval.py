@@ -71,22 +71,23 @@ def run(args: argparse.Namespace) -> int:
             return _fail("bad dataset: " + "; ".join(
                 err["msg"].removeprefix("Value error, ") for err in e.errors()))
 
+    from ..runinfo import RunInfoError, load_run_info
     from ..train import (
         BEST_FILE,
         MODEL_FILE,
-        RUN_FILE,
         DataError,
         TrainError,
         evaluate,
         format_confusion,
     )
 
-    if not (run_dir / RUN_FILE).is_file():
-        return _fail(f"{run_dir} is not a training run folder ({RUN_FILE} is missing)")
     try:
+        load_run_info(run_dir)  # a damaged run.json is an input error (exit 2)
         result = evaluate(run_dir, data, base_dir=Path.cwd(), split=args.split,
                           device=args.device, batch_size=args.batch_size,
                           weights=BEST_FILE if args.best else MODEL_FILE)
+    except RunInfoError as e:
+        return _fail(str(e))
     except DataError as e:
         return _fail(str(e))
     except TrainError as e:

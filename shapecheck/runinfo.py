@@ -1,0 +1,143 @@
+"""A training run folder's ``run.json``, validated as the spec is, and the rule for when a folder
+is shapecheck's run folder.
+
+``build --train`` writes ``run.json``; ``eval`` reads it back, and a damaged or foreign one is a
+clear error (exit 2), never a traceback or a NaN. A folder is shapecheck's, and training may
+replace the files it writes there, when its ``run.json`` validates here, when it holds no
+``run.json`` but a ``model.py`` shapecheck wrote (a run killed in its first moments), or when it
+is empty. Any other folder is left alone unless the user says ``--force``.
+No torch import: ``build`` decides this before torch is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
+
+from .atomic import LOCK_FILE, read_bounded
+from .trainspec import FLOAT32_MAX, INT64_MAX, DatasetSpec, LossName
+
+__all__ = ["RUN_FILE", "RunInfo", "RunInfoError", "load_run_info", "run_folder_problem"]
+
+RUN_FILE = "run.json"
+SOURCE_FILE = "model.py"
+MAX_RUN_JSON = 16 * 1024 * 1024  # a run.json is a few KB; its class names are the bulk
+
+
+class RunInfoError(Exception):
+    """run.json is missing, unreadable or damaged."""
+
+
+def _finite(v: float) -> float:
+    if not (math.isfinite(v) and abs(v) <= FLOAT32_MAX):
+        raise ValueError(f"must be a finite float32 number, got {v!r}")
+    return v
+
+
+Size = Annotated[StrictInt, Field(ge=1, le=INT64_MAX)]
+Real = Annotated[StrictFloat | StrictInt, AfterValidator(_finite)]
+
+
+class RunInfo(BaseModel):
+    """What ``eval`` needs from a run. Fields a later version adds are allowed."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: StrictStr
+    input_shape: tuple[Size, Size, Size]
+    num_classes: Annotated[StrictInt, Field(ge=1, le=1_000_000)]
+    classes: list[StrictStr] | None = None
+    mean: list[Real] = Field(min_length=1)
+    std: list[Annotated[Real, Field(gt=0)]] = Field(min_length=1)
+    loss: LossName = "cross_entropy"
+    module_class: StrictStr | None = None
+    dataset: DatasetSpec
+    train: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunInfo:
+        channels = self.input_shape[0]
+        for what, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) != channels:
+                raise ValueError(f"{what} has {len(values)} values but the input has "
+                                 f"{channels} channel{'s' * (channels != 1)}")
+        if self.classes is not None and len(self.classes) > self.num_classes:
+            raise ValueError(f"{len(self.classes)} class names but num_classes is "
+                             f"{self.num_classes}")
+        return self
+
+
+def load_run_info(run_dir: str | os.PathLike[str]) -> RunInfo:
+    """The validated run.json of a run folder; RunInfoError says what is wrong with it."""
+    path = Path(run_dir) / RUN_FILE
+    try:
+        data = json.loads(read_bounded(path, MAX_RUN_JSON).decode("utf-8"))
+    except FileNotFoundError:
+        raise RunInfoError(f"{run_dir} is not a training run folder ({RUN_FILE} is "
+                           "missing)") from None
+    except OSError as e:
+        raise RunInfoError(f"cannot read {path}: {e.strerror or e}") from None
+    except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
+        raise RunInfoError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise RunInfoError(f"{path} is damaged: a JSON {type(data).__name__}, not an object")
+    try:
+        return RunInfo.model_validate(data)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors()[:5]:
+            where = ".".join(str(part) for part in err["loc"])
+            message = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{where}: {message}" if where else message)
+        raise RunInfoError(f"{path} is damaged: {'; '.join(problems)}") from None
+
+
+def _generated(path: Path) -> bool:
+    from .codegen import is_generated
+
+    return path.is_file() and not path.is_symlink() and is_generated(path)
+
+
+def run_folder_problem(folder: str | os.PathLike[str], force: bool) -> str | None:
+    """Why training must not write into ``folder``, or None (see the module docstring)."""
+    folder = Path(folder)
+    if not folder.exists():
+        return None if not folder.is_symlink() else f"{folder} is a dangling symbolic link"
+    if not folder.is_dir():
+        return f"the run folder {folder} is not a folder"
+    try:
+        # The lock and the temporary files of an interrupted atomic write are ours.
+        names = [n for n in os.listdir(folder) if n != LOCK_FILE
+                 and not (n.startswith(".") and n.endswith(".tmp"))]
+    except OSError as e:
+        return f"cannot read the run folder {folder}: {e.strerror or e}"
+    if not names or force:
+        return None
+    if (folder / RUN_FILE).exists():
+        try:
+            load_run_info(folder)
+            return None
+        except RunInfoError as e:
+            why = str(e)
+    elif _generated(folder / SOURCE_FILE):
+        return None
+    else:
+        shown = ", ".join(sorted(names)[:5]) + (", ..." if len(names) > 5 else "")
+        why = f"it holds {shown} and no {RUN_FILE}"
+    return (f"{folder} is not a shapecheck run folder ({why}); nothing in it was changed "
+            "(use --force to train there anyway, replacing the run files in it)")
