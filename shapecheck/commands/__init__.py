@@ -10,6 +10,7 @@ import re
 import sys
 
 from ..diagnostics import Diagnostic
+from ..layers.base import INT64_MAX
 from ..report import format_text
 
 EXIT_OK, EXIT_INVALID, EXIT_INPUT = 0, 1, 2
@@ -18,17 +19,23 @@ EXIT_OK, EXIT_INVALID, EXIT_INPUT = 0, 1, 2
 def input_shape(text: str) -> tuple[int, int, int]:
     """`3x32x32`, `3×32×32` or `3,32,32`."""
     parts = re.split(r"\s*[x×,]\s*", text.strip().lower())
-    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+    if len(parts) != 3 or not all(_size(p) for p in parts):
         raise argparse.ArgumentTypeError(f"expected C×H×W such as 3x32x32, got {text!r}")
     return tuple(int(p) for p in parts)  # type: ignore[return-value]
 
 
+def _size(text: str) -> bool:
+    """A positive int that torch can hold (int64), written in ASCII digits."""
+    return text.isascii() and text.isdigit() and len(text) <= 19 and 0 < int(text) <= INT64_MAX
+
+
 def batch_size(text: str) -> int | str:
-    if text.isdigit() and int(text) > 0:
+    if _size(text):
         return int(text)
     if text.isidentifier():
         return text
-    raise argparse.ArgumentTypeError(f"expected a positive int or a symbol such as N, got {text!r}")
+    raise argparse.ArgumentTypeError(
+        f"expected a positive int (at most 2**63 - 1) or a symbol such as N, got {text[:40]!r}")
 
 
 def add_scale(parser: argparse.ArgumentParser) -> None:

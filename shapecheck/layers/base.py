@@ -15,9 +15,18 @@ from pydantic_core import PydanticCustomError
 Dims = tuple[int, ...]
 
 
+INT64_MAX = 2**63 - 1  # torch keeps sizes, strides, paddings and dilations as int64
+
+
 def _strict_int(value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise PydanticCustomError("int_type", "must be an integer, got {value}", {"value": repr(value)})
+    if value > INT64_MAX:
+        # Said here, not by torch at build time: plan and build must agree. The value itself is
+        # not repeated: it may have thousands of digits.
+        raise PydanticCustomError(
+            "int_range", "must be at most 2**63 - 1 = {limit} (torch's int64 limit), got a "
+            "{digits}-digit number", {"limit": INT64_MAX, "digits": len(str(value))})
     if value < minimum:
         kind = "positive" if minimum == 1 else "non-negative"
         raise PydanticCustomError(
