@@ -11,6 +11,7 @@ import sys
 from . import __version__
 from .commands import EXIT_INPUT, print_diagnostics
 from .diagnostics import InputError
+from .report import PrintableStream
 
 COMMANDS = ["plan", "check", "expand", "render", "build", "eval"]
 # Packages of the extras, by the extra that installs them.
@@ -39,6 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Whatever a command prints (paths, names from a spec or a dataset, argparse echoing an
+    # argument) reaches the terminal escaped: no control sequence from the input gets through.
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = PrintableStream(stdout), PrintableStream(stderr)
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = stdout, stderr
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

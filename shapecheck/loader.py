@@ -317,16 +317,19 @@ def _load(text: str, source: str | None) -> tuple[object, dict, list[Diagnostic]
     if len(text) > MAX_BYTES:
         raise refuse(f"the text is {len(text):,} characters; specs are limited to {MAX_BYTES:,}")
     alias_marks: dict = {}
+    text = text.lstrip("\ufeff")
     try:
         if "*" in text:
-            loader = _AliasLoader(text.lstrip("\ufeff"))
+            loader = _AliasLoader(text)
             try:
                 node = loader.get_single_node()
             finally:
                 loader.dispose()
             alias_marks = loader.alias_marks
         else:
-            node = yaml.compose(text.lstrip("\ufeff"), Loader=_Loader)
+            node = yaml.compose(text, Loader=_Loader)
+    except yaml.reader.ReaderError as e:  # a NUL or another control character
+        raise _reader_error(e, text, source, libyaml="*" not in text) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         if "nesting depth" in str(e.problem):  # libyaml's own limit
@@ -346,6 +349,22 @@ def _load(text: str, source: str | None) -> tuple[object, dict, list[Diagnostic]
     if builder.aliased:
         _check_expanded_size(node, refuse)
     return data, builder.positions, builder.problems
+
+
+def _reader_error(e: yaml.reader.ReaderError, text: str, source: str | None,
+                  libyaml: bool) -> InputError:
+    """One line with the position, for the character the YAML reader refuses. libyaml counts
+    the position in UTF-8 bytes, the pure-Python reader in characters."""
+    at = e.position
+    if libyaml and issubclass(_Loader, getattr(yaml, "CSafeLoader", ())):
+        at = len(text.encode("utf-8")[:at].decode("utf-8", "ignore"))
+    line = text.count("\n", 0, at) + 1
+    column = at - (text.rfind("\n", 0, at) + 1) + 1
+    char = text[at] if at < len(text) else "\x00"
+    return InputError(Diagnostic(
+        "error", "SC002", f"not valid YAML: the control character U+{ord(char):04X} is not "
+        "allowed in YAML text", line=line, column=column, file=source,
+        hint="remove it (YAML allows tabs and line ends, no other control characters)"))
 
 
 class _Builder:
@@ -398,6 +417,10 @@ class _Builder:
                 if not isinstance(key_node, yaml.ScalarNode) or key_node.tag not in _SAFE_TAGS:
                     raise self.refuse("keys must be plain scalars in a spec", key_node.start_mark)
                 key = self._scalar(key_node)
+                if not isinstance(key, str):
+                    # A spec's keys are names. As ints and bools, `1:` and `true:` would be one
+                    # key (1 == True); as the text they were written as, each is its own.
+                    key = key_node.value
                 mark = key_node.start_mark
                 if key in value:
                     index, path = _layer_of(loc)

@@ -3,11 +3,54 @@ Actions annotations. The one place that turns a Diagnostic into text."""
 
 from __future__ import annotations
 
+import re
+import unicodedata
+
 from .diagnostics import Diagnostic
+
+# Characters that act on a terminal or reorder what it shows, instead of being shown: the C0
+# and C1 controls (ESC starts screen-clearing, colour and OSC-8 hyperlink sequences; a newline
+# or carriage return could forge a line), DEL, the line and paragraph separators, and the
+# bidirectional overrides and isolates (U+202E can make a file name read backwards).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
+                          "\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    c = match.group()
+    return _NAMED.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+
+
+def printable(text: object, keep: str = "") -> str:
+    """``text`` safe to show on a terminal or in a CI log: every character that is not shown
+    but acts (see _UNPRINTABLE) becomes an escape such as \\x1b or \\u202e, except those in
+    ``keep`` (the streams keep the newlines of multi-line output). The one escaping function:
+    every text that comes from a spec, a path or a dataset passes here on its way out."""
+    text = str(text)
+    if keep:
+        return _UNPRINTABLE.sub(lambda m: m.group() if m.group() in keep else _escape(m), text)
+    return _UNPRINTABLE.sub(_escape, text)
+
+
+class PrintableStream:
+    """A text stream that escapes what it writes with printable(), keeping newlines, tabs and
+    carriage returns (the progress bar redraws its line with one). The CLI wraps stdout and
+    stderr in it, so no output of any command can reach the terminal raw."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(printable(text, keep="\n\t\r"))
+        return len(text)
+
+    def __getattr__(self, name: str):  # flush, isatty, fileno, encoding ...
+        return getattr(self._stream, name)
 
 
 def location(d: Diagnostic) -> str:
-    parts = [d.file or "<spec>"]
+    parts = [printable(d.file or "<spec>")]
     if d.line is not None:
         parts.append(str(d.line))
         if d.column is not None:
@@ -16,9 +59,9 @@ def location(d: Diagnostic) -> str:
 
 
 def format_text(d: Diagnostic) -> str:
-    text = f"{location(d)}: {d.severity}[{d.code}]: {d.message}"
+    text = f"{location(d)}: {d.severity}[{d.code}]: {printable(d.message)}"
     if d.hint:
-        text += f"\n  hint: {d.hint}"
+        text += f"\n  hint: {printable(d.hint)}"
     return text
 
 
@@ -32,13 +75,13 @@ def _escape_property(text: str) -> str:
 
 def format_github(d: Diagnostic) -> str:
     """A workflow command: ::error file=F,line=L,col=C,title=SC201::message."""
-    props = [f"file={_escape_property(d.file or '<spec>')}"]
+    props = [f"file={_escape_property(printable(d.file or '<spec>'))}"]
     if d.line is not None:
         props.append(f"line={d.line}")
     if d.column is not None:
         props.append(f"col={d.column}")
     props.append(f"title={d.code}")
-    message = d.message + (f"\nhint: {d.hint}" if d.hint else "")
+    message = printable(d.message) + (f"\nhint: {printable(d.hint)}" if d.hint else "")
     return f"::{d.severity} {','.join(props)}::{_escape_data(message)}"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .plan import LayerPlan, Plan
+from .report import printable
 
 HEADERS = ["#", "name", "type", "output shape", "weight", "bias", "params", "MACs"]
 
@@ -103,7 +104,7 @@ def _header(plan: Plan) -> str:
     title = f"{plan.name}: input {shape}, batch {batch}"
     if plan.scale:
         title += f", scale {plan.scale}"
-    return title + (f"  ({plan.source})" if plan.source else "")
+    return title + (f"  ({printable(plan.source)})" if plan.source else "")
 
 
 def _totals(plan: Plan) -> list[str]:

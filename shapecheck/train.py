@@ -66,6 +66,7 @@ from torch import nn
 
 from shapecheck.atomic import atomic_open, atomic_write, check_regular, temp_name_prefix
 from shapecheck.data import DataError, MemoryLimitError, load_dataset, load_split, resolve_path
+from shapecheck.report import printable
 from shapecheck.runinfo import load_run_info
 from shapecheck.trainspec import DatasetSpec, OptimizerSpec, TrainSpec
 
@@ -1311,7 +1312,7 @@ def _same_dataset(data: DatasetSpec, own: DatasetSpec, base_dir: Path | None) ->
 def format_confusion(result: EvalResult) -> str:
     """The accuracy line and the confusion matrix (rows: true class, columns: predicted)."""
     k = len(result.classes)
-    names = [str(c) for c in result.classes]
+    names = [printable(c) for c in result.classes]  # folder names: no newline breaks the table
     cells = [[str(v) for v in row] for row in result.confusion]
     recall = []
     for i in range(k):
@@ -1327,7 +1328,7 @@ def format_confusion(result: EvalResult) -> str:
             *(len(p) for p in precision))
     lines = [
         (f"accuracy {result.accuracy:.2%} ({result.correct}/{result.num_samples})  "
-         f"loss {result.loss:.4f}  on the {result.source}"),
+         f"loss {result.loss:.4f}  on the {printable(result.source)}"),
         "",
         head.ljust(w0) + "".join(f" {n:>{w}}" for n in names) + "   recall",
     ]

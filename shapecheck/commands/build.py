@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 from ..atomic import FolderBusyError, atomic_write, folder_lock, replace_problem
 from ..loader import SpecError, load_spec
 from ..planner import plan as make_plan
+from ..report import printable
 from ..runinfo import run_folder_problem
 from ..spec import default_name
 from ..table import human_bytes
@@ -129,12 +130,12 @@ def add_parser(sub) -> None:
 
 
 def _fail(message: str, code: int = EXIT_INPUT) -> int:
-    print(f"shapecheck build: error: {message}", file=sys.stderr)
+    print(f"shapecheck build: error: {printable(message)}", file=sys.stderr)
     return code
 
 
 def _note(message: str) -> None:
-    print(f"note: {message}", file=sys.stderr)
+    print(f"note: {printable(message)}", file=sys.stderr)
 
 
 def _destination(args: argparse.Namespace) -> Path | str | None:
@@ -241,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
             atomic_write(destination, generated.source)
         except OSError as e:
             return _fail(f"cannot write {destination}: {e.strerror or e}")
-        print(f"wrote {destination}: class {generated.class_name}, {p.params:,} parameters")
+        print(f"wrote {printable(destination)}: class {generated.class_name}, {p.params:,} parameters")
         if not args.train and available is not None and p.param_bytes > available:
             _note(f"its parameters need {p.param_bytes:,} bytes ({human_bytes(p.param_bytes)}),"
                   f" more than the {available:,} bytes of memory available here: building it "
@@ -356,7 +357,8 @@ def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
             result = train(
                 module, train_spec, name=p.name, input_shape=p.input_dims[1:],
                 num_classes=_classes(p), base_dir=spec_path.resolve().parent, out_dir=out_dir,
-                model_source=generated.source, resume=args.resume)
+                model_source=generated.source, resume=args.resume,
+                log=lambda line: print(printable(line)))  # one line each: paths escaped
     except FolderBusyError as e:
         return _fail(f"the run folder {out_dir} is {e.strerror}; wait for it to finish, or give "
                      "another --out")
@@ -384,7 +386,7 @@ def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
         if train_spec.dataset is not None and train_spec.dataset.format == "synthetic":
             print("synthetic data: a smoke test of the model and the loop, not a measure of "
                   "the model")
-    print(f"run folder: {out} ({MODEL_FILE}, {CURVES_FILE}, ...); evaluate it with: "
-          f"shapecheck eval {shlex.quote(str(out))}")
+    print(f"run folder: {printable(out)} ({MODEL_FILE}, {CURVES_FILE}, ...); evaluate it with: "
+          f"shapecheck eval {printable(shlex.quote(str(out)))}")
     return EXIT_OK
 

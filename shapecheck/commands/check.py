@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..diagnostics import Diagnostic, InputError
 from ..planner import plan
-from ..report import format_github, format_text, summary
+from ..report import format_github, format_text, printable, summary
 from . import EXIT_INPUT, EXIT_INVALID, EXIT_OK
 
 DEFAULT_DIR = "specs"
@@ -54,7 +54,7 @@ def _targets(names: list[str]) -> list[Path] | None:
         folder = Path(DEFAULT_DIR)
         if not folder.is_dir():
             print(f"shapecheck check: no files given and no {DEFAULT_DIR}/ folder in "
-                  f"{Path.cwd()}; name the spec files to check", file=sys.stderr)
+                  f"{printable(Path.cwd())}; name the spec files to check", file=sys.stderr)
             return None
         files = spec_files(folder)
         if not files:

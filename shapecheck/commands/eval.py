@@ -17,6 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..report import printable
 from . import EXIT_INPUT, EXIT_INVALID, EXIT_OK
 
 
@@ -44,7 +45,7 @@ def add_parser(sub) -> None:
 
 
 def _fail(message: str, code: int = EXIT_INPUT) -> int:
-    print(f"shapecheck eval: error: {message}", file=sys.stderr)
+    print(f"shapecheck eval: error: {printable(message)}", file=sys.stderr)
     return code
 
 

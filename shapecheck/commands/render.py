@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..atomic import atomic_write, replace_problem
 from ..planner import plan
+from ..report import printable
 from . import EXIT_INPUT, add_shape_overrides, exit_code, print_diagnostics
 
 FORMATS = ["svg", "png", "pdf", "dot"]
@@ -58,7 +59,7 @@ def add_parser(sub) -> None:
 
 
 def _fail(message: str) -> int:
-    print(f"shapecheck render: error: {message}", file=sys.stderr)
+    print(f"shapecheck render: error: {printable(message)}", file=sys.stderr)
     return EXIT_INPUT
 
 
@@ -138,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         failed = _write(out, g.source)
         if failed:
             return failed
-        print(f"wrote {out}")
+        print(f"wrote {printable(out)}")
         return code
     dot = shutil.which("dot")
     if dot is None:
@@ -164,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
     failed = _write(out, _mark(done.stdout, fmt))
     if failed:
         return failed
-    print(f"wrote {out}")
+    print(f"wrote {printable(out)}")
     return code
 
 
@@ -195,7 +196,8 @@ def _without_dot(out: Path, fmt: str, source: str, args: argparse.Namespace) -> 
     failed = _write(dot_path, source)
     if failed:
         return failed
-    print(f"wrote {dot_path}")
-    print(f"shapecheck render: Graphviz's dot program was not found, so {out} was not drawn: "
-          f"{INSTALL_GRAPHVIZ}, then run `dot -T{fmt} {dot_path} -o {out}`", file=sys.stderr)
+    print(f"wrote {printable(dot_path)}")
+    print(printable(f"shapecheck render: Graphviz's dot program was not found, so {out} was not "
+                    f"drawn: {INSTALL_GRAPHVIZ}, then run `dot -T{fmt} {dot_path} -o {out}`"),
+          file=sys.stderr)
     return EXIT_INPUT
