@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..atomic import FolderBusyError, atomic_write, folder_lock, replace_problem
+from ..atomic import LOCK_FILE, FolderBusyError, atomic_write, folder_lock, replace_problem
 from ..loader import SpecError, load_spec
 from ..planner import plan as make_plan
 from ..report import printable
@@ -323,6 +323,17 @@ def _run_folder(p, train_spec: TrainSpec, spec_path: Path, args) -> Path | str:
     return run_folder_problem(out, args.force) or out
 
 
+def _remove_if_unused(folder: Path) -> None:
+    """A run folder this command made and left holding only its lock (the data could not be
+    read, say) is removed again: a failed start leaves nothing behind."""
+    try:
+        if os.listdir(folder) == [LOCK_FILE]:
+            (folder / LOCK_FILE).unlink()
+            folder.rmdir()
+    except OSError:
+        pass
+
+
 def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
     from ..codegen import instantiate
     from ..train import (
@@ -346,6 +357,7 @@ def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
         train_spec = train_spec.model_copy(update={"loss": p.default_loss})
     holder = (f"shapecheck build (pid {os.getpid()}, started "
               f"{time.strftime('%Y-%m-%d %H:%M:%S')})")
+    created = not out_dir.exists()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         # One run at a time in a folder; checked again under the lock, as another run may
@@ -373,6 +385,9 @@ def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
     except OSError as e:  # the run folder: --out names a file, no permission, disk full ...
         where = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
         return _fail(f"cannot write the run: {where}", EXIT_INPUT)
+    finally:
+        if created:
+            _remove_if_unused(out_dir)
     out = result.out_dir
     final = result.final
     if final is not None:

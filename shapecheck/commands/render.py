@@ -65,11 +65,16 @@ def _fail(message: str) -> int:
 
 def _output(args: argparse.Namespace) -> tuple[Path, str] | str:
     """(path, format), or the reason they cannot be worked out."""
+    out = Path(args.output if args.output is not None else
+               f"{Path(args.spec).stem}.{args.format or 'svg'}")
+    problem = replace_problem(out, force=args.force, ours=_is_ours, inputs=[args.spec])
+    if problem is not None:
+        if out.is_dir() and not out.is_symlink():
+            problem += f" such as {str(out / 'net.svg')!r}"
+        return problem
     if args.output is None:
         fmt = args.format or "svg"
-        out = Path(f"{Path(args.spec).stem}.{fmt}")
     else:
-        out = Path(args.output)
         by_suffix = SUFFIXES.get(out.suffix.lower())
         if args.format and by_suffix and args.format != by_suffix:
             return f"-o {out} asks for {by_suffix} but --format asks for {args.format}"
@@ -77,11 +82,6 @@ def _output(args: argparse.Namespace) -> tuple[Path, str] | str:
         if fmt is None:
             return (f"cannot tell the format from {str(out)!r}: use a .svg, .png, .pdf or .dot "
                     "suffix, or --format")
-    problem = replace_problem(out, force=args.force, ours=_is_ours, inputs=[args.spec])
-    if problem is not None:
-        if out.is_dir() and not out.is_symlink():
-            problem += f" such as {str(out / 'net.svg')!r}"
-        return problem
     parent = out.parent
     if not parent.is_dir():
         return (f"the folder {str(parent)!r} does not exist (create it first)"
