@@ -119,7 +119,7 @@ def run_folder_problem(folder: str | os.PathLike[str], force: bool) -> str | Non
     if not folder.exists():
         return None if not folder.is_symlink() else f"{folder} is a dangling symbolic link"
     if not folder.is_dir():
-        return f"the run folder {folder} is not a folder"
+        return f"cannot write the run: {folder} is not a folder"
     try:
         # The lock and the temporary files of an interrupted atomic write are ours.
         names = [n for n in os.listdir(folder) if n != LOCK_FILE

@@ -55,6 +55,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -501,7 +502,9 @@ def _load_tensors(path: Path, what: str) -> Any:
     else is refused unrun, and said to be what it is: not a file shapecheck wrote."""
     try:
         check_regular(path)  # a FIFO would hang torch.load
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about a foreign pickle's protocol
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise TrainError(f"{path} does not exist") from None
     except OSError as e:

@@ -253,7 +253,7 @@ def test_bad_resumes(tmp_path):
     with pytest.raises(TrainError, match=r"different architecture .*0.weight was \[10, 1, 5, 5\], is \[12, 1, 5, 5\]"):
         run(wider, spec(), tmp_path / "run", resume=True)
     (tmp_path / "run" / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(TrainError, match="cannot read checkpoint"):
+    with pytest.raises(TrainError, match="is not a shapecheck checkpoint"):
         run(LectureCNN(), spec(), tmp_path / "run", resume=True)
 
 
