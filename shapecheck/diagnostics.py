@@ -14,7 +14,8 @@ Severity = Literal["error", "warning"]
 # description here is the user's documentation. Codes never change meaning.
 CODES: dict[str, str] = {
     # SC0xx: the file cannot be read as a spec at all (exit code 2).
-    "SC001": "The file cannot be read: missing, a directory, or not UTF-8 text.",
+    "SC001": "The file cannot be read: missing, a directory, a FIFO or a device, or not UTF-8 "
+    "text.",
     "SC002": "The file is not valid YAML.",
     "SC003": "The YAML is not a spec: not a mapping, or it has neither `input` nor `layers`.",
     "SC004": "The YAML is refused for safety: an unsafe or unknown tag, too many nodes or "

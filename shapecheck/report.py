@@ -4,7 +4,6 @@ Actions annotations. The one place that turns a Diagnostic into text."""
 from __future__ import annotations
 
 import re
-import unicodedata
 
 from .diagnostics import Diagnostic
 

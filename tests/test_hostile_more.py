@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 from test_hostile import TRACEBACK, assert_clean, cli, warm  # noqa: F401 - warm: autouse
+from test_hostile_io import IDX, _idx, _idx_folder, _image_folder, needs_dot, needs_torch
 
 from shapecheck.atomic import folder_lock, read_bounded
 from shapecheck.report import printable
 from shapecheck.table import human_bytes, human_count
-from test_hostile_io import IDX, _idx, _idx_folder, _image_folder, needs_dot, needs_torch
 
 POSIX = pytest.mark.skipif(sys.platform == "win32" or not hasattr(os, "mkfifo"),
                            reason="FIFOs, symlinks and flock are POSIX")
@@ -325,7 +325,7 @@ def test_declared_sizes_are_checked_before_loading(tmp_path):
         "objects.npz": (_npz(tmp_path / "objects.npz", _arrays(), {"extra": ((1,), "|O")}),
                         "Python objects"),
     }
-    for name, (path, words) in cases.items():
+    for path, words in cases.values():
         r = train(s, "--data", path, "--out", tmp_path / "r")
         assert r.code == 2 and words in r.err, str(r)
     from PIL import Image

@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
                      f"{out} was not drawn; write the DOT source with --format dot instead")
     try:
         done = subprocess.run([dot, f"-T{fmt}"], input=g.source.encode("utf-8"),
-                              capture_output=True, timeout=DOT_TIMEOUT_S,
+                              capture_output=True, timeout=DOT_TIMEOUT_S, check=False,
                               preexec_fn=_end_with_parent if sys.platform == "linux" else None)
     except OSError:
         return _without_dot(out, fmt, g.source, args)
