@@ -108,8 +108,8 @@ class DatasetSpec(BaseModel):
     std: PositiveFloat | list[PositiveFloat] | None = None
     test_fraction: float | None = Field(default=None, gt=0, lt=1)
     val_fraction: float | None = Field(default=None, gt=0, lt=1)
-    train_size: PositiveInt | None = None
-    test_size: PositiveInt | None = None
+    train_size: PositiveInt | None = Field(default=None, le=INT64_MAX)
+    test_size: PositiveInt | None = Field(default=None, le=INT64_MAX)
     resize: bool = False
 
     @model_validator(mode="before")

@@ -249,6 +249,14 @@ def test_render_refuses_graphs_too_large_for_dot(tmp_path):
     assert r.code == 2 and "at most 1,000" in r.err and "--format dot" in r.err, str(r)
     assert not (tmp_path / "deep.svg").exists()
     assert assert_clean(cli("render", s, "-o", tmp_path / "deep.dot")).code == 0
+    nested, indent = "input: {shape: [1, 8, 8]}\nlayers:\n", "  "
+    for _ in range(40):  # 80 layers in 40 nested residuals: dot took 28 s
+        nested += f"{indent}- type: residual\n{indent}  body:\n"
+        indent += "    "
+        nested += f"{indent}- {{type: conv2d, out_channels: 1, kernel_size: 1}}\n" * 2
+    r = assert_clean(cli("render", spec(tmp_path, nested, "nested.yaml"), "-o",
+                         tmp_path / "nested.svg"))
+    assert r.code == 2 and "nested so deeply" in r.err and "--format dot" in r.err, str(r)
 
 
 @needs_dot
