@@ -57,7 +57,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -524,6 +524,15 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
                       "input_shape", "num_classes", "mean", "std"} - ckpt.keys())
     if missing:
         raise TrainError(f"{path} is not a shapecheck checkpoint (it has no {', '.join(missing)})")
+    # Checked here so that a damaged checkpoint is one message, not a traceback from torch.
+    rng, names = ckpt["rng"], {f.name for f in fields(EpochMetrics)}
+    if not (isinstance(ckpt["model"], dict) and isinstance(ckpt["optimizer"], dict)
+            and isinstance(rng, dict) and isinstance(rng.get("torch"), torch.Tensor)
+            and rng["torch"].dtype == torch.uint8
+            and all(isinstance(ckpt[k], int) and ckpt[k] >= 0 for k in ("epoch", "step"))
+            and isinstance(ckpt["metrics"], list)
+            and all(isinstance(m, dict) and m.keys() == names for m in ckpt["metrics"])):
+        raise TrainError(f"{path} is damaged: not a shapecheck checkpoint's layout")
     return ckpt
 
 
