@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .diagnostics import Diagnostic
 from .layers import Block, Context, LayerSpec, Origin, ShapeError
-from .layers.base import Dims
+from .layers.base import INT64_MAX, Dims
 from .lint import lint
 from .loader import (
     Locator,
@@ -148,6 +148,7 @@ class _Planner:
             else:
                 inferred = layer.infer(x, ctx)
                 out = inferred.out
+                _within_int64(out)
                 row.weight_shape, row.bias_shape = inferred.weight, inferred.bias
                 row.params, row.macs, row.explain = inferred.params, inferred.macs, inferred.explain
                 row.inferred_args = inferred.inferred_args
@@ -179,6 +180,7 @@ class _Planner:
         if self.failure:
             return x
         out, merge = block.merge(x, outs)
+        _within_int64(out)
         row.activation_values = sum(r.activation_values for r in children) + math.prod(out)
         row.explain = [merge]
         return out
@@ -256,6 +258,18 @@ class _Planner:
         trial = _Planner(self.spec, 1, (self.input[0], h, w), hints=False)
         trial._plan_list(self.spec.layers, (1, self.input[0], h, w), (), Context())
         return trial.failure is None or trial.failure.error.code not in _TOO_SMALL
+
+
+def _within_int64(out: Dims) -> None:
+    """torch holds every dimension as an int64. Beyond it, build would fail where plan did not,
+    and sizes multiplied layer after layer (upsample, convtranspose2d) would reach numbers too
+    long to print."""
+    big = max(out, default=0)
+    if big > INT64_MAX:
+        digits = len(str(big)) if big.bit_length() < 14_000 else big.bit_length() * 3 // 10
+        raise ShapeError("SC219", f"a dimension of the output would be a {digits}-digit number, "
+                         "more than torch's int64 limit (2**63 - 1)",
+                         "use a smaller scale, stride or input")
 
 
 def _smallest(fits, limit: int = 1 << 40) -> int | None:

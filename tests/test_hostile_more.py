@@ -362,6 +362,21 @@ def test_sizes_beyond_int64_are_schema_errors_in_every_command(tmp_path, field, 
         assert "internal error" not in r.err
 
 
+@pytest.mark.parametrize("layers", [
+    ["{type: upsample, scale_factor: 1.0e+300}"] * 2,
+    ["{type: convtranspose2d, out_channels: 1, kernel_size: 1, stride: 9223372036854775807}"] * 300,
+    ["{type: upsample, scale_factor: 1.0e+17}", "{type: conv2d, out_channels: 1000000000, "
+     "kernel_size: 1}", "flatten"],
+])
+def test_sizes_that_grow_beyond_int64_are_refused_by_the_planner(tmp_path, layers):
+    s = spec(tmp_path, "input: {shape: [1, 8, 8]}\nlayers:\n" + "".join(
+        f"  - {layer}\n" for layer in layers))
+    for argv in (["plan", s], ["check", s], ["render", s, "-o", tmp_path / "n.dot"]) + (
+            (["build", s, "-o", tmp_path / "m.py"],) if importlib_torch() else ()):
+        r = assert_clean(cli(*argv))
+        assert r.code == 1 and "SC219" in r.out + r.err, str(r)
+
+
 def importlib_torch() -> bool:
     import importlib.util
 
@@ -376,6 +391,9 @@ def test_huge_inputs_and_overrides_never_crash_the_formatting(tmp_path):
                  ["--batch", "9" * 5000]):
         r = assert_clean(cli("plan", spec(tmp_path), *argv))
         assert r.code == 2 and "error" in r.err, str(r)
+    r = assert_clean(cli("plan", spec(tmp_path, TRAIN.replace("train_size: 48",
+                                                              f"train_size: {10**25}"))))
+    assert r.code == 1 and "train_size" in r.err, str(r)
     assert human_bytes(10**400).startswith("about 2^") and human_count(10**400).startswith("about")
     assert human_bytes(3 * 2**30) == "3.0 GiB" and human_count(1500) == "1.50 K"
 
