@@ -60,7 +60,8 @@ CODES: dict[str, str] = {
     "SC217": "A gate block's gate cannot multiply its input (torch's broadcasting).",
     "SC218": "pixelshuffle needs channels divisible by upscale_factor²; pixelunshuffle needs "
     "H and W divisible by downscale_factor.",
-    "SC219": "A dimension of the layer's output would exceed torch's int64 limit (2**63 - 1).",
+    "SC219": "A dimension of the layer's output would exceed 1.8e308, beyond what can be "
+    "computed (sizes grown by upsample, convtranspose2d or flatten).",
     # SC3xx: warnings; the network runs but probably not as intended (exit 0, 1 with --strict).
     "SC301": "The stride leaves the last rows or columns of the input unused.",
     "SC302": "A softmax/logsoftmax last layer with cross_entropy loss, which already applies "

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from .diagnostics import Diagnostic
 from .layers import Block, Context, LayerSpec, Origin, ShapeError
-from .layers.base import INT64_MAX, Dims
+from .layers.base import Dims
 from .lint import lint
 from .loader import (
     Locator,
@@ -146,9 +147,12 @@ class _Planner:
             if layer.is_block:
                 out, inferred = self._plan_block(row, layer, x, ctx), None
             else:
-                inferred = layer.infer(x, ctx)
+                try:
+                    inferred = layer.infer(x, ctx)
+                except OverflowError:  # e.g. upsample: a size times a scale beyond any float
+                    raise _too_large() from None
                 out = inferred.out
-                _within_int64(out)
+                _computable(out)
                 row.weight_shape, row.bias_shape = inferred.weight, inferred.bias
                 row.params, row.macs, row.explain = inferred.params, inferred.macs, inferred.explain
                 row.inferred_args = inferred.inferred_args
@@ -180,7 +184,7 @@ class _Planner:
         if self.failure:
             return x
         out, merge = block.merge(x, outs)
-        _within_int64(out)
+        _computable(out)
         row.activation_values = sum(r.activation_values for r in children) + math.prod(out)
         row.explain = [merge]
         return out
@@ -260,16 +264,21 @@ class _Planner:
         return trial.failure is None or trial.failure.error.code not in _TOO_SMALL
 
 
-def _within_int64(out: Dims) -> None:
-    """torch holds every dimension as an int64. Beyond it, build would fail where plan did not,
-    and sizes multiplied layer after layer (upsample, convtranspose2d) would reach numbers too
-    long to print."""
-    big = max(out, default=0)
-    if big > INT64_MAX:
-        digits = len(str(big)) if big.bit_length() < 14_000 else big.bit_length() * 3 // 10
-        raise ShapeError("SC219", f"a dimension of the output would be a {digits}-digit number, "
-                         "more than torch's int64 limit (2**63 - 1)",
-                         "use a smaller scale, stride or input")
+def _computable(out: Dims) -> None:
+    """Sizes are exact ints at any size (10**30 plans, and build says it is too large for
+    torch), but layer after layer (upsample, convtranspose2d, flatten) they could grow past any
+    float, which a scale multiplies, and past what can be printed (4,300 digits)."""
+    if max(out, default=0) > MAX_DIM:
+        raise _too_large()
+
+
+def _too_large() -> ShapeError:
+    return ShapeError("SC219", "a dimension of the output would be larger than 1.8e308, beyond "
+                      "what can be computed (torch's own limit is 2**63 - 1)",
+                      "use a smaller scale, stride or input")
+
+
+MAX_DIM = int(sys.float_info.max)  # about 1.8e308
 
 
 def _smallest(fits, limit: int = 1 << 40) -> int | None:

@@ -442,6 +442,15 @@ def test_sc305_linear_on_4d(tmp_path):
     assert d.layer == 0 and plan.layers[0].output_shape == ("N", 1, 28, 10)
 
 
+def test_sc219_sizes_beyond_any_float(tmp_path):
+    d = only(diagnose(tmp_path, HEAD + "  - {type: upsample, scale_factor: 1.0e+300}\n"
+                      "  - {type: upsample, scale_factor: 1.0e+300}\n"), "SC219")
+    assert d.layer == 1 and "1.8e308" in d.message
+    # exact sizes below that still plan (torch's own int64 limit is build's to enforce)
+    plan = diagnose(tmp_path, HEAD + "  - {type: upsample, scale_factor: 1.0e+100}\n")
+    assert plan.valid and plan.output_shape[-1] == int(28 * 1.0e100)
+
+
 def test_every_code_is_tested():
     source = Path(__file__).read_text(encoding="utf-8")
     for code in CODES:
