@@ -590,6 +590,14 @@ def _stratified(raw: _Raw, fraction: float, held_out: str = "held-out part") -> 
 def _synthetic(
     spec: DatasetSpec, shape: tuple[int, int, int], num_classes: int
 ) -> tuple[_Raw, _Raw]:
+    n_train = spec.train_size or SYNTHETIC_TRAIN_SIZE
+    n_test = spec.test_size or SYNTHETIC_TEST_SIZE
+    # Made here in float32, so bounded before anything is allocated.
+    need, limit = (num_classes + n_train + n_test) * math.prod(shape) * 4, _max_bytes()
+    if need > limit:
+        raise DataError(f"synthetic data: {n_train:,} + {n_test:,} images of "
+                        f"{_fmt_shape(shape)} need {need:,} bytes, more than the {limit:,} "
+                        "bytes of memory available")
     # One fixed random template per class plus noise: learnable, yet not trivial.
     g = torch.Generator().manual_seed(1234)
     templates = torch.randn((num_classes, *shape), generator=g)
@@ -600,8 +608,8 @@ def _synthetic(
         x = templates[y] + 0.5 * torch.randn((n, *shape), generator=g)
         return _Raw(x.numpy(), y.numpy().astype(np.int64), where)
 
-    train = make(spec.train_size or SYNTHETIC_TRAIN_SIZE, "synthetic training data")
-    test = make(spec.test_size or SYNTHETIC_TEST_SIZE, "synthetic test data")
+    train = make(n_train, "synthetic training data")
+    test = make(n_test, "synthetic test data")
     return train, test
 
 

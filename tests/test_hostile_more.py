@@ -447,6 +447,10 @@ def test_a_damaged_run_json_is_a_clear_error(trained, tmp_path):
         (run / "run.json").write_text("{nope" if damage is None else json.dumps(damage(info)))
         r = assert_clean(cli("eval", run, limit=60), limit=60)
         assert r.code == 2 and words in r.err and "run.json" in r.err, f"{case}\n{r}"
+    # valid, but an input no memory holds: refused before anything is allocated
+    (run / "run.json").write_text(json.dumps({**info, "input_shape": [1, 2**62, 2**62]}))
+    r = assert_clean(cli("eval", run, limit=60), limit=60)
+    assert r.code == 2 and "more than the" in r.err and "memory available" in r.err, str(r)
     # valid, but the number of classes is not the model's: the model says so (exit 1)
     (run / "run.json").write_text(json.dumps({**info, "num_classes": 5}))
     r = assert_clean(cli("eval", run, limit=60), limit=60)
