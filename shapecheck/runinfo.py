@@ -29,13 +29,15 @@ from pydantic import (
     model_validator,
 )
 
-from .atomic import LOCK_FILE, read_bounded
+from .atomic import LOCK_FILE, read_bounded, temp_name_prefix
 from .trainspec import FLOAT32_MAX, INT64_MAX, DatasetSpec, LossName
 
 __all__ = ["RUN_FILE", "RunInfo", "RunInfoError", "load_run_info", "run_folder_problem"]
 
 RUN_FILE = "run.json"
 SOURCE_FILE = "model.py"
+# The files training writes (train.RUN_FILES, which imports torch; a test keeps them equal).
+RUN_FILES = ("model.pt", "checkpoint.pt", "metrics.csv", "curves.png", SOURCE_FILE, RUN_FILE)
 MAX_RUN_JSON = 16 * 1024 * 1024  # a run.json is a few KB; its class names are the bulk
 
 
@@ -122,8 +124,8 @@ def run_folder_problem(folder: str | os.PathLike[str], force: bool) -> str | Non
         return f"cannot write the run: {folder} is not a folder"
     try:
         # The lock and the temporary files of an interrupted atomic write are ours.
-        names = [n for n in os.listdir(folder) if n != LOCK_FILE
-                 and not (n.startswith(".") and n.endswith(".tmp"))]
+        names = [n for n in os.listdir(folder) if n != LOCK_FILE and not (
+            n.endswith(".tmp") and n.startswith(tuple(temp_name_prefix(f) for f in RUN_FILES)))]
     except OSError as e:
         return f"cannot read the run folder {folder}: {e.strerror or e}"
     if not names or force:
