@@ -96,6 +96,8 @@ def load_run_info(run_dir: str | os.PathLike[str]) -> RunInfo:
         raise RunInfoError(f"cannot read {path}: {e.strerror or e}") from None
     except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
         raise RunInfoError(f"{path} is not valid JSON ({e})") from None
+    except RecursionError:  # [[[[...]]]] nested deeper than Python's stack
+        raise RunInfoError(f"{path} is damaged: nested too deeply") from None
     if not isinstance(data, dict):
         raise RunInfoError(f"{path} is damaged: a JSON {type(data).__name__}, not an object")
     try:

@@ -444,7 +444,8 @@ RUN_JSON_CASES = {
     "mean type": (lambda info: {**info, "mean": "zero"}, "mean"),
     "std 0": (lambda info: {**info, "std": [0]}, "std"),
     "std nan": (lambda info: {**info, "std": [float("nan")]}, "std"),
-    "not json": (None, "not valid JSON"),
+    "not json": ("{nope", "not valid JSON"),
+    "too deep": ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
 }
 
 
@@ -456,7 +457,8 @@ def test_a_damaged_run_json_is_a_clear_error(trained, tmp_path):
     for name in ("model.py", "model.pt"):
         (run / name).write_bytes((trained / name).read_bytes())
     for case, (damage, words) in RUN_JSON_CASES.items():
-        (run / "run.json").write_text("{nope" if damage is None else json.dumps(damage(info)))
+        (run / "run.json").write_text(damage if isinstance(damage, str) else
+                                      json.dumps(damage(info)))
         r = assert_clean(cli("eval", run, limit=60), limit=60)
         assert r.code == 2 and words in r.err and "run.json" in r.err, f"{case}\n{r}"
     # valid, but an input no memory holds: refused before anything is allocated
