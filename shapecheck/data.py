@@ -11,7 +11,7 @@ Only ``shapecheck build --train`` and ``eval`` import this module.
 
 from __future__ import annotations
 
-import gzip
+import math
 import os
 import zipfile
 import zlib
@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from shapecheck.atomic import check_regular, read_bounded
 from shapecheck.trainspec import DatasetSpec
 
 __all__ = [
@@ -96,6 +97,7 @@ class _Raw:
     x: np.ndarray
     y: np.ndarray
     where: str
+    labels_where: str = ""  # where the labels come from, when not from ``where``
 
 
 def resolve_path(spec: DatasetSpec, base_dir: str | Path | None) -> Path | None:
@@ -275,7 +277,7 @@ def _parts(
                 () if want is not None else
                 ("train",) if spec.test_fraction is not None else ("train", "test")))
         elif fmt == "npz":
-            train, test, whole = _read_npz(path, shape[0])
+            train, test, whole = _read_npz(path, shape, spec.resize)
         elif fmt == "folder":
             train, test, whole, parts.classes = _read_folder(
                 path, shape, num_classes, known=known, resize=spec.resize)
@@ -383,7 +385,7 @@ def _check(
     if lo < 0 or hi >= num_classes:
         bad = lo if lo < 0 else hi
         raise DataError(
-            f"{raw.where}: label {bad} is out of range: the last layer has "
+            f"{raw.labels_where or raw.where}: label {bad} is out of range: the last layer has "
             f"out_features {num_classes}, so labels must be 0..{num_classes - 1}"
         )
     if classes is not None and len(classes) > num_classes:
@@ -404,6 +406,11 @@ def _labels(y: np.ndarray, where: str) -> np.ndarray:
             raise DataError(f"{where}: labels must be integers")
     elif y.dtype.kind not in "iub":
         raise DataError(f"{where}: labels must be integers, not {y.dtype}")
+    # Cast to int64 only what fits: a uint64 2**64-1 would wrap to -1, a float 1e300 to garbage.
+    if y.size and y.dtype.kind in "uf" and y.max() > np.iinfo(np.int64).max:
+        raise DataError(f"{where}: label {int(y.max())} is out of range (larger than int64)")
+    if y.size and y.dtype.kind == "f" and y.min() < np.iinfo(np.int64).min:
+        raise DataError(f"{where}: label {int(y.min())} is out of range (smaller than int64)")
     return y.astype(np.int64)
 
 
@@ -557,7 +564,7 @@ def _subset(raw: _Raw, n: int | None, key: str, notes: list[str], num_classes: i
             f"{key} {n} keeps {present.size - len(missing)} of the {present.size} classes "
             f"in {raw.where}; missing: {', '.join(map(str, missing))}"
         )
-    return _Raw(raw.x[keep], raw.y[keep], raw.where)
+    return _Raw(raw.x[keep], raw.y[keep], raw.where, raw.labels_where)
 
 
 def _stratified(raw: _Raw, fraction: float, held_out: str = "held-out part") -> tuple[_Raw, _Raw]:
@@ -579,8 +586,8 @@ def _stratified(raw: _Raw, fraction: float, held_out: str = "held-out part") -> 
     te = np.sort(np.concatenate(test_idx))
     base = raw.where.removesuffix(" (training part)")
     return (
-        _Raw(raw.x[tr], raw.y[tr], f"{base} (training part)"),
-        _Raw(raw.x[te], raw.y[te], f"{base} ({held_out})"),
+        _Raw(raw.x[tr], raw.y[tr], f"{base} (training part)", raw.labels_where),
+        _Raw(raw.x[te], raw.y[te], f"{base} ({held_out})", raw.labels_where),
     )
 
 
@@ -629,22 +636,43 @@ def _idx_file(d: Path, name: str) -> Path | None:
     dotted = name.replace("-idx", ".idx")
     for n in (name, name + ".gz", dotted, dotted + ".gz"):
         p = d / n
-        if p.is_file():
+        if p.exists() and not p.is_dir():  # a FIFO too: _read_bytes says what it is
             return p
     return None
 
 
 def _read_bytes(p: Path) -> bytes:
+    limit = _max_bytes()
     try:
-        data = p.read_bytes()
+        data = read_bounded(p, limit)  # a FIFO or a device is refused, not read
     except OSError as e:
         raise DataError(f"{p}: cannot read: {e.strerror or e}") from None
     if data[:2] == b"\x1f\x8b":
         try:
-            data = gzip.decompress(data)
+            # Bounded, so that a small gzip bomb cannot fill memory; member after member, as
+            # gzip.decompress reads them.
+            out, rest = b"", data
+            while rest[:2] == b"\x1f\x8b":
+                d = zlib.decompressobj(wbits=31)
+                out += d.decompress(rest, limit + 1 - len(out))
+                if len(out) > limit:
+                    raise DataError(f"{p}: unpacks to more than {limit:,} bytes, more than the "
+                                    "memory available")
+                if not d.eof:
+                    raise EOFError("compressed file ended before the end-of-stream marker")
+                rest = d.unused_data
+            data = out
         except (OSError, EOFError, zlib.error) as e:
             raise DataError(f"{p}: truncated or corrupt gzip file ({e})") from None
     return data
+
+
+def _max_bytes() -> int:
+    """The most bytes one dataset file (or synthetic data) may hold: the memory available
+    (16 GiB where that cannot be told)."""
+    from shapecheck.codegen import available_memory
+
+    return available_memory() or 16 * 2**30
 
 
 def _parse_idx(p: Path, data: bytes, ndim: int) -> np.ndarray:
@@ -665,7 +693,7 @@ def _parse_idx(p: Path, data: bytes, ndim: int) -> np.ndarray:
     if len(data) < header:
         raise DataError(f"{p}: truncated IDX header")
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    expected_bytes = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected_bytes = header + math.prod(dims) * dtype.itemsize  # exact: no int64 overflow
     if len(data) != expected_bytes:
         what = "truncated" if len(data) < expected_bytes else "has extra bytes"
         raise DataError(
@@ -704,14 +732,71 @@ def _read_idx(
                 f"{d}: {img_p.name} has {x.shape[0]} images but {lbl_p.name} has "
                 f"{y.shape[0]} labels"
             )
-        splits[split] = _Raw(_images(x, str(img_p)), _labels(y, str(lbl_p)), str(img_p))
+        splits[split] = _Raw(_images(x, str(img_p)), _labels(y, str(lbl_p)), str(img_p),
+                             str(lbl_p))
     return splits["train"], splits["test"], None
 
 
 # ---------------------------------------------------------------- npz
 
 
-def _read_npz(path: Path, channels: int) -> tuple[_Raw | None, _Raw | None, _Raw | None]:
+def _check_npz(path: Path, shape: tuple[int, int, int], resize: bool) -> None:
+    """Refuse before loading what loading would regret: a file that is not a zip archive (numpy
+    would try to unpickle it), and arrays whose headers declare images of another size, more
+    bytes than their member holds, Python objects, or more bytes than the memory available.
+    Reads only the headers."""
+    try:
+        check_regular(path)
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
+    if magic not in (b"PK\x03\x04", b"PK\x05\x06"):
+        raise DataError(f"{path}: not an .npz file (an .npz is a zip archive of .npy arrays)")
+    c = shape[0]
+    total, limit = 0, _max_bytes()
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                key = info.filename.removesuffix(".npy")
+                with zf.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)
+                    dims, _, dtype = read_header(member)
+                    header = member.tell()
+                declared = math.prod(dims) * dtype.itemsize
+                if dtype.hasobject:
+                    raise DataError(f"{path} [{key}]: holds Python objects, not numbers")
+                if header + declared > info.file_size:
+                    raise DataError(f"{path} [{key}]: declares {_fmt_shape(dims)} {dtype} "
+                                    f"({declared:,} bytes) but holds {info.file_size:,} bytes")
+                # Read as _images will: (N, H, W) is grey, (N, H, W, C) only where C fits.
+                image = tuple(dims[1:])
+                if len(image) == 2:
+                    image = (1, *image)
+                elif len(image) == 3 and image[0] != c and image[2] == c:
+                    image = (image[2], image[0], image[1])
+                wrong = image[:1] != shape[:1] if resize else image != shape  # resize: H, W
+                if key in ("x", "x_train", "x_test") and wrong:
+                    raise DataError(
+                        f"{path} [{key}]: images are {_fmt_shape(image)} (channels×height×"
+                        f"width) but the spec's input.shape is {list(shape)}"
+                        + (" (dataset resize: true resizes them)"
+                           if image[:1] == shape[:1] else ""))
+                total += declared
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise DataError(f"{path}: cannot read as .npz: {e}") from None
+    if total > limit:
+        raise DataError(f"{path}: its arrays need {total:,} bytes, more than the {limit:,} "
+                        "bytes of memory available")
+
+
+def _read_npz(
+    path: Path, shape: tuple[int, int, int], resize: bool = False
+) -> tuple[_Raw | None, _Raw | None, _Raw | None]:
+    _check_npz(path, shape, resize)
+    channels = shape[0]
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -727,7 +812,7 @@ def _read_npz(path: Path, channels: int) -> tuple[_Raw | None, _Raw | None, _Raw
             raise DataError(f"{path}: has {have!r} but no {lack!r}")
         where = f"{path} [{xk}]"
         x = _images(arrays[xk], where, channels)
-        return _Raw(x, _labels(arrays[yk], f"{path} [{yk}]"), where)
+        return _Raw(x, _labels(arrays[yk], f"{path} [{yk}]"), where, f"{path} [{yk}]")
 
     train = pair("x_train", "y_train")
     test = pair("x_test", "y_test")
@@ -823,14 +908,14 @@ def _read_classes(
             raise DataError(f"{cd}: class folder has no images")
         for p in files:
             try:
-                with Image.open(p) as im:
-                    im.load()
-                    if im.size != (w, h) and not resize:
+                with Image.open(p) as im:  # reads the header only
+                    if im.size != (w, h) and not resize:  # before the pixels are decoded
                         raise DataError(
                             f"{p}: image is {im.size[0]}×{im.size[1]} (width×height) but the "
                             f"spec's input.shape needs {w}×{h} (dataset resize: true "
                             "resizes them)"
                         )
+                    im.load()
                     im = im.convert(_PIL_MODES[c])
                     if im.size != (w, h):
                         # Pillow's bilinear widens its filter when shrinking: antialiased.
@@ -838,6 +923,8 @@ def _read_classes(
                     arr = np.asarray(im)
             except DataError:
                 raise
+            except Image.DecompressionBombError as e:
+                raise DataError(f"{p}: image is too large to read ({e})") from None
             except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
                 raise DataError(f"{p}: not a readable image ({e})") from None
             xs.append(arr.reshape(h, w, c))

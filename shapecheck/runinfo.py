@@ -37,7 +37,8 @@ __all__ = ["RUN_FILE", "RunInfo", "RunInfoError", "load_run_info", "run_folder_p
 RUN_FILE = "run.json"
 SOURCE_FILE = "model.py"
 # The files training writes (train.RUN_FILES, which imports torch; a test keeps them equal).
-RUN_FILES = ("model.pt", "checkpoint.pt", "metrics.csv", "curves.png", SOURCE_FILE, RUN_FILE)
+RUN_FILES = ("model.pt", "model_best.pt", "checkpoint.pt", "metrics.csv", "curves.png",
+             SOURCE_FILE, RUN_FILE)
 MAX_RUN_JSON = 16 * 1024 * 1024  # a run.json is a few KB; its class names are the bulk
 
 

@@ -531,7 +531,7 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
             and rng["torch"].dtype == torch.uint8
             and all(isinstance(ckpt[k], int) and ckpt[k] >= 0 for k in ("epoch", "step"))
             and isinstance(ckpt["metrics"], list)
-            and all(isinstance(m, dict) and m.keys() == names for m in ckpt["metrics"])):
+            and all(isinstance(m, dict) and m.keys() <= names for m in ckpt["metrics"])):
         raise TrainError(f"{path} is damaged: not a shapecheck checkpoint's layout")
     return ckpt
 
@@ -797,12 +797,6 @@ def _train(
             raise TrainError(
                 f"cannot resume: {out / CHECKPOINT_FILE} was made by a different "
                 f"architecture ({detail})")
-        was = (ckpt.get("train") or {}).get("optimizer", {}).get("type")
-        if was != spec.optimizer.type:
-            raise TrainError(
-                f"cannot resume: {out / CHECKPOINT_FILE} was trained with {was}, and its "
-                f"optimizer state does not carry over to {spec.optimizer.type}; resume with "
-                f"--optimizer {was}, or start afresh without --resume")
 
     # Weights, gradients and optimizer state, counted with the data in one memory check.
     param_bytes = sum(p.numel() * p.element_size() for p in module.parameters())

@@ -114,7 +114,9 @@ def direct_writes(source: str, filename: str = "<source>") -> list[str]:
             target = next((k.value for k in node.keywords if k.arg == kw), None)
             if target is None and len(node.args) > pos:
                 target = node.args[pos]
-            bad = not (isinstance(target, ast.Name) and target.id in atomic_names)
+            # No target: the call returns its text (yaml.safe_dump(value)) and writes nothing.
+            bad = target is not None and not (
+                isinstance(target, ast.Name) and target.id in atomic_names)
         if bad:
             found.append((node.lineno, node.col_offset, ast.unparse(node)[:80]))
     return [f"{filename}:{line}: {call}" for line, _, call in sorted(found)]
