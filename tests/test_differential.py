@@ -426,8 +426,6 @@ class _Gen:
             factor = st.sampled_from([0.5, 1] if big else [2, 2, 3, 0.5, 1.5, 1])
             raw["scale_factor"] = self.draw(
                 st.one_of(factor, st.lists(factor, min_size=2, max_size=2)))
-            if self.chance(1):
-                raw["size"] = 4  # both: torch refuses
         else:
             raw["size"] = self.draw(int_or_pair(1, 48))
         if self.chance(5):
