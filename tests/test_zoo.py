@@ -5,7 +5,8 @@ deliberate ones below), and its output shape, parameters and MACs equal those of
 reference in tests/zoo_reference.py, measured on the meta device with forward hooks; the
 weighted leaves (conv, transposed conv, linear, batchnorm, layernorm) come in the same order
 with the same output shapes; the parameter count equals torchvision's published one. The
-module `build` emits has the reference's parameter shapes. Spec lengths are held to budgets.
+module `build` emits has the reference's parameter shapes and module arguments. Spec lengths are
+held to budgets.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import shapecheck
 torch = pytest.importorskip("torch")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from zoo_measure import build_meta, count_params, measure
+from zoo_measure import build_meta, count_params, hyperparameters, measure
 from zoo_reference import ZOO, StochasticDepth
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,10 +103,12 @@ def test_zoo_spec_equals_reference(case, references):
 
 
 @pytest.mark.parametrize("name", list(ZOO))
-def test_zoo_build_has_the_reference_parameters(name, references):
-    """The emitted torch module has the reference's parameters, shape for shape. Compared
-    as sorted lists: torchvision registers some parameters in another order (RegNet's proj
-    before f, ConvNeXt's layer_scale before its block), and keeps layer_scale as (C, 1, 1)."""
+def test_zoo_build_has_the_reference_modules(name, references):
+    """The module `build` emits has the reference's parameters, shape for shape, and its conv,
+    linear and norm modules have the same arguments (kernel, stride, padding, groups, bias,
+    eps, momentum …). Compared as sorted lists: torchvision registers some modules in another
+    order (RegNet's proj before f, ConvNeXt's layer_scale before its block), and keeps
+    layer_scale as (C, 1, 1)."""
     scale = next(iter(ZOO[name][1]))
     spec = shapecheck.load_spec(ZOO_DIR / f"{name}.yaml", scale=scale)
     built = shapecheck.build_module(spec, device="meta")
@@ -115,6 +118,7 @@ def test_zoo_build_has_the_reference_parameters(name, references):
         return sorted(tuple(s for s in p.shape if s != 1) or (1,) for p in m.parameters())
 
     assert shapes(built) == shapes(model)
+    assert hyperparameters(built) == hyperparameters(model)
 
 
 @pytest.mark.parametrize("name", list(ZOO))

@@ -58,3 +58,23 @@ def build_meta(builder, **kwargs) -> nn.Module:
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def hyperparameters(model: nn.Module) -> list[tuple]:
+    """Every weighted module's constructor arguments (floats to 12 places), sorted: the same
+    network has the same multiset whatever order its modules are registered in."""
+    out = []
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            out.append((type(m).__name__, m.in_channels, m.out_channels, m.kernel_size,
+                        m.stride, m.padding, m.dilation, m.groups, m.bias is not None,
+                        m.padding_mode, getattr(m, "output_padding", None)))
+        elif isinstance(m, nn.BatchNorm2d):
+            out.append(("BatchNorm2d", m.num_features, round(m.eps, 12),
+                        round(m.momentum, 12), m.affine, m.track_running_stats))
+        elif isinstance(m, nn.Linear):
+            out.append(("Linear", m.in_features, m.out_features, m.bias is not None))
+        elif isinstance(m, nn.LayerNorm):
+            out.append(("LayerNorm", tuple(m.normalized_shape), round(m.eps, 12),
+                        m.elementwise_affine, m.bias is not None))
+    return sorted(out, key=repr)
