@@ -6,7 +6,7 @@ count equals torchvision's published ``num_params``. Auxiliary heads (GoogLeNet,
 are left out, as in the published counts. The U-Net is the usual one (Ronneberger et al.,
 2015) with padded 3×3 convs and batchnorm.
 
-Where torchvision calls a function rather than a module (``torch.relu`` in BasicConv2d,
+Where torchvision calls a function rather than a module (``F.relu`` in BasicConv2d,
 ``F.avg_pool2d`` in Inception-v3, ``x.mean([2, 3])``), so does the reference: the tests compare
 the weighted leaves (conv, linear, norm layers) one by one, and every total.
 """
