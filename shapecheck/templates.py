@@ -192,8 +192,10 @@ class _Expander:
         first = self._args(first, (*src, "first"), defaults, env, chain, index=0,
                            allow_use_keys=False)
         repeat = self.value(item.get("repeat", 1), env, (*src, "repeat"), chain)
-        if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
-            raise TemplateError("SC103", f"repeat must be a positive integer, got {repeat!r}",
+        # 0 is allowed: a use that makes no layers, as depth scaling needs (EfficientNet-B0
+        # has one block where B1 has two: repeat ceil(n * depth_mult) - 1 is 0 there).
+        if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 0:
+            raise TemplateError("SC103", f"repeat must be an integer >= 0, got {repeat!r}",
                                 (*src, "repeat"), chain=chain)
         if repeat > self.limit:
             raise TooManyLayers

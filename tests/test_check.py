@@ -279,7 +279,7 @@ def test_the_repository_specs_pass(capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     code, lines, _ = check(capsys)
     assert code == 0
-    assert lines[-1].startswith(f"{len(list((ROOT / 'specs').glob('*.yaml')))} specs checked, "
+    assert lines[-1].startswith(f"{len(list((ROOT / 'specs').rglob('*.yaml')))} specs checked, "
                                 "0 invalid")
 
 

@@ -172,7 +172,7 @@ def test_an_unknown_name_in_a_template_points_at_the_use_and_the_template(tmp_pa
     ("{use: stage, name: layer2, width: 128, blocks: 4}", "SC108", None),
     ("{use: stag, name: layer2}", "SC108", "did you mean 'stage'?"),
     ("{use: stage, name: layer2, widht: 128}", "SC108", "did you mean 'width'?"),
-    ("{use: stage, name: layer2, repeat: 0}", "SC103", None),
+    ("{use: stage, name: layer2, repeat: -1}", "SC103", None),
 ])
 def test_uses_that_cannot_expand(tmp_path, change, code, hint):
     text = RESNET50.replace("{use: stage, name: layer2, width: 128, blocks: 4}", change)
@@ -317,3 +317,13 @@ def test_check_checks_every_scale(tmp_path, capsys):
     assert "error[SC206]" in out and out.count("[scale x0_5]") == 1
     assert main(["check", str(path), "--scale", "x1_0"]) == 0
     capsys.readouterr()
+
+
+def test_repeat_zero_makes_no_layers(tmp_path):
+    """A depth-scaled stage may have no repeats at one scale (EfficientNet-B0's n = 1 stages:
+    ceil(1 * depth_mult) - 1 is 0 there, 1 at B1)."""
+    text = SCALED.replace('repeat: "ceil(2 * $depth_mult)"', 'repeat: "ceil(2 * $depth_mult) - 2"')
+    plan = shapecheck.plan(write(tmp_path, text))
+    assert plan.valid and not any(layer.name.startswith("blocks") for layer in plan.layers)
+    assert any(layer.name.startswith("blocks") for layer in
+               shapecheck.plan(write(tmp_path, text), scale="x0_5").layers)

@@ -1,0 +1,80 @@
+"""Measuring a torch module the way shapecheck's plan counts: on the meta device, with
+forward hooks. Shared by tests/test_zoo.py."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+WEIGHTED = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.BatchNorm2d, nn.LayerNorm)
+# shapecheck's type name for each weighted torch class
+KIND = {nn.Conv2d: "conv2d", nn.ConvTranspose2d: "convtranspose2d", nn.Linear: "linear",
+        nn.BatchNorm2d: "batchnorm2d", nn.LayerNorm: "layernorm"}
+
+
+def leaf_macs(module: nn.Module, inputs, output) -> int:
+    """Per-sample MACs of one conv2d / convtranspose2d / linear call, as the contract counts:
+    conv: output elements × in/groups × kh × kw; transposed conv: input elements ×
+    out/groups × kh × kw; linear: in × out × positions."""
+    x = inputs[0]
+    if isinstance(module, nn.ConvTranspose2d):
+        kh, kw = module.kernel_size
+        return x[0].numel() * module.out_channels // module.groups * kh * kw
+    if isinstance(module, nn.Conv2d):
+        kh, kw = module.kernel_size
+        return output[0].numel() * module.in_channels // module.groups * kh * kw
+    if isinstance(module, nn.Linear):
+        return output[0].numel() * module.in_features
+    return 0
+
+
+def measure(model: nn.Module, input_shape: tuple[int, ...], batch: int = 2):
+    """(output shape, MACs per sample, [(kind, per-sample output shape) per weighted call])."""
+    macs = 0
+    leaves: list[tuple[str, tuple[int, ...]]] = []
+
+    def hook(module, inputs, output):
+        nonlocal macs
+        macs += leaf_macs(module, inputs, output)
+        leaves.append((KIND[type(module)] if type(module) in KIND else
+                       KIND[next(c for c in KIND if isinstance(module, c))],
+                       tuple(output.shape[1:])))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, WEIGHTED)]
+    try:
+        with torch.no_grad():
+            out = model(torch.empty(batch, *input_shape, device="meta"))
+    finally:
+        for h in handles:
+            h.remove()
+    return tuple(out.shape), macs, leaves
+
+
+def build_meta(builder, **kwargs) -> nn.Module:
+    with torch.device("meta"):
+        return builder(**kwargs).eval()
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def hyperparameters(model: nn.Module) -> list[tuple]:
+    """Every weighted module's constructor arguments (floats to 12 places), sorted: the same
+    network has the same multiset whatever order its modules are registered in."""
+    out = []
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            out.append((type(m).__name__, m.in_channels, m.out_channels, m.kernel_size,
+                        m.stride, m.padding, m.dilation, m.groups, m.bias is not None,
+                        m.padding_mode, getattr(m, "output_padding", None)))
+        elif isinstance(m, nn.BatchNorm2d):
+            out.append(("BatchNorm2d", m.num_features, round(m.eps, 12),
+                        round(m.momentum, 12), m.affine, m.track_running_stats))
+        elif isinstance(m, nn.Linear):
+            out.append(("Linear", m.in_features, m.out_features, m.bias is not None))
+        elif isinstance(m, nn.LayerNorm):
+            out.append(("LayerNorm", tuple(m.normalized_shape), round(m.eps, 12),
+                        m.elementwise_affine, m.bias is not None))
+    return sorted(out, key=repr)
