@@ -694,7 +694,10 @@ def check_against_torch(spec: dict) -> None:
     check_json(plan)
     assert plan.layers, [d.message for d in plan.errors]  # generated specs follow the schema
     assert concrete(plan.input_shape, batch) == oracle.input_shape
-    errors = plan.errors
+    # The first error is at the one failing row; later ones (found by planning on from what
+    # that layer declares) are at skipped rows, and torch has no counterpart for them.
+    errors = [e for e in plan.errors
+              if find_row(plan, e.path or (e.layer,)).status == "failed"]
     assert len(errors) <= 1, [e.message for e in errors]
     if not errors:
         assert oracle.valid, f"torch fails at {oracle.failed_path}: {oracle.error}"

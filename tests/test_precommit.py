@@ -220,3 +220,24 @@ def test_the_hook_environment_has_the_core_package_only(env, hook_env):
         probe = ("import importlib.util as u; "
                  "print([m for m in ('shapecheck', 'torch', 'graphviz') if u.find_spec(m)])")
         assert _ok([str(python), "-c", probe], venv, env).strip() == "['shapecheck']"
+
+
+def test_the_readme_local_hook_works_as_written(tmp_path, env):
+    """The README's `repo: local` configuration, copied as it stands, with this environment's
+    shapecheck on PATH."""
+    import re
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    config = next(block for block in re.findall(r"```yaml\n(.*?)```", readme, re.DOTALL)
+                  if "repo: local" in block)
+    path = tmp_path / "project"
+    _init(path, env)
+    (path / ".pre-commit-config.yaml").write_text(config)
+    local = {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"}
+    _ok([*PRE_COMMIT, "install"], path, local)
+    _ok(["git", "add", ".pre-commit-config.yaml"], path, local)
+    _ok(["git", "commit", "-q", "-m", "add pre-commit"], path, local)
+    done = commit(path, local, {"specs/good.yaml": VALID, "specs/broken.yaml": BROKEN})
+    assert done.returncode != 0 and "error[SC201]" in done.output, done.output
+    done = commit(path, local, {"specs/broken.yaml": VALID})
+    assert done.returncode == 0, done.output
