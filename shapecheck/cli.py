@@ -62,7 +62,7 @@ def _main(argv: list[str] | None) -> int:
         extra = OPTIONAL.get((e.name or "").partition(".")[0])
         if extra is None:
             raise
-        print(f"shapecheck {args.command}: needs {e.name}: pip install 'shapecheck[{extra}]'",
+        print(f"shapecheck {args.command}: needs {e.name}: pip install 'shapecheck-cnn[{extra}]'",
               file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:

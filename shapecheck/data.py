@@ -846,7 +846,7 @@ def _read_folder(
     try:
         from PIL import Image  # noqa: F401
     except ImportError:
-        raise DataError("image folders need Pillow: pip install 'shapecheck[torch]'") from None
+        raise DataError("image folders need Pillow: pip install 'shapecheck-cnn[torch]'") from None
     if shape[0] not in _PIL_MODES:
         raise DataError(
             f"{path}: image folders give 1 (grey), 3 (RGB) or 4 (RGBA) channels; "

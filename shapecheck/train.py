@@ -719,7 +719,7 @@ def _tensorboard(out: Path) -> Any:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise TrainError("tensorboard: true needs the tensorboard package: "
-                         "pip install 'shapecheck[tensorboard]'") from None
+                         "pip install 'shapecheck-cnn[tensorboard]'") from None
     return SummaryWriter(log_dir=str(out / TENSORBOARD_DIR))
 
 
@@ -728,7 +728,7 @@ def _tensorboard_available() -> None:
         import torch.utils.tensorboard  # noqa: F401
     except ImportError:
         raise TrainError("tensorboard: true needs the tensorboard package: "
-                         "pip install 'shapecheck[tensorboard]'") from None
+                         "pip install 'shapecheck-cnn[tensorboard]'") from None
 
 
 def _plural(n: int, word: str) -> str:

@@ -155,5 +155,5 @@ def test_a_missing_extra_is_one_line_not_a_traceback():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=False)
     assert done.returncode == 2
-    assert "pip install 'shapecheck[torch]'" in done.stderr
+    assert "pip install 'shapecheck-cnn[torch]'" in done.stderr
     assert "Traceback" not in done.stderr

@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         import graphviz  # noqa: F401 - graph.py builds the DOT source with it
     except ImportError:
-        return _fail("drawing needs the graphviz package: pip install 'shapecheck[render]'")
+        return _fail("drawing needs the graphviz package: pip install 'shapecheck-cnn[render]'")
     from ..graph import diagram
 
     p = plan(Path(args.spec), batch=args.batch, input_shape=args.input, scale=args.scale)
