@@ -603,6 +603,6 @@ def test_dataset_messages_name_the_right_thing(tmp_path):
     assert _idx((2, 8, 8))  # the helper still builds valid files
 
 
-def test_the_readme_documents_render_force():
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert "render" in readme and "--force" in readme
+def test_the_docs_document_render_force():
+    cli = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    assert "render" in cli and "--force" in cli
