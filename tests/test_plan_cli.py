@@ -157,3 +157,11 @@ def test_a_missing_extra_is_one_line_not_a_traceback():
     assert done.returncode == 2
     assert "pip install 'shapecheck-cnn[torch]'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_an_unknown_flag_shows_the_commands_usage(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["plan", str(LECTURE), "--bogus"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: shapecheck plan ") and "unrecognized arguments: --bogus" in err
