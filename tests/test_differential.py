@@ -32,8 +32,9 @@ Deliberate differences from torch (the contract is stricter on purpose):
 - A residual adds body and shortcut as torch adds them, broadcasting (N×C×1×1 + N×C×7×7 gives
   N×C×7×7), and a gate multiplies the same way; shapes that do not broadcast fail in both at
   the block.
-- A pad that crops a dim to 0 (zeropad2d with padding -1 on 2 rows): SC202, as the contract
-  counts a size of 0 invalid; torch makes an empty tensor and fails later, or never. Asserted
+- A pad that crops a dim to 0 (zeropad2d with padding -1 on 2 rows), or a convtranspose2d
+  whose padding takes all of its output: SC202, as the contract counts a size of 0 invalid;
+  torch makes an empty tensor and fails later, or never. Asserted
   like the ones above; the generator does not build on an empty tensor.
 - groupnorm with affine false checks num_channels only through the divisibility of the channels
   that arrive (as batchnorm2d, above); the generator gives such a groupnorm no wrong
@@ -643,8 +644,8 @@ def deliberate(plan, error) -> bool:
     row = find_row(plan, path)
     if error.code == "SC213":
         return True
-    if error.code == "SC202" and row.type.endswith("pad2d"):  # torch pads to an empty tensor
-        return True
+    if error.code == "SC202" and (row.type.endswith("pad2d") or row.type == "convtranspose2d"):
+        return True  # torch makes an empty tensor of size 0 here
     if error.code == "SC205" and row.type == "batchnorm2d":  # torch checks only its tensors
         return not (row.spec.affine or row.spec.track_running_stats)
     rank = len(row.input_shape)
