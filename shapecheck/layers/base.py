@@ -239,6 +239,12 @@ class LayerSpec(BaseModel):
     def infer(self, x: Dims, ctx: Context) -> Inferred:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def axis_map(self, x: Dims, dim: int) -> tuple[Any, int]:  # pragma: no cover - abstract
+        """How the layer maps the spatial axis that sits at ``dim`` of its input ``x``, and the
+        dim where that axis leaves: an AxisMap of layers/window.py. The receptive field and
+        ``solve`` read it; every kind states its own."""
+        raise NotImplementedError
+
     def given_args(self) -> dict[str, Any]:
         """The constructor arguments the spec wrote, in the constructor's order."""
         return {

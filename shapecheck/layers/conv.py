@@ -23,6 +23,10 @@ from .base import (
     times,
 )
 from .window import (
+    SAME,
+    Consumed,
+    Transposed,
+    Window,
     conv_out,
     effective,
     floor_line,
@@ -30,6 +34,7 @@ from .window import (
     pad_text,
     same_padding,
     settings,
+    spatial,
     transposed_out,
     unused_rows,
     unused_warning,
@@ -119,6 +124,17 @@ class Conv2d(LayerSpec):
             return (0, 0), (0, 0)
         ph, pw = pair(self.padding)
         return (ph, ph), (pw, pw)
+
+    def axis_map(self, x: Dims, dim: int):
+        i = spatial(x, dim) if len(x) == 4 else None
+        if i is None:
+            return (Consumed("conv2d has weights per channel") if dim == 1 else SAME), dim
+        before, after = self.pads()[i]
+        # reflect needs pad < size, circular pad <= size (_pad_limit)
+        limit = {"reflect": 1, "circular": 0}.get(self.padding_mode)
+        return Window(pair(self.kernel_size)[i], pair(self.stride)[i], before, after,
+                      pair(self.dilation)[i],
+                      min_size=1 if limit is None else max(before, after) + limit), dim
 
     def settings(self) -> str:
         parts = settings(self.kernel_size, self.stride, self.padding, self.dilation)
@@ -239,6 +255,13 @@ class ConvTranspose2d(LayerSpec):
         if self.in_channels is None or len(x) != 4:
             return None
         return (x[0], self.in_channels, *x[2:])
+
+    def axis_map(self, x: Dims, dim: int):
+        i = spatial(x, dim) if len(x) == 4 else None
+        if i is None:
+            return (Consumed("convtranspose2d has weights per channel") if dim == 1 else SAME), dim
+        return Transposed(pair(self.kernel_size)[i], pair(self.stride)[i], pair(self.padding)[i],
+                          pair(self.output_padding)[i], pair(self.dilation)[i]), dim
 
     def settings(self) -> str:
         parts = settings(self.kernel_size, self.stride, self.padding, self.dilation)

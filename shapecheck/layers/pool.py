@@ -19,7 +19,19 @@ from .base import (
     need_rank,
     pair,
 )
-from .window import effective, floor_line, pad_text, pool_out, settings, unused_rows, unused_warning
+from .window import (
+    SAME,
+    Fixed,
+    Window,
+    effective,
+    floor_line,
+    pad_text,
+    pool_out,
+    settings,
+    spatial,
+    unused_rows,
+    unused_warning,
+)
 
 
 class _WindowPool(LayerSpec):
@@ -43,6 +55,15 @@ class _WindowPool(LayerSpec):
         if self.ceil_mode:
             parts.append("ceil")
         return " ".join(parts)
+
+    def axis_map(self, x: Dims, dim: int):
+        i = spatial(x, dim)
+        if i is None:
+            return SAME, dim
+        stride = self.stride if self.stride is not None else self.kernel_size
+        p = pair(self.padding)[i]
+        return Window(pair(self.kernel_size)[i], pair(stride)[i], p, p, self._dilation()[i],
+                      ceil=self.ceil_mode), dim
 
     def infer(self, x: Dims, ctx: Context) -> Inferred:
         need_rank(x, (3, 4), self.type)
@@ -122,6 +143,11 @@ class _AdaptivePool(LayerSpec):
     def settings(self) -> str:
         oh, ow = pair(self.output_size)
         return f"→ {'in' if oh is None else oh}×{'in' if ow is None else ow}"
+
+    def axis_map(self, x: Dims, dim: int):
+        i = spatial(x, dim)
+        size = None if i is None else pair(self.output_size)[i]
+        return (SAME if size is None else Fixed(size)), dim
 
     def infer(self, x: Dims, ctx: Context) -> Inferred:
         need_rank(x, (3, 4), self.type)

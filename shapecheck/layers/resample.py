@@ -19,6 +19,7 @@ from .base import (
     _strict_int,
     times,
 )
+from .window import SAME, Consumed, Fixed, Scale, Window, spatial
 
 
 def _size(value: Any) -> Any:
@@ -71,6 +72,14 @@ class Upsample(LayerSpec):
                f"×{times(f'{s:g}' for s in self.scale_factor) if isinstance(self.scale_factor, tuple) else f'{self.scale_factor:g}'}")
         return f"{how} {self.mode}"
 
+    def axis_map(self, x: Dims, dim: int):
+        if dim < 2:
+            return SAME, dim
+        i = dim - 2
+        given = self.size if self.size is not None else self.scale_factor
+        value = given[i] if isinstance(given, tuple) else given
+        return (Fixed(value) if self.size is not None else Scale(value)), dim
+
     def infer(self, x: Dims, ctx: Context) -> Inferred:
         ranks = (4,) if self.mode in ("bilinear", "bicubic") else (3, 4, 5)
         if len(x) not in ranks:
@@ -115,6 +124,11 @@ class PixelShuffle(LayerSpec):
     def settings(self) -> str:
         return f"×{self.upscale_factor}"
 
+    def axis_map(self, x: Dims, dim: int):
+        if spatial(x, dim) is not None:
+            return Scale(self.upscale_factor), dim
+        return (Consumed("pixelshuffle divides the channels") if dim == len(x) - 3 else SAME), dim
+
     def infer(self, x: Dims, ctx: Context) -> Inferred:
         r = self.upscale_factor
         _check_rank(x, self.type)
@@ -141,6 +155,13 @@ class PixelUnshuffle(LayerSpec):
 
     def settings(self) -> str:
         return f"÷{self.downscale_factor}"
+
+    def axis_map(self, x: Dims, dim: int):
+        r = self.downscale_factor
+        if spatial(x, dim) is not None:
+            return Window(r, r, exact=True), dim
+        return (Consumed("pixelunshuffle multiplies the channels") if dim == len(x) - 3
+                else SAME), dim
 
     def infer(self, x: Dims, ctx: Context) -> Inferred:
         r = self.downscale_factor
