@@ -54,6 +54,7 @@ class NoField:
 
     kind: str
     why: str
+    learned: bool = False  # global through weights over every position (a linear after flatten)
 
 
 AxisField = Field | NoField
@@ -112,7 +113,8 @@ def _step(row: LayerPlan, axis: _Axis) -> tuple[_Axis, str | None]:
         return _Axis(NoField("n/a", why), dim), f"rf: n/a ({why})"
     if isinstance(m, (Fixed, Consumed, Whole)):
         why = f"every unit of {row.name} sees the whole input"
-        return _Axis(NoField("global", why), dim), f"rf: global ({why})"
+        return (_Axis(NoField("global", why, learned=isinstance(m, Consumed)), dim),
+                f"rf: global ({why})")
     assert isinstance(m, Fold)
     return _Axis(f, dim), None
 
@@ -183,8 +185,11 @@ def field_text(fields: tuple[AxisField, AxisField] | None) -> str:
 
 
 def field_warning(plan: Plan) -> tuple[tuple, str, str, str] | None:
-    """SC306 when the last conv's units see less than half the input, or more than four
-    times it (mostly padding then)."""
+    """SC306 when the last conv's units see less than a quarter of the input (on H or W) and
+    nothing learnt joins the positions after it (the output is still per position, or a pool
+    averages them), or when they see more than four times the input (mostly padding then).
+    The margins are wide on purpose: classic networks end with fields between half and twice
+    the input (LeNet-5 14 of 32, VGG-16 196 of 224, ResNet-18 435 of 224)."""
     if plan.input_dims is None or len(plan.input_dims) != 4:
         return None
     last = None
@@ -197,15 +202,18 @@ def field_warning(plan: Plan) -> tuple[tuple, str, str, str] | None:
     h, w = plan.input_dims[2:]
     rf = tuple(f.size for f in last.receptive_field)
     shown = f"{rf[0]}×{rf[1]}"
-    if rf[0] * 2 < h or rf[1] * 2 < w:
+    final = plan.layers[-1].receptive_field or ()
+    joined = any(isinstance(f, NoField) and f.learned for f in final)
+    if (rf[0] * 4 < h or rf[1] * 4 < w) and not joined:
         return (last.path, "SC306",
-                f"the last conv's units see {shown} pixels of the {h}×{w} input, less than half",
-                "add layers, larger kernels, dilation or strides so they see more of the image, "
-                "or use a smaller input")
+                (f"the last conv's units see {shown} pixels of the {h}×{w} input, less than a "
+                 "quarter of it, and no learnt layer joins the positions after it"),
+                ("add layers, larger kernels, dilation or strides so they see more of the "
+                 "image, or use a smaller input"))
     if rf[0] > 4 * h or rf[1] > 4 * w:
         return (last.path, "SC306",
-                f"the last conv's units see {shown} pixels, more than four times the {h}×{w} "
-                "input: most of each field is padding",
+                (f"the last conv's units see {shown} pixels, more than four times the {h}×{w} "
+                 "input: most of each field is padding"),
                 "use fewer strided layers, or a larger input")
     return None
 
@@ -347,7 +355,7 @@ class AxisSolution:
     def accepted_below(self, limit: int) -> list[int]:
         """The accepted sizes below ``limit``, from the classes (no planning)."""
         out = []
-        for c, r in self.classes.items():
+        for r in self.classes.values():
             if r.points is not None:
                 out += [p for p in r.points if p < limit]
             elif r.first is not None:
@@ -459,8 +467,8 @@ def ranges(values: list[int]) -> str:
 def describe(solution: AxisSolution) -> list[str]:
     """The solution in words, for `shapecheck solve`."""
     a = solution.axis
-    lines = [f"{a} (with {AXES[1 - AXES.index(a)]} = {solution.other}; the spec has {a} = "
-             f"{solution.size}):"]
+    other = AXES[1 - AXES.index(a)]
+    lines = [f"{a} (with {other} = {solution.other}; the spec has {a} = {solution.size}):"]
     if solution.smallest is None:
         return [*lines, "  accepts no size"]
     lines.append(f"  smallest: {solution.smallest}")
@@ -473,8 +481,8 @@ def describe(solution: AxisSolution) -> list[str]:
         rule = _congruence(a, p, residues)
         lines.append(f"  accepts: every {a} ≥ {start}{' with' + rule if rule else ''}"
                      + (f"; below that, {ranges(below)}" if below else ""))
-    clean = lambda r: not r.unused  # noqa: E731
-    even = lambda r: not r.uneven  # noqa: E731
+    clean = lambda r: not r.unused
+    even = lambda r: not r.uneven
     if not solution.bounded:
         p, residues = solution.residues(even)
         if residues:
