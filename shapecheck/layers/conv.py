@@ -3,7 +3,7 @@
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from .base import (
@@ -17,9 +17,11 @@ from .base import (
     PosPair,
     ShapeError,
     _int_or_pair,
+    anycase,
     fmt,
     need_rank,
     pair,
+    pair_schema,
     times,
 )
 from .window import (
@@ -96,7 +98,8 @@ class Conv2d(LayerSpec):
     out_channels: PosInt
     kernel_size: PosPair
     stride: PosPair = 1
-    padding: Annotated[Any, BeforeValidator(_padding)] = 0  # int, [h, w], 'same' or 'valid'
+    padding: Annotated[Any, BeforeValidator(_padding), WithJsonSchema(
+        {"anyOf": [pair_schema(0), {"type": "string", "pattern": f"^({anycase('same')}|{anycase('valid')})$"}]})] = 0  # int, [h, w], 'same' or 'valid'
     dilation: PosPair = 1
     groups: PosInt = 1
     bias: Flag = True

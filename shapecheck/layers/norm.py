@@ -4,7 +4,7 @@ and layerscale. Running statistics are buffers, not parameters."""
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from .base import (
@@ -18,6 +18,7 @@ from .base import (
     ShapeError,
     _strict_int,
     fmt,
+    int_schema,
     need_rank,
     times,
 )
@@ -123,7 +124,9 @@ class LayerNorm(LayerSpec):
 
     type: Literal["layernorm"]
     # Left out: the last dim of the input (the channels-last use).
-    normalized_shape: Annotated[Any, BeforeValidator(_shape)] = None
+    normalized_shape: Annotated[Any, BeforeValidator(_shape), WithJsonSchema(
+        {"anyOf": [int_schema(1), {"type": "array", "items": int_schema(1), "minItems": 1}]}
+    )] = None
     eps: Number = 1e-5
     elementwise_affine: Flag = True
     bias: Flag = True

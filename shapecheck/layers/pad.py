@@ -3,7 +3,7 @@ with negative values, crop) the last two dims, as F.pad does."""
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from .base import Context, Dims, Inferred, LayerSpec, Number, ShapeError, _strict_int
@@ -25,7 +25,9 @@ def _padding(value: Any) -> Any:
 
 
 class _Pad2d(LayerSpec):
-    padding: Annotated[Any, BeforeValidator(_padding)]
+    padding: Annotated[Any, BeforeValidator(_padding), WithJsonSchema(
+        {"anyOf": [{"type": "integer"}, {"type": "array", "items": {"type": "integer"},
+                                         "minItems": 4, "maxItems": 4}]})]
 
     family = "reshape"
     name_prefix = "pad"

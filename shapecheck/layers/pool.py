@@ -2,7 +2,7 @@
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from .base import (
@@ -16,6 +16,7 @@ from .base import (
     PosPair,
     ShapeError,
     _strict_int,
+    int_schema,
     need_rank,
     pair,
 )
@@ -135,7 +136,9 @@ def _output_size(value: Any) -> Any:
 
 
 class _AdaptivePool(LayerSpec):
-    output_size: Annotated[Any, BeforeValidator(_output_size)]
+    output_size: Annotated[Any, BeforeValidator(_output_size), WithJsonSchema(
+        {"anyOf": [int_schema(1), {"type": "array", "minItems": 2, "maxItems": 2,
+                                   "items": {"anyOf": [int_schema(1), {"type": "null"}]}}]})]
 
     family = "pool"
     name_prefix = "pool"

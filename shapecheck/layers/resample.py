@@ -4,7 +4,7 @@ pixelunshuffle (channels traded for resolution)."""
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, model_validator
+from pydantic import BeforeValidator, WithJsonSchema, model_validator
 from pydantic_core import PydanticCustomError
 
 from .base import (
@@ -17,6 +17,7 @@ from .base import (
     ShapeError,
     _number,
     _strict_int,
+    int_schema,
     times,
 )
 from .window import SAME, Consumed, Fixed, Scale, Window, spatial
@@ -44,8 +45,15 @@ def _scale(value: Any) -> Any:
 
 class Upsample(LayerSpec):
     type: Literal["upsample"]
-    size: Annotated[Any, BeforeValidator(_size)] = None  # an int or one per spatial dim
-    scale_factor: Annotated[Any, BeforeValidator(_scale)] = None  # a number or one per dim
+    # an int or one per spatial dim
+    size: Annotated[Any, BeforeValidator(_size), WithJsonSchema(
+        {"anyOf": [int_schema(1), {"type": "array", "items": int_schema(1)}, {"type": "null"}]}
+    )] = None
+    # a number or one per dim
+    scale_factor: Annotated[Any, BeforeValidator(_scale), WithJsonSchema(
+        {"anyOf": [{"type": "number", "exclusiveMinimum": 0},
+                   {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0}},
+                   {"type": "null"}]})] = None
     mode: Literal["nearest", "nearest-exact", "bilinear", "bicubic"] = "nearest"
     align_corners: Flag | None = None
     recompute_scale_factor: Flag | None = None

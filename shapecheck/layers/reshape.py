@@ -4,7 +4,7 @@ start_dim=1 keeps the batch), channelshuffle and permute."""
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from .base import (
@@ -114,7 +114,8 @@ class Permute(LayerSpec):
     [0, 3, 1, 2]). torch.nn has no class for it: build writes a small module."""
 
     type: Literal["permute"]
-    dims: Annotated[tuple[int, ...], BeforeValidator(_dims)]
+    dims: Annotated[tuple[int, ...], BeforeValidator(_dims), WithJsonSchema(
+        {"type": "array", "items": {"type": "integer"}, "minItems": 1})]
 
     family = "reshape"
     name_prefix = "permute"
