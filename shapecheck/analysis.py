@@ -214,7 +214,7 @@ def field_warning(plan: Plan) -> tuple[tuple, str, str, str] | None:
         return (last.path, "SC306",
                 (f"the last conv's units see {shown} pixels, more than four times the {h}×{w} "
                  "input: most of each field is padding"),
-                "use fewer strided layers, or a larger input")
+                "use fewer layers or strides, or a larger input")
     return None
 
 

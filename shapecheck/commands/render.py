@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from pathlib import Path
 from ..atomic import atomic_write, replace_problem
 from ..planner import plan
 from ..report import printable
-from . import EXIT_INPUT, add_shape_overrides, exit_code, print_diagnostics
+from . import EXIT_INPUT, add_shape_overrides, depth, exit_code, print_diagnostics
 
 FORMATS = ["svg", "png", "pdf", "dot"]
 SUFFIXES = {".svg": "svg", ".png": "png", ".pdf": "pdf", ".dot": "dot", ".gv": "dot"}
@@ -57,6 +58,8 @@ def add_parser(sub) -> None:
                    help="output format (default: from -o's suffix, else svg)")
     p.add_argument("--rankdir", choices=["TB", "LR"], default="TB",
                    help="layout direction: top to bottom (default) or left to right")
+    p.add_argument("--depth", type=depth, metavar="N",
+                   help="draw blocks nested deeper than N as one node with their totals")
     p.add_argument("--strict", action="store_true", help="warnings fail the run (exit 1)")
     p.add_argument("--force", action="store_true",
                    help="overwrite FILE even if shapecheck did not write it (never the spec)")
@@ -146,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     print_diagnostics(p.diagnostics)
     code = exit_code([p], args.strict)
 
-    g = diagram(p, args.rankdir, dpi=PNG_DPI if fmt == "png" else None)
+    g = diagram(p, args.rankdir, dpi=PNG_DPI if fmt == "png" else None, depth=args.depth)
     g.graph_attr["comment"] = MARK
     if fmt == "dot":
         failed = _write(out, g.source)
@@ -179,6 +182,13 @@ def run(args: argparse.Namespace) -> int:
         stderr = done.stderr.decode("utf-8", "replace").strip().splitlines()
         return _fail(f"Graphviz's dot failed ({stderr[-1] if stderr else f'exit {done.returncode}'})"
                      f"; {out} was not written")
+    shrunk = _SHRUNK.search(done.stderr.decode("utf-8", "replace"))
+    if shrunk:  # dot shrinks a bitmap past cairo's limit and only says so on stderr
+        print(f"shapecheck render: the diagram is larger than the {CAIRO_LIMIT:,} pixels a "
+              f"bitmap can have, so Graphviz shrank it (by {shrunk.group(1)}) and its text may "
+              "be unreadable; collapse blocks with --depth 1 (or 2), or write SVG "
+              f"(-o {printable(out.with_suffix('.svg'))}), which has no size limit",
+              file=sys.stderr)
     failed = _write(out, _mark(done.stdout, fmt))
     if failed:
         return failed
@@ -194,6 +204,10 @@ def _end_with_parent() -> None:
 
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+CAIRO_LIMIT = 32767  # pixels per side of a cairo bitmap
+_SHRUNK = re.compile(r"too large for cairo-renderer bitmaps\. Scaling by ([0-9.]+)")
 
 
 def _write(path: Path, data: bytes | str) -> int:
