@@ -192,12 +192,11 @@ def field_warning(plan: Plan) -> tuple[tuple, str, str, str] | None:
     the input (LeNet-5 14 of 32, VGG-16 196 of 224, ResNet-18 435 of 224)."""
     if plan.input_dims is None or len(plan.input_dims) != 4:
         return None
-    last = None
-    for row in plan.walk():
-        if row.family == "conv" and row.receptive_field and \
-                all(isinstance(f, Field) for f in row.receptive_field):
-            last = row
-    if last is None:
+    convs = [row for row in plan.walk() if row.family == "conv" and row.receptive_field]
+    # the last conv; one whose field is global already (after a squeeze-and-excitation gate)
+    # or unknown (after upsampling) has nothing to warn about
+    last = convs[-1] if convs else None
+    if last is None or not all(isinstance(f, Field) for f in last.receptive_field):
         return None
     h, w = plan.input_dims[2:]
     rf = tuple(f.size for f in last.receptive_field)
@@ -487,23 +486,23 @@ def describe(solution: AxisSolution) -> list[str]:
         p, residues = solution.residues(even)
         if residues:
             rule = _congruence(a, p, residues)
-            lines.append(f"  every strided layer gives exactly size/stride when {a} ≥ {start}"
-                         + (f" and{rule}" if rule else ""))
+            lines.append("  every strided layer gives exactly size/stride"
+                         + (f" when{rule}" if rule else " at every accepted size"))
         p, residues = solution.residues(lambda r: not clean(r))
         if residues:
             q, kept = solution.residues(clean)
             lines.append(f"  no pixel unused only when{_congruence(a, q, kept)}"
                          if kept else "  every size leaves pixels unused")
-            lines.append("  for example " + _unused_example(solution, residues, p))
+            lines.append(f"  (for example {_unused_example(solution, residues, p)})")
         else:
             lines.append("  no accepted size leaves pixels unused")
     else:
         sizes = solution.accepted_below(start)
         wasteful = [n for n in sizes if solution.classes[n % solution.period].unused]
         if wasteful:
-            lines.append(f"  leaves pixels unused at {ranges(wasteful)}: "
-                         + _unused_text(solution.classes[wasteful[0] % solution.period].unused,
-                                        wasteful[0], a))
+            example = _unused_text(solution.classes[wasteful[0] % solution.period].unused,
+                                   wasteful[0], a)
+            lines.append(f"  leaves pixels unused at {ranges(wasteful)} ({example})")
         else:
             lines.append("  no accepted size leaves pixels unused")
     return lines

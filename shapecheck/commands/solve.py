@@ -30,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
     code, out = EXIT_OK, []
     for path in args.specs:
         try:
-            result = plan(Path(path), batch=args.batch, input_shape=args.input)
+            result = plan(Path(path), batch=args.batch, input_shape=args.input,
+                          scale=args.scale)
         except InputError as e:
             print_diagnostics([e.diagnostic])
             code = EXIT_INPUT
