@@ -363,7 +363,7 @@ class _Drawer:
         count = sum(1 for _ in Plan(block.name, None, None, 1, None, [block], []).walk()) - 1
         skipped = block.status == "skipped"
         lines = [f"<B>{text(block.name)}</B>  "
-                 + _font(text(f"{block.type} · {count} layers"),
+                 + _font(text(f"{block.type} · {count} layer{'s' * (count != 1)}"),
                          color=SKIPPED_TEXT if skipped else MUTED)]
         if block.status == "ok":
             lines.append(_font(text(f"{block.params:,} params · {human_count(block.macs)} MACs"),

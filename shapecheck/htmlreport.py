@@ -197,7 +197,8 @@ SCRIPT = """
     });
     var pre = el('pre', 'explain', layer.explain.length ? layer.explain.join('\\n') :
                  (layer.status === 'ok' ? 'nothing to compute: the shape passes through'
-                                        : 'not planned'));
+                  : layer.status === 'failed' ? 'the network fails here (above: why)'
+                  : 'not planned: the network fails before it'));
     detail.appendChild(pre);
     document.body.setAttribute('data-selected', key);
   }

@@ -33,6 +33,8 @@ def _layer_schema(name: str, kind) -> dict:
         if key == "name":
             props[key] = {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$",
                           "description": "a Python identifier, unique in the spec"}
+        elif key != "type":
+            props[key] = with_expressions(value)
     if kind.is_block:  # a block's fields hold layer lists: the schema recurses
         for key in kind.list_fields:
             props[key] = {**props[key], "items": {"$ref": "#/$defs/layer"}}
@@ -48,6 +50,42 @@ def _layer_schema(name: str, kind) -> dict:
             "then": schema}
 
 
+# A string holding `$` is an expression (templates.py, expressions.py): `$width * 4` may stand
+# wherever a number may, and `$shortcut` wherever a value may.
+EXPRESSION = {"type": "string", "pattern": "\\$", "description": "an expression: $name, "
+              "numbers, + - * / // % and parentheses"}
+
+
+def with_expressions(schema: dict) -> dict:
+    """``schema``, or an expression in its place (and in its items' places)."""
+    if "anyOf" in schema:
+        members = [with_expressions(m) for m in schema["anyOf"]]
+        inner = [m for m in members if m is not EXPRESSION]
+        flat = [x for m in inner for x in (m["anyOf"] if set(m) == {"anyOf"} else [m])]
+        rest = {k: v for k, v in schema.items() if k != "anyOf"}
+        return {**rest, "anyOf": [x for x in flat if x != EXPRESSION] + [EXPRESSION]}
+    if schema.get("type") == "array" and isinstance(schema.get("items"), dict) \
+            and "$ref" not in schema["items"]:
+        schema = {**schema, "items": with_expressions(schema["items"])}
+    if schema.get("type") in ("integer", "number", "boolean", "array") or "enum" in schema:
+        return {"anyOf": [schema, EXPRESSION]}
+    return schema
+
+
+# A layer entry that uses a template: its parameters are the template's, so any other key goes.
+TEMPLATE_USE = {
+    "type": "object",
+    "required": ["use"],
+    "properties": {
+        "use": {"type": "string", "description": "the name of a template under `templates`"},
+        "name": {"anyOf": [{"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+                           EXPRESSION]},
+        "repeat": {"anyOf": [{"type": "integer", "minimum": 1}, EXPRESSION]},
+        "first": {"type": "object", "description": "parameters for the first repetition"},
+    },
+}
+
+
 def _bare_names() -> list[str]:
     """Types with no required field, which a bare string may name (`- relu`)."""
     return [name for name, kind in KINDS.items()
@@ -60,16 +98,18 @@ def spec_schema() -> dict[str, Any]:
 
     names = "|".join(anycase(n) for n in KINDS)
     bare = "|".join(anycase(n) for n in _bare_names())
+    objects = {"type": "object", "required": ["type"],
+               "properties": {"type": {"type": "string",
+                                       "pattern": f"^\\s*((torch\\.)?nn\\.)?({names})\\s*$"}},
+               "allOf": [_layer_schema(n, k) for n, k in KINDS.items()]}
     layer = {
         "description": "a layer: a mapping with its torch.nn type and fields, or the bare "
                        "name of a type without required fields",
         # if/then/else rather than anyOf, so that a validator names the field that is wrong
         "if": {"type": "string"},
         "then": {"pattern": f"^\\s*((torch\\.)?nn\\.)?({bare})\\s*$"},
-        "else": {"type": "object", "required": ["type"],
-                 "properties": {"type": {"type": "string",
-                                         "pattern": f"^\\s*((torch\\.)?nn\\.)?({names})\\s*$"}},
-                 "allOf": [_layer_schema(n, k) for n, k in KINDS.items()]},
+        "else": {"if": {"type": "object", "required": ["use"]}, "then": TEMPLATE_USE,
+                 "else": objects},
     }
     input_schema = InputSpec.model_json_schema()
     train_schema = TrainSpec.model_json_schema()
@@ -90,6 +130,13 @@ def spec_schema() -> dict[str, Any]:
             "input": _untitled(input_schema),
             "layers": {"$ref": "#/$defs/layers"},
             "train": _untitled(train_schema),
+            "templates": {"type": "object", "description": "named layers or layer lists with "
+                          "parameters, used by `use:` entries",
+                          "additionalProperties": {"type": "object"}},
+            "scales": {"type": "object", "description": "named sets of variables for "
+                       "expressions; --scale NAME picks one",
+                       "additionalProperties": {"type": "object"}},
+            "default_scale": {"type": "string"},
         },
         "$defs": {
             "layers": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/layer"}},

@@ -68,7 +68,7 @@ def _cells(layer: LayerPlan, indent: str, depth: int | None = None) -> list:
     return [
         where,
         indent + layer.name,
-        layer.type + (f" ({hidden} layers)" if hidden else ""),
+        layer.type + (f" ({hidden} layer{'s' * (hidden != 1)})" if hidden else ""),
         out,
         dims(layer.weight_shape) if layer.weight_shape else "",
         dims(layer.bias_shape) if layer.bias_shape else "",

@@ -73,3 +73,42 @@ def test_type_names_in_any_case_and_with_nn():
     data = broken(lambda d: d["layers"][0].update(type="nn.Conv2d"))
     data["layers"][2] = "ReLU"
     assert errors(data) == []
+
+
+TEMPLATED = """\
+name: tmpl
+scales:
+  small: {w: 8}
+  big: {w: 16}
+default_scale: small
+input: {shape: [3, 32, 32]}
+templates:
+  conv_bn:
+    params: {out: 32, stride: 1}
+    layers:
+      - {type: conv2d, out_channels: $out, kernel_size: 3, padding: 1, stride: $stride}
+      - batchnorm2d
+  block:
+    params: {width: 8}
+    type: residual
+    body: [{type: conv2d, out_channels: $width, kernel_size: 3, padding: 1}]
+layers:
+  - {use: conv_bn, out: $w}
+  - {use: block, name: stage, repeat: 2, width: $w}
+  - {type: conv2d, out_channels: $w * 2, kernel_size: [3, $w // 8], padding: 1}
+  - {type: adaptiveavgpool2d, output_size: 1}
+  - flatten
+  - {type: linear, out_features: 10}
+"""
+
+
+def test_templates_scales_and_expressions_validate():
+    import shapecheck
+
+    assert shapecheck.plan(TEMPLATED).valid
+    data = yaml.safe_load(TEMPLATED)
+    assert errors(data) == []
+    data["layers"][1]["repeat"] = 0
+    data["layers"][2]["kernel_size"] = "3"
+    found = [path for path, _ in errors(data)]
+    assert ["layers", 1, "repeat"] in found and ["layers", 2, "kernel_size"] in found
