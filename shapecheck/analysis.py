@@ -238,6 +238,9 @@ class _Trace:
         return not self.small and not self.indivisible and all(0 in z for z in self.zeros)
 
 
+MAX_PERIOD = 1 << 14  # residue classes solve works through; 2^5 for a ResNet, 2^4 for a U-Net
+
+
 class Unsolvable(Exception):
     """An axis map the exact solver does not handle (a non-dyadic scale factor)."""
 
@@ -398,6 +401,9 @@ def _solve_axis(plan: Plan, i: int) -> AxisSolution:
         return trace
 
     period = run(size).period
+    if period > MAX_PERIOD:
+        raise Unsolvable(f"the strides multiply to {period:,} on {AXES[i]}: more residue classes "
+                         f"than solve works through (at most {MAX_PERIOD:,})")
     classes = {}
     for c in range(period):
         base = c or period  # sizes start at 1

@@ -279,3 +279,14 @@ def test_the_readme_shows_what_solve_prints(capsys, monkeypatch):
     assert block
     assert main(["solve", "specs/unet.yaml"]) == 0
     assert "".join(capsys.readouterr().out.splitlines(True)[:5]) == block.group(1)
+
+
+def test_solve_refuses_what_it_cannot_do_exactly(capsys):
+    many = Spec(input={"shape": [1, 64, 64]}, layers=[
+        {"type": "conv2d", "out_channels": 1, "kernel_size": 1, "stride": 1000}] * 3)
+    with pytest.raises(Exception, match="strides multiply to 1,000,000,000"):
+        solve(shapecheck.plan(many))
+    third = Spec(input={"shape": [1, 64, 64]}, layers=[
+        {"type": "upsample", "scale_factor": 1 / 3}])
+    with pytest.raises(Exception, match="not a fraction with a small power-of-two"):
+        solve(shapecheck.plan(third))
