@@ -187,9 +187,10 @@ def field_text(fields: tuple[AxisField, AxisField] | None) -> str:
 def field_warning(plan: Plan) -> tuple[tuple, str, str, str] | None:
     """SC306 when the last conv's units see less than a quarter of the input (on H or W) and
     nothing learnt joins the positions after it (the output is still per position, or a pool
-    averages them), or when they see more than four times the input (mostly padding then).
+    averages them), or when they see more than 16 times the input (almost all padding then).
     The margins are wide on purpose: classic networks end with fields between half and twice
-    the input (LeNet-5 14 of 32, VGG-16 196 of 224, ResNet-18 435 of 224)."""
+    the input (LeNet-5 14 of 32, VGG-16 196 of 224, ResNet-18 435 of 224), and deep modern
+    ones far beyond it (ConvNeXt-Tiny 1,688 and DenseNet-121 2,071 of 224)."""
     if plan.input_dims is None or len(plan.input_dims) != 4:
         return None
     convs = [row for row in plan.walk() if row.family == "conv" and row.receptive_field]
@@ -209,10 +210,10 @@ def field_warning(plan: Plan) -> tuple[tuple, str, str, str] | None:
                  "quarter of it, and no learnt layer joins the positions after it"),
                 ("add layers, larger kernels, dilation or strides so they see more of the "
                  "image, or use a smaller input"))
-    if rf[0] > 4 * h or rf[1] > 4 * w:
+    if rf[0] > 16 * h or rf[1] > 16 * w:
         return (last.path, "SC306",
-                (f"the last conv's units see {shown} pixels, more than four times the {h}×{w} "
-                 "input: most of each field is padding"),
+                (f"the last conv's units see {shown} pixels, more than 16 times the {h}×{w} "
+                 "input: almost all of each field is padding"),
                 "use fewer layers or strides, or a larger input")
     return None
 

@@ -81,9 +81,9 @@ def test_receptive_field_warning():
     assert not shapecheck.plan(SPECS / "lenet5.yaml").warnings  # 14 of 32
     big = shapecheck.plan(Spec(input={"shape": [1, 8, 8]}, layers=[
         {"type": "conv2d", "out_channels": 1, "kernel_size": 3, "padding": 1,
-         "dilation": 1} for _ in range(20)]))
+         "dilation": 1} for _ in range(70)]))
     assert [d.code for d in big.warnings] == ["SC306"]
-    assert "more than four times" in big.warnings[0].message
+    assert "more than 16 times" in big.warnings[0].message
 
 
 # --- the receptive field against torch's gradients -----------------------------------------

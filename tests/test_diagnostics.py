@@ -466,9 +466,9 @@ def test_sc306_small_receptive_field(tmp_path):
 
 def test_sc306_large_receptive_field(tmp_path):
     plan = diagnose(tmp_path, "input: {shape: [1, 4, 4]}\nlayers:\n" +
-                    "  - {type: conv2d, out_channels: 1, kernel_size: 3, padding: 1}\n" * 9)
+                    "  - {type: conv2d, out_channels: 1, kernel_size: 3, padding: 1}\n" * 40)
     d = only(plan, "SC306")
-    assert d.layer == 8 and "19×19 pixels, more than four times the 4×4 input" in d.message
+    assert d.layer == 39 and "81×81 pixels, more than 16 times the 4×4 input" in d.message
 
 
 def test_every_code_is_tested():
