@@ -70,6 +70,8 @@ CODES: dict[str, str] = {
     "SC304": "An even kernel with padding='same' pads asymmetrically (one more on the "
     "bottom/right).",
     "SC305": "linear on a tensor of more than 2 dims acts on the last dim only.",
+    "SC306": "The last conv's receptive field is under a quarter of the input, or over 16 "
+    "times it.",
 }
 
 

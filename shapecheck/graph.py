@@ -92,8 +92,10 @@ def _node_id(path: tuple) -> str:
     return "n" + "_".join(str(p) for p in path)
 
 
-def diagram(plan: Plan, rankdir: str = "TB", dpi: int | None = None) -> graphviz.Digraph:
-    """The plan as a graphviz.Digraph (its .source is deterministic DOT)."""
+def diagram(plan: Plan, rankdir: str = "TB", dpi: int | None = None,
+            depth: int | None = None) -> graphviz.Digraph:
+    """The plan as a graphviz.Digraph (its .source is deterministic DOT). Blocks nested deeper
+    than ``depth`` are one node each, with their totals."""
     import graphviz
 
     graph_attr = {
@@ -127,14 +129,16 @@ def diagram(plan: Plan, rankdir: str = "TB", dpi: int | None = None) -> graphviz
             "arrowsize": "0.6",
         },
     )
-    _Drawer(plan, g, reverse_branches=rankdir == "LR").draw()
+    _Drawer(plan, g, reverse_branches=rankdir == "LR", depth=depth).draw()
     return g
 
 
 class _Drawer:
-    def __init__(self, plan: Plan, g: graphviz.Digraph, reverse_branches: bool = False):
+    def __init__(self, plan: Plan, g: graphviz.Digraph, reverse_branches: bool = False,
+                 depth: int | None = None):
         self.plan = plan
         self.g = g
+        self.depth = depth
         # dot puts the first of parallel branches left in TB but at the bottom in LR: drawn in
         # reverse there, branch 0 comes out on top.
         self.reverse_branches = reverse_branches
@@ -267,11 +271,17 @@ class _Drawer:
     def _edge(self, tail: str, head: str, shape) -> None:
         self.edges.append((tail, head, _shape(shape)))
 
-    def _chain(self, c, layers: list[LayerPlan], tail: str, shape):
-        """Draw layers one after another from `tail`; returns the last node and its shape."""
+    def _chain(self, c, layers: list[LayerPlan], tail: str, shape, level: int = 1):
+        """Draw layers one after another from `tail`; returns the last node and its shape.
+        ``level`` is the nesting depth of these layers (1 at the top)."""
         for layer in layers:
-            if layer.is_block:
-                tail, shape = self._block(c, layer, tail, shape)
+            if layer.is_block and self.depth is not None and level >= self.depth:
+                node = _node_id(layer.path)
+                c.node(node, self._collapsed_label(layer), **self._collapsed_attrs(layer))
+                self._edge(tail, node, shape)
+                tail, shape = node, layer.output_shape
+            elif layer.is_block:
+                tail, shape = self._block(c, layer, tail, shape, level)
             else:
                 node = _node_id(layer.path)
                 c.node(node, self._label(layer), **self._attrs(layer))
@@ -279,7 +289,7 @@ class _Drawer:
                 tail, shape = node, layer.output_shape
         return tail, shape
 
-    def _block(self, c, block: LayerPlan, tail: str, shape):
+    def _block(self, c, block: LayerPlan, tail: str, shape, level: int = 1):
         kind = block.type
         merge = "m" + _node_id(block.path)[1:]
         skipped = block.status == "skipped"
@@ -305,7 +315,7 @@ class _Drawer:
                 if not branch:  # an identity shortcut or an empty concat branch
                     ends.append((fork, branch_shape))
                     continue
-                ends.append(self._chain(b, branch, fork, branch_shape))
+                ends.append(self._chain(b, branch, fork, branch_shape, level + 1))
             if block.spec.merges_input:  # x itself meets the branches at the merge
                 ends.append((fork, shape))
             error = self.errors.get(block.path)
@@ -341,6 +351,40 @@ class _Drawer:
         if codes and layer.status == "ok":
             lines.append(_font(text("warning " + ", ".join(codes)), size=9, color=WARNING_TEXT))
         return _html(*lines)
+
+    def _inside(self, block: LayerPlan, found: dict) -> list:
+        """What ``found`` (errors or warnings by path) holds for the block and its contents."""
+        n = len(block.path)
+        return [v for path, v in found.items() if path[:n] == block.path]
+
+    def _collapsed_label(self, block: LayerPlan) -> str:
+        """A block drawn as one node: its name and kind, how many layers it holds, its
+        totals; its in and out shapes are on its edges."""
+        count = sum(1 for _ in Plan(block.name, None, None, 1, None, [block], []).walk()) - 1
+        skipped = block.status == "skipped"
+        lines = [f"<B>{text(block.name)}</B>  "
+                 + _font(text(f"{block.type} · {count} layer{'s' * (count != 1)}"),
+                         color=SKIPPED_TEXT if skipped else MUTED)]
+        if block.status == "ok":
+            lines.append(_font(text(f"{block.params:,} params · {human_count(block.macs)} MACs"),
+                               size=10))
+        errors = self._inside(block, self.errors)
+        if errors:
+            lines += self._error_lines(errors[0])
+        codes = sorted({c for cs in self._inside(block, self.warnings) for c in cs})
+        if codes and block.status == "ok":
+            lines.append(_font(text("warning " + ", ".join(codes)), size=9, color=WARNING_TEXT))
+        return _html(*lines)
+
+    def _collapsed_attrs(self, block: LayerPlan) -> dict[str, str]:
+        if block.status == "failed":
+            return {**self._failed_attrs(), "peripheries": "2"}
+        if block.status == "skipped":
+            return {**self._skipped_attrs(), "peripheries": "2"}
+        attrs = {"fillcolor": "#f3f3f3", "peripheries": "2"}  # two lines: it holds more
+        if self._inside(block, self.warnings):
+            attrs.update(color=WARNING_LINE, penwidth="1.5")
+        return attrs
 
     def _error_lines(self, error: Diagnostic) -> list[str]:
         lines = [_font(wrapped(f"error {error.code}: {error.detail}"), size=10, color=FAILED_TEXT)]

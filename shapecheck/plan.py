@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .analysis import field_json
 from .diagnostics import Diagnostic
 from .layers import LayerSpec
 from .layers.base import Dims
@@ -53,6 +54,10 @@ class LayerPlan:
     branch_keys: list[int | str] | None = None
     branch_inputs: list[Dims] | None = None  # what each branch gets (a split gives slices)
     activation_values: int = 0  # output elements per sample, the block's children included
+    # The receptive field of the output units, one analysis.Field or NoField per axis (H, W),
+    # and its arithmetic for --explain; None where the layer was not planned.
+    receptive_field: tuple | None = None
+    field_explain: list[str] = field(default_factory=list)
 
     @property
     def input_shape(self) -> Shape | None:
@@ -98,6 +103,9 @@ class LayerPlan:
             "params": self.params,
             "macs": self.macs,
         }
+        rf = [field_json(f) for f in self.receptive_field or (None, None)]
+        d["receptive_field"], d["jump"], d["start"] = (
+            None if any(v[k] is None for v in rf) else [v[k] for v in rf] for k in range(3))
         if self.branches is not None:
             d["branches"] = [[layer.to_dict() for layer in branch] for branch in self.branches]
         return d

@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .analysis import field_warning, receptive_fields
 from .diagnostics import Diagnostic
 from .layers import Block, Context, LayerSpec, Origin, ShapeError
 from .layers.base import Dims
@@ -112,10 +113,14 @@ class _Planner:
             scale=self.spec.scale,
             scales=self.spec.scales,
         )
+        receptive_fields(result)
         rows_by_path = {row.path: row for row in result.walk()}
+        found = lint(result, has_train=train is not None)
+        if result.valid and (w := field_warning(result)):
+            found.append(w)
         result.diagnostics += [
             self._diagnostic("warning", rows_by_path[path], code, msg, hint)
-            for path, code, msg, hint in lint(result, has_train=train is not None)
+            for path, code, msg, hint in found
         ]
         result.diagnostics.sort(key=lambda d: (d.line or 0, d.column or 0, d.severity))
         return result

@@ -5,7 +5,7 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from .layers import KINDS, LayerSpec, Origin, normalize_type, parse_layers
@@ -31,8 +31,14 @@ def _chw(value: Any) -> tuple[int, int, int]:
 class InputSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    shape: Annotated[tuple[int, int, int], BeforeValidator(_chw)]  # channels, height, width
-    batch: Annotated[int | str, BeforeValidator(_batch)] = "N"  # an int, or a symbol
+    # channels, height, width
+    shape: Annotated[tuple[int, int, int], BeforeValidator(_chw), WithJsonSchema(
+        {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 3,
+         "maxItems": 3})]
+    # an int, or a symbol
+    batch: Annotated[int | str, BeforeValidator(_batch), WithJsonSchema(
+        {"anyOf": [{"type": "integer", "minimum": 1},
+                   {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"}]})] = "N"
 
 
 class LayerErrors(Exception):

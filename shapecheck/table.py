@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .analysis import field_text
 from .plan import LayerPlan, Plan
 from .report import printable
 
@@ -36,14 +37,25 @@ def _ratio(n: int, size: int, places: int) -> str:
         return f"about 2^{(n // size).bit_length() - 1}"
 
 
-def _rows(layers: list[LayerPlan], indent: str = ""):
+def _rows(layers: list[LayerPlan], indent: str = "", depth: int | None = None):
+    """Every row with its indent; blocks nested deeper than ``depth`` are not opened (their
+    own row carries their totals)."""
     for layer in layers:
         yield layer, indent
+        if depth is not None and len(indent) // 2 + 1 >= depth:
+            continue
         for branch in layer.branches or []:
-            yield from _rows(branch, indent + "  ")
+            yield from _rows(branch, indent + "  ", depth)
 
 
-def _cells(layer: LayerPlan, indent: str) -> list:
+def collapsed(layer: LayerPlan, indent: str, depth: int | None) -> int:
+    """How many layers a row at this indent hides under ``depth`` (0 when it is open)."""
+    if depth is None or not layer.branches or len(indent) // 2 + 1 < depth:
+        return 0
+    return sum(1 + collapsed(sub, "", 1) for branch in layer.branches for sub in branch)
+
+
+def _cells(layer: LayerPlan, indent: str, depth: int | None = None) -> list:
     where = "/".join(str(p) for p in layer.path)
     if layer.status == "failed":
         out = "✗ fails here"
@@ -52,10 +64,11 @@ def _cells(layer: LayerPlan, indent: str) -> list:
     else:
         out = dims(layer.output_shape)
     planned = layer.status == "ok"
+    hidden = collapsed(layer, indent, depth)
     return [
         where,
         indent + layer.name,
-        layer.type,
+        layer.type + (f" ({hidden} layer{'s' * (hidden != 1)})" if hidden else ""),
         out,
         dims(layer.weight_shape) if layer.weight_shape else "",
         dims(layer.bias_shape) if layer.bias_shape else "",
@@ -81,17 +94,25 @@ def grid(headers: list[str], rows: list[list[str]], right: set[int], markdown: b
     return [line(headers), rule, *(line(r) for r in rows)]
 
 
-def render_table(plan: Plan, markdown: bool = False, explain: bool = False) -> str:
+def render_table(plan: Plan, markdown: bool = False, explain: bool = False,
+                 fields: bool = False, depth: int | None = None) -> str:
+    """The table; ``fields`` adds the receptive-field column, ``depth`` keeps blocks nested
+    deeper than it closed."""
     if not plan.layers:
         return f"{plan.name}: not planned, the spec does not follow the schema (errors below)"
-    rows = list(_rows(plan.layers))
-    lines = grid(HEADERS, [_cells(layer, ind) for layer, ind in rows], {6, 7}, markdown)
+    rows = list(_rows(plan.layers, depth=depth))
+    cells = [_cells(layer, ind, depth) for layer, ind in rows]
+    headers = HEADERS
+    if fields:
+        headers = [*HEADERS, "RF"]
+        cells = [[*c, field_text(layer.receptive_field)] for c, (layer, _) in zip(cells, rows)]
+    lines = grid(headers, cells, {6, 7}, markdown)
     if explain and not markdown:
         head, body = lines[:2], lines[2:]
         lines = head
         for line, (layer, indent) in zip(body, rows):
             lines.append(line)
-            lines += [f"{'':6}{indent}{text}" for text in layer.explain]
+            lines += [f"{'':6}{indent}{text}" for text in explanation(layer)]
     out = [_header(plan), ""] + lines + [""] + _totals(plan)
     if explain and markdown:
         out += ["", *_explain_markdown(rows)]
@@ -121,10 +142,15 @@ def _totals(plan: Plan) -> list[str]:
     ]
 
 
+def explanation(layer: LayerPlan) -> list[str]:
+    """A row's --explain lines: its shape arithmetic, then its receptive field's."""
+    return [*layer.explain, *layer.field_explain]
+
+
 def _explain_markdown(rows) -> list[str]:
     out = []
     for layer, _ in rows:
-        if layer.explain:
+        if explanation(layer):
             out.append(f"- **{layer.name}** ({layer.type})")
-            out += [f"  - `{text}`" for text in layer.explain]
+            out += [f"  - `{text}`" for text in explanation(layer)]
     return out

@@ -451,6 +451,26 @@ def test_sc219_sizes_beyond_any_float(tmp_path):
     assert plan.valid and plan.output_shape[-1] == int(28 * 1.0e100)
 
 
+def test_sc306_small_receptive_field(tmp_path):
+    # 3×3 convs see 5×5 of 28×28, and the pool only averages the positions
+    plan = diagnose(tmp_path, HEAD + "  - {type: conv2d, out_channels: 8, kernel_size: 3}\n"
+                    "  - {type: conv2d, out_channels: 8, kernel_size: 3}\n"
+                    "  - {type: adaptiveavgpool2d, output_size: 1}\n")
+    d = only(plan, "SC306")
+    assert d.layer == 1 and "5×5 pixels of the 28×28 input" in d.message
+    # a linear over every position joins them: no warning
+    joined = diagnose(tmp_path, HEAD + "  - {type: conv2d, out_channels: 8, kernel_size: 3}\n"
+                      "  - flatten\n  - {type: linear, out_features: 10}\n")
+    assert not joined.warnings
+
+
+def test_sc306_large_receptive_field(tmp_path):
+    plan = diagnose(tmp_path, "input: {shape: [1, 4, 4]}\nlayers:\n" +
+                    "  - {type: conv2d, out_channels: 1, kernel_size: 3, padding: 1}\n" * 40)
+    d = only(plan, "SC306")
+    assert d.layer == 39 and "81×81 pixels, more than 16 times the 4×4 input" in d.message
+
+
 def test_every_code_is_tested():
     source = Path(__file__).read_text(encoding="utf-8")
     for code in CODES:

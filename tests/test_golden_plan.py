@@ -87,7 +87,10 @@ def test_plan_table(name, expect, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)  # the output names the spec by the path it was given
     assert main(["plan", f"specs/{name}.yaml"]) == 0
     out, err = capsys.readouterr()
-    assert err == ""
+    # inception_block's last convs see 3×3 of 28×28 before a pool averages the positions
+    assert [line[:11] for line in err.splitlines() if not line.startswith(" ")] == \
+        (["specs/incep"] if name == "inception_block" else [])
+    assert "warning[SC306]" in err or name != "inception_block"
     expect(f"{name}.table.txt", out)
 
 
@@ -96,7 +99,7 @@ def test_plan_json(name, expect, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     assert main(["plan", f"specs/{name}.yaml", "--format", "json"]) == 0
     out, err = capsys.readouterr()
-    assert err == ""
+    assert err == "" or name == "inception_block"
     data = json.loads(out)
     assert data == json.loads(json.dumps(shapecheck.plan(Path(f"specs/{name}.yaml")).to_dict()))
     assert data["valid"] is True and data["totals"]["params"] == PUBLISHED[name][0]

@@ -43,6 +43,13 @@ def add_scale(parser: argparse.ArgumentParser) -> None:
                         help="one of the spec's `scales` (default: its default_scale)")
 
 
+def depth(text: str) -> int:
+    """--depth: a positive int (1 shows the top-level layers only)."""
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}")
+
+
 def add_shape_overrides(parser: argparse.ArgumentParser) -> None:
     add_scale(parser)
     parser.add_argument("--batch", type=batch_size, metavar="B",

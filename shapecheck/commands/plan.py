@@ -9,7 +9,7 @@ from pathlib import Path
 from ..diagnostics import InputError
 from ..planner import plan
 from ..table import render_table
-from . import EXIT_INPUT, add_shape_overrides, exit_code, print_diagnostics
+from . import EXIT_INPUT, add_shape_overrides, depth, exit_code, print_diagnostics
 
 
 def add_parser(sub) -> None:
@@ -20,6 +20,10 @@ def add_parser(sub) -> None:
     p.add_argument("--format", choices=["table", "json", "markdown"], default="table")
     p.add_argument("--explain", action="store_true",
                    help="show the arithmetic behind each layer's shape")
+    p.add_argument("--rf", action="store_true",
+                   help="add a column with each layer's receptive field (input pixels)")
+    p.add_argument("--depth", type=depth, metavar="N",
+                   help="show blocks nested deeper than N as one row with their totals")
     p.add_argument("--strict", action="store_true", help="warnings fail the run (exit 1)")
     add_shape_overrides(p)
     p.set_defaults(run=run)
@@ -38,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
         data = [p.to_dict() for p in plans]
         print(json.dumps(data[0] if len(args.specs) == 1 and data else data, indent=2))
     elif plans:
-        print("\n\n".join(render_table(p, args.format == "markdown", args.explain) for p in plans))
+        print("\n\n".join(render_table(p, args.format == "markdown", args.explain, args.rf,
+                                        args.depth) for p in plans))
     for p in plans:
         print_diagnostics(p.diagnostics)
     return EXIT_INPUT if input_failed else exit_code(plans, args.strict)

@@ -9,7 +9,14 @@ any size, and nothing is allocated.
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, get_args
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PrivateAttr, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    PrivateAttr,
+    WithJsonSchema,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 Dims = tuple[int, ...]
@@ -79,15 +86,39 @@ def _identifier(value: Any) -> str:
     return value
 
 
-PosInt = Annotated[int, BeforeValidator(lambda v: _strict_int(v, 1))]
-NonNegInt = Annotated[int, BeforeValidator(lambda v: _strict_int(v, 0))]
-Int = Annotated[int, BeforeValidator(lambda v: _strict_int(v, -(2**63)))]
-PosPair = Annotated[Any, BeforeValidator(lambda v: _int_or_pair(v, 1))]
-NonNegPair = Annotated[Any, BeforeValidator(lambda v: _int_or_pair(v, 0))]
-Number = Annotated[float, BeforeValidator(_number)]
-Probability = Annotated[float, BeforeValidator(_probability)]
-Flag = Annotated[bool, BeforeValidator(_flag)]
-Identifier = Annotated[str, BeforeValidator(_identifier)]
+# The field types, each with its JSON Schema (`shapecheck schema`): the validators above are
+# plain functions, which pydantic cannot describe by itself.
+def int_schema(minimum: int | None = None) -> dict:
+    return {"type": "integer"} if minimum is None else {"type": "integer", "minimum": minimum}
+
+
+def anycase(word: str) -> str:
+    """A regular expression for ``word`` in any case, without flags (JSON Schema patterns are
+    ECMA-262, which has no inline (?i))."""
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else
+                   ("\\" + c if c in ".+*?()[]{}|^$\\" else c) for c in word)
+
+
+def pair_schema(minimum: int) -> dict:
+    item = int_schema(minimum)
+    return {"anyOf": [item, {"type": "array", "items": item, "minItems": 2, "maxItems": 2}]}
+
+
+PosInt = Annotated[int, BeforeValidator(lambda v: _strict_int(v, 1)), WithJsonSchema(int_schema(1))]
+NonNegInt = Annotated[int, BeforeValidator(lambda v: _strict_int(v, 0)),
+                      WithJsonSchema(int_schema(0))]
+Int = Annotated[int, BeforeValidator(lambda v: _strict_int(v, -(2**63))),
+                WithJsonSchema(int_schema())]
+PosPair = Annotated[Any, BeforeValidator(lambda v: _int_or_pair(v, 1)),
+                    WithJsonSchema(pair_schema(1))]
+NonNegPair = Annotated[Any, BeforeValidator(lambda v: _int_or_pair(v, 0)),
+                       WithJsonSchema(pair_schema(0))]
+Number = Annotated[float, BeforeValidator(_number), WithJsonSchema({"type": "number"})]
+Probability = Annotated[float, BeforeValidator(_probability),
+                        WithJsonSchema({"type": "number", "minimum": 0, "maximum": 1})]
+Flag = Annotated[bool, BeforeValidator(_flag), WithJsonSchema({"type": "boolean"})]
+Identifier = Annotated[str, BeforeValidator(_identifier),
+                       WithJsonSchema({"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"})]
 
 
 def pair(value: int | tuple[int, int]) -> tuple[int, int]:
@@ -237,6 +268,12 @@ class LayerSpec(BaseModel):
         return get_args(cls.model_fields["type"].annotation)[0]
 
     def infer(self, x: Dims, ctx: Context) -> Inferred:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def axis_map(self, x: Dims, dim: int) -> tuple[Any, int]:  # pragma: no cover - abstract
+        """How the layer maps the spatial axis that sits at ``dim`` of its input ``x``, and the
+        dim where that axis leaves: an AxisMap of layers/window.py. The receptive field and
+        ``solve`` read it; every kind states its own."""
         raise NotImplementedError
 
     def given_args(self) -> dict[str, Any]:

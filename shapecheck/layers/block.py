@@ -32,6 +32,9 @@ class Block(LayerSpec):
     glyph: ClassVar[str] = "+"  # the merge node in diagrams
     merge_word: ClassVar[str] = ""  # the legend's word for the glyph
     merges_input: ClassVar[bool] = False  # the merge also takes the block's input (a gate)
+    # How the merge treats H and W: "equal" (they must agree, as torch.cat) or "broadcast"
+    # (equal, or one of them 1, as an add or a product). The analyses read it.
+    spatial_merge: ClassVar[str] = "equal"
     # helper, helper_source, helper_calls (LayerSpec): the module build writes for the block;
     # its branches arrive as nn.Sequential (or nn.Identity for an empty one).
 

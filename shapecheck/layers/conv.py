@@ -3,7 +3,7 @@
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from .base import (
@@ -17,12 +17,18 @@ from .base import (
     PosPair,
     ShapeError,
     _int_or_pair,
+    anycase,
     fmt,
     need_rank,
     pair,
+    pair_schema,
     times,
 )
 from .window import (
+    SAME,
+    Consumed,
+    Transposed,
+    Window,
     conv_out,
     effective,
     floor_line,
@@ -30,6 +36,7 @@ from .window import (
     pad_text,
     same_padding,
     settings,
+    spatial,
     transposed_out,
     unused_rows,
     unused_warning,
@@ -91,7 +98,8 @@ class Conv2d(LayerSpec):
     out_channels: PosInt
     kernel_size: PosPair
     stride: PosPair = 1
-    padding: Annotated[Any, BeforeValidator(_padding)] = 0  # int, [h, w], 'same' or 'valid'
+    padding: Annotated[Any, BeforeValidator(_padding), WithJsonSchema(
+        {"anyOf": [pair_schema(0), {"type": "string", "pattern": f"^({anycase('same')}|{anycase('valid')})$"}]})] = 0  # int, [h, w], 'same' or 'valid'
     dilation: PosPair = 1
     groups: PosInt = 1
     bias: Flag = True
@@ -119,6 +127,17 @@ class Conv2d(LayerSpec):
             return (0, 0), (0, 0)
         ph, pw = pair(self.padding)
         return (ph, ph), (pw, pw)
+
+    def axis_map(self, x: Dims, dim: int):
+        i = spatial(x, dim) if len(x) == 4 else None
+        if i is None:
+            return (Consumed("conv2d has weights per channel") if dim == 1 else SAME), dim
+        before, after = self.pads()[i]
+        # reflect needs pad < size, circular pad <= size (_pad_limit)
+        limit = {"reflect": 1, "circular": 0}.get(self.padding_mode)
+        return Window(pair(self.kernel_size)[i], pair(self.stride)[i], before, after,
+                      pair(self.dilation)[i],
+                      min_size=1 if limit is None else max(before, after) + limit), dim
 
     def settings(self) -> str:
         parts = settings(self.kernel_size, self.stride, self.padding, self.dilation)
@@ -239,6 +258,13 @@ class ConvTranspose2d(LayerSpec):
         if self.in_channels is None or len(x) != 4:
             return None
         return (x[0], self.in_channels, *x[2:])
+
+    def axis_map(self, x: Dims, dim: int):
+        i = spatial(x, dim) if len(x) == 4 else None
+        if i is None:
+            return (Consumed("convtranspose2d has weights per channel") if dim == 1 else SAME), dim
+        return Transposed(pair(self.kernel_size)[i], pair(self.stride)[i], pair(self.padding)[i],
+                          pair(self.output_padding)[i], pair(self.dilation)[i]), dim
 
     def settings(self) -> str:
         parts = settings(self.kernel_size, self.stride, self.padding, self.dilation)

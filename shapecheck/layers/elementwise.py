@@ -17,6 +17,7 @@ from .base import (
     ShapeError,
 )
 from .reshape import wrap_dim
+from .window import SAME, Whole, channel_map
 
 
 class _Elementwise(LayerSpec):
@@ -24,6 +25,9 @@ class _Elementwise(LayerSpec):
 
     def infer(self, x: Dims, ctx: Context) -> Inferred:
         return Inferred(out=x)
+
+    def axis_map(self, x: Dims, dim: int):
+        return SAME, dim  # value by value
 
 
 class _InPlace(_Elementwise):
@@ -116,6 +120,9 @@ class PReLU(_Elementwise):
                                  f"{where}", f"set num_parameters: {channels} (or 1, one slope "
                                  "for all)" if channels else "set num_parameters: 1")
         return Inferred(out=x, weight=(n,), params=n, explain=[f"weight [{n}] = {n} params"])
+
+    def axis_map(self, x: Dims, dim: int):
+        return channel_map(dim, "prelu") if self.num_parameters != 1 else (SAME, dim)
 
 
 class Sigmoid(_Elementwise):
@@ -218,6 +225,13 @@ class _Softmax(_Elementwise):
 
     def settings(self) -> str:
         return "" if self.dim is None else f"dim={self.dim}"
+
+    def axis_map(self, x: Dims, dim: int):
+        # torch's implicit dim (no dim given) is 1 for a 4-d tensor, 0 for 0-, 1- and 3-d
+        over = self.dim if self.dim is not None else (0 if len(x) in (0, 1, 3) else 1)
+        if over % len(x) == dim:
+            return Whole(f"{self.type} normalises over this dim"), dim
+        return SAME, dim
 
 
 class Softmax(_Softmax):

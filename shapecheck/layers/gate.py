@@ -19,6 +19,7 @@ class Gate(Block):
     list_fields = ("body",)
     glyph, merge_word = "⊗", "gate (multiply)"
     merges_input = True
+    spatial_merge = "broadcast"
     helper = "Gate"
     helper_source = '''
 class Gate(nn.Module):

@@ -4,6 +4,7 @@ import math
 from typing import Literal
 
 from .base import Context, Dims, Flag, Inferred, LayerSpec, PosInt, ShapeError, fmt, times
+from .window import SAME, Consumed
 
 
 class Linear(LayerSpec):
@@ -23,6 +24,11 @@ class Linear(LayerSpec):
         if self.in_features is None or len(x) < 2:
             return None
         return (*x[:-1], self.in_features)
+
+    def axis_map(self, x: Dims, dim: int):
+        if dim == len(x) - 1:
+            return Consumed("linear's in_features is the size of the last dim"), dim
+        return SAME, dim
 
     def infer(self, x: Dims, ctx: Context) -> Inferred:
         if len(x) == 1:

@@ -4,7 +4,7 @@ and layerscale. Running statistics are buffers, not parameters."""
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from .base import (
@@ -18,9 +18,11 @@ from .base import (
     ShapeError,
     _strict_int,
     fmt,
+    int_schema,
     need_rank,
     times,
 )
+from .window import SAME, Consumed, channel_map
 
 
 def _channels(x: Dims, declared: int | None, field: str, what: str) -> int:
@@ -61,6 +63,10 @@ class BatchNorm2d(LayerSpec):
             return None
         return (x[0], self.num_features, *x[2:])
 
+    def axis_map(self, x: Dims, dim: int):
+        # Its statistics are not counted in the receptive field (as Araujo et al. do)
+        return channel_map(dim, "batchnorm2d")
+
     def infer(self, x: Dims, ctx: Context) -> Inferred:
         need_rank(x, (4,), "batchnorm2d")
         c = _channels(x, self.num_features, "num_features", "batchnorm2d")
@@ -84,6 +90,10 @@ class GroupNorm(LayerSpec):
 
     def settings(self) -> str:
         return f"{self.num_groups} groups"
+
+    def axis_map(self, x: Dims, dim: int):
+        # Its statistics are not counted in the receptive field (as Araujo et al. do)
+        return channel_map(dim, "groupnorm")
 
     def infer(self, x: Dims, ctx: Context) -> Inferred:
         from .conv import divisor_list, divisors
@@ -114,7 +124,9 @@ class LayerNorm(LayerSpec):
 
     type: Literal["layernorm"]
     # Left out: the last dim of the input (the channels-last use).
-    normalized_shape: Annotated[Any, BeforeValidator(_shape)] = None
+    normalized_shape: Annotated[Any, BeforeValidator(_shape), WithJsonSchema(
+        {"anyOf": [int_schema(1), {"type": "array", "items": int_schema(1), "minItems": 1}]}
+    )] = None
     eps: Number = 1e-5
     elementwise_affine: Flag = True
     bias: Flag = True
@@ -128,6 +140,13 @@ class LayerNorm(LayerSpec):
             return ""
         shape = self.normalized_shape
         return "over " + (times(shape) if isinstance(shape, tuple) else str(shape))
+
+    def axis_map(self, x: Dims, dim: int):
+        given = self.normalized_shape
+        k = 1 if given is None or isinstance(given, int) else len(given)
+        if dim >= len(x) - k:
+            return Consumed("layernorm's normalized_shape fixes this dim"), dim
+        return SAME, dim
 
     def infer(self, x: Dims, ctx: Context) -> Inferred:
         given = self.normalized_shape
@@ -174,6 +193,9 @@ class LocalResponseNorm(LayerSpec):
     def settings(self) -> str:
         return f"size {self.size}"
 
+    def axis_map(self, x: Dims, dim: int):
+        return SAME, dim  # it mixes neighbouring channels, not positions
+
     def infer(self, x: Dims, ctx: Context) -> Inferred:
         if len(x) < 3:
             raise ShapeError("SC209", f"localresponsenorm needs a tensor of at least 3 dims "
@@ -208,6 +230,10 @@ class LayerScale(nn.Module):
 
     def settings(self) -> str:
         return f"init {self.init_value:g}"
+
+    def axis_map(self, x: Dims, dim: int):
+        # Its statistics are not counted in the receptive field (as Araujo et al. do)
+        return channel_map(dim, "layerscale")
 
     def infer(self, x: Dims, ctx: Context) -> Inferred:
         c = _channels(x, self.num_channels, "num_channels", "layerscale")

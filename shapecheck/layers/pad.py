@@ -3,10 +3,11 @@ with negative values, crop) the last two dims, as F.pad does."""
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from .base import Context, Dims, Inferred, LayerSpec, Number, ShapeError, _strict_int
+from .window import SAME, Window, spatial
 
 INT64 = 2**63
 
@@ -24,7 +25,9 @@ def _padding(value: Any) -> Any:
 
 
 class _Pad2d(LayerSpec):
-    padding: Annotated[Any, BeforeValidator(_padding)]
+    padding: Annotated[Any, BeforeValidator(_padding), WithJsonSchema(
+        {"anyOf": [{"type": "integer"}, {"type": "array", "items": {"type": "integer"},
+                                         "minItems": 4, "maxItems": 4}]})]
 
     family = "reshape"
     name_prefix = "pad"
@@ -46,6 +49,18 @@ class _Pad2d(LayerSpec):
     def limit(self, size: int) -> int | None:
         """The largest padding per side the mode allows on an input of this size."""
         return None
+
+    def axis_map(self, x: Dims, dim: int):
+        i = spatial(x, dim)
+        if i is None:
+            return SAME, dim
+        left, right, top, bottom = self.sides()
+        before, after = ((top, bottom), (left, right))[i]
+        # the smallest size the mode's limit allows: limit(size) >= the larger side
+        smallest = 1
+        if self.limit(1 << 62) is not None:
+            smallest = max(1, max(before, after) + 1)
+        return Window(1, 1, before, after, min_size=smallest), dim
 
     def infer(self, x: Dims, ctx: Context) -> Inferred:
         if len(x) < 3:

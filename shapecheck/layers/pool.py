@@ -2,7 +2,7 @@
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from .base import (
@@ -16,10 +16,23 @@ from .base import (
     PosPair,
     ShapeError,
     _strict_int,
+    int_schema,
     need_rank,
     pair,
 )
-from .window import effective, floor_line, pad_text, pool_out, settings, unused_rows, unused_warning
+from .window import (
+    SAME,
+    Fixed,
+    Window,
+    effective,
+    floor_line,
+    pad_text,
+    pool_out,
+    settings,
+    spatial,
+    unused_rows,
+    unused_warning,
+)
 
 
 class _WindowPool(LayerSpec):
@@ -43,6 +56,15 @@ class _WindowPool(LayerSpec):
         if self.ceil_mode:
             parts.append("ceil")
         return " ".join(parts)
+
+    def axis_map(self, x: Dims, dim: int):
+        i = spatial(x, dim)
+        if i is None:
+            return SAME, dim
+        stride = self.stride if self.stride is not None else self.kernel_size
+        p = pair(self.padding)[i]
+        return Window(pair(self.kernel_size)[i], pair(stride)[i], p, p, self._dilation()[i],
+                      ceil=self.ceil_mode), dim
 
     def infer(self, x: Dims, ctx: Context) -> Inferred:
         need_rank(x, (3, 4), self.type)
@@ -114,7 +136,9 @@ def _output_size(value: Any) -> Any:
 
 
 class _AdaptivePool(LayerSpec):
-    output_size: Annotated[Any, BeforeValidator(_output_size)]
+    output_size: Annotated[Any, BeforeValidator(_output_size), WithJsonSchema(
+        {"anyOf": [int_schema(1), {"type": "array", "minItems": 2, "maxItems": 2,
+                                   "items": {"anyOf": [int_schema(1), {"type": "null"}]}}]})]
 
     family = "pool"
     name_prefix = "pool"
@@ -122,6 +146,11 @@ class _AdaptivePool(LayerSpec):
     def settings(self) -> str:
         oh, ow = pair(self.output_size)
         return f"→ {'in' if oh is None else oh}×{'in' if ow is None else ow}"
+
+    def axis_map(self, x: Dims, dim: int):
+        i = spatial(x, dim)
+        size = None if i is None else pair(self.output_size)[i]
+        return (SAME if size is None else Fixed(size)), dim
 
     def infer(self, x: Dims, ctx: Context) -> Inferred:
         need_rank(x, (3, 4), self.type)

@@ -4,7 +4,7 @@ pixelunshuffle (channels traded for resolution)."""
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, model_validator
+from pydantic import BeforeValidator, WithJsonSchema, model_validator
 from pydantic_core import PydanticCustomError
 
 from .base import (
@@ -17,8 +17,10 @@ from .base import (
     ShapeError,
     _number,
     _strict_int,
+    int_schema,
     times,
 )
+from .window import SAME, Consumed, Fixed, Scale, Window, spatial
 
 
 def _size(value: Any) -> Any:
@@ -43,8 +45,15 @@ def _scale(value: Any) -> Any:
 
 class Upsample(LayerSpec):
     type: Literal["upsample"]
-    size: Annotated[Any, BeforeValidator(_size)] = None  # an int or one per spatial dim
-    scale_factor: Annotated[Any, BeforeValidator(_scale)] = None  # a number or one per dim
+    # an int or one per spatial dim
+    size: Annotated[Any, BeforeValidator(_size), WithJsonSchema(
+        {"anyOf": [int_schema(1), {"type": "array", "items": int_schema(1)}, {"type": "null"}]}
+    )] = None
+    # a number or one per dim
+    scale_factor: Annotated[Any, BeforeValidator(_scale), WithJsonSchema(
+        {"anyOf": [{"type": "number", "exclusiveMinimum": 0},
+                   {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0}},
+                   {"type": "null"}]})] = None
     mode: Literal["nearest", "nearest-exact", "bilinear", "bicubic"] = "nearest"
     align_corners: Flag | None = None
     recompute_scale_factor: Flag | None = None
@@ -70,6 +79,14 @@ class Upsample(LayerSpec):
                if self.size is not None else
                f"×{times(f'{s:g}' for s in self.scale_factor) if isinstance(self.scale_factor, tuple) else f'{self.scale_factor:g}'}")
         return f"{how} {self.mode}"
+
+    def axis_map(self, x: Dims, dim: int):
+        if dim < 2:
+            return SAME, dim
+        i = dim - 2
+        given = self.size if self.size is not None else self.scale_factor
+        value = given[i] if isinstance(given, tuple) else given
+        return (Fixed(value) if self.size is not None else Scale(value)), dim
 
     def infer(self, x: Dims, ctx: Context) -> Inferred:
         ranks = (4,) if self.mode in ("bilinear", "bicubic") else (3, 4, 5)
@@ -115,6 +132,11 @@ class PixelShuffle(LayerSpec):
     def settings(self) -> str:
         return f"×{self.upscale_factor}"
 
+    def axis_map(self, x: Dims, dim: int):
+        if spatial(x, dim) is not None:
+            return Scale(self.upscale_factor), dim
+        return (Consumed("pixelshuffle divides the channels") if dim == len(x) - 3 else SAME), dim
+
     def infer(self, x: Dims, ctx: Context) -> Inferred:
         r = self.upscale_factor
         _check_rank(x, self.type)
@@ -141,6 +163,13 @@ class PixelUnshuffle(LayerSpec):
 
     def settings(self) -> str:
         return f"÷{self.downscale_factor}"
+
+    def axis_map(self, x: Dims, dim: int):
+        r = self.downscale_factor
+        if spatial(x, dim) is not None:
+            return Window(r, r, exact=True), dim
+        return (Consumed("pixelunshuffle multiplies the channels") if dim == len(x) - 3
+                else SAME), dim
 
     def infer(self, x: Dims, ctx: Context) -> Inferred:
         r = self.downscale_factor

@@ -4,7 +4,7 @@ start_dim=1 keeps the batch), channelshuffle and permute."""
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from .base import (
@@ -19,6 +19,7 @@ from .base import (
     fmt,
     times,
 )
+from .window import SAME, Fold, channel_map
 
 
 def wrap_dim(dim: int, ndim: int, what: str) -> int:
@@ -43,6 +44,14 @@ class Flatten(LayerSpec):
 
     def settings(self) -> str:
         return "" if (self.start_dim, self.end_dim) == (1, -1) else f"{self.start_dim}..{self.end_dim}"
+
+    def axis_map(self, x: Dims, dim: int):
+        start, end = self.start_dim % len(x), self.end_dim % len(x)
+        if dim < start:
+            return SAME, dim
+        if dim > end:
+            return SAME, dim - (end - start)
+        return (Fold() if end > start else SAME), start
 
     def infer(self, x: Dims, ctx: Context) -> Inferred:
         start = wrap_dim(self.start_dim, len(x), "start_dim")
@@ -76,6 +85,9 @@ class ChannelShuffle(LayerSpec):
     def settings(self) -> str:
         return f"g{self.groups}"
 
+    def axis_map(self, x: Dims, dim: int):
+        return channel_map(dim, "channelshuffle")
+
     def infer(self, x: Dims, ctx: Context) -> Inferred:
         from .conv import divisor_list, divisors
 
@@ -102,7 +114,8 @@ class Permute(LayerSpec):
     [0, 3, 1, 2]). torch.nn has no class for it: build writes a small module."""
 
     type: Literal["permute"]
-    dims: Annotated[tuple[int, ...], BeforeValidator(_dims)]
+    dims: Annotated[tuple[int, ...], BeforeValidator(_dims), WithJsonSchema(
+        {"type": "array", "items": {"type": "integer"}, "minItems": 1})]
 
     family = "reshape"
     name_prefix = "permute"
@@ -122,6 +135,9 @@ class Permute(nn.Module):
 
     def settings(self) -> str:
         return str(list(self.dims))
+
+    def axis_map(self, x: Dims, dim: int):
+        return SAME, [d % len(x) for d in self.dims].index(dim)
 
     def infer(self, x: Dims, ctx: Context) -> Inferred:
         n = len(x)

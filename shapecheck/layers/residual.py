@@ -35,6 +35,7 @@ class Residual(Block):
     name_prefix = "res"
     list_fields = ("body", "shortcut")
     glyph, merge_word = "⊕", "add"
+    spatial_merge = "broadcast"
     helper = "Residual"
     helper_source = '''
 class Residual(nn.Module):

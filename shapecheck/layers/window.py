@@ -2,6 +2,9 @@
 the transposed conv) reads its output size, settings text, explanation and unused-row check
 from here, with PyTorch's formulas."""
 
+import math
+from dataclasses import dataclass
+
 from .base import ShapeError, pair
 
 
@@ -94,3 +97,114 @@ def kernel_too_large(kernel: tuple[int, int], eff: int, dilation: int, axis: str
         f"than the padded input {axis}={size + pad_total} ({size} + padding {pad_total})",
         None,  # the planner adds the smallest input that works
     )
+
+
+# One spatial axis of a layer, as the analyses (receptive field, accepted input sizes) see it.
+# A layer kind states its own with ``axis_map(x, dim)``: how it maps the size of the axis that
+# sits at ``dim`` of its input ``x``, and at which dim that axis leaves.
+
+
+@dataclass(frozen=True)
+class Window:
+    """A sliding window on the axis: conv, pools, padding layers (a 1-wide window that only
+    pads or crops), pixelunshuffle (a window as wide as its stride)."""
+
+    kernel: int = 1
+    stride: int = 1
+    before: int = 0  # padding on the top/left (negative crops)
+    after: int = 0  # padding on the bottom/right
+    dilation: int = 1
+    ceil: bool = False  # pooling's ceil_mode
+    exact: bool = False  # the size must be a multiple of the stride (pixelunshuffle)
+    min_size: int = 1  # reflect/circular padding needs an input at least this large
+
+    def out(self, n: int) -> int:
+        """The output size for input size n (below 1 where the input is too small)."""
+        if self.ceil:
+            return pool_out(n, self.kernel, self.stride, self.before, self.dilation, True)
+        return conv_out(n, self.kernel, self.stride, self.before + self.after, self.dilation)
+
+    def fits(self, n: int) -> bool:
+        return n >= self.min_size and self.out(n) >= 1
+
+    def even(self, n: int) -> bool:
+        """Whether a strided window gives exactly n / stride (the grids line up, so an upsampling
+        by the stride gives n back)."""
+        return self.stride == 1 or (n % self.stride == 0 and self.out(n) == n // self.stride)
+
+    def unused(self, n: int) -> int:
+        if self.ceil or self.exact:
+            return 0
+        return unused_rows(n, self.before, self.after, effective(self.kernel, self.dilation),
+                           self.stride)
+
+
+SAME = Window()  # the axis passes through unchanged (elementwise layers, channel ops)
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Upsampling by a factor: out = floor(n · factor) (upsample, pixelshuffle)."""
+
+    factor: float
+
+    def out(self, n: int) -> int:
+        return math.floor(n * self.factor)  # in float64, as torch computes it
+
+
+@dataclass(frozen=True)
+class Transposed:
+    """A transposed conv on the axis."""
+
+    kernel: int
+    stride: int
+    padding: int
+    output_padding: int
+    dilation: int
+
+    def out(self, n: int) -> int:
+        return transposed_out(n, self.kernel, self.stride, self.padding, self.output_padding,
+                              self.dilation)
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """The output size does not depend on the input's (adaptive pools, upsample to a size)."""
+
+    size: int
+
+
+@dataclass(frozen=True)
+class Consumed:
+    """The layer's weights depend on this axis's size (a linear on it, a layernorm over it, a
+    conv taking it as channels): the size must be the one the spec was planned at."""
+
+    why: str
+
+
+@dataclass(frozen=True)
+class Whole:
+    """Every output position depends on the whole axis, whatever its size (a softmax over
+    it)."""
+
+    why: str
+
+
+@dataclass(frozen=True)
+class Fold:
+    """The axis is merged with other dims into one (flatten): the values keep their place, but
+    later layers see its size only inside a product."""
+
+
+AxisMap = Window | Scale | Transposed | Fixed | Consumed | Whole | Fold
+
+
+def channel_map(dim: int, what: str) -> "tuple[AxisMap, int]":
+    """A layer with one weight per channel (dim 1): it keeps every other axis as it is."""
+    return (Consumed(f"{what} has one weight per channel") if dim == 1 else SAME), dim
+
+
+def spatial(x, dim: int) -> int | None:
+    """0 for H, 1 for W when ``dim`` is one of the last two dims of ``x`` (where 2-d layers
+    work), else None."""
+    return {len(x) - 2: 0, len(x) - 1: 1}.get(dim) if len(x) >= 3 else None

@@ -1,0 +1,540 @@
+"""Analyses of a planned network along its two spatial axes: the receptive field of every
+layer, and the input sizes the network accepts (``shapecheck solve``).
+
+Both read each layer kind's own ``axis_map`` (layers/window.py): how the layer maps the size of
+one spatial axis. Nothing here asks which kind a layer is.
+
+Receptive fields follow Araujo, Norris and Sim, "Computing receptive fields of convolutional
+neural networks" (Distill, 2019), in input pixels, for one axis:
+
+    r_l = r_{l-1} + (k_l − 1)·d_l · j_{l-1}        the field's size
+    j_l = j_{l-1} · s_l                            the jump (effective stride)
+    start_l = start_{l-1} + ((k_l − 1)·d_l / 2 − p_l) · j_{l-1}
+                                                   the centre of the first unit's field
+
+with r_0 = j_0 = 1 and start_0 = 0 (pixels are numbered from 0; a start of 6.5 lies between
+pixels 6 and 7). A block takes the largest field over its paths, and says when its paths
+disagree in jump or alignment (start). Normalisation statistics are not counted, as in the paper.
+After an upsampling layer the field depends on the unit's position, so it is not computed ("n/a");
+after a layer that mixes the whole axis it is the whole input ("global").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import TYPE_CHECKING
+
+from .layers.window import Consumed, Fixed, Fold, Scale, Transposed, Whole, Window, effective
+
+if TYPE_CHECKING:
+    from .plan import LayerPlan, Plan
+
+AXES = ("H", "W")
+
+
+# ----------------------------------------------------------------------------------------
+# Receptive field
+
+
+@dataclass(frozen=True)
+class Field:
+    """The receptive field of one axis of a layer's output units, in input pixels."""
+
+    size: int
+    jump: int
+    start: Fraction
+
+
+@dataclass(frozen=True)
+class NoField:
+    """Where no single field describes the units: ``kind`` is "global" (every unit sees the
+    whole input) or "n/a" (the field depends on the unit's position)."""
+
+    kind: str
+    why: str
+    learned: bool = False  # global through weights over every position (a linear after flatten)
+
+
+AxisField = Field | NoField
+
+
+@dataclass
+class _Axis:
+    """One spatial axis as the walk sees it: its field and the dim it sits at."""
+
+    field: AxisField
+    dim: int
+
+
+def receptive_fields(plan: Plan) -> None:
+    """Set ``receptive_field`` (one AxisField per axis) and the explain lines on every planned
+    row of a plan. Rows that were not planned keep None."""
+    if plan.input_dims is None or len(plan.input_dims) != 4:
+        return
+    start = Field(1, 1, Fraction(0))
+    _walk(plan.layers, [_Axis(start, 2), _Axis(start, 3)])
+
+
+def _walk(rows: list[LayerPlan], axes: list[_Axis]) -> list[_Axis]:
+    for row in rows:
+        if row.status != "ok":
+            return axes
+        if row.is_block:
+            axes = _block(row, axes)
+        else:
+            steps = [_step(row, axis) for axis in axes]
+            axes = [axis for axis, _ in steps]
+            row.field_explain = _explain_lines([line for _, line in steps])
+        row.receptive_field = tuple(axis.field for axis in axes)
+    return axes
+
+
+def _step(row: LayerPlan, axis: _Axis) -> tuple[_Axis, str | None]:
+    m, dim = row.spec.axis_map(row.input_dims, axis.dim)
+    f = axis.field
+    if not isinstance(f, Field):
+        return _Axis(f, dim), None
+    if isinstance(m, Window):
+        span = effective(m.kernel, m.dilation) - 1
+        size = f.size + span * f.jump
+        jump = f.jump * m.stride
+        start = f.start + (Fraction(span, 2) - m.before) * f.jump
+        if (m.kernel, m.stride, m.before) == (1, 1, 0):
+            return _Axis(f, dim), None
+        k = f"({m.kernel} − 1)" if m.dilation == 1 else f"{m.dilation}·({m.kernel} − 1)"
+        line = (f"rf = {f.size} + {k} · {f.jump} = {size}, jump = {f.jump} · {m.stride} = {jump}, "
+                f"start = {_num(f.start)} + ({_num(Fraction(span, 2))} − {m.before}) · {f.jump} "
+                f"= {_num(start)}")
+        return _Axis(Field(size, jump, start), dim), line
+    if isinstance(m, (Scale, Transposed)):
+        why = f"{row.name} upsamples: the field depends on the unit's position"
+        return _Axis(NoField("n/a", why), dim), f"rf: n/a ({why})"
+    if isinstance(m, (Fixed, Consumed, Whole)):
+        why = f"every unit of {row.name} sees the whole input"
+        return (_Axis(NoField("global", why, learned=isinstance(m, Consumed)), dim),
+                f"rf: global ({why})")
+    assert isinstance(m, Fold)
+    return _Axis(f, dim), None
+
+
+def _explain_lines(lines: list[str | None]) -> list[str]:
+    h, w = lines
+    if h == w:
+        return [] if h is None else [h]
+    return [f"{a}: {line}" for a, line in zip(AXES, lines) if line is not None]
+
+
+def _block(row: LayerPlan, axes: list[_Axis]) -> list[_Axis]:
+    paths = [_walk(branch, list(axes)) for branch in row.branches]
+    names = [f"{key}" if isinstance(key, str) else f"branch {key}" for key in row.branch_keys]
+    if row.spec.merges_input:
+        paths.append(axes)
+        names.append("input")
+    out, notes = [], []
+    for i, axis in enumerate(AXES):
+        fields = [p[i].field for p in paths]
+        merged, note = _merge(fields, names)
+        out.append(_Axis(merged, paths[0][i].dim))
+        if note:
+            notes.append(f"{axis}: {note}")
+    by_axis = {n.partition(": ")[0]: n.partition(": ")[2] for n in notes}
+    row.field_explain = _explain_lines([by_axis.get(a) for a in AXES])
+    return out
+
+
+def _merge(fields: list[AxisField], names: list[str]) -> tuple[AxisField, str | None]:
+    """The field after a merge: the largest over the paths (Araujo et al.); a note when the
+    paths disagree in jump or in where their fields are centred."""
+    for kind in ("n/a", "global"):
+        for f in fields:
+            if isinstance(f, NoField) and f.kind == kind:
+                return f, None
+    largest = max(fields, key=lambda f: f.size)
+    sizes = ", ".join(f"{n} {f.size}" for n, f in zip(names, fields))
+    note = f"rf = max({sizes}) = {largest.size}" if len(fields) > 1 else None
+    if len({f.jump for f in fields}) > 1:
+        jumps = ", ".join(f"{n} {f.jump}" for n, f in zip(names, fields))
+        note = f"{note}; the paths disagree in jump ({jumps})"
+    elif len({f.start for f in fields}) > 1:
+        starts = ", ".join(f"{n} {_num(f.start)}" for n, f in zip(names, fields))
+        note = f"{note}; the paths disagree in alignment (start: {starts})"
+    return largest, note
+
+
+def _num(x: Fraction | int) -> str:
+    x = Fraction(x)
+    return str(x.numerator) if x.denominator == 1 else f"{float(x):g}"
+
+
+def field_json(f: AxisField | None) -> tuple:
+    """receptive_field, jump, start for the JSON plan (null where there is no single field)."""
+    if not isinstance(f, Field):
+        return None, None, None
+    start = f.start.numerator if f.start.denominator == 1 else float(f.start)
+    return f.size, f.jump, start
+
+
+def field_text(fields: tuple[AxisField, AxisField] | None) -> str:
+    """A table cell: ``14`` (both axes), ``14×10``, ``global`` or ``n/a``."""
+    if fields is None:
+        return ""
+    words = [str(f.size) if isinstance(f, Field) else f.kind for f in fields]
+    return words[0] if words[0] == words[1] else "×".join(words)
+
+
+def field_warning(plan: Plan) -> tuple[tuple, str, str, str] | None:
+    """SC306 when the last conv's units see less than a quarter of the input (on H or W) and
+    nothing learnt joins the positions after it (the output is still per position, or a pool
+    averages them), or when they see more than 16 times the input (almost all padding then).
+    The margins are wide on purpose: classic networks end with fields between half and twice
+    the input (LeNet-5 14 of 32, VGG-16 196 of 224, ResNet-18 435 of 224), and deep modern
+    ones far beyond it (ConvNeXt-Tiny 1,688 and DenseNet-121 2,071 of 224)."""
+    if plan.input_dims is None or len(plan.input_dims) != 4:
+        return None
+    convs = [row for row in plan.walk() if row.family == "conv" and row.receptive_field]
+    # the last conv; one whose field is global already (after a squeeze-and-excitation gate)
+    # or unknown (after upsampling) has nothing to warn about
+    last = convs[-1] if convs else None
+    if last is None or not all(isinstance(f, Field) for f in last.receptive_field):
+        return None
+    h, w = plan.input_dims[2:]
+    rf = tuple(f.size for f in last.receptive_field)
+    shown = f"{rf[0]}×{rf[1]}"
+    final = plan.layers[-1].receptive_field or ()
+    joined = any(isinstance(f, NoField) and f.learned for f in final)
+    if (rf[0] * 4 < h or rf[1] * 4 < w) and not joined:
+        return (last.path, "SC306",
+                (f"the last conv's units see {shown} pixels of the {h}×{w} input, less than a "
+                 "quarter of it, and no learnt layer joins the positions after it"),
+                ("add layers, larger kernels, dilation or strides so they see more of the "
+                 "image, or use a smaller input"))
+    if rf[0] > 16 * h or rf[1] > 16 * w:
+        return (last.path, "SC306",
+                (f"the last conv's units see {shown} pixels, more than 16 times the {h}×{w} "
+                 "input: almost all of each field is padding"),
+                "use fewer layers or strides, or a larger input")
+    return None
+
+
+# ----------------------------------------------------------------------------------------
+# Accepted input sizes
+
+
+@dataclass
+class _Trace:
+    """What one run along an axis met: constraints as integer expressions of which one must be
+    zero, and the facts that hold for a whole residue class."""
+
+    small: bool = False  # some layer gets less than it needs
+    zeros: list[list[int]] = field(default_factory=list)
+    indivisible: bool = False  # an exact window (pixelunshuffle) does not divide
+    unused: list[tuple[str, int]] = field(default_factory=list)
+    uneven: list[str] = field(default_factory=list)  # strided layers that do not give n/s
+    period: int = 1
+
+    @property
+    def met(self) -> bool:
+        return not self.small and not self.indivisible and all(0 in z for z in self.zeros)
+
+
+MAX_PERIOD = 1 << 14  # residue classes solve works through; 2^5 for a ResNet, 2^4 for a U-Net
+
+
+class Unsolvable(Exception):
+    """An axis map the exact solver does not handle (a non-dyadic scale factor)."""
+
+
+def _run(rows: list[LayerPlan], n: int, dim: int, fold_ref: int | None, period: int,
+         trace: _Trace) -> tuple[int, int, int | None, int]:
+    """Push size n of the axis at ``dim`` through the rows; returns the size, dim, the size the
+    spec had where the axis was folded (None while it is not), and the stride product."""
+    for row in rows:
+        if row.is_block:
+            outs = [_run(b, n, dim, fold_ref, period, trace) for b in row.branches]
+            sizes = [o[0] for o in outs] + ([n] if row.spec.merges_input else [])
+            if row.spec.spatial_merge == "broadcast":
+                size = sizes[0]
+                for other in sizes[1:]:
+                    trace.zeros.append([size - other, size - 1, other - 1])
+                    size = max(size, other)
+            else:
+                size = sizes[0]
+                trace.zeros += [[other - size] for other in sizes[1:]]
+            n, dim, fold_ref = size, outs[0][1], outs[0][2]
+            period = math.lcm(*(o[3] for o in outs))
+            continue
+        m, new_dim = row.spec.axis_map(row.input_dims, dim)
+        if fold_ref is not None and not isinstance(m, (Fold, Whole)) and m != Window():
+            m = Consumed("after a flatten")
+        if isinstance(m, Window):
+            if not m.fits(n):
+                trace.small = True
+            elif m.exact and n % m.stride:
+                trace.indivisible = True
+            else:
+                if m.unused(n):
+                    trace.unused.append((row.name, m.unused(n)))
+                if not m.even(n):
+                    trace.uneven.append(row.name)
+            n = m.out(n)
+            period *= m.stride
+        elif isinstance(m, Scale):
+            f = Fraction(m.factor)
+            if f.denominator > 64:
+                raise Unsolvable(f"{row.name} scales by {m.factor:g}, which is not a fraction "
+                                 "with a small power-of-two denominator")
+            n = m.out(n)
+            period *= f.denominator
+        elif isinstance(m, Transposed):
+            n = m.out(n)
+            if n < 1:
+                trace.small = True
+        elif isinstance(m, Fixed):
+            n = m.size
+        elif isinstance(m, Consumed):
+            ref = fold_ref if fold_ref is not None else row.input_dims[dim]
+            trace.zeros.append([n - ref])
+        elif isinstance(m, Fold) and fold_ref is None:
+            fold_ref = row.input_dims[dim]
+        dim = new_dim
+    return n, dim, fold_ref, period
+
+
+@dataclass
+class Residue:
+    """The accepted sizes n = c + period·q (q = 0, 1, …) of one residue class: every q from
+    ``first`` on (``points`` None), or only the sizes listed."""
+
+    first: int | None = None  # the smallest accepted size, when every later one is accepted
+    points: list[int] | None = None
+    unused: list[tuple[str, int]] = field(default_factory=list)
+    uneven: list[str] = field(default_factory=list)
+
+
+@dataclass
+class AxisSolution:
+    axis: str  # "H" or "W"
+    size: int  # the spec's size on this axis
+    other: int  # the other axis, held at the spec's size
+    period: int
+    classes: dict[int, Residue]  # by n mod period
+
+    def accepts(self, n: int) -> bool:
+        r = self.classes[n % self.period]
+        if r.points is not None:
+            return n in r.points
+        return r.first is not None and n >= r.first
+
+    def _infinite(self) -> list[int]:
+        return [c for c, r in self.classes.items() if r.points is None and r.first is not None]
+
+    @property
+    def smallest(self) -> int | None:
+        starts = [r.first for r in self.classes.values() if r.points is None and r.first]
+        starts += [p for r in self.classes.values() for p in (r.points or [])]
+        return min(starts, default=None)
+
+    @property
+    def bounded(self) -> bool:
+        return not self._infinite()
+
+    def listed_until(self) -> int:
+        """From this size on the accepted set is periodic: every size of the infinite classes
+        (found from the classes, without planning)."""
+        firsts = [self.classes[c].first for c in self._infinite()]
+        points = [p for r in self.classes.values() for p in (r.points or [])]
+        n = max([*firsts, *(p + 1 for p in points)], default=1)
+        if self.bounded:
+            return n
+        p, residues = self.residues(lambda r: True)
+        while n > 1 and self.accepts(n - 1) == ((n - 1) % p in residues):
+            n -= 1
+        while not self.accepts(n):  # start the rule at a size it accepts
+            n += 1
+        return n
+
+    def accepted_below(self, limit: int) -> list[int]:
+        """The accepted sizes below ``limit``, from the classes (no planning)."""
+        out = []
+        for r in self.classes.values():
+            if r.points is not None:
+                out += [p for p in r.points if p < limit]
+            elif r.first is not None:
+                out += range(r.first, limit, self.period)
+        return sorted(out)
+
+    def residues(self, pick) -> tuple[int, list[int]]:
+        """The smallest period p and the residues mod p of the infinite classes that ``pick``
+        keeps."""
+        keep = {c for c in self._infinite() if pick(self.classes[c])}
+        for p in sorted(d for d in range(1, self.period + 1) if self.period % d == 0):
+            if all((c in keep) == ((c % p) in {k % p for k in keep})
+                   for c in range(self.period)):
+                return p, sorted({k % p for k in keep})
+        return self.period, sorted(keep)
+
+
+def solve(plan: Plan) -> list[AxisSolution]:
+    """The input sizes the network accepts, for H and for W (the other held at the spec's).
+
+    Every window layer maps size n to floor((n + a) / s) + b, so over one residue class
+    n = c + L·q, with L the product of the strides along each path (their lcm over paths),
+    every size inside the network is an affine function of q. Then a layer that needs a large
+    enough input holds from some q on (found by bisection), an equality that the merge or a
+    weight needs (two branch sizes, in_features) holds for every q, at one q, or never (two
+    runs find its line), and divisibility and unused rows are the same for the whole class.
+    Raises Unsolvable for an axis map that breaks this (a scale factor such as 1/3)."""
+    if plan.input_dims is None or len(plan.input_dims) != 4 or not plan.valid:
+        raise Unsolvable("solve needs a spec that plans at its own input size (fix its errors "
+                         "first, or give --input)")
+    return [_solve_axis(plan, i) for i in range(2)]
+
+
+def _solve_axis(plan: Plan, i: int) -> AxisSolution:
+    dim = 2 + i
+    size, other = plan.input_dims[dim], plan.input_dims[5 - dim]
+
+    def run(n: int) -> _Trace:
+        trace = _Trace()
+        trace.period = _run(plan.layers, n, dim, None, 1, trace)[3]
+        return trace
+
+    period = run(size).period
+    if period > MAX_PERIOD:
+        raise Unsolvable(f"the strides multiply to {period:,} on {AXES[i]}: more residue classes "
+                         f"than solve works through (at most {MAX_PERIOD:,})")
+    classes = {}
+    for c in range(period):
+        base = c or period  # sizes start at 1
+
+        def at(q: int, base=base) -> _Trace:
+            return run(base + period * q)
+
+        u = _first(lambda q: not at(q).small)
+        if u is None:
+            classes[c] = Residue(points=[])
+            continue
+        t0, t1 = at(u), at(u + 1)
+        residue = Residue(unused=t0.unused, uneven=t0.uneven)
+        always = all(any(a == 0 and b == 0 for a, b in zip(z0, z1))
+                     for z0, z1 in zip(t0.zeros, t1.zeros))
+        if t0.indivisible:
+            residue.points = []
+        elif always:
+            residue.first = base + period * u
+        else:
+            roots = set()
+            for z0, z1 in zip(t0.zeros, t1.zeros):
+                for a, b in zip(z0, z1):
+                    if b != a and a % (a - b) == 0 and a // (a - b) >= 0:
+                        roots.add(u + a // (a - b))  # a + (b − a)·k = 0 at k = a / (a − b)
+            residue.points = sorted(base + period * q for q in roots if at(q).met)
+            if residue.points:
+                t = at((residue.points[0] - base) // period)
+                residue.unused, residue.uneven = t.unused, t.uneven
+        classes[c] = residue
+    return AxisSolution(AXES[i], size, other, period, classes)
+
+
+def _first(ok, limit: int = 1 << 40) -> int | None:
+    """The smallest q >= 0 with ok(q), for ok false up to some q and true after; None if none
+    below ``limit``."""
+    if ok(0):
+        return 0
+    hi = 1
+    while not ok(hi):
+        hi *= 2
+        if hi > limit:
+            return None
+    lo = hi // 2 + 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return hi
+
+
+def ranges(values: list[int]) -> str:
+    """'28–31, 40, 44–45' for a sorted list."""
+    parts, i = [], 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and values[j + 1] == values[j] + 1:
+            j += 1
+        parts.append(str(values[i]) if i == j else f"{values[i]}–{values[j]}")
+        i = j + 1
+    return ", ".join(parts)
+
+
+def describe(solution: AxisSolution) -> list[str]:
+    """The solution in words, for `shapecheck solve`."""
+    a = solution.axis
+    other = AXES[1 - AXES.index(a)]
+    lines = [f"{a} (with {other} = {solution.other}; the spec has {a} = {solution.size}):"]
+    if solution.smallest is None:
+        return [*lines, "  accepts no size"]
+    lines.append(f"  smallest: {solution.smallest}")
+    start = solution.listed_until()
+    if solution.bounded:
+        lines.append(f"  accepts: {ranges(solution.accepted_below(start))} and nothing else")
+    else:
+        p, residues = solution.residues(lambda r: True)
+        below = solution.accepted_below(start)
+        rule = _congruence(a, p, residues)
+        lines.append(f"  accepts: every {a} ≥ {start}{' with' + rule if rule else ''}"
+                     + (f"; below that, {ranges(below)}" if below else ""))
+    clean = lambda r: not r.unused
+    even = lambda r: not r.uneven
+    if not solution.bounded:
+        p, residues = solution.residues(even)
+        if residues:
+            rule = _congruence(a, p, residues)
+            lines.append("  every strided layer gives exactly size/stride"
+                         + (f" when{rule}" if rule else " at every accepted size"))
+        p, residues = solution.residues(lambda r: not clean(r))
+        if residues:
+            q, kept = solution.residues(clean)
+            lines.append(f"  no pixel unused only when{_congruence(a, q, kept)}"
+                         if kept else "  every size leaves pixels unused")
+            lines.append(f"  (for example {_unused_example(solution, residues, p)})")
+        else:
+            lines.append("  no accepted size leaves pixels unused")
+    else:
+        sizes = solution.accepted_below(start)
+        wasteful = [n for n in sizes if solution.classes[n % solution.period].unused]
+        if wasteful:
+            example = _unused_text(solution.classes[wasteful[0] % solution.period].unused,
+                                   wasteful[0], a)
+            lines.append(f"  leaves pixels unused at {ranges(wasteful)} ({example})")
+        else:
+            lines.append("  no accepted size leaves pixels unused")
+    return lines
+
+
+def _congruence(axis: str, p: int, residues: list[int]) -> str:
+    if p == 1:
+        return ""
+    if len(residues) == 1:
+        return f" {axis} ≡ {residues[0]} (mod {p})"
+    if len(residues) * 2 > p:
+        others = sorted(set(range(p)) - set(residues))
+        return f" {axis} mod {p} is not {', '.join(map(str, others))}"
+    return f" {axis} mod {p} is {', '.join(map(str, residues))}"
+
+
+def _unused_example(solution: AxisSolution, residues: list[int], p: int) -> str:
+    start = solution.listed_until()
+    for n in range(start, start + solution.period):
+        if n % p in residues and solution.accepts(n):
+            return _unused_text(solution.classes[n % solution.period].unused, n, solution.axis)
+    return ""
+
+
+def _unused_text(unused: list[tuple[str, int]], n: int, axis: str) -> str:
+    word = "row" if axis == "H" else "column"
+    parts = [f"{name} {k} {word}{'s' * (k > 1)}" for name, k in unused]
+    return f"at {axis} = {n}: " + ", ".join(parts)

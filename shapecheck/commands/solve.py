@@ -1,0 +1,76 @@
+"""`shapecheck solve SPEC...`: the input sizes a network accepts, for H and for W."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..analysis import Unsolvable, describe, solve
+from ..diagnostics import InputError
+from ..planner import plan
+from . import EXIT_INPUT, EXIT_INVALID, EXIT_OK, add_shape_overrides, print_diagnostics
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("solve", help="which input sizes the network accepts",
+                       description="Work out, for H and for W (the other held at the spec's "
+                       "size), every input size the network accepts: the smallest, the ranges "
+                       "and the period, and which sizes leave pixels unused. Exact: it reasons "
+                       "over the layers instead of trying sizes.")
+    p.add_argument("specs", nargs="+", metavar="SPEC", help="spec files (YAML)")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.add_argument("--upto", type=int, default=None, metavar="N",
+                   help="JSON: also list every accepted size up to N")
+    add_shape_overrides(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    code, out = EXIT_OK, []
+    for path in args.specs:
+        try:
+            result = plan(Path(path), batch=args.batch, input_shape=args.input,
+                          scale=args.scale)
+        except InputError as e:
+            print_diagnostics([e.diagnostic])
+            code = EXIT_INPUT
+            continue
+        try:
+            solutions = solve(result)
+        except Unsolvable as e:
+            print_diagnostics(result.errors)
+            print(f"{path}: not solved: {e}")
+            code = max(code, EXIT_INVALID)
+            continue
+        if args.format == "json":
+            out.append({"name": result.name, "file": result.source,
+                        "axes": [_json(s, args.upto) for s in solutions]})
+        else:
+            shape = "×".join(map(str, result.input_dims[1:]))
+            out.append("\n".join([f"{result.name}: input {shape}  ({path})",
+                                  *(line for s in solutions for line in describe(s))]))
+    if args.format == "json":
+        print(json.dumps(out[0] if len(args.specs) == 1 and out else out, indent=2))
+    elif out:
+        print("\n\n".join(out))
+    return code
+
+
+def _json(s, upto: int | None) -> dict:
+    p, residues = s.residues(lambda r: True)
+    d = {
+        "axis": s.axis,
+        "other": s.other,
+        "smallest": s.smallest,
+        "bounded": s.bounded,
+        # below periodic_from, the accepted sizes are listed; from it on, every size whose
+        # remainder mod period is in residues
+        "listed": s.accepted_below(s.listed_until()),
+        "periodic_from": None if s.bounded else s.listed_until(),
+        "period": None if s.bounded else p,
+        "residues": None if s.bounded else residues,
+    }
+    if upto is not None:
+        d["accepted"] = [n for n in range(1, upto + 1) if s.accepts(n)]
+    return d
