@@ -18,7 +18,7 @@ and each ratio is the median of the per-round ratios):
    each phase in-process (import, parse, plan, render).
 3. check: ``shapecheck check`` of 10, 100 and 1,000 spec files in one call, made by varying
    the specs under specs/.
-4. train: samples/s of ``shapecheck.train.train`` on ``build_module(specs/lecture_cnn.yaml)``
+4. train: samples/s of ``shapecheck.training.train`` on ``build_module(specs/lecture_cnn.yaml)``
    against a hand-written loop on the same tensors, batch size, optimizer, initial weights and
    data order, in this process; epochs alternate (train() resuming its run).
 
@@ -438,7 +438,7 @@ class HandLoop:
         import torch
         import torch.nn.functional as F
 
-        from shapecheck.train import _epoch_seed
+        from shapecheck.training.data import _epoch_seed
 
         model, opt, x, y, bs = self.model, self.opt, self.x, self.y, self.batch_size
         n = x.shape[0]
@@ -469,7 +469,7 @@ def bench_train(ctx: Context) -> Table:
     import shapecheck
     from shapecheck.codegen import generate_source
     from shapecheck.data import load_dataset
-    from shapecheck.train import train
+    from shapecheck.training import train
     from shapecheck.trainspec import TrainSpec
 
     if ctx.threads is not None:

@@ -237,27 +237,27 @@ def test_data_errors_exit_2_and_train_errors_exit_1(cwd, capsys, monkeypatch):
 
 def test_ctrl_c_exits_130(cwd, monkeypatch):
     pytest.importorskip("torch")
-    import shapecheck.train
+    import shapecheck.training
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(shapecheck.train, "train", interrupted)
+    monkeypatch.setattr(shapecheck.training, "train", interrupted)
     spec = _write(cwd / "small.yaml", SMALL)
     assert main(["build", str(spec), "--train", "--data", "synthetic"]) == 130
 
 
 def test_spec_paths_are_relative_to_the_spec(cwd, capsys, monkeypatch):
     pytest.importorskip("torch")
-    import shapecheck.train
+    import shapecheck.training
 
     seen = {}
 
     def fake_train(module, spec, **kwargs):
         seen.update(kwargs, spec=spec, module=module)
-        raise shapecheck.train.TrainError("stop here")
+        raise shapecheck.training.TrainError("stop here")
 
-    monkeypatch.setattr(shapecheck.train, "train", fake_train)
+    monkeypatch.setattr(shapecheck.training, "train", fake_train)
     spec = _write(cwd / "specs/small.yaml",
                   SMALL + "train:\n  dataset: {path: ../data/mnist}\n  epochs: 3\n")
     assert main(["build", str(spec.relative_to(cwd)), "--train", "--epochs", "1",

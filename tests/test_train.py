@@ -1,4 +1,4 @@
-"""Training, resuming, stopping and evaluating (shapecheck.train), and atomic writes."""
+"""Training, resuming, stopping and evaluating (shapecheck.training), and atomic writes."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from torch import nn
 
 from shapecheck.atomic import atomic_open, atomic_write
 from shapecheck.data import DataError
-from shapecheck.train import (
+from shapecheck.training import (
     METRICS_COLUMNS,
     TrainError,
     evaluate,
@@ -191,7 +191,7 @@ KILL_SCRIPT = textwrap.dedent("""\
     import torch
     sys.path.insert(0, sys.argv[2])
     from test_train import LectureCNN, LECTURE_SOURCE, spec
-    from shapecheck.train import train
+    from shapecheck.training import train
     torch.set_num_threads(1)
     s = spec(epochs=10_000, batch_size=16)
     train(LectureCNN(), s, name="k", input_shape=(1, 28, 28), num_classes=10,
@@ -497,7 +497,7 @@ def test_a_resume_on_another_thread_count_says_the_bits_will_differ(tmp_path):
 
 
 def test_validation_split_chooses_model_best_and_patience_stops(tmp_path):
-    from shapecheck.train import BEST_FILE
+    from shapecheck.training import BEST_FILE
 
     out = tmp_path / "run"
     ds = {"format": "synthetic", "train_size": 320, "test_size": 64, "val_fraction": 0.2}
@@ -528,7 +528,7 @@ def test_validation_split_chooses_model_best_and_patience_stops(tmp_path):
 
 
 def test_practitioner_options_train(tmp_path):
-    from shapecheck.train import _param_groups
+    from shapecheck.training.loop import _param_groups
     from shapecheck.trainspec import OptimizerSpec
 
     s = spec(epochs=1, label_smoothing=0.1, class_weights="balanced", grad_clip=1.0,

@@ -336,7 +336,7 @@ def _remove_if_unused(folder: Path) -> None:
 
 def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
     from ..codegen import instantiate
-    from ..train import (
+    from ..training import (
         BEST_FILE,
         CURVES_FILE,
         MODEL_FILE,

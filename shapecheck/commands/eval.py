@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
                 err["msg"].removeprefix("Value error, ") for err in e.errors()))
 
     from ..runinfo import RunInfoError, load_run_info
-    from ..train import (
+    from ..training import (
         BEST_FILE,
         MODEL_FILE,
         DataError,

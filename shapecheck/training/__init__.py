@@ -1,0 +1,85 @@
+"""Training and evaluating a built module: ``shapecheck build --train`` and ``shapecheck eval``.
+
+The parts: ``data`` (what the loop needs of the dataset), ``loop`` (``train()``),
+``runfolder`` (checkpoint, metrics, curves, run.json), ``evaluate`` (``evaluate()``)
+and ``base`` (errors, devices, losses shared by all).
+
+``train()`` reads the whole dataset into memory once (``shapecheck.data``),
+normalises it once, and runs a plain loop that indexes whole batches from the
+preloaded tensors; the loss and accuracy of each step stay on the device and
+are only summed every few steps (to check for NaN and to draw the progress
+bar), so the loop costs about what a hand-written one does.
+
+The run folder (``runs/<name>/`` unless told otherwise) holds, each file written
+atomically (``shapecheck.atomic``), so a kill at any instant leaves the last
+complete checkpoint loadable:
+
+- ``model.pt``       the model's ``state_dict`` after the last completed epoch
+- ``model_best.pt``  with a validation split: the epoch of the best validation
+                     accuracy (ties: lower validation loss)
+- ``checkpoint.pt``  model, optimizer, epoch, step within the epoch, RNG states,
+                     metrics so far: what ``--resume`` continues from
+- ``metrics.csv``    one row per epoch, columns ``METRICS_COLUMNS``
+- ``curves.png``     loss and accuracy per epoch (matplotlib, Agg)
+- ``model.py``       the emitted model source
+- ``run.json``       what ``eval`` needs: input shape, classes, normalisation,
+                     the dataset, the train spec, the module's class name; and
+                     each resume, with what changed
+- ``tensorboard/``   with ``tensorboard: true``: the numbers of metrics.csv as event files
+
+Reproducibility: the seed seeds torch's global RNG and re-initialises the
+module's parameters; the data order of epoch e comes from a generator seeded
+with (seed, e) alone. A resumed run restores the RNG state, the optimizer and
+the position inside the epoch, so with the same spec (and the same number of
+threads) it ends with the same weights as a run that was never stopped. A
+resume mid-epoch refuses a change of seed, batch size, drop_last or dataset
+(the rest of the epoch could not be replayed); at an epoch boundary the change
+applies from the next epoch and is named. Ctrl-C is caught between steps: the
+current position is saved (an exact mid-epoch checkpoint) and KeyboardInterrupt
+is raised again for the caller to exit 130; a second Ctrl-C stops at once,
+keeping the last saved checkpoint.
+
+``evaluate()`` rebuilds the module from the run folder's ``model.py`` (or takes
+one passed in), loads ``model.pt`` and scores it with the run's normalisation.
+"""
+
+from shapecheck.data import DataError, MemoryLimitError
+
+from .base import TrainError, default_loss, select_device
+from .evaluate import EvalResult, evaluate, format_confusion, load_run_module
+from .loop import train
+from .runfolder import (
+    BEST_FILE,
+    CHECKPOINT_FILE,
+    CURVES_FILE,
+    METRICS_COLUMNS,
+    METRICS_FILE,
+    MODEL_FILE,
+    RUN_FILE,
+    SOURCE_FILE,
+    EpochMetrics,
+    TrainResult,
+)
+
+__all__ = [
+    "BEST_FILE",
+    "CHECKPOINT_FILE",
+    "CURVES_FILE",
+    "METRICS_COLUMNS",
+    "METRICS_FILE",
+    "MODEL_FILE",
+    "RUN_FILE",
+    "SOURCE_FILE",
+    "DataError",
+    "EpochMetrics",
+    "EvalResult",
+    "MemoryLimitError",
+    "TrainError",
+    "TrainResult",
+    "default_loss",
+    "evaluate",
+    "format_confusion",
+    "load_run_module",
+    "select_device",
+    "train",
+]

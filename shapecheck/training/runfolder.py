@@ -1,0 +1,246 @@
+"""The run folder: file names, per-epoch metrics, checkpoint, metrics.csv, curves.png,
+run.json and TensorBoard events, each written atomically."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from shapecheck.atomic import atomic_open, atomic_write, check_regular
+from shapecheck.trainspec import TrainSpec
+
+from .base import TrainError
+
+MODEL_FILE = "model.pt"
+BEST_FILE = "model_best.pt"
+CHECKPOINT_FILE = "checkpoint.pt"
+METRICS_FILE = "metrics.csv"
+CURVES_FILE = "curves.png"
+SOURCE_FILE = "model.py"
+RUN_FILE = "run.json"
+RUN_FILES = (MODEL_FILE, BEST_FILE, CHECKPOINT_FILE, METRICS_FILE, CURVES_FILE, SOURCE_FILE,
+             RUN_FILE)
+TENSORBOARD_DIR = "tensorboard"
+CHECKPOINT_VERSION = 1
+METRICS_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "test_loss",
+    "test_acc",
+    "lr",
+    "samples_per_s",
+    "seconds",
+)
+
+
+@dataclass
+class EpochMetrics:
+    epoch: int  # 1-based
+    train_loss: float
+    train_acc: float  # fraction, 0..1
+    test_loss: float
+    test_acc: float
+    lr: float
+    samples_per_s: float  # training samples per second of the training phase
+    seconds: float  # the whole epoch, evaluation included
+    val_loss: float | None = None  # None without a validation split
+    val_acc: float | None = None
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    device: str
+    history: list[EpochMetrics]
+    seconds: float  # wall time of this call
+    resumed_from: int | None = None  # completed epochs in the checkpoint resumed from
+    best_epoch: int | None = None  # the epoch in model_best.pt (with a validation split)
+    stopped_early: bool = False  # patience ran out
+
+    @property
+    def best(self) -> EpochMetrics | None:
+        return self.history[self.best_epoch - 1] if self.best_epoch else None
+
+    @property
+    def final(self) -> EpochMetrics | None:
+        return self.history[-1] if self.history else None
+
+    @property
+    def test_acc(self) -> float | None:
+        return self.history[-1].test_acc if self.history else None
+
+    @property
+    def test_loss(self) -> float | None:
+        return self.history[-1].test_loss if self.history else None
+
+
+def _save_torch(obj: Any, path: Path) -> None:
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def _out_dir(spec: TrainSpec, name: str, base_dir: Path, out_dir: Path | None) -> Path:
+    if out_dir is not None:
+        return Path(out_dir)
+    if spec.output is not None:
+        p = Path(spec.output).expanduser()
+        return p if p.is_absolute() else Path(base_dir) / p
+    return Path("runs") / name
+
+
+# ---------------------------------------------------------------- files of a run
+
+
+def _write_metrics(path: Path, history: Sequence[EpochMetrics]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(METRICS_COLUMNS)
+    for m in history:
+        row = asdict(m)
+        w.writerow([row["epoch"]] + ["" if row[c] is None else f"{row[c]:.6g}"
+                                     for c in METRICS_COLUMNS[1:]])
+    atomic_write(path, buf.getvalue())
+
+
+def _write_curves(path: Path, history: Sequence[EpochMetrics], title: str) -> bool:
+    """curves.png; False when matplotlib is not installed."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return False
+    epochs = [m.epoch for m in history]
+    # Figure + the Agg canvas directly: no pyplot, so no global backend to switch.
+    fig = Figure(figsize=(9, 3.6), dpi=100)
+    FigureCanvasAgg(fig)
+    ax1, ax2 = fig.subplots(1, 2)
+    ax1.plot(epochs, [m.train_loss for m in history], "o-", label="train")
+    has_val = any(m.val_loss is not None for m in history)
+    if has_val:
+        ax1.plot(epochs, [m.val_loss for m in history], "o-", label="validation")
+    ax1.plot(epochs, [m.test_loss for m in history], "o-", label="test")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("loss")
+    ax1.set_title("loss")
+    ax1.legend()
+    ax2.plot(epochs, [100 * m.train_acc for m in history], "o-", label="train")
+    if has_val:
+        ax2.plot(epochs, [100 * (m.val_acc or 0) for m in history], "o-", label="validation")
+    ax2.plot(epochs, [100 * m.test_acc for m in history], "o-", label="test")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("accuracy (%)")
+    ax2.set_title("accuracy")
+    ax2.legend()
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.suptitle(title)
+    # Fixed margins: tight_layout would double the cost of a small plot.
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.14, top=0.86, wspace=0.25)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png")
+    return True
+
+
+def _load_tensors(path: Path, what: str) -> Any:
+    """torch.load of a file that must hold tensors and plain data only. A pickle of anything
+    else is refused unrun, and said to be what it is: not a file shapecheck wrote."""
+    try:
+        check_regular(path)  # a FIFO would hang torch.load
+        with warnings.catch_warnings():  # torch warns about a foreign pickle's protocol
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise TrainError(f"{path} does not exist") from None
+    except OSError as e:
+        raise TrainError(f"cannot read {path}: {e.strerror or e}") from None
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: torch raises many kinds
+        raise TrainError(f"{path} is not a shapecheck {what}: it cannot be read as plain "
+                         f"tensors ({type(e).__name__}); nothing in it was run") from None
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise TrainError(f"nothing to resume: {path} does not exist")
+    ckpt = _load_tensors(path, "checkpoint")
+    if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
+        raise TrainError(f"{path} is not a shapecheck checkpoint (version {CHECKPOINT_VERSION})")
+    missing = sorted({"model", "optimizer", "rng", "epoch", "step", "metrics", "train",
+                      "input_shape", "num_classes", "mean", "std"} - ckpt.keys())
+    if missing:
+        raise TrainError(f"{path} is not a shapecheck checkpoint (it has no {', '.join(missing)})")
+    # Checked here so that a damaged checkpoint is one message, not a traceback from torch.
+    rng, names = ckpt["rng"], {f.name for f in fields(EpochMetrics)}
+    if not (isinstance(ckpt["model"], dict) and isinstance(ckpt["optimizer"], dict)
+            and isinstance(rng, dict) and isinstance(rng.get("torch"), torch.Tensor)
+            and rng["torch"].dtype == torch.uint8
+            and all(isinstance(ckpt[k], int) and ckpt[k] >= 0 for k in ("epoch", "step"))
+            and isinstance(ckpt["metrics"], list)
+            and all(isinstance(m, dict) and m.keys() <= names for m in ckpt["metrics"])):
+        raise TrainError(f"{path} is damaged: not a shapecheck checkpoint's layout")
+    return ckpt
+
+
+def _architecture_diff(saved: dict[str, torch.Tensor], module: nn.Module) -> list[str]:
+    own = module.state_dict()
+    diffs = []
+    for k in own.keys() - saved.keys():
+        diffs.append(f"{k} is new")
+    for k in saved.keys() - own.keys():
+        diffs.append(f"{k} is gone")
+    for k in own.keys() & saved.keys():
+        if tuple(own[k].shape) != tuple(saved[k].shape):
+            diffs.append(f"{k} was {list(saved[k].shape)}, is {list(own[k].shape)}")
+    return sorted(diffs)
+
+
+def _tensorboard(out: Path) -> Any:
+    """A SummaryWriter in out/tensorboard; TrainError when tensorboard is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise TrainError("tensorboard: true needs the tensorboard package: "
+                         "pip install 'shapecheck-cnn[tensorboard]'") from None
+    return SummaryWriter(log_dir=str(out / TENSORBOARD_DIR))
+
+
+def _tensorboard_available() -> None:
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        raise TrainError("tensorboard: true needs the tensorboard package: "
+                         "pip install 'shapecheck-cnn[tensorboard]'") from None
+
+
+def _update_run_info(path: Path, entry: dict[str, Any], spec: TrainSpec) -> None:
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # run.json is for eval; a resume must not fail for want of it
+    info.setdefault("resumes", []).append(entry)
+    info["train"] = spec.model_dump(mode="json")
+    atomic_write(path, json.dumps(info, indent=2) + "\n")
+
+
+def _log_tensorboard(writer: Any, m: EpochMetrics) -> None:
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
+                "lr", "samples_per_s"):
+        value = getattr(m, key)
+        if value is not None:
+            writer.add_scalar(key.replace("_", "/", 1) if key[:4] in ("trai", "val_", "test")
+                              else key, value, m.epoch)
+    writer.flush()
+
+
