@@ -56,6 +56,8 @@ def _main(argv: list[str] | None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # the command's own usage, not the top level's, says what it takes
         args.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    # The command line as given: `build --nproc` starts its workers with it.
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     try:
         return args.run(args)
     except InputError as e:

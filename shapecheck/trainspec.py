@@ -20,6 +20,8 @@ also come from the command line (``apply_overrides``).
       patience: null               # stop after this many epochs without a better validation score
       deterministic: false         # torch.use_deterministic_algorithms and cuDNN flags
       tensorboard: false           # true: event files in <run>/tensorboard (needs tensorboard)
+      precision: "32"              # 32, bf16 or fp16: autocast (fp16 with a GradScaler)
+      scheduler: {type: cosine, warmup_epochs: 1, min_lr: 0.0}   # or step (step_size, gamma)
 
 Datasets (``format``; left out, it is detected from ``path``):
 
@@ -73,6 +75,7 @@ __all__ = [
     "DatasetSpec",
     "LossName",
     "OptimizerSpec",
+    "SchedulerSpec",
     "TrainSpec",
     "apply_overrides",
 ]
@@ -197,6 +200,55 @@ class OptimizerSpec(BaseModel):
         return 0.01 if self.type == "adamw" else 0.0
 
 
+class SchedulerSpec(BaseModel):
+    """The learning rate over the run, as a function of the optimizer step alone.
+
+    ``warmup_epochs`` ramps the rate linearly from lr/(warm-up steps) to lr over that
+    many epochs (counted in steps); then ``step`` multiplies it by ``gamma`` every
+    ``step_size`` epochs, ``cosine`` lowers it along half a cosine to ``min_lr`` at
+    the last step of the last epoch, and ``constant`` keeps it. As the rate depends on
+    the step alone, a resumed run continues it exactly.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["constant", "step", "cosine"] = "constant"
+    warmup_epochs: NonNegativeFloat = 0.0
+    step_size: PositiveInt = 30
+    gamma: PositiveFloat = 0.1
+    min_lr: NonNegativeFloat = 0.0
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _lower_type(cls, v: Any) -> Any:
+        return v.lower() if isinstance(v, str) else v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, data: Any) -> Any:
+        return {"type": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _check(self) -> SchedulerSpec:
+        _finite(self.warmup_epochs, "warmup_epochs")
+        _finite(self.gamma, "gamma")
+        _finite(self.min_lr, "min_lr")
+        return self
+
+    def lr_at(self, step: int, steps_per_epoch: int, epochs: int, lr: float) -> float:
+        """The learning rate of optimizer step ``step`` (0-based, counted over the run)."""
+        warm = round(self.warmup_epochs * steps_per_epoch)
+        if step < warm:
+            return lr * (step + 1) / warm
+        if self.type == "step":
+            return lr * self.gamma ** (step // steps_per_epoch // self.step_size)
+        if self.type == "cosine":
+            total = max(epochs * steps_per_epoch - warm - 1, 1)
+            t = min((step - warm) / total, 1.0)
+            return self.min_lr + (lr - self.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
+        return lr
+
+
 class TrainSpec(BaseModel):
     """The ``train:`` section. ``loss`` left out is chosen from the last layer."""
 
@@ -217,6 +269,20 @@ class TrainSpec(BaseModel):
     patience: PositiveInt | None = None
     deterministic: bool = False
     tensorboard: bool = False
+    precision: Literal["32", "bf16", "fp16"] = "32"
+    scheduler: SchedulerSpec | None = None
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision(cls, v: Any) -> Any:
+        # 32 in YAML is an integer; fp32 and float32 mean the same.
+        if isinstance(v, int) and not isinstance(v, bool):
+            v = str(v)
+        if isinstance(v, str):
+            v = v.lower()
+            return {"fp32": "32", "float32": "32", "bfloat16": "bf16", "float16": "fp16",
+                    "16": "fp16"}.get(v, v)
+        return v
 
     @field_validator("loss", "device", mode="before")
     @classmethod
@@ -253,6 +319,7 @@ def apply_overrides(
     drop_last: bool | None = None,
     deterministic: bool | None = None,
     tensorboard: bool | None = None,
+    precision: str | None = None,
 ) -> TrainSpec:
     """A new, validated TrainSpec: ``spec`` (or the defaults) with each non-None flag applied.
 
@@ -286,6 +353,7 @@ def apply_overrides(
         ("drop_last", drop_last),
         ("deterministic", deterministic),
         ("tensorboard", tensorboard),
+        ("precision", precision),
     ):
         if value is not None:
             base[key] = value

@@ -21,6 +21,7 @@ torch is imported only when the command runs."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import sys
@@ -44,8 +45,9 @@ EXIT_INTERRUPTED = 130
 
 TRAIN_FLAGS = ["--data", "--data-format", "--loss", "--optimizer", "--lr", "--momentum",
                "--weight-decay", "--epochs", "--batch-size", "--seed", "--device", "--out",
-               "--val-fraction", "--patience"]
-TRAIN_SWITCHES = ["--drop-last", "--deterministic", "--tensorboard"]
+               "--val-fraction", "--patience", "--precision", "--threads", "--nproc",
+               "--master-port", "--backend"]
+TRAIN_SWITCHES = ["--drop-last", "--deterministic", "--tensorboard", "--compile"]
 # Bytes per parameter while training, besides the weights themselves: the gradient, plus the
 # optimizer's state (SGD's momentum buffer; Adam's two moments).
 _STATE_COPIES = {"sgd": 0, "adam": 2, "adamw": 2}
@@ -126,6 +128,22 @@ def add_parser(sub) -> None:
     t.add_argument("--tensorboard", action="store_true", default=None,
                    help="also write TensorBoard event files to RUN/tensorboard (needs the "
                    "tensorboard package)")
+    t.add_argument("--precision", choices=["32", "bf16", "fp16"], type=str.lower,
+                   help="32 (default), or autocast to bf16 or fp16 (fp16 with a GradScaler)")
+    t.add_argument("--threads", type=_int(1), metavar="N",
+                   help="torch's intra-op threads (default: torch's choice, one per core); "
+                   "1 is often faster for small nets on a busy machine")
+    t.add_argument("--compile", action="store_true", default=None,
+                   help="run the module through torch.compile (helps large models on GPUs; "
+                   "costs compile time)")
+    t.add_argument("--nproc", type=_int(1), metavar="N",
+                   help="train with N processes (DistributedDataParallel, started with "
+                   "torch.distributed.run): one per GPU, or gloo on the CPU. train.batch_size "
+                   "is the global batch")
+    t.add_argument("--master-port", type=_int(1), metavar="PORT",
+                   help="with --nproc: the port the processes meet on (default: a free one)")
+    t.add_argument("--backend", choices=["auto", "gloo", "nccl"], type=str.lower,
+                   help="distributed backend (default auto: nccl on CUDA, gloo on the CPU)")
     p.set_defaults(run=run)
 
 
@@ -250,6 +268,8 @@ def run(args: argparse.Namespace) -> int:
 
     if train_spec is None:
         return EXIT_OK
+    if args.nproc is not None and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _launch(p, train_spec, spec_path, args)
     try:
         return _train(p, generated, train_spec, spec_path, args)
     except BuildError as e:
@@ -283,7 +303,8 @@ def _train_spec(spec_train: TrainSpec | None, args: argparse.Namespace) -> Train
             weight_decay=args.weight_decay, epochs=args.epochs, batch_size=args.batch_size,
             seed=args.seed, device=args.device, output=None, val_fraction=args.val_fraction,
             patience=args.patience, drop_last=args.drop_last,
-            deterministic=args.deterministic, tensorboard=args.tensorboard)
+            deterministic=args.deterministic, tensorboard=args.tensorboard,
+            precision=args.precision)
     except ValidationError as e:
         problems = []
         for err in e.errors():
@@ -295,6 +316,12 @@ def _train_spec(spec_train: TrainSpec | None, args: argparse.Namespace) -> Train
         return _fail("nothing to train on: the spec has no train.dataset; give --data PATH "
                      "(or --data synthetic)")
     return result
+
+
+def _same_everywhere(e: Exception) -> bool:
+    # A dead peer or a missing device is one rank's story; the rest is seen alike by all.
+    text = str(e)
+    return not ("another process" in text or "CUDA device" in text)
 
 
 def _training_copies(train_spec: TrainSpec) -> int:
@@ -320,6 +347,8 @@ def _run_folder(p, train_spec: TrainSpec, spec_path: Path, args) -> Path | str:
                     "DIR on the command line to write there)")
     else:
         out = Path("runs") / p.name
+    if os.environ.get("RANK", "0") != "0":
+        return out  # under torchrun, rank 0 checks the folder (and holds its lock)
     return run_folder_problem(out, args.force) or out
 
 
@@ -332,6 +361,24 @@ def _remove_if_unused(folder: Path) -> None:
             folder.rmdir()
     except OSError:
         pass
+
+
+def _launch(p, train_spec: TrainSpec, spec_path: Path, args) -> int:
+    """--nproc N: the same command in N processes, started by torch.distributed.run."""
+    from ..training import TrainError
+    from ..training.distributed import check_launch, launch
+
+    try:
+        check_launch(args.nproc, train_spec.device, args.backend or "auto", args.master_port)
+    except TrainError as e:
+        return _fail(str(e), EXIT_INVALID)
+    out = _run_folder(p, train_spec, spec_path, args)
+    if isinstance(out, str):
+        return _fail(out)
+    result = launch(args.argv, args.nproc, args.master_port, out)
+    if result.message:
+        _fail(result.message, result.code)
+    return result.code
 
 
 def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
@@ -352,6 +399,7 @@ def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
     if isinstance(p.batch, int) and p.batch != train_spec.batch_size:
         _note(f"input.batch is {p.batch} but training uses train.batch_size "
               f"{train_spec.batch_size} (input.batch only sizes the plan)")
+    main = os.environ.get("RANK", "0") == "0"
     module = instantiate(p, generated, check=False)  # checked on the meta device above
     if train_spec.loss is None:  # the plan's rule, the one its lints use
         train_spec = train_spec.model_copy(update={"loss": p.default_loss})
@@ -359,35 +407,46 @@ def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
               f"{time.strftime('%Y-%m-%d %H:%M:%S')})")
     created = not out_dir.exists()
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        if main:
+            out_dir.mkdir(parents=True, exist_ok=True)
         # One run at a time in a folder; checked again under the lock, as another run may
-        # have written the folder in between.
-        with folder_lock(out_dir, holder):
-            problem = run_folder_problem(out_dir, args.force)
+        # have written the folder in between. Under torchrun, rank 0 holds it for the run.
+        with folder_lock(out_dir, holder) if main else contextlib.nullcontext():
+            problem = run_folder_problem(out_dir, args.force) if main else None
             if problem:
                 return _fail(problem)
             result = train(
                 module, train_spec, name=p.name, input_shape=p.input_dims[1:],
                 num_classes=_classes(p), base_dir=spec_path.resolve().parent, out_dir=out_dir,
                 model_source=generated.source, resume=args.resume,
-                log=lambda line: print(printable(line)))  # one line each: paths escaped
+                log=lambda line: print(printable(line)),  # one line each: paths escaped
+                threads=args.threads, backend=args.backend or "auto",
+                compile=bool(args.compile))
     except FolderBusyError as e:
         return _fail(f"the run folder {out_dir} is {e.strerror}; wait for it to finish, or give "
                      "another --out")
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except MemoryLimitError as e:
-        return _fail(str(e), EXIT_INVALID)
+        return _fail(str(e), EXIT_INVALID) if main else EXIT_INVALID
     except DataError as e:
-        return _fail(str(e), EXIT_INPUT)
+        return _fail(str(e), EXIT_INPUT) if main else EXIT_INPUT
     except TrainError as e:
-        return _fail(str(e), EXIT_INVALID)
+        # Every rank meets the same setup errors; rank 0 speaks for them. Errors of one
+        # rank alone (its device, a peer lost) are printed with its rank.
+        if main:
+            return _fail(str(e), EXIT_INVALID)
+        if not _same_everywhere(e):
+            _fail(f"rank {os.environ.get('RANK')}: {e}", EXIT_INVALID)
+        return EXIT_INVALID
     except OSError as e:  # the run folder: --out names a file, no permission, disk full ...
         where = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
         return _fail(f"cannot write the run: {where}", EXIT_INPUT)
     finally:
-        if created:
+        if created and main:
             _remove_if_unused(out_dir)
+    if not main:
+        return EXIT_OK
     out = result.out_dir
     final = result.final
     if final is not None:

@@ -65,19 +65,27 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 
 @torch.inference_mode()
 def _predict(module: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_name: str,
-             batch: int) -> tuple[float, torch.Tensor]:
-    """(summed loss, predictions) over a whole split, in eval mode."""
+             batch: int, top5: list[int] | None = None) -> tuple[float, torch.Tensor]:
+    """(summed loss, predictions) over a whole split, in eval mode.
+
+    With a list ``top5``, the count of samples whose class is among the five highest
+    scores is appended to it."""
     was_training = module.training
     module.eval()
     loss_fn = _loss_fn(loss_name)
-    losses, preds = [], []
+    losses, preds, hits5 = [], [], []
     try:
         for i in range(0, x.shape[0], batch):
             out = module(x[i:i + batch])
             losses.append(loss_fn(out, y[i:i + batch], reduction="sum"))
+            # argmax, not topk's first column: topk orders ties in no promised way.
             preds.append(out.argmax(1))
+            if top5 is not None:
+                hits5.append((out.topk(5, 1).indices == y[i:i + batch, None]).any(1).sum())
     finally:
         module.train(was_training)
+    if top5 is not None:
+        top5.append(int(torch.stack(hits5).sum()))
     return float(torch.stack(losses).to("cpu", torch.float64).sum()), torch.cat(preds)
 
 

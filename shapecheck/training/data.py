@@ -39,7 +39,7 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 def _check_batches(module: nn.Module, x: torch.Tensor, n: int, bs: int, drop_last: bool,
-                   device: torch.device) -> None:
+                   device: torch.device, world_size: int = 1) -> None:
     """Every batch size the loop will make goes through the module in training mode.
 
     BatchNorm, for one, refuses a batch of one sample; better to find out now than
@@ -50,6 +50,19 @@ def _check_batches(module: nn.Module, x: torch.Tensor, n: int, bs: int, drop_las
                          f"split has {n} samples")
     last = n % bs
     sizes = sorted({min(bs, n)} | ({last} if last and not drop_last and n > bs else set()))
+    if world_size > 1:
+        # Each process gets a share of every global batch; none may be left without.
+        if min(sizes) < world_size:
+            size = min(sizes)
+            raise TrainError(
+                f"a batch of {size} sample{'s' if size != 1 else ''} cannot be shared by "
+                f"{world_size} processes" + (
+                    f" (the last batch of each epoch: {n} = {n // bs}×{bs} + {last}); set "
+                    "train.drop_last: true (--drop-last) or choose another batch_size"
+                    if size == last and size != bs else
+                    "; batch_size is the global batch: make it at least the number of processes"))
+        sizes = sorted({s // world_size for s in sizes} | {-(-s // world_size) for s in sizes})
+        last = -1  # the messages below speak of one process's share
     buffers = {k: v.detach().clone() for k, v in module.named_buffers()}
     rng = _rng_state(device)
     was_training = module.training

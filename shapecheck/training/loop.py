@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from shapecheck.atomic import atomic_write, temp_name_prefix
@@ -38,6 +39,7 @@ from .base import (
     select_device,
 )
 from .data import _absolute_dataset, _check_batches, _check_output, _class_weights, _epoch_seed
+from .distributed import World, backend_for, setup, teardown, world_from_env
 from .runfolder import (
     BEST_FILE,
     CHECKPOINT_FILE,
@@ -126,27 +128,31 @@ def _params_finite(module: nn.Module) -> bool:
 class _InterruptFlag:
     """Turns the first Ctrl-C into a flag the loop checks between steps."""
 
-    def __init__(self) -> None:
+    def __init__(self, distributed: bool = False) -> None:
         self.set = False
-        self._old: Any = None
-        self._installed = False
+        self._old: dict[int, Any] = {}
+        # A distributed rank gets Ctrl-C twice (from the terminal and passed on by the
+        # launcher), and SIGTERM when the launcher stops it: neither may cut the checkpoint
+        # the ranks agreed on short. The launcher's SIGKILL is the hard stop.
+        self._distributed = distributed
 
     def __enter__(self) -> _InterruptFlag:  # noqa: PYI034
         if threading.current_thread() is threading.main_thread():
-            old = signal.getsignal(signal.SIGINT)
-            if old is not signal.SIG_IGN:
-                self._old = signal.signal(signal.SIGINT, self._handle)
-                self._installed = True
+            sigs = [signal.SIGINT] + ([signal.SIGTERM] if self._distributed else [])
+            for sig in sigs:
+                old = signal.getsignal(sig)
+                if old is not signal.SIG_IGN:
+                    self._old[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.set:  # a second Ctrl-C: stop now
+        if self.set and not self._distributed:  # a second Ctrl-C: stop now
             raise KeyboardInterrupt
         self.set = True
 
     def __exit__(self, *exc: object) -> None:
-        if self._installed:
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 class _Progress:
@@ -242,6 +248,9 @@ def train(
     log: Callable[[str], Any] = print,
     progress: bool | None = None,
     reinit: bool = True,
+    threads: int | None = None,
+    backend: str = "auto",
+    compile: bool = False,
 ) -> TrainResult:
     """Train ``module`` as ``spec`` says and keep the run in a folder.
 
@@ -258,16 +267,30 @@ def train(
     MemoryLimitError when it does not fit in memory), TrainError (no dataset, no
     device, a bad resume, the model's output or a batch does not fit, a NaN/inf
     loss), and KeyboardInterrupt after saving a checkpoint on Ctrl-C.
+
+    ``threads`` sets torch's intra-op threads for the run. Under torchrun (``WORLD_SIZE``
+    in the environment) each process trains its share with DistributedDataParallel
+    (``backend`` auto: gloo on the CPU, nccl on CUDA; see ``distributed``); rank 0 alone
+    writes the run folder and logs. ``compile`` runs the module through torch.compile.
     """
-    threads = torch.get_num_threads()
+    before = torch.get_num_threads()
+    world = world_from_env()
+    if threads is not None:
+        torch.set_num_threads(threads)
     try:
         with _deterministic(spec.deterministic):
             return _train(module, spec, name=name, input_shape=input_shape,
                           num_classes=num_classes, base_dir=base_dir, out_dir=out_dir,
-                          model_source=model_source, resume=resume, log=log,
-                          progress=progress, reinit=reinit)
+                          model_source=model_source, resume=resume,
+                          log=log if world.main else _quiet, progress=progress,
+                          reinit=reinit, world=world, backend=backend, compile=compile)
     finally:
-        torch.set_num_threads(threads)  # a deterministic resume may have changed it
+        torch.set_num_threads(before)  # --threads or a deterministic resume changed it
+        teardown(world)
+
+
+def _quiet(line: str) -> None:
+    """The log of ranks other than 0: rank 0 speaks for the run."""
 
 
 @contextlib.contextmanager
@@ -364,6 +387,9 @@ def _train(
     log: Callable[[str], Any],
     progress: bool | None,
     reinit: bool,
+    world: World,
+    backend: str,
+    compile: bool,
 ) -> TrainResult:
     t_call = time.perf_counter()
     if spec.dataset is None:
@@ -371,6 +397,10 @@ def _train(
     base_dir = Path(base_dir)
     out = _out_dir(spec, name, base_dir, out_dir)
     device = select_device(spec.device)
+    if world.distributed:
+        device = setup(world, device, backend_for(device, backend))
+    if spec.precision != "32" and device.type == "mps":
+        raise TrainError(f"precision {spec.precision} is for cpu and cuda; train on mps in 32")
     loss_name = spec.loss or default_loss(module)
     last = _last_layer(module)
     if loss_name == "nll_loss" and not isinstance(last, nn.LogSoftmax):
@@ -439,15 +469,16 @@ def _train(
     n = x_train.shape[0]
     bs = spec.batch_size
     steps = n // bs if spec.drop_last else math.ceil(n / bs)
-    _check_batches(module, x_train, n, bs, spec.drop_last, device)
+    _check_batches(module, x_train, n, bs, spec.drop_last, device, world.size)
     class_weights = _class_weights(spec, data.y_train, num_classes)
     if class_weights is not None:
         class_weights = class_weights.to(device)
 
-    out.mkdir(parents=True, exist_ok=True)
-    for f in RUN_FILES:  # temp files a killed run may have left behind
-        for stale in out.glob(temp_name_prefix(f) + "*.tmp"):
-            stale.unlink(missing_ok=True)
+    if world.main:
+        out.mkdir(parents=True, exist_ok=True)
+        for f in RUN_FILES:  # temp files a killed run may have left behind
+            for stale in out.glob(temp_name_prefix(f) + "*.tmp"):
+                stale.unlink(missing_ok=True)
 
     optimizer = _make_optimizer(module, spec.optimizer)
     pending_resume: dict[str, Any] | None = None
@@ -470,7 +501,16 @@ def _train(
             raise TrainError(f"cannot resume: the optimizer's state does not fit ({e}); was "
                              "the optimizer type or decay_norm_and_bias changed?") from None
         _apply_hyperparameters(optimizer, spec.optimizer)
-        _set_rng_state(ckpt["rng"], device)
+        # Each rank draws its own dropout masks: a resume with the same number of
+        # processes gives each its own generator back.
+        rngs = ckpt.get("rng_ranks")
+        _set_rng_state(rngs[world.rank] if rngs and len(rngs) == world.size else ckpt["rng"],
+                       device)
+        saved_world = int(ckpt.get("world_size", 1))
+        if saved_world != world.size:
+            log(f"note: the run trained in {_plural(saved_world, 'process')}, this one in "
+                f"{world.size}; the batches are the same, but sums in another order differ "
+                "in the last bits")
         partial = ckpt.get("partial")
         history = [EpochMetrics(**m) for m in ckpt["metrics"]]
         log(f"resuming {out} {where}")
@@ -498,8 +538,9 @@ def _train(
             "step": start_step,
             "changes": changes,
             "threads": torch.get_num_threads(),
+            "world_size": world.size,
         }
-    else:
+    elif world.main:
         old = [f for f in (MODEL_FILE, BEST_FILE, CHECKPOINT_FILE, METRICS_FILE, CURVES_FILE)
                if (out / f).exists()]
         if old:
@@ -521,12 +562,15 @@ def _train(
             "train": spec.model_dump(mode="json"),
             "splits": {"train": n, "val": data.num_val, "test": data.num_test},
             "threads": torch.get_num_threads(),
+            "world_size": world.size,
             "torch_version": str(torch.__version__),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
         atomic_write(out / RUN_FILE, json.dumps(run_info, indent=2) + "\n")
 
-    show = _Progress(sys.stderr.isatty() if progress is None else progress, sys.stderr)
+    world.barrier()  # no rank reads or writes the folder before rank 0 has set it up
+    show = _Progress(world.main and (sys.stderr.isatty() if progress is None else progress),
+                     sys.stderr)
     train_loss_fn = functools.partial(_loss_fn(loss_name), weight=class_weights,
                                       **({"label_smoothing": spec.label_smoothing}
                                          if spec.label_smoothing else {}))
@@ -536,7 +580,9 @@ def _train(
     log(f"training {name} on {device.type}: {n} training, {val_part}{x_test.shape[0]} test "
         f"images ({data.source}), {_plural(spec.epochs, 'epoch')}, batch {bs}"
         f"{' (last batch dropped)' if spec.drop_last and n % bs else ''}, "
-        f"{spec.optimizer.type} lr {lr:g}, {loss_name}")
+        f"{spec.optimizer.type} lr {lr:g}, {loss_name}"
+        + (f", {world.size} processes ({dist.get_backend()})" if world.distributed else "")
+        + (f", {spec.precision}" if spec.precision != "32" else ""))
     best_epoch = _best_epoch(history)
     stopped_early = _patience_ran_out(spec, history, best_epoch)
     if stopped_early:
@@ -545,19 +591,47 @@ def _train(
     elif start_epoch >= spec.epochs:
         log(f"nothing to do: the checkpoint has {_plural(start_epoch, 'epoch')}, the spec asks "
             f"for {spec.epochs}")
+    # fp16 needs its loss scaled against underflow; bf16 has fp32's range and needs none.
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.precision)
+    scaler = torch.amp.GradScaler(device.type) if spec.precision == "fp16" else None
+    if scaler is not None and ckpt is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    schedule = spec.scheduler
+
+    def autocast() -> Any:
+        return (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
+                else contextlib.nullcontext())
+
+    model: nn.Module = module
+    if world.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(
+            module, device_ids=[device] if device.type == "cuda" else None)
+    if compile:
+        model = torch.compile(model)
     last_curves = time.perf_counter()
     writer: Any = None  # made with the first epoch's files, so a failed start leaves none
 
     def checkpoint(epoch: int, step: int, run: _Running | None, train_s: float = 0.0) -> None:
+        # Collective: every rank comes here at the same step; rank 0 writes.
+        rngs = world.gather(_rng_state(device))
+        sums = world.sum([run.loss_sum, run.correct, run.seen]) if run is not None else None
+        if not world.main:
+            world.barrier()
+            return
         _save_torch({
             "version": CHECKPOINT_VERSION,
             "epoch": epoch,
             "step": step,
             "model": _cpu_state(module),
             "optimizer": optimizer.state_dict(),
-            "rng": _rng_state(device),
-            "partial": None if run is None else {
-                "loss_sum": run.loss_sum, "correct": run.correct, "seen": run.seen,
+            "rng": rngs[0],
+            "rng_ranks": rngs,
+            "world_size": world.size,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "partial": None if sums is None else {
+                "loss_sum": sums[0], "correct": int(sums[1]), "seen": int(sums[2]),
                 "train_s": train_s},
             "metrics": [asdict(m) for m in history],
             "train": spec.model_dump(mode="json"),
@@ -574,6 +648,7 @@ def _train(
         if pending_resume is not None:
             _update_run_info(out / RUN_FILE, pending_resume, spec)
             pending_resume = None
+        world.barrier()  # no rank goes on (or exits) before the checkpoint is whole
 
     def last_good() -> str:
         done = len(history)
@@ -582,7 +657,7 @@ def _train(
 
     saved = False  # whether a Ctrl-C has been answered with a checkpoint
     try:
-        with _InterruptFlag() as interrupt:
+        with _InterruptFlag(world.distributed) as interrupt:
             for epoch in range(start_epoch, spec.epochs if not stopped_early else start_epoch):
                 t_epoch = time.perf_counter()
                 first = start_step if (epoch == start_epoch and partial) else 0
@@ -590,7 +665,9 @@ def _train(
                 if first:
                     assert partial is not None
                     before_s = float(partial.get("train_s", 0.0))
-                    run = _Running(partial["loss_sum"], partial["correct"], partial["seen"])
+                    # The sums so far are the run's; rank 0 carries them, the others add.
+                    run = _Running(partial["loss_sum"], partial["correct"], partial["seen"]) \
+                        if world.main else _Running()
                 else:
                     run = _Running()
                 perm = torch.randperm(n, generator=torch.Generator().manual_seed(
@@ -601,21 +678,44 @@ def _train(
                 seen_here = 0
                 for step in range(first, steps):
                     idx = perm[step * bs:(step + 1) * bs]
+                    share = idx.numel()
+                    if world.distributed:
+                        # This rank's share of the global batch, DistributedSampler's way.
+                        idx = idx[world.rank::world.size]
                     # Advanced indexing, not index_select: the latter opens a parallel
                     # region per call, which costs dearly when other processes hold the cores.
                     xb, yb = x_train[idx], y_train[idx]
+                    if schedule is not None:
+                        lr = schedule.lr_at(epoch * steps + step, steps, spec.epochs,
+                                            spec.optimizer.effective_lr)
+                        for group in optimizer.param_groups:
+                            group["lr"] = lr
                     optimizer.zero_grad(set_to_none=True)
-                    output = module(xb)
-                    loss = train_loss_fn(output, yb)
-                    loss.backward()
-                    if spec.grad_clip is not None:
-                        nn.utils.clip_grad_norm_(module.parameters(), spec.grad_clip)
-                    optimizer.step()
+                    with autocast():
+                        output = model(xb)
+                        loss = train_loss_fn(output, yb)
+                    # DDP averages the ranks' gradients; weighting each share by its size
+                    # makes that average the global batch's mean, as in one process.
+                    scaled = loss * (idx.numel() * world.size / share) \
+                        if world.distributed else loss
+                    if scaler is not None:
+                        scaler.scale(scaled).backward()
+                        if spec.grad_clip is not None:
+                            scaler.unscale_(optimizer)
+                            nn.utils.clip_grad_norm_(module.parameters(), spec.grad_clip)
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        scaled.backward()
+                        if spec.grad_clip is not None:
+                            nn.utils.clip_grad_norm_(module.parameters(), spec.grad_clip)
+                        optimizer.step()
                     # argmax carries no graph; nothing here waits for the device.
-                    run.add(step, loss.detach(), (output.argmax(1) == yb).sum(), idx.numel())
-                    seen_here += idx.numel()
-                    if interrupt.set:
-                        _raise_if_nan(run, epoch, show, last_good)
+                    run.add(step, loss.detach().float(), (output.argmax(1) == yb).sum(),
+                            idx.numel())
+                    seen_here += share
+                    if world.any(interrupt.set):
+                        _raise_if_nan(run, epoch, show, last_good, world)
                         if not _params_finite(module):
                             raise TrainError(
                                 f"the weights became NaN or infinite in epoch {epoch + 1}; "
@@ -629,20 +729,32 @@ def _train(
                         raise KeyboardInterrupt
                     draw = show.enabled and (step + 1 == steps
                                              or time.perf_counter() >= next_draw)
-                    if draw or step + 1 >= next_check:
-                        _raise_if_nan(run, epoch, show, last_good)
+                    due = step + 1 >= next_check
+                    if world.distributed:
+                        # The NaN check is collective, so its steps must not depend on
+                        # the clock: the bar is drawn only at those steps.
+                        due = due or step + 1 == steps
+                        draw = draw and due
+                    if draw or due:
+                        _raise_if_nan(run, epoch, show, last_good, world)
                         next_check = step + 1 + CHECK_EVERY
                         if draw:
                             now = time.perf_counter()
                             next_draw = now + PROGRESS_INTERVAL_S
                             show.draw(epoch + 1, spec.epochs, step + 1, steps, run.loss, run.acc,
                                       seen_here / max(now - t_epoch, 1e-9))
-                _raise_if_nan(run, epoch, show, last_good)
+                _raise_if_nan(run, epoch, show, last_good, world)
                 train_s = before_s + time.perf_counter() - t_epoch
-                test_loss, test_acc = _score(module, x_test, y_test, loss_name, eval_batch)
-                val_loss = val_acc = None
+                if world.distributed:  # the epoch's sums over every rank
+                    run.loss_sum, run.correct, run.seen = world.sum(
+                        [run.loss_sum, run.correct, run.seen])
+                # Every rank holds the same weights, so each scores alike; no exchange needed.
+                test_loss, test_acc, test_top5 = _score(module, x_test, y_test, loss_name,
+                                                        eval_batch, num_classes)
+                val_loss = val_acc = val_top5 = None
                 if x_val is not None and y_val is not None:
-                    val_loss, val_acc = _score(module, x_val, y_val, loss_name, eval_batch)
+                    val_loss, val_acc, val_top5 = _score(module, x_val, y_val, loss_name,
+                                                         eval_batch, num_classes)
                 if not math.isfinite(test_loss) or not _params_finite(module):
                     show.clear()
                     raise TrainError(
@@ -654,37 +766,40 @@ def _train(
                     # The whole epoch's samples over its training time, a resume's part included.
                     samples_per_s=run.seen / max(train_s, 1e-9),
                     seconds=time.perf_counter() - t_epoch,
-                    val_loss=val_loss, val_acc=val_acc))
+                    val_loss=val_loss, val_acc=val_acc, val_top5=val_top5,
+                    test_top5=test_top5))
                 best_epoch = _best_epoch(history)
                 # The checkpoint first: if it cannot be written, nothing else moves on.
                 checkpoint(epoch + 1, 0, None)
-                _save_torch(_cpu_state(module), out / MODEL_FILE)
-                if best_epoch == epoch + 1:
-                    _save_torch(_cpu_state(module), out / BEST_FILE)
-                _write_metrics(out / METRICS_FILE, history)
-                if spec.tensorboard:
-                    if writer is None:
-                        writer = _tensorboard(out)
-                    _log_tensorboard(writer, history[-1])
+                if world.main:
+                    _save_torch(_cpu_state(module), out / MODEL_FILE)
+                    if best_epoch == epoch + 1:
+                        _save_torch(_cpu_state(module), out / BEST_FILE)
+                    _write_metrics(out / METRICS_FILE, history)
+                    if spec.tensorboard:
+                        if writer is None:
+                            writer = _tensorboard(out)
+                        _log_tensorboard(writer, history[-1])
                 final = epoch + 1 == spec.epochs
                 stopped_early = _patience_ran_out(spec, history, best_epoch)
-                if final or stopped_early or \
-                        time.perf_counter() - last_curves >= CURVES_INTERVAL_S:
+                if world.main and (final or stopped_early or
+                                   time.perf_counter() - last_curves >= CURVES_INTERVAL_S):
                     _write_curves(out / CURVES_FILE, history, name)
                     last_curves = time.perf_counter()
                 show.clear()
                 m = history[-1]
                 val = (f"val loss {m.val_loss:.4f}  val acc {m.val_acc:.2%}  "
                        if m.val_loss is not None and m.val_acc is not None else "")
+                top5 = f"top-5 {m.test_top5:.2%}  " if m.test_top5 is not None else ""
                 log(f"epoch {m.epoch}/{spec.epochs}  train loss {m.train_loss:.4f}  {val}"
-                    f"test loss {m.test_loss:.4f}  test acc {m.test_acc:.2%}  "
+                    f"test loss {m.test_loss:.4f}  test acc {m.test_acc:.2%}  {top5}"
                     f"{m.samples_per_s:,.0f} samples/s  ({m.seconds:.1f} s)")
                 if stopped_early:
                     log(f"stopping early: no better validation accuracy for "
                         f"{_plural(spec.patience or 0, 'epoch')}; the best, epoch {best_epoch}, "
                         f"is in {BEST_FILE}")
                     break
-                if interrupt.set:
+                if world.any(interrupt.set):
                     log(f"interrupted after epoch {epoch + 1}; checkpoint saved in {out} "
                         "(continue with --resume)")
                     saved = True
@@ -693,16 +808,22 @@ def _train(
         show.clear()
         if not saved:
             log(f"interrupted; {last_good()}")
-        if history:
+        if history and world.main:
             _write_curves(out / CURVES_FILE, history, name)
         raise
     except TrainError:
-        if history:
+        if history and world.main:
             _write_curves(out / CURVES_FILE, history, name)
         raise
     except RuntimeError as e:
         show.clear()
         text = str(e)
+        if world.distributed and (isinstance(e, dist.DistError) or any(
+                w in text.lower() for w in ("gloo", "nccl", "connection", "peer"))):
+            # A peer died or hung up: this rank's state may be a step ahead of the
+            # others', so nothing is saved; the last checkpoint stays as it was.
+            raise TrainError(f"another process of the run stopped ({text.splitlines()[0]}); "
+                             f"{last_good()}") from None
         if "deterministic" in text:
             raise TrainError(f"an operation of this model has no deterministic implementation "
                              f"on {device.type}: {text.splitlines()[0]}. Train without "
@@ -715,7 +836,7 @@ def _train(
     finally:
         if writer is not None:
             writer.close()
-    if history and not (out / CURVES_FILE).exists():
+    if world.main and history and not (out / CURVES_FILE).exists():
         _write_curves(out / CURVES_FILE, history, name)
     return TrainResult(out_dir=out, device=str(device), history=history,
                        seconds=time.perf_counter() - t_call,
@@ -730,17 +851,24 @@ def _patience_ran_out(spec: TrainSpec, history: Sequence[EpochMetrics],
 
 
 def _score(module: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_name: str,
-           batch: int) -> tuple[float, float]:
-    """Mean loss (the plain loss: no weights, no smoothing) and accuracy over a split."""
-    loss_sum, preds = _predict(module, x, y, loss_name, batch)
-    return loss_sum / x.shape[0], float((preds == y).sum()) / x.shape[0]
+           batch: int, num_classes: int) -> tuple[float, float, float | None]:
+    """Mean loss (the plain loss: no weights, no smoothing), accuracy and, with 10 or more
+    classes, top-5 accuracy over a split."""
+    top5: list[int] | None = [] if num_classes >= 10 else None
+    loss_sum, preds = _predict(module, x, y, loss_name, batch, top5)
+    n = x.shape[0]
+    return loss_sum / n, float((preds == y).sum()) / n, (top5[0] / n if top5 else None)
 
 
 def _raise_if_nan(run: _Running, epoch: int, show: _Progress,
-                  last_good: Callable[[], str]) -> None:
+                  last_good: Callable[[], str], world: World) -> None:
     bad = run.flush()
-    if bad is not None:
+    if world.any(bad is not None):
         show.clear()
+        if bad is None:
+            raise TrainError(f"the loss became NaN or infinite in another process at epoch "
+                             f"{epoch + 1}; training stopped (try a lower lr). "
+                             f"{_capital(last_good())}")
         step, value = bad
         raise TrainError(
             f"the loss became {value} at epoch {epoch + 1}, step {step + 1}; training "

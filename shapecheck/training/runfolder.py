@@ -42,6 +42,9 @@ METRICS_COLUMNS = (
     "lr",
     "samples_per_s",
     "seconds",
+    # Filled with 10 or more classes only; last, so the columns before keep their places.
+    "val_top5",
+    "test_top5",
 )
 
 
@@ -57,6 +60,8 @@ class EpochMetrics:
     seconds: float  # the whole epoch, evaluation included
     val_loss: float | None = None  # None without a validation split
     val_acc: float | None = None
+    val_top5: float | None = None  # top-5 accuracy, with 10 or more classes
+    test_top5: float | None = None
 
 
 @dataclass
@@ -139,6 +144,8 @@ def _write_curves(path: Path, history: Sequence[EpochMetrics], title: str) -> bo
     if has_val:
         ax2.plot(epochs, [100 * (m.val_acc or 0) for m in history], "o-", label="validation")
     ax2.plot(epochs, [100 * m.test_acc for m in history], "o-", label="test")
+    if any(m.test_top5 is not None for m in history):
+        ax2.plot(epochs, [100 * (m.test_top5 or 0) for m in history], "o--", label="test top-5")
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("accuracy (%)")
     ax2.set_title("accuracy")

@@ -1,0 +1,251 @@
+"""Distributed data parallel: the processes of one run, and starting them.
+
+A run is distributed when torch's launcher (``torchrun``, or ``build --train --nproc N``,
+which calls the same code: ``torch.distributed.run``) has set ``WORLD_SIZE`` and ``RANK``
+in the environment. Each process then trains a DistributedDataParallel copy of the module:
+gloo on the CPU, nccl on CUDA. ``batch_size`` is the global batch: every step, the global
+batch of the one-process run is cut into ``WORLD_SIZE`` shares (rank r takes every
+WORLD_SIZE-th sample, as DistributedSampler does), and each share's loss is weighted so that
+the averaged gradient is the one-process run's. So the run takes the same number of
+optimizer steps, over the same batches, whatever the number of processes.
+
+Rank 0 alone writes the run folder and prints; every rank reads the checkpoint to resume.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import signal
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from .base import TrainError
+
+# How long a rank waits for the others at a collective before giving up: long enough for
+# a slow checkpoint write on rank 0, short enough that a lost peer does not hang the run.
+TIMEOUT = _dt.timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class World:
+    """The processes of a run. ``size`` 1: one process, no torch.distributed at all."""
+
+    size: int = 1
+    rank: int = 0
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    def sum(self, values: Sequence[float]) -> list[float]:
+        """Each value summed over the ranks (float64, on the CPU: gloo's home)."""
+        if not self.distributed:
+            return list(values)
+        t = torch.tensor(list(values), dtype=torch.float64, device=_collective_device())
+        dist.all_reduce(t)
+        return t.cpu().tolist()
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when it is True on one: all ranks stop at the same step."""
+        if not self.distributed:
+            return flag
+        return self.sum([1.0 if flag else 0.0])[0] > 0
+
+    def gather(self, obj: Any) -> list[Any]:
+        if not self.distributed:
+            return [obj]
+        out: list[Any] = [None] * self.size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+def _collective_device() -> torch.device:
+    # nccl reduces CUDA tensors only; gloo CPU tensors.
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def world_from_env() -> World:
+    """The World torchrun's environment describes (one process when there is none)."""
+    try:
+        size = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    except ValueError:
+        raise TrainError("WORLD_SIZE, RANK and LOCAL_RANK must be integers "
+                         "(they are set by torchrun)") from None
+    return World(size=size, rank=rank, local_rank=local)
+
+
+def backend_for(device: torch.device, asked: str = "auto") -> str:
+    if asked == "auto":
+        return "nccl" if device.type == "cuda" else "gloo"
+    if asked == "nccl" and device.type != "cuda":
+        raise TrainError(f"the nccl backend needs CUDA devices; this run trains on "
+                         f"{device.type}. Use --backend gloo (or auto), or --device cuda on a "
+                         "machine with GPUs")
+    return asked
+
+
+def setup(world: World, device: torch.device, backend: str) -> torch.device:
+    """Join the process group; the device of this rank (cuda:LOCAL_RANK on GPUs)."""
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if world.local_rank >= count:
+            raise TrainError(f"{world.local_rank + 1} processes on this machine but only "
+                             f"{count} CUDA device{'s' if count != 1 else ''}: start at most "
+                             f"{count} per machine")
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    elif device.type == "mps":
+        raise TrainError("distributed training runs on cpu (gloo) or cuda (nccl), not mps")
+    if not dist.is_initialized():
+        try:
+            dist.init_process_group(backend, timeout=TIMEOUT)
+        except (RuntimeError, ValueError) as e:
+            raise TrainError(f"cannot join the other processes ({backend}): "
+                             f"{str(e).splitlines()[0]}") from None
+    return device
+
+
+def teardown(world: World) -> None:
+    if world.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------- launching
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("", port))
+        except OSError:
+            return True
+    return False
+
+
+def check_launch(nproc: int, device: str, backend: str, port: int | None) -> None:
+    """What makes ``--nproc`` fail, found before any process starts. Raises TrainError."""
+    if device in ("cuda", "auto") and torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        if nproc > count:
+            raise TrainError(f"--nproc {nproc} is more than the {count} CUDA device"
+                             f"{'s' if count != 1 else ''} here: one process per GPU")
+    elif device == "cuda":
+        raise TrainError("device cuda was asked for, but this PyTorch sees no CUDA device")
+    elif backend == "nccl":
+        raise TrainError("the nccl backend needs CUDA devices, and this PyTorch sees none: "
+                         "use --backend gloo (or auto) to train on the CPU")
+    else:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+            else (os.cpu_count() or 1)
+        if nproc > cores:
+            raise TrainError(f"--nproc {nproc} is more than the {cores} CPU core"
+                             f"{'s' if cores != 1 else ''} here: each process needs one")
+    if port is not None and port_in_use(port):
+        raise TrainError(f"port {port} is already in use; give another --master-port, or "
+                         "leave it out to take a free one")
+
+
+def worker_argv(argv: Sequence[str]) -> list[str]:
+    """The command line without the launcher's own flags: what each worker runs."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in ("--nproc", "--master-port"):
+            skip = True
+            continue
+        if a.startswith(("--nproc=", "--master-port=")):
+            continue
+        out.append(a)
+    return out
+
+
+@dataclass
+class LaunchResult:
+    code: int  # the exit code for the command
+    message: str | None  # what to tell the user, if the workers could not
+
+
+def launch(argv: Sequence[str], nproc: int, port: int | None, out_dir: Path) -> LaunchResult:
+    """Run ``python -m shapecheck ARGV`` in ``nproc`` processes with torch.distributed.run.
+
+    Rank 0's exit code is the command's. A rank that dies (a signal, or an exit while the
+    others trained) is named, with the checkpoint that is kept."""
+    from torch.distributed.elastic.multiprocessing import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args
+    from torch.distributed.run import run as torchrun
+
+    port = port if port is not None else free_port()
+    # torchrun would set 1 itself, with a warning on every start; --threads overrides it.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    args = parse_args([
+        "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1", "--master-port",
+        str(port), "--max-restarts", "0", "--monitor-interval", "0.2",
+        "-m", "shapecheck", *worker_argv(argv)])
+    try:
+        torchrun(args)
+    except SignalException as e:
+        # Ctrl-C reached the launcher; it passed the signal on, and each rank saved the
+        # checkpoint of the step they agreed on.
+        return LaunchResult(128 + int(e.sigval), None)
+    except ChildFailedError as e:
+        failures = e.failures
+        first = failures.get(min(failures)) if failures else None
+        main = failures.get(0)
+        if main is not None and main.exitcode > 0 and \
+                all(f.exitcode > 0 for f in failures.values()):
+            return LaunchResult(main.exitcode, None)  # rank 0 said why
+        dead = [(r, f) for r, f in sorted(failures.items()) if f.exitcode < 0] or \
+            [(min(failures), first)]
+        rank, f = dead[0]
+        how = (f"was killed by {signal.Signals(-f.exitcode).name}" if f.exitcode < 0
+               else f"exited with code {f.exitcode}")
+        return LaunchResult(1, f"rank {rank} {how}; the run stopped on every rank. "
+                            f"{kept(out_dir)}")
+    return LaunchResult(0, None)
+
+
+def kept(out_dir: Path) -> str:
+    """What a stopped run leaves to resume from, in words."""
+    from .runfolder import CHECKPOINT_FILE
+
+    path = out_dir / CHECKPOINT_FILE
+    if not path.is_file():
+        return "No epoch had completed, so there is no checkpoint."
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        where = (f"epoch {ckpt['epoch'] + 1}, step {ckpt['step']}" if ckpt["step"]
+                 else f"after epoch {ckpt['epoch']}")
+    except Exception:  # noqa: BLE001 - the message must not fail for want of the detail
+        where = "its last save"
+    return (f"The last good checkpoint ({where}) is kept in {out_dir}: continue with "
+            "--resume and the same --nproc.")

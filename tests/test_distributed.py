@@ -1,0 +1,206 @@
+"""Distributed data parallel with real gloo processes on the CPU, started by `build --nproc`,
+on real digits; schedules, precision and top-5 in one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from shapecheck.cli import main
+from shapecheck.trainspec import TrainSpec
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC = ROOT / "specs" / "lecture_cnn.yaml"
+MNIST_5K = ROOT / "examples" / "data" / "mnist-5k"
+needs_mnist = pytest.mark.skipif(not (MNIST_5K / "train-images-idx3-ubyte.gz").exists(),
+                                 reason="examples/data/mnist-5k is missing")
+needs_two_cores = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2,
+                                     reason="two processes need two cores")
+
+# Adam counts its own steps, so the optimizer state says how many were taken.
+COMMON = ["--data", str(MNIST_5K), "--optimizer", "adam", "--lr", "0.002", "--batch-size", "64",
+          "--threads", "1", "--seed", "1"]
+
+
+def build(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "shapecheck", "build", str(SPEC), "--train",
+                           *args], check=False, capture_output=True, text=True, cwd=ROOT,
+                          timeout=300)
+
+
+def adam_steps(run: Path) -> int:
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    return int(ckpt["optimizer"]["state"][0]["step"])
+
+
+def weights(run: Path) -> dict:
+    return torch.load(run / "model.pt", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    """One uninterrupted 2-process run, 2 epochs of 4,000 digits: the reference."""
+    out = tmp_path_factory.mktemp("ddp") / "run"
+    r = build(*COMMON, "--epochs", "2", "--nproc", "2", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    return out, r
+
+
+@needs_mnist
+@needs_two_cores
+def test_ddp_reaches_the_single_process_accuracy_in_as_many_steps(ddp_run, tmp_path, capsys):
+    out, r = ddp_run
+    assert "2 processes (gloo)" in r.stdout
+    # Rank 0 alone prints and writes.
+    assert r.stdout.count("epoch 2/2") == 1
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint.pt", "curves.png", "metrics.csv", "model.pt", "model.py", "run.json"]
+    info = json.loads((out / "run.json").read_text())
+    assert info["world_size"] == 2
+
+    single = tmp_path / "single"
+    assert main(["build", str(SPEC), "--train", *COMMON, "--epochs", "2",
+                 "--out", str(single)]) == 0
+    capsys.readouterr()
+    assert json.loads((single / "run.json").read_text())["world_size"] == 1
+    assert adam_steps(out) == adam_steps(single) == 2 * 63  # ceil(4000 / 64) a epoch
+
+    def acc(run: Path) -> float:
+        return float((run / "metrics.csv").read_text().splitlines()[-1].split(",")[6])
+
+    assert acc(single) > 0.85
+    assert abs(acc(out) - acc(single)) <= 0.01
+
+
+@needs_mnist
+@needs_two_cores
+def test_ddp_interrupted_mid_epoch_resumes_to_the_same_weights(ddp_run, tmp_path):
+    reference, _ = ddp_run
+    out = tmp_path / "cut"
+    cmd = [sys.executable, "-m", "shapecheck", "build", str(SPEC), "--train", *COMMON,
+           "--epochs", "2", "--nproc", "2", "--out", str(out)]
+    # Its own session, so the signal goes to the launcher and every rank, as Ctrl-C does.
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    for line in proc.stdout:
+        if line.startswith("training "):
+            break
+    time.sleep(1.0)  # some steps into the first epoch
+    os.killpg(proc.pid, signal.SIGINT)
+    rest, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted at epoch" in rest or "interrupted after epoch" in rest, rest + err
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert (ckpt["epoch"], ckpt["step"]) != (2, 0) and ckpt["world_size"] == 2
+    assert len(ckpt["rng_ranks"]) == 2
+
+    r = build(*COMMON, "--epochs", "2", "--nproc", "2", "--out", str(out), "--resume")
+    assert r.returncode == 0, r.stderr
+    a, b = weights(reference), weights(out)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((out / "run.json").read_text())["resumes"][0]["world_size"] == 2
+
+
+def test_bad_distributed_setups_are_refused_before_anything_starts(tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["build", str(SPEC), "--train", "--data", "synthetic", "--out", str(out)]
+    with socket.socket() as s:
+        s.bind(("", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert main([*base, "--nproc", "2", "--master-port", str(port)]) == 1
+    assert f"port {port} is already in use" in capsys.readouterr().err
+
+    cores = len(os.sched_getaffinity(0))
+    assert main([*base, "--nproc", str(cores + 1), "--device", "cpu"]) == 1
+    assert f"--nproc {cores + 1} is more than the {cores} CPU core" in capsys.readouterr().err
+
+    if not torch.cuda.is_available():
+        assert main([*base, "--nproc", "2", "--backend", "nccl", "--device", "cpu"]) == 1
+        assert "nccl backend needs CUDA" in capsys.readouterr().err
+        assert main([*base, "--nproc", "2", "--device", "cuda"]) == 1
+        assert "no CUDA device" in capsys.readouterr().err
+    assert not out.exists()  # nothing was started, nothing written
+
+    # --nproc and its like belong to training.
+    assert main(["build", str(SPEC), "--nproc", "2", "-o", str(tmp_path / "m.py")]) == 2
+    assert "only apply with --train" in capsys.readouterr().err
+
+
+def test_nccl_under_a_cpu_launcher_is_a_clear_error(tmp_path):
+    # What a worker started by torchrun says when nccl is asked for without CUDA.
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    from shapecheck.training import TrainError
+    from shapecheck.training.distributed import backend_for
+
+    with pytest.raises(TrainError, match="nccl backend needs CUDA"):
+        backend_for(torch.device("cpu"), "nccl")
+
+
+def test_a_global_batch_too_small_to_share_is_refused(tmp_path):
+    from shapecheck.training import TrainError
+    from shapecheck.training.data import _check_batches
+
+    module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    x = torch.zeros(65, 1, 2, 2)
+    with pytest.raises(TrainError, match="last batch of each epoch.*drop_last"):
+        _check_batches(module, x, 65, 32, False, torch.device("cpu"), world_size=2)
+    with pytest.raises(TrainError, match="at least the number of processes"):
+        _check_batches(module, x, 65, 1, False, torch.device("cpu"), world_size=2)
+    _check_batches(module, x, 65, 32, True, torch.device("cpu"), world_size=2)
+
+
+# ---------------------------------------------------------------- one process
+
+
+def test_schedules_shape_the_rate():
+    s = TrainSpec.model_validate({"scheduler": {"type": "cosine", "warmup_epochs": 1,
+                                                "min_lr": 0.001}})
+    rates = [s.scheduler.lr_at(i, 10, 3, 0.1) for i in range(30)]
+    assert rates[0] == pytest.approx(0.01) and rates[9] == pytest.approx(0.1)
+    assert rates[-1] == pytest.approx(0.001) and rates == sorted(rates[:10]) + rates[10:]
+    step = TrainSpec.model_validate({"scheduler": {"type": "step", "step_size": 2,
+                                                   "gamma": 0.5}}).scheduler
+    assert [step.lr_at(e * 10, 10, 6, 1.0) for e in range(6)] == [1, 1, .5, .5, .25, .25]
+    assert TrainSpec.model_validate({"scheduler": "cosine"}).scheduler.type == "cosine"
+    with pytest.raises(ValueError):
+        TrainSpec.model_validate({"scheduler": {"type": "exponential"}})
+
+
+def test_a_schedule_resumes_exactly_and_reaches_metrics_csv(tmp_path):
+    import test_train as tt
+
+    s = tt.spec(epochs=2, scheduler={"type": "cosine", "warmup_epochs": 0.5})
+    whole, _ = tt.run(tt.LectureCNN(), s, tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        tt.run(tt._CtrlCAt(8 + 3), s, tmp_path / "cut")  # 8 steps an epoch
+    resumed, _ = tt.run(tt.LectureCNN(), s, tmp_path / "cut", resume=True)
+    assert tt.states_equal(weights(tmp_path / "whole"), weights(tmp_path / "cut"))
+    lrs = [m.lr for m in whole.history]
+    assert lrs == [m.lr for m in resumed.history]
+    assert lrs[0] < 0.05 and lrs[-1] == pytest.approx(0.0, abs=1e-12)  # cosine's end
+
+
+def test_precision_bf16_trains_and_top5_is_reported(tmp_path):
+    import test_train as tt
+
+    result, lines = tt.run(tt.LectureCNN(), tt.spec(epochs=1, precision="bf16"), tmp_path / "r")
+    m = result.history[-1]
+    assert m.test_top5 is not None and m.test_top5 >= m.test_acc
+    assert "top-5" in next(s for s in lines if s.startswith("epoch "))
+    header = (tmp_path / "r" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert header[-2:] == ["val_top5", "test_top5"]
+    fp16, _ = tt.run(tt.LectureCNN(), tt.spec(epochs=1, precision="fp16"), tmp_path / "h")
+    ckpt = torch.load(tmp_path / "h" / "checkpoint.pt", weights_only=True)
+    assert ckpt["scaler"] is not None and fp16.history[-1].test_loss > 0
