@@ -219,14 +219,14 @@ def launch(argv: Sequence[str], nproc: int, port: int | None, out_dir: Path) -> 
         return LaunchResult(128 + int(e.sigval), None)
     except ChildFailedError as e:
         failures = e.failures
-        first = failures.get(min(failures)) if failures else None
         main = failures.get(0)
         if main is not None and main.exitcode > 0 and \
                 all(f.exitcode > 0 for f in failures.values()):
             return LaunchResult(main.exitcode, None)  # rank 0 said why
-        dead = [(r, f) for r, f in sorted(failures.items()) if f.exitcode < 0] or \
-            [(min(failures), first)]
-        rank, f = dead[0]
+        # The launcher stops the survivors with SIGTERM: the rank to name is the first that
+        # failed otherwise.
+        rank, f = min(failures.items(), key=lambda kv: (
+            kv[1].exitcode == -signal.SIGTERM, kv[1].timestamp, kv[0]))
         how = (f"was killed by {signal.Signals(-f.exitcode).name}" if f.exitcode < 0
                else f"exited with code {f.exitcode}")
         return LaunchResult(1, f"rank {rank} {how}; the run stopped on every rank. "

@@ -822,7 +822,8 @@ def _train(
                 w in text.lower() for w in ("gloo", "nccl", "connection", "peer"))):
             # A peer died or hung up: this rank's state may be a step ahead of the
             # others', so nothing is saved; the last checkpoint stays as it was.
-            raise TrainError(f"another process of the run stopped ({text.splitlines()[0]}); "
+            first_line = text.splitlines()[0] if text else type(e).__name__
+            raise TrainError(f"another process of the run stopped ({first_line[:160]}); "
                              f"{last_good()}") from None
         if "deterministic" in text:
             raise TrainError(f"an operation of this model has no deterministic implementation "
