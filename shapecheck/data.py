@@ -196,6 +196,51 @@ def load_dataset(
     )
 
 
+@dataclass
+class FileLists:
+    """An image folder's splits as file paths and labels: what streaming reads from."""
+
+    train: tuple[list[str], np.ndarray]
+    test: tuple[list[str], np.ndarray]
+    val: tuple[list[str], np.ndarray] | None
+    classes: list[str]
+    mean: list[float] | None  # from the entry; None: to be measured on the training split
+    std: list[float] | None
+    source: str
+    notes: list[str]
+
+
+def list_folder(
+    spec: DatasetSpec, *, input_shape: Sequence[int], num_classes: int,
+    base_dir: str | Path | None = None,
+) -> FileLists:
+    """The splits of an image folder by the same rules as ``load_dataset``, without reading
+    a single image. Raises DataError."""
+    shape = _check_input_shape(input_shape)
+    path = resolve_path(spec, base_dir)
+    if detect_format(spec, path) != "folder":
+        raise DataError("streaming (train.workers) reads image folders; idx, npz and synthetic "
+                        "data are held in memory: leave workers out")
+    parts = _parts(spec, path, shape, num_classes, listing=True)
+    assert parts.train is not None and parts.test is not None and parts.classes is not None
+    if len(parts.classes) != num_classes:
+        raise DataError(
+            f"{parts.path}: {len(parts.classes)} class folders ({', '.join(parts.classes)}) "
+            f"but the last layer has out_features {num_classes}")
+    mean = std = None
+    if spec.mean is not None and spec.std is not None:
+        mean = _per_channel(spec.mean, shape[0], "mean")
+        std = _per_channel(spec.std, shape[0], "std")
+
+    def pair(raw: _Raw) -> tuple[list[str], np.ndarray]:
+        return [str(p) for p in raw.x], raw.y
+
+    return FileLists(train=pair(parts.train), test=pair(parts.test),
+                     val=pair(parts.val) if parts.val is not None else None,
+                     classes=list(parts.classes), mean=mean, std=std,
+                     source=parts.source + " (streamed)", notes=list(parts.notes))
+
+
 SPLITS = ("test", "val", "train", "all")
 
 
@@ -259,6 +304,7 @@ def _parts(
     num_classes: int,
     known: Sequence[str] | None = None,
     want: str | None = None,
+    listing: bool = False,
 ) -> _Parts:
     """Read the dataset and split it: train/test (a test split of its own, or
     ``test_fraction`` held out), then ``train_size``/``test_size`` subsets, then
@@ -280,7 +326,7 @@ def _parts(
             train, test, whole = _read_npz(path, shape, spec.resize)
         elif fmt == "folder":
             train, test, whole, parts.classes = _read_folder(
-                path, shape, num_classes, known=known, resize=spec.resize)
+                path, shape, num_classes, known=known, resize=spec.resize, listing=listing)
         else:  # pragma: no cover - the Literal rules it out
             raise DataError(f"unknown dataset format {fmt!r}")
     if want == "all":
@@ -840,6 +886,7 @@ def _read_folder(
     num_classes: int,
     known: Sequence[str] | None = None,
     resize: bool = False,
+    listing: bool = False,
 ) -> tuple[_Raw | None, _Raw | None, _Raw | None, list[str]]:
     if not path.is_dir():
         raise DataError(f"{path}: not a folder")
@@ -856,16 +903,18 @@ def _read_folder(
     test_dir = next((path / n for n in ("test", "val") if (path / n).is_dir()), None)
     if train_dir.is_dir():
         classes = list(known) if known is not None else _class_dirs(train_dir)
-        train = _read_classes(train_dir, classes, shape, known is not None, resize)
-        test = _read_classes(test_dir, classes, shape, True, resize) if test_dir else None
+        train = _read_classes(train_dir, classes, shape, known is not None, resize, listing)
+        test = _read_classes(test_dir, classes, shape, True, resize, listing) \
+            if test_dir else None
         return train, test, None, classes
     if test_dir is not None and known is not None:
         # Evaluating on a folder that only has a test part.
         classes = list(known)
-        return None, _read_classes(test_dir, classes, shape, True, resize), None, classes
+        return None, _read_classes(test_dir, classes, shape, True, resize, listing), None, \
+            classes
     names = _class_dirs(path)
     classes = list(known) if known is not None else names
-    whole = _read_classes(path, classes, shape, known is not None, resize)
+    whole = _read_classes(path, classes, shape, known is not None, resize, listing)
     return None, None, whole, classes
 
 
@@ -882,10 +931,10 @@ def _read_classes(
     shape: tuple[int, int, int],
     subset: bool = False,
     resize: bool = False,
+    listing: bool = False,
 ) -> _Raw:
-    from PIL import Image, UnidentifiedImageError
-
-    c, h, w = shape
+    """The images of each class folder; with ``listing``, only their paths (as ``x``,
+    an object array), for a pipeline that reads them while training."""
     present = _class_dirs(d)
     unknown = [n for n in present if n not in classes]
     if unknown:
@@ -907,29 +956,39 @@ def _read_classes(
         if not files:
             raise DataError(f"{cd}: class folder has no images")
         for p in files:
-            try:
-                with Image.open(p) as im:  # reads the header only
-                    if im.size != (w, h) and not resize:  # before the pixels are decoded
-                        raise DataError(
-                            f"{p}: image is {im.size[0]}×{im.size[1]} (width×height) but the "
-                            f"spec's input.shape needs {w}×{h} (dataset resize: true "
-                            "resizes them)"
-                        )
-                    im.load()
-                    im = im.convert(_PIL_MODES[c])
-                    if im.size != (w, h):
-                        # Pillow's bilinear widens its filter when shrinking: antialiased.
-                        im = im.resize((w, h), Image.Resampling.BILINEAR)
-                    arr = np.asarray(im)
-            except DataError:
-                raise
-            except Image.DecompressionBombError as e:
-                raise DataError(f"{p}: image is too large to read ({e})") from None
-            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-                raise DataError(f"{p}: not a readable image ({e})") from None
-            xs.append(arr.reshape(h, w, c))
+            xs.append(str(p) if listing else read_image(p, shape, resize))
             ys.append(label)
     if not xs:
         raise DataError(f"{d}: the dataset is empty")
+    if listing:
+        return _Raw(np.asarray(xs, dtype=object), np.asarray(ys, dtype=np.int64), str(d))
     x = np.stack(xs).transpose(0, 3, 1, 2)
     return _Raw(np.ascontiguousarray(x), np.asarray(ys, dtype=np.int64), str(d))
+
+
+def read_image(p: str | Path, shape: tuple[int, int, int], resize: bool) -> np.ndarray:
+    """One image file as uint8 ``(H, W, C)`` of the spec's shape. Raises DataError."""
+    from PIL import Image, UnidentifiedImageError
+
+    c, h, w = shape
+    try:
+        with Image.open(p) as im:  # reads the header only
+            if im.size != (w, h) and not resize:  # before the pixels are decoded
+                raise DataError(
+                    f"{p}: image is {im.size[0]}×{im.size[1]} (width×height) but the "
+                    f"spec's input.shape needs {w}×{h} (dataset resize: true "
+                    "resizes them)"
+                )
+            im.load()
+            im = im.convert(_PIL_MODES[c])
+            if im.size != (w, h):
+                # Pillow's bilinear widens its filter when shrinking: antialiased.
+                im = im.resize((w, h), Image.Resampling.BILINEAR)
+            arr = np.asarray(im)
+    except DataError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{p}: image is too large to read ({e})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise DataError(f"{p}: not a readable image ({e})") from None
+    return arr.reshape(h, w, c)

@@ -22,6 +22,7 @@ also come from the command line (``apply_overrides``).
       tensorboard: false           # true: event files in <run>/tensorboard (needs tensorboard)
       precision: "32"              # 32, bf16 or fp16: autocast (fp16 with a GradScaler)
       scheduler: {type: cosine, warmup_epochs: 1, min_lr: 0.0}   # or step (step_size, gamma)
+      workers: null                # image folders: stream from disk with N reader processes
 
 Datasets (``format``; left out, it is detected from ``path``):
 
@@ -271,6 +272,9 @@ class TrainSpec(BaseModel):
     tensorboard: bool = False
     precision: Literal["32", "bf16", "fp16"] = "32"
     scheduler: SchedulerSpec | None = None
+    # Image folders only: read from disk while training by this many worker processes
+    # (0: by the training process). Left out, the images are held in memory.
+    workers: NonNegativeInt | None = None
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -320,6 +324,7 @@ def apply_overrides(
     deterministic: bool | None = None,
     tensorboard: bool | None = None,
     precision: str | None = None,
+    workers: int | None = None,
 ) -> TrainSpec:
     """A new, validated TrainSpec: ``spec`` (or the defaults) with each non-None flag applied.
 
@@ -354,6 +359,7 @@ def apply_overrides(
         ("deterministic", deterministic),
         ("tensorboard", tensorboard),
         ("precision", precision),
+        ("workers", workers),
     ):
         if value is not None:
             base[key] = value

@@ -204,3 +204,47 @@ def test_precision_bf16_trains_and_top5_is_reported(tmp_path):
     fp16, _ = tt.run(tt.LectureCNN(), tt.spec(epochs=1, precision="fp16"), tmp_path / "h")
     ckpt = torch.load(tmp_path / "h" / "checkpoint.pt", weights_only=True)
     assert ckpt["scaler"] is not None and fp16.history[-1].test_loss > 0
+
+
+def _digit_folder(root: Path, per_class: int = 12) -> Path:
+    """An image folder of real digits: per_class PNGs of each class of mnist-5k."""
+    from PIL import Image
+
+    from shapecheck.data import load_split
+    from shapecheck.trainspec import DatasetSpec
+
+    x, y, _ = load_split(DatasetSpec(path=str(MNIST_5K)), input_shape=(1, 28, 28),
+                         num_classes=10, mean=[0.0], std=[1.0], split="test")
+    for c in range(10):
+        d = root / f"digit{c}"
+        d.mkdir(parents=True)
+        for k, i in enumerate((y == c).nonzero().flatten()[:per_class].tolist()):
+            Image.fromarray((x[i, 0] * 255).round().byte().numpy()).save(d / f"{k}.png")
+    return root
+
+
+@needs_mnist
+def test_an_image_folder_streams_with_workers_as_it_trains_in_memory(tmp_path):
+    import test_train as tt
+
+    folder = _digit_folder(tmp_path / "digits")
+    dataset = {"path": str(folder), "test_fraction": 0.25, "val_fraction": 0.2,
+               "mean": 0.13, "std": 0.3}
+    s = tt.spec(epochs=2, batch_size=16, dataset=dataset)
+    memory, _ = tt.run(tt.LectureCNN(), s, tmp_path / "memory")
+    streamed, lines = tt.run(tt.LectureCNN(), s.model_copy(update={"workers": 2}),
+                             tmp_path / "streamed")
+    assert "(streamed)" in next(x for x in lines if x.startswith("training "))
+    # The same batches in the same order, read by two worker processes: the same weights.
+    assert tt.states_equal(weights(tmp_path / "memory"), weights(tmp_path / "streamed"))
+    assert [m.val_acc for m in memory.history] == [m.val_acc for m in streamed.history]
+    assert streamed.history[-1].test_top5 is not None
+
+
+def test_streaming_is_for_image_folders(tmp_path):
+    import test_train as tt
+
+    from shapecheck.data import DataError
+
+    with pytest.raises(DataError, match="streaming .* reads image folders"):
+        tt.run(tt.LectureCNN(), tt.spec(workers=1), tmp_path / "r")

@@ -45,7 +45,7 @@ EXIT_INTERRUPTED = 130
 
 TRAIN_FLAGS = ["--data", "--data-format", "--loss", "--optimizer", "--lr", "--momentum",
                "--weight-decay", "--epochs", "--batch-size", "--seed", "--device", "--out",
-               "--val-fraction", "--patience", "--precision", "--threads", "--nproc",
+               "--val-fraction", "--patience", "--precision", "--threads", "--workers", "--nproc",
                "--master-port", "--backend"]
 TRAIN_SWITCHES = ["--drop-last", "--deterministic", "--tensorboard", "--compile"]
 # Bytes per parameter while training, besides the weights themselves: the gradient, plus the
@@ -133,6 +133,9 @@ def add_parser(sub) -> None:
     t.add_argument("--threads", type=_int(1), metavar="N",
                    help="torch's intra-op threads (default: torch's choice, one per core); "
                    "1 is often faster for small nets on a busy machine")
+    t.add_argument("--workers", type=_int(0), metavar="N",
+                   help="image folders: read the images from disk while training, by N "
+                   "processes (0: by the training process), instead of holding them in memory")
     t.add_argument("--compile", action="store_true", default=None,
                    help="run the module through torch.compile (helps large models on GPUs; "
                    "costs compile time)")
@@ -304,7 +307,7 @@ def _train_spec(spec_train: TrainSpec | None, args: argparse.Namespace) -> Train
             seed=args.seed, device=args.device, output=None, val_fraction=args.val_fraction,
             patience=args.patience, drop_last=args.drop_last,
             deterministic=args.deterministic, tensorboard=args.tensorboard,
-            precision=args.precision)
+            precision=args.precision, workers=args.workers)
     except ValidationError as e:
         problems = []
         for err in e.errors():

@@ -3,13 +3,15 @@ kept in the run."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from shapecheck.data import resolve_path
+from shapecheck.data import list_folder, read_image, resolve_path
 from shapecheck.trainspec import DatasetSpec, TrainSpec
 
 from .base import TrainError, _rng_state, _set_rng_state
@@ -116,3 +118,117 @@ def _absolute_dataset(ds: DatasetSpec, base_dir: Path) -> dict[str, Any]:
     return d
 
 
+
+
+# ---------------------------------------------------------------- streaming image folders
+
+
+class FolderImages(torch.utils.data.Dataset):
+    """Image files read when asked for: float32 ``(C, H, W)``, normalised, and the label.
+
+    Memory holds the paths, never the images, so it does not grow with the dataset."""
+
+    def __init__(self, files: list[str], labels: np.ndarray, shape: tuple[int, int, int],
+                 resize: bool, mean: list[float] | None, std: list[float] | None) -> None:
+        self.files, self.labels = files, torch.from_numpy(labels)
+        self.shape, self.resize = shape, resize
+        c = shape[0]
+        self.mean = torch.tensor(mean if mean is not None else [0.0] * c).view(c, 1, 1)
+        self.std = torch.tensor(std if std is not None else [1.0] * c).view(c, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        arr = read_image(self.files[i], self.shape, self.resize)
+        # A copy: PIL's buffer is read-only, and torch wants to own what it wraps.
+        x = torch.from_numpy(np.array(arr.transpose(2, 0, 1))).float().div_(255)
+        return x.sub_(self.mean).div_(self.std), self.labels[i]
+
+
+class LazyImages:
+    """Stands where the loop keeps an in-memory split: ``shape[0]`` and slices (read now,
+    in this process) for the batch checks and for scoring."""
+
+    def __init__(self, ds: FolderImages, device: torch.device | None = None) -> None:
+        self.ds, self.device = ds, device
+        self.shape = (len(ds), *ds.shape)
+
+    def to(self, device: torch.device) -> LazyImages:
+        return LazyImages(self.ds, device)
+
+    def __getitem__(self, key: slice) -> torch.Tensor:
+        x = torch.stack([self.ds[i][0] for i in range(len(self.ds))[key]])
+        return x.to(self.device) if self.device is not None else x
+
+
+@dataclass
+class StreamedData:
+    """The loop's view of a streamed image folder: as ``shapecheck.data.Dataset``."""
+
+    x_train: LazyImages
+    y_train: torch.Tensor
+    x_test: LazyImages
+    y_test: torch.Tensor
+    x_val: LazyImages | None
+    y_val: torch.Tensor | None
+    mean: list[float]
+    std: list[float]
+    classes: list[str]
+    source: str
+    notes: list[str]
+    train_set: FolderImages
+
+    @property
+    def num_val(self) -> int:
+        return 0 if self.x_val is None else self.x_val.shape[0]
+
+    @property
+    def num_test(self) -> int:
+        return self.x_test.shape[0]
+
+
+def stream_folder(spec: DatasetSpec, *, input_shape: tuple[int, int, int], num_classes: int,
+                  base_dir: Path, workers: int) -> StreamedData:
+    """An image folder as datasets that read from disk. Without mean/std in the entry, one
+    pass over the training images (by ``workers`` processes) measures them."""
+    lists = list_folder(spec, input_shape=input_shape, num_classes=num_classes,
+                        base_dir=base_dir)
+    shape = tuple(input_shape)
+    mean, std = lists.mean, lists.std
+    if mean is None or std is None:
+        mean, std = _measure(FolderImages(*lists.train, shape, spec.resize, None, None), workers)
+
+    def make(pair: tuple[list[str], np.ndarray]) -> FolderImages:
+        return FolderImages(pair[0], pair[1], shape, spec.resize, mean, std)
+
+    train, test = make(lists.train), make(lists.test)
+    val = make(lists.val) if lists.val is not None else None
+    return StreamedData(
+        x_train=LazyImages(train), y_train=train.labels, x_test=LazyImages(test),
+        y_test=test.labels, x_val=LazyImages(val) if val is not None else None,
+        y_val=val.labels if val is not None else None, mean=mean, std=std,
+        classes=lists.classes, source=lists.source, notes=lists.notes, train_set=train)
+
+
+def _measure(ds: FolderImages, workers: int) -> tuple[list[float], list[float]]:
+    # Sums in float64 over batches: memory stays one batch, whatever the dataset's size.
+    loader = torch.utils.data.DataLoader(ds, batch_size=256, num_workers=workers)
+    c = ds.shape[0]
+    total, sq, n = torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64), 0
+    for x, _ in loader:
+        x = x.double()
+        total += x.sum(dim=(0, 2, 3))
+        sq += (x ** 2).sum(dim=(0, 2, 3))
+        n += x.shape[0] * x.shape[2] * x.shape[3]
+    mean = total / n
+    std = ((sq / n - mean ** 2).clamp(min=0) * n / max(n - 1, 1)).sqrt()
+    std = torch.where(std > 1e-12, std, torch.ones_like(std))
+    return [float(v) for v in mean], [float(v) for v in std]
+
+
+def epoch_loader(ds: FolderImages, batches: list[list[int]], workers: int,
+                 pin: bool) -> torch.utils.data.DataLoader:
+    """The epoch's batches, in the loop's order, read by ``workers`` processes ahead of it."""
+    return torch.utils.data.DataLoader(ds, batch_sampler=batches, num_workers=workers,
+                                       pin_memory=pin, persistent_workers=False)

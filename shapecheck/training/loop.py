@@ -38,7 +38,15 @@ from .base import (
     default_loss,
     select_device,
 )
-from .data import _absolute_dataset, _check_batches, _check_output, _class_weights, _epoch_seed
+from .data import (
+    _absolute_dataset,
+    _check_batches,
+    _check_output,
+    _class_weights,
+    _epoch_seed,
+    epoch_loader,
+    stream_folder,
+)
 from .distributed import World, backend_for, setup, teardown, world_from_env
 from .runfolder import (
     BEST_FILE,
@@ -437,9 +445,15 @@ def _train(
     param_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
     copies = 2 + (2 if spec.optimizer.type != "sgd" else int(bool(
         spec.optimizer.effective_momentum)))
-    data = load_dataset(spec.dataset, input_shape=input_shape, num_classes=num_classes,
-                        base_dir=base_dir, extra_bytes=param_bytes * copies,
-                        extra_what="the weights, gradients and optimizer state")
+    streamed = spec.workers is not None
+    data: Any
+    if streamed:
+        data = stream_folder(spec.dataset, input_shape=input_shape, num_classes=num_classes,
+                             base_dir=base_dir, workers=int(spec.workers or 0))
+    else:
+        data = load_dataset(spec.dataset, input_shape=input_shape, num_classes=num_classes,
+                            base_dir=base_dir, extra_bytes=param_bytes * copies,
+                            extra_what="the weights, gradients and optimizer state")
     for note in data.notes:
         log(f"note: {note}")
     if data.source == "synthetic":
@@ -671,7 +685,16 @@ def _train(
                 else:
                     run = _Running()
                 perm = torch.randperm(n, generator=torch.Generator().manual_seed(
-                    _epoch_seed(spec.seed, epoch))).to(device)
+                    _epoch_seed(spec.seed, epoch)))
+                batches: Any = None
+                if streamed:
+                    # The same batches as the in-memory path, read ahead by the workers.
+                    batches = iter(epoch_loader(data.train_set, [
+                        perm[s * bs:(s + 1) * bs][world.rank::world.size].tolist()
+                        for s in range(first, steps)], int(spec.workers or 0),
+                        device.type == "cuda"))
+                else:
+                    perm = perm.to(device)
                 module.train()
                 next_check = first + CHECK_EVERY
                 next_draw = t_epoch + PROGRESS_INTERVAL_S
@@ -684,7 +707,12 @@ def _train(
                         idx = idx[world.rank::world.size]
                     # Advanced indexing, not index_select: the latter opens a parallel
                     # region per call, which costs dearly when other processes hold the cores.
-                    xb, yb = x_train[idx], y_train[idx]
+                    if batches is not None:
+                        xb, yb = next(batches)
+                        xb = xb.to(device, non_blocking=True)
+                        yb = yb.to(device, non_blocking=True)
+                    else:
+                        xb, yb = x_train[idx], y_train[idx]
                     if schedule is not None:
                         lr = schedule.lr_at(epoch * steps + step, steps, spec.epochs,
                                             spec.optimizer.effective_lr)
