@@ -21,6 +21,11 @@ and each ratio is the median of the per-round ratios):
 4. train: samples/s of ``shapecheck.training.train`` on ``build_module(specs/lecture_cnn.yaml)``
    against a hand-written loop on the same tensors, batch size, optimizer, initial weights and
    data order, in this process; epochs alternate (train() resuming its run).
+5. stream and 6. ddp: image folders held in memory against streamed from disk, and DDP with
+   1 against 2 processes on the CPU (benchmarks/scaling.py).
+7. ``--gpu``: instead of the sections, the GPU script (benchmarks/gpu.py): the lecture net
+   and ResNet-18 on synthetic 3×224×224 data, fp32 against bf16, shapecheck against a
+   hand-written loop, on one CUDA device.
 
 Wall-clock time is the headline; CPU time (user + system, of the child process) is shown
 beside it, as it is the steadier figure on a busy machine. The machine, the versions and the
@@ -59,7 +64,7 @@ from benchmarks import specgen
 from benchmarks.nets import SPECS
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("plan", "scale", "check", "train")
+SECTIONS = ("plan", "scale", "check", "train", "stream", "ddp")
 NETS = tuple(SPECS)
 
 # The targets the results are reported against.
@@ -656,7 +661,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="profile one run (lecture net plan, 10,000-layer plan, check of "
                         "1,000 specs) instead of timing")
     parser.add_argument("--top", type=int, default=25, help="rows of a profile (default 25)")
+    parser.add_argument("--gpu", action="store_true",
+                        help="run the GPU script (benchmarks/gpu.py) instead: needs CUDA")
     args = parser.parse_args(argv)
+    if args.gpu:
+        from benchmarks import gpu
+
+        return gpu.main(markdown=args.markdown, quick=args.quick)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(only) - set(SECTIONS))
     if unknown:
@@ -666,8 +677,11 @@ def main(argv: list[str] | None = None) -> int:
     if repeat < 1 or epochs < 1 or (args.threads is not None and args.threads < 1):
         parser.error("--repeat, --epochs and --threads must be at least 1")
 
+    from benchmarks.scaling import bench_ddp, bench_stream
+
     benches: dict[str, Callable[[Context], Table]] = {
-        "plan": bench_plan, "scale": bench_scale, "check": bench_check, "train": bench_train}
+        "plan": bench_plan, "scale": bench_scale, "check": bench_check, "train": bench_train,
+        "stream": bench_stream, "ddp": bench_ddp}
     with tempfile.TemporaryDirectory(prefix="shapecheck-bench-") as tmp:
         try:
             if args.profile:
