@@ -23,6 +23,7 @@ also come from the command line (``apply_overrides``).
       precision: "32"              # 32, bf16 or fp16: autocast (fp16 with a GradScaler)
       scheduler: {type: cosine, warmup_epochs: 1, min_lr: 0.0}   # or step (step_size, gamma)
       workers: null                # image folders: stream from disk with N reader processes
+      augment: {crop_padding: 4, flip: true}   # random crops and mirror images while training
 
 Datasets (``format``; left out, it is detected from ``path``):
 
@@ -72,6 +73,7 @@ from pydantic import (
 )
 
 __all__ = [
+    "AugmentSpec",
     "DatasetFormat",
     "DatasetSpec",
     "LossName",
@@ -250,6 +252,19 @@ class SchedulerSpec(BaseModel):
         return lr
 
 
+class AugmentSpec(BaseModel):
+    """Random changes to each training batch, drawn from (seed, epoch, step, rank).
+
+    ``crop_padding`` pads each image by that many pixels (with 0 after normalisation: the
+    mean) and crops a random window of the original size; ``flip`` mirrors half the images
+    left to right. Test and validation images are never changed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    crop_padding: NonNegativeInt = 0
+    flip: bool = False
+
+
 class TrainSpec(BaseModel):
     """The ``train:`` section. ``loss`` left out is chosen from the last layer."""
 
@@ -275,6 +290,7 @@ class TrainSpec(BaseModel):
     # Image folders only: read from disk while training by this many worker processes
     # (0: by the training process). Left out, the images are held in memory.
     workers: NonNegativeInt | None = None
+    augment: AugmentSpec | None = None
 
     @field_validator("precision", mode="before")
     @classmethod

@@ -178,10 +178,26 @@ def test_schedules_shape_the_rate():
         TrainSpec.model_validate({"scheduler": {"type": "exponential"}})
 
 
+def test_augment_flips_and_crops_as_drawn_from_the_seed():
+    from shapecheck.training.data import augment
+    from shapecheck.trainspec import AugmentSpec
+
+    x = torch.arange(2 * 1 * 3 * 4, dtype=torch.float32).view(2, 1, 3, 4) + 1
+    flipped = augment(x, AugmentSpec(flip=True), seed=5)
+    for a, b in zip(x, flipped):
+        assert torch.equal(b, a) or torch.equal(b, a.flip(2))
+    assert torch.equal(flipped, augment(x, AugmentSpec(flip=True), seed=5))
+    cropped = augment(x, AugmentSpec(crop_padding=1), seed=7)
+    assert cropped.shape == x.shape
+    for a, b in zip(x, cropped):  # a shifted window: what is left of the image, or padding
+        assert set(b.unique().tolist()) <= set(a.unique().tolist()) | {0.0}
+
+
 def test_a_schedule_resumes_exactly_and_reaches_metrics_csv(tmp_path):
     import test_train as tt
 
-    s = tt.spec(epochs=2, scheduler={"type": "cosine", "warmup_epochs": 0.5})
+    s = tt.spec(epochs=2, scheduler={"type": "cosine", "warmup_epochs": 0.5},
+                augment={"crop_padding": 2, "flip": True})
     whole, _ = tt.run(tt.LectureCNN(), s, tmp_path / "whole")
     with pytest.raises(KeyboardInterrupt):
         tt.run(tt._CtrlCAt(8 + 3), s, tmp_path / "cut")  # 8 steps an epoch

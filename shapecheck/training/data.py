@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from shapecheck.data import list_folder, read_image, resolve_path
-from shapecheck.trainspec import DatasetSpec, TrainSpec
+from shapecheck.trainspec import AugmentSpec, DatasetSpec, TrainSpec
 
 from .base import TrainError, _rng_state, _set_rng_state
 
@@ -232,3 +232,24 @@ def epoch_loader(ds: FolderImages, batches: list[list[int]], workers: int,
     """The epoch's batches, in the loop's order, read by ``workers`` processes ahead of it."""
     return torch.utils.data.DataLoader(ds, batch_sampler=batches, num_workers=workers,
                                        pin_memory=pin, persistent_workers=False)
+
+
+def augment(xb: torch.Tensor, spec: AugmentSpec, seed: int) -> torch.Tensor:
+    """``xb`` flipped and cropped as ``spec`` says, the draws made from ``seed`` alone (on
+    the CPU, whatever the device), so a resumed run draws the same."""
+    g = torch.Generator().manual_seed(seed)
+    b, _, h, w = xb.shape
+    if spec.flip:
+        flip = (torch.rand(b, generator=g) < 0.5).to(xb.device).view(b, 1, 1, 1)
+        xb = torch.where(flip, xb.flip(3), xb)
+    p = spec.crop_padding
+    if p:
+        padded = torch.nn.functional.pad(xb, (p, p, p, p))
+        dy = torch.randint(0, 2 * p + 1, (b, 1), generator=g)
+        dx = torch.randint(0, 2 * p + 1, (b, 1), generator=g)
+        rows = (dy + torch.arange(h)).to(xb.device)[:, :, None]
+        cols = (dx + torch.arange(w)).to(xb.device)[:, None, :]
+        batch = torch.arange(b, device=xb.device)[:, None, None]
+        # One gather for the whole batch: (b, h, w, c) back to (b, c, h, w).
+        xb = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
+    return xb

@@ -44,6 +44,7 @@ from .data import (
     _check_output,
     _class_weights,
     _epoch_seed,
+    augment,
     epoch_loader,
     stream_folder,
 )
@@ -713,6 +714,10 @@ def _train(
                         yb = yb.to(device, non_blocking=True)
                     else:
                         xb, yb = x_train[idx], y_train[idx]
+                    if spec.augment is not None:
+                        # Seeds far above any epoch's: draws of their own.
+                        xb = augment(xb, spec.augment, _epoch_seed(spec.seed, 2**40 + (
+                            epoch * steps + step) * world.size + world.rank))
                     if schedule is not None:
                         lr = schedule.lr_at(epoch * steps + step, steps, spec.epochs,
                                             spec.optimizer.effective_lr)
