@@ -858,6 +858,10 @@ def _train(
             first_line = text.splitlines()[0] if text else type(e).__name__
             raise TrainError(f"another process of the run stopped ({first_line[:160]}); "
                              f"{last_good()}") from None
+        if compile and "_dynamo" in type(e).__module__ + "".join(
+                c.__module__ for c in type(e).__mro__):
+            raise TrainError(f"torch.compile failed on this model ({text.splitlines()[0][:200]})"
+                             f"; train without --compile. {_capital(last_good())}") from None
         if "deterministic" in text:
             raise TrainError(f"an operation of this model has no deterministic implementation "
                              f"on {device.type}: {text.splitlines()[0]}. Train without "
