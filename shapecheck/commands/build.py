@@ -205,7 +205,8 @@ def run(args: argparse.Namespace) -> int:
         print_diagnostics(e.diagnostics)
         return EXIT_INVALID
     p = make_plan(spec, batch=args.batch, input_shape=args.input)
-    print_diagnostics(p.diagnostics)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 shows them for all
+        print_diagnostics(p.diagnostics)
     if not p.valid:
         return EXIT_INVALID
 
@@ -399,10 +400,10 @@ def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
     out_dir = _run_folder(p, train_spec, spec_path, args)
     if isinstance(out_dir, str):
         return _fail(out_dir)
-    if isinstance(p.batch, int) and p.batch != train_spec.batch_size:
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks for the run
+    if main and isinstance(p.batch, int) and p.batch != train_spec.batch_size:
         _note(f"input.batch is {p.batch} but training uses train.batch_size "
               f"{train_spec.batch_size} (input.batch only sizes the plan)")
-    main = os.environ.get("RANK", "0") == "0"
     module = instantiate(p, generated, check=False)  # checked on the meta device above
     if train_spec.loss is None:  # the plan's rule, the one its lints use
         train_spec = train_spec.model_copy(update={"loss": p.default_loss})
