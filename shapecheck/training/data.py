@@ -126,7 +126,7 @@ def _absolute_dataset(ds: DatasetSpec, base_dir: Path) -> dict[str, Any]:
 class FolderImages(torch.utils.data.Dataset):
     """Image files read when asked for: float32 ``(C, H, W)``, normalised, and the label.
 
-    Memory holds the paths, never the images, so it does not grow with the dataset."""
+    Memory holds the paths, never the images."""
 
     def __init__(self, files: list[str], labels: np.ndarray, shape: tuple[int, int, int],
                  resize: bool, mean: list[float] | None, std: list[float] | None) -> None:
