@@ -567,6 +567,6 @@ def test_tensorboard_asked_for_without_the_package_stops_before_training(tmp_pat
 
     if importlib.util.find_spec("tensorboard") is not None:
         pytest.skip("tensorboard is installed here")
-    with pytest.raises(TrainError, match=r"pip install 'shapecheck\[tensorboard\]'"):
+    with pytest.raises(TrainError, match=r"pip install 'shapecheck-cnn\[tensorboard\]'"):
         run(LectureCNN(), spec(tensorboard=True), tmp_path / "run")
     assert not (tmp_path / "run").exists()
