@@ -92,7 +92,30 @@ def _pad_limit(mode: str, size: int) -> int | None:
     return {"reflect": size - 1, "circular": size}.get(mode)
 
 
-class Conv2d(LayerSpec):
+class _Channels:
+    """What conv2d and convtranspose2d share about channels: the declared in_channels, groups
+    that must divide both sides, and a bias that a following norm would cancel."""
+
+    def bias_before_norm(self) -> bool:
+        return self.bias
+
+    def declared_input(self, x: Dims) -> Dims | None:
+        if self.in_channels is None or len(x) != 4:
+            return None
+        return (x[0], self.in_channels, *x[2:])
+
+    def check_channels(self, c_in: int) -> None:
+        if self.in_channels is not None and self.in_channels != c_in:
+            raise ShapeError("SC203", f"in_channels is {self.in_channels}, but {c_in} channels "
+                             "arrive", f"set in_channels: {c_in}, or leave it out to infer it")
+        c_out, g = self.out_channels, self.groups
+        if c_in % g or c_out % g:
+            raise ShapeError(
+                "SC206", f"groups={g} must divide in_channels ({c_in}) and out_channels ({c_out})",
+                groups_hint(c_in, c_out))
+
+
+class Conv2d(_Channels, LayerSpec):
     type: Literal["conv2d"]
     in_channels: PosInt | None = None
     out_channels: PosInt
@@ -109,13 +132,6 @@ class Conv2d(LayerSpec):
     family = "conv"
     name_prefix = "conv"
 
-    def bias_before_norm(self) -> bool:
-        return self.bias
-
-    def declared_input(self, x: Dims) -> Dims | None:
-        if self.in_channels is None or len(x) != 4:
-            return None
-        return (x[0], self.in_channels, *x[2:])
 
     def pads(self) -> tuple[tuple[int, int], tuple[int, int]]:
         """((top, bottom), (left, right)) padding."""
@@ -148,19 +164,8 @@ class Conv2d(LayerSpec):
     def infer(self, x: Dims, ctx: Context) -> Inferred:
         need_rank(x, (4,), "conv2d")
         _, c_in, h, w = x
-        if self.in_channels is not None and self.in_channels != c_in:
-            raise ShapeError(
-                "SC203",
-                f"in_channels is {self.in_channels}, but {c_in} channels arrive",
-                f"set in_channels: {c_in}, or leave it out to infer it",
-            )
+        self.check_channels(c_in)
         c_out, g = self.out_channels, self.groups
-        if c_in % g or c_out % g:
-            raise ShapeError(
-                "SC206",
-                f"groups={g} must divide in_channels ({c_in}) and out_channels ({c_out})",
-                groups_hint(c_in, c_out),
-            )
         kernel, stride, dil = pair(self.kernel_size), pair(self.stride), pair(self.dilation)
         if self.padding == "same" and stride != (1, 1):
             k, s, d = kernel[0], stride[0], dil[0]
@@ -231,7 +236,7 @@ class Conv2d(LayerSpec):
         )
 
 
-class ConvTranspose2d(LayerSpec):
+class ConvTranspose2d(_Channels, LayerSpec):
     """The transposed convolution (a learnable upsampling): each input pixel spreads a
     kernel-sized patch over the output, ``stride`` pixels apart."""
 
@@ -251,13 +256,6 @@ class ConvTranspose2d(LayerSpec):
     family = "conv"
     name_prefix = "deconv"
 
-    def bias_before_norm(self) -> bool:
-        return self.bias
-
-    def declared_input(self, x: Dims) -> Dims | None:
-        if self.in_channels is None or len(x) != 4:
-            return None
-        return (x[0], self.in_channels, *x[2:])
 
     def axis_map(self, x: Dims, dim: int):
         i = spatial(x, dim) if len(x) == 4 else None
@@ -278,14 +276,8 @@ class ConvTranspose2d(LayerSpec):
     def infer(self, x: Dims, ctx: Context) -> Inferred:
         need_rank(x, (4,), "convtranspose2d")
         _, c_in, h, w = x
-        if self.in_channels is not None and self.in_channels != c_in:
-            raise ShapeError("SC203", f"in_channels is {self.in_channels}, but {c_in} channels "
-                             "arrive", f"set in_channels: {c_in}, or leave it out to infer it")
+        self.check_channels(c_in)
         c_out, g = self.out_channels, self.groups
-        if c_in % g or c_out % g:
-            raise ShapeError(
-                "SC206", f"groups={g} must divide in_channels ({c_in}) and out_channels ({c_out})",
-                groups_hint(c_in, c_out))
         kernel, stride, dil = pair(self.kernel_size), pair(self.stride), pair(self.dilation)
         pad, out_pad = pair(self.padding), pair(self.output_padding)
         out_hw, explain = [], []
