@@ -44,7 +44,7 @@ class Field:
 
     size: int
     jump: int
-    start: Fraction
+    start: Fraction | int  # an int unless a window of even span made it a half
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def receptive_fields(plan: Plan) -> None:
     row of a plan. Rows that were not planned keep None."""
     if plan.input_dims is None or len(plan.input_dims) != 4:
         return
-    start = Field(1, 1, Fraction(0))
+    start = Field(1, 1, 0)  # starts stay ints until a window of even span halves them
     _walk(plan.layers, [_Axis(start, 2), _Axis(start, 3)])
 
 
@@ -100,12 +100,13 @@ def _step(row: LayerPlan, axis: _Axis) -> tuple[_Axis, str | None]:
         span = effective(m.kernel, m.dilation) - 1
         size = f.size + span * f.jump
         jump = f.jump * m.stride
-        start = f.start + (Fraction(span, 2) - m.before) * f.jump
         if (m.kernel, m.stride, m.before) == (1, 1, 0):
             return _Axis(f, dim), None
+        half = span // 2 if span % 2 == 0 else Fraction(span, 2)
+        start = f.start + (half - m.before) * f.jump
         k = f"({m.kernel} − 1)" if m.dilation == 1 else f"{m.dilation}·({m.kernel} − 1)"
         line = (f"rf = {f.size} + {k} · {f.jump} = {size}, jump = {f.jump} · {m.stride} = {jump}, "
-                f"start = {_num(f.start)} + ({_num(Fraction(span, 2))} − {m.before}) · {f.jump} "
+                f"start = {_num(f.start)} + ({_num(half)} − {m.before}) · {f.jump} "
                 f"= {_num(start)}")
         return _Axis(Field(size, jump, start), dim), line
     if isinstance(m, (Scale, Transposed)):
@@ -164,8 +165,9 @@ def _merge(fields: list[AxisField], names: list[str]) -> tuple[AxisField, str | 
 
 
 def _num(x: Fraction | int) -> str:
-    x = Fraction(x)
-    return str(x.numerator) if x.denominator == 1 else f"{float(x):g}"
+    if isinstance(x, int) or x.denominator == 1:
+        return str(int(x))
+    return f"{float(x):g}"
 
 
 def field_json(f: AxisField | None) -> tuple:
