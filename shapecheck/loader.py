@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from .atomic import FileTooLargeError, NotRegularFileError, read_bounded
 from .diagnostics import Diagnostic, InputError
-from .layers import BLOCKS, KINDS, Origin, normalize_type, parse_layers
+from .layers import BLOCKS, KINDS, Origin, block_of, kind_of, normalize_type, parse_layers
 from .spec import InputSpec, LayerErrors, Spec, default_name, yaml_loc
 
 MAX_BYTES = 4 * 1024 * 1024  # a spec is a few KB; a 10,000-layer spec is about 0.5 MB
@@ -278,16 +278,10 @@ def _count_layers(items: list) -> int:
         for item in stack.pop():
             count += 1
             if isinstance(item, dict):
-                block = _block_of(item)
+                block = block_of(item)
                 if block is not None:
                     stack += [branch for _, branch in block.raw_branches(item)]
     return count
-
-
-def _block_of(item: dict):
-    """The Block class of a raw entry, or None."""
-    kind = KINDS.get(normalize_type(item["type"])) if isinstance(item.get("type"), str) else None
-    return kind if kind is not None and kind.is_block else None
 
 
 def load_spec(source: str | os.PathLike, scale: str | None = None) -> Spec:
@@ -523,11 +517,9 @@ def _fields_at(loc: tuple, data) -> list[str]:
     """The field names allowed in the mapping at a YAML location (for 'did you mean')."""
     if loc in ((), ("input",)):
         return list((InputSpec if loc else Spec).model_fields)
-    node = _get(data, loc)
-    if isinstance(node, dict) and isinstance(node.get("type"), str):
-        kind = KINDS.get(normalize_type(node["type"]))
-        if kind is not None:
-            return [f.alias or k for k, f in kind.model_fields.items()]
+    kind = kind_of(_get(data, loc))
+    if kind is not None:
+        return [f.alias or k for k, f in kind.model_fields.items()]
     if loc[:1] == ("train",):
         from . import trainspec
 

@@ -258,15 +258,18 @@ class _Planner:
         return (f"this stack needs an input of at least {need[0]}×{need[1]} (this one is {h}×{w}); "
                 "or use smaller kernels/strides, or add padding")
 
-    def _valid_at(self, h: int, w: int) -> bool:
+    def _trial(self, h: int, w: int) -> _Failure | None:
+        """The first failure at an input of h×w, or None."""
         trial = _Planner(self.spec, 1, (self.input[0], h, w), hints=False)
         trial._plan_list(self.spec.layers, (1, self.input[0], h, w), (), Context())
-        return trial.failure is None
+        return trial.failure
+
+    def _valid_at(self, h: int, w: int) -> bool:
+        return self._trial(h, w) is None
 
     def _fits(self, h: int, w: int) -> bool:
-        trial = _Planner(self.spec, 1, (self.input[0], h, w), hints=False)
-        trial._plan_list(self.spec.layers, (1, self.input[0], h, w), (), Context())
-        return trial.failure is None or trial.failure.error.code not in _TOO_SMALL
+        failure = self._trial(h, w)
+        return failure is None or failure.error.code not in _TOO_SMALL
 
 
 def _computable(out: Dims) -> None:

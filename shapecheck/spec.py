@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
-from .layers import KINDS, LayerSpec, Origin, normalize_type, parse_layers
+from .layers import LayerSpec, Origin, block_of, parse_layers
 from .layers.base import Identifier, _identifier, _strict_int
 
 Path = tuple[int | str, ...]  # a layer's place: (3,) at top level, (3, "body", 1) in a block
@@ -140,8 +140,7 @@ def yaml_loc(path: Path, layers: list) -> tuple:
             break
         key = rest.pop(0)
         item = layers[index]
-        block = type(item) if isinstance(item, LayerSpec) else KINDS.get(
-            normalize_type(str(item.get("type", ""))) if isinstance(item, dict) else "")
+        block = type(item) if isinstance(item, LayerSpec) else block_of(item)
         branch_loc = block.branch_loc(key) if block and block.is_block else (key,)
         loc += branch_loc
         layers = item

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .expressions import ExpressionError, evaluate, is_expression, show
-from .layers import KINDS, normalize_type
+from .layers import block_of
 
 TOP_KEYS = ("templates", "scales", "default_scale")
 USE_KEYS = ("use", "name", "repeat", "first")
@@ -140,7 +140,7 @@ class _Expander:
         if not isinstance(item, dict):
             return self.value(item, env, src, chain, dst, "type")
         kind = self.value(item.get("type"), env, (*src, "type"), chain)
-        block = _block_of({"type": kind})
+        block = block_of({"type": kind})
         # A block's layer lists are expanded layer by layer below, each with its own notes.
         lists = {*block.list_fields, block.lists_field} if block is not None else set()
         item = {k: v if k in lists and isinstance(v, list) else
@@ -282,11 +282,6 @@ class _Expander:
         return args
 
 
-def _block_of(item: dict):
-    kind = KINDS.get(normalize_type(item["type"])) if isinstance(item.get("type"), str) else None
-    return kind if kind is not None and kind.is_block else None
-
-
 def _put(item: dict, suffix: tuple, value: list) -> None:
     if len(suffix) == 1:
         item[suffix[0]] = value
@@ -303,7 +298,7 @@ def _prefix_names(layer: dict, instance: str, top: bool = False) -> None:
         layer["name"] = instance
     elif isinstance(layer.get("name"), str):
         layer["name"] = f"{instance}_{layer['name']}"
-    block = _block_of(layer)
+    block = block_of(layer)
     if block is None:
         return
     for _, branch in block.raw_branches(layer):

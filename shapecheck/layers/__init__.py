@@ -69,6 +69,19 @@ def normalize_type(name: str) -> str:
     return name.lower()
 
 
+def kind_of(item: object) -> type[LayerSpec] | None:
+    """The model of a raw entry (a mapping with `type`), or None where it names no known type."""
+    if not isinstance(item, dict) or not isinstance(item.get("type"), str):
+        return None
+    return KINDS.get(normalize_type(item["type"]))
+
+
+def block_of(item: object) -> type[Block] | None:
+    """The Block class of a raw entry, or None where it is not a block."""
+    kind = kind_of(item)
+    return kind if kind is not None and kind.is_block else None
+
+
 def parse_layers(items: list, loc: tuple, origin: Callable[[tuple], Origin | None] | None = None,
                  ) -> tuple[list[LayerSpec], list[dict]]:
     """Validate raw layer entries (dicts, type names, or layer models) with the model of each
@@ -123,4 +136,4 @@ def _parse_branches(block: Block, loc: tuple, origin) -> tuple[Block, list[dict]
 
 
 __all__ = ["BLOCKS", "KINDS", "Block", "Context", "Inferred", "LayerSpec", "Origin", "ShapeError",
-           "parse_layers"]
+           "block_of", "kind_of", "parse_layers"]

@@ -14,11 +14,13 @@ def _activation(value: Any) -> str:
     """A shape-keeping activation with no required fields, by type name: relu, silu …"""
     from . import KINDS, normalize_type
 
+    def usable(kind) -> bool:
+        return kind.family == "activation" and bool(kind.torch_class) and not any(
+            f.is_required() for name, f in kind.model_fields.items() if name != "type")
+
     kind = KINDS.get(normalize_type(value)) if isinstance(value, str) else None
-    if kind is None or kind.family != "activation" or not kind.torch_class or any(
-            f.is_required() for k, f in kind.model_fields.items() if k != "type"):
-        names = [k for k, c in KINDS.items() if c.family == "activation" and c.torch_class
-                 and not any(f.is_required() for n, f in c.model_fields.items() if n != "type")]
+    if kind is None or not usable(kind):
+        names = [name for name, k in KINDS.items() if usable(k)]
         raise PydanticCustomError("activation", "must be an activation type such as relu, got "
                                   "{value} (one of: {names})",
                                   {"value": repr(value), "names": ", ".join(names)})
