@@ -261,18 +261,43 @@ class _Writer:
     def shape(self, dims) -> str:
         return shape_text(dims, self.batch)
 
+    # What templatecode asks of the module it writes into.
+    literal = staticmethod(_literal)
+
+    @staticmethod
+    def call_lines(func, args, indent, head, tail, comment) -> list[str]:
+        return _call(func, args, indent=indent, head=head, tail=tail, comment=comment)
+
+    def kind_func(self, layer) -> str:
+        """What creates a (non-block) layer: ``nn.Conv2d``, or a helper build writes."""
+        if layer.spec.helper:
+            self.uses.add(layer.spec.helper)
+            return layer.spec.helper
+        if layer.spec.torch_class in TORCH_CLASSES:
+            return f"nn.{layer.spec.torch_class}"
+        raise InternalError(f"layer {layer.name}: no torch.nn class for {layer.type}")
+
+    def written(self, layer) -> dict:
+        """The layer's entry as its template writes it (expressions unevaluated), or {}."""
+        return self.plan.templates.written.get(layer.path, {}) if self.plan.templates else {}
+
+    def attribute(self, name: str) -> str:
+        """An attribute name for a template instance, clear of nn.Module's and the layers'."""
+        base = f"layer{name}" if name.startswith("__") else name
+        if base in self.reserved:
+            base += "_"
+        new, n = base, 2
+        while new in self.attrs_used:
+            new, n = f"{base}{n}", n + 1
+        self.attrs_used.add(new)
+        return new
+
     def layer_expr(self, layer, indent: int, qualname: str, tail: str, comment: str,
                    head: str = "") -> list[str]:
         """The expression that creates one layer (a torch.nn layer or a block)."""
         self.module_names[layer.path] = qualname
         if not layer.is_block:
-            if layer.spec.helper:
-                func = layer.spec.helper
-                self.uses.add(func)
-            elif layer.spec.torch_class in TORCH_CLASSES:
-                func = f"nn.{layer.spec.torch_class}"
-            else:
-                raise InternalError(f"layer {layer.name}: no torch.nn class for {layer.type}")
+            func = self.kind_func(layer)
             args = [f"{k}={_literal(v)}" for k, v in layer.torch_kwargs.items()]
             return _call(func, args, indent=indent, head=head, tail=tail, comment=comment)
         block = layer.spec
@@ -314,10 +339,17 @@ class _Writer:
             f"{INDENT}def forward(self, x: torch.Tensor) -> torch.Tensor:",
             f"{INDENT * 2}# x: {self.shape(plan.input_dims)}",
         ]
-        for i, layer in enumerate(plan.layers):
-            attr = attrs[i]
-            init += self.layer_expr(layer, 2, attr, "", "", head=f"self.{attr} = ")
-            forward.append(f"{INDENT * 2}x = self.{attr}(x)  # {self.shape(layer.output_dims)}")
+        classes: list[str] = []
+        if plan.templates:
+            body, forward_body, classes = self.write_templated(cls, attrs)
+            init += body
+            forward += forward_body
+        else:
+            for i, layer in enumerate(plan.layers):
+                attr = attrs[i]
+                init += self.layer_expr(layer, 2, attr, "", "", head=f"self.{attr} = ")
+                forward.append(
+                    f"{INDENT * 2}x = self.{attr}(x)  # {self.shape(layer.output_dims)}")
         forward.append(f"{INDENT * 2}return x")
 
         where = f" from {comment_text(self.source_name)}" if self.source_name else ""
@@ -336,6 +368,7 @@ class _Writer:
             header,
             f'"""The spec {plan.name} as a PyTorch module, written by shapecheck {__version__}."""',
             "",
+            *(["import math", ""] if "import math" in classes else []),
             "import torch",
             "from torch import nn",
             "",
@@ -343,6 +376,7 @@ class _Writer:
         for name, block in HELPERS.items():
             if name in self.uses:
                 lines += ["", *block.helper_source.strip("\n").split("\n"), ""]
+        lines += [line for line in classes if line != "import math"]
         lines += [
             "",
             f"# {plan.params:,} parameters, {plan.macs:,} multiply-accumulates per sample.",
@@ -353,8 +387,34 @@ class _Writer:
             "",
             *forward,
         ]
-        source = "\n".join(lines) + "\n"
+        # Two blank lines between top-level definitions, as PEP 8 has it.
+        source = re.sub(r"\n{4,}", "\n\n\n", "\n".join(lines) + "\n")
         return Generated(source, cls, self.module_names, renamed)
+
+
+def _templated(self, cls: str, attrs: dict[int, str]):
+    """The main class's lines and the template classes of a templated plan (templatecode)."""
+    from .templatecode import ClassWriter, Instances, Retry
+
+    self.reserved = _module_attributes()
+    self.taken_names = {cls, *HELPERS}
+    instances = Instances(self.plan.templates)
+    while True:  # again after instances that cannot share a class are written in full
+        self.uses, self.module_names = set(), {}
+        writer = ClassWriter(self, instances)
+        try:
+            init, forward = writer.main(attrs)
+            break
+        except Retry:
+            continue
+    classes = ["import math"] if "math" in writer.needs else []
+    classes += writer.helpers_source()
+    for code in writer.order:
+        classes += ["", "", *code.source]
+    return init, forward, classes + ["", ""]
+
+
+_Writer.write_templated = _templated
 
 
 def _wrap(lines: list[str], indent: int) -> list[str]:
@@ -402,12 +462,18 @@ def _audit(source: str) -> None:
         tree = ast.parse(source)
     except SyntaxError as e:
         raise InternalError(f"the emitted source does not parse: {e}") from None
-    allowed_calls = {"super", "float", *HELPERS, *(f"nn.{c}" for c in TORCH_CLASSES)}
+    # Template classes (templatecode.py) are calls too, and the few functions their
+    # expressions use.
+    classes = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
+    allowed_calls = {"super", "float", "range", "min", "max", "round", "int", "abs",
+                     "math.ceil", "math.floor", "make_divisible", *classes, *HELPERS,
+                     *(f"nn.{c}" for c in TORCH_CLASSES)}
     for block in HELPERS.values():
         allowed_calls |= block.helper_calls
+    bases = {"nn.Module", "nn.Sequential", *HELPERS, *(f"nn.{c}" for c in TORCH_CLASSES)}
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            ok = [a.name for a in node.names] == ["torch"] and node.names[0].asname is None
+            ok = [a.name for a in node.names] in (["torch"], ["math"]) and node.names[0].asname is None
         elif isinstance(node, ast.ImportFrom):
             ok = node.module == "torch" and [(a.name, a.asname) for a in node.names] == [
                 ("nn", None)
@@ -420,9 +486,10 @@ def _audit(source: str) -> None:
                                ast.Try, ast.Raise, ast.Await, ast.Yield, ast.YieldFrom)):
             ok = False
         elif isinstance(node, ast.ClassDef):
-            ok = [ast.unparse(b) for b in node.bases] == ["nn.Module"] and not node.decorator_list
+            ok = len(node.bases) == 1 and ast.unparse(node.bases[0]) in bases and not node.decorator_list
         elif isinstance(node, ast.FunctionDef):
-            ok = node.name in ("__init__", "forward") and not node.decorator_list
+            ok = (node.name in ("__init__", "forward", "make_divisible")
+                  and not node.decorator_list)
         else:
             ok = True
         if not ok:

@@ -166,6 +166,7 @@ def _parse(text: str, source: str | None, name: str | None, scale: str | None = 
             spec._scale = expansion.scale
             spec._notes = {_layer_of(loc)[1] or (loc[1],): notes
                            for loc, notes in expansion.notes.items()}
+            spec._templates = _template_code(expansion, positions)
         spec._scales = tuple(map(str, scales)) if isinstance(scales, dict) else ()
         default = name or (default_name(Path(source).stem) if source else "net")
         try:
@@ -208,6 +209,23 @@ def _expand(data: dict, scale: str | None, positions: dict, source: str | None):
         raise SpecError([Diagnostic("error", e.code, e.message + origin.context, index,
                                     path, *origin.reported, e.hint, file=source)]) from None
     return expansion.data, Locator(positions, source, expansion.where), expansion
+
+
+def _template_code(expansion, positions: dict):
+    """The expansion's instances and written entries, located by layer path."""
+    from dataclasses import replace
+
+    from .templates import TemplateCode
+
+    def path(loc: tuple) -> tuple:
+        return _layer_of(loc)[1] or (loc[1],)
+
+    lines = {loc[1]: line for loc, (line, _) in positions.items()
+             if len(loc) == 2 and loc[0] == "templates" and isinstance(loc[1], str)}
+    return TemplateCode([replace(m, start=path(m.start)) for m in expansion.made],
+                        {path(loc): entry for loc, entry in expansion.written.items()},
+                        expansion.variables, lines, expansion.defaults, expansion.one_layer,
+                        expansion.scale)
 
 
 def _uses_templates(data: dict) -> bool:

@@ -123,6 +123,7 @@ class Plan:
     loss: str | None = None  # train.loss, for lints and training
     scale: str | None = None  # the scale the spec was expanded at, if it has scales
     scales: tuple[str, ...] = ()  # every scale the spec declares
+    templates: Any = None  # templates.TemplateCode of a templated spec: `build` writes classes
 
     @property
     def input_shape(self) -> Shape | None:

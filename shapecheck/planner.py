@@ -112,6 +112,7 @@ class _Planner:
             loss=train.loss if train else None,
             scale=self.spec.scale,
             scales=self.spec.scales,
+            templates=self.spec._templates,
         )
         receptive_fields(result)
         rows_by_path = {row.path: row for row in result.walk()}

@@ -78,6 +78,7 @@ class Spec(BaseModel):
     _scales: tuple[str, ...] = PrivateAttr(default=())  # every scale the YAML declares
     # Layer path -> the template arithmetic that made its values, for `expand --explain`.
     _notes: dict[tuple, list[str]] = PrivateAttr(default_factory=dict)
+    _templates: Any = PrivateAttr(default=None)  # templates.TemplateCode, for `build`
 
     @property
     def source(self) -> str | None:

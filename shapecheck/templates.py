@@ -55,6 +55,37 @@ class TooManyLayers(Exception):
     """The expansion passed the layer limit."""
 
 
+@dataclass(frozen=True)
+class Made:
+    """One repeat of one use of a template: what `build` needs to write it as a call of the
+    template's class."""
+
+    template: str
+    params: dict  # the template's parameters for this repeat (`first:` applied)
+    start: tuple  # the location of the first entry it made in the expanded spec
+    count: int  # how many entries it made there (1 for a one-layer template)
+    site: tuple  # the YAML location of the `use:` entry, shared by all its repeats
+    index: int  # which repeat
+    name: str | None  # the use's `name:`, if it has one
+    depth: int  # how many uses enclose it
+    written: dict  # the use's parameters as written (`first:` applied), expressions unevaluated
+    instance: str | None  # the instance's name, which its layers' names start with
+
+
+@dataclass
+class TemplateCode:
+    """What `build` needs to write each template as a class: every instance, with ``start``
+    as a layer path, and the layer entries as the templates write them (keyed by layer path)."""
+
+    made: list[Made]
+    written: dict[tuple, dict]
+    variables: dict  # the scale's variables
+    lines: dict[str, int]  # template name -> the line it is defined on
+    defaults: dict[str, dict]  # template name -> its parameters' defaults
+    one_layer: set[str]  # templates written with `type:` (one layer), not `layers:`
+    scale: str | None  # the scale expanded at
+
+
 @dataclass
 class Expansion:
     data: dict  # the spec with plain layers, without templates and scales
@@ -64,6 +95,13 @@ class Expansion:
     # New location of a layer entry -> the arithmetic that made its values, for `expand`.
     notes: dict[tuple, list[str]] = field(default_factory=dict)
     scale: str | None = None
+    variables: dict = field(default_factory=dict)  # the scale's variables
+    made: list[Made] = field(default_factory=list)  # every template instance, in order
+    defaults: dict[str, dict] = field(default_factory=dict)  # template name -> its defaults
+    one_layer: set[str] = field(default_factory=set)  # templates written with `type:`
+    # Location of an entry a template made -> the entry as the template writes it (expressions
+    # unevaluated), so that `build` can write the template's class with its parameters.
+    written: dict[tuple, dict] = field(default_factory=dict)
 
 
 def expand(data: dict, scale: str | None, limit: int) -> Expansion:
@@ -78,7 +116,8 @@ def expand(data: dict, scale: str | None, limit: int) -> Expansion:
     plain = {k: v for k, v in data.items() if k not in TOP_KEYS}
     if isinstance(layers, list):
         plain["layers"] = expander.items(layers, ("layers",), ("layers",), variables, ())
-    return Expansion(plain, expander.where, expander.notes, chosen)
+    return Expansion(plain, expander.where, expander.notes, chosen, variables, expander.made,
+                     expander.defaults, expander.one_layer, expander.written)
 
 
 def _scale(data: dict, asked: str | None) -> tuple[dict, str | None]:
@@ -119,6 +158,10 @@ class _Expander:
         self.where: dict[tuple, tuple[tuple, tuple[Site, ...]]] = {}
         self.notes: dict[tuple, list[str]] = {}
         self.instances: Counter[str] = Counter()  # automatic instance names per template
+        self.made: list[Made] = []
+        self.defaults: dict[str, dict] = {}
+        self.one_layer: set[str] = set()
+        self.written: dict[tuple, dict] = {}
 
     def items(self, items: list, src: tuple, dst: tuple, env: dict, chain: tuple,
               start: int = 0) -> list:
@@ -137,6 +180,8 @@ class _Expander:
         if self.count > self.limit:
             raise TooManyLayers
         self.where[dst] = (src, chain)
+        if chain and isinstance(item, dict):
+            self.written[dst] = item
         if not isinstance(item, dict):
             return self.value(item, env, src, chain, dst, "type")
         kind = self.value(item.get("type"), env, (*src, "type"), chain)
@@ -184,6 +229,9 @@ class _Expander:
                                 (*src, "use"), "a template cannot use itself, directly or "
                                 "through others", chain)
         defaults, body, body_loc, single = self._template(name, template, chain)
+        self.defaults[name] = defaults
+        if single:
+            self.one_layer.add(name)
         args = self._args(item, src, defaults, env, chain, index=0)
         first = item.get("first") or {}
         if not isinstance(first, dict):
@@ -224,6 +272,11 @@ class _Expander:
             else:
                 produced = self.items(body, body_loc, dst, local, (site, *chain),
                                       start=at + len(out))
+            raw = {**item, **(item.get("first") or {} if i == 0 else {})}
+            written = {k: v for k, v in raw.items() if k not in USE_KEYS}
+            self.made.append(Made(name, {k: local[k] for k in defaults}, start, len(produced),
+                                  src, i, given if isinstance(given, str) else None,
+                                  len(chain), written, instance))
             if instance is not None:
                 for layer in produced:
                     if isinstance(layer, dict):
@@ -232,7 +285,6 @@ class _Expander:
             if repeat > 1:
                 head += f", repeat {i}"
             values = {**args, **(first if i == 0 else {})}
-            raw = {**item, **(item.get("first") or {} if i == 0 else {})}
             notes = [f"{k}: " + " = ".join(dict.fromkeys(
                         [str(raw[k]).strip(), show(str(raw[k]), {**env, "index": i}), repr(v)]))
                      for k, v in values.items() if not isinstance(v, (list, dict))]
@@ -307,4 +359,4 @@ def _prefix_names(layer: dict, instance: str, top: bool = False) -> None:
                 _prefix_names(child, instance)
 
 
-__all__ = ["Expansion", "Site", "TemplateError", "TooManyLayers", "expand"]
+__all__ = ["Expansion", "Made", "Site", "TemplateCode", "TemplateError", "TooManyLayers", "expand"]

@@ -1,0 +1,747 @@
+"""Templates as classes: what `build` writes for a spec that uses templates.
+
+Each template becomes one nn.Module class with the template's parameters as constructor
+arguments (a ``layers:`` template an ``nn.Sequential``, a one-layer template a subclass of its
+layer's module), and repeats become loops, as torchvision's resnet.py is written:
+
+    self.layer1 = nn.Sequential(
+        Bottleneck(64, width=64, shortcut=Downsample(64, out=256)),
+        *(Bottleneck(256, width=64) for _ in range(2)),
+    )
+
+A class is written from the instances the plan holds, not from the template's text alone:
+each value in it is chosen so that it gives every instance's planned value. In order of
+preference a value is the template's own expression in Python (``width * 4``), the channels
+that arrive or an earlier value it equals in every instance, a parameter it equals, a literal
+where all instances agree, or else one more constructor argument. A branch whose layers differ
+between instances (a projection shortcut on a stage's first block only) becomes an argument
+that takes a module. Instances that cannot share a class are split into classes that can, or
+written in full. codegen's module check then confirms every layer against the plan.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .expressions import ExpressionError, evaluate, make_divisible
+
+INDENT = "    "
+LINE_LENGTH = 100
+MISSING = object()  # no value: a repeat that an instance does not have
+# Constructor arguments that carry the channels (or features) flowing through a class, which
+# later layers' inferred arguments may reuse.
+FLOW_KEYS = ("in_channels", "out_channels", "num_features", "num_channels", "in_features",
+             "out_features")
+FUNCTIONS = {"ceil": "math.ceil", "floor": "math.floor"}  # expression functions -> Python
+RESERVED = {"self", "nn", "torch", "math", "make_divisible", "range", "super", "min", "max",
+            "round", "int", "abs", "float", "in_channels", "in_features", "_"}
+
+
+class Unshareable(Exception):
+    """These instances cannot be written as one class."""
+
+
+class Retry(Exception):
+    """A template's instances are now written in full: write again from the top."""
+
+
+@dataclass(eq=False)
+class Layer:
+    plan: Any  # a LayerPlan
+    depth: int  # how many template instances enclose it
+
+
+@dataclass(eq=False)
+class Use:
+    made: Any  # templates.Made
+    layers: list  # the LayerPlans it made, in order
+
+    @property
+    def key(self) -> tuple:
+        return (self.made.start, self.made.depth)
+
+
+@dataclass(eq=False)
+class Run:
+    uses: list[Use]  # consecutive repeats of one use
+
+
+@dataclass
+class Arg:
+    name: str
+    vector: list  # its value in each instance
+    kind: str  # "input", "param", "extra" or "module"
+    default: Any = MISSING
+    source: str | None = None  # the template parameter it is
+
+
+@dataclass(eq=False)
+class ClassCode:
+    name: str
+    template: str
+    uses: list[Use]
+    one_layer: bool
+    args: list[Arg] = field(default_factory=list)
+    # (layer position in the instance, branch key) -> argument, for branches given as modules
+    module_branches: dict[tuple, str] = field(default_factory=dict)
+    source: list[str] = field(default_factory=list)
+
+    def value(self, use: Use, arg: Arg):
+        """The argument's value for one of the instances."""
+        if not hasattr(self, "_index"):
+            self._index = {u.key: i for i, u in enumerate(self.uses)}
+        return arg.vector[self._index[use.key]]
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a is MISSING or b is MISSING or (type(a) is bool) == (type(b) is bool) and a == b
+
+
+def _all_same(vector: list) -> bool:
+    values = [v for v in vector if v is not MISSING]
+    return all(_same(values[0], v) for v in values[1:]) if values else True
+
+
+def _first(vector: list) -> Any:
+    return next((v for v in vector if v is not MISSING), None)
+
+
+def _plain(value: Any) -> Any:
+    """A parameter's value as a constructor argument can take it (lists of numbers as
+    tuples), or None for what cannot be one (a list of layers)."""
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return tuple(value)
+    return None
+
+
+def _type(vector: list) -> str:
+    """The annotation for an argument with these values."""
+    values = [v for v in vector if v is not MISSING]
+    kinds = []
+    for v in values:
+        kind = ("bool" if isinstance(v, bool) else "int" if isinstance(v, int) else
+                "float" if isinstance(v, float) else "str" if isinstance(v, str) else
+                f"tuple[{', '.join('int' if isinstance(x, int) else 'float' for x in v)}]"
+                if isinstance(v, tuple) else "object")
+        if kind not in kinds:
+            kinds.append(kind)
+    if set(kinds) == {"int", "float"}:
+        return "float"
+    return " | ".join(kinds) or "object"
+
+
+class Instances:
+    """The template instances of a plan, as items: plain layers and runs of repeats."""
+
+    def __init__(self, code):
+        self.code = code
+        self.by_start = {(m.start, m.depth): m for m in code.made}
+        self.inline: set[tuple] = set()  # instances written in full
+
+    def items(self, layers: list, depth: int) -> list:
+        out: list = []
+        i = 0
+        while i < len(layers):
+            made = self.by_start.get((layers[i].path, depth))
+            if made is None:
+                out.append(Layer(layers[i], depth))
+                i += 1
+                continue
+            use = Use(made, layers[i:i + made.count])
+            i += made.count
+            # A one-layer template of a plain layer reads best as that layer (nn.Conv2d(...)).
+            plain = made.template in self.code.one_layer and not use.layers[0].is_block
+            if plain or use.key in self.inline:
+                out += self.items(use.layers, depth + 1)
+                continue
+            last = out[-1] if out else None
+            if (isinstance(last, Run) and last.uses[-1].made.site == made.site
+                    and made.index == last.uses[-1].made.index + 1):
+                last.uses.append(use)
+            else:
+                out.append(Run([use]))
+        return out
+
+    def content(self, use: Use) -> list:
+        return self.items(use.layers, use.made.depth + 1)
+
+    def branches(self, layer: Layer) -> list[tuple[Any, list]]:
+        plan = layer.plan
+        return [(key, self.items(branch, layer.depth))
+                for key, branch in zip(plan.branch_keys, plan.branches)]
+
+    def skeleton(self, items: list) -> tuple:
+        """What instances must share to be written as one class."""
+        out = []
+        for item in items:
+            if isinstance(item, Run):
+                out.append(("use", item.uses[0].made.template, item.uses[0].made.site))
+            elif item.plan.is_block:
+                out.append((item.plan.type, tuple(item.plan.spec.helper_extra()),
+                            tuple((k, self.skeleton(b)) for k, b in self.branches(item))))
+            else:
+                out.append((item.plan.type, tuple(item.plan.torch_kwargs)))
+        return tuple(out)
+
+
+def relative(plan, use: Use) -> tuple:
+    """A layer's place inside the instance that made it."""
+    k = len(use.layers[0].path) - 1
+    return (plan.path[k] - use.layers[0].path[k], *plan.path[k + 1:])
+
+
+class Context:
+    """Chooses the text of values inside one class (or the main module, where every value is a
+    literal): ``vector`` holds a value's value in each of the class's instances."""
+
+    def __init__(self, writer, cls: ClassCode | None):
+        self.writer = writer
+        self.cls = cls
+        self.n = len(cls.uses) if cls else 1
+        self.flow: list[tuple[str, list]] = []  # channel-like values written so far
+        self.last_call: dict[str, str] = {}  # argument -> text, of the call written last
+        self.params: list[Arg] = []
+        if cls is None:
+            return
+        code = writer.instances.code
+        defaults = code.defaults[cls.template]
+        for name, default in defaults.items():
+            vector = [_plain(u.made.params.get(name)) for u in cls.uses]
+            if all(v is not None for v in vector):
+                pyname = name + "_" if name in RESERVED else name
+                default = _plain(default)
+                self.params.append(Arg(pyname, vector, "param",
+                                       MISSING if default is None else default, name))
+        first = [u.layers[0].input_dims for u in cls.uses]
+        if all(d is not None and len(d) >= 2 for d in first):
+            name = "in_channels" if all(len(d) >= 3 for d in first) else "in_features"
+            self.input = Arg(name, [d[1] for d in first], "input")
+            self.flow.append((name, self.input.vector))
+        else:
+            self.input = None
+
+    # ------------------------------------------------------------ arguments
+
+    def use_arg(self, arg: Arg) -> str:
+        if self.cls is not None and arg not in self.cls.args:
+            self.cls.args.append(arg)
+        return arg.name
+
+    def new_arg(self, hint: str, vector: list, kind: str = "extra", default=MISSING) -> Arg:
+        taken = {a.name for a in self.cls.args} | {p.name for p in self.params} | RESERVED
+        name, n = hint, 2
+        while name in taken:
+            name, n = f"{hint}{n}", n + 1
+        arg = Arg(name, vector, kind, default)
+        self.cls.args.append(arg)
+        return arg
+
+    # ------------------------------------------------------------ values
+
+    def text(self, vector: list, raw: Any = None, inferred: bool = False,
+             hint: str = "value") -> str:
+        if self.cls is None:
+            return self.writer.literal(vector[0])
+        if isinstance(raw, str) and "$" in raw:
+            text = self.translate(raw, vector)
+            if text is not None:
+                return text
+        if _all_same(vector) and not inferred:
+            return self.writer.literal(_first(vector))
+        if inferred:
+            for text, seen in reversed(self.flow):
+                if all(map(_same, seen, vector)):
+                    if self.input is not None and text == self.input.name:
+                        self.use_arg(self.input)
+                    return text
+        if not _all_same(vector):
+            for p in self.params:
+                if all(map(_same, p.vector, vector)):
+                    return self.use_arg(p)
+            for p in self.params:
+                derived = self.derived(p, vector)
+                if derived:
+                    return derived
+        if _all_same(vector):
+            return self.writer.literal(_first(vector))
+        return self.use_arg(self.new_arg(hint, vector))
+
+    def derived(self, p: Arg, vector: list) -> str | None:
+        if _type(p.vector) != "int" or _type(vector) != "int":
+            return None
+        forms = [(f"{p.name} * {k}", lambda v, k=k: v * k) for k in range(2, 9)]
+        forms += [(f"{p.name} // {k}", lambda v, k=k: v // k) for k in range(2, 9)]
+        forms += [(f"{p.name} - 1", lambda v: v - 1), (f"{p.name} + 1", lambda v: v + 1)]
+        for text, f in forms:
+            if all(w is MISSING or f(v) == w for v, w in zip(p.vector, vector)):
+                self.use_arg(p)
+                return text
+        return None
+
+    def translate(self, raw: str, vector: list) -> str | None:
+        """The template's expression in Python, where it gives every instance's value."""
+        code = self.writer.instances.code
+        params = {a.source: a for a in self.params}
+        names = set(re.findall(r"\$([A-Za-z_]\w*)", raw))
+        if not names or not all(n in params or n in code.variables for n in names):
+            return None
+        for use, want in zip(self.cls.uses, vector):
+            if want is MISSING:
+                continue
+            env = {**code.variables, **use.made.params, "index": use.made.index}
+            try:
+                got = evaluate(raw, env)
+            except ExpressionError:
+                return None
+            if not _same(got, want):
+                return None
+        text = re.sub(r"\$([A-Za-z_]\w*)",
+                      lambda m: params[m.group(1)].name if m.group(1) in params
+                      else self.writer.constant(m.group(1)), raw)
+        try:
+            tree = ast.parse(text.strip(), mode="eval")
+        except SyntaxError:
+            return None
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                if node.func.id in FUNCTIONS:
+                    self.writer.needs.add("math")
+                    node.func = ast.parse(FUNCTIONS[node.func.id], mode="eval").body
+                elif node.func.id == "make_divisible":
+                    self.writer.needs.add("make_divisible")
+        for n in names & params.keys():
+            self.use_arg(params[n])
+        return ast.unparse(tree)
+
+    def flows(self, key: str, text: str, vector: list) -> None:
+        if key in FLOW_KEYS:
+            self.flow.append((text, vector))
+
+
+class ClassWriter:
+    """Writes a module's layers where templates made them: the main class's attributes, and a
+    class per template. ``owner`` is codegen's writer (literals, shapes, module names)."""
+
+    def __init__(self, owner, instances: Instances):
+        self.owner = owner
+        self.instances = instances
+        self.classes: dict[tuple, ClassCode] = {}  # instance key -> its class
+        self.order: list[ClassCode] = []  # nested classes before the classes that use them
+        self.names: set[str] = set()
+        self.needs: set[str] = set()  # "math", "make_divisible"
+        self.constants: dict[str, Any] = {}  # scale variables the classes read
+        self._uses: dict[str, list[Use]] | None = None
+
+    def literal(self, value) -> str:
+        return self.owner.literal(value)
+
+    def constant(self, variable: str) -> str:
+        name = variable.upper()
+        self.constants[name] = self.instances.code.variables[variable]
+        return name
+
+    # ------------------------------------------------------------ classes
+
+    def class_of(self, use: Use) -> ClassCode:
+        cls = self.classes.get(use.key)
+        if cls is not None:
+            return cls
+        same = self.uses_of(use.made.template)
+        groups: dict[tuple, list[Use]] = {}
+        for u in same:
+            groups.setdefault(self.instances.skeleton(self.instances.content(u)), []).append(u)
+        # One class for all (branches that differ become arguments), else one per skeleton;
+        # instances that still cannot share a class are written in full.
+        for attempt in ([same], list(groups.values())):
+            try:
+                made = [self.write_class(group) for group in attempt]
+            except Unshareable:
+                continue
+            for cls in made:
+                for u in cls.uses:
+                    self.classes[u.key] = cls
+            return self.classes[use.key]
+        self.instances.inline.update(u.key for u in same)
+        raise Retry
+
+    def uses_of(self, template: str) -> list[Use]:
+        if self._uses is None:
+            self._uses = {}
+            self._collect(self.instances.items(self.owner.plan.layers, 0))
+        return self._uses[template]
+
+    def _collect(self, items: list) -> None:
+        for item in items:
+            if isinstance(item, Run):
+                for use in item.uses:
+                    self._uses.setdefault(use.made.template, []).append(use)
+                    self._collect(self.instances.content(use))
+            elif item.plan.is_block:
+                for _, branch in self.instances.branches(item):
+                    self._collect(branch)
+
+    def class_name(self, template: str) -> str:
+        base = "".join(p[:1].upper() + p[1:] for p in template.split("_") if p) or "Block"
+        if not base[0].isalpha():
+            base = "Block" + base
+        name, n = base, 2
+        while name in self.names or name in self.owner.taken_names:
+            name, n = f"{base}{n}", n + 1
+        self.names.add(name)
+        return name
+
+    def write_class(self, uses: list[Use]) -> ClassCode:
+        template = uses[0].made.template
+        code = self.instances.code
+        cls = ClassCode("", template, uses, template in code.one_layer)
+        ctx = Context(self, cls)
+        contents = [self.instances.content(u) for u in uses]
+        if cls.one_layer:
+            if any(len(c) != 1 or not isinstance(c[0], Layer) for c in contents):
+                raise Unshareable
+            self.check_column([c[0] for c in contents])
+            base, args = self.layer_call(ctx, [c[0] for c in contents], 2)
+            body = self.render("super().__init__", args, 2)
+        else:
+            base = "nn.Sequential"
+            body = [f"{INDENT * 2}super().__init__(", *self.write_items(ctx, contents, 3),
+                    f"{INDENT * 2})"]
+        cls.name = self.class_name(template)
+        line = code.lines.get(template)
+        where = self.owner.source_name
+        origin = f" ({where}, line {line})" if where and line else ""
+        cls.source = [
+            f"class {cls.name}({base}):",
+            f'{INDENT}"""The template {template}{origin}."""',
+            "",
+            *self.signature(cls),
+            *body,
+        ]
+        self.order.append(cls)
+        return cls
+
+    def signature(self, cls: ClassCode) -> list[str]:
+        rank = {"input": 0, "extra": 1, "param": 2, "module": 3}
+        cls.args.sort(key=lambda a: (rank[a.kind], a.default is not MISSING))
+        parts = ["self"]
+        for a in cls.args:
+            if a.kind == "module":
+                parts.append(f"{a.name}: nn.Module" + (" | None = None" if a.default is None
+                                                       else ""))
+            else:
+                default = f" = {self.literal(a.default)}" if a.default is not MISSING else ""
+                parts.append(f"{a.name}: {_type(a.vector)}{default}")
+        one = f"{INDENT}def __init__({', '.join(parts)}) -> None:"
+        if len(one) <= LINE_LENGTH:
+            return [one]
+        inner = f"{INDENT * 2}{', '.join(parts)}"
+        if len(inner) <= LINE_LENGTH:
+            return [f"{INDENT}def __init__(", inner, f"{INDENT}) -> None:"]
+        return [f"{INDENT}def __init__(", *(f"{INDENT * 2}{p}," for p in parts),
+                f"{INDENT}) -> None:"]
+
+    # ------------------------------------------------------------ writing
+
+    def render(self, func: str, args: list, indent: int, head: str = "", tail: str = "",
+               comment: str = "") -> list[str]:
+        """``head + func(args) + tail  # comment``; args are ("arg", text) or ("lines", lines
+        already written one level deeper)."""
+        if all(kind == "arg" for kind, _ in args):
+            return self.owner.call_lines(func, [a for _, a in args], indent, head, tail,
+                                         comment)
+        pad, inner = INDENT * indent, INDENT * (indent + 1)
+        lines = [f"{pad}{head}{func}("]
+        for kind, value in args:
+            lines += value if kind == "lines" else [f"{inner}{value},"]
+        lines.append(f"{pad}){tail}" + (f"  # {comment}" if comment else ""))
+        return lines
+
+    def check_column(self, column: list) -> None:
+        """The same layer in every instance, else they cannot share a class."""
+        kinds = {(i.plan.type, () if i.plan.is_block else tuple(i.plan.torch_kwargs))
+                 for i in column}
+        if len(kinds) != 1:
+            raise Unshareable
+
+    def write_items(self, ctx: Context, parallel: list[list], indent: int,
+                    comments: bool = True) -> list[str]:
+        """The arguments of an nn.Sequential: each item, the same in every instance."""
+        if len({len(items) for items in parallel}) != 1:
+            raise Unshareable
+        lines: list[str] = []
+        for column in zip(*parallel):
+            if all(isinstance(item, Run) for item in column):
+                lines += self.write_run(ctx, list(column), indent)
+            elif all(isinstance(item, Layer) for item in column):
+                self.check_column(column)
+                plan = column[0].plan
+                func, args = self.layer_call(ctx, list(column), indent)
+                # In the main class the shape goes next to the layers that change it.
+                comment = ""
+                if ctx.cls is None and comments and plan.output_dims != plan.input_dims:
+                    comment = self.owner.shape(plan.output_dims)
+                lines += self.render(func, args, indent, tail=",", comment=comment)
+            else:
+                raise Unshareable
+        return lines
+
+    def layer_call(self, ctx: Context, column: list[Layer], indent: int):
+        """(callable, arguments) of one layer written at ``indent``."""
+        first = column[0].plan
+        if not first.is_block:
+            args = []
+            for key, value in first.torch_kwargs.items():
+                vector = [layer.plan.torch_kwargs[key] for layer in column]
+                raw = self.owner.written(first).get(key)
+                text = ctx.text(vector, raw, key in first.inferred_args, key)
+                ctx.flows(key, text, vector)
+                args.append(("arg", f"{key}={text}"))
+            return self.owner.kind_func(first), args
+        block = first.spec
+        self.owner.uses.add(block.helper)
+        if len({tuple(layer.plan.spec.helper_extra()) for layer in column}) != 1:
+            raise Unshareable
+        branches = [dict(self.instances.branches(layer)) for layer in column]
+        args: list = []
+        for arg, key in block.helper_args():
+            parallel = [b[key] for b in branches]
+            if ctx.cls is None or len({self.instances.skeleton(p) for p in parallel}) == 1:
+                index = first.branch_keys.index(key)
+                args.append(("lines", self.branch(ctx, arg, parallel, first, index, indent + 1)))
+                continue
+            rel = relative(first, ctx.cls.uses[0])
+            name = ctx.cls.module_branches.get((rel, key))
+            empty = any(not items for items in parallel)
+            if name is None:
+                hint = key if isinstance(key, str) else f"branch{key}"
+                name = ctx.new_arg(hint, parallel, "module", None if empty else MISSING).name
+                ctx.cls.module_branches[(rel, key)] = name
+            given = f"nn.Identity() if {name} is None else {name}" if empty else name
+            args.append(("arg", f"{arg}{given}"))
+        args += [("arg", extra) for extra in block.helper_extra()]
+        return block.helper, args
+
+    def branch(self, ctx: Context, arg: str, parallel: list[list], block, index: int,
+               indent: int) -> list[str]:
+        """A branch of a block: an nn.Sequential of its items, or nn.Identity() if empty."""
+        pad = INDENT * indent
+        main = ctx.cls is None
+        if not parallel[0]:
+            comment = f"  # {self.owner.shape(block.branch_inputs[index])}" if main else ""
+            return [f"{pad}{arg}nn.Identity(),{comment}"]
+        comment = f"  # {self.owner.shape(block.branches[index][-1].output_dims)}" if main else ""
+        return [f"{pad}{arg}nn.Sequential(", *self.write_items(ctx, parallel, indent + 1),
+                f"{pad}),{comment}"]
+
+    def write_run(self, ctx: Context, column: list[Run], indent: int) -> list[str]:
+        """Repeats of one use: the first, then the rest in a loop where they agree."""
+        cls = self.class_of(column[0].uses[0])
+        if any(self.class_of(u) is not cls for run in column for u in run.uses):
+            raise Unshareable
+        prints = [[self.fingerprint(cls, u) for u in run.uses] for run in column]
+        counts = [len(run.uses) for run in column]
+        firsts = [run.uses[0] for run in column]
+        if all(p.count(p[0]) == len(p) for p in prints):
+            lines = self.repeat(ctx, cls, firsts, counts, indent)
+            said = dict(ctx.last_call)
+        elif all(p[1:].count(p[1]) == len(p) - 1 for p in prints if len(p) > 1):
+            lines = self.repeat(ctx, cls, firsts, [1] * len(column), indent)
+            said = dict(ctx.last_call)
+            rest = [run.uses[1] if len(run.uses) > 1 else None for run in column]
+            if any(rest):
+                lines += self.repeat(ctx, cls, rest, [c - 1 for c in counts], indent)
+        elif len(set(counts)) == 1:
+            lines = []
+            for i in range(counts[0]):
+                lines += self.repeat(ctx, cls, [run.uses[i] for run in column],
+                                     [1] * len(column), indent)
+                said = dict(ctx.last_call) if i == 0 else said
+        else:
+            raise Unshareable
+        out = [run.uses[-1].layers[-1].output_dims for run in column]
+        first_out = [use.layers[-1].output_dims for use in firsts]
+        if ctx.cls is not None and out == first_out and all(len(d) >= 2 for d in out):
+            channels = [d[1] for d in out]
+            for a in cls.args:  # the argument that says the channels coming out
+                if a.name in said and [cls.value(u, a) for u in firsts] == channels:
+                    ctx.flow.append((said[a.name], channels))
+                    break
+        return lines
+
+    def repeat(self, ctx: Context, cls: ClassCode, uses: list, counts: list[int],
+               indent: int) -> list[str]:
+        """``Cls(...),`` or ``*(Cls(...) for _ in range(n)),`` as an nn.Sequential item."""
+        if _all_same(counts) and _first(counts) == 0:
+            return []
+        func, parts = self.call(ctx, cls, uses, indent)
+        if _all_same(counts) and _first(counts) == 1:
+            return self.call_lines(func, parts, indent, "", ",")
+        n = ctx.text(counts, None, False, f"{cls.template}_repeats")
+        return self.call_lines(func, parts, indent, "*(", f" for _ in range({n})),")
+
+    def call_lines(self, func: str, parts: list[str], indent: int, head: str,
+                   tail: str) -> list[str]:
+        """A call, as codegen writes calls; an argument of several lines (a module given to a
+        class) puts each argument on its own line."""
+        if not any("\n" in p for p in parts):
+            return self.owner.call_lines(func, parts, indent, head, tail, "")
+        pad, inner = INDENT * indent, INDENT * (indent + 1)
+        lines = [f"{pad}{head}{func}("]
+        for part in parts:
+            first, *rest = part.split("\n")
+            lines += [f"{inner}{first}", *(f"{inner}{line}" for line in rest)]
+            lines[-1] += ","
+        return [*lines, f"{pad}){tail}"]
+
+    def fingerprint(self, cls: ClassCode, use: Use) -> str:
+        """What a call of ``cls`` for ``use`` is made of: equal for calls that read the same."""
+        return repr([_print(cls.value(use, a)) for a in cls.args])
+
+    def call(self, ctx: Context, cls: ClassCode, uses: list,
+             indent: int = 0) -> tuple[str, list[str]]:
+        """(class name, arguments) of a call for ``uses``: one instance of ``cls`` per
+        instance of ctx's class, None where that one has no such repeat."""
+        parts = []
+        ctx.last_call = {}
+        for a in cls.args:
+            vector = [cls.value(u, a) if u is not None else MISSING for u in uses]
+            if a.kind == "module":
+                if all(v is MISSING or not v for v in vector):
+                    continue
+                parts.append(f"{a.name}={self.module_arg(ctx, vector, indent + 1)}")
+                continue
+            raw = next((u.made.written.get(a.source) for u in uses if u is not None), None)
+            if (raw is None and a.default is not MISSING
+                    and all(_same(v, a.default) for v in vector)):
+                continue  # the template's default, not written at the use
+            text = ctx.text(vector, raw, a.kind == "input", a.name)
+            ctx.last_call[a.name] = text
+            parts.append(text if a.kind == "input" else f"{a.name}={text}")
+        return cls.name, parts
+
+    def module_arg(self, ctx: Context, parallel: list, indent: int) -> str:
+        """A branch given to a class as a module: the one instance it holds, or a Sequential."""
+        parallel = [[] if p is MISSING else p for p in parallel]
+        if len({bool(p) for p in parallel}) != 1:
+            raise Unshareable
+        items = parallel[0]
+        if len(items) == 1 and isinstance(items[0], Run) and len(items[0].uses) == 1:
+            func, parts = self.call(ctx, self.class_of(items[0].uses[0]),
+                                    [p[0].uses[0] for p in parallel], indent)
+            return f"{func}({', '.join(parts)})"
+        # Written where it will stand (``indent``), then made relative to it.
+        lines = self.write_items(ctx, parallel, indent + 1, comments=False)
+        lines = [line[len(INDENT * indent):] for line in lines]
+        return "\n".join(["nn.Sequential(", *lines, ")"])
+
+    def main(self, attrs: dict[int, str]) -> tuple[list[str], list[str]]:
+        """The main class's ``__init__`` and ``forward`` lines."""
+        ctx = Context(self, None)
+        init: list[str] = []
+        forward: list[str] = []
+        pad = INDENT * 2
+        items = self.instances.items(self.owner.plan.layers, 0)
+        self.owner.attrs_used = {attrs[i.plan.index] for i in items if isinstance(i, Layer)}
+        for item in items:
+            if isinstance(item, Layer):
+                attr = attrs[item.plan.index]
+                func, args = self.layer_call(ctx, [item], 2)
+                init += self.render(func, args, 2, head=f"self.{attr} = ")
+                self.map_layer(item, attr, None)
+                forward.append(f"{pad}x = self.{attr}(x)  # "
+                               f"{self.owner.shape(item.plan.output_dims)}")
+                continue
+            first = item.uses[0]
+            cls = self.class_of(first)
+            if len(item.uses) > 1 and first.made.name:
+                attr = self.owner.attribute(first.made.name)
+                init += [f"{pad}self.{attr} = nn.Sequential(",
+                         *self.write_run(ctx, [item], 3), f"{pad})"]
+                for i, use in enumerate(item.uses):
+                    self.map_use(use, f"{attr}.{i}")
+                named = [(attr, item.uses[-1])]
+            else:
+                named = []
+                for use in item.uses:
+                    attr = (attrs[use.layers[0].index] if cls.one_layer
+                            else self.owner.attribute(use.made.instance or use.made.template))
+                    func, parts = self.call(ctx, cls, [use], 2)
+                    init += self.call_lines(func, parts, 2, f"self.{attr} = ", "")
+                    self.map_use(use, attr)
+                    named.append((attr, use))
+            forward += [f"{pad}x = self.{attr}(x)  # "
+                        f"{self.owner.shape(use.layers[-1].output_dims)}" for attr, use in named]
+        return init, forward
+
+    # ------------------------------------------------------------ module names
+
+    def map_items(self, items: list, prefix: str, where: tuple | None) -> None:
+        """Module names for the items of an nn.Sequential at ``prefix``; ``where`` is the
+        (class, instance) they are written in, None in the main class."""
+        pos = 0
+        for item in items:
+            if isinstance(item, Layer):
+                self.map_layer(item, f"{prefix}.{pos}", where)
+                pos += 1
+                continue
+            for use in item.uses:
+                self.map_use(use, f"{prefix}.{pos}")
+                pos += 1
+
+    def map_use(self, use: Use, qualname: str) -> None:
+        cls = self.class_of(use)
+        content = self.instances.content(use)
+        if cls.one_layer:
+            self.map_layer(content[0], qualname, (cls, use))
+        else:
+            self.map_items(content, qualname, (cls, use))
+
+    def map_layer(self, layer: Layer, qualname: str, where: tuple | None) -> None:
+        plan = layer.plan
+        self.owner.module_names[plan.path] = qualname
+        if not plan.is_block:
+            return
+        for key, items in self.instances.branches(layer):
+            at = f"{qualname}.{'.'.join(map(str, plan.spec.branch_loc(key)))}"
+            arg = None
+            if where is not None:
+                cls, use = where
+                arg = cls.module_branches.get((relative(plan, use), key))
+            if not items:
+                continue
+            if (arg is not None and len(items) == 1 and isinstance(items[0], Run)
+                    and len(items[0].uses) == 1):
+                self.map_use(items[0].uses[0], at)
+            else:
+                self.map_items(items, at, where)
+
+    def helpers_source(self) -> list[str]:
+        """Module-level code the classes need: make_divisible, the scale's variables."""
+        lines: list[str] = []
+        if "make_divisible" in self.needs:
+            lines += ["", "", inspect.getsource(make_divisible).rstrip("\n")]
+        if self.constants:
+            lines += ["", "", f"# The scale {self.instances.code.scale}'s variables."]
+            lines += [f"{k} = {self.literal(v)}" for k, v in self.constants.items()]
+        return lines
+
+
+def _print(value) -> Any:
+    """A value of a call's argument, as plain data (a module argument's layers in full)."""
+    if isinstance(value, list):
+        return [_print(v) for v in value]
+    if isinstance(value, Layer):
+        return _print(value.plan)
+    if isinstance(value, Run):
+        return [_print(u.layers) for u in value.uses]
+    if hasattr(value, "torch_kwargs"):  # a LayerPlan
+        kwargs = {} if value.is_block else value.torch_kwargs
+        return (value.type, repr(kwargs), [_print(b) for b in value.branches or []])
+    return repr(value)
