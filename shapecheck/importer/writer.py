@@ -9,7 +9,7 @@ import yaml
 from .. import __version__
 from ..report import printable
 from .steps import Source
-from .structure import Leaf, Nest
+from .structure import Leaf
 
 MARKER = "# Imported by shapecheck"  # the first line of every file import writes
 INDENT = "  "
@@ -70,8 +70,7 @@ def to_yaml(items: list, *, name: str, input_shape: tuple[int, ...], origin: str
     writer = _Writer()
     writer.items(items, INDENT)
     lines = [
-        f"{MARKER} {__version__} from {_comment(origin)}, traced with torch.fx on a {shape} "
-        "input.",
+        f"{MARKER} {__version__} from {_comment(origin)}, traced with torch.fx on a {shape} input.",
         "# Each comment gives the line of source the layers below it come from.",
         f"name: {name}",
         f"input: {_flow({'shape': list(input_shape), 'batch': 'N'})}",

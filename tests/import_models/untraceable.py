@@ -1,0 +1,48 @@
+"""Modules that have no spec: each one's forward does something import must refuse."""
+
+import torch
+from torch import nn
+
+
+class DataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return self.conv(x)
+        return x
+
+
+class Spectrum(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+
+    def forward(self, x):
+        return self.conv(torch.fft.fft2(x).real)
+
+
+class Doubling(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * 2
+
+
+class CustomOp(nn.Module):
+    def forward(self, x):
+        return Doubling.apply(x)
+
+
+class NeedsWidth(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.conv = nn.Conv2d(1, width, 3)
+
+    def forward(self, x):
+        return self.conv(x)
