@@ -217,6 +217,26 @@ def test_a_hand_written_resnet_imports_to_the_module_s_parameters_and_output(tmp
                                                            "linear"]
 
 
+def test_a_dense_block_joining_all_features_so_far_nests_as_concats():
+    # torchvision's DenseNet concatenates the list of every feature before each layer.
+    imported = import_file(f"{MODELS / 'resnet_style.py'}:DenseNet", (3, 16, 16))
+    sys.path.insert(0, str(MODELS))
+    try:
+        import resnet_style
+    finally:
+        sys.path.remove(str(MODELS))
+    model = resnet_style.DenseNet()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 16, 16))
+    plan = imported.plan
+    assert plan.params == sum(p.numel() for p in model.parameters())
+    assert shapecheck.plan(imported.text, batch=2).output_shape == tuple(out.shape)
+    concats = [layer for layer in plan.layers if layer.type == "concat"]
+    assert [c.output_dims[1] for c in concats] == [24, 32, 40]
+    assert all(c.branches[0] == [] for c in concats)  # each keeps the features so far
+    assert [c.name for c in concats[:2]] == ["block_0", "block_1"]
+
+
 def test_a_function_returning_the_module_imports_as_its_class_does():
     path = MODELS / "resnet_style.py"
     by_class = import_file(f"{path}:SmallResNet", (3, 32, 32))

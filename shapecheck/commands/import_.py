@@ -14,6 +14,7 @@ nothing is written. torch is imported only when the command runs."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -76,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
         if problem:
             return _fail(problem)
     try:
-        imported = import_file(args.target, args.input)
+        # The module's own prints go to stderr: stdout may be the spec (-o -).
+        with contextlib.redirect_stdout(sys.stderr):
+            imported = import_file(args.target, args.input)
     except ImportMismatch as e:
         return _fail(f"{e} (a bug in shapecheck: please report it)", EXIT_INVALID)
     except ImportFailure as e:

@@ -228,31 +228,35 @@ def _with_activation(graph: _Graph, block: Nest, region: set[Step]) -> tuple[Nes
 
 
 def _name_blocks(items: list) -> None:
-    """A block takes the name of the module whose forward merges it (`layer1.0`), where that
-    name is free; the top-level module's merges, and repeats, get automatic names."""
-    taken = set()
+    """A block takes the name of the module whose forward merges it (`layer1.0`) where that
+    module holds the block's layers; where it does not (DenseNet's next layer joins the
+    features of the one before), the module that holds them all. The top-level module's
+    merges, and names already taken, get automatic names."""
+    taken = {item.entry["name"] for item in flatten(items)
+             if isinstance(item, Leaf) and item.entry.get("name")}
 
-    def leaves(items):
-        for item in items:
-            if isinstance(item, Leaf):
-                if item.entry.get("name"):
-                    taken.add(item.entry["name"])
-            else:
-                for _, branch in item.branches:
-                    leaves(branch)
+    def paths(item) -> list[list[str]]:
+        if isinstance(item, Leaf):
+            path = item.step.module or item.step.scope
+            return [path.split(".") if path else []]
+        return [p for _, branch in item.branches for i in branch for p in paths(i)]
 
-    def blocks(items):
-        for item in items:
-            if isinstance(item, Nest):
-                name = identifier(item.scope) if item.scope else None
-                if name and name not in taken:
-                    item.name = name
-                    taken.add(name)
-                for _, branch in item.branches:
-                    blocks(branch)
-
-    leaves(items)
-    blocks(items)
+    for item in flatten(items):
+        if not isinstance(item, Nest):
+            continue
+        held = paths(item)
+        common = held[0] if held else []
+        for path in held[1:]:
+            n = 0
+            while n < min(len(common), len(path)) and common[n] == path[n]:
+                n += 1
+            common = common[:n]
+        scope = item.scope.split(".") if item.scope else []
+        owner = scope if scope == common[:len(scope)] else common
+        name = identifier(".".join(owner)) if owner else None
+        if name and name not in taken:
+            item.name = name
+            taken.add(name)
 
 
 def flatten(items: list):

@@ -210,6 +210,7 @@ class _Converter:
         self.steps: list[Step] = []
         self.of: dict[fx.Node, Step] = {}
         self.names: set[str] = set()
+        self.joined: list[tuple[Step, list[Step]]] = []  # each cat, with the inputs it wrote
 
     def convert(self) -> tuple[list[Step], Step]:
         output = next(n for n in self.graph.nodes if n.op == "output")
@@ -312,7 +313,7 @@ class _Converter:
         name = self.name(node.target)
         if name:
             entry = {"type": entry["type"], "name": name, **entry}
-        self.add(node, LAYER, [source], what, entry=entry)
+        self.add(node, LAYER, [source], what, entry=entry, module=node.target)
 
     def chunk(self, node: fx.Node, name: str) -> None:
         x = self.tensor(node, node.args[0], ops.shown(name))
@@ -386,7 +387,18 @@ class _Converter:
         if not isinstance(dim, int) or dim % rank != 1:
             raise self._fail(node, shown, f"it joins on dim {dim}; a concat block joins on "
                              "the channels (dim=1)")
-        self.add(node, CAT, inputs, shown)
+        if len(inputs) == 1:
+            self.of[node] = inputs[0]  # the tensor itself
+            return
+        # DenseNet joins all features so far, again and again: cat([x, f1, f2]) after
+        # cat([x, f1]) is cat([cat([x, f1]), f2]), which nests as one concat in another.
+        joined = [(step, written) for step, written in self.joined
+                  if len(written) < len(inputs) and written == inputs[:len(written)]]
+        written = inputs
+        if joined:
+            step, prefix = max(joined, key=lambda pair: len(pair[1]))
+            inputs = [step, *inputs[len(prefix):]]
+        self.joined.append((self.add(node, CAT, inputs, shown), written))
 
     def reshape(self, node: fx.Node, name: str) -> None:
         """x.view(x.size(0), -1) and its kin are a flatten; other reshapes have no layer."""

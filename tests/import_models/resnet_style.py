@@ -94,3 +94,30 @@ class SmallResNet(nn.Module):
 
 def small_resnet():
     return SmallResNet(num_classes=10)
+
+
+class DenseLayer(nn.Module):
+    def __init__(self, cin, growth):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(cin)
+        self.conv = nn.Conv2d(cin, growth, 3, padding=1, bias=False)
+
+    def forward(self, features):
+        return self.conv(F.relu(self.norm(torch.cat(features, 1))))
+
+
+class DenseNet(nn.Module):
+    """torchvision's dense block: each layer reads the concatenation of all features so far."""
+
+    def __init__(self, growth=8, layers=3):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.block = nn.ModuleList(DenseLayer(16 + i * growth, growth) for i in range(layers))
+        self.fc = nn.Linear(16 + layers * growth, 10)
+
+    def forward(self, x):
+        features = [self.stem(x)]
+        for layer in self.block:
+            features.append(layer(features))
+        x = torch.cat(features, 1)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
