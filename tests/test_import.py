@@ -282,6 +282,20 @@ def test_a_custom_autograd_op_is_refused_at_its_line(tmp_path, capsys, monkeypat
     assert f"untraceable.py:{_line_of(path, 'return x * 2')}" in err
 
 
+@pytest.mark.parametrize("name, line, message", [
+    ("ReadsParameter", "return x * self.scale", ("self.scale at untraceable.py:{line}"
+     " (`return x * self.scale`) uses a tensor that does not come from the forward's input")),
+    ("Crossing", "a = self.a(x)", ("self.a at untraceable.py:{line} (`a = self.a(x)`) feeds "
+     "more than one input of torch.cat")),
+    ("TwoOutputs", None, "the forward returns a tuple: a spec has one output tensor"),
+])
+def test_a_forward_with_no_spec_structure_is_refused(tmp_path, capsys, monkeypatch, name, line,
+                                                    message):
+    path = MODELS / "untraceable.py"
+    err = _refused(tmp_path, capsys, monkeypatch, [f"{path}:{name}", "--input", "3x8x8"])
+    assert message.format(line=line and _line_of(path, line)) in err
+
+
 def test_a_missing_file_is_refused(tmp_path, capsys, monkeypatch):
     err = _refused(tmp_path, capsys, monkeypatch, ["nowhere.py:Net", "--input", "1x8x8"])
     assert "nowhere.py: no such file" in err

@@ -40,9 +40,10 @@ def _source(file: str, line: int) -> Source:
     return Source(file, line, linecache.getline(file, line).strip())
 
 
-def _user_source(frame) -> Source | None:
-    """The innermost frame outside torch and shapecheck: the user's line that made a node."""
-    while frame is not None:
+def _user_source(frame, stop) -> Source | None:
+    """The innermost frame outside torch and shapecheck, below the frame ``stop`` that started
+    the trace: the user's line that made a node."""
+    while frame is not None and frame is not stop:
         file = frame.f_code.co_filename
         if not os.path.abspath(file).startswith(_NOT_USER_CODE) or file.startswith("<"):
             return _source(file, frame.f_lineno)
@@ -70,6 +71,11 @@ class _Tracer(fx.Tracer):
     def __init__(self) -> None:
         super().__init__()
         self._scopes = [""]
+        self._start = None  # the frame of trace(): the user's code runs below it
+
+    def trace(self, root, concrete_args=None):
+        self._start = sys._getframe()
+        return super().trace(root, concrete_args)
 
     def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
         return ops.module_kind(m) is not None or super().is_leaf_module(m, module_qualified_name)
@@ -84,7 +90,7 @@ class _Tracer(fx.Tracer):
     def create_node(self, kind, target, args, kwargs, name=None, type_expr=None):
         node = super().create_node(kind, target, args, kwargs, name, type_expr)
         node.meta["shapecheck_scope"] = self._scopes[-1]
-        node.meta["shapecheck_source"] = _user_source(sys._getframe(1))
+        node.meta["shapecheck_source"] = _user_source(sys._getframe(1), self._start)
         return node
 
     def iter(self, obj):
@@ -223,7 +229,8 @@ class _Converter:
                 self.node(node)
         returned = output.args[0]
         if not isinstance(returned, fx.Node) or returned not in self.of:
-            what = type(returned).__name__ if not isinstance(returned, fx.Node) else "a value"
+            what = (f"a {type(returned).__name__}" if not isinstance(returned, fx.Node)
+                    else "a value")
             raise ImportFailure(f"the forward returns {what}{self._at(output)}: a spec has one "
                                 "output tensor")
         return self.steps, self.of[returned]

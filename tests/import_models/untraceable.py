@@ -46,3 +46,33 @@ class NeedsWidth(nn.Module):
 
     def forward(self, x):
         return self.conv(x)
+
+
+class ReadsParameter(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1, 3, 1, 1))
+
+    def forward(self, x):
+        return x * self.scale
+
+
+class Crossing(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 3, 1)
+        self.b = nn.Conv2d(3, 3, 1)
+
+    def forward(self, x):
+        a = self.a(x)
+        b = self.b(x) + a
+        return torch.cat([a + x, b], 1)
+
+
+class TwoOutputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
+
+    def forward(self, x):
+        return self.conv(x), x
