@@ -217,6 +217,19 @@ def test_a_hand_written_resnet_imports_to_the_module_s_parameters_and_output(tmp
                                                            "linear"]
 
 
+def test_repeated_blocks_become_a_template_that_expands_to_the_same_layers():
+    path = MODELS / "resnet_style.py"
+    templated = import_file(f"{path}:SmallResNet", (3, 32, 32))
+    plain = import_file(f"{path}:SmallResNet", (3, 32, 32), use_templates=False)
+    data = yaml.safe_load(templated.text)
+    assert list(data["templates"]) == ["basic_block"]
+    assert {"use": "basic_block", "name": "layer1", "repeat": 2} in data["layers"]
+    assert "templates" not in yaml.safe_load(plain.text)
+    assert [(layer.name, layer.type) for layer in templated.plan.walk()] == [
+        (layer.name, layer.type) for layer in plain.plan.walk()]
+    assert leaves(templated.plan) == leaves(plain.plan)
+
+
 def test_a_dense_block_joining_all_features_so_far_nests_as_concats():
     # torchvision's DenseNet concatenates the list of every feature before each layer.
     imported = import_file(f"{MODELS / 'resnet_style.py'}:DenseNet", (3, 16, 16))

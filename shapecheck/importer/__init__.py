@@ -18,7 +18,8 @@ from ..plan import Plan, with_batch
 from ..spec import default_name
 from .steps import ImportFailure
 from .structure import Leaf, Nest, flatten, nest
-from .writer import MARKER, to_yaml
+from .templating import make_templates
+from .writer import MARKER, render, to_yaml
 
 __all__ = ["MARKER", "ImportFailure", "ImportMismatch", "Imported", "import_file",
            "import_model"]
@@ -35,7 +36,8 @@ class Imported:
     module_params: int  # the parameters of the module itself
 
 
-def import_file(target: str, input_shape: tuple[int, int, int]) -> Imported:
+def import_file(target: str, input_shape: tuple[int, int, int], *,
+                use_templates: bool = True) -> Imported:
     """Import ``model.py:Net`` (a class or function needing no arguments) at ``input_shape``.
     Runs the file's code. Raises ImportFailure."""
     from .loading import build, find, parse_target, run_file
@@ -45,19 +47,22 @@ def import_file(target: str, input_shape: tuple[int, int, int]) -> Imported:
     model = build(find(module, name, path), name)
     origin = f"{path.name}:{name}"
     return import_model(model, input_shape, name=default_name(name.split(".")[-1].lower()),
-                        origin=origin)
+                        origin=origin, use_templates=use_templates)
 
 
 def import_model(model, input_shape: tuple[int, int, int], *, name: str = "net",
-                 origin: str = "a module") -> Imported:
-    """The spec of an nn.Module (best on the meta device) traced at ``input_shape``."""
+                 origin: str = "a module", use_templates: bool = True) -> Imported:
+    """The spec of an nn.Module (best on the meta device) traced at ``input_shape``; blocks it
+    repeats become templates unless ``use_templates`` is false."""
     from ..planner import plan as make_plan
     from .trace import BATCH, trace
 
     model.eval()  # the network as it is used: no training-only branches
     steps, output = trace(model, tuple(input_shape))
     items = nest(steps, output)
-    text = to_yaml(items, name=name, input_shape=tuple(input_shape), origin=origin)
+    templates = make_templates(items, render) if use_templates else {}
+    text = to_yaml(items, name=name, input_shape=tuple(input_shape), origin=origin,
+                   templates=templates)
     checked = make_plan(text, batch=BATCH)
     if not checked.valid:
         problem = checked.errors[0]

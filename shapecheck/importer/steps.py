@@ -48,6 +48,7 @@ class Step:
     entry: dict[str, Any] | None = None  # LAYER: its spec entry
     part: int = 0  # PART: which piece of its chunk
     scope: str = ""  # qualified name of the module whose forward made the step
+    scope_class: str = ""  # that module's class name
     module: str = ""  # LAYER of a module: its qualified name
     order: int = 0  # position in the traced graph (a topological order)
     shape: tuple[int, ...] | None = None  # the output at the traced batch

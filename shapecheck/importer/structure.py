@@ -23,7 +23,7 @@ ImportFailure naming the operation and its line.
 from __future__ import annotations
 
 import keyword
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import reduce
 
 from .steps import ADD, CAT, CHUNK, INPUT, LAYER, MUL, PART, ImportFailure, Source, Step
@@ -46,9 +46,20 @@ class Nest:
     step: Step  # the step whose output is the block's (its merge, or the activation after it)
     where: Source | None
     scope: str  # the module whose forward merges: the block's name, where it makes one
+    scope_class: str = ""  # that module's class
     activation: str | None = None
     name: str | None = None
-    fields: dict = field(default_factory=dict)
+
+
+@dataclass
+class Use:
+    """Blocks written once as a template: ``repeat`` instances named ``name_0`` … (or one
+    named ``name``), which stand for ``members``."""
+
+    template: str
+    name: str
+    repeat: int
+    members: list[Nest]
 
 
 def identifier(qualname: str) -> str | None:
@@ -173,8 +184,7 @@ def _block(graph: _Graph, fork: Step, join: Step, region: set[Step]) -> tuple[Ne
             raise ImportFailure(f"{join.what}{join.at()} adds a tensor to itself: no residual "
                                 "block has an empty body")
         body, shortcut = (lists[1], []) if not lists[0] else lists
-        block = Nest("residual", [("body", body), ("shortcut", shortcut)], join, join.where,
-                     join.scope)
+        block = _nest("residual", [("body", body), ("shortcut", shortcut)], join)
         return _with_activation(graph, block, region)
     if join.kind == MUL:
         if lists[0] and lists[1] or not lists[0] and not lists[1]:
@@ -183,8 +193,8 @@ def _block(graph: _Graph, fork: Step, join: Step, region: set[Step]) -> tuple[Ne
                 "both the same tensor): a gate multiplies its input by a gate computed from "
                 "it, x * g(x)")
         body = lists[0] or lists[1]
-        return Nest("gate", [("body", body)], join, join.where, join.scope), join
-    return Nest("concat", list(enumerate(lists)), join, join.where, join.scope), join
+        return _nest("gate", [("body", body)], join), join
+    return _nest("concat", list(enumerate(lists)), join), join
 
 
 def _split(graph: _Graph, chunk: Step, region: set[Step]) -> tuple[Nest, Step]:
@@ -206,7 +216,11 @@ def _split(graph: _Graph, chunk: Step, region: set[Step]) -> tuple[Nest, Step]:
         start = starts[0]
         lists.append(_series(graph, start, tensor, steps - {start}) if tensor is not start
                      else [])
-    return Nest("split", list(enumerate(lists)), join, join.where, join.scope), join
+    return _nest("split", list(enumerate(lists)), join), join
+
+
+def _nest(type_name: str, branches: list, join: Step) -> Nest:
+    return Nest(type_name, branches, join, join.where, join.scope, join.scope_class)
 
 
 def _with_activation(graph: _Graph, block: Nest, region: set[Step]) -> tuple[Nest, Step]:
@@ -262,6 +276,9 @@ def _name_blocks(items: list) -> None:
 def flatten(items: list):
     """Every Leaf and Nest in spec order (a block before its branches), as plan.walk()."""
     for item in items:
+        if isinstance(item, Use):
+            yield from flatten(item.members)
+            continue
         yield item
         if isinstance(item, Nest):
             for _, branch in item.branches:

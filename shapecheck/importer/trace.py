@@ -70,7 +70,7 @@ def _first_line(error: BaseException) -> str:
 class _Tracer(fx.Tracer):
     def __init__(self) -> None:
         super().__init__()
-        self._scopes = [""]
+        self._scopes = [("", "")]  # (qualified name, class) of each module entered
         self._start = None  # the frame of trace(): the user's code runs below it
 
     def trace(self, root, concrete_args=None):
@@ -81,7 +81,7 @@ class _Tracer(fx.Tracer):
         return ops.module_kind(m) is not None or super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m, forward, args, kwargs):
-        self._scopes.append(self.path_of_module(m))
+        self._scopes.append((self.path_of_module(m), type(m).__name__))
         try:
             return super().call_module(m, forward, args, kwargs)
         finally:
@@ -89,7 +89,7 @@ class _Tracer(fx.Tracer):
 
     def create_node(self, kind, target, args, kwargs, name=None, type_expr=None):
         node = super().create_node(kind, target, args, kwargs, name, type_expr)
-        node.meta["shapecheck_scope"] = self._scopes[-1]
+        node.meta["shapecheck_scope"], node.meta["shapecheck_class"] = self._scopes[-1]
         node.meta["shapecheck_source"] = _user_source(sys._getframe(1), self._start)
         return node
 
@@ -247,7 +247,8 @@ class _Converter:
     def add(self, node: fx.Node, kind: str, inputs: list[Step], what: str, **fields) -> Step:
         result = self.results.get(node)
         step = Step(kind, inputs, what, where=node.meta.get("shapecheck_source"),
-                    scope=node.meta.get("shapecheck_scope", ""), order=len(self.steps),
+                    scope=node.meta.get("shapecheck_scope", ""),
+                    scope_class=node.meta.get("shapecheck_class", ""), order=len(self.steps),
                     shape=tuple(result) if isinstance(result, _Shape) else None, **fields)
         for source in inputs:
             source.users.append(step)
