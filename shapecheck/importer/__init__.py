@@ -66,8 +66,8 @@ def import_model(model, input_shape: tuple[int, int, int], *, name: str = "net",
     checked = make_plan(text, batch=BATCH)
     if not checked.valid:
         problem = checked.errors[0]
-        raise ImportFailure(f"the imported spec does not plan: {problem.message} (layer "
-                            f"{problem.layer}); its text is:\n{text}")
+        raise ImportFailure(f"the spec made from the module does not plan, although torch "
+                            f"runs the module: {problem.message} (layer {problem.layer})")
     _compare(items, checked)
     return Imported(text, make_plan(text), sum(p.numel() for p in model.parameters()))
 
