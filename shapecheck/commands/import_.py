@@ -1,0 +1,104 @@
+"""`shapecheck import FILE:NAME --input CxHxW`: a PyTorch module written as a spec.
+
+NAME is an nn.Module class that needs no arguments, or a function that returns a module. The
+file is executed (import runs your code) and the module traced with torch.fx; the spec is
+written to `-o FILE` (default: `<name>.yaml` in the current folder; `-o -` prints it), planned,
+and summed up in one line. A file that shapecheck did not write is never overwritten without
+--force.
+
+Exit codes: 0 written; 1 shapecheck's plan disagrees with the shapes torch gives (a bug,
+please report); 2 usage or input error (no such file or name, a class that needs arguments, a
+forward that cannot be traced or has no spec, a bad --input, a file in the way), and then
+nothing is written. torch is imported only when the command runs."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+
+from ..atomic import atomic_write, replace_problem
+from ..report import printable
+from . import EXIT_INPUT, EXIT_INVALID, EXIT_OK, input_shape
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "import", help="write a spec from a PyTorch module (runs the module's file)",
+        description="Trace a PyTorch module with torch.fx and write it as a spec: layers named "
+        "after the module's attributes, blocks for its residual adds, concatenations, gates "
+        "and splits, and the source line of each layer as a comment. FILE is executed: import "
+        "runs its code.")
+    p.add_argument("target", metavar="FILE:NAME",
+                   help="a Python file and an nn.Module class (or a function returning a "
+                   "module) in it that needs no arguments, such as model.py:Net")
+    p.add_argument("--input", type=input_shape, required=True, metavar="CxHxW",
+                   help="the input shape to trace with, such as 1x28x28")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="where to write the spec; '-' prints it. Default: <name>.yaml in the "
+                   "current folder")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite FILE even if shapecheck did not write it")
+    p.set_defaults(run=run)
+
+
+def _fail(message: str, code: int = EXIT_INPUT) -> int:
+    print(f"shapecheck import: error: {printable(message, keep=chr(10))}", file=sys.stderr)
+    return code
+
+
+def _is_imported(path: Path) -> bool:
+    from ..importer.writer import MARKER
+
+    try:
+        with open(path, "rb") as f:
+            return f.readline(256).startswith(MARKER.encode())
+    except OSError:
+        return False
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..importer import ImportFailure, ImportMismatch, import_file
+    from ..importer.loading import parse_target
+    from ..spec import default_name
+
+    try:
+        path, name = parse_target(args.target)
+    except ImportFailure as e:
+        return _fail(str(e))
+    if args.output == "-":
+        out = None
+    else:
+        out = Path(args.output) if args.output else Path(f"{default_name(name.lower())}.yaml")
+        problem = replace_problem(out, force=args.force, ours=_is_imported, inputs=[path])
+        if problem is None and not out.parent.is_dir():
+            problem = f"the folder {str(out.parent)!r} does not exist (create it first)"
+        if problem:
+            return _fail(problem)
+    try:
+        # The module's own prints go to stderr: stdout may be the spec (-o -).
+        with contextlib.redirect_stdout(sys.stderr):
+            imported = import_file(args.target, args.input)
+    except ImportMismatch as e:
+        return _fail(f"{e} (a bug in shapecheck: please report it)", EXIT_INVALID)
+    except ImportFailure as e:
+        return _fail(str(e))
+    plan = imported.plan
+    shape = "×".join(map(str, plan.output_shape))
+    layers = sum(1 for layer in plan.walk() if not layer.is_block)
+    summary = (f"{plan.params:,} parameters, {plan.macs:,} MACs per sample, output {shape}, "
+               f"{layers} layers")
+    if plan.params != imported.module_params:
+        summary += (f" (the module itself has {imported.module_params:,} parameters: a module "
+                    "the forward calls twice is two layers, one it never calls is none)")
+    if out is None:
+        sys.stdout.write(imported.text)
+        print(f"shapecheck import: {summary}", file=sys.stderr)
+        return EXIT_OK
+    try:
+        atomic_write(out, imported.text)
+    except OSError as e:
+        return _fail(f"cannot write {out}: {e.strerror or e}")
+    print(f"wrote {out}: {summary}")
+    return EXIT_OK
