@@ -257,6 +257,7 @@ class _Writer:
         self.source_name = source_name
         self.uses: set[str] = set()
         self.module_names: dict[tuple, str] = {}
+        self.imports_math = False  # a template class's expression uses math.ceil or floor
 
     def shape(self, dims) -> str:
         return shape_text(dims, self.batch)
@@ -368,7 +369,7 @@ class _Writer:
             header,
             f'"""The spec {plan.name} as a PyTorch module, written by shapecheck {__version__}."""',
             "",
-            *(["import math", ""] if "import math" in classes else []),
+            *(["import math", ""] if self.imports_math else []),
             "import torch",
             "from torch import nn",
             "",
@@ -376,7 +377,7 @@ class _Writer:
         for name, block in HELPERS.items():
             if name in self.uses:
                 lines += ["", *block.helper_source.strip("\n").split("\n"), ""]
-        lines += [line for line in classes if line != "import math"]
+        lines += classes
         lines += [
             "",
             f"# {plan.params:,} parameters, {plan.macs:,} multiply-accumulates per sample.",
@@ -391,30 +392,26 @@ class _Writer:
         source = re.sub(r"\n{4,}", "\n\n\n", "\n".join(lines) + "\n")
         return Generated(source, cls, self.module_names, renamed)
 
+    def write_templated(self, cls: str, attrs: dict[int, str]):
+        """The main class's lines and the template classes of a templated plan (templatecode)."""
+        from .templatecode import ClassWriter, Instances, Retry
 
-def _templated(self, cls: str, attrs: dict[int, str]):
-    """The main class's lines and the template classes of a templated plan (templatecode)."""
-    from .templatecode import ClassWriter, Instances, Retry
-
-    self.reserved = _module_attributes()
-    self.taken_names = {cls, *HELPERS}
-    instances = Instances(self.plan.templates)
-    while True:  # again after instances that cannot share a class are written in full
-        self.uses, self.module_names = set(), {}
-        writer = ClassWriter(self, instances)
-        try:
-            init, forward = writer.main(attrs)
-            break
-        except Retry:
-            continue
-    classes = ["import math"] if "math" in writer.needs else []
-    classes += writer.helpers_source()
-    for code in writer.order:
-        classes += ["", "", *code.source]
-    return init, forward, classes + ["", ""]
-
-
-_Writer.write_templated = _templated
+        self.reserved = _module_attributes()
+        self.taken_names = {cls, *HELPERS}
+        instances = Instances(self.plan.templates)
+        while True:  # again after instances that cannot share a class are written in full
+            self.uses, self.module_names = set(), {}
+            writer = ClassWriter(self, instances)
+            try:
+                init, forward = writer.main(attrs)
+                break
+            except Retry:
+                continue
+        self.imports_math = "math" in writer.needs
+        classes = writer.helpers_source()
+        for code in writer.order:
+            classes += ["", "", *code.source]
+        return init, forward, classes + ["", ""]
 
 
 def _wrap(lines: list[str], indent: int) -> list[str]:
