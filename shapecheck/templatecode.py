@@ -408,7 +408,7 @@ class ClassWriter:
                 raise Unshareable
             self.check_column([c[0] for c in contents])
             base, args = self.layer_call(ctx, [c[0] for c in contents], 2)
-            body = self.render("super().__init__", args, 2)
+            body = self.write_call("super().__init__", args, 2)
         else:
             base = "nn.Sequential"
             body = [f"{INDENT * 2}super().__init__(", *self.write_items(ctx, contents, 3),
@@ -449,7 +449,7 @@ class ClassWriter:
 
     # ------------------------------------------------------------ writing
 
-    def render(self, func: str, args: list, indent: int, head: str = "", tail: str = "",
+    def write_call(self, func: str, args: list, indent: int, head: str = "", tail: str = "",
                comment: str = "") -> list[str]:
         """``head + func(args) + tail  # comment``; args are ("arg", text) or ("lines", lines
         already written one level deeper)."""
@@ -487,7 +487,7 @@ class ClassWriter:
                 comment = ""
                 if ctx.cls is None and comments and plan.output_dims != plan.input_dims:
                     comment = self.owner.shape(plan.output_dims)
-                lines += self.render(func, args, indent, tail=",", comment=comment)
+                lines += self.write_call(func, args, indent, tail=",", comment=comment)
             else:
                 raise Unshareable
         return lines
@@ -653,7 +653,7 @@ class ClassWriter:
             if isinstance(item, Layer):
                 attr = attrs[item.plan.index]
                 func, args = self.layer_call(ctx, [item], 2)
-                init += self.render(func, args, 2, head=f"self.{attr} = ")
+                init += self.write_call(func, args, 2, head=f"self.{attr} = ")
                 self.map_layer(item, attr, None)
                 forward.append(f"{pad}x = self.{attr}(x)  # "
                                f"{self.owner.shape(item.plan.output_dims)}")
