@@ -1,8 +1,11 @@
 """Training and evaluating a built module: ``shapecheck build --train`` and ``shapecheck eval``.
 
-The parts: ``data`` (what the loop needs of the dataset), ``loop`` (``train()``),
-``runfolder`` (checkpoint, metrics, curves, run.json), ``evaluate`` (``evaluate()``)
-and ``base`` (errors, devices, losses shared by all).
+The parts, in the order a run meets them: ``setup`` (the device, the spec's checks, the
+data on the device, the optimizer, the precision; ``Run``, the state a run carries),
+``resume`` (continuing from a checkpoint), ``loop`` (``train()``: the epochs and steps),
+``runfolder`` (checkpoint, metrics, curves, run.json), ``distributed`` (the processes of a
+DDP run and their launcher), ``data`` (what the loop needs of the dataset), ``evaluate``
+(``evaluate()``) and ``base`` (errors, devices, losses shared by all).
 
 ``train()`` reads the whole dataset into memory once (``shapecheck.data``),
 normalises it once, and runs a plain loop that indexes whole batches from the

@@ -75,6 +75,21 @@ class World:
             dist.barrier()
 
 
+class PeerLostError(TrainError):
+    """Another process of the run stopped, so this one cannot go on."""
+
+
+def lost_peer(e: RuntimeError) -> str | None:
+    """What a collective's error says of a process that died or hung up, in one short line;
+    None when the error is something else."""
+    text = str(e)
+    if not (isinstance(e, dist.DistError)
+            or any(w in text.lower() for w in ("gloo", "nccl", "connection", "peer"))):
+        return None
+    line = text.splitlines()[0] if text else type(e).__name__
+    return line[:160]
+
+
 def _collective_device() -> torch.device:
     # nccl reduces CUDA tensors only; gloo CPU tensors.
     if dist.get_backend() == "nccl":

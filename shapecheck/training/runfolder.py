@@ -7,7 +7,7 @@ import csv
 import io
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from shapecheck.atomic import atomic_open, atomic_write, check_regular
+from shapecheck.atomic import atomic_open, atomic_write, check_regular, temp_name_prefix
 from shapecheck.trainspec import TrainSpec
 
 from .base import TrainError
@@ -106,6 +106,27 @@ def _out_dir(spec: TrainSpec, name: str, base_dir: Path, out_dir: Path | None) -
 
 
 # ---------------------------------------------------------------- files of a run
+
+
+def open_folder(out: Path) -> None:
+    """The run folder, made if missing, without the temp files a killed run may have left."""
+    out.mkdir(parents=True, exist_ok=True)
+    for f in RUN_FILES:
+        for stale in out.glob(temp_name_prefix(f) + "*.tmp"):
+            stale.unlink(missing_ok=True)
+
+
+def start_afresh(out: Path, model_source: str, run_info: dict[str, Any],
+                 log: Callable[[str], Any]) -> None:
+    """A new run in ``out``: the previous run's results go, model.py and run.json are written."""
+    old = [f for f in (MODEL_FILE, BEST_FILE, CHECKPOINT_FILE, METRICS_FILE, CURVES_FILE)
+           if (out / f).exists()]
+    if old:
+        log(f"note: starting afresh in {out}; removing the previous run's {', '.join(old)}")
+        for f in old:
+            (out / f).unlink()
+    atomic_write(out / SOURCE_FILE, model_source)
+    atomic_write(out / RUN_FILE, json.dumps(run_info, indent=2) + "\n")
 
 
 def _write_metrics(path: Path, history: Sequence[EpochMetrics]) -> None:

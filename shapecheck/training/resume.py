@@ -1,0 +1,163 @@
+"""Continuing a run from its checkpoint: which checkpoint fits, what may change since, and
+the state put back (model, optimizer, RNG, the position inside the epoch)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from shapecheck.trainspec import TrainSpec
+
+from .base import TrainError, _plural, _set_rng_state
+from .runfolder import CHECKPOINT_FILE, EpochMetrics, _architecture_diff, _read_checkpoint
+from .setup import Run, apply_hyperparameters
+
+# What a resume may not change in the middle of an epoch: the rest of its batches
+# could not be replayed. At an epoch boundary they apply from the next epoch.
+_EPOCH_KEYS = ("seed", "batch_size", "drop_last")
+
+
+def read_checkpoint(out: Path, module: nn.Module, input_shape: tuple[int, int, int],
+                    num_classes: int) -> dict[str, Any]:
+    """The run folder's checkpoint, refused when another architecture made it."""
+    ckpt = _read_checkpoint(out / CHECKPOINT_FILE)
+    diffs = _architecture_diff(ckpt["model"], module)
+    if diffs or list(ckpt["input_shape"]) != list(input_shape) \
+            or ckpt["num_classes"] != num_classes:
+        detail = "; ".join(diffs[:5]) or (
+            f"input {ckpt['input_shape']} -> {list(input_shape)}, "
+            f"classes {ckpt['num_classes']} -> {num_classes}")
+        raise TrainError(
+            f"cannot resume: {out / CHECKPOINT_FILE} was made by a different "
+            f"architecture ({detail})")
+    return ckpt
+
+
+def note_normalisation(ckpt: dict[str, Any], data: Any, log: Callable[[str], Any]) -> None:
+    if not torch.allclose(torch.tensor(ckpt["mean"] + ckpt["std"]),
+                          torch.tensor(data.mean + data.std), rtol=1e-4, atol=1e-6):
+        log("note: the training data's mean/std differ from the checkpoint's; "
+            "has the dataset changed?")
+
+
+def restore(run: Run, ckpt: dict[str, Any]) -> None:
+    """Put the checkpoint's state back into ``run``, saying what differs from it."""
+    run.resumed = True
+    run.start_epoch, run.start_step = int(ckpt["epoch"]), int(ckpt["step"])
+    where = _position(ckpt, run)
+    changes = _resume_changes(ckpt, run.spec, run.dataset_entry, run.start_step, where)
+    _load_states(run, ckpt)
+    saved_world = int(ckpt.get("world_size", 1))
+    if saved_world != run.world.size:
+        run.log(f"note: the run trained in {_plural(saved_world, 'process')}, this one in "
+                f"{run.world.size}; the batches are the same, but sums in another order "
+                "differ in the last bits")
+    run.partial = ckpt.get("partial")
+    run.history = [EpochMetrics(**m) for m in ckpt["metrics"]]
+    run.log(f"resuming {run.out} {where}")
+    if changes:
+        run.log(f"note: changed since the checkpoint: {'; '.join(changes)}"
+                + ("; they apply from here on, so the run differs from one that had them "
+                   "from the start" if any(c.split()[0] in _EPOCH_KEYS for c in changes)
+                   else ""))
+    _match_threads(run, ckpt.get("threads"))
+    run.pending_resume = {
+        "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "epoch": run.start_epoch + (1 if run.start_step else 0),
+        "step": run.start_step,
+        "changes": changes,
+        "threads": torch.get_num_threads(),
+        "world_size": run.world.size,
+    }
+
+
+def _position(ckpt: dict[str, Any], run: Run) -> str:
+    """Where the checkpoint stands, in words; its steps as the run counted them."""
+    if not run.start_step:
+        return f"after epoch {run.start_epoch}"
+    was = TrainSpec.model_validate(ckpt["train"])
+    n = run.n
+    was_steps = n // was.batch_size if was.drop_last else math.ceil(n / was.batch_size)
+    return f"at epoch {run.start_epoch + 1}, step {run.start_step}/{was_steps}"
+
+
+def _load_states(run: Run, ckpt: dict[str, Any]) -> None:
+    run.module.load_state_dict(ckpt["model"])
+    try:
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+    except ValueError as e:
+        raise TrainError(f"cannot resume: the optimizer's state does not fit ({e}); was "
+                         "the optimizer type or decay_norm_and_bias changed?") from None
+    apply_hyperparameters(run.optimizer, run.spec.optimizer)
+    scaler = run.precision.scaler
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    # Each rank draws its own dropout masks: a resume with the same number of
+    # processes gives each its own generator back.
+    rngs = ckpt.get("rng_ranks")
+    world = run.world
+    _set_rng_state(rngs[world.rank] if rngs and len(rngs) == world.size else ckpt["rng"],
+                   run.device)
+
+
+def _match_threads(run: Run, saved: int | None) -> None:
+    if saved is None or saved == torch.get_num_threads() or run.device.type != "cpu":
+        return
+    if run.spec.deterministic:
+        torch.set_num_threads(int(saved))
+        run.log(f"note: using {_plural(int(saved), 'thread')}, as the run did "
+                "before: CPU results depend on the thread count")
+    else:
+        run.log(f"note: the run used {_plural(int(saved), 'thread')}, this "
+                f"process {torch.get_num_threads()}; the weights will differ in the last "
+                "bits from an uninterrupted run (--deterministic keeps the count)")
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _resume_changes(ckpt: dict[str, Any], spec: TrainSpec, dataset: dict[str, Any],
+                    steps_done: int, where: str) -> list[str]:
+    """What differs from the checkpoint's spec, in words; TrainError where it cannot apply."""
+    old_spec = TrainSpec.model_validate(ckpt["train"])
+    old_ds = ckpt.get("dataset")
+    if old_ds is not None and old_ds != dataset:
+        diff = [f"{k} {_flat(old_ds).get(k)} -> {_flat(dataset).get(k)}"
+                for k in sorted(set(_flat(old_ds)) | set(_flat(dataset)))
+                if _flat(old_ds).get(k) != _flat(dataset).get(k)]
+        raise TrainError(
+            f"cannot resume: the dataset differs from the checkpoint's ({'; '.join(diff)}); "
+            "the run's splits and normalisation come from its dataset. Keep the dataset, or "
+            "start a new run in another folder (--out)")
+    old = _flat(old_spec.model_dump(mode="json", exclude={"dataset", "output"}))
+    new = _flat(spec.model_dump(mode="json", exclude={"dataset", "output"}))
+    changed = [k for k in sorted(old) if old[k] != new.get(k)]
+    fixed = [k for k in changed if k in ("optimizer.type", "optimizer.decay_norm_and_bias")]
+    if fixed:
+        raise TrainError(
+            f"cannot resume with {', '.join(f'{k} {new[k]}' for k in fixed)}: the checkpoint's "
+            f"optimizer state was made with {', '.join(f'{k} {old[k]}' for k in fixed)}; "
+            "start a new run in another folder (--out)")
+    if steps_done:
+        stuck = [k for k in changed if k in _EPOCH_KEYS]
+        if stuck:
+            was = ", ".join(f"{k} {old[k]}" for k in stuck)
+            raise TrainError(
+                f"cannot resume {where} with {', '.join(f'{k} {new[k]}' for k in stuck)}: the "
+                f"checkpoint was made with {was}, and the rest of the epoch can only be "
+                "replayed with the same. Resume with the same values; a change can apply "
+                "from an epoch boundary (the checkpoint of a completed epoch)")
+    return [f"{k} {old[k]} -> {new.get(k)}" for k in changed]

@@ -1,0 +1,249 @@
+"""Before the first step: the device, what the spec asks of the module, the data on the
+device, the optimizer and the precision; and ``Run``, the state a run carries from its set-up
+through its epochs."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from shapecheck.data import MemoryLimitError, load_dataset
+from shapecheck.trainspec import OptimizerSpec, TrainSpec
+
+from .base import TrainError, _last_layer, default_loss, select_device
+from .data import stream_folder
+from .distributed import World, backend_for
+from .distributed import setup as join_world
+from .runfolder import EpochMetrics, _tensorboard_available
+
+
+@dataclass
+class Splits:
+    """The run's data on its device. ``loaded`` is what ``shapecheck.data`` read: its notes,
+    classes, normalisation and split sizes (and the image files, when streamed)."""
+
+    loaded: Any
+    x_train: Any  # a tensor, or LazyImages when streamed
+    y_train: torch.Tensor
+    x_test: Any
+    y_test: torch.Tensor
+    x_val: Any | None
+    y_val: torch.Tensor | None
+    streamed: bool
+
+
+@dataclass
+class Precision:
+    """The forward pass and loss under ``torch.autocast`` (bf16, fp16) or not (32)."""
+
+    device_type: str
+    amp_dtype: torch.dtype | None
+    # fp16 needs its loss scaled against underflow; bf16 has fp32's range and needs none.
+    scaler: torch.amp.GradScaler | None
+
+    @classmethod
+    def of(cls, spec: TrainSpec, device: torch.device) -> Precision:
+        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.precision)
+        scaler = torch.amp.GradScaler(device.type) if spec.precision == "fp16" else None
+        return cls(device.type, amp_dtype, scaler)
+
+    def autocast(self) -> Any:
+        return (torch.autocast(self.device_type, dtype=self.amp_dtype)
+                if self.amp_dtype is not None else contextlib.nullcontext())
+
+
+@dataclass
+class Run:
+    """One training run: what its set-up decided and what its epochs carry on."""
+
+    spec: TrainSpec
+    name: str
+    world: World
+    device: torch.device
+    out: Path
+    log: Callable[[str], Any]
+    module: nn.Module  # the plain module: its weights are what the run folder keeps
+    loss_name: str
+    data: Splits
+    class_weights: torch.Tensor | None
+    dataset_entry: dict[str, Any]
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    optimizer: torch.optim.Optimizer
+    precision: Precision
+    history: list[EpochMetrics] = field(default_factory=list)
+    start_epoch: int = 0
+    start_step: int = 0  # steps of start_epoch a resumed checkpoint had done
+    partial: dict[str, Any] | None = None  # their sums
+    resumed: bool = False
+    # Recorded in run.json with the first checkpoint written: a resume that fails before
+    # then leaves the run folder as it was.
+    pending_resume: dict[str, Any] | None = None
+
+    @property
+    def n(self) -> int:
+        return self.data.x_train.shape[0]
+
+    @property
+    def steps(self) -> int:
+        n, bs = self.n, self.spec.batch_size
+        return n // bs if self.spec.drop_last else math.ceil(n / bs)
+
+    def last_good(self) -> str:
+        done = len(self.history)
+        return (f"the last good checkpoint (epoch {done}) is kept in {self.out}" if done
+                else "no epoch had completed, so no checkpoint was written")
+
+
+# ---------------------------------------------------------------- device and spec
+
+
+def choose_device(spec: TrainSpec, world: World, backend: str) -> torch.device:
+    """The spec's device; in a distributed run, this rank's, once it has joined the others."""
+    device = select_device(spec.device)
+    if world.distributed:
+        device = join_world(world, device, backend_for(device, backend))
+    return device
+
+
+def check_spec(module: nn.Module, spec: TrainSpec, device: torch.device,
+               log: Callable[[str], Any]) -> str:
+    """The run's loss, once what the spec asks is found possible with this module and device."""
+    assert spec.dataset is not None
+    if spec.precision != "32" and device.type == "mps":
+        raise TrainError(f"precision {spec.precision} is for cpu and cuda; train on mps in 32")
+    loss_name = spec.loss or default_loss(module)
+    last = _last_layer(module)
+    if loss_name == "nll_loss" and not isinstance(last, nn.LogSoftmax):
+        log(f"note: nll_loss expects log-probabilities, but the last layer is "
+            f"{type(last).__name__}")
+    if isinstance(last, nn.Softmax):
+        log("note: the last layer is Softmax; cross_entropy applies log-softmax itself, "
+            "so a Softmax before it slows learning (use logsoftmax with nll_loss, or drop it)")
+    if spec.label_smoothing and loss_name != "cross_entropy":
+        raise TrainError(f"label_smoothing needs cross_entropy; this run's loss is {loss_name} "
+                         "(the last layer is LogSoftmax): give loss: cross_entropy and drop "
+                         "the logsoftmax layer")
+    if spec.patience is not None and spec.dataset.val_fraction is None:
+        raise TrainError("patience needs a validation split: give the dataset a val_fraction "
+                         "(e.g. 0.1); the test split drives no decision")
+    if spec.tensorboard:
+        _tensorboard_available()
+    return loss_name
+
+
+# ---------------------------------------------------------------- data
+
+
+def read_data(module: nn.Module, spec: TrainSpec, *, input_shape: tuple[int, int, int],
+              num_classes: int, base_dir: Path, log: Callable[[str], Any]) -> Any:
+    """The dataset, in memory or streamed, with its notes said."""
+    assert spec.dataset is not None
+    if spec.workers is not None:
+        data = stream_folder(spec.dataset, input_shape=input_shape, num_classes=num_classes,
+                             base_dir=base_dir, workers=int(spec.workers or 0))
+    else:
+        # Weights, gradients and optimizer state, counted with the data in one memory check.
+        param_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+        copies = 2 + (2 if spec.optimizer.type != "sgd" else int(bool(
+            spec.optimizer.effective_momentum)))
+        data = load_dataset(spec.dataset, input_shape=input_shape, num_classes=num_classes,
+                            base_dir=base_dir, extra_bytes=param_bytes * copies,
+                            extra_what="the weights, gradients and optimizer state")
+    for note in data.notes:
+        log(f"note: {note}")
+    if data.source == "synthetic":
+        log("note: synthetic data is a smoke test: it shows that the model trains and the "
+            "run folder is written; its accuracy says nothing about real data")
+    return data
+
+
+def place(module: nn.Module, data: Any, spec: TrainSpec, device: torch.device,
+          fresh: bool) -> Splits:
+    """Seed torch, re-initialise a fresh run's parameters, and move the module and the data
+    to the device."""
+    torch.manual_seed(spec.seed)
+    if fresh:
+        _reinit(module)
+    try:
+        module.to(device)
+        return Splits(
+            loaded=data,
+            x_train=data.x_train.to(device), y_train=data.y_train.to(device),
+            x_test=data.x_test.to(device), y_test=data.y_test.to(device),
+            x_val=data.x_val.to(device) if data.x_val is not None else None,
+            y_val=data.y_val.to(device) if data.y_val is not None else None,
+            streamed=spec.workers is not None)
+    except (MemoryError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and "memory" not in str(e).lower():
+            raise
+        raise MemoryLimitError(f"the data does not fit on {device.type}: "
+                               f"{type(e).__name__}: {str(e).splitlines()[0]}") from None
+
+
+def _reinit(module: nn.Module) -> None:
+    for m in module.modules():
+        reset = getattr(m, "reset_parameters", None)
+        if callable(reset):
+            reset()
+
+
+# ---------------------------------------------------------------- optimizer
+
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+def _param_groups(module: nn.Module, o: OptimizerSpec) -> list[dict[str, Any]]:
+    """One group, or two when norm weights and biases are kept out of weight decay.
+
+    Each group carries ``decay`` so a resume can re-apply the spec's weight decay."""
+    wd = o.effective_weight_decay
+    if o.decay_norm_and_bias:
+        return [{"params": list(module.parameters()), "weight_decay": wd, "decay": True}]
+    plain, exempt = [], []
+    for m in module.modules():
+        for pname, p in m.named_parameters(recurse=False):
+            (exempt if isinstance(m, _NORMS) or pname == "bias" else plain).append(p)
+    groups = [{"params": plain, "weight_decay": wd, "decay": True},
+              {"params": exempt, "weight_decay": 0.0, "decay": False}]
+    return [g for g in groups if g["params"]]
+
+
+def make_optimizer(module: nn.Module, o: OptimizerSpec) -> torch.optim.Optimizer:
+    groups = _param_groups(module, o)
+    if o.type == "sgd":
+        return torch.optim.SGD(groups, lr=o.effective_lr, momentum=o.effective_momentum,
+                               nesterov=o.nesterov)
+    cls = torch.optim.Adam if o.type == "adam" else torch.optim.AdamW
+    return cls(groups, lr=o.effective_lr)
+
+
+def apply_hyperparameters(optimizer: torch.optim.Optimizer, o: OptimizerSpec) -> None:
+    # A resumed run takes lr and the like from the spec, which may have changed.
+    for group in optimizer.param_groups:
+        group["lr"] = o.effective_lr
+        group["weight_decay"] = o.effective_weight_decay if group.get("decay", True) else 0.0
+        if "momentum" in group:
+            group["momentum"] = o.effective_momentum
+            group["nesterov"] = o.nesterov
+
+
+def wrap(module: nn.Module, world: World, device: torch.device, compile: bool) -> nn.Module:
+    """The module as it trains: in DistributedDataParallel across ranks, compiled if asked."""
+    model: nn.Module = module
+    if world.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(
+            module, device_ids=[device] if device.type == "cuda" else None)
+    if compile:
+        model = torch.compile(model)
+    return model
