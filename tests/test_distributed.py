@@ -111,6 +111,65 @@ def test_ddp_interrupted_mid_epoch_resumes_to_the_same_weights(ddp_run, tmp_path
     assert json.loads((out / "run.json").read_text())["resumes"][0]["world_size"] == 2
 
 
+def worker_pids(launcher: int) -> dict[int, int]:
+    """The launcher's worker processes by rank: its children in /proc, each with the RANK
+    torch's launcher gave it."""
+    ranks = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != launcher:
+                continue
+            env = (stat.parent / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue  # a process that ended meanwhile
+        rank = next((int(v[5:]) for v in env if v.startswith(b"RANK=")), None)
+        if rank is not None:
+            ranks[rank] = int(stat.parent.name)
+    return ranks
+
+
+@needs_mnist
+@needs_two_cores
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the workers in /proc")
+def test_a_rank_killed_mid_run_stops_it_and_the_checkpoint_resumes(tmp_path):
+    out = tmp_path / "run"
+    args = [*COMMON, "--epochs", "3", "--nproc", "2", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "shapecheck", "build", str(SPEC), "--train",
+                             *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    checkpoint = out / "checkpoint.pt"
+    try:
+        deadline = time.monotonic() + 240
+        while not checkpoint.exists():  # the first epoch is done; the second has begun
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no checkpoint after 240 s"
+            time.sleep(0.02)
+        before = checkpoint.read_bytes()
+        os.kill(worker_pids(proc.pid)[1], signal.SIGKILL)
+        stdout, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, stdout + err
+    assert "epoch 3/3" not in stdout
+    # One message, from the launcher: who died, what is kept, how to go on.
+    said = ("shapecheck build: error: rank 1 was killed by SIGKILL; the run stopped on every "
+            f"rank. The last good checkpoint (after epoch 1) is kept in {out}: continue with "
+            "--resume and the same --nproc.")
+    assert [line for line in err.splitlines() if "error" in line.lower()] == [said]
+    assert "Traceback" not in err
+    assert checkpoint.read_bytes() == before
+    ckpt = torch.load(checkpoint, weights_only=True)
+    assert (ckpt["epoch"], ckpt["step"]) == (1, 0)
+    assert not list(out.glob(".*.tmp"))
+
+    r = build(*args, "--resume")
+    assert r.returncode == 0, r.stderr
+    assert f"resuming {out} after epoch 1" in r.stdout and "epoch 3/3" in r.stdout
+    assert adam_steps(out) == 3 * 63
+
+
 def test_bad_distributed_setups_are_refused_before_anything_starts(tmp_path, capsys):
     out = tmp_path / "run"
     base = ["build", str(SPEC), "--train", "--data", "synthetic", "--out", str(out)]

@@ -396,6 +396,7 @@ def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
         TrainError,
         train,
     )
+    from ..training.distributed import EXIT_PEER_LOST, LAUNCHED, PeerLostError
 
     out_dir = _run_folder(p, train_spec, spec_path, args)
     if isinstance(out_dir, str):
@@ -435,6 +436,10 @@ def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
         return _fail(str(e), EXIT_INVALID) if main else EXIT_INVALID
     except DataError as e:
         return _fail(str(e), EXIT_INPUT) if main else EXIT_INPUT
+    except PeerLostError as e:
+        if os.environ.get(LAUNCHED):
+            return EXIT_PEER_LOST  # build --nproc names the process that stopped, once
+        return _fail(str(e) if main else f"rank {os.environ.get('RANK')}: {e}", EXIT_INVALID)
     except TrainError as e:
         # Every rank meets the same setup errors; rank 0 speaks for them. Errors of one
         # rank alone (its device, a peer lost) are printed with its rank.

@@ -15,7 +15,9 @@ Rank 0 alone writes the run folder and prints; every rank reads the checkpoint t
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import os
+import re
 import signal
 import socket
 from collections.abc import Sequence
@@ -87,6 +89,8 @@ def lost_peer(e: RuntimeError) -> str | None:
             or any(w in text.lower() for w in ("gloo", "nccl", "connection", "peer"))):
         return None
     line = text.splitlines()[0] if text else type(e).__name__
+    # gloo's lines start with its source file: "[.../pair.cc:537] Read error ...".
+    line = re.sub(r"^\[[^\]]*\]\s*", "", line).split(". ")[0]
     return line[:160]
 
 
@@ -203,6 +207,13 @@ def worker_argv(argv: Sequence[str]) -> list[str]:
     return out
 
 
+# Set by ``launch`` for its workers. A worker that loses another process then exits quietly
+# with EXIT_PEER_LOST (seen by the launcher only), and the launcher, which knows which
+# process stopped and how, says it once.
+LAUNCHED = "SHAPECHECK_LAUNCHED"
+EXIT_PEER_LOST = 3
+
+
 @dataclass
 class LaunchResult:
     code: int  # the exit code for the command
@@ -226,6 +237,13 @@ def launch(argv: Sequence[str], nproc: int, port: int | None, out_dir: Path) -> 
         "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1", "--master-port",
         str(port), "--max-restarts", "0", "--monitor-interval", "0.2",
         "-m", "shapecheck", *worker_argv(argv)])
+    # torch's own log lines about a failed worker (pids, SIGTERMs sent) would tell the
+    # story below a second time; LOGLEVEL set by hand keeps them.
+    log = logging.getLogger("torch.distributed.elastic.multiprocessing.api")
+    level = log.level
+    if "LOGLEVEL" not in os.environ:
+        log.setLevel(logging.CRITICAL)
+    os.environ[LAUNCHED] = "1"
     try:
         torchrun(args)
     except SignalException as e:
@@ -233,20 +251,27 @@ def launch(argv: Sequence[str], nproc: int, port: int | None, out_dir: Path) -> 
         # checkpoint of the step they agreed on.
         return LaunchResult(128 + int(e.sigval), None)
     except ChildFailedError as e:
-        failures = e.failures
-        main = failures.get(0)
-        if main is not None and main.exitcode > 0 and \
-                all(f.exitcode > 0 for f in failures.values()):
-            return LaunchResult(main.exitcode, None)  # rank 0 said why
-        # The launcher stops the survivors with SIGTERM: the rank to name is the first that
-        # failed otherwise.
-        rank, f = min(failures.items(), key=lambda kv: (
-            kv[1].exitcode == -signal.SIGTERM, kv[1].timestamp, kv[0]))
-        how = (f"was killed by {signal.Signals(-f.exitcode).name}" if f.exitcode < 0
-               else f"exited with code {f.exitcode}")
-        return LaunchResult(1, f"rank {rank} {how}; the run stopped on every rank. "
-                            f"{kept(out_dir)}")
+        return _failed(e.failures, out_dir)
+    finally:
+        os.environ.pop(LAUNCHED, None)
+        log.setLevel(level)
     return LaunchResult(0, None)
+
+
+def _failed(failures: dict[int, Any], out_dir: Path) -> LaunchResult:
+    """What the command says and returns when ranks failed (torch's ProcessFailure each)."""
+    main = failures.get(0)
+    if main is not None and 0 < main.exitcode != EXIT_PEER_LOST and \
+            all(f.exitcode > 0 for f in failures.values()):
+        return LaunchResult(main.exitcode, None)  # rank 0 said why
+    # The rank to name is the first that failed of itself: not one the launcher stopped
+    # (SIGTERM), nor one that stopped because it had lost the other.
+    rank, f = min(failures.items(), key=lambda kv: (
+        kv[1].exitcode in (-signal.SIGTERM, EXIT_PEER_LOST), kv[1].timestamp, kv[0]))
+    how = (f"was killed by {signal.Signals(-f.exitcode).name}" if f.exitcode < 0
+           else f"exited with code {f.exitcode}")
+    return LaunchResult(1, f"rank {rank} {how}; the run stopped on every rank. "
+                        f"{kept(out_dir)}")
 
 
 def kept(out_dir: Path) -> str:

@@ -322,7 +322,8 @@ def _train(
         # This rank's state may be a step ahead of the others', so nothing is saved: the
         # last checkpoint stays as it was.
         raise PeerLostError(f"another process of the run stopped ({reason}); "
-                            f"{run.last_good()}") from None
+                            f"{run.last_good()}"
+                            + ("; continue with --resume" if run.history else "")) from None
     return loop.result(t_call)
 
 
