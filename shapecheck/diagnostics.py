@@ -64,8 +64,8 @@ CODES: dict[str, str] = {
     "computed (sizes grown by upsample, convtranspose2d or flatten).",
     # SC3xx: warnings; the network runs but probably not as intended (exit 0, 1 with --strict).
     "SC301": "The stride leaves the last rows or columns of the input unused.",
-    "SC302": "A softmax/logsoftmax last layer with cross_entropy loss, which already applies "
-    "log-softmax.",
+    "SC302": "A softmax/logsoftmax last layer trained with cross_entropy (named, or the default "
+    "loss), which already applies log-softmax.",
     "SC303": "A conv bias directly followed by batchnorm2d, which cancels it.",
     "SC304": "An even kernel with padding='same' pads asymmetrically (one more on the "
     "bottom/right).",

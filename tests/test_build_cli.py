@@ -197,6 +197,34 @@ def test_train_needs_a_dataset(cwd, capsys):
     assert "give --data PATH" in capsys.readouterr().err
 
 
+def test_softmax_before_cross_entropy_is_one_warning_sc302(cwd, capsys):
+    pytest.importorskip("torch")
+    _write(cwd / "soft.yaml", SMALL + "  - {type: softmax, dim: 1}\n")
+    sc302 = ("soft.yaml:9:5: warning[SC302]: layer 4 (softmax softmax1): the last layer is "
+             "softmax, but cross_entropy already applies log-softmax\n"
+             "  hint: remove softmax1: train on the raw scores (logits)\n")
+    # No train: section: training's default loss, cross_entropy, is the one warned about,
+    # once, as the planner prints it.
+    assert main(["build", "soft.yaml", "--train", "--data", "synthetic", "--epochs", "1",
+                 "--batch-size", "32", "--threads", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert err.count("SC302") == 1 and err.startswith(sc302)
+    assert "note: the last layer is Softmax" not in out + err
+    # The same diagnostic where the spec names the loss, or leaves it to the default.
+    for train in ("train: {loss: cross_entropy}\n", "train: {epochs: 1}\n"):
+        _write(cwd / "soft.yaml", SMALL + "  - {type: softmax, dim: 1}\n" + train)
+        assert main(["plan", "soft.yaml"]) == 0
+        assert capsys.readouterr().err == sc302
+    # Not trained, a softmax last layer is what inference wants; with nll_loss, no SC302.
+    _write(cwd / "soft.yaml", SMALL + "  - {type: softmax, dim: 1}\n")
+    assert main(["plan", "soft.yaml"]) == 0
+    assert "SC302" not in capsys.readouterr().err
+    assert main(["build", "soft.yaml", "--train", "--data", "synthetic", "--epochs", "1",
+                 "--loss", "nll_loss", "--out", "nll", "--threads", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert "SC302" not in err and "nll_loss expects log-probabilities" in out
+
+
 def test_bad_training_values(cwd, capsys):
     spec = _write(cwd / "small.yaml", SMALL)
     assert main(["build", str(spec), "--train", "--data", "synthetic", "--lr", "-1"]) == 2

@@ -416,10 +416,17 @@ def test_sc301_pool_on_odd_size(tmp_path):
 
 
 def test_sc302_softmax_with_cross_entropy(tmp_path):
-    plan = diagnose(tmp_path, HEAD + "  - flatten\n  - {type: linear, out_features: 10}\n"
-                    "  - softmax\ntrain: {loss: cross_entropy}\n")
-    d = only(plan, "SC302")
-    assert d.layer == 2 and d.line == 5
+    net = HEAD + "  - flatten\n  - {type: linear, out_features: 10}\n  - softmax\n"
+    named = only(diagnose(tmp_path, net + "train: {loss: cross_entropy}\n"), "SC302")
+    assert named.layer == 2 and named.line == 5
+    # cross_entropy by default (no loss named): the same diagnostic.
+    assert only(diagnose(tmp_path, net + "train: {epochs: 1}\n"), "SC302") == named
+    assert "SC302" not in [d.code for d in diagnose(tmp_path, net).diagnostics]  # not trained
+    logsoftmax = net.replace("  - softmax", "  - logsoftmax")
+    assert not [d for d in diagnose(tmp_path, logsoftmax + "train: {epochs: 1}\n").diagnostics
+                if d.code == "SC302"]  # its default loss is nll_loss
+    d = only(diagnose(tmp_path, logsoftmax + "train: {loss: cross_entropy}\n"), "SC302")
+    assert d.hint == "remove logsoftmax1: train on the raw scores (logits), or use loss: nll_loss"
 
 
 def test_sc303_conv_bias_before_batchnorm(tmp_path):

@@ -204,21 +204,23 @@ def run(args: argparse.Namespace) -> int:
     except SpecError as e:
         print_diagnostics(e.diagnostics)
         return EXIT_INVALID
+    train_spec = _train_spec(spec.train, args) if args.train else None
+    if train_spec is not None and not isinstance(train_spec, str):
+        # The plan's lints then speak of the run as it will train: a loss given by a flag,
+        # or the default one, even where the spec has no train: section (SC302).
+        spec.train = train_spec
     p = make_plan(spec, batch=args.batch, input_shape=args.input)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 shows them for all
         print_diagnostics(p.diagnostics)
     if not p.valid:
         return EXIT_INVALID
 
-    train_spec = None
-    if args.train:
-        train_spec = _train_spec(spec.train, args)
-        if isinstance(train_spec, int):
-            return train_spec
-        if _classes(p) is None:
-            return _fail(f"{p.name} cannot be trained as a classifier: its output is "
-                         f"{_shape(p.output_shape)}, not (N, classes); end it with flatten "
-                         "and linear", EXIT_INVALID)
+    if isinstance(train_spec, str):
+        return _fail(train_spec)
+    if train_spec is not None and _classes(p) is None:
+        return _fail(f"{p.name} cannot be trained as a classifier: its output is "
+                     f"{_shape(p.output_shape)}, not (N, classes); end it with flatten "
+                     "and linear", EXIT_INVALID)
 
     from ..codegen import (
         BuildError,
@@ -292,7 +294,8 @@ def _classes(p) -> int | None:
     return int(out[1])
 
 
-def _train_spec(spec_train: TrainSpec | None, args: argparse.Namespace) -> TrainSpec | int:
+def _train_spec(spec_train: TrainSpec | None, args: argparse.Namespace) -> TrainSpec | str:
+    """The spec's train: section with the flags applied, or why it cannot train."""
     from pydantic import ValidationError
 
     from ..trainspec import apply_overrides
@@ -315,10 +318,10 @@ def _train_spec(spec_train: TrainSpec | None, args: argparse.Namespace) -> Train
             where = ".".join(str(part) for part in err["loc"])
             message = err["msg"].removeprefix("Value error, ")
             problems.append(f"{where}: {message}" if where else message)
-        return _fail("bad training settings: " + "; ".join(problems))
+        return "bad training settings: " + "; ".join(problems)
     if result.dataset is None:
-        return _fail("nothing to train on: the spec has no train.dataset; give --data PATH "
-                     "(or --data synthetic)")
+        return ("nothing to train on: the spec has no train.dataset; give --data PATH "
+                "(or --data synthetic)")
     return result
 
 
@@ -442,7 +445,7 @@ def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
         return _fail(str(e) if main else f"rank {os.environ.get('RANK')}: {e}", EXIT_INVALID)
     except TrainError as e:
         # Every rank meets the same setup errors; rank 0 speaks for them. Errors of one
-        # rank alone (its device, a peer lost) are printed with its rank.
+        # rank alone (its device) are printed with its rank.
         if main:
             return _fail(str(e), EXIT_INVALID)
         if not _same_everywhere(e):

@@ -115,7 +115,10 @@ def choose_device(spec: TrainSpec, world: World, backend: str) -> torch.device:
 
 def check_spec(module: nn.Module, spec: TrainSpec, device: torch.device,
                log: Callable[[str], Any]) -> str:
-    """The run's loss, once what the spec asks is found possible with this module and device."""
+    """The run's loss, once what the spec asks is found possible with this module and device.
+
+    A softmax last layer before cross_entropy is the plan's warning SC302, which
+    ``build --train`` prints with the spec's line; it is not repeated here."""
     assert spec.dataset is not None
     if spec.precision != "32" and device.type == "mps":
         raise TrainError(f"precision {spec.precision} is for cpu and cuda; train on mps in 32")
@@ -124,9 +127,6 @@ def check_spec(module: nn.Module, spec: TrainSpec, device: torch.device,
     if loss_name == "nll_loss" and not isinstance(last, nn.LogSoftmax):
         log(f"note: nll_loss expects log-probabilities, but the last layer is "
             f"{type(last).__name__}")
-    if isinstance(last, nn.Softmax):
-        log("note: the last layer is Softmax; cross_entropy applies log-softmax itself, "
-            "so a Softmax before it slows learning (use logsoftmax with nll_loss, or drop it)")
     if spec.label_smoothing and loss_name != "cross_entropy":
         raise TrainError(f"label_smoothing needs cross_entropy; this run's loss is {loss_name} "
                          "(the last layer is LogSoftmax): give loss: cross_entropy and drop "
