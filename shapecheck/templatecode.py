@@ -497,7 +497,7 @@ class ClassWriter:
         first = column[0].plan
         if not first.is_block:
             args = []
-            for key, value in first.torch_kwargs.items():
+            for key in first.torch_kwargs:
                 vector = [layer.plan.torch_kwargs[key] for layer in column]
                 raw = self.owner.written(first).get(key)
                 text = ctx.text(vector, raw, key in first.inferred_args, key)

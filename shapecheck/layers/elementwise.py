@@ -221,14 +221,21 @@ class _Softmax(_Elementwise):
     def infer(self, x: Dims, ctx: Context) -> Inferred:
         if self.dim is not None:
             wrap_dim(self.dim, len(x), "dim")
-        return Inferred(out=x)
+            return Inferred(out=x)
+        # build writes the dim torch would pick, which torch warns about choosing implicitly
+        return Inferred(out=x, inferred_args={"dim": self.implicit_dim(x)})
+
+    @staticmethod
+    def implicit_dim(x: Dims) -> int:
+        """torch's choice without a dim: 1 for a 2- or 4-d tensor, 0 for a 0-, 1- or 3-d one."""
+        return 0 if len(x) in (0, 1, 3) else 1
 
     def settings(self) -> str:
         return "" if self.dim is None else f"dim={self.dim}"
 
     def axis_map(self, x: Dims, dim: int):
         # torch's implicit dim (no dim given) is 1 for a 4-d tensor, 0 for 0-, 1- and 3-d
-        over = self.dim if self.dim is not None else (0 if len(x) in (0, 1, 3) else 1)
+        over = self.dim if self.dim is not None else self.implicit_dim(x)
         if over % len(x) == dim:
             return Whole(f"{self.type} normalises over this dim"), dim
         return SAME, dim
