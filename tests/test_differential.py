@@ -31,7 +31,8 @@ Deliberate differences from torch (the contract is stricter on purpose):
   it normalises any number of channels. Asserted like the ones above.
 - A residual adds body and shortcut as torch adds them, broadcasting (N×C×1×1 + N×C×7×7 gives
   N×C×7×7), and a gate multiplies the same way; shapes that do not broadcast fail in both at
-  the block.
+  the block. Where the two have different ranks, torch lines the smaller one's batch up with
+  another dim and combines every sample with every other: SC213 (asserted like the ones above).
 - A pad that crops a dim to 0 (zeropad2d with padding -1 on 2 rows), or a convtranspose2d
   whose padding takes all of its output: SC202, as the contract counts a size of 0 invalid;
   torch makes an empty tensor and fails later, or never. Asserted
@@ -791,6 +792,17 @@ def test_deliberate_shape_differences(layers, code):
     assert run_oracle(spec).valid
     plan = shapecheck.plan(yaml.safe_dump(spec))
     assert [(e.code, e.layer) for e in plan.errors] == [(code, 1)]
+
+
+@pytest.mark.parametrize("block", ["gate", "residual"])
+def test_merging_tensors_of_different_ranks_is_sc213(block):
+    """torch broadcasts a 2×3 body output against the 2×3×2×3 input by lining its batch up
+    with H: every sample combined with every other's values. The planner says SC213."""
+    spec = _spec(["relu", {"type": block, "body": [
+        {"type": "adaptiveavgpool2d", "output_size": 1}, "flatten"]}], shape=(3, 2, 3), batch=2)
+    assert run_oracle(spec).valid
+    plan = shapecheck.plan(yaml.safe_dump(spec))
+    assert [(e.code, e.layer) for e in plan.errors] == [("SC213", 1)]
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from .base import Dims, LayerSpec
+from .base import Dims, LayerSpec, ShapeError
 
 BranchKey = int | str
 
@@ -88,6 +88,24 @@ class Block(LayerSpec):
 
 def chw(x: Dims) -> str:
     return "×".join(map(str, x[1:]))  # 128×28×28, as the table writes shapes
+
+
+def check_same_rank(what: str, a: Dims, b: Dims, names: tuple[str, str]) -> None:
+    """Tensors of different ranks broadcast by their last dims, so the batch of the smaller one
+    would line up with another dim of the larger: every sample combined with every other's
+    values (SC213), which torch only does silently."""
+    if len(a) == len(b):
+        return
+    small, large = (a, b) if len(a) < len(b) else (b, a)
+    small_name, large_name = names if small is a else names[::-1]
+    raise ShapeError(
+        "SC213",
+        f"the {small_name} gives {len(small)} dims (N×{chw(small) or '()'}) and the {large_name} "
+        f"{len(large)} (N×{chw(large)}): torch would line the {small_name}'s batch up with dim "
+        f"{len(large) - len(small)} of the {large_name} and {what} every sample with every other",
+        f"make the {small_name} keep all {len(large)} dims (drop the flatten, or reshape to "
+        f"N×{chw(large[:2] + (1,) * (len(large) - 2))})",
+    )
 
 
 def broadcast(a: Dims, b: Dims) -> Dims | None:

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from .base import Dims, ShapeError
-from .block import Block, broadcast, chw
+from .block import Block, broadcast, check_same_rank, chw
 
 
 class Gate(Block):
@@ -35,6 +35,7 @@ class Gate(nn.Module):
 
     def merge(self, x: Dims, outs: list[Dims]) -> tuple[Dims, str]:
         (gate,) = outs
+        check_same_rank("multiply", gate, x, ("gate", "input"))
         out = broadcast(x, gate)
         if out is not None:
             return out, f"input {chw(x)} × gate {chw(gate)} = {chw(out)}"

@@ -7,7 +7,7 @@ from pydantic import BeforeValidator, Field
 from pydantic_core import PydanticCustomError
 
 from .base import Dims, ShapeError
-from .block import Block, broadcast, chw
+from .block import Block, broadcast, check_same_rank, chw
 
 
 def _activation(value: Any) -> str:
@@ -67,6 +67,7 @@ class Residual(nn.Module):
     def merge(self, x: Dims, outs: list[Dims]) -> tuple[Dims, str]:
         body, shortcut = outs
         label = "shortcut" if self.shortcut else "identity shortcut"
+        check_same_rank("add", body, shortcut, ("body", label))
         out = broadcast(body, shortcut)
         if out is not None:
             note = "" if body == shortcut else " (broadcast)"
