@@ -9,13 +9,23 @@ Importing shapecheck never imports torch; build_module does, when called."""
 
 from __future__ import annotations
 
+import gc as _gc
+
 __version__ = "0.1.0"
 
-from .diagnostics import Diagnostic, InputError
-from .loader import SpecError, load_spec
-from .plan import LayerPlan, Plan
-from .planner import plan
-from .spec import Spec
+# Importing makes thousands of long-lived objects (modules, classes, pydantic's models) and no
+# garbage: the cyclic collector would only scan them again and again, so it pauses meanwhile.
+_collecting = _gc.isenabled()
+_gc.disable()
+try:
+    from .diagnostics import Diagnostic, InputError
+    from .loader import SpecError, load_spec
+    from .plan import LayerPlan, Plan
+    from .planner import plan
+    from .spec import Spec
+finally:
+    if _collecting:
+        _gc.enable()
 
 
 def build_module(spec, **kwargs):

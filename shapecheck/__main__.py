@@ -1,7 +1,5 @@
 """`python -m shapecheck`: the same as the `shapecheck` command."""
 
-import sys
+from .cli import entry
 
-from .cli import main
-
-sys.exit(main())
+entry()

@@ -1,25 +1,60 @@
 """The `shapecheck` command: argument parsing, dispatch and exit codes. No logic lives here.
 
 Exit codes (every command): 0 the spec is valid (warnings allowed); 1 the spec is invalid, or
-has warnings under --strict; 2 usage or input error (no such file, not YAML, not a mapping)."""
+has warnings under --strict; 2 usage or input error (no such file, not YAML, not a mapping).
+
+Output (docs/cli.md): what a command finds, its diagnostics included, goes to stdout; stderr
+carries what is about the run itself (usage errors, a missing extra, a failed write, notes)."""
 
 from __future__ import annotations
 
-import argparse
+import gc
+import os
 import sys
 
 from . import __version__
-from .commands import EXIT_INPUT, print_diagnostics
-from .diagnostics import InputError
-from .report import PrintableStream
 
 COMMANDS = ["plan", "check", "expand", "solve", "render", "build", "import_", "eval", "schema"]
 # Packages of the extras, by the extra that installs them.
 OPTIONAL = {"torch": "torch", "numpy": "torch", "matplotlib": "torch", "PIL": "torch",
             "graphviz": "render"}
+# Commands that hold nothing to release at exit (no threads, child processes or open files):
+# the console script ends them without the interpreter's teardown.
+QUICK_EXIT = {"plan", "check", "expand", "solve", "schema"}
+COLOR_CHOICES = ["auto", "always", "never"]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _global_options(parser, default) -> None:
+    """--color and -q, accepted before the command and after it. After it, the default is
+    SUPPRESS, so that the command's parser does not reset what was given before."""
+    parser.add_argument("--color", "--colour", choices=COLOR_CHOICES, metavar="WHEN",
+                        default=default("auto"),
+                        help="colour diagnostics: auto (default: on a terminal, unless NO_COLOR "
+                        "is set or TERM=dumb), always, never")
+    parser.add_argument("-q", "--quiet", action="store_true", default=default(False),
+                        help="print only errors (and, with --strict, warnings); the exit code "
+                        "says whether the spec is valid")
+
+
+def _command_of(argv: list[str]) -> str | None:
+    """The command a command line names (the first word that is not an option), if it is one
+    of COMMANDS; None for anything else (then every command's parser is built)."""
+    words = iter(argv)
+    for word in words:
+        if word == "--color" or word == "--colour":
+            next(words, None)
+        elif word == "--":
+            word = next(words, None)
+            return word if word in COMMANDS else None
+        elif not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
+
+
+def build_parser(commands: list[str] | None = None):
+    """The argument parser, with the parsers of ``commands`` (default: all). Only the command
+    modules named are imported: a run needs its own command's parser only."""
+    import argparse
     import importlib
 
     parser = argparse.ArgumentParser(
@@ -27,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check a CNN's shapes, parameters and MACs from a YAML spec before PyTorch does.",
     )
     parser.add_argument("--version", action="version", version=f"shapecheck {__version__}")
+    _global_options(parser, lambda value: value)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
+    for name in commands or COMMANDS:
         try:
             module = importlib.import_module(f".commands.{name}", __package__)
         except ModuleNotFoundError as e:
@@ -36,28 +72,89 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.add_parser(sub)
+        _global_options(sub.choices[name], lambda value: argparse.SUPPRESS)
     parser.set_defaults(commands=sub.choices)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Whatever a command prints (paths, names from a spec or a dataset, argparse echoing an
-    # argument) reaches the terminal escaped: no control sequence from the input gets through.
+    return _main(argv)[0]
+
+
+def entry() -> None:
+    """The console script (and `python -m shapecheck`): main(), then, for the commands in
+    QUICK_EXIT, an exit without the interpreter's teardown of every module (about 15 ms,
+    more than planning a small spec takes), after flushing what was printed."""
+    _without_pydantic_plugins()
+    code, command = _main(None)
+    if command not in QUICK_EXIT:
+        sys.exit(code)
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:  # e.g. `shapecheck plan ... | head`
+        pass
+    except OSError:
+        code = code or 1
+    try:
+        sys.stderr.flush()
+    except OSError:
+        pass
+    os._exit(code)
+
+
+def _without_pydantic_plugins() -> None:
+    """Let pydantic find no plugins in this process. It looks them up, when it builds its
+    first validator, among the entry points of every installed distribution: importing
+    importlib.metadata and scanning took longer than planning a spec. A plugin observes the
+    validation an application does; the command's own validation of a spec has no use for
+    one. Only the command does this: importing shapecheck leaves pydantic as it is."""
+    name = "pydantic.plugin._loader"
+    if name not in sys.modules:
+        import types
+
+        loader = types.ModuleType(name)
+        loader.get_plugins = lambda: ()
+        sys.modules[name] = loader
+
+
+def _main(argv: list[str] | None) -> tuple[int, str | None]:
+    """The exit code, and the command run. Whatever a command prints (paths, names from a
+    spec or a dataset, argparse echoing an argument) reaches the terminal escaped: no control
+    sequence from the input gets through."""
+    from .report import OUTPUT, PrintableStream
+
+    # Start-up and a run make many long-lived objects and no garbage worth a collection.
+    collecting = gc.isenabled()
+    gc.disable()
     stdout, stderr = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = PrintableStream(stdout), PrintableStream(stderr)
+    saved = (OUTPUT.color, OUTPUT.quiet)
     try:
-        return _main(argv)
+        return _dispatch(list(argv) if argv is not None else sys.argv[1:])
     finally:
         sys.stdout, sys.stderr = stdout, stderr
+        OUTPUT.color, OUTPUT.quiet = saved
+        if collecting:
+            gc.enable()
 
 
-def _main(argv: list[str] | None) -> int:
-    parser = build_parser()
+def _dispatch(argv: list[str]) -> tuple[int, str | None]:
+    from .report import OUTPUT
+
+    command = _command_of(argv)
+    parser = build_parser([command] if command else None)
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # the command's own usage, not the top level's, says what it takes
         args.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
-    # The command line as given: `build --nproc` starts its workers with it.
-    args.argv = list(argv) if argv is not None else sys.argv[1:]
+    OUTPUT.color, OUTPUT.quiet = args.color, args.quiet
+    args.argv = argv  # the command line as given: `build --nproc` starts its workers with it
+    return _run(args), args.command
+
+
+def _run(args) -> int:
+    from .commands import EXIT_INPUT, print_diagnostics
+    from .diagnostics import InputError
+
     try:
         return args.run(args)
     except InputError as e:
@@ -79,4 +176,4 @@ def _main(argv: list[str] | None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -1,9 +1,12 @@
 """Formats diagnostics for people (`file:line:col: error[SC201]: message`) and for GitHub
-Actions annotations. The one place that turns a Diagnostic into text."""
+Actions annotations. The one place that turns a Diagnostic into text, and that decides whether
+it is coloured."""
 
 from __future__ import annotations
 
+import os
 import re
+from dataclasses import dataclass
 
 from .diagnostics import Diagnostic
 
@@ -49,8 +52,49 @@ class PrintableStream:
         self._stream.write(printable(text, keep="\n\t\r"))
         return len(text)
 
+    def write_raw(self, text: str) -> int:
+        """Write text whose every user-given part has already passed printable(): a coloured
+        diagnostic, whose own escape sequences must reach the terminal."""
+        return self._stream.write(text)
+
     def __getattr__(self, name: str):  # flush, isatty, fileno, encoding ...
         return getattr(self._stream, name)
+
+
+@dataclass
+class Output:
+    """How the command line prints, for this run: set by the CLI from --color and -q."""
+
+    color: str = "auto"  # always, never, or auto: on a terminal unless NO_COLOR or TERM=dumb
+    quiet: bool = False  # only what makes the run fail
+
+
+OUTPUT = Output()
+
+# Select Graphic Rendition codes, as compilers colour their diagnostics.
+_SGR = {"error": "1;31", "warning": "1;35", "location": "1", "hint": "1;36"}
+
+
+def colored(stream) -> bool:
+    """Whether to colour what goes to ``stream``: --color always or never decide; otherwise
+    NO_COLOR (any non-empty value) turns it off, FORCE_COLOR (non-empty, not 0) on, and else
+    only a terminal whose TERM is not dumb gets colour."""
+    if OUTPUT.color != "auto":
+        return OUTPUT.color == "always"
+    if os.environ.get("NO_COLOR"):
+        return False
+    if os.environ.get("FORCE_COLOR", "0") not in ("", "0"):
+        return True
+    if os.environ.get("TERM") == "dumb":
+        return False
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def _paint(text: str, what: str, color: bool) -> str:
+    return f"\x1b[{_SGR[what]}m{text}\x1b[0m" if color else text
 
 
 def location(d: Diagnostic) -> str:
@@ -62,10 +106,14 @@ def location(d: Diagnostic) -> str:
     return ":".join(parts)
 
 
-def format_text(d: Diagnostic) -> str:
-    text = f"{location(d)}: {d.severity}[{d.code}]: {printable(d.message)}"
+def format_text(d: Diagnostic, color: bool = False) -> str:
+    """`file:line:col: error[SC201]: message` and `  hint: ...`; with ``color``, the location
+    bold, the severity red or magenta and `hint:` cyan. Only escape sequences of its own are
+    added: the file, the message and the hint pass printable() as always."""
+    severity = _paint(f"{d.severity}[{d.code}]", d.severity, color)
+    text = f"{_paint(location(d), 'location', color)}: {severity}: {printable(d.message)}"
     if d.hint:
-        text += f"\n  hint: {printable(d.hint)}"
+        text += f"\n  {_paint('hint:', 'hint', color)} {printable(d.hint)}"
     return text
 
 

@@ -29,7 +29,8 @@ def _chw(value: Any) -> tuple[int, int, int]:
 
 
 class InputSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Built on first use (as every model here): importing builds no validator.
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     # channels, height, width
     shape: Annotated[tuple[int, int, int], BeforeValidator(_chw), WithJsonSchema(
@@ -60,7 +61,7 @@ class Spec(BaseModel):
     Layers may be layer models, dicts as in YAML, or type names. ``complete()`` validates and
     names them; ``plan()`` calls it for a spec that has not been completed."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     name: Identifier | None = None
     description: str | None = None

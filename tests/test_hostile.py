@@ -111,14 +111,13 @@ def cli(*argv, limit: float = LIMIT_S) -> Result:
 
 
 def assert_clean(r: Result, limit: float = LIMIT_S) -> Result:
-    """Exit 0, 1 or 2; no traceback; in time; a failure says why (check prints its problems on
-    stdout, the other commands on stderr)."""
+    """Exit 0, 1 or 2; no traceback; in time; a failure says why (a diagnostic on stdout, or
+    a failure of the run on stderr)."""
     assert r.code in (0, 1, 2), str(r)
     assert TRACEBACK not in r.out + r.err, str(r)
     assert r.seconds < limit, str(r)
     if r.code != 0:
-        message = r.out if r.argv[0] == "check" else r.err
-        assert re.search(r"\berror\b", message), f"exit {r.code} without an error message\n{r}"
+        assert re.search(r"\berror\b", r.out + r.err), f"exit {r.code} without an error message\n{r}"
     return r
 
 
@@ -348,8 +347,8 @@ def test_subprocess_no_traceback_bounded_memory(tmp_path, command, text, code):
     done = run_subprocess([command, spec, *extra], tmp_path)
     assert done.returncode == code, done.stderr
     assert TRACEBACK not in done.stdout + done.stderr
-    lines = (done.stdout if command == "check" else done.stderr).strip().splitlines()
-    assert lines and "error" in lines[0], done.stderr
+    lines = done.stdout.strip().splitlines()  # diagnostics are every command's output
+    assert lines and "error" in lines[0], done.stdout
     assert time.perf_counter() - start < 60
     assert not (tmp_path / "out_model.py").exists() and not (tmp_path / "out.dot").exists()
 
@@ -360,7 +359,7 @@ def test_subprocess_no_traceback_bounded_memory(tmp_path, command, text, code):
 def refused(r: Result, code: str, *words: str) -> None:
     assert_clean(r, limit=2.0)
     assert r.code == (2 if code < "SC100" else 1), str(r)
-    assert f"error[{code}]" in (r.out if r.argv[0] == "check" else r.err), str(r)
+    assert f"error[{code}]" in r.out, str(r)
     for word in words:
         assert word in r.out + r.err, str(r)
 
@@ -454,7 +453,7 @@ def test_very_long_lines(tmp_path):
     spec = write(tmp_path, "input: {shape: [1, 8, 8]}\nlayers: [{type: conv2d, out_channels: "
                            + "9" * 100_000 + ", kernel_size: 3}]\n")
     r = assert_clean(cli("plan", spec), limit=5)  # Python refuses the digits, or it is too big
-    assert r.code in (1, 2) and "error[SC" in r.err
+    assert r.code in (1, 2) and "error[SC" in r.out
 
 
 def test_huge_file_is_refused_before_reading(tmp_path):

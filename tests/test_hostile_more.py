@@ -234,7 +234,7 @@ def test_special_files_in_build_and_datasets_are_refused(tmp_path):
     fifo = tmp_path / "spec.yaml"
     os.mkfifo(fifo)
     r = assert_clean(cli("build", fifo, "-o", tmp_path / "m.py"))
-    assert r.code == 2 and "named pipe" in r.err, str(r)
+    assert r.code == 2 and "named pipe" in r.out, str(r)  # SC001, a diagnostic
     os.mkfifo(tmp_path / "out.py")
     r = assert_clean(cli("build", s, "-o", tmp_path / "out.py"))
     assert r.code == 2 and "named pipe" in r.err, str(r)
@@ -400,14 +400,14 @@ def importlib_torch() -> bool:
 def test_huge_inputs_and_overrides_never_crash_the_formatting(tmp_path):
     s = spec(tmp_path, SMALL.replace("[1, 8, 8]", f"[1, {10**164}, 8]"))
     r = assert_clean(cli("plan", s))
-    assert r.code == 1 and "SC103" in r.err
+    assert r.code == 1 and "SC103" in r.out
     for argv in (["--batch", str(10**30)], ["--input", f"1x{10**20}x8"],
                  ["--batch", "9" * 5000]):
         r = assert_clean(cli("plan", spec(tmp_path), *argv))
         assert r.code == 2 and "error" in r.err, str(r)
     r = assert_clean(cli("plan", spec(tmp_path, TRAIN.replace("train_size: 48",
                                                               f"train_size: {10**25}"))))
-    assert r.code == 1 and "train_size" in r.err, str(r)
+    assert r.code == 1 and "train_size" in r.out, str(r)
     assert human_bytes(10**400).startswith("about 2^") and human_count(10**400).startswith("about")
     assert human_bytes(3 * 2**30) == "3.0 GiB" and human_count(1500) == "1.50 K"
 
@@ -529,7 +529,7 @@ def test_control_characters_from_a_spec_never_reach_the_terminal(tmp_path):
     r = cli("check", paths[0])
     assert "\\x1b[2J" in r.out  # escaped, so it can still be read
     r = cli("render", tmp_path / "no\x1b[2Jsuch.yaml")
-    assert r.code == 2 and "\x1b" not in r.err and "\\x1b" in r.err
+    assert r.code == 2 and "\x1b" not in r.out and "\\x1b" in r.out
 
 
 def test_printable_escapes_every_control_and_bidi_character():
@@ -568,7 +568,7 @@ def test_a_nul_byte_is_one_line_with_its_position(tmp_path):
     s.write_bytes(SMALL.replace("  - relu\n", "  - relé\x00\n").encode("utf-8"))
     r = assert_clean(cli("plan", s))
     assert r.code == 2
-    assert r.err.splitlines()[0].startswith(f"{s}:5:9: error[SC002]: ") and "U+0000" in r.err
+    assert r.out.splitlines()[0].startswith(f"{s}:5:9: error[SC002]: ") and "U+0000" in r.out
 
 
 def test_keys_one_and_true_are_two_keys(tmp_path):

@@ -70,15 +70,15 @@ def test_markdown(capsys):
     assert "| 7 | fc       | linear    | 64×10        | 10×320    | 10   |  3,210 |   3,200 |" in out
 
 
-def test_invalid_spec_exit_1_with_diagnostic_on_stderr(capsys, tmp_path):
+def test_invalid_spec_exit_1_with_the_diagnostic_after_the_table_on_stdout(capsys, tmp_path):
     spec = tmp_path / "net.yaml"
     spec.write_text("input: {shape: [1, 28, 28]}\nlayers:\n"
                     "  - {type: linear, name: fc, in_features: 320, out_features: 10}\n")
     code, out, err = run(capsys, "plan", str(spec))
-    assert code == 1
-    assert f"{spec}:3:5: error[SC204]: layer 0 (linear fc)" in err
-    assert "  hint: add flatten before fc: it gives 784 features" in err
-    assert "✗ fails here" in out
+    assert code == 1 and err == ""
+    table, _, problems = out.partition(f"{spec}:3:5: error[SC204]: layer 0 (linear fc)")
+    assert "✗ fails here" in table
+    assert problems.splitlines()[1].startswith("  hint: add flatten before fc: it gives 784 features")
 
 
 def test_invalid_json_keeps_shapes_up_to_the_failure(capsys, tmp_path):
@@ -101,8 +101,8 @@ def test_strict_turns_warnings_into_failure(capsys, tmp_path):
 
 
 def test_input_errors_exit_2(capsys, tmp_path):
-    code, _, err = run(capsys, "plan", str(tmp_path / "missing.yaml"))
-    assert code == 2 and "error[SC001]: no such file" in err
+    code, out, err = run(capsys, "plan", str(tmp_path / "missing.yaml"))
+    assert code == 2 and "error[SC001]: no such file" in out and err == ""
     (tmp_path / "list.yaml").write_text("- a\n")
     assert run(capsys, "plan", str(tmp_path / "list.yaml"))[0] == 2
 

@@ -121,7 +121,7 @@ def expected_edge_shapes(p) -> dict[str, str | None]:
 def test_every_spec_renders_to_svg_with_every_name_and_edge_shape(spec, tmp_path, capsys):
     out = tmp_path / "net.svg"
     assert render(spec, "-o", out) == 0
-    assert capsys.readouterr().out == f"wrote {out}\n"
+    assert capsys.readouterr().out.splitlines()[-1] == f"wrote {out}"  # after any warning
     root = svg_of(out)
     shown = set(texts(root))
     p = plan(spec)
@@ -195,9 +195,10 @@ def test_invalid_spec_is_drawn_up_to_the_failure(tmp_path, capsys):
     spec = write(tmp_path, "too_big.yaml", TOO_BIG)
     out = tmp_path / "too_big.svg"
     assert render(spec, "-o", out) == 1
-    err = capsys.readouterr().err
+    drawn = capsys.readouterr().out
     assert main(["plan", str(spec)]) == 1
-    assert err == capsys.readouterr().err  # the diagnostics exactly as plan prints them
+    err = drawn.removesuffix(f"wrote {out}\n")
+    assert capsys.readouterr().out.endswith(err)  # the diagnostics exactly as plan prints them
     assert "error[SC201]" in err
 
     root = svg_of(out)
@@ -224,7 +225,7 @@ def test_failing_merge_is_red_and_an_unreached_block_is_drawn_grey(tmp_path, cap
     spec = write(tmp_path, "bad_shortcut.yaml", BAD_SHORTCUT)
     out = tmp_path / "bad.svg"
     assert render(spec, "-o", out) == 1
-    assert "error[SC211]" in capsys.readouterr().err
+    assert "error[SC211]" in capsys.readouterr().out
     root = svg_of(out)
     nodes = groups(root, "node")
     assert fill(nodes["m1"]) == FAILED_FILL
@@ -243,8 +244,8 @@ def test_schema_invalid_spec_draws_its_errors(tmp_path, capsys):
     out = tmp_path / "typo.svg"
     assert render(spec, "-o", out) == 1
     captured = capsys.readouterr()
-    assert "error[SC102]" in captured.err and "Traceback" not in captured.err
-    assert captured.out == f"wrote {out}\n"
+    assert "error[SC102]" in captured.out and "Traceback" not in captured.out + captured.err
+    assert captured.out.endswith(f"'kernel_size'?\nwrote {out}\n")
     nodes = groups(svg_of(out), "node")
     assert set(nodes) == {"errors"}
     assert fill(nodes["errors"]) == FAILED_FILL
@@ -255,7 +256,7 @@ def test_schema_invalid_spec_draws_its_errors(tmp_path, capsys):
 def test_missing_spec_is_an_input_error_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "x.svg"
     assert render(tmp_path / "nope.yaml", "-o", out) == 2
-    assert "SC001" in capsys.readouterr().err
+    assert "SC001" in capsys.readouterr().out
     assert not out.exists()
 
 
@@ -292,7 +293,7 @@ def test_hostile_name_is_a_schema_error_drawn_safely(tmp_path, capsys):
                  "layers: [flatten, {type: linear, name: \"x<y>\", out_features: 2}]\n")
     out = tmp_path / "evil.svg"
     assert render(spec, "-o", out) == 1
-    assert "SC105" in capsys.readouterr().err
+    assert "SC105" in capsys.readouterr().out
     shown = "\n".join(texts(svg_of(out)))
     assert "SC105" in shown and "x<y>" in shown
 

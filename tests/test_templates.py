@@ -163,7 +163,7 @@ def test_an_unknown_name_in_a_template_points_at_the_use_and_the_template(tmp_pa
     path = write(tmp_path, RESNET50.replace("out_channels: $width * 4, kernel_size: 1, bias",
                                             "out_channels: $widht * 4, kernel_size: 1, bias"))
     assert main(["plan", str(path)]) == 1
-    err = capsys.readouterr().err
+    err = capsys.readouterr().out
     assert f"{path}:34:5: error[SC109]: $widht is not defined here (did you mean $width?" in err
     assert "(in template bottleneck at" in err
 
@@ -228,7 +228,7 @@ def test_scales_change_widths_and_depths(tmp_path, capsys):
                                        "blocks_2_conv", "blocks_3_conv"]
     assert [r.spec.out_channels for r in default.walk() if r.type == "conv2d"] == [32, 16, 24]
     assert main(["plan", str(path), "--scale", "x2"]) == 1
-    err = capsys.readouterr().err
+    err = capsys.readouterr().out
     assert "error[SC111]: unknown scale 'x2'" in err and "scales: x1_0, x0_5" in err
     assert main(["plan", str(path), "--scale", "x0_5", "--format", "json"]) == 0
     assert '"scale": "x0_5"' in capsys.readouterr().out
@@ -237,7 +237,7 @@ def test_scales_change_widths_and_depths(tmp_path, capsys):
 def test_a_scale_for_a_spec_without_scales(tmp_path, capsys):
     path = write(tmp_path, "input: {shape: [1, 8, 8]}\nlayers: [relu]\n")
     assert main(["plan", str(path), "--scale", "x1_0"]) == 1
-    assert "SC111" in capsys.readouterr().err
+    assert "SC111" in capsys.readouterr().out
 
 
 def test_a_flow_mapping_cut_at_a_comma_gets_a_quoting_hint(tmp_path):

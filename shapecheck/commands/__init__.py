@@ -11,7 +11,7 @@ import sys
 
 from ..diagnostics import Diagnostic
 from ..layers.base import INT64_MAX
-from ..report import format_text
+from ..report import OUTPUT, colored, format_text
 
 EXIT_OK, EXIT_INVALID, EXIT_INPUT = 0, 1, 2
 
@@ -58,10 +58,20 @@ def add_shape_overrides(parser: argparse.ArgumentParser) -> None:
                         help="input shape such as 3x32x32; overrides the spec")
 
 
-def print_diagnostics(diagnostics: list[Diagnostic], stream=None) -> None:
-    stream = stream or sys.stderr
+def print_diagnostics(diagnostics: list[Diagnostic], stream=None, *, strict: bool = False,
+                      form=None) -> None:
+    """Print diagnostics, by default to stdout: they are what the command found, its output
+    (docs/cli.md). With -q, warnings are left out unless ``strict`` makes them fail the run.
+    ``form``: a formatter such as format_github, instead of the (coloured) text form."""
+    stream = stream or sys.stdout
+    color = form is None and colored(stream)
+    # A coloured line bypasses the stream's escaping: format_text escaped the user's text
+    # itself, so its own colour codes are the only escape sequences in it.
+    write = getattr(stream, "write_raw", stream.write) if color else stream.write
     for d in diagnostics:
-        print(format_text(d), file=stream)
+        if OUTPUT.quiet and not strict and not d.is_error:
+            continue
+        write((format_text(d, color) if form is None else form(d)) + "\n")
 
 
 def exit_code(plans, strict: bool) -> int:

@@ -156,7 +156,10 @@ def _fail(message: str, code: int = EXIT_INPUT) -> int:
 
 
 def _note(message: str) -> None:
-    print(f"note: {printable(message)}", file=sys.stderr)
+    from ..report import OUTPUT
+
+    if not OUTPUT.quiet:
+        print(f"note: {printable(message)}", file=sys.stderr)
 
 
 def _destination(args: argparse.Namespace) -> Path | str | None:
@@ -199,10 +202,12 @@ def run(args: argparse.Namespace) -> int:
             return _fail(problem)
 
     spec_path = Path(args.spec)
+    # With -o -, stdout holds the module's source and nothing else: diagnostics go to stderr.
+    findings = sys.stderr if destination == "-" else None
     try:
         spec = load_spec(spec_path, scale=args.scale)
     except SpecError as e:
-        print_diagnostics(e.diagnostics)
+        print_diagnostics(e.diagnostics, findings)
         return EXIT_INVALID
     train_spec = _train_spec(spec.train, args) if args.train else None
     if train_spec is not None and not isinstance(train_spec, str):
@@ -211,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
         spec.train = train_spec
     p = make_plan(spec, batch=args.batch, input_shape=args.input)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 shows them for all
-        print_diagnostics(p.diagnostics)
+        print_diagnostics(p.diagnostics, findings)
     if not p.valid:
         return EXIT_INVALID
 
@@ -266,7 +271,9 @@ def run(args: argparse.Namespace) -> int:
             atomic_write(destination, generated.source)
         except OSError as e:
             return _fail(f"cannot write {destination}: {e.strerror or e}")
-        print(f"wrote {printable(destination)}: class {generated.class_name}, {p.params:,} parameters")
+        if not args.quiet:
+            print(f"wrote {printable(destination)}: class {generated.class_name}, "
+                  f"{p.params:,} parameters")
         if not args.train and available is not None and p.param_bytes > available:
             _note(f"its parameters need {p.param_bytes:,} bytes ({human_bytes(p.param_bytes)}),"
                   f" more than the {available:,} bytes of memory available here: building it "
@@ -427,7 +434,9 @@ def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
                 module, train_spec, name=p.name, input_shape=p.input_dims[1:],
                 num_classes=_classes(p), base_dir=spec_path.resolve().parent, out_dir=out_dir,
                 model_source=generated.source, resume=args.resume,
-                log=lambda line: print(printable(line)),  # one line each: paths escaped
+                # one line each, paths escaped; none with -q
+                log=(lambda line: None) if args.quiet else lambda line: print(printable(line)),
+                progress=False if args.quiet else None,
                 threads=args.threads, backend=args.backend or "auto",
                 compile=bool(args.compile))
     except FolderBusyError as e:
@@ -457,7 +466,7 @@ def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
     finally:
         if created and main:
             _remove_if_unused(out_dir)
-    if not main:
+    if not main or args.quiet:
         return EXIT_OK
     out = result.out_dir
     final = result.final

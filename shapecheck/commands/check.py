@@ -1,7 +1,7 @@
 """`shapecheck check [FILE...]`: check many specs in one process and print only the problems.
 
 Meant for pre-commit hooks and CI: one line per problem (`file:line:col: error[SC201]: ...`, with
-its hint), or GitHub Actions annotations, then one summary line. With no files it checks every
+its hint), or GitHub Actions annotations, then one summary line; with -q, the errors only. With no files it checks every
 *.yaml / *.yml under specs/. A spec with scales is checked at every one of them, unless
 --scale names one."""
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 from ..diagnostics import Diagnostic, InputError
 from ..planner import plan
-from ..report import format_github, format_text, printable, summary
-from . import EXIT_INPUT, EXIT_INVALID, EXIT_OK
+from ..report import format_github, printable, summary
+from . import EXIT_INPUT, EXIT_INVALID, EXIT_OK, print_diagnostics
 
 DEFAULT_DIR = "specs"
 SUFFIXES = (".yaml", ".yml")
@@ -88,13 +88,12 @@ def run(args: argparse.Namespace) -> int:
     files = _targets(args.files)
     if files is None:
         return EXIT_INPUT
-    show = format_github if args.format == "github" else format_text
+    form = format_github if args.format == "github" else None
     invalid = warnings = unreadable = 0
     failed = False
 
     def report(diagnostics: list[Diagnostic]) -> None:
-        for d in diagnostics:
-            print(show(d))
+        print_diagnostics(diagnostics, strict=args.strict, form=form)
 
     for path in files:
         try:
@@ -116,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
     line = summary(len(files), invalid, warnings)
     if unreadable:
         line += f", {unreadable} unreadable"
-    print(line)
+    if not args.quiet:
+        print(line)
     if unreadable:
         return EXIT_INPUT
     return EXIT_INVALID if failed else EXIT_OK

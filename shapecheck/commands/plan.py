@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 
 from ..diagnostics import InputError
+from ..plan import Plan
 from ..planner import plan
+from ..spec import default_name
 from ..table import render_table
 from . import EXIT_INPUT, add_shape_overrides, depth, exit_code, print_diagnostics
 
@@ -30,20 +32,25 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    plans, input_failed = [], False
+    """Each spec's table then its diagnostics, all on stdout; with --format json, one JSON
+    document whose plans carry their diagnostics (a file that cannot be read too), and nothing
+    else; with -q, only the errors."""
+    plans, unreadable = [], set()
     for path in args.specs:
         try:
             plans.append(plan(Path(path), batch=args.batch, input_shape=args.input,
                               scale=args.scale))
         except InputError as e:
-            print_diagnostics([e.diagnostic])
-            input_failed = True
-    if args.format == "json":
+            plans.append(Plan(default_name(Path(path).stem), None, path, args.batch or "N", None,
+                              [], [e.diagnostic]))
+            unreadable.add(len(plans) - 1)
+    if args.format == "json" and not args.quiet:
         data = [p.to_dict() for p in plans]
-        print(json.dumps(data[0] if len(args.specs) == 1 and data else data, indent=2))
-    elif plans:
-        print("\n\n".join(render_table(p, args.format == "markdown", args.explain, args.rf,
-                                        args.depth) for p in plans))
-    for p in plans:
-        print_diagnostics(p.diagnostics)
-    return EXIT_INPUT if input_failed else exit_code(plans, args.strict)
+        print(json.dumps(data[0] if len(data) == 1 else data, indent=2))
+    else:
+        for i, p in enumerate(plans):
+            if i not in unreadable and not args.quiet:
+                print(("\n" if i else "") + render_table(p, args.format == "markdown",
+                                                          args.explain, args.rf, args.depth))
+            print_diagnostics(p.diagnostics, strict=args.strict)
+    return EXIT_INPUT if unreadable else exit_code(plans, args.strict)

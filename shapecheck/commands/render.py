@@ -76,6 +76,11 @@ def _fail(message: str) -> int:
     return EXIT_INPUT
 
 
+def _wrote(path: Path, args: argparse.Namespace) -> None:
+    if not args.quiet:
+        print(f"wrote {printable(path)}")
+
+
 def _output(args: argparse.Namespace) -> tuple[Path, str] | str:
     """(path, format), or the reason they cannot be worked out."""
     out = Path(args.output if args.output is not None else
@@ -150,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     from ..graph import diagram
 
     p = plan(Path(args.spec), batch=args.batch, input_shape=args.input, scale=args.scale)
-    print_diagnostics(p.diagnostics)
+    print_diagnostics(p.diagnostics, strict=args.strict)
     code = exit_code([p], args.strict)
 
     g = diagram(p, args.rankdir, dpi=PNG_DPI if fmt == "png" else None, depth=args.depth)
@@ -161,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         failed = _write(out, g.source)
         if failed:
             return failed
-        print(f"wrote {printable(out)}")
+        _wrote(out, args)
         return code
     dot = shutil.which("dot")
     if dot is None:
@@ -189,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"Graphviz's dot failed ({stderr[-1] if stderr else f'exit {done.returncode}'})"
                      f"; {out} was not written")
     shrunk = _SHRUNK.search(done.stderr.decode("utf-8", "replace"))
-    if shrunk:  # dot shrinks a bitmap past cairo's limit and only says so on stderr
+    if shrunk and not args.quiet:  # dot shrinks a bitmap past cairo's limit and only says so on stderr
         print(f"shapecheck render: the diagram is larger than the {CAIRO_LIMIT:,} pixels a "
               f"bitmap can have, so Graphviz shrank it (by {shrunk.group(1)}) and its text may "
               "be unreadable; collapse blocks with --depth 1 (or 2), or write SVG "
@@ -198,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
     failed = _write(out, _mark(done.stdout, fmt))
     if failed:
         return failed
-    print(f"wrote {printable(out)}")
+    _wrote(out, args)
     return code
 
 
@@ -241,12 +246,12 @@ def _html(p, g, out: Path, code: int, args: argparse.Namespace) -> int:
             why = f"Graphviz's dot could not run ({e.strerror or e})"
         except subprocess.TimeoutExpired:
             why = f"Graphviz's dot took longer than {DOT_TIMEOUT_S} s and was stopped"
-    if why:
+    if why and not args.quiet:
         print(f"shapecheck render: {printable(str(out))} has no diagram: {why}", file=sys.stderr)
     failed = _write(out, render_html(p, svg, args.depth, mark=MARK))
     if failed:
         return failed
-    print(f"wrote {printable(out)}")
+    _wrote(out, args)
     return code
 
 
@@ -267,7 +272,7 @@ def _without_dot(out: Path, fmt: str, source: str, args: argparse.Namespace) -> 
     failed = _write(dot_path, source)
     if failed:
         return failed
-    print(f"wrote {printable(dot_path)}")
+    _wrote(dot_path, args)
     print(printable(f"shapecheck render: Graphviz's dot program was not found, so {out} was not "
                     f"drawn: {INSTALL_GRAPHVIZ}, then run `dot -T{fmt} {dot_path} -o {out}`"),
           file=sys.stderr)

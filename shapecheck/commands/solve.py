@@ -9,6 +9,7 @@ from pathlib import Path
 from ..analysis import Unsolvable, describe, solve
 from ..diagnostics import InputError
 from ..planner import plan
+from ..spec import default_name
 from . import EXIT_INPUT, EXIT_INVALID, EXIT_OK, add_shape_overrides, print_diagnostics
 
 
@@ -27,30 +28,42 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Text: each result, or the errors that stop it, on stdout. JSON: one document, a spec
+    that cannot be solved included (``axes`` null, with its ``reason`` and ``diagnostics``)."""
     code, out = EXIT_OK, []
+    as_json = args.format == "json"
+
+    def failed(name: str, path: str, reason: str, diagnostics: list) -> None:
+        if as_json:
+            out.append({"name": name, "file": path, "axes": None, "reason": reason or None,
+                        "diagnostics": [d.to_dict() for d in diagnostics]})
+        else:
+            print_diagnostics(diagnostics)
+            if reason:
+                print(f"{path}: not solved: {reason}")
+
     for path in args.specs:
         try:
             result = plan(Path(path), batch=args.batch, input_shape=args.input,
                           scale=args.scale)
         except InputError as e:
-            print_diagnostics([e.diagnostic])
+            failed(default_name(Path(path).stem), path, "", [e.diagnostic])
             code = EXIT_INPUT
             continue
         try:
             solutions = solve(result)
         except Unsolvable as e:
-            print_diagnostics(result.errors)
-            print(f"{path}: not solved: {e}")
+            failed(result.name, path, str(e), result.errors)
             code = max(code, EXIT_INVALID)
             continue
-        if args.format == "json":
+        if as_json:
             out.append({"name": result.name, "file": result.source,
                         "axes": [_json(s, args.upto) for s in solutions]})
         else:
             shape = "×".join(map(str, result.input_dims[1:]))
             out.append("\n".join([f"{result.name}: input {shape}  ({path})",
                                   *(line for s in solutions for line in describe(s))]))
-    if args.format == "json":
+    if as_json:
         print(json.dumps(out[0] if len(args.specs) == 1 and out else out, indent=2))
     elif out:
         print("\n\n".join(out))
