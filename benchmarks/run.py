@@ -631,7 +631,12 @@ def profile(what: str, tmp: Path, top: int) -> None:
             print(f"  {cumulative:>9,} {own:>9,}  {name}")
         print()
     stats_file = tmp / "profile.out"
-    run_child([sys.executable, "-m", "cProfile", "-o", str(stats_file), script, *args], cwd,
+    # main(), not the console script: its quick exit would end the process before cProfile
+    # writes its file.
+    runner = tmp / "profiled.py"
+    runner.write_text("import sys\nfrom shapecheck.cli import main\nsys.exit(main(sys.argv[1:]))\n",
+                      encoding="utf-8")
+    run_child([sys.executable, "-m", "cProfile", "-o", str(stats_file), str(runner), *args], cwd,
               ok=(0, 1))
     stats = pstats.Stats(str(stats_file))
     stats.sort_stats("cumulative").print_stats(top)

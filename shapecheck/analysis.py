@@ -24,8 +24,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
+from functools import partial
 from typing import TYPE_CHECKING
 
+from .layers.base import Lines
 from .layers.window import Consumed, Fixed, Fold, Scale, Transposed, Whole, Window, effective
 
 if TYPE_CHECKING:
@@ -86,12 +88,13 @@ def _walk(rows: list[LayerPlan], axes: list[_Axis]) -> list[_Axis]:
         else:
             steps = [_step(row, axis) for axis in axes]
             axes = [axis for axis, _ in steps]
-            row.field_explain = _explain_lines([line for _, line in steps])
+            row.field_explain = Lines(partial(_explain_lines, [line for _, line in steps]))
         row.receptive_field = tuple(axis.field for axis in axes)
     return axes
 
 
-def _step(row: LayerPlan, axis: _Axis) -> tuple[_Axis, str | None]:
+def _step(row: LayerPlan, axis: _Axis) -> tuple[_Axis, str | tuple | None]:
+    """The axis after the row's layer, and its explain line (a window's numbers)."""
     m, dim = row.spec.axis_map(row.input_dims, axis.dim)
     f = axis.field
     if not isinstance(f, Field):
@@ -104,11 +107,7 @@ def _step(row: LayerPlan, axis: _Axis) -> tuple[_Axis, str | None]:
             return _Axis(f, dim), None
         half = span // 2 if span % 2 == 0 else Fraction(span, 2)
         start = f.start + (half - m.before) * f.jump
-        k = f"({m.kernel} − 1)" if m.dilation == 1 else f"{m.dilation}·({m.kernel} − 1)"
-        line = (f"rf = {f.size} + {k} · {f.jump} = {size}, jump = {f.jump} · {m.stride} = {jump}, "
-                f"start = {_num(f.start)} + ({_num(half)} − {m.before}) · {f.jump} "
-                f"= {_num(start)}")
-        return _Axis(Field(size, jump, start), dim), line
+        return _Axis(Field(size, jump, start), dim), (f, m, size, jump, half, start)
     if isinstance(m, (Scale, Transposed)):
         why = f"{row.name} upsamples: the field depends on the unit's position"
         return _Axis(NoField("n/a", why), dim), f"rf: n/a ({why})"
@@ -120,11 +119,19 @@ def _step(row: LayerPlan, axis: _Axis) -> tuple[_Axis, str | None]:
     return _Axis(f, dim), None
 
 
-def _explain_lines(lines: list[str | None]) -> list[str]:
-    h, w = lines
+def _window_line(f: Field, m: Window, size: int, jump: int, half, start) -> str:
+    k = f"({m.kernel} − 1)" if m.dilation == 1 else f"{m.dilation}·({m.kernel} − 1)"
+    return (f"rf = {f.size} + {k} · {f.jump} = {size}, jump = {f.jump} · {m.stride} = {jump}, "
+            f"start = {_num(f.start)} + ({_num(half)} − {m.before}) · {f.jump} = {_num(start)}")
+
+
+def _explain_lines(lines: list) -> list[str]:
+    """The explain lines of the two axes: each a line, None, or a window step's numbers
+    (written only now: see Lines)."""
+    h, w = (_window_line(*line) if isinstance(line, tuple) else line for line in lines)
     if h == w:
         return [] if h is None else [h]
-    return [f"{a}: {line}" for a, line in zip(AXES, lines) if line is not None]
+    return [f"{a}: {line}" for a, line in zip(AXES, (h, w)) if line is not None]
 
 
 def _block(row: LayerPlan, axes: list[_Axis]) -> list[_Axis]:

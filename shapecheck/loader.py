@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import gc
 import os
 from contextlib import contextmanager
@@ -16,7 +17,7 @@ from pydantic import ValidationError
 
 from .atomic import FileTooLargeError, NotRegularFileError, read_bounded
 from .diagnostics import Diagnostic, InputError
-from .layers import BLOCKS, KINDS, Origin, block_of, kind_of, normalize_type, parse_layers
+from .layers import KINDS, Origin, block_of, kind_of, normalize_type, parse_layers
 from .spec import InputSpec, LayerErrors, Spec, default_name, yaml_loc
 
 MAX_BYTES = 4 * 1024 * 1024  # a spec is a few KB; a 10,000-layer spec is about 0.5 MB
@@ -496,24 +497,30 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
     return []
 
 
-# The YAML keys under which blocks hold layer lists (body, shortcut) and lists of them (branches).
-_LIST_FIELDS = {f for b in BLOCKS for f in b.list_fields}
-_LISTS_FIELDS = {b.lists_field for b in BLOCKS if b.lists_field}
+@functools.cache
+def _branch_fields() -> tuple[set[str], set[str]]:
+    """The YAML keys under which blocks hold layer lists (body, shortcut) and lists of them
+    (branches). Asked for only when a location must be mapped: it imports every block."""
+    from .layers import BLOCKS
+
+    return ({f for b in BLOCKS for f in b.list_fields},
+            {b.lists_field for b in BLOCKS if b.lists_field})
 
 
 def _layer_of(loc: tuple) -> tuple[int | None, tuple | None]:
     """(top-level layer index, layer path) of a YAML location under `layers`."""
     if len(loc) < 2 or loc[0] != "layers" or not isinstance(loc[1], int):
         return None, None
+    list_fields, lists_fields = _branch_fields()
     path: list = [loc[1]]
     rest = list(loc[2:])
     while len(rest) >= 2:
-        if rest[0] in _LISTS_FIELDS and len(rest) >= 3 and isinstance(rest[1], int):
+        if rest[0] in lists_fields and len(rest) >= 3 and isinstance(rest[1], int):
             if not isinstance(rest[2], int):
                 break
             path += [rest[1], rest[2]]
             rest = rest[3:]
-        elif rest[0] in _LIST_FIELDS and isinstance(rest[1], int):
+        elif rest[0] in list_fields and isinstance(rest[1], int):
             path += [rest[0], rest[1]]
             rest = rest[2:]
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -46,7 +47,7 @@ class LayerPlan:
     bias_shape: tuple[int, ...] | None = None
     params: int = 0
     macs: int = 0
-    explain: list[str] = field(default_factory=list)
+    explain: Sequence[str] = field(default_factory=list)  # a list, or Lines written on use
     # Constructor arguments the planner worked out (in_channels, in_features, num_features).
     inferred_args: dict[str, Any] = field(default_factory=dict)
     # Blocks only: residual [body, shortcut]; concat one list per branch.
@@ -57,7 +58,7 @@ class LayerPlan:
     # The receptive field of the output units, one analysis.Field or NoField per axis (H, W),
     # and its arithmetic for --explain; None where the layer was not planned.
     receptive_field: tuple | None = None
-    field_explain: list[str] = field(default_factory=list)
+    field_explain: Sequence[str] = field(default_factory=list)
 
     @property
     def input_shape(self) -> Shape | None:

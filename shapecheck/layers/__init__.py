@@ -1,64 +1,78 @@
 """Every layer kind, by its lowercase type name, and the validation of raw layer entries.
 
 Adding a layer type: write its model (fields, shape rule, torch class) in its family's module,
-add it to KINDS, and add a test. Adding a block: its own module (a Block subclass), KINDS, and
-a test. docs/extending.md walks through both."""
+add it to _WHERE (which KINDS reads), and add a test. Adding a block: its own module (a Block
+subclass), _WHERE, and a test. docs/extending.md walks through both."""
 
-from collections.abc import Callable
+import importlib
+from collections.abc import Callable, Iterator, Mapping
 
 from pydantic import ValidationError
 
 from .base import Context, Inferred, LayerSpec, Origin, ShapeError
 from .block import Block
-from .concat import Concat
-from .conv import Conv2d, ConvTranspose2d
-from .elementwise import (
-    ELU,
-    GELU,
-    Dropout,
-    Dropout2d,
-    Hardsigmoid,
-    Hardswish,
-    Identity,
-    LeakyReLU,
-    LogSoftmax,
-    Mish,
-    PReLU,
-    ReLU,
-    ReLU6,
-    Sigmoid,
-    SiLU,
-    Softmax,
-    Softplus,
-    StochasticDepth,
-    Tanh,
-)
-from .gate import Gate
-from .linear import Linear
-from .norm import BatchNorm2d, GroupNorm, LayerNorm, LayerScale, LocalResponseNorm
-from .pad import ConstantPad2d, ReflectionPad2d, ReplicationPad2d, ZeroPad2d
-from .pool import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d
-from .resample import PixelShuffle, PixelUnshuffle, Upsample
-from .reshape import ChannelShuffle, Flatten, Permute
-from .residual import Residual
-from .split import Split
 
-KINDS: dict[str, type[LayerSpec]] = {
-    cls.type_name(): cls
-    for cls in (
-        Conv2d, ConvTranspose2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, AdaptiveMaxPool2d,
-        Upsample, PixelShuffle, PixelUnshuffle,
-        BatchNorm2d, GroupNorm, LayerNorm, LocalResponseNorm, LayerScale,
-        Dropout, Dropout2d, StochasticDepth,
-        ReLU, ReLU6, LeakyReLU, PReLU, ELU, GELU, SiLU, Mish, Hardswish, Hardsigmoid, Softplus,
-        Sigmoid, Tanh, Identity, Softmax, LogSoftmax,
-        ZeroPad2d, ConstantPad2d, ReflectionPad2d, ReplicationPad2d,
-        Flatten, ChannelShuffle, Permute, Linear,
-        Residual, Concat, Gate, Split,
-    )
+# Every layer kind: its lowercase type name and its model, as "module.Class" of this package.
+_WHERE = {
+    "conv2d": "conv.Conv2d", "convtranspose2d": "conv.ConvTranspose2d",
+    "maxpool2d": "pool.MaxPool2d", "avgpool2d": "pool.AvgPool2d",
+    "adaptiveavgpool2d": "pool.AdaptiveAvgPool2d", "adaptivemaxpool2d": "pool.AdaptiveMaxPool2d",
+    "upsample": "resample.Upsample", "pixelshuffle": "resample.PixelShuffle",
+    "pixelunshuffle": "resample.PixelUnshuffle",
+    "batchnorm2d": "norm.BatchNorm2d", "groupnorm": "norm.GroupNorm",
+    "layernorm": "norm.LayerNorm", "localresponsenorm": "norm.LocalResponseNorm",
+    "layerscale": "norm.LayerScale",
+    "dropout": "elementwise.Dropout", "dropout2d": "elementwise.Dropout2d",
+    "stochasticdepth": "elementwise.StochasticDepth",
+    "relu": "elementwise.ReLU", "relu6": "elementwise.ReLU6", "leakyrelu": "elementwise.LeakyReLU",
+    "prelu": "elementwise.PReLU", "elu": "elementwise.ELU", "gelu": "elementwise.GELU",
+    "silu": "elementwise.SiLU", "mish": "elementwise.Mish", "hardswish": "elementwise.Hardswish",
+    "hardsigmoid": "elementwise.Hardsigmoid", "softplus": "elementwise.Softplus",
+    "sigmoid": "elementwise.Sigmoid", "tanh": "elementwise.Tanh",
+    "identity": "elementwise.Identity", "softmax": "elementwise.Softmax",
+    "logsoftmax": "elementwise.LogSoftmax",
+    "zeropad2d": "pad.ZeroPad2d", "constantpad2d": "pad.ConstantPad2d",
+    "reflectionpad2d": "pad.ReflectionPad2d", "replicationpad2d": "pad.ReplicationPad2d",
+    "flatten": "reshape.Flatten", "channelshuffle": "reshape.ChannelShuffle",
+    "permute": "reshape.Permute", "linear": "linear.Linear",
+    "residual": "residual.Residual", "concat": "concat.Concat", "gate": "gate.Gate",
+    "split": "split.Split",
 }  # fmt: skip
 
-BLOCKS: tuple[type[Block], ...] = tuple(k for k in KINDS.values() if issubclass(k, Block))
+
+class _Kinds(Mapping):
+    """Type name -> model class, each family's module imported when one of its types is
+    first looked up: making a pydantic model costs about a millisecond, so a spec that uses
+    five kinds should not pay for forty-five."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, type[LayerSpec]] = {}
+
+    def __getitem__(self, name: str) -> type[LayerSpec]:
+        model = self._models.get(name)
+        if model is None:
+            module, _, cls = _WHERE[name].partition(".")
+            model = getattr(importlib.import_module(f".{module}", __name__), cls)
+            self._models[name] = model
+        return model
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_WHERE)
+
+    def __len__(self) -> int:
+        return len(_WHERE)
+
+    def __contains__(self, name: object) -> bool:
+        return name in _WHERE
+
+
+KINDS: Mapping[str, type[LayerSpec]] = _Kinds()
+
+
+def __getattr__(name: str):
+    if name == "BLOCKS":  # every block kind, imported on first use
+        return tuple(kind for kind in KINDS.values() if kind.is_block)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def normalize_type(name: str) -> str:
@@ -107,18 +121,19 @@ def parse_layers(items: list, loc: tuple, origin: Callable[[tuple], Origin | Non
             errors.append({"type": "unknown_layer_type", "loc": here, "input": item,
                            "msg": "unknown layer type"})
             continue
-        kind = KINDS.get(normalize_type(item["type"]))
+        name = normalize_type(item["type"])
+        kind = KINDS.get(name)
         if kind is None:
             errors.append({"type": "unknown_layer_type", "loc": here, "input": item,
                            "msg": "unknown layer type"})
             continue
         try:
-            layer = kind.model_validate({**item, "type": kind.type_name()})
+            layer = kind.model_validate({**item, "type": name})  # KINDS' key is the type
         except ValidationError as e:
             errors += [{**err, "loc": (*here, *err["loc"])} for err in e.errors()]
             continue
         if origin is not None:
-            layer._origin = origin(here)
+            layer.__pydantic_private__["_origin"] = origin(here)  # pydantic's own setter is slow
         if layer.is_block:
             layer, sub_errors = _parse_branches(layer, here, origin)
             errors += sub_errors

@@ -6,6 +6,7 @@ rows the first dim holds per sample (1, unless a flatten merged the batch with o
 any size, and nothing is allocated.
 """
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, get_args
 
@@ -168,6 +169,36 @@ class Origin:
         return f" ({', '.join(parts)})"
 
 
+class Lines(Sequence):
+    """Explanation lines, written on first use: most runs never show them, and formatting
+    them for every layer took a good part of planning a long network."""
+
+    __slots__ = ("_make", "_lines")
+
+    def __init__(self, make: Callable[[], list[str]]):
+        self._make, self._lines = make, None
+
+    def _get(self) -> list[str]:
+        if self._lines is None:
+            self._lines, self._make = self._make(), None
+        return self._lines
+
+    def __getitem__(self, i):
+        return self._get()[i]
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __iter__(self):
+        return iter(self._get())
+
+    def __eq__(self, other: object) -> bool:
+        return self._get() == (list(other) if isinstance(other, Sequence) else other)
+
+    def __repr__(self) -> str:
+        return repr(self._get())
+
+
 @dataclass
 class Inferred:
     """What a shape rule computes for one layer."""
@@ -177,7 +208,7 @@ class Inferred:
     bias: Dims | None = None
     params: int = 0
     macs: int = 0  # per sample
-    explain: list[str] = field(default_factory=list)
+    explain: Sequence[str] = field(default_factory=list)  # a list, or Lines
     # Constructor arguments the spec left out and the planner worked out (in_channels, ...).
     inferred_args: dict[str, Any] = field(default_factory=dict)
     # (code, message, hint) for things that work but are probably not intended.
@@ -242,7 +273,8 @@ class LayerSpec(BaseModel):
 
     @property
     def origin(self) -> Origin | None:
-        return self._origin
+        # Read where pydantic keeps it: `self._origin` would go through BaseModel.__getattr__.
+        return self.__pydantic_private__["_origin"]
 
     def bias_before_norm(self) -> bool:
         """Whether this layer adds a per-channel bias that a following norm would cancel."""

@@ -12,6 +12,7 @@ from .base import (
     Flag,
     Inferred,
     LayerSpec,
+    Lines,
     NonNegPair,
     PosInt,
     PosPair,
@@ -186,7 +187,7 @@ class Conv2d(_Channels, LayerSpec):
                     "use an odd kernel_size for symmetric padding",
                 )
             )
-        out_hw, explain, unused = [], [], []
+        out_hw, axes, unused = [], [], []
         for axis, size, k, s, d, (pl, pr) in zip(
             ("H", "W"), (h, w), kernel, stride, dil, self.pads()
         ):
@@ -205,7 +206,7 @@ class Conv2d(_Channels, LayerSpec):
                 raise kernel_too_large(kernel, eff, d, axis, size, pl + pr)
             out = conv_out(size, k, s, pl + pr, d)
             out_hw.append(out)
-            explain.append(floor_line(axis, size, pad_text(pl, pr), d, k, s, out))
+            axes.append((axis, size, pl, pr, d, k, s, out))
             unused.append(unused_rows(size, pl, pr, eff, s))
         warning = unused_warning(tuple(unused), (h, w), stride,
                                  "adjust padding or the input size so the windows reach the edge")
@@ -216,21 +217,26 @@ class Conv2d(_Channels, LayerSpec):
         out = (x[0], c_out, *out_hw)
         macs = c_out * out_hw[0] * out_hw[1] * per_out
         params = math.prod(weight) + (c_out if self.bias else 0)
-        explain.append(
-            f"weight = out × in/groups × kh × kw = {times(weight)}; params = "
-            f"{fmt(math.prod(weight))}" + (f" + {c_out} (bias) = {fmt(params)}" if self.bias else "")
-        )
-        explain.append(
-            f"MACs = {c_out}×{out_hw[0]}×{out_hw[1]} outputs × {per_out} "
-            f"({c_in // g}×{kernel[0]}×{kernel[1]}) = {fmt(macs)}"
-        )
+
+        def explain() -> list[str]:
+            lines = [floor_line(axis, size, pad_text(pl, pr), d, k, s, out)
+                     for axis, size, pl, pr, d, k, s, out in axes]
+            lines.append(
+                f"weight = out × in/groups × kh × kw = {times(weight)}; params = "
+                f"{fmt(math.prod(weight))}"
+                + (f" + {c_out} (bias) = {fmt(params)}" if self.bias else ""))
+            lines.append(
+                f"MACs = {c_out}×{out_hw[0]}×{out_hw[1]} outputs × {per_out} "
+                f"({c_in // g}×{kernel[0]}×{kernel[1]}) = {fmt(macs)}")
+            return lines
+
         return Inferred(
             out=out,
             weight=weight,
             bias=(c_out,) if self.bias else None,
             params=params,
             macs=macs,
-            explain=explain,
+            explain=Lines(explain),
             inferred_args={"in_channels": c_in},
             warnings=warnings,
         )
