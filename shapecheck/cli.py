@@ -64,7 +64,7 @@ def build_parser(commands: list[str] | None = None):
     parser.add_argument("--version", action="version", version=f"shapecheck {__version__}")
     _global_options(parser, lambda value: value)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in commands or COMMANDS:
+    for name in COMMANDS if commands is None else commands:
         try:
             module = importlib.import_module(f".commands.{name}", __package__)
         except ModuleNotFoundError as e:
@@ -142,7 +142,10 @@ def _dispatch(argv: list[str]) -> tuple[int, str | None]:
     from .report import OUTPUT
 
     command = _command_of(argv)
-    parser = build_parser([command] if command else None)
+    if command is not None:
+        parser = build_parser([command])
+    else:  # --version needs no command's parser; --help and mistakes need them all
+        parser = build_parser([] if argv == ["--version"] else None)
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # the command's own usage, not the top level's, says what it takes
         args.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")

@@ -228,3 +228,9 @@ def test_a_module_tree_that_does_not_match_the_plan_is_an_internal_error():
     generated.module_names[(0,)] = "layer1_0.body.0"  # the stem conv is larger
     with pytest.raises(InternalError, match=r"layer 0 \(conv2d conv1.*the plan says"):
         check_module(model, p, generated)
+
+
+def test_the_registry_names_each_kind_by_its_own_type():
+    # KINDS imports a family's module on first use, from a table of type names and classes.
+    assert all(kind.type_name() == name for name, kind in KINDS.items())
+    assert len(set(KINDS.values())) == len(KINDS)

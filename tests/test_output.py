@@ -216,10 +216,12 @@ def test_the_command_flushes_everything_before_its_quick_exit(tmp_path):
 def test_plan_and_check_import_only_what_they_need():
     code = ("import sys\nfrom shapecheck.cli import main\n"
             f"main(['plan', {LECTURE!r}, '-q'])\nmain(['check', {LECTURE!r}, '-q'])\n"
-            "print(sorted(m for m in sys.modules if m.startswith('shapecheck.commands.')))\n")
+            "print(sorted(m for m in sys.modules if m.startswith('shapecheck.commands.')))\n"
+            "print('shapecheck.layers.norm' in sys.modules)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=ROOT, timeout=120, check=True)
-    assert done.stdout == "['shapecheck.commands.check', 'shapecheck.commands.plan']\n"
+    # only the command's module, and only the layer families the spec uses (no norm here)
+    assert done.stdout == "['shapecheck.commands.check', 'shapecheck.commands.plan']\nFalse\n"
     for command in ("plan", "check"):  # the command: no torch, no search for pydantic plugins
         done = subprocess.run([sys.executable, "-X", "importtime", "-m", "shapecheck", command,
                                LECTURE, "-q"], capture_output=True, text=True, cwd=ROOT,
