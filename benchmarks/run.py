@@ -589,6 +589,10 @@ def machine() -> dict[str, str]:
         usable = os.cpu_count() or 0
 
     def version(dist: str) -> str:
+        if dist == "shapecheck":  # the distribution is shapecheck-cnn; the package knows its own
+            import shapecheck
+
+            return shapecheck.__version__
         try:
             return importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:

@@ -93,11 +93,11 @@ def entry() -> None:
         sys.stdout.flush()
     except BrokenPipeError:  # e.g. `shapecheck plan ... | head`
         pass
-    except OSError:
+    except (OSError, ValueError):  # a full disk; a closed stdout
         code = code or 1
     try:
         sys.stderr.flush()
-    except OSError:
+    except (OSError, ValueError):  # closed after a broken pipe (_run)
         pass
     os._exit(code)
 

@@ -229,3 +229,14 @@ def test_plan_and_check_import_only_what_they_need():
         loaded = {line.split("|")[-1].strip() for line in done.stderr.splitlines()}
         assert "shapecheck.planner" in loaded
         assert "torch" not in loaded and "importlib.metadata" not in loaded
+
+
+def test_a_closed_pipe_ends_the_command_quietly():
+    # `shapecheck plan ... | head -1`: the reader goes away before the output is written
+    done = subprocess.Popen([sys.executable, "-m", "shapecheck", "plan",
+                             str(ROOT / "specs" / "resnet18.yaml"), "--format", "json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    done.stdout.read(1)
+    done.stdout.close()
+    err = done.stderr.read()
+    assert done.wait(timeout=120) == 0 and err == b""

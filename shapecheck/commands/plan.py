@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from ..diagnostics import InputError
@@ -45,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
                               [], [e.diagnostic]))
             unreadable.add(len(plans) - 1)
     if args.format == "json" and not args.quiet:
+        import json  # only here: start-up counts
+
         data = [p.to_dict() for p in plans]
         print(json.dumps(data[0] if len(data) == 1 else data, indent=2))
     else:
