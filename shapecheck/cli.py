@@ -37,17 +37,16 @@ def _global_options(parser, default) -> None:
 
 
 def _command_of(argv: list[str]) -> str | None:
-    """The command a command line names (the first word that is not an option), if it is one
-    of COMMANDS; None for anything else (then every command's parser is built)."""
+    """The module (of COMMANDS) of the command a command line names, the first word that is
+    not an option; None for anything else (then every command's parser is built)."""
     words = iter(argv)
     for word in words:
         if word == "--color" or word == "--colour":
             next(words, None)
-        elif word == "--":
-            word = next(words, None)
-            return word if word in COMMANDS else None
-        elif not word.startswith("-"):
-            return word if word in COMMANDS else None
+        elif word == "--" or not word.startswith("-"):
+            word = next(words, None) if word == "--" else word
+            # a command named by a Python keyword lives in a module with a trailing _
+            return next((name for name in COMMANDS if name.rstrip("_") == word), None)
     return None
 
 
@@ -72,7 +71,7 @@ def build_parser(commands: list[str] | None = None):
                 raise
             continue
         module.add_parser(sub)
-        _global_options(sub.choices[name], lambda value: argparse.SUPPRESS)
+        _global_options(sub.choices[name.rstrip("_")], lambda value: argparse.SUPPRESS)
     parser.set_defaults(commands=sub.choices)
     return parser
 

@@ -94,11 +94,13 @@ def run(args: argparse.Namespace) -> int:
                     "the forward calls twice is two layers, one it never calls is none)")
     if out is None:
         sys.stdout.write(imported.text)
-        print(f"shapecheck import: {summary}", file=sys.stderr)
+        if not args.quiet:
+            print(f"shapecheck import: {summary}", file=sys.stderr)
         return EXIT_OK
     try:
         atomic_write(out, imported.text)
     except OSError as e:
         return _fail(f"cannot write {out}: {e.strerror or e}")
-    print(f"wrote {out}: {summary}")
+    if not args.quiet:
+        print(f"wrote {out}: {summary}")
     return EXIT_OK
