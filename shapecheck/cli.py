@@ -122,14 +122,18 @@ def _main(argv: list[str] | None) -> tuple[int, str | None]:
     sequence from the input gets through."""
     from .report import OUTPUT, PrintableStream
 
-    # Start-up and a run make many long-lived objects and no garbage worth a collection.
+    # Start-up, and a run of the QUICK_EXIT commands, make many long-lived objects and no
+    # garbage worth a collection; training and drawing collect as usual.
     collecting = gc.isenabled()
     gc.disable()
     stdout, stderr = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = PrintableStream(stdout), PrintableStream(stderr)
     saved = (OUTPUT.color, OUTPUT.quiet)
     try:
-        return _dispatch(list(argv) if argv is not None else sys.argv[1:])
+        args = _parse(list(argv) if argv is not None else sys.argv[1:])
+        if collecting and args.command not in QUICK_EXIT:
+            gc.enable()
+        return _run(args), args.command
     finally:
         sys.stdout, sys.stderr = stdout, stderr
         OUTPUT.color, OUTPUT.quiet = saved
@@ -137,7 +141,7 @@ def _main(argv: list[str] | None) -> tuple[int, str | None]:
             gc.enable()
 
 
-def _dispatch(argv: list[str]) -> tuple[int, str | None]:
+def _parse(argv: list[str]):
     from .report import OUTPUT
 
     command = _command_of(argv)
@@ -150,7 +154,7 @@ def _dispatch(argv: list[str]) -> tuple[int, str | None]:
         args.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     OUTPUT.color, OUTPUT.quiet = args.color, args.quiet
     args.argv = argv  # the command line as given: `build --nproc` starts its workers with it
-    return _run(args), args.command
+    return args
 
 
 def _run(args) -> int:
