@@ -104,8 +104,8 @@ def test_foreign_file_is_not_overwritten_without_force(cwd, capsys):
 def test_invalid_spec_writes_nothing(cwd, capsys):
     spec = _write(cwd / "too_small.yaml", INVALID)
     assert main(["build", str(spec)]) == 1
-    err = capsys.readouterr().err
-    assert "error[SC201]" in err and "too_small.yaml:5:5" in err
+    out = capsys.readouterr().out  # diagnostics are the command's output
+    assert "error[SC201]" in out and "too_small.yaml:5:5" in out
     assert sorted(p.name for p in cwd.iterdir()) == ["too_small.yaml"]
     assert main(["build", str(spec), "--train", "--data", "synthetic"]) == 1
     assert sorted(p.name for p in cwd.iterdir()) == ["too_small.yaml"]
@@ -114,9 +114,9 @@ def test_invalid_spec_writes_nothing(cwd, capsys):
 def test_schema_error_and_missing_file(cwd, capsys):
     spec = _write(cwd / "bad.yaml", "input: {shape: [1, 8, 8]}\nlayers: [{type: conv2d}]\n")
     assert main(["build", str(spec)]) == 1
-    assert "error[SC104]" in capsys.readouterr().err
+    assert "error[SC104]" in capsys.readouterr().out
     assert main(["build", "missing.yaml"]) == 2
-    assert "no such file" in capsys.readouterr().err
+    assert "no such file" in capsys.readouterr().out
     assert sorted(p.name for p in cwd.iterdir()) == ["bad.yaml"]
 
 
