@@ -13,10 +13,11 @@ from .commands import EXIT_INPUT, print_diagnostics
 from .diagnostics import InputError
 from .report import PrintableStream
 
-COMMANDS = ["plan", "check", "expand", "solve", "render", "build", "import_", "eval", "schema"]
+COMMANDS = ["plan", "check", "expand", "solve", "render", "build", "import_", "eval", "export",
+            "schema"]
 # Packages of the extras, by the extra that installs them.
 OPTIONAL = {"torch": "torch", "numpy": "torch", "matplotlib": "torch", "PIL": "torch",
-            "graphviz": "render"}
+            "graphviz": "render", "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx"}
 
 
 def build_parser() -> argparse.ArgumentParser:
