@@ -172,18 +172,19 @@ def export_onnx(
         raise OnnxExportError(_export_failure(model, x, dynamic, e, describe)) from None
     proto = program.model_proto
     proto.producer_name, proto.producer_version = PRODUCER, __version__
+    data = proto.SerializeToString()
     try:
-        onnx.checker.check_model(proto, full_check=True)
+        # The bytes, not the proto: checking a proto would serialize all the weights again.
+        onnx.checker.check_model(data)
+        inferred = onnx.shape_inference.infer_shapes(_without_weights(proto), strict_mode=True)
     except Exception as e:  # noqa: BLE001 - onnx raises ValidationError and InferenceError
         raise OnnxExportError(f"onnx.checker rejects the exported model: {_first_line(e)}") \
             from None
-    inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
     got_shape = tuple(d.dim_param or d.dim_value
                       for d in inferred.graph.output[0].type.tensor_type.shape.dim)
     if not _same_shape(got_shape, output_shape):
         raise OnnxExportError(f"ONNX shape inference gives the output {_text(got_shape)}, the "
                               f"plan says {_text(output_shape)}")
-    data = proto.SerializeToString()
 
     check_batch = CHECK_BATCH if symbolic else batch
     x_check = torch.randn((check_batch, *input_dims), generator=generator)
@@ -198,6 +199,21 @@ def export_onnx(
         raise OnnxExportError(_mismatch(model, proto, x_check, describe, diff))
     return OnnxModel(data=data, opset=OPSET, input_shape=(batch, *input_dims),
                      output_shape=tuple(output_shape), max_diff=diff, check_batch=check_batch)
+
+
+def _without_weights(proto):
+    """A copy for shape inference, which needs the initializers' types and dims but the values
+    only of small ones (the shape a Reshape takes): large values are dropped, so that inference
+    on a network of hundreds of MB does not copy them through it."""
+    import onnx
+
+    light = onnx.ModelProto()
+    light.CopyFrom(proto)
+    for tensor in light.graph.initializer:
+        if len(tensor.dims) and math.prod(tensor.dims) > 1024:
+            for name in ("raw_data", "float_data", "int64_data", "int32_data", "double_data"):
+                tensor.ClearField(name)
+    return light
 
 
 def _tolerance(reference) -> float:
