@@ -148,7 +148,6 @@ def export_onnx(
     module's qualified name in messages (default: the name and the module's repr).
     Raises OnnxExportError; ModuleNotFoundError when onnx, onnxruntime or onnxscript is missing."""
     require_onnx()
-    import numpy as np
     import onnx
     import torch
 
@@ -172,14 +171,21 @@ def export_onnx(
         raise OnnxExportError(_export_failure(model, x, dynamic, e, describe)) from None
     proto = program.model_proto
     proto.producer_name, proto.producer_version = PRODUCER, __version__
-    data = proto.SerializeToString()
+    try:
+        data = proto.SerializeToString()
+    except ValueError as e:  # protobuf's 2 GiB limit, the graph included
+        raise OnnxExportError(f"the model cannot be one ONNX file: {_first_line(e)}") from None
     try:
         # The bytes, not the proto: checking a proto would serialize all the weights again.
         onnx.checker.check_model(data)
-        inferred = onnx.shape_inference.infer_shapes(_without_weights(proto), strict_mode=True)
-    except Exception as e:  # noqa: BLE001 - onnx raises ValidationError and InferenceError
+    except Exception as e:  # noqa: BLE001 - onnx raises ValidationError and others
         raise OnnxExportError(f"onnx.checker rejects the exported model: {_first_line(e)}") \
             from None
+    try:
+        inferred = onnx.shape_inference.infer_shapes(_without_weights(proto), strict_mode=True)
+    except Exception as e:  # noqa: BLE001 - InferenceError and others
+        raise OnnxExportError(f"ONNX shape inference fails on the exported model: "
+                              f"{_first_line(e)}") from None
     got_shape = tuple(d.dim_param or d.dim_value
                       for d in inferred.graph.output[0].type.tensor_type.shape.dim)
     if not _same_shape(got_shape, output_shape):
@@ -190,11 +196,14 @@ def export_onnx(
     x_check = torch.randn((check_batch, *input_dims), generator=generator)
     with torch.no_grad():
         expected = model(x_check).numpy()
-    got = _session(data).run(["output"], {"input": x_check.numpy()})[0]
+    try:
+        got = _session(data).run(["output"], {"input": x_check.numpy()})[0]
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own kinds
+        raise OnnxExportError(_runtime_failure(proto, e, describe)) from None
     if got.shape != expected.shape:
         raise OnnxExportError(f"onnxruntime gives an output of shape {got.shape} on input "
                               f"{tuple(x_check.shape)}, torch {expected.shape}")
-    diff = float(np.max(np.abs(got - expected))) if got.size else 0.0
+    diff = _max_diff(got, expected)
     if not diff <= _tolerance(expected):  # NaN fails too
         raise OnnxExportError(_mismatch(model, proto, x_check, describe, diff))
     return OnnxModel(data=data, opset=OPSET, input_shape=(batch, *input_dims),
@@ -216,11 +225,23 @@ def _without_weights(proto):
     return light
 
 
+def _max_diff(got, want) -> float:
+    """The largest difference where both are finite; inf if NaN or inf are not where they are
+    in ``want``."""
+    import numpy as np
+
+    finite = np.isfinite(want) & np.isfinite(got)
+    if not np.array_equal(got[~finite], want[~finite], equal_nan=True):
+        return math.inf
+    return float(np.max(np.abs(got[finite] - want[finite]))) if finite.any() else 0.0
+
+
 def _tolerance(reference) -> float:
     import numpy as np
 
-    largest = float(np.max(np.abs(reference))) if reference.size else 0.0
-    return TOLERANCE * max(1.0, largest) if math.isfinite(largest) else TOLERANCE
+    finite = reference[np.isfinite(reference)]
+    largest = float(np.max(np.abs(finite))) if finite.size else 0.0
+    return TOLERANCE * max(1.0, largest)
 
 
 def _session(data: bytes):
@@ -272,7 +293,7 @@ def _export_failure(model, x, dynamic, error: Exception, describe) -> str:
         e = e.__cause__ or e.__context__
     reason = _first_line(chain[-1])
     op = next((m.group(1) for c in reversed(chain)
-               for m in [re.search(r"\baten\.(\w+?)(?:\.default|\.\w+)?\b", str(c))] if m), None)
+               for m in [re.search(r"\baten\.(\w+)", str(c))] if m), None)
     if op is None:
         return f"torch.onnx cannot export the module: {reason}"
     layers = _layers_using(model, x, dynamic, op)
@@ -325,21 +346,39 @@ def _exports_alone(model, qualname: str, x, dynamic) -> bool:
     return True
 
 
+def _modules_of(node) -> list[str]:
+    """The qualified names of the modules an ONNX node comes from, outermost first."""
+    scopes = next((p.value for p in node.metadata_props if p.key == _SCOPES), None)
+    return re.findall(r"'([^']*)'", scopes)[1:-1] if scopes else []
+
+
+def _runtime_failure(proto, error: Exception, describe) -> str:
+    """The message for a graph onnxruntime cannot load or run, naming the layer of the node
+    it names where it names one."""
+    reason = _first_line(error)
+    names = set(re.findall(r"node with name '([^']+)'|[Nn]ode \(([^)]+)\)", str(error)))
+    names = {n for pair in names for n in pair if n}
+    for node in proto.graph.node:
+        if node.name in names and _modules_of(node):
+            return (f"onnxruntime cannot run the ONNX graph of "
+                    f"{describe(_modules_of(node)[-1])}: {reason}")
+    return f"onnxruntime cannot run the exported model: {reason}"
+
+
 def _mismatch(model, proto, x, describe, diff: float) -> str:
     """The message for an export that computes something else: the first layer whose ONNX
     output differs from torch's, found by making every layer's last value a graph output."""
-    import numpy as np
     import onnx
+    import torch
 
     message = (f"onnxruntime's output differs from torch's by up to {diff:.3g} (more than "
                f"{TOLERANCE:g}): the ONNX graph does not compute what the module does")
     leaves = {name for name, m in model.named_modules() if name and not list(m.children())}
     last_value: dict[str, str] = {}  # module -> the output of its last node
     for node in proto.graph.node:
-        scopes = next((p.value for p in node.metadata_props if p.key == _SCOPES), None)
-        if not scopes or not node.output:
+        if not node.output:
             continue
-        for name in re.findall(r"'([^']*)'", scopes)[1:-1]:
+        for name in _modules_of(node):
             if name in leaves:
                 last_value[name] = node.output[0]
     if not last_value:
@@ -350,8 +389,6 @@ def _mismatch(model, proto, x, describe, diff: float) -> str:
     for value in dict.fromkeys(last_value.values()):
         if value not in outputs:
             probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(value))
-    import torch
-
     order: list[tuple[str, Any]] = []
     handles = [model.get_submodule(q).register_forward_hook(
         lambda _m, _a, out, q=q: order.append((q, out))) for q in last_value]
@@ -371,7 +408,7 @@ def _mismatch(model, proto, x, describe, diff: float) -> str:
         if not isinstance(out, torch.Tensor) or got.shape != tuple(out.shape):
             continue
         want = out.numpy()
-        layer_diff = float(np.max(np.abs(got - want))) if got.size else 0.0
+        layer_diff = _max_diff(got, want)
         if not layer_diff <= _tolerance(want):
             return (f"the ONNX graph of {describe(qualname)} computes something else: "
                     f"onnxruntime's output of it differs from torch's by up to {layer_diff:.3g} "

@@ -12,7 +12,8 @@ the run folder gets the weights, a checkpoint, metrics, curves and the same sour
 --onnx FILE also exports the module to ONNX (commands/export.py), checked before it is written:
 the freshly built one, or with --train the trained one (model.pt). Without -o, only FILE is
 written. With --train, the untrained module is exported first (and not written), so that a layer
-torch.onnx cannot export stops the command before training, not after.
+torch.onnx cannot export stops the command before training, not after; with --nproc, rank 0
+exports.
 
 Exit codes: 0 done; 1 the spec is invalid, its parameters would not fit in memory (or its
 tensors are larger than torch can address), it cannot be trained (its output is not
@@ -276,7 +277,9 @@ def run(args: argparse.Namespace) -> int:
         _note(f"layer {old} is the attribute {new} in the module ({old} is an nn.Module "
               "attribute)")
     exported = None
-    if args.onnx is not None and main:
+    # --nproc: the processes it starts export (rank 0), not the one that starts them.
+    launching = args.train and (args.nproc or 1) > 1 and "WORLD_SIZE" not in os.environ
+    if args.onnx is not None and main and not launching:
         from .export import export_module
 
         try:
@@ -424,10 +427,6 @@ def _launch(p, train_spec: TrainSpec, spec_path: Path, args) -> int:
     result = launch(args.argv, args.nproc, args.master_port, out)
     if result.message:
         _fail(result.message, result.code)
-    if result.code == EXIT_OK and args.onnx is not None:
-        from .export import export_run
-
-        return export_run(out, args.onnx, _fail, batch=p.batch)
     return result.code
 
 
