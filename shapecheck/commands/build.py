@@ -9,6 +9,12 @@ here is refused before anything is created (--no-memory-check writes its source 
 --train trains the module with the spec's `train:` section, each flag overriding its field;
 the run folder gets the weights, a checkpoint, metrics, curves and the same source.
 
+--onnx FILE also exports the module to ONNX (commands/export.py), checked before it is written:
+the freshly built one, or with --train the trained one (model.pt). Without -o, only FILE is
+written. With --train, the untrained module is exported first (and not written), so that a layer
+torch.onnx cannot export stops the command before training, not after; with --nproc, rank 0
+exports.
+
 Exit codes: 0 done; 1 the spec is invalid, its parameters would not fit in memory (or its
 tensors are larger than torch can address), it cannot be trained (its output is not
 (N, classes)), training failed (a NaN loss, a checkpoint of another architecture, no such
@@ -87,7 +93,10 @@ def add_parser(sub) -> None:
                    help="where to write the source; '-' prints it. Default: <SPEC stem>_model.py "
                    "in the current folder (with --train: only the run folder gets it)")
     p.add_argument("--force", action="store_true",
-                   help="overwrite FILE even if shapecheck did not write it")
+                   help="overwrite FILE (and the --onnx file) even if shapecheck did not write it")
+    p.add_argument("--onnx", metavar="FILE",
+                   help="also export the module to ONNX, checked with onnxruntime (with --train: "
+                   "the trained one; without -o, only this file is written)")
     p.add_argument("--no-memory-check", action="store_true",
                    help="write the source even if its parameters would not fit in the memory "
                    "available here (building the module here would fail; --train still checks)")
@@ -168,7 +177,7 @@ def _destination(args: argparse.Namespace) -> Path | str | None:
         return "-"
     if args.output is not None:
         return Path(args.output)
-    if args.train:
+    if args.train or args.onnx is not None:
         return None
     return Path(f"{default_name(Path(args.spec).stem)}_model.py")
 
@@ -198,6 +207,16 @@ def run(args: argparse.Namespace) -> int:
     destination = _destination(args)
     if isinstance(destination, Path):
         problem = _check_destination(destination, args.force, Path(args.spec))
+        if problem:
+            return _fail(problem)
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 exports
+    if args.onnx is not None and main:
+        from .export import onnx_destination_problem
+
+        problem = onnx_destination_problem(args.onnx, force=args.force, inputs=[args.spec])
+        if isinstance(destination, Path) and problem is None and _same_file(destination,
+                                                                             args.onnx):
+            problem = "-o and --onnx name the same file"
         if problem:
             return _fail(problem)
 
@@ -262,6 +281,20 @@ def run(args: argparse.Namespace) -> int:
     for old, new in generated.renamed:
         _note(f"layer {old} is the attribute {new} in the module ({old} is an nn.Module "
               "attribute)")
+    exported = None
+    # --nproc: the processes it starts export (rank 0), not the one that starts them.
+    launching = args.train and (args.nproc or 1) > 1 and "WORLD_SIZE" not in os.environ
+    if args.onnx is not None and main and not launching:
+        from .export import export_module
+
+        try:
+            model = instantiate(p, generated, check=False)  # checked on the meta device above
+        except TooLargeError as e:
+            return _fail(str(e), EXIT_INVALID)
+        exported = export_module(model, p, generated, _fail)
+        del model
+        if isinstance(exported, int):
+            return exported
 
     if destination == "-":
         sys.stdout.write(generated.source)
@@ -280,13 +313,22 @@ def run(args: argparse.Namespace) -> int:
                   "on this machine will fail")
 
     if train_spec is None:
-        return EXIT_OK
+        if exported is None:
+            return EXIT_OK
+        from .export import write_onnx
+
+        return write_onnx(exported, args.onnx, _fail,
+                          stream=sys.stderr if destination == "-" else None)
     if args.nproc is not None and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return _launch(p, train_spec, spec_path, args)
     try:
         return _train(p, generated, train_spec, spec_path, args)
     except BuildError as e:
         return _fail(str(e), EXIT_INVALID)
+
+
+def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    return os.path.abspath(a) == os.path.abspath(b)
 
 
 def _shape(shape) -> str:
@@ -483,5 +525,9 @@ def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
                   "the model")
     print(f"run folder: {printable(out)} ({MODEL_FILE}, {CURVES_FILE}, ...); evaluate it with: "
           f"shapecheck eval {printable(shlex.quote(str(out)))}")
+    if args.onnx is not None:
+        from .export import export_run
+
+        return export_run(Path(out), args.onnx, _fail, batch=p.batch)
     return EXIT_OK
 
