@@ -258,6 +258,7 @@ class _Writer:
         self.uses: set[str] = set()
         self.module_names: dict[tuple, str] = {}
         self.imports_math = False  # a template class's expression uses math.ceil or floor
+        self.template_code = plan.templates() if plan.templates else None
 
     def shape(self, dims) -> str:
         return shape_text(dims, self.batch)
@@ -280,7 +281,7 @@ class _Writer:
 
     def written(self, layer) -> dict:
         """The layer's entry as its template writes it (expressions unevaluated), or {}."""
-        return self.plan.templates.written.get(layer.path, {}) if self.plan.templates else {}
+        return self.template_code.written.get(layer.path, {}) if self.template_code else {}
 
     def attribute(self, name: str) -> str:
         """An attribute name for a template instance, clear of nn.Module's and the layers'."""
@@ -341,7 +342,7 @@ class _Writer:
             f"{INDENT * 2}# x: {self.shape(plan.input_dims)}",
         ]
         classes: list[str] = []
-        if plan.templates:
+        if self.template_code:
             body, forward_body, classes = self.write_templated(cls, attrs)
             init += body
             forward += forward_body
@@ -398,7 +399,7 @@ class _Writer:
 
         self.reserved = _module_attributes()
         self.taken_names = {cls, *HELPERS}
-        instances = Instances(self.plan.templates)
+        instances = Instances(self.template_code)
         while True:  # again after instances that cannot share a class are written in full
             self.uses, self.module_names = set(), {}
             writer = ClassWriter(self, instances)

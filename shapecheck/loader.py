@@ -9,6 +9,7 @@ import functools
 import gc
 import os
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
@@ -167,7 +168,8 @@ def _parse(text: str, source: str | None, name: str | None, scale: str | None = 
             spec._scale = expansion.scale
             spec._notes = {_layer_of(loc)[1] or (loc[1],): notes
                            for loc, notes in expansion.notes.items()}
-            spec._templates = _template_code(expansion, positions)
+            # Only `build` reads it: worked out when asked for, not at every plan.
+            spec._templates = partial(_template_code, expansion, positions)
         spec._scales = tuple(map(str, scales)) if isinstance(scales, dict) else ()
         default = name or (default_name(Path(source).stem) if source else "net")
         try:

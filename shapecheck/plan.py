@@ -124,7 +124,8 @@ class Plan:
     loss: str | None = None  # train.loss, for lints and training
     scale: str | None = None  # the scale the spec was expanded at, if it has scales
     scales: tuple[str, ...] = ()  # every scale the spec declares
-    templates: Any = None  # templates.TemplateCode of a templated spec: `build` writes classes
+    # A templated spec's function giving its templates.TemplateCode: `build` writes classes.
+    templates: Any = None
 
     @property
     def input_shape(self) -> Shape | None:

@@ -79,7 +79,8 @@ class Spec(BaseModel):
     _scales: tuple[str, ...] = PrivateAttr(default=())  # every scale the YAML declares
     # Layer path -> the template arithmetic that made its values, for `expand --explain`.
     _notes: dict[tuple, list[str]] = PrivateAttr(default_factory=dict)
-    _templates: Any = PrivateAttr(default=None)  # templates.TemplateCode, for `build`
+    # A function giving templates.TemplateCode, for `build`; None without templates.
+    _templates: Any = PrivateAttr(default=None)
 
     @property
     def source(self) -> str | None:
