@@ -164,6 +164,13 @@ def test_source_on_stdout_keeps_the_report_on_stderr(cwd, capsys):
     assert "wrote small.onnx: opset 18, input (N, 1, 8, 8) → output (N, 3)" in captured.err
 
 
+def test_quiet_export_writes_without_a_word(cwd, capsys):
+    spec = _write(cwd / "small.yaml", SMALL)
+    assert main(["build", str(spec), "--onnx", "small.onnx", "-q"]) == 0
+    assert capsys.readouterr() == ("", "")
+    assert onnx.load("small.onnx").graph.output[0].name == "output"
+
+
 # The nets of 61 and 138 million parameters are checked at a fixed batch of 1: the check's
 # forward passes at 224×224 are most of their time.
 AT_BATCH_1 = {"alexnet", "vgg16"}

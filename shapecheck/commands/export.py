@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from ..report import printable
+from ..report import OUTPUT, printable
 from . import EXIT_INPUT, EXIT_INVALID, EXIT_OK, batch_size
 
 Fail = Callable[..., int]
@@ -83,7 +83,8 @@ def write_onnx(exported, path: str, fail: Fail, *, stream=None) -> int:
         exported.write(path)
     except OSError as e:
         return fail(f"cannot write {path}: {e.strerror or e}")
-    print(printable(exported.summary(path)), file=stream or sys.stdout)
+    if not OUTPUT.quiet:
+        print(printable(exported.summary(path)), file=stream or sys.stdout)
     return EXIT_OK
 
 
