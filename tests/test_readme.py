@@ -63,4 +63,6 @@ def test_the_spec_format_summary_states_true_counts():
         encoding="utf-8"), re.DOTALL).group(1)
     lines = len(resnet.splitlines())
     assert f"ResNet-50 is\n{lines} lines" in README
+    zoo = len((ROOT / "specs" / "zoo" / "resnet50.yaml").read_text(encoding="utf-8").splitlines())
+    assert f"({zoo} in `specs/zoo/resnet50.yaml`)" in README
     assert plan(resnet).params == 25_557_032
