@@ -150,12 +150,41 @@ def _parse(argv: list[str]):
         parser = build_parser([command])
     else:  # --version needs no command's parser; --help and mistakes need them all
         parser = build_parser([] if argv == ["--version"] else None)
+        if not argv:  # a bare `shapecheck`: what it can do, not only a usage line
+            parser.print_help(sys.stderr)
+            sys.exit(2)
+        word = _first_word(argv)
+        if word is not None:
+            parser.error(f"unknown command {word!r}" + _did_you_mean(
+                word, [name.rstrip("_") for name in COMMANDS]))
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # the command's own usage, not the top level's, says what it takes
-        args.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+        sub = args.commands[args.command]
+        flags = [o for o in sub._option_string_actions if o.startswith("--")]
+        first = next((u for u in unknown if u.startswith("-")), "")
+        sub.error(f"unrecognized arguments: {' '.join(unknown)}"
+                  + _did_you_mean(first.partition("=")[0], flags))
     OUTPUT.color, OUTPUT.quiet = args.color, args.quiet
     args.argv = argv  # the command line as given: `build --nproc` starts its workers with it
     return args
+
+
+def _first_word(argv: list[str]) -> str | None:
+    """The first word that is not an option (nor --color's value), if any."""
+    words = iter(argv)
+    for word in words:
+        if word in ("--color", "--colour"):
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(word, choices, n=1) if word else []
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def _run(args) -> int:
@@ -171,8 +200,8 @@ def _run(args) -> int:
         extra = OPTIONAL.get((e.name or "").partition(".")[0])
         if extra is None:
             raise
-        print(f"shapecheck {args.command}: needs {e.name}: pip install 'shapecheck-cnn[{extra}]'",
-              file=sys.stderr)
+        print(f"shapecheck {args.command}: error: needs {e.name}: "
+              f"pip install 'shapecheck-cnn[{extra}]'", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

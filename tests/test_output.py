@@ -240,3 +240,27 @@ def test_a_closed_pipe_ends_the_command_quietly():
     done.stdout.close()
     err = done.stderr.read()
     assert done.wait(timeout=120) == 0 and err == b""
+
+
+def test_mistakes_on_the_command_line_get_a_suggestion(capsys):
+    from shapecheck.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["plna", "specs/lecture_cnn.yaml"])
+    assert e.value.code == 2
+    assert "unknown command 'plna'; did you mean plan?" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["plan", "specs/lecture_cnn.yaml", "--formt", "json"])
+    err = capsys.readouterr().err
+    assert err.startswith("usage: shapecheck plan")
+    assert "unrecognized arguments: --formt json; did you mean --format?" in err
+
+
+def test_a_bare_shapecheck_lists_the_commands(capsys):
+    from shapecheck.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main([])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert all(f"\n    {command} " in err for command in ("plan", "check", "render", "build"))

@@ -18,7 +18,9 @@ def add_parser(sub) -> None:
                        description="Plan one or more specs: output shapes, weight and bias "
                        "shapes, params and MACs, computed without torch.")
     p.add_argument("specs", nargs="+", metavar="SPEC", help="spec files (YAML)")
-    p.add_argument("--format", choices=["table", "json", "markdown"], default="table")
+    p.add_argument("--format", choices=["table", "json", "markdown"], default="table",
+                   help="table (default), json (the JSON plan: a list for several files) or "
+                   "markdown")
     p.add_argument("--explain", action="store_true",
                    help="show the arithmetic behind each layer's shape")
     p.add_argument("--rf", action="store_true",

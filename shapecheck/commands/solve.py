@@ -20,7 +20,8 @@ def add_parser(sub) -> None:
                        "and the period, and which sizes leave pixels unused. Exact: it reasons "
                        "over the layers instead of trying sizes.")
     p.add_argument("specs", nargs="+", metavar="SPEC", help="spec files (YAML)")
-    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.add_argument("--format", choices=["text", "json"], default="text",
+                   help="text (default) or json")
     p.add_argument("--upto", type=int, default=None, metavar="N",
                    help="JSON: also list every accepted size up to N")
     add_shape_overrides(p)
