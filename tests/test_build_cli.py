@@ -358,3 +358,15 @@ def test_training_options_through_the_cli(cwd, capsys):
     assert "on the val split: synthetic training data (validation part) (model_best.pt)" in out
     assert main(["eval", str(run), "--split", "all", "--device", "cpu"]) == 0
     assert "/640)" in capsys.readouterr().out  # 512 training and 128 test images
+
+
+def test_unreadable_data_says_where_it_looked_and_leaves_no_folder(cwd, capsys):
+    pytest.importorskip("torch")
+    spec = cwd / "net.yaml"
+    spec.write_text((ROOT / "specs" / "lecture_cnn.yaml").read_text(encoding="utf-8"),
+                    encoding="utf-8")  # a copy: its relative dataset path no longer reaches
+    assert main(["build", str(spec), "--train", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "no MNIST IDX files found" in err
+    assert f"is read from the spec's folder, {cwd.resolve()}" in err
+    assert sorted(p.name for p in cwd.iterdir()) == ["net.yaml"]

@@ -408,15 +408,16 @@ def _run_folder(p, train_spec: TrainSpec, spec_path: Path, args) -> Path | str:
     return run_folder_problem(out, args.force) or out
 
 
-def _remove_if_unused(folder: Path) -> None:
-    """A run folder this command made and left holding only its lock (the data could not be
-    read, say) is removed again: a failed start leaves nothing behind."""
+def _remove_if_unused(folder: Path) -> bool:
+    """A folder this command made and left empty, or holding only its lock (the data could not
+    be read, say), is removed again: a failed start leaves nothing behind. Whether it was."""
     try:
         if os.listdir(folder) == [LOCK_FILE]:
             (folder / LOCK_FILE).unlink()
-            folder.rmdir()
+        folder.rmdir()  # fails unless empty
+        return True
     except OSError:
-        pass
+        return False
 
 
 def _launch(p, train_spec: TrainSpec, spec_path: Path, args) -> int:
@@ -435,6 +436,15 @@ def _launch(p, train_spec: TrainSpec, spec_path: Path, args) -> int:
     if result.message:
         _fail(result.message, result.code)
     return result.code
+
+
+def _where_data_is(train_spec: TrainSpec, spec_path: Path) -> str:
+    """Where a relative dataset path is read from, which surprises after copying a spec."""
+    path = train_spec.dataset.path if train_spec.dataset is not None else None
+    if path is None or Path(path).expanduser().is_absolute():
+        return ""
+    return (f" (train.dataset.path {path!r} is read from the spec's folder, "
+            f"{spec_path.resolve().parent})")
 
 
 def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
@@ -462,7 +472,8 @@ def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
         train_spec = train_spec.model_copy(update={"loss": p.default_loss})
     holder = (f"shapecheck build (pid {os.getpid()}, started "
               f"{time.strftime('%Y-%m-%d %H:%M:%S')})")
-    created = not out_dir.exists()
+    # The folders this run makes: removed again if the run writes nothing into them.
+    made = [d for d in (out_dir, *out_dir.parents) if not d.exists()]
     try:
         if main:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -489,7 +500,8 @@ def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
     except MemoryLimitError as e:
         return _fail(str(e), EXIT_INVALID) if main else EXIT_INVALID
     except DataError as e:
-        return _fail(str(e), EXIT_INPUT) if main else EXIT_INPUT
+        return _fail(str(e) + _where_data_is(train_spec, spec_path), EXIT_INPUT) if main \
+            else EXIT_INPUT
     except PeerLostError as e:
         if os.environ.get(LAUNCHED):
             return EXIT_PEER_LOST  # build --nproc names the process that stopped, once
@@ -506,8 +518,10 @@ def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
         where = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
         return _fail(f"cannot write the run: {where}", EXIT_INPUT)
     finally:
-        if created and main:
-            _remove_if_unused(out_dir)
+        if main:
+            for folder in made:  # innermost first: runs/NAME, then runs
+                if not _remove_if_unused(folder):
+                    break
     if not main or args.quiet:
         return EXIT_OK
     out = result.out_dir
