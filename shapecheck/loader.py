@@ -158,7 +158,9 @@ def _parse(text: str, source: str | None, name: str | None, scale: str | None = 
         except ValidationError as e:
             errors += [{**err, "loc": ("train", *err["loc"])} for err in e.errors()]
     layers = data.get("layers")
-    if isinstance(layers, list) and (count := _count_layers(layers)) > MAX_LAYERS:
+    # (An expansion has counted its layers against the same limit as it made them.)
+    if expansion is None and isinstance(layers, list) and (
+            count := _count_layers(layers)) > MAX_LAYERS:
         raise InputError(Diagnostic(
             "error", "SC004", f"the spec has {count:,} layers; specs are limited to "
             f"{MAX_LAYERS:,}", line=positions.get(("layers",), (None, None))[0], file=source))

@@ -188,8 +188,9 @@ class _Expander:
         block = block_of({"type": kind})
         # A block's layer lists are expanded layer by layer below, each with its own notes.
         lists = {*block.list_fields, block.lists_field} if block is not None else set()
-        item = {k: v if k in lists and isinstance(v, list) else
-                self.value(v, env, (*src, k), chain, dst, k) for k, v in item.items()}
+        item = {k: v if k in lists and isinstance(v, list) or not isinstance(v, (str, list, dict))
+                or isinstance(v, str) and "$" not in v  # plain values, the most, as they are
+                else self.value(v, env, (*src, k), chain, dst, k) for k, v in item.items()}
         if block is not None:
             for suffix, branch in block.raw_branches(item):
                 expanded = self.items(branch, (*src, *suffix), (*dst, *suffix), env, chain)

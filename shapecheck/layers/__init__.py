@@ -5,6 +5,7 @@ add it to _WHERE (which KINDS reads), and add a test. Adding a block: its own mo
 subclass), _WHERE, and a test. docs/extending.md walks through both."""
 
 import importlib
+from functools import lru_cache
 from collections.abc import Callable, Iterator, Mapping
 
 from pydantic import ValidationError
@@ -75,6 +76,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+@lru_cache(maxsize=512)  # a spec names few types, each of them thousands of times
 def normalize_type(name: str) -> str:
     """`Conv2d`, `conv2d`, `nn.Conv2d` and `torch.nn.Conv2d` are one type."""
     name = name.strip()
