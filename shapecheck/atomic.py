@@ -31,7 +31,7 @@ from typing import IO, Any
 
 __all__ = [
     "FileTooLargeError", "FolderBusyError", "NotRegularFileError", "atomic_open", "atomic_write",
-    "check_regular", "folder_lock", "read_bounded", "replace_problem", "temp_name_prefix",
+    "check_regular", "folder_lock", "folder_problem", "read_bounded", "replace_problem", "temp_name_prefix",
 ]
 
 
@@ -179,6 +179,15 @@ def check_regular(path: str | os.PathLike[str]) -> None:
 
 
 # ---------------------------------------------------------------- replacing: only our files
+
+
+def folder_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why the folder ``path`` would go in cannot take it, or None."""
+    parent = Path(path).parent
+    if parent.is_dir():
+        return None
+    return (f"the folder {str(parent)!r} does not exist (create it first)"
+            if not parent.exists() else f"{str(parent)!r} is not a folder")
 
 
 def replace_problem(

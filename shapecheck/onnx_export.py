@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .atomic import atomic_write, replace_problem
+from .atomic import atomic_write, folder_problem, replace_problem
 
 __all__ = [
     "INSTALL",
@@ -83,11 +83,7 @@ def destination_problem(out: Path, *, force: bool, inputs: list[Path]) -> str | 
     problem = replace_problem(out, force=force, ours=is_shapecheck_onnx, inputs=inputs)
     if problem is not None:
         return problem
-    parent = out.parent
-    if not parent.is_dir():
-        return (f"the folder {str(parent)!r} does not exist (create it first)"
-                if not parent.exists() else f"{str(parent)!r} is not a folder")
-    return None
+    return folder_problem(out)
 
 
 @dataclass

@@ -35,7 +35,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..atomic import LOCK_FILE, FolderBusyError, atomic_write, folder_lock, replace_problem
+from ..atomic import (
+    LOCK_FILE,
+    FolderBusyError,
+    atomic_write,
+    folder_lock,
+    folder_problem,
+    replace_problem,
+)
 from ..loader import SpecError, load_spec
 from ..planner import plan as make_plan
 from ..report import printable
@@ -191,11 +198,7 @@ def _check_destination(out: Path, force: bool, spec: Path) -> str | None:
         if out.is_dir() and not out.is_symlink():
             problem += f" such as {str(out / 'net_model.py')!r}"
         return problem
-    parent = out.parent
-    if not parent.is_dir():
-        return (f"the folder {str(parent)!r} does not exist (create it first)"
-                if not parent.exists() else f"{str(parent)!r} is not a folder")
-    return None
+    return folder_problem(out)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ import contextlib
 import sys
 from pathlib import Path
 
-from ..atomic import atomic_write, replace_problem
+from ..atomic import atomic_write, folder_problem, replace_problem
 from ..report import printable
 from . import EXIT_INPUT, EXIT_INVALID, EXIT_OK, input_shape
 
@@ -71,9 +71,8 @@ def run(args: argparse.Namespace) -> int:
         out = None
     else:
         out = Path(args.output) if args.output else Path(f"{default_name(name.lower())}.yaml")
-        problem = replace_problem(out, force=args.force, ours=_is_imported, inputs=[path])
-        if problem is None and not out.parent.is_dir():
-            problem = f"the folder {str(out.parent)!r} does not exist (create it first)"
+        problem = (replace_problem(out, force=args.force, ours=_is_imported, inputs=[path])
+                   or folder_problem(out))
         if problem:
             return _fail(problem)
     try:

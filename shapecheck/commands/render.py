@@ -21,7 +21,7 @@ import sys
 import zlib
 from pathlib import Path
 
-from ..atomic import atomic_write, replace_problem
+from ..atomic import atomic_write, folder_problem, replace_problem
 from ..planner import plan
 from ..report import printable
 from . import EXIT_INPUT, add_shape_overrides, depth, exit_code, print_diagnostics
@@ -100,11 +100,7 @@ def _output(args: argparse.Namespace) -> tuple[Path, str] | str:
         if fmt is None:
             return (f"cannot tell the format from {str(out)!r}: use a .svg, .png, .pdf, .dot or "
                     ".html suffix, or --format")
-    parent = out.parent
-    if not parent.is_dir():
-        return (f"the folder {str(parent)!r} does not exist (create it first)"
-                if not parent.exists() else f"{str(parent)!r} is not a folder")
-    return out, fmt
+    return folder_problem(out) or (out, fmt)
 
 
 def _is_ours(path: Path) -> bool:

@@ -5,8 +5,8 @@ add it to _WHERE (which KINDS reads), and add a test. Adding a block: its own mo
 subclass), _WHERE, and a test. docs/extending.md walks through both."""
 
 import importlib
-from functools import lru_cache
 from collections.abc import Callable, Iterator, Mapping
+from functools import lru_cache
 
 from pydantic import ValidationError
 

@@ -173,7 +173,7 @@ class Lines(Sequence):
     """Explanation lines, written on first use: most runs never show them, and formatting
     them for every layer took a good part of planning a long network."""
 
-    __slots__ = ("_make", "_lines")
+    __slots__ = ("_lines", "_make")
 
     def __init__(self, make: Callable[[], list[str]]):
         self._make, self._lines = make, None
