@@ -90,11 +90,12 @@ class ClassCode:
     module_branches: dict[tuple, str] = field(default_factory=dict)
     source: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self.index = {u.key: i for i, u in enumerate(self.uses)}
+
     def value(self, use: Use, arg: Arg):
         """The argument's value for one of the instances."""
-        if not hasattr(self, "_index"):
-            self._index = {u.key: i for i, u in enumerate(self.uses)}
-        return arg.vector[self._index[use.key]]
+        return arg.vector[self.index[use.key]]
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -204,10 +205,10 @@ class Context:
     def __init__(self, writer, cls: ClassCode | None):
         self.writer = writer
         self.cls = cls
-        self.n = len(cls.uses) if cls else 1
         self.flow: list[tuple[str, list]] = []  # channel-like values written so far
         self.last_call: dict[str, str] = {}  # argument -> text, of the call written last
         self.params: list[Arg] = []
+        self.input: Arg | None = None  # the channels (or features) that arrive
         if cls is None:
             return
         code = writer.instances.code
@@ -224,8 +225,6 @@ class Context:
             name = "in_channels" if all(len(d) >= 3 for d in first) else "in_features"
             self.input = Arg(name, [d[1] for d in first], "input")
             self.flow.append((name, self.input.vector))
-        else:
-            self.input = None
 
     # ------------------------------------------------------------ arguments
 
