@@ -24,6 +24,29 @@ def write_chain(path: Path, layers: int, channels: int = 8, size: int = 16) -> P
     return path
 
 
+def write_templated(path: Path, blocks: int, channels: int = 8, size: int = 16) -> Path:
+    """A spec whose template expands to ``blocks`` residual blocks of 5 layers each (conv, norm,
+    relu, conv in the body, and the block itself), a ResNet written short."""
+    text = f"""name: templated_{blocks}
+input: {{shape: [{channels}, {size}, {size}], batch: 1}}
+templates:
+  unit:
+    params: {{c: {channels}}}
+    type: residual
+    activation: relu
+    body:
+      - {{type: conv2d, out_channels: $c, kernel_size: 3, padding: 1, bias: false}}
+      - batchnorm2d
+      - relu
+      - {{type: conv2d, out_channels: $c, kernel_size: 3, padding: 1, bias: false}}
+layers:
+  - {{use: unit, name: stage, repeat: {blocks}}}
+"""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
 def _scale(node, k: int):
     """Every out_channels / out_features times k, in layers and in blocks' branches."""
     if isinstance(node, dict):
