@@ -645,6 +645,11 @@ def _describe(errors: list[dict], loc: tuple, missing, data) -> tuple[str, str, 
     if kind == "unknown_layer_type":
         value = e["input"]
         if isinstance(value, dict) and "type" not in value:
+            if len(value) == 1 and next(iter(value.values())) is None and isinstance(
+                    next(iter(value)), str) and normalize_type(next(iter(value))) in KINDS:
+                name = next(iter(value))  # `- relu:`: the colon made a mapping of a type name
+                return ("SC104", f"{where}: the layer has no `type`",
+                        f"write `- {name}` without the colon, or `- {{type: {name}}}`")
             return "SC104", f"{where}: the layer has no `type`", "add `type: conv2d` (or another type)"
         if not isinstance(value, dict) or not isinstance(value["type"], str):
             message = f"{where}: a layer must be a type name or a mapping with `type`, got {value!r}"

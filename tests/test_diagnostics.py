@@ -137,6 +137,8 @@ def test_sc104_missing_required(tmp_path):
     assert "input" in d.message
     d = only(diagnose(tmp_path, "input: {shape: [1, 28, 28]}\nlayers: []\n"), "SC104")
     assert "empty" in d.message
+    d = only(diagnose(tmp_path, HEAD + "  - relu:\n"), "SC104")  # a colon too many
+    assert d.line == 3 and d.hint == "write `- relu` without the colon, or `- {type: relu}`"
 
 
 def test_sc105_name_not_identifier(tmp_path):
