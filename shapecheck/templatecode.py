@@ -217,7 +217,8 @@ class Context:
             vector = [_plain(u.made.params.get(name)) for u in cls.uses]
             if all(v is not None for v in vector):
                 pyname = name + "_" if name in RESERVED else name
-                default = _plain(default)
+                # An expression default (`out: $width * 4`) makes the argument required.
+                default = None if isinstance(default, str) and "$" in default else _plain(default)
                 self.params.append(Arg(pyname, vector, "param",
                                        MISSING if default is None else default, name))
         first = [u.layers[0].input_dims for u in cls.uses]

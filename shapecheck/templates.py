@@ -259,7 +259,9 @@ class _Expander:
         for i in range(repeat):
             if i > 0:  # the use's values may read $index, the repeat being made
                 args = self._args(item, src, defaults, env, chain, index=i)
-            local = {**env, **defaults, **args, **(first if i == 0 else {}), "index": i}
+            given_values = {**args, **(first if i == 0 else {})}
+            local = {**env, **self._defaults(name, defaults, given_values, env, (site, *chain)),
+                     **given_values, "index": i}
             if isinstance(given, str):
                 instance = given if repeat == 1 else f"{given}_{i}"
             elif chain:  # inside a template: the enclosing instance's name comes before it
@@ -292,6 +294,20 @@ class _Expander:
             self.notes.setdefault(start, []).insert(0, "; ".join([head, *notes]))
             out += produced
         return out
+
+    def _defaults(self, name: str, defaults: dict, given: dict, env: dict, chain: tuple) -> dict:
+        """The defaults of the parameters a use leaves out; a default may be an expression of
+        the parameters before it (``out: $width * 4``)."""
+        values: dict = {}
+        for key, default in defaults.items():
+            if key in given:
+                values[key] = given[key]
+            elif is_expression(default):
+                values[key] = self.value(default, {**env, **values}, ("templates", name,
+                                                                      "params", key), chain)
+            else:
+                values[key] = default
+        return values
 
     def _template(self, name: str, template: Any, chain: tuple):
         loc = ("templates", name)

@@ -159,6 +159,27 @@ def test_errors_inside_templates_name_both_places(tmp_path):
     assert error.message.endswith("the same in 15 more uses of the template")
 
 
+def test_a_default_may_be_an_expression_of_the_parameters_before_it(tmp_path):
+    path = write(tmp_path, textwrap.dedent("""\
+        input: {shape: [16, 8, 8]}
+        templates:
+          block:
+            params: {width: 16, out: $width * 4}
+            layers: [{type: conv2d, out_channels: $width, kernel_size: 1},
+                     {type: conv2d, out_channels: $out, kernel_size: 1}]
+        layers:
+          - {use: block, width: 8}          # out = 32
+          - {use: block, width: 4, out: 10} # given
+          - {use: block}                    # out = 64
+        """))
+    plan = shapecheck.plan(path)
+    assert [layer.output_dims[1] for layer in plan.layers] == [8, 32, 4, 10, 16, 64]
+    broken = path.read_text(encoding="utf-8").replace("$width * 4", "$wdth * 4")
+    error = only_error(shapecheck.plan(write(tmp_path, broken)))
+    assert (error.code, error.line) == ("SC109", 8) and "did you mean $width" in error.message
+    assert error.message.endswith(f"(in template block at {tmp_path / 'net.yaml'}:4:25)")  # the key
+
+
 def test_an_unknown_name_in_a_template_points_at_the_use_and_the_template(tmp_path, capsys):
     path = write(tmp_path, RESNET50.replace("out_channels: $width * 4, kernel_size: 1, bias",
                                             "out_channels: $widht * 4, kernel_size: 1, bias"))
