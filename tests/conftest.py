@@ -34,3 +34,10 @@ def expect(request):
         )
 
     return check
+
+
+@pytest.fixture
+def cwd(tmp_path, monkeypatch):
+    """A test's own empty folder as the working directory."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

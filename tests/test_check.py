@@ -75,12 +75,6 @@ def check(capsys, *argv: str) -> tuple[int, list[str], str]:
     return code, out.splitlines(), err
 
 
-@pytest.fixture
-def cwd(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def test_valid_spec_prints_only_the_summary(cwd, capsys):
     write(cwd, "specs/net.yaml", VALID)
     code, lines, err = check(capsys, "specs/net.yaml")

@@ -21,17 +21,9 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
+from reference_nets import SqueezeExcitation, alexnet
+from reference_nets import _make_divisible as make_divisible
 from torch import Tensor, nn
-
-
-def make_divisible(v: float, divisor: int, min_value: int | None = None) -> int:
-    """torchvision's models._utils._make_divisible."""
-    if min_value is None:
-        min_value = divisor
-    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
-    if new_v < 0.9 * v:
-        new_v += divisor
-    return new_v
 
 
 def conv_norm_act(
@@ -60,22 +52,6 @@ def conv_norm_act(
     return nn.Sequential(*layers)
 
 
-class SqueezeExcitation(nn.Module):
-    """torchvision.ops.misc.SqueezeExcitation."""
-
-    def __init__(self, cin: int, squeeze: int, activation=nn.ReLU, scale_activation=nn.Sigmoid):
-        super().__init__()
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc1 = nn.Conv2d(cin, squeeze, 1)
-        self.fc2 = nn.Conv2d(squeeze, cin, 1)
-        self.activation = activation()
-        self.scale_activation = scale_activation()
-
-    def forward(self, x: Tensor) -> Tensor:
-        s = self.scale_activation(self.fc2(self.activation(self.fc1(self.avgpool(x)))))
-        return s * x
-
-
 class StochasticDepth(nn.Module):
     """torchvision.ops.StochasticDepth (identity in eval mode)."""
 
@@ -88,25 +64,6 @@ class StochasticDepth(nn.Module):
 
 
 # -- AlexNet, VGG ----------------------------------------------------------------
-
-
-def alexnet(num_classes: int = 1000) -> nn.Module:
-    features = nn.Sequential(
-        nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2), nn.ReLU(inplace=True),
-        nn.MaxPool2d(kernel_size=3, stride=2),
-        nn.Conv2d(64, 192, kernel_size=5, padding=2), nn.ReLU(inplace=True),
-        nn.MaxPool2d(kernel_size=3, stride=2),
-        nn.Conv2d(192, 384, kernel_size=3, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(384, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(256, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
-        nn.MaxPool2d(kernel_size=3, stride=2),
-    )
-    classifier = nn.Sequential(
-        nn.Dropout(p=0.5), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(inplace=True),
-        nn.Dropout(p=0.5), nn.Linear(4096, 4096), nn.ReLU(inplace=True),
-        nn.Linear(4096, num_classes),
-    )
-    return nn.Sequential(features, nn.AdaptiveAvgPool2d((6, 6)), nn.Flatten(), classifier)
 
 
 def vgg16_bn(num_classes: int = 1000) -> nn.Module:
