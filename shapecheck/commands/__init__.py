@@ -11,9 +11,16 @@ import sys
 
 from ..diagnostics import Diagnostic
 from ..layers.base import INT64_MAX
-from ..report import OUTPUT, colored, format_text
+from ..report import OUTPUT, colored, format_text, printable
 
 EXIT_OK, EXIT_INVALID, EXIT_INPUT = 0, 1, 2
+
+
+def fail(command: str, message: str, code: int = EXIT_INPUT, *, keep: str = "") -> int:
+    """Say why ``command`` cannot go on, on stderr and escaped; the exit code to return.
+    Each command binds its name: ``_fail = partial(fail, "build")``."""
+    print(f"shapecheck {command}: error: {printable(message, keep=keep)}", file=sys.stderr)
+    return code
 
 
 def input_shape(text: str) -> tuple[int, int, int]:

@@ -32,6 +32,7 @@ import os
 import shlex
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,7 +50,7 @@ from ..report import printable
 from ..runinfo import run_folder_problem
 from ..spec import default_name
 from ..table import human_bytes
-from . import EXIT_INPUT, EXIT_INVALID, EXIT_OK, add_shape_overrides, print_diagnostics
+from . import EXIT_INPUT, EXIT_INVALID, EXIT_OK, add_shape_overrides, fail, print_diagnostics
 
 if TYPE_CHECKING:
     from ..trainspec import TrainSpec
@@ -166,9 +167,7 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def _fail(message: str, code: int = EXIT_INPUT) -> int:
-    print(f"shapecheck build: error: {printable(message)}", file=sys.stderr)
-    return code
+_fail = partial(fail, "build")
 
 
 def _note(message: str) -> None:

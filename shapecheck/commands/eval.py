@@ -14,11 +14,10 @@ torch is imported only when the command runs."""
 from __future__ import annotations
 
 import argparse
-import sys
+from functools import partial
 from pathlib import Path
 
-from ..report import printable
-from . import EXIT_INPUT, EXIT_INVALID, EXIT_OK
+from . import EXIT_INVALID, EXIT_OK, fail
 
 
 def add_parser(sub) -> None:
@@ -44,9 +43,7 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def _fail(message: str, code: int = EXIT_INPUT) -> int:
-    print(f"shapecheck eval: error: {printable(message)}", file=sys.stderr)
-    return code
+_fail = partial(fail, "eval")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,10 +16,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from ..report import OUTPUT, printable
-from . import EXIT_INPUT, EXIT_INVALID, EXIT_OK, batch_size
+from . import EXIT_INVALID, EXIT_OK, batch_size, fail
 
 Fail = Callable[..., int]
 
@@ -41,9 +42,7 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def _fail(message: str, code: int = EXIT_INPUT) -> int:
-    print(f"shapecheck export: error: {printable(message)}", file=sys.stderr)
-    return code
+_fail = partial(fail, "export")
 
 
 def onnx_destination_problem(path: str, *, force: bool, inputs: list[Path]) -> str | None:

@@ -16,11 +16,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+from functools import partial
 from pathlib import Path
 
 from ..atomic import atomic_write, folder_problem, replace_problem
-from ..report import printable
-from . import EXIT_INPUT, EXIT_INVALID, EXIT_OK, input_shape
+from . import EXIT_INVALID, EXIT_OK, fail, input_shape
 
 
 def add_parser(sub) -> None:
@@ -43,9 +43,7 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def _fail(message: str, code: int = EXIT_INPUT) -> int:
-    print(f"shapecheck import: error: {printable(message, keep=chr(10))}", file=sys.stderr)
-    return code
+_fail = partial(fail, "import", keep="\n")
 
 
 def _is_imported(path: Path) -> bool:

@@ -19,12 +19,13 @@ import shutil
 import subprocess
 import sys
 import zlib
+from functools import partial
 from pathlib import Path
 
 from ..atomic import atomic_write, folder_problem, replace_problem
 from ..planner import plan
 from ..report import printable
-from . import EXIT_INPUT, add_shape_overrides, depth, exit_code, print_diagnostics
+from . import EXIT_INPUT, add_shape_overrides, depth, exit_code, fail, print_diagnostics
 
 FORMATS = ["svg", "png", "pdf", "dot", "html"]
 SUFFIXES = {".svg": "svg", ".png": "png", ".pdf": "pdf", ".dot": "dot", ".gv": "dot",
@@ -71,9 +72,7 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def _fail(message: str) -> int:
-    print(f"shapecheck render: error: {printable(message)}", file=sys.stderr)
-    return EXIT_INPUT
+_fail = partial(fail, "render")
 
 
 def _wrote(path: Path, args: argparse.Namespace) -> None:
