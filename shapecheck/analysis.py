@@ -421,7 +421,7 @@ def _solve_axis(plan: Plan, i: int) -> AxisSolution:
         def at(q: int, base=base) -> _Trace:
             return run(base + period * q)
 
-        u = _first(lambda q: not at(q).small)
+        u = first_true(lambda q: not at(q).small)
         if u is None:
             classes[c] = Residue(points=[])
             continue
@@ -447,17 +447,17 @@ def _solve_axis(plan: Plan, i: int) -> AxisSolution:
     return AxisSolution(AXES[i], size, other, period, classes)
 
 
-def _first(ok, limit: int = 1 << 40) -> int | None:
-    """The smallest q >= 0 with ok(q), for ok false up to some q and true after; None if none
-    below ``limit``."""
-    if ok(0):
-        return 0
-    hi = 1
+def first_true(ok, lowest: int = 0, limit: int = 1 << 40) -> int | None:
+    """The smallest n >= ``lowest`` with ok(n), for ok false up to some n and true after
+    (monotone); None if none up to ``limit``. Doubling, then bisection."""
+    if ok(lowest):
+        return lowest
+    hi = max(1, 2 * lowest)
     while not ok(hi):
         hi *= 2
         if hi > limit:
             return None
-    lo = hi // 2 + 1
+    lo = max(lowest, hi // 2) + 1
     while lo < hi:
         mid = (lo + hi) // 2
         if ok(mid):

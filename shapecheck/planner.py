@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .analysis import field_warning, receptive_fields
+from .analysis import field_warning, first_true, receptive_fields
 from .diagnostics import Diagnostic
 from .layers import Block, Context, LayerSpec, Origin, ShapeError
 from .layers.base import Dims
@@ -249,8 +249,8 @@ class _Planner:
             return None
         _, h, w = self.input
         big = 1 << 40
-        min_h = _smallest(lambda s: self._fits(s, big))
-        min_w = _smallest(lambda s: self._fits(big, s))
+        min_h = first_true(lambda s: self._fits(s, big), lowest=1)
+        min_w = first_true(lambda s: self._fits(big, s), lowest=1)
         if min_h is None or min_w is None:
             return None
         need = (max(h, min_h), max(w, min_w))
@@ -288,20 +288,3 @@ def _too_large() -> ShapeError:
 
 
 MAX_DIM = int(sys.float_info.max)  # about 1.8e308
-
-
-def _smallest(fits, limit: int = 1 << 40) -> int | None:
-    """The smallest size for which fits() holds, assuming it is monotone; None if none."""
-    hi = 1
-    while not fits(hi):
-        hi *= 2
-        if hi > limit:
-            return None
-    lo = hi // 2 + 1 if hi > 1 else 1
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if fits(mid):
-            hi = mid
-        else:
-            lo = mid + 1
-    return hi
