@@ -41,3 +41,15 @@ def cwd(tmp_path, monkeypatch):
     """A test's own empty folder as the working directory."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small nets on a shared machine: one thread is as fast and far steadier. A module asks
+    for it with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

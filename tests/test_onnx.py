@@ -68,13 +68,7 @@ layers:
 """
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Small nets on a shared machine: one thread is as fast and far steadier.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _write(path: Path, text: str) -> Path:

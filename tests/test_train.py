@@ -56,13 +56,7 @@ exec(LECTURE_SOURCE, _ns)  # noqa: S102 - our own constant source
 LectureCNN = _ns["LectureCNN"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Small nets on a shared machine: one thread is as fast and far steadier.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def spec(**kw) -> TrainSpec:
