@@ -8,6 +8,9 @@ module declares (``Residual(body, shortcut)``, ``Concat(*branches)`` …), whose
 ``nn.Sequential``s, so the state_dict keys read ``conv1.weight``, ``layer1_0.body.0.weight``,
 ``inception3a.branches.1.3.weight``.
 
+The layers are written by templatecode.py, which also writes a class per template where the spec
+has templates.
+
 ``build_module(spec)`` executes exactly that source, so the emitted file and the module agree
 on every key and shape. Before a module is handed out it is checked against the plan: a forward
 pass on the meta device (nothing allocated) must give every layer the planned output shape,
@@ -26,6 +29,7 @@ This module imports torch only inside the functions that build or check a module
 from __future__ import annotations
 
 import ast
+import functools
 import keyword
 import math
 import os
@@ -146,6 +150,7 @@ def class_name(name: str) -> str:
     return result
 
 
+@functools.lru_cache(maxsize=1)
 def _module_attributes() -> frozenset[str]:
     names = set(_MODULE_ATTRIBUTES)
     try:
@@ -294,41 +299,6 @@ class _Writer:
         self.attrs_used.add(new)
         return new
 
-    def layer_expr(self, layer, indent: int, qualname: str, tail: str, comment: str,
-                   head: str = "") -> list[str]:
-        """The expression that creates one layer (a torch.nn layer or a block)."""
-        self.module_names[layer.path] = qualname
-        if not layer.is_block:
-            func = self.kind_func(layer)
-            args = [f"{k}={_literal(v)}" for k, v in layer.torch_kwargs.items()]
-            return _call(func, args, indent=indent, head=head, tail=tail, comment=comment)
-        block = layer.spec
-        pad = INDENT * indent
-        lines = [f"{pad}{head}{block.helper}("]
-        self.uses.add(block.helper)
-        index = {key: i for i, key in enumerate(layer.branch_keys)}
-        for arg, key in block.helper_args():
-            where = ".".join(map(str, block.branch_loc(key)))
-            lines += self.branch_expr(layer, index[key], indent + 1, f"{qualname}.{where}", arg)
-        lines += [f"{INDENT * (indent + 1)}{extra}," for extra in block.helper_extra()]
-        lines.append(f"{pad}){tail}" + (f"  # {comment}" if comment else ""))
-        return lines
-
-    def branch_expr(self, block, i: int, indent: int, qualname: str, head: str) -> list[str]:
-        """Branch i of a block: an nn.Sequential of its layers, or nn.Identity() if empty."""
-        pad = INDENT * indent
-        branch = block.branches[i]
-        if not branch:
-            return [f"{pad}{head}nn.Identity(),  # {self.shape(block.branch_inputs[i])}"]
-        lines = [f"{pad}{head}nn.Sequential("]
-        for j, layer in enumerate(branch):
-            # The shape goes next to the layers that change it (not after batchnorm, relu ...).
-            changes = layer.output_dims != layer.input_dims
-            comment = self.shape(layer.output_dims) if changes else ""
-            lines += self.layer_expr(layer, indent + 1, f"{qualname}.{j}", ",", comment)
-        lines.append(f"{pad}),  # {self.shape(branch[-1].output_dims)}")
-        return lines
-
     def write(self) -> Generated:
         plan = self.plan
         cls = class_name(plan.name)
@@ -341,17 +311,9 @@ class _Writer:
             f"{INDENT}def forward(self, x: torch.Tensor) -> torch.Tensor:",
             f"{INDENT * 2}# x: {self.shape(plan.input_dims)}",
         ]
-        classes: list[str] = []
-        if self.template_code:
-            body, forward_body, classes = self.write_templated(cls, attrs)
-            init += body
-            forward += forward_body
-        else:
-            for i, layer in enumerate(plan.layers):
-                attr = attrs[i]
-                init += self.layer_expr(layer, 2, attr, "", "", head=f"self.{attr} = ")
-                forward.append(
-                    f"{INDENT * 2}x = self.{attr}(x)  # {self.shape(layer.output_dims)}")
+        body, forward_body, classes = self.write_body(cls, attrs)
+        init += body
+        forward += forward_body
         forward.append(f"{INDENT * 2}return x")
 
         where = f" from {comment_text(self.source_name)}" if self.source_name else ""
@@ -393,8 +355,9 @@ class _Writer:
         source = re.sub(r"\n{4,}", "\n\n\n", "\n".join(lines) + "\n")
         return Generated(source, cls, self.module_names, renamed)
 
-    def write_templated(self, cls: str, attrs: dict[int, str]):
-        """The main class's lines and the template classes of a templated plan (templatecode)."""
+    def write_body(self, cls: str, attrs: dict[int, str]):
+        """The main class's lines, and the classes of its templates if it has any
+        (templatecode.py writes both)."""
         from .templatecode import ClassWriter, Instances, Retry
 
         self.reserved = _module_attributes()

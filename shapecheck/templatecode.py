@@ -1,4 +1,6 @@
-"""Templates as classes: what `build` writes for a spec that uses templates.
+"""The layers `build` writes, and templates as classes.
+
+Every spec's layers are written here (for a spec without templates, each value is a literal).
 
 Each template becomes one nn.Module class with the template's parameters as constructor
 arguments (a ``layers:`` template an ``nn.Sequential``, a one-layer template a subclass of its
@@ -142,8 +144,8 @@ class Instances:
     """The template instances of a plan, as items: plain layers and runs of repeats."""
 
     def __init__(self, code):
-        self.code = code
-        self.by_start = {(m.start, m.depth): m for m in code.made}
+        self.code = code  # None for a spec without templates: then every item is a Layer
+        self.by_start = {(m.start, m.depth): m for m in code.made} if code else {}
         self.inline: set[tuple] = set()  # instances written in full
 
     def items(self, layers: list, depth: int) -> list:
