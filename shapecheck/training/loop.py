@@ -246,11 +246,15 @@ def train(
         torch.set_num_threads(threads)
     try:
         with _deterministic(spec.deterministic):
-            return _train(module, spec, name=name, input_shape=input_shape,
-                          num_classes=num_classes, base_dir=base_dir, out_dir=out_dir,
-                          model_source=model_source, resume=resume,
-                          log=log if world.main else _quiet, progress=progress,
-                          reinit=reinit, world=world, backend=backend, compile=compile)
+            result = _train(module, spec, name=name, input_shape=input_shape,
+                            num_classes=num_classes, base_dir=base_dir, out_dir=out_dir,
+                            model_source=model_source, resume=resume,
+                            log=log if world.main else _quiet, progress=progress,
+                            reinit=reinit, world=world, backend=backend, compile=compile)
+        # Every rank leaves together: a rank that tore its process group down while rank 0
+        # still wrote the results could make rank 0 abort at exit (gloo).
+        world.barrier()
+        return result
     finally:
         torch.set_num_threads(before)  # --threads or a deterministic resume changed it
         teardown(world)
