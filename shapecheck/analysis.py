@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from .layers.base import Lines
 from .layers.window import Consumed, Fixed, Fold, Scale, Transposed, Whole, Window, effective
@@ -40,9 +40,9 @@ AXES = ("H", "W")
 # Receptive field
 
 
-@dataclass(frozen=True)
-class Field:
-    """The receptive field of one axis of a layer's output units, in input pixels."""
+class Field(NamedTuple):
+    """The receptive field of one axis of a layer's output units, in input pixels (a named
+    tuple, made for every layer and axis)."""
 
     size: int
     jump: int
@@ -62,8 +62,7 @@ class NoField:
 AxisField = Field | NoField
 
 
-@dataclass
-class _Axis:
+class _Axis(NamedTuple):
     """One spatial axis as the walk sees it: its field and the dim it sits at."""
 
     field: AxisField
@@ -86,10 +85,11 @@ def _walk(rows: list[LayerPlan], axes: list[_Axis]) -> list[_Axis]:
         if row.is_block:
             axes = _block(row, axes)
         else:
-            steps = [_step(row, axis) for axis in axes]
-            axes = [axis for axis, _ in steps]
-            row.field_explain = Lines(partial(_explain_lines, [line for _, line in steps]))
-        row.receptive_field = tuple(axis.field for axis in axes)
+            (h, h_line), (w, w_line) = _step(row, axes[0]), _step(row, axes[1])
+            axes = [h, w]
+            if h_line is not None or w_line is not None:  # most layers have nothing to explain
+                row.field_explain = Lines(partial(_explain_lines, [h_line, w_line]))
+        row.receptive_field = (axes[0].field, axes[1].field)
     return axes
 
 

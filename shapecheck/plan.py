@@ -28,7 +28,7 @@ def with_batch(dims: Dims | None, batch: int | str) -> Shape | None:
     return (batch if k == 1 else f"{batch}*{k}", *dims[1:])
 
 
-@dataclass
+@dataclass(slots=True)
 class LayerPlan:
     index: int  # position in its own list (top level or branch)
     path: tuple[int | str, ...]  # full place in the tree, e.g. (3,) or (3, "body", 1)

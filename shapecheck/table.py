@@ -10,7 +10,7 @@ HEADERS = ["#", "name", "type", "output shape", "weight", "bias", "params", "MAC
 
 
 def dims(shape) -> str:
-    return "—" if shape is None else "×".join(str(d) for d in shape)
+    return "—" if shape is None else "×".join(map(str, shape))
 
 
 def human_count(n: int) -> str:
@@ -56,7 +56,7 @@ def collapsed(layer: LayerPlan, indent: str, depth: int | None) -> int:
 
 
 def _cells(layer: LayerPlan, indent: str, depth: int | None = None) -> list:
-    where = "/".join(str(p) for p in layer.path)
+    where = "/".join(map(str, layer.path))
     if layer.status == "failed":
         out = "✗ fails here"
     elif layer.status == "skipped":
@@ -64,7 +64,7 @@ def _cells(layer: LayerPlan, indent: str, depth: int | None = None) -> list:
     else:
         out = dims(layer.output_shape)
     planned = layer.status == "ok"
-    hidden = collapsed(layer, indent, depth)
+    hidden = collapsed(layer, indent, depth) if layer.branches else 0
     return [
         where,
         indent + layer.name,
@@ -79,7 +79,7 @@ def _cells(layer: LayerPlan, indent: str, depth: int | None = None) -> list:
 
 def grid(headers: list[str], rows: list[list[str]], right: set[int], markdown: bool) -> list[str]:
     """Aligned columns: plain text with a dashed rule, or a GitHub Markdown table."""
-    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    widths = [max(map(len, column)) for column in zip(headers, *rows)]
 
     def line(cells) -> str:
         padded = [c.rjust(w) if i in right else c.ljust(w)

@@ -324,3 +324,25 @@ def test_python_dash_m_shapecheck(cwd):
     assert done.returncode == 1, done.stderr
     assert done.stdout.startswith("specs/small.yaml:4:5: error[SC201]")
     assert done.stdout.endswith("1 spec checked, 1 invalid, 0 warnings\n")
+
+
+def test_many_files_shared_among_processes_give_the_same_report(cwd, capsys):
+    """40 files (every kind of result among them) in 2 processes: the same lines in the same
+    order, the same summary and exit code as in one."""
+    texts = [VALID, WARNING, TOO_SMALL, SCHEMA, NOT_A_SPEC]
+    for i in range(40):
+        write(cwd, f"specs/s{i:02d}.yaml", texts[i % len(texts)])
+    one = check(capsys, "-j", "1", "specs")
+    two = check(capsys, "--jobs", "2", "specs")
+    assert two == one
+    code, lines, _ = two
+    assert code == 2
+    assert lines[-1] == "40 specs checked, 16 invalid, 8 warnings, 8 unreadable"
+    assert lines[0].startswith("specs/s01.yaml:4:5: warning[SC303]")
+
+
+def test_jobs_must_be_positive(cwd, capsys):
+    write(cwd, "specs/net.yaml", VALID)
+    code, lines, err = check(capsys, "--jobs", "0")
+    assert code == 2 and lines == []
+    assert "--jobs 0: give 1 or more" in err

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
+from functools import partial
 from pathlib import Path
 
 from ..diagnostics import Diagnostic, InputError
@@ -19,6 +21,7 @@ from . import EXIT_INPUT, EXIT_INVALID, EXIT_OK, print_diagnostics
 
 DEFAULT_DIR = "specs"
 SUFFIXES = (".yaml", ".yml")
+MIN_FILES_PER_JOB = 16  # below this a process costs more than it saves
 
 
 def add_parser(sub) -> None:
@@ -34,6 +37,8 @@ def add_parser(sub) -> None:
     p.add_argument("--strict", action="store_true", help="warnings fail the run (exit 1)")
     p.add_argument("--scale", metavar="NAME",
                    help="check specs at this scale only (default: every scale a spec declares)")
+    p.add_argument("-j", "--jobs", type=int, metavar="N",
+                   help="check in N processes (default: one per processor; many files only)")
     p.add_argument("--format", choices=["text", "github"], default="text",
                    help="text: file:line:col: error[SC...]: message (default); "
                    "github: GitHub Actions annotations (::error file=...,line=...::...)")
@@ -84,28 +89,55 @@ def _other_scales(path: Path, first) -> list[Diagnostic]:
     return found
 
 
+def _check(path: Path, scale: str | None) -> tuple[bool, list[Diagnostic]]:
+    """(readable, the problems) of one spec file; at every scale unless ``scale`` names one."""
+    try:
+        result = plan(path, scale=scale)
+    except InputError as e:  # missing, not UTF-8, not YAML, not a spec: exit 2
+        return False, [e.diagnostic]
+    if scale is None:
+        return True, result.diagnostics + _other_scales(path, result)
+    return True, result.diagnostics
+
+
+def _check_all(files: list[Path], scale: str | None, jobs: int):
+    """The result of every file, in order. Many files are shared among ``jobs`` processes
+    forked from this one (no second start-up); few are not worth a process."""
+    if jobs < 2 or len(files) < MIN_FILES_PER_JOB * 2 or not hasattr(os, "fork"):
+        yield from (_check(path, scale) for path in files)
+        return
+    import multiprocessing
+
+    jobs = min(jobs, len(files) // MIN_FILES_PER_JOB)
+    chunk = max(1, min(64, len(files) // (jobs * 8)))
+    with multiprocessing.get_context("fork").Pool(jobs) as pool:
+        yield from pool.imap(partial(_check, scale=scale), files, chunksize=chunk)
+
+
+def default_jobs() -> int:
+    """The processors this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def run(args: argparse.Namespace) -> int:
     files = _targets(args.files)
     if files is None:
         return EXIT_INPUT
+    if args.jobs is not None and args.jobs < 1:
+        print(f"shapecheck check: --jobs {args.jobs}: give 1 or more", file=sys.stderr)
+        return EXIT_INPUT
     form = format_github if args.format == "github" else None
     invalid = warnings = unreadable = 0
     failed = False
-
-    def report(diagnostics: list[Diagnostic]) -> None:
+    jobs = default_jobs() if args.jobs is None else args.jobs
+    for readable, diagnostics in _check_all(files, args.scale, jobs):
         print_diagnostics(diagnostics, strict=args.strict, form=form)
-
-    for path in files:
-        try:
-            result = plan(path, scale=args.scale)
-        except InputError as e:  # missing, not UTF-8, not YAML, not a spec: exit 2
+        if not readable:
             unreadable += 1
-            report([e.diagnostic])
             continue
-        diagnostics = result.diagnostics
-        if args.scale is None:
-            diagnostics = diagnostics + _other_scales(path, result)
-        report(diagnostics)
         warnings += sum(not d.is_error for d in diagnostics)
         if any(d.is_error for d in diagnostics):
             invalid += 1

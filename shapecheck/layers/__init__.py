@@ -57,6 +57,12 @@ class _Kinds(Mapping):
             self._models[name] = model
         return model
 
+    def get(self, name: str, default=None):  # Mapping's own goes through __getitem__ and a try
+        model = self._models.get(name)
+        if model is None and name in _WHERE:
+            model = self[name]
+        return model or default
+
     def __iter__(self) -> Iterator[str]:
         return iter(_WHERE)
 
@@ -130,12 +136,14 @@ def parse_layers(items: list, loc: tuple, origin: Callable[[tuple], Origin | Non
                            "msg": "unknown layer type"})
             continue
         try:
-            layer = kind.model_validate({**item, "type": name})  # KINDS' key is the type
+            if item["type"] != name:  # KINDS' key is the type
+                item = {**item, "type": name}
+            layer = kind.model_validate(item)
         except ValidationError as e:
             errors += [{**err, "loc": (*here, *err["loc"])} for err in e.errors()]
             continue
         if origin is not None:
-            layer.__pydantic_private__["_origin"] = origin(here)  # pydantic's own setter is slow
+            layer.with_origin(origin(here))
         if layer.is_block:
             layer, sub_errors = _parse_branches(layer, here, origin)
             errors += sub_errors

@@ -150,11 +150,11 @@ class Conv2d(_Channels, LayerSpec):
         if i is None:
             return (Consumed("conv2d has weights per channel") if dim == 1 else SAME), dim
         before, after = self.pads()[i]
-        # reflect needs pad < size, circular pad <= size (_pad_limit)
-        limit = {"reflect": 1, "circular": 0}.get(self.padding_mode)
+        min_size = 1
+        if self.padding_mode in _PAD_RULE:  # reflect needs pad < size, circular pad <= size
+            min_size = max(before, after) + (1 if self.padding_mode == "reflect" else 0)
         return Window(pair(self.kernel_size)[i], pair(self.stride)[i], before, after,
-                      pair(self.dilation)[i],
-                      min_size=1 if limit is None else max(before, after) + limit), dim
+                      pair(self.dilation)[i], min_size=min_size), dim
 
     def settings(self) -> str:
         parts = settings(self.kernel_size, self.stride, self.padding, self.dilation)

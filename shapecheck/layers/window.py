@@ -4,6 +4,7 @@ from here, with PyTorch's formulas."""
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .base import ShapeError, pair
 
@@ -104,10 +105,10 @@ def kernel_too_large(kernel: tuple[int, int], eff: int, dilation: int, axis: str
 # sits at ``dim`` of its input ``x``, and at which dim that axis leaves.
 
 
-@dataclass(frozen=True)
-class Window:
+class Window(NamedTuple):
     """A sliding window on the axis: conv, pools, padding layers (a 1-wide window that only
-    pads or crops), pixelunshuffle (a window as wide as its stride)."""
+    pads or crops), pixelunshuffle (a window as wide as its stride). A named tuple: the
+    receptive-field walk makes two for every layer."""
 
     kernel: int = 1
     stride: int = 1
@@ -207,4 +208,5 @@ def channel_map(dim: int, what: str) -> "tuple[AxisMap, int]":
 def spatial(x, dim: int) -> int | None:
     """0 for H, 1 for W when ``dim`` is one of the last two dims of ``x`` (where 2-d layers
     work), else None."""
-    return {len(x) - 2: 0, len(x) - 1: 1}.get(dim) if len(x) >= 3 else None
+    i = dim - len(x) + 2
+    return i if len(x) >= 3 and 0 <= i <= 1 else None
