@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .analysis import field_warning, first_true, receptive_fields
 from .diagnostics import Diagnostic
@@ -35,8 +35,7 @@ MAX_LATER = 10  # errors reported after the first, by planning on with declared 
 MAX_HINT_LAYERS = 5_000
 
 
-@dataclass
-class _Failure:
+class _Failure(NamedTuple):
     row: LayerPlan
     error: ShapeError
 

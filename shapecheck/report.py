@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 
 from .diagnostics import Diagnostic
 
@@ -61,12 +60,12 @@ class PrintableStream:
         return getattr(self._stream, name)
 
 
-@dataclass
 class Output:
     """How the command line prints, for this run: set by the CLI from --color and -q."""
 
-    color: str = "auto"  # always, never, or auto: on a terminal unless NO_COLOR or TERM=dumb
-    quiet: bool = False  # only what makes the run fail
+    def __init__(self) -> None:
+        self.color = "auto"  # always, never, or auto: on a terminal unless NO_COLOR or TERM=dumb
+        self.quiet = False  # only what makes the run fail
 
 
 OUTPUT = Output()

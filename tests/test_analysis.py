@@ -1,6 +1,6 @@
-"""Receptive fields and accepted input sizes (shapecheck/analysis.py), checked against the
-published values, against torch's own gradients, and against brute force with the planner and
-with torch."""
+"""Receptive fields and accepted input sizes (shapecheck/analysis.py, shapecheck/inputsizes.py),
+checked against the published values, against torch's own gradients, and against brute force
+with the planner and with torch."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pytest
 from conftest import SPECS
 
 import shapecheck
-from shapecheck.analysis import Field, solve
+from shapecheck.analysis import Field
 from shapecheck.cli import main
+from shapecheck.inputsizes import solve
 from shapecheck.layers import KINDS, Block, LayerSpec
 from shapecheck.spec import Spec
 

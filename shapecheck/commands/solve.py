@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ..analysis import Unsolvable, describe, solve
 from ..diagnostics import InputError
+from ..inputsizes import Unsolvable, describe, solve
 from ..planner import plan
 from ..spec import default_name
 from . import EXIT_INPUT, EXIT_INVALID, EXIT_OK, add_shape_overrides, print_diagnostics

@@ -219,8 +219,7 @@ class Inferred:
     layout: str | None = None
 
 
-@dataclass(frozen=True)
-class Context:
+class Context(NamedTuple):
     """What a rule may know beyond its input shape, for explanations and warnings. Rules only
     read it; the planner makes the next one after every layer (``after``)."""
 

@@ -3,7 +3,6 @@ the transposed conv) reads its output size, settings text, explanation and unuse
 from here, with PyTorch's formulas."""
 
 import math
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from .base import ShapeError, pair
@@ -143,8 +142,7 @@ class Window(NamedTuple):
 SAME = Window()  # the axis passes through unchanged (elementwise layers, channel ops)
 
 
-@dataclass(frozen=True)
-class Scale:
+class Scale(NamedTuple):
     """Upsampling by a factor: out = floor(n · factor) (upsample, pixelshuffle)."""
 
     factor: float
@@ -153,8 +151,7 @@ class Scale:
         return math.floor(n * self.factor)  # in float64, as torch computes it
 
 
-@dataclass(frozen=True)
-class Transposed:
+class Transposed(NamedTuple):
     """A transposed conv on the axis."""
 
     kernel: int
@@ -168,31 +165,27 @@ class Transposed:
                               self.dilation)
 
 
-@dataclass(frozen=True)
-class Fixed:
+class Fixed(NamedTuple):
     """The output size does not depend on the input's (adaptive pools, upsample to a size)."""
 
     size: int
 
 
-@dataclass(frozen=True)
-class Consumed:
+class Consumed(NamedTuple):
     """The layer's weights depend on this axis's size (a linear on it, a layernorm over it, a
     conv taking it as channels): the size must be the one the spec was planned at."""
 
     why: str
 
 
-@dataclass(frozen=True)
-class Whole:
+class Whole(NamedTuple):
     """Every output position depends on the whole axis, whatever its size (a softmax over
     it)."""
 
     why: str
 
 
-@dataclass(frozen=True)
-class Fold:
+class Fold(NamedTuple):
     """The axis is merged with other dims into one (flatten): the values keep their place, but
     later layers see its size only inside a product."""
 

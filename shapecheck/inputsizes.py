@@ -1,0 +1,315 @@
+"""The input sizes a planned network accepts, along each spatial axis (``shapecheck solve``):
+every size for which each layer gets what it needs, found exactly per residue class of the
+strides. It reads each layer kind's ``axis_map`` (layers/window.py), as the receptive field
+does (analysis.py)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import TYPE_CHECKING
+
+from .analysis import AXES, first_true
+from .layers.window import Consumed, Fixed, Fold, Scale, Transposed, Whole, Window
+
+if TYPE_CHECKING:
+    from .plan import LayerPlan, Plan
+
+
+@dataclass
+class _Trace:
+    """What one run along an axis met: constraints as integer expressions of which one must be
+    zero, and the facts that hold for a whole residue class."""
+
+    small: bool = False  # some layer gets less than it needs
+    zeros: list[list[int]] = field(default_factory=list)
+    indivisible: bool = False  # an exact window (pixelunshuffle) does not divide
+    unused: list[tuple[str, int]] = field(default_factory=list)
+    uneven: list[str] = field(default_factory=list)  # strided layers that do not give n/s
+    period: int = 1
+
+    @property
+    def met(self) -> bool:
+        return not self.small and not self.indivisible and all(0 in z for z in self.zeros)
+
+
+MAX_PERIOD = 1 << 14  # residue classes solve works through; 2^5 for a ResNet, 2^4 for a U-Net
+
+
+class Unsolvable(Exception):
+    """An axis map the exact solver does not handle (a non-dyadic scale factor)."""
+
+
+def _run(rows: list[LayerPlan], n: int, dim: int, fold_ref: int | None, period: int,
+         trace: _Trace) -> tuple[int, int, int | None, int]:
+    """Push size n of the axis at ``dim`` through the rows; returns the size, dim, the size the
+    spec had where the axis was folded (None while it is not), and the stride product."""
+    for row in rows:
+        if row.is_block:
+            outs = [_run(b, n, dim, fold_ref, period, trace) for b in row.branches]
+            sizes = [o[0] for o in outs] + ([n] if row.spec.merges_input else [])
+            if row.spec.spatial_merge == "broadcast":
+                size = sizes[0]
+                for other in sizes[1:]:
+                    trace.zeros.append([size - other, size - 1, other - 1])
+                    size = max(size, other)
+            else:
+                size = sizes[0]
+                trace.zeros += [[other - size] for other in sizes[1:]]
+            n, dim, fold_ref = size, outs[0][1], outs[0][2]
+            period = math.lcm(*(o[3] for o in outs))
+            continue
+        m, new_dim = row.spec.axis_map(row.input_dims, dim)
+        if fold_ref is not None and not isinstance(m, (Fold, Whole)) and m != Window():
+            m = Consumed("after a flatten")
+        if isinstance(m, Window):
+            if not m.fits(n):
+                trace.small = True
+            elif m.exact and n % m.stride:
+                trace.indivisible = True
+            else:
+                if m.unused(n):
+                    trace.unused.append((row.name, m.unused(n)))
+                if not m.even(n):
+                    trace.uneven.append(row.name)
+            n = m.out(n)
+            period *= m.stride
+        elif isinstance(m, Scale):
+            f = Fraction(m.factor)
+            if f.denominator > 64:
+                raise Unsolvable(f"{row.name} scales by {m.factor:g}, which is not a fraction "
+                                 "with a small power-of-two denominator")
+            n = m.out(n)
+            period *= f.denominator
+        elif isinstance(m, Transposed):
+            n = m.out(n)
+            if n < 1:
+                trace.small = True
+        elif isinstance(m, Fixed):
+            n = m.size
+        elif isinstance(m, Consumed):
+            ref = fold_ref if fold_ref is not None else row.input_dims[dim]
+            trace.zeros.append([n - ref])
+        elif isinstance(m, Fold) and fold_ref is None:
+            fold_ref = row.input_dims[dim]
+        dim = new_dim
+    return n, dim, fold_ref, period
+
+
+@dataclass
+class Residue:
+    """The accepted sizes n = c + period·q (q = 0, 1, …) of one residue class: every q from
+    ``first`` on (``points`` None), or only the sizes listed."""
+
+    first: int | None = None  # the smallest accepted size, when every later one is accepted
+    points: list[int] | None = None
+    unused: list[tuple[str, int]] = field(default_factory=list)
+    uneven: list[str] = field(default_factory=list)
+
+
+@dataclass
+class AxisSolution:
+    axis: str  # "H" or "W"
+    size: int  # the spec's size on this axis
+    other: int  # the other axis, held at the spec's size
+    period: int
+    classes: dict[int, Residue]  # by n mod period
+
+    def accepts(self, n: int) -> bool:
+        r = self.classes[n % self.period]
+        if r.points is not None:
+            return n in r.points
+        return r.first is not None and n >= r.first
+
+    def _infinite(self) -> list[int]:
+        return [c for c, r in self.classes.items() if r.points is None and r.first is not None]
+
+    @property
+    def smallest(self) -> int | None:
+        starts = [r.first for r in self.classes.values() if r.points is None and r.first]
+        starts += [p for r in self.classes.values() for p in (r.points or [])]
+        return min(starts, default=None)
+
+    @property
+    def bounded(self) -> bool:
+        return not self._infinite()
+
+    def listed_until(self) -> int:
+        """From this size on the accepted set is periodic: every size of the infinite classes
+        (found from the classes, without planning)."""
+        firsts = [self.classes[c].first for c in self._infinite()]
+        points = [p for r in self.classes.values() for p in (r.points or [])]
+        n = max([*firsts, *(p + 1 for p in points)], default=1)
+        if self.bounded:
+            return n
+        p, residues = self.residues(lambda r: True)
+        while n > 1 and self.accepts(n - 1) == ((n - 1) % p in residues):
+            n -= 1
+        while not self.accepts(n):  # start the rule at a size it accepts
+            n += 1
+        return n
+
+    def accepted_below(self, limit: int) -> list[int]:
+        """The accepted sizes below ``limit``, from the classes (no planning)."""
+        out = []
+        for r in self.classes.values():
+            if r.points is not None:
+                out += [p for p in r.points if p < limit]
+            elif r.first is not None:
+                out += range(r.first, limit, self.period)
+        return sorted(out)
+
+    def residues(self, pick) -> tuple[int, list[int]]:
+        """The smallest period p and the residues mod p of the infinite classes that ``pick``
+        keeps."""
+        keep = {c for c in self._infinite() if pick(self.classes[c])}
+        for p in sorted(d for d in range(1, self.period + 1) if self.period % d == 0):
+            if all((c in keep) == ((c % p) in {k % p for k in keep})
+                   for c in range(self.period)):
+                return p, sorted({k % p for k in keep})
+        return self.period, sorted(keep)
+
+
+def solve(plan: Plan) -> list[AxisSolution]:
+    """The input sizes the network accepts, for H and for W (the other held at the spec's).
+
+    Every window layer maps size n to floor((n + a) / s) + b, so over one residue class
+    n = c + L·q, with L the product of the strides along each path (their lcm over paths),
+    every size inside the network is an affine function of q. Then a layer that needs a large
+    enough input holds from some q on (found by bisection), an equality that the merge or a
+    weight needs (two branch sizes, in_features) holds for every q, at one q, or never (two
+    runs find its line), and divisibility and unused rows are the same for the whole class.
+    Raises Unsolvable for an axis map that breaks this (a scale factor such as 1/3)."""
+    if plan.input_dims is None or len(plan.input_dims) != 4 or not plan.valid:
+        raise Unsolvable("solve needs a spec that plans at its own input size (fix its errors "
+                         "first, or give --input)")
+    return [_solve_axis(plan, i) for i in range(2)]
+
+
+def _solve_axis(plan: Plan, i: int) -> AxisSolution:
+    dim = 2 + i
+    size, other = plan.input_dims[dim], plan.input_dims[5 - dim]
+
+    def run(n: int) -> _Trace:
+        trace = _Trace()
+        trace.period = _run(plan.layers, n, dim, None, 1, trace)[3]
+        return trace
+
+    period = run(size).period
+    if period > MAX_PERIOD:
+        raise Unsolvable(f"the strides multiply to {period:,} on {AXES[i]}: more residue classes "
+                         f"than solve works through (at most {MAX_PERIOD:,})")
+    classes = {}
+    for c in range(period):
+        base = c or period  # sizes start at 1
+
+        def at(q: int, base=base) -> _Trace:
+            return run(base + period * q)
+
+        u = first_true(lambda q: not at(q).small)
+        if u is None:
+            classes[c] = Residue(points=[])
+            continue
+        t0, t1 = at(u), at(u + 1)
+        residue = Residue(unused=t0.unused, uneven=t0.uneven)
+        always = all(any(a == 0 and b == 0 for a, b in zip(z0, z1))
+                     for z0, z1 in zip(t0.zeros, t1.zeros))
+        if t0.indivisible:
+            residue.points = []
+        elif always:
+            residue.first = base + period * u
+        else:
+            roots = set()
+            for z0, z1 in zip(t0.zeros, t1.zeros):
+                for a, b in zip(z0, z1):
+                    if b != a and a % (a - b) == 0 and a // (a - b) >= 0:
+                        roots.add(u + a // (a - b))  # a + (b − a)·k = 0 at k = a / (a − b)
+            residue.points = sorted(base + period * q for q in roots if at(q).met)
+            if residue.points:
+                t = at((residue.points[0] - base) // period)
+                residue.unused, residue.uneven = t.unused, t.uneven
+        classes[c] = residue
+    return AxisSolution(AXES[i], size, other, period, classes)
+
+
+def ranges(values: list[int]) -> str:
+    """'28–31, 40, 44–45' for a sorted list."""
+    parts, i = [], 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and values[j + 1] == values[j] + 1:
+            j += 1
+        parts.append(str(values[i]) if i == j else f"{values[i]}–{values[j]}")
+        i = j + 1
+    return ", ".join(parts)
+
+
+def describe(solution: AxisSolution) -> list[str]:
+    """The solution in words, for `shapecheck solve`."""
+    a = solution.axis
+    other = AXES[1 - AXES.index(a)]
+    lines = [f"{a} (with {other} = {solution.other}; the spec has {a} = {solution.size}):"]
+    if solution.smallest is None:
+        return [*lines, "  accepts no size"]
+    lines.append(f"  smallest: {solution.smallest}")
+    start = solution.listed_until()
+    if solution.bounded:
+        lines.append(f"  accepts: {ranges(solution.accepted_below(start))} and nothing else")
+    else:
+        p, residues = solution.residues(lambda r: True)
+        below = solution.accepted_below(start)
+        rule = _congruence(a, p, residues)
+        lines.append(f"  accepts: every {a} ≥ {start}{' with' + rule if rule else ''}"
+                     + (f"; below that, {ranges(below)}" if below else ""))
+    clean = lambda r: not r.unused
+    even = lambda r: not r.uneven
+    if not solution.bounded:
+        p, residues = solution.residues(even)
+        if residues:
+            rule = _congruence(a, p, residues)
+            lines.append("  every strided layer gives exactly size/stride"
+                         + (f" when{rule}" if rule else " at every accepted size"))
+        p, residues = solution.residues(lambda r: not clean(r))
+        if residues:
+            q, kept = solution.residues(clean)
+            lines.append(f"  no pixel unused only when{_congruence(a, q, kept)}"
+                         if kept else "  every size leaves pixels unused")
+            lines.append(f"  (for example {_unused_example(solution, residues, p)})")
+        else:
+            lines.append("  no accepted size leaves pixels unused")
+    else:
+        sizes = solution.accepted_below(start)
+        wasteful = [n for n in sizes if solution.classes[n % solution.period].unused]
+        if wasteful:
+            example = _unused_text(solution.classes[wasteful[0] % solution.period].unused,
+                                   wasteful[0], a)
+            lines.append(f"  leaves pixels unused at {ranges(wasteful)} ({example})")
+        else:
+            lines.append("  no accepted size leaves pixels unused")
+    return lines
+
+
+def _congruence(axis: str, p: int, residues: list[int]) -> str:
+    if p == 1:
+        return ""
+    if len(residues) == 1:
+        return f" {axis} ≡ {residues[0]} (mod {p})"
+    if len(residues) * 2 > p:
+        others = sorted(set(range(p)) - set(residues))
+        return f" {axis} mod {p} is not {', '.join(map(str, others))}"
+    return f" {axis} mod {p} is {', '.join(map(str, residues))}"
+
+
+def _unused_example(solution: AxisSolution, residues: list[int], p: int) -> str:
+    start = solution.listed_until()
+    for n in range(start, start + solution.period):
+        if n % p in residues and solution.accepts(n):
+            return _unused_text(solution.classes[n % solution.period].unused, n, solution.axis)
+    return ""
+
+
+def _unused_text(unused: list[tuple[str, int]], n: int, axis: str) -> str:
+    word = "row" if axis == "H" else "column"
+    parts = [f"{name} {k} {word}{'s' * (k > 1)}" for name, k in unused]
+    return f"at {axis} = {n}: " + ", ".join(parts)
