@@ -258,6 +258,7 @@ class Locator:
 
     def __init__(self, positions: dict, source: str | None, where: dict | None = None):
         self.positions, self.source, self.where = positions, source, where
+        self._uses: dict[tuple, tuple[Origin, ...]] = {}  # the layers of a use share its chain
 
     def place(self, loc: tuple) -> tuple[tuple, tuple]:
         """(the YAML location it was written at, the uses that made it, innermost first)."""
@@ -283,8 +284,11 @@ class Locator:
         return self.origin_of(*self.place(loc))
 
     def origin_of(self, src: tuple, chain: tuple) -> Origin:
-        used_at = tuple(Origin(self.source, *self._written(site.loc), template=site.template)
-                        for site in chain)
+        used_at = self._uses.get(chain)
+        if used_at is None:
+            used_at = self._uses[chain] = tuple(
+                Origin(self.source, *self._written(site.loc), template=site.template)
+                for site in chain)
         return Origin(self.source, *self._written(src), used_at=used_at)
 
 

@@ -80,11 +80,12 @@ def _cells(layer: LayerPlan, indent: str, depth: int | None = None) -> list:
 def grid(headers: list[str], rows: list[list[str]], right: set[int], markdown: bool) -> list[str]:
     """Aligned columns: plain text with a dashed rule, or a GitHub Markdown table."""
     widths = [max(map(len, column)) for column in zip(headers, *rows)]
+    # One format for every row: a long network has thousands.
+    cells = [f"{{:{'>' if i in right else '<'}{w}}}" for i, w in enumerate(widths)]
+    form = ("| " + " | ".join(cells) + " |") if markdown else "  ".join(cells)
 
-    def line(cells) -> str:
-        padded = [c.rjust(w) if i in right else c.ljust(w)
-                  for i, (c, w) in enumerate(zip(cells, widths))]
-        return ("| " + " | ".join(padded) + " |") if markdown else "  ".join(padded).rstrip()
+    def line(row) -> str:
+        return form.format(*row) if markdown else form.format(*row).rstrip()
 
     if markdown:
         rule = "|" + "|".join(("-" * (w + 1) + ":") if i in right else ("-" * (w + 2))

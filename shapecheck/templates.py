@@ -25,7 +25,7 @@ from __future__ import annotations
 import difflib
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .expressions import ExpressionError, evaluate, is_expression, show
 from .layers import block_of
@@ -34,8 +34,7 @@ TOP_KEYS = ("templates", "scales", "default_scale")
 USE_KEYS = ("use", "name", "repeat", "first")
 
 
-@dataclass(frozen=True)
-class Site:
+class Site(NamedTuple):
     """A place a template was used: its name and the YAML location of the `use:` entry."""
 
     template: str
