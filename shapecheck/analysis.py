@@ -133,39 +133,47 @@ def _explain_lines(lines: list) -> list[str]:
 
 def _block(row: LayerPlan, axes: list[_Axis]) -> list[_Axis]:
     paths = [_walk(branch, list(axes)) for branch in row.branches]
-    names = [f"{key}" if isinstance(key, str) else f"branch {key}" for key in row.branch_keys]
     if row.spec.merges_input:
         paths.append(axes)
-        names.append("input")
-    out, notes = [], []
-    for i, axis in enumerate(AXES):
-        fields = [p[i].field for p in paths]
-        merged, note = _merge(fields, names)
-        out.append(_Axis(merged, paths[0][i].dim))
-        if note:
-            notes.append(f"{axis}: {note}")
-    by_axis = {n.partition(": ")[0]: n.partition(": ")[2] for n in notes}
-    row.field_explain = _explain_lines([by_axis.get(a) for a in AXES])
-    return out
+    fields = [[p[i].field for p in paths] for i in range(len(AXES))]
+    if len(paths) > 1:
+        row.field_explain = Lines(partial(_merge_lines, row, fields))
+    return [_Axis(_largest(f), paths[0][i].dim) for i, f in enumerate(fields)]
 
 
-def _merge(fields: list[AxisField], names: list[str]) -> tuple[AxisField, str | None]:
-    """The field after a merge: the largest over the paths (Araujo et al.); a note when the
-    paths disagree in jump or in where their fields are centred."""
+def _largest(fields: list[AxisField]) -> AxisField:
+    """The field after a merge: the largest over the paths (Araujo et al.); none where a path
+    has none."""
     for kind in ("n/a", "global"):
         for f in fields:
             if isinstance(f, NoField) and f.kind == kind:
-                return f, None
-    largest = max(fields, key=lambda f: f.size)
+                return f
+    return max(fields, key=lambda f: f.size)
+
+
+def _merge_lines(row: LayerPlan, fields: list[list[AxisField]]) -> list[str]:
+    """The explain lines of a merge (written only when shown: see Lines)."""
+    names = [f"{key}" if isinstance(key, str) else f"branch {key}" for key in row.branch_keys]
+    if row.spec.merges_input:
+        names.append("input")
+    return _explain_lines([_merge_note(f, names) for f in fields])
+
+
+def _merge_note(fields: list[AxisField], names: list[str]) -> str | None:
+    """How a merge chose its field, and whether the paths disagree in jump or in where their
+    fields are centred."""
+    if any(isinstance(f, NoField) for f in fields):
+        return None
+    largest = _largest(fields)
     sizes = ", ".join(f"{n} {f.size}" for n, f in zip(names, fields))
-    note = f"rf = max({sizes}) = {largest.size}" if len(fields) > 1 else None
+    note = f"rf = max({sizes}) = {largest.size}"
     if len({f.jump for f in fields}) > 1:
         jumps = ", ".join(f"{n} {f.jump}" for n, f in zip(names, fields))
         note = f"{note}; the paths disagree in jump ({jumps})"
     elif len({f.start for f in fields}) > 1:
         starts = ", ".join(f"{n} {_num(f.start)}" for n, f in zip(names, fields))
         note = f"{note}; the paths disagree in alignment (start: {starts})"
-    return largest, note
+    return note
 
 
 def _num(x: Fraction | int) -> str:

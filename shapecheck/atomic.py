@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -46,7 +45,7 @@ def _create_temp(path: Path) -> tuple[int, Path]:
     # (tempfile.mkstemp would make it 0600).
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     for _ in range(100):
-        tmp = path.with_name(f"{temp_name_prefix(path)}{secrets.token_hex(4)}.tmp")
+        tmp = path.with_name(f"{temp_name_prefix(path)}{os.urandom(4).hex()}.tmp")
         try:
             return os.open(tmp, flags, 0o666), tmp
         except FileExistsError:

@@ -175,13 +175,14 @@ def assign_names(spec: Spec) -> list[tuple[Path, str]]:
     order, skipping names the spec already uses. Returns the (path, name) of duplicates."""
     taken: dict[str, Path] = {}
     duplicates = []
-    for path, layer in walk(spec.layers):
+    every = list(walk(spec.layers))
+    for path, layer in every:
         if layer.name is not None:
             if layer.name in taken:
                 duplicates.append((path, layer.name))
             taken.setdefault(layer.name, path)
     counters: dict[str, int] = {}
-    for _, layer in walk(spec.layers):
+    for _, layer in every:
         if layer.name is None:
             prefix = layer.name_prefix
             n = counters.get(prefix, 0)
