@@ -1,6 +1,7 @@
 """residual: y = body(x) + shortcut(x); an absent or empty shortcut is the identity. The add
 broadcasts as torch's does (a body giving C×1×1 adds to a shortcut giving C×H×W)."""
 
+from functools import cache
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field
@@ -14,17 +15,19 @@ def _activation(value: Any) -> str:
     """A shape-keeping activation with no required fields, by type name: relu, silu …"""
     from . import KINDS, normalize_type
 
-    def usable(kind) -> bool:
-        return kind.family == "activation" and bool(kind.torch_class) and not any(
-            f.is_required() for name, f in kind.model_fields.items() if name != "type")
-
     kind = KINDS.get(normalize_type(value)) if isinstance(value, str) else None
-    if kind is None or not usable(kind):
-        names = [name for name, k in KINDS.items() if usable(k)]
+    if kind is None or not _usable(kind):
+        names = [name for name, k in KINDS.items() if _usable(k)]
         raise PydanticCustomError("activation", "must be an activation type such as relu, got "
                                   "{value} (one of: {names})",
                                   {"value": repr(value), "names": ", ".join(names)})
     return kind.type_name()
+
+
+@cache  # asked for every block of a long network
+def _usable(kind) -> bool:
+    return kind.family == "activation" and bool(kind.torch_class) and not any(
+        f.is_required() for name, f in kind.model_fields.items() if name != "type")
 
 
 class Residual(Block):
