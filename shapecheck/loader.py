@@ -168,8 +168,7 @@ def _parse(text: str, source: str | None, name: str | None, scale: str | None = 
         spec._source = source
         if expansion is not None:
             spec._scale = expansion.scale
-            spec._notes = {_layer_of(loc)[1] or (loc[1],): notes
-                           for loc, notes in expansion.notes.items()}
+            spec._notes = partial(_layer_notes, expansion.notes)  # for `expand --explain`
             # Only `build` reads it: worked out when asked for, not at every plan.
             spec._templates = partial(_template_code, expansion, positions)
         spec._scales = tuple(map(str, scales)) if isinstance(scales, dict) else ()
@@ -189,6 +188,12 @@ def _parse(text: str, source: str | None, name: str | None, scale: str | None = 
     if problems:
         raise SpecError(problems)
     return spec
+
+
+def _layer_notes(notes: dict[tuple, list]) -> dict[tuple, list[str]]:
+    """The template arithmetic by layer path, written now."""
+    return {_layer_of(loc)[1] or (loc[1],): [note() for note in made]
+            for loc, made in notes.items()}
 
 
 def _expand(data: dict, scale: str | None, positions: dict, source: str | None):

@@ -78,7 +78,7 @@ class Spec(BaseModel):
     _scale: str | None = PrivateAttr(default=None)  # the scale its templates were expanded at
     _scales: tuple[str, ...] = PrivateAttr(default=())  # every scale the YAML declares
     # Layer path -> the template arithmetic that made its values, for `expand --explain`.
-    _notes: dict[tuple, list[str]] = PrivateAttr(default_factory=dict)
+    _notes: Any = PrivateAttr(default_factory=dict)  # or a function that makes them
     # A function giving templates.TemplateCode, for `build`; None without templates.
     _templates: Any = PrivateAttr(default=None)
 
@@ -96,6 +96,8 @@ class Spec(BaseModel):
 
     @property
     def notes(self) -> dict[tuple, list[str]]:
+        if callable(self._notes):  # written on first use
+            self._notes = self._notes()
         return self._notes
 
     @property

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import difflib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, NamedTuple
 
 from .expressions import ExpressionError, evaluate, is_expression, show
@@ -92,7 +94,7 @@ class Expansion:
     # made it, innermost first).
     where: dict[tuple, tuple[tuple, tuple[Site, ...]]] = field(default_factory=dict)
     # New location of a layer entry -> the arithmetic that made its values, for `expand`.
-    notes: dict[tuple, list[str]] = field(default_factory=dict)
+    notes: dict[tuple, list[Callable[[], str]]] = field(default_factory=dict)  # written on use
     scale: str | None = None
     variables: dict = field(default_factory=dict)  # the scale's variables
     made: list[Made] = field(default_factory=list)  # every template instance, in order
@@ -149,13 +151,27 @@ def _scale(data: dict, asked: str | None) -> tuple[dict, str | None]:
     return dict(variables), name
 
 
+# The notes `expand --explain` shows, written only when shown (most runs never do).
+def _note(key: str, expression: str, env: dict, result: Any) -> str:
+    """``width: $c * 4 = 16 * 4 = 64``"""
+    return f"{key}: " + " = ".join(dict.fromkeys([expression.strip(), show(expression, env),
+                                                 repr(result)]))
+
+
+def _use_note(head: str, values: dict, raw: dict, env: dict) -> str:
+    """``stage: use unit × 3, repeat 0; c: $w = 16``"""
+    notes = [_note(k, str(raw[k]), env, v) for k, v in values.items()
+             if not isinstance(v, (list, dict))]
+    return "; ".join([head, *notes])
+
+
 class _Expander:
     def __init__(self, templates: dict, limit: int):
         self.templates = templates
         self.limit = limit
         self.count = 0
         self.where: dict[tuple, tuple[tuple, tuple[Site, ...]]] = {}
-        self.notes: dict[tuple, list[str]] = {}
+        self.notes: dict[tuple, list[Callable[[], str]]] = {}
         self.instances: Counter[str] = Counter()  # automatic instance names per template
         self.made: list[Made] = []
         self.defaults: dict[str, dict] = {}
@@ -205,8 +221,7 @@ class _Expander:
             except ExpressionError as e:
                 raise TemplateError("SC109", str(e), loc, e.hint, chain) from None
             if dst is not None and not isinstance(result, (list, dict)):
-                steps = dict.fromkeys([value.strip(), show(value, env), repr(result)])
-                self.notes.setdefault(dst, []).append(f"{key}: " + " = ".join(steps))
+                self.notes.setdefault(dst, []).append(partial(_note, key, value, env, result))
             return result
         if isinstance(value, list):
             return [self.value(v, env, (*loc, i), chain) for i, v in enumerate(value)]
@@ -287,10 +302,8 @@ class _Expander:
             if repeat > 1:
                 head += f", repeat {i}"
             values = {**args, **(first if i == 0 else {})}
-            notes = [f"{k}: " + " = ".join(dict.fromkeys(
-                        [str(raw[k]).strip(), show(str(raw[k]), {**env, "index": i}), repr(v)]))
-                     for k, v in values.items() if not isinstance(v, (list, dict))]
-            self.notes.setdefault(start, []).insert(0, "; ".join([head, *notes]))
+            self.notes.setdefault(start, []).insert(0, partial(
+                _use_note, head, values, raw, {**env, "index": i}))
             out += produced
         return out
 
