@@ -1,5 +1,6 @@
-"""YAML text to Spec: safe loading with limits, a (line, column) for every key and item, and
-pydantic errors mapped back to those positions as diagnostics."""
+"""YAML text to Spec: the text read safely with a (line, column) for every key and item
+(yamlread), its templates expanded, and pydantic errors mapped back to those positions as
+diagnostics."""
 
 from __future__ import annotations
 
@@ -11,60 +12,18 @@ import os
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import ClassVar
 
-import yaml
 from pydantic import ValidationError
 
+from . import yamlread
 from .atomic import FileTooLargeError, NotRegularFileError, read_bounded
 from .diagnostics import Diagnostic, InputError
 from .layers import KINDS, Origin, block_of, kind_of, normalize_type, parse_layers
 from .spec import InputSpec, LayerErrors, Spec, default_name, yaml_loc
 
 MAX_BYTES = 4 * 1024 * 1024  # a spec is a few KB; a 10,000-layer spec is about 0.5 MB
-MAX_NODES = 1_000_000  # after expanding aliases: stops alias and merge-key bombs
-MAX_DEPTH = 100
 MAX_LAYERS = 20_000  # bounds the time of every command; the deepest real networks have ~1,000
 MAX_MESSAGE = 300  # user text repeated in a message is cut to this many characters
-
-_SAFE_TAGS = {
-    f"tag:yaml.org,2002:{t}"
-    for t in ("str", "int", "float", "bool", "null", "seq", "map", "merge", "timestamp")
-}
-
-
-class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
-    """The safe loader, remembering how each plain scalar resolves: a spec repeats the same few
-    scalars (conv2d, 3, relu ...) and PyYAML's resolver runs its regexes for every one."""
-
-    _resolved: ClassVar[dict[tuple, str]] = {}
-
-    def resolve(self, kind, value, implicit):
-        if kind is not yaml.ScalarNode:
-            return super().resolve(kind, value, implicit)
-        key = (value, implicit)
-        tag = self._resolved.get(key)
-        if tag is None:
-            tag = super().resolve(kind, value, implicit)
-            if len(self._resolved) < 10_000:
-                self._resolved[key] = tag
-        return tag
-
-
-class _AliasLoader(yaml.SafeLoader):
-    """The pure-Python safe loader, remembering where each alias stood. The C composer (and the
-    node tree) replaces an alias by the node it names, so only the composer sees its place;
-    this one is used only for texts that may hold aliases."""
-
-    def __init__(self, stream):
-        super().__init__(stream)
-        self.alias_marks: dict[tuple[int, object], yaml.Mark] = {}
-
-    def compose_node(self, parent, index):
-        if parent is not None and self.check_event(yaml.AliasEvent):
-            key = id(index) if isinstance(index, yaml.Node) else index  # a key node, or an int
-            self.alias_marks[(id(parent), key)] = self.peek_event().start_mark
-        return super().compose_node(parent, index)
 
 
 class SpecError(Exception):
@@ -334,180 +293,17 @@ def _kind(data: object) -> str:
 
 def _load(text: str, source: str | None) -> tuple[object, dict, list[Diagnostic]]:
     """YAML text to Python data, positions and duplicate-key problems; InputError if refused."""
-
-    def refuse(message: str, mark=None, code="SC004") -> InputError:
-        line = mark.line + 1 if mark else None
-        col = mark.column + 1 if mark else None
-        return InputError(Diagnostic("error", code, message, line=line, column=col, file=source))
-
     if len(text) > MAX_BYTES:
-        raise refuse(f"the text is {len(text):,} characters; specs are limited to {MAX_BYTES:,}")
-    alias_marks: dict = {}
-    text = text.lstrip("\ufeff")
-    try:
-        if "*" in text:
-            loader = _AliasLoader(text)
-            try:
-                node = loader.get_single_node()
-            finally:
-                loader.dispose()
-            alias_marks = loader.alias_marks
-        else:
-            node = yaml.compose(text, Loader=_Loader)
-    except yaml.reader.ReaderError as e:  # a NUL or another control character
-        raise _reader_error(e, text, source, libyaml="*" not in text) from None
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        if "nesting depth" in str(e.problem):  # libyaml's own limit
-            raise refuse(f"the YAML is nested more than {MAX_DEPTH} levels deep", mark) from None
-        raise refuse(f"not valid YAML: {e.problem or e.context}", mark, "SC002") from None
-    except yaml.YAMLError as e:
-        raise refuse(f"not valid YAML: {e}", None, "SC002") from None
-    except RecursionError:
-        raise refuse("the YAML is nested too deeply") from None
-    if node is None:
-        raise refuse("the file is empty", None, "SC003")
-    builder = _Builder(refuse, source, alias_marks)
-    try:
-        data = builder.build(node)
-    except (ValueError, yaml.YAMLError) as e:  # e.g. an impossible timestamp
-        raise refuse(f"not valid YAML: {e}", None, "SC002") from None
-    if builder.aliased:
-        _check_expanded_size(node, refuse)
-    return data, builder.positions, builder.problems
-
-
-def _reader_error(e: yaml.reader.ReaderError, text: str, source: str | None,
-                  libyaml: bool) -> InputError:
-    """One line with the position, for the character the YAML reader refuses. libyaml counts
-    the position in UTF-8 bytes, the pure-Python reader in characters."""
-    at = e.position
-    if libyaml and issubclass(_Loader, getattr(yaml, "CSafeLoader", ())):
-        at = len(text.encode("utf-8")[:at].decode("utf-8", "ignore"))
-    line = text.count("\n", 0, at) + 1
-    column = at - (text.rfind("\n", 0, at) + 1) + 1
-    char = text[at] if at < len(text) else "\x00"
-    return InputError(Diagnostic(
-        "error", "SC002", f"not valid YAML: the control character U+{ord(char):04X} is not "
-        "allowed in YAML text", line=line, column=column, file=source,
-        hint="remove it (YAML allows tabs and line ends, no other control characters)"))
-
-
-class _Builder:
-    """One pass over the node tree that builds the Python data as PyYAML's safe loader would,
-    and on the way refuses unknown tags and deep nesting, records the position of every key
-    and item, and reports duplicate keys. Aliases become shared objects, never copies."""
-
-    _constructor = yaml.constructor.SafeConstructor()
-
-    def __init__(self, refuse, source: str | None, alias_marks: dict):
-        self.refuse, self.source, self.alias_marks = refuse, source, alias_marks
-        self.positions: dict[tuple, tuple[int, int]] = {}
-        self.problems: list[Diagnostic] = []
-        self.built: dict[int, object] = {}
-        self.open: set[int] = set()  # the collections being built: the current node's ancestors
-        self.aliased = False
-
-    def build(self, node: yaml.Node, loc: tuple = (), depth: int = 0, alias=None):
-        if id(node) in self.built:
-            self.aliased = True
-            if alias is not None:  # a layer written as `- *pool` is where the alias stands
-                self.positions[loc] = (alias.line + 1, alias.column + 1)
-            if id(node) in self.open:  # e.g. `layers: &a [relu, {type: residual, body: *a}]`
-                raise self.refuse("an alias refers to a node that contains it: the YAML would "
-                                  "be infinitely deep", node.start_mark)
-            return self.built[id(node)]
-        if node.tag not in _SAFE_TAGS:
-            raise self.refuse(f"the tag {node.tag} is not allowed in a spec (only plain YAML "
-                              "data)", node.start_mark)
-        if depth > MAX_DEPTH:
-            raise self.refuse(f"the YAML is nested more than {MAX_DEPTH} levels deep",
-                              node.start_mark)
-        mark = node.start_mark
-        self.positions.setdefault(loc, (mark.line + 1, mark.column + 1))
-        if not isinstance(node, yaml.ScalarNode):
-            self.open.add(id(node))
-        if isinstance(node, yaml.ScalarNode):
-            value = self._scalar(node)
-        elif isinstance(node, yaml.SequenceNode):
-            value = self.built[id(node)] = []
-            value += [self.build(item, (*loc, i), depth + 1, self.alias_marks.get((id(node), i)))
-                      for i, item in enumerate(node.value)]
-        else:
-            value = self.built[id(node)] = {}
-            merged = []
-            for key_node, value_node in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    merged.append(self.build(value_node, loc, depth + 1))
-                    continue
-                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag not in _SAFE_TAGS:
-                    raise self.refuse("keys must be plain scalars in a spec", key_node.start_mark)
-                key = self._scalar(key_node)
-                if not isinstance(key, str):
-                    # A spec's keys are names. As ints and bools, `1:` and `true:` would be one
-                    # key (1 == True); as the text they were written as, each is its own.
-                    key = key_node.value
-                mark = key_node.start_mark
-                if key in value:
-                    index, path = _layer_of(loc)
-                    self.problems.append(Diagnostic(
-                        "error", "SC107", f"the key {key!r} is given twice in one mapping",
-                        index, path, mark.line + 1, mark.column + 1,
-                        "keep one: YAML would silently use the last", file=self.source))
-                self.positions[(*loc, key)] = (mark.line + 1, mark.column + 1)
-                value[key] = self.build(value_node, (*loc, key), depth + 1,
-                                        self.alias_marks.get((id(node), id(key_node))))
-            # `<<: *base` (or a list of them): explicit keys win, then earlier merges.
-            for source in merged:
-                for item in source if isinstance(source, list) else [source]:
-                    if not isinstance(item, dict):
-                        raise self.refuse("a merge key (<<) needs a mapping", node.start_mark)
-                    for k, v in item.items():
-                        value.setdefault(k, v)
-        self.open.discard(id(node))
-        self.built[id(node)] = value
-        return value
-
-    def _scalar(self, node: yaml.ScalarNode):
-        tag, text = node.tag, node.value
-        if tag == "tag:yaml.org,2002:str":
-            return text
-        if tag == "tag:yaml.org,2002:int":
-            return int(text) if text.isdigit() else self._constructor.construct_yaml_int(node)
-        if tag == "tag:yaml.org,2002:null":
-            return None
-        if tag == "tag:yaml.org,2002:bool":
-            return self._constructor.bool_values[text.lower()]
-        if tag == "tag:yaml.org,2002:float":
-            return self._constructor.construct_yaml_float(node)
-        return self._constructor.construct_yaml_timestamp(node)
-
-
-def _check_expanded_size(root: yaml.Node, refuse) -> None:
-    """Refuse documents whose aliases expand to too many nodes (alias and merge-key bombs).
-    Each shared node is sized once, so this is linear in the document, not in its expansion."""
-    sizes: dict[int, int] = {}
-    stack = [(root, False)]
-    while stack:
-        node, done = stack.pop()
-        children = _children(node)
-        if done:
-            sizes[id(node)] = 1 + sum(sizes[id(c)] for c in children)
-            if sizes[id(node)] > MAX_NODES:
-                raise refuse(f"the YAML expands to more than {MAX_NODES:,} nodes "
-                             "(aliases repeated inside aliases?)", node.start_mark)
-        elif id(node) not in sizes:
-            sizes[id(node)] = 0  # visiting; a cycle counts as empty here
-            stack.append((node, True))
-            stack += [(c, False) for c in children if id(c) not in sizes]
-
-
-def _children(node: yaml.Node) -> list[yaml.Node]:
-    if isinstance(node, yaml.SequenceNode):
-        return node.value
-    if isinstance(node, yaml.MappingNode):
-        return [n for kv in node.value for n in kv]
-    return []
+        raise InputError(Diagnostic("error", "SC004", f"the text is {len(text):,} characters; "
+                                    f"specs are limited to {MAX_BYTES:,}", file=source))
+    data, positions, duplicates = yamlread.read(text, source)
+    problems = []  # (here: the layer a key belongs to is the spec's business, not YAML's)
+    for loc, key, line, column in duplicates:
+        index, path = _layer_of(loc)
+        problems.append(Diagnostic(
+            "error", "SC107", f"the key {key!r} is given twice in one mapping", index, path,
+            line, column, "keep one: YAML would silently use the last", file=source))
+    return data, positions, problems
 
 
 @functools.cache
