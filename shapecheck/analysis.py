@@ -97,11 +97,11 @@ def _step(row: LayerPlan, axis: _Axis) -> tuple[_Axis, str | tuple | None]:
     if not isinstance(f, Field):
         return _Axis(f, dim), None
     if isinstance(m, Window):
+        if m.kernel == 1 and m.stride == 1 and m.before == 0:  # the field stays (norms, relu)
+            return _Axis(f, dim), None
         span = effective(m.kernel, m.dilation) - 1
         size = f.size + span * f.jump
         jump = f.jump * m.stride
-        if (m.kernel, m.stride, m.before) == (1, 1, 0):
-            return _Axis(f, dim), None
         half = span // 2 if span % 2 == 0 else Fraction(span, 2)
         start = f.start + (half - m.before) * f.jump
         return _Axis(Field(size, jump, start), dim), (f, m, size, jump, half, start)
