@@ -94,3 +94,16 @@ def test_peak_memory_is_the_childs_own():
 def test_a_failing_command_is_reported():
     with pytest.raises(run.BenchError, match="exited 3"):
         run.run_child([sys.executable, "-c", "import sys; sys.exit(3)"])
+
+
+def test_compare_runs_two_trees_in_the_same_rounds():
+    """benchmarks.compare with this tree as both sides: the floor, before and after, each with
+    its times and its ratio to the floor."""
+    done = subprocess.run([sys.executable, "-m", "benchmarks.compare", "--rounds", "1", str(ROOT),
+                           "plan", "specs/lecture_cnn.yaml"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("shapecheck plan specs/lecture_cnn.yaml: medians of 1 rounds")
+    assert [line.split()[0] for line in lines[1:]] == ["floor", "before", "after"]
+    assert all(line.endswith("× the floor") for line in lines[1:])
