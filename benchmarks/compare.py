@@ -48,11 +48,17 @@ def main() -> None:
     # Byte-compiled as a user's install runs; PYTHONPATH picks the tree.
     env = {k: v for k, v in os.environ.items()
            if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPATH")}
-    runs = {"floor": ([sys.executable, "-c", FLOOR], env),
-            "before": ([sys.executable, "-c", COMMAND, *args.args],
-                       {**env, "PYTHONPATH": str(args.before.resolve())}),
-            "after": ([sys.executable, "-c", COMMAND, *args.args],
-                      {**env, "PYTHONPATH": str(HERE)})}
+    trees = {"before": args.before.resolve(), "after": HERE}
+    # -P: the working directory is not searched first, so PYTHONPATH picks the tree.
+    python = [sys.executable, "-P", "-c"]
+    runs = {"floor": ([*python, FLOOR], env)}
+    for name, tree in trees.items():
+        tree_env = {**env, "PYTHONPATH": str(tree)}
+        found = subprocess.run([*python, "import shapecheck; print(shapecheck.__file__)"],
+                               env=tree_env, capture_output=True, text=True, check=False)
+        if not found.stdout.startswith(str(tree / "shapecheck")):
+            sys.exit(f"{name}: {tree} has no shapecheck package to import\n{found.stderr}")
+        runs[name] = ([*python, COMMAND, *args.args], tree_env)
     for name, (argv, run_env) in runs.items():  # write the byte code; stop at a failing run
         done = subprocess.run(argv, env=run_env, capture_output=True, text=True, check=False)
         if done.returncode not in (0, 1):  # 1: the spec is invalid, which may be the point

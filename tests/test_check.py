@@ -346,3 +346,25 @@ def test_jobs_must_be_positive(cwd, capsys):
     code, lines, err = check(capsys, "--jobs", "0")
     assert code == 2 and lines == []
     assert "--jobs 0: give 1 or more" in err
+
+
+def test_ctrl_c_stops_the_processes_quietly(cwd):
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it) while processes share the
+    files: exit 130, one line saying so, no worker's traceback, no process left behind."""
+    import signal
+
+    for i in range(300):
+        write(cwd, f"specs/s{i:03d}.yaml", WARNING)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    run = subprocess.Popen([sys.executable, "-m", "shapecheck", "check", "-j", "2", "specs"],
+                           cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, start_new_session=True)
+    first = run.stdout.readline()  # the processes are at work
+    os.killpg(run.pid, signal.SIGINT)
+    out, err = run.communicate(timeout=60)
+    assert first.startswith("specs/s000.yaml:4:5: warning[SC303]")
+    assert run.returncode == 130
+    assert err == "interrupted\n"
+    assert "specs checked" not in out
+    with pytest.raises(ProcessLookupError):  # the group is gone: no worker outlived it
+        os.killpg(run.pid, 0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import signal
 import sys
 from functools import partial
 from pathlib import Path
@@ -110,8 +111,13 @@ def _check_all(files: list[Path], scale: str | None, jobs: int):
 
     jobs = min(jobs, len(files) // MIN_FILES_PER_JOB)
     chunk = max(1, min(64, len(files) // (jobs * 8)))
-    with multiprocessing.get_context("fork").Pool(jobs) as pool:
+    with multiprocessing.get_context("fork").Pool(jobs, _ignore_interrupts) as pool:
         yield from pool.imap(partial(_check, scale=scale), files, chunksize=chunk)
+
+
+def _ignore_interrupts() -> None:
+    """In a worker: Ctrl-C is this process's to handle; it stops the workers without a word."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def default_jobs() -> int:
