@@ -446,7 +446,9 @@ def bench_check(ctx: Context) -> Table:
                                   "not run (--quick)", None))
     table.notes.append("The files cycle through specs/*.yaml, renamed, with channels and "
                        "features scaled by 1, 2 or 3 and batch 1, 8, 32 or N; given as relative "
-                       "paths, as pre-commit passes them.")
+                       "paths, as pre-commit passes them. check shares 32 files or more among "
+                       "processes, one per processor (-j), so its CPU time can exceed its wall "
+                       "time.")
     return table
 
 
