@@ -1,9 +1,9 @@
-"""`shapecheck check [FILE...]`: check many specs in one process and print only the problems.
+"""`shapecheck check [FILE...]`: check many specs with one start-up and print only the problems.
 
 Meant for pre-commit hooks and CI: one line per problem (`file:line:col: error[SC201]: ...`, with
-its hint), or GitHub Actions annotations, then one summary line; with -q, the errors only. With no files it checks every
-*.yaml / *.yml under specs/. A spec with scales is checked at every one of them, unless
---scale names one."""
+its hint), or GitHub Actions annotations, then one summary line; with -q, the errors only. With
+no files it checks every *.yaml / *.yml under specs/. A spec with scales is checked at every one
+of them, unless --scale names one. Many files are shared among forked processes (-j)."""
 
 from __future__ import annotations
 
