@@ -205,11 +205,16 @@ class _Reader:
             raise self.refuse(f"the YAML is nested more than {MAX_DEPTH} levels deep", mark)
         self.positions.setdefault(loc, (mark.line + 1, mark.column + 1))
 
-    def alias(self, event, loc: tuple, depth: int, at_alias: bool):
+    def named(self, event) -> _Anchor:
+        """What an alias names; refused where no anchor has that name."""
         anchor = self.anchors.get(event.anchor)
         if anchor is None:
             raise self.refuse(f"not valid YAML: found undefined alias {event.anchor!r}",
                               event.start_mark, "SC002")
+        return anchor
+
+    def alias(self, event, loc: tuple, depth: int, at_alias: bool):
+        anchor = self.named(event)
         if not anchor.built:  # a scalar so far only used as a key: read as if it stood here
             self.place(anchor.tag, anchor.mark, loc, depth)
             anchor.value, anchor.built = _scalar(anchor.tag, anchor.text), True
@@ -295,14 +300,11 @@ class _Reader:
             tag, text, mark = _tag(event), event.value, event.start_mark
             if event.anchor is not None:
                 self.anchor(event, _Anchor(None, mark, 1, tag, text, built=False))
-        elif type(event) is AliasEvent and event.anchor in self.anchors:
-            anchor = self.anchors[event.anchor]
+        elif type(event) is AliasEvent:
+            anchor = self.named(event)
             tag, text, mark = anchor.tag, anchor.text, anchor.mark
             if tag is None:  # a collection
                 raise self.refuse("keys must be plain scalars in a spec", mark)
-        elif type(event) is AliasEvent:
-            raise self.refuse(f"not valid YAML: found undefined alias {event.anchor!r}",
-                              event.start_mark, "SC002")
         else:
             raise self.refuse("keys must be plain scalars in a spec", event.start_mark)
         if tag == _MERGE:
