@@ -7,6 +7,7 @@ says (each child's own peak memory; torchinfo's column skipped when torchinfo is
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +108,20 @@ def test_compare_runs_two_trees_in_the_same_rounds():
     assert lines[0].startswith("shapecheck plan specs/lecture_cnn.yaml: medians of 1 rounds")
     assert [line.split()[0] for line in lines[1:]] == ["floor", "before", "after"]
     assert all(line.endswith("× the floor") for line in lines[1:])
+
+
+def test_floors_splits_start_up_and_compares_with_the_dependencies_alone():
+    """benchmarks.floors: the three start-up commands with their ratios, where plan's time goes
+    (shapecheck's pydantic models counted), and the chain and many-spec comparisons."""
+    done = subprocess.run([sys.executable, "-m", "benchmarks.floors", "--rounds", "1",
+                           "--layers", "40", "--specs", "3"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    for name in ("floor", "one model", "shapecheck plan"):
+        assert re.search(rf"^  {name} +[\d.]+ s +[\d.]+ × the floor$", out, re.MULTILINE), out
+    # the lecture net's spec, its five layer kinds and its train section need models
+    models = re.search(r"(\d+) pydantic models defined in [\d.]+ ms", out)
+    assert models and int(models[1]) >= 10, out
+    assert "2. A chain of 40 layers" in out and "3. 3 spec files" in out
+    assert re.search(r"shapecheck\.plan \+ table +[\d.]+ ms", out)
