@@ -32,13 +32,15 @@ from pydantic import (
 from .atomic import LOCK_FILE, read_bounded, temp_name_prefix
 from .trainspec import FLOAT32_MAX, INT64_MAX, DatasetSpec, LossName
 
-__all__ = ["RUN_FILE", "RunInfo", "RunInfoError", "load_run_info", "run_folder_problem"]
+__all__ = ["RUN_FILE", "RunInfo", "RunInfoError", "load_run_info", "previous_run_problem",
+           "run_folder_problem"]
 
 RUN_FILE = "run.json"
 SOURCE_FILE = "model.py"
 # The files training writes (train.RUN_FILES, which imports torch; a test keeps them equal).
-RUN_FILES = ("model.pt", "model_best.pt", "checkpoint.pt", "metrics.csv", "curves.png",
-             SOURCE_FILE, RUN_FILE)
+# Weights and the checkpoint: a run's results, which a new run replaces only when told to.
+RESULT_FILES = ("model.pt", "model_best.pt", "checkpoint.pt")
+RUN_FILES = (*RESULT_FILES, "metrics.csv", "curves.png", SOURCE_FILE, RUN_FILE)
 MAX_RUN_JSON = 16 * 1024 * 1024  # a run.json is a few KB; its class names are the bulk
 
 
@@ -118,8 +120,21 @@ def _generated(path: Path) -> bool:
     return path.is_file() and not path.is_symlink() and is_generated(path)
 
 
-def run_folder_problem(folder: str | os.PathLike[str], force: bool) -> str | None:
-    """Why training must not write into ``folder``, or None (see the module docstring)."""
+def previous_run_problem(folder: Path) -> str | None:
+    """Why a new run must not start in ``folder``, a shapecheck run folder: the weights or the
+    checkpoint of a previous run are there, and nothing of a run is removed unasked."""
+    kept = [f for f in RESULT_FILES if (folder / f).exists()]
+    if not kept:
+        return None
+    return (f"{folder} holds a previous run ({', '.join(kept)}); continue it with --resume, "
+            "train into another folder with --out DIR, or replace it with --fresh")
+
+
+def run_folder_problem(folder: str | os.PathLike[str], force: bool,
+                       replace: bool = True) -> str | None:
+    """Why training must not write into ``folder``, or None (see the module docstring).
+    ``replace``: whether the new run may replace a previous run's weights and checkpoint
+    (it resumes that run, or was told to start afresh)."""
     folder = Path(folder)
     if not folder.exists():
         return None if not folder.is_symlink() else f"{folder} is a dangling symbolic link"
@@ -136,11 +151,11 @@ def run_folder_problem(folder: str | os.PathLike[str], force: bool) -> str | Non
     if (folder / RUN_FILE).exists():
         try:
             load_run_info(folder)
-            return None
+            return None if replace else previous_run_problem(folder)
         except RunInfoError as e:
             why = str(e)
     elif _generated(folder / SOURCE_FILE):
-        return None
+        return None if replace else previous_run_problem(folder)
     else:
         shown = ", ".join(sorted(names)[:5]) + (", ..." if len(names) > 5 else "")
         why = f"it holds {shown} and no {RUN_FILE}"

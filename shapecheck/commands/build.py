@@ -130,8 +130,13 @@ def add_parser(sub) -> None:
                    help="auto (default): cuda, then mps, then cpu")
     t.add_argument("--out", metavar="DIR",
                    help="run folder (default: the spec's train.output, else runs/<name>)")
-    t.add_argument("--resume", action="store_true",
-                   help="continue from the run folder's checkpoint.pt")
+    again = t.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue from the run folder's checkpoint.pt")
+    again.add_argument("--fresh", action="store_true",
+                       help="start the run again, replacing the weights and checkpoint of the "
+                       "previous run in the run folder (without --resume or --fresh, training "
+                       "refuses to replace them)")
     t.add_argument("--val-fraction", type=_fraction, metavar="F",
                    help="hold out this fraction of the training split for validation "
                    "(chooses model_best.pt; needed by --patience)")
@@ -482,13 +487,15 @@ def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
         # One run at a time in a folder; checked again under the lock, as another run may
         # have written the folder in between. Under torchrun, rank 0 holds it for the run.
         with folder_lock(out_dir, holder) if main else contextlib.nullcontext():
-            problem = run_folder_problem(out_dir, args.force) if main else None
+            problem = (run_folder_problem(out_dir, args.force, replace=args.resume or args.fresh)
+                       if main else None)
             if problem:
                 return _fail(problem)
             result = train(
                 module, train_spec, name=p.name, input_shape=p.input_dims[1:],
                 num_classes=_classes(p), base_dir=spec_path.resolve().parent, out_dir=out_dir,
                 model_source=generated.source, resume=args.resume,
+                fresh=args.fresh or args.force,
                 # one line each, paths escaped; none with -q
                 log=(lambda line: None) if args.quiet else lambda line: print(printable(line)),
                 progress=False if args.quiet else None,

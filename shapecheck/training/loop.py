@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from shapecheck.runinfo import previous_run_problem
 from shapecheck.trainspec import TrainSpec
 
 from .base import (
@@ -212,6 +213,7 @@ def train(
     out_dir: Path | None,
     model_source: str,
     resume: bool = False,
+    fresh: bool = False,
     log: Callable[[str], Any] = print,
     progress: bool | None = None,
     reinit: bool = True,
@@ -228,7 +230,9 @@ def train(
     ``model.py``. ``log`` gets one line per epoch and notes; ``progress`` (default:
     stderr is a terminal) draws a bar on stderr. ``reinit`` re-initialises the
     parameters from the seed on a fresh run (the module's own weights are used
-    when False).
+    when False). A run folder that holds a previous run's weights or checkpoint is
+    continued with ``resume``, or replaced with ``fresh``; with neither, it is left as it
+    is and TrainError says so.
 
     Raises DataError (the data cannot be read or does not fit the spec; a
     MemoryLimitError when it does not fit in memory), TrainError (no dataset, no
@@ -248,7 +252,7 @@ def train(
         with _deterministic(spec.deterministic):
             result = _train(module, spec, name=name, input_shape=input_shape,
                             num_classes=num_classes, base_dir=base_dir, out_dir=out_dir,
-                            model_source=model_source, resume=resume,
+                            model_source=model_source, resume=resume, fresh=fresh,
                             log=log if world.main else _quiet, progress=progress,
                             reinit=reinit, world=world, backend=backend, compile=compile)
         # Every rank leaves together: a rank that tore its process group down while rank 0
@@ -298,6 +302,7 @@ def _train(
     out_dir: Path | None,
     model_source: str,
     resume: bool,
+    fresh: bool,
     log: Callable[[str], Any],
     progress: bool | None,
     reinit: bool,
@@ -308,7 +313,8 @@ def _train(
     t_call = time.perf_counter()
     run, ckpt = _set_up(module, spec, name=name, input_shape=input_shape,
                         num_classes=num_classes, base_dir=Path(base_dir), out_dir=out_dir,
-                        resume=resume, log=log, reinit=reinit, world=world, backend=backend)
+                        resume=resume, fresh=fresh, log=log, reinit=reinit, world=world,
+                        backend=backend)
     if world.main:
         open_folder(run.out)
     if ckpt is not None:
@@ -333,14 +339,16 @@ def _train(
 
 def _set_up(module: nn.Module, spec: TrainSpec, *, name: str,
             input_shape: tuple[int, int, int], num_classes: int, base_dir: Path,
-            out_dir: Path | None, resume: bool, log: Callable[[str], Any], reinit: bool,
-            world: World, backend: str) -> tuple[Run, dict[str, Any] | None]:
+            out_dir: Path | None, resume: bool, fresh: bool, log: Callable[[str], Any],
+            reinit: bool, world: World, backend: str) -> tuple[Run, dict[str, Any] | None]:
     """The run before its folder is touched, and the checkpoint it resumes from: whatever
     refuses the run (the spec, the device, the checkpoint, the data, the model's output or
     batches) does so before a file is written."""
     if spec.dataset is None:
         raise TrainError("no dataset: give train.dataset in the spec (or --data)")
     out = _out_dir(spec, name, base_dir, out_dir)
+    if not resume and not fresh and (problem := previous_run_problem(out)):
+        raise TrainError(problem)
     device = choose_device(spec, world, backend)
     loss_name = check_spec(module, spec, device, log)
     dataset_entry = _absolute_dataset(spec.dataset, base_dir)
