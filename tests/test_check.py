@@ -269,6 +269,19 @@ def test_empty_specs_folder_checks_nothing(cwd, capsys):
     assert "no *.yaml / *.yml files under specs/" in err
 
 
+def test_a_named_folder_without_specs_is_an_input_error(cwd, capsys):
+    """`check models/` where models/ holds no spec (or `check net.yaml`, a folder) must not pass
+    as if its specs had been checked."""
+    write(cwd, "specs/ok.yaml", VALID)
+    (cwd / "models").mkdir()
+    (cwd / "models" / "notes.txt").write_text("no specs here")
+    (cwd / "net.yaml").mkdir()
+    for target in ("models", "net.yaml"):
+        code, lines, err = check(capsys, "specs", target)
+        assert code == 2 and lines == []
+        assert f"no *.yaml / *.yml files under {target}" in err
+
+
 def test_the_repository_specs_pass(capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     code, lines, _ = check(capsys)

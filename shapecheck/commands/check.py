@@ -72,7 +72,12 @@ def _targets(names: list[str]) -> list[Path] | None:
         path = Path(name)
         # A folder stands for its YAML files; anything else (a missing file too) is checked
         # as a spec, so that the loader says what is wrong with it.
-        files += spec_files(path) if path.is_dir() else [path]
+        found = spec_files(path) if path.is_dir() else [path]
+        if not found:  # a check of nothing must not pass for a check of the folder
+            print(f"shapecheck check: no *.yaml / *.yml files under {printable(name)}; name "
+                  "spec files, or folders that hold them", file=sys.stderr)
+            return None
+        files += found
     return list(dict.fromkeys(files))
 
 
