@@ -189,7 +189,7 @@ def _did_you_mean(word: str, choices: list[str]) -> str:
 
 def _run(args) -> int:
     from .commands import EXIT_INPUT, print_diagnostics
-    from .diagnostics import InputError
+    from .diagnostics import InputError, install_hint
 
     try:
         return args.run(args)
@@ -200,8 +200,8 @@ def _run(args) -> int:
         extra = OPTIONAL.get((e.name or "").partition(".")[0])
         if extra is None:
             raise
-        print(f"shapecheck {args.command}: error: needs {e.name}: "
-              f"pip install 'shapecheck-cnn[{extra}]'", file=sys.stderr)
+        print(f"shapecheck {args.command}: error: needs {e.name}: {install_hint(extra)}",
+              file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

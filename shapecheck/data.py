@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from shapecheck.atomic import check_regular, read_bounded
+from shapecheck.diagnostics import install_hint
 from shapecheck.trainspec import DatasetSpec
 
 __all__ = [
@@ -893,7 +894,7 @@ def _read_folder(
     try:
         from PIL import Image  # noqa: F401
     except ImportError:
-        raise DataError("image folders need Pillow: pip install 'shapecheck-cnn[torch]'") from None
+        raise DataError(f"image folders need Pillow: {install_hint('torch')}") from None
     if shape[0] not in _PIL_MODES:
         raise DataError(
             f"{path}: image folders give 1 (grey), 3 (RGB) or 4 (RGBA) channels; "

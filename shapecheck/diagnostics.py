@@ -122,3 +122,9 @@ class InputError(Exception):
     def __init__(self, diagnostic: Diagnostic):
         super().__init__(diagnostic.message)
         self.diagnostic = diagnostic
+
+
+def install_hint(extra: str) -> str:
+    """How to install one of the package's extras: from the package index, or in a clone."""
+    return (f"pip install 'shapecheck-cnn[{extra}]' (in a clone of the repository: "
+            f"pip install '.[{extra}]')")

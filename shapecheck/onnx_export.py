@@ -30,6 +30,7 @@ from typing import Any
 
 from . import __version__
 from .atomic import atomic_write, folder_problem, replace_problem
+from .diagnostics import install_hint
 
 __all__ = [
     "INSTALL",
@@ -45,7 +46,7 @@ __all__ = [
 
 OPSET = 18  # the opset torch.onnx's torchlib is written in: no version conversion
 TOLERANCE = 1e-4  # onnxruntime against torch: absolute, scaled up by outputs larger than 1
-INSTALL = "pip install 'shapecheck-cnn[onnx]'"
+INSTALL = install_hint("onnx")
 PRODUCER = "shapecheck"
 TRACE_BATCH = 2  # torch.export treats a size of 1 as a constant, so a symbolic batch traces at 2
 CHECK_BATCH = 3  # ... and is checked at another size, so the batch axis is seen to be dynamic

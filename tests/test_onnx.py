@@ -325,8 +325,9 @@ def test_a_missing_package_is_the_install_hint_and_nothing_is_written(cwd, hidde
         f"sys.exit(main(['build', {str(LECTURE)!r}, '-o', 'net.py', '--onnx', 'net.onnx']))\n",
         cwd)
     assert done.returncode == 2, done.stderr
-    assert done.stderr == (f"shapecheck build: error: needs {hidden}: "
-                           "pip install 'shapecheck-cnn[onnx]'\n")
+    assert done.stderr == (f"shapecheck build: error: needs {hidden}: pip install "
+                           "'shapecheck-cnn[onnx]' (in a clone of the repository: pip install "
+                           "'.[onnx]')\n")
     assert list(cwd.iterdir()) == []
 
 

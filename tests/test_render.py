@@ -373,7 +373,8 @@ def test_without_the_graphviz_package_one_line_says_what_to_install(tmp_path):
     run = cli("render", str(LECTURE), "-o", str(tmp_path / "net.svg"), code=code)
     assert run.returncode == 2
     assert run.stderr.strip() == ("shapecheck render: error: drawing needs the graphviz package: "
-                                  "pip install 'shapecheck-cnn[render]'")
+                                  "pip install 'shapecheck-cnn[render]' (in a clone of the "
+                                  "repository: pip install '.[render]')")
     assert os.listdir(tmp_path) == []
 
 

@@ -23,6 +23,7 @@ from functools import partial
 from pathlib import Path
 
 from ..atomic import atomic_write, folder_problem, replace_problem
+from ..diagnostics import install_hint
 from ..planner import plan
 from ..report import printable
 from . import EXIT_INPUT, add_shape_overrides, depth, exit_code, fail, print_diagnostics
@@ -146,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         import graphviz  # noqa: F401 - graph.py builds the DOT source with it
     except ImportError:
-        return _fail("drawing needs the graphviz package: pip install 'shapecheck-cnn[render]'")
+        return _fail(f"drawing needs the graphviz package: {install_hint('render')}")
     from ..graph import diagram
 
     p = plan(Path(args.spec), batch=args.batch, input_shape=args.input, scale=args.scale)
