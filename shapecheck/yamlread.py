@@ -49,10 +49,11 @@ def read(text: str, source: str | None = None) -> tuple[object, dict, list[Dupli
     indexes from the root, e.g. ("layers", 3, "kernel_size"); the root's is ()."""
     text = text.lstrip("\ufeff")
 
-    def refuse(message: str, mark=None, code="SC004") -> InputError:
+    def refuse(message: str, mark=None, code="SC004", hint=None) -> InputError:
         line = mark.line + 1 if mark else None
         col = mark.column + 1 if mark else None
-        return InputError(Diagnostic("error", code, message, line=line, column=col, file=source))
+        return InputError(Diagnostic("error", code, message, line=line, column=col, file=source,
+                                     hint=hint))
 
     try:
         return _Reader(_Parser(text).get_event, refuse).document()
@@ -62,11 +63,26 @@ def read(text: str, source: str | None = None) -> tuple[object, dict, list[Dupli
         mark = e.problem_mark or e.context_mark
         if "nesting depth" in str(e.problem):  # libyaml's own limit
             raise refuse(f"the YAML is nested more than {MAX_DEPTH} levels deep", mark) from None
-        raise refuse(f"not valid YAML: {e.problem or e.context}", mark, "SC002") from None
+        raise refuse(f"not valid YAML: {e.problem or e.context}", mark, "SC002",
+                     _TAB_HINT if mark and _tab_at(text, mark) else None) from None
     except (ValueError, yaml.YAMLError) as e:  # e.g. an impossible date
         raise refuse(f"not valid YAML: {e}", None, "SC002") from None
     except RecursionError:
         raise refuse("the YAML is nested too deeply") from None
+
+
+_TAB_HINT = "YAML does not allow tabs for indentation: indent with spaces"
+
+
+def _tab_at(text: str, mark) -> bool:
+    """Whether the line a parse error points at has a tab in its indentation or at the error
+    (a YAML tab is fine inside values, never where the structure is read)."""
+    lines = text.split("\n")
+    if mark.line >= len(lines):
+        return False
+    line = lines[mark.line]
+    indent = line[:len(line) - len(line.lstrip(" \t"))]
+    return "\t" in indent or line[mark.column:mark.column + 1] == "\t"
 
 
 def _reader_error(e: yaml.reader.ReaderError, text: str, source: str | None) -> InputError:

@@ -56,6 +56,22 @@ def test_sc002_not_yaml_points_at_the_problem(tmp_path):
     assert d.line == 3
 
 
+@pytest.mark.parametrize(("text", "line"), [
+    ("name: t\n\tinput: {shape: [1, 8, 8]}\nlayers: [relu]\n", 2),
+    ("name: t\ninput:\n\tshape: [1, 8, 8]\nlayers: [relu]\n", 3),
+    ("input: {shape: [1, 8, 8]}\nlayers:\n  -\t{type: relu}\n", 3),
+])
+def test_sc002_a_tab_where_yaml_reads_structure_says_so(tmp_path, text, line):
+    d = input_error(tmp_path, text)
+    assert d.code == "SC002" and d.line == line
+    assert d.hint == "YAML does not allow tabs for indentation: indent with spaces"
+
+
+def test_sc002_other_yaml_errors_get_no_tab_hint(tmp_path):
+    d = input_error(tmp_path, "name: 'a\tb'\ninput: {shape: [1, 28, 28]}\nlayers: [relu\n")
+    assert d.code == "SC002" and d.hint is None
+
+
 @pytest.mark.parametrize("text", ["- relu\n- flatten\n", "just a string\n", "a: 1\n"])
 def test_sc003_not_a_spec_in_one_line(tmp_path, text):
     d = input_error(tmp_path, text)
