@@ -32,9 +32,11 @@ def _global_options(parser, default) -> None:
                         default=default("auto"),
                         help="colour diagnostics: auto (default: on a terminal, unless NO_COLOR "
                         "is set or TERM=dumb), always, never")
+    strict = "--strict" in parser._option_string_actions  # plan, check, render ...
     parser.add_argument("-q", "--quiet", action="store_true", default=default(False),
                         help="print only errors (and, with --strict, warnings); the exit code "
-                        "says whether the spec is valid")
+                        "says whether the spec is valid" if strict else
+                        "print only errors; the exit code says whether the command succeeded")
 
 
 def _command_of(argv: list[str]) -> str | None:

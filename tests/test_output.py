@@ -264,3 +264,14 @@ def test_a_bare_shapecheck_lists_the_commands(capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert all(f"\n    {command} " in err for command in ("plan", "check", "render", "build"))
+
+
+def test_quiet_help_mentions_strict_only_where_the_command_has_it(capsys):
+    from shapecheck.cli import build_parser
+
+    commands = build_parser().parse_args(["schema"]).commands
+    for name, parser in commands.items():
+        quiet = next(a for a in parser._actions if "-q" in a.option_strings)
+        has_strict = "--strict" in parser._option_string_actions
+        assert ("--strict" in quiet.help) == has_strict, name
+    assert {"plan", "check"} <= {n for n, p in commands.items() if "--strict" in p._option_string_actions}
