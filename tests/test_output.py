@@ -274,4 +274,5 @@ def test_quiet_help_mentions_strict_only_where_the_command_has_it(capsys):
         quiet = next(a for a in parser._actions if "-q" in a.option_strings)
         has_strict = "--strict" in parser._option_string_actions
         assert ("--strict" in quiet.help) == has_strict, name
-    assert {"plan", "check"} <= {n for n, p in commands.items() if "--strict" in p._option_string_actions}
+    strict = {n for n, p in commands.items() if "--strict" in p._option_string_actions}
+    assert {"plan", "check"} <= strict
