@@ -114,7 +114,10 @@ def render_table(plan: Plan, markdown: bool = False, explain: bool = False,
         for line, (layer, indent) in zip(body, rows):
             lines.append(line)
             lines += [f"{'':6}{indent}{text}" for text in explanation(layer)]
-    out = [_header(plan), ""] + lines + [""] + _totals(plan)
+    totals = _totals(plan)
+    if markdown:  # a list, or a renderer joins the lines into one paragraph
+        totals = ["- " + " ".join(line.split()) for line in totals]
+    out = [_header(plan), ""] + lines + [""] + totals
     if explain and markdown:
         out += ["", *_explain_markdown(rows)]
     return "\n".join(out)

@@ -68,6 +68,10 @@ def test_explain_shows_the_arithmetic(capsys):
 def test_markdown(capsys):
     out = run(capsys, "plan", LECTURE, "--format", "markdown")[1]
     assert "| 7 | fc       | linear    | 64×10        | 10×320    | 10   |  3,210 |   3,200 |" in out
+    # the totals are a list: a Markdown renderer would join plain lines into one paragraph
+    totals = out.split("\n\n")[2].splitlines()
+    assert totals[:2] == ["- output shape: 64×10", "- params: 8,490 (trainable 8,490)"]
+    assert len(totals) == 5 and all(line.startswith("- ") for line in totals)
 
 
 def test_invalid_spec_exit_1_with_the_diagnostic_after_the_table_on_stdout(capsys, tmp_path):
