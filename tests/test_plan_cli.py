@@ -53,6 +53,19 @@ def test_bad_override_is_a_usage_error(capsys):
     assert "C×H×W" in capsys.readouterr().err
 
 
+def test_the_json_example_in_the_docs_is_what_plan_gives(capsys, monkeypatch):
+    """docs/spec.md shows the lecture net's JSON plan with its first layer: the same keys and
+    values as `plan --format json` prints."""
+    monkeypatch.chdir(SPECS.parent)
+    docs = (SPECS.parent / "docs" / "spec.md").read_text(encoding="utf-8")
+    shown = json.loads(docs.split("## The JSON plan")[1].split("```json")[1].split("```")[0])
+    real = json.loads(run(capsys, "plan", "specs/lecture_cnn.yaml", "--format", "json")[1])
+    assert list(shown) == list(real)
+    assert shown["layers"] == real["layers"][:1]
+    assert {k: v for k, v in shown.items() if k != "layers"} == \
+        {k: v for k, v in real.items() if k != "layers"}
+
+
 def test_several_files_json_is_a_list(capsys):
     code, out, _ = run(capsys, "plan", LECTURE, str(SPECS / "lenet5.yaml"), "--format", "json")
     assert code == 0
