@@ -482,6 +482,8 @@ def _describe(errors: list[dict], loc: tuple, missing, data) -> tuple[str, str, 
         return "SC105", f"{where}: {e['msg']}", f"use a name such as {suggestion!r}"
     if kind == "too_short" and key == "layers":
         return "SC104", "`layers` is empty", "add at least one layer"
-    messages = list(dict.fromkeys(x["msg"] for x in errors))
+    messages = "; or ".join(dict.fromkeys(x["msg"] for x in errors))
+    if _layer_of(loc)[0] is None:  # `where` is the key path itself: input.shape
+        return "SC103", f"{where}: {messages}", None
     field = f"{key}" if isinstance(key, str) else f"item {key}"
-    return "SC103", f"{where}: {field}: " + "; or ".join(messages), None
+    return "SC103", f"{where}: {field}: {messages}", None

@@ -143,7 +143,10 @@ def test_sc103_wrong_types_and_values(tmp_path, layer, field):
 
 def test_sc103_input_shape(tmp_path):
     plan = diagnose(tmp_path, "input: {shape: [1, 28]}\nlayers: [relu]\n")
-    assert only(plan, "SC103").line == 1
+    d = only(plan, "SC103")
+    assert d.line == 1
+    # the key path names the field once; a layer's field follows the layer's label
+    assert d.message == "input.shape: must be [channels, height, width], got [1, 28]"
 
 
 def test_sc104_missing_required(tmp_path):

@@ -341,6 +341,11 @@ def need_rank(x: Dims, ranks: tuple[int, ...], what: str) -> None:
         )
 
 
+def channels_arrive(c: int) -> str:
+    """'1 channel arrives', '3 channels arrive': how many channels reach a layer."""
+    return "1 channel arrives" if c == 1 else f"{c} channels arrive"
+
+
 def fmt(n: int) -> str:
     """An int with thousands separators."""
     return f"{n:,}"

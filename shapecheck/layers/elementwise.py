@@ -15,6 +15,7 @@ from .base import (
     PosInt,
     Probability,
     ShapeError,
+    channels_arrive,
 )
 from .reshape import wrap_dim
 from .window import SAME, Whole, channel_map
@@ -115,7 +116,7 @@ class PReLU(_Elementwise):
         if n != 1:
             channels = x[1] if len(x) > 1 else None
             if channels != n:
-                where = f"{channels} channels arrive" if channels else "a 1-d tensor has none"
+                where = channels_arrive(channels) if channels else "a 1-d tensor has none"
                 raise ShapeError("SC205", f"num_parameters is {n} (one per channel), but "
                                  f"{where}", f"set num_parameters: {channels} (or 1, one slope "
                                  "for all)" if channels else "set num_parameters: 1")

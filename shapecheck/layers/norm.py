@@ -17,6 +17,7 @@ from .base import (
     PosInt,
     ShapeError,
     _strict_int,
+    channels_arrive,
     fmt,
     int_schema,
     need_rank,
@@ -33,7 +34,7 @@ def _channels(x: Dims, declared: int | None, field: str, what: str) -> int:
                          "flatten with start_dim: 1 (the default) keeps the batch dimension")
     c = x[1]
     if declared is not None and declared != c:
-        raise ShapeError("SC205", f"{field} is {declared}, but {c} channels arrive",
+        raise ShapeError("SC205", f"{field} is {declared}, but {channels_arrive(c)}",
                          f"set {field}: {c}, or leave it out to infer it")
     return c
 
