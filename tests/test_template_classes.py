@@ -34,6 +34,23 @@ def test_resnet50_reads_like_torchvision():
     assert len(source.splitlines()) * 3 < len(expanded.splitlines())
 
 
+def test_the_build_and_expand_examples_in_the_docs_are_what_the_commands_write(capsys):
+    """docs/templates.md shows part of `build`'s ResNet-50 and of `expand --explain`'s
+    MobileNetV2: each line shown (but `...`) is in what the command writes."""
+    from shapecheck.cli import main
+
+    docs = (ROOT / "docs" / "templates.md").read_text(encoding="utf-8")
+    built = docs.split("## What `build` writes")[1].split("```python\n")[1].split("```")[0]
+    source = _source(ROOT / "specs/zoo/resnet50.yaml")
+    for line in built.splitlines():
+        if line.strip() and line.strip() != "...":
+            assert line.strip() in source, line
+    shown = docs.split("## `shapecheck expand`")[1].split("```yaml\n")[1].split("```")[0]
+    assert main(["expand", str(ROOT / "specs/zoo/mobilenet_v2.yaml"), "--scale", "x0_5",
+                 "--explain"]) == 0
+    assert shown in capsys.readouterr().out
+
+
 def _expanded(path) -> str:
     from shapecheck.commands.expand import to_yaml
 
