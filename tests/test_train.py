@@ -391,6 +391,15 @@ def test_eval_on_the_training_file_scores_only_the_held_out_part(tmp_path):
     assert ev.num_samples == 50 and "all of it: no split" in ev.source
 
 
+def test_eval_of_a_run_that_stopped_early_says_which_epoch_it_scores(tmp_path):
+    out = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        run(_CtrlCAt(8 + 3), spec(epochs=2), out)  # in epoch 2: model.pt is epoch 1's
+    assert "model.pt holds epoch 1 of the 2 planned" in evaluate(out).source
+    run(LectureCNN(), spec(epochs=2), out, resume=True)
+    assert "planned" not in evaluate(out).source
+
+
 def test_resume_mid_epoch_refuses_what_cannot_be_replayed(tmp_path):
     out = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt):

@@ -17,7 +17,7 @@ from shapecheck.trainspec import DatasetSpec
 
 from .base import TrainError, _predict, select_device
 from .data import _check_output
-from .runfolder import BEST_FILE, MODEL_FILE, RUN_FILE, SOURCE_FILE, _load_tensors
+from .runfolder import BEST_FILE, METRICS_FILE, MODEL_FILE, RUN_FILE, SOURCE_FILE, _load_tensors
 
 
 @dataclass
@@ -149,7 +149,21 @@ def evaluate(
         accuracy=sum(matrix[i][i] for i in range(num_classes)) / n,
         loss=loss_sum / n, confusion=matrix, classes=list(names), num_samples=n,
         source=(f"whole dataset: {where}" if split == "all" else f"{split} split: {where}")
-        + note + (f" ({weights})" if weights != MODEL_FILE else ""))
+        + note + (f" ({weights})" if weights != MODEL_FILE else _unfinished(run_dir, info)))
+
+
+def _unfinished(run_dir: Path, info: dict) -> str:
+    """What model.pt is when the run stopped before its last epoch (interrupted, killed, or
+    stopped early): model.pt is written at the end of each epoch, metrics.csv gets a row."""
+    try:
+        done = len((run_dir / METRICS_FILE).read_text(encoding="utf-8").splitlines()) - 1
+    except (OSError, UnicodeDecodeError):
+        return ""
+    planned = (info.get("train") or {}).get("epochs")
+    if not isinstance(planned, int) or not 0 < done < planned:
+        return ""
+    return (f"; {MODEL_FILE} holds epoch {done} of the {planned} planned: the run stopped "
+            "before its last epoch")
 
 
 def _same_dataset(data: DatasetSpec, own: DatasetSpec, base_dir: Path | None) -> bool:
