@@ -19,7 +19,8 @@ CODES: dict[str, str] = {
     "SC002": "The file is not valid YAML.",
     "SC003": "The YAML is not a spec: not a mapping, or it has neither `input` nor `layers`.",
     "SC004": "The YAML is refused for safety: an unsafe or unknown tag, too many nodes or "
-    "aliases (an alias bomb), too deep, or too large.",
+    "aliases (an alias bomb), too deep, or too large; or its templates expand past the layer "
+    "limit or nest too deep.",
     # SC1xx: the spec does not follow the schema (exit code 1).
     "SC101": "Unknown layer type.",
     "SC102": "Unknown field.",

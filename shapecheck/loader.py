@@ -162,21 +162,19 @@ def _expand(data: dict, scale: str | None, positions: dict, source: str | None):
             raise SpecError([Diagnostic("error", "SC111", f"--scale {scale}: the spec has no "
                                         "`scales`", file=source)])
         return data, Locator(positions, source), None
-    from .templates import TemplateError, TooManyLayers, expand  # only specs that need it
+    from .templates import TemplateError, expand  # only specs that need it
 
     try:
         expansion = expand(data, scale, MAX_LAYERS)
-    except TooManyLayers:
-        raise InputError(Diagnostic(
-            "error", "SC004", f"the spec expands to more than {MAX_LAYERS:,} layers; specs are "
-            f"limited to {MAX_LAYERS:,}", line=positions.get(("layers",), (None, None))[0],
-            file=source)) from None
     except TemplateError as e:
         locator = Locator(positions, source)
         origin = locator.origin_of(e.loc, e.chain)
         index, path = _layer_of(e.loc)
-        raise SpecError([Diagnostic("error", e.code, e.message + origin.context, index,
-                                    path, *origin.reported, e.hint, file=source)]) from None
+        found = Diagnostic("error", e.code, e.message + origin.context, index, path,
+                           *origin.reported, e.hint, file=source)
+        if e.code == "SC004":  # refused as the YAML's own limits are: exit 2
+            raise InputError(found) from None
+        raise SpecError([found]) from None
     return expansion.data, Locator(positions, source, expansion.where), expansion
 
 

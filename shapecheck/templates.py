@@ -33,6 +33,11 @@ from .expressions import ExpressionError, evaluate, is_expression, show
 from .layers import block_of
 
 TOP_KEYS = ("templates", "scales", "default_scale")
+# How deep templates may use templates, and blocks hold blocks, once expanded: beyond what any
+# network needs, within what planning and `build` handle (a spec's own YAML is limited to 100
+# levels, which allows about as many blocks in blocks).
+MAX_TEMPLATE_DEPTH = 50
+MAX_BLOCK_DEPTH = 50
 USE_KEYS = ("use", "name", "repeat", "first")
 
 
@@ -50,10 +55,6 @@ class TemplateError(Exception):
                  chain: tuple[Site, ...] = ()):
         super().__init__(message)
         self.code, self.message, self.loc, self.hint, self.chain = code, message, loc, hint, chain
-
-
-class TooManyLayers(Exception):
-    """The expansion passed the layer limit."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,8 @@ class Expansion:
 
 
 def expand(data: dict, scale: str | None, limit: int) -> Expansion:
-    """The plain spec for ``data``. Raises TemplateError, or TooManyLayers past ``limit``."""
+    """The plain spec for ``data``. Raises TemplateError; SC004 (exit 2, as the YAML limits) for
+    an expansion past ``limit`` layers or nested past the depths above."""
     templates = data.get("templates") or {}
     if not isinstance(templates, dict):
         raise TemplateError("SC108", "`templates` must be a mapping of names to templates",
@@ -177,6 +179,7 @@ class _Expander:
         self.defaults: dict[str, dict] = {}
         self.one_layer: set[str] = set()
         self.written: dict[tuple, dict] = {}
+        self.blocks = 0  # how deep in blocks the layer being expanded is
 
     def items(self, items: list, src: tuple, dst: tuple, env: dict, chain: tuple,
               start: int = 0) -> list:
@@ -193,7 +196,7 @@ class _Expander:
     def layer(self, item: Any, src: tuple, dst: tuple, env: dict, chain: tuple) -> Any:
         self.count += 1
         if self.count > self.limit:
-            raise TooManyLayers
+            raise self.too_many(src, chain)
         self.where[dst] = (src, chain)
         if chain and isinstance(item, dict):
             self.written[dst] = item
@@ -207,10 +210,22 @@ class _Expander:
                 or isinstance(v, str) and "$" not in v  # plain values, the most, as they are
                 else self.value(v, env, (*src, k), chain, dst, k) for k, v in item.items()}
         if block is not None:
+            self.blocks += 1
+            if self.blocks > MAX_BLOCK_DEPTH:
+                raise TemplateError("SC004", f"the expanded spec nests blocks more than "
+                                    f"{MAX_BLOCK_DEPTH} deep", src, "a template whose block "
+                                    "holds a use of a template that is a block nests them; "
+                                    "no network needs so many levels", chain)
             for suffix, branch in block.raw_branches(item):
                 expanded = self.items(branch, (*src, *suffix), (*dst, *suffix), env, chain)
                 _put(item, suffix, expanded)
+            self.blocks -= 1
         return item
+
+    def too_many(self, loc: tuple, chain: tuple) -> TemplateError:
+        return TemplateError("SC004", f"the spec expands to more than {self.limit:,} layers; "
+                             f"specs are limited to {self.limit:,}", loc, "a repeat inside a "
+                             "repeated template multiplies: check the repeat counts", chain)
 
     def value(self, value: Any, env: dict, loc: tuple, chain: tuple, dst: tuple | None = None,
               key: str | None = None) -> Any:
@@ -238,6 +253,10 @@ class _Expander:
                                 f"did you mean {close[0]!r}?" if close else
                                 ("templates: " + ", ".join(map(str, self.templates))
                                  if self.templates else "define it under `templates:`"), chain)
+        if len(chain) >= MAX_TEMPLATE_DEPTH:
+            raise TemplateError("SC004", f"templates use templates more than "
+                                f"{MAX_TEMPLATE_DEPTH} deep", (*src, "use"), "write the "
+                                "innermost ones out, or use fewer levels", chain)
         if any(site.template == name for site in chain):
             cycle = " → ".join([*(s.template for s in reversed(chain)), name])
             raise TemplateError("SC110", f"templates use each other in a cycle: {cycle}",
@@ -261,7 +280,7 @@ class _Expander:
             raise TemplateError("SC103", f"repeat must be an integer >= 0, got {repeat!r}",
                                 (*src, "repeat"), chain=chain)
         if repeat > self.limit:
-            raise TooManyLayers
+            raise self.too_many((*src, "repeat"), chain)
         missing = [p for p, v in {**defaults, **args}.items() if v is None]
         if missing:
             raise TemplateError("SC108", f"template {name} needs a value for "
@@ -388,4 +407,4 @@ def _prefix_names(layer: dict, instance: str, top: bool = False) -> None:
                 _prefix_names(child, instance)
 
 
-__all__ = ["Expansion", "Made", "Site", "TemplateCode", "TemplateError", "TooManyLayers", "expand"]
+__all__ = ["Expansion", "Made", "Site", "TemplateCode", "TemplateError", "expand"]

@@ -230,9 +230,67 @@ def test_an_expansion_bomb_is_refused_quickly(tmp_path):
     start = time.perf_counter()
     with pytest.raises(InputError) as info:
         shapecheck.plan(path)
-    assert info.value.diagnostic.code == "SC004" and "expands to more than 20,000" in \
-        info.value.diagnostic.message
+    d = info.value.diagnostic
+    assert d.code == "SC004" and "expands to more than 20,000" in d.message
+    assert d.line == 6 and "repeat inside a repeated template multiplies" in d.hint
     assert time.perf_counter() - start < 30  # bounded by the layer limit, not the expansion
+
+
+def _nested(levels: int, inner: str) -> str:
+    for _ in range(levels):
+        inner = "{type: residual, body: [" + inner + "]}"
+    return inner
+
+
+def _chain(n: int, block: bool) -> str:
+    """Templates t0 … t(n-1), each using the next: residuals (blocks in blocks) or lists."""
+    lines = ["input: {shape: [8, 16, 16]}", "templates:"]
+    for i in range(n):
+        inner = f"{{use: t{i + 1}}}" if i < n - 1 else \
+            "{type: conv2d, out_channels: 8, kernel_size: 3, padding: 1}"
+        lines += [f"  t{i}:", *(["    type: residual", f"    body: [{inner}]"] if block
+                                  else [f"    layers: [{inner}]"])]
+    return "\n".join([*lines, "layers: [{use: t0}, flatten, {type: linear, out_features: 10}]"])
+
+
+@pytest.mark.parametrize("block", [True, False])
+def test_templates_nested_too_deep_are_refused_in_one_line(tmp_path, block):
+    """Templates using templates 1,000 deep: SC004 at the use in the spec, exit 2, no
+    RecursionError; the chain of uses shortened to its ends."""
+    path = tmp_path / "deep.yaml"
+    path.write_text(_chain(1000, block), encoding="utf-8")
+    with pytest.raises(InputError) as info:
+        shapecheck.plan(path)
+    d = info.value.diagnostic
+    assert d.code == "SC004" and d.line == (3003 if block else 2003)  # the use in `layers`
+    assert d.message.startswith("templates use templates more than 50 deep (in template t49 at")
+    assert "… 47 more uses, used in template t0 at" in d.message
+    assert d.message.count("used in template") == 2
+    assert main(["check", str(path)]) == 2
+
+
+def test_blocks_nested_too_deep_by_templates_are_refused(tmp_path):
+    """Three templates of 20 blocks in blocks each, one inside the next: 60 levels."""
+    path = write(tmp_path, "input: {shape: [8, 16, 16]}\ntemplates:\n" + "".join(
+        f"  {t}:\n    layers: [{_nested(20, inner)}]\n"
+        for t, inner in (("a", "{use: b}"), ("b", "{use: c}"), ("c", "relu")))
+        + "layers: [{use: a}]\n")
+    with pytest.raises(InputError) as info:
+        shapecheck.plan(path)
+    d = info.value.diagnostic
+    assert d.code == "SC004" and "nests blocks more than 50 deep" in d.message
+    assert "(in template c at" in d.message and "used in template a at" in d.message
+
+
+def test_templates_nested_to_the_limit_plan_and_build(tmp_path):
+    path = tmp_path / "deep.yaml"
+    path.write_text(_chain(49, True), encoding="utf-8")
+    plan = shapecheck.plan(path)
+    assert plan.valid and plan.params == (8 * 8 * 9 + 8) + (8 * 16 * 16 * 10 + 10)  # conv, fc
+    torch = pytest.importorskip("torch")
+    with torch.device("meta"):
+        module = shapecheck.build_module(path)
+    assert sum(p.numel() for p in module.parameters()) == plan.params
 
 
 # --- scales -------------------------------------------------------------------------------

@@ -165,6 +165,8 @@ class Origin(NamedTuple):
         parts = [f"in template {self.used_at[0].template} at {file}:{self.line}:{self.column}"]
         for use, outer in zip(self.used_at, self.used_at[1:]):  # a use inside another template
             parts.append(f"used in template {outer.template} at {file}:{use.line}:{use.column}")
+        if len(parts) > 4:  # templates nested deep: the innermost two and the outermost one
+            parts[2:-1] = [f"… {len(parts) - 3} more uses"]
         return f" ({', '.join(parts)})"
 
 
