@@ -278,9 +278,11 @@ class Context:
     def derived(self, p: Arg, vector: list) -> str | None:
         if _type(p.vector) != "int" or _type(vector) != "int":
             return None
-        forms = [(f"{p.name} * {k}", lambda v, k=k: v * k) for k in range(2, 9)]
+        # ± 1 first: the count of the repeats after the first is the repeat count − 1, and
+        # n // 2 fits the counts of n = 1 and 2 as well.
+        forms = [(f"{p.name} - 1", lambda v: v - 1), (f"{p.name} + 1", lambda v: v + 1)]
+        forms += [(f"{p.name} * {k}", lambda v, k=k: v * k) for k in range(2, 9)]
         forms += [(f"{p.name} // {k}", lambda v, k=k: v // k) for k in range(2, 9)]
-        forms += [(f"{p.name} - 1", lambda v: v - 1), (f"{p.name} + 1", lambda v: v + 1)]
         for text, f in forms:
             if all(w is MISSING or f(v) == w for v, w in zip(p.vector, vector)):
                 self.use_arg(p)

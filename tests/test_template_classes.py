@@ -51,6 +51,32 @@ def test_the_build_and_expand_examples_in_the_docs_are_what_the_commands_write(c
     assert shown in capsys.readouterr().out
 
 
+def test_a_repeat_count_parameter_loops_over_the_rest_of_its_repeats(tmp_path):
+    """`repeat: $n` used with n = 2, 2 and 1: the class loops n − 1 times after the first, so
+    it builds n layers for any n, not only for the values the spec uses."""
+    path = tmp_path / "vgg.yaml"
+    path.write_text("""\
+input: {shape: [3, 32, 32]}
+templates:
+  convbn:
+    params: {c: null}
+    layers: [{type: conv2d, out_channels: $c, kernel_size: 3, padding: 1}, relu]
+  block:
+    params: {c: null, n: 2}
+    layers: [{use: convbn, repeat: $n, c: $c}, {type: maxpool2d, kernel_size: 2}]
+layers:
+  - {use: block, name: b1, c: 8}
+  - {use: block, name: b2, c: 16}
+  - {use: block, name: b3, c: 16, n: 1}
+""", encoding="utf-8")
+    source = _source(path)
+    assert "for _ in range(n - 1)" in source
+    block = module_from_source(source).Block
+    for n in (1, 3, 4):
+        convs = [m for m in block(3, c=8, n=n).modules() if isinstance(m, torch.nn.Conv2d)]
+        assert len(convs) == n
+
+
 def _expanded(path) -> str:
     from shapecheck.commands.expand import to_yaml
 
