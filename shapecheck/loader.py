@@ -141,9 +141,9 @@ def _parse(text: str, source: str | None, name: str | None, scale: str | None = 
     if errors:
         problems += schema_diagnostics(errors, data, locator, source)
         raise SpecError(sorted(problems, key=lambda d: (d.line or 0, d.column or 0)))
-    for path, dup in duplicates:
-        line, col = locator.position(yaml_loc(path, layers) + ("name",))
-        problems.append(duplicate_name(path, dup, line, col, source))
+    problems += duplicate_names(
+        duplicates, spec, lambda path: locator.position(yaml_loc(path, layers) + ("name",)),
+        source)
     if problems:
         raise SpecError(problems)
     return spec
@@ -254,10 +254,36 @@ class Locator:
         return Origin(self.source, *self._written(src), used_at=used_at)
 
 
-def duplicate_name(path: tuple, name: str, line, col, source) -> Diagnostic:
-    return Diagnostic("error", "SC106", f"layer {_where(path)}: the name {name!r} is already "
-                      "used", path[0], _path_or_none(path), line, col,
-                      "give each layer a unique name", file=source)
+def duplicate_names(duplicates: list[tuple], spec: Spec, position, source) -> list[Diagnostic]:
+    """SC106 for each layer whose name an earlier layer has. Names a template gives clash in
+    every use alike: those are one diagnostic, at the first, with the count of the others."""
+    out, seen = [], {}
+    for path, name, first in duplicates:
+        origin = spec.find(path).origin
+        if origin is not None and origin.used_at:
+            key = (origin.used_at[0].line, origin.used_at[0].column)  # the inner use's entry
+            if key in seen:
+                seen[key][1] += 1
+                continue
+            seen[key] = [len(out), 0]
+            line, col = origin.reported
+            hint = ("give the uses of templates inside the template their own `name:`: each "
+                    "instance's layer names begin with it" if len(origin.used_at) > 1 else
+                    "give the use its own `name:` (its layers' names begin with it), or rename "
+                    "the layer its name clashes with")
+        else:
+            line, col = position(path)
+            hint = "give each layer a unique name"
+        message = (f"layer {_where(path)}: the name {name!r} is already used by layer "
+                   f"{_where(first)}" + (origin.context if origin is not None else ""))
+        out.append(Diagnostic("error", "SC106", message, path[0], _path_or_none(path), line,
+                              col, hint, file=source))
+    for i, more in seen.values():
+        if more:
+            d = out[i]
+            out[i] = dataclasses.replace(d, message=f"{d.message}; the same for {more} more "
+                                         f"name{'s' * (more > 1)} the template gives")
+    return out
 
 
 def _count_layers(items: list) -> int:

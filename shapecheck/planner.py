@@ -19,7 +19,7 @@ from .lint import lint
 from .loader import (
     Locator,
     SpecError,
-    duplicate_name,
+    duplicate_names,
     gc_paused,
     load_spec,
     looks_like_path,
@@ -75,7 +75,7 @@ def _complete(spec: Spec) -> list[Diagnostic]:
     except LayerErrors as e:
         return schema_diagnostics(e.errors, {"layers": raw}, Locator({}, spec.source),
                                   spec.source)
-    return [duplicate_name(path, name, None, None, spec.source) for path, name in duplicates]
+    return duplicate_names(duplicates, spec, lambda path: (None, None), spec.source)
 
 
 class _Planner:

@@ -105,11 +105,12 @@ class Spec(BaseModel):
         return self._completed
 
     def complete(self, *, default: str = "net",
-                 origin: Callable[[tuple], Origin | None] | None = None) -> list[tuple[Path, str]]:
+                 origin: Callable[[tuple], Origin | None] | None = None,
+                 ) -> list[tuple[Path, str, Path]]:
         """Make the spec ready to plan: validate every layer entry (raises LayerErrors), give
         each layer its origin (``origin(yaml_loc)``), give the spec the name ``default`` if it
-        has none and every unnamed layer a stable one. Returns the (path, name) of names used
-        twice. Idempotent."""
+        has none and every unnamed layer a stable one. Returns the names used twice (see
+        assign_names). Idempotent."""
         if self._completed:
             return []
         layers, errors = parse_layers(self.layers, ("layers",), origin)
@@ -172,16 +173,17 @@ def default_name(stem: str) -> str:
     return f"net_{name}" if name[0].isdigit() else name
 
 
-def assign_names(spec: Spec) -> list[tuple[Path, str]]:
+def assign_names(spec: Spec) -> list[tuple[Path, str, Path]]:
     """Give every unnamed layer a stable name (conv1, pool2, fc1 ...): per prefix, counted in
-    order, skipping names the spec already uses. Returns the (path, name) of duplicates."""
+    order, skipping names the spec already uses. Returns each duplicate's (path, name, path of
+    the layer that has the name first)."""
     taken: dict[str, Path] = {}
     duplicates = []
     every = list(walk(spec.layers))
     for path, layer in every:
         if layer.name is not None:
             if layer.name in taken:
-                duplicates.append((path, layer.name))
+                duplicates.append((path, layer.name, taken[layer.name]))
             taken.setdefault(layer.name, path)
     counters: dict[str, int] = {}
     for _, layer in every:

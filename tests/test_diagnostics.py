@@ -169,6 +169,33 @@ def test_sc106_duplicate_name(tmp_path):
     plan = diagnose(tmp_path, HEAD + "  - {type: relu, name: act}\n  - {type: tanh, name: act}\n")
     d = only(plan, "SC106")
     assert (d.layer, d.line) == (1, 4)
+    assert d.message == "layer 1: the name 'act' is already used by layer 0"
+
+
+def test_sc106_names_a_template_gives_twice_are_one_diagnostic_with_both_places(tmp_path):
+    """A stage whose two inner uses make the same names (a repeat of 1 adds no index): one
+    SC106 at the stage's use, naming the template chain and the layer that has the name."""
+    plan = diagnose(tmp_path, """\
+input: {shape: [8, 16, 16]}
+templates:
+  plain:
+    layers: [{type: conv2d, name: expand, out_channels: 8, kernel_size: 1}, {type: batchnorm2d, name: bn}]
+  res:
+    type: residual
+    body: [{type: conv2d, name: expand, out_channels: 8, kernel_size: 1}, {type: batchnorm2d, name: bn}]
+  stage:
+    params: {n: 2}
+    layers: [{use: plain}, {use: res, repeat: $n - 1}]
+layers:
+  - {use: stage, name: s1}
+""")
+    d = only(plan, "SC106")
+    assert d.line == 12 and d.path == (2, "body", 0)
+    assert d.message.startswith("layer 2/body/0: the name 's1_expand' is already used by layer 0 "
+                                "(in template res at ")
+    assert "used in template stage at" in d.message
+    assert d.message.endswith("; the same for 1 more name the template gives")
+    assert "their own `name:`" in d.hint
 
 
 def test_sc107_duplicate_yaml_key(tmp_path):
