@@ -9,6 +9,7 @@ import difflib
 import functools
 import gc
 import os
+import re
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -510,4 +511,19 @@ def _describe(errors: list[dict], loc: tuple, missing, data) -> tuple[str, str, 
     if _layer_of(loc)[0] is None:  # `where` is the key path itself: input.shape
         return "SC103", f"{where}: {messages}", None
     field = f"{key}" if isinstance(key, str) else f"item {key}"
-    return "SC103", f"{where}: {field}: {messages}", None
+    return "SC103", f"{where}: {field}: {messages}", _integer_hint(e)
+
+
+def _integer_hint(error: dict) -> str | None:
+    """How to get the integer a field wants from what a template expression most likely meant:
+    a float from `/`, or an expression written without its `$`."""
+    if error["type"] != "int_type":
+        return None
+    value = error["input"]
+    if isinstance(value, float):
+        return ("write an integer (16, not 16.0); in a template expression `/` gives a float: "
+                "use `//` or int(...)")
+    if isinstance(value, str) and "$" not in value and re.search(r"[A-Za-z_]\w*\s*[-+*/%]|"
+                                                                 r"[-+*/%]\s*[A-Za-z_(]", value):
+        return "an expression names its parameters with `$`, as in `$c * 2`"
+    return None

@@ -206,6 +206,24 @@ def test_uses_that_cannot_expand(tmp_path, change, code, hint):
         assert error.hint == hint
 
 
+@pytest.mark.parametrize(("value", "hint"), [
+    ("$c / 2", "`/` gives a float: use `//` or int(...)"),
+    ("c * 2", "an expression names its parameters with `$`, as in `$c * 2`"),
+])
+def test_a_width_that_is_no_integer_says_how_to_make_one(tmp_path, value, hint):
+    path = write(tmp_path, f"""\
+        input: {{shape: [3, 32, 32]}}
+        templates:
+          cb:
+            params: {{c: 16}}
+            layers: [{{type: conv2d, out_channels: {value}, kernel_size: 3}}]
+        layers: [{{use: cb, c: 32}}]
+        """)
+    d = only_error(shapecheck.plan(path))
+    assert d.code == "SC103" and "out_channels: must be an integer" in d.message
+    assert hint in d.hint
+
+
 def test_templates_that_use_each_other_in_a_cycle(tmp_path):
     p = shapecheck.plan(write(tmp_path, """\
         input: {shape: [3, 8, 8]}
