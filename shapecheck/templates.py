@@ -180,6 +180,9 @@ class _Expander:
         self.one_layer: set[str] = set()
         self.written: dict[tuple, dict] = {}
         self.blocks = 0  # how deep in blocks the layer being expanded is
+        # A layer entry given as a use's value (a `shortcut:` list), evaluated -> as written:
+        # `build` writes it in the class of the template that wrote it, with its expressions.
+        self.unevaluated: dict[int, tuple[dict, dict]] = {}
 
     def items(self, items: list, src: tuple, dst: tuple, env: dict, chain: tuple,
               start: int = 0) -> list:
@@ -199,7 +202,7 @@ class _Expander:
             raise self.too_many(src, chain)
         self.where[dst] = (src, chain)
         if chain and isinstance(item, dict):
-            self.written[dst] = item
+            self.written[dst] = self.unevaluated.get(id(item), (None, item))[1]
         if not isinstance(item, dict):
             return self.value(item, env, src, chain, dst, "type")
         kind = self.value(item.get("type"), env, (*src, "type"), chain)
@@ -241,7 +244,9 @@ class _Expander:
         if isinstance(value, list):
             return [self.value(v, env, (*loc, i), chain) for i, v in enumerate(value)]
         if isinstance(value, dict):
-            return {k: self.value(v, env, (*loc, k), chain) for k, v in value.items()}
+            result = {k: self.value(v, env, (*loc, k), chain) for k, v in value.items()}
+            self.unevaluated[id(result)] = (result, value)  # the result kept: its id stays its
+            return result
         return value
 
     def use(self, item: dict, src: tuple, dst: tuple, at: int, env: dict, chain: tuple) -> list:

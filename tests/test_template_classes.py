@@ -77,6 +77,39 @@ layers:
         assert len(convs) == n
 
 
+def test_a_layer_given_in_a_use_keeps_its_template_expressions(tmp_path):
+    """A shortcut written in `first:` of a use inside the template `stage` (stride: $stride),
+    stage used only with stride 2: the class writes stride=stride there, not 2, so a Stage
+    built with stride 1 is the block with stride 1 throughout."""
+    path = tmp_path / "r.yaml"
+    path.write_text("""\
+input: {shape: [16, 32, 32]}
+templates:
+  basic:
+    params: {width: 16, stride: 1, shortcut: []}
+    type: residual
+    body:
+      - {type: conv2d, out_channels: $width, kernel_size: 3, stride: $stride, padding: 1}
+    shortcut: $shortcut
+  stage:
+    params: {width: 16, stride: 2}
+    layers:
+      - use: basic
+        repeat: 2
+        width: $width
+        first:
+          stride: $stride
+          shortcut: [{type: conv2d, out_channels: $width, kernel_size: 1, stride: $stride}]
+layers:
+  - {use: stage, name: layer2, width: 32}
+  - {use: stage, name: layer3, width: 64}
+""", encoding="utf-8")
+    namespace = module_from_source(_source(path))
+    stage = namespace.Stage(16, width=16, stride=1)
+    assert stage(torch.zeros(1, 16, 32, 32)).shape == (1, 16, 32, 32)
+    assert namespace.Stage(16, width=32)(torch.zeros(1, 16, 32, 32)).shape == (1, 32, 16, 16)
+
+
 def _expanded(path) -> str:
     from shapecheck.commands.expand import to_yaml
 
