@@ -161,7 +161,7 @@ def _note(key: str, expression: str, env: dict, result: Any) -> str:
 
 
 def _use_note(head: str, values: dict, raw: dict, env: dict) -> str:
-    """``stage: use unit × 3, repeat 0; c: $w = 16``"""
+    """``stage: use unit × 3, $index 0; c: $w = 16``"""
     notes = [_note(k, str(raw[k]), env, v) for k, v in values.items()
              if not isinstance(v, (list, dict))]
     return "; ".join([head, *notes])
@@ -323,8 +323,8 @@ class _Expander:
                     if isinstance(layer, dict):
                         _prefix_names(layer, instance, top=single)
             head = f"{given or name}: use {name}" + (f" × {repeat}" if repeat > 1 else "")
-            if repeat > 1:
-                head += f", repeat {i}"
+            if repeat > 1:  # which of the repeats: the $index the template reads
+                head += f", $index {i}"
             values = {**args, **(first if i == 0 else {})}
             self.notes.setdefault(start, []).insert(0, partial(
                 _use_note, head, values, raw, {**env, "index": i}))

@@ -368,6 +368,9 @@ def test_expand_explain_shows_the_arithmetic(tmp_path, capsys):
     assert ("# stem: use conv_bn; out: make_divisible(32 * $width_mult, 8) = "
             "make_divisible(32 * 0.5, 8) = 16; s: 2") in out
     assert "# padding: ($k - 1) // 2 = (3 - 1) // 2 = 1" in out
+    # each repeat says which it is, as the $index the template reads
+    assert ("# blocks: use conv_bn × 4, $index 1; out: make_divisible((16 + 8 * $index) * "
+            "$width_mult, 8) = make_divisible((16 + 8 * 1) * 0.5, 8) = 16") in out
 
 
 # --- residual activation, build -----------------------------------------------------------
