@@ -69,9 +69,12 @@ def evaluate(text: str, env: Mapping[str, Any]) -> Any:
         tree = ast.parse(source, mode="eval")
     except (SyntaxError, RecursionError, MemoryError):
         hint = None
-        if text.count("(") > text.count(")"):  # YAML cut a flow mapping's value at a comma
-            hint = ("inside {…} a comma ends the value: quote the expression, "
-                    "out: \"make_divisible(32 * $width_mult, 8)\"")
+        if text.count("(") > text.count(")"):
+            if "," in text:  # the comma made it through: the text was quoted, a ) is missing
+                hint = "a `(` is not closed: add its `)`"
+            else:  # YAML cut a flow mapping's value at a comma
+                hint = ("inside {…} a comma ends the value: quote the expression, "
+                        "out: \"make_divisible(32 * $width_mult, 8)\"")
         raise ExpressionError(f"{text!r} is not an expression (numbers, $names, + − * / // % "
                               "and functions such as min, max, make_divisible)", hint) from None
     return _value(tree.body, env, text)

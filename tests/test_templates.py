@@ -124,6 +124,10 @@ def test_expression_errors_say_why():
         evaluate("$w * $w * $w * $w * $w", {"w": 2**100})
     with pytest.raises(ExpressionError, match="not a number"):
         evaluate("$s * 2", {"s": [1]})
+    # a quoted expression missing its ")" is told so, not to quote it (the cut-at-a-comma hint)
+    with pytest.raises(ExpressionError) as info:
+        evaluate("max($c, 16", {"c": 8})
+    assert info.value.hint == "a `(` is not closed: add its `)`"
 
 
 # --- templates and repeat -----------------------------------------------------------------
