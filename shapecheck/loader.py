@@ -10,6 +10,7 @@ import functools
 import gc
 import os
 import re
+from collections.abc import Callable
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -255,7 +256,8 @@ class Locator:
         return Origin(self.source, *self._written(src), used_at=used_at)
 
 
-def duplicate_names(duplicates: list[tuple], spec: Spec, position, source) -> list[Diagnostic]:
+def duplicate_names(duplicates: list[tuple], spec: Spec,
+                    position: Callable[[tuple], tuple], source) -> list[Diagnostic]:
     """SC106 for each layer whose name an earlier layer has. Names a template gives clash in
     every use alike: those are one diagnostic, at the first, with the count of the others."""
     out, seen = [], {}

@@ -202,7 +202,8 @@ class _Expander:
             raise self.too_many(src, chain)
         self.where[dst] = (src, chain)
         if chain and isinstance(item, dict):
-            self.written[dst] = self.unevaluated.get(id(item), (None, item))[1]
+            given = self.unevaluated.get(id(item))
+            self.written[dst] = given[1] if given else item
         if not isinstance(item, dict):
             return self.value(item, env, src, chain, dst, "type")
         kind = self.value(item.get("type"), env, (*src, "type"), chain)

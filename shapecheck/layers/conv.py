@@ -109,7 +109,8 @@ class _Channels:
     def check_channels(self, c_in: int) -> None:
         if self.in_channels is not None and self.in_channels != c_in:
             raise ShapeError("SC203", f"in_channels is {self.in_channels}, but "
-                             f"{channels_arrive(c_in)}", f"set in_channels: {c_in}, or leave it out to infer it")
+                             f"{channels_arrive(c_in)}",
+                             f"set in_channels: {c_in}, or leave it out to infer it")
         c_out, g = self.out_channels, self.groups
         if c_in % g or c_out % g:
             raise ShapeError(
