@@ -348,6 +348,19 @@ def test_an_input_the_module_cannot_take_is_refused_with_the_failing_line(tmp_pa
     path = MODELS / "lecture.py"
     err = _refused(tmp_path, capsys, monkeypatch, [f"{path}:Net", "--input", "1x32x32"])
     assert f"the module fails on an input of 2×1×32×32 at lecture.py:{_line_of(path, 'self.fc(x)')}" in err
+    # one line, naming the layer and what arrived (torch.fx's graph dump is left out)
+    assert err.count("\n") == 1 and "While executing" not in err
+    assert "in fc (Linear: in_features 320, but 500 arrive)" in err
+
+
+def test_a_file_with_a_syntax_error_is_refused_at_its_line(tmp_path, capsys, monkeypatch):
+    broken = tmp_path / "syntax.py"
+    broken.write_text("import torch\nclass Net(torch.nn.Module)\n    pass\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    assert main(["import", f"{broken}:Net", "--input", "1x8x8", "-o", "out.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert err.endswith("failed at syntax.py:2 (`class Net(torch.nn.Module)`): SyntaxError: "
+                        "expected ':'\n")
 
 
 def test_a_file_that_fails_when_run_is_refused_with_its_line(tmp_path, capsys, monkeypatch):

@@ -52,18 +52,24 @@ def _user_source(frame, stop) -> Source | None:
 
 
 def failure_source(error: BaseException) -> Source | None:
-    """The innermost line of the user's code in an exception's traceback."""
+    """The innermost line of the user's code in an exception's traceback; for a syntax error,
+    the line it names (its traceback ends in the import machinery)."""
+    if isinstance(error, SyntaxError) and error.filename and error.lineno:
+        return _source(error.filename, error.lineno)
     found, tb = None, error.__traceback__
     while tb is not None:
         file = tb.tb_frame.f_code.co_filename
-        if not os.path.abspath(file).startswith(_NOT_USER_CODE) or file.startswith("<"):
+        if (not os.path.abspath(file).startswith(_NOT_USER_CODE) or file.startswith("<")) \
+                and not file.startswith("<frozen "):
             found = _source(file, tb.tb_lineno)
         tb = tb.tb_next
     return found
 
 
 def _first_line(error: BaseException) -> str:
-    text = str(error).strip().split("\n")[0]
+    # A syntax error's own text repeats its file and line, which failure_source gives.
+    text = error.msg if isinstance(error, SyntaxError) and error.msg else str(error)
+    text = text.strip().split("\n")[0]
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
@@ -153,6 +159,8 @@ class _Recorder(fx.Interpreter):
 
     def __init__(self, module: fx.GraphModule, input_shape: tuple[int, ...]):
         super().__init__(module)
+        # torch.fx would append the graph node, a traceback and a link to any error's message
+        self.extra_traceback = False
         self.input_shape = input_shape
         self.results: dict[fx.Node, Any] = {}
 
@@ -163,10 +171,26 @@ class _Recorder(fx.Interpreter):
             where = n.meta.get("shapecheck_source")
             at = f" at {where.quoted()}" if where else ""
             shape = "×".join(map(str, self.input_shape))
-            raise ImportFailure(f"the module fails on an input of {shape}{at}: "
-                                f"{_first_line(e)}") from None
+            raise ImportFailure(f"the module fails on an input of {shape}{at}"
+                                f"{self._in_layer(n)}: {_first_line(e)}") from None
         self.results[n] = _summary(result)
         return result
+
+    def _in_layer(self, n: fx.Node) -> str:
+        """' in features.0 (Conv2d: in_channels 3, but 1 arrive)' for a failing layer; the
+        meta device's own messages do not say what arrived."""
+        if n.op != "call_module":
+            return ""
+        layer = self.module.get_submodule(n.target)
+        text = f" in {n.target} ({type(layer).__name__}"
+        arrived = self.results.get(n.args[0]) if n.args else None
+        if isinstance(arrived, _Shape) and len(arrived) >= 2:
+            for field, size in (("in_channels", arrived[1]), ("in_features", arrived[-1])):
+                want = getattr(layer, field, None)
+                if isinstance(want, int) and want != size:
+                    text += f": {field} {want}, but {size} arrive{'s' * (size == 1)}"
+                    break
+        return text + ")"
 
 
 def _summary(value: Any) -> Any:
