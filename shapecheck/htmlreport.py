@@ -133,6 +133,7 @@ h1 { font-size: 22px; margin: 0 0 4px; }
 main { display: grid; grid-template-columns: minmax(0, 1.3fr) minmax(0, 1fr); gap: 16px;
        padding: 12px 20px; }
 #diagram { overflow: auto; max-height: 85vh; border: 1px solid #eee; }
+#table { overflow-x: auto; }  /* deep blocks make wide rows: scroll them, not under the diagram */
 #diagram svg { max-width: 100%; height: auto; }
 #diagram g.node { cursor: pointer; }
 #diagram g.node.sel polygon, #diagram g.node.sel path, #diagram g.node.sel ellipse {
@@ -238,7 +239,7 @@ PAGE = """<!DOCTYPE html>
 <main>
 <section>
 <div id="detail"><span class="muted">Click a layer (a row or a node) to see its arithmetic.</span></div>
-{table}
+<div id="table">{table}</div>
 </section>
 <section id="diagram">{svg}</section>
 </main>

@@ -3,6 +3,7 @@ real headless Chromium (skipped where none is installed)."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import struct
@@ -99,6 +100,24 @@ def test_clicking_a_row_or_a_node_shows_the_arithmetic(tmp_path, capsys):
         b.screenshot(shot)
     width, height = struct.unpack(">II", shot.read_bytes()[16:24])
     assert (width, height) == (1400, 900)
+
+
+@needs_dot
+@needs_chromium
+def test_a_wide_table_scrolls_in_its_column_instead_of_running_under_the_diagram(tmp_path,
+                                                                                   capsys):
+    out = tmp_path / "unet.html"
+    assert main(["render", str(LECTURE.parent / "zoo" / "unet.yaml"), "-o", str(out)]) == 0
+    with Browser() as b:
+        b.open(out.as_uri())
+        table = b.evaluate("JSON.stringify(document.getElementById('table')"
+                           ".getBoundingClientRect())")
+        diagram = b.evaluate("JSON.stringify(document.getElementById('diagram')"
+                             ".getBoundingClientRect())")
+        assert json.loads(table)["right"] <= json.loads(diagram)["left"]
+        # the rows are wider than the column (U-Net's paths are deep), so it scrolls
+        assert b.evaluate("(e => e.scrollWidth > e.clientWidth)(document.getElementById("
+                          "'table'))")
 
 
 @needs_dot
