@@ -133,7 +133,10 @@ h1 { font-size: 22px; margin: 0 0 4px; }
 main { display: grid; grid-template-columns: minmax(0, 1.3fr) minmax(0, 1fr); gap: 16px;
        padding: 12px 20px; }
 #diagram { overflow: auto; max-height: 85vh; border: 1px solid #eee; }
-#table { overflow-x: auto; }  /* deep blocks make wide rows: scroll them, not under the diagram */
+/* Deep blocks make wide rows: they scroll in their column, not under the diagram, with both
+   scroll bars in view and the column names on top. */
+#table { overflow: auto; max-height: 70vh; }
+#table thead th { position: sticky; top: 0; background: #fff; }
 #diagram svg { max-width: 100%; height: auto; }
 #diagram g.node { cursor: pointer; }
 #diagram g.node.sel polygon, #diagram g.node.sel path, #diagram g.node.sel ellipse {
