@@ -195,6 +195,7 @@ def replace_problem(
     force: bool,
     ours: Callable[[Path], bool],
     inputs: Iterable[str | os.PathLike[str]] = (),
+    kind: str = "",
 ) -> str | None:
     """Why shapecheck must not write ``path``, or None: the one rule for every output file.
 
@@ -202,7 +203,8 @@ def replace_problem(
     not a regular file or a symbolic link (a folder, a FIFO, /dev/null) are never replaced.
     A symbolic link (dangling or not) and a file that ``ours`` does not recognise as
     shapecheck's are replaced only with ``force``; the link itself is replaced then, never
-    its target. ``ours`` is only called on a regular file."""
+    its target. ``ours`` is only called on a regular file. ``kind`` names what the command
+    writes (" as an ONNX file"), where shapecheck may have written the file as another kind."""
     path = Path(path)
     try:
         st = os.lstat(path)
@@ -228,7 +230,7 @@ def replace_problem(
         return f"{path} is {_kind(st.st_mode)}, not a file shapecheck wrote; it was left untouched"
     if force or ours(path):
         return None
-    return (f"{path} exists and was not written by shapecheck; it was left untouched "
+    return (f"{path} exists and was not written by shapecheck{kind}; it was left untouched "
             "(use --force to overwrite it)")
 
 

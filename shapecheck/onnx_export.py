@@ -81,7 +81,8 @@ def is_shapecheck_onnx(path: str | Path) -> bool:
 def destination_problem(out: Path, *, force: bool, inputs: list[Path]) -> str | None:
     """Why the ONNX file cannot be written to ``out``, or None: the rule every output of
     shapecheck follows (atomic.replace_problem), and a folder that exists."""
-    problem = replace_problem(out, force=force, ours=is_shapecheck_onnx, inputs=inputs)
+    problem = replace_problem(out, force=force, ours=is_shapecheck_onnx, inputs=inputs,
+                              kind=" as an ONNX file")
     if problem is not None:
         return problem
     return folder_problem(out)

@@ -285,8 +285,8 @@ def test_destinations_that_cannot_be_written(cwd, capsys):
     _write(cwd / "mine.onnx", "not shapecheck's\n")
     (cwd / "folder").mkdir()
     cases = {
-        "mine.onnx": "mine.onnx exists and was not written by shapecheck; it was left untouched "
-                     "(use --force to overwrite it)",
+        "mine.onnx": "mine.onnx exists and was not written by shapecheck as an ONNX file; it "
+                     "was left untouched (use --force to overwrite it)",
         "folder": "folder is a folder; give a file name",
         "missing/x.onnx": "the folder 'missing' does not exist (create it first)",
         "small.yaml/x.onnx": "cannot use small.yaml/x.onnx: Not a directory",

@@ -197,7 +197,8 @@ def _check_destination(out: Path, force: bool, spec: Path) -> str | None:
     """Why ``out`` cannot be written, or None."""
     from ..codegen import is_generated
 
-    problem = replace_problem(out, force=force, ours=is_generated, inputs=[spec])
+    problem = replace_problem(out, force=force, ours=is_generated, inputs=[spec],
+                              kind=" as a module's source")
     if problem is not None:
         if out.is_dir() and not out.is_symlink():
             problem += f" such as {str(out / 'net_model.py')!r}"

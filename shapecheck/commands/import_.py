@@ -69,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
         out = None
     else:
         out = Path(args.output) if args.output else Path(f"{default_name(name.lower())}.yaml")
-        problem = (replace_problem(out, force=args.force, ours=_is_imported, inputs=[path])
-                   or folder_problem(out))
+        problem = (replace_problem(out, force=args.force, ours=_is_imported, inputs=[path],
+                                   kind=" as an imported spec") or folder_problem(out))
         if problem:
             return _fail(problem)
     try:

@@ -85,7 +85,8 @@ def _output(args: argparse.Namespace) -> tuple[Path, str] | str:
     """(path, format), or the reason they cannot be worked out."""
     out = Path(args.output if args.output is not None else
                f"{Path(args.spec).stem}.{args.format or 'svg'}")
-    problem = replace_problem(out, force=args.force, ours=_is_ours, inputs=[args.spec])
+    problem = replace_problem(out, force=args.force, ours=_is_ours, inputs=[args.spec],
+                              kind=" as a diagram")
     if problem is not None:
         if out.is_dir() and not out.is_symlink():
             problem += f" such as {str(out / 'net.svg')!r}"
