@@ -122,6 +122,9 @@ class _Planner:
             self._diagnostic("warning", rows_by_path[path], code, msg, hint)
             for path, code, msg, hint in found
         ]
+        if self.spec.ignore:
+            result.diagnostics = [d for d in result.diagnostics
+                                  if d.is_error or d.code not in self.spec.ignore]
         result.diagnostics.sort(key=lambda d: (d.line or 0, d.column or 0, d.severity))
         return result
 

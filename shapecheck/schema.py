@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .diagnostics import CODES
 from .layers import KINDS
 from .layers.base import anycase
 
@@ -137,6 +138,9 @@ def spec_schema() -> dict[str, Any]:
                        "expressions; --scale NAME picks one",
                        "additionalProperties": {"type": "object"}},
             "default_scale": {"type": "string"},
+            "ignore": {"type": "array", "description": "warning codes the spec accepts: not "
+                       "reported, no failure under --strict",
+                       "items": {"enum": [c for c in CODES if c.startswith("SC3")]}},
         },
         "$defs": {
             "layers": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/layer"}},

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
+from .diagnostics import CODES
 from .layers import LayerSpec, Origin, block_of, parse_layers
 from .layers.base import Identifier, _identifier, _strict_int
 
@@ -18,6 +19,18 @@ def _batch(value: Any) -> int | str:
     if isinstance(value, str):
         return _identifier(value)
     return _strict_int(value, 1)
+
+
+def _warning_code(value: Any) -> str:
+    if not (isinstance(value, str) and value.startswith("SC3") and value in CODES):
+        warnings = ", ".join(c for c in CODES if c.startswith("SC3"))
+        raise PydanticCustomError("warning_code", "{value} is not a warning's code ({warnings}); "
+                                  "errors cannot be ignored", {"value": repr(value),
+                                                               "warnings": warnings})
+    return value
+
+
+WarningCode = Annotated[str, BeforeValidator(_warning_code)]
 
 
 def _chw(value: Any) -> tuple[int, int, int]:
@@ -72,6 +85,9 @@ class Spec(BaseModel):
     # A TrainSpec (trainspec.py) once loaded; the loader validates it only where a spec has a
     # `train:` section, so that planning a spec without one never builds those models.
     train: Any = None
+    # Warnings the spec accepts, e.g. [SC303] for a network kept as its paper has it: not
+    # reported, and no failure under --strict.
+    ignore: list[WarningCode] = Field(default_factory=list)
 
     _source: str | None = PrivateAttr(default=None)  # the file path, if read from a file
     _completed: bool = PrivateAttr(default=False)

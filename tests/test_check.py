@@ -282,6 +282,21 @@ def test_a_named_folder_without_specs_is_an_input_error(cwd, capsys):
         assert f"no *.yaml / *.yml files under {target}" in err
 
 
+def test_warnings_a_spec_ignores_are_not_reported_and_do_not_fail_strict(cwd, capsys):
+    """`ignore: [SC303]` accepts a network kept as its paper has it; other warnings stay, and
+    an error code cannot be ignored."""
+    write(cwd, "specs/net.yaml", WARNING)
+    code, lines, _ = check(capsys, "--strict")
+    assert code == 1 and "warning[SC303]" in lines[0]
+    write(cwd, "specs/net.yaml", "ignore: [SC303]\n" + WARNING)
+    code, lines, _ = check(capsys, "--strict")
+    assert code == 0 and lines == ["1 spec checked, 0 invalid, 0 warnings"]
+    write(cwd, "specs/net.yaml", "ignore: [SC303, SC204]\n" + WARNING)
+    code, lines, _ = check(capsys)
+    assert code == 1
+    assert "ignore.1: 'SC204' is not a warning's code (SC301, " in lines[0]
+
+
 def test_the_repository_specs_pass(capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     code, lines, _ = check(capsys)
