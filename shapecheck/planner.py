@@ -5,6 +5,7 @@ ones after it keep null shapes, exactly as PyTorch would stop at the first excep
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -78,6 +79,31 @@ def _complete(spec: Spec) -> list[Diagnostic]:
     return duplicate_names(duplicates, spec, lambda path: (None, None), spec.source)
 
 
+def _once_per_template_line(diagnostics: list[Diagnostic], rows: dict) -> list[Diagnostic]:
+    """A warning about a layer a template writes, made in each use of the template, as one
+    warning at the first use with the count of the others: the fix is one line (schema errors
+    in templates are reported so too)."""
+    out: list[Diagnostic] = []
+    seen: dict[tuple, list[int]] = {}
+    for d in diagnostics:
+        row = rows.get(d.path or (d.layer,)) if not d.is_error else None
+        origin = row.spec.origin if row is not None else None
+        if origin is None or not origin.used_at:
+            out.append(d)
+            continue
+        key = (d.code, origin.line, origin.column)
+        if key in seen:
+            seen[key][1] += 1
+            continue
+        seen[key] = [len(out), 0]
+        out.append(d)
+    for i, more in seen.values():
+        if more:
+            out[i] = dataclasses.replace(out[i], message=f"{out[i].message}; the same in {more} "
+                                         f"more use{'s' * (more > 1)} of the template")
+    return out
+
+
 class _Planner:
     def __init__(self, spec: Spec, batch, input_shape, hints: bool = True):
         self.spec = spec
@@ -125,6 +151,7 @@ class _Planner:
         if self.spec.ignore:
             result.diagnostics = [d for d in result.diagnostics
                                   if d.is_error or d.code not in self.spec.ignore]
+        result.diagnostics = _once_per_template_line(result.diagnostics, rows_by_path)
         result.diagnostics.sort(key=lambda d: (d.line or 0, d.column or 0, d.severity))
         return result
 

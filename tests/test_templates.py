@@ -228,6 +228,28 @@ def test_a_width_that_is_no_integer_says_how_to_make_one(tmp_path, value, hint):
     assert hint in d.hint
 
 
+def test_a_warning_in_a_template_is_one_warning_for_all_its_uses(tmp_path):
+    """A conv bias before batchnorm written once in a template used three times: one SC303, at
+    the first use, counting the others; a warning outside the template stays its own."""
+    path = write(tmp_path, """\
+        input: {shape: [3, 32, 32]}
+        templates:
+          cbr:
+            params: {c: 8}
+            layers: [{type: conv2d, out_channels: $c, kernel_size: 3, padding: 1}, batchnorm2d, relu]
+        layers:
+          - {use: cbr, name: a}
+          - {use: cbr, name: b, c: 16}
+          - {use: cbr, name: c, c: 32}
+          - {type: conv2d, out_channels: 8, kernel_size: 1}
+          - batchnorm2d
+        """)
+    warnings = [d for d in shapecheck.plan(path).diagnostics if d.code == "SC303"]
+    assert [d.line for d in warnings] == [7, 10]
+    assert warnings[0].message.endswith("; the same in 2 more uses of the template")
+    assert "the same in" not in warnings[1].message
+
+
 def test_templates_that_use_each_other_in_a_cycle(tmp_path):
     p = shapecheck.plan(write(tmp_path, """\
         input: {shape: [3, 8, 8]}
