@@ -5,7 +5,8 @@ Formatting lives with the outputs (report.py); this module only says what went w
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 Severity = Literal["error", "warning"]
@@ -75,6 +76,8 @@ CODES: dict[str, str] = {
     "times it.",
 }
 
+WARNING_CODES = tuple(code for code in CODES if code.startswith("SC3"))
+
 
 @dataclass(frozen=True)
 class Diagnostic:
@@ -123,6 +126,33 @@ class InputError(Exception):
     def __init__(self, diagnostic: Diagnostic):
         super().__init__(diagnostic.message)
         self.diagnostic = diagnostic
+
+
+def merge_repeats(found: Iterable[tuple[Hashable | None, Diagnostic]],
+                  more: Callable[[int], str]) -> list[Diagnostic]:
+    """The diagnostics, in order, with those of a key after its first left out and counted at
+    the first (``more(count)`` ends its message); a key of None is never merged. A mistake a
+    template writes is made in every use of it, and its fix is one line."""
+    out: list[Diagnostic] = []
+    first: dict[Hashable, int] = {}
+    repeats: dict[Hashable, int] = {}
+    for key, d in found:
+        if key is not None and key in first:
+            repeats[key] += 1
+            continue
+        if key is not None:
+            first[key], repeats[key] = len(out), 0
+        out.append(d)
+    for key, count in repeats.items():
+        if count:
+            d = out[first[key]]
+            out[first[key]] = replace(d, message=d.message + more(count))
+    return out
+
+
+def more_uses(count: int) -> str:
+    """How many more uses of a template made the same problem (merge_repeats)."""
+    return f"; the same in {count} more use{'s' * (count > 1)} of the template"
 
 
 def install_hint(extra: str) -> str:

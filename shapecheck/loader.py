@@ -4,7 +4,6 @@ diagnostics."""
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import functools
 import gc
@@ -19,7 +18,7 @@ from pydantic import ValidationError
 
 from . import yamlread
 from .atomic import FileTooLargeError, NotRegularFileError, read_bounded
-from .diagnostics import Diagnostic, InputError
+from .diagnostics import Diagnostic, InputError, merge_repeats, more_uses
 from .layers import KINDS, Origin, block_of, kind_of, normalize_type, parse_layers
 from .spec import InputSpec, LayerErrors, Spec, default_name, yaml_loc
 
@@ -260,15 +259,12 @@ def duplicate_names(duplicates: list[tuple], spec: Spec,
                     position: Callable[[tuple], tuple], source) -> list[Diagnostic]:
     """SC106 for each layer whose name an earlier layer has. Names a template gives clash in
     every use alike: those are one diagnostic, at the first, with the count of the others."""
-    out, seen = [], {}
+    found = []
     for path, name, first in duplicates:
         origin = spec.find(path).origin
+        key = None
         if origin is not None and origin.used_at:
             key = (origin.used_at[0].line, origin.used_at[0].column)  # the inner use's entry
-            if key in seen:
-                seen[key][1] += 1
-                continue
-            seen[key] = [len(out), 0]
             line, col = origin.reported
             hint = ("give the uses of templates inside the template their own `name:`: each "
                     "instance's layer names begin with it" if len(origin.used_at) > 1 else
@@ -279,14 +275,10 @@ def duplicate_names(duplicates: list[tuple], spec: Spec,
             hint = "give each layer a unique name"
         message = (f"layer {_where(path)}: the name {name!r} is already used by layer "
                    f"{_where(first)}" + (origin.context if origin is not None else ""))
-        out.append(Diagnostic("error", "SC106", message, path[0], _path_or_none(path), line,
-                              col, hint, file=source))
-    for i, more in seen.values():
-        if more:
-            d = out[i]
-            out[i] = dataclasses.replace(d, message=f"{d.message}; the same for {more} more "
-                                         f"name{'s' * (more > 1)} the template gives")
-    return out
+        found.append((key, Diagnostic("error", "SC106", message, path[0], _path_or_none(path),
+                                      line, col, hint, file=source)))
+    return merge_repeats(found, lambda count: f"; the same for {count} more "
+                         f"name{'s' * (count > 1)} the template gives")
 
 
 def _count_layers(items: list) -> int:
@@ -440,9 +432,7 @@ def schema_diagnostics(errors: list[dict], data, locator: Locator,
             if close and (loc[:-1], close[0]) in grouped:
                 misspelt.add((loc[:-1], close[0]))
 
-    out = []
-    # A mistake written once in a template is reported once, not at every use of it.
-    repeats: dict[tuple, list] = {}
+    found = []
     for (loc, missing), group in grouped.items():
         if (loc, missing) in misspelt:
             continue
@@ -450,23 +440,15 @@ def schema_diagnostics(errors: list[dict], data, locator: Locator,
         line, col = origin.reported
         index, path = _layer_of(loc)
         code, message, hint = _describe(group, loc, missing, data)
-        if origin.used_at:
-            written = (code, origin.line, origin.column, message.partition(": ")[2], missing)
-            if written in repeats:
-                repeats[written][1] += 1
-                continue
+        # A mistake written once in a template is reported once, not at every use of it.
+        written = ((code, origin.line, origin.column, message.partition(": ")[2], missing)
+                   if origin.used_at else None)
         if len(message) > MAX_MESSAGE:
             message = message[: MAX_MESSAGE - 1] + "…"
         message += origin.context
-        out.append(Diagnostic("error", code, message, index, path, line, col, hint, file=source))
-        if origin.used_at:
-            repeats[written] = [len(out) - 1, 0]
-    for i, more in repeats.values():
-        if more:
-            d = out[i]
-            out[i] = dataclasses.replace(d, message=f"{d.message}; the same in {more} more "
-                                         f"use{'s' * (more > 1)} of the template")
-    return sorted(out, key=lambda d: (d.line or 0, d.column or 0))
+        found.append((written, Diagnostic("error", code, message, index, path, line, col, hint,
+                                          file=source)))
+    return sorted(merge_repeats(found, more_uses), key=lambda d: (d.line or 0, d.column or 0))
 
 
 def _describe(errors: list[dict], loc: tuple, missing, data) -> tuple[str, str, str | None]:

@@ -5,7 +5,6 @@ ones after it keep null shapes, exactly as PyTorch would stop at the first excep
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .analysis import field_warning, first_true, receptive_fields
-from .diagnostics import Diagnostic
+from .diagnostics import Diagnostic, merge_repeats, more_uses
 from .layers import Block, Context, LayerSpec, Origin, ShapeError
 from .layers.base import Dims
 from .lint import lint
@@ -79,29 +78,12 @@ def _complete(spec: Spec) -> list[Diagnostic]:
     return duplicate_names(duplicates, spec, lambda path: (None, None), spec.source)
 
 
-def _once_per_template_line(diagnostics: list[Diagnostic], rows: dict) -> list[Diagnostic]:
-    """A warning about a layer a template writes, made in each use of the template, as one
-    warning at the first use with the count of the others: the fix is one line (schema errors
-    in templates are reported so too)."""
-    out: list[Diagnostic] = []
-    seen: dict[tuple, list[int]] = {}
-    for d in diagnostics:
-        row = rows.get(d.path or (d.layer,)) if not d.is_error else None
-        origin = row.spec.origin if row is not None else None
-        if origin is None or not origin.used_at:
-            out.append(d)
-            continue
-        key = (d.code, origin.line, origin.column)
-        if key in seen:
-            seen[key][1] += 1
-            continue
-        seen[key] = [len(out), 0]
-        out.append(d)
-    for i, more in seen.values():
-        if more:
-            out[i] = dataclasses.replace(out[i], message=f"{out[i].message}; the same in {more} "
-                                         f"more use{'s' * (more > 1)} of the template")
-    return out
+def _template_line(d: Diagnostic, rows: dict) -> tuple | None:
+    """Where a template writes the layer a warning is about (None for errors, and for layers
+    written in the spec's own list): the key under which its uses' warnings are one."""
+    row = rows.get(d.path or (d.layer,)) if not d.is_error else None
+    origin = row.spec.origin if row is not None else None
+    return (d.code, origin.line, origin.column) if origin is not None and origin.used_at else None
 
 
 class _Planner:
@@ -151,7 +133,8 @@ class _Planner:
         if self.spec.ignore:
             result.diagnostics = [d for d in result.diagnostics
                                   if d.is_error or d.code not in self.spec.ignore]
-        result.diagnostics = _once_per_template_line(result.diagnostics, rows_by_path)
+        result.diagnostics = merge_repeats(
+            ((_template_line(d, rows_by_path), d) for d in result.diagnostics), more_uses)
         result.diagnostics.sort(key=lambda d: (d.line or 0, d.column or 0, d.severity))
         return result
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
-from .diagnostics import CODES
+from .diagnostics import WARNING_CODES
 from .layers import LayerSpec, Origin, block_of, parse_layers
 from .layers.base import Identifier, _identifier, _strict_int
 
@@ -22,11 +22,10 @@ def _batch(value: Any) -> int | str:
 
 
 def _warning_code(value: Any) -> str:
-    if not (isinstance(value, str) and value.startswith("SC3") and value in CODES):
-        warnings = ", ".join(c for c in CODES if c.startswith("SC3"))
+    if value not in WARNING_CODES:
         raise PydanticCustomError("warning_code", "{value} is not a warning's code ({warnings}); "
-                                  "errors cannot be ignored", {"value": repr(value),
-                                                               "warnings": warnings})
+                                  "errors cannot be ignored",
+                                  {"value": repr(value), "warnings": ", ".join(WARNING_CODES)})
     return value
 
 
