@@ -391,3 +391,21 @@ def test_audit_refuses_anything_unexpected():
         with pytest.raises(InternalError):
             codegen._audit(bad)
     codegen._audit(good)
+
+
+def _all_specs():
+    import yaml
+
+    for path in sorted(SPECS.glob("*.yaml")) + sorted((SPECS / "zoo").glob("*.yaml")):
+        scales = yaml.safe_load(path.read_text(encoding="utf-8")).get("scales") or {}
+        for scale in [None, *scales]:
+            yield pytest.param(path, scale, id=f"{path.parent.name}/{path.stem}"
+                               + (f"@{scale}" if scale else ""))
+
+
+@pytest.mark.parametrize(("path", "scale"), list(_all_specs()))
+def test_emitted_source_of_every_spec(path, scale, expect):
+    """The module each spec builds, as it reads; a change to it is seen in review."""
+    p = shapecheck.plan(path, scale=scale)
+    name = f"{path.parent.name}_{path.stem}" + (f"_{scale}" if scale else "")
+    expect(f"emitted/{name}.py", generate_source(p))
