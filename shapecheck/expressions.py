@@ -62,11 +62,17 @@ def evaluate(text: str, env: Mapping[str, Any]) -> Any:
     whole = _NAME.fullmatch(text.strip())
     if whole:
         return _lookup(whole.group(1), env)
+    return _value(parse_expression(text).body, env, text)
+
+
+def parse_expression(text: str) -> ast.Expression:
+    """The syntax tree of an expression, each ``$name`` a Name that ``variable_name`` reads.
+    Whether it holds only what an expression may hold is up to the walk that reads it."""
     source = _NAME.sub(lambda m: _PREFIX + m.group(1), text.strip())
     if "$" in source:
         raise ExpressionError(f"{text!r}: a $ must be followed by a name, as in $width")
     try:
-        tree = ast.parse(source, mode="eval")
+        return ast.parse(source, mode="eval")
     except (SyntaxError, RecursionError, MemoryError):
         hint = None
         if text.count("(") > text.count(")"):
@@ -77,7 +83,12 @@ def evaluate(text: str, env: Mapping[str, Any]) -> Any:
                         "out: \"make_divisible(32 * $width_mult, 8)\"")
         raise ExpressionError(f"{text!r} is not an expression (numbers, $names, + − * / // % "
                               "and functions such as min, max, make_divisible)", hint) from None
-    return _value(tree.body, env, text)
+
+
+def variable_name(identifier: str) -> str | None:
+    """The variable a Name of ``parse_expression``'s tree stands for (``width`` for
+    ``$width``), or None for a bare word."""
+    return identifier[len(_PREFIX):] if identifier.startswith(_PREFIX) else None
 
 
 def show(text: str, env: Mapping[str, Any]) -> str:
@@ -113,8 +124,8 @@ def _number(value: Any, what: str) -> int | float:
 def _value(node: ast.AST, env: Mapping[str, Any], text: str) -> int | float:
     if isinstance(node, ast.Constant) and type(node.value) in (int, float):
         return _number(node.value, "a constant")
-    if isinstance(node, ast.Name) and node.id.startswith(_PREFIX):
-        name = node.id[len(_PREFIX):]
+    if isinstance(node, ast.Name) and variable_name(node.id) is not None:
+        name = variable_name(node.id)
         return _number(_lookup(name, env), f"${name}")
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
         value = _value(node.operand, env, text)

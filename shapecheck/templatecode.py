@@ -24,21 +24,27 @@ written in full. codegen's module check then confirms every layer against the pl
 from __future__ import annotations
 
 import ast
-import inspect
+import keyword
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .expressions import ExpressionError, evaluate, make_divisible
+from . import pysource as src
+from .expressions import FUNCTIONS as EXPRESSION_FUNCTIONS
+from .expressions import (
+    ExpressionError,
+    evaluate,
+    parse_expression,
+    variable_name,
+)
 
-INDENT = "    "
-LINE_LENGTH = 100
 MISSING = object()  # no value: a repeat that an instance does not have
 # Constructor arguments that carry the channels (or features) flowing through a class, which
 # later layers' inferred arguments may reuse.
 FLOW_KEYS = ("in_channels", "out_channels", "num_features", "num_channels", "in_features",
              "out_features")
 FUNCTIONS = {"ceil": "math.ceil", "floor": "math.floor"}  # expression functions -> Python
+OPERATORS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod)  # as expressions have
 RESERVED = {"self", "nn", "torch", "math", "make_divisible", "range", "super", "min", "max",
             "round", "int", "abs", "float", "in_channels", "in_features", "_"}
 
@@ -90,7 +96,7 @@ class ClassCode:
     args: list[Arg] = field(default_factory=list)
     # (layer position in the instance, branch key) -> argument, for branches given as modules
     module_branches: dict[tuple, str] = field(default_factory=dict)
-    source: list[str] = field(default_factory=list)
+    node: ast.ClassDef | None = None
 
     def __post_init__(self) -> None:
         self.index = {u.key: i for i, u in enumerate(self.uses)}
@@ -124,20 +130,29 @@ def _plain(value: Any) -> Any:
     return None
 
 
-def _type(vector: list) -> str:
-    """The annotation for an argument with these values."""
+def _type(vector: list) -> list:
+    """The kinds of an argument with these values, for its annotation: ``["int"]``, or a tuple's
+    element kinds as a tuple (``[("int", "int")]``)."""
     values = [v for v in vector if v is not MISSING]
-    kinds = []
+    kinds: list = []
     for v in values:
         kind = ("bool" if isinstance(v, bool) else "int" if isinstance(v, int) else
                 "float" if isinstance(v, float) else "str" if isinstance(v, str) else
-                f"tuple[{', '.join('int' if isinstance(x, int) else 'float' for x in v)}]"
+                tuple("int" if isinstance(x, int) else "float" for x in v)
                 if isinstance(v, tuple) else "object")
         if kind not in kinds:
             kinds.append(kind)
     if set(kinds) == {"int", "float"}:
-        return "float"
-    return " | ".join(kinds) or "object"
+        return ["float"]
+    return kinds
+
+
+def _python_name(name: str) -> str:
+    """A template parameter as an argument: clear of keywords, the names the classes use, and
+    of name mangling (``__x`` inside a class would read as ``_Class__x``)."""
+    if name.startswith("__"):
+        name = "p" + name
+    return name + "_" if name in RESERVED or keyword.iskeyword(name) else name
 
 
 class Instances:
@@ -201,14 +216,14 @@ def relative(plan, use: Use) -> tuple:
 
 
 class Context:
-    """Chooses the text of values inside one class (or the main module, where every value is a
-    literal): ``vector`` holds a value's value in each of the class's instances."""
+    """Chooses the nodes of values inside one class (or the main module, where every value is a
+    constant): ``vector`` holds a value's value in each of the class's instances."""
 
     def __init__(self, writer, cls: ClassCode | None):
         self.writer = writer
         self.cls = cls
-        self.flow: list[tuple[str, list]] = []  # channel-like values written so far
-        self.last_call: dict[str, str] = {}  # argument -> text, of the call written last
+        self.flow: list[tuple[ast.expr, list]] = []  # channel-like values written so far
+        self.last_call: dict[str, ast.expr] = {}  # argument -> value, of the call written last
         self.params: list[Arg] = []
         self.input: Arg | None = None  # the channels (or features) that arrive
         if cls is None:
@@ -218,7 +233,7 @@ class Context:
         for name, default in defaults.items():
             vector = [_plain(u.made.params.get(name)) for u in cls.uses]
             if all(v is not None for v in vector):
-                pyname = name + "_" if name in RESERVED else name
+                pyname = _python_name(name)
                 # An expression default (`out: $width * 4`) makes the argument required.
                 default = None if isinstance(default, str) and "$" in default else _plain(default)
                 self.params.append(Arg(pyname, vector, "param",
@@ -227,14 +242,14 @@ class Context:
         if all(d is not None and len(d) >= 2 for d in first):
             name = "in_channels" if all(len(d) >= 3 for d in first) else "in_features"
             self.input = Arg(name, [d[1] for d in first], "input")
-            self.flow.append((name, self.input.vector))
+            self.flow.append((src.name(name), self.input.vector))
 
     # ------------------------------------------------------------ arguments
 
-    def use_arg(self, arg: Arg) -> str:
+    def use_arg(self, arg: Arg) -> ast.Name:
         if self.cls is not None and arg not in self.cls.args:
             self.cls.args.append(arg)
-        return arg.name
+        return src.name(arg.name)
 
     def new_arg(self, hint: str, vector: list, kind: str = "extra", default=MISSING) -> Arg:
         taken = {a.name for a in self.cls.args} | {p.name for p in self.params} | RESERVED
@@ -247,49 +262,48 @@ class Context:
 
     # ------------------------------------------------------------ values
 
-    def text(self, vector: list, raw: Any = None, inferred: bool = False,
-             hint: str = "value") -> str:
+    def value(self, vector: list, raw: Any = None, inferred: bool = False,
+              hint: str = "value") -> ast.expr:
         if self.cls is None:
-            return self.writer.literal(vector[0])
+            return src.const(vector[0])
         if isinstance(raw, str) and "$" in raw:
-            text = self.translate(raw, vector)
-            if text is not None:
-                return text
+            node = self.translate(raw, vector)
+            if node is not None:
+                return node
         if _all_same(vector) and not inferred:
-            return self.writer.literal(_first(vector))
+            return src.const(_first(vector))
         if inferred:
-            for text, seen in reversed(self.flow):
+            for node, seen in reversed(self.flow):
                 if all(map(_same, seen, vector)):
-                    if self.input is not None and text == self.input.name:
+                    if self.input is not None and _is_name(node, self.input.name):
                         self.use_arg(self.input)
-                    return text
+                    return node
         if not _all_same(vector):
             for p in self.params:
                 if all(map(_same, p.vector, vector)):
                     return self.use_arg(p)
             for p in self.params:
                 derived = self.derived(p, vector)
-                if derived:
+                if derived is not None:
                     return derived
         if _all_same(vector):
-            return self.writer.literal(_first(vector))
+            return src.const(_first(vector))
         return self.use_arg(self.new_arg(hint, vector))
 
-    def derived(self, p: Arg, vector: list) -> str | None:
-        if _type(p.vector) != "int" or _type(vector) != "int":
+    def derived(self, p: Arg, vector: list) -> ast.expr | None:
+        if _type(p.vector) != ["int"] or _type(vector) != ["int"]:
             return None
         # ± 1 first: the count of the repeats after the first is the repeat count − 1, and
         # n // 2 fits the counts of n = 1 and 2 as well.
-        forms = [(f"{p.name} - 1", lambda v: v - 1), (f"{p.name} + 1", lambda v: v + 1)]
-        forms += [(f"{p.name} * {k}", lambda v, k=k: v * k) for k in range(2, 9)]
-        forms += [(f"{p.name} // {k}", lambda v, k=k: v // k) for k in range(2, 9)]
-        for text, f in forms:
+        forms = [(ast.Sub(), 1, lambda v: v - 1), (ast.Add(), 1, lambda v: v + 1)]
+        forms += [(ast.Mult(), k, lambda v, k=k: v * k) for k in range(2, 9)]
+        forms += [(ast.FloorDiv(), k, lambda v, k=k: v // k) for k in range(2, 9)]
+        for op, k, f in forms:
             if all(w is MISSING or f(v) == w for v, w in zip(p.vector, vector)):
-                self.use_arg(p)
-                return text
+                return ast.BinOp(left=self.use_arg(p), op=op, right=src.const(k))
         return None
 
-    def translate(self, raw: str, vector: list) -> str | None:
+    def translate(self, raw: str, vector: list) -> ast.expr | None:
         """The template's expression in Python, where it gives every instance's value."""
         code = self.writer.instances.code
         params = {a.source: a for a in self.params}
@@ -306,32 +320,56 @@ class Context:
                 return None
             if not _same(got, want):
                 return None
-        text = re.sub(r"\$([A-Za-z_]\w*)",
-                      lambda m: params[m.group(1)].name if m.group(1) in params
-                      else self.writer.constant(m.group(1)), raw)
         try:
-            tree = ast.parse(text.strip(), mode="eval")
-        except SyntaxError:
+            tree = parse_expression(raw)
+        except ExpressionError:
             return None
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-                if node.func.id in FUNCTIONS:
-                    self.writer.needs.add("math")
-                    node.func = ast.parse(FUNCTIONS[node.func.id], mode="eval").body
-                elif node.func.id == "make_divisible":
-                    self.writer.needs.add("make_divisible")
-        for n in names & params.keys():
-            self.use_arg(params[n])
-        return ast.unparse(tree)
 
-    def flows(self, key: str, text: str, vector: list) -> None:
+        def rebuild(node: ast.expr) -> ast.expr:
+            # Only what an expression may hold is rebuilt, as new nodes.
+            if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+                return src.const(node.value)
+            if isinstance(node, ast.Name) and variable_name(node.id) is not None:
+                variable = variable_name(node.id)
+                if variable in params:
+                    return self.use_arg(params[variable])
+                return src.name(self.writer.constant(variable))
+            if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+                return ast.UnaryOp(op=type(node.op)(), operand=rebuild(node.operand))
+            if isinstance(node, ast.BinOp) and isinstance(node.op, OPERATORS):
+                return ast.BinOp(left=rebuild(node.left), op=type(node.op)(),
+                                 right=rebuild(node.right))
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                    and node.func.id in EXPRESSION_FUNCTIONS and not node.keywords):
+                function = FUNCTIONS.get(node.func.id, node.func.id)
+                if function.startswith("math."):
+                    self.writer.needs.add("math")
+                elif function == "make_divisible":
+                    self.writer.needs.add("make_divisible")
+                return src.call(src.dotted(function), [rebuild(a) for a in node.args])
+            raise Untranslatable
+
+        try:
+            return rebuild(tree.body)
+        except (Untranslatable, RecursionError):
+            return None
+
+    def flows(self, key: str, node: ast.expr, vector: list) -> None:
         if key in FLOW_KEYS:
-            self.flow.append((text, vector))
+            self.flow.append((node, vector))
+
+
+class Untranslatable(Exception):
+    """An expression holds what a class cannot say in Python: its values are written instead."""
+
+
+def _is_name(node: ast.expr, name: str) -> bool:
+    return isinstance(node, ast.Name) and node.id == name
 
 
 class ClassWriter:
     """Writes a module's layers where templates made them: the main class's attributes, and a
-    class per template. ``owner`` is codegen's writer (literals, shapes, module names)."""
+    class per template. ``owner`` is codegen's writer (shapes, module names, attribute names)."""
 
     def __init__(self, owner, instances: Instances):
         self.owner = owner
@@ -340,16 +378,24 @@ class ClassWriter:
         self.order: list[ClassCode] = []  # nested classes before the classes that use them
         self.names: set[str] = set()
         self.needs: set[str] = set()  # "math", "make_divisible"
-        self.constants: dict[str, Any] = {}  # scale variables the classes read
+        self.constants: dict[str, Any] = {}  # scale variables the classes read, by constant
+        self.constant_names: dict[str, str] = {}  # scale variable -> its constant
         self._uses: dict[str, list[Use]] | None = None
 
-    def literal(self, value) -> str:
-        return self.owner.literal(value)
-
     def constant(self, variable: str) -> str:
-        name = variable.upper()
-        self.constants[name] = self.instances.code.variables[variable]
-        return name
+        """The module-level constant that holds a scale variable: WIDTH_MULT for width_mult;
+        variables that differ only in case get constants of their own."""
+        if variable not in self.constant_names:
+            base = variable.upper()
+            name, n = base, 2
+            # Clear of the classes, and of the arguments that would hide it inside them.
+            params = {_python_name(p) for d in self.instances.code.defaults.values() for p in d}
+            taken = {*self.constants, *self.names, *self.owner.taken_names, *params}
+            while name in taken:
+                name, n = f"{base}_{n}", n + 1
+            self.constant_names[variable] = name
+            self.constants[name] = self.instances.code.variables[variable]
+        return self.constant_names[variable]
 
     # ------------------------------------------------------------ classes
 
@@ -396,7 +442,7 @@ class ClassWriter:
         if not base[0].isalpha():
             base = "Block" + base
         name, n = base, 2
-        while name in self.names or name in self.owner.taken_names:
+        while name in self.names or name in self.owner.taken_names or name in self.constants:
             name, n = f"{base}{n}", n + 1
         self.names.add(name)
         return name
@@ -411,61 +457,44 @@ class ClassWriter:
             if any(len(c) != 1 or not isinstance(c[0], Layer) for c in contents):
                 raise Unshareable
             self.check_column([c[0] for c in contents])
-            base, args = self.layer_call(ctx, [c[0] for c in contents], 2)
-            body = self.write_call("super().__init__", args, 2)
+            base, args = self.layer_call(ctx, [c[0] for c in contents])
+            body = src.call(src.super_init(), args, layout=src.SPLIT)
         else:
-            base = "nn.Sequential"
-            body = [f"{INDENT * 2}super().__init__(", *self.write_items(ctx, contents, 3),
-                    f"{INDENT * 2})"]
+            base = src.dotted("nn.Sequential")
+            body = src.call(src.super_init(), self.write_items(ctx, contents), layout=src.EXPLODE)
         cls.name = self.class_name(template)
         line = code.lines.get(template)
         where = self.owner.source_name
         origin = f" ({where}, line {line})" if where and line else ""
-        cls.source = [
-            f"class {cls.name}({base}):",
-            f'{INDENT}"""The template {template}{origin}."""',
-            "",
-            *self.signature(cls),
-            *body,
-        ]
+        init = ast.FunctionDef(name="__init__", args=self.signature(cls),
+                               body=[ast.Expr(value=body)], decorator_list=[],
+                               returns=ast.Constant(None))
+        cls.node = ast.ClassDef(name=src.ident(cls.name), bases=[base], keywords=[],
+                                body=[src.docstring(f"The template {template}{origin}."), init],
+                                decorator_list=[])
         self.order.append(cls)
         return cls
 
-    def signature(self, cls: ClassCode) -> list[str]:
+    def signature(self, cls: ClassCode) -> ast.arguments:
         rank = {"input": 0, "extra": 1, "param": 2, "module": 3}
-        cls.args.sort(key=lambda a: (rank[a.kind], a.default is not MISSING))
-        parts = ["self"]
+        # Python wants the arguments with defaults last.
+        cls.args.sort(key=lambda a: (a.default is not MISSING, rank[a.kind]))
+        args, defaults = [ast.arg(arg="self")], []
         for a in cls.args:
             if a.kind == "module":
-                parts.append(f"{a.name}: nn.Module" + (" | None = None" if a.default is None
-                                                       else ""))
+                annotation = src.dotted("nn.Module")
+                if a.default is None:
+                    annotation = ast.BinOp(left=annotation, op=ast.BitOr(),
+                                           right=ast.Constant(None))
             else:
-                default = f" = {self.literal(a.default)}" if a.default is not MISSING else ""
-                parts.append(f"{a.name}: {_type(a.vector)}{default}")
-        one = f"{INDENT}def __init__({', '.join(parts)}) -> None:"
-        if len(one) <= LINE_LENGTH:
-            return [one]
-        inner = f"{INDENT * 2}{', '.join(parts)}"
-        if len(inner) <= LINE_LENGTH:
-            return [f"{INDENT}def __init__(", inner, f"{INDENT}) -> None:"]
-        return [f"{INDENT}def __init__(", *(f"{INDENT * 2}{p}," for p in parts),
-                f"{INDENT}) -> None:"]
+                annotation = _annotation(a.vector)
+            args.append(ast.arg(arg=src.ident(a.name), annotation=annotation))
+            if a.default is not MISSING:
+                defaults.append(src.const(a.default))
+        return ast.arguments(posonlyargs=[], args=args, kwonlyargs=[], kw_defaults=[],
+                             defaults=defaults)
 
     # ------------------------------------------------------------ writing
-
-    def write_call(self, func: str, args: list, indent: int, head: str = "", tail: str = "",
-               comment: str = "") -> list[str]:
-        """``head + func(args) + tail  # comment``; args are ("arg", text) or ("lines", lines
-        already written one level deeper)."""
-        if all(kind == "arg" for kind, _ in args):
-            return self.owner.call_lines(func, [a for _, a in args], indent, head, tail,
-                                         comment)
-        pad, inner = INDENT * indent, INDENT * (indent + 1)
-        lines = [f"{pad}{head}{func}("]
-        for kind, value in args:
-            lines += value if kind == "lines" else [f"{inner}{value},"]
-        lines.append(f"{pad}){tail}" + (f"  # {comment}" if comment else ""))
-        return lines
 
     def check_column(self, column: list) -> None:
         """The same layer in every instance, else they cannot share a class."""
@@ -474,39 +503,38 @@ class ClassWriter:
         if len(kinds) != 1:
             raise Unshareable
 
-    def write_items(self, ctx: Context, parallel: list[list], indent: int,
-                    comments: bool = True) -> list[str]:
+    def write_items(self, ctx: Context, parallel: list[list], comments: bool = True) -> list:
         """The arguments of an nn.Sequential: each item, the same in every instance."""
         if len({len(items) for items in parallel}) != 1:
             raise Unshareable
-        lines: list[str] = []
+        items: list = []
         for column in zip(*parallel):
             if all(isinstance(item, Run) for item in column):
-                lines += self.write_run(ctx, list(column), indent)
+                items += self.write_run(ctx, list(column))
             elif all(isinstance(item, Layer) for item in column):
                 self.check_column(column)
                 plan = column[0].plan
-                func, args = self.layer_call(ctx, list(column), indent)
+                func, args = self.layer_call(ctx, list(column))
                 # In the main class the shape goes next to the layers that change it.
                 comment = ""
                 if ctx.cls is None and comments and plan.output_dims != plan.input_dims:
                     comment = self.owner.shape(plan.output_dims)
-                lines += self.write_call(func, args, indent, tail=",", comment=comment)
+                items.append(src.call(func, args, layout=src.SPLIT, comment=comment))
             else:
                 raise Unshareable
-        return lines
+        return items
 
-    def layer_call(self, ctx: Context, column: list[Layer], indent: int):
-        """(callable, arguments) of one layer written at ``indent``."""
+    def layer_call(self, ctx: Context, column: list[Layer]) -> tuple[ast.expr, list]:
+        """(callable, arguments) of one layer."""
         first = column[0].plan
         if not first.is_block:
             args = []
             for key in first.torch_kwargs:
                 vector = [layer.plan.torch_kwargs[key] for layer in column]
                 raw = self.owner.written(first).get(key)
-                text = ctx.text(vector, raw, key in first.inferred_args, key)
-                ctx.flows(key, text, vector)
-                args.append(("arg", f"{key}={text}"))
+                node = ctx.value(vector, raw, key in first.inferred_args, key)
+                ctx.flows(key, node, vector)
+                args.append(src.kw(key, node))
             return self.owner.kind_func(first), args
         block = first.spec
         self.owner.uses.add(block.helper)
@@ -514,11 +542,11 @@ class ClassWriter:
             raise Unshareable
         branches = [dict(self.instances.branches(layer)) for layer in column]
         args: list = []
-        for arg, key in block.helper_args():
+        for word, key in block.helper_args():
             parallel = [b[key] for b in branches]
             if ctx.cls is None or len({self.instances.skeleton(p) for p in parallel}) == 1:
                 index = first.branch_keys.index(key)
-                args.append(("lines", self.branch(ctx, arg, parallel, first, index, indent + 1)))
+                args.append(_argument(word, self.branch(ctx, parallel, first, index)))
                 continue
             rel = relative(first, ctx.cls.uses[0])
             name = ctx.cls.module_branches.get((rel, key))
@@ -527,24 +555,27 @@ class ClassWriter:
                 hint = key if isinstance(key, str) else f"branch{key}"
                 name = ctx.new_arg(hint, parallel, "module", None if empty else MISSING).name
                 ctx.cls.module_branches[(rel, key)] = name
-            given = f"nn.Identity() if {name} is None else {name}" if empty else name
-            args.append(("arg", f"{arg}{given}"))
-        args += [("arg", extra) for extra in block.helper_extra()]
-        return block.helper, args
+            given: ast.expr = src.name(name)
+            if empty:  # nn.Identity() if body is None else body
+                given = ast.IfExp(test=ast.Compare(left=src.name(name), ops=[ast.Is()],
+                                                   comparators=[ast.Constant(None)]),
+                                  body=src.call(src.dotted("nn.Identity")), orelse=given)
+            args.append(_argument(word, given))
+        args += [src.kw(word, src.call(src.dotted(f"nn.{torch_class}")))
+                 for word, torch_class in block.helper_extra()]
+        return src.name(block.helper), args
 
-    def branch(self, ctx: Context, arg: str, parallel: list[list], block, index: int,
-               indent: int) -> list[str]:
+    def branch(self, ctx: Context, parallel: list[list], block, index: int) -> ast.Call:
         """A branch of a block: an nn.Sequential of its items, or nn.Identity() if empty."""
-        pad = INDENT * indent
         main = ctx.cls is None
         if not parallel[0]:
-            comment = f"  # {self.owner.shape(block.branch_inputs[index])}" if main else ""
-            return [f"{pad}{arg}nn.Identity(),{comment}"]
-        comment = f"  # {self.owner.shape(block.branches[index][-1].output_dims)}" if main else ""
-        return [f"{pad}{arg}nn.Sequential(", *self.write_items(ctx, parallel, indent + 1),
-                f"{pad}),{comment}"]
+            shape = self.owner.shape(block.branch_inputs[index]) if main else ""
+            return src.call(src.dotted("nn.Identity"), comment=shape)
+        shape = self.owner.shape(block.branches[index][-1].output_dims) if main else ""
+        return src.call(src.dotted("nn.Sequential"), self.write_items(ctx, parallel),
+                        layout=src.EXPLODE, comment=shape)
 
-    def write_run(self, ctx: Context, column: list[Run], indent: int) -> list[str]:
+    def write_run(self, ctx: Context, column: list[Run]) -> list:
         """Repeats of one use: the first, then the rest in a loop where they agree."""
         cls = self.class_of(column[0].uses[0])
         if any(self.class_of(u) is not cls for run in column for u in run.uses):
@@ -553,19 +584,19 @@ class ClassWriter:
         counts = [len(run.uses) for run in column]
         firsts = [run.uses[0] for run in column]
         if all(p.count(p[0]) == len(p) for p in prints):
-            lines = self.repeat(ctx, cls, firsts, counts, indent)
+            items = self.repeat(ctx, cls, firsts, counts)
             said = dict(ctx.last_call)
         elif all(p[1:].count(p[1]) == len(p) - 1 for p in prints if len(p) > 1):
-            lines = self.repeat(ctx, cls, firsts, [1] * len(column), indent)
+            items = self.repeat(ctx, cls, firsts, [1] * len(column))
             said = dict(ctx.last_call)
             rest = [run.uses[1] if len(run.uses) > 1 else None for run in column]
             if any(rest):
-                lines += self.repeat(ctx, cls, rest, [c - 1 for c in counts], indent)
+                items += self.repeat(ctx, cls, rest, [c - 1 for c in counts])
         elif len(set(counts)) == 1:
-            lines = []
+            items = []
             for i in range(counts[0]):
-                lines += self.repeat(ctx, cls, [run.uses[i] for run in column],
-                                     [1] * len(column), indent)
+                items += self.repeat(ctx, cls, [run.uses[i] for run in column],
+                                     [1] * len(column))
                 said = dict(ctx.last_call) if i == 0 else said
         else:
             raise Unshareable
@@ -577,97 +608,82 @@ class ClassWriter:
                 if a.name in said and [cls.value(u, a) for u in firsts] == channels:
                     ctx.flow.append((said[a.name], channels))
                     break
-        return lines
+        return items
 
-    def repeat(self, ctx: Context, cls: ClassCode, uses: list, counts: list[int],
-               indent: int) -> list[str]:
-        """``Cls(...),`` or ``*(Cls(...) for _ in range(n)),`` as an nn.Sequential item."""
+    def repeat(self, ctx: Context, cls: ClassCode, uses: list, counts: list[int]) -> list:
+        """``Cls(...)``, or ``*(Cls(...) for _ in range(n))``, as an nn.Sequential item."""
         if _all_same(counts) and _first(counts) == 0:
             return []
-        func, parts = self.call(ctx, cls, uses, indent)
+        node = self.call(ctx, cls, uses)
         if _all_same(counts) and _first(counts) == 1:
-            return self.call_lines(func, parts, indent, "", ",")
-        n = ctx.text(counts, None, False, f"{cls.template}_repeats")
-        return self.call_lines(func, parts, indent, "*(", f" for _ in range({n})),")
-
-    def call_lines(self, func: str, parts: list[str], indent: int, head: str,
-                   tail: str) -> list[str]:
-        """A call, as codegen writes calls; an argument of several lines (a module given to a
-        class) puts each argument on its own line."""
-        if not any("\n" in p for p in parts):
-            return self.owner.call_lines(func, parts, indent, head, tail, "")
-        pad, inner = INDENT * indent, INDENT * (indent + 1)
-        lines = [f"{pad}{head}{func}("]
-        for part in parts:
-            first, *rest = part.split("\n")
-            lines += [f"{inner}{first}", *(f"{inner}{line}" for line in rest)]
-            lines[-1] += ","
-        return [*lines, f"{pad}){tail}"]
+            return [node]
+        n = ctx.value(counts, None, False, f"{cls.template}_repeats")
+        loop = ast.comprehension(target=ast.Name(id="_", ctx=ast.Store()),
+                                 iter=src.call(src.name("range"), [n]), ifs=[], is_async=0)
+        return [ast.Starred(value=ast.GeneratorExp(elt=node, generators=[loop]),
+                            ctx=ast.Load())]
 
     def fingerprint(self, cls: ClassCode, use: Use) -> str:
         """What a call of ``cls`` for ``use`` is made of: equal for calls that read the same."""
         return repr([_print(cls.value(use, a)) for a in cls.args])
 
-    def call(self, ctx: Context, cls: ClassCode, uses: list,
-             indent: int = 0) -> tuple[str, list[str]]:
-        """(class name, arguments) of a call for ``uses``: one instance of ``cls`` per
-        instance of ctx's class, None where that one has no such repeat."""
-        parts = []
+    def call(self, ctx: Context, cls: ClassCode, uses: list) -> ast.Call:
+        """A call of ``cls`` for ``uses``: one instance of ``cls`` per instance of ctx's class,
+        None where that one has no such repeat."""
+        parts: list = []
         ctx.last_call = {}
         for a in cls.args:
             vector = [cls.value(u, a) if u is not None else MISSING for u in uses]
             if a.kind == "module":
                 if all(v is MISSING or not v for v in vector):
                     continue
-                parts.append(f"{a.name}={self.module_arg(ctx, vector, indent + 1)}")
+                parts.append(src.kw(a.name, self.module_arg(ctx, vector)))
                 continue
             raw = next((u.made.written.get(a.source) for u in uses if u is not None), None)
             if (raw is None and a.default is not MISSING
                     and all(_same(v, a.default) for v in vector)):
                 continue  # the template's default, not written at the use
-            text = ctx.text(vector, raw, a.kind == "input", a.name)
-            ctx.last_call[a.name] = text
-            parts.append(text if a.kind == "input" else f"{a.name}={text}")
-        return cls.name, parts
+            node = ctx.value(vector, raw, a.kind == "input", a.name)
+            ctx.last_call[a.name] = node
+            parts.append(node if a.kind == "input" else src.kw(a.name, node))
+        return src.call(src.name(cls.name), parts, layout=src.SPLIT)
 
-    def module_arg(self, ctx: Context, parallel: list, indent: int) -> str:
+    def module_arg(self, ctx: Context, parallel: list) -> ast.Call:
         """A branch given to a class as a module: the one instance it holds, or a Sequential."""
         parallel = [[] if p is MISSING else p for p in parallel]
         if len({bool(p) for p in parallel}) != 1:
             raise Unshareable
         items = parallel[0]
         if len(items) == 1 and isinstance(items[0], Run) and len(items[0].uses) == 1:
-            func, parts = self.call(ctx, self.class_of(items[0].uses[0]),
-                                    [p[0].uses[0] for p in parallel], indent)
-            return f"{func}({', '.join(parts)})"
-        # Written where it will stand (``indent``), then made relative to it.
-        lines = self.write_items(ctx, parallel, indent + 1, comments=False)
-        lines = [line[len(INDENT * indent):] for line in lines]
-        return "\n".join(["nn.Sequential(", *lines, ")"])
+            node = self.call(ctx, self.class_of(items[0].uses[0]),
+                             [p[0].uses[0] for p in parallel])
+            node.layout = src.INLINE
+            return node
+        return src.call(src.dotted("nn.Sequential"),
+                        self.write_items(ctx, parallel, comments=False), layout=src.EXPLODE)
 
-    def main(self, attrs: dict[int, str]) -> tuple[list[str], list[str]]:
-        """The main class's ``__init__`` and ``forward`` lines."""
+    def main(self, attrs: dict[int, str]) -> tuple[list[ast.stmt], list[ast.stmt]]:
+        """The main class's ``__init__`` and ``forward`` statements."""
         ctx = Context(self, None)
-        init: list[str] = []
-        forward: list[str] = []
-        pad = INDENT * 2
+        init: list[ast.stmt] = []
+        forward: list[ast.stmt] = []
         items = self.instances.items(self.owner.plan.layers, 0)
         self.owner.attrs_used = {attrs[i.plan.index] for i in items if isinstance(i, Layer)}
         for item in items:
             if isinstance(item, Layer):
                 attr = attrs[item.plan.index]
-                func, args = self.layer_call(ctx, [item], 2)
-                init += self.write_call(func, args, 2, head=f"self.{attr} = ")
+                func, args = self.layer_call(ctx, [item])
+                init.append(_set(attr, src.call(func, args, layout=src.SPLIT)))
                 self.map_layer(item, attr, None)
-                forward.append(f"{pad}x = self.{attr}(x)  # "
-                               f"{self.owner.shape(item.plan.output_dims)}")
+                forward.append(_apply(attr, self.owner.shape(item.plan.output_dims)))
                 continue
             first = item.uses[0]
             cls = self.class_of(first)
             if len(item.uses) > 1 and first.made.name:
                 attr = self.owner.attribute(first.made.name)
-                init += [f"{pad}self.{attr} = nn.Sequential(",
-                         *self.write_run(ctx, [item], 3), f"{pad})"]
+                init.append(_set(attr, src.call(src.dotted("nn.Sequential"),
+                                                self.write_run(ctx, [item]),
+                                                layout=src.EXPLODE)))
                 for i, use in enumerate(item.uses):
                     self.map_use(use, f"{attr}.{i}")
                 named = [(attr, item.uses[-1])]
@@ -676,12 +692,11 @@ class ClassWriter:
                 for use in item.uses:
                     attr = (attrs[use.layers[0].index] if cls.one_layer
                             else self.owner.attribute(use.made.instance or use.made.template))
-                    func, parts = self.call(ctx, cls, [use], 2)
-                    init += self.call_lines(func, parts, 2, f"self.{attr} = ", "")
+                    init.append(_set(attr, self.call(ctx, cls, [use])))
                     self.map_use(use, attr)
                     named.append((attr, use))
-            forward += [f"{pad}x = self.{attr}(x)  # "
-                        f"{self.owner.shape(use.layers[-1].output_dims)}" for attr, use in named]
+            forward += [_apply(attr, self.owner.shape(use.layers[-1].output_dims))
+                        for attr, use in named]
         return init, forward
 
     # ------------------------------------------------------------ module names
@@ -726,15 +741,50 @@ class ClassWriter:
             else:
                 self.map_items(items, at, where)
 
-    def helpers_source(self) -> list[str]:
-        """Module-level code the classes need: make_divisible, the scale's variables."""
-        lines: list[str] = []
-        if "make_divisible" in self.needs:
-            lines += ["", "", inspect.getsource(make_divisible).rstrip("\n")]
-        if self.constants:
-            lines += ["", "", f"# The scale {self.instances.code.scale}'s variables."]
-            lines += [f"{k} = {self.literal(v)}" for k, v in self.constants.items()]
-        return lines
+    def module_statements(self) -> list[ast.stmt]:
+        """The scale's variables that the classes read, as module constants."""
+        stmts: list[ast.stmt] = []
+        for i, (constant, value) in enumerate(self.constants.items()):
+            stmt = ast.Assign(targets=[ast.Name(id=src.ident(constant), ctx=ast.Store())],
+                              value=src.const(value))
+            if i == 0:
+                stmt.leading = [f"The scale {self.instances.code.scale}'s variables."]
+            stmts.append(stmt)
+        return stmts
+
+
+def _argument(keyword: str | None, value: ast.expr):
+    """A helper's argument: by keyword, or positional where ``keyword`` is None."""
+    return src.kw(keyword, value) if keyword else value
+
+
+def _set(attr: str, value: ast.expr) -> ast.Assign:
+    """``self.attr = value``."""
+    target = ast.Attribute(value=src.name("self"), attr=src.ident(attr), ctx=ast.Store())
+    return ast.Assign(targets=[target], value=value)
+
+
+def _apply(attr: str, shape: str) -> ast.Assign:
+    """``x = self.attr(x)  # shape``."""
+    stmt = ast.Assign(targets=[ast.Name(id="x", ctx=ast.Store())],
+                      value=src.call(src.self_attr(attr), [src.name("x")]))
+    return src.with_comment(stmt, shape)
+
+
+def _annotation(vector: list) -> ast.expr:
+    """The annotation for an argument with these values: ``int``, ``tuple[int, int]`` …"""
+    def one(kind) -> ast.expr:
+        if isinstance(kind, str):
+            return src.name(kind)
+        items = [src.name(k) for k in kind]
+        inside = items[0] if len(items) == 1 else ast.Tuple(elts=items, ctx=ast.Load())
+        return ast.Subscript(value=src.name("tuple"), slice=inside, ctx=ast.Load())
+
+    kinds = [one(kind) for kind in _type(vector)] or [src.name("object")]
+    node = kinds[0]
+    for kind in kinds[1:]:
+        node = ast.BinOp(left=node, op=ast.BitOr(), right=kind)
+    return node
 
 
 def _print(value) -> Any:

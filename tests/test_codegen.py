@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import shapecheck
-from shapecheck import codegen
+from shapecheck import codegen, pysource
 from shapecheck.codegen import (
     InternalError,
     TooLargeError,
@@ -135,21 +135,33 @@ def test_shape_text():
     ("name", "cls"),
     [("lecture_cnn", "LectureCnn"), ("resnet18", "Resnet18"), ("myNet", "MyNet"),
      ("none", "NoneNet"), ("residual", "ResidualNet"), ("concat", "ConcatNet"), ("_", "Net"),
-     ("_1x", "Net1x"), ("a__b", "AB")],
+     ("_1x", "Net1x"), ("a__b", "AB"), ("my-net v2", "MyNetV2"), ("café", "Caf"),
+     ("x\nimport os", "XImportOs"), ("ﬁ", "Net")],
 )
 def test_class_name(name, cls):
     assert class_name(name) == cls
 
 
-def test_literals():
-    assert codegen._literal((3, 3)) == "(3, 3)"
-    assert codegen._literal(float("inf")) == 'float("inf")'
-    assert codegen._literal(float("-inf")) == 'float("-inf")'
-    assert codegen._literal(float("nan")) == 'float("nan")'
-    assert codegen._literal("same") == "'same'"
-    assert codegen._literal(None) == "None" and codegen._literal(False) == "False"
-    with pytest.raises(InternalError):
-        codegen._literal(object())
+def test_constants():
+    def text(value):
+        return ast.unparse(pysource.const(value))
+
+    assert text((3, 3)) == "(3, 3)" and text((3,)) == "(3,)"
+    assert text(-1) == "-1" and text(-0.5) == "-0.5"
+    assert text(float("inf")) == "float('inf')"
+    assert text(float("-inf")) == "float('-inf')"
+    assert text(float("nan")) == "float('nan')"
+    assert text("same") == "'same'" and text("a'\n\"b") == repr("a'\n\"b")
+    assert text(None) == "None" and text(False) == "False"
+    with pytest.raises(pysource.SourceError):
+        pysource.const(object())
+
+
+@pytest.mark.parametrize("name", ["class", "lambda", "x y", "ﬁ", "x\nimport os", "1x", "", None,
+                                  "a.b", "a;b"])
+def test_identifiers_are_checked_where_they_enter(name):
+    with pytest.raises(pysource.SourceError, match="not a Python identifier"):
+        pysource.ident(name)
 
 
 # ---------------------------------------------------------------- build_module and the file
@@ -378,19 +390,63 @@ def test_non_finite_numbers_are_written_as_calls():
   - {type: linear, out_features: 3}"""
     p = shapecheck.plan(_spec(layers=layers))
     source = generate_source(p)
-    assert 'nn.LeakyReLU(negative_slope=float("inf"))' in source
+    assert "nn.LeakyReLU(negative_slope=float('inf'))" in source
     assert build_module(_spec(layers=layers)).lrelu1.negative_slope == float("inf")
 
 
-def test_audit_refuses_anything_unexpected():
-    good = generate_source(shapecheck.plan(SPECS / "lecture_cnn.yaml"))
-    for bad in ["import os\n", "from os import system\n", "print('hi')\n",
-                "x = __import__('os')\n", "exec('1')\n",
-                good.replace("nn.ReLU()", "nn.ReLU(eval('1'))"),
-                good.replace("return x", "return open('f')")]:
-        with pytest.raises(InternalError):
-            codegen._audit(bad)
-    codegen._audit(good)
+@pytest.mark.parametrize("spec", ["lecture_cnn", "zoo/efficientnet", "zoo/convnext_tiny"])
+def test_audit_refuses_anything_unexpected(spec):
+    good = generate_source(shapecheck.plan(SPECS / f"{spec}.yaml"))
+    init = "        super().__init__()\n"
+    bad = ["import os\n", "from os import system\n", "print('hi')\n",
+           "x = __import__('os')\n", "exec('1')\n", "import torch as nn\n",
+           "class A(nn.Module):\n    def __init__(self):\n        import os\n",
+           "class A(nn.Module):\n    @property\n    def forward(self):\n        return x\n",
+           "class A(object):\n    pass\n",
+           good.replace("nn.Conv2d(", "nn.Conv2d(eval('1'), ", 1),
+           good.replace("return x", "return open('f')", 1),
+           good.replace("return x", "x = x.__class__\n        return x", 1),
+           good.replace(init, init + "        _r = nn.ReLU\n        nn.ReLU = exec\n"
+                        "        nn.ReLU('print(1)')\n", 1),
+           good.replace(init, init + "        self.a = [nn.ReLU() for nn.ReLU in [exec]]\n", 1),
+           good.replace(init, init + "        self.a = (lambda: 1)()\n", 1),
+           good.replace(init, init + "        self.a = nn.ReLU.__init__\n", 1)]
+    assert all(text != good for text in bad)
+    for text in bad:
+        with pytest.raises(pysource.SourceError, match="build never writes"):
+            codegen.audit(ast.parse(text))
+    codegen.audit(ast.parse(good))
+
+
+def test_hostile_file_names_stay_text_in_template_docstrings(tmp_path):
+    marker = tmp_path / "ran"
+    payload = f'x"""\nopen({str(marker)!r}, "w").close()\n"""\\'
+    p = shapecheck.plan(SPECS / "zoo" / "mobilenet_v2.yaml", scale="x0_5")
+    generated = generate(p, source_name=payload)
+    tree = ast.parse(generated.source)
+    docs = [ast.get_docstring(n, clean=False) for n in tree.body if isinstance(n, ast.ClassDef)
+            and n.name not in codegen.HELPERS]
+    assert any(doc.startswith(f"The template conv_bn ({payload}, line ") for doc in docs)
+    path = tmp_path / "model.py"
+    path.write_text(generated.source, encoding="utf-8")
+    _import_file(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("text", ["a\nimport os", "b\r\nexec('1')", "c\u2028d", "coding: latin-1"])
+def test_comments_hold_one_line(text):
+    stmt = ast.Assign(targets=[ast.Name(id="X", ctx=ast.Store())], value=pysource.const(1))
+    stmt.leading = [text]
+    lines = pysource.statement_lines(pysource.with_comment(stmt, text), 0)
+    assert len(lines) == 2 and lines[0].startswith("# ") and "  # " in lines[1]
+    assert ast.dump(ast.parse("\n".join(lines))) == ast.dump(ast.parse("X = 1"))
+    assert "coding:" not in "\n".join(lines)
+
+
+def test_a_layout_that_adds_code_is_refused():
+    tree = ast.parse("X = 1")
+    with pytest.raises(pysource.SourceError, match="does not read back"):
+        pysource.check_render("X = 1\nimport os\n", tree)
 
 
 def _all_specs():
@@ -409,3 +465,26 @@ def test_emitted_source_of_every_spec(path, scale, expect):
     p = shapecheck.plan(path, scale=scale)
     name = f"{path.parent.name}_{path.stem}" + (f"_{scale}" if scale else "")
     expect(f"emitted/{name}.py", generate_source(p))
+
+
+def test_scale_variables_that_differ_only_in_case_stay_distinct(tmp_path):
+    spec = tmp_path / "case_vars.yaml"
+    spec.write_text("""\
+input: {shape: [3, 16, 16]}
+scales: {s: {w: 2, W: 3}}
+templates:
+  cb:
+    params: {k: 3, W_2: 1}
+    layers:
+      - {type: conv2d, out_channels: $w * 4, kernel_size: $k, padding: 1}
+      - {type: conv2d, out_channels: $W * 4 + $W_2, kernel_size: 1}
+layers:
+  - {use: cb}
+  - {use: cb, k: 1, W_2: 2}
+""", encoding="utf-8")
+    p = shapecheck.plan(spec, scale="s")
+    source = generate_source(p)
+    assert "W = 2\nW_3 = 3\n" in source  # clear of the parameter W_2 too
+    model = build_module(p)  # checked against the plan, layer by layer
+    assert [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)] == [
+        8, 13, 8, 14]

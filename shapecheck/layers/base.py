@@ -262,11 +262,9 @@ class LayerSpec(BaseModel):
     outputs: ClassVar[str | None] = None
 
     # A kind with no torch.nn class (a block, a layer scale …) names the small nn.Module that
-    # `build` writes for it instead, its source, and the calls that source makes (for the audit
-    # of emitted code).
+    # `build` writes for it instead, and its source.
     helper: ClassVar[str] = ""
     helper_source: ClassVar[str] = ""
-    helper_calls: ClassVar[frozenset[str]] = frozenset()
 
     @property
     def origin(self) -> Origin | None:

@@ -5,7 +5,7 @@ A block says, in its own module:
   ``lists_field`` (a field that holds a list of layer lists, such as ``branches``);
 - what input each branch gets (``branch_inputs``: the block's input, or a slice of it);
 - how the branch outputs merge (``merge``), with the arithmetic for ``--explain``;
-- the helper module ``build`` writes for it (``helper``, ``helper_source``, ``helper_calls``);
+- the helper module ``build`` writes for it (``helper``, ``helper_source``);
 - its diagram glyph (``glyph``, ``merge_word``).
 
 The loader, planner, codegen and diagram call these; none of them asks which block it is.
@@ -35,7 +35,7 @@ class Block(LayerSpec):
     # How the merge treats H and W: "equal" (they must agree, as torch.cat) or "broadcast"
     # (equal, or one of them 1, as an add or a product). The analyses read it.
     spatial_merge: ClassVar[str] = "equal"
-    # helper, helper_source, helper_calls (LayerSpec): the module build writes for the block;
+    # helper, helper_source (LayerSpec): the module build writes for the block;
     # its branches arrive as nn.Sequential (or nn.Identity for an empty one).
 
     def branch_lists(self) -> list[tuple[BranchKey, list]]:
@@ -75,15 +75,15 @@ class Block(LayerSpec):
         Raises ShapeError where torch would."""
         raise NotImplementedError
 
-    def helper_extra(self) -> list[str]:
-        """Further constructor arguments of the helper, as Python source of validated values
-        (a residual's activation: ``activation=nn.ReLU()``)."""
+    def helper_extra(self) -> list[tuple[str, str]]:
+        """Further constructor arguments of the helper, each a module made with no arguments,
+        as (keyword, torch.nn class): a residual's activation is ("activation", "ReLU")."""
         return []
 
-    def helper_args(self) -> list[tuple[str, BranchKey]]:
-        """How the helper's constructor takes the branches: ("body=", "body") for a keyword,
-        ("", 2) for a positional one."""
-        return [(f"{key}=" if isinstance(key, str) else "", key) for key, _ in self.branch_lists()]
+    def helper_args(self) -> list[tuple[str | None, BranchKey]]:
+        """How the helper's constructor takes the branches: ("body", "body") for a keyword,
+        (None, 2) for a positional one."""
+        return [(key if isinstance(key, str) else None, key) for key, _ in self.branch_lists()]
 
 
 def chw(x: Dims) -> str:

@@ -17,7 +17,6 @@ class Concat(Block):
     lists_field = "branches"
     glyph, merge_word = "‖", "concat"
     helper = "Concat"
-    helper_calls = frozenset({"torch.cat", "branch"})
     helper_source = '''
 class Concat(nn.Module):
     """Every branch gets the same input; their outputs are joined on channels (dim 1)."""

@@ -157,7 +157,6 @@ class StochasticDepth(_Elementwise):
     family = "dropout"
     name_prefix = "droppath"
     helper = "StochasticDepth"
-    helper_calls = frozenset({"torch.empty", "x.dim", "noise.bernoulli_", "noise.div_"})
     helper_source = '''
 class StochasticDepth(nn.Module):
     """In training, zeroes the input of a whole sample ('row') or batch ('batch') with

@@ -216,7 +216,6 @@ class LayerScale(LayerSpec):
     family = "norm"
     name_prefix = "scale"
     helper = "LayerScale"
-    helper_calls = frozenset({"torch.full", "self.weight.view", "x.dim"})
     helper_source = '''
 class LayerScale(nn.Module):
     """A learnable scale per channel (dim 1): y = weight[c] · x."""

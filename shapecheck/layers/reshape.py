@@ -120,7 +120,6 @@ class Permute(LayerSpec):
     family = "reshape"
     name_prefix = "permute"
     helper = "Permute"
-    helper_calls = frozenset({"x.permute"})
     helper_source = '''
 class Permute(nn.Module):
     """x.permute(*dims): the same values with the dims reordered."""

@@ -61,12 +61,12 @@ class Residual(nn.Module):
     def settings(self) -> str:
         return f"then {self.activation}" if self.activation else ""
 
-    def helper_extra(self) -> list[str]:
+    def helper_extra(self) -> list[tuple[str, str]]:
         if not self.activation:
             return []
         from . import KINDS
 
-        return [f"activation=nn.{KINDS[self.activation].torch_class}()"]
+        return [("activation", KINDS[self.activation].torch_class)]
 
     def merge(self, x: Dims, outs: list[Dims]) -> tuple[Dims, str]:
         body, shortcut = outs

@@ -20,7 +20,6 @@ class Split(Block):
     lists_field = "branches"
     glyph, merge_word = "‖", "split, then concat"
     helper = "Split"
-    helper_calls = frozenset({"x.chunk", "len", "zip", "branch", "torch.cat"})
     helper_source = '''
 class Split(nn.Module):
     """Branch i gets the i-th of x.chunk(n, dim=1); the outputs are joined on channels."""

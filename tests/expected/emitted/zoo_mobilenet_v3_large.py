@@ -94,10 +94,7 @@ class Res(Residual):
     """The template res (mobilenet_v3_large.yaml, line 40)."""
 
     def __init__(self, body: nn.Module) -> None:
-        super().__init__(
-            body=body,
-            shortcut=nn.Identity(),
-        )
+        super().__init__(body=body, shortcut=nn.Identity())
 
 
 class Se(Gate):
