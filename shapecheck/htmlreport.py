@@ -37,7 +37,7 @@ def layer_key(path: tuple) -> str:
     return "/".join(map(str, path))
 
 
-def _details(plan: Plan) -> dict:
+def _details(plan: Plan, statuses: dict[tuple, str]) -> dict:
     """What the page shows for each layer, by key; and which node ids of the diagram are it."""
     by_path: dict[tuple, list] = {}
     for d in plan.diagnostics:
@@ -54,7 +54,7 @@ def _details(plan: Plan) -> dict:
             "name": row.name,
             "type": row.type,
             "settings": row.settings,
-            "status": row.status,
+            "status": statuses[row.path],
             "input": _dims(row.input_shape),
             "output": _dims(row.output_shape),
             "weight": _dims(row.weight_shape),
@@ -66,7 +66,7 @@ def _details(plan: Plan) -> dict:
             "problems": [{"severity": d.severity, "code": d.code, "message": d.detail,
                           "hint": d.hint} for d in by_path.get(row.path, [])],
         }
-    failed = [layer_key(r.path) for r in plan.walk() if r.status == "failed"]
+    failed = [layer_key(r.path) for r in plan.walk() if statuses[r.path] == "failed"]
     return {"layers": layers, "nodes": nodes, "open": failed[-1] if failed else None}
 
 
@@ -74,18 +74,18 @@ def _dims(shape) -> str | None:
     return None if shape is None else "×".join(map(str, shape))
 
 
-def _table(plan: Plan, depth: int | None) -> str:
+def _table(plan: Plan, depth: int | None, statuses: dict[tuple, str]) -> str:
     rows = list(_rows(plan.layers, depth=depth))
     head = "".join(f"<th>{esc(h)}</th>" for h in [*HEADERS, "RF"])
     body = []
     for layer, indent in rows:
-        cells = [*_cells(layer, indent, depth), field_text(layer.receptive_field)]
+        cells = [*_cells(layer, indent, depth, statuses[layer.path]), field_text(layer.receptive_field)]
         cells[1] = cells[1].strip()
         level = len(indent) // 2
         tds = "".join(
             f'<td style="padding-left:{0.4 + 1.2 * level}em">{esc(c)}</td>' if i == 1 else
             f"<td>{esc(c)}</td>" for i, c in enumerate(cells))
-        body.append(f'<tr class="{esc(layer.status)}" data-key="{esc(layer_key(layer.path))}" '
+        body.append(f'<tr class="{esc(statuses[layer.path])}" data-key="{esc(layer_key(layer.path))}" '
                     f'tabindex="0">{tds}</tr>')
     return f"<table id=\"layers\"><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
@@ -117,10 +117,11 @@ def render_html(plan: Plan, svg: str | None, depth: int | None = None,
         else ""
     summary = "<br>".join(esc(line) for line in _totals(plan)) if plan.layers else \
         esc("the spec does not follow the schema: nothing could be planned")
-    table = _table(plan, depth) if plan.layers else ""
+    statuses = plan.marks()
+    table = _table(plan, depth, statuses) if plan.layers else ""
     return PAGE.format(mark=esc(mark), title=title, description=description, summary=summary,
                        problems=_problems(plan), table=table, svg=_svg(svg),
-                       data=_json(_details(plan)), style=STYLE, script=SCRIPT)
+                       data=_json(_details(plan, statuses)), style=STYLE, script=SCRIPT)
 
 
 STYLE = """
@@ -130,12 +131,14 @@ header { padding: 12px 20px; border-bottom: 1px solid #ddd; }
 h1 { font-size: 22px; margin: 0 0 4px; }
 .description, .muted { color: #555; margin: 0 0 6px; }
 .summary { font: 12px/1.5 ui-monospace, Menlo, Consolas, monospace; color: #444; }
-main { display: grid; grid-template-columns: minmax(0, 1.3fr) minmax(0, 1fr); gap: 16px;
-       padding: 12px 20px; }
-#diagram { overflow: auto; max-height: 85vh; border: 1px solid #eee; }
-/* Deep blocks make wide rows: they scroll in their column, not under the diagram, with both
-   scroll bars in view and the column names on top. */
-#table { overflow: auto; max-height: 70vh; }
+/* The table takes the width its columns need and the diagram what is left, down to 420px;
+   where both do not fit the diagram goes below the table. A table wider than the window
+   scrolls in its own box, with both scroll bars in view and the column names on top. */
+main { display: flex; flex-wrap: wrap; align-items: flex-start; gap: 16px; padding: 12px 20px; }
+main > section:first-child { flex: 0 1 auto; min-width: 0; max-width: 100%; }
+#diagram { flex: 1 1 420px; min-width: 0; overflow: auto; max-height: 85vh;
+           border: 1px solid #eee; }
+#table { overflow: auto; max-height: 70vh; scrollbar-gutter: stable; }
 #table thead th { position: sticky; top: 0; background: #fff; }
 #diagram svg { max-width: 100%; height: auto; }
 #diagram g.node { cursor: pointer; }
@@ -147,6 +150,7 @@ tbody tr { cursor: pointer; }
 tbody tr:hover { background: #f3f7ff; }
 tr.sel { background: #dbe7ff !important; }
 tr.failed { background: #f4cccc; color: #990000; }
+tr.holds { color: #990000; }
 tr.skipped { color: #999; }
 #detail { position: sticky; top: 0; border: 1px solid #ccd; border-radius: 6px; padding: 10px;
           background: #fbfcff; margin-bottom: 12px; min-height: 3em; }
@@ -202,6 +206,7 @@ SCRIPT = """
     var pre = el('pre', 'explain', layer.explain.length ? layer.explain.join('\\n') :
                  (layer.status === 'ok' ? 'nothing to compute: the shape passes through'
                   : layer.status === 'failed' ? 'the network fails here (above: why)'
+                  : layer.status === 'holds' ? 'a layer inside this block fails (marked red)'
                   : 'not planned: the network fails before it'));
     detail.appendChild(pre);
     document.body.setAttribute('data-selected', key);

@@ -157,6 +157,21 @@ class Plan:
     def warnings(self) -> list[Diagnostic]:
         return [d for d in self.diagnostics if not d.is_error]
 
+    def marks(self) -> dict[tuple, str]:
+        """Each layer's status as the outputs mark it, by path. The planner marks a block failed
+        when a layer inside it fails; only the layers an error names are marked ``failed``,
+        and the blocks around them ``holds`` (the failure is inside)."""
+        named = {tuple(d.path) if d.path is not None else (d.layer,)
+                 for d in self.errors if d.layer is not None}
+        marks = {}
+        for layer in self.walk():
+            mark = layer.status
+            if mark == "failed" and layer.path not in named and any(
+                    p[:len(layer.path)] == layer.path for p in named):
+                mark = "holds"
+            marks[layer.path] = mark
+        return marks
+
     @property
     def output_shape(self) -> Shape | None:
         if not self.valid or not self.layers:

@@ -55,10 +55,15 @@ def collapsed(layer: LayerPlan, indent: str, depth: int | None) -> int:
     return sum(1 + collapsed(sub, "", 1) for branch in layer.branches for sub in branch)
 
 
-def _cells(layer: LayerPlan, indent: str, depth: int | None = None) -> list:
+def _cells(layer: LayerPlan, indent: str, depth: int | None = None,
+           mark: str | None = None) -> list:
+    """A row's cells; ``mark`` is the layer's mark in Plan.marks (default: its status)."""
     where = "/".join(map(str, layer.path))
-    if layer.status == "failed":
+    mark = mark or layer.status
+    if mark == "failed":
         out = "✗ fails here"
+    elif mark == "holds":
+        out = "✗ fails inside"
     elif layer.status == "skipped":
         out = "—"
     else:
@@ -102,7 +107,8 @@ def render_table(plan: Plan, markdown: bool = False, explain: bool = False,
     if not plan.layers:
         return f"{plan.name}: not planned, the spec does not follow the schema (errors below)"
     rows = list(_rows(plan.layers, depth=depth))
-    cells = [_cells(layer, ind, depth) for layer, ind in rows]
+    marks = plan.marks()
+    cells = [_cells(layer, ind, depth, marks[layer.path]) for layer, ind in rows]
     headers = HEADERS
     if fields:
         headers = [*HEADERS, "RF"]

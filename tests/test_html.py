@@ -102,22 +102,45 @@ def test_clicking_a_row_or_a_node_shows_the_arithmetic(tmp_path, capsys):
     assert (width, height) == (1400, 900)
 
 
+def _boxes(b) -> dict:
+    """The table's box, its scroll sizes, the last column's right edge and the diagram's box."""
+    return json.loads(b.evaluate("""JSON.stringify((() => {
+        const t = document.getElementById('table'), d = document.getElementById('diagram');
+        const last = [...t.querySelectorAll('th')].pop().getBoundingClientRect();
+        return {table: t.getBoundingClientRect(), scroll: t.scrollWidth, client: t.clientWidth,
+                last: last.right, diagram: d.getBoundingClientRect()};
+    })())"""))
+
+
 @needs_dot
 @needs_chromium
-def test_a_wide_table_scrolls_in_its_column_instead_of_running_under_the_diagram(tmp_path,
-                                                                                   capsys):
-    out = tmp_path / "unet.html"
-    assert main(["render", str(LECTURE.parent / "zoo" / "unet.yaml"), "-o", str(out)]) == 0
-    with Browser() as b:
+@pytest.mark.parametrize("name", ["resnet50", "unet", "inception_v3"])
+def test_every_column_is_in_view_at_1280px(name, tmp_path, capsys):
+    """Nested nets make wide rows: at 1280 px the table shows every column (the diagram goes
+    below it when both do not fit side by side), and never runs under the diagram."""
+    out = tmp_path / f"{name}.html"
+    assert main(["render", str(SPECS / "zoo" / f"{name}.yaml"), "-o", str(out)]) == 0
+    with Browser(width=1280, height=900) as b:
         b.open(out.as_uri())
-        table = b.evaluate("JSON.stringify(document.getElementById('table')"
-                           ".getBoundingClientRect())")
-        diagram = b.evaluate("JSON.stringify(document.getElementById('diagram')"
-                             ".getBoundingClientRect())")
-        assert json.loads(table)["right"] <= json.loads(diagram)["left"]
-        # the rows are wider than the column (U-Net's paths are deep), so it scrolls
-        assert b.evaluate("(e => e.scrollWidth > e.clientWidth)(document.getElementById("
-                          "'table'))")
+        box = _boxes(b)
+    assert box["scroll"] <= box["client"]
+    assert box["last"] <= box["table"]["right"] <= 1280
+    beside = box["diagram"]["left"] >= box["table"]["right"]
+    below = box["diagram"]["top"] >= box["table"]["bottom"]
+    assert beside or below
+
+
+@needs_dot
+@needs_chromium
+def test_a_table_wider_than_the_window_scrolls_in_its_own_box(tmp_path, capsys):
+    out = tmp_path / "resnet50.html"
+    assert main(["render", str(SPECS / "zoo" / "resnet50.yaml"), "-o", str(out)]) == 0
+    with Browser(width=800, height=900) as b:
+        b.open(out.as_uri())
+        box = _boxes(b)
+        assert box["scroll"] > box["client"] and box["table"]["right"] <= 800
+        b.evaluate("document.getElementById('table').scrollLeft = 10000")
+        assert _boxes(b)["last"] <= box["table"]["right"]
 
 
 @needs_dot
@@ -131,6 +154,32 @@ def test_an_invalid_spec_opens_on_the_failing_layer(tmp_path, capsys):
         detail = b.evaluate("document.getElementById('detail').innerText")
         assert "error SC201" in detail and "hint: this stack needs an input of at least" in detail
         assert b.evaluate("document.querySelector('tr.sel').className") == "failed sel"
+
+
+def test_only_the_failing_layer_is_marked_not_the_blocks_around_it(tmp_path, capsys):
+    spec = """
+input: {shape: [3, 8, 8]}
+layers:
+  - type: concat
+    name: outer
+    branches:
+      - [{type: conv2d, out_channels: 4, kernel_size: 3, padding: 1}]
+      - - type: concat
+          name: inner
+          branches:
+            - [{type: conv2d, name: too_big, out_channels: 4, kernel_size: 9}]
+            - [identity]
+"""
+    code, out = write_page(tmp_path, spec)
+    assert code == 1
+    page = out.read_text(encoding="utf-8")
+    marked = {key: status for status, key in re.findall(r'<tr class="(\w+)" data-key="([^"]+)"',
+                                                         page)}
+    assert marked["0/1/0/0/0"] == "failed"  # too_big
+    assert marked["0"] == marked["0/1/0"] == "holds"  # outer, inner
+    data = json.loads(re.search(r'id="plan-data">(.*?)</script>', page, re.S).group(1))
+    assert data["open"] == "0/1/0/0/0"
+    assert data["layers"]["0"]["status"] == "holds"
 
 
 @needs_dot

@@ -182,3 +182,15 @@ def test_an_unknown_flag_shows_the_commands_usage(capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("usage: shapecheck plan ") and "unrecognized arguments: --bogus" in err
+
+
+def test_a_failure_inside_blocks_is_marked_at_its_layer_only(capsys, tmp_path):
+    spec = tmp_path / "net.yaml"
+    spec.write_text("input: {shape: [3, 8, 8]}\nlayers:\n"
+                    "  - type: residual\n    name: outer\n    body:\n"
+                    "      - {type: conv2d, name: too_big, out_channels: 3, kernel_size: 9}\n")
+    code, out, _ = run(capsys, "plan", str(spec))
+    assert code == 1
+    rows = {line.split()[1]: line for line in out.splitlines() if line.startswith("0")}
+    assert "✗ fails here" in rows["too_big"]
+    assert "✗ fails inside" in rows["outer"] and "fails here" not in rows["outer"]
