@@ -272,12 +272,12 @@ class _Expander:
         self.defaults[name] = defaults
         if single:
             self.one_layer.add(name)
-        args = self._args(item, src, defaults, env, chain, index=0)
+        args = self._args(name, item, src, defaults, env, chain, index=0)
         first = item.get("first") or {}
         if not isinstance(first, dict):
             raise TemplateError("SC108", "`first` must map parameters to values for the first "
                                 "repeat", (*src, "first"), chain=chain)
-        first = self._args(first, (*src, "first"), defaults, env, chain, index=0,
+        first = self._args(name, first, (*src, "first"), defaults, env, chain, index=0,
                            allow_use_keys=False)
         repeat = self.value(item.get("repeat", 1), env, (*src, "repeat"), chain)
         # 0 is allowed: a use that makes no layers, as depth scaling needs (EfficientNet-B0
@@ -297,7 +297,7 @@ class _Expander:
         out: list = []
         for i in range(repeat):
             if i > 0:  # the use's values may read $index, the repeat being made
-                args = self._args(item, src, defaults, env, chain, index=i)
+                args = self._args(name, item, src, defaults, env, chain, index=i)
             given_values = {**args, **(first if i == 0 else {})}
             local = {**env, **self._defaults(name, defaults, given_values, env, (site, *chain)),
                      **given_values, "index": i}
@@ -371,19 +371,20 @@ class _Expander:
         body = {k: v for k, v in template.items() if k != "params"}
         return params, body, loc, True
 
-    def _args(self, given: dict, src: tuple, defaults: dict, env: dict, chain: tuple,
-              index: int, allow_use_keys: bool = True) -> dict:
+    def _args(self, template: str, given: dict, src: tuple, defaults: dict, env: dict,
+              chain: tuple, index: int, allow_use_keys: bool = True) -> dict:
         args = {}
         for key, value in given.items():
             if allow_use_keys and key in USE_KEYS:
                 continue
             if key not in defaults:
-                close = difflib.get_close_matches(str(key), list(defaults), n=1)
+                close = difflib.get_close_matches(str(key), list(defaults), n=1, cutoff=0.5)
+                names = ", ".join(defaults)
                 raise TemplateError(
-                    "SC108", f"the template has no parameter {key!r}", (*src, key),
-                    f"did you mean {close[0]!r}?" if close else
-                    ("parameters: " + ", ".join(defaults) if defaults else
-                     "it takes no parameters"), chain)
+                    "SC108", f"template {template} has no parameter {key!r}", (*src, key),
+                    f"did you mean {close[0]!r}? (parameters: {names})" if close else
+                    (f"its parameters: {names}" if defaults else
+                     f"{template} takes no parameters"), chain)
             args[key] = self.value(value, {**env, "index": index}, (*src, key), chain)
         return args
 

@@ -77,7 +77,9 @@ def test_paths_that_disagree_in_alignment_are_named():
 
 
 def test_receptive_field_warning():
-    small = shapecheck.plan(SPECS / "inception_block.yaml")  # 3×3 convs on 28×28
+    block = (SPECS / "inception_block.yaml").read_text(encoding="utf-8")
+    assert "ignore: [SC306]" in block  # the spec accepts it; planned without, it warns
+    small = shapecheck.plan(block.replace("ignore: [SC306]", ""))  # 3×3 convs on 28×28
     assert [d.code for d in small.warnings] == ["SC306"]
     assert not shapecheck.plan(SPECS / "lenet5.yaml").warnings  # 14 of 32
     big = shapecheck.plan(Spec(input={"shape": [1, 8, 8]}, layers=[

@@ -196,7 +196,10 @@ def test_an_unknown_name_in_a_template_points_at_the_use_and_the_template(tmp_pa
 @pytest.mark.parametrize(("change", "code", "hint"), [
     ("{use: stage, name: layer2, width: 128, blocks: 4}", "SC108", None),
     ("{use: stag, name: layer2}", "SC108", "did you mean 'stage'?"),
-    ("{use: stage, name: layer2, widht: 128}", "SC108", "did you mean 'width'?"),
+    ("{use: stage, name: layer2, widht: 128}", "SC108",
+     "did you mean 'width'? (parameters: width, blocks, stride)"),
+    ("{use: stage, name: layer2, out_channels: 128}", "SC108",
+     "its parameters: width, blocks, stride"),
     ("{use: stage, name: layer2, repeat: -1}", "SC103", None),
 ])
 def test_uses_that_cannot_expand(tmp_path, change, code, hint):
@@ -208,6 +211,8 @@ def test_uses_that_cannot_expand(tmp_path, change, code, hint):
     assert (error.code, error.line) == (code, 35)
     if hint:
         assert error.hint == hint
+    if "parameters" in (hint or ""):  # the message names the template the use calls
+        assert error.message.startswith("template stage has no parameter ")
 
 
 @pytest.mark.parametrize(("value", "hint"), [
