@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):  # run as `python benchmarks/floors.py`
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import specgen
+from benchmarks import byte_compiled, specgen
 
 FLOOR = "import yaml; from pydantic import BaseModel"
 # The floor and one model, ended as shapecheck's console script ends (cli.entry).
@@ -263,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.split:
         split(args.split)
+    cleared = byte_compiled()
+    if cleared:
+        print(cleared)
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"load average {load} at the start")
     for line in startup(args.rounds):

@@ -60,7 +60,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):  # run as `python benchmarks/run.py`
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import specgen
+from benchmarks import byte_compiled, specgen
 from benchmarks.nets import SPECS
 
 HERE = Path(__file__).resolve().parent
@@ -587,7 +587,7 @@ def bench_train(ctx: Context) -> Table:
 # ---------------------------------------------------------------- machine, output
 
 
-def machine() -> dict[str, str]:
+def machine(note: str | None = None) -> dict[str, str]:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -619,9 +619,8 @@ def machine() -> dict[str, str]:
         "versions": ", ".join(f"{d} {version(d)}" for d in
                               ("shapecheck", "torch", "torchinfo", "pydantic", "PyYAML")),
     }
-    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
-        info["note"] = ("PYTHONDONTWRITEBYTECODE is set: modules without a cached .pyc "
-                        "(an editable install's own) are compiled at every start")
+    if note:
+        info["note"] = note
     return info
 
 
@@ -705,6 +704,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu", action="store_true",
                         help="run the GPU script (benchmarks/gpu.py) instead: needs CUDA")
     args = parser.parse_args(argv)
+    note = byte_compiled()
     if args.gpu:
         from benchmarks import gpu
 
@@ -730,7 +730,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             ctx = Context(repeat=repeat, quick=args.quick, warmup=not args.quick,
                           epochs=epochs, threads=args.threads, tmp=Path(tmp),
-                          machine=machine())
+                          machine=machine(note))
             load_start = load_average()
             print("\n".join(f"{k}: {v}" for k, v in ctx.machine.items()), flush=True)
             print(f"load average at the start: {load_start}", flush=True)

@@ -48,10 +48,13 @@ layers:
 
 
 def _scale(node, k: int):
-    """Every out_channels / out_features times k, in layers and in blocks' branches."""
+    """Every out_channels / out_features times k, in layers and in blocks' branches, and a
+    PReLU's per-channel num_parameters with them (1, one shared slope, stays 1)."""
     if isinstance(node, dict):
-        return {key: value * k if key in SCALED and isinstance(value, int) else _scale(value, k)
-                for key, value in node.items()}
+        per_channel = node.get("type") == "prelu"
+        return {key: value * k if isinstance(value, int) and (
+                    key in SCALED or per_channel and key == "num_parameters" and value > 1)
+                else _scale(value, k) for key, value in node.items()}
     if isinstance(node, list):
         return [_scale(item, k) for item in node]
     return node
