@@ -177,7 +177,7 @@ layers:
                                                          page)}
     assert marked["0/1/0/0/0"] == "failed"  # too_big
     assert marked["0"] == marked["0/1/0"] == "holds"  # outer, inner
-    data = json.loads(re.search(r'id="plan-data">(.*?)</script>', page, re.S).group(1))
+    data = json.loads(re.search(r'id="plan-data">(.*?)</script>', page, re.DOTALL).group(1))
     assert data["open"] == "0/1/0/0/0"
     assert data["layers"]["0"]["status"] == "holds"
 

@@ -17,7 +17,7 @@ class Concat(nn.Module):
 
 
 class Pool(nn.Sequential):
-    """The template pool (squeezenet1_1.yaml, line 19)."""
+    """The template pool (squeezenet1_1.yaml, line 22)."""
 
     def __init__(self) -> None:
         super().__init__(
@@ -26,7 +26,7 @@ class Pool(nn.Sequential):
 
 
 class Fire(nn.Sequential):
-    """The template fire (squeezenet1_1.yaml, line 9)."""
+    """The template fire (squeezenet1_1.yaml, line 12)."""
 
     def __init__(self, in_channels: int, squeeze: int = 16, expand: int = 64) -> None:
         super().__init__(
