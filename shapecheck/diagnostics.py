@@ -79,6 +79,13 @@ CODES: dict[str, str] = {
 WARNING_CODES = tuple(code for code in CODES if code.startswith("SC3"))
 
 
+def code_table() -> str:
+    """The table of codes in docs/diagnostics.md, made from CODES; a test keeps the page equal
+    to it. A new code goes into CODES, then this table into the page."""
+    return "".join(["| code | meaning |\n|---|---|\n",
+                    *(f"| {code} | {meaning} |\n" for code, meaning in CODES.items())])
+
+
 @dataclass(frozen=True)
 class Diagnostic:
     severity: Severity
