@@ -20,7 +20,7 @@ from . import yamlread
 from .atomic import FileTooLargeError, NotRegularFileError, read_bounded
 from .diagnostics import Diagnostic, InputError, merge_repeats, more_uses
 from .layers import KINDS, Origin, block_of, kind_of, normalize_type, parse_layers
-from .spec import InputSpec, LayerErrors, Spec, default_name, yaml_loc
+from .spec import InputSpec, LayerErrors, Spec, default_name, walk, yaml_loc
 
 MAX_BYTES = 4 * 1024 * 1024  # a spec is a few KB; a 10,000-layer spec is about 0.5 MB
 MAX_LAYERS = 20_000  # bounds the time of every command; the deepest real networks have ~1,000
@@ -137,6 +137,9 @@ def _parse(text: str, source: str | None, name: str | None, scale: str | None = 
             duplicates = spec.complete(default=default, origin=locator.origin)
         except LayerErrors as e:
             errors += e.errors
+        else:
+            if expansion is not None:
+                _name_after_uses(spec, expansion.made, data["layers"])
     elif isinstance(layers, list):  # still report the layers' own errors
         errors += parse_layers(layers, ("layers",))[1]
     if errors:
@@ -148,6 +151,28 @@ def _parse(text: str, source: str | None, name: str | None, scale: str | None = 
     if problems:
         raise SpecError(problems)
     return spec
+
+
+def _name_after_uses(spec: Spec, made: list, entries: list) -> None:
+    """A named use's layers that the spec left unnamed carry the use's name before the name
+    they were given (``enc1_conv1`` for ``{use: down, name: enc1}``), as ``build`` writes
+    ``self.enc1``. Only their names change: other layers keep theirs, and so their weights'
+    keys."""
+    taken = {layer.name for _, layer in walk(spec.layers)}
+    for m in made:
+        if m.depth or not isinstance(m.name, str) or m.instance is None:
+            continue
+        first = m.start[1]
+        for i in range(first, first + m.count):
+            entry = entries[i]
+            if isinstance(entry, dict) and "name" in entry or m.count == 1 and isinstance(
+                    entry, dict) and entry.get("name") == m.instance:
+                continue
+            layer = spec.layers[i]
+            name = f"{m.instance}_{layer.name}"
+            if name not in taken:
+                object.__setattr__(layer, "name", name)  # layers are frozen once completed
+                taken.add(name)
 
 
 def _layer_notes(notes: dict[tuple, list]) -> dict[tuple, list[str]]:

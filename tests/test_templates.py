@@ -458,3 +458,28 @@ def test_repeat_zero_makes_no_layers(tmp_path):
     assert plan.valid and not any(layer.name.startswith("blocks") for layer in plan.layers)
     assert any(layer.name.startswith("blocks") for layer in
                shapecheck.plan(write(tmp_path, text), scale="x0_5").layers)
+
+
+def test_a_named_use_names_the_layers_it_makes(tmp_path):
+    """`{use: down, name: enc1}` shows as enc1 in plan, render and the page (build writes
+    self.enc1): its unnamed layers take the name first. The other layers keep their names,
+    so a module's weight keys do not change."""
+    text = """\
+        input: {shape: [3, 32, 32]}
+        templates:
+          down:
+            params: {c: 8}
+            layers:
+              - {type: conv2d, out_channels: $c, kernel_size: 3, padding: 1}
+              - relu
+              - {type: conv2d, name: squeeze, out_channels: $c, kernel_size: 1}
+        layers:
+          - {use: down, name: enc1, c: 8}
+          - {use: down, c: 16}
+          - {type: conv2d, out_channels: 4, kernel_size: 1}
+        """
+    named = shapecheck.plan(write(tmp_path, text))
+    assert [layer.name for layer in named.layers] == [
+        "enc1_conv1", "enc1_relu1", "enc1_squeeze", "conv2", "relu2", "down1_squeeze", "conv3"]
+    unnamed = shapecheck.plan(write(tmp_path, text.replace(", name: enc1", ""), "plain.yaml"))
+    assert [unnamed.layers[i].name for i in (3, 4, 6)] == ["conv2", "relu2", "conv3"]
