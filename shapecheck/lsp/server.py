@@ -1,0 +1,200 @@
+"""The protocol glue: a pygls language server on stdio that answers from features.py.
+
+Each change of a document is checked in a worker thread, the newest text only: while a long
+spec is being planned, the server keeps answering (from the last check), and changes typed
+meanwhile make one more check, not one each. pygls is the `lsp` extra; torch is never
+imported."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+from lsprotocol import types
+from pygls.lsp.server import LanguageServer
+
+from .. import __version__
+from . import features
+from .document import Checked
+
+SEVERITY = {"error": types.DiagnosticSeverity.Error, "warning": types.DiagnosticSeverity.Warning}
+KINDS = {"type": types.CompletionItemKind.Class, "field": types.CompletionItemKind.Field,
+         "template": types.CompletionItemKind.Module,
+         "parameter": types.CompletionItemKind.Variable,
+         "scale": types.CompletionItemKind.EnumMember, "key": types.CompletionItemKind.Property,
+         "code": types.CompletionItemKind.Constant}
+
+
+def _range(r: features.Range) -> types.Range:
+    return types.Range(types.Position(r[0], r[1]), types.Position(r[2], r[3]))
+
+
+class SpecServer(LanguageServer):
+    """The documents' checks, by URI: (version, Checked), and the last one whose YAML could
+    be read (for completion and go to definition while the text is half-typed)."""
+
+    def __init__(self) -> None:
+        super().__init__("shapecheck", __version__)
+        self.checked: dict[str, tuple[int | None, Checked]] = {}
+        self.readable: dict[str, Checked] = {}
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="check")
+        self.running: set[str] = set()
+        self.dirty: set[str] = set()
+
+    def schedule(self, uri: str) -> None:
+        """Check the document's newest text, now or when the check under way ends."""
+        if uri in self.running:
+            self.dirty.add(uri)
+            return
+        self.running.add(uri)
+        asyncio.ensure_future(self._check(uri))
+
+    async def _check(self, uri: str) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                self.dirty.discard(uri)
+                if uri not in self.workspace.text_documents:  # closed meanwhile
+                    return
+                document = self.workspace.get_text_document(uri)
+                text, version = document.source, document.version
+                path = document.path if uri.startswith("file:") else None
+                checked = await loop.run_in_executor(self.pool, Checked, text, path)
+                if uri not in self.workspace.text_documents:
+                    return
+                self.checked[uri] = (version, checked)
+                if checked.yaml is not None:
+                    self.readable[uri] = checked
+                self.publish(uri, version, checked)
+                if uri not in self.dirty:
+                    return
+        finally:
+            self.running.discard(uri)
+
+    def publish(self, uri: str, version: int | None, checked: Checked) -> None:
+        found = []
+        for p in features.problems(checked):
+            where = _range(p.range)
+            related = None
+            if p.hint:
+                related = [types.DiagnosticRelatedInformation(
+                    types.Location(uri, where), f"hint: {p.hint}")]
+            found.append(types.Diagnostic(where, p.message, SEVERITY[p.severity], p.code,
+                                          source="shapecheck", related_information=related))
+        self.text_document_publish_diagnostics(
+            types.PublishDiagnosticsParams(uri, found, version))
+        workspace = self.client_capabilities.workspace
+        hints = workspace.inlay_hint if workspace else None
+        if hints is not None and hints.refresh_support:
+            self.workspace_inlay_hint_refresh(None)
+
+    def current(self, uri: str) -> Checked | None:
+        """The document's last check (of its newest text, or of the one before)."""
+        found = self.checked.get(uri)
+        return found[1] if found else None
+
+    def up_to_date(self, uri: str) -> Checked | None:
+        """The document's check, only if it is of the text the editor now has."""
+        found = self.checked.get(uri)
+        if found is None or uri not in self.workspace.text_documents:
+            return None
+        version, checked = found
+        return checked if self.workspace.get_text_document(uri).version == version else None
+
+
+def make_server() -> SpecServer:
+    server = SpecServer()
+
+    @server.feature(types.INITIALIZED)
+    def initialized(ls: SpecServer, params) -> None:
+        # Import every layer model now, not at the first completion or the first check.
+        ls.pool.submit(features.layer_types)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
+    def did_open(ls: SpecServer, params: types.DidOpenTextDocumentParams) -> None:
+        ls.schedule(params.text_document.uri)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+    def did_change(ls: SpecServer, params: types.DidChangeTextDocumentParams) -> None:
+        ls.schedule(params.text_document.uri)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+    def did_close(ls: SpecServer, params: types.DidCloseTextDocumentParams) -> None:
+        uri = params.text_document.uri
+        ls.checked.pop(uri, None)
+        ls.readable.pop(uri, None)
+        ls.text_document_publish_diagnostics(types.PublishDiagnosticsParams(uri, []))
+
+    @server.feature(types.TEXT_DOCUMENT_INLAY_HINT,
+                    types.InlayHintOptions(resolve_provider=False))
+    def inlay_hint(ls: SpecServer, params: types.InlayHintParams):
+        checked = ls.current(params.text_document.uri)
+        if checked is None:
+            return []
+        r = params.range
+        return [types.InlayHint(types.Position(h.line, h.character), h.label,
+                                types.InlayHintKind.Type, tooltip=h.tooltip, padding_left=True)
+                for h in features.inlay_hints(checked, r.start.line, r.end.line)]
+
+    @server.feature(types.TEXT_DOCUMENT_HOVER)
+    def hover(ls: SpecServer, params: types.HoverParams):
+        checked = ls.current(params.text_document.uri)
+        if checked is None:
+            return None
+        found = features.hover(checked, params.position.line, params.position.character)
+        if found is None:
+            return None
+        return types.Hover(types.MarkupContent(types.MarkupKind.Markdown, found.markdown),
+                           _range(found.range))
+
+    @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions())
+    def completion(ls: SpecServer, params: types.CompletionParams):
+        uri = params.text_document.uri
+        text = ls.workspace.get_text_document(uri).source
+        found = features.completions(text, params.position.line, params.position.character,
+                                     ls.readable.get(uri))
+        return types.CompletionList(False, [
+            types.CompletionItem(c.label, kind=KINDS[c.kind], detail=c.detail,
+                                 insert_text=c.insert) for c in found])
+
+    @server.feature(types.TEXT_DOCUMENT_DEFINITION)
+    def definition(ls: SpecServer, params: types.DefinitionParams):
+        uri = params.text_document.uri
+        text = ls.workspace.get_text_document(uri).source
+        found = features.definition(text, params.position.line, params.position.character,
+                                    ls.readable.get(uri))
+        return types.Location(uri, _range(found)) if found else None
+
+    @server.feature(types.TEXT_DOCUMENT_CODE_ACTION, types.CodeActionOptions(
+        code_action_kinds=[types.CodeActionKind.QuickFix]))
+    def code_action(ls: SpecServer, params: types.CodeActionParams):
+        uri = params.text_document.uri
+        checked = ls.up_to_date(uri)
+        if checked is None:  # an edit made for another text would corrupt this one
+            return []
+        actions = []
+        for fix in features.fixes(checked, params.range.start.line, params.range.end.line):
+            problem = types.Diagnostic(_range(fix.problem.range), fix.problem.message,
+                                       SEVERITY[fix.problem.severity], fix.problem.code,
+                                       source="shapecheck")
+            edits = [types.TextEdit(_range(e.range), e.text) for e in fix.edits]
+            actions.append(types.CodeAction(
+                fix.title, kind=types.CodeActionKind.QuickFix, diagnostics=[problem],
+                is_preferred=True, edit=types.WorkspaceEdit(changes={uri: edits})))
+        return actions
+
+    return server
+
+
+def serve() -> int:
+    """Serve on stdin and stdout until the client says exit."""
+    import os
+
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # a stray print must not corrupt the protocol
+    server = make_server()
+    server.start_io(stdin, stdout)
+    sys.stderr.flush()
+    # Not the interpreter's teardown: it would wait for a check still under way.
+    os._exit(0)
