@@ -360,7 +360,7 @@ def _section(lines: list[str], line: int, prefix: str) -> str | None:
     """The top-level key the position is under."""
     if prefix and _indent(prefix) == 0 and ":" in prefix:
         return prefix.partition(":")[0].strip()
-    for i in range(line - 1, -1, -1):
+    for i in range(min(line, len(lines)) - 1, -1, -1):
         text = lines[i]
         if text and not text[0].isspace() and not text.startswith(("#", "-")):
             return text.partition(":")[0].strip()

@@ -60,7 +60,7 @@ class SpecServer(LanguageServer):
                 document = self.workspace.get_text_document(uri)
                 text, version = document.source, document.version
                 path = document.path if uri.startswith("file:") else None
-                checked = await loop.run_in_executor(self.pool, Checked, text, path)
+                checked = await loop.run_in_executor(self.pool, check_text, text, path)
                 if uri not in self.workspace.text_documents:
                     return
                 self.checked[uri] = (version, checked)
@@ -101,6 +101,12 @@ class SpecServer(LanguageServer):
             return None
         version, checked = found
         return checked if self.workspace.get_text_document(uri).version == version else None
+
+
+def check_text(text: str, path: str | None) -> Checked:
+    checked = Checked(text, path)
+    _ = checked.yaml  # read here, off the event loop: completion and go to definition need it
+    return checked
 
 
 def make_server() -> SpecServer:
