@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import statistics
 import subprocess
 import sys
@@ -489,3 +490,32 @@ def test_without_pygls_the_command_says_what_to_install():
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.startswith("shapecheck lsp: error: needs pygls: pip install "
                                   "'shapecheck-cnn[lsp]'")
+
+
+# --- in a real editor -----------------------------------------------------------------------
+
+@pytest.mark.skipif(shutil.which("nvim") is None, reason="needs Neovim")
+def test_neovim_shows_the_diagnostics_and_the_shapes(tmp_path):
+    """Neovim, headless, starts the server on a spec as docs/editors.md sets it up; its
+    diagnostics (vim.diagnostic.get) and the inlay hints are what the server gives."""
+    pytest.importorskip("pygls")
+    spec = tmp_path / "net.yaml"
+    spec.write_text(LECTURE.replace("  - flatten\n", ""), encoding="utf-8")
+    out = tmp_path / "seen.txt"
+    env = {**os.environ, "SPEC": str(spec), "OUT": str(out), "PYTHON": sys.executable,
+           "HOVER_LINE": str(line_of(LECTURE, "name: conv1") + 1), "HOME": str(tmp_path),
+           "XDG_CONFIG_HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path),
+           "XDG_STATE_HOME": str(tmp_path)}
+    init = ROOT / "tests" / "nvim_lsp.lua"
+    subprocess.run(["nvim", "--headless", "-i", "NONE", "-u", str(init)], cwd=ROOT, env=env, timeout=90, check=True, capture_output=True)
+    seen = out.read_text(encoding="utf-8").splitlines()
+    fc = line_of(LECTURE, "name: fc")  # 1-based: the line of fc once the flatten is gone
+    assert seen == [
+        "diagnostics arrived: true",
+        (f"diagnostic {fc}:5 SC305 layer 6 (linear fc): linear on a 4-d tensor acts on the "
+         "last dim (4) only"),
+        *(f"hint {fc - 6 + i} {shape}" for i, shape in enumerate([
+            "→ 64×10×24×24", "→ 64×10×12×12", "→ 64×10×12×12", "→ 64×20×8×8", "→ 64×20×4×4",
+            "→ 64×20×4×4", "→ 64×20×4×10"])),
+        "hover **conv1** · `conv2d` · layer 0",
+    ]

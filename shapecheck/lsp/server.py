@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from lsprotocol import types
@@ -89,8 +90,13 @@ class SpecServer(LanguageServer):
         if hints is not None and hints.refresh_support:
             self.workspace_inlay_hint_refresh(None)
 
-    def current(self, uri: str) -> Checked | None:
-        """The document's last check (of its newest text, or of the one before)."""
+    async def current(self, uri: str, wait: float = 2.0) -> Checked | None:
+        """The document's last check, once the check under way (if any) has ended: an editor
+        asks for hints as it opens a file, before its first check is done. After ``wait``
+        seconds, the check before (a long spec's)."""
+        deadline = time.monotonic() + wait
+        while uri in self.running and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
         found = self.checked.get(uri)
         return found[1] if found else None
 
@@ -134,8 +140,8 @@ def make_server() -> SpecServer:
 
     @server.feature(types.TEXT_DOCUMENT_INLAY_HINT,
                     types.InlayHintOptions(resolve_provider=False))
-    def inlay_hint(ls: SpecServer, params: types.InlayHintParams):
-        checked = ls.current(params.text_document.uri)
+    async def inlay_hint(ls: SpecServer, params: types.InlayHintParams):
+        checked = await ls.current(params.text_document.uri)
         if checked is None:
             return []
         r = params.range
@@ -144,8 +150,8 @@ def make_server() -> SpecServer:
                 for h in features.inlay_hints(checked, r.start.line, r.end.line)]
 
     @server.feature(types.TEXT_DOCUMENT_HOVER)
-    def hover(ls: SpecServer, params: types.HoverParams):
-        checked = ls.current(params.text_document.uri)
+    async def hover(ls: SpecServer, params: types.HoverParams):
+        checked = await ls.current(params.text_document.uri)
         if checked is None:
             return None
         found = features.hover(checked, params.position.line, params.position.character)
@@ -174,8 +180,9 @@ def make_server() -> SpecServer:
 
     @server.feature(types.TEXT_DOCUMENT_CODE_ACTION, types.CodeActionOptions(
         code_action_kinds=[types.CodeActionKind.QuickFix]))
-    def code_action(ls: SpecServer, params: types.CodeActionParams):
+    async def code_action(ls: SpecServer, params: types.CodeActionParams):
         uri = params.text_document.uri
+        await ls.current(uri)
         checked = ls.up_to_date(uri)
         if checked is None:  # an edit made for another text would corrupt this one
             return []
