@@ -519,3 +519,18 @@ def test_neovim_shows_the_diagnostics_and_the_shapes(tmp_path):
             "→ 64×20×4×4", "→ 64×20×4×10"])),
         "hover **conv1** · `conv2d` · layer 0",
     ]
+
+
+def test_a_failure_of_the_checker_is_a_diagnostic_not_the_end(monkeypatch):
+    """No text is known to break the checker; a bug is simulated to see what the user gets."""
+    from shapecheck.lsp import document
+
+    def broken(spec):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(document, "plan", broken)
+    checked = Checked(LECTURE)
+    [problem] = features.problems(checked)
+    assert problem.code is None and problem.range[0] == 0
+    assert problem.message.startswith("shapecheck could not check this text (RuntimeError: a bug)")
+    assert features.inlay_hints(checked) == [] and features.hover(checked, 9, 6) is None
