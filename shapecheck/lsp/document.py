@@ -65,7 +65,10 @@ class Checked:
         """(data, {YAML location: (1-based line, column)}) of the raw text, read again on
         first use (hover, go to definition, code actions); None where it is not YAML."""
         from .. import yamlread
+        from ..loader import MAX_BYTES
 
+        if len(self.text) > MAX_BYTES:  # refused by the check already: not read twice
+            return None
         try:
             data, positions, _ = yamlread.read(self.text)
         except InputError:  # not YAML (its diagnostic is the check's)

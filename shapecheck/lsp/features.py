@@ -141,8 +141,7 @@ def inlay_hints(checked: Checked, first: int = 0, last: int | None = None) -> li
             on_line.setdefault(entry.line, []).append(entry)
     hints = []
     for line, entries in on_line.items():
-        outer = [e for e in entries if not any(_inside(e, other) for other in entries)]
-        entry = outer[-1]
+        entry = _last_outer(entries)
         row = entry.row or checked.use_output(entry)
         label = shape_label(row)
         if label is None:
@@ -152,15 +151,20 @@ def inlay_hints(checked: Checked, first: int = 0, last: int | None = None) -> li
     return hints
 
 
-def _inside(entry: Entry, other: Entry) -> bool:
-    """Whether ``entry``'s layer lies inside the block ``other`` is (or a use made it)."""
-    if entry is other:
-        return False
-    if other.site is not None:
-        return entry.row is not None and any(entry.row is row for row in other.rows)
-    if entry.row is None or other.row is None or not other.row.is_block:
-        return False
-    return entry.row.path[:len(other.row.path)] == other.row.path
+def _last_outer(entries: list[Entry]) -> Entry:
+    """The last entry of a line whose layer is not inside a block, or made by a use, written
+    on the same line (a line may hold a whole flow list: no pairwise comparison)."""
+    if len(entries) == 1:
+        return entries[0]
+    blocks = {e.row.path for e in entries if e.row is not None and e.row.is_block}
+    made = {id(row) for e in entries if e.site is not None for row in e.rows}
+    for entry in reversed(entries):
+        if entry.row is None:
+            return entry
+        path = entry.row.path
+        if id(entry.row) not in made and not any(path[:k] in blocks for k in range(1, len(path))):
+            return entry
+    return entries[-1]
 
 
 def _tooltip(entry: Entry, row: LayerPlan) -> str:
