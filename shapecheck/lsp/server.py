@@ -13,7 +13,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from lsprotocol import types
-from pygls.lsp.server import LanguageServer
+
+try:
+    from pygls.lsp.server import LanguageServer
+except ModuleNotFoundError:  # pygls 1.x
+    from pygls.server import LanguageServer
 
 from .. import __version__
 from . import features
@@ -83,12 +87,21 @@ class SpecServer(LanguageServer):
                     types.Location(uri, where), f"hint: {p.hint}")]
             found.append(types.Diagnostic(where, p.message, SEVERITY[p.severity], p.code,
                                           source="shapecheck", related_information=related))
-        self.text_document_publish_diagnostics(
-            types.PublishDiagnosticsParams(uri, found, version))
+        self.send_diagnostics(uri, found, version)
         workspace = self.client_capabilities.workspace
         hints = workspace.inlay_hint if workspace else None
         if hints is not None and hints.refresh_support:
-            self.workspace_inlay_hint_refresh(None)
+            if hasattr(self, "workspace_inlay_hint_refresh"):
+                self.workspace_inlay_hint_refresh(None)
+            else:  # pygls 1.x
+                self.lsp.send_request(types.WORKSPACE_INLAY_HINT_REFRESH)
+
+    def send_diagnostics(self, uri: str, found: list, version: int | None = None) -> None:
+        if hasattr(self, "text_document_publish_diagnostics"):
+            self.text_document_publish_diagnostics(
+                types.PublishDiagnosticsParams(uri, found, version))
+        else:  # pygls 1.x
+            self.publish_diagnostics(uri, found, version)
 
     async def current(self, uri: str, wait: float = 2.0) -> Checked | None:
         """The document's last check, once the check under way (if any) has ended: an editor
@@ -136,7 +149,7 @@ def make_server() -> SpecServer:
         uri = params.text_document.uri
         ls.checked.pop(uri, None)
         ls.readable.pop(uri, None)
-        ls.text_document_publish_diagnostics(types.PublishDiagnosticsParams(uri, []))
+        ls.send_diagnostics(uri, [])
 
     @server.feature(types.TEXT_DOCUMENT_INLAY_HINT,
                     types.InlayHintOptions(resolve_provider=False))
