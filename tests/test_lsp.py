@@ -112,6 +112,8 @@ def test_hover_on_a_use_gives_the_template_parameters_and_the_layers():
     assert "**use `bottleneck`** × 4" in text
     assert "- `width`: default `64`, here `128`" in text
     assert "- `stride`: default `1`, first repeat `2`" in text
+    assert "- `shortcut`: default `[]`, first repeat `[{use: downsample, out: 512, stride: 2}]`" \
+        in text
     # 4 blocks of 9 layers (the residual and its body's 8), and the first one's downsample (2)
     assert "makes 38 layers" in text
     assert "layer2_0_conv3" in text and "→ N×512×28×28" in text
@@ -158,6 +160,9 @@ def test_go_to_definition_from_a_use_to_its_template():
     # SC203: in_channels added after the type, in a flow mapping
     (LECTURE.replace("{type: Conv2d, out_channels: 20", "{type: Conv2d, in_channels: 3, "
                      "out_channels: 20"), "{type: Conv2d, in_channels: 10, out_channels", "SC203"),
+    # SC205: num_features set to the channels that arrive
+    (LECTURE.replace("  - relu\n", "  - {type: batchnorm2d, num_features: 7}\n", 1),
+     "{type: batchnorm2d, num_features: 10}", "SC205"),
     # SC303: bias set to false on the conv
     (LECTURE.replace("  - {type: maxpool2d, kernel_size: 2}\n", "  - batchnorm2d\n", 1),
      "{type: conv2d, bias: false, name: conv1,", "SC303"),
@@ -405,6 +410,14 @@ def test_bad_input_never_stops_the_server(client):
     client.change(uri, 99, LECTURE)
     assert client.diagnostics(uri, 99) == []
     assert client.close() == 0
+
+
+def test_the_server_ends_when_the_editor_goes_away(client):
+    """An editor that dies closes the server's stdin without `exit`: the server ends."""
+    client.open("untitled:a.yaml", LECTURE)
+    client.diagnostics("untitled:a.yaml", 1)
+    client.process.stdin.close()
+    assert client.process.wait(timeout=30) == 0
 
 
 def test_the_server_answers_while_a_long_spec_is_checked(client):

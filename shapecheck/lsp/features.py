@@ -243,11 +243,12 @@ def _use_markdown(checked: Checked, entry: Entry) -> str:
         out.append("parameters:")
         first = use.get("first") if isinstance(use.get("first"), dict) else {}
         for key, default in params.items():
-            line = f"- `{key}`: " + ("required" if default is None else f"default `{default}`")
+            line = f"- `{key}`: " + ("required" if default is None else
+                                     f"default `{flow(default)}`")
             if key in use:
-                line += f", here `{use[key]}`"
+                line += f", here `{flow(use[key])}`"
             if key in first:
-                line += f", first repeat `{first[key]}`"
+                line += f", first repeat `{flow(first[key])}`"
             out.append(line)
     else:
         out.append("no parameters")
@@ -294,16 +295,21 @@ def _model_fields(model) -> tuple[Completion, ...]:
         elif info.default is None:
             detail = "optional" if key == "name" else "default: inferred or none"
         else:
-            detail = f"default: {_yaml_value(info.default)}"
+            detail = f"default: {flow(info.default)}"
         found.append(Completion(key, "field", detail, f"{key}: "))
     return tuple(found)
 
 
-def _yaml_value(value) -> str:
+def flow(value) -> str:
+    """A value as YAML's flow style writes it: `[{use: downsample, out: 256}]`, `false`."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, tuple):
-        return f"[{', '.join(map(_yaml_value, value))}]"
+    if value is None:
+        return "null"
+    if isinstance(value, (list, tuple)):
+        return f"[{', '.join(map(flow, value))}]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {flow(v)}" for k, v in value.items()) + "}"
     return str(value)
 
 
@@ -345,7 +351,7 @@ def completions(text: str, line: int, character: int, known: Checked | None) -> 
         return []
     if template is not None:
         params = _template_params(known, template)
-        return [*(Completion(p, "parameter", "required" if v is None else f"default: {v}",
+        return [*(Completion(p, "parameter", "required" if v is None else f"default: {flow(v)}",
                              f"{p}: ") for p, v in params.items() if p not in keys),
                 *(Completion(k, "key", "of every use", f"{k}: ")
                   for k in USE_KEYS[1:] if k not in keys)]
