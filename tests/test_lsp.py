@@ -217,15 +217,23 @@ def test_bad_input_is_a_diagnostic_and_every_feature_still_answers(text, code):
     assert features.definition(text, 0, 0, checked) is None
 
 
-def test_positions_are_utf16_where_a_line_has_astral_characters():
-    line = "  - {type: linear, name: fc, in_features: 99, out_features: 10}  # 🧠🧠"
-    checked = Checked(LECTURE.replace(FC, line))
+ASTRAL = "  - {type: linear, name: fc, in_features: 99, out_features: 10}  # 🧠 × 🧠"
+
+
+def test_positions_are_code_points_and_the_protocol_counts_its_units():
+    checked = Checked(LECTURE.replace(FC, ASTRAL))
     [problem] = [p for p in features.problems(checked) if p.code == "SC204"]
-    assert problem.range[3] == len(line) + 2  # two astral characters: two code units each
+    assert problem.range[3] == len(ASTRAL)
     [hint] = [h for h in features.inlay_hints(checked) if h.line == problem.range[0]]
-    assert hint.character == len(line) + 2
-    assert features.units(line, 10) == 10 and features.column_of(line + "x", len(line) + 2) \
-        == len(line)
+    assert hint.character == len(ASTRAL)
+    # two astral characters (two UTF-16 units, four UTF-8 bytes each) and a × (two bytes)
+    assert features.units(ASTRAL, len(ASTRAL)) == len(ASTRAL) + 2
+    assert features.units(ASTRAL, len(ASTRAL), "utf-8") == len(ASTRAL.encode("utf-8"))
+    assert features.units(ASTRAL, len(ASTRAL), "utf-32") == len(ASTRAL)
+    for encoding in ("utf-8", "utf-16", "utf-32"):
+        for column in range(len(ASTRAL) + 1):
+            assert features.column_of(ASTRAL, features.units(ASTRAL, column, encoding),
+                                      encoding) == column
 
 
 def test_a_warm_recheck_is_fast():
@@ -335,17 +343,45 @@ class Client:
         return self.process.wait(timeout=30)
 
 
-@pytest.fixture
-def client():
+def started(capabilities: dict) -> Client:
     pytest.importorskip("pygls")
     c = Client()
-    c.request("initialize", {"processId": os.getpid(), "rootUri": None, "capabilities": {
-        "workspace": {"inlayHint": {"refreshSupport": True}}}})
+    c.request("initialize", {"processId": os.getpid(), "rootUri": None,
+                             "capabilities": capabilities})
     c.send("initialized", {})
+    return c
+
+
+@pytest.fixture
+def client():
+    c = started({"workspace": {"inlayHint": {"refreshSupport": True}}})
     yield c
     if c.process.poll() is None:
         c.process.kill()
         c.process.wait()
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16", "utf-32"])
+def test_positions_are_in_the_encoding_the_client_asked_for(encoding):
+    c = started({"general": {"positionEncodings": [encoding]}})
+    try:
+        uri = "untitled:net.yaml"
+        c.open(uri, LECTURE.replace(FC, ASTRAL))
+        [found] = [d for d in c.diagnostics(uri, 1) if d["code"] == "SC204"]
+        end = features.units(ASTRAL, len(ASTRAL), encoding)
+        assert found["range"]["end"]["character"] == end
+        line = found["range"]["end"]["line"]
+        hints = c.request("textDocument/inlayHint", {"textDocument": {"uri": uri}, "range": {
+            "start": at(line, 0), "end": at(line, end)}})
+        assert [h["position"] for h in hints] == [at(line, end)]
+        # a hover asked for at the last character, in the client's units, finds the layer
+        hover = c.request("textDocument/hover", {"textDocument": {"uri": uri},
+                                                 "position": at(line, end - 1)})
+        assert hover["contents"]["value"].startswith("**fc**")
+        assert c.close() == 0
+    finally:
+        if c.process.poll() is None:
+            c.process.kill()
 
 
 def at(line: int, character: int) -> dict:

@@ -1,8 +1,9 @@
 """What the language server answers, worked out from a checked document (document.py):
 diagnostics, inlay hints, hover, completion, go to definition and quick fixes.
 
-Pure: no protocol here, so that each is tested as a function. Positions are the protocol's:
-0-based lines, and columns in UTF-16 code units; server.py turns these values into its types."""
+Pure: no protocol here, so that each is tested as a function. Positions are 0-based lines
+and columns in code points; server.py turns them into the protocol's types and code units
+(``units`` and ``column_of``: UTF-16 by default, UTF-8 or UTF-32 where the client asks)."""
 
 from __future__ import annotations
 
@@ -69,21 +70,27 @@ class Fix:
 
 # --- positions ------------------------------------------------------------------------------
 
-def units(line: str, column: int) -> int:
-    """A code-point column of ``line`` in UTF-16 code units."""
+def units(line: str, column: int, encoding: str = "utf-16") -> int:
+    """A code-point column of ``line`` in the code units of the protocol's position encoding
+    (utf-16, the default; utf-8; utf-32: code points)."""
     head = line[:column]
-    return column if head.isascii() else len(head) + sum(ord(c) > 0xFFFF for c in head)
+    if encoding == "utf-32" or head.isascii():
+        return len(head)
+    if encoding == "utf-8":
+        return len(head.encode("utf-8", "surrogatepass"))
+    return len(head) + sum(ord(c) > 0xFFFF for c in head)
 
 
-def column_of(line: str, character: int) -> int:
-    """A UTF-16 column of ``line`` in code points."""
-    if line.isascii():
-        return min(character, len(line))
-    count = 0
+def column_of(line: str, count: int, encoding: str = "utf-16") -> int:
+    """A column of ``line`` given in code units, as a code-point column."""
+    if encoding == "utf-32" or line.isascii():
+        return min(count, len(line))
+    seen = 0
     for i, c in enumerate(line):
-        if count >= character:
+        if seen >= count:
             return i
-        count += 2 if ord(c) > 0xFFFF else 1
+        seen += len(c.encode("utf-8", "surrogatepass")) if encoding == "utf-8" else \
+            2 if ord(c) > 0xFFFF else 1
     return len(line)
 
 
@@ -96,14 +103,14 @@ def _span(checked: Checked, line: int | None, column: int | None) -> Range:
     line's text (the whole first line where it has no place)."""
     lines = checked.lines
     if line is None:
-        return (0, 0, 0, units(lines[0], len(lines[0].rstrip())))
+        return (0, 0, 0, len(lines[0].rstrip()))
     i = min(max(line - 1, 0), len(lines) - 1)
     text = lines[i]
     start = min(max((column or 1) - 1, 0), len(text))
     end = len(text.rstrip())
     if end <= start:
         end = len(text)
-    return (i, units(text, start), i, units(text, end))
+    return (i, start, i, end)
 
 
 # --- diagnostics ----------------------------------------------------------------------------
@@ -147,7 +154,7 @@ def inlay_hints(checked: Checked, first: int = 0, last: int | None = None) -> li
         if label is None:
             continue
         text = checked.lines[line]
-        hints.append(Hint(line, units(text, len(text)), label, _tooltip(entry, row)))
+        hints.append(Hint(line, len(text), label, _tooltip(entry, row)))
     return hints
 
 
@@ -182,12 +189,11 @@ def _tooltip(entry: Entry, row: LayerPlan) -> str:
 def hover(checked: Checked, line: int, character: int) -> Hover | None:
     """A layer's arithmetic, as `plan --explain` prints it; a use's template, parameters
     and layers."""
-    text = _line(checked.lines, line)
-    entry = checked.entry_at(line, column_of(text, character))
+    entry = checked.entry_at(line, character)
     if entry is None:
         return None
     start = checked.lines[entry.line]
-    where = (entry.line, units(start, entry.column), entry.line, units(start, len(start)))
+    where = (entry.line, entry.column, entry.line, len(start))
     if entry.site is not None:
         return Hover(where, _use_markdown(checked, entry))
     return Hover(where, _layer_markdown(checked, entry.row))
@@ -320,7 +326,7 @@ def completions(text: str, line: int, character: int, known: Checked | None) -> 
     read, for the templates and scales."""
     lines = LINE_BREAK.split(text)
     current = _line(lines, line)
-    prefix = current[:column_of(current, character)]
+    prefix = current[:character]
     section = _section(lines, line, prefix)
     if re.search(r"\buse:\s*[\w-]*$", prefix):
         return _templates(known)
@@ -452,18 +458,15 @@ def _templates(known: Checked | None) -> list[Completion]:
 def definition(text: str, line: int, character: int, known: Checked | None) -> Range | None:
     """From a `use: NAME` to the template's key under `templates:`."""
     current = _line(LINE_BREAK.split(text), line)
-    column = column_of(current, character)
     matches = list(re.finditer(r"\buse:\s*([A-Za-z_]\w*)", current))
     for match in matches:
-        if match.start() <= column <= match.end() or len(matches) == 1:
+        if match.start() <= character <= match.end() or len(matches) == 1:
             at = (known.yaml[1] if known is not None and known.yaml else {}).get(
                 ("templates", match.group(1)))
             if at is None:
                 return None
-            target = _line(known.lines, at[0] - 1)
             start = at[1] - 1
-            return (at[0] - 1, units(target, start), at[0] - 1,
-                    units(target, start + len(match.group(1))))
+            return (at[0] - 1, start, at[0] - 1, start + len(match.group(1)))
     return None
 
 
@@ -531,7 +534,7 @@ def _set_field(checked: Checked, loc: tuple, key: str, value: str) -> Edit | Non
                            ).match(text, at[1] - 1)
         if match is None:
             return None
-        return Edit((i, units(text, match.start(1)), i, units(text, match.end(1))), value)
+        return Edit((i, match.start(1), i, match.end(1)), value)
     at = positions.get((*loc, "type"))
     start = positions.get(loc)
     if at is None or start is None:
@@ -541,10 +544,10 @@ def _set_field(checked: Checked, loc: tuple, key: str, value: str) -> Edit | Non
         match = re.compile(r"type\s*:\s*[^,}]*?(?=\s*[,}])").match(text, at[1] - 1)
         if match is None:
             return None
-        end = units(text, match.end())
+        end = match.end()
         return Edit((i, end, i, end), f", {key}: {value}")
     indent = " " * (at[1] - 1)
     if i + 1 < len(checked.lines):
         return Edit((i + 1, 0, i + 1, 0), f"{indent}{key}: {value}\n")
-    return Edit((i, units(text, len(text)), i, units(text, len(text))),
+    return Edit((i, len(text), i, len(text)),
                 f"\n{indent}{key}: {value}")

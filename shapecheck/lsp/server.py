@@ -21,7 +21,7 @@ except ModuleNotFoundError:  # pygls 1.x
 
 from .. import __version__
 from . import features
-from .document import Checked
+from .document import LINE_BREAK, Checked
 
 SEVERITY = {"error": types.DiagnosticSeverity.Error, "warning": types.DiagnosticSeverity.Warning}
 KINDS = {"type": types.CompletionItemKind.Class, "field": types.CompletionItemKind.Field,
@@ -31,8 +31,27 @@ KINDS = {"type": types.CompletionItemKind.Class, "field": types.CompletionItemKi
          "code": types.CompletionItemKind.Constant}
 
 
-def _range(r: features.Range) -> types.Range:
-    return types.Range(types.Position(r[0], r[1]), types.Position(r[2], r[3]))
+class Codec:
+    """Positions between the features' code points on a text's lines and the client's code
+    units (the position encoding agreed at initialize: UTF-16 unless the client prefers
+    another)."""
+
+    def __init__(self, lines: list[str], encoding) -> None:
+        self.lines = lines
+        self.encoding = str(getattr(encoding, "value", encoding) or "utf-16")
+
+    def _text(self, line: int) -> str:
+        return self.lines[line] if 0 <= line < len(self.lines) else ""
+
+    def position(self, line: int, column: int) -> types.Position:
+        return types.Position(line, features.units(self._text(line), column, self.encoding))
+
+    def range(self, r: features.Range) -> types.Range:
+        return types.Range(self.position(r[0], r[1]), self.position(r[2], r[3]))
+
+    def column(self, position: types.Position) -> int:
+        """A request's position as a code-point column."""
+        return features.column_of(self._text(position.line), position.character, self.encoding)
 
 
 class SpecServer(LanguageServer):
@@ -77,10 +96,14 @@ class SpecServer(LanguageServer):
         finally:
             self.running.discard(uri)
 
+    def codec(self, lines: list[str]) -> Codec:
+        return Codec(lines, self.workspace.position_encoding)
+
     def publish(self, uri: str, version: int | None, checked: Checked) -> None:
+        codec = self.codec(checked.lines)
         found = []
         for p in features.problems(checked):
-            where = _range(p.range)
+            where = codec.range(p.range)
             related = None
             if p.hint:
                 related = [types.DiagnosticRelatedInformation(
@@ -157,8 +180,8 @@ def make_server() -> SpecServer:
         checked = await ls.current(params.text_document.uri)
         if checked is None:
             return []
-        r = params.range
-        return [types.InlayHint(types.Position(h.line, h.character), h.label,
+        r, codec = params.range, ls.codec(checked.lines)
+        return [types.InlayHint(codec.position(h.line, h.character), h.label,
                                 types.InlayHintKind.Type, tooltip=h.tooltip, padding_left=True)
                 for h in features.inlay_hints(checked, r.start.line, r.end.line)]
 
@@ -167,18 +190,19 @@ def make_server() -> SpecServer:
         checked = await ls.current(params.text_document.uri)
         if checked is None:
             return None
-        found = features.hover(checked, params.position.line, params.position.character)
+        codec = ls.codec(checked.lines)
+        found = features.hover(checked, params.position.line, codec.column(params.position))
         if found is None:
             return None
         return types.Hover(types.MarkupContent(types.MarkupKind.Markdown, found.markdown),
-                           _range(found.range))
+                           codec.range(found.range))
 
     @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions())
     def completion(ls: SpecServer, params: types.CompletionParams):
         uri = params.text_document.uri
         text = ls.workspace.get_text_document(uri).source
-        found = features.completions(text, params.position.line, params.position.character,
-                                     ls.readable.get(uri))
+        column = ls.codec(LINE_BREAK.split(text)).column(params.position)
+        found = features.completions(text, params.position.line, column, ls.readable.get(uri))
         return types.CompletionList(False, [
             types.CompletionItem(c.label, kind=KINDS[c.kind], detail=c.detail,
                                  insert_text=c.insert) for c in found])
@@ -186,10 +210,10 @@ def make_server() -> SpecServer:
     @server.feature(types.TEXT_DOCUMENT_DEFINITION)
     def definition(ls: SpecServer, params: types.DefinitionParams):
         uri = params.text_document.uri
-        text = ls.workspace.get_text_document(uri).source
-        found = features.definition(text, params.position.line, params.position.character,
-                                    ls.readable.get(uri))
-        return types.Location(uri, _range(found)) if found else None
+        text, known = ls.workspace.get_text_document(uri).source, ls.readable.get(uri)
+        column = ls.codec(LINE_BREAK.split(text)).column(params.position)
+        found = features.definition(text, params.position.line, column, known)
+        return types.Location(uri, ls.codec(known.lines).range(found)) if found else None
 
     @server.feature(types.TEXT_DOCUMENT_CODE_ACTION, types.CodeActionOptions(
         code_action_kinds=[types.CodeActionKind.QuickFix]))
@@ -199,12 +223,12 @@ def make_server() -> SpecServer:
         checked = ls.up_to_date(uri)
         if checked is None:  # an edit made for another text would corrupt this one
             return []
-        actions = []
+        actions, codec = [], ls.codec(checked.lines)
         for fix in features.fixes(checked, params.range.start.line, params.range.end.line):
-            problem = types.Diagnostic(_range(fix.problem.range), fix.problem.message,
+            problem = types.Diagnostic(codec.range(fix.problem.range), fix.problem.message,
                                        SEVERITY[fix.problem.severity], fix.problem.code,
                                        source="shapecheck")
-            edits = [types.TextEdit(_range(e.range), e.text) for e in fix.edits]
+            edits = [types.TextEdit(codec.range(e.range), e.text) for e in fix.edits]
             actions.append(types.CodeAction(
                 fix.title, kind=types.CodeActionKind.QuickFix, diagnostics=[problem],
                 is_preferred=True, edit=types.WorkspaceEdit(changes={uri: edits})))
