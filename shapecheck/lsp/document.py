@@ -67,8 +67,8 @@ class Checked:
         from .. import yamlread
         from ..loader import MAX_BYTES
 
-        if len(self.text) > MAX_BYTES:  # refused by the check already: not read twice
-            return None
+        if len(self.text) > MAX_BYTES or any(d.code == "SC004" for d in self.diagnostics):
+            return None  # refused by the check (too large, too many layers): not read twice
         try:
             data, positions, _ = yamlread.read(self.text)
         except InputError:  # not YAML (its diagnostic is the check's)
