@@ -202,8 +202,6 @@ def test_a_template_layer_gets_no_fix_every_use_shares_it():
     ("layers: [relu]\ninput: {shape: [1, 2, 2]}\nname: \ud800\n", "SC002"),  # a lone surrogate
     ("x" * (MAX_BYTES + 1), "SC004"),  # too large
     ("layers: &a [relu, *a]\n", "SC004"),  # an alias to itself
-    ("- a\n- b\n", "SC003"),  # not a spec
-    ("", "SC003"),
     ("input: {shape: [1, 8, 8]}\nlayers:\n" + "  - relu\n" * 20_001, "SC004"),
 ])
 def test_bad_input_is_a_diagnostic_and_every_feature_still_answers(text, code):
@@ -218,6 +216,16 @@ def test_bad_input_is_a_diagnostic_and_every_feature_still_answers(text, code):
 
 
 ASTRAL = "  - {type: linear, name: fc, in_features: 99, out_features: 10}  # 🧠 × 🧠"
+
+
+@pytest.mark.parametrize("text", [
+    "on: [push]\njobs:\n  test: {runs-on: ubuntu-latest}\n",  # a CI workflow
+    "services:\n  web: {image: nginx}\n", "- a\n- b\n", "", "name: net\n"])
+def test_yaml_that_is_not_a_spec_gets_no_diagnostics(text):
+    """Editors start the server for every YAML file: only specs get diagnostics."""
+    checked = Checked(text, "other.yaml")
+    assert [d.code for d in checked.diagnostics] == ["SC003"]  # as `plan` says it
+    assert features.problems(checked) == [] and features.inlay_hints(checked) == []
 
 
 def test_positions_are_code_points_and_the_protocol_counts_its_units():

@@ -22,6 +22,7 @@ Range = tuple[int, int, int, int]  # start line, start column, end line, end col
 TOP_KEYS = ("name", "description", "input", "layers", "train", "templates", "scales",
             "default_scale", "ignore")
 MAX_HOVER_LAYERS = 40  # a use's layers listed on hover
+NOT_A_SPEC = "SC003"
 
 
 @dataclass(frozen=True)
@@ -116,8 +117,10 @@ def _span(checked: Checked, line: int | None, column: int | None) -> Range:
 # --- diagnostics ----------------------------------------------------------------------------
 
 def problems(checked: Checked) -> list[Problem]:
-    """Every error and warning `plan` gives, where it gives it."""
-    found = [_problem(checked, d) for d in checked.diagnostics]
+    """Every error and warning `plan` gives, where it gives it; but none for a YAML text that
+    is not a spec (SC003: a CI workflow, a compose file, an empty file): editors start the
+    server for every YAML file."""
+    found = [_problem(checked, d) for d in checked.diagnostics if d.code != NOT_A_SPEC]
     if checked.crash:
         found.append(Problem(_span(checked, None, None), "error", None,
                              f"shapecheck could not check this text ({checked.crash}); "
