@@ -128,6 +128,7 @@ def test_completion_offers_types_fields_with_defaults_templates_and_scales():
     types = [c.label for c in labels(text, 3, 10, None)]
     assert "conv2d" in types and "residual" in types and len(types) == 45
     assert "linear" in [c.label for c in labels(text, 4, 4, None)]
+    assert [c.insert for c in labels(text, 3, 10, None)][:2] == [" conv2d", " convtranspose2d"]
     block = "layers:\n  - type: linear\n    out_features: 10\n    \n"
     assert {c.label for c in labels(block, 3, 4, None)} == {"name", "in_features", "bias"}
     known = Checked(RESNET50)

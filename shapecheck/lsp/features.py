@@ -8,7 +8,7 @@ and columns in code points; server.py turns them into the protocol's types and c
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 
 from ..diagnostics import WARNING_CODES, Diagnostic
@@ -331,12 +331,17 @@ def completions(text: str, line: int, character: int, known: Checked | None) -> 
     current = _line(lines, line)
     prefix = current[:character]
     section = _section(lines, line, prefix)
+    values = None  # a key's values: after `use:`, `type:`, `default_scale:`
     if re.search(r"\buse:\s*[\w-]*$", prefix):
-        return _templates(known)
-    if re.search(r"(?:^|[{,\s])type:\s*[\w.]*$", prefix) and section in ("layers", "templates"):
-        return list(layer_types())
-    if re.match(r"default_scale:\s*[\w-]*$", prefix):
-        return [Completion(str(s), "scale", "a scale", str(s)) for s in _mapping(known, "scales")]
+        values = _templates(known)
+    elif re.search(r"(?:^|[{,\s])type:\s*[\w.]*$", prefix) and section in ("layers",
+                                                                              "templates"):
+        values = list(layer_types())
+    elif re.match(r"default_scale:\s*[\w-]*$", prefix):
+        values = [Completion(str(s), "scale", "a scale", str(s)) for s in _mapping(known, "scales")]
+    if values is not None:  # right after the colon, the value needs its space
+        return [replace(c, insert=f" {c.insert}") for c in values] if prefix.endswith(":") \
+            else values
     if section == "ignore":
         from ..diagnostics import CODES
 
