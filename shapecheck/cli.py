@@ -15,10 +15,11 @@ import sys
 from . import __version__
 
 COMMANDS = ["plan", "check", "expand", "solve", "render", "build", "import_", "eval", "export",
-            "schema"]
+            "schema", "lsp"]
 # Packages of the extras, by the extra that installs them.
 OPTIONAL = {"torch": "torch", "numpy": "torch", "matplotlib": "torch", "PIL": "torch",
-            "graphviz": "render", "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx"}
+            "graphviz": "render", "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx",
+            "pygls": "lsp", "lsprotocol": "lsp"}
 # Commands that hold nothing to release at exit (no threads, child processes or open files):
 # the console script ends them without the interpreter's teardown.
 QUICK_EXIT = {"plan", "check", "expand", "solve", "schema"}
