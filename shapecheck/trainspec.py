@@ -49,8 +49,8 @@ Datasets (``format``; left out, it is detected from ``path``):
 Tasks (``task``; left out, from the network's output): an output ``(N, K)`` is
 classification into K classes; ``(N, K, H, W)`` is per-pixel classification
 (``segment``: each target is an ``(H, W)`` mask of class indices, 255 ignored), or
-per-pixel regression (``regress``) with ``loss: mse`` or ``l1`` (each target is an image
-of the output's shape). For the dense tasks, ``npz`` holds ``x`` and ``y`` (or
+per-pixel regression (``regress``) with ``loss: mse`` or ``l1``, or on ``mnist-sr`` (each
+target is an image of the output's shape; the loss then defaults to mse). For the dense tasks, ``npz`` holds ``x`` and ``y`` (or
 ``x_train, y_train, x_test, y_test``) with ``y`` the masks or target images, and
 ``folder`` holds ``images/`` and ``masks/`` (or ``targets/``) with matching file stems.
 
@@ -417,7 +417,7 @@ def resolve_task(output_shape: Any, batch: Any, spec: TrainSpec) -> tuple[TaskNa
     """(task, K) for a network whose plan ends in ``output_shape``, or why it cannot train.
 
     (N, K) classifies into K classes; (N, K, H, W) segments into K classes per pixel, or
-    regresses K channels per pixel with an mse or l1 loss. ``spec.task``, when given, must
+    regresses K channels per pixel with an mse or l1 loss (or on mnist-sr). ``spec.task``, when given, must
     agree with the shape."""
     out = list(output_shape) if output_shape is not None else None
     shape = "(" + ", ".join(map(str, out)) + ")" if out is not None else "unknown"
@@ -437,5 +437,8 @@ def resolve_task(output_shape: Any, batch: Any, spec: TrainSpec) -> tuple[TaskNa
                 "map; a classifier ends in (N, classes), e.g. after global pooling, flatten "
                 "and linear (or leave task out to train it per pixel: segment, or regress "
                 "with loss mse or l1)")
-    regress = spec.task == "regress" or spec.loss in REGRESSION_LOSSES
+    # mnist-sr holds target images, not masks: it alone says regress.
+    regress = spec.task == "regress" or spec.loss in REGRESSION_LOSSES or (
+        spec.task is None and spec.loss is None and spec.dataset is not None
+        and spec.dataset.format == "mnist-sr")
     return ("regress" if regress else "segment"), int(out[1])

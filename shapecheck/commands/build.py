@@ -343,6 +343,15 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(e), EXIT_INVALID)
 
 
+def _test_scores(m, task: str | None) -> str:
+    """The test scores of an epoch's metrics, in words, by task."""
+    if task == "segment":
+        return f"test pixel accuracy {m.test_acc:.2%}, mIoU {m.test_miou or 0:.2%}"
+    if task == "regress":
+        return "test PSNR " + (f"{m.test_psnr:.2f} dB" if m.test_psnr is not None else "inf")
+    return f"test accuracy {m.test_acc:.2%}"
+
+
 def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     return os.path.abspath(a) == os.path.abspath(b)
 
@@ -543,11 +552,15 @@ def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
     out = result.out_dir
     final = result.final
     if final is not None:
-        print(f"done in {result.seconds:.1f} s: test accuracy {final.test_acc:.2%}, test loss "
+        task = train_spec.task
+        print(f"done in {result.seconds:.1f} s: {_test_scores(final, task)}, test loss "
               f"{final.test_loss:.4f} after {final.epoch} epoch{'s' if final.epoch != 1 else ''}"
               + (" (stopped early)" if result.stopped_early else ""))
         best = result.best
-        if best is not None and best.val_acc is not None:
+        if best is not None and train_spec.task != "classify":
+            print(f"best validation epoch {best.epoch} ({BEST_FILE}; its "
+                  f"{_test_scores(best, task)})")
+        elif best is not None and best.val_acc is not None:
             print(f"best validation accuracy {best.val_acc:.2%} at epoch {best.epoch} "
                   f"({BEST_FILE}; its test accuracy {best.test_acc:.2%})")
         if train_spec.dataset is not None and train_spec.dataset.format == "synthetic":

@@ -1,4 +1,6 @@
-"""`shapecheck eval RUN [--data PATH]`: accuracy and confusion matrix of a trained run.
+"""`shapecheck eval RUN [--data PATH]`: accuracy and confusion matrix of a trained run; for a
+segmentation run the pixel accuracy, the per-class IoU and the confusion matrix over pixels,
+for a regression run MSE, MAE and PSNR (--predictions PNG draws them).
 
 RUN is the folder `shapecheck build --train` wrote (runs/<name>). The module is rebuilt from
 its model.py, the weights come from model.pt (model_best.pt with --best), and the images are
@@ -40,6 +42,9 @@ def add_parser(sub) -> None:
                    type=str.lower, help="auto (default): cuda, then mps, then cpu")
     p.add_argument("--batch-size", type=int, default=256, metavar="B",
                    help="images per forward pass (default: 256)")
+    p.add_argument("--predictions", metavar="PNG",
+                   help="segmentation and regression runs: draw the first images, their "
+                   "targets and the predictions into this PNG")
     p.set_defaults(run=run)
 
 
@@ -77,18 +82,27 @@ def run(args: argparse.Namespace) -> int:
         TrainError,
         evaluate,
         format_confusion,
+        format_dense,
     )
 
     try:
         load_run_info(run_dir)  # a damaged run.json is an input error (exit 2)
         result = evaluate(run_dir, data, base_dir=Path.cwd(), split=args.split,
                           device=args.device, batch_size=args.batch_size,
-                          weights=BEST_FILE if args.best else MODEL_FILE)
+                          weights=BEST_FILE if args.best else MODEL_FILE,
+                          predictions=Path(args.predictions) if args.predictions else None)
     except RunInfoError as e:
         return _fail(str(e))
     except DataError as e:
         return _fail(str(e))
     except TrainError as e:
         return _fail(str(e), EXIT_INVALID)
-    print(format_confusion(result))
+    except OSError as e:  # --predictions cannot be written
+        return _fail(f"cannot write {e.filename or args.predictions}: {e.strerror or e}")
+    print(format_dense(result) if result.dense is not None else format_confusion(result))
+    if args.predictions and result.dense is not None:
+        print(f"wrote {args.predictions}")
+    elif args.predictions:
+        print(f"note: --predictions draws segmentation and regression runs; {run_dir} "
+              "classifies, so nothing was written")
     return EXIT_OK

@@ -23,7 +23,8 @@ complete checkpoint loadable:
 - ``checkpoint.pt``  model, optimizer, epoch, step within the epoch, RNG states,
                      metrics so far: what ``--resume`` continues from
 - ``metrics.csv``    one row per epoch, columns ``METRICS_COLUMNS``
-- ``curves.png``     loss and accuracy per epoch (matplotlib, Agg)
+- ``curves.png``     loss and accuracy (pixel accuracy and mIoU, or PSNR) per epoch
+- ``predictions.png`` a dense task's first test images, targets and predictions
 - ``model.py``       the emitted model source
 - ``run.json``       what ``eval`` needs: input shape, classes, normalisation,
                      the dataset, the train spec, the module's class name; and
@@ -49,7 +50,7 @@ one passed in), loads ``model.pt`` and scores it with the run's normalisation.
 from shapecheck.data import DataError, MemoryLimitError
 
 from .base import TrainError, default_loss, select_device
-from .evaluate import EvalResult, evaluate, format_confusion, load_run_module
+from .evaluate import EvalResult, evaluate, format_confusion, format_dense, load_run_module
 from .loop import train
 from .runfolder import (
     BEST_FILE,
@@ -82,6 +83,7 @@ __all__ = [
     "default_loss",
     "evaluate",
     "format_confusion",
+    "format_dense",
     "load_run_module",
     "select_device",
     "train",
