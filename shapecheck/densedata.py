@@ -311,17 +311,15 @@ def _parts(spec: DatasetSpec, base_dir: str | Path | None, shape: tuple[int, int
         whole = None
     else:
         fmt = cls_data.detect_format(spec, path)
-        assert path is not None
-        source = f"{fmt} {path}"
-        if fmt == "npz":
-            train, test, whole = _read_npz(path, shape, target, spec.resize)
-        elif fmt == "folder":
-            train, test, whole = _read_folder(path, shape, target, spec.resize)
-        else:
+        if fmt not in ("npz", "folder"):
             raise DataError(f"{fmt} data has a label per image; {target.task} needs a target per "
                             "pixel: an .npz of x and y, a folder of images/ and "
                             f"{'masks' if target.task == 'segment' else 'targets'}/, or "
                             f"{'mnist-seg' if target.task == 'segment' else 'mnist-sr'}")
+        assert path is not None
+        source = f"{fmt} {path}"
+        reader = _read_npz if fmt == "npz" else _read_folder
+        train, test, whole = reader(path, shape, target, spec.resize)
     f = spec.test_fraction
     if whole is not None and f is not None:
         train, test = _split(whole, f, "held-out part")
