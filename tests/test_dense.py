@@ -146,6 +146,10 @@ def test_tiny_sr_learns_mnist_sr_and_reports_psnr(tmp_path, capsys):
     assert (out / "predictions.png").is_file()
     assert main(["eval", str(out)]) == 0
     assert f"PSNR {psnr[-1]:.2f} dB" in capsys.readouterr().out
+    # Exported as a classifier is: the output checked is the map, (N, 3, 28, 28).
+    pytest.importorskip("onnxruntime")
+    assert main(["export", str(out), "--onnx", str(tmp_path / "sr.onnx")]) == 0
+    assert "output (N, 3, 28, 28), checked with onnxruntime" in capsys.readouterr().out
 
 
 @needs_digits
