@@ -92,7 +92,7 @@ def psnr(mse: float, peak: float = 1.0) -> float:
 def score_dense(module: nn.Module, x: Any, y: torch.Tensor, task: str, loss_name: str,
                 batch: int, classes: int, world: World | None = None) -> DenseScore:
     """The scores of a split in eval mode. With a distributed ``world``, each rank scores
-    every ``world.size``-th batch and the sums are added over the ranks."""
+    its share of the images and the sums are added over the ranks."""
     was_training = module.training
     module.eval()
     loss_fn = dense_loss(task, loss_name)
@@ -102,9 +102,11 @@ def score_dense(module: nn.Module, x: Any, y: torch.Tensor, task: str, loss_name
     abs_sum = torch.zeros((), dtype=torch.float64, device=device)
     confusion = torch.zeros(classes * classes, dtype=torch.int64, device=device)
     try:
-        starts = list(range(0, x.shape[0], batch))[rank::size]
-        for i in starts:
-            out, yb = module(x[i:i + batch]).float(), y[i:i + batch]
+        # This rank's share: a contiguous 1/size of the split.
+        lo, hi = x.shape[0] * rank // size, x.shape[0] * (rank + 1) // size
+        for i in range(lo, hi, batch):
+            j = min(i + batch, hi)
+            out, yb = module(x[i:j]).float(), y[i:j]
             if task == "regress":
                 loss_sum += F.mse_loss(out, yb, reduction="sum").double()
                 abs_sum += F.l1_loss(out, yb, reduction="sum").double()
