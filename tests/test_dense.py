@@ -301,3 +301,29 @@ def test_iou_counts_each_class_over_the_pixels():
     iou = iou_of(c)
     assert iou == [pytest.approx(50 / 60), pytest.approx(30 / 40), None]
     assert mean_iou(iou) == pytest.approx((50 / 60 + 30 / 40) / 2)
+
+
+def test_regression_targets_from_folders_and_npz_are_scaled_not_normalised(tmp_path):
+    pytest.importorskip("PIL")
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 256, (4, 4, 4)).astype(np.uint8)
+    y = rng.integers(0, 256, (4, 8, 8)).astype(np.uint8)  # ×2: a super-resolution pair
+    for sub in ("images", "targets"):
+        (tmp_path / "f" / sub).mkdir(parents=True)
+    for i in range(4):
+        _png(tmp_path / "f" / "images" / f"{i}.png", x[i])
+        _png(tmp_path / "f" / "targets" / f"{i}.png", y[i])
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    target = Target("regress", (1, 8, 8))
+    for entry in ({"path": str(tmp_path / "f")}, {"path": str(tmp_path / "d.npz")}):
+        d = load_dense(DatasetSpec.model_validate({**entry, "test_fraction": 0.25}),
+                       target=target, input_shape=(1, 4, 4))
+        both = torch.cat([d.y_train, d.y_test])
+        assert sorted(both.flatten().tolist()) == sorted((y / 255).astype(np.float32)
+                                                         .flatten().tolist())
+        assert d.x_train.shape == (3, 1, 4, 4) and d.y_train.shape == (3, 1, 8, 8)
+    with pytest.raises(DataError, match=r"the targets are \(N, 1, 8, 8\) but the network's "
+                                        r"output is \(N, 1, 16, 16\)"):
+        load_dense(DatasetSpec.model_validate({"path": str(tmp_path / "d.npz"),
+                                               "test_fraction": 0.25}),
+                   target=Target("regress", (1, 16, 16)), input_shape=(1, 4, 4))

@@ -133,14 +133,14 @@ class _Progress:
         self.stream = stream
         self._width = 0
 
-    def draw(self, epoch: int, epochs: int, step: int, steps: int, loss: float, acc: float,
-             rate: float) -> None:
+    def draw(self, epoch: int, epochs: int, step: int, steps: int, loss: float,
+             acc: float | None, rate: float) -> None:
         if not self.enabled:
             return
         filled = int(16 * step / max(steps, 1))
         bar = "=" * filled + (">" if filled < 16 else "") + " " * max(0, 15 - filled)
         line = (f"epoch {epoch}/{epochs} [{bar}] {step}/{steps} loss {loss:.4f} "
-                f"acc {acc:.2%} {rate:,.0f} samples/s")
+                + (f"acc {acc:.2%} " if acc is not None else "") + f"{rate:,.0f} samples/s")
         # A line that wraps cannot be redrawn in place with \r.
         line = line[:max(20, shutil.get_terminal_size().columns - 1)]
         self.stream.write("\r" + line + " " * max(0, self._width - len(line)))
@@ -588,7 +588,8 @@ class _Loop:
                     now = time.perf_counter()
                     next_draw = now + PROGRESS_INTERVAL_S
                     self.show.draw(epoch + 1, run.spec.epochs, step + 1, steps, sums.loss,
-                                   sums.acc, seen_here / max(now - t_epoch, 1e-9))
+                                   None if run.task == "regress" else sums.acc,
+                                   seen_here / max(now - t_epoch, 1e-9))
 
     def _batches(self, epoch: int,
                  first: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, int, int]]:
