@@ -331,8 +331,9 @@ def test_ddp_segments_mnist_seg_and_sums_the_confusion_over_ranks(tmp_path):
     """The U-Net of test_dense under two processes: each scores half the test split, and the
     summed confusion matrix gives the whole split's mIoU, exactly as eval (one process)
     counts it from the same weights."""
-    from shapecheck.cli import main
     from test_dense import metrics, small_unet
+
+    from shapecheck.cli import main
 
     spec = small_unet(tmp_path)
     out = tmp_path / "run"

@@ -50,7 +50,6 @@ from ..report import printable
 from ..runinfo import run_folder_problem
 from ..spec import default_name
 from ..table import human_bytes
-from ..trainspec import resolve_task
 from . import EXIT_INPUT, EXIT_INVALID, EXIT_OK, add_shape_overrides, fail, print_diagnostics
 
 if TYPE_CHECKING:
@@ -256,6 +255,8 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(train_spec, str):
         return _fail(train_spec)
     if train_spec is not None:
+        from ..trainspec import resolve_task
+
         task = resolve_task(p.output_shape, p.batch, train_spec)
         if isinstance(task, str):
             return _fail(f"{p.name} {task}", EXIT_INVALID)

@@ -252,7 +252,7 @@ def augment(xb: torch.Tensor, spec: AugmentSpec, seed: int,
     target gets its image's flip and crop, scaled by s when it is s times the image's size;
     a mask's padding is ignored (IGNORE_INDEX), a target image's is 0."""
     g = torch.Generator().manual_seed(seed)
-    b, _, h, w = xb.shape
+    b, w = xb.shape[0], xb.shape[3]
     if spec.flip:
         flip = (torch.rand(b, generator=g) < 0.5).to(xb.device)
         xb = torch.where(flip.view(b, 1, 1, 1), xb.flip(3), xb)

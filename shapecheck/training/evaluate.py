@@ -205,8 +205,8 @@ def format_dense(result: EvalResult) -> str:
         psnr = "inf" if score.psnr is None or score.psnr == float("inf") else f"{score.psnr:.2f}"
         return (f"MSE {score.mse:.6f}  MAE {score.mae:.6f}  PSNR {psnr} dB  loss "
                 f"{score.loss:.6f}  {where}")
-    lines = [f"pixel accuracy {score.pixel_acc or 0:.2%}  mean IoU {score.miou or 0:.2%}  loss "
-             f"{score.loss:.4f}  {where}", "",
+    lines = [(f"pixel accuracy {score.pixel_acc or 0:.2%}  mean IoU {score.miou or 0:.2%}  "
+              f"loss {score.loss:.4f}  {where}"), "",
              format_iou(score, [printable(c) for c in result.classes]), "",
              "confusion matrix over pixels:"]
     # The classifier's table, its headline left out (it counts pixels here).

@@ -884,12 +884,12 @@ def _dense_line(m: EpochMetrics, split: str) -> str:
     loss = getattr(m, f"{split}_loss")
     if loss is None:
         return ""
-    name = "val" if split == "val" else "test"
     if m.test_miou is not None:  # segment
-        return (f"{name} loss {loss:.4f}  {name} pixel acc {getattr(m, f'{split}_acc'):.2%}  "
-                f"{name} mIoU {getattr(m, f'{split}_miou'):.2%}  ")
+        return (f"{split} loss {loss:.4f}  {split} pixel acc {getattr(m, f'{split}_acc'):.2%}  "
+                f"{split} mIoU {getattr(m, f'{split}_miou'):.2%}  ")
     psnr = getattr(m, f"{split}_psnr")
-    return f"{name} loss {loss:.4f}  {name} PSNR {'inf' if psnr is None else f'{psnr:.2f}'} dB  "
+    return (f"{split} loss {loss:.4f}  {split} PSNR "
+            f"{'inf' if psnr is None else f'{psnr:.2f}'} dB  ")
 
 
 def _patience_ran_out(spec: TrainSpec, history: Sequence[EpochMetrics],
