@@ -4,7 +4,8 @@ The parts, in the order a run meets them: ``setup`` (the device, the spec's chec
 data on the device, the optimizer, the precision; ``Run``, the state a run carries),
 ``resume`` (continuing from a checkpoint), ``loop`` (``train()``: the epochs and steps),
 ``runfolder`` (checkpoint, metrics, curves, run.json), ``distributed`` (the processes of a
-DDP run and their launcher), ``data`` (what the loop needs of the dataset), ``evaluate``
+DDP run and their launcher), ``data`` (what the loop needs of the dataset), ``dense`` (the
+per-pixel losses and scores of segmentation and regression), ``evaluate``
 (``evaluate()``) and ``base`` (errors, devices, losses shared by all).
 
 ``train()`` reads the whole dataset into memory once (``shapecheck.data``),
