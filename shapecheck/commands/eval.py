@@ -29,9 +29,11 @@ def add_parser(sub) -> None:
                        "predicted) on a dataset.")
     p.add_argument("run_dir", metavar="RUN", help="the run folder, e.g. runs/lecture_cnn")
     p.add_argument("--data", metavar="PATH",
-                   help="dataset (relative to the current folder), or 'synthetic'; default: "
+                   help="dataset (relative to the current folder), or 'synthetic', 'mnist-seg', "
+                   "'mnist-sr'; default: "
                    "the one the run was trained on")
-    p.add_argument("--data-format", choices=["idx", "npz", "folder", "synthetic"],
+    p.add_argument("--data-format", choices=["idx", "npz", "folder", "synthetic", "mnist-seg",
+                                             "mnist-sr"],
                    help="the dataset's format (default: detected from PATH)")
     p.add_argument("--split", choices=["test", "val", "train", "all"], default="test",
                    help="which split to score (default: test): the test split, the validation "
@@ -62,12 +64,13 @@ def run(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
-    from ..trainspec import DatasetSpec
+    from ..trainspec import NAMED_DATASETS, DatasetSpec
 
     data = None
     if args.data is not None:
-        entry = ({"format": "synthetic"} if args.data == "synthetic" and args.data_format in
-                 (None, "synthetic") else {"path": args.data, "format": args.data_format})
+        named = args.data in NAMED_DATASETS and args.data_format in (None, args.data)
+        entry = ({"format": args.data} if named else
+                 {"path": args.data, "format": args.data_format})
         try:
             data = DatasetSpec.model_validate(entry)
         except ValidationError as e:
