@@ -327,3 +327,76 @@ def test_regression_targets_from_folders_and_npz_are_scaled_not_normalised(tmp_p
         load_dense(DatasetSpec.model_validate({"path": str(tmp_path / "d.npz"),
                                                "test_fraction": 0.25}),
                    target=Target("regress", (1, 16, 16)), input_shape=(1, 4, 4))
+
+
+# ---------------------------------------------------------------- resume, the palette
+
+
+TINY_SEG_SOURCE = """\
+from torch import nn
+
+
+class TinySeg(nn.Sequential):
+    def __init__(self):
+        super().__init__(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 11, 1))
+"""
+_ns: dict = {}
+exec(TINY_SEG_SOURCE, _ns)  # noqa: S102 - our own constant source
+TinySeg = _ns["TinySeg"]
+
+
+class _CtrlCAt(TinySeg):
+    """TinySeg pressing Ctrl-C during its n-th training forward pass."""
+
+    def __init__(self, at: int):
+        super().__init__()
+        self.at, self.calls = at, 0
+
+    def forward(self, x):
+        if self.training and torch.is_grad_enabled():
+            self.calls += 1
+            if self.calls == self.at:
+                import os
+                import signal
+
+                os.kill(os.getpid(), signal.SIGINT)
+        return super().forward(x)
+
+
+@needs_digits
+def test_a_segmentation_run_cut_mid_epoch_resumes_exactly(tmp_path):
+    from shapecheck.training import train
+    from shapecheck.trainspec import TrainSpec
+
+    s = TrainSpec.model_validate({
+        "dataset": {"format": "mnist-seg", "train_size": 96, "test_size": 32},
+        "optimizer": {"type": "adam", "lr": 0.01}, "epochs": 2, "batch_size": 16,
+        "device": "cpu", "augment": {"crop_padding": 2, "flip": True}})
+
+    def go(module, out, **kw):
+        return train(module, s, name="tiny_seg", input_shape=(1, 28, 28), num_classes=11,
+                     base_dir=ROOT, out_dir=out, model_source=TINY_SEG_SOURCE,
+                     log=lambda line: None, **kw)
+
+    whole = go(TinySeg(), tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        go(_CtrlCAt(6 + 2), tmp_path / "cut")  # 6 steps an epoch
+    resumed = go(TinySeg(), tmp_path / "cut", resume=True)
+    a = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "model.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # The epoch's pixel accuracy counts the pixels of both parts of the cut epoch.
+    assert resumed.history[-1].train_acc == pytest.approx(whole.history[-1].train_acc)
+    assert resumed.history[-1].test_miou == whole.history[-1].test_miou
+
+
+def test_predictions_use_the_fixed_palette():
+    from shapecheck.training.dense import IGNORED_COLOUR, PALETTE, _colour
+
+    mask = torch.tensor([[0, 1, 10], [IGNORE_INDEX, 3, 0]])
+    rgb = _colour(mask)
+    assert rgb.shape == (2, 3, 3) and rgb.dtype == torch.uint8
+    assert tuple(rgb[0, 0].tolist()) == (0, 0, 0) == PALETTE[0]
+    assert tuple(rgb[0, 1].tolist()) == PALETTE[1] and tuple(rgb[0, 2].tolist()) == PALETTE[10]
+    assert tuple(rgb[1, 0].tolist()) == IGNORED_COLOUR
+    assert len(set(PALETTE[:11])) == 11  # mnist-seg's classes are told apart
