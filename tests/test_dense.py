@@ -47,7 +47,7 @@ def small_unet(tmp_path: Path, **train) -> Path:
     """specs/unet_mnist.yaml trained on a few hundred digits: a few seconds on one core."""
     spec = yaml.safe_load(UNET.read_text(encoding="utf-8"))
     spec["train"] = {"dataset": {"format": "mnist-seg", "train_size": 400, "test_size": 100},
-                     "optimizer": {"type": "adam", "lr": 0.002}, "epochs": 3,
+                     "optimizer": {"type": "adam", "lr": 0.003}, "epochs": 3,
                      "batch_size": 8, "seed": 0, "device": "cpu", **train}
     path = tmp_path / "unet_mnist.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
