@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from .atomic import LOCK_FILE, read_bounded, temp_name_prefix
-from .trainspec import FLOAT32_MAX, INT64_MAX, DatasetSpec, LossName
+from .trainspec import FLOAT32_MAX, INT64_MAX, DatasetSpec, LossName, TaskName
 
 __all__ = ["RUN_FILE", "RunInfo", "RunInfoError", "load_run_info", "previous_run_problem",
            "run_folder_problem"]
@@ -40,7 +40,8 @@ SOURCE_FILE = "model.py"
 # The files training writes (train.RUN_FILES, which imports torch; a test keeps them equal).
 # Weights and the checkpoint: a run's results, which a new run replaces only when told to.
 RESULT_FILES = ("model.pt", "model_best.pt", "checkpoint.pt")
-RUN_FILES = (*RESULT_FILES, "metrics.csv", "curves.png", SOURCE_FILE, RUN_FILE)
+RUN_FILES = (*RESULT_FILES, "metrics.csv", "curves.png", SOURCE_FILE, RUN_FILE,
+             "predictions.png")
 MAX_RUN_JSON = 16 * 1024 * 1024  # a run.json is a few KB; its class names are the bulk
 
 
@@ -70,6 +71,8 @@ class RunInfo(BaseModel):
     mean: list[Real] = Field(min_length=1)
     std: list[Annotated[Real, Field(gt=0)]] = Field(min_length=1)
     loss: LossName = "cross_entropy"
+    task: TaskName = "classify"  # runs made before dense tasks were classifiers
+    output_shape: tuple[Size, Size, Size] | None = None  # a dense task's output (K, H, W)
     module_class: StrictStr | None = None
     dataset: DatasetSpec
     train: dict[str, Any] | None = None

@@ -6,7 +6,9 @@ also come from the command line (``apply_overrides``).
 
     train:
       dataset: {format: idx, path: data/mnist-5k}   # or just: dataset: data/mnist-5k
+      task: segment                # classify, segment or regress; left out: from the output's shape
       loss: cross_entropy          # default: nll_loss after a logsoftmax layer, else cross_entropy
+                                   # (mse or l1: per-pixel regression)
       optimizer: {type: sgd, lr: 0.01, momentum: 0.5}
       epochs: 10
       batch_size: 64
@@ -40,6 +42,17 @@ Datasets (``format``; left out, it is detected from ``path``):
   ``val/``), or directly in the folder together with a ``test_fraction``.
 - ``synthetic``: random class-dependent images of the spec's input shape, for
   smoke tests (``train_size``/``test_size`` samples; default 512/128).
+- ``mnist-seg`` and ``mnist-sr``: dense-prediction sets derived from MNIST digits (the
+  shipped ``examples/data/mnist-5k``, or the IDX folder in ``path``): a mask of 11
+  classes per digit, and a 14×14 → 28×28 super-resolution pair (``shapecheck.densedata``).
+
+Tasks (``task``; left out, from the network's output): an output ``(N, K)`` is
+classification into K classes; ``(N, K, H, W)`` is per-pixel classification
+(``segment``: each target is an ``(H, W)`` mask of class indices, 255 ignored), or
+per-pixel regression (``regress``) with ``loss: mse`` or ``l1``, or on ``mnist-sr`` (each
+target is an image of the output's shape; the loss then defaults to mse). For the dense tasks, ``npz`` holds ``x`` and ``y`` (or
+``x_train, y_train, x_test, y_test``) with ``y`` the masks or target images, and
+``folder`` holds ``images/`` and ``masks/`` (or ``targets/``) with matching file stems.
 
 Images stored as 8-bit integers are scaled to [0, 1] first (as torchvision's
 ``ToTensor``); then each channel is normalised with ``mean``/``std``, which
@@ -79,12 +92,17 @@ __all__ = [
     "LossName",
     "OptimizerSpec",
     "SchedulerSpec",
+    "TaskName",
     "TrainSpec",
     "apply_overrides",
 ]
 
-DatasetFormat = Literal["idx", "npz", "folder", "synthetic"]
-LossName = Literal["cross_entropy", "nll_loss"]
+DatasetFormat = Literal["idx", "npz", "folder", "synthetic", "mnist-seg", "mnist-sr"]
+LossName = Literal["cross_entropy", "nll_loss", "mse", "l1"]
+TaskName = Literal["classify", "segment", "regress"]
+# Datasets named by a word, not a path: made here, not read from a file of their own.
+NAMED_DATASETS = ("synthetic", "mnist-seg", "mnist-sr")
+REGRESSION_LOSSES = ("mse", "l1")
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 
 DEFAULT_LR = {"sgd": 0.01, "adam": 0.001, "adamw": 0.001}
@@ -121,9 +139,9 @@ class DatasetSpec(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _from_string(cls, data: Any) -> Any:
-        # `dataset: synthetic` and `dataset: data/mnist` are shorthands.
+        # `dataset: synthetic`, `dataset: mnist-seg` and `dataset: data/mnist` are shorthands.
         if isinstance(data, str):
-            return {"format": "synthetic"} if data == "synthetic" else {"path": data}
+            return {"format": data} if data in NAMED_DATASETS else {"path": data}
         return data
 
     @field_validator("format", mode="before")
@@ -145,8 +163,11 @@ class DatasetSpec(BaseModel):
         if self.format == "synthetic":
             if self.path is not None:
                 raise ValueError("a synthetic dataset takes no path")
-        elif self.path is None or not self.path.strip():
-            raise ValueError("a dataset needs a path (or format: synthetic)")
+        elif self.path is not None and not self.path.strip():
+            raise ValueError("a dataset's path may not be empty")
+        elif self.path is None and self.format not in NAMED_DATASETS:
+            raise ValueError("a dataset needs a path (or format: synthetic, mnist-seg or "
+                             "mnist-sr)")
         if (self.mean is None) != (self.std is None):
             raise ValueError("give both mean and std, or neither")
         return self
@@ -271,6 +292,8 @@ class TrainSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset: DatasetSpec | None = None
+    # Left out: from the output's shape and the loss (see the module docstring).
+    task: TaskName | None = None
     loss: LossName | None = None
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     epochs: PositiveInt = 10
@@ -304,7 +327,7 @@ class TrainSpec(BaseModel):
                     "16": "fp16"}.get(v, v)
         return v
 
-    @field_validator("loss", "device", mode="before")
+    @field_validator("loss", "device", "task", mode="before")
     @classmethod
     def _lower(cls, v: Any) -> Any:
         return v.lower() if isinstance(v, str) else v
@@ -314,8 +337,14 @@ class TrainSpec(BaseModel):
         _finite(self.grad_clip, "grad_clip")
         if isinstance(self.class_weights, list):
             _finite(self.class_weights, "class_weights")
-        if self.label_smoothing and self.loss == "nll_loss":
-            raise ValueError("label_smoothing needs cross_entropy (nll_loss has none)")
+        if self.label_smoothing and self.loss in ("nll_loss", *REGRESSION_LOSSES):
+            raise ValueError(f"label_smoothing needs cross_entropy ({self.loss} has none)")
+        regression = self.loss in REGRESSION_LOSSES
+        if self.task is not None and regression != (self.task == "regress"):
+            raise ValueError(f"task {self.task} does not train with loss {self.loss}: regress "
+                             "takes mse or l1, classify and segment cross_entropy or nll_loss")
+        if self.class_weights is not None and (regression or self.task == "regress"):
+            raise ValueError("class_weights are for classification; regression has no classes")
         return self
 
 
@@ -324,6 +353,7 @@ def apply_overrides(
     *,
     data: str | None = None,
     data_format: str | None = None,
+    task: str | None = None,
     loss: str | None = None,
     optimizer: str | None = None,
     lr: float | None = None,
@@ -345,12 +375,12 @@ def apply_overrides(
     """A new, validated TrainSpec: ``spec`` (or the defaults) with each non-None flag applied.
 
     For the command line: ``--data PATH`` replaces the whole dataset entry
-    (``--data synthetic`` too), ``--optimizer adam`` keeps lr/weight_decay unless
+    (``--data synthetic`` and the other named sets too), ``--optimizer adam`` keeps lr/weight_decay unless
     given. Raises ``pydantic.ValidationError`` for bad values.
     """
     base: dict[str, Any] = spec.model_dump(exclude_none=True) if spec is not None else {}
     if data is not None:
-        base["dataset"] = {"format": "synthetic"} if data == "synthetic" else {"path": data}
+        base["dataset"] = {"format": data} if data in NAMED_DATASETS else {"path": data}
     if data_format is not None:
         base.setdefault("dataset", {})["format"] = data_format
     if val_fraction is not None:
@@ -364,6 +394,7 @@ def apply_overrides(
         if value is not None:
             opt[key] = value
     for key, value in (
+        ("task", task),
         ("loss", loss),
         ("epochs", epochs),
         ("batch_size", batch_size),
@@ -380,3 +411,34 @@ def apply_overrides(
         if value is not None:
             base[key] = value
     return TrainSpec.model_validate(base)
+
+
+def resolve_task(output_shape: Any, batch: Any, spec: TrainSpec) -> tuple[TaskName, int] | str:
+    """(task, K) for a network whose plan ends in ``output_shape``, or why it cannot train.
+
+    (N, K) classifies into K classes; (N, K, H, W) segments into K classes per pixel, or
+    regresses K channels per pixel with an mse or l1 loss (or on mnist-sr). ``spec.task``, when given, must
+    agree with the shape."""
+    out = list(output_shape) if output_shape is not None else None
+    shape = "(" + ", ".join(map(str, out)) + ")" if out is not None else "unknown"
+    if out is None or out[0] != batch or len(out) not in (2, 4):
+        return (f"cannot be trained: its output is {shape}; a classifier needs (N, classes) "
+                "and a dense predictor (N, K, H, W)")
+    if len(out) == 2:
+        if spec.task in ("segment", "regress"):
+            return (f"cannot be trained with task {spec.task}: its output is {shape}, a "
+                    f"per-image vector; {spec.task} needs a per-pixel output (N, K, H, W)")
+        if spec.loss in REGRESSION_LOSSES:
+            return (f"cannot be trained with loss {spec.loss}: regression is per pixel and "
+                    f"needs an output (N, K, H, W); this output is {shape}")
+        return "classify", int(out[1])
+    if spec.task == "classify":
+        return (f"cannot be trained with task classify: its output is {shape}, a per-pixel "
+                "map; a classifier ends in (N, classes), e.g. after global pooling, flatten "
+                "and linear (or leave task out to train it per pixel: segment, or regress "
+                "with loss mse or l1)")
+    # mnist-sr holds target images, not masks: it alone says regress.
+    regress = spec.task == "regress" or spec.loss in REGRESSION_LOSSES or (
+        spec.task is None and spec.loss is None and spec.dataset is not None
+        and spec.dataset.format == "mnist-sr")
+    return ("regress" if regress else "segment"), int(out[1])

@@ -178,11 +178,18 @@ def test_training_flags_need_train(cwd, capsys):
     assert list(cwd.iterdir()) == []
 
 
-def test_train_needs_a_classifier(cwd, capsys):
+def test_a_per_pixel_output_trains_per_pixel(cwd, capsys):
     spec = _write(cwd / "features.yaml", NOT_A_CLASSIFIER)
-    assert main(["build", str(spec), "--train", "--data", "synthetic"]) == 1
+    # (N, 4, 6, 6) segments into 4 classes: it needs masks, which synthetic data has not.
+    assert main(["build", str(spec), "--train", "--data", "synthetic"]) == 2
+    assert "synthetic data has a label per image; segment needs a target per pixel" in \
+        capsys.readouterr().err
+    # Asked to classify, it is told what a classifier ends in.
+    assert main(["build", str(spec), "--train", "--data", "synthetic", "--task",
+                 "classify"]) == 1
     err = capsys.readouterr().err
-    assert "cannot be trained as a classifier: its output is (N, 4, 6, 6)" in err
+    assert "cannot be trained with task classify: its output is (N, 4, 6, 6)" in err
+    assert "flatten and linear" in err
 
 
 def test_train_needs_a_dataset(cwd, capsys):

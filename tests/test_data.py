@@ -326,7 +326,11 @@ def test_train_spec_defaults_and_shorthands():
     {"optimizer": {"type": "rmsprop"}},
     {"optimizer": {"type": "adam", "momentum": 0.9}},
     {"optimizer": {"momentum": 1.5}},
-    {"loss": "mse"},
+    {"loss": "huber"},
+    {"task": "detect"},
+    {"task": "regress", "loss": "cross_entropy"},  # regression takes mse or l1
+    {"task": "segment", "loss": "mse"},
+    {"loss": "mse", "class_weights": [1.0, 2.0]},
     {"device": "tpu"},
     {"epoch": 3},
     {"dataset": {"format": "idx"}},

@@ -323,3 +323,34 @@ def test_streaming_is_for_image_folders(tmp_path):
 
     with pytest.raises(DataError, match="streaming .* reads image folders"):
         tt.run(tt.LectureCNN(), tt.spec(workers=1), tmp_path / "r")
+
+
+@needs_mnist
+@needs_two_cores
+def test_ddp_segments_mnist_seg_and_sums_the_confusion_over_ranks(tmp_path):
+    """The U-Net of test_dense under two processes: each scores half the test split, and the
+    summed confusion matrix gives the whole split's mIoU, exactly as eval (one process)
+    counts it from the same weights."""
+    from test_dense import metrics, small_unet
+
+    from shapecheck.cli import main
+
+    spec = small_unet(tmp_path)
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "shapecheck", "build", str(spec), "--train",
+                        "--nproc", "2", "--threads", "1", "--out", str(out)], check=False,
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "2 processes (gloo)" in r.stdout and "test mIoU" in r.stdout
+    rows = metrics(out)
+    miou = [float(row["test_miou"]) for row in rows]
+    assert miou[0] < miou[1] < miou[2], miou
+    assert (out / "predictions.png").is_file()
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["eval", str(out)]) == 0
+    assert f"mean IoU {miou[-1]:.2%}" in printed.getvalue()
+    assert f"pixel accuracy {float(rows[-1]['test_pixel_acc']):.2%}" in printed.getvalue()

@@ -16,9 +16,9 @@ torch.onnx cannot export stops the command before training, not after; with --np
 exports.
 
 Exit codes: 0 done; 1 the spec is invalid, its parameters would not fit in memory (or its
-tensors are larger than torch can address), it cannot be trained (its output is not
-(N, classes)), training failed (a NaN loss, a checkpoint of another architecture, no such
-device) or shapecheck found an internal error; 2 usage or input error (no such spec, a file
+tensors are larger than torch can address), it cannot be trained (its output is neither
+(N, classes) nor (N, K, H, W), or not what train.task asks), training failed (a NaN loss, a
+checkpoint of another architecture, no such device) or shapecheck found an internal error; 2 usage or input error (no such spec, a file
 that is not ours in the way, a bad flag value, no dataset, a dataset that cannot be read or does
 not fit the spec, a run folder that cannot be written); 130 interrupted (training keeps a
 checkpoint: continue with --resume).
@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 
 EXIT_INTERRUPTED = 130
 
-TRAIN_FLAGS = ["--data", "--data-format", "--loss", "--optimizer", "--lr", "--momentum",
+TRAIN_FLAGS = ["--data", "--data-format", "--task", "--loss", "--optimizer", "--lr", "--momentum",
                "--weight-decay", "--epochs", "--batch-size", "--seed", "--device", "--out",
                "--val-fraction", "--patience", "--precision", "--threads", "--workers", "--nproc",
                "--master-port", "--backend"]
@@ -115,10 +115,15 @@ def add_parser(sub) -> None:
         "the current folder.")
     t.add_argument("--train", action="store_true", help="train the module after building it")
     t.add_argument("--data", metavar="PATH",
-                   help="dataset: an IDX folder, an .npz file, an image folder, or 'synthetic'")
-    t.add_argument("--data-format", choices=["idx", "npz", "folder", "synthetic"],
+                   help="dataset: an IDX folder, an .npz file, an image folder, or 'synthetic', "
+                   "'mnist-seg', 'mnist-sr' (made from the shipped digits)")
+    t.add_argument("--data-format", choices=["idx", "npz", "folder", "synthetic", "mnist-seg",
+                                             "mnist-sr"],
                    help="the dataset's format (default: detected from PATH)")
-    t.add_argument("--loss", choices=["cross_entropy", "nll_loss"], type=str.lower)
+    t.add_argument("--task", choices=["classify", "segment", "regress"], type=str.lower,
+                   help="default: from the output's shape, (N, K) classify, (N, K, H, W) "
+                   "segment (regress with --loss mse or l1)")
+    t.add_argument("--loss", choices=["cross_entropy", "nll_loss", "mse", "l1"], type=str.lower)
     t.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], type=str.lower)
     t.add_argument("--lr", type=float, metavar="LR", help="learning rate")
     t.add_argument("--momentum", type=float, metavar="M", help="SGD momentum")
@@ -249,10 +254,14 @@ def run(args: argparse.Namespace) -> int:
 
     if isinstance(train_spec, str):
         return _fail(train_spec)
-    if train_spec is not None and _classes(p) is None:
-        return _fail(f"{p.name} cannot be trained as a classifier: its output is "
-                     f"{_shape(p.output_shape)}, not (N, classes); end it with flatten "
-                     "and linear", EXIT_INVALID)
+    if train_spec is not None:
+        from ..trainspec import resolve_task
+
+        task = resolve_task(p.output_shape, p.batch, train_spec)
+        if isinstance(task, str):
+            return _fail(f"{p.name} {task}", EXIT_INVALID)
+        # Fixed from here on: run.json and eval read the task the run trained.
+        train_spec = train_spec.model_copy(update={"task": task[0]})
 
     from ..codegen import (
         BuildError,
@@ -335,6 +344,15 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(e), EXIT_INVALID)
 
 
+def _test_scores(m, task: str | None) -> str:
+    """The test scores of an epoch's metrics, in words, by task."""
+    if task == "segment":
+        return f"test pixel accuracy {m.test_acc:.2%}, mIoU {m.test_miou or 0:.2%}"
+    if task == "regress":
+        return "test PSNR " + (f"{m.test_psnr:.2f} dB" if m.test_psnr is not None else "inf")
+    return f"test accuracy {m.test_acc:.2%}"
+
+
 def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     return os.path.abspath(a) == os.path.abspath(b)
 
@@ -343,26 +361,23 @@ def _shape(shape) -> str:
     return "(" + ", ".join(map(str, shape)) + ")"
 
 
-def _classes(p) -> int | None:
-    """The number of classes: the plan's output must be (batch, classes)."""
-    out = p.output_shape
-    if out is None or len(out) != 2 or out[0] != p.batch:
-        return None
-    return int(out[1])
+def _classes(p) -> int:
+    """K: the classes of (N, K) or (N, K, H, W), or the channels regressed."""
+    return int(p.output_shape[1])
 
 
 def _train_spec(spec_train: TrainSpec | None, args: argparse.Namespace) -> TrainSpec | str:
     """The spec's train: section with the flags applied, or why it cannot train."""
     from pydantic import ValidationError
 
-    from ..trainspec import apply_overrides
+    from ..trainspec import NAMED_DATASETS, apply_overrides
 
     data = args.data
-    if data is not None and data != "synthetic":
+    if data is not None and data not in NAMED_DATASETS:
         data = os.path.abspath(os.path.expanduser(data))  # relative to the current folder
     try:
         result = apply_overrides(
-            spec_train, data=data, data_format=args.data_format, loss=args.loss,
+            spec_train, data=data, data_format=args.data_format, task=args.task, loss=args.loss,
             optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
             weight_decay=args.weight_decay, epochs=args.epochs, batch_size=args.batch_size,
             seed=args.seed, device=args.device, output=None, val_fraction=args.val_fraction,
@@ -476,8 +491,9 @@ def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
         _note(f"input.batch is {p.batch} but training uses train.batch_size "
               f"{train_spec.batch_size} (input.batch only sizes the plan)")
     module = instantiate(p, generated, check=False)  # checked on the meta device above
-    if train_spec.loss is None:  # the plan's rule, the one its lints use
-        train_spec = train_spec.model_copy(update={"loss": p.default_loss})
+    if train_spec.loss is None:  # the plan's rule, the one its lints use; mse to regress
+        train_spec = train_spec.model_copy(update={
+            "loss": "mse" if train_spec.task == "regress" else p.default_loss})
     holder = (f"shapecheck build (pid {os.getpid()}, started "
               f"{time.strftime('%Y-%m-%d %H:%M:%S')})")
     # The folders this run makes: removed again if the run writes nothing into them.
@@ -537,11 +553,15 @@ def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
     out = result.out_dir
     final = result.final
     if final is not None:
-        print(f"done in {result.seconds:.1f} s: test accuracy {final.test_acc:.2%}, test loss "
+        task = train_spec.task
+        print(f"done in {result.seconds:.1f} s: {_test_scores(final, task)}, test loss "
               f"{final.test_loss:.4f} after {final.epoch} epoch{'s' if final.epoch != 1 else ''}"
               + (" (stopped early)" if result.stopped_early else ""))
         best = result.best
-        if best is not None and best.val_acc is not None:
+        if best is not None and train_spec.task != "classify":
+            print(f"best validation epoch {best.epoch} ({BEST_FILE}; its "
+                  f"{_test_scores(best, task)})")
+        elif best is not None and best.val_acc is not None:
             print(f"best validation accuracy {best.val_acc:.2%} at epoch {best.epoch} "
                   f"({BEST_FILE}; its test accuracy {best.test_acc:.2%})")
         if train_spec.dataset is not None and train_spec.dataset.format == "synthetic":

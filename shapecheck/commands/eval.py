@@ -1,4 +1,6 @@
-"""`shapecheck eval RUN [--data PATH]`: accuracy and confusion matrix of a trained run.
+"""`shapecheck eval RUN [--data PATH]`: accuracy and confusion matrix of a trained run; for a
+segmentation run the pixel accuracy, the per-class IoU and the confusion matrix over pixels,
+for a regression run MSE, MAE and PSNR (--predictions PNG draws them).
 
 RUN is the folder `shapecheck build --train` wrote (runs/<name>). The module is rebuilt from
 its model.py, the weights come from model.pt (model_best.pt with --best), and the images are
@@ -27,9 +29,11 @@ def add_parser(sub) -> None:
                        "predicted) on a dataset.")
     p.add_argument("run_dir", metavar="RUN", help="the run folder, e.g. runs/lecture_cnn")
     p.add_argument("--data", metavar="PATH",
-                   help="dataset (relative to the current folder), or 'synthetic'; default: "
+                   help="dataset (relative to the current folder), or 'synthetic', 'mnist-seg', "
+                   "'mnist-sr'; default: "
                    "the one the run was trained on")
-    p.add_argument("--data-format", choices=["idx", "npz", "folder", "synthetic"],
+    p.add_argument("--data-format", choices=["idx", "npz", "folder", "synthetic", "mnist-seg",
+                                             "mnist-sr"],
                    help="the dataset's format (default: detected from PATH)")
     p.add_argument("--split", choices=["test", "val", "train", "all"], default="test",
                    help="which split to score (default: test): the test split, the validation "
@@ -40,6 +44,9 @@ def add_parser(sub) -> None:
                    type=str.lower, help="auto (default): cuda, then mps, then cpu")
     p.add_argument("--batch-size", type=int, default=256, metavar="B",
                    help="images per forward pass (default: 256)")
+    p.add_argument("--predictions", metavar="PNG",
+                   help="segmentation and regression runs: draw the first images, their "
+                   "targets and the predictions into this PNG")
     p.set_defaults(run=run)
 
 
@@ -57,12 +64,13 @@ def run(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
-    from ..trainspec import DatasetSpec
+    from ..trainspec import NAMED_DATASETS, DatasetSpec
 
     data = None
     if args.data is not None:
-        entry = ({"format": "synthetic"} if args.data == "synthetic" and args.data_format in
-                 (None, "synthetic") else {"path": args.data, "format": args.data_format})
+        named = args.data in NAMED_DATASETS and args.data_format in (None, args.data)
+        entry = ({"format": args.data} if named else
+                 {"path": args.data, "format": args.data_format})
         try:
             data = DatasetSpec.model_validate(entry)
         except ValidationError as e:
@@ -77,18 +85,27 @@ def run(args: argparse.Namespace) -> int:
         TrainError,
         evaluate,
         format_confusion,
+        format_dense,
     )
 
     try:
         load_run_info(run_dir)  # a damaged run.json is an input error (exit 2)
         result = evaluate(run_dir, data, base_dir=Path.cwd(), split=args.split,
                           device=args.device, batch_size=args.batch_size,
-                          weights=BEST_FILE if args.best else MODEL_FILE)
+                          weights=BEST_FILE if args.best else MODEL_FILE,
+                          predictions=Path(args.predictions) if args.predictions else None)
     except RunInfoError as e:
         return _fail(str(e))
     except DataError as e:
         return _fail(str(e))
     except TrainError as e:
         return _fail(str(e), EXIT_INVALID)
-    print(format_confusion(result))
+    except OSError as e:  # --predictions cannot be written
+        return _fail(f"cannot write {e.filename or args.predictions}: {e.strerror or e}")
+    print(format_dense(result) if result.dense is not None else format_confusion(result))
+    if args.predictions and result.dense is not None:
+        print(f"wrote {args.predictions}")
+    elif args.predictions:
+        print(f"note: --predictions draws segmentation and regression runs; {run_dir} "
+              "classifies, so nothing was written")
     return EXIT_OK

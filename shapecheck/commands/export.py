@@ -106,8 +106,10 @@ def export_run(run_dir: Path, path: str, fail: Fail, *, best: bool = False,
     except TrainError as e:
         return fail(str(e), EXIT_INVALID)
     try:
+        # A dense run's output is a map (K, H, W) per image, a classifier's K scores.
+        per_image = tuple(info.output_shape) if info.output_shape else (info.num_classes,)
         exported = export_onnx(model, input_dims=info.input_shape, batch=batch,
-                               output_shape=(batch, info.num_classes))
+                               output_shape=(batch, *per_image))
     except OnnxExportError as e:
         return fail(f"{e}; no ONNX file was written")
     return write_onnx(exported, path, fail)

@@ -4,7 +4,8 @@ The parts, in the order a run meets them: ``setup`` (the device, the spec's chec
 data on the device, the optimizer, the precision; ``Run``, the state a run carries),
 ``resume`` (continuing from a checkpoint), ``loop`` (``train()``: the epochs and steps),
 ``runfolder`` (checkpoint, metrics, curves, run.json), ``distributed`` (the processes of a
-DDP run and their launcher), ``data`` (what the loop needs of the dataset), ``evaluate``
+DDP run and their launcher), ``data`` (what the loop needs of the dataset), ``dense`` (the
+per-pixel losses and scores of segmentation and regression), ``evaluate``
 (``evaluate()``) and ``base`` (errors, devices, losses shared by all).
 
 ``train()`` reads the whole dataset into memory once (``shapecheck.data``),
@@ -23,7 +24,8 @@ complete checkpoint loadable:
 - ``checkpoint.pt``  model, optimizer, epoch, step within the epoch, RNG states,
                      metrics so far: what ``--resume`` continues from
 - ``metrics.csv``    one row per epoch, columns ``METRICS_COLUMNS``
-- ``curves.png``     loss and accuracy per epoch (matplotlib, Agg)
+- ``curves.png``     loss and accuracy (pixel accuracy and mIoU, or PSNR) per epoch
+- ``predictions.png`` a dense task's first test images, targets and predictions
 - ``model.py``       the emitted model source
 - ``run.json``       what ``eval`` needs: input shape, classes, normalisation,
                      the dataset, the train spec, the module's class name; and
@@ -49,7 +51,7 @@ one passed in), loads ``model.pt`` and scores it with the run's normalisation.
 from shapecheck.data import DataError, MemoryLimitError
 
 from .base import TrainError, default_loss, select_device
-from .evaluate import EvalResult, evaluate, format_confusion, load_run_module
+from .evaluate import EvalResult, evaluate, format_confusion, format_dense, load_run_module
 from .loop import train
 from .runfolder import (
     BEST_FILE,
@@ -82,6 +84,7 @@ __all__ = [
     "default_loss",
     "evaluate",
     "format_confusion",
+    "format_dense",
     "load_run_module",
     "select_device",
     "train",

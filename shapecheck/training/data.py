@@ -22,6 +22,9 @@ def _class_weights(spec: TrainSpec, y: torch.Tensor, num_classes: int) -> torch.
     if w is None:
         return None
     if w == "balanced":
+        from shapecheck.densedata import IGNORE_INDEX
+
+        y = y[y != IGNORE_INDEX] if y.ndim > 1 else y  # a mask's pixels, the ignored left out
         # As scikit-learn's "balanced": n / (classes * count); an absent class weighs 0.
         counts = torch.bincount(y.cpu(), minlength=num_classes).double()
         present = int((counts > 0).sum())
@@ -92,7 +95,8 @@ def _check_batches(module: nn.Module, x: torch.Tensor, n: int, bs: int, drop_las
         _set_rng_state(rng, device)
 
 
-def _check_output(module: nn.Module, x: torch.Tensor, num_classes: int) -> None:
+def _check_output(module: nn.Module, x: torch.Tensor, num_classes: int,
+                  output_shape: tuple[int, ...] | None = None) -> None:
     was_training = module.training
     module.eval()
     try:
@@ -104,6 +108,11 @@ def _check_output(module: nn.Module, x: torch.Tensor, num_classes: int) -> None:
         ) from None
     finally:
         module.train(was_training)
+    if output_shape is not None:  # dense: the shape the targets were checked against
+        if tuple(out.shape[1:]) != tuple(output_shape):
+            raise TrainError(f"the model's output has shape {list(out.shape)}; its targets "
+                             f"need (batch, {', '.join(map(str, output_shape))})")
+        return
     if out.ndim != 2 or out.shape[1] != num_classes:
         raise TrainError(
             f"the model's output has shape {list(out.shape)}; training a classifier of "
@@ -234,22 +243,45 @@ def epoch_loader(ds: FolderImages, batches: list[list[int]], workers: int,
                                        pin_memory=pin, persistent_workers=False)
 
 
-def augment(xb: torch.Tensor, spec: AugmentSpec, seed: int) -> torch.Tensor:
+def augment(xb: torch.Tensor, spec: AugmentSpec, seed: int,
+            yb: torch.Tensor | None = None) -> Any:
     """``xb`` flipped and cropped as ``spec`` says, the draws made from ``seed`` alone (on
-    the CPU, whatever the device), so a resumed run draws the same."""
+    the CPU, whatever the device), so a resumed run draws the same.
+
+    With dense targets ``yb`` (masks (B, H, W) or images (B, C, sH, sW)), (xb, yb): each
+    target gets its image's flip and crop, scaled by s when it is s times the image's size;
+    a mask's padding is ignored (IGNORE_INDEX), a target image's is 0."""
     g = torch.Generator().manual_seed(seed)
-    b, _, h, w = xb.shape
+    b, w = xb.shape[0], xb.shape[3]
     if spec.flip:
-        flip = (torch.rand(b, generator=g) < 0.5).to(xb.device).view(b, 1, 1, 1)
-        xb = torch.where(flip, xb.flip(3), xb)
+        flip = (torch.rand(b, generator=g) < 0.5).to(xb.device)
+        xb = torch.where(flip.view(b, 1, 1, 1), xb.flip(3), xb)
+        if yb is not None:
+            yb = torch.where(flip.view(b, *[1] * (yb.ndim - 1)), yb.flip(-1), yb)
     p = spec.crop_padding
     if p:
-        padded = torch.nn.functional.pad(xb, (p, p, p, p))
         dy = torch.randint(0, 2 * p + 1, (b, 1), generator=g)
         dx = torch.randint(0, 2 * p + 1, (b, 1), generator=g)
-        rows = (dy + torch.arange(h)).to(xb.device)[:, :, None]
-        cols = (dx + torch.arange(w)).to(xb.device)[:, None, :]
-        batch = torch.arange(b, device=xb.device)[:, None, None]
-        # One gather for the whole batch: (b, h, w, c) back to (b, c, h, w).
-        xb = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
-    return xb
+        xb = _crop(xb, p, dy, dx)
+        if yb is not None:
+            from shapecheck.densedata import IGNORE_INDEX
+
+            mask = yb.ndim == 3
+            y4 = yb[:, None] if mask else yb
+            s = y4.shape[-1] // w  # the target's scale: 1, or 2 for a ×2 super-resolution
+            y4 = _crop(y4, p * s, dy * s, dx * s, IGNORE_INDEX if mask else 0)
+            yb = y4[:, 0] if mask else y4
+    return xb if yb is None else (xb, yb)
+
+
+def _crop(xb: torch.Tensor, p: int, dy: torch.Tensor, dx: torch.Tensor,
+          fill: float = 0) -> torch.Tensor:
+    """Each image of ``xb`` padded by ``p`` (with ``fill``) and cropped back to its size at
+    offsets (dy, dx)."""
+    b, _, h, w = xb.shape
+    padded = torch.nn.functional.pad(xb, (p, p, p, p), value=fill)
+    rows = (dy + torch.arange(h)).to(xb.device)[:, :, None]
+    cols = (dx + torch.arange(w)).to(xb.device)[:, None, :]
+    batch = torch.arange(b, device=xb.device)[:, None, None]
+    # One gather for the whole batch: (b, h, w, c) back to (b, c, h, w).
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()

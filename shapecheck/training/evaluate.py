@@ -6,6 +6,7 @@ import importlib.util
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,6 +18,7 @@ from shapecheck.trainspec import DatasetSpec
 
 from .base import TrainError, _predict, select_device
 from .data import _check_output
+from .dense import DenseScore, format_iou, score_dense, write_predictions
 from .runfolder import BEST_FILE, METRICS_FILE, MODEL_FILE, RUN_FILE, SOURCE_FILE, _load_tensors
 
 
@@ -26,8 +28,11 @@ class EvalResult:
     loss: float  # mean loss with the run's loss function
     confusion: list[list[int]]  # confusion[true][predicted]
     classes: list[str]
-    num_samples: int
+    num_samples: int  # images, or a segmentation's pixels (the ignored left out)
     source: str = ""  # what was evaluated, in words
+    task: str = "classify"
+    dense: DenseScore | None = None  # a dense task's scores
+    images: int = 0  # the images scored
 
     @property
     def correct(self) -> int:
@@ -89,6 +94,7 @@ def evaluate(
     batch_size: int = 256,
     module: nn.Module | None = None,
     weights: str = MODEL_FILE,
+    predictions: Path | None = None,
 ) -> EvalResult:
     """Accuracy, loss and confusion matrix of a trained run on a dataset.
 
@@ -100,7 +106,9 @@ def evaluate(
     The images are normalised with the run's training mean/std, whatever the
     dataset entry says. ``module`` overrides rebuilding the model from the run's
     ``model.py``; ``weights`` (``model.pt`` or ``model_best.pt``) is loaded into it
-    either way. Raises TrainError, DataError.
+    either way. A dense run (segment, regress) is scored per pixel; ``predictions`` names a
+    PNG to draw the first images, targets and predictions into. Raises TrainError,
+    DataError.
     """
     run_dir = Path(run_dir)
     info_path = run_dir / RUN_FILE
@@ -132,6 +140,11 @@ def evaluate(
             ", so only its held-out part is scored (--split all scores every image)"
             if split == "test" else ""))
     num_classes = int(info["num_classes"])
+    task = info.get("task") or "classify"
+    if task != "classify":
+        return _evaluate_dense(module, info, data, base_dir, split, device, batch_size,
+                               predictions, note + (f" ({weights})" if weights != MODEL_FILE
+                                                    else _unfinished(run_dir, info)))
     x, y, where = load_split(
         data, input_shape=info["input_shape"], num_classes=num_classes, mean=info["mean"],
         std=info["std"], base_dir=base_dir if base_dir is not None else Path.cwd(),
@@ -152,6 +165,55 @@ def evaluate(
         + note + (f" ({weights})" if weights != MODEL_FILE else _unfinished(run_dir, info)))
 
 
+def _evaluate_dense(module: nn.Module, info: dict[str, Any], data: DatasetSpec,
+                    base_dir: Path | None, split: str, device: str, batch_size: int,
+                    predictions: Path | None, note: str) -> EvalResult:
+    from shapecheck.densedata import Target, load_dense_split
+
+    task, shape = info["task"], info.get("output_shape")
+    if not shape:
+        raise TrainError(f"run.json of this {task} run has no output_shape")
+    x, y, where = load_dense_split(
+        data, target=Target(task, tuple(shape)), input_shape=info["input_shape"],
+        mean=info["mean"], std=info["std"],
+        base_dir=base_dir if base_dir is not None else Path.cwd(), split=split)
+    dev = select_device(device)
+    module.to(dev)
+    x, y = x.to(dev), y.to(dev)
+    _check_output(module, x[:2], int(shape[0]), tuple(shape))
+    score = score_dense(module, x, y, task, info.get("loss", "cross_entropy"), batch_size,
+                        int(shape[0]))
+    k = int(shape[0])
+    names = info.get("classes") or [str(i) for i in range(k)]
+    if predictions is not None:
+        write_predictions(predictions, module, x, y, task, names)
+    confusion = score.confusion or []
+    return EvalResult(
+        accuracy=score.pixel_acc or 0.0, loss=score.loss, confusion=confusion,
+        classes=list(names), num_samples=sum(map(sum, confusion)) if confusion else y.numel(),
+        source=(f"whole dataset: {where}" if split == "all" else f"{split} split: {where}")
+        + note, task=task, dense=score, images=int(x.shape[0]))
+
+
+def format_dense(result: EvalResult) -> str:
+    """A dense run's scores: for segment, the per-class IoU table and the confusion matrix
+    over pixels; for regress, the errors and PSNR."""
+    score = result.dense
+    assert score is not None
+    where = f"on the {printable(result.source)} ({result.images:,} images)"
+    if result.task == "regress":
+        psnr = "inf" if score.psnr is None or score.psnr == float("inf") else f"{score.psnr:.2f}"
+        return (f"MSE {score.mse:.6f}  MAE {score.mae:.6f}  PSNR {psnr} dB  loss "
+                f"{score.loss:.6f}  {where}")
+    lines = [(f"pixel accuracy {score.pixel_acc or 0:.2%}  mean IoU {score.miou or 0:.2%}  "
+              f"loss {score.loss:.4f}  {where}"), "",
+             format_iou(score, [printable(c) for c in result.classes]), "",
+             "confusion matrix over pixels:"]
+    # The classifier's table, its headline left out (it counts pixels here).
+    lines += format_confusion(result).splitlines()[2:]
+    return "\n".join(lines)
+
+
 def _unfinished(run_dir: Path, info: dict) -> str:
     """What model.pt is when the run stopped before its last epoch (interrupted, killed, or
     stopped early): model.pt is written at the end of each epoch, metrics.csv gets a row."""
@@ -169,6 +231,8 @@ def _unfinished(run_dir: Path, info: dict) -> str:
 def _same_dataset(data: DatasetSpec, own: DatasetSpec, base_dir: Path | None) -> bool:
     """Whether ``data`` names the file or folder the run was trained on."""
     if data.format == "synthetic" or own.format == "synthetic":
+        return data.format == own.format
+    if data.path is None and own.path is None:  # mnist-seg, mnist-sr: the shipped digits
         return data.format == own.format
     mine = resolve_path(data, base_dir if base_dir is not None else Path.cwd())
     theirs = resolve_path(own, None)

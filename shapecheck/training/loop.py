@@ -43,6 +43,7 @@ from .data import (
     augment,
     epoch_loader,
 )
+from .dense import PREDICTIONS_FILE, dense_loss, pixel_hits, score_dense, write_predictions
 from .distributed import PeerLostError, World, lost_peer, teardown, world_from_env
 from .resume import note_normalisation, read_checkpoint, restore
 from .runfolder import (
@@ -74,6 +75,7 @@ from .setup import (
     make_optimizer,
     place,
     read_data,
+    task_of,
     wrap,
 )
 
@@ -131,14 +133,14 @@ class _Progress:
         self.stream = stream
         self._width = 0
 
-    def draw(self, epoch: int, epochs: int, step: int, steps: int, loss: float, acc: float,
-             rate: float) -> None:
+    def draw(self, epoch: int, epochs: int, step: int, steps: int, loss: float,
+             acc: float | None, rate: float) -> None:
         if not self.enabled:
             return
         filled = int(16 * step / max(steps, 1))
         bar = "=" * filled + (">" if filled < 16 else "") + " " * max(0, 15 - filled)
         line = (f"epoch {epoch}/{epochs} [{bar}] {step}/{steps} loss {loss:.4f} "
-                f"acc {acc:.2%} {rate:,.0f} samples/s")
+                + (f"acc {acc:.2%} " if acc is not None else "") + f"{rate:,.0f} samples/s")
         # A line that wraps cannot be redrawn in place with \r.
         line = line[:max(20, shutil.get_terminal_size().columns - 1)]
         self.stream.write("\r" + line + " " * max(0, self._width - len(line)))
@@ -155,20 +157,26 @@ class _Progress:
 class _Running:
     """Per-step losses and hits kept as device tensors, summed every few steps."""
 
-    def __init__(self, loss_sum: float = 0.0, correct: int = 0, seen: int = 0) -> None:
+    def __init__(self, loss_sum: float = 0.0, correct: int = 0, seen: int = 0,
+                 pixels: int | None = None) -> None:
         self.loss_sum = loss_sum
         self.correct = correct
         self.seen = seen
+        # What the accuracy counts: samples, or a segmentation's pixels (the ignored left out).
+        self.pixels = seen if pixels is None else pixels
         self._losses: list[torch.Tensor] = []
         self._hits: list[torch.Tensor] = []
+        self._counted: list[torch.Tensor | int] = []
         self._sizes: list[int] = []
         self._first_step = 0
 
-    def add(self, step: int, loss: torch.Tensor, hits: torch.Tensor, size: int) -> None:
+    def add(self, step: int, loss: torch.Tensor, hits: torch.Tensor, size: int,
+            counted: torch.Tensor | int | None = None) -> None:
         if not self._losses:
             self._first_step = step
         self._losses.append(loss)
         self._hits.append(hits)
+        self._counted.append(size if counted is None else counted)
         self._sizes.append(size)
 
     def flush(self) -> tuple[int, float] | None:
@@ -184,9 +192,11 @@ class _Running:
             return self._first_step + i, float(losses[i])
         self.loss_sum += total
         self.correct += int(torch.stack(self._hits).sum())
+        self.pixels += int(sum(int(c) for c in self._counted))
         self.seen += sum(self._sizes)
         self._losses.clear()
         self._hits.clear()
+        self._counted.clear()
         self._sizes.clear()
         return None
 
@@ -196,7 +206,7 @@ class _Running:
 
     @property
     def acc(self) -> float:
-        return self.correct / self.seen if self.seen else 0.0
+        return self.correct / self.pixels if self.pixels else 0.0
 
 
 # ---------------------------------------------------------------- train
@@ -350,15 +360,17 @@ def _set_up(module: nn.Module, spec: TrainSpec, *, name: str,
     if not resume and not fresh and (problem := previous_run_problem(out)):
         raise TrainError(problem)
     device = choose_device(spec, world, backend)
-    loss_name = check_spec(module, spec, device, log)
+    task, output_shape = task_of(module, spec, input_shape)
+    dense = task != "classify"
+    loss_name = check_spec(module, spec, device, log, task)
     dataset_entry = _absolute_dataset(spec.dataset, base_dir)
     ckpt = read_checkpoint(out, module, input_shape, num_classes) if resume else None
     loaded = read_data(module, spec, input_shape=input_shape, num_classes=num_classes,
-                       base_dir=base_dir, log=log)
+                       base_dir=base_dir, log=log, task=task, output_shape=output_shape)
     if ckpt is not None:
         note_normalisation(ckpt, loaded, log)
     data = place(module, loaded, spec, device, fresh=ckpt is None and reinit)
-    _check_output(module, data.x_train[:2], num_classes)
+    _check_output(module, data.x_train[:2], num_classes, output_shape if dense else None)
     _check_batches(module, data.x_train, data.x_train.shape[0], spec.batch_size,
                    spec.drop_last, device, world.size)
     class_weights = _class_weights(spec, loaded.y_train, num_classes)
@@ -367,7 +379,8 @@ def _set_up(module: nn.Module, spec: TrainSpec, *, name: str,
               class_weights=class_weights.to(device) if class_weights is not None else None,
               dataset_entry=dataset_entry, input_shape=input_shape, num_classes=num_classes,
               optimizer=make_optimizer(module, spec.optimizer),
-              precision=Precision.of(spec, device))
+              precision=Precision.of(spec, device), task=task,
+              output_shape=output_shape if dense else None)
     return run, ckpt
 
 
@@ -382,6 +395,8 @@ def _run_info(run: Run) -> dict[str, Any]:
         "mean": data.mean,
         "std": data.std,
         "loss": run.loss_name,
+        "task": run.task,
+        "output_shape": list(run.output_shape) if run.output_shape is not None else None,
         "module_class": type(run.module).__name__,
         "dataset": run.dataset_entry,
         "train": run.spec.model_dump(mode="json"),
@@ -405,12 +420,16 @@ class _Loop:
         spec = run.spec
         self.show = _Progress(run.world.main and (sys.stderr.isatty() if progress is None
                                                   else progress), sys.stderr)
-        self.train_loss = functools.partial(_loss_fn(run.loss_name), weight=run.class_weights,
-                                            **({"label_smoothing": spec.label_smoothing}
-                                               if spec.label_smoothing else {}))
+        if run.task == "classify":
+            self.train_loss = functools.partial(
+                _loss_fn(run.loss_name), weight=run.class_weights,
+                **({"label_smoothing": spec.label_smoothing} if spec.label_smoothing else {}))
+        else:
+            self.train_loss = dense_loss(run.task, run.loss_name, run.class_weights,
+                                         spec.label_smoothing)
         self.eval_batch = max(2 * spec.batch_size, 256)
         self.lr = spec.optimizer.effective_lr  # the rate of the latest step
-        self.best_epoch = _best_epoch(run.history)
+        self.best_epoch = _best_epoch(run.history, run.task)
         self.stopped_early = _patience_ran_out(spec, run.history, self.best_epoch)
         self.model: nn.Module = run.module  # as it trains: in DDP, compiled
         self.interrupt = _InterruptFlag(run.world.distributed)
@@ -473,7 +492,10 @@ class _Loop:
     def result(self, t_call: float) -> TrainResult:
         run = self.run
         if run.world.main and run.history and not (run.out / CURVES_FILE).exists():
-            _write_curves(run.out / CURVES_FILE, run.history, run.name)
+            _write_curves(run.out / CURVES_FILE, run.history, run.name, run.task)
+        if run.world.main and run.history and run.task != "classify":
+            write_predictions(run.out / PREDICTIONS_FILE, run.module, run.data.x_test,
+                              run.data.y_test, run.task, run.data.loaded.classes)
         return TrainResult(out_dir=run.out, device=str(run.device), history=run.history,
                            seconds=time.perf_counter() - t_call,
                            resumed_from=run.start_epoch if run.resumed else None,
@@ -490,21 +512,23 @@ class _Loop:
         self._raise_if_nan(sums, epoch)
         train_s = before_s + time.perf_counter() - t_epoch
         if world.distributed:  # the epoch's sums over every rank
-            sums.loss_sum, sums.correct, sums.seen = world.sum(
-                [sums.loss_sum, sums.correct, sums.seen])
+            loss_sum, correct, seen, pixels = world.sum(
+                [sums.loss_sum, sums.correct, sums.seen, sums.pixels])
+            sums.loss_sum, sums.correct, sums.seen, sums.pixels = (
+                loss_sum, int(correct), int(seen), int(pixels))
         run.history.append(self._scores(epoch, sums, train_s, t_epoch))
-        self.best_epoch = _best_epoch(run.history)
+        self.best_epoch = _best_epoch(run.history, run.task)
         self._save_epoch(epoch)
         final = epoch + 1 == spec.epochs
         self.stopped_early = _patience_ran_out(spec, run.history, self.best_epoch)
         if world.main and (final or self.stopped_early or
                            time.perf_counter() - self.last_curves >= CURVES_INTERVAL_S):
-            _write_curves(run.out / CURVES_FILE, run.history, run.name)
+            _write_curves(run.out / CURVES_FILE, run.history, run.name, run.task)
             self.last_curves = time.perf_counter()
         self.show.clear()
         self._log_epoch(run.history[-1])
         if self.stopped_early:
-            run.log(f"stopping early: no better validation accuracy for "
+            run.log(f"stopping early: no better validation {_WATCHED[run.task]} for "
                     f"{_plural(spec.patience or 0, 'epoch')}; the best, epoch "
                     f"{self.best_epoch}, is in {BEST_FILE}")
             return True
@@ -522,8 +546,8 @@ class _Loop:
         if epoch == run.start_epoch and run.partial and run.start_step:
             p = run.partial
             # The sums so far are the run's; rank 0 carries them, the others add.
-            sums = (_Running(p["loss_sum"], p["correct"], p["seen"]) if run.world.main
-                    else _Running())
+            sums = (_Running(p["loss_sum"], p["correct"], p["seen"], p.get("pixels"))
+                    if run.world.main else _Running())
             return sums, run.start_step, float(p.get("train_s", 0.0))
         return _Running(), 0, 0.0
 
@@ -538,7 +562,14 @@ class _Loop:
         for step, xb, yb, size, global_size in self._batches(epoch, first):
             loss, output = self._step(epoch, step, xb, yb, size, global_size)
             # argmax carries no graph; nothing here waits for the device.
-            sums.add(step, loss.detach().float(), (output.argmax(1) == yb).sum(), size)
+            if run.task == "segment":
+                hits, counted = pixel_hits(output.detach(), yb)
+                sums.add(step, loss.detach().float(), hits, size, counted)
+            elif run.task == "regress":  # no accuracy: the scores are the errors
+                sums.add(step, loss.detach().float(), torch.zeros((), dtype=torch.int64), size,
+                         0)
+            else:
+                sums.add(step, loss.detach().float(), (output.argmax(1) == yb).sum(), size)
             seen_here += global_size
             if world.any(self.interrupt.set):
                 self._stop_mid_epoch(epoch, step, sums, before_s, t_epoch)
@@ -557,7 +588,8 @@ class _Loop:
                     now = time.perf_counter()
                     next_draw = now + PROGRESS_INTERVAL_S
                     self.show.draw(epoch + 1, run.spec.epochs, step + 1, steps, sums.loss,
-                                   sums.acc, seen_here / max(now - t_epoch, 1e-9))
+                                   None if run.task == "regress" else sums.acc,
+                                   seen_here / max(now - t_epoch, 1e-9))
 
     def _batches(self, epoch: int,
                  first: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, int, int]]:
@@ -592,8 +624,12 @@ class _Loop:
                 xb, yb = data.x_train[idx], data.y_train[idx]
             if spec.augment is not None:
                 # Seeds far above any epoch's: draws of their own.
-                xb = augment(xb, spec.augment, _epoch_seed(spec.seed, 2**40 + (
-                    epoch * steps + step) * world.size + world.rank))
+                seed = _epoch_seed(spec.seed, 2**40 + (epoch * steps + step) * world.size
+                                   + world.rank)
+                if run.task == "classify":
+                    xb = augment(xb, spec.augment, seed)
+                else:  # the mask or target image moves with its image
+                    xb, yb = augment(xb, spec.augment, seed, yb)
             yield step, xb, yb, idx.numel(), global_size
 
     def _step(self, epoch: int, step: int, xb: torch.Tensor, yb: torch.Tensor, size: int,
@@ -652,6 +688,8 @@ class _Loop:
         """The epoch's line of metrics.csv: its training sums, then the validation and test
         scores. TrainError when the weights are no longer finite."""
         run, data = self.run, self.run.data
+        if run.task != "classify":
+            return self._dense_scores(epoch, sums, train_s, t_epoch)
         # Every rank holds the same weights, so each scores alike; no exchange needed.
         test_loss, test_acc, test_top5 = _score(run.module, data.x_test, data.y_test,
                                                 run.loss_name, self.eval_batch, run.num_classes)
@@ -673,6 +711,34 @@ class _Loop:
             seconds=time.perf_counter() - t_epoch,
             val_loss=val_loss, val_acc=val_acc, val_top5=val_top5, test_top5=test_top5)
 
+    def _dense_scores(self, epoch: int, sums: _Running, train_s: float,
+                      t_epoch: float) -> EpochMetrics:
+        """A dense task's line: each rank scores a share of each split, the sums are added."""
+        run, data = self.run, self.run.data
+        assert run.output_shape is not None
+
+        def score(x: Any, y: torch.Tensor) -> Any:
+            return score_dense(run.module, x, y, run.task, run.loss_name, self.eval_batch,
+                               run.output_shape[0], run.world)
+
+        test = score(data.x_test, data.y_test)
+        val = score(data.x_val, data.y_val) if data.x_val is not None else None
+        if not math.isfinite(test.loss) or not _params_finite(run.module):
+            self.show.clear()
+            raise TrainError(
+                f"the weights became NaN or infinite in epoch {epoch + 1} (test loss "
+                f"{test.loss}); stopped. {_capital(run.last_good())}")
+        return EpochMetrics(
+            epoch=epoch + 1, train_loss=sums.loss, train_acc=sums.acc,
+            test_loss=test.loss, test_acc=test.pixel_acc or 0.0, lr=self.lr,
+            samples_per_s=sums.seen / max(train_s, 1e-9),
+            seconds=time.perf_counter() - t_epoch,
+            val_loss=val.loss if val is not None else None,
+            val_acc=val.pixel_acc if val is not None else None,
+            val_miou=val.miou if val is not None else None, test_miou=test.miou,
+            val_psnr=_finite_or_none(val.psnr) if val is not None else None,
+            test_psnr=_finite_or_none(test.psnr))
+
     def _save_epoch(self, epoch: int) -> None:
         """The checkpoint, model.pt (and model_best.pt), metrics.csv and TensorBoard events."""
         run = self.run
@@ -683,13 +749,19 @@ class _Loop:
         _save_torch(_cpu_state(run.module), run.out / MODEL_FILE)
         if self.best_epoch == epoch + 1:
             _save_torch(_cpu_state(run.module), run.out / BEST_FILE)
-        _write_metrics(run.out / METRICS_FILE, run.history)
+        _write_metrics(run.out / METRICS_FILE, run.history, run.task)
         if run.spec.tensorboard:
             if self.writer is None:
                 self.writer = _tensorboard(run.out)
             _log_tensorboard(self.writer, run.history[-1])
 
     def _log_epoch(self, m: EpochMetrics) -> None:
+        if self.run.task != "classify":
+            self.run.log(f"epoch {m.epoch}/{self.run.spec.epochs}  train loss "
+                         f"{m.train_loss:.4f}  {_dense_line(m, 'val')}"
+                         f"{_dense_line(m, 'test')}{m.samples_per_s:,.0f} samples/s  "
+                         f"({m.seconds:.1f} s)")
+            return
         val = (f"val loss {m.val_loss:.4f}  val acc {m.val_acc:.2%}  "
                if m.val_loss is not None and m.val_acc is not None else "")
         top5 = f"top-5 {m.test_top5:.2%}  " if m.test_top5 is not None else ""
@@ -703,8 +775,8 @@ class _Loop:
         every rank comes here at the same step; rank 0 writes."""
         run, world = self.run, self.run.world
         rngs = world.gather(_rng_state(run.device))
-        totals = (world.sum([sums.loss_sum, sums.correct, sums.seen]) if sums is not None
-                  else None)
+        totals = (world.sum([sums.loss_sum, sums.correct, sums.seen, sums.pixels])
+                  if sums is not None else None)
         if not world.main:
             world.barrier()
             return
@@ -721,7 +793,7 @@ class _Loop:
             "scaler": scaler.state_dict() if scaler is not None else None,
             "partial": None if totals is None else {
                 "loss_sum": totals[0], "correct": int(totals[1]), "seen": int(totals[2]),
-                "train_s": train_s},
+                "pixels": int(totals[3]), "train_s": train_s},
             "metrics": [asdict(m) for m in run.history],
             "train": run.spec.model_dump(mode="json"),
             "dataset": run.dataset_entry,
@@ -756,7 +828,8 @@ class _Loop:
 
     def _curves_so_far(self) -> None:
         if self.run.history and self.run.world.main:
-            _write_curves(self.run.out / CURVES_FILE, self.run.history, self.run.name)
+            _write_curves(self.run.out / CURVES_FILE, self.run.history, self.run.name,
+                          self.run.task)
 
     def _explain(self, e: RuntimeError) -> TrainError | None:
         """A RuntimeError of torch's that has a known cause, in words; None for the rest (and
@@ -785,12 +858,38 @@ class _Loop:
 # ---------------------------------------------------------------- small parts
 
 
-def _best_epoch(history: Sequence[EpochMetrics]) -> int | None:
-    """The epoch (1-based) of the best validation accuracy, ties to the lower loss."""
-    scored = [m for m in history if m.val_acc is not None]
+# What model_best.pt and patience watch, per task.
+_WATCHED = {"classify": "accuracy", "segment": "mean IoU", "regress": "loss"}
+
+
+def _best_epoch(history: Sequence[EpochMetrics], task: str = "classify") -> int | None:
+    """The epoch (1-based) of the best validation score, ties to the lower loss: accuracy,
+    mean IoU (segment), or the loss itself (regress)."""
+    scored = [m for m in history if m.val_loss is not None]
     if not scored:
         return None
-    return max(scored, key=lambda m: (m.val_acc, -(m.val_loss or 0.0), -m.epoch)).epoch
+    if task == "regress":
+        return min(scored, key=lambda m: (m.val_loss or 0.0, m.epoch)).epoch
+    watched = "val_miou" if task == "segment" else "val_acc"
+    return max(scored, key=lambda m: (getattr(m, watched) or 0.0, -(m.val_loss or 0.0),
+                                      -m.epoch)).epoch
+
+
+def _finite_or_none(v: float | None) -> float | None:
+    # A perfect reconstruction has an infinite PSNR, which metrics.csv leaves blank.
+    return v if v is not None and math.isfinite(v) else None
+
+
+def _dense_line(m: EpochMetrics, split: str) -> str:
+    loss = getattr(m, f"{split}_loss")
+    if loss is None:
+        return ""
+    if m.test_miou is not None:  # segment
+        return (f"{split} loss {loss:.4f}  {split} pixel acc {getattr(m, f'{split}_acc'):.2%}  "
+                f"{split} mIoU {getattr(m, f'{split}_miou'):.2%}  ")
+    psnr = getattr(m, f"{split}_psnr")
+    return (f"{split} loss {loss:.4f}  {split} PSNR "
+            f"{'inf' if psnr is None else f'{psnr:.2f}'} dB  ")
 
 
 def _patience_ran_out(spec: TrainSpec, history: Sequence[EpochMetrics],

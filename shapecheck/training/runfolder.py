@@ -27,8 +27,9 @@ METRICS_FILE = "metrics.csv"
 CURVES_FILE = "curves.png"
 SOURCE_FILE = "model.py"
 RUN_FILE = "run.json"
+PREDICTIONS_FILE = "predictions.png"
 RUN_FILES = (MODEL_FILE, BEST_FILE, CHECKPOINT_FILE, METRICS_FILE, CURVES_FILE, SOURCE_FILE,
-             RUN_FILE)
+             RUN_FILE, PREDICTIONS_FILE)
 TENSORBOARD_DIR = "tensorboard"
 CHECKPOINT_VERSION = 1
 METRICS_COLUMNS = (
@@ -46,13 +47,34 @@ METRICS_COLUMNS = (
     "val_top5",
     "test_top5",
 )
+# The columns of a dense task's metrics.csv, and the EpochMetrics field each holds: a
+# segmentation run's accuracy is its pixel accuracy.
+DENSE_COLUMNS = {
+    "segment": (("epoch", "epoch"), ("train_loss", "train_loss"),
+                ("train_pixel_acc", "train_acc"), ("val_loss", "val_loss"),
+                ("val_pixel_acc", "val_acc"), ("val_miou", "val_miou"),
+                ("test_loss", "test_loss"), ("test_pixel_acc", "test_acc"),
+                ("test_miou", "test_miou"), ("lr", "lr"), ("samples_per_s", "samples_per_s"),
+                ("seconds", "seconds")),
+    "regress": (("epoch", "epoch"), ("train_loss", "train_loss"), ("val_loss", "val_loss"),
+                ("val_psnr", "val_psnr"), ("test_loss", "test_loss"),
+                ("test_psnr", "test_psnr"), ("lr", "lr"), ("samples_per_s", "samples_per_s"),
+                ("seconds", "seconds")),
+}
+
+
+def metrics_columns(task: str = "classify") -> tuple[tuple[str, str], ...]:
+    """(column of metrics.csv, EpochMetrics field) for a run of ``task``."""
+    if task in DENSE_COLUMNS:
+        return DENSE_COLUMNS[task]
+    return tuple((c, c) for c in METRICS_COLUMNS)
 
 
 @dataclass
 class EpochMetrics:
     epoch: int  # 1-based
     train_loss: float
-    train_acc: float  # fraction, 0..1
+    train_acc: float  # fraction, 0..1 (segment: of the pixels; regress: 0)
     test_loss: float
     test_acc: float
     lr: float
@@ -62,6 +84,10 @@ class EpochMetrics:
     val_acc: float | None = None
     val_top5: float | None = None  # top-5 accuracy, with 10 or more classes
     test_top5: float | None = None
+    val_miou: float | None = None  # segment: mean IoU over the classes present
+    test_miou: float | None = None
+    val_psnr: float | None = None  # regress: PSNR in dB, targets in [0, 1]
+    test_psnr: float | None = None
 
 
 @dataclass
@@ -119,7 +145,8 @@ def open_folder(out: Path) -> None:
 def start_afresh(out: Path, model_source: str, run_info: dict[str, Any],
                  log: Callable[[str], Any]) -> None:
     """A new run in ``out``: the previous run's results go, model.py and run.json are written."""
-    old = [f for f in (MODEL_FILE, BEST_FILE, CHECKPOINT_FILE, METRICS_FILE, CURVES_FILE)
+    old = [f for f in (MODEL_FILE, BEST_FILE, CHECKPOINT_FILE, METRICS_FILE, CURVES_FILE,
+                       PREDICTIONS_FILE)
            if (out / f).exists()]
     if old:
         log(f"note: starting afresh in {out}; removing the previous run's {', '.join(old)}")
@@ -129,18 +156,20 @@ def start_afresh(out: Path, model_source: str, run_info: dict[str, Any],
     atomic_write(out / RUN_FILE, json.dumps(run_info, indent=2) + "\n")
 
 
-def _write_metrics(path: Path, history: Sequence[EpochMetrics]) -> None:
+def _write_metrics(path: Path, history: Sequence[EpochMetrics], task: str = "classify") -> None:
+    columns = metrics_columns(task)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(METRICS_COLUMNS)
+    w.writerow([c for c, _ in columns])
     for m in history:
         row = asdict(m)
-        w.writerow([row["epoch"]] + ["" if row[c] is None else f"{row[c]:.6g}"
-                                     for c in METRICS_COLUMNS[1:]])
+        w.writerow([row["epoch"]] + ["" if row[f] is None else f"{row[f]:.6g}"
+                                     for _, f in columns[1:]])
     atomic_write(path, buf.getvalue())
 
 
-def _write_curves(path: Path, history: Sequence[EpochMetrics], title: str) -> bool:
+def _write_curves(path: Path, history: Sequence[EpochMetrics], title: str,
+                  task: str = "classify") -> bool:
     """curves.png; False when matplotlib is not installed."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -161,15 +190,33 @@ def _write_curves(path: Path, history: Sequence[EpochMetrics], title: str) -> bo
     ax1.set_ylabel("loss")
     ax1.set_title("loss")
     ax1.legend()
-    ax2.plot(epochs, [100 * m.train_acc for m in history], "o-", label="train")
-    if has_val:
-        ax2.plot(epochs, [100 * (m.val_acc or 0) for m in history], "o-", label="validation")
-    ax2.plot(epochs, [100 * m.test_acc for m in history], "o-", label="test")
-    if any(m.test_top5 is not None for m in history):
-        ax2.plot(epochs, [100 * (m.test_top5 or 0) for m in history], "o--", label="test top-5")
+    if task == "regress":
+        if has_val:
+            ax2.plot(epochs, [m.val_psnr or 0 for m in history], "o-", label="validation")
+        ax2.plot(epochs, [m.test_psnr or 0 for m in history], "o-", label="test")
+        ax2.set_ylabel("PSNR (dB)")
+        ax2.set_title("PSNR")
+    elif task == "segment":
+        ax2.plot(epochs, [100 * m.train_acc for m in history], "o-", label="train pixel acc")
+        if has_val:
+            ax2.plot(epochs, [100 * (m.val_miou or 0) for m in history], "o-",
+                     label="validation mIoU")
+        ax2.plot(epochs, [100 * m.test_acc for m in history], "o-", label="test pixel acc")
+        ax2.plot(epochs, [100 * (m.test_miou or 0) for m in history], "o--", label="test mIoU")
+        ax2.set_ylabel("%")
+        ax2.set_title("pixel accuracy and mean IoU")
+    else:
+        ax2.plot(epochs, [100 * m.train_acc for m in history], "o-", label="train")
+        if has_val:
+            ax2.plot(epochs, [100 * (m.val_acc or 0) for m in history], "o-",
+                     label="validation")
+        ax2.plot(epochs, [100 * m.test_acc for m in history], "o-", label="test")
+        if any(m.test_top5 is not None for m in history):
+            ax2.plot(epochs, [100 * (m.test_top5 or 0) for m in history], "o--",
+                     label="test top-5")
+        ax2.set_ylabel("accuracy (%)")
+        ax2.set_title("accuracy")
     ax2.set_xlabel("epoch")
-    ax2.set_ylabel("accuracy (%)")
-    ax2.set_title("accuracy")
     ax2.legend()
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
@@ -264,7 +311,7 @@ def _update_run_info(path: Path, entry: dict[str, Any], spec: TrainSpec) -> None
 
 def _log_tensorboard(writer: Any, m: EpochMetrics) -> None:
     for key in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
-                "lr", "samples_per_s"):
+                "lr", "samples_per_s", "val_miou", "test_miou", "val_psnr", "test_psnr"):
         value = getattr(m, key)
         if value is not None:
             writer.add_scalar(key.replace("_", "/", 1) if key[:4] in ("trai", "val_", "test")

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from shapecheck.data import MemoryLimitError, load_dataset
-from shapecheck.trainspec import OptimizerSpec, TrainSpec
+from shapecheck.trainspec import OptimizerSpec, TrainSpec, resolve_task
 
 from .base import TrainError, _last_layer, default_loss, select_device
 from .data import stream_folder
@@ -86,6 +86,8 @@ class Run:
     # Recorded in run.json with the first checkpoint written: a resume that fails before
     # then leaves the run folder as it was.
     pending_resume: dict[str, Any] | None = None
+    task: str = "classify"  # or segment, regress (trainspec.resolve_task)
+    output_shape: tuple[int, ...] | None = None  # the module's output for one sample
 
     @property
     def n(self) -> int:
@@ -113,8 +115,27 @@ def choose_device(spec: TrainSpec, world: World, backend: str) -> torch.device:
     return device
 
 
+def task_of(module: nn.Module, spec: TrainSpec,
+            input_shape: tuple[int, int, int]) -> tuple[str, tuple[int, ...] | None]:
+    """(task, the output's shape for one sample), from one sample through the module on the
+    CPU. A module that fails on it is classification here: ``_check_output`` says why."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            out = module(torch.zeros((1, *input_shape)))
+    except Exception:  # noqa: BLE001 - said by _check_output, with the batch's shape
+        return spec.task or "classify", None
+    finally:
+        module.train(was_training)
+    task = resolve_task(tuple(out.shape), 1, spec)
+    if isinstance(task, str):
+        raise TrainError("the network " + task.replace("(1, ", "(N, "))
+    return task[0], tuple(out.shape[1:])
+
+
 def check_spec(module: nn.Module, spec: TrainSpec, device: torch.device,
-               log: Callable[[str], Any]) -> str:
+               log: Callable[[str], Any], task: str = "classify") -> str:
     """The run's loss, once what the spec asks is found possible with this module and device.
 
     A softmax last layer before cross_entropy is the plan's warning SC302, which
@@ -122,7 +143,10 @@ def check_spec(module: nn.Module, spec: TrainSpec, device: torch.device,
     assert spec.dataset is not None
     if spec.precision != "32" and device.type == "mps":
         raise TrainError(f"precision {spec.precision} is for cpu and cuda; train on mps in 32")
-    loss_name = spec.loss or default_loss(module)
+    if task != "classify" and spec.workers is not None:
+        raise TrainError(f"streaming (workers) reads classification image folders; {task} "
+                         "data is held in memory: leave workers out")
+    loss_name = spec.loss or ("mse" if task == "regress" else default_loss(module))
     last = _last_layer(module)
     if loss_name == "nll_loss" and not isinstance(last, nn.LogSoftmax):
         log(f"note: nll_loss expects log-probabilities, but the last layer is "
@@ -143,10 +167,20 @@ def check_spec(module: nn.Module, spec: TrainSpec, device: torch.device,
 
 
 def read_data(module: nn.Module, spec: TrainSpec, *, input_shape: tuple[int, int, int],
-              num_classes: int, base_dir: Path, log: Callable[[str], Any]) -> Any:
+              num_classes: int, base_dir: Path, log: Callable[[str], Any],
+              task: str = "classify", output_shape: tuple[int, ...] | None = None) -> Any:
     """The dataset, in memory or streamed, with its notes said."""
     assert spec.dataset is not None
-    if spec.workers is not None:
+    if task != "classify":
+        from shapecheck.densedata import Target, load_dense
+
+        assert output_shape is not None and len(output_shape) == 3
+        param_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+        data = load_dense(spec.dataset, target=Target(task, tuple(output_shape)),
+                          input_shape=input_shape, base_dir=base_dir,
+                          extra_bytes=param_bytes * 4,
+                          extra_what="the weights, gradients and optimizer state")
+    elif spec.workers is not None:
         data = stream_folder(spec.dataset, input_shape=input_shape, num_classes=num_classes,
                              base_dir=base_dir, workers=int(spec.workers or 0))
     else:
