@@ -12,9 +12,29 @@ SPECS = ROOT / "specs"
 EXPECTED = Path(__file__).resolve().parent / "expected"
 
 
+# What `pytest -m "not slow"` leaves out: the tests that train, launch processes or browsers,
+# export ONNX or install hooks, each taking seconds (the rest takes about a third of the time).
+SLOW_MODULES = {"test_distributed", "test_onnx", "test_precommit", "test_dense", "test_benchmarks"}
+SLOW_TESTS = {"test_planner_equals_torch", "test_classifiers_train_on_synthetic_data",
+              "test_train_and_eval_end_to_end", "test_sigkill_mid_epoch_leaves_a_loadable_checkpoint",
+              "test_a_resume_on_another_thread_count_says_the_bits_will_differ",
+              "test_no_string_in_a_spec_runs_as_code"}
+
+
 def pytest_addoption(parser):
     parser.addoption("--update-expected", action="store_true",
                      help="rewrite tests/expected/* from the current output")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes seconds (training, processes, ONNX, "
+                            "hooks); left out by -m 'not slow'")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.module.__name__ in SLOW_MODULES or item.originalname in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture
