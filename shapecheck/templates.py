@@ -146,10 +146,10 @@ def _some(names) -> str:
 
 def check_name(name: Any, what: str, loc: tuple, chain: tuple = ()) -> None:
     """SC105 unless ``name`` can be a name in the code `build` writes (see name_problem)."""
-    from .spec import default_name
-
     problem = name_problem(name) if isinstance(name, str) else "not a string"
     if problem is not None:
+        from .spec import default_name
+
         raise TemplateError("SC105", f"{what} {name!r} is not a Python identifier ({problem})",
                             loc, f"use a name such as {default_name(str(name))!r}", chain)
 
@@ -267,6 +267,8 @@ class _Expander:
             self.written[dst] = given[1] if given else item
         if not isinstance(item, dict):
             return self.value(item, env, src, chain, dst, "type")
+        if chain and isinstance(item.get("name"), str):  # as written: the use prefixes it
+            check_name(item["name"], "the layer name", (*src, "name"), chain)
         kind = self.value(item.get("type"), env, (*src, "type"), chain)
         block = block_of({"type": kind})
         # A block's layer lists are expanded layer by layer below, each with its own notes.

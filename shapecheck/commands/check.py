@@ -26,7 +26,7 @@ SUFFIXES = (".yaml", ".yml")
 MIN_FILES_PER_JOB = 16  # below this a process costs more than it saves
 # The layers one file's scales may plan in all: EfficientNet's 8 scales plan 3,000; a file
 # declaring thousands of scales would otherwise cost their number times the network.
-MAX_CHECKED_LAYERS = 5 * MAX_LAYERS
+MAX_CHECKED_LAYERS = 2 * MAX_LAYERS
 
 
 def add_parser(sub) -> None:

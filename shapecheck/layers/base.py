@@ -7,7 +7,6 @@ any size, and nothing is allocated.
 """
 
 import keyword
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, NamedTuple, get_args
@@ -82,7 +81,7 @@ def name_problem(name: str) -> str | None:
         return "letters, digits and _, not starting with a digit"
     if keyword.iskeyword(name):
         return "a Python keyword"
-    if re.fullmatch(r"__\w+__", name):
+    if len(name) > 4 and name.startswith("__") and name.endswith("__"):
         return "names of the form __name__ are Python's own"
     return None
 
