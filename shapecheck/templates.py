@@ -267,6 +267,7 @@ class _Expander:
             self.written[dst] = given[1] if given else item
         if not isinstance(item, dict):
             return self.value(item, env, src, chain, dst, "type")
+        self.spend(len(item), src, chain)  # its fields are copied below
         if chain and isinstance(item.get("name"), str):  # as written: the use prefixes it
             check_name(item["name"], "the layer name", (*src, "name"), chain)
         kind = self.value(item.get("type"), env, (*src, "type"), chain)
@@ -299,9 +300,10 @@ class _Expander:
         self.values += values
         if self.values > MAX_VALUES:
             raise TemplateError("SC004", f"expanding the templates copies more than "
-                                f"{MAX_VALUES:,} values", loc, "a use copies its values and "
-                                "the variables it sees into every instance: pass large lists "
-                                "to fewer uses, and keep scales to the variables they need",
+                                f"{MAX_VALUES:,} values", loc, "a use copies its values, its "
+                                "layers' fields and the variables it sees into every instance: "
+                                "pass large lists to fewer uses, and keep scales to the "
+                                "variables they need",
                                 chain)
 
     def size(self, value: Any) -> int:

@@ -246,6 +246,13 @@ layers:
             refused(r, "SC004", 2, f"copies more than {templates.MAX_VALUES:,} values")
 
 
+def test_a_layer_of_many_fields_repeated_is_refused(tmp_path):
+    fields = ", ".join(f"k{i}: 1" for i in range(50000))
+    text = ("input: {shape: [1, 8, 8]}\ntemplates:\n  t: {type: relu, " + fields + "}\n"
+            "layers:\n  - {use: t, repeat: 20000}\n")
+    refused(cli("plan", write(tmp_path, text)), "SC004", 2, "copies more than")
+
+
 def test_thousands_of_variables_seen_by_every_instance_are_refused(tmp_path):
     variables = ", ".join(f"v{i}: {i}" for i in range(5000))
     text = named().replace("{w: 2}", "{w: 2, " + variables + "}").replace(
