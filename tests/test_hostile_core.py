@@ -206,18 +206,19 @@ def test_parameters_that_python_renames_alike_stay_apart():
 def test_a_repeat_of_uses_that_make_nothing_is_refused(tmp_path):
     """A template whose body is `repeat: 0` makes no layers, so no layer was counted: 20,000
     repeats of 50 such uses ran for minutes."""
-    text = """\
-input: {shape: [1, 8, 8]}
+    uses = ", ".join(["{use: empty, repeat: 20000}"] * 50)
+    text = f"""\
+input: {{shape: [1, 8, 8]}}
 templates:
-  nothing: {type: relu}
+  nothing: {{type: relu}}
   empty:
-    layers: [{use: nothing, repeat: 0}]
+    layers: [{{use: nothing, repeat: 0}}]
   many:
-    layers: [%s]
+    layers: [{uses}]
 layers:
-  - {use: many, repeat: 20000}
+  - {{use: many, repeat: 20000}}
   - relu
-""" % ", ".join(["{use: empty, repeat: 20000}"] * 50)
+"""
     spec = write(tmp_path, text)
     for r in (cli("plan", spec), cli("check", spec), cli("expand", spec)):
         refused(r, "SC004", 2, "expands to more than 20,000 layers")
@@ -360,8 +361,7 @@ FORGED = "x\n\x1b[2Jforged: error[SC000]: \u202eok"
 def _no_forged_line(r) -> None:
     text = r.out + r.err
     assert "\x1b" not in text and "\u202e" not in text, str(r)
-    assert not any(line.startswith("\\x1b") or line.startswith("forged")
-                   for line in text.splitlines()), str(r)
+    assert not any(line.startswith(("\\x1b", "forged")) for line in text.splitlines()), str(r)
 
 
 def test_file_names_are_escaped_in_titles_headers_and_solve(tmp_path):

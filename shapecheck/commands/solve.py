@@ -8,11 +8,10 @@ from pathlib import Path
 
 from ..diagnostics import Diagnostic, InputError
 from ..inputsizes import TooCostly, Unsolvable, describe, solve
-from ..report import printable
 from ..planner import plan
+from ..report import printable
 from ..spec import default_name
 from . import EXIT_INPUT, EXIT_INVALID, EXIT_OK, add_shape_overrides, print_diagnostics
-
 
 MAX_UPTO = 1_000_000  # the sizes --upto lists: a longer list is a document nobody reads
 
