@@ -21,22 +21,27 @@ CODES: dict[str, str] = {
     "SC003": "The YAML is not a spec: not a mapping, or it has neither `input` nor `layers`.",
     "SC004": "The YAML is refused for safety: an unsafe or unknown tag, too many nodes or "
     "aliases (an alias bomb), too deep, or too large; or its templates expand past the layer "
-    "limit or nest too deep.",
+    "limit, nest too deep or copy too many values; or it declares more than 1,000 scales; or "
+    "`check` of every scale, or `solve`, would take more work than it allows.",
     # SC1xx: the spec does not follow the schema (exit code 1).
     "SC101": "Unknown layer type.",
     "SC102": "Unknown field.",
     "SC103": "A field has the wrong type or an impossible value (e.g. a non-positive size).",
     "SC104": "A required field is missing (e.g. `input`, `layers`, a conv's `out_channels`).",
-    "SC105": "A name is not a Python identifier.",
-    "SC106": "A name is used twice.",
+    "SC105": "A name is not a Python identifier: a layer, spec, template, `use:`, parameter, "
+    "scale or variable name that is a keyword, a dunder (`__class__`), not ASCII, or a template "
+    "parameter named like a class `build` writes.",
+    "SC106": "A name is used twice, or two template names differ only in case or underscores "
+    "(both would be one class).",
     "SC107": "A YAML key is given twice in one mapping.",
     "SC108": "A template or a `use:` is wrong: an unknown template, an unknown or missing "
     "parameter, or a template with neither `type:` nor `layers:`.",
     "SC109": "An expression (`$…`) cannot be evaluated: an unknown name, a value that is not a "
-    "number, a division by zero, or a result too large.",
+    "number, a division by zero (also inside `make_divisible`), a result too large, or nesting "
+    "more than 50 levels deep.",
     "SC110": "Templates use each other in a cycle.",
-    "SC111": "An unknown scale (`--scale`, `default_scale`), or `scales` that are not "
-    "named sets of values.",
+    "SC111": "An unknown scale (`--scale`, `default_scale`), a `default_scale` that is not a "
+    "name, or `scales` that are not named sets of values.",
     # SC2xx: PyTorch would reject the network at this layer (exit code 1).
     "SC201": "The (dilated) kernel is larger than the padded input, or reflect/circular "
     "padding is larger than the input allows.",

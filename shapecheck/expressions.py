@@ -15,6 +15,9 @@ from collections.abc import Mapping
 from typing import Any
 
 MAX_TEXT = 500  # characters in one expression
+# How deeply an expression may nest: the walks of its tree (here, and `build`'s writing it as
+# Python) recurse once a level; ``-+-+…$c`` in 500 characters would be 250 levels.
+MAX_DEPTH = 50
 MAX_VALUE = 2**256  # a larger result is an error, not a slow computation
 
 _NAME = re.compile(r"\$([A-Za-z_]\w*)")
@@ -32,8 +35,16 @@ def make_divisible(value: float, divisor: int, min_value: int | None = None) -> 
     return new
 
 
+def _round(value: float, digits: int | None = None) -> float:
+    """round(), with ``digits`` held to what changes a result below MAX_VALUE: round(5, -10**18)
+    would compute 10**(10**18)."""
+    if digits is not None and not isinstance(digits, bool) and isinstance(digits, int):
+        digits = max(-400, min(400, digits))
+    return round(value) if digits is None else round(value, digits)
+
+
 FUNCTIONS = {
-    "min": min, "max": max, "round": round, "ceil": math.ceil, "floor": math.floor,
+    "min": min, "max": max, "round": _round, "ceil": math.ceil, "floor": math.floor,
     "int": int, "abs": abs, "make_divisible": make_divisible,
 }
 _BINARY = {
@@ -72,7 +83,7 @@ def parse_expression(text: str) -> ast.Expression:
     if "$" in source:
         raise ExpressionError(f"{text!r}: a $ must be followed by a name, as in $width")
     try:
-        return ast.parse(source, mode="eval")
+        tree = ast.parse(source, mode="eval")
     except (SyntaxError, RecursionError, MemoryError):
         hint = None
         if text.count("(") > text.count(")"):
@@ -83,6 +94,20 @@ def parse_expression(text: str) -> ast.Expression:
                         "out: \"make_divisible(32 * $width_mult, 8)\"")
         raise ExpressionError(f"{text!r} is not an expression (numbers, $names, + − * / // % "
                               "and functions such as min, max, make_divisible)", hint) from None
+    if _depth(tree) > MAX_DEPTH:
+        raise ExpressionError(f"{text!r} nests more than {MAX_DEPTH} levels deep",
+                              "write it in simpler steps, e.g. as a parameter's default")
+    return tree
+
+
+def _depth(tree: ast.AST) -> int:
+    """How many levels the tree has (without recursion: it may be deeper than the stack)."""
+    deepest, stack = 0, [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack += [(child, depth + 1) for child in ast.iter_child_nodes(node)]
+    return deepest
 
 
 def variable_name(identifier: str) -> str | None:
@@ -141,6 +166,8 @@ def _value(node: ast.AST, env: Mapping[str, Any], text: str) -> int | float:
         args = [_value(a, env, text) for a in node.args]
         try:
             return _number(FUNCTIONS[node.func.id](*args), f"{text!r}")
+        except ZeroDivisionError:
+            raise ExpressionError(f"{node.func.id}() in {text!r} divides by zero") from None
         except (TypeError, ValueError, OverflowError) as e:
             raise ExpressionError(f"{node.func.id}() in {text!r}: {e}") from None
     what = ast.unparse(node).replace(_PREFIX, "$")

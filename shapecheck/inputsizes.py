@@ -11,6 +11,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING
 
 from .analysis import AXES, first_true
+from .layers.base import INT64_MAX
 from .layers.window import Consumed, Fixed, Fold, Scale, Transposed, Whole, Window
 
 if TYPE_CHECKING:
@@ -35,10 +36,17 @@ class _Trace:
 
 
 MAX_PERIOD = 1 << 14  # residue classes solve works through; 2^5 for a ResNet, 2^4 for a U-Net
+# Layer steps solve may run: about classes × layers × runs per class. ResNet-50 needs 10^5;
+# 14 stride-2 layers (a period of 2^14) need 1.4·10^6, in about a second.
+MAX_STEPS = 3_000_000
 
 
 class Unsolvable(Exception):
     """An axis map the exact solver does not handle (a non-dyadic scale factor)."""
+
+
+class TooCostly(Unsolvable):
+    """Solving would take more steps than MAX_STEPS: refused, as the loader refuses (SC004)."""
 
 
 def _run(rows: list[LayerPlan], n: int, dim: int, fold_ref: int | None, period: int,
@@ -81,6 +89,8 @@ def _run(rows: list[LayerPlan], n: int, dim: int, fold_ref: int | None, period: 
                 raise Unsolvable(f"{row.name} scales by {m.factor:g}, which is not a fraction "
                                  "with a small power-of-two denominator")
             n = m.out(n)
+            if n < 1:  # upsample by 1/2 of a single row: nothing left
+                trace.small = True
             period *= f.denominator
         elif isinstance(m, Transposed):
             n = m.out(n)
@@ -164,10 +174,10 @@ class AxisSolution:
         """The smallest period p and the residues mod p of the infinite classes that ``pick``
         keeps."""
         keep = {c for c in self._infinite() if pick(self.classes[c])}
-        for p in sorted(d for d in range(1, self.period + 1) if self.period % d == 0):
-            if all((c in keep) == ((c % p) in {k % p for k in keep})
-                   for c in range(self.period)):
-                return p, sorted({k % p for k in keep})
+        for p in (d for d in range(1, self.period + 1) if self.period % d == 0):
+            kept = {k % p for k in keep}  # once per divisor: linear in the period, not square
+            if all((c in keep) == ((c % p) in kept) for c in range(self.period)):
+                return p, sorted(kept)
         return self.period, sorted(keep)
 
 
@@ -200,6 +210,14 @@ def _solve_axis(plan: Plan, i: int) -> AxisSolution:
     if period > MAX_PERIOD:
         raise Unsolvable(f"the strides multiply to {period:,} on {AXES[i]}: more residue classes "
                          f"than solve works through (at most {MAX_PERIOD:,})")
+    # Each class runs the layers about twice per bit of the sizes it searches (bisection).
+    rows = sum(1 for _ in plan.walk())
+    steps = period * rows * (2 * max(1, (size // period).bit_length()) + 4)
+    if steps > MAX_STEPS:
+        raise TooCostly(f"solving {AXES[i]} would take about {steps:,} layer steps ({period:,} "
+                        f"residue classes of {rows:,} layers); solve runs at most {MAX_STEPS:,}")
+    # Sizes go as far as torch's int64: a kernel of 3·10^12 rows accepts sizes beyond 2^40.
+    limit = (INT64_MAX - period) // period
     classes = {}
     for c in range(period):
         base = c or period  # sizes start at 1
@@ -207,7 +225,7 @@ def _solve_axis(plan: Plan, i: int) -> AxisSolution:
         def at(q: int, base=base) -> _Trace:
             return run(base + period * q)
 
-        u = first_true(lambda q: not at(q).small)
+        u = first_true(lambda q: not at(q).small, limit=limit)
         if u is None:
             classes[c] = Residue(points=[])
             continue

@@ -91,8 +91,31 @@ def gc_paused():
             gc.enable()
 
 
+class SpecFile:
+    """A spec file read and its YAML parsed once, to expand at any of its scales: `check` plans
+    a spec at every scale it declares, and a file may declare thousands. InputError if the file
+    cannot be read."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.source = os.fspath(path)
+        with gc_paused():
+            self._loaded = _load(read_text(path), self.source)
+
+    def at(self, scale: str | None) -> Spec:
+        """The spec at ``scale``, as load_spec gives it."""
+        with gc_paused():
+            return _spec(self._loaded, self.source, None, scale)
+
+
 def _parse(text: str, source: str | None, name: str | None, scale: str | None = None) -> Spec:
-    data, positions, problems = _load(text, source)
+    return _spec(_load(text, source), source, name, scale)
+
+
+def _spec(loaded: tuple, source: str | None, name: str | None, scale: str | None) -> Spec:
+    """The Spec from the YAML's data (which is not changed: it may be expanded again at another
+    scale)."""
+    data, positions, problems = loaded
+    problems = list(problems)
     if not isinstance(data, dict) or not ({"input", "layers"} & data.keys()):
         what = "a YAML mapping" if isinstance(data, dict) else f"a YAML {_kind(data)}"
         raise InputError(

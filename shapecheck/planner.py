@@ -19,6 +19,7 @@ from .lint import lint
 from .loader import (
     Locator,
     SpecError,
+    SpecFile,
     duplicate_names,
     gc_paused,
     load_spec,
@@ -41,7 +42,7 @@ class _Failure(NamedTuple):
 
 
 def plan(
-    spec: Spec | str | os.PathLike,
+    spec: Spec | SpecFile | str | os.PathLike,
     *,
     batch: int | str | None = None,
     input_shape: tuple[int, int, int] | None = None,
@@ -50,14 +51,18 @@ def plan(
     """Plan a spec (a Spec, a file path or YAML text; ``scale`` picks one of its scales). A spec
     that breaks the schema gives an invalid Plan with its diagnostics; unreadable input raises
     InputError."""
-    if not isinstance(spec, Spec):
+    if isinstance(spec, SpecFile):  # read once, planned at each of its scales
+        try:
+            spec = spec.at(scale)
+        except SpecError as e:
+            return _unread(e, spec.source, batch)
+    elif not isinstance(spec, Spec):
         is_path = isinstance(spec, os.PathLike) or looks_like_path(spec)
         source = os.fspath(spec) if is_path else None
         try:
             spec = load_spec(Path(spec) if is_path else spec, scale=scale)
         except SpecError as e:
-            name = default_name(Path(source).stem) if source else "net"
-            return Plan(name, None, source, batch or "N", None, [], e.diagnostics)
+            return _unread(e, source, batch)
     elif not spec.completed:
         problems = _complete(spec)
         if problems:
@@ -65,6 +70,12 @@ def plan(
                         [], problems)
     with gc_paused():
         return _Planner(spec, batch, input_shape).plan()
+
+
+def _unread(error: SpecError, source: str | None, batch) -> Plan:
+    """The invalid Plan of a spec that does not follow the schema."""
+    name = default_name(Path(source).stem) if source else "net"
+    return Plan(name, None, source, batch or "N", None, [], error.diagnostics)
 
 
 def _complete(spec: Spec) -> list[Diagnostic]:

@@ -105,7 +105,8 @@ def render_table(plan: Plan, markdown: bool = False, explain: bool = False,
     """The table; ``fields`` adds the receptive-field column, ``depth`` keeps blocks nested
     deeper than it closed."""
     if not plan.layers:
-        return f"{plan.name}: not planned, the spec does not follow the schema (errors below)"
+        return (f"{printable(plan.name)}: not planned, the spec does not follow the schema "
+                "(errors below)")
     rows = list(_rows(plan.layers, depth=depth))
     marks = plan.marks()
     cells = [_cells(layer, ind, depth, marks[layer.path]) for layer, ind in rows]
@@ -132,9 +133,9 @@ def render_table(plan: Plan, markdown: bool = False, explain: bool = False,
 def _header(plan: Plan) -> str:
     shape = dims(plan.input_shape[1:]) if plan.input_shape else "?"
     batch = plan.input_shape[0] if plan.input_shape else plan.batch
-    title = f"{plan.name}: input {shape}, batch {batch}"
+    title = f"{printable(plan.name)}: input {shape}, batch {printable(batch)}"
     if plan.scale:
-        title += f", scale {plan.scale}"
+        title += f", scale {printable(plan.scale)}"
     return title + (f"  ({printable(plan.source)})" if plan.source else "")
 
 

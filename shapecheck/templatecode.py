@@ -37,6 +37,7 @@ from .expressions import (
     parse_expression,
     variable_name,
 )
+from .templates import template_class
 
 MISSING = object()  # no value: a repeat that an instance does not have
 # Constructor arguments that carry the channels (or features) flowing through a class, which
@@ -155,6 +156,21 @@ def _python_name(name: str) -> str:
     return name + "_" if name in RESERVED or keyword.iskeyword(name) else name
 
 
+def _python_names(params) -> dict[str, str]:
+    """Each of a template's parameters as an argument (_python_name), clear of each other too:
+    ``self`` becomes ``self__`` where the template also has ``self_``."""
+    names = {p: p for p in params if _python_name(p) == p}
+    taken = set(names)
+    for p in params:
+        if p not in names:
+            name = _python_name(p)
+            while name in taken:
+                name += "_"
+            names[p] = name
+            taken.add(name)
+    return names
+
+
 class Instances:
     """The template instances of a plan, as items: plain layers and runs of repeats."""
 
@@ -230,10 +246,11 @@ class Context:
             return
         code = writer.instances.code
         defaults = code.defaults[cls.template]
+        python_names = _python_names(defaults)
         for name, default in defaults.items():
             vector = [_plain(u.made.params.get(name)) for u in cls.uses]
             if all(v is not None for v in vector):
-                pyname = _python_name(name)
+                pyname = python_names[name]
                 # An expression default (`out: $width * 4`) makes the argument required.
                 default = None if isinstance(default, str) and "$" in default else _plain(default)
                 self.params.append(Arg(pyname, vector, "param",
@@ -387,9 +404,12 @@ class ClassWriter:
         variables that differ only in case get constants of their own."""
         if variable not in self.constant_names:
             base = variable.upper()
+            if not base.isupper():  # `_`, `_1`: a constant reads as one by its capitals
+                base = "V" + base
             name, n = base, 2
             # Clear of the classes, and of the arguments that would hide it inside them.
-            params = {_python_name(p) for d in self.instances.code.defaults.values() for p in d}
+            params = {p for d in self.instances.code.defaults.values()
+                      for p in _python_names(d).values()}
             taken = {*self.constants, *self.names, *self.owner.taken_names, *params}
             while name in taken:
                 name, n = f"{base}_{n}", n + 1
@@ -438,9 +458,7 @@ class ClassWriter:
                     self._collect(branch)
 
     def class_name(self, template: str) -> str:
-        base = "".join(p[:1].upper() + p[1:] for p in template.split("_") if p) or "Block"
-        if not base[0].isalpha():
-            base = "Block" + base
+        base = template_class(template)
         name, n = base, 2
         while name in self.names or name in self.owner.taken_names or name in self.constants:
             name, n = f"{base}{n}", n + 1

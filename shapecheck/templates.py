@@ -30,7 +30,8 @@ from functools import partial
 from typing import Any, NamedTuple
 
 from .expressions import ExpressionError, evaluate, is_expression, show
-from .layers import block_of
+from .layers import KINDS, block_of
+from .layers.base import name_problem
 
 TOP_KEYS = ("templates", "scales", "default_scale")
 # How deep templates may use templates, and blocks hold blocks, once expanded: beyond what any
@@ -38,6 +39,13 @@ TOP_KEYS = ("templates", "scales", "default_scale")
 # levels, which allows about as many blocks in blocks).
 MAX_TEMPLATE_DEPTH = 50
 MAX_BLOCK_DEPTH = 50
+# Values an expansion may copy: each use copies its parameters and the variables it sees into
+# every instance it makes, so a large list (an alias of one) or a scale of thousands of
+# variables would cost their size times the instances. Far above what a network needs (a
+# 20,000-layer expansion copies about 200,000).
+MAX_VALUES = 2_000_000
+# Scales a spec may declare: `check` plans each one (EfficientNet has 8).
+MAX_SCALES = 1_000
 USE_KEYS = ("use", "name", "repeat", "first")
 
 
@@ -113,14 +121,53 @@ def expand(data: dict, scale: str | None, limit: int) -> Expansion:
     if not isinstance(templates, dict):
         raise TemplateError("SC108", "`templates` must be a mapping of names to templates",
                             ("templates",))
+    classes = _template_classes(templates)
     variables, chosen = _scale(data, scale)
-    expander = _Expander(templates, limit)
+    expander = _Expander(templates, limit, classes)
     layers = data.get("layers")
     plain = {k: v for k, v in data.items() if k not in TOP_KEYS}
     if isinstance(layers, list):
         plain["layers"] = expander.items(layers, ("layers",), ("layers",), variables, ())
     return Expansion(plain, expander.where, expander.notes, chosen, variables, expander.made,
                      expander.defaults, expander.one_layer, expander.written)
+
+
+def template_class(name: str) -> str:
+    """The class `build` writes for a template: ``conv_bn`` -> ``ConvBn``."""
+    base = "".join(p[:1].upper() + p[1:] for p in name.split("_") if p) or "Block"
+    return base if base[0].isalpha() else "Block" + base
+
+
+def _some(names) -> str:
+    """The first names of a list, for a hint: a spec may declare thousands."""
+    names = list(map(str, names))
+    return ", ".join(names[:20]) + (f" … ({len(names):,} in all)" if len(names) > 20 else "")
+
+
+def check_name(name: Any, what: str, loc: tuple, chain: tuple = ()) -> None:
+    """SC105 unless ``name`` can be a name in the code `build` writes (see name_problem)."""
+    problem = name_problem(name) if isinstance(name, str) else "not a string"
+    if problem is not None:
+        from .spec import default_name
+
+        raise TemplateError("SC105", f"{what} {name!r} is not a Python identifier ({problem})",
+                            loc, f"use a name such as {default_name(str(name))!r}", chain)
+
+
+def _template_classes(templates: dict) -> set[str]:
+    """The names of the classes `build` writes: the helpers of the blocks, and one per template.
+    Template names are checked here: each is a class's name, so two that differ only in case
+    or underscores (conv_bn, ConvBn) would be one class."""
+    classes: dict[str, str] = {}
+    for name in templates:
+        check_name(name, "the template name", ("templates", name))
+        cls = template_class(name)
+        if cls in classes:
+            raise TemplateError("SC106", f"the templates {classes[cls]!r} and {name!r} differ "
+                                f"only in case or underscores: both would be the class {cls}",
+                                ("templates", name), "rename one of them")
+        classes[cls] = name
+    return {*classes, *(kind.helper for kind in KINDS.values() if kind.helper)}
 
 
 def _scale(data: dict, asked: str | None) -> tuple[dict, str | None]:
@@ -135,18 +182,24 @@ def _scale(data: dict, asked: str | None) -> tuple[dict, str | None]:
             isinstance(v, dict) for v in scales.values()):
         raise TemplateError("SC111", "`scales` must map names to variables, e.g. "
                             "{x1_0: {width_mult: 1.0}}", ("scales",))
+    if len(scales) > MAX_SCALES:
+        raise TemplateError("SC004", f"the spec declares {len(scales):,} scales; specs are "
+                            f"limited to {MAX_SCALES:,}", ("scales",))
+    for key in scales:
+        check_name(key, "the scale name", ("scales", key))
     name = asked or data.get("default_scale") or next(iter(scales))
+    if not isinstance(name, str):  # a list or a mapping cannot even be looked up
+        raise TemplateError("SC111", f"default_scale must be a scale's name, got {name!r}",
+                            ("default_scale",), "scales: " + _some(scales))
     if name not in scales:
         where = ("default_scale",) if asked is None else ()
         close = difflib.get_close_matches(str(name), list(map(str, scales)), n=1)
         raise TemplateError("SC111", f"unknown scale {name!r}", where,
                             f"did you mean {close[0]!r}?" if close
-                            else "scales: " + ", ".join(map(str, scales)))
+                            else "scales: " + _some(scales))
     variables = scales[name]
     for key, value in variables.items():
-        if not isinstance(key, str) or not key.isidentifier():
-            raise TemplateError("SC111", f"scale {name}: {key!r} is not a variable name",
-                                ("scales", name))
+        check_name(key, f"scale {name}: the variable", ("scales", name, key))
         if is_expression(value):
             raise TemplateError("SC111", f"scale {name}: {key} must be a value, not an "
                                 "expression", ("scales", name, key))
@@ -168,10 +221,13 @@ def _use_note(head: str, values: dict, raw: dict, env: dict) -> str:
 
 
 class _Expander:
-    def __init__(self, templates: dict, limit: int):
+    def __init__(self, templates: dict, limit: int, classes: set[str]):
         self.templates = templates
         self.limit = limit
+        self.classes = classes  # the classes build writes, which no parameter may hide
         self.count = 0
+        self.values = 0  # values copied so far, against MAX_VALUES
+        self.sizes: dict[int, int] = {}  # a default's size, by id: counted at every instance
         self.where: dict[tuple, tuple[tuple, tuple[Site, ...]]] = {}
         self.notes: dict[tuple, list[Callable[[], str]]] = {}
         self.instances: Counter[str] = Counter()  # automatic instance names per template
@@ -191,7 +247,12 @@ class _Expander:
         out: list = []
         for i, item in enumerate(items):
             if isinstance(item, dict) and "use" in item:
-                out += self.use(item, (*src, i), dst, start + len(out), env, chain)
+                made = self.use(item, (*src, i), dst, start + len(out), env, chain)
+                if not made:  # costs as a layer does: a repeat of it must count
+                    self.count += 1
+                    if self.count > self.limit:
+                        raise self.too_many((*src, i), chain)
+                out += made
             else:
                 out.append(self.layer(item, (*src, i), (*dst, start + len(out)), env, chain))
         return out
@@ -206,6 +267,9 @@ class _Expander:
             self.written[dst] = given[1] if given else item
         if not isinstance(item, dict):
             return self.value(item, env, src, chain, dst, "type")
+        self.spend(len(item), src, chain)  # its fields are copied below
+        if chain and isinstance(item.get("name"), str):  # as written: the use prefixes it
+            check_name(item["name"], "the layer name", (*src, "name"), chain)
         kind = self.value(item.get("type"), env, (*src, "type"), chain)
         block = block_of({"type": kind})
         # A block's layer lists are expanded layer by layer below, each with its own notes.
@@ -231,6 +295,33 @@ class _Expander:
                              f"specs are limited to {self.limit:,}", loc, "a repeat inside a "
                              "repeated template multiplies: check the repeat counts", chain)
 
+    def spend(self, values: int, loc: tuple, chain: tuple) -> None:
+        """Count ``values`` copied; SC004 past MAX_VALUES."""
+        self.values += values
+        if self.values > MAX_VALUES:
+            raise TemplateError("SC004", f"expanding the templates copies more than "
+                                f"{MAX_VALUES:,} values", loc, "a use copies its values, its "
+                                "layers' fields and the variables it sees into every instance: "
+                                "pass large lists to fewer uses, and keep scales to the "
+                                "variables they need",
+                                chain)
+
+    def size(self, value: Any) -> int:
+        """How many values a default holds (counted once per object)."""
+        if not isinstance(value, (list, dict)):
+            return 1
+        known = self.sizes.get(id(value))
+        if known is None:
+            known = 0
+            stack = [value]
+            while stack:
+                part = stack.pop()
+                known += 1
+                if isinstance(part, (list, dict)):
+                    stack += part.values() if isinstance(part, dict) else part
+            self.sizes[id(value)] = known
+        return known
+
     def value(self, value: Any, env: dict, loc: tuple, chain: tuple, dst: tuple | None = None,
               key: str | None = None) -> Any:
         """A value with every expression in it evaluated (layer lists inside it included)."""
@@ -242,6 +333,8 @@ class _Expander:
             if dst is not None and not isinstance(result, (list, dict)):
                 self.notes.setdefault(dst, []).append(partial(_note, key, value, env, result))
             return result
+        if isinstance(value, (list, dict)):
+            self.spend(len(value), loc, chain)
         if isinstance(value, list):
             return [self.value(v, env, (*loc, i), chain) for i, v in enumerate(value)]
         if isinstance(value, dict):
@@ -257,7 +350,7 @@ class _Expander:
             close = difflib.get_close_matches(str(name), list(map(str, self.templates)), n=1)
             raise TemplateError("SC108", f"unknown template {name!r}", (*src, "use"),
                                 f"did you mean {close[0]!r}?" if close else
-                                ("templates: " + ", ".join(map(str, self.templates))
+                                ("templates: " + _some(self.templates)
                                  if self.templates else "define it under `templates:`"), chain)
         if len(chain) >= MAX_TEMPLATE_DEPTH:
             raise TemplateError("SC004", f"templates use templates more than "
@@ -293,12 +386,15 @@ class _Expander:
                                 + ", ".join(missing), src, f"add {missing[0]}: … to the use",
                                 chain)
         given = item.get("name")
+        if "name" in item:  # the instance's name: an attribute, and its layers' names' start
+            check_name(given, "the use's name", (*src, "name"), chain)
         site = Site(name, src)
         out: list = []
         for i in range(repeat):
             if i > 0:  # the use's values may read $index, the repeat being made
                 args = self._args(name, item, src, defaults, env, chain, index=i)
             given_values = {**args, **(first if i == 0 else {})}
+            self.spend(len(env) + len(defaults), src, chain)
             local = {**env, **self._defaults(name, defaults, given_values, env, (site, *chain)),
                      **given_values, "index": i}
             if isinstance(given, str):
@@ -340,9 +436,11 @@ class _Expander:
             if key in given:
                 values[key] = given[key]
             elif is_expression(default):
+                self.spend(len(env) + len(values), ("templates", name, "params", key), chain)
                 values[key] = self.value(default, {**env, **values}, ("templates", name,
                                                                       "params", key), chain)
-            else:
+            else:  # not copied, but `build` reads it at every instance
+                self.spend(self.size(default), ("templates", name, "params", key), chain)
                 values[key] = default
         return values
 
@@ -352,13 +450,18 @@ class _Expander:
             raise TemplateError("SC108", f"template {name} must be a mapping with `type:` or "
                                 "`layers:`", loc, chain=chain)
         params = template.get("params") or {}
-        if isinstance(params, list):
+        if isinstance(params, list) and all(isinstance(p, str) for p in params):
             params = dict.fromkeys(params)
-        if not isinstance(params, dict) or not all(isinstance(p, str) and p.isidentifier()
-                                                   for p in params):
+        if not isinstance(params, dict):
             raise TemplateError("SC108", f"template {name}: `params` must map parameter names "
                                 "to default values (null: required)", (*loc, "params"),
                                 chain=chain)
+        for param in params:  # each an argument of the template's class
+            check_name(param, f"template {name}: the parameter", (*loc, "params", param), chain)
+            if param in self.classes or param.rstrip("0123456789") in self.classes:
+                raise TemplateError("SC105", f"template {name}: the parameter {param!r} has "
+                                    "the name of a class build writes", (*loc, "params", param),
+                                    f"use a name such as {param.lower()!r}", chain)
         if ("type" in template) == ("layers" in template):
             raise TemplateError("SC108", f"template {name} needs either `type:` (one layer) or "
                                 "`layers:` (a sequence)", loc, chain=chain)
@@ -374,6 +477,7 @@ class _Expander:
     def _args(self, template: str, given: dict, src: tuple, defaults: dict, env: dict,
               chain: tuple, index: int, allow_use_keys: bool = True) -> dict:
         args = {}
+        scope = None
         for key, value in given.items():
             if allow_use_keys and key in USE_KEYS:
                 continue
@@ -385,7 +489,10 @@ class _Expander:
                     f"did you mean {close[0]!r}? (parameters: {names})" if close else
                     (f"its parameters: {names}" if defaults else
                      f"{template} takes no parameters"), chain)
-            args[key] = self.value(value, {**env, "index": index}, (*src, key), chain)
+            if scope is None:
+                self.spend(len(env), src, chain)
+                scope = {**env, "index": index}
+            args[key] = self.value(value, scope, (*src, key), chain)
         return args
 
 

@@ -365,7 +365,7 @@ def test_names_that_clash_with_module_attributes(tmp_path):
     layers = """
   - {type: conv2d, name: forward, out_channels: 4, kernel_size: 3}
   - {type: relu, name: training}
-  - {type: flatten, name: __init__}
+  - {type: flatten, name: _modules}
   - {type: linear, name: __x, out_features: 3}
   - {type: identity, name: forward_}
   - {type: identity, name: to}
@@ -373,7 +373,7 @@ def test_names_that_clash_with_module_attributes(tmp_path):
     p = shapecheck.plan(_spec(layers=layers))
     generated = generate(p)
     assert dict(generated.renamed) == {"forward": "forward__", "training": "training_",
-                                       "__init__": "layer__init__", "__x": "layer__x",
+                                       "_modules": "_modules_", "__x": "layer__x",
                                        "to": "to_", "_parameters": "_parameters_"}
     model = build_module(_spec(layers=layers))
     assert model.training is True and callable(model.forward)

@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from ..loader import SpecError, load_spec
+from ..report import printable
 from ..spec import Spec
 from . import EXIT_INVALID, EXIT_OK, add_scale, print_diagnostics
 
@@ -58,7 +59,8 @@ def _layers(layers: list, indent: str, path: tuple, spec: Spec, explain: bool) -
     for i, layer in enumerate(layers):
         here = (*path, i)
         if explain:
-            lines += [f"{indent}# {note}" for note in spec.notes.get(here, [])]
+            # A note repeats spec text (an expression may hold a line break): one line each.
+            lines += [f"{indent}# {printable(note)}" for note in spec.notes.get(here, [])]
         if not layer.is_block:
             lines.append(f"{indent}- {_flow(_entry(layer))}")
             continue
@@ -78,14 +80,17 @@ def _layers(layers: list, indent: str, path: tuple, spec: Spec, explain: bool) -
 
 def to_yaml(spec: Spec, explain: bool = False) -> str:
     """The completed spec as plain YAML."""
-    lines = [f"# {Path(spec.source).name if spec.source else 'spec'} expanded by shapecheck"
-             + (f" at scale {spec.scale}" if spec.scale else "")]
+    source = printable(Path(spec.source).name) if spec.source else "spec"
+    lines = [f"# {source} expanded by shapecheck"
+             + (f" at scale {printable(spec.scale)}" if spec.scale else "")]
     head = {"name": spec.name}
     if spec.description:
         head["description"] = spec.description
     for key, value in head.items():
         lines.append(f"{key}: {_flow(value)}")
     lines.append(f"input: {_flow(spec.input.model_dump(mode='json'))}")
+    if spec.ignore:  # the warnings the spec accepts stay accepted
+        lines.append(f"ignore: {_flow(list(spec.ignore))}")
     lines.append("layers:")
     lines += _layers(spec.layers, INDENT, (), spec, explain)
     if spec.train is not None:

@@ -6,11 +6,21 @@ import argparse
 import json
 from pathlib import Path
 
-from ..diagnostics import InputError
-from ..inputsizes import Unsolvable, describe, solve
+from ..diagnostics import Diagnostic, InputError
+from ..inputsizes import TooCostly, Unsolvable, describe, solve
 from ..planner import plan
+from ..report import printable
 from ..spec import default_name
 from . import EXIT_INPUT, EXIT_INVALID, EXIT_OK, add_shape_overrides, print_diagnostics
+
+MAX_UPTO = 1_000_000  # the sizes --upto lists: a longer list is a document nobody reads
+
+
+def upto(text: str) -> int:
+    if text.isascii() and text.isdigit() and len(text) <= 7 and 0 < int(text) <= MAX_UPTO:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"expected a positive int up to {MAX_UPTO:,}, "
+                                     f"got {text[:40]!r}")
 
 
 def add_parser(sub) -> None:
@@ -22,8 +32,8 @@ def add_parser(sub) -> None:
     p.add_argument("specs", nargs="+", metavar="SPEC", help="spec files (YAML)")
     p.add_argument("--format", choices=["text", "json"], default="text",
                    help="text (default) or json")
-    p.add_argument("--upto", type=int, default=None, metavar="N",
-                   help="JSON: also list every accepted size up to N")
+    p.add_argument("--upto", type=upto, default=None, metavar="N",
+                   help=f"JSON: also list every accepted size up to N (at most {MAX_UPTO:,})")
     add_shape_overrides(p)
     p.set_defaults(run=run)
 
@@ -41,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             print_diagnostics(diagnostics)
             if reason:
-                print(f"{path}: not solved: {reason}")
+                print(f"{printable(path)}: not solved: {printable(reason)}")
 
     for path in args.specs:
         try:
@@ -53,16 +63,21 @@ def run(args: argparse.Namespace) -> int:
             continue
         try:
             solutions = solve(result)
+        except TooCostly as e:  # refused as the loader refuses what costs too much
+            failed(result.name, path, "", [Diagnostic("error", "SC004", str(e), file=path)])
+            code = EXIT_INPUT
+            continue
         except Unsolvable as e:
             failed(result.name, path, str(e), result.errors)
-            code = max(code, EXIT_INVALID)
+            # A valid spec is not made invalid by what solve cannot do: that is exit 2.
+            code = max(code, EXIT_INVALID if not result.valid else EXIT_INPUT)
             continue
         if as_json:
             out.append({"name": result.name, "file": result.source,
                         "axes": [_json(s, args.upto) for s in solutions]})
         else:
             shape = "×".join(map(str, result.input_dims[1:]))
-            out.append("\n".join([f"{result.name}: input {shape}  ({path})",
+            out.append("\n".join([f"{result.name}: input {shape}  ({printable(path)})",
                                   *(line for s in solutions for line in describe(s))]))
     if as_json:
         print(json.dumps(out[0] if len(args.specs) == 1 and out else out, indent=2))
@@ -86,5 +101,5 @@ def _json(s, upto: int | None) -> dict:
         "residues": None if s.bounded else residues,
     }
     if upto is not None:
-        d["accepted"] = [n for n in range(1, upto + 1) if s.accepts(n)]
+        d["accepted"] = s.accepted_below(upto + 1)  # from the classes: no size is tried
     return d

@@ -6,6 +6,7 @@ rows the first dim holds per sample (1, unless a flatten merged the batch with o
 any size, and nothing is allocated.
 """
 
+import keyword
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, NamedTuple, get_args
@@ -72,17 +73,26 @@ def _flag(value: Any) -> bool:
     return value
 
 
-def _identifier(value: Any) -> str:
-    import keyword
+def name_problem(name: str) -> str | None:
+    """Why a name from a spec cannot be a name in the code `build` writes, or None. Python reads
+    non-ASCII identifiers in their NFKC form (two could name one thing); a keyword cannot be a
+    name; names of the form __name__ are Python's own (__class__, __init__)."""
+    if not name.isidentifier() or not name.isascii():
+        return "letters, digits and _, not starting with a digit"
+    if keyword.iskeyword(name):
+        return "a Python keyword"
+    if len(name) > 4 and name.startswith("__") and name.endswith("__"):
+        return "names of the form __name__ are Python's own"
+    return None
 
+
+def _identifier(value: Any) -> str:
     if not isinstance(value, str):
         raise PydanticCustomError("string_type", "must be a string, got {value}", {"value": repr(value)})
-    if not value.isidentifier() or keyword.iskeyword(value) or not value.isascii():
-        raise PydanticCustomError(
-            "not_identifier",
-            "{value} is not a Python identifier (letters, digits and _, not starting with a digit)",
-            {"value": repr(value)},
-        )
+    problem = name_problem(value)
+    if problem is not None:
+        raise PydanticCustomError("not_identifier", "{value} is not a Python identifier ({why})",
+                                  {"value": repr(value), "why": problem})
     return value
 
 
