@@ -80,6 +80,14 @@ def _int(minimum: int):
     return parse
 
 
+def _port(text: str) -> int:
+    """--master-port: a TCP port a process may listen on (1 to 65535; 0 would be any port)."""
+    value = _int(1)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port, at most 65535, got {value}")
+    return value
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -165,8 +173,9 @@ def add_parser(sub) -> None:
                    help="train with N processes (DistributedDataParallel, started with "
                    "torch.distributed.run): one per GPU, or gloo on the CPU. train.batch_size "
                    "is the global batch")
-    t.add_argument("--master-port", type=_int(1), metavar="PORT",
-                   help="with --nproc: the port the processes meet on (default: a free one)")
+    t.add_argument("--master-port", type=_port, metavar="PORT",
+                   help="with --nproc: the port (1 to 65535) the processes meet on (default: a "
+                   "free one)")
     t.add_argument("--backend", choices=["auto", "gloo", "nccl"], type=str.lower,
                    help="distributed backend (default auto: nccl on CUDA, gloo on the CPU)")
     p.set_defaults(run=run)

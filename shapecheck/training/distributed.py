@@ -186,6 +186,8 @@ def check_launch(nproc: int, device: str, backend: str, port: int | None) -> Non
         if nproc > cores:
             raise TrainError(f"--nproc {nproc} is more than the {cores} CPU core"
                              f"{'s' if cores != 1 else ''} here: each process needs one")
+    if port is not None and not 0 < port < 65536:
+        raise TrainError(f"--master-port must be a TCP port from 1 to 65535, got {port}")
     if port is not None and port_in_use(port):
         raise TrainError(f"port {port} is already in use; give another --master-port, or "
                          "leave it out to take a free one")
