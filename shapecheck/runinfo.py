@@ -73,6 +73,14 @@ class RunInfo(BaseModel):
     module_class: StrictStr | None = None
     dataset: DatasetSpec
     train: dict[str, Any] | None = None
+    # What training records besides: checked too, so that a hand-edited value is named here
+    # rather than met later (a resume appends to ``resumes``).
+    splits: dict[StrictStr, Annotated[StrictInt, Field(ge=0)] | None] | None = None
+    threads: Size | None = None
+    world_size: Size | None = None
+    torch_version: StrictStr | None = None
+    created: StrictStr | None = None
+    resumes: list[dict[StrictStr, Any]] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> RunInfo:

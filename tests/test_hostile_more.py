@@ -459,7 +459,7 @@ def test_resume_with_another_optimizer_is_refused_clearly(trained, tmp_path):
     s = spec(tmp_path, TRAIN)
     before = snapshot(trained)
     r = train(s, "--out", trained, "--resume", "--optimizer", "adam")
-    assert r.code == 1 and "optimizer.type sgd" in r.err and "KeyError" not in r.err, str(r)
+    assert r.code == 2 and "optimizer.type sgd" in r.err and "KeyError" not in r.err, str(r)
     assert snapshot(trained) == before
 
 
@@ -498,10 +498,10 @@ def test_a_damaged_run_json_is_a_clear_error(trained, tmp_path):
     (run / "run.json").write_text(json.dumps({**info, "input_shape": [1, 2**62, 2**62]}))
     r = assert_clean(cli("eval", run, limit=60), limit=60)
     assert r.code == 2 and "more than the" in r.err and "memory available" in r.err, str(r)
-    # valid, but the number of classes is not the model's: the model says so (exit 1)
+    # valid, but the number of classes is not the model's: the model says so (exit 2)
     (run / "run.json").write_text(json.dumps({**info, "num_classes": 5}))
     r = assert_clean(cli("eval", run, limit=60), limit=60)
-    assert r.code == 1 and "5 classes" in r.err, str(r)
+    assert r.code == 2 and "5 classes" in r.err and "does not fit model.py" in r.err, str(r)
     os.unlink(run / "run.json")
     if hasattr(os, "mkfifo"):
         os.mkfifo(run / "run.json")
@@ -528,12 +528,12 @@ def test_a_pickle_that_is_not_ours_is_named_as_such_and_never_run(trained, tmp_p
     evil = pickle.dumps(_Payload())
     (run / "model.pt").write_bytes(evil)
     r = assert_clean(cli("eval", run, limit=60), limit=60)
-    assert r.code == 1 and "not a shapecheck weights file" in r.err, str(r)
+    assert r.code == 2 and "not a shapecheck weights file" in r.err, str(r)
     assert "weights_only" not in r.err
     (run / "model.pt").write_bytes((trained / "model.pt").read_bytes())
     (run / "checkpoint.pt").write_bytes(evil)
     r = train(spec(tmp_path, TRAIN), "--out", run, "--resume")
-    assert r.code == 1 and "not a shapecheck checkpoint" in r.err, str(r)
+    assert r.code == 2 and "not a shapecheck checkpoint" in r.err, str(r)
     assert "weights_only" not in r.err and not (tmp_path / "PWNED").exists()
 
 

@@ -17,10 +17,11 @@ exports.
 
 Exit codes: 0 done; 1 the spec is invalid, its parameters would not fit in memory (or its
 tensors are larger than torch can address), it cannot be trained (its output is not
-(N, classes)), training failed (a NaN loss, a checkpoint of another architecture, no such
-device) or shapecheck found an internal error; 2 usage or input error (no such spec, a file
-that is not ours in the way, a bad flag value, no dataset, a dataset that cannot be read or does
-not fit the spec, a run folder that cannot be written); 130 interrupted (training keeps a
+(N, classes)), training failed (a NaN loss, no such device) or shapecheck found an internal
+error; 2 usage or input error (no such spec, a file that is not ours in the way, a bad flag
+value, no dataset, a dataset that cannot be read or does not fit the spec, a run folder that
+cannot be written, a damaged checkpoint, or a resume its checkpoint cannot continue: another
+architecture, optimizer or dataset); 130 interrupted (training keeps a
 checkpoint: continue with --resume).
 torch is imported only when the command runs."""
 
@@ -472,6 +473,7 @@ def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
         MODEL_FILE,
         DataError,
         MemoryLimitError,
+        RunFolderError,
         TrainError,
         train,
     )
@@ -525,6 +527,10 @@ def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
         if os.environ.get(LAUNCHED):
             return EXIT_PEER_LOST  # build --nproc names the process that stopped, once
         return _fail(str(e) if main else f"rank {os.environ.get('RANK')}: {e}", EXIT_INVALID)
+    except RunFolderError as e:
+        # The run folder, or what was asked of it (a resume another optimizer cannot
+        # continue): an input error. Every rank reads the same folder; rank 0 says it.
+        return _fail(str(e), EXIT_INPUT) if main else EXIT_INPUT
     except TrainError as e:
         # Every rank meets the same setup errors; rank 0 speaks for them. Errors of one
         # rank alone (its device) are printed with its rank.

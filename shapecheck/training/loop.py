@@ -27,6 +27,7 @@ from shapecheck.runinfo import previous_run_problem
 from shapecheck.trainspec import TrainSpec
 
 from .base import (
+    RunFolderError,
     TrainError,
     _capital,
     _loss_fn,
@@ -348,7 +349,7 @@ def _set_up(module: nn.Module, spec: TrainSpec, *, name: str,
         raise TrainError("no dataset: give train.dataset in the spec (or --data)")
     out = _out_dir(spec, name, base_dir, out_dir)
     if not resume and not fresh and (problem := previous_run_problem(out)):
-        raise TrainError(problem)
+        raise RunFolderError(problem)
     device = choose_device(spec, world, backend)
     loss_name = check_spec(module, spec, device, log)
     dataset_entry = _absolute_dataset(spec.dataset, base_dir)
