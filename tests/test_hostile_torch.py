@@ -7,9 +7,15 @@ from __future__ import annotations
 
 import importlib.util
 import keyword
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 from test_hostile import TRACEBACK, assert_clean, cli, warm  # noqa: F401 - warm: autouse
 from test_hostile_io import needs_torch
 from test_hostile_more import TRAIN, snapshot, spec, train
@@ -280,3 +286,85 @@ def test_a_refused_resume_is_an_input_error(adam_run, tmp_path):
         r = train(s, *flags, "--epochs", "2", "--out", run, "--resume")
         assert r.code == 2 and words in r.err, str(r)
         assert snapshot(run) == before
+
+
+# ---------------------------------------------------------------- the --nproc launcher killed
+
+MNIST = ROOT / "examples" / "data" / "mnist-5k"
+TINY_MNIST = f"""\
+name: tiny
+input: {{shape: [1, 28, 28]}}
+layers:
+  - {{type: conv2d, out_channels: 4, kernel_size: 5, stride: 2}}
+  - relu
+  - flatten
+  - {{type: linear, out_features: 10}}
+train:
+  dataset: {{format: idx, path: {str(MNIST)!r}, train_size: 300, test_size: 100}}
+  epochs: 100000
+  batch_size: 32
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@needs_torch
+@pytest.mark.skipif(not (MNIST / "train-images-idx3-ubyte.gz").exists(), reason="no mnist-5k")
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the ranks in /proc")
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 if hasattr(os, "sched_getaffinity")
+                    else True, reason="two processes need two cores")
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGRTMIN+1"])
+def test_ranks_stop_and_release_the_folder_when_the_launcher_is_killed(tmp_path, how):
+    """A real 2-process gloo run on 300 digits. The launcher killed outright (SIGKILL), or by a
+    signal torch's launcher does not pass on (a real-time one), used to leave its ranks
+    training on, holding the run folder's lock. Now they stop at an agreed step with a
+    checkpoint, and the folder is free."""
+    from test_distributed import worker_pids
+
+    from shapecheck.atomic import folder_lock
+    from shapecheck.training.checkpoint import read_checkpoint_file
+
+    sig = signal.SIGKILL if how == "SIGKILL" else signal.SIGRTMIN + 1
+    out = tmp_path / "run"
+    s = spec(tmp_path, TINY_MNIST, "tiny.yaml")
+    logs = [open(tmp_path / name, "w+") for name in ("out.txt", "err.txt")]  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "shapecheck", "build", str(s), "--train",
+                             "--nproc", "2", "--threads", "1", "--out", str(out)],
+                            stdout=logs[0], stderr=logs[1], cwd=tmp_path)
+    ranks: dict[int, int] = {}
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "checkpoint.pt").exists():  # an epoch is done: both ranks train
+            assert proc.poll() is None, (tmp_path / "err.txt").read_text()
+            assert time.monotonic() < deadline, "no checkpoint after 240 s"
+            time.sleep(0.05)
+        ranks = worker_pids(proc.pid)
+        assert sorted(ranks) == [0, 1]
+        os.kill(proc.pid, sig)
+        proc.wait(timeout=120)
+        deadline = time.monotonic() + 120
+        while any(_alive(pid) for pid in ranks.values()):
+            assert time.monotonic() < deadline, "the ranks still run 120 s after the launcher"
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in ranks.values():  # only the ranks this test started
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        for f in logs:
+            f.close()
+    said, err = (tmp_path / "out.txt").read_text(), (tmp_path / "err.txt").read_text()
+    assert proc.returncode == (-sig if sig == signal.SIGKILL else 128 + sig), said + err
+    assert TRACEBACK not in err and "checkpoint saved in" in said, said + err
+    with folder_lock(out, "test"):  # free: no rank holds it
+        pass
+    ckpt = read_checkpoint_file(out / "checkpoint.pt")  # whole, every field as written
+    assert ckpt["world_size"] == 2

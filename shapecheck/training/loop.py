@@ -44,7 +44,14 @@ from .data import (
     augment,
     epoch_loader,
 )
-from .distributed import PeerLostError, World, lost_peer, teardown, world_from_env
+from .distributed import (
+    PeerLostError,
+    World,
+    lost_peer,
+    stop_with_launcher,
+    teardown,
+    world_from_env,
+)
 from .resume import note_normalisation, read_checkpoint, restore
 from .runfolder import (
     BEST_FILE,
@@ -250,7 +257,7 @@ def train(
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        with _deterministic(spec.deterministic):
+        with _deterministic(spec.deterministic), stop_with_launcher(world):
             result = _train(module, spec, name=name, input_shape=input_shape,
                             num_classes=num_classes, base_dir=base_dir, out_dir=out_dir,
                             model_source=model_source, resume=resume, fresh=fresh,
