@@ -368,3 +368,70 @@ def test_ranks_stop_and_release_the_folder_when_the_launcher_is_killed(tmp_path,
         pass
     ckpt = read_checkpoint_file(out / "checkpoint.pt")  # whole, every field as written
     assert ckpt["world_size"] == 2
+
+
+# ---------------------------------------------------------------- ONNX: impossible tensors
+
+needs_onnx = pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in ("torch", "onnx", "onnxruntime",
+                                                      "onnxscript")), reason="needs onnx")
+HUGE_INPUT = """\
+name: huge
+input: {shape: [3, 100000, 100000]}
+layers:
+  - {type: conv2d, out_channels: 2, kernel_size: 3, stride: 1000}
+  - {type: adaptiveavgpool2d, output_size: 1}
+  - flatten
+  - {type: linear, out_features: 3}
+"""
+# The input fits (3×2000×2000 floats, 48 MB a sample); the first layer's output does not.
+HUGE_LAYER = HUGE_INPUT.replace("100000, 100000", "2000, 2000").replace(
+    "out_channels: 2, kernel_size: 3, stride: 1000", "out_channels: 10000000, kernel_size: 1")
+
+
+@needs_onnx
+@pytest.mark.parametrize("text, least", [
+    (HUGE_INPUT, 5 * 3 * 10**10 * 4),  # the inputs at batch 2 and 3
+    (HUGE_LAYER, 3 * 10**7 * 4 * 10**6 * 4),  # the conv's output at batch 3
+])
+def test_an_export_that_cannot_fit_is_refused_before_allocating(tmp_path, text, least):
+    s = spec(tmp_path, text, "huge.yaml")
+    r = assert_clean(cli("build", s, "--onnx", tmp_path / "net.onnx", "-o", tmp_path / "net.py",
+                         "--no-memory-check", limit=60), limit=60)
+    assert r.code == 2 and "exporting needs at least" in r.err, str(r)
+    needed = int(r.err.split("needs at least ")[1].split(" bytes")[0].replace(",", ""))
+    assert needed >= least, str(r)
+    assert "nothing was allocated" in r.err and r.seconds < 30
+    assert not (tmp_path / "net.onnx").exists() and not (tmp_path / "net.py").exists()
+
+
+@needs_onnx
+def test_exporting_a_run_with_an_impossible_input_is_refused(adam_run, tmp_path):
+    import json
+
+    run = copy_run(adam_run, tmp_path / "run")
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "input_shape": [1, 10**6, 10**6]}))
+    r = assert_clean(cli("export", run, "--onnx", tmp_path / "net.onnx", limit=60), limit=60)
+    assert r.code == 2 and "exporting needs at least" in r.err, str(r)
+    assert not (tmp_path / "net.onnx").exists()
+
+
+@needs_onnx
+def test_an_onnx_file_declaring_huge_tensors_is_never_parsed(tmp_path):
+    """shapecheck reads an existing ONNX file only to tell whether it wrote it (its first 32
+    bytes): a file declaring a 2⁴⁰×2⁴⁰ initializer is refused as not ours, in no time."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    big = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    init = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[2**40, 2**40])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [big],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+                              initializer=[init])
+    path = tmp_path / "net.onnx"
+    onnx.save(helper.make_model(graph, producer_name="someone"), path)
+    before = path.read_bytes()
+    r = assert_clean(cli("build", spec(tmp_path), "--onnx", path, limit=60), limit=60)
+    assert r.code == 2 and "not written by shapecheck" in r.err and r.seconds < 10, str(r)
+    assert path.read_bytes() == before
