@@ -18,7 +18,7 @@ import pytest
 from conftest import ROOT
 from test_hostile import TRACEBACK, assert_clean, cli, warm  # noqa: F401 - warm: autouse
 from test_hostile_io import needs_torch
-from test_hostile_more import TRAIN, snapshot, spec, train
+from test_hostile_more import POSIX, TRAIN, snapshot, spec, train
 
 # ---------------------------------------------------------------- flags: --master-port
 
@@ -435,3 +435,35 @@ def test_an_onnx_file_declaring_huge_tensors_is_never_parsed(tmp_path):
     r = assert_clean(cli("build", spec(tmp_path), "--onnx", path, limit=60), limit=60)
     assert r.code == 2 and "not written by shapecheck" in r.err and r.seconds < 10, str(r)
     assert path.read_bytes() == before
+
+
+# ---------------------------------------------------------------- two outputs, one file
+
+
+@needs_onnx
+@POSIX
+def test_two_outputs_that_are_one_file_are_refused_before_writing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    s = spec(tmp_path)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").symlink_to(tmp_path / "a", target_is_directory=True)
+    (tmp_path / "c").symlink_to("a/net.py")  # a link to the file itself, dangling for now
+    cases = [("a/net.py", "b/net.py"), ("b/net.py", "a/net.py"), ("a/net.py", "c"),
+             ("a/../a/net.py", "b/./net.py")]
+    for out, onnx_out in cases:
+        r = assert_clean(cli("build", s, "-o", out, "--onnx", onnx_out, "--force", limit=60),
+                         limit=60)
+        assert r.code == 2 and "name the same file" in r.err, str(r)
+        assert os.listdir(tmp_path / "a") == [], (out, onnx_out)
+    # hard links: two names of one existing file
+    assert assert_clean(cli("build", s, "-o", "a/net.py", limit=60), limit=60).code == 0
+    os.link(tmp_path / "a" / "net.py", tmp_path / "hard.onnx")
+    before = (tmp_path / "a" / "net.py").read_bytes()
+    r = assert_clean(cli("build", s, "-o", "a/net.py", "--onnx", "hard.onnx", "--force",
+                         limit=60), limit=60)
+    assert r.code == 2 and "name the same file" in r.err, str(r)
+    assert (tmp_path / "a" / "net.py").read_bytes() == before
+    # two files: both written
+    r = assert_clean(cli("build", s, "-o", "a/net.py", "--onnx", "b/net.onnx", limit=120),
+                     limit=120)
+    assert r.code == 0 and sorted(os.listdir(tmp_path / "a")) == ["net.onnx", "net.py"], str(r)

@@ -44,6 +44,7 @@ from ..atomic import (
     folder_lock,
     folder_problem,
     replace_problem,
+    same_file,
 )
 from ..loader import SpecError, load_spec
 from ..planner import plan as make_plan
@@ -228,13 +229,14 @@ def run(args: argparse.Namespace) -> int:
         if problem:
             return _fail(problem)
     main = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 exports
+    if args.onnx is not None and isinstance(destination, Path) and same_file(destination,
+                                                                              args.onnx):
+        return _fail(f"-o {destination} and --onnx {args.onnx} name the same file (through a "
+                     "link, or as the same path); nothing was written")
     if args.onnx is not None and main:
         from .export import onnx_destination_problem
 
         problem = onnx_destination_problem(args.onnx, force=args.force, inputs=[args.spec])
-        if isinstance(destination, Path) and problem is None and _same_file(destination,
-                                                                             args.onnx):
-            problem = "-o and --onnx name the same file"
         if problem:
             return _fail(problem)
 
@@ -343,10 +345,6 @@ def run(args: argparse.Namespace) -> int:
         return _train(p, generated, train_spec, spec_path, args)
     except BuildError as e:
         return _fail(str(e), EXIT_INVALID)
-
-
-def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    return os.path.abspath(a) == os.path.abspath(b)
 
 
 def _shape(shape) -> str:
