@@ -505,7 +505,7 @@ def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
                 module, train_spec, name=p.name, input_shape=p.input_dims[1:],
                 num_classes=_classes(p), base_dir=spec_path.resolve().parent, out_dir=out_dir,
                 model_source=generated.source, resume=args.resume,
-                fresh=args.fresh or args.force,
+                fresh=args.fresh or args.force, force=args.force,
                 # one line each, paths escaped; none with -q
                 log=(lambda line: None) if args.quiet else lambda line: print(printable(line)),
                 progress=False if args.quiet else None,

@@ -118,7 +118,9 @@ def open_folder(out: Path) -> None:
 
 def start_afresh(out: Path, model_source: str, run_info: dict[str, Any],
                  log: Callable[[str], Any]) -> None:
-    """A new run in ``out``: the previous run's results go, model.py and run.json are written."""
+    """A new run in ``out``: run.json is written (first: it marks the folder as a run folder,
+    runinfo.RUN_MARK), the previous run's results go, and model.py is written."""
+    atomic_write(out / RUN_FILE, json.dumps(run_info, indent=2) + "\n")
     old = [f for f in (MODEL_FILE, BEST_FILE, CHECKPOINT_FILE, METRICS_FILE, CURVES_FILE)
            if (out / f).exists()]
     if old:
@@ -126,7 +128,6 @@ def start_afresh(out: Path, model_source: str, run_info: dict[str, Any],
         for f in old:
             (out / f).unlink()
     atomic_write(out / SOURCE_FILE, model_source)
-    atomic_write(out / RUN_FILE, json.dumps(run_info, indent=2) + "\n")
 
 
 def _write_metrics(path: Path, history: Sequence[EpochMetrics]) -> None:
