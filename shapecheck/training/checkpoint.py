@@ -34,7 +34,7 @@ from .runfolder import CHECKPOINT_VERSION, _load_tensors
 Count = Annotated[StrictInt, Field(ge=0)]
 Size = Annotated[StrictInt, Field(ge=1)]
 Real = StrictFloat | StrictInt
-# A tensor's place in a checkpoint the user never sees as JSON: checked as an instance.
+# Tensors are checked as what they are (torch.Tensor instances), not converted.
 _TENSOR = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
 
