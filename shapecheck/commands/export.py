@@ -7,8 +7,9 @@ dynamic, named N (--batch names another symbol, or fixes a size). `build --onnx`
 functions for a freshly built module and for the run it has just trained.
 
 Exit codes: 0 written; 2 usage or input error (no such run folder, a damaged run folder:
-run.json, model.py or the weights missing or not loading, no model_best.pt for --best, a FILE that cannot be written or is not
-ours, onnx not installed, a layer that torch.onnx cannot export or exports wrongly).
+run.json, model.py or the weights missing or not loading, no model_best.pt for --best, a FILE
+that cannot be written or is not ours, onnx not installed, a layer that torch.onnx cannot
+export or exports wrongly, tensors the memory here cannot hold).
 torch and onnx are imported only when the command runs."""
 
 from __future__ import annotations

@@ -159,7 +159,8 @@ def read_checkpoint_file(path: Path) -> dict[str, Any]:
         raise RunFolderError(f"nothing to resume: {path} does not exist")
     ckpt = _load_tensors(path, "checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
-        raise RunFolderError(f"{path} is not a shapecheck checkpoint (version {CHECKPOINT_VERSION})")
+        raise RunFolderError(f"{path} is not a shapecheck checkpoint (version "
+                             f"{CHECKPOINT_VERSION})")
     try:
         Checkpoint.model_validate(ckpt)
     except ValidationError as e:

@@ -109,8 +109,8 @@ def evaluate(
         raise RunFolderError(f"{run_dir} is not a training run folder ({RUN_FILE} is missing)")
     info = load_run_info(run_dir).model_dump(mode="json")  # RunInfoError if damaged
     if weights != MODEL_FILE and not (run_dir / weights).is_file():
-        raise RunFolderError(f"{run_dir} has no {weights}"
-                         + (" (the run had no validation split)" if weights == BEST_FILE else ""))
+        raise RunFolderError(f"{run_dir} has no {weights}" + (
+            " (the run had no validation split)" if weights == BEST_FILE else ""))
     if module is None:
         module = load_run_module(run_dir, prefer=info.get("module_class"), weights=weights)
     else:

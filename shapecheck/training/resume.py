@@ -87,7 +87,7 @@ def _position(ckpt: dict[str, Any], run: Run) -> str:
     was_steps = n // was.batch_size if was.drop_last else math.ceil(n / was.batch_size)
     if run.start_step > was_steps:
         raise RunFolderError(f"cannot resume: {run.out / CHECKPOINT_FILE} is damaged: its step "
-                         f"{run.start_step} is past the {was_steps} steps of an epoch")
+                             f"{run.start_step} is past the {was_steps} steps of an epoch")
     return f"at epoch {run.start_epoch + 1}, step {run.start_step}/{was_steps}"
 
 
@@ -101,7 +101,7 @@ def _load_states(run: Run, ckpt: dict[str, Any]) -> None:
         run.optimizer.load_state_dict(ckpt["optimizer"])
     except (ValueError, KeyError, IndexError, TypeError, RuntimeError) as e:
         raise RunFolderError(f"cannot resume: the optimizer's state does not fit ({_first(e)}); "
-                         "was the optimizer type or decay_norm_and_bias changed?") from None
+                             "was the optimizer type or decay_norm_and_bias changed?") from None
     if problem := _optimizer_state_problem(run.optimizer):
         raise RunFolderError(f"{damaged}: {problem}")
     apply_hyperparameters(run.optimizer, run.spec.optimizer)

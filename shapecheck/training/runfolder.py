@@ -197,7 +197,7 @@ def _load_tensors(path: Path, what: str) -> Any:
         raise RunFolderError(f"cannot read {path}: {e.strerror or e}") from None
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file: torch raises many kinds
         raise RunFolderError(f"{path} is not a shapecheck {what}: it cannot be read as plain "
-                         f"tensors ({type(e).__name__}); nothing in it was run") from None
+                             f"tensors ({type(e).__name__}); nothing in it was run") from None
 
 
 def _architecture_diff(saved: dict[str, torch.Tensor], module: nn.Module) -> list[str]:
