@@ -350,7 +350,11 @@ def test_ranks_stop_and_release_the_folder_when_the_launcher_is_killed(tmp_path,
         proc.wait(timeout=120)
         deadline = time.monotonic() + 120
         while any(_alive(pid) for pid in ranks.values()):
-            assert time.monotonic() < deadline, "the ranks still run 120 s after the launcher"
+            assert time.monotonic() < deadline, (
+                "the ranks still run 120 s after the launcher: "
+                + " ".join(Path(f"/proc/{pid}/status").read_text().split("\n")[2]
+                           for pid in ranks.values() if _alive(pid))
+                + (tmp_path / "out.txt").read_text()[-300:] + (tmp_path / "err.txt").read_text())
             time.sleep(0.1)
     finally:
         if proc.poll() is None:

@@ -475,7 +475,13 @@ def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
         TrainError,
         train,
     )
-    from ..training.distributed import EXIT_PEER_LOST, LAUNCHED, PeerLostError
+    from ..training.distributed import (
+        EXIT_PEER_LOST,
+        LAUNCHED,
+        PeerLostError,
+        exit_orphaned,
+        launcher_gone,
+    )
 
     out_dir = _run_folder(p, train_spec, spec_path, args)
     if isinstance(out_dir, str):
@@ -515,6 +521,8 @@ def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
         return _fail(f"the run folder {out_dir} is {e.strerror}; wait for it to finish, or give "
                      "another --out")
     except KeyboardInterrupt:
+        if launcher_gone():  # the checkpoint is saved; nothing is left to wait for
+            exit_orphaned(EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
     except MemoryLimitError as e:
         return _fail(str(e), EXIT_INVALID) if main else EXIT_INVALID

@@ -21,11 +21,12 @@ import os
 import re
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -177,6 +178,23 @@ def stop_with_launcher(world: World, interval: float = 0.2) -> Iterator[None]:
         yield
     finally:
         done.set()
+
+
+def launcher_gone() -> bool:
+    """Whether this rank was started by ``build --nproc``'s launcher, which has since died."""
+    pid = os.environ.get(LAUNCHER_PID)
+    return bool(pid) and hasattr(os, "getppid") and os.getppid() != int(pid)
+
+
+def exit_orphaned(code: int) -> NoReturn:
+    """End a rank whose launcher is gone, now, its output flushed (the OS releases the run
+    folder's lock). Left to Python's teardown, a rank whose process group lost its launcher
+    (which hosts the group's rendezvous store) could wait in torch's destructors forever, and
+    no launcher is left to end it."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 # ---------------------------------------------------------------- launching
