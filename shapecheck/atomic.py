@@ -30,7 +30,8 @@ from typing import IO, Any
 
 __all__ = [
     "FileTooLargeError", "FolderBusyError", "NotRegularFileError", "atomic_open", "atomic_write",
-    "check_regular", "folder_lock", "folder_problem", "read_bounded", "replace_problem", "temp_name_prefix",
+    "check_regular", "folder_lock", "folder_problem", "read_bounded", "replace_problem", "same_file",
+    "temp_name_prefix",
 ]
 
 
@@ -232,6 +233,18 @@ def replace_problem(
         return None
     return (f"{path} exists and was not written by shapecheck{kind}; it was left untouched "
             "(use --force to overwrite it)")
+
+
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether two output paths end in one file: the same path once links in it are followed
+    (a folder reached through a symbolic link, ``a/net.py`` and ``b/net.py`` with ``b -> a``),
+    or two names of one file that exists (hard links). Writing both would lose the first."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
 
 
 # ---------------------------------------------------------------- one writer per folder

@@ -156,6 +156,8 @@ def export_onnx(
         raise OnnxExportError(f"the weights take {nbytes:,} bytes, more than the 2 GiB one ONNX "
                               "file can hold")
     symbolic = isinstance(batch, str)
+    check_batch = CHECK_BATCH if symbolic else batch
+    _check_memory(model, tuple(input_dims), TRACE_BATCH if symbolic else batch, check_batch)
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn((TRACE_BATCH if symbolic else batch, *input_dims), generator=generator)
     # A symbol becomes the axis's name in the graph (an ONNX dim_param), as in the plan.
@@ -190,7 +192,6 @@ def export_onnx(
         raise OnnxExportError(f"ONNX shape inference gives the output {_text(got_shape)}, the "
                               f"plan says {_text(output_shape)}")
 
-    check_batch = CHECK_BATCH if symbolic else batch
     x_check = torch.randn((check_batch, *input_dims), generator=generator)
     with torch.no_grad():
         expected = model(x_check).numpy()
@@ -206,6 +207,61 @@ def export_onnx(
         raise OnnxExportError(_mismatch(model, proto, x_check, describe, diff))
     return OnnxModel(data=data, opset=OPSET, input_shape=(batch, *input_dims),
                      output_shape=tuple(output_shape), max_diff=diff, check_batch=check_batch)
+
+
+def _check_memory(model, input_dims: tuple[int, ...], trace_batch: int,
+                  check_batch: int) -> None:
+    """Refuse, before anything is allocated, an export whose tensors cannot fit: the two random
+    inputs (the trace's and the check's) and, at the check's batch, the largest tensors one
+    layer reads and writes, found by running the module on the meta device (no memory). What
+    is counted is a lower bound of what the export needs, so only the impossible is refused."""
+    from .codegen import available_memory
+
+    per_sample = math.prod(input_dims) * 4  # float32
+    needed = per_sample * (trace_batch + check_batch)
+    available = available_memory()
+    if available is None:
+        return
+    if needed <= available:
+        needed += _largest_layer_bytes(model, input_dims, check_batch)
+    if needed > available:
+        raise OnnxExportError(
+            f"exporting needs at least {needed:,} bytes (the input {_text(input_dims)} at batch "
+            f"{trace_batch} and {check_batch}, and the largest layer's tensors), more than the "
+            f"{available:,} bytes of memory available here; nothing was allocated")
+
+
+def _largest_layer_bytes(model, input_dims: tuple[int, ...], batch: int) -> int:
+    """The most bytes one leaf module reads and writes at once, on a ``batch`` of inputs; 0
+    when the module does not run on the meta device (the export says why, if it fails)."""
+    import torch
+    from torch.func import functional_call
+
+    def size(value) -> int:
+        if isinstance(value, torch.Tensor):
+            return value.numel() * value.element_size()
+        if isinstance(value, (tuple, list)):
+            return sum(size(v) for v in value)
+        return 0
+
+    largest = [0]
+
+    def hook(_module, args, output) -> None:
+        largest[0] = max(largest[0], size(args) + size(output))
+
+    on_meta = {name: torch.empty_like(t, device="meta")
+               for name, t in [*model.named_parameters(), *model.named_buffers()]}
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if not list(m.children())]
+    try:
+        with torch.no_grad():
+            functional_call(model, on_meta, (torch.empty((batch, *input_dims), device="meta"),))
+    except Exception:  # noqa: BLE001 - a module the meta device cannot run: the input alone
+        return 0
+    finally:
+        for h in handles:
+            h.remove()
+    return largest[0]
 
 
 def _without_weights(proto):

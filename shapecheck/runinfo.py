@@ -3,9 +3,10 @@ is shapecheck's run folder.
 
 ``build --train`` writes ``run.json``; ``eval`` reads it back, and a damaged or foreign one is a
 clear error (exit 2), never a traceback or a NaN. A folder is shapecheck's, and training may
-replace the files it writes there, when its ``run.json`` validates here, when it holds no
-``run.json`` but a ``model.py`` shapecheck wrote (a run killed in its first moments), or when it
-is empty. Any other folder is left alone unless the user says ``--force``.
+replace (or, with ``--fresh``, remove) the files it writes there, only when it is empty or its
+``run.json`` validates here and carries shapecheck's mark (``RUN_MARK``: a key no one writes by
+hand). Training writes ``run.json`` first, so a run killed in its first moments leaves a folder
+that is still its own. Any other folder is left alone unless the user says ``--force``.
 No torch import: ``build`` decides this before torch is loaded.
 """
 
@@ -15,7 +16,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -43,6 +44,8 @@ RESULT_FILES = ("model.pt", "model_best.pt", "checkpoint.pt")
 RUN_FILES = (*RESULT_FILES, "metrics.csv", "curves.png", SOURCE_FILE, RUN_FILE,
              "predictions.png")
 MAX_RUN_JSON = 16 * 1024 * 1024  # a run.json is a few KB; its class names are the bulk
+# The key and value that mark a run.json shapecheck wrote (the key's value is the format).
+RUN_MARK = ("shapecheck_run_folder", 1)
 
 
 class RunInfoError(Exception):
@@ -64,6 +67,9 @@ class RunInfo(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
+    # The mark of a run folder shapecheck made: eval reads a run.json without it (one written
+    # before it existed), but training writes only into a folder whose run.json has it.
+    shapecheck_run_folder: Literal[1] | None = None
     name: StrictStr
     input_shape: tuple[Size, Size, Size]
     num_classes: Annotated[StrictInt, Field(ge=1, le=1_000_000)]
@@ -76,6 +82,14 @@ class RunInfo(BaseModel):
     module_class: StrictStr | None = None
     dataset: DatasetSpec
     train: dict[str, Any] | None = None
+    # What training records besides: checked too, so that a hand-edited value is named here
+    # rather than met later (a resume appends to ``resumes``).
+    splits: dict[StrictStr, Annotated[StrictInt, Field(ge=0)] | None] | None = None
+    threads: Size | None = None
+    world_size: Size | None = None
+    torch_version: StrictStr | None = None
+    created: StrictStr | None = None
+    resumes: list[dict[StrictStr, Any]] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> RunInfo:
@@ -117,12 +131,6 @@ def load_run_info(run_dir: str | os.PathLike[str]) -> RunInfo:
         raise RunInfoError(f"{path} is damaged: {'; '.join(problems)}") from None
 
 
-def _generated(path: Path) -> bool:
-    from .codegen import is_generated
-
-    return path.is_file() and not path.is_symlink() and is_generated(path)
-
-
 def previous_run_problem(folder: Path) -> str | None:
     """Why a new run must not start in ``folder``, a shapecheck run folder: the weights or the
     checkpoint of a previous run are there, and nothing of a run is removed unasked."""
@@ -153,12 +161,13 @@ def run_folder_problem(folder: str | os.PathLike[str], force: bool,
         return None
     if (folder / RUN_FILE).exists():
         try:
-            load_run_info(folder)
-            return None if replace else previous_run_problem(folder)
+            info = load_run_info(folder)
+            if getattr(info, RUN_MARK[0]) == RUN_MARK[1]:
+                return None if replace else previous_run_problem(folder)
+            why = (f"its {RUN_FILE} was not written by shapecheck: it has no "
+                   f"{RUN_MARK[0]!r} mark")
         except RunInfoError as e:
             why = str(e)
-    elif _generated(folder / SOURCE_FILE):
-        return None if replace else previous_run_problem(folder)
     else:
         shown = ", ".join(sorted(names)[:5]) + (", ..." if len(names) > 5 else "")
         why = f"it holds {shown} and no {RUN_FILE}"

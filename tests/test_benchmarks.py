@@ -7,9 +7,9 @@ says (each child's own peak memory; torchinfo's column skipped when torchinfo is
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import subprocess
-import os
 import sys
 from pathlib import Path
 

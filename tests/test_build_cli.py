@@ -259,8 +259,9 @@ def test_data_errors_exit_2_and_train_errors_exit_1(cwd, capsys, monkeypatch):
     assert "shapecheck build: error: dataset not found" in err
     assert str(cwd / "no/such/folder") in err  # --data is taken from the current folder
     assert "Traceback" not in err
+    # a resume with no checkpoint to continue: the run folder's fault, an input error too
     assert main(["build", str(spec), "--train", "--data", "synthetic", "--resume",
-                 "--out", "runs/none"]) == 1
+                 "--out", "runs/none"]) == 2
     assert "nothing to resume" in capsys.readouterr().err
 
 

@@ -296,7 +296,7 @@ def test_destinations_that_cannot_be_written(cwd, capsys):
         assert main(["build", str(spec), "--onnx", path]) == 2, path
         assert message in capsys.readouterr().err, path
     assert main(["build", str(spec), "-o", "same", "--onnx", "./same"]) == 2
-    assert "-o and --onnx name the same file" in capsys.readouterr().err
+    assert "-o same and --onnx ./same name the same file" in capsys.readouterr().err
     assert (cwd / "mine.onnx").read_text(encoding="utf-8") == "not shapecheck's\n"
     assert sorted(p.name for p in cwd.iterdir()) == ["folder", "mine.onnx", "small.yaml"]
 

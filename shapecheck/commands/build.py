@@ -17,10 +17,12 @@ exports.
 
 Exit codes: 0 done; 1 the spec is invalid, its parameters would not fit in memory (or its
 tensors are larger than torch can address), it cannot be trained (its output is neither
-(N, classes) nor (N, K, H, W), or not what train.task asks), training failed (a NaN loss, a
-checkpoint of another architecture, no such device) or shapecheck found an internal error; 2 usage or input error (no such spec, a file
-that is not ours in the way, a bad flag value, no dataset, a dataset that cannot be read or does
-not fit the spec, a run folder that cannot be written); 130 interrupted (training keeps a
+(N, classes) nor (N, K, H, W), or not what train.task asks), training failed (a NaN loss,
+no such device) or shapecheck found an internal error; 2 usage or input error (no such
+spec, a file that is not ours in the way, a bad flag value, no dataset, a dataset that
+cannot be read or does not fit the spec, a run folder that cannot be written, a damaged
+checkpoint, or a resume its checkpoint cannot continue: another architecture, optimizer
+or dataset); 130 interrupted (training keeps a
 checkpoint: continue with --resume).
 torch is imported only when the command runs."""
 
@@ -43,6 +45,7 @@ from ..atomic import (
     folder_lock,
     folder_problem,
     replace_problem,
+    same_file,
 )
 from ..loader import SpecError, load_spec
 from ..planner import plan as make_plan
@@ -78,6 +81,14 @@ def _int(minimum: int):
         return value
 
     return parse
+
+
+def _port(text: str) -> int:
+    """--master-port: a TCP port a process may listen on (1 to 65535; 0 would be any port)."""
+    value = _int(1)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port, at most 65535, got {value}")
+    return value
 
 
 def _fraction(text: str) -> float:
@@ -170,8 +181,9 @@ def add_parser(sub) -> None:
                    help="train with N processes (DistributedDataParallel, started with "
                    "torch.distributed.run): one per GPU, or gloo on the CPU. train.batch_size "
                    "is the global batch")
-    t.add_argument("--master-port", type=_int(1), metavar="PORT",
-                   help="with --nproc: the port the processes meet on (default: a free one)")
+    t.add_argument("--master-port", type=_port, metavar="PORT",
+                   help="with --nproc: the port (1 to 65535) the processes meet on (default: a "
+                   "free one)")
     t.add_argument("--backend", choices=["auto", "gloo", "nccl"], type=str.lower,
                    help="distributed backend (default auto: nccl on CUDA, gloo on the CPU)")
     p.set_defaults(run=run)
@@ -223,13 +235,14 @@ def run(args: argparse.Namespace) -> int:
         if problem:
             return _fail(problem)
     main = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 exports
+    if args.onnx is not None and isinstance(destination, Path) and same_file(destination,
+                                                                              args.onnx):
+        return _fail(f"-o {destination} and --onnx {args.onnx} name the same file (through a "
+                     "link, or as the same path); nothing was written")
     if args.onnx is not None and main:
         from .export import onnx_destination_problem
 
         problem = onnx_destination_problem(args.onnx, force=args.force, inputs=[args.spec])
-        if isinstance(destination, Path) and problem is None and _same_file(destination,
-                                                                             args.onnx):
-            problem = "-o and --onnx name the same file"
         if problem:
             return _fail(problem)
 
@@ -353,10 +366,6 @@ def _test_scores(m, task: str | None) -> str:
     return f"test accuracy {m.test_acc:.2%}"
 
 
-def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    return os.path.abspath(a) == os.path.abspath(b)
-
-
 def _shape(shape) -> str:
     return "(" + ", ".join(map(str, shape)) + ")"
 
@@ -478,10 +487,17 @@ def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
         MODEL_FILE,
         DataError,
         MemoryLimitError,
+        RunFolderError,
         TrainError,
         train,
     )
-    from ..training.distributed import EXIT_PEER_LOST, LAUNCHED, PeerLostError
+    from ..training.distributed import (
+        EXIT_PEER_LOST,
+        LAUNCHED,
+        PeerLostError,
+        exit_orphaned,
+        launcher_gone,
+    )
 
     out_dir = _run_folder(p, train_spec, spec_path, args)
     if isinstance(out_dir, str):
@@ -512,7 +528,7 @@ def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
                 module, train_spec, name=p.name, input_shape=p.input_dims[1:],
                 num_classes=_classes(p), base_dir=spec_path.resolve().parent, out_dir=out_dir,
                 model_source=generated.source, resume=args.resume,
-                fresh=args.fresh or args.force,
+                fresh=args.fresh or args.force, force=args.force,
                 # one line each, paths escaped; none with -q
                 log=(lambda line: None) if args.quiet else lambda line: print(printable(line)),
                 progress=False if args.quiet else None,
@@ -522,6 +538,8 @@ def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
         return _fail(f"the run folder {out_dir} is {e.strerror}; wait for it to finish, or give "
                      "another --out")
     except KeyboardInterrupt:
+        if launcher_gone():  # the checkpoint is saved; nothing is left to wait for
+            exit_orphaned(EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
     except MemoryLimitError as e:
         return _fail(str(e), EXIT_INVALID) if main else EXIT_INVALID
@@ -532,6 +550,10 @@ def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
         if os.environ.get(LAUNCHED):
             return EXIT_PEER_LOST  # build --nproc names the process that stopped, once
         return _fail(str(e) if main else f"rank {os.environ.get('RANK')}: {e}", EXIT_INVALID)
+    except RunFolderError as e:
+        # The run folder, or what was asked of it (a resume another optimizer cannot
+        # continue): an input error. Every rank reads the same folder; rank 0 says it.
+        return _fail(str(e), EXIT_INPUT) if main else EXIT_INPUT
     except TrainError as e:
         # Every rank meets the same setup errors; rank 0 speaks for them. Errors of one
         # rank alone (its device) are printed with its rank.

@@ -8,9 +8,10 @@ normalised with the run's training mean/std. Without --data the run's own datase
 --data naming the run's own dataset file is read with the run's dataset entry too, so the
 test split is the part held out from training (--split all scores every image).
 
-Exit codes: 0 done; 1 the run cannot be evaluated (its files do not load, no such device);
-2 usage or input error (no such run folder, a folder without run.json, a dataset that cannot
-be read or does not fit).
+Exit codes: 0 done; 1 the run cannot be evaluated here (no such device); 2 usage or input
+error (no such run folder; a damaged run folder: run.json, model.py or the weights missing,
+unreadable, not shapecheck's or not fitting each other; a dataset that cannot be read or does
+not fit).
 torch is imported only when the command runs."""
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         BEST_FILE,
         MODEL_FILE,
         DataError,
+        RunFolderError,
         TrainError,
         evaluate,
         format_confusion,
@@ -96,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
                           predictions=Path(args.predictions) if args.predictions else None)
     except RunInfoError as e:
         return _fail(str(e))
-    except DataError as e:
+    except (DataError, RunFolderError) as e:
         return _fail(str(e))
     except TrainError as e:
         return _fail(str(e), EXIT_INVALID)

@@ -6,9 +6,10 @@ torch.onnx and checked (shapecheck.onnx_export) before FILE is written. The batc
 dynamic, named N (--batch names another symbol, or fixes a size). `build --onnx` uses the same
 functions for a freshly built module and for the run it has just trained.
 
-Exit codes: 0 written; 1 the run's files do not load; 2 usage or input error (no such run
-folder, a damaged run.json, no model_best.pt for --best, a FILE that cannot be written or is not
-ours, onnx not installed, a layer that torch.onnx cannot export or exports wrongly).
+Exit codes: 0 written; 2 usage or input error (no such run folder, a damaged run folder:
+run.json, model.py or the weights missing or not loading, no model_best.pt for --best, a FILE
+that cannot be written or is not ours, onnx not installed, a layer that torch.onnx cannot
+export or exports wrongly, tensors the memory here cannot hold).
 torch and onnx are imported only when the command runs."""
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from functools import partial
 from pathlib import Path
 
 from ..report import OUTPUT, printable
-from . import EXIT_INVALID, EXIT_OK, batch_size, fail
+from . import EXIT_OK, batch_size, fail
 
 Fail = Callable[..., int]
 
@@ -92,7 +93,7 @@ def export_run(run_dir: Path, path: str, fail: Fail, *, best: bool = False,
     """Export the trained module of a run folder to ``path``, checked; an exit code."""
     from ..onnx_export import OnnxExportError, export_onnx
     from ..runinfo import RunInfoError, load_run_info
-    from ..training import BEST_FILE, MODEL_FILE, TrainError, load_run_module
+    from ..training import BEST_FILE, MODEL_FILE, RunFolderError, load_run_module
 
     try:
         info = load_run_info(run_dir)
@@ -103,8 +104,8 @@ def export_run(run_dir: Path, path: str, fail: Fail, *, best: bool = False,
         return fail(f"{run_dir} has no {BEST_FILE} (the run had no validation split)")
     try:
         model = load_run_module(run_dir, prefer=info.module_class, weights=weights)
-    except TrainError as e:
-        return fail(str(e), EXIT_INVALID)
+    except RunFolderError as e:
+        return fail(str(e))
     try:
         # A dense run's output is a map (K, H, W) per image, a classifier's K scores.
         per_image = tuple(info.output_shape) if info.output_shape else (info.num_classes,)

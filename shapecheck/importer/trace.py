@@ -149,16 +149,19 @@ def trace(model: torch.nn.Module, input_shape: tuple[int, ...]) -> tuple[list[St
     if len(required) != 1:
         raise ImportFailure(f"the forward takes {len(required)} tensor arguments "
                             f"({', '.join(required)}): import traces a forward of one tensor")
-    module = fx.GraphModule(tracer.root, graph)
-    results = _run(module, (BATCH, *input_shape))
+    # The graph is interpreted on the traced module itself. An fx.GraphModule would compile
+    # the graph to Python source, which fails on a submodule named like a keyword
+    # (add_module("class", ...) gives `self.class(x)`): the graph needs no source to run.
+    module = tracer.root
+    results = _run(module, graph, (BATCH, *input_shape))
     return _Converter(module, graph, results).convert()
 
 
 class _Recorder(fx.Interpreter):
     """Runs the traced graph once, keeping each node's result: a shape, shapes, or a value."""
 
-    def __init__(self, module: fx.GraphModule, input_shape: tuple[int, ...]):
-        super().__init__(module)
+    def __init__(self, module: torch.nn.Module, graph: fx.Graph, input_shape: tuple[int, ...]):
+        super().__init__(module, graph=graph)
         # torch.fx would append the graph node, a traceback and a link to any error's message
         self.extra_traceback = False
         self.input_shape = input_shape
@@ -208,8 +211,8 @@ class _Shape(tuple):
     """A tensor's shape, told apart from a tuple of sizes that the forward computes."""
 
 
-def _run(module: fx.GraphModule, shape: tuple[int, ...]) -> dict:
-    recorder = _Recorder(module, shape)
+def _run(module: torch.nn.Module, graph: fx.Graph, shape: tuple[int, ...]) -> dict:
+    recorder = _Recorder(module, graph, shape)
     with torch.no_grad(), torch.device("meta"):
         recorder.run(torch.empty(shape))
     return recorder.results
@@ -233,7 +236,7 @@ def _is_batch_size(node: Any) -> bool:
 
 
 class _Converter:
-    def __init__(self, module: fx.GraphModule, graph: fx.Graph, results: dict):
+    def __init__(self, module: torch.nn.Module, graph: fx.Graph, results: dict):
         self.module = module
         self.graph = graph
         self.results = results

@@ -50,7 +50,7 @@ one passed in), loads ``model.pt`` and scores it with the run's normalisation.
 
 from shapecheck.data import DataError, MemoryLimitError
 
-from .base import TrainError, default_loss, select_device
+from .base import RunFolderError, TrainError, default_loss, select_device
 from .evaluate import EvalResult, evaluate, format_confusion, format_dense, load_run_module
 from .loop import train
 from .runfolder import (
@@ -79,6 +79,7 @@ __all__ = [
     "EpochMetrics",
     "EvalResult",
     "MemoryLimitError",
+    "RunFolderError",
     "TrainError",
     "TrainResult",
     "default_loss",

@@ -14,6 +14,12 @@ class TrainError(Exception):
     """Training cannot start or cannot go on. The message says why and what was kept."""
 
 
+class RunFolderError(TrainError):
+    """The run folder cannot be used as asked: a file in it is damaged or not shapecheck's, or
+    its checkpoint does not fit the run (another architecture, optimizer or dataset). An input
+    error (exit 2): the spec may be fine; the folder, or what was asked of it, is not."""
+
+
 # ---------------------------------------------------------------- small helpers
 
 

@@ -14,16 +14,19 @@ Rank 0 alone writes the run folder and prints; every rank reads the checkpoint t
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import os
 import re
 import signal
 import socket
-from collections.abc import Sequence
+import sys
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -149,6 +152,51 @@ def teardown(world: World) -> None:
         dist.destroy_process_group()
 
 
+@contextlib.contextmanager
+def stop_with_launcher(world: World, interval: float = 0.2) -> Iterator[None]:
+    """A rank whose launcher is gone stops, as on the launcher's SIGTERM: the ranks agree on a
+    step, rank 0 saves its checkpoint, and each exits, releasing the run folder's lock. A
+    launcher killed outright (SIGKILL, or a signal it could not pass on) never tells its ranks,
+    which would otherwise train on, holding the folder, with no one to report to. The rank
+    sees its parent change (it is re-parented when the launcher dies)."""
+    if not world.distributed or not hasattr(os, "getppid"):
+        yield
+        return
+    # The launcher's pid as it gave it: a launcher that died before this line is seen too.
+    parent = int(os.environ.get(LAUNCHER_PID) or os.getppid())
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(interval):
+            if os.getppid() != parent:
+                os.kill(os.getpid(), signal.SIGTERM)  # handled in the main thread
+                return
+
+    watcher = threading.Thread(target=watch, name="shapecheck-launcher-watch", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+
+
+def launcher_gone() -> bool:
+    """Whether this rank was started by ``build --nproc``'s launcher, which has since died."""
+    pid = os.environ.get(LAUNCHER_PID)
+    return bool(pid) and hasattr(os, "getppid") and os.getppid() != int(pid)
+
+
+def exit_orphaned(code: int) -> NoReturn:
+    """End a rank whose launcher is gone, now, its output flushed (the OS releases the run
+    folder's lock). Left to Python's teardown, a rank whose process group lost its launcher
+    (which hosts the group's rendezvous store) could wait in torch's destructors forever, and
+    no launcher is left to end it."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
 # ---------------------------------------------------------------- launching
 
 
@@ -186,6 +234,8 @@ def check_launch(nproc: int, device: str, backend: str, port: int | None) -> Non
         if nproc > cores:
             raise TrainError(f"--nproc {nproc} is more than the {cores} CPU core"
                              f"{'s' if cores != 1 else ''} here: each process needs one")
+    if port is not None and not 0 < port < 65536:
+        raise TrainError(f"--master-port must be a TCP port from 1 to 65535, got {port}")
     if port is not None and port_in_use(port):
         raise TrainError(f"port {port} is already in use; give another --master-port, or "
                          "leave it out to take a free one")
@@ -211,7 +261,46 @@ def worker_argv(argv: Sequence[str]) -> list[str]:
 # with EXIT_PEER_LOST (seen by the launcher only), and the launcher, which knows which
 # process stopped and how, says it once.
 LAUNCHED = "SHAPECHECK_LAUNCHED"
+LAUNCHER_PID = "SHAPECHECK_LAUNCHER_PID"
 EXIT_PEER_LOST = 3
+# Signals whose default is to end a process, besides those torch's launcher passes on
+# (SIGTERM, SIGINT, SIGHUP, SIGQUIT): the launcher turns each into a SIGTERM for its ranks, so
+# that they stop with a checkpoint instead of training on without it.
+_OTHER_STOPS = ("SIGUSR1", "SIGUSR2", "SIGALRM", "SIGVTALRM", "SIGPROF", "SIGXCPU", "SIGXFSZ",
+                "SIGIO", "SIGPWR", "SIGSTKFLT")
+
+
+def _stop_signals() -> list[int]:
+    found = [getattr(signal, name) for name in _OTHER_STOPS if hasattr(signal, name)]
+    if hasattr(signal, "SIGRTMIN"):
+        found += range(signal.SIGRTMIN, signal.SIGRTMAX + 1)
+    return found
+
+
+@contextlib.contextmanager
+def _passed_on_as_sigterm(received: list[int]) -> Iterator[None]:
+    """While the block runs, each of ``_stop_signals`` that has no handler of its own stops the
+    run as SIGTERM does (torch's launcher sends its ranks the signal it got); the signal is
+    appended to ``received``."""
+    from torch.distributed.elastic.multiprocessing import SignalException
+
+    def stop(signum: int, frame: Any) -> None:
+        received.append(signum)
+        raise SignalException(f"got signal {signum}", sigval=signal.SIGTERM)
+
+    old: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in _stop_signals():
+            try:
+                if signal.getsignal(sig) is signal.SIG_DFL:
+                    old[sig] = signal.signal(sig, stop)
+            except (OSError, ValueError):  # one the platform will not let be caught
+                continue
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 @dataclass
@@ -244,16 +333,20 @@ def launch(argv: Sequence[str], nproc: int, port: int | None, out_dir: Path) -> 
     if "LOGLEVEL" not in os.environ:
         log.setLevel(logging.CRITICAL)
     os.environ[LAUNCHED] = "1"
+    os.environ[LAUNCHER_PID] = str(os.getpid())
+    received: list[int] = []
     try:
-        torchrun(args)
+        with _passed_on_as_sigterm(received):
+            torchrun(args)
     except SignalException as e:
-        # Ctrl-C reached the launcher; it passed the signal on, and each rank saved the
-        # checkpoint of the step they agreed on.
-        return LaunchResult(128 + int(e.sigval), None)
+        # Ctrl-C (or another signal) reached the launcher; it passed it on, and each rank
+        # saved the checkpoint of the step they agreed on.
+        return LaunchResult(128 + int(received[-1] if received else e.sigval), None)
     except ChildFailedError as e:
         return _failed(e.failures, out_dir)
     finally:
         os.environ.pop(LAUNCHED, None)
+        os.environ.pop(LAUNCHER_PID, None)
         log.setLevel(level)
     return LaunchResult(0, None)
 

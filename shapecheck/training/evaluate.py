@@ -16,7 +16,7 @@ from shapecheck.report import printable
 from shapecheck.runinfo import load_run_info
 from shapecheck.trainspec import DatasetSpec
 
-from .base import TrainError, _predict, select_device
+from .base import RunFolderError, TrainError, _predict, select_device
 from .data import _check_output
 from .dense import DenseScore, format_iou, score_dense, write_predictions
 from .runfolder import BEST_FILE, METRICS_FILE, MODEL_FILE, RUN_FILE, SOURCE_FILE, _load_tensors
@@ -48,13 +48,13 @@ def load_run_module(run_dir: Path, prefer: str | None = None,
 
     ``model.py`` is executed; the first ``nn.Module`` subclass it defines (the one
     named ``prefer`` first) that can be built without arguments and takes the
-    saved weights is used. Raises TrainError.
+    saved weights is used. Raises RunFolderError.
     """
     run_dir = Path(run_dir)
     src, weights_path = run_dir / SOURCE_FILE, run_dir / weights
     for p in (src, weights_path):
         if not p.is_file():
-            raise TrainError(f"{run_dir} is not a finished training run: {p.name} is missing")
+            raise RunFolderError(f"{run_dir} is not a finished training run: {p.name} is missing")
     state = _load_tensors(weights_path, "weights file")
     mod_name = f"_shapecheck_run_{abs(hash(str(src.resolve())))}"
     spec = importlib.util.spec_from_file_location(mod_name, src)
@@ -64,7 +64,7 @@ def load_run_module(run_dir: Path, prefer: str | None = None,
     try:
         spec.loader.exec_module(py)
     except Exception as e:  # noqa: BLE001 - user code
-        raise TrainError(f"{src} does not run: {type(e).__name__}: {e}") from None
+        raise RunFolderError(f"{src} does not run: {type(e).__name__}: {e}") from None
     finally:
         sys.modules.pop(mod_name, None)
     classes = [v for v in vars(py).values() if isinstance(v, type)
@@ -79,7 +79,7 @@ def load_run_module(run_dir: Path, prefer: str | None = None,
             tried.append(f"{cls.__name__}: {type(e).__name__}")
             continue
         return m
-    raise TrainError(
+    raise RunFolderError(
         f"{src} defines no nn.Module class that can be built without arguments and takes "
         f"the weights in {weights_path.name}" + (f" (tried {', '.join(tried)})" if tried else ""))
 
@@ -107,24 +107,24 @@ def evaluate(
     dataset entry says. ``module`` overrides rebuilding the model from the run's
     ``model.py``; ``weights`` (``model.pt`` or ``model_best.pt``) is loaded into it
     either way. A dense run (segment, regress) is scored per pixel; ``predictions`` names a
-    PNG to draw the first images, targets and predictions into. Raises TrainError,
-    DataError.
+    PNG to draw the first images, targets and predictions into. Raises RunFolderError (the
+    run folder is damaged), TrainError (no such device), DataError.
     """
     run_dir = Path(run_dir)
     info_path = run_dir / RUN_FILE
     if not info_path.is_file():
-        raise TrainError(f"{run_dir} is not a training run folder ({RUN_FILE} is missing)")
+        raise RunFolderError(f"{run_dir} is not a training run folder ({RUN_FILE} is missing)")
     info = load_run_info(run_dir).model_dump(mode="json")  # RunInfoError if damaged
     if weights != MODEL_FILE and not (run_dir / weights).is_file():
-        raise TrainError(f"{run_dir} has no {weights}"
-                         + (" (the run had no validation split)" if weights == BEST_FILE else ""))
+        raise RunFolderError(f"{run_dir} has no {weights}" + (
+            " (the run had no validation split)" if weights == BEST_FILE else ""))
     if module is None:
         module = load_run_module(run_dir, prefer=info.get("module_class"), weights=weights)
     else:
         try:
             module.load_state_dict(_load_tensors(run_dir / weights, "weights file"))
         except RuntimeError as e:
-            raise TrainError(f"{run_dir / weights} does not fit the module: {e}") from None
+            raise RunFolderError(f"{run_dir / weights} does not fit the module: {e}") from None
     own = DatasetSpec.model_validate(info["dataset"])
     note = ""
     if data is None:
@@ -152,7 +152,10 @@ def evaluate(
     dev = select_device(device)
     module.to(dev)
     x, y = x.to(dev), y.to(dev)
-    _check_output(module, x[:2], num_classes)  # run.json's num_classes may not be the model's
+    try:
+        _check_output(module, x[:2], num_classes)
+    except TrainError as e:  # run.json's num_classes is not the model's: the folder's fault
+        raise RunFolderError(f"{run_dir / RUN_FILE} does not fit {SOURCE_FILE}: {e}") from None
     loss_sum, preds = _predict(module, x, y, info.get("loss", "cross_entropy"), batch_size)
     confusion = torch.bincount(y * num_classes + preds, minlength=num_classes * num_classes)
     matrix = confusion.view(num_classes, num_classes).cpu().tolist()

@@ -23,10 +23,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from shapecheck.runinfo import previous_run_problem
+from shapecheck.runinfo import RUN_MARK, run_folder_problem
 from shapecheck.trainspec import TrainSpec
 
 from .base import (
+    RunFolderError,
     TrainError,
     _capital,
     _loss_fn,
@@ -44,7 +45,14 @@ from .data import (
     epoch_loader,
 )
 from .dense import PREDICTIONS_FILE, dense_loss, pixel_hits, score_dense, write_predictions
-from .distributed import PeerLostError, World, lost_peer, teardown, world_from_env
+from .distributed import (
+    PeerLostError,
+    World,
+    lost_peer,
+    stop_with_launcher,
+    teardown,
+    world_from_env,
+)
 from .resume import note_normalisation, read_checkpoint, restore
 from .runfolder import (
     BEST_FILE,
@@ -224,6 +232,7 @@ def train(
     model_source: str,
     resume: bool = False,
     fresh: bool = False,
+    force: bool = False,
     log: Callable[[str], Any] = print,
     progress: bool | None = None,
     reinit: bool = True,
@@ -242,7 +251,9 @@ def train(
     parameters from the seed on a fresh run (the module's own weights are used
     when False). A run folder that holds a previous run's weights or checkpoint is
     continued with ``resume``, or replaced with ``fresh``; with neither, it is left as it
-    is and TrainError says so.
+    is and RunFolderError says so. A folder that is not a run folder (runinfo: not empty,
+    and no run.json of shapecheck's) is never written, nor are its files removed, unless
+    ``force``.
 
     Raises DataError (the data cannot be read or does not fit the spec; a
     MemoryLimitError when it does not fit in memory), TrainError (no dataset, no
@@ -259,10 +270,10 @@ def train(
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        with _deterministic(spec.deterministic):
+        with _deterministic(spec.deterministic), stop_with_launcher(world):
             result = _train(module, spec, name=name, input_shape=input_shape,
                             num_classes=num_classes, base_dir=base_dir, out_dir=out_dir,
-                            model_source=model_source, resume=resume, fresh=fresh,
+                            model_source=model_source, resume=resume, fresh=fresh, force=force,
                             log=log if world.main else _quiet, progress=progress,
                             reinit=reinit, world=world, backend=backend, compile=compile)
         # Every rank leaves together: a rank that tore its process group down while rank 0
@@ -313,6 +324,7 @@ def _train(
     model_source: str,
     resume: bool,
     fresh: bool,
+    force: bool,
     log: Callable[[str], Any],
     progress: bool | None,
     reinit: bool,
@@ -323,7 +335,8 @@ def _train(
     t_call = time.perf_counter()
     run, ckpt = _set_up(module, spec, name=name, input_shape=input_shape,
                         num_classes=num_classes, base_dir=Path(base_dir), out_dir=out_dir,
-                        resume=resume, fresh=fresh, log=log, reinit=reinit, world=world,
+                        resume=resume, fresh=fresh, force=force, log=log, reinit=reinit,
+                        world=world,
                         backend=backend)
     if world.main:
         open_folder(run.out)
@@ -349,7 +362,8 @@ def _train(
 
 def _set_up(module: nn.Module, spec: TrainSpec, *, name: str,
             input_shape: tuple[int, int, int], num_classes: int, base_dir: Path,
-            out_dir: Path | None, resume: bool, fresh: bool, log: Callable[[str], Any],
+            out_dir: Path | None, resume: bool, fresh: bool, force: bool,
+            log: Callable[[str], Any],
             reinit: bool, world: World, backend: str) -> tuple[Run, dict[str, Any] | None]:
     """The run before its folder is touched, and the checkpoint it resumes from: whatever
     refuses the run (the spec, the device, the checkpoint, the data, the model's output or
@@ -357,8 +371,9 @@ def _set_up(module: nn.Module, spec: TrainSpec, *, name: str,
     if spec.dataset is None:
         raise TrainError("no dataset: give train.dataset in the spec (or --data)")
     out = _out_dir(spec, name, base_dir, out_dir)
-    if not resume and not fresh and (problem := previous_run_problem(out)):
-        raise TrainError(problem)
+    # Rank 0 writes the folder; it alone checks it (the others would see its first files).
+    if world.main and (problem := run_folder_problem(out, force, replace=resume or fresh)):
+        raise RunFolderError(problem)
     device = choose_device(spec, world, backend)
     task, output_shape = task_of(module, spec, input_shape)
     dense = task != "classify"
@@ -388,6 +403,7 @@ def _run_info(run: Run) -> dict[str, Any]:
     """run.json of a new run: what ``eval`` needs to rebuild the module and score it."""
     data = run.data.loaded
     return {
+        RUN_MARK[0]: RUN_MARK[1],
         "name": run.name,
         "input_shape": list(run.input_shape),
         "num_classes": run.num_classes,

@@ -14,8 +14,9 @@ from torch import nn
 
 from shapecheck.trainspec import TrainSpec
 
-from .base import TrainError, _plural, _set_rng_state
-from .runfolder import CHECKPOINT_FILE, EpochMetrics, _architecture_diff, _read_checkpoint
+from .base import RunFolderError, _plural, _set_rng_state
+from .checkpoint import read_checkpoint_file
+from .runfolder import CHECKPOINT_FILE, EpochMetrics, _architecture_diff
 from .setup import Run, apply_hyperparameters
 
 # What a resume may not change in the middle of an epoch: the rest of its batches
@@ -26,14 +27,14 @@ _EPOCH_KEYS = ("seed", "batch_size", "drop_last")
 def read_checkpoint(out: Path, module: nn.Module, input_shape: tuple[int, int, int],
                     num_classes: int) -> dict[str, Any]:
     """The run folder's checkpoint, refused when another architecture made it."""
-    ckpt = _read_checkpoint(out / CHECKPOINT_FILE)
+    ckpt = read_checkpoint_file(out / CHECKPOINT_FILE)
     diffs = _architecture_diff(ckpt["model"], module)
     if diffs or list(ckpt["input_shape"]) != list(input_shape) \
             or ckpt["num_classes"] != num_classes:
         detail = "; ".join(diffs[:5]) or (
             f"input {ckpt['input_shape']} -> {list(input_shape)}, "
             f"classes {ckpt['num_classes']} -> {num_classes}")
-        raise TrainError(
+        raise RunFolderError(
             f"cannot resume: {out / CHECKPOINT_FILE} was made by a different "
             f"architecture ({detail})")
     return ckpt
@@ -84,26 +85,60 @@ def _position(ckpt: dict[str, Any], run: Run) -> str:
     was = TrainSpec.model_validate(ckpt["train"])
     n = run.n
     was_steps = n // was.batch_size if was.drop_last else math.ceil(n / was.batch_size)
+    if run.start_step > was_steps:
+        raise RunFolderError(f"cannot resume: {run.out / CHECKPOINT_FILE} is damaged: its step "
+                             f"{run.start_step} is past the {was_steps} steps of an epoch")
     return f"at epoch {run.start_epoch + 1}, step {run.start_step}/{was_steps}"
 
 
 def _load_states(run: Run, ckpt: dict[str, Any]) -> None:
-    run.module.load_state_dict(ckpt["model"])
+    damaged = f"cannot resume: {run.out / CHECKPOINT_FILE} is damaged"
+    try:
+        run.module.load_state_dict(ckpt["model"])
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise RunFolderError(f"{damaged}: its model does not load ({_first(e)})") from None
     try:
         run.optimizer.load_state_dict(ckpt["optimizer"])
-    except ValueError as e:
-        raise TrainError(f"cannot resume: the optimizer's state does not fit ({e}); was "
-                         "the optimizer type or decay_norm_and_bias changed?") from None
+    except (ValueError, KeyError, IndexError, TypeError, RuntimeError) as e:
+        raise RunFolderError(f"cannot resume: the optimizer's state does not fit ({_first(e)}); "
+                             "was the optimizer type or decay_norm_and_bias changed?") from None
+    if problem := _optimizer_state_problem(run.optimizer):
+        raise RunFolderError(f"{damaged}: {problem}")
     apply_hyperparameters(run.optimizer, run.spec.optimizer)
     scaler = run.precision.scaler
-    if scaler is not None and ckpt.get("scaler"):
-        scaler.load_state_dict(ckpt["scaler"])
     # Each rank draws its own dropout masks: a resume with the same number of
     # processes gives each its own generator back.
     rngs = ckpt.get("rng_ranks")
     world = run.world
-    _set_rng_state(rngs[world.rank] if rngs and len(rngs) == world.size else ckpt["rng"],
-                   run.device)
+    try:
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        _set_rng_state(rngs[world.rank] if rngs and len(rngs) == world.size else ckpt["rng"],
+                       run.device)
+    except (RuntimeError, TypeError, ValueError, KeyError) as e:
+        raise RunFolderError(f"{damaged}: {_first(e)}") from None
+
+
+def _first(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+def _optimizer_state_problem(optimizer: torch.optim.Optimizer) -> str | None:
+    """A per-parameter state tensor (a momentum buffer, Adam's moments) that is not the shape
+    of its parameter, or not a tensor of numbers: torch would fail on it at the first step."""
+    for group in optimizer.param_groups:
+        for i, p in enumerate(group["params"]):
+            for key, value in optimizer.state.get(p, {}).items():
+                if not isinstance(value, torch.Tensor):
+                    if isinstance(value, bool) or not isinstance(value, (int, float)):
+                        return f"the optimizer's {key} of parameter {i} is not a number"
+                    continue
+                if value.dim() and tuple(value.shape) != tuple(p.shape):
+                    return (f"the optimizer's {key} of parameter {i} has shape "
+                            f"{list(value.shape)}, its parameter {list(p.shape)}")
+                if not (value.is_floating_point() or value.dim() == 0):
+                    return f"the optimizer's {key} of parameter {i} is not floating point"
+    return None
 
 
 def _match_threads(run: Run, saved: int | None) -> None:
@@ -131,14 +166,14 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _resume_changes(ckpt: dict[str, Any], spec: TrainSpec, dataset: dict[str, Any],
                     steps_done: int, where: str) -> list[str]:
-    """What differs from the checkpoint's spec, in words; TrainError where it cannot apply."""
+    """What differs from the checkpoint's spec, in words; RunFolderError where it cannot apply."""
     old_spec = TrainSpec.model_validate(ckpt["train"])
     old_ds = ckpt.get("dataset")
     if old_ds is not None and old_ds != dataset:
         diff = [f"{k} {_flat(old_ds).get(k)} -> {_flat(dataset).get(k)}"
                 for k in sorted(set(_flat(old_ds)) | set(_flat(dataset)))
                 if _flat(old_ds).get(k) != _flat(dataset).get(k)]
-        raise TrainError(
+        raise RunFolderError(
             f"cannot resume: the dataset differs from the checkpoint's ({'; '.join(diff)}); "
             "the run's splits and normalisation come from its dataset. Keep the dataset, or "
             "start a new run in another folder (--out)")
@@ -147,7 +182,7 @@ def _resume_changes(ckpt: dict[str, Any], spec: TrainSpec, dataset: dict[str, An
     changed = [k for k in sorted(old) if old[k] != new.get(k)]
     fixed = [k for k in changed if k in ("optimizer.type", "optimizer.decay_norm_and_bias")]
     if fixed:
-        raise TrainError(
+        raise RunFolderError(
             f"cannot resume with {', '.join(f'{k} {new[k]}' for k in fixed)}: the checkpoint's "
             f"optimizer state was made with {', '.join(f'{k} {old[k]}' for k in fixed)}; "
             "start a new run in another folder (--out)")
@@ -155,7 +190,7 @@ def _resume_changes(ckpt: dict[str, Any], spec: TrainSpec, dataset: dict[str, An
         stuck = [k for k in changed if k in _EPOCH_KEYS]
         if stuck:
             was = ", ".join(f"{k} {old[k]}" for k in stuck)
-            raise TrainError(
+            raise RunFolderError(
                 f"cannot resume {where} with {', '.join(f'{k} {new[k]}' for k in stuck)}: the "
                 f"checkpoint was made with {was}, and the rest of the epoch can only be "
                 "replayed with the same. Resume with the same values; a change can apply "

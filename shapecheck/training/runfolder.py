@@ -8,7 +8,7 @@ import io
 import json
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from torch import nn
 from shapecheck.atomic import atomic_open, atomic_write, check_regular, temp_name_prefix
 from shapecheck.trainspec import TrainSpec
 
-from .base import TrainError
+from .base import RunFolderError, TrainError
 
 MODEL_FILE = "model.pt"
 BEST_FILE = "model_best.pt"
@@ -144,7 +144,9 @@ def open_folder(out: Path) -> None:
 
 def start_afresh(out: Path, model_source: str, run_info: dict[str, Any],
                  log: Callable[[str], Any]) -> None:
-    """A new run in ``out``: the previous run's results go, model.py and run.json are written."""
+    """A new run in ``out``: run.json is written (first: it marks the folder as a run folder,
+    runinfo.RUN_MARK), the previous run's results go, and model.py is written."""
+    atomic_write(out / RUN_FILE, json.dumps(run_info, indent=2) + "\n")
     old = [f for f in (MODEL_FILE, BEST_FILE, CHECKPOINT_FILE, METRICS_FILE, CURVES_FILE,
                        PREDICTIONS_FILE)
            if (out / f).exists()]
@@ -153,7 +155,6 @@ def start_afresh(out: Path, model_source: str, run_info: dict[str, Any],
         for f in old:
             (out / f).unlink()
     atomic_write(out / SOURCE_FILE, model_source)
-    atomic_write(out / RUN_FILE, json.dumps(run_info, indent=2) + "\n")
 
 
 def _write_metrics(path: Path, history: Sequence[EpochMetrics], task: str = "classify") -> None:
@@ -238,34 +239,12 @@ def _load_tensors(path: Path, what: str) -> Any:
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise TrainError(f"{path} does not exist") from None
+        raise RunFolderError(f"{path} does not exist") from None
     except OSError as e:
-        raise TrainError(f"cannot read {path}: {e.strerror or e}") from None
+        raise RunFolderError(f"cannot read {path}: {e.strerror or e}") from None
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file: torch raises many kinds
-        raise TrainError(f"{path} is not a shapecheck {what}: it cannot be read as plain "
-                         f"tensors ({type(e).__name__}); nothing in it was run") from None
-
-
-def _read_checkpoint(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise TrainError(f"nothing to resume: {path} does not exist")
-    ckpt = _load_tensors(path, "checkpoint")
-    if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
-        raise TrainError(f"{path} is not a shapecheck checkpoint (version {CHECKPOINT_VERSION})")
-    missing = sorted({"model", "optimizer", "rng", "epoch", "step", "metrics", "train",
-                      "input_shape", "num_classes", "mean", "std"} - ckpt.keys())
-    if missing:
-        raise TrainError(f"{path} is not a shapecheck checkpoint (it has no {', '.join(missing)})")
-    # Checked here so that a damaged checkpoint is one message, not a traceback from torch.
-    rng, names = ckpt["rng"], {f.name for f in fields(EpochMetrics)}
-    if not (isinstance(ckpt["model"], dict) and isinstance(ckpt["optimizer"], dict)
-            and isinstance(rng, dict) and isinstance(rng.get("torch"), torch.Tensor)
-            and rng["torch"].dtype == torch.uint8
-            and all(isinstance(ckpt[k], int) and ckpt[k] >= 0 for k in ("epoch", "step"))
-            and isinstance(ckpt["metrics"], list)
-            and all(isinstance(m, dict) and m.keys() <= names for m in ckpt["metrics"])):
-        raise TrainError(f"{path} is damaged: not a shapecheck checkpoint's layout")
-    return ckpt
+        raise RunFolderError(f"{path} is not a shapecheck {what}: it cannot be read as plain "
+                             f"tensors ({type(e).__name__}); nothing in it was run") from None
 
 
 def _architecture_diff(saved: dict[str, torch.Tensor], module: nn.Module) -> list[str]:
@@ -302,9 +281,13 @@ def _tensorboard_available() -> None:
 def _update_run_info(path: Path, entry: dict[str, Any], spec: TrainSpec) -> None:
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return  # run.json is for eval; a resume must not fail for want of it
-    info.setdefault("resumes", []).append(entry)
+    if not isinstance(info, dict):
+        return  # not a run's (eval says so); left as it is
+    if not isinstance(info.get("resumes"), list):
+        info["resumes"] = []
+    info["resumes"].append(entry)
     info["train"] = spec.model_dump(mode="json")
     atomic_write(path, json.dumps(info, indent=2) + "\n")
 
