@@ -54,6 +54,10 @@ class _Metrics(BaseModel):
     val_acc: Real | None = None
     val_top5: Real | None = None
     test_top5: Real | None = None
+    val_miou: Real | None = None
+    test_miou: Real | None = None
+    val_psnr: Real | None = None
+    test_psnr: Real | None = None
 
 
 class _Rng(BaseModel):
@@ -79,6 +83,7 @@ class _Partial(BaseModel):
     loss_sum: Real
     correct: Count
     seen: Count
+    pixels: Count | None = None  # a dense run's: the pixels the sums count
     train_s: Annotated[Real, Field(ge=0)] = 0.0
 
 
