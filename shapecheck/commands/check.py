@@ -25,6 +25,10 @@ SUFFIXES = (".yaml", ".yml")
 MIN_FILES_PER_JOB = 16  # below this a process costs more than it saves
 
 
+# A command line of files alone, as add_parser's parser reads it (cli._plain).
+PLAIN = ("files", {"strict": False, "scale": None, "jobs": None, "format": "text"})
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "check", help="check many specs; print only the problems (for pre-commit and CI)",

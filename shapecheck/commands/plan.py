@@ -13,6 +13,11 @@ from ..table import render_table
 from . import EXIT_INPUT, add_shape_overrides, depth, exit_code, print_diagnostics
 
 
+# A command line of spec files alone, as add_parser's parser reads it (cli._plain).
+PLAIN = ("specs", {"format": "table", "explain": False, "rf": False, "depth": None,
+                   "strict": False, "scale": None, "batch": None, "input": None})
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("plan", help="print every layer's shapes, weights, params and MACs",
                        description="Plan one or more specs: output shapes, weight and bias "
