@@ -330,6 +330,33 @@ class LayerSpec(BaseModel):
         return ""
 
 
+def on_first_use(make: Callable[[], type]) -> Callable[[], type]:
+    """A layer model defined when first asked for: ``make()`` runs once, its model is kept
+    in its module under its class name. Defining a pydantic model costs about a millisecond
+    and a spec uses few of a family's kinds, so a family module defines each model (and each
+    private base) in a function ``_make_<ClassName>``, and its ``__getattr__`` (``model_named``)
+    gives a model by its class name."""
+    model = None
+
+    def get() -> type:
+        nonlocal model
+        if model is None:
+            model = make()
+            model.__qualname__ = model.__name__  # where pickle and repr look: module.Name
+            make.__globals__[model.__name__] = model
+        return model
+
+    return get
+
+
+def model_named(namespace: dict, name: str) -> type:
+    """A family module's model by its class name, defined on first use (on_first_use)."""
+    make = namespace.get(f"_make_{name}")
+    if make is None:
+        raise AttributeError(f"module {namespace['__name__']!r} has no attribute {name!r}")
+    return make()
+
+
 def need_rank(x: Dims, ranks: tuple[int, ...], what: str) -> None:
     if len(x) not in ranks:
         want = " or ".join(f"{r}-d" for r in ranks)
