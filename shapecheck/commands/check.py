@@ -8,7 +8,6 @@ of them, unless --scale names one. Many files are shared among forked processes 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import signal
 import sys
@@ -95,7 +94,7 @@ def _other_scales(path: Path, first) -> list[Diagnostic]:
         for d in plan(path, scale=scale).diagnostics:
             if (d.code, d.line, d.column, d.message) not in seen:
                 seen.add((d.code, d.line, d.column, d.message))
-                found.append(dataclasses.replace(d, message=f"{d.message} [scale {scale}]"))
+                found.append(d.replace(message=f"{d.message} [scale {scale}]"))
     return found
 
 

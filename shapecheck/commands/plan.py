@@ -12,7 +12,6 @@ from ..spec import default_name
 from ..table import render_table
 from . import EXIT_INPUT, add_shape_overrides, depth, exit_code, print_diagnostics
 
-
 # A command line of spec files alone, as add_parser's parser reads it (cli._plain).
 PLAIN = ("specs", {"format": "table", "explain": False, "rf": False, "depth": None,
                    "strict": False, "scale": None, "batch": None, "input": None})
