@@ -7,17 +7,20 @@ of them, unless --scale names one. Many files are shared among forked processes 
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import sys
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..diagnostics import Diagnostic, InputError
 from ..planner import plan
 from ..report import format_github, printable, summary
 from . import EXIT_INPUT, EXIT_INVALID, EXIT_OK, print_diagnostics
+
+if TYPE_CHECKING:
+    import argparse
 
 DEFAULT_DIR = "specs"
 SUFFIXES = (".yaml", ".yml")
