@@ -16,11 +16,13 @@ SPECS = {
     "lecture_cnn": "specs/lecture_cnn.yaml",
     "alexnet": "specs/alexnet.yaml",
     "vgg16": "specs/vgg16.yaml",
+    "resnet50": "specs/zoo/resnet50.yaml",
 }
 INPUTS = {
     "lecture_cnn": (64, 1, 28, 28),
     "alexnet": (1, 3, 224, 224),
     "vgg16": (1, 3, 224, 224),
+    "resnet50": (1, 3, 224, 224),
 }
 
 
@@ -73,4 +75,36 @@ def vgg16():
     )
 
 
-BUILD = {"lecture_cnn": lecture_cnn, "alexnet": alexnet, "vgg16": vgg16}
+def resnet50():
+    """As torchvision.models.resnet50 builds it (bottleneck blocks, stride on the 3×3 conv)."""
+    from torch import nn
+
+    class Bottleneck(nn.Module):
+        def __init__(self, c_in: int, width: int, stride: int) -> None:
+            super().__init__()
+            c_out = width * 4
+            self.body = nn.Sequential(
+                nn.Conv2d(c_in, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width),
+                nn.ReLU(), nn.Conv2d(width, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
+            self.downsample = (
+                nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False),
+                              nn.BatchNorm2d(c_out))
+                if stride != 1 or c_in != c_out else nn.Identity())
+            self.relu = nn.ReLU()
+
+        def forward(self, x):
+            return self.relu(self.body(x) + self.downsample(x))
+
+    layers: list[nn.Module] = [
+        nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+        nn.MaxPool2d(3, 2, 1)]
+    c_in = 64
+    for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+        for i in range(blocks):
+            layers.append(Bottleneck(c_in, width, stride if i == 0 else 1))
+            c_in = width * 4
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2048, 1000))
+
+
+BUILD = {"lecture_cnn": lecture_cnn, "alexnet": alexnet, "vgg16": vgg16, "resnet50": resnet50}

@@ -26,7 +26,17 @@ from functools import partial
 from typing import TYPE_CHECKING, NamedTuple
 
 from .layers.base import Lines
-from .layers.window import Consumed, Fixed, Fold, Scale, Transposed, Whole, Window, effective
+from .layers.window import (
+    SAME,
+    Consumed,
+    Fixed,
+    Fold,
+    Scale,
+    Transposed,
+    Whole,
+    Window,
+    effective,
+)
 
 if TYPE_CHECKING:
     from .plan import LayerPlan, Plan
@@ -93,11 +103,13 @@ def _walk(rows: list[LayerPlan], axes: list[_Axis]) -> list[_Axis]:
 def _step(row: LayerPlan, axis: _Axis) -> tuple[_Axis, str | tuple | None]:
     """The axis after the row's layer, and its explain line (a window's numbers)."""
     m, dim = row.spec.axis_map(row.input_dims, axis.dim)
+    if m is SAME and dim == axis.dim:  # the field stays (activations, norms): most layers
+        return axis, None
     f = axis.field
     if not isinstance(f, Field):
         return _Axis(f, dim), None
     if isinstance(m, Window):
-        if m.kernel == 1 and m.stride == 1 and m.before == 0:  # the field stays (norms, relu)
+        if m.kernel == 1 and m.stride == 1 and m.before == 0:  # the field stays (a 1×1 conv)
             return _Axis(f, dim), None
         span = effective(m.kernel, m.dilation) - 1
         size = f.size + span * f.jump

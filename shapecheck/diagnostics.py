@@ -6,8 +6,10 @@ Formatting lives with the outputs (report.py); this module only says what went w
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import FrozenInstanceError
 from typing import Literal
+
+from .record import Record
 
 Severity = Literal["error", "warning"]
 
@@ -91,19 +93,41 @@ def code_table() -> str:
                     *(f"| {code} | {meaning} |\n" for code, meaning in CODES.items())])
 
 
-@dataclass(frozen=True)
-class Diagnostic:
+class Diagnostic(Record):
+    """One finding about a spec. Frozen; equal when all but ``file`` and ``subject`` are."""
+
+    _fields = ("severity", "code", "message", "layer", "path", "line", "column", "hint", "file",
+               "subject")
+    _compared = _fields[:-2]
+
     severity: Severity
     code: str
     message: str
-    layer: int | None = None  # top-level index of the layer
-    path: tuple[int | str, ...] | None = None  # inside a block: (block index, branch, layer, ...)
-    line: int | None = None  # 1-based
-    column: int | None = None  # 1-based
-    hint: str | None = None
-    file: str | None = field(default=None, compare=False)
+    layer: int | None  # top-level index of the layer
+    path: tuple[int | str, ...] | None  # inside a block: (block index, branch, layer, ...)
+    line: int | None  # 1-based
+    column: int | None  # 1-based
+    hint: str | None
+    file: str | None
     # What the message is about, where it leads the message: "layer 6 (linear fc)".
-    subject: str | None = field(default=None, compare=False)
+    subject: str | None
+
+    def __init__(self, severity: Severity, code: str, message: str, layer: int | None = None,
+                 path: tuple[int | str, ...] | None = None, line: int | None = None,
+                 column: int | None = None, hint: str | None = None, file: str | None = None,
+                 subject: str | None = None) -> None:
+        self.__dict__.update(severity=severity, code=code, message=message, layer=layer,
+                             path=path, line=line, column=column, hint=hint, file=file,
+                             subject=subject)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
     @property
     def is_error(self) -> bool:
@@ -158,7 +182,7 @@ def merge_repeats(found: Iterable[tuple[Hashable | None, Diagnostic]],
     for key, count in repeats.items():
         if count:
             d = out[first[key]]
-            out[first[key]] = replace(d, message=d.message + more(count))
+            out[first[key]] = d.replace(message=d.message + more(count))
     return out
 
 

@@ -4,7 +4,6 @@ diagnostics."""
 
 from __future__ import annotations
 
-import difflib
 import functools
 import gc
 import os
@@ -476,7 +475,7 @@ def schema_diagnostics(errors: list[dict], data, locator: Locator,
     for (loc, _), group in grouped.items():
         if group[0]["type"] == "extra_forbidden":
             allowed = _fields_at(loc[:-1], data)
-            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            close = _close_matches(str(loc[-1]), allowed, n=1)
             if close and (loc[:-1], close[0]) in grouped:
                 misspelt.add((loc[:-1], close[0]))
 
@@ -517,7 +516,7 @@ def _describe(errors: list[dict], loc: tuple, missing, data) -> tuple[str, str, 
             message = f"{where}: a layer must be a type name or a mapping with `type`, got {value!r}"
             return "SC103", message, None
         name = value["type"]
-        close = difflib.get_close_matches(normalize_type(name[:40]), list(KINDS), n=1, cutoff=0.6)
+        close = _close_matches(normalize_type(name[:40]), list(KINDS), n=1, cutoff=0.6)
         hint = f"did you mean {close[0]!r}?" if close else "known types: " + ", ".join(KINDS)
         return "SC101", f"{where}: unknown layer type {name!r}", hint
     if kind == "missing":
@@ -527,7 +526,7 @@ def _describe(errors: list[dict], loc: tuple, missing, data) -> tuple[str, str, 
         return "SC104", what, None
     if kind == "extra_forbidden":
         allowed = _fields_at(loc[:-1], data)
-        close = difflib.get_close_matches(str(key), allowed, n=1)
+        close = _close_matches(str(key), allowed, n=1)
         hint = f"did you mean {close[0]!r}?" if close else (
             "allowed fields: " + ", ".join(allowed) if allowed else None)
         owner = _layer_label(loc[:-1], data)
@@ -559,3 +558,10 @@ def _integer_hint(error: dict) -> str | None:
                                                                  r"[-+*/%]\s*[A-Za-z_(]", value):
         return "an expression names its parameters with `$`, as in `$c * 2`"
     return None
+
+
+def _close_matches(word: str, choices: list[str], n: int, cutoff: float = 0.6) -> list[str]:
+    """difflib's close matches; difflib is imported only when a spec has a mistake."""
+    import difflib
+
+    return difflib.get_close_matches(word, choices, n=n, cutoff=cutoff)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .analysis import field_json
 from .diagnostics import Diagnostic
 from .layers import LayerSpec
 from .layers.base import Dims
+from .record import Record
 
 Shape = tuple[int | str, ...]  # as shown to users: the batch is an int or a symbol such as "N"
 Status = Literal["ok", "failed", "skipped"]  # skipped: after the first failure, not planned
@@ -28,37 +28,56 @@ def with_batch(dims: Dims | None, batch: int | str) -> Shape | None:
     return (batch if k == 1 else f"{batch}*{k}", *dims[1:])
 
 
-@dataclass(slots=True)
-class LayerPlan:
-    index: int  # position in its own list (top level or branch)
-    path: tuple[int | str, ...]  # full place in the tree, e.g. (3,) or (3, "body", 1)
-    name: str
-    type: str
-    spec: LayerSpec
-    line: int | None = None
-    column: int | None = None
-    status: Status = "skipped"
-    batch: int | str = "N"
-    # The shapes with the batch factored out (layers/base.py); input_shape and output_shape
-    # put the batch back for display.
-    input_dims: Dims | None = None
-    output_dims: Dims | None = None
-    weight_shape: tuple[int, ...] | None = None
-    bias_shape: tuple[int, ...] | None = None
-    params: int = 0
-    macs: int = 0
-    explain: Sequence[str] = field(default_factory=list)  # a list, or Lines written on use
-    # Constructor arguments the planner worked out (in_channels, in_features, num_features).
-    inferred_args: dict[str, Any] = field(default_factory=dict)
-    # Blocks only: residual [body, shortcut]; concat one list per branch.
-    branches: list[list[LayerPlan]] | None = None
-    branch_keys: list[int | str] | None = None
-    branch_inputs: list[Dims] | None = None  # what each branch gets (a split gives slices)
-    activation_values: int = 0  # output elements per sample, the block's children included
-    # The receptive field of the output units, one analysis.Field or NoField per axis (H, W),
-    # and its arithmetic for --explain; None where the layer was not planned.
-    receptive_field: tuple | None = None
-    field_explain: Sequence[str] = field(default_factory=list)
+class LayerPlan(Record):
+    """One layer's row of the plan; a block's holds its branches' rows."""
+
+    __slots__ = _fields = (
+        "index", "path", "name", "type", "spec", "line", "column", "status", "batch",
+        "input_dims", "output_dims", "weight_shape", "bias_shape", "params", "macs", "explain",
+        "inferred_args", "branches", "branch_keys", "branch_inputs", "activation_values",
+        "receptive_field", "field_explain")
+
+    def __init__(self, index: int, path: tuple[int | str, ...], name: str, type: str,
+                 spec: LayerSpec, line: int | None = None, column: int | None = None,
+                 status: Status = "skipped", batch: int | str = "N",
+                 input_dims: Dims | None = None, output_dims: Dims | None = None,
+                 weight_shape: tuple[int, ...] | None = None,
+                 bias_shape: tuple[int, ...] | None = None, params: int = 0, macs: int = 0,
+                 explain: Sequence[str] | None = None, inferred_args: dict[str, Any] | None = None,
+                 branches: list[list[LayerPlan]] | None = None,
+                 branch_keys: list[int | str] | None = None,
+                 branch_inputs: list[Dims] | None = None, activation_values: int = 0,
+                 receptive_field: tuple | None = None,
+                 field_explain: Sequence[str] | None = None) -> None:
+        self.index = index  # position in its own list (top level or branch)
+        self.path = path  # full place in the tree, e.g. (3,) or (3, "body", 1)
+        self.name = name
+        self.type = type
+        self.spec = spec
+        self.line = line
+        self.column = column
+        self.status = status
+        self.batch = batch
+        # The shapes with the batch factored out (layers/base.py); input_shape and
+        # output_shape put the batch back for display.
+        self.input_dims = input_dims
+        self.output_dims = output_dims
+        self.weight_shape = weight_shape
+        self.bias_shape = bias_shape
+        self.params = params
+        self.macs = macs
+        self.explain = [] if explain is None else explain  # a list, or Lines written on use
+        # Constructor arguments the planner worked out (in_channels, in_features, ...).
+        self.inferred_args = {} if inferred_args is None else inferred_args
+        # Blocks only: residual [body, shortcut]; concat one list per branch.
+        self.branches = branches
+        self.branch_keys = branch_keys
+        self.branch_inputs = branch_inputs  # what each branch gets (a split gives slices)
+        self.activation_values = activation_values  # output elements per sample, children too
+        # The receptive field of the output units, one analysis.Field or NoField per axis
+        # (H, W), and its arithmetic for --explain; None where the layer was not planned.
+        self.receptive_field = receptive_field
+        self.field_explain = [] if field_explain is None else field_explain
 
     @property
     def input_shape(self) -> Shape | None:
@@ -112,20 +131,30 @@ class LayerPlan:
         return d
 
 
-@dataclass
-class Plan:
-    name: str
-    description: str | None
-    source: str | None  # the spec file, if any
-    batch: int | str
-    input_dims: Dims | None  # batch-factored; None when the spec does not follow the schema
-    layers: list[LayerPlan]
-    diagnostics: list[Diagnostic]
-    loss: str | None = None  # train.loss, for lints and training
-    scale: str | None = None  # the scale the spec was expanded at, if it has scales
-    scales: tuple[str, ...] = ()  # every scale the spec declares
-    # A templated spec's function giving its templates.TemplateCode: `build` writes classes.
-    templates: Any = None
+class Plan(Record):
+    """A spec's plan: its layers' rows and its diagnostics."""
+
+    _fields = ("name", "description", "source", "batch", "input_dims", "layers", "diagnostics",
+               "loss", "scale", "scales", "templates")
+
+    def __init__(self, name: str, description: str | None, source: str | None,
+                 batch: int | str, input_dims: Dims | None, layers: list[LayerPlan],
+                 diagnostics: list[Diagnostic], loss: str | None = None,
+                 scale: str | None = None, scales: tuple[str, ...] = (),
+                 templates: Any = None) -> None:
+        self.name = name
+        self.description = description
+        self.source = source  # the spec file, if any
+        self.batch = batch
+        self.input_dims = input_dims  # batch-factored; None when the spec breaks the schema
+        self.layers = layers
+        self.diagnostics = diagnostics
+        self.loss = loss  # train.loss, for lints and training
+        self.scale = scale  # the scale the spec was expanded at, if it has scales
+        self.scales = scales  # every scale the spec declares
+        # A templated spec's function giving its templates.TemplateCode: `build` writes
+        # classes.
+        self.templates = templates
 
     @property
     def input_shape(self) -> Shape | None:

@@ -14,10 +14,10 @@ from .diagnostics import Diagnostic
 # or carriage return could forge a line), DEL, the line and paragraph separators, and the
 # bidirectional overrides and isolates (U+202E can make a file name read backwards).
 _CLASS = "\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
-_UNPRINTABLE = re.compile(f"[\x00-\x1f{_CLASS}]")
+_UNPRINTABLE = f"[\x00-\x1f{_CLASS}]"
 # The same, but for the line breaks and tabs that multi-line output keeps: the streams write
 # long outputs (a 10,000-layer JSON plan has 500,000 lines), so no call per kept character.
-_UNPRINTABLE_BUT_LINES = re.compile(f"[\x00-\x08\x0b\x0c\x0e-\x1f{_CLASS}]")
+_UNPRINTABLE_BUT_LINES = f"[\x00-\x08\x0b\x0c\x0e-\x1f{_CLASS}]"
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -32,11 +32,14 @@ def printable(text: object, keep: str = "") -> str:
     ``keep`` (the streams keep the newlines of multi-line output). The one escaping function:
     every text that comes from a spec, a path or a dataset passes here on its way out."""
     text = str(text)
+    if text.isprintable():  # no character to escape (they are all non-printable ones)
+        return text
     if keep == "\n\t\r":
-        return _UNPRINTABLE_BUT_LINES.sub(_escape, text)
+        return re.sub(_UNPRINTABLE_BUT_LINES, _escape, text)  # re compiles on first use
     if keep:
-        return _UNPRINTABLE.sub(lambda m: m.group() if m.group() in keep else _escape(m), text)
-    return _UNPRINTABLE.sub(_escape, text)
+        return re.sub(_UNPRINTABLE, lambda m: m.group() if m.group() in keep else _escape(m),
+                      text)
+    return re.sub(_UNPRINTABLE, _escape, text)
 
 
 class PrintableStream:

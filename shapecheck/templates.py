@@ -22,7 +22,6 @@ uses that made it (``Expansion.where``), so that errors name both."""
 
 from __future__ import annotations
 
-import difflib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -193,7 +192,7 @@ def _scale(data: dict, asked: str | None) -> tuple[dict, str | None]:
                             ("default_scale",), "scales: " + _some(scales))
     if name not in scales:
         where = ("default_scale",) if asked is None else ()
-        close = difflib.get_close_matches(str(name), list(map(str, scales)), n=1)
+        close = _close_matches(str(name), list(map(str, scales)), n=1)
         raise TemplateError("SC111", f"unknown scale {name!r}", where,
                             f"did you mean {close[0]!r}?" if close
                             else "scales: " + _some(scales))
@@ -347,7 +346,7 @@ class _Expander:
         name = item["use"]
         template = self.templates.get(name) if isinstance(name, str) else None
         if template is None:
-            close = difflib.get_close_matches(str(name), list(map(str, self.templates)), n=1)
+            close = _close_matches(str(name), list(map(str, self.templates)), n=1)
             raise TemplateError("SC108", f"unknown template {name!r}", (*src, "use"),
                                 f"did you mean {close[0]!r}?" if close else
                                 ("templates: " + _some(self.templates)
@@ -482,7 +481,7 @@ class _Expander:
             if allow_use_keys and key in USE_KEYS:
                 continue
             if key not in defaults:
-                close = difflib.get_close_matches(str(key), list(defaults), n=1, cutoff=0.5)
+                close = _close_matches(str(key), list(defaults), n=1, cutoff=0.5)
                 names = ", ".join(defaults)
                 raise TemplateError(
                     "SC108", f"template {template} has no parameter {key!r}", (*src, key),
@@ -522,3 +521,10 @@ def _prefix_names(layer: dict, instance: str, top: bool = False) -> None:
 
 
 __all__ = ["Expansion", "Made", "Site", "TemplateCode", "TemplateError", "expand"]
+
+
+def _close_matches(word: str, choices: list[str], n: int, cutoff: float = 0.6) -> list[str]:
+    """difflib's close matches; difflib is imported only when a spec has a mistake."""
+    import difflib
+
+    return difflib.get_close_matches(word, choices, n=n, cutoff=cutoff)

@@ -124,7 +124,7 @@ def _finite(value: float | list[float] | None, what: str) -> None:
 class DatasetSpec(BaseModel):
     """Where the training data comes from (see the module docstring for formats)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     format: DatasetFormat | None = None
     path: str | None = None
@@ -180,7 +180,7 @@ class OptimizerSpec(BaseModel):
     ``weight_decay`` PyTorch's default (0, but 0.01 for adamw).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     type: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: PositiveFloat | None = None
@@ -234,7 +234,7 @@ class SchedulerSpec(BaseModel):
     the step alone, a resumed run continues it exactly.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     type: Literal["constant", "step", "cosine"] = "constant"
     warmup_epochs: NonNegativeFloat = 0.0
@@ -280,7 +280,7 @@ class AugmentSpec(BaseModel):
     mean) and crops a random window of the original size; ``flip`` mirrors half the images
     left to right. Test and validation images are never changed."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     crop_padding: NonNegativeInt = 0
     flip: bool = False
@@ -289,7 +289,7 @@ class AugmentSpec(BaseModel):
 class TrainSpec(BaseModel):
     """The ``train:`` section. ``loss`` left out is chosen from the last layer."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     dataset: DatasetSpec | None = None
     # Left out: from the output's shape and the loss (see the module docstring).

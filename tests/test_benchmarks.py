@@ -52,6 +52,23 @@ def test_quick_run_prints_every_section_and_writes_markdown(tmp_path):
         assert "skipped" not in out
 
 
+def test_peers_are_compared_and_an_absent_one_is_skipped(monkeypatch, capsys):
+    pytest.importorskip("torch")
+    from benchmarks import peers
+
+    installed = {tool for tool in peers.PEERS if peers.available(tool)}
+    # one tool (if any) as installed, the others as absent: each absent one is named
+    kept = set(sorted(installed)[:1])
+    monkeypatch.setattr(peers, "available", lambda tool: tool in kept)
+    assert run.main(["--quick", "--only", "peers"]) == 0
+    out = capsys.readouterr().out
+    assert "lecture_cnn  shapecheck plan" in out and "8,490" in out and "467,200" in out
+    absent = [tool for tool in peers.PEERS if tool not in kept]
+    assert f"not installed, skipped: {', '.join(absent)}" in out
+    for tool in kept:
+        assert f"lecture_cnn  {tool}" in out
+
+
 def test_without_torchinfo_the_column_is_skipped(monkeypatch, capsys):
     pytest.importorskip("torch")
     monkeypatch.setattr(run, "torchinfo_available", lambda: False)

@@ -194,3 +194,24 @@ def test_a_failure_inside_blocks_is_marked_at_its_layer_only(capsys, tmp_path):
     rows = {line.split()[1]: line for line in out.splitlines() if line.startswith("0")}
     assert "✗ fails here" in rows["too_big"]
     assert "✗ fails inside" in rows["outer"] and "fails here" not in rows["outer"]
+
+
+@pytest.mark.parametrize("argv", [["plan", "a.yaml"], ["plan", "a.yaml", "b.yml", "c"],
+                                  ["check", "specs"], ["check", "a.yaml", "b.yaml"]])
+def test_a_command_line_of_files_reads_as_argparse_reads_it(argv):
+    # `plan FILE...` and `check FILE...` skip building the parser: the same arguments result
+    from shapecheck import cli
+
+    fast = cli._plain(argv)
+    parsed = cli.build_parser([argv[0]]).parse_args(argv)
+    parsed.argv = argv
+    assert vars(fast) == {k: v for k, v in vars(parsed).items() if k != "commands"}
+
+
+@pytest.mark.parametrize("argv", [["plan"], ["plan", "a.yaml", "-q"], ["plan", "-", "a.yaml"],
+                                  ["plan", "--", "a.yaml"], ["check"], ["expand", "a.yaml"],
+                                  ["--color", "never", "plan", "a.yaml"]])
+def test_any_option_goes_through_argparse(argv):
+    from shapecheck import cli
+
+    assert cli._plain(argv) is None

@@ -5,13 +5,16 @@ inside run() of the commands that need them."""
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
+from typing import TYPE_CHECKING
 
 from ..diagnostics import Diagnostic
 from ..layers.base import INT64_MAX
 from ..report import OUTPUT, colored, format_text, printable
+
+if TYPE_CHECKING:  # argparse is imported where a parser is built: `plan FILE` builds none
+    import argparse
 
 EXIT_OK, EXIT_INVALID, EXIT_INPUT = 0, 1, 2
 
@@ -27,8 +30,14 @@ def input_shape(text: str) -> tuple[int, int, int]:
     """`3x32x32`, `3×32×32` or `3,32,32`."""
     parts = re.split(r"\s*[x×,]\s*", text.strip().lower())
     if len(parts) != 3 or not all(_size(p) for p in parts):
-        raise argparse.ArgumentTypeError(f"expected C×H×W such as 3x32x32, got {text!r}")
+        raise _type_error(f"expected C×H×W such as 3x32x32, got {text!r}")
     return tuple(int(p) for p in parts)  # type: ignore[return-value]
+
+
+def _type_error(message: str) -> Exception:
+    import argparse
+
+    return argparse.ArgumentTypeError(message)
 
 
 def _size(text: str) -> bool:
@@ -41,7 +50,7 @@ def batch_size(text: str) -> int | str:
         return int(text)
     if text.isidentifier():
         return text
-    raise argparse.ArgumentTypeError(
+    raise _type_error(
         f"expected a positive int (at most 2**63 - 1) or a symbol such as N, got {text[:40]!r}")
 
 
@@ -54,7 +63,7 @@ def depth(text: str) -> int:
     """--depth: a positive int (1 shows the top-level layers only)."""
     if text.isdigit() and int(text) > 0:
         return int(text)
-    raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}")
+    raise _type_error(f"expected a positive int, got {text!r}")
 
 
 def add_shape_overrides(parser: argparse.ArgumentParser) -> None:

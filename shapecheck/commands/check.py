@@ -7,13 +7,12 @@ of them, unless --scale names one. Many files are shared among forked processes 
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import os
 import signal
 import sys
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..diagnostics import Diagnostic, InputError
 from ..loader import MAX_LAYERS, SpecFile
@@ -21,12 +20,19 @@ from ..planner import plan
 from ..report import format_github, printable, summary
 from . import EXIT_INPUT, EXIT_INVALID, EXIT_OK, print_diagnostics
 
+if TYPE_CHECKING:
+    import argparse
+
 DEFAULT_DIR = "specs"
 SUFFIXES = (".yaml", ".yml")
 MIN_FILES_PER_JOB = 16  # below this a process costs more than it saves
 # The layers one file's scales may plan in all: EfficientNet's 8 scales plan 3,000; a file
 # declaring thousands of scales would otherwise cost their number times the network.
 MAX_CHECKED_LAYERS = 2 * MAX_LAYERS
+
+
+# A command line of files alone, as add_parser's parser reads it (cli._plain).
+PLAIN = ("files", {"strict": False, "scale": None, "jobs": None, "format": "text"})
 
 
 def add_parser(sub) -> None:
@@ -103,7 +109,7 @@ def _other_scales(spec: SpecFile, first) -> list[Diagnostic]:
         for d in result.diagnostics:
             if (d.code, d.line, d.column, d.message) not in seen:
                 seen.add((d.code, d.line, d.column, d.message))
-                found.append(dataclasses.replace(d, message=f"{d.message} [scale {scale}]"))
+                found.append(d.replace(message=f"{d.message} [scale {scale}]"))
     return found
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..diagnostics import InputError
 from ..plan import Plan
@@ -11,6 +11,13 @@ from ..planner import plan
 from ..spec import default_name
 from ..table import render_table
 from . import EXIT_INPUT, add_shape_overrides, depth, exit_code, print_diagnostics
+
+if TYPE_CHECKING:
+    import argparse
+
+# A command line of spec files alone, as add_parser's parser reads it (cli._plain).
+PLAIN = ("specs", {"format": "table", "explain": False, "rf": False, "depth": None,
+                   "strict": False, "scale": None, "batch": None, "input": None})
 
 
 def add_parser(sub) -> None:

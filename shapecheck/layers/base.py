@@ -8,7 +8,6 @@ any size, and nothing is allocated.
 
 import keyword
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, NamedTuple, get_args
 
 from pydantic import (
@@ -19,6 +18,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import PydanticCustomError
+
+from ..record import Record
 
 Dims = tuple[int, ...]
 
@@ -210,25 +211,33 @@ class Lines(Sequence):
         return repr(self._get())
 
 
-@dataclass
-class Inferred:
+class Inferred(Record):
     """What a shape rule computes for one layer."""
 
-    out: Dims
-    weight: Dims | None = None
-    bias: Dims | None = None
-    params: int = 0
-    macs: int = 0  # per sample
-    explain: Sequence[str] = field(default_factory=list)  # a list, or Lines
-    # Constructor arguments the spec left out and the planner worked out (in_channels, ...).
-    inferred_args: dict[str, Any] = field(default_factory=dict)
-    # (code, message, hint) for things that work but are probably not intended.
-    warnings: list[tuple[str, str, str | None]] = field(default_factory=list)
-    # How this layer made the last dim, when it says more than the shape (a flatten's product).
-    features_from: str | None = None
-    # A layer that reorders dims says where the channels are: its name when they are now last,
-    # "" when they are back in dim 1, None when it says nothing.
-    layout: str | None = None
+    __slots__ = _fields = ("out", "weight", "bias", "params", "macs", "explain", "inferred_args",
+                           "warnings", "features_from", "layout")
+
+    def __init__(self, out: Dims, weight: Dims | None = None, bias: Dims | None = None,
+                 params: int = 0, macs: int = 0, explain: Sequence[str] | None = None,
+                 inferred_args: dict[str, Any] | None = None,
+                 warnings: list[tuple[str, str, str | None]] | None = None,
+                 features_from: str | None = None, layout: str | None = None) -> None:
+        self.out = out
+        self.weight = weight
+        self.bias = bias
+        self.params = params
+        self.macs = macs  # per sample
+        self.explain = [] if explain is None else explain  # a list, or Lines
+        # Constructor arguments the spec left out and the planner worked out (in_channels, ...).
+        self.inferred_args = {} if inferred_args is None else inferred_args
+        # (code, message, hint) for things that work but are probably not intended.
+        self.warnings = [] if warnings is None else warnings
+        # How this layer made the last dim, when it says more than the shape (a flatten's
+        # product).
+        self.features_from = features_from
+        # A layer that reorders dims says where the channels are: its name when they are now
+        # last, "" when they are back in dim 1, None when it says nothing.
+        self.layout = layout
 
 
 class Context(NamedTuple):
@@ -338,6 +347,33 @@ class LayerSpec(BaseModel):
     def settings(self) -> str:
         """A short summary of the settings, for tables and diagrams (e.g. '5×5 /1 p0')."""
         return ""
+
+
+def on_first_use(make: Callable[[], type]) -> Callable[[], type]:
+    """A layer model defined when first asked for: ``make()`` runs once, its model is kept
+    in its module under its class name. Defining a pydantic model costs about a millisecond
+    and a spec uses few of a family's kinds, so a family module defines each model (and each
+    private base) in a function ``_make_<ClassName>``, and its ``__getattr__`` (``model_named``)
+    gives a model by its class name."""
+    model = None
+
+    def get() -> type:
+        nonlocal model
+        if model is None:
+            model = make()
+            model.__qualname__ = model.__name__  # where pickle and repr look: module.Name
+            make.__globals__[model.__name__] = model
+        return model
+
+    return get
+
+
+def model_named(namespace: dict, name: str) -> type:
+    """A family module's model by its class name, defined on first use (on_first_use)."""
+    make = namespace.get(f"_make_{name}")
+    if make is None:
+        raise AttributeError(f"module {namespace['__name__']!r} has no attribute {name!r}")
+    return make()
 
 
 def need_rank(x: Dims, ranks: tuple[int, ...], what: str) -> None:

@@ -21,7 +21,9 @@ from .base import (
     anycase,
     channels_arrive,
     fmt,
+    model_named,
     need_rank,
+    on_first_use,
     pair,
     pair_schema,
     times,
@@ -118,201 +120,213 @@ class _Channels:
                 groups_hint(c_in, c_out))
 
 
-class Conv2d(_Channels, LayerSpec):
-    type: Literal["conv2d"]
-    in_channels: PosInt | None = None
-    out_channels: PosInt
-    kernel_size: PosPair
-    stride: PosPair = 1
-    padding: Annotated[Any, BeforeValidator(_padding), WithJsonSchema(
-        {"anyOf": [pair_schema(0), {"type": "string", "pattern": f"^({anycase('same')}|{anycase('valid')})$"}]})] = 0  # int, [h, w], 'same' or 'valid'
-    dilation: PosPair = 1
-    groups: PosInt = 1
-    bias: Flag = True
-    padding_mode: Literal["zeros", "reflect", "replicate", "circular"] = "zeros"
+@on_first_use
+def _make_Conv2d():
+    class Conv2d(_Channels, LayerSpec):
+        type: Literal["conv2d"]
+        in_channels: PosInt | None = None
+        out_channels: PosInt
+        kernel_size: PosPair
+        stride: PosPair = 1
+        padding: Annotated[Any, BeforeValidator(_padding), WithJsonSchema(
+            {"anyOf": [pair_schema(0), {"type": "string", "pattern": f"^({anycase('same')}|{anycase('valid')})$"}]})] = 0  # int, [h, w], 'same' or 'valid'
+        dilation: PosPair = 1
+        groups: PosInt = 1
+        bias: Flag = True
+        padding_mode: Literal["zeros", "reflect", "replicate", "circular"] = "zeros"
 
-    torch_class = "Conv2d"
-    family = "conv"
-    name_prefix = "conv"
+        torch_class = "Conv2d"
+        family = "conv"
+        name_prefix = "conv"
 
 
-    def pads(self) -> tuple[tuple[int, int], tuple[int, int]]:
-        """((top, bottom), (left, right)) padding."""
-        kh, kw = pair(self.kernel_size)
-        dh, dw = pair(self.dilation)
-        if self.padding == "same":
-            return same_padding(kh, dh), same_padding(kw, dw)
-        if self.padding == "valid":
-            return (0, 0), (0, 0)
-        ph, pw = pair(self.padding)
-        return (ph, ph), (pw, pw)
+        def pads(self) -> tuple[tuple[int, int], tuple[int, int]]:
+            """((top, bottom), (left, right)) padding."""
+            kh, kw = pair(self.kernel_size)
+            dh, dw = pair(self.dilation)
+            if self.padding == "same":
+                return same_padding(kh, dh), same_padding(kw, dw)
+            if self.padding == "valid":
+                return (0, 0), (0, 0)
+            ph, pw = pair(self.padding)
+            return (ph, ph), (pw, pw)
 
-    def axis_map(self, x: Dims, dim: int):
-        i = spatial(x, dim) if len(x) == 4 else None
-        if i is None:
-            return (Consumed("conv2d has weights per channel") if dim == 1 else SAME), dim
-        before, after = self.pads()[i]
-        min_size = 1
-        if self.padding_mode in _PAD_RULE:  # reflect needs pad < size, circular pad <= size
-            min_size = max(before, after) + (1 if self.padding_mode == "reflect" else 0)
-        return Window(pair(self.kernel_size)[i], pair(self.stride)[i], before, after,
-                      pair(self.dilation)[i], min_size=min_size), dim
+        def axis_map(self, x: Dims, dim: int):
+            i = spatial(x, dim) if len(x) == 4 else None
+            if i is None:
+                return (Consumed("conv2d has weights per channel") if dim == 1 else SAME), dim
+            before, after = self.pads()[i]
+            min_size = 1
+            if self.padding_mode in _PAD_RULE:  # reflect needs pad < size, circular pad <= size
+                min_size = max(before, after) + (1 if self.padding_mode == "reflect" else 0)
+            return Window(pair(self.kernel_size)[i], pair(self.stride)[i], before, after,
+                          pair(self.dilation)[i], min_size=min_size), dim
 
-    def settings(self) -> str:
-        parts = settings(self.kernel_size, self.stride, self.padding, self.dilation)
-        if self.groups != 1:
-            parts.append(f"g{self.groups}")
-        return " ".join(parts)
+        def settings(self) -> str:
+            parts = settings(self.kernel_size, self.stride, self.padding, self.dilation)
+            if self.groups != 1:
+                parts.append(f"g{self.groups}")
+            return " ".join(parts)
 
-    def infer(self, x: Dims, ctx: Context) -> Inferred:
-        need_rank(x, (4,), "conv2d")
-        _, c_in, h, w = x
-        self.check_channels(c_in)
-        c_out, g = self.out_channels, self.groups
-        kernel, stride, dil = pair(self.kernel_size), pair(self.stride), pair(self.dilation)
-        if self.padding == "same" and stride != (1, 1):
-            k, s, d = kernel[0], stride[0], dil[0]
-            p = d * (k - 1) // 2
-            raise ShapeError(
-                "SC207",
-                f"padding='same' needs stride 1, but stride is {self.stride}",
-                f"use padding: {p} (with stride {s} it gives H={conv_out(h, k, s, 2 * p, d)} "
-                f"from {h}), or set stride: 1",
-            )
-        warnings = []
-        if self.padding == "same" and (kernel[0] % 2 == 0 or kernel[1] % 2 == 0):
-            warnings.append(
-                (
-                    "SC304",
-                    (f"kernel {times(kernel)} with padding='same' pads one more pixel on "
-                     "the bottom/right than on the top/left"),
-                    "use an odd kernel_size for symmetric padding",
-                )
-            )
-        out_hw, axes, unused = [], [], []
-        for axis, size, k, s, d, (pl, pr) in zip(
-            ("H", "W"), (h, w), kernel, stride, dil, self.pads()
-        ):
-            padded, eff = size + pl + pr, effective(k, d)
-            limit = None if self.padding_mode == "zeros" else _pad_limit(self.padding_mode, size)
-            if limit is not None and max(pl, pr) > limit:
+        def infer(self, x: Dims, ctx: Context) -> Inferred:
+            need_rank(x, (4,), "conv2d")
+            _, c_in, h, w = x
+            self.check_channels(c_in)
+            c_out, g = self.out_channels, self.groups
+            kernel, stride, dil = pair(self.kernel_size), pair(self.stride), pair(self.dilation)
+            if self.padding == "same" and stride != (1, 1):
+                k, s, d = kernel[0], stride[0], dil[0]
+                p = d * (k - 1) // 2
                 raise ShapeError(
-                    "SC201",
-                    f"padding {max(pl, pr)} is too large for padding_mode="
-                    f"'{self.padding_mode}' on an input of {axis}={size}",
-                    f"{self.padding_mode} padding must be at most {limit} here "
-                    f"({_PAD_RULE[self.padding_mode]}); use padding_mode: zeros or replicate, "
-                    "or a larger input",
+                    "SC207",
+                    f"padding='same' needs stride 1, but stride is {self.stride}",
+                    f"use padding: {p} (with stride {s} it gives H={conv_out(h, k, s, 2 * p, d)} "
+                    f"from {h}), or set stride: 1",
                 )
-            if padded < eff:
-                raise kernel_too_large(kernel, eff, d, axis, size, pl + pr)
-            out = conv_out(size, k, s, pl + pr, d)
-            out_hw.append(out)
-            axes.append((axis, size, pl, pr, d, k, s, out))
-            unused.append(unused_rows(size, pl, pr, eff, s))
-        warning = unused_warning(tuple(unused), (h, w), stride,
-                                 "adjust padding or the input size so the windows reach the edge")
-        if warning:
-            warnings.append(warning)
-        weight = (c_out, c_in // g, *kernel)
-        per_out = (c_in // g) * kernel[0] * kernel[1]
-        out = (x[0], c_out, *out_hw)
-        macs = c_out * out_hw[0] * out_hw[1] * per_out
-        params = math.prod(weight) + (c_out if self.bias else 0)
+            warnings = []
+            if self.padding == "same" and (kernel[0] % 2 == 0 or kernel[1] % 2 == 0):
+                warnings.append(
+                    (
+                        "SC304",
+                        (f"kernel {times(kernel)} with padding='same' pads one more pixel on "
+                         "the bottom/right than on the top/left"),
+                        "use an odd kernel_size for symmetric padding",
+                    )
+                )
+            out_hw, axes, unused = [], [], []
+            for axis, size, k, s, d, (pl, pr) in zip(
+                ("H", "W"), (h, w), kernel, stride, dil, self.pads()
+            ):
+                padded, eff = size + pl + pr, effective(k, d)
+                limit = None if self.padding_mode == "zeros" else _pad_limit(self.padding_mode, size)
+                if limit is not None and max(pl, pr) > limit:
+                    raise ShapeError(
+                        "SC201",
+                        f"padding {max(pl, pr)} is too large for padding_mode="
+                        f"'{self.padding_mode}' on an input of {axis}={size}",
+                        f"{self.padding_mode} padding must be at most {limit} here "
+                        f"({_PAD_RULE[self.padding_mode]}); use padding_mode: zeros or replicate, "
+                        "or a larger input",
+                    )
+                if padded < eff:
+                    raise kernel_too_large(kernel, eff, d, axis, size, pl + pr)
+                out = conv_out(size, k, s, pl + pr, d)
+                out_hw.append(out)
+                axes.append((axis, size, pl, pr, d, k, s, out))
+                unused.append(unused_rows(size, pl, pr, eff, s))
+            warning = unused_warning(tuple(unused), (h, w), stride,
+                                     "adjust padding or the input size so the windows reach the edge")
+            if warning:
+                warnings.append(warning)
+            weight = (c_out, c_in // g, *kernel)
+            per_out = (c_in // g) * kernel[0] * kernel[1]
+            out = (x[0], c_out, *out_hw)
+            macs = c_out * out_hw[0] * out_hw[1] * per_out
+            params = math.prod(weight) + (c_out if self.bias else 0)
 
-        def explain() -> list[str]:
-            lines = [floor_line(axis, size, pad_text(pl, pr), d, k, s, out)
-                     for axis, size, pl, pr, d, k, s, out in axes]
-            lines.append(
-                f"weight = out × in/groups × kh × kw = {times(weight)}; params = "
-                f"{fmt(math.prod(weight))}"
-                + (f" + {c_out} (bias) = {fmt(params)}" if self.bias else ""))
-            lines.append(
-                f"MACs = {c_out}×{out_hw[0]}×{out_hw[1]} outputs × {per_out} "
-                f"({c_in // g}×{kernel[0]}×{kernel[1]}) = {fmt(macs)}")
-            return lines
+            def explain() -> list[str]:
+                lines = [floor_line(axis, size, pad_text(pl, pr), d, k, s, out)
+                         for axis, size, pl, pr, d, k, s, out in axes]
+                lines.append(
+                    f"weight = out × in/groups × kh × kw = {times(weight)}; params = "
+                    f"{fmt(math.prod(weight))}"
+                    + (f" + {c_out} (bias) = {fmt(params)}" if self.bias else ""))
+                lines.append(
+                    f"MACs = {c_out}×{out_hw[0]}×{out_hw[1]} outputs × {per_out} "
+                    f"({c_in // g}×{kernel[0]}×{kernel[1]}) = {fmt(macs)}")
+                return lines
 
-        return Inferred(
-            out=out,
-            weight=weight,
-            bias=(c_out,) if self.bias else None,
-            params=params,
-            macs=macs,
-            explain=Lines(explain),
-            inferred_args={"in_channels": c_in},
-            warnings=warnings,
-        )
+            return Inferred(
+                out=out,
+                weight=weight,
+                bias=(c_out,) if self.bias else None,
+                params=params,
+                macs=macs,
+                explain=Lines(explain),
+                inferred_args={"in_channels": c_in},
+                warnings=warnings,
+            )
+
+    return Conv2d
 
 
-class ConvTranspose2d(_Channels, LayerSpec):
-    """The transposed convolution (a learnable upsampling): each input pixel spreads a
+@on_first_use
+def _make_ConvTranspose2d():
+    class ConvTranspose2d(_Channels, LayerSpec):
+        """The transposed convolution (a learnable upsampling): each input pixel spreads a
     kernel-sized patch over the output, ``stride`` pixels apart."""
 
-    type: Literal["convtranspose2d"]
-    in_channels: PosInt | None = None
-    out_channels: PosInt
-    kernel_size: PosPair
-    stride: PosPair = 1
-    padding: NonNegPair = 0
-    output_padding: NonNegPair = 0
-    groups: PosInt = 1
-    bias: Flag = True
-    dilation: PosPair = 1
-    padding_mode: Literal["zeros"] = "zeros"  # the only mode torch implements for it
+        type: Literal["convtranspose2d"]
+        in_channels: PosInt | None = None
+        out_channels: PosInt
+        kernel_size: PosPair
+        stride: PosPair = 1
+        padding: NonNegPair = 0
+        output_padding: NonNegPair = 0
+        groups: PosInt = 1
+        bias: Flag = True
+        dilation: PosPair = 1
+        padding_mode: Literal["zeros"] = "zeros"  # the only mode torch implements for it
 
-    torch_class = "ConvTranspose2d"
-    family = "conv"
-    name_prefix = "deconv"
+        torch_class = "ConvTranspose2d"
+        family = "conv"
+        name_prefix = "deconv"
 
 
-    def axis_map(self, x: Dims, dim: int):
-        i = spatial(x, dim) if len(x) == 4 else None
-        if i is None:
-            return (Consumed("convtranspose2d has weights per channel") if dim == 1 else SAME), dim
-        return Transposed(pair(self.kernel_size)[i], pair(self.stride)[i], pair(self.padding)[i],
-                          pair(self.output_padding)[i], pair(self.dilation)[i]), dim
+        def axis_map(self, x: Dims, dim: int):
+            i = spatial(x, dim) if len(x) == 4 else None
+            if i is None:
+                return (Consumed("convtranspose2d has weights per channel") if dim == 1 else SAME), dim
+            return Transposed(pair(self.kernel_size)[i], pair(self.stride)[i], pair(self.padding)[i],
+                              pair(self.output_padding)[i], pair(self.dilation)[i]), dim
 
-    def settings(self) -> str:
-        parts = settings(self.kernel_size, self.stride, self.padding, self.dilation)
-        oh, ow = pair(self.output_padding)
-        if (oh, ow) != (0, 0):
-            parts.append(f"op{oh}" if oh == ow else f"op{oh},{ow}")
-        if self.groups != 1:
-            parts.append(f"g{self.groups}")
-        return " ".join(parts)
+        def settings(self) -> str:
+            parts = settings(self.kernel_size, self.stride, self.padding, self.dilation)
+            oh, ow = pair(self.output_padding)
+            if (oh, ow) != (0, 0):
+                parts.append(f"op{oh}" if oh == ow else f"op{oh},{ow}")
+            if self.groups != 1:
+                parts.append(f"g{self.groups}")
+            return " ".join(parts)
 
-    def infer(self, x: Dims, ctx: Context) -> Inferred:
-        need_rank(x, (4,), "convtranspose2d")
-        _, c_in, h, w = x
-        self.check_channels(c_in)
-        c_out, g = self.out_channels, self.groups
-        kernel, stride, dil = pair(self.kernel_size), pair(self.stride), pair(self.dilation)
-        pad, out_pad = pair(self.padding), pair(self.output_padding)
-        out_hw, explain = [], []
-        for axis, size, k, s, p, op, d in zip(("H", "W"), (h, w), kernel, stride, pad, out_pad,
-                                               dil):
-            if op >= s and op >= d:
-                raise ShapeError(
-                    "SC214", f"output_padding {op} must be smaller than the stride ({s}) or "
-                    f"the dilation ({d})",
-                    f"use output_padding: {max(s, d) - 1} or less; it only picks one of the "
-                    "output sizes a stride allows")
-            out = transposed_out(size, k, s, p, op, d)
-            if out < 1:
-                raise ShapeError(
-                    "SC202", f"padding {p} on an input of {axis}={size} gives an output of "
-                    f"{axis}={out}", None)  # the planner adds the smallest input that works
-            out_hw.append(out)
-            explain.append(f"{axis}_out = ({size}−1)·{s} − 2·{p} + {d}·({k}−1) + {op} + 1 = {out}")
-        weight = (c_in, c_out // g, *kernel)
-        per_in = (c_out // g) * kernel[0] * kernel[1]
-        macs = c_in * h * w * per_in
-        params = math.prod(weight) + (c_out if self.bias else 0)
-        explain.append(
-            f"weight = in × out/groups × kh × kw = {times(weight)}; params = "
-            f"{fmt(math.prod(weight))}" + (f" + {c_out} (bias) = {fmt(params)}" if self.bias else ""))
-        explain.append(f"MACs = {c_in}×{h}×{w} inputs × {per_in} ({c_out // g}×{kernel[0]}×"
-                       f"{kernel[1]}) = {fmt(macs)}")
-        return Inferred(out=(x[0], c_out, *out_hw), weight=weight,
-                        bias=(c_out,) if self.bias else None, params=params, macs=macs,
-                        explain=explain, inferred_args={"in_channels": c_in})
+        def infer(self, x: Dims, ctx: Context) -> Inferred:
+            need_rank(x, (4,), "convtranspose2d")
+            _, c_in, h, w = x
+            self.check_channels(c_in)
+            c_out, g = self.out_channels, self.groups
+            kernel, stride, dil = pair(self.kernel_size), pair(self.stride), pair(self.dilation)
+            pad, out_pad = pair(self.padding), pair(self.output_padding)
+            out_hw, explain = [], []
+            for axis, size, k, s, p, op, d in zip(("H", "W"), (h, w), kernel, stride, pad, out_pad,
+                                                   dil):
+                if op >= s and op >= d:
+                    raise ShapeError(
+                        "SC214", f"output_padding {op} must be smaller than the stride ({s}) or "
+                        f"the dilation ({d})",
+                        f"use output_padding: {max(s, d) - 1} or less; it only picks one of the "
+                        "output sizes a stride allows")
+                out = transposed_out(size, k, s, p, op, d)
+                if out < 1:
+                    raise ShapeError(
+                        "SC202", f"padding {p} on an input of {axis}={size} gives an output of "
+                        f"{axis}={out}", None)  # the planner adds the smallest input that works
+                out_hw.append(out)
+                explain.append(f"{axis}_out = ({size}−1)·{s} − 2·{p} + {d}·({k}−1) + {op} + 1 = {out}")
+            weight = (c_in, c_out // g, *kernel)
+            per_in = (c_out // g) * kernel[0] * kernel[1]
+            macs = c_in * h * w * per_in
+            params = math.prod(weight) + (c_out if self.bias else 0)
+            explain.append(
+                f"weight = in × out/groups × kh × kw = {times(weight)}; params = "
+                f"{fmt(math.prod(weight))}" + (f" + {c_out} (bias) = {fmt(params)}" if self.bias else ""))
+            explain.append(f"MACs = {c_in}×{h}×{w} inputs × {per_in} ({c_out // g}×{kernel[0]}×"
+                           f"{kernel[1]}) = {fmt(macs)}")
+            return Inferred(out=(x[0], c_out, *out_hw), weight=weight,
+                            bias=(c_out,) if self.bias else None, params=params, macs=macs,
+                            explain=explain, inferred_args={"in_channels": c_in})
+
+    return ConvTranspose2d
+
+
+def __getattr__(name: str):  # a model by its class name, defined on first use
+    return model_named(globals(), name)

@@ -16,148 +16,216 @@ from .base import (
     Probability,
     ShapeError,
     channels_arrive,
+    model_named,
+    on_first_use,
 )
 from .reshape import wrap_dim
 from .window import SAME, Whole, channel_map
 
 
-class _Elementwise(LayerSpec):
-    family = "activation"
+@on_first_use
+def _make__Elementwise():
+    class _Elementwise(LayerSpec):
+        family = "activation"
 
-    def infer(self, x: Dims, ctx: Context) -> Inferred:
-        return Inferred(out=x)
+        def infer(self, x: Dims, ctx: Context) -> Inferred:
+            return Inferred(out=x)
 
-    def axis_map(self, x: Dims, dim: int):
-        return SAME, dim  # value by value
+        def axis_map(self, x: Dims, dim: int):
+            return SAME, dim  # value by value
 
-
-class _InPlace(_Elementwise):
-    inplace: Flag = False
-
-
-class ReLU(_InPlace):
-    type: Literal["relu"]
-    torch_class = "ReLU"
-    name_prefix = "relu"
+    return _Elementwise
 
 
-class ReLU6(_InPlace):
-    type: Literal["relu6"]
-    torch_class = "ReLU6"
-    name_prefix = "relu"
+@on_first_use
+def _make__InPlace():
+    class _InPlace(_make__Elementwise()):
+        inplace: Flag = False
+
+    return _InPlace
 
 
-class LeakyReLU(_Elementwise):
-    type: Literal["leakyrelu"]
-    negative_slope: Number = 0.01
-    inplace: Flag = False
-    torch_class = "LeakyReLU"
-    name_prefix = "lrelu"
+@on_first_use
+def _make_ReLU():
+    class ReLU(_make__InPlace()):
+        type: Literal["relu"]
+        torch_class = "ReLU"
+        name_prefix = "relu"
+
+    return ReLU
 
 
-class ELU(_Elementwise):
-    type: Literal["elu"]
-    alpha: Number = 1.0
-    inplace: Flag = False
-    torch_class = "ELU"
-    name_prefix = "elu"
+@on_first_use
+def _make_ReLU6():
+    class ReLU6(_make__InPlace()):
+        type: Literal["relu6"]
+        torch_class = "ReLU6"
+        name_prefix = "relu"
+
+    return ReLU6
 
 
-class GELU(_Elementwise):
-    type: Literal["gelu"]
-    approximate: Literal["none", "tanh"] = "none"
-    torch_class = "GELU"
-    name_prefix = "gelu"
+@on_first_use
+def _make_LeakyReLU():
+    class LeakyReLU(_make__Elementwise()):
+        type: Literal["leakyrelu"]
+        negative_slope: Number = 0.01
+        inplace: Flag = False
+        torch_class = "LeakyReLU"
+        name_prefix = "lrelu"
+
+    return LeakyReLU
 
 
-class SiLU(_InPlace):
-    type: Literal["silu"]
-    torch_class = "SiLU"
-    name_prefix = "silu"
+@on_first_use
+def _make_ELU():
+    class ELU(_make__Elementwise()):
+        type: Literal["elu"]
+        alpha: Number = 1.0
+        inplace: Flag = False
+        torch_class = "ELU"
+        name_prefix = "elu"
+
+    return ELU
 
 
-class Hardswish(_InPlace):
-    type: Literal["hardswish"]
-    torch_class = "Hardswish"
-    name_prefix = "hswish"
+@on_first_use
+def _make_GELU():
+    class GELU(_make__Elementwise()):
+        type: Literal["gelu"]
+        approximate: Literal["none", "tanh"] = "none"
+        torch_class = "GELU"
+        name_prefix = "gelu"
+
+    return GELU
 
 
-class Hardsigmoid(_InPlace):
-    type: Literal["hardsigmoid"]
-    torch_class = "Hardsigmoid"
-    name_prefix = "hsigmoid"
+@on_first_use
+def _make_SiLU():
+    class SiLU(_make__InPlace()):
+        type: Literal["silu"]
+        torch_class = "SiLU"
+        name_prefix = "silu"
+
+    return SiLU
 
 
-class Mish(_InPlace):
-    type: Literal["mish"]
-    torch_class = "Mish"
-    name_prefix = "mish"
+@on_first_use
+def _make_Hardswish():
+    class Hardswish(_make__InPlace()):
+        type: Literal["hardswish"]
+        torch_class = "Hardswish"
+        name_prefix = "hswish"
+
+    return Hardswish
 
 
-class Softplus(_Elementwise):
-    type: Literal["softplus"]
-    beta: Number = 1.0
-    threshold: Number = 20.0
-    torch_class = "Softplus"
-    name_prefix = "softplus"
+@on_first_use
+def _make_Hardsigmoid():
+    class Hardsigmoid(_make__InPlace()):
+        type: Literal["hardsigmoid"]
+        torch_class = "Hardsigmoid"
+        name_prefix = "hsigmoid"
+
+    return Hardsigmoid
 
 
-class PReLU(_Elementwise):
-    """A leaky ReLU whose negative slope is learnt: one for all channels, or one per channel."""
+@on_first_use
+def _make_Mish():
+    class Mish(_make__InPlace()):
+        type: Literal["mish"]
+        torch_class = "Mish"
+        name_prefix = "mish"
 
-    type: Literal["prelu"]
-    num_parameters: PosInt = 1
-    init: Number = 0.25
-    torch_class = "PReLU"
-    name_prefix = "prelu"
-
-    def infer(self, x: Dims, ctx: Context) -> Inferred:
-        n = self.num_parameters
-        if n != 1:
-            channels = x[1] if len(x) > 1 else None
-            if channels != n:
-                where = channels_arrive(channels) if channels else "a 1-d tensor has none"
-                raise ShapeError("SC205", f"num_parameters is {n} (one per channel), but "
-                                 f"{where}", f"set num_parameters: {channels} (or 1, one slope "
-                                 "for all)" if channels else "set num_parameters: 1")
-        return Inferred(out=x, weight=(n,), params=n, explain=[f"weight [{n}] = {n} params"])
-
-    def axis_map(self, x: Dims, dim: int):
-        return channel_map(dim, "prelu") if self.num_parameters != 1 else (SAME, dim)
+    return Mish
 
 
-class Sigmoid(_Elementwise):
-    type: Literal["sigmoid"]
-    torch_class = "Sigmoid"
-    name_prefix = "sigmoid"
+@on_first_use
+def _make_Softplus():
+    class Softplus(_make__Elementwise()):
+        type: Literal["softplus"]
+        beta: Number = 1.0
+        threshold: Number = 20.0
+        torch_class = "Softplus"
+        name_prefix = "softplus"
+
+    return Softplus
 
 
-class Tanh(_Elementwise):
-    type: Literal["tanh"]
-    torch_class = "Tanh"
-    name_prefix = "tanh"
+@on_first_use
+def _make_PReLU():
+    class PReLU(_make__Elementwise()):
+        """A leaky ReLU whose negative slope is learnt: one for all channels, or one per channel."""
+
+        type: Literal["prelu"]
+        num_parameters: PosInt = 1
+        init: Number = 0.25
+        torch_class = "PReLU"
+        name_prefix = "prelu"
+
+        def infer(self, x: Dims, ctx: Context) -> Inferred:
+            n = self.num_parameters
+            if n != 1:
+                channels = x[1] if len(x) > 1 else None
+                if channels != n:
+                    where = channels_arrive(channels) if channels else "a 1-d tensor has none"
+                    raise ShapeError("SC205", f"num_parameters is {n} (one per channel), but "
+                                     f"{where}", f"set num_parameters: {channels} (or 1, one slope "
+                                     "for all)" if channels else "set num_parameters: 1")
+            return Inferred(out=x, weight=(n,), params=n, explain=[f"weight [{n}] = {n} params"])
+
+        def axis_map(self, x: Dims, dim: int):
+            return channel_map(dim, "prelu") if self.num_parameters != 1 else (SAME, dim)
+
+    return PReLU
 
 
-class Identity(_Elementwise):
-    type: Literal["identity"]
-    torch_class = "Identity"
-    family = "reshape"
-    name_prefix = "identity"
+@on_first_use
+def _make_Sigmoid():
+    class Sigmoid(_make__Elementwise()):
+        type: Literal["sigmoid"]
+        torch_class = "Sigmoid"
+        name_prefix = "sigmoid"
+
+    return Sigmoid
 
 
-class StochasticDepth(_Elementwise):
-    """Drops a whole residual branch per sample ('row') or per batch ('batch') in training
+@on_first_use
+def _make_Tanh():
+    class Tanh(_make__Elementwise()):
+        type: Literal["tanh"]
+        torch_class = "Tanh"
+        name_prefix = "tanh"
+
+    return Tanh
+
+
+@on_first_use
+def _make_Identity():
+    class Identity(_make__Elementwise()):
+        type: Literal["identity"]
+        torch_class = "Identity"
+        family = "reshape"
+        name_prefix = "identity"
+
+    return Identity
+
+
+@on_first_use
+def _make_StochasticDepth():
+    class StochasticDepth(_make__Elementwise()):
+        """Drops a whole residual branch per sample ('row') or per batch ('batch') in training
     (torchvision's StochasticDepth); the identity at plan time and in eval mode. torch.nn has no
     class for it: build writes a small module."""
 
-    type: Literal["stochasticdepth"]
-    p: Probability
-    mode: Literal["row", "batch"] = "row"
+        type: Literal["stochasticdepth"]
+        p: Probability
+        mode: Literal["row", "batch"] = "row"
 
-    family = "dropout"
-    name_prefix = "droppath"
-    helper = "StochasticDepth"
-    helper_source = '''
+        family = "dropout"
+        name_prefix = "droppath"
+        helper = "StochasticDepth"
+        helper_source = '''
 class StochasticDepth(nn.Module):
     """In training, zeroes the input of a whole sample ('row') or batch ('batch') with
     probability p and scales the rest by 1/(1−p); the identity in eval mode."""
@@ -179,77 +247,107 @@ class StochasticDepth(nn.Module):
         return x * noise
 '''
 
-    def settings(self) -> str:
-        return f"p={self.p:g} {self.mode}"
+        def settings(self) -> str:
+            return f"p={self.p:g} {self.mode}"
+
+    return StochasticDepth
 
 
-class _Dropout(_Elementwise):
-    p: Probability = 0.5
-    inplace: Flag = False
-    family = "dropout"
-    name_prefix = "dropout"
+@on_first_use
+def _make__Dropout():
+    class _Dropout(_make__Elementwise()):
+        p: Probability = 0.5
+        inplace: Flag = False
+        family = "dropout"
+        name_prefix = "dropout"
 
-    def settings(self) -> str:
-        return f"p={self.p:g}"
+        def settings(self) -> str:
+            return f"p={self.p:g}"
 
-
-class Dropout(_Dropout):
-    type: Literal["dropout"]
-    torch_class = "Dropout"
-
-
-class Dropout2d(_Dropout):
-    type: Literal["dropout2d"]
-    torch_class = "Dropout2d"
-
-    def infer(self, x: Dims, ctx: Context) -> Inferred:
-        # It zeroes whole channels (dim 1): in training torch raises on a 1-d tensor, which has
-        # none (in eval mode it passes it through, but dropout only acts in training).
-        if len(x) < 2:
-            raise ShapeError(
-                "SC209",
-                "dropout2d needs a tensor of at least 2 dims (it drops whole channels), "
-                "but a 1-d tensor arrives",
-                "flatten with start_dim: 1 (the default) keeps the batch dimension",
-            )
-        return Inferred(out=x)
+    return _Dropout
 
 
-class _Softmax(_Elementwise):
-    dim: Int | None = None
+@on_first_use
+def _make_Dropout():
+    class Dropout(_make__Dropout()):
+        type: Literal["dropout"]
+        torch_class = "Dropout"
 
-    def infer(self, x: Dims, ctx: Context) -> Inferred:
-        if self.dim is not None:
-            wrap_dim(self.dim, len(x), "dim")
+    return Dropout
+
+
+@on_first_use
+def _make_Dropout2d():
+    class Dropout2d(_make__Dropout()):
+        type: Literal["dropout2d"]
+        torch_class = "Dropout2d"
+
+        def infer(self, x: Dims, ctx: Context) -> Inferred:
+            # It zeroes whole channels (dim 1): in training torch raises on a 1-d tensor, which has
+            # none (in eval mode it passes it through, but dropout only acts in training).
+            if len(x) < 2:
+                raise ShapeError(
+                    "SC209",
+                    "dropout2d needs a tensor of at least 2 dims (it drops whole channels), "
+                    "but a 1-d tensor arrives",
+                    "flatten with start_dim: 1 (the default) keeps the batch dimension",
+                )
             return Inferred(out=x)
-        # build writes the dim torch would pick, which torch warns about choosing implicitly
-        return Inferred(out=x, inferred_args={"dim": self.implicit_dim(x)})
 
-    @staticmethod
-    def implicit_dim(x: Dims) -> int:
-        """torch's choice without a dim: 1 for a 2- or 4-d tensor, 0 for a 0-, 1- or 3-d one."""
-        return 0 if len(x) in (0, 1, 3) else 1
-
-    def settings(self) -> str:
-        return "" if self.dim is None else f"dim={self.dim}"
-
-    def axis_map(self, x: Dims, dim: int):
-        # torch's implicit dim (no dim given) is 1 for a 4-d tensor, 0 for 0-, 1- and 3-d
-        over = self.dim if self.dim is not None else self.implicit_dim(x)
-        if over % len(x) == dim:
-            return Whole(f"{self.type} normalises over this dim"), dim
-        return SAME, dim
+    return Dropout2d
 
 
-class Softmax(_Softmax):
-    type: Literal["softmax"]
-    torch_class = "Softmax"
-    name_prefix = "softmax"
-    outputs = "probabilities"
+@on_first_use
+def _make__Softmax():
+    class _Softmax(_make__Elementwise()):
+        dim: Int | None = None
+
+        def infer(self, x: Dims, ctx: Context) -> Inferred:
+            if self.dim is not None:
+                wrap_dim(self.dim, len(x), "dim")
+                return Inferred(out=x)
+            # build writes the dim torch would pick, which torch warns about choosing implicitly
+            return Inferred(out=x, inferred_args={"dim": self.implicit_dim(x)})
+
+        @staticmethod
+        def implicit_dim(x: Dims) -> int:
+            """torch's choice without a dim: 1 for a 2- or 4-d tensor, 0 for a 0-, 1- or 3-d one."""
+            return 0 if len(x) in (0, 1, 3) else 1
+
+        def settings(self) -> str:
+            return "" if self.dim is None else f"dim={self.dim}"
+
+        def axis_map(self, x: Dims, dim: int):
+            # torch's implicit dim (no dim given) is 1 for a 4-d tensor, 0 for 0-, 1- and 3-d
+            over = self.dim if self.dim is not None else self.implicit_dim(x)
+            if over % len(x) == dim:
+                return Whole(f"{self.type} normalises over this dim"), dim
+            return SAME, dim
+
+    return _Softmax
 
 
-class LogSoftmax(_Softmax):
-    type: Literal["logsoftmax"]
-    torch_class = "LogSoftmax"
-    name_prefix = "logsoftmax"
-    outputs = "log_probabilities"
+@on_first_use
+def _make_Softmax():
+    class Softmax(_make__Softmax()):
+        type: Literal["softmax"]
+        torch_class = "Softmax"
+        name_prefix = "softmax"
+        outputs = "probabilities"
+
+    return Softmax
+
+
+@on_first_use
+def _make_LogSoftmax():
+    class LogSoftmax(_make__Softmax()):
+        type: Literal["logsoftmax"]
+        torch_class = "LogSoftmax"
+        name_prefix = "logsoftmax"
+        outputs = "log_probabilities"
+
+    return LogSoftmax
+
+
+def __getattr__(name: str):  # a model by its class name, defined on first use
+    return model_named(globals(), name)
