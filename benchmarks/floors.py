@@ -203,7 +203,7 @@ def long_network(layers: int, rounds: int, folder: Path) -> list[str]:
     from pydantic import BaseModel
 
     import shapecheck
-    from shapecheck.table import render_table
+    from shapecheck.outputs.table import render_table
 
     path = specgen.write_chain(folder / "chain.yaml", layers)
     text = path.read_text(encoding="utf-8")

@@ -48,9 +48,9 @@ def main(markdown: Path | None = None, quick: bool = False) -> int:
     import torch
 
     import shapecheck
-    from shapecheck.codegen import generate_source
+    from shapecheck.core.trainspec import TrainSpec
+    from shapecheck.emit.codegen import generate_source
     from shapecheck.training import train
-    from shapecheck.trainspec import TrainSpec
 
     if not torch.cuda.is_available():
         print("benchmarks --gpu: this PyTorch sees no CUDA device; the GPU figures need one",

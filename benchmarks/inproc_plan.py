@@ -29,7 +29,7 @@ def main(argv: list[str]) -> int:
 
     t0 = now()
     import shapecheck
-    from shapecheck.table import render_table
+    from shapecheck.outputs.table import render_table
 
     record("import", t0, now())
     layers = 0

@@ -518,10 +518,10 @@ def bench_train(ctx: Context) -> Table:
     import torch
 
     import shapecheck
-    from shapecheck.codegen import generate_source
-    from shapecheck.data import load_dataset
+    from shapecheck.core.trainspec import TrainSpec
+    from shapecheck.emit.codegen import generate_source
     from shapecheck.training import train
-    from shapecheck.trainspec import TrainSpec
+    from shapecheck.training.datasets import load_dataset
 
     if ctx.threads is not None:
         torch.set_num_threads(ctx.threads)

@@ -10,6 +10,7 @@ Importing shapecheck never imports torch; build_module does, when called."""
 from __future__ import annotations
 
 import gc as _gc
+import sys as _sys
 
 __version__ = "0.1.0"
 
@@ -18,19 +19,52 @@ __version__ = "0.1.0"
 _collecting = _gc.isenabled()
 _gc.disable()
 try:
-    from .diagnostics import Diagnostic, InputError
-    from .loader import SpecError, load_spec
-    from .plan import LayerPlan, Plan
-    from .planner import plan
-    from .spec import Spec
+    from .core.diagnostics import Diagnostic, InputError
+    from .core.loader import SpecError, load_spec
+    from .core.plan import LayerPlan, Plan
+    from .core.planner import plan
+    from .core.spec import Spec
 finally:
     if _collecting:
         _gc.enable()
 
 
+class _Alias:
+    """The import paths of earlier versions, still served: ``shapecheck.layers`` is
+    ``shapecheck.core.layers`` and ``shapecheck.train`` is ``shapecheck.training``, submodules
+    included. The alias is the module itself, not a copy: one class per layer kind."""
+
+    ALIASES = {"shapecheck.layers": "shapecheck.core.layers",
+               "shapecheck.train": "shapecheck.training"}
+
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        for old, new in cls.ALIASES.items():
+            if name == old or name.startswith(old + "."):
+                from importlib.machinery import ModuleSpec
+
+                return ModuleSpec(name, cls, origin=new + name[len(old):])
+        return None
+
+    @staticmethod
+    def create_module(spec):
+        from importlib import import_module
+
+        module = import_module(spec.origin)
+        spec.loader_state = module.__spec__  # the import system writes the alias's over it
+        return module
+
+    @staticmethod
+    def exec_module(module):
+        module.__spec__ = module.__spec__.loader_state
+
+
+_sys.meta_path.insert(0, _Alias)
+
+
 def build_module(spec, **kwargs):
     """The torch.nn.Module for a spec (a Spec, path or YAML text). Imports torch."""
-    from .codegen import build_module as _build
+    from .emit.codegen import build_module as _build
 
     return _build(spec, **kwargs)
 

@@ -125,7 +125,7 @@ def _main(argv: list[str] | None) -> tuple[int, str | None]:
     """The exit code, and the command run. Whatever a command prints (paths, names from a
     spec or a dataset, argparse echoing an argument) reaches the terminal escaped: no control
     sequence from the input gets through."""
-    from .report import OUTPUT, PrintableStream
+    from .outputs.report import OUTPUT, PrintableStream
 
     # Start-up, and a run of the QUICK_EXIT commands, make many long-lived objects and no
     # garbage worth a collection; training and drawing collect as usual.
@@ -147,7 +147,7 @@ def _main(argv: list[str] | None) -> tuple[int, str | None]:
 
 
 def _parse(argv: list[str]):
-    from .report import OUTPUT
+    from .outputs.report import OUTPUT
 
     args = _plain(argv)
     if args is not None:
@@ -213,7 +213,7 @@ def _did_you_mean(word: str, choices: list[str]) -> str:
 
 def _run(args) -> int:
     from .commands import EXIT_INPUT, print_diagnostics
-    from .diagnostics import InputError, install_hint
+    from .core.diagnostics import InputError, install_hint
 
     try:
         return args.run(args)

@@ -1,4 +1,4 @@
-"""Receptive fields and accepted input sizes (shapecheck/analysis.py, shapecheck/inputsizes.py),
+"""Receptive fields and accepted input sizes (shapecheck/core/analysis.py, shapecheck/core/inputsizes.py),
 checked against the published values, against torch's own gradients, and against brute force
 with the planner and with torch."""
 
@@ -11,11 +11,11 @@ import pytest
 from conftest import SPECS
 
 import shapecheck
-from shapecheck.analysis import Field
 from shapecheck.cli import main
-from shapecheck.inputsizes import solve
-from shapecheck.layers import KINDS, Block, LayerSpec
-from shapecheck.spec import Spec
+from shapecheck.core.analysis import Field
+from shapecheck.core.inputsizes import solve
+from shapecheck.core.layers import KINDS, Block, LayerSpec
+from shapecheck.core.spec import Spec
 
 torch = pytest.importorskip("torch")
 

@@ -51,7 +51,7 @@ def _write(path: Path, text: str) -> Path:
 
 def _source(spec=LECTURE, **kwargs) -> str:
     import shapecheck
-    from shapecheck.codegen import generate_source
+    from shapecheck.emit.codegen import generate_source
 
     return generate_source(shapecheck.plan(spec, **kwargs))
 
@@ -135,7 +135,7 @@ def test_renamed_layers_are_noted(cwd, capsys):
 
 def test_big_module_is_written_with_a_note(cwd, capsys, monkeypatch):
     pytest.importorskip("torch")
-    from shapecheck import codegen
+    from shapecheck.emit import codegen
 
     monkeypatch.setattr(codegen, "available_memory", lambda: 1000)
     assert main(["build", str(LECTURE), "--no-memory-check"]) == 0  # the source allocates nothing
@@ -146,7 +146,7 @@ def test_big_module_is_written_with_a_note(cwd, capsys, monkeypatch):
 
 def test_internal_error_is_reported_not_written(cwd, capsys, monkeypatch):
     pytest.importorskip("torch")
-    from shapecheck import codegen
+    from shapecheck.emit import codegen
 
     def disagree(model, plan, generated):
         raise codegen.InternalError("layer 3 (conv2d conv2): the plan says (1,), torch gives (2,)")
@@ -240,7 +240,7 @@ def test_bad_training_values(cwd, capsys):
 
 def test_train_refuses_what_does_not_fit(cwd, capsys, monkeypatch):
     pytest.importorskip("torch")
-    from shapecheck import codegen
+    from shapecheck.emit import codegen
 
     monkeypatch.setattr(codegen, "available_memory", lambda: 1000)
     spec = _write(cwd / "small.yaml", SMALL)

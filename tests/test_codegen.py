@@ -1,4 +1,4 @@
-"""shapecheck.codegen: the emitted PyTorch source, build_module, the check against the plan, and
+"""shapecheck.emit.codegen: the emitted PyTorch source, build_module, the check against the plan, and
 that nothing a spec says can become code."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import shapecheck
-from shapecheck import codegen, pysource
-from shapecheck.codegen import (
+from shapecheck.emit import codegen, pysource
+from shapecheck.emit.codegen import (
     InternalError,
     TooLargeError,
     build_module,

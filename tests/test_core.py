@@ -13,10 +13,10 @@ import pytest
 
 import shapecheck
 from shapecheck import Spec
-from shapecheck.layers import BLOCKS, KINDS, Block
-from shapecheck.layers.conv import Conv2d
-from shapecheck.layers.elementwise import ReLU
-from shapecheck.layers.linear import Linear
+from shapecheck.core.layers import BLOCKS, KINDS, Block
+from shapecheck.core.layers.conv import Conv2d
+from shapecheck.core.layers.elementwise import ReLU
+from shapecheck.core.layers.linear import Linear
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -214,7 +214,7 @@ def test_a_module_tree_that_does_not_match_the_plan_is_an_internal_error():
     pytest.importorskip("torch")
     import torch
 
-    from shapecheck.codegen import InternalError, check_module, generate, module_from_source
+    from shapecheck.emit.codegen import InternalError, check_module, generate, module_from_source
 
     p = shapecheck.plan(ROOT / "specs" / "resnet18.yaml")
     generated = generate(p)

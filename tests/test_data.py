@@ -12,8 +12,8 @@ from pydantic import ValidationError
 
 torch = pytest.importorskip("torch")
 
-from shapecheck.data import DataError, load_dataset, load_split
-from shapecheck.trainspec import DatasetSpec, TrainSpec, apply_overrides
+from shapecheck.core.trainspec import DatasetSpec, TrainSpec, apply_overrides
+from shapecheck.training.datasets import DataError, load_dataset, load_split
 
 ROOT = Path(__file__).resolve().parent.parent
 MNIST_5K = next(
@@ -458,8 +458,8 @@ def test_loading_peaks_well_below_twice_the_float_data(tmp_path):
 
 
 def test_data_and_the_callers_needs_are_counted_against_the_memory(tmp_path):
-    from shapecheck.codegen import available_memory
-    from shapecheck.data import MemoryLimitError
+    from shapecheck.emit.codegen import available_memory
+    from shapecheck.training.datasets import MemoryLimitError
 
     available = available_memory()
     if available is None:

@@ -15,10 +15,13 @@ import yaml
 
 torch = pytest.importorskip("torch")
 
-from shapecheck import data as cls_data
 from shapecheck.cli import main
-from shapecheck.data import DataError
-from shapecheck.densedata import (
+from shapecheck.core.trainspec import AugmentSpec, DatasetSpec
+from shapecheck.training import datasets as cls_data
+from shapecheck.training.data import augment
+from shapecheck.training.datasets import DataError
+from shapecheck.training.dense import iou_of, mean_iou
+from shapecheck.training.dense_datasets import (
     IGNORE_INDEX,
     INK_THRESHOLD,
     MNIST_SEG_CLASSES,
@@ -29,9 +32,6 @@ from shapecheck.densedata import (
     mnist_seg,
     mnist_sr,
 )
-from shapecheck.training.data import augment
-from shapecheck.training.dense import iou_of, mean_iou
-from shapecheck.trainspec import AugmentSpec, DatasetSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 UNET = ROOT / "specs" / "unet_mnist.yaml"
@@ -365,8 +365,8 @@ class _CtrlCAt(TinySeg):
 
 @needs_digits
 def test_a_segmentation_run_cut_mid_epoch_resumes_exactly(tmp_path):
+    from shapecheck.core.trainspec import TrainSpec
     from shapecheck.training import train
-    from shapecheck.trainspec import TrainSpec
 
     s = TrainSpec.model_validate({
         "dataset": {"format": "mnist-seg", "train_size": 96, "test_size": 32},

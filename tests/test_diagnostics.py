@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import shapecheck
-from shapecheck.diagnostics import CODES, InputError
+from shapecheck.core.diagnostics import CODES, InputError
 
 HEAD = "input: {shape: [1, 28, 28]}\nlayers:\n"
 

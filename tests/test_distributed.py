@@ -17,7 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from shapecheck.cli import main
-from shapecheck.trainspec import TrainSpec
+from shapecheck.core.trainspec import TrainSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "specs" / "lecture_cnn.yaml"
@@ -238,8 +238,8 @@ def test_schedules_shape_the_rate():
 
 
 def test_augment_flips_and_crops_as_drawn_from_the_seed():
+    from shapecheck.core.trainspec import AugmentSpec
     from shapecheck.training.data import augment
-    from shapecheck.trainspec import AugmentSpec
 
     x = torch.arange(2 * 1 * 3 * 4, dtype=torch.float32).view(2, 1, 3, 4) + 1
     flipped = augment(x, AugmentSpec(flip=True), seed=5)
@@ -285,8 +285,8 @@ def _digit_folder(root: Path, per_class: int = 12) -> Path:
     """An image folder of real digits: per_class PNGs of each class of mnist-5k."""
     from PIL import Image
 
-    from shapecheck.data import load_split
-    from shapecheck.trainspec import DatasetSpec
+    from shapecheck.core.trainspec import DatasetSpec
+    from shapecheck.training.datasets import load_split
 
     x, y, _ = load_split(DatasetSpec(path=str(MNIST_5K)), input_shape=(1, 28, 28),
                          num_classes=10, mean=[0.0], std=[1.0], split="test")
@@ -319,7 +319,7 @@ def test_an_image_folder_streams_with_workers_as_it_trains_in_memory(tmp_path):
 def test_streaming_is_for_image_folders(tmp_path):
     import test_train as tt
 
-    from shapecheck.data import DataError
+    from shapecheck.training.datasets import DataError
 
     with pytest.raises(DataError, match="streaming .* reads image folders"):
         tt.run(tt.LectureCNN(), tt.spec(workers=1), tmp_path / "r")

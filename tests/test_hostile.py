@@ -31,9 +31,9 @@ from conftest import ROOT, SPECS
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from shapecheck import loader
 from shapecheck.cli import main
-from shapecheck.layers import KINDS
+from shapecheck.core import loader
+from shapecheck.core.layers import KINDS
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 HAVE_GRAPHVIZ = importlib.util.find_spec("graphviz") is not None
@@ -578,7 +578,7 @@ def test_huge_sizes_plan_instantly_and_exactly(tmp_path):
 
 @needs_torch
 def test_build_refuses_what_does_not_fit_before_anything_is_built(tmp_path, monkeypatch):
-    from shapecheck import codegen
+    from shapecheck.emit import codegen
 
     def never(*args, **kwargs):
         raise AssertionError("build generated or built a module that cannot fit")
@@ -603,7 +603,7 @@ def test_build_refuses_what_does_not_fit_before_anything_is_built(tmp_path, monk
 @needs_torch
 def test_build_refuses_by_the_memory_available(tmp_path, monkeypatch):
     # The replacement for a note after writing: refused, unless --no-memory-check.
-    from shapecheck import codegen
+    from shapecheck.emit import codegen
 
     monkeypatch.setattr(codegen, "available_memory", lambda: 1000)
     spec = write(tmp_path, SMALL)  # 475 parameters: 1,900 bytes
@@ -801,7 +801,7 @@ def test_paths_with_spaces_and_non_ascii_work_everywhere(tmp_path, monkeypatch):
         module_spec = importlib.util.spec_from_file_location("m", out / "mödel 模型.py")
         module_spec.loader.exec_module(importlib.util.module_from_spec(module_spec))
         # the default output name comes from the spec's stem, in the current folder
-        from shapecheck.spec import default_name
+        from shapecheck.core.spec import default_name
 
         assert assert_clean(cli("build", spec)).code == 0
         assert (tmp_path / f"{default_name(spec.stem)}_model.py").is_file()

@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 from test_hostile import assert_clean, cli
 
 import shapecheck
-from shapecheck import expressions, templates
-from shapecheck.codegen import InternalError, generate_source
 from shapecheck.commands.check import MAX_CHECKED_LAYERS
-from shapecheck.inputsizes import MAX_STEPS, solve
+from shapecheck.core import expressions, templates
+from shapecheck.core.inputsizes import MAX_STEPS, solve
+from shapecheck.emit.codegen import InternalError, generate_source
 
 LIMIT_S = 10.0  # each command, on a loaded 2-core machine; they used to run for minutes
 

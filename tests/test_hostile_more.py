@@ -23,9 +23,9 @@ from conftest import ROOT
 from test_hostile import TRACEBACK, assert_clean, cli, warm  # noqa: F401 - warm: autouse
 from test_hostile_io import IDX, _idx, _idx_folder, _image_folder, needs_dot, needs_torch
 
-from shapecheck.atomic import folder_lock, read_bounded
-from shapecheck.report import printable
-from shapecheck.table import human_bytes, human_count
+from shapecheck.core.atomic import folder_lock, read_bounded
+from shapecheck.outputs.report import printable
+from shapecheck.outputs.table import human_bytes, human_count
 
 POSIX = pytest.mark.skipif(sys.platform == "win32" or not hasattr(os, "mkfifo"),
                            reason="FIFOs, symlinks and flock are POSIX")
@@ -135,7 +135,8 @@ def test_a_new_run_never_removes_a_previous_runs_weights_unasked(tmp_path):
 
 @needs_torch
 def test_the_run_folder_rule_knows_every_file_training_writes():
-    from shapecheck import runinfo, train
+    from shapecheck import train
+    from shapecheck.training import runinfo
 
     assert runinfo.RUN_FILES == train.RUN_FILES and runinfo.RUN_FILE == train.RUN_FILE
 

@@ -327,7 +327,7 @@ def test_ranks_stop_and_release_the_folder_when_the_launcher_is_killed(tmp_path,
     checkpoint, and the folder is free."""
     from test_distributed import worker_pids
 
-    from shapecheck.atomic import folder_lock
+    from shapecheck.core.atomic import folder_lock
     from shapecheck.training.checkpoint import read_checkpoint_file
 
     sig = signal.SIGKILL if how == "SIGKILL" else signal.SIGRTMIN + 1

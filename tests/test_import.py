@@ -20,7 +20,7 @@ from shapecheck.cli import main
 
 torch = pytest.importorskip("torch")
 
-from shapecheck.codegen import generate
+from shapecheck.emit.codegen import generate
 from shapecheck.importer import MARKER, import_file
 
 ROOT = Path(__file__).resolve().parent.parent

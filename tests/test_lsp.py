@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, SPECS
 
-from shapecheck.loader import MAX_BYTES
+from shapecheck.core.loader import MAX_BYTES
 from shapecheck.lsp import features
 from shapecheck.lsp.document import Checked
-from shapecheck.table import explanation
+from shapecheck.outputs.table import explanation
 
 LECTURE = (SPECS / "lecture_cnn.yaml").read_text(encoding="utf-8")
 RESNET50 = (SPECS / "zoo" / "resnet50.yaml").read_text(encoding="utf-8")
@@ -524,7 +524,7 @@ def test_the_server_never_imports_torch(tmp_path):
     assert c.close() == 0
     c.stderr_thread.join(30)
     loaded = {line.split("|")[-1].strip() for line in c.stderr.decode().splitlines()}
-    assert {"shapecheck.lsp.server", "shapecheck.planner"} <= loaded, c.stderr[-2000:]
+    assert {"shapecheck.lsp.server", "shapecheck.core.planner"} <= loaded, c.stderr[-2000:]
     assert not {m for m in loaded if m.split(".")[0] in ("torch", "numpy", "graphviz")}
 
 

@@ -18,15 +18,15 @@ import numpy as np
 from onnx import numpy_helper
 
 from shapecheck.cli import main
-from shapecheck.codegen import build_module
-from shapecheck.onnx_export import (
+from shapecheck.core.planner import plan as make_plan
+from shapecheck.emit.codegen import build_module
+from shapecheck.emit.onnx import (
     OPSET,
     OnnxExportError,
     destination_problem,
     export_onnx,
     is_shapecheck_onnx,
 )
-from shapecheck.planner import plan as make_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"

@@ -130,7 +130,7 @@ def test_colour_never_reaches_a_pipe_nor_with_no_color(capsys, tmp_path, monkeyp
 
 
 def test_auto_colours_a_terminal_unless_term_is_dumb(tmp_path, monkeypatch):
-    from shapecheck.report import OUTPUT, colored
+    from shapecheck.outputs.report import OUTPUT, colored
 
     class Terminal:
         def isatty(self) -> bool:
@@ -217,7 +217,7 @@ def test_plan_and_check_import_only_what_they_need():
     code = ("import sys\nfrom shapecheck.cli import main\n"
             f"main(['plan', {LECTURE!r}, '-q'])\nmain(['check', {LECTURE!r}, '-q'])\n"
             "print(sorted(m for m in sys.modules if m.startswith('shapecheck.commands.')))\n"
-            "print('shapecheck.layers.norm' in sys.modules)\n")
+            "print('shapecheck.core.layers.norm' in sys.modules)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=ROOT, timeout=120, check=True)
     # only the command's module, and only the layer families the spec uses (no norm here)
@@ -227,7 +227,7 @@ def test_plan_and_check_import_only_what_they_need():
                                LECTURE, "-q"], capture_output=True, text=True, cwd=ROOT,
                               timeout=120, check=True)
         loaded = {line.split("|")[-1].strip() for line in done.stderr.splitlines()}
-        assert "shapecheck.planner" in loaded
+        assert "shapecheck.core.planner" in loaded
         assert "torch" not in loaded and "importlib.metadata" not in loaded
 
 

@@ -7,7 +7,7 @@ import re
 from conftest import ROOT
 
 from shapecheck.cli import main
-from shapecheck.diagnostics import CODES, code_table
+from shapecheck.core.diagnostics import CODES, code_table
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
@@ -65,7 +65,7 @@ def test_the_python_examples_run_and_give_what_their_comments_say(monkeypatch):
 
 def test_the_spec_format_summary_states_true_counts():
     from shapecheck import plan
-    from shapecheck.layers import KINDS
+    from shapecheck.core.layers import KINDS
 
     layer_types = sum(not kind.is_block for kind in KINDS.values())
     assert f"{layer_types} layer types" in README

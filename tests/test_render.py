@@ -15,9 +15,15 @@ from conftest import ROOT, SPECS
 
 from shapecheck.cli import main
 from shapecheck.commands.render import MARK
-from shapecheck.graph import FAILED_FILL, FAILED_LINE, SKIPPED_FILL, SKIPPED_LINE, SKIPPED_TEXT
-from shapecheck.planner import plan
-from shapecheck.table import dims
+from shapecheck.core.planner import plan
+from shapecheck.outputs.graph import (
+    FAILED_FILL,
+    FAILED_LINE,
+    SKIPPED_FILL,
+    SKIPPED_LINE,
+    SKIPPED_TEXT,
+)
+from shapecheck.outputs.table import dims
 
 pytest.importorskip("graphviz")
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot is missing")

@@ -11,7 +11,7 @@ import yaml
 from conftest import ROOT, SPECS
 
 from shapecheck.cli import main
-from shapecheck.schema import schema_text
+from shapecheck.outputs.schema import schema_text
 
 jsonschema = pytest.importorskip("jsonschema")
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 import shapecheck
-from shapecheck.codegen import generate, instantiate
+from shapecheck.emit.codegen import generate, instantiate
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 

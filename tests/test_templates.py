@@ -11,8 +11,8 @@ import pytest
 
 import shapecheck
 from shapecheck.cli import main
-from shapecheck.diagnostics import InputError
-from shapecheck.expressions import ExpressionError, evaluate, make_divisible
+from shapecheck.core.diagnostics import InputError
+from shapecheck.core.expressions import ExpressionError, evaluate, make_divisible
 
 RESNET50 = """\
 name: resnet50
@@ -416,7 +416,7 @@ def test_a_residual_activation_is_built_and_runs(tmp_path):
             activation: relu
             body: [{type: conv2d, out_channels: 4, kernel_size: 3, padding: 1}]
         """)
-    from shapecheck.codegen import generate_source
+    from shapecheck.emit.codegen import generate_source
 
     source = generate_source(shapecheck.plan(path))
     assert "activation=nn.ReLU()," in source

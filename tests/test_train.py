@@ -19,8 +19,8 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn
 
-from shapecheck.atomic import atomic_open, atomic_write
-from shapecheck.data import DataError
+from shapecheck.core.atomic import atomic_open, atomic_write
+from shapecheck.core.trainspec import DatasetSpec, TrainSpec
 from shapecheck.training import (
     METRICS_COLUMNS,
     TrainError,
@@ -29,7 +29,7 @@ from shapecheck.training import (
     select_device,
     train,
 )
-from shapecheck.trainspec import DatasetSpec, TrainSpec
+from shapecheck.training.datasets import DataError
 
 ROOT = Path(__file__).resolve().parent.parent
 MNIST_5K = next(
@@ -531,8 +531,8 @@ def test_validation_split_chooses_model_best_and_patience_stops(tmp_path):
 
 
 def test_practitioner_options_train(tmp_path):
+    from shapecheck.core.trainspec import OptimizerSpec
     from shapecheck.training.loop import _param_groups
-    from shapecheck.trainspec import OptimizerSpec
 
     s = spec(epochs=1, label_smoothing=0.1, class_weights="balanced", grad_clip=1.0,
              optimizer={"type": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True,

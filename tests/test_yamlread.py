@@ -11,9 +11,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shapecheck import yamlread
-from shapecheck.diagnostics import Diagnostic, InputError
-from shapecheck.yamlread import read
+from shapecheck.core import yamlread
+from shapecheck.core.diagnostics import Diagnostic, InputError
+from shapecheck.core.yamlread import read
 
 
 def refused(text: str) -> Diagnostic:

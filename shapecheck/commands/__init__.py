@@ -9,9 +9,9 @@ import re
 import sys
 from typing import TYPE_CHECKING
 
-from ..diagnostics import Diagnostic
-from ..layers.base import INT64_MAX
-from ..report import OUTPUT, colored, format_text, printable
+from ..core.diagnostics import Diagnostic
+from ..core.layers.base import INT64_MAX
+from ..outputs.report import OUTPUT, colored, format_text, printable
 
 if TYPE_CHECKING:  # argparse is imported where a parser is built: `plan FILE` builds none
     import argparse

@@ -38,7 +38,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..atomic import (
+from ..core.atomic import (
     LOCK_FILE,
     FolderBusyError,
     atomic_write,
@@ -47,16 +47,16 @@ from ..atomic import (
     replace_problem,
     same_file,
 )
-from ..loader import SpecError, load_spec
-from ..planner import plan as make_plan
-from ..report import printable
-from ..runinfo import run_folder_problem
-from ..spec import default_name
-from ..table import human_bytes
+from ..core.loader import SpecError, load_spec
+from ..core.planner import plan as make_plan
+from ..core.spec import default_name
+from ..outputs.report import printable
+from ..outputs.table import human_bytes
+from ..training.runinfo import run_folder_problem
 from . import EXIT_INPUT, EXIT_INVALID, EXIT_OK, add_shape_overrides, fail, print_diagnostics
 
 if TYPE_CHECKING:
-    from ..trainspec import TrainSpec
+    from ..core.trainspec import TrainSpec
 
 EXIT_INTERRUPTED = 130
 
@@ -193,7 +193,7 @@ _fail = partial(fail, "build")
 
 
 def _note(message: str) -> None:
-    from ..report import OUTPUT
+    from ..outputs.report import OUTPUT
 
     if not OUTPUT.quiet:
         print(f"note: {printable(message)}", file=sys.stderr)
@@ -212,7 +212,7 @@ def _destination(args: argparse.Namespace) -> Path | str | None:
 
 def _check_destination(out: Path, force: bool, spec: Path) -> str | None:
     """Why ``out`` cannot be written, or None."""
-    from ..codegen import is_generated
+    from ..emit.codegen import is_generated
 
     problem = replace_problem(out, force=force, ours=is_generated, inputs=[spec],
                               kind=" as a module's source")
@@ -268,7 +268,7 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(train_spec, str):
         return _fail(train_spec)
     if train_spec is not None:
-        from ..trainspec import resolve_task
+        from ..core.trainspec import resolve_task
 
         task = resolve_task(p.output_shape, p.batch, train_spec)
         if isinstance(task, str):
@@ -276,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
         # Fixed from here on: run.json and eval read the task the run trained.
         train_spec = train_spec.model_copy(update={"task": task[0]})
 
-    from ..codegen import (
+    from ..emit.codegen import (
         BuildError,
         InternalError,
         TooLargeError,
@@ -379,7 +379,7 @@ def _train_spec(spec_train: TrainSpec | None, args: argparse.Namespace) -> Train
     """The spec's train: section with the flags applied, or why it cannot train."""
     from pydantic import ValidationError
 
-    from ..trainspec import NAMED_DATASETS, apply_overrides
+    from ..core.trainspec import NAMED_DATASETS, apply_overrides
 
     data = args.data
     if data is not None and data not in NAMED_DATASETS:
@@ -480,7 +480,7 @@ def _where_data_is(train_spec: TrainSpec, spec_path: Path) -> str:
 
 
 def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
-    from ..codegen import instantiate
+    from ..emit.codegen import instantiate
     from ..training import (
         BEST_FILE,
         CURVES_FILE,

@@ -14,10 +14,10 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..diagnostics import Diagnostic, InputError
-from ..loader import MAX_LAYERS, SpecFile
-from ..planner import plan
-from ..report import format_github, printable, summary
+from ..core.diagnostics import Diagnostic, InputError
+from ..core.loader import MAX_LAYERS, SpecFile
+from ..core.planner import plan
+from ..outputs.report import format_github, printable, summary
 from . import EXIT_INPUT, EXIT_INVALID, EXIT_OK, print_diagnostics
 
 if TYPE_CHECKING:

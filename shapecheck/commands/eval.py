@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
-    from ..trainspec import NAMED_DATASETS, DatasetSpec
+    from ..core.trainspec import NAMED_DATASETS, DatasetSpec
 
     data = None
     if args.data is not None:
@@ -78,7 +78,6 @@ def run(args: argparse.Namespace) -> int:
             return _fail("bad dataset: " + "; ".join(
                 err["msg"].removeprefix("Value error, ") for err in e.errors()))
 
-    from ..runinfo import RunInfoError, load_run_info
     from ..training import (
         BEST_FILE,
         MODEL_FILE,
@@ -89,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         format_confusion,
         format_dense,
     )
+    from ..training.runinfo import RunInfoError, load_run_info
 
     try:
         load_run_info(run_dir)  # a damaged run.json is an input error (exit 2)

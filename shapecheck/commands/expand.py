@@ -9,9 +9,9 @@ from pathlib import Path
 
 import yaml
 
-from ..loader import SpecError, load_spec
-from ..report import printable
-from ..spec import Spec
+from ..core.loader import SpecError, load_spec
+from ..core.spec import Spec
+from ..outputs.report import printable
 from . import EXIT_INVALID, EXIT_OK, add_scale, print_diagnostics
 
 INDENT = "  "

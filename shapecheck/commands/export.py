@@ -20,7 +20,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from ..report import OUTPUT, printable
+from ..outputs.report import OUTPUT, printable
 from . import EXIT_OK, batch_size, fail
 
 Fail = Callable[..., int]
@@ -49,7 +49,7 @@ _fail = partial(fail, "export")
 def onnx_destination_problem(path: str, *, force: bool, inputs: list[Path]) -> str | None:
     """Why --onnx FILE cannot be written, or None. Also imports onnx, onnxruntime and
     onnxscript: a missing one is a ModuleNotFoundError before any work is done."""
-    from ..onnx_export import destination_problem, require_onnx
+    from ..emit.onnx import destination_problem, require_onnx
 
     problem = destination_problem(Path(path), force=force, inputs=inputs)
     if problem is None:
@@ -60,7 +60,7 @@ def onnx_destination_problem(path: str, *, force: bool, inputs: list[Path]) -> s
 def export_module(model, plan, generated, fail: Fail):
     """The checked OnnxModel of a module built from ``plan`` (layers named as in the spec),
     or the exit code of the failure, reported with ``fail``."""
-    from ..onnx_export import OnnxExportError, export_onnx
+    from ..emit.onnx import OnnxExportError, export_onnx
 
     layers = {generated.module_names[layer.path]: layer for layer in plan.walk()}
 
@@ -91,9 +91,9 @@ def write_onnx(exported, path: str, fail: Fail, *, stream=None) -> int:
 def export_run(run_dir: Path, path: str, fail: Fail, *, best: bool = False,
                batch: int | str = "N") -> int:
     """Export the trained module of a run folder to ``path``, checked; an exit code."""
-    from ..onnx_export import OnnxExportError, export_onnx
-    from ..runinfo import RunInfoError, load_run_info
+    from ..emit.onnx import OnnxExportError, export_onnx
     from ..training import BEST_FILE, MODEL_FILE, RunFolderError, load_run_module
+    from ..training.runinfo import RunInfoError, load_run_info
 
     try:
         info = load_run_info(run_dir)
@@ -117,7 +117,7 @@ def export_run(run_dir: Path, path: str, fail: Fail, *, best: bool = False,
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..runinfo import RUN_FILES
+    from ..training.runinfo import RUN_FILES
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():

@@ -19,7 +19,7 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from ..atomic import atomic_write, folder_problem, replace_problem
+from ..core.atomic import atomic_write, folder_problem, replace_problem
 from . import EXIT_INVALID, EXIT_OK, fail, input_shape
 
 
@@ -57,9 +57,9 @@ def _is_imported(path: Path) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..core.spec import default_name
     from ..importer import ImportFailure, ImportMismatch, import_file
     from ..importer.loading import parse_target
-    from ..spec import default_name
 
     try:
         path, name = parse_target(args.target)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..diagnostics import InputError
-from ..plan import Plan
-from ..planner import plan
-from ..spec import default_name
-from ..table import render_table
+from ..core.diagnostics import InputError
+from ..core.plan import Plan
+from ..core.planner import plan
+from ..core.spec import default_name
+from ..outputs.table import render_table
 from . import EXIT_INPUT, add_shape_overrides, depth, exit_code, print_diagnostics
 
 if TYPE_CHECKING:

@@ -22,10 +22,10 @@ import zlib
 from functools import partial
 from pathlib import Path
 
-from ..atomic import atomic_write, folder_problem, replace_problem
-from ..diagnostics import install_hint
-from ..planner import plan
-from ..report import printable
+from ..core.atomic import atomic_write, folder_problem, replace_problem
+from ..core.diagnostics import install_hint
+from ..core.planner import plan
+from ..outputs.report import printable
 from . import EXIT_INPUT, add_shape_overrides, depth, exit_code, fail, print_diagnostics
 
 FORMATS = ["svg", "png", "pdf", "dot", "html"]
@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
         import graphviz  # noqa: F401 - graph.py builds the DOT source with it
     except ImportError:
         return _fail(f"drawing needs the graphviz package: {install_hint('render')}")
-    from ..graph import diagram
+    from ..outputs.graph import diagram
 
     p = plan(Path(args.spec), batch=args.batch, input_shape=args.input, scale=args.scale)
     print_diagnostics(p.diagnostics, strict=args.strict)
@@ -231,7 +231,7 @@ _SHRUNK = re.compile(r"too large for cairo-renderer bitmaps\. Scaling by ([0-9.]
 def _html(p, g, out: Path, code: int, args: argparse.Namespace) -> int:
     """One self-contained page, the diagram inline as SVG; without dot, or for a diagram over
     dot's budget, the page has none and says why."""
-    from ..htmlreport import render_html
+    from ..outputs.html import render_html
 
     svg, why = None, None
     dot = shutil.which("dot")

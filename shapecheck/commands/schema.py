@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..schema import schema_text
+    from ..outputs.schema import schema_text
 
     sys.stdout.write(schema_text())
     return EXIT_OK

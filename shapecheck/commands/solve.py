@@ -6,11 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
-from ..diagnostics import Diagnostic, InputError
-from ..inputsizes import TooCostly, Unsolvable, describe, solve
-from ..planner import plan
-from ..report import printable
-from ..spec import default_name
+from ..core.diagnostics import Diagnostic, InputError
+from ..core.inputsizes import TooCostly, Unsolvable, describe, solve
+from ..core.planner import plan
+from ..core.spec import default_name
+from ..outputs.report import printable
 from . import EXIT_INPUT, EXIT_INVALID, EXIT_OK, add_shape_overrides, print_diagnostics
 
 MAX_UPTO = 1_000_000  # the sizes --upto lists: a longer list is a document nobody reads

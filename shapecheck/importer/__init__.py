@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..plan import Plan, with_batch
-from ..spec import default_name
+from ..core.plan import Plan, with_batch
+from ..core.spec import default_name
 from .steps import ImportFailure
 from .structure import Leaf, Nest, flatten, nest
 from .templating import make_templates
@@ -54,7 +54,7 @@ def import_model(model, input_shape: tuple[int, int, int], *, name: str = "net",
                  origin: str = "a module", use_templates: bool = True) -> Imported:
     """The spec of an nn.Module (best on the meta device) traced at ``input_shape``; blocks it
     repeats become templates unless ``use_templates`` is false."""
-    from ..planner import plan as make_plan
+    from ..core.planner import plan as make_plan
     from .trace import BATCH, trace
 
     model.eval()  # the network as it is used: no training-only branches

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..layers import KINDS, LayerSpec
+from ..core.layers import KINDS, LayerSpec
 
 # Fields the planner infers from the tensor that arrives (docs/spec.md).
 INFERRED = frozenset({"in_channels", "in_features", "num_features", "num_channels"})

@@ -225,7 +225,7 @@ def _nest(type_name: str, branches: list, join: Step) -> Nest:
 
 def _with_activation(graph: _Graph, block: Nest, region: set[Step]) -> tuple[Nest, Step]:
     """A residual whose add only feeds a plain activation takes it as its ``activation``."""
-    from ..layers import KINDS
+    from ..core.layers import KINDS
 
     users = graph.users(block.step)
     if len(users) == 1 and users[0] in region and users[0].kind == LAYER:

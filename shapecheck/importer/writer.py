@@ -7,7 +7,7 @@ from __future__ import annotations
 import yaml
 
 from .. import __version__
-from ..report import printable
+from ..outputs.report import printable
 from .steps import Source
 from .structure import Leaf, Nest, Use
 

@@ -11,12 +11,12 @@ import time
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from ..diagnostics import Diagnostic, InputError
-from ..layers.base import Origin
-from ..loader import SpecError, parse
-from ..plan import LayerPlan, Plan
-from ..planner import plan
-from ..spec import Spec
+from ..core.diagnostics import Diagnostic, InputError
+from ..core.layers.base import Origin
+from ..core.loader import SpecError, parse
+from ..core.plan import LayerPlan, Plan
+from ..core.planner import plan
+from ..core.spec import Spec
 
 # The line breaks of the protocol (and of YAML's common texts): \n, \r\n and \r.
 LINE_BREAK = re.compile(r"\r\n|\r|\n")
@@ -64,8 +64,8 @@ class Checked:
     def yaml(self) -> tuple[object, dict] | None:
         """(data, {YAML location: (1-based line, column)}) of the raw text, read again on
         first use (hover, go to definition, code actions); None where it is not YAML."""
-        from .. import yamlread
-        from ..loader import MAX_BYTES
+        from ..core import yamlread
+        from ..core.loader import MAX_BYTES
 
         if len(self.text) > MAX_BYTES or any(d.code == "SC004" for d in self.diagnostics):
             return None  # refused by the check (too large, too many layers): not read twice

@@ -11,11 +11,11 @@ import re
 from dataclasses import dataclass, replace
 from functools import cache
 
-from ..diagnostics import WARNING_CODES, Diagnostic
-from ..layers import KINDS, normalize_type
-from ..plan import LayerPlan
-from ..table import dims, explanation
-from ..templates import USE_KEYS
+from ..core.diagnostics import WARNING_CODES, Diagnostic
+from ..core.layers import KINDS, normalize_type
+from ..core.plan import LayerPlan
+from ..core.templates import USE_KEYS
+from ..outputs.table import dims, explanation
 from .document import LINE_BREAK, Checked, Entry
 
 Range = tuple[int, int, int, int]  # start line, start column, end line, end column
@@ -343,7 +343,7 @@ def completions(text: str, line: int, character: int, known: Checked | None) -> 
         return [replace(c, insert=f" {c.insert}") for c in values] if prefix.endswith(":") \
             else values
     if section == "ignore":
-        from ..diagnostics import CODES
+        from ..core.diagnostics import CODES
 
         return [Completion(code, "code", CODES[code], code) for code in WARNING_CODES]
     if re.fullmatch(r"\w*", prefix):
@@ -354,11 +354,11 @@ def completions(text: str, line: int, character: int, known: Checked | None) -> 
         return []
     keys, kind, template = _entry_keys(lines, line, prefix)
     if section == "input" and kind is None and template is None:
-        from ..spec import InputSpec
+        from ..core.spec import InputSpec
 
         return [c for c in _model_fields(InputSpec) if c.label not in keys]
     if section == "train" and kind is None and _indent(prefix) == 2:
-        from ..trainspec import TrainSpec
+        from ..core.trainspec import TrainSpec
 
         return [c for c in _model_fields(TrainSpec) if c.label not in keys]
     if section not in ("layers", "templates"):

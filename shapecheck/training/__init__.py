@@ -48,23 +48,29 @@ keeping the last saved checkpoint.
 one passed in), loads ``model.pt`` and scores it with the run's normalisation.
 """
 
-from shapecheck.data import DataError, MemoryLimitError
+from importlib import import_module
 
-from .base import RunFolderError, TrainError, default_loss, select_device
-from .evaluate import EvalResult, evaluate, format_confusion, format_dense, load_run_module
-from .loop import train
-from .runfolder import (
-    BEST_FILE,
-    CHECKPOINT_FILE,
-    CURVES_FILE,
-    METRICS_COLUMNS,
-    METRICS_FILE,
-    MODEL_FILE,
-    RUN_FILE,
-    SOURCE_FILE,
-    EpochMetrics,
-    TrainResult,
-)
+# Each public name and the module that holds it, imported on first use: the run folder's files
+# are read (runinfo) where torch is not installed, so importing this package imports no torch.
+_WHERE = {
+    **dict.fromkeys(["RunFolderError", "TrainError", "default_loss", "select_device"], "base"),
+    **dict.fromkeys(["DataError", "MemoryLimitError"], "datasets"),
+    **dict.fromkeys(["EvalResult", "evaluate", "format_confusion", "format_dense",
+                     "load_run_module"], "evaluate"),
+    "train": "loop",
+    **dict.fromkeys(["BEST_FILE", "CHECKPOINT_FILE", "CURVES_FILE", "METRICS_COLUMNS",
+                     "METRICS_FILE", "MODEL_FILE", "RUN_FILE", "RUN_FILES", "SOURCE_FILE",
+                     "EpochMetrics", "TrainResult"], "runfolder"),
+}
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "BEST_FILE",

@@ -26,8 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from shapecheck.trainspec import TrainSpec
-
+from ..core.trainspec import TrainSpec
 from .base import RunFolderError
 from .runfolder import CHECKPOINT_VERSION, _load_tensors
 

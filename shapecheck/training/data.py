@@ -11,10 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from shapecheck.data import list_folder, read_image, resolve_path
-from shapecheck.trainspec import AugmentSpec, DatasetSpec, TrainSpec
-
+from ..core.trainspec import AugmentSpec, DatasetSpec, TrainSpec
 from .base import TrainError, _rng_state, _set_rng_state
+from .datasets import list_folder, read_image, resolve_path
 
 
 def _class_weights(spec: TrainSpec, y: torch.Tensor, num_classes: int) -> torch.Tensor | None:
@@ -22,7 +21,7 @@ def _class_weights(spec: TrainSpec, y: torch.Tensor, num_classes: int) -> torch.
     if w is None:
         return None
     if w == "balanced":
-        from shapecheck.densedata import IGNORE_INDEX
+        from .dense_datasets import IGNORE_INDEX
 
         y = y[y != IGNORE_INDEX] if y.ndim > 1 else y  # a mask's pixels, the ignored left out
         # As scikit-learn's "balanced": n / (classes * count); an absent class weighs 0.
@@ -264,7 +263,7 @@ def augment(xb: torch.Tensor, spec: AugmentSpec, seed: int,
         dx = torch.randint(0, 2 * p + 1, (b, 1), generator=g)
         xb = _crop(xb, p, dy, dx)
         if yb is not None:
-            from shapecheck.densedata import IGNORE_INDEX
+            from .dense_datasets import IGNORE_INDEX
 
             mask = yb.ndim == 3
             y4 = yb[:, None] if mask else yb

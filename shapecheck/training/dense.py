@@ -18,9 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shapecheck.atomic import atomic_open
-from shapecheck.densedata import IGNORE_INDEX
-
+from ..core.atomic import atomic_open
+from .dense_datasets import IGNORE_INDEX
 from .distributed import World
 
 PREDICTIONS_FILE = "predictions.png"

@@ -11,15 +11,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from shapecheck.data import load_split, resolve_path
-from shapecheck.report import printable
-from shapecheck.runinfo import load_run_info
-from shapecheck.trainspec import DatasetSpec
-
+from ..core.trainspec import DatasetSpec
+from ..outputs.report import printable
 from .base import RunFolderError, TrainError, _predict, select_device
 from .data import _check_output
+from .datasets import load_split, resolve_path
 from .dense import DenseScore, format_iou, score_dense, write_predictions
 from .runfolder import BEST_FILE, METRICS_FILE, MODEL_FILE, RUN_FILE, SOURCE_FILE, _load_tensors
+from .runinfo import load_run_info
 
 
 @dataclass
@@ -171,7 +170,7 @@ def evaluate(
 def _evaluate_dense(module: nn.Module, info: dict[str, Any], data: DatasetSpec,
                     base_dir: Path | None, split: str, device: str, batch_size: int,
                     predictions: Path | None, note: str) -> EvalResult:
-    from shapecheck.densedata import Target, load_dense_split
+    from .dense_datasets import Target, load_dense_split
 
     task, shape = info["task"], info.get("output_shape")
     if not shape:

@@ -23,9 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from shapecheck.runinfo import RUN_MARK, run_folder_problem
-from shapecheck.trainspec import TrainSpec
-
+from ..core.trainspec import TrainSpec
 from .base import (
     RunFolderError,
     TrainError,
@@ -74,6 +72,7 @@ from .runfolder import (
     open_folder,
     start_afresh,
 )
+from .runinfo import RUN_MARK, run_folder_problem
 from .setup import (
     Precision,
     Run,

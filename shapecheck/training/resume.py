@@ -12,8 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from shapecheck.trainspec import TrainSpec
-
+from ..core.trainspec import TrainSpec
 from .base import RunFolderError, _plural, _set_rng_state
 from .checkpoint import read_checkpoint_file
 from .runfolder import CHECKPOINT_FILE, EpochMetrics, _architecture_diff

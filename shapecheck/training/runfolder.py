@@ -15,9 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from shapecheck.atomic import atomic_open, atomic_write, check_regular, temp_name_prefix
-from shapecheck.trainspec import TrainSpec
-
+from ..core.atomic import atomic_open, atomic_write, check_regular, temp_name_prefix
+from ..core.trainspec import TrainSpec
 from .base import RunFolderError, TrainError
 
 MODEL_FILE = "model.pt"

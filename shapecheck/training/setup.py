@@ -14,11 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from shapecheck.data import MemoryLimitError, load_dataset
-from shapecheck.trainspec import OptimizerSpec, TrainSpec, resolve_task
-
+from ..core.trainspec import OptimizerSpec, TrainSpec, resolve_task
 from .base import TrainError, _last_layer, default_loss, select_device
 from .data import stream_folder
+from .datasets import MemoryLimitError, load_dataset
 from .distributed import World, backend_for
 from .distributed import setup as join_world
 from .runfolder import EpochMetrics, _tensorboard_available
@@ -172,7 +171,7 @@ def read_data(module: nn.Module, spec: TrainSpec, *, input_shape: tuple[int, int
     """The dataset, in memory or streamed, with its notes said."""
     assert spec.dataset is not None
     if task != "classify":
-        from shapecheck.densedata import Target, load_dense
+        from .dense_datasets import Target, load_dense
 
         assert output_shape is not None and len(output_shape) == 3
         param_bytes = sum(p.numel() * p.element_size() for p in module.parameters())

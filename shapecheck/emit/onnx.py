@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .atomic import atomic_write, folder_problem, replace_problem
-from .diagnostics import install_hint
+from .. import __version__
+from ..core.atomic import atomic_write, folder_problem, replace_problem
+from ..core.diagnostics import install_hint
 
 __all__ = [
     "INSTALL",

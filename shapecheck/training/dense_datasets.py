@@ -38,9 +38,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shapecheck import data as cls_data
-from shapecheck.data import DataError, Dataset, _Raw
-from shapecheck.trainspec import DatasetSpec
+from ..core.trainspec import DatasetSpec
+from . import datasets as cls_data
+from .datasets import DataError, Dataset, _Raw
 
 IGNORE_INDEX = 255
 INK_THRESHOLD = 128  # of 255: a digit's pixel at half intensity or more is ink

@@ -29,15 +29,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core.expressions import FUNCTIONS as EXPRESSION_FUNCTIONS
+from ..core.expressions import ExpressionError, evaluate, parse_expression, variable_name
+from ..core.templates import template_class
 from . import pysource as src
-from .expressions import FUNCTIONS as EXPRESSION_FUNCTIONS
-from .expressions import (
-    ExpressionError,
-    evaluate,
-    parse_expression,
-    variable_name,
-)
-from .templates import template_class
 
 MISSING = object()  # no value: a repeat that an instance does not have
 # Constructor arguments that carry the channels (or features) flowing through a class, which

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shapecheck.atomic import check_regular, read_bounded
-from shapecheck.diagnostics import install_hint
-from shapecheck.trainspec import DatasetSpec
+from ..core.atomic import check_regular, read_bounded
+from ..core.diagnostics import install_hint
+from ..core.trainspec import DatasetSpec
 
 __all__ = [
     "SPLITS",
@@ -496,7 +496,7 @@ def _nbytes(raw: _Raw, shape: tuple[int, int, int]) -> int:
 
 def _check_fits(splits: list[_Raw], shape: tuple[int, int, int], extra: int, what: str) -> None:
     """Refuse, before converting anything, data (plus ``extra``) that would not fit."""
-    from shapecheck.codegen import available_memory
+    from ..emit.codegen import available_memory
 
     data = sum(_nbytes(r, shape) for r in splits)
     available = available_memory()
@@ -717,7 +717,7 @@ def _read_bytes(p: Path) -> bytes:
 def _max_bytes() -> int:
     """The most bytes one dataset file (or synthetic data) may hold: the memory available
     (16 GiB where that cannot be told)."""
-    from shapecheck.codegen import available_memory
+    from ..emit.codegen import available_memory
 
     return available_memory() or 16 * 2**30
 

@@ -13,8 +13,8 @@ import html
 import json
 import re
 
-from .analysis import field_text
-from .plan import Plan
+from ..core.analysis import field_text
+from ..core.plan import Plan
 from .table import HEADERS, _cells, _rows, _totals, explanation
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .analysis import field_text
-from .plan import LayerPlan, Plan
+from ..core.analysis import field_text
+from ..core.plan import LayerPlan, Plan
 from .report import printable
 
 HEADERS = ["#", "name", "type", "output shape", "weight", "bias", "params", "MACs"]

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .diagnostics import WARNING_CODES
-from .layers import KINDS
-from .layers.base import anycase
+from ..core.diagnostics import WARNING_CODES
+from ..core.layers import KINDS
+from ..core.layers.base import anycase
 
 SCHEMA_ID = "https://shapecheck.invalid/shapecheck.schema.json"  # a name, never fetched
 
@@ -94,8 +94,8 @@ def _bare_names() -> list[str]:
 
 
 def spec_schema() -> dict[str, Any]:
-    from .spec import InputSpec
-    from .trainspec import TrainSpec
+    from ..core.spec import InputSpec
+    from ..core.trainspec import TrainSpec
 
     names = "|".join(anycase(n) for n in KINDS)
     bare = "|".join(anycase(n) for n in _bare_names())

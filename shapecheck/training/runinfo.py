@@ -30,8 +30,8 @@ from pydantic import (
     model_validator,
 )
 
-from .atomic import LOCK_FILE, read_bounded, temp_name_prefix
-from .trainspec import FLOAT32_MAX, INT64_MAX, DatasetSpec, LossName, TaskName
+from ..core.atomic import LOCK_FILE, read_bounded, temp_name_prefix
+from ..core.trainspec import FLOAT32_MAX, INT64_MAX, DatasetSpec, LossName, TaskName
 
 __all__ = ["RUN_FILE", "RunInfo", "RunInfoError", "load_run_info", "previous_run_problem",
            "run_folder_problem"]

@@ -39,15 +39,15 @@ import re
 import types
 from dataclasses import dataclass, field
 
-from . import __version__
+from .. import __version__
+from ..core.expressions import make_divisible
+from ..core.layers import KINDS
+from ..core.loader import SpecError
+from ..core.plan import BYTES_PER_VALUE, Plan, with_batch
+from ..core.planner import plan as make_plan
+from ..core.spec import Spec
 from . import pysource as src
-from .expressions import make_divisible
-from .layers import KINDS
-from .loader import SpecError
-from .plan import BYTES_PER_VALUE, Plan, with_batch
-from .planner import plan as make_plan
 from .pysource import INDENT, LINE_LENGTH, comment_text, docstring_text
-from .spec import Spec
 
 __all__ = [
     "MARKER",

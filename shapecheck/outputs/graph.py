@@ -21,9 +21,9 @@ import re
 import textwrap
 from typing import TYPE_CHECKING
 
-from .diagnostics import Diagnostic
-from .layers import BLOCKS
-from .plan import LayerPlan, Plan
+from ..core.diagnostics import Diagnostic
+from ..core.layers import BLOCKS
+from ..core.plan import LayerPlan, Plan
 from .table import dims, human_count
 
 if TYPE_CHECKING:

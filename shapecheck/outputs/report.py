@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import re
 
-from .diagnostics import Diagnostic
+from ..core.diagnostics import Diagnostic
 
 # Characters that act on a terminal or reorder what it shows, instead of being shown: the C0
 # and C1 controls (ESC starts screen-clearing, colour and OSC-8 hyperlink sequences; a newline
