@@ -29,17 +29,17 @@ finally:
         _gc.enable()
 
 
-class _Alias:
-    """The import paths of earlier versions, still served: ``shapecheck.layers`` is
-    ``shapecheck.core.layers`` and ``shapecheck.train`` is ``shapecheck.training``, submodules
-    included. The alias is the module itself, not a copy: one class per layer kind."""
+# The import paths of earlier versions, still served, submodules included.
+_ALIASES = {"shapecheck.layers": "shapecheck.core.layers", "shapecheck.train": "shapecheck.training"}
 
-    ALIASES = {"shapecheck.layers": "shapecheck.core.layers",
-               "shapecheck.train": "shapecheck.training"}
+
+class _Alias:
+    """Finds and loads an old import path as the module that now holds it: the module itself,
+    not a copy, so there is one class per layer kind."""
 
     @classmethod
     def find_spec(cls, name, path=None, target=None):
-        for old, new in cls.ALIASES.items():
+        for old, new in _ALIASES.items():
             if name == old or name.startswith(old + "."):
                 from importlib.machinery import ModuleSpec
 

@@ -147,11 +147,12 @@ def test_the_core_stays_free_of_torch():
 def test_the_import_paths_of_earlier_versions_still_work():
     """Users wrote `from shapecheck.layers.conv import Conv2d` and `from shapecheck.train
     import train`: the same objects as in their new places, not copies."""
-    import shapecheck.core.layers.conv as conv
-    import shapecheck.training.loop as loop
     from shapecheck.layers import KINDS
     from shapecheck.layers.conv import Conv2d
     from shapecheck.train import RUN_FILES, train
+
+    from shapecheck.core.layers import conv
+    from shapecheck.training import loop
 
     assert Conv2d is conv.Conv2d and KINDS["conv2d"] is conv.Conv2d
     assert train is loop.train and "run.json" in RUN_FILES
