@@ -40,6 +40,12 @@ needs_digits = pytest.mark.skipif(not (SHIPPED_DIGITS / "train-images-idx3-ubyte
                                   reason="examples/data/mnist-5k is missing")
 SEG = Target("segment", (11, 28, 28))
 
+
+def test_the_shipped_digits_are_found_beside_the_package():
+    """In a checkout the package finds the repository's digits, which the tests below need."""
+    assert SHIPPED_DIGITS == ROOT / "examples" / "data" / "mnist-5k"
+    assert (SHIPPED_DIGITS / "train-images-idx3-ubyte.gz").exists()
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

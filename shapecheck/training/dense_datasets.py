@@ -47,7 +47,7 @@ INK_THRESHOLD = 128  # of 255: a digit's pixel at half intensity or more is ink
 SR_FACTOR = 2
 MNIST_SEG_CLASSES = ["background"] + [f"digit {d}" for d in range(10)]
 # The shipped digits, beside the package in a source checkout.
-SHIPPED_DIGITS = Path(__file__).resolve().parent.parent / "examples" / "data" / "mnist-5k"
+SHIPPED_DIGITS = Path(__file__).resolve().parents[2] / "examples" / "data" / "mnist-5k"
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
