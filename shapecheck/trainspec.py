@@ -26,6 +26,7 @@ also come from the command line (``apply_overrides``).
       scheduler: {type: cosine, warmup_epochs: 1, min_lr: 0.0}   # or step (step_size, gamma)
       workers: null                # image folders: stream from disk with N reader processes
       augment: {crop_padding: 4, flip: true}   # random crops and mirror images while training
+      checkpoint_every: null       # N: also checkpoint every N optimizer steps, mid-epoch
 
 Datasets (``format``; left out, it is detected from ``path``):
 
@@ -314,6 +315,9 @@ class TrainSpec(BaseModel):
     # (0: by the training process). Left out, the images are held in memory.
     workers: NonNegativeInt | None = None
     augment: AugmentSpec | None = None
+    # Also save an exact checkpoint every this many optimizer steps (counted over the run),
+    # for epochs too long to lose to a kill.
+    checkpoint_every: PositiveInt | None = None
 
     @field_validator("precision", mode="before")
     @classmethod

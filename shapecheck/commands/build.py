@@ -20,8 +20,8 @@ tensors are larger than torch can address), it cannot be trained (its output is 
 (N, classes) nor (N, K, H, W), or not what train.task asks), training failed (a NaN loss, a
 checkpoint of another architecture, no such device) or shapecheck found an internal error; 2 usage or input error (no such spec, a file
 that is not ours in the way, a bad flag value, no dataset, a dataset that cannot be read or does
-not fit the spec, a run folder that cannot be written); 130 interrupted (training keeps a
-checkpoint: continue with --resume).
+not fit the spec, a run folder that cannot be written); 130 interrupted by Ctrl-C, 143 stopped
+by SIGTERM, 138 by SIGUSR1 (training keeps an exact checkpoint: continue with --resume).
 torch is imported only when the command runs."""
 
 from __future__ import annotations
@@ -521,8 +521,9 @@ def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
     except FolderBusyError as e:
         return _fail(f"the run folder {out_dir} is {e.strerror}; wait for it to finish, or give "
                      "another --out")
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as e:
+        # Ctrl-C 130; SIGTERM 143 and SIGUSR1 138, as a process those signals killed.
+        return 128 + getattr(e, "signum", EXIT_INTERRUPTED - 128)
     except MemoryLimitError as e:
         return _fail(str(e), EXIT_INVALID) if main else EXIT_INVALID
     except DataError as e:

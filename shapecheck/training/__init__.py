@@ -39,10 +39,11 @@ the position inside the epoch, so with the same spec (and the same number of
 threads) it ends with the same weights as a run that was never stopped. A
 resume mid-epoch refuses a change of seed, batch size, drop_last or dataset
 (the rest of the epoch could not be replayed); at an epoch boundary the change
-applies from the next epoch and is named. Ctrl-C is caught between steps: the
-current position is saved (an exact mid-epoch checkpoint) and KeyboardInterrupt
-is raised again for the caller to exit 130; a second Ctrl-C stops at once,
-keeping the last saved checkpoint.
+applies from the next epoch and is named. Ctrl-C, SIGTERM and SIGUSR1 are caught
+between steps: the current position is saved (an exact mid-epoch checkpoint) and
+``loop.Stopped`` (a KeyboardInterrupt naming the signal) is raised for the caller
+to exit 128 + the signal; a second one stops at once, keeping the last saved
+checkpoint. ``checkpoint_every: N`` saves the same every N optimizer steps.
 
 ``evaluate()`` rebuilds the module from the run folder's ``model.py`` (or takes
 one passed in), loads ``model.pt`` and scores it with the run's normalisation.

@@ -95,11 +95,27 @@ def _params_finite(module: nn.Module) -> bool:
                if t.is_floating_point())
 
 
+# The signals that stop a run at the next step with an exact checkpoint: Ctrl-C, a
+# scheduler's or launcher's SIGTERM, and SIGUSR1, which SLURM sends before its time limit.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1")
+                     if hasattr(signal, name))
+
+
+class Stopped(KeyboardInterrupt):
+    """The run stopped on a signal after saving its checkpoint; ``signum`` says which
+    (the command exits 128 + signum, as a process killed by it would)."""
+
+    def __init__(self, signum: int = signal.SIGINT) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+
+
 class _InterruptFlag:
-    """Turns the first Ctrl-C into a flag the loop checks between steps."""
+    """Turns the first stop signal into a flag the loop checks between steps."""
 
     def __init__(self, distributed: bool = False) -> None:
         self.set = False
+        self.signum: int | None = None
         self._old: dict[int, Any] = {}
         # A distributed rank gets Ctrl-C twice (from the terminal and passed on by the
         # launcher), and SIGTERM when the launcher stops it: neither may cut the checkpoint
@@ -108,17 +124,20 @@ class _InterruptFlag:
 
     def __enter__(self) -> _InterruptFlag:  # noqa: PYI034
         if threading.current_thread() is threading.main_thread():
-            sigs = [signal.SIGINT] + ([signal.SIGTERM] if self._distributed else [])
-            for sig in sigs:
+            for sig in STOP_SIGNALS:
                 old = signal.getsignal(sig)
                 if old is not signal.SIG_IGN:
                     self._old[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.set and not self._distributed:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
+        if self.set and not self._distributed:  # a second signal: stop now
+            raise Stopped(signum)
         self.set = True
+        self.signum = self.signum or signum
+
+    def stopped(self) -> Stopped:
+        return Stopped(self.signum or signal.SIGINT)
 
     def __exit__(self, *exc: object) -> None:
         for sig, old in self._old.items():
@@ -247,7 +266,8 @@ def train(
     Raises DataError (the data cannot be read or does not fit the spec; a
     MemoryLimitError when it does not fit in memory), TrainError (no dataset, no
     device, a bad resume, the model's output or a batch does not fit, a NaN/inf
-    loss), and KeyboardInterrupt after saving a checkpoint on Ctrl-C.
+    loss), and Stopped (a KeyboardInterrupt) after saving a checkpoint on Ctrl-C, SIGTERM
+    or SIGUSR1.
 
     ``threads`` sets torch's intra-op threads for the run. Under torchrun (``WORLD_SIZE``
     in the environment) each process trains its share with DistributedDataParallel
@@ -533,10 +553,10 @@ class _Loop:
                     f"{self.best_epoch}, is in {BEST_FILE}")
             return True
         if world.any(self.interrupt.set):
-            run.log(f"interrupted after epoch {epoch + 1}; checkpoint saved in {run.out} "
-                    "(continue with --resume)")
+            run.log(f"{self._stopped_by()} after epoch {epoch + 1}; checkpoint saved in "
+                    f"{run.out} (continue with --resume)")
             self.saved = True
-            raise KeyboardInterrupt
+            raise self.interrupt.stopped()
         return False
 
     def _sums_at_start(self, epoch: int) -> tuple[_Running, int, float]:
@@ -573,6 +593,9 @@ class _Loop:
             seen_here += global_size
             if world.any(self.interrupt.set):
                 self._stop_mid_epoch(epoch, step, sums, before_s, t_epoch)
+            every = run.spec.checkpoint_every
+            if every and (epoch * steps + step + 1) % every == 0 and step + 1 < steps:
+                self._periodic_checkpoint(epoch, step, sums, before_s, t_epoch)
             draw = self.show.enabled and (step + 1 == steps
                                           or time.perf_counter() >= next_draw)
             due = step + 1 >= next_check
@@ -667,8 +690,8 @@ class _Loop:
 
     def _stop_mid_epoch(self, epoch: int, step: int, sums: _Running, before_s: float,
                         t_epoch: float) -> None:
-        """Ctrl-C between two steps: an exact checkpoint of this position, then
-        KeyboardInterrupt."""
+        """A stop signal between two steps: an exact checkpoint of this position, then
+        Stopped."""
         run = self.run
         self._raise_if_nan(sums, epoch)
         if not _params_finite(run.module):
@@ -676,10 +699,22 @@ class _Loop:
                              f"stopped. {_capital(run.last_good())}")
         self._checkpoint(epoch, step + 1, sums, before_s + time.perf_counter() - t_epoch)
         self.show.clear()
-        run.log(f"interrupted at epoch {epoch + 1}, step {step + 1}/{run.steps}; "
+        run.log(f"{self._stopped_by()} at epoch {epoch + 1}, step {step + 1}/{run.steps}; "
                 f"checkpoint saved in {run.out} (continue with --resume)")
         self.saved = True
-        raise KeyboardInterrupt
+        raise self.interrupt.stopped()
+
+    def _stopped_by(self) -> str:
+        signum = self.interrupt.signum
+        if signum is None or signum == signal.SIGINT:
+            return "interrupted"
+        return f"stopped by {signal.Signals(signum).name}"
+
+    def _periodic_checkpoint(self, epoch: int, step: int, sums: _Running, before_s: float,
+                             t_epoch: float) -> None:
+        """checkpoint_every: an exact checkpoint of this position inside a long epoch."""
+        self._raise_if_nan(sums, epoch)  # the checkpoint's sums are the flushed ones
+        self._checkpoint(epoch, step + 1, sums, before_s + time.perf_counter() - t_epoch)
 
     # ------------------------------------------------------------ the end of an epoch
 
