@@ -27,6 +27,7 @@ also come from the command line (``apply_overrides``).
       workers: null                # image folders: stream from disk with N reader processes
       augment: {crop_padding: 4, flip: true}   # random crops and mirror images while training
       checkpoint_every: null       # N: also checkpoint every N optimizer steps, mid-epoch
+      sync_bn: true                # --nproc: BatchNorm over the global batch (SyncBatchNorm)
 
 Datasets (``format``; left out, it is detected from ``path``):
 
@@ -275,7 +276,8 @@ class SchedulerSpec(BaseModel):
 
 
 class AugmentSpec(BaseModel):
-    """Random changes to each training batch, drawn from (seed, epoch, step, rank).
+    """Random changes to each training batch, drawn from (seed, epoch, step) and each
+    sample's place in the global batch, whatever the number of processes.
 
     ``crop_padding`` pads each image by that many pixels (with 0 after normalisation: the
     mean) and crops a random window of the original size; ``flip`` mirrors half the images
@@ -318,6 +320,9 @@ class TrainSpec(BaseModel):
     # Also save an exact checkpoint every this many optimizer steps (counted over the run),
     # for epochs too long to lose to a kill.
     checkpoint_every: PositiveInt | None = None
+    # Distributed runs: BatchNorm statistics over the global batch (SyncBatchNorm), as in one
+    # process. False keeps each process's own (DDP's plain behaviour).
+    sync_bn: bool = True
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -375,6 +380,7 @@ def apply_overrides(
     tensorboard: bool | None = None,
     precision: str | None = None,
     workers: int | None = None,
+    sync_bn: bool | None = None,
 ) -> TrainSpec:
     """A new, validated TrainSpec: ``spec`` (or the defaults) with each non-None flag applied.
 
@@ -411,6 +417,7 @@ def apply_overrides(
         ("tensorboard", tensorboard),
         ("precision", precision),
         ("workers", workers),
+        ("sync_bn", sync_bn),
     ):
         if value is not None:
             base[key] = value

@@ -61,7 +61,7 @@ TRAIN_FLAGS = ["--data", "--data-format", "--task", "--loss", "--optimizer", "--
                "--weight-decay", "--epochs", "--batch-size", "--seed", "--device", "--out",
                "--val-fraction", "--patience", "--precision", "--threads", "--workers", "--nproc",
                "--master-port", "--backend"]
-TRAIN_SWITCHES = ["--drop-last", "--deterministic", "--tensorboard", "--compile"]
+TRAIN_SWITCHES = ["--drop-last", "--deterministic", "--tensorboard", "--compile", "--no-sync-bn"]
 # Bytes per parameter while training, besides the weights themselves: the gradient, plus the
 # optimizer's state (SGD's momentum buffer; Adam's two moments).
 _STATE_COPIES = {"sgd": 0, "adam": 2, "adamw": 2}
@@ -174,6 +174,10 @@ def add_parser(sub) -> None:
                    help="with --nproc: the port the processes meet on (default: a free one)")
     t.add_argument("--backend", choices=["auto", "gloo", "nccl"], type=str.lower,
                    help="distributed backend (default auto: nccl on CUDA, gloo on the CPU)")
+    t.add_argument("--no-sync-bn", action="store_true", default=None,
+                   help="with --nproc: keep each process's own BatchNorm statistics (by "
+                   "default they are those of the global batch, as in one process: "
+                   "SyncBatchNorm)")
     p.set_defaults(run=run)
 
 
@@ -383,7 +387,8 @@ def _train_spec(spec_train: TrainSpec | None, args: argparse.Namespace) -> Train
             seed=args.seed, device=args.device, output=None, val_fraction=args.val_fraction,
             patience=args.patience, drop_last=args.drop_last,
             deterministic=args.deterministic, tensorboard=args.tensorboard,
-            precision=args.precision, workers=args.workers)
+            precision=args.precision, workers=args.workers,
+            sync_bn=False if args.no_sync_bn else None)
     except ValidationError as e:
         problems = []
         for err in e.errors():

@@ -78,6 +78,7 @@ from .setup import (
     task_of,
     wrap,
 )
+from .syncbn import convert as sync_batchnorm
 
 # Steps between two looks at the losses (each look is one device sync).
 CHECK_EVERY = 25
@@ -478,6 +479,12 @@ class _Loop:
         elif run.start_epoch >= spec.epochs:
             run.log(f"nothing to do: the checkpoint has {_plural(run.start_epoch, 'epoch')}, "
                     f"the spec asks for {spec.epochs}")
+        if run.world.distributed and spec.sync_bn:
+            synced = sync_batchnorm(run.module, run.device)
+            if synced:
+                run.log(f"note: {_plural(synced, 'BatchNorm layer')} normalised over the global "
+                        "batch, as in one process (SyncBatchNorm; --no-sync-bn keeps each "
+                        "process's own statistics)")
         self.model = wrap(run.module, run.world, run.device, self.compile)
         self.last_curves = time.perf_counter()
 
@@ -646,13 +653,14 @@ class _Loop:
                 # region per call, which costs dearly when other processes hold the cores.
                 xb, yb = data.x_train[idx], data.y_train[idx]
             if spec.augment is not None:
-                # Seeds far above any epoch's: draws of their own.
-                seed = _epoch_seed(spec.seed, 2**40 + (epoch * steps + step) * world.size
-                                   + world.rank)
+                # Seeds far above any epoch's: draws of their own, one set per global batch
+                # whatever the number of processes, each rank taking its samples' draws.
+                seed = _epoch_seed(spec.seed, 2**40 + epoch * steps + step)
+                share = (world.rank, world.size, global_size) if world.distributed else None
                 if run.task == "classify":
-                    xb = augment(xb, spec.augment, seed)
+                    xb = augment(xb, spec.augment, seed, share=share)
                 else:  # the mask or target image moves with its image
-                    xb, yb = augment(xb, spec.augment, seed, yb)
+                    xb, yb = augment(xb, spec.augment, seed, yb, share=share)
             yield step, xb, yb, idx.numel(), global_size
 
     def _step(self, epoch: int, step: int, xb: torch.Tensor, yb: torch.Tensor, size: int,
