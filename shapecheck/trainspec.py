@@ -28,6 +28,7 @@ also come from the command line (``apply_overrides``).
       augment: {crop_padding: 4, flip: true}   # random crops and mirror images while training
       checkpoint_every: null       # N: also checkpoint every N optimizer steps, mid-epoch
       sync_bn: true                # --nproc: BatchNorm over the global batch (SyncBatchNorm)
+      freeze: [conv1, conv2]       # layers whose parameters do not train (with --init PATH)
 
 Datasets (``format``; left out, it is detected from ``path``):
 
@@ -323,6 +324,8 @@ class TrainSpec(BaseModel):
     # Distributed runs: BatchNorm statistics over the global batch (SyncBatchNorm), as in one
     # process. False keeps each process's own (DDP's plain behaviour).
     sync_bn: bool = True
+    # Layers (their spec names) whose parameters do not train: fine-tuning the rest.
+    freeze: list[str] | None = None
 
     @field_validator("precision", mode="before")
     @classmethod

@@ -60,8 +60,9 @@ EXIT_INTERRUPTED = 130
 TRAIN_FLAGS = ["--data", "--data-format", "--task", "--loss", "--optimizer", "--lr", "--momentum",
                "--weight-decay", "--epochs", "--batch-size", "--seed", "--device", "--out",
                "--val-fraction", "--patience", "--precision", "--threads", "--workers", "--nproc",
-               "--master-port", "--backend"]
-TRAIN_SWITCHES = ["--drop-last", "--deterministic", "--tensorboard", "--compile", "--no-sync-bn"]
+               "--master-port", "--backend", "--init"]
+TRAIN_SWITCHES = ["--drop-last", "--deterministic", "--tensorboard", "--compile", "--no-sync-bn",
+                  "--init-skip-head"]
 # Bytes per parameter while training, besides the weights themselves: the gradient, plus the
 # optimizer's state (SGD's momentum buffer; Adam's two moments).
 _STATE_COPIES = {"sgd": 0, "adam": 2, "adamw": 2}
@@ -178,6 +179,13 @@ def add_parser(sub) -> None:
                    help="with --nproc: keep each process's own BatchNorm statistics (by "
                    "default they are those of the global batch, as in one process: "
                    "SyncBatchNorm)")
+    t.add_argument("--init", metavar="PATH",
+                   help="start a new run from these weights: a run folder, its model.pt, a "
+                   "checkpoint.pt or a state-dict file; keys and shapes are checked against "
+                   "the plan first")
+    t.add_argument("--init-skip-head", action="store_true", default=None,
+                   help="with --init: leave the last layer with parameters (the classifier "
+                   "head) freshly initialised, e.g. for another number of classes")
     p.set_defaults(run=run)
 
 
@@ -221,6 +229,11 @@ def run(args: argparse.Namespace) -> int:
     given += ["--resume"] if args.resume else []
     if given and not args.train:
         return _fail(f"{', '.join(given)} only apply with --train")
+    if args.init_skip_head and args.init is None:
+        return _fail("--init-skip-head only applies with --init PATH")
+    if args.init is not None and args.resume:
+        return _fail("--init starts a new run from weights; --resume continues the run "
+                     "folder's checkpoint: give one of them")
     destination = _destination(args)
     if isinstance(destination, Path):
         problem = _check_destination(destination, args.force, Path(args.spec))
@@ -436,6 +449,24 @@ def _run_folder(p, train_spec: TrainSpec, spec_path: Path, args) -> Path | str:
     return run_folder_problem(out, args.force) or out
 
 
+def _describer(p, generated, spec_path: Path):
+    """A module path in words, as the spec has it: 'layer fc (linear, net.yaml line 18)'."""
+    layers = {generated.module_names[layer.path]: layer for layer in p.walk()
+              if layer.path in generated.module_names}
+
+    def describe(qualname: str) -> str:
+        name = qualname
+        while name and name not in layers:  # a parameter of a layer's own submodule
+            name = name.rpartition(".")[0]
+        layer = layers.get(name)
+        if layer is None:
+            return f"module {qualname}" if qualname else "the module itself"
+        line = f", {spec_path.name} line {layer.line}" if layer.line else ""
+        return f"layer {layer.name} ({layer.type}{line})"
+
+    return describe
+
+
 def _remove_if_unused(folder: Path) -> bool:
     """A folder this command made and left empty, or holding only its lock (the data could not
     be read, say), is removed again: a failed start leaves nothing behind. Whether it was."""
@@ -496,6 +527,23 @@ def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
         _note(f"input.batch is {p.batch} but training uses train.batch_size "
               f"{train_spec.batch_size} (input.batch only sizes the plan)")
     module = instantiate(p, generated, check=False)  # checked on the meta device above
+    init = None
+    if args.init is not None:
+        from ..training.init import check_weights, read_weights
+
+        try:
+            weights = read_weights(Path(args.init))
+        except TrainError as e:
+            return _fail(str(e), EXIT_INPUT)
+        try:
+            init = check_weights(module, weights, args.init, skip_head=bool(args.init_skip_head),
+                                 describe=_describer(p, generated, spec_path))
+        except TrainError as e:  # one line per layer that does not fit
+            return fail("build", str(e), EXIT_INVALID, keep="\n")
+    if train_spec.freeze:  # spec names; a layer renamed in the module has its attribute's
+        renamed = dict(generated.renamed)
+        train_spec = train_spec.model_copy(update={
+            "freeze": [renamed.get(n, n) for n in train_spec.freeze]})
     if train_spec.loss is None:  # the plan's rule, the one its lints use; mse to regress
         train_spec = train_spec.model_copy(update={
             "loss": "mse" if train_spec.task == "regress" else p.default_loss})
@@ -522,7 +570,7 @@ def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
                 log=(lambda line: None) if args.quiet else lambda line: print(printable(line)),
                 progress=False if args.quiet else None,
                 threads=args.threads, backend=args.backend or "auto",
-                compile=bool(args.compile))
+                compile=bool(args.compile), init=init)
     except FolderBusyError as e:
         return _fail(f"the run folder {out_dir} is {e.strerror}; wait for it to finish, or give "
                      "another --out")

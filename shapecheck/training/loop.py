@@ -45,6 +45,8 @@ from .data import (
 )
 from .dense import PREDICTIONS_FILE, dense_loss, pixel_hits, score_dense, write_predictions
 from .distributed import PeerLostError, World, lost_peer, teardown, world_from_env
+from .init import InitWeights, freeze
+from .init import load as load_weights
 from .resume import note_normalisation, read_checkpoint, restore
 from .runfolder import (
     BEST_FILE,
@@ -250,6 +252,7 @@ def train(
     threads: int | None = None,
     backend: str = "auto",
     compile: bool = False,
+    init: InitWeights | None = None,
 ) -> TrainResult:
     """Train ``module`` as ``spec`` says and keep the run in a folder.
 
@@ -274,6 +277,8 @@ def train(
     in the environment) each process trains its share with DistributedDataParallel
     (``backend`` auto: gloo on the CPU, nccl on CUDA; see ``distributed``); rank 0 alone
     writes the run folder and logs. ``compile`` runs the module through torch.compile.
+    ``init`` (``init.check_weights``) starts a fresh run from those weights; ``spec.freeze``
+    names layers whose parameters do not train.
     """
     before = torch.get_num_threads()
     world = world_from_env()
@@ -285,7 +290,8 @@ def train(
                             num_classes=num_classes, base_dir=base_dir, out_dir=out_dir,
                             model_source=model_source, resume=resume, fresh=fresh,
                             log=log if world.main else _quiet, progress=progress,
-                            reinit=reinit, world=world, backend=backend, compile=compile)
+                            reinit=reinit, world=world, backend=backend, compile=compile,
+                            init=init)
         # Every rank leaves together: a rank that tore its process group down while rank 0
         # still wrote the results could make rank 0 abort at exit (gloo).
         world.barrier()
@@ -340,12 +346,13 @@ def _train(
     world: World,
     backend: str,
     compile: bool,
+    init: InitWeights | None,
 ) -> TrainResult:
     t_call = time.perf_counter()
     run, ckpt = _set_up(module, spec, name=name, input_shape=input_shape,
                         num_classes=num_classes, base_dir=Path(base_dir), out_dir=out_dir,
                         resume=resume, fresh=fresh, log=log, reinit=reinit, world=world,
-                        backend=backend)
+                        backend=backend, init=init)
     if world.main:
         open_folder(run.out)
     if ckpt is not None:
@@ -371,12 +378,16 @@ def _train(
 def _set_up(module: nn.Module, spec: TrainSpec, *, name: str,
             input_shape: tuple[int, int, int], num_classes: int, base_dir: Path,
             out_dir: Path | None, resume: bool, fresh: bool, log: Callable[[str], Any],
-            reinit: bool, world: World, backend: str) -> tuple[Run, dict[str, Any] | None]:
+            reinit: bool, world: World, backend: str,
+            init: InitWeights | None = None) -> tuple[Run, dict[str, Any] | None]:
     """The run before its folder is touched, and the checkpoint it resumes from: whatever
     refuses the run (the spec, the device, the checkpoint, the data, the model's output or
     batches) does so before a file is written."""
     if spec.dataset is None:
         raise TrainError("no dataset: give train.dataset in the spec (or --data)")
+    if init is not None and resume:
+        raise TrainError("--init starts a new run from weights; --resume continues the run "
+                         "folder's checkpoint: give one of them")
     out = _out_dir(spec, name, base_dir, out_dir)
     if not resume and not fresh and (problem := previous_run_problem(out)):
         raise TrainError(problem)
@@ -391,6 +402,15 @@ def _set_up(module: nn.Module, spec: TrainSpec, *, name: str,
     if ckpt is not None:
         note_normalisation(ckpt, loaded, log)
     data = place(module, loaded, spec, device, fresh=ckpt is None and reinit)
+    if init is not None:
+        load_weights(module, init)
+        log(f"starting from the weights of {init.source}" + (
+            f"; {', '.join(init.skipped)} left at {'their' if len(init.skipped) > 1 else 'its'}"
+            " fresh initialisation (--init-skip-head)" if init.skipped else ""))
+    if spec.freeze:
+        frozen = freeze(module, spec.freeze)
+        log(f"note: {', '.join(spec.freeze)} frozen: {frozen:,} of "
+            f"{sum(p.numel() for p in module.parameters()):,} parameters do not train")
     _check_output(module, data.x_train[:2], num_classes, output_shape if dense else None)
     _check_batches(module, data.x_train, data.x_train.shape[0], spec.batch_size,
                    spec.drop_last, device, world.size)
@@ -401,7 +421,8 @@ def _set_up(module: nn.Module, spec: TrainSpec, *, name: str,
               dataset_entry=dataset_entry, input_shape=input_shape, num_classes=num_classes,
               optimizer=make_optimizer(module, spec.optimizer),
               precision=Precision.of(spec, device), task=task,
-              output_shape=output_shape if dense else None)
+              output_shape=output_shape if dense else None,
+              init_from=init.source if init is not None else None)
     return run, ckpt
 
 
@@ -424,6 +445,7 @@ def _run_info(run: Run) -> dict[str, Any]:
         "splits": {"train": run.n, "val": data.num_val, "test": data.num_test},
         "threads": torch.get_num_threads(),
         "world_size": run.world.size,
+        "init": run.init_from,
         "torch_version": str(torch.__version__),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }

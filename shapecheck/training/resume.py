@@ -145,7 +145,8 @@ def _resume_changes(ckpt: dict[str, Any], spec: TrainSpec, dataset: dict[str, An
     old = _flat(old_spec.model_dump(mode="json", exclude={"dataset", "output"}))
     new = _flat(spec.model_dump(mode="json", exclude={"dataset", "output"}))
     changed = [k for k in sorted(old) if old[k] != new.get(k)]
-    fixed = [k for k in changed if k in ("optimizer.type", "optimizer.decay_norm_and_bias")]
+    fixed = [k for k in changed if k in ("optimizer.type", "optimizer.decay_norm_and_bias",
+                                         "freeze")]
     if fixed:
         raise TrainError(
             f"cannot resume with {', '.join(f'{k} {new[k]}' for k in fixed)}: the checkpoint's "

@@ -87,6 +87,7 @@ class Run:
     # then leaves the run folder as it was.
     pending_resume: dict[str, Any] | None = None
     task: str = "classify"  # or segment, regress (trainspec.resolve_task)
+    init_from: str | None = None  # --init: where a fresh run's weights came from
     output_shape: tuple[int, ...] | None = None  # the module's output for one sample
 
     @property
@@ -240,12 +241,15 @@ def _param_groups(module: nn.Module, o: OptimizerSpec) -> list[dict[str, Any]]:
 
     Each group carries ``decay`` so a resume can re-apply the spec's weight decay."""
     wd = o.effective_weight_decay
+    # Frozen parameters (train.freeze) are left out: nothing may move them.
     if o.decay_norm_and_bias:
-        return [{"params": list(module.parameters()), "weight_decay": wd, "decay": True}]
+        return [{"params": [p for p in module.parameters() if p.requires_grad],
+                 "weight_decay": wd, "decay": True}]
     plain, exempt = [], []
     for m in module.modules():
         for pname, p in m.named_parameters(recurse=False):
-            (exempt if isinstance(m, _NORMS) or pname == "bias" else plain).append(p)
+            if p.requires_grad:
+                (exempt if isinstance(m, _NORMS) or pname == "bias" else plain).append(p)
     groups = [{"params": plain, "weight_decay": wd, "decay": True},
               {"params": exempt, "weight_decay": 0.0, "decay": False}]
     return [g for g in groups if g["params"]]
