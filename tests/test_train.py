@@ -385,6 +385,12 @@ def test_eval_on_the_training_file_scores_only_the_held_out_part(tmp_path):
     assert every.num_samples == 240 and every.source.startswith("whole dataset: ")
     trained = evaluate(tmp_path / "run", split="train")
     assert trained.num_samples == 180
+    # A byte-for-byte copy of the training file holds the trained-on images too.
+    copy = tmp_path / "copy" / "digits.npz"
+    copy.parent.mkdir()
+    copy.write_bytes(data.read_bytes())
+    ev = evaluate(tmp_path / "run", DatasetSpec(path=str(copy)))
+    assert ev.num_samples == 60 and "held-out part" in ev.source
     # Another file without a split of its own is scored whole, and says so.
     other = write_npz_xy(tmp_path / "other.npz", n=50)
     ev = evaluate(tmp_path / "run", DatasetSpec(path=str(other)))
@@ -545,6 +551,15 @@ def test_practitioner_options_train(tmp_path):
     decayed = {id(p) for p in groups[0]["params"]}
     assert decayed == {id(net[0].weight), id(net[4].weight), id(net[7].weight)}
     assert groups[1]["weight_decay"] == 0.0 and len(groups[1]["params"]) == 5
+    # The LayerScale build writes is a per-channel gain: no decay either.
+    from shapecheck.layers.norm import LayerScale as LayerScaleSpec
+
+    helper: dict = {"nn": nn, "torch": torch}
+    exec(LayerScaleSpec.helper_source, helper)  # noqa: S102 - shapecheck's own source
+    scaled = nn.Sequential(nn.Conv2d(1, 4, 3), helper["LayerScale"](4))
+    groups = _param_groups(scaled, OptimizerSpec(weight_decay=0.1, decay_norm_and_bias=False))
+    assert [len(g["params"]) for g in groups] == [1, 2]
+    assert any(p is scaled[1].weight for p in groups[1]["params"])
     with pytest.raises(TrainError, match="class_weights has 3 values"):
         run(LectureCNN(), spec(class_weights=[1, 2, 3]), tmp_path / "w")
     nll = nn.Sequential(*LectureCNN(), nn.LogSoftmax(dim=1))
@@ -573,3 +588,11 @@ def test_tensorboard_asked_for_without_the_package_stops_before_training(tmp_pat
     with pytest.raises(TrainError, match=r"pip install 'shapecheck-cnn\[tensorboard\]'"):
         run(LectureCNN(), spec(tensorboard=True), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_counts_are_spelled_right():
+    from shapecheck.training.base import _plural
+
+    assert _plural(2, "process") == "2 processes"  # once "2 processs"
+    assert [_plural(n, "epoch") for n in (1, 3)] == ["1 epoch", "3 epochs"]
+    assert _plural(1, "process") == "1 process" and _plural(2, "mismatch") == "2 mismatches"

@@ -92,7 +92,7 @@ def _predict(module: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_name: str
 def _plural(n: int, word: str) -> str:
     if n == 1:
         return f"{n} {word}"
-    return f"{n} {word}{'es' if word.endswith(('s', 'sh', 'ch', 'x')) else 's'}"
+    return f"{n} {word}{'es' if word.endswith(('s', 'sh', 'x', 'tch')) else 's'}"
 
 
 def _capital(text: str) -> str:

@@ -234,6 +234,9 @@ def _reinit(module: nn.Module) -> None:
 
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+# The scales build writes as helper classes (layers/norm.py): a per-channel gain, like a norm
+# layer's weight, that decay would pull towards zero.
+_SCALES = ("LayerScale",)
 
 
 def _param_groups(module: nn.Module, o: OptimizerSpec) -> list[dict[str, Any]]:
@@ -249,7 +252,9 @@ def _param_groups(module: nn.Module, o: OptimizerSpec) -> list[dict[str, Any]]:
     for m in module.modules():
         for pname, p in m.named_parameters(recurse=False):
             if p.requires_grad:
-                (exempt if isinstance(m, _NORMS) or pname == "bias" else plain).append(p)
+                no_decay = (isinstance(m, _NORMS) or type(m).__name__ in _SCALES
+                            or pname == "bias")
+                (exempt if no_decay else plain).append(p)
     groups = [{"params": plain, "weight_decay": wd, "decay": True},
               {"params": exempt, "weight_decay": 0.0, "decay": False}]
     return [g for g in groups if g["params"]]
