@@ -427,3 +427,41 @@ def test_two_processes_take_the_one_process_steps_with_batchnorm_and_augmentatio
     assert largest_gap(one, synced) < 3e-5
     # ... where each process's own statistics (rank 0's kept) take other steps (1.8e-3).
     assert largest_gap(one, plain) > 3e-4
+
+
+@needs_mnist
+@needs_two_cores
+def test_ranks_share_the_test_batches_and_give_the_one_process_scores_bit_for_bit(tmp_path):
+    from shapecheck.data import load_dataset
+    from shapecheck.training import load_run_module
+    from shapecheck.training.distributed import World
+    from shapecheck.training.scoring import score_split
+
+    # 300 test digits: two scoring batches of 256 and 44, one per rank.
+    spec = tmp_path / "s.yaml"
+    spec.write_text(BN_SPEC.replace("test_size: 64", "test_size: 300")
+                    .replace("  augment: {crop_padding: 3, flip: true}\n", ""))
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "shapecheck", "build", str(spec), "--train",
+                        "--threads", "1", "--nproc", "2", "--out", str(out), "-o",
+                        str(tmp_path / "m.py")], check=False, capture_output=True, text=True,
+                       cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr
+    said = torch.load(out / "checkpoint.pt", weights_only=True)["metrics"][-1]
+
+    module = load_run_module(out)
+    data = load_dataset(TrainSpec.model_validate(
+        {"dataset": {"path": str(MNIST_5K), "train_size": 128, "test_size": 300}}).dataset,
+        input_shape=(1, 28, 28), num_classes=10)
+    loss, acc, top5 = score_split(module, data.x_test, data.y_test, "cross_entropy", 256, 10,
+                                  World())
+    assert (said["test_loss"], said["test_acc"], said["test_top5"]) == (loss, acc, top5)
+
+
+def test_each_rank_scores_its_share_of_the_batches():
+    from shapecheck.training.distributed import World
+    from shapecheck.training.scoring import share
+
+    shares = [share(1000, 256, World(size=3, rank=r)) for r in range(3)]
+    assert shares == [[0, 3], [1], [2]]  # 4 batches, none twice, none left out
+    assert share(1000, 256, World()) == [0, 1, 2, 3]

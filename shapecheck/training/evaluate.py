@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-
 import importlib.util
 import sys
 from dataclasses import dataclass

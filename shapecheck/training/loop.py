@@ -31,7 +31,6 @@ from .base import (
     _capital,
     _loss_fn,
     _plural,
-    _predict,
     _rng_state,
 )
 from .data import (
@@ -68,6 +67,7 @@ from .runfolder import (
     open_folder,
     start_afresh,
 )
+from .scoring import score_split
 from .setup import (
     Precision,
     Run,
@@ -755,14 +755,15 @@ class _Loop:
         run, data = self.run, self.run.data
         if run.task != "classify":
             return self._dense_scores(epoch, sums, train_s, t_epoch)
-        # Every rank holds the same weights, so each scores alike; no exchange needed.
-        test_loss, test_acc, test_top5 = _score(run.module, data.x_test, data.y_test,
-                                                run.loss_name, self.eval_batch, run.num_classes)
+        # Each rank scores its share of the batches; every rank gets the whole split's scores.
+        def score(x: Any, y: torch.Tensor) -> tuple[float, float, float | None]:
+            return score_split(run.module, x, y, run.loss_name, self.eval_batch,
+                               run.num_classes, run.world, int(run.spec.workers or 0))
+
+        test_loss, test_acc, test_top5 = score(data.x_test, data.y_test)
         val_loss = val_acc = val_top5 = None
         if data.x_val is not None and data.y_val is not None:
-            val_loss, val_acc, val_top5 = _score(run.module, data.x_val, data.y_val,
-                                                 run.loss_name, self.eval_batch,
-                                                 run.num_classes)
+            val_loss, val_acc, val_top5 = score(data.x_val, data.y_val)
         if not math.isfinite(test_loss) or not _params_finite(run.module):
             self.show.clear()
             raise TrainError(
@@ -961,13 +962,3 @@ def _patience_ran_out(spec: TrainSpec, history: Sequence[EpochMetrics],
                       best_epoch: int | None) -> bool:
     return (spec.patience is not None and best_epoch is not None
             and len(history) - best_epoch >= spec.patience)
-
-
-def _score(module: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_name: str,
-           batch: int, num_classes: int) -> tuple[float, float, float | None]:
-    """Mean loss (the plain loss: no weights, no smoothing), accuracy and, with 10 or more
-    classes, top-5 accuracy over a split."""
-    top5: list[int] | None = [] if num_classes >= 10 else None
-    loss_sum, preds = _predict(module, x, y, loss_name, batch, top5)
-    n = x.shape[0]
-    return loss_sum / n, float((preds == y).sum()) / n, (top5[0] / n if top5 else None)
