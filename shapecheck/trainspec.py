@@ -108,7 +108,7 @@ NAMED_DATASETS = ("synthetic", "mnist-seg", "mnist-sr")
 REGRESSION_LOSSES = ("mse", "l1")
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 
-DEFAULT_LR = {"sgd": 0.01, "adam": 0.001, "adamw": 0.001}
+DEFAULT_LR = {"sgd": 0.01, "adam": 0.001, "adamw": 0.001, "rmsprop": 0.01}
 
 
 # Training runs in float32: a value beyond its range overflows inside torch.
@@ -177,19 +177,23 @@ class DatasetSpec(BaseModel):
 
 
 class OptimizerSpec(BaseModel):
-    """``torch.optim`` SGD, Adam or AdamW.
+    """``torch.optim`` SGD, Adam, AdamW or RMSprop.
 
-    Left out, ``lr`` is 0.01 for sgd and 0.001 for adam/adamw, ``momentum`` 0, and
-    ``weight_decay`` PyTorch's default (0, but 0.01 for adamw).
+    Left out, ``lr`` is 0.01 for sgd and rmsprop and 0.001 for adam/adamw, ``momentum`` 0, and
+    ``weight_decay`` PyTorch's default (0, but 0.01 for adamw); ``betas`` and ``eps`` (adam,
+    adamw; ``eps`` also rmsprop) and ``alpha`` (rmsprop's smoothing) are PyTorch's defaults.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["sgd", "adam", "adamw"] = "sgd"
+    type: Literal["sgd", "adam", "adamw", "rmsprop"] = "sgd"
     lr: PositiveFloat | None = None
     momentum: NonNegativeFloat | None = None
     nesterov: bool = False
     weight_decay: NonNegativeFloat | None = None
+    betas: tuple[float, float] | None = None
+    eps: PositiveFloat | None = None
+    alpha: float | None = Field(default=None, gt=0, lt=1)
     # False: norm-layer weights and all biases get no weight decay. True (PyTorch's
     # behaviour) keeps a spec meaning what the same numbers mean in torch.optim.
     decay_norm_and_bias: bool = True
@@ -204,8 +208,20 @@ class OptimizerSpec(BaseModel):
     def _check(self) -> OptimizerSpec:
         _finite(self.lr, "lr")
         _finite(self.weight_decay, "weight_decay")
-        if self.momentum is not None and self.type != "sgd" and self.momentum != 0:
-            raise ValueError(f"momentum applies to sgd only ({self.type} has its own betas)")
+        _finite(self.eps, "eps")
+        if self.momentum is not None and self.type not in ("sgd", "rmsprop") \
+                and self.momentum != 0:
+            raise ValueError(f"momentum applies to sgd and rmsprop ({self.type} has its own "
+                             "betas)")
+        if self.betas is not None:
+            if self.type not in ("adam", "adamw"):
+                raise ValueError(f"betas apply to adam and adamw, not {self.type}")
+            if not all(0 <= b < 1 for b in self.betas):
+                raise ValueError("betas must each be at least 0 and below 1")
+        if self.eps is not None and self.type == "sgd":
+            raise ValueError("eps applies to adam, adamw and rmsprop, not sgd")
+        if self.alpha is not None and self.type != "rmsprop":
+            raise ValueError(f"alpha is rmsprop's smoothing constant; {self.type} has none")
         if self.momentum is not None and self.momentum >= 1:
             raise ValueError("momentum must be below 1")
         if self.nesterov and (self.type != "sgd" or not self.momentum):
@@ -401,7 +417,8 @@ def apply_overrides(
     opt: dict[str, Any] = base.setdefault("optimizer", {})
     if optimizer is not None:
         if opt.get("type", "sgd") != optimizer.lower():
-            opt.pop("momentum", None)  # sgd's momentum means nothing to adam
+            for key in ("momentum", "betas", "eps", "alpha"):  # one optimizer's, not another's
+                opt.pop(key, None)
         opt["type"] = optimizer
     for key, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
         if value is not None:

@@ -47,12 +47,27 @@ def sgd_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: in
                seed: int, lr: float, momentum: float = 0.0) -> nn.Module:
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr,
                           momentum=momentum)
+    return train_epochs(model, opt, x, y, epochs=epochs, batch=batch, seed=seed)
+
+
+def train_epochs(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
+                 y: torch.Tensor, *, epochs: int, batch: int, seed: int,
+                 lr_of_step=None, after_step=None) -> nn.Module:
+    """The textbook loop; ``lr_of_step(step)`` sets the rate before each step, and
+    ``after_step()`` runs after each."""
     model.train()
+    step = 0
     for epoch in range(epochs):
         for idx in batches(x.shape[0], batch, seed, epoch):
+            if lr_of_step is not None:
+                for g in opt.param_groups:
+                    g["lr"] = lr_of_step(step)
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(x[idx]), y[idx]).backward()
             opt.step()
+            if after_step is not None:
+                after_step()
+            step += 1
     return model
 
 

@@ -65,7 +65,7 @@ TRAIN_SWITCHES = ["--drop-last", "--deterministic", "--tensorboard", "--compile"
                   "--init-skip-head"]
 # Bytes per parameter while training, besides the weights themselves: the gradient, plus the
 # optimizer's state (SGD's momentum buffer; Adam's two moments).
-_STATE_COPIES = {"sgd": 0, "adam": 2, "adamw": 2}
+_STATE_COPIES = {"sgd": 0, "adam": 2, "adamw": 2, "rmsprop": 1}
 
 
 def _int(minimum: int):
@@ -125,7 +125,7 @@ def add_parser(sub) -> None:
                    help="default: from the output's shape, (N, K) classify, (N, K, H, W) "
                    "segment (regress with --loss mse or l1)")
     t.add_argument("--loss", choices=["cross_entropy", "nll_loss", "mse", "l1"], type=str.lower)
-    t.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], type=str.lower)
+    t.add_argument("--optimizer", choices=["sgd", "adam", "adamw", "rmsprop"], type=str.lower)
     t.add_argument("--lr", type=float, metavar="LR", help="learning rate")
     t.add_argument("--momentum", type=float, metavar="M", help="SGD momentum")
     t.add_argument("--weight-decay", type=float, metavar="WD")
@@ -424,7 +424,8 @@ def _same_everywhere(e: Exception) -> bool:
 def _training_copies(train_spec: TrainSpec) -> int:
     """Copies of the parameters training keeps: weights, gradients, optimizer state."""
     states = 2 + _STATE_COPIES[train_spec.optimizer.type]
-    if train_spec.optimizer.type == "sgd" and train_spec.optimizer.effective_momentum:
+    if train_spec.optimizer.type in ("sgd", "rmsprop") and \
+            train_spec.optimizer.effective_momentum:
         states += 1
     return states
 

@@ -187,8 +187,8 @@ def read_data(module: nn.Module, spec: TrainSpec, *, input_shape: tuple[int, int
     else:
         # Weights, gradients and optimizer state, counted with the data in one memory check.
         param_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
-        copies = 2 + (2 if spec.optimizer.type != "sgd" else int(bool(
-            spec.optimizer.effective_momentum)))
+        copies = 2 + (2 if spec.optimizer.type in ("adam", "adamw") else int(
+            spec.optimizer.type == "rmsprop") + int(bool(spec.optimizer.effective_momentum)))
         data = load_dataset(spec.dataset, input_shape=input_shape, num_classes=num_classes,
                             base_dir=base_dir, extra_bytes=param_bytes * copies,
                             extra_what="the weights, gradients and optimizer state")
@@ -265,8 +265,14 @@ def make_optimizer(module: nn.Module, o: OptimizerSpec) -> torch.optim.Optimizer
     if o.type == "sgd":
         return torch.optim.SGD(groups, lr=o.effective_lr, momentum=o.effective_momentum,
                                nesterov=o.nesterov)
+    # Only what the spec gives is passed: the rest stays PyTorch's default.
+    given = {k: v for k, v in (("eps", o.eps), ("betas", o.betas), ("alpha", o.alpha))
+             if v is not None}
+    if o.type == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=o.effective_lr, momentum=o.effective_momentum,
+                                   **given)
     cls = torch.optim.Adam if o.type == "adam" else torch.optim.AdamW
-    return cls(groups, lr=o.effective_lr)
+    return cls(groups, lr=o.effective_lr, **given)
 
 
 def apply_hyperparameters(optimizer: torch.optim.Optimizer, o: OptimizerSpec) -> None:
@@ -276,7 +282,11 @@ def apply_hyperparameters(optimizer: torch.optim.Optimizer, o: OptimizerSpec) ->
         group["weight_decay"] = o.effective_weight_decay if group.get("decay", True) else 0.0
         if "momentum" in group:
             group["momentum"] = o.effective_momentum
+        if "nesterov" in group:
             group["nesterov"] = o.nesterov
+        for key, value in (("eps", o.eps), ("betas", o.betas), ("alpha", o.alpha)):
+            if value is not None and key in group:
+                group[key] = value
 
 
 def wrap(module: nn.Module, world: World, device: torch.device, compile: bool) -> nn.Module:
