@@ -23,7 +23,8 @@ also come from the command line (``apply_overrides``).
       deterministic: false         # torch.use_deterministic_algorithms and cuDNN flags
       tensorboard: false           # true: event files in <run>/tensorboard (needs tensorboard)
       precision: "32"              # 32, bf16 or fp16: autocast (fp16 with a GradScaler)
-      scheduler: {type: cosine, warmup_epochs: 1, min_lr: 0.0}   # or step (step_size, gamma)
+      scheduler: {type: cosine, warmup_epochs: 1, min_lr: 0.0}   # or step (step_size, gamma),
+                                   # multistep (milestones), exponential, onecycle, plateau
       workers: null                # image folders: stream from disk with N reader processes
       augment: {crop_padding: 4, flip: true}   # random crops and mirror images while training
       checkpoint_every: null       # N: also checkpoint every N optimizer steps, mid-epoch
@@ -248,18 +249,31 @@ class SchedulerSpec(BaseModel):
 
     ``warmup_epochs`` ramps the rate linearly from lr/(warm-up steps) to lr over that
     many epochs (counted in steps); then ``step`` multiplies it by ``gamma`` every
-    ``step_size`` epochs, ``cosine`` lowers it along half a cosine to ``min_lr`` at
-    the last step of the last epoch, and ``constant`` keeps it. As the rate depends on
-    the step alone, a resumed run continues it exactly.
+    ``step_size`` epochs, ``multistep`` at each epoch of ``milestones``, ``exponential``
+    every epoch, ``cosine`` lowers it along half a cosine to ``min_lr`` at the last step of
+    the last epoch, and ``constant`` keeps it. ``onecycle`` is torch's OneCycleLR over the
+    run's steps (lr the peak; ``pct_start``, ``div_factor``, ``final_div_factor``; the
+    momentum is not cycled). ``plateau`` is torch's ReduceLROnPlateau on the validation
+    loss: ``gamma`` times the rate after more than ``patience`` epochs without a relative
+    improvement of ``threshold``, not below ``min_lr``. As the rate depends on the step
+    (and, for plateau, on the validation losses a checkpoint keeps) alone, a resumed run
+    continues it exactly.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["constant", "step", "cosine"] = "constant"
+    type: Literal["constant", "step", "multistep", "exponential", "cosine", "onecycle",
+                  "plateau"] = "constant"
     warmup_epochs: NonNegativeFloat = 0.0
     step_size: PositiveInt = 30
+    milestones: list[PositiveInt] | None = None
     gamma: PositiveFloat = 0.1
     min_lr: NonNegativeFloat = 0.0
+    pct_start: float = Field(default=0.3, gt=0, lt=1)
+    div_factor: PositiveFloat = 25.0
+    final_div_factor: PositiveFloat = 1e4
+    patience: NonNegativeInt = 10
+    threshold: NonNegativeFloat = 1e-4
 
     @field_validator("type", mode="before")
     @classmethod
@@ -276,19 +290,73 @@ class SchedulerSpec(BaseModel):
         _finite(self.warmup_epochs, "warmup_epochs")
         _finite(self.gamma, "gamma")
         _finite(self.min_lr, "min_lr")
+        _finite(self.div_factor, "div_factor")
+        _finite(self.final_div_factor, "final_div_factor")
+        if self.type == "multistep":
+            if not self.milestones:
+                raise ValueError("multistep needs milestones: the epochs at which the rate "
+                                 "drops, e.g. [30, 60]")
+            if sorted(set(self.milestones)) != self.milestones:
+                raise ValueError("milestones must rise, each epoch once")
+        elif self.milestones is not None:
+            raise ValueError(f"milestones are for type multistep, not {self.type}")
+        if self.type == "plateau" and self.gamma >= 1:
+            raise ValueError("plateau's gamma (the factor of each drop) must be below 1")
+        if self.type == "onecycle" and self.warmup_epochs:
+            raise ValueError("onecycle has its own warm-up (pct_start): leave warmup_epochs out")
         return self
 
-    def lr_at(self, step: int, steps_per_epoch: int, epochs: int, lr: float) -> float:
-        """The learning rate of optimizer step ``step`` (0-based, counted over the run)."""
+    def lr_at(self, step: int, steps_per_epoch: int, epochs: int, lr: float,
+              val_losses: list[float | None] | None = None) -> float:
+        """The learning rate of optimizer step ``step`` (0-based, counted over the run);
+        ``val_losses``: the validation loss of each epoch done (plateau)."""
+        if self.type == "onecycle":
+            return self._one_cycle(step, epochs * steps_per_epoch, lr)
         warm = round(self.warmup_epochs * steps_per_epoch)
         if step < warm:
             return lr * (step + 1) / warm
+        epoch = step // steps_per_epoch
         if self.type == "step":
-            return lr * self.gamma ** (step // steps_per_epoch // self.step_size)
+            return lr * self.gamma ** (epoch // self.step_size)
+        if self.type == "multistep":
+            return lr * self.gamma ** sum(1 for m in self.milestones or [] if m <= epoch)
+        if self.type == "exponential":
+            return lr * self.gamma ** epoch
+        if self.type == "plateau":
+            return self._plateau(lr, val_losses or [])
         if self.type == "cosine":
             total = max(epochs * steps_per_epoch - warm - 1, 1)
             t = min((step - warm) / total, 1.0)
             return self.min_lr + (lr - self.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
+        return lr
+
+    def _one_cycle(self, step: int, total: int, peak: float) -> float:
+        # torch.optim.lr_scheduler.OneCycleLR's two phases, cosine annealing.
+        start = peak / self.div_factor
+        end = start / self.final_div_factor
+        rise = float(self.pct_start * total) - 1
+        if step <= rise:
+            pct, a, b = step / rise if rise > 0 else 1.0, start, peak
+        else:
+            pct, a, b = (step - rise) / (total - 1 - rise), peak, end
+        return b + (a - b) / 2.0 * (math.cos(math.pi * min(pct, 1.0)) + 1)
+
+    def _plateau(self, lr: float, losses: list[float | None]) -> float:
+        # torch.optim.lr_scheduler.ReduceLROnPlateau (mode min, relative threshold,
+        # no cooldown), replayed over the losses so far.
+        best, bad = math.inf, 0
+        for loss in losses:
+            if loss is None:
+                continue
+            if loss < best * (1 - self.threshold):
+                best, bad = loss, 0
+            else:
+                bad += 1
+            if bad > self.patience:
+                new = max(lr * self.gamma, self.min_lr)
+                if lr - new > 1e-8:
+                    lr = new
+                bad = 0
         return lr
 
 

@@ -234,7 +234,7 @@ def test_schedules_shape_the_rate():
     assert [step.lr_at(e * 10, 10, 6, 1.0) for e in range(6)] == [1, 1, .5, .5, .25, .25]
     assert TrainSpec.model_validate({"scheduler": "cosine"}).scheduler.type == "cosine"
     with pytest.raises(ValueError):
-        TrainSpec.model_validate({"scheduler": {"type": "exponential"}})
+        TrainSpec.model_validate({"scheduler": {"type": "wobbly"}})
 
 
 def test_augment_flips_and_crops_as_drawn_from_the_seed():

@@ -72,3 +72,74 @@ def test_optimizer_settings_that_do_not_apply_are_refused():
                       ({"type": "adam", "betas": [0.9, 1.0]}, "below 1")]:
         with pytest.raises(ValidationError, match=says):
             spec(optimizer=bad)
+
+
+# ---------------------------------------------------------------- schedules
+
+
+def torch_rates(make, epochs: int, steps: int, per_step: bool) -> list[float]:
+    """The rate of every step as torch's scheduler gives it, stepped as its docs say."""
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = make(opt)
+    rates = []
+    for _ in range(epochs):
+        for _ in range(steps):
+            rates.append(opt.param_groups[0]["lr"])
+            opt.step()
+            if per_step:
+                sched.step()
+        if not per_step:
+            sched.step()
+    return rates
+
+
+@pytest.mark.parametrize("ours,make,per_step", [
+    ({"type": "multistep", "milestones": [2, 5], "gamma": 0.5},
+     lambda o: torch.optim.lr_scheduler.MultiStepLR(o, [2, 5], gamma=0.5), False),
+    ({"type": "exponential", "gamma": 0.8},
+     lambda o: torch.optim.lr_scheduler.ExponentialLR(o, gamma=0.8), False),
+    ({"type": "step", "step_size": 3, "gamma": 0.3},
+     lambda o: torch.optim.lr_scheduler.StepLR(o, 3, gamma=0.3), False),
+    ({"type": "onecycle"},
+     lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.1, total_steps=7 * 9,
+                                                   cycle_momentum=False), True),
+    ({"type": "onecycle", "pct_start": 0.2, "div_factor": 10, "final_div_factor": 100},
+     lambda o: torch.optim.lr_scheduler.OneCycleLR(
+         o, max_lr=0.1, total_steps=7 * 9, pct_start=0.2, div_factor=10,
+         final_div_factor=100, cycle_momentum=False), True),
+])
+def test_schedules_are_torch_s(ours, make, per_step):
+    from shapecheck.trainspec import SchedulerSpec
+
+    s = SchedulerSpec.model_validate(ours)
+    mine = [s.lr_at(i, 9, 7, 0.1) for i in range(7 * 9)]
+    assert mine == pytest.approx(torch_rates(make, 7, 9, per_step), rel=1e-12, abs=1e-15)
+
+
+def test_plateau_is_torch_s_reduce_on_plateau():
+    from shapecheck.trainspec import SchedulerSpec
+
+    losses = [1.0, 0.8, 0.79995, 0.81, 0.7, 0.71, 0.72, 0.73, 0.74, 0.6, 0.61, 0.62, 0.63]
+    s = SchedulerSpec(type="plateau", gamma=0.5, patience=2, min_lr=0.02)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=2,
+                                                       min_lr=0.02)
+    for done in range(len(losses) + 1):
+        assert s.lr_at(done * 4, 4, 20, 0.1, losses[:done]) == \
+            pytest.approx(opt.param_groups[0]["lr"], rel=1e-12)
+        if done < len(losses):
+            sched.step(losses[done])
+    assert opt.param_groups[0]["lr"] == 0.025  # it did drop, twice
+
+
+def test_plateau_trains_on_the_validation_loss_and_needs_one(tmp_path):
+    from shapecheck.training import TrainError
+
+    s = spec(epochs=3, optimizer={"type": "sgd", "lr": 0.05},
+             scheduler={"type": "plateau", "patience": 0, "gamma": 0.5, "threshold": 10},
+             dataset={**DATASET, "val_fraction": 0.25})
+    result, _ = shapecheck_run(s, tmp_path / "run")
+    # A threshold of 10 (1000%) is never met: the rate halves after every epoch.
+    assert [m.lr for m in result.history] == [0.05, 0.025, 0.0125]
+    with pytest.raises(TrainError, match="plateau watches the validation loss"):
+        shapecheck_run(spec(scheduler={"type": "plateau"}), tmp_path / "no_val")

@@ -692,7 +692,8 @@ class _Loop:
         run, spec, optimizer = self.run, self.run.spec, self.run.optimizer
         if spec.scheduler is not None:
             self.lr = spec.scheduler.lr_at(epoch * run.steps + step, run.steps, spec.epochs,
-                                           spec.optimizer.effective_lr)
+                                           spec.optimizer.effective_lr,
+                                           [m.val_loss for m in run.history[:epoch]])
             for group in optimizer.param_groups:
                 group["lr"] = self.lr
         optimizer.zero_grad(set_to_none=True)

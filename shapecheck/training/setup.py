@@ -156,6 +156,10 @@ def check_spec(module: nn.Module, spec: TrainSpec, device: torch.device,
         raise TrainError(f"label_smoothing needs cross_entropy; this run's loss is {loss_name} "
                          "(the last layer is LogSoftmax): give loss: cross_entropy and drop "
                          "the logsoftmax layer")
+    if spec.scheduler is not None and spec.scheduler.type == "plateau" \
+            and spec.dataset.val_fraction is None:
+        raise TrainError("scheduler plateau watches the validation loss: give the dataset a "
+                         "val_fraction (e.g. 0.1); the test split drives no decision")
     if spec.patience is not None and spec.dataset.val_fraction is None:
         raise TrainError("patience needs a validation split: give the dataset a val_fraction "
                          "(e.g. 0.1); the test split drives no decision")
