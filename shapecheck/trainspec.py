@@ -20,6 +20,8 @@ also come from the command line (``apply_overrides``).
       class_weights: null          # a list (one per class) or "balanced"
       grad_clip: null              # clip the gradients' global norm to this
       patience: null               # stop after this many epochs without a better validation score
+      monitor: score               # or loss: what patience and model_best.pt watch
+      min_delta: 0.0               # an improvement this small does not reset patience
       deterministic: false         # torch.use_deterministic_algorithms and cuDNN flags
       tensorboard: false           # true: event files in <run>/tensorboard (needs tensorboard)
       precision: "32"              # 32, bf16 or fp16: autocast (fp16 with a GradScaler)
@@ -394,6 +396,10 @@ class TrainSpec(BaseModel):
     class_weights: Literal["balanced"] | list[PositiveFloat] | None = None
     grad_clip: PositiveFloat | None = None
     patience: PositiveInt | None = None
+    # What patience and model_best.pt watch: the validation score (accuracy, mean IoU) or
+    # loss; an improvement smaller than min_delta does not count.
+    monitor: Literal["score", "loss"] = "score"
+    min_delta: NonNegativeFloat = 0.0
     deterministic: bool = False
     tensorboard: bool = False
     precision: Literal["32", "bf16", "fp16"] = "32"

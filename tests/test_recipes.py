@@ -143,3 +143,46 @@ def test_plateau_trains_on_the_validation_loss_and_needs_one(tmp_path):
     assert [m.lr for m in result.history] == [0.05, 0.025, 0.0125]
     with pytest.raises(TrainError, match="plateau watches the validation loss"):
         shapecheck_run(spec(scheduler={"type": "plateau"}), tmp_path / "no_val")
+
+
+# ---------------------------------------------------------------- early stopping
+
+
+def lightning_stop(values: list[float], patience: int, min_delta: float,
+                   lower: bool) -> int | None:
+    """Lightning's EarlyStopping, by hand: the epoch (1-based) it stops after, if any."""
+    best, wait = (float("inf") if lower else -float("inf")), 0
+    for epoch, v in enumerate(values, 1):
+        if (v < best - min_delta) if lower else (v > best + min_delta):
+            best, wait = v, 0
+        else:
+            wait += 1
+            if wait >= patience:
+                return epoch
+    return None
+
+
+@pytest.mark.parametrize("monitor", ["loss", "score"])
+@pytest.mark.parametrize("min_delta", [0.0, 0.01, 0.05])
+def test_early_stopping_with_min_delta_is_lightning_s(monitor, min_delta):
+    from shapecheck.training.loop import _best_epoch, _patience_ran_out
+    from shapecheck.training.runfolder import EpochMetrics
+
+    losses = [1.0, 0.9, 0.895, 0.89, 0.7, 0.699, 0.698, 0.69, 0.689, 0.688, 0.687, 0.5]
+    accs = [0.5, 0.6, 0.605, 0.61, 0.7, 0.701, 0.703, 0.71, 0.711, 0.712, 0.713, 0.8]
+    s = spec(patience=3, monitor=monitor, min_delta=min_delta,
+             dataset={**DATASET, "val_fraction": 0.2})
+    history, stopped = [], None
+    for e, (loss, acc) in enumerate(zip(losses, accs), 1):
+        history.append(EpochMetrics(epoch=e, train_loss=1.0, train_acc=0.5, test_loss=1.0,
+                                    test_acc=0.5, lr=0.1, samples_per_s=1.0, seconds=1.0,
+                                    val_loss=loss, val_acc=acc))
+        if _patience_ran_out(s, history, _best_epoch(history, "classify", monitor)):
+            stopped = e
+            break
+    values = losses if monitor == "loss" else accs
+    if min_delta == 0 and monitor == "score":
+        # The score alone has no ties here, so the classic rule and Lightning's agree.
+        assert stopped == lightning_stop(values, 3, 0.0, lower=False)
+    assert stopped == lightning_stop(values, 3, min_delta, lower=monitor == "loss")
+    assert stopped is not None or min_delta == 0

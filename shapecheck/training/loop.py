@@ -472,8 +472,8 @@ class _Loop:
                                          spec.label_smoothing)
         self.eval_batch = max(2 * spec.batch_size, 256)
         self.lr = spec.optimizer.effective_lr  # the rate of the latest step
-        self.best_epoch = _best_epoch(run.history, run.task)
-        self.stopped_early = _patience_ran_out(spec, run.history, self.best_epoch)
+        self.best_epoch = _best_epoch(run.history, run.task, spec.monitor)
+        self.stopped_early = _patience_ran_out(spec, run.history, self.best_epoch, run.task)
         self.model: nn.Module = run.module  # as it trains: in DDP, compiled
         self.interrupt = _InterruptFlag(run.world.distributed)
         self.saved = False  # whether a Ctrl-C has been answered with a checkpoint
@@ -566,10 +566,10 @@ class _Loop:
             sums.loss_sum, sums.correct, sums.seen, sums.pixels = (
                 loss_sum, int(correct), int(seen), int(pixels))
         run.history.append(self._scores(epoch, sums, train_s, t_epoch))
-        self.best_epoch = _best_epoch(run.history, run.task)
+        self.best_epoch = _best_epoch(run.history, run.task, spec.monitor)
         self._save_epoch(epoch)
         final = epoch + 1 == spec.epochs
-        self.stopped_early = _patience_ran_out(spec, run.history, self.best_epoch)
+        self.stopped_early = _patience_ran_out(spec, run.history, self.best_epoch, run.task)
         if world.main and (final or self.stopped_early or
                            time.perf_counter() - self.last_curves >= CURVES_INTERVAL_S):
             _write_curves(run.out / CURVES_FILE, run.history, run.name, run.task)
@@ -577,7 +577,8 @@ class _Loop:
         self.show.clear()
         self._log_epoch(run.history[-1])
         if self.stopped_early:
-            run.log(f"stopping early: no better validation {_WATCHED[run.task]} for "
+            watched = "loss" if spec.monitor == "loss" else _WATCHED[run.task]
+            run.log(f"stopping early: no better validation {watched} for "
                     f"{_plural(spec.patience or 0, 'epoch')}; the best, epoch "
                     f"{self.best_epoch}, is in {BEST_FILE}")
             return True
@@ -929,13 +930,14 @@ class _Loop:
 _WATCHED = {"classify": "accuracy", "segment": "mean IoU", "regress": "loss"}
 
 
-def _best_epoch(history: Sequence[EpochMetrics], task: str = "classify") -> int | None:
+def _best_epoch(history: Sequence[EpochMetrics], task: str = "classify",
+                monitor: str = "score") -> int | None:
     """The epoch (1-based) of the best validation score, ties to the lower loss: accuracy,
-    mean IoU (segment), or the loss itself (regress)."""
+    mean IoU (segment), or the loss itself (regress, or ``monitor`` loss)."""
     scored = [m for m in history if m.val_loss is not None]
     if not scored:
         return None
-    if task == "regress":
+    if task == "regress" or monitor == "loss":
         return min(scored, key=lambda m: (m.val_loss or 0.0, m.epoch)).epoch
     watched = "val_miou" if task == "segment" else "val_acc"
     return max(scored, key=lambda m: (getattr(m, watched) or 0.0, -(m.val_loss or 0.0),
@@ -960,6 +962,28 @@ def _dense_line(m: EpochMetrics, split: str) -> str:
 
 
 def _patience_ran_out(spec: TrainSpec, history: Sequence[EpochMetrics],
-                      best_epoch: int | None) -> bool:
-    return (spec.patience is not None and best_epoch is not None
-            and len(history) - best_epoch >= spec.patience)
+                      best_epoch: int | None, task: str = "classify") -> bool:
+    """Whether ``patience`` epochs have passed since the watched value last improved."""
+    if spec.patience is None or best_epoch is None:
+        return False
+    if spec.min_delta == 0 and spec.monitor == "score":
+        return len(history) - best_epoch >= spec.patience
+    last = _last_improvement(history, task, spec.monitor, spec.min_delta)
+    return last is not None and len(history) - last >= spec.patience
+
+
+def _last_improvement(history: Sequence[EpochMetrics], task: str, monitor: str,
+                      min_delta: float) -> int | None:
+    """The last epoch that beat the best before it by more than ``min_delta`` (Keras' and
+    Lightning's EarlyStopping): the validation loss lower, or the score higher."""
+    lower = monitor == "loss" or task == "regress"
+    watched = "val_loss" if lower else ("val_miou" if task == "segment" else "val_acc")
+    best: float | None = None
+    last = None
+    for m in history:
+        value = getattr(m, watched)
+        if value is None:
+            continue
+        if best is None or (value < best - min_delta if lower else value > best + min_delta):
+            best, last = value, m.epoch
+    return last
