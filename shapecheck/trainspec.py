@@ -32,6 +32,7 @@ also come from the command line (``apply_overrides``).
       checkpoint_every: null       # N: also checkpoint every N optimizer steps, mid-epoch
       sync_bn: true                # --nproc: BatchNorm over the global batch (SyncBatchNorm)
       freeze: [conv1, conv2]       # layers whose parameters do not train (with --init PATH)
+      ema: {decay: 0.999}          # also keep an EMA of the weights: model_ema.pt
 
 Datasets (``format``; left out, it is detected from ``path``):
 
@@ -94,6 +95,7 @@ from pydantic import (
 __all__ = [
     "AugmentSpec",
     "DatasetFormat",
+    "EmaSpec",
     "DatasetSpec",
     "LossName",
     "OptimizerSpec",
@@ -376,6 +378,15 @@ class AugmentSpec(BaseModel):
     flip: bool = False
 
 
+class EmaSpec(BaseModel):
+    """Weight EMA: after each optimizer step, the average moves ``1 - decay`` of the way to
+    the weights (torch's get_ema_multi_avg_fn)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decay: float = Field(default=0.999, gt=0, lt=1)
+
+
 class TrainSpec(BaseModel):
     """The ``train:`` section. ``loss`` left out is chosen from the last layer."""
 
@@ -416,6 +427,7 @@ class TrainSpec(BaseModel):
     sync_bn: bool = True
     # Layers (their spec names) whose parameters do not train: fine-tuning the rest.
     freeze: list[str] | None = None
+    ema: EmaSpec | None = None
 
     @field_validator("precision", mode="before")
     @classmethod

@@ -186,3 +186,42 @@ def test_early_stopping_with_min_delta_is_lightning_s(monitor, min_delta):
         assert stopped == lightning_stop(values, 3, 0.0, lower=False)
     assert stopped == lightning_stop(values, 3, min_delta, lower=monitor == "loss")
     assert stopped is not None or min_delta == 0
+
+
+# ---------------------------------------------------------------- weight EMA
+
+
+def test_ema_is_torch_s_averaged_model_and_is_saved_and_scored(tmp_path):
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    s = spec(optimizer={"type": "sgd", "lr": 0.05, "momentum": 0.5}, ema={"decay": 0.9})
+    result, got = shapecheck_run(s, tmp_path / "run")
+    ema = torch.load(tmp_path / "run" / "model_ema.pt", weights_only=True)
+
+    model = seeded(lecture_cnn(), 5)
+    averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    x, y = digits()
+    train_epochs(model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.5), x, y,
+                 epochs=2, batch=32, seed=5, after_step=lambda: averaged.update_parameters(model))
+    assert equal(model, got)
+    assert equal(averaged.module, ema)
+    assert not equal(model, ema)
+    last = result.history[-1]
+    assert last.ema_test_acc is not None and 0.1 < last.ema_test_acc <= 1
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert all(torch.equal(ckpt["ema"][k], ema[k]) for k in ema)
+
+
+def test_ema_resumes_mid_epoch_exactly(tmp_path):
+    from test_train import _CtrlCAt
+
+    s = spec(optimizer={"type": "sgd", "lr": 0.05, "momentum": 0.5}, ema={"decay": 0.9})
+    shapecheck_run(s, tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        shapecheck_run(s, tmp_path / "cut", module=_CtrlCAt(6 + 2))  # 6 steps an epoch
+    train(lecture_cnn(), s, name="recipe", input_shape=(1, 28, 28), num_classes=10,
+          base_dir=Path("."), out_dir=tmp_path / "cut", model_source="",
+          log=lambda line: None, resume=True)
+    a = torch.load(tmp_path / "whole" / "model_ema.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "model_ema.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -19,6 +19,7 @@ atomically (``shapecheck.atomic``), so a kill at any instant leaves the last
 complete checkpoint loadable:
 
 - ``model.pt``       the model's ``state_dict`` after the last completed epoch
+- ``model_ema.pt``   with ``ema``: the moving average of the weights (``ema``)
 - ``model_best.pt``  with a validation split: the epoch of the best validation
                      accuracy (ties: lower validation loss)
 - ``checkpoint.pt``  model, optimizer, epoch, step within the epoch, RNG states,

@@ -44,6 +44,7 @@ from .data import (
 )
 from .dense import PREDICTIONS_FILE, dense_loss, pixel_hits, score_dense, write_predictions
 from .distributed import PeerLostError, World, lost_peer, teardown, world_from_env
+from .ema import EMA_FILE, Ema
 from .init import InitWeights, freeze
 from .init import load as load_weights
 from .resume import note_normalisation, read_checkpoint, restore
@@ -478,6 +479,8 @@ class _Loop:
         self.interrupt = _InterruptFlag(run.world.distributed)
         self.saved = False  # whether a Ctrl-C has been answered with a checkpoint
         self.writer: Any = None  # made with the first epoch's files: a failed start leaves none
+        self.ema = (Ema(spec.ema.decay, run.ema_state).to(run.device)
+                    if spec.ema is not None else None)
         self.last_curves = time.perf_counter()
 
     def start(self) -> None:
@@ -718,6 +721,8 @@ class _Loop:
             if spec.grad_clip is not None:
                 nn.utils.clip_grad_norm_(run.module.parameters(), spec.grad_clip)
             optimizer.step()
+        if self.ema is not None:
+            self.ema.update(run.module)
         return loss, output
 
     def _stop_mid_epoch(self, epoch: int, step: int, sums: _Running, before_s: float,
@@ -771,7 +776,13 @@ class _Loop:
             raise TrainError(
                 f"the weights became NaN or infinite in epoch {epoch + 1} (test loss "
                 f"{test_loss}); stopped. {_capital(run.last_good())}")
+        ema_loss = ema_acc = None
+        if self.ema is not None and self.ema.state is not None:
+            ema_loss, ema_acc, _ = score_split(
+                self.ema.module(run.module), data.x_test, data.y_test, run.loss_name,
+                self.eval_batch, run.num_classes, run.world, int(run.spec.workers or 0))
         return EpochMetrics(
+            ema_test_loss=ema_loss, ema_test_acc=ema_acc,
             epoch=epoch + 1, train_loss=sums.loss, train_acc=sums.acc,
             test_loss=test_loss, test_acc=test_acc, lr=self.lr,
             # The whole epoch's samples over its training time, a resume's part included.
@@ -815,6 +826,8 @@ class _Loop:
         if not run.world.main:
             return
         _save_torch(_cpu_state(run.module), run.out / MODEL_FILE)
+        if self.ema is not None and self.ema.state is not None:
+            _save_torch(self.ema.cpu_state(), run.out / EMA_FILE)
         if self.best_epoch == epoch + 1:
             _save_torch(_cpu_state(run.module), run.out / BEST_FILE)
         _write_metrics(run.out / METRICS_FILE, run.history, run.task)
@@ -835,7 +848,9 @@ class _Loop:
         top5 = f"top-5 {m.test_top5:.2%}  " if m.test_top5 is not None else ""
         self.run.log(f"epoch {m.epoch}/{self.run.spec.epochs}  train loss {m.train_loss:.4f}  "
                      f"{val}test loss {m.test_loss:.4f}  test acc {m.test_acc:.2%}  {top5}"
-                     f"{m.samples_per_s:,.0f} samples/s  ({m.seconds:.1f} s)")
+                     + (f"EMA test acc {m.ema_test_acc:.2%}  " if m.ema_test_acc is not None
+                        else "")
+                     + f"{m.samples_per_s:,.0f} samples/s  ({m.seconds:.1f} s)")
 
     def _checkpoint(self, epoch: int, step: int, sums: _Running | None,
                     train_s: float = 0.0) -> None:
@@ -859,6 +874,7 @@ class _Loop:
             "rng_ranks": rngs,
             "world_size": world.size,
             "scaler": scaler.state_dict() if scaler is not None else None,
+            "ema": self.ema.cpu_state() if self.ema is not None else None,
             "partial": None if totals is None else {
                 "loss_sum": totals[0], "correct": int(totals[1]), "seen": int(totals[2]),
                 "pixels": int(totals[3]), "train_s": train_s},

@@ -59,6 +59,7 @@ def restore(run: Run, ckpt: dict[str, Any]) -> None:
                 f"{run.world.size}; the batches are the same, but sums in another order "
                 "differ in the last bits")
     run.partial = ckpt.get("partial")
+    run.ema_state = ckpt.get("ema")
     run.history = [EpochMetrics(**m) for m in ckpt["metrics"]]
     run.log(f"resuming {run.out} {where}")
     if changes:

@@ -88,6 +88,7 @@ class Run:
     pending_resume: dict[str, Any] | None = None
     task: str = "classify"  # or segment, regress (trainspec.resolve_task)
     init_from: str | None = None  # --init: where a fresh run's weights came from
+    ema_state: dict[str, Any] | None = None  # a resumed run's weight EMA
     output_shape: tuple[int, ...] | None = None  # the module's output for one sample
 
     @property
