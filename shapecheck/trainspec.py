@@ -95,8 +95,8 @@ from pydantic import (
 __all__ = [
     "AugmentSpec",
     "DatasetFormat",
-    "EmaSpec",
     "DatasetSpec",
+    "EmaSpec",
     "LossName",
     "OptimizerSpec",
     "SchedulerSpec",
