@@ -33,6 +33,7 @@ also come from the command line (``apply_overrides``).
       sync_bn: true                # --nproc: BatchNorm over the global batch (SyncBatchNorm)
       freeze: [conv1, conv2]       # layers whose parameters do not train (with --init PATH)
       ema: {decay: 0.999}          # also keep an EMA of the weights: model_ema.pt
+      accumulate: 1                # K: one optimizer step per K batches (gradient accumulation)
 
 Datasets (``format``; left out, it is detected from ``path``):
 
@@ -428,6 +429,9 @@ class TrainSpec(BaseModel):
     # Layers (their spec names) whose parameters do not train: fine-tuning the rest.
     freeze: list[str] | None = None
     ema: EmaSpec | None = None
+    # Gradients summed over this many batches of batch_size before each optimizer step: the
+    # step of one batch accumulate × batch_size large, in the memory of one batch.
+    accumulate: PositiveInt = 1
 
     @field_validator("precision", mode="before")
     @classmethod

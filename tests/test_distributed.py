@@ -261,7 +261,7 @@ def test_augment_draws_follow_the_sample_not_the_rank():
     whole = augment(x, spec, seed=11)
     # Each rank's share (every 3rd sample from its rank) is changed as in one process.
     for rank in range(3):
-        share = augment(x[rank::3], spec, seed=11, share=(rank, 3, 7))
+        share = augment(x[rank::3], spec, seed=11, share=(torch.arange(rank, 7, 3), 7))
         assert torch.equal(share, whole[rank::3])
 
 

@@ -225,3 +225,45 @@ def test_ema_resumes_mid_epoch_exactly(tmp_path):
     a = torch.load(tmp_path / "whole" / "model_ema.pt", weights_only=True)
     b = torch.load(tmp_path / "cut" / "model_ema.pt", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------- gradient accumulation
+
+
+def test_accumulating_four_batches_is_the_four_times_larger_batch(tmp_path):
+    common = {"optimizer": {"type": "sgd", "lr": 0.05, "momentum": 0.5},
+              "augment": {"crop_padding": 2, "flip": True}, "epochs": 2}
+    big, big_w = shapecheck_run(spec(batch_size=64, **common), tmp_path / "big")
+    acc, acc_w = shapecheck_run(spec(batch_size=16, accumulate=4, **common), tmp_path / "acc")
+    # 192 digits: 3 optimizer steps an epoch either way, over the same samples.
+    steps = torch.load(tmp_path / "acc" / "checkpoint.pt", weights_only=True)
+    assert steps["optimizer"]["state"][0]["momentum_buffer"] is not None
+    gap = max(float((big_w[k] - acc_w[k]).abs().max()) for k in big_w)
+    assert gap < 1e-6, gap  # the same steps; four partial sums instead of one
+    assert acc.history[-1].train_loss == pytest.approx(big.history[-1].train_loss, rel=1e-5)
+
+    # Without augmentation, the large batch is the hand-written loop's, bit for bit.
+    _, plain = shapecheck_run(spec(batch_size=64, optimizer=common["optimizer"]),
+                              tmp_path / "plain")
+    model = seeded(lecture_cnn(), 5)
+    x, y = digits()
+    train_epochs(model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.5), x, y,
+                 epochs=2, batch=64, seed=5)
+    assert equal(model, plain)
+
+
+def test_accumulation_resumes_mid_epoch_exactly(tmp_path):
+    from test_train import _CtrlCAt
+
+    s = spec(batch_size=16, accumulate=3, optimizer={"type": "adam", "lr": 0.002})
+    shapecheck_run(s, tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):  # 4 steps of 3 parts an epoch: cut in step 2
+        shapecheck_run(s, tmp_path / "cut", module=_CtrlCAt(4))
+    ckpt = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
+    assert (ckpt["epoch"], ckpt["step"]) == (0, 2)
+    train(lecture_cnn(), s, name="recipe", input_shape=(1, 28, 28), num_classes=10,
+          base_dir=Path("."), out_dir=tmp_path / "cut", model_source="",
+          log=lambda line: None, resume=True)
+    a = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "model.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -245,20 +245,20 @@ def epoch_loader(ds: FolderImages, batches: list[list[int]], workers: int,
 
 def augment(xb: torch.Tensor, spec: AugmentSpec, seed: int,
             yb: torch.Tensor | None = None,
-            share: tuple[int, int, int] | None = None) -> Any:
+            share: tuple[torch.Tensor, int] | None = None) -> Any:
     """``xb`` flipped and cropped as ``spec`` says, the draws made from ``seed`` alone (on
     the CPU, whatever the device), so a resumed run draws the same.
 
-    ``share`` (rank, world size, global batch size): ``xb`` is a rank's share of the global
-    batch (every world-size-th sample from ``rank``); the draws are made for the whole
-    global batch and the share's taken, so each sample is changed as in one process.
+    ``share`` (positions, global batch size): ``xb`` holds the samples at ``positions`` of
+    the global batch (a rank's share); the draws are made for the whole global batch and
+    theirs taken, so each sample is changed as in one process.
 
     With dense targets ``yb`` (masks (B, H, W) or images (B, C, sH, sW)), (xb, yb): each
     target gets its image's flip and crop, scaled by s when it is s times the image's size;
     a mask's padding is ignored (IGNORE_INDEX), a target image's is 0."""
     g = torch.Generator().manual_seed(seed)
     b, w = xb.shape[0], xb.shape[3]
-    n, mine = (b, slice(None)) if share is None else (share[2], slice(share[0], None, share[1]))
+    n, mine = (b, slice(None)) if share is None else (share[1], share[0])
     if spec.flip:
         flip = (torch.rand(n, generator=g) < 0.5)[mine].to(xb.device)
         xb = torch.where(flip.view(b, 1, 1, 1), xb.flip(3), xb)

@@ -413,6 +413,11 @@ def _set_up(module: nn.Module, spec: TrainSpec, *, name: str,
         log(f"note: {', '.join(spec.freeze)} frozen: {frozen:,} of "
             f"{sum(p.numel() for p in module.parameters()):,} parameters do not train")
     _check_output(module, data.x_train[:2], num_classes, output_shape if dense else None)
+    if spec.drop_last and spec.accumulate > 1 and \
+            data.x_train.shape[0] < spec.batch_size * spec.accumulate:
+        raise TrainError(f"drop_last with batch_size {spec.batch_size} × accumulate "
+                         f"{spec.accumulate} leaves no step: the training split has "
+                         f"{data.x_train.shape[0]} samples")
     _check_batches(module, data.x_train, data.x_train.shape[0], spec.batch_size,
                    spec.drop_last, device, world.size)
     class_weights = _class_weights(spec, loaded.y_train, num_classes)
@@ -493,7 +498,8 @@ class _Loop:
         run.log(f"training {run.name} on {run.device.type}: {n} training, {val_part}"
                 f"{run.data.x_test.shape[0]} test images ({run.data.loaded.source}), "
                 f"{_plural(spec.epochs, 'epoch')}, batch {bs}"
-                f"{' (last batch dropped)' if spec.drop_last and n % bs else ''}, "
+                + (f" × {spec.accumulate} accumulated" if spec.accumulate > 1 else "")
+                + f"{' (last batch dropped)' if spec.drop_last and n % (bs * spec.accumulate) else ''}, "
                 f"{spec.optimizer.type} lr {self.lr:g}, {run.loss_name}"
                 + (f", {run.world.size} processes ({dist.get_backend()})"
                    if run.world.distributed else "")
@@ -612,8 +618,8 @@ class _Loop:
         next_check = first + CHECK_EVERY
         next_draw = t_epoch + PROGRESS_INTERVAL_S
         seen_here = 0
-        for step, xb, yb, size, global_size in self._batches(epoch, first):
-            loss, output = self._step(epoch, step, xb, yb, size, global_size)
+        for step, xb, yb, size, global_size, parts in self._batches(epoch, first):
+            loss, output = self._step(epoch, step, xb, yb, size, global_size, parts)
             # argmax carries no graph; nothing here waits for the device.
             if run.task == "segment":
                 hits, counted = pixel_hits(output.detach(), yb)
@@ -647,29 +653,39 @@ class _Loop:
                                    None if run.task == "regress" else sums.acc,
                                    seen_here / max(now - t_epoch, 1e-9))
 
-    def _batches(self, epoch: int,
-                 first: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, int, int]]:
-        """(step, images, labels, this rank's batch size, the global batch's size) for the
-        epoch's steps from ``first`` on, in the order (seed, epoch) gives."""
+    def _mine(self, global_size: int) -> tuple[torch.Tensor, list[int]]:
+        """This rank's samples of a step's global batch, as positions in it, and how many
+        of them fall in each of its ``accumulate`` parts of batch_size samples. Each part is
+        shared DistributedSampler's way: every world-size-th sample from the rank's."""
+        bs, world = self.run.spec.batch_size, self.run.world
+        parts = [torch.arange(lo + world.rank, min(lo + bs, global_size), world.size)
+                 for lo in range(0, global_size, bs)]
+        return torch.cat(parts), [p.numel() for p in parts]
+
+    def _batches(self, epoch: int, first: int
+                 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, int, int, list[int]]]:
+        """(step, images, labels, this rank's batch size, the global batch's size, this
+        rank's samples in each accumulated part) for the epoch's steps from ``first`` on, in
+        the order (seed, epoch) gives."""
         run, spec, world, data = self.run, self.run.spec, self.run.world, self.run.data
-        bs, steps = spec.batch_size, run.steps
+        bs, steps = spec.batch_size * spec.accumulate, run.steps
         perm = torch.randperm(run.n, generator=torch.Generator().manual_seed(
             _epoch_seed(spec.seed, epoch)))
         streamed: Any = None
         if data.streamed:
             # The same batches as the in-memory path, read ahead by the workers.
             streamed = iter(epoch_loader(data.loaded.train_set, [
-                perm[s * bs:(s + 1) * bs][world.rank::world.size].tolist()
-                for s in range(first, steps)], int(spec.workers or 0),
+                perm[s * bs:(s + 1) * bs][self._mine(perm[s * bs:(s + 1) * bs].numel())[0]]
+                .tolist() for s in range(first, steps)], int(spec.workers or 0),
                 run.device.type == "cuda"))
         else:
             perm = perm.to(run.device)
         for step in range(first, steps):
             idx = perm[step * bs:(step + 1) * bs]
             global_size = idx.numel()
-            if world.distributed:
-                # This rank's share of the global batch, DistributedSampler's way.
-                idx = idx[world.rank::world.size]
+            positions, parts = self._mine(global_size)
+            if world.distributed or spec.accumulate > 1:
+                idx = idx[positions.to(idx.device)]
             if streamed is not None:
                 xb, yb = next(streamed)
                 xb = xb.to(run.device, non_blocking=True)
@@ -682,17 +698,18 @@ class _Loop:
                 # Seeds far above any epoch's: draws of their own, one set per global batch
                 # whatever the number of processes, each rank taking its samples' draws.
                 seed = _epoch_seed(spec.seed, 2**40 + epoch * steps + step)
-                share = (world.rank, world.size, global_size) if world.distributed else None
+                share = (positions, global_size) if world.distributed else None
                 if run.task == "classify":
                     xb = augment(xb, spec.augment, seed, share=share)
                 else:  # the mask or target image moves with its image
                     xb, yb = augment(xb, spec.augment, seed, yb, share=share)
-            yield step, xb, yb, idx.numel(), global_size
+            yield step, xb, yb, idx.numel(), global_size, parts
 
     def _step(self, epoch: int, step: int, xb: torch.Tensor, yb: torch.Tensor, size: int,
-              global_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step on this rank's ``size`` samples of the global batch; (their
-        loss, the module's output)."""
+              global_size: int, parts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on this rank's ``size`` samples of the global batch, their
+        gradients accumulated over its ``parts`` (one forward and backward pass each); (their
+        mean loss, the module's output)."""
         run, spec, optimizer = self.run, self.run.spec, self.run.optimizer
         if spec.scheduler is not None:
             self.lr = spec.scheduler.lr_at(epoch * run.steps + step, run.steps, spec.epochs,
@@ -701,29 +718,40 @@ class _Loop:
             for group in optimizer.param_groups:
                 group["lr"] = self.lr
         optimizer.zero_grad(set_to_none=True)
-        with run.precision.autocast():
-            output = self.model(xb)
-            loss = self.train_loss(output, yb)
-        # DDP averages the ranks' gradients; weighting each share by its size
-        # makes that average the global batch's mean, as in one process.
-        scaled = (loss * (size * run.world.size / global_size) if run.world.distributed
-                  else loss)
         scaler = run.precision.scaler
+        losses, outputs = [], []
+        pieces = [p for p in parts if p]
+        for i, (xp, yp) in enumerate(zip(xb.split(pieces), yb.split(pieces))):
+            last = i == len(pieces) - 1
+            # DDP exchanges the gradients once, after the last part.
+            no_sync = getattr(self.model, "no_sync", None)
+            quiet = no_sync() if no_sync is not None and not last else contextlib.nullcontext()
+            with quiet:
+                with run.precision.autocast():
+                    output = self.model(xp)
+                    loss = self.train_loss(output, yp)
+                # Each part's mean loss weighted by its share of the global batch: the summed
+                # gradients (averaged by DDP over the ranks) are the global batch's mean's.
+                share = xp.shape[0] * run.world.size / global_size
+                scaled = loss * share if share != 1 else loss
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            losses.append(loss.detach() * xp.shape[0])
+            outputs.append(output.detach() if len(pieces) > 1 else output)
         if scaler is not None:
-            scaler.scale(scaled).backward()
             if spec.grad_clip is not None:
                 scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(run.module.parameters(), spec.grad_clip)
             scaler.step(optimizer)
             scaler.update()
         else:
-            scaled.backward()
             if spec.grad_clip is not None:
                 nn.utils.clip_grad_norm_(run.module.parameters(), spec.grad_clip)
             optimizer.step()
         if self.ema is not None:
             self.ema.update(run.module)
-        return loss, output
+        if len(pieces) == 1:
+            return loss, outputs[0]
+        return torch.stack(losses).sum() / size, torch.cat(outputs)
 
     def _stop_mid_epoch(self, epoch: int, step: int, sums: _Running, before_s: float,
                         t_epoch: float) -> None:

@@ -20,7 +20,7 @@ from .setup import Run, apply_hyperparameters
 
 # What a resume may not change in the middle of an epoch: the rest of its batches
 # could not be replayed. At an epoch boundary they apply from the next epoch.
-_EPOCH_KEYS = ("seed", "batch_size", "drop_last")
+_EPOCH_KEYS = ("seed", "batch_size", "drop_last", "accumulate")
 
 
 def read_checkpoint(out: Path, module: nn.Module, input_shape: tuple[int, int, int],
@@ -84,7 +84,8 @@ def _position(ckpt: dict[str, Any], run: Run) -> str:
         return f"after epoch {run.start_epoch}"
     was = TrainSpec.model_validate(ckpt["train"])
     n = run.n
-    was_steps = n // was.batch_size if was.drop_last else math.ceil(n / was.batch_size)
+    bs = was.batch_size * was.accumulate
+    was_steps = n // bs if was.drop_last else math.ceil(n / bs)
     return f"at epoch {run.start_epoch + 1}, step {run.start_step}/{was_steps}"
 
 

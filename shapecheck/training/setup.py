@@ -97,7 +97,8 @@ class Run:
 
     @property
     def steps(self) -> int:
-        n, bs = self.n, self.spec.batch_size
+        """Optimizer steps an epoch: each takes ``accumulate`` batches."""
+        n, bs = self.n, self.spec.batch_size * self.spec.accumulate
         return n // bs if self.spec.drop_last else math.ceil(n / bs)
 
     def last_good(self) -> str:
