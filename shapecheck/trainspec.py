@@ -365,6 +365,51 @@ class SchedulerSpec(BaseModel):
         return lr
 
 
+def _range(v: tuple[float, float], what: str) -> None:
+    if not (0 < v[0] <= v[1]) or not all(math.isfinite(x) for x in v):
+        raise ValueError(f"{what} must be [low, high] with 0 < low <= high")
+
+
+class ResizedCropSpec(BaseModel):
+    """torchvision's RandomResizedCrop: a random part of ``scale`` × the image's area and an
+    aspect ratio within ``ratio``, resized back to the input size."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+
+    @model_validator(mode="after")
+    def _check(self) -> ResizedCropSpec:
+        _range(self.scale, "scale")
+        _range(self.ratio, "ratio")
+        if self.scale[1] > 1:
+            raise ValueError("scale is a fraction of the image's area: at most 1")
+        return self
+
+
+class ErasingSpec(BaseModel):
+    """torchvision's RandomErasing: with probability ``p``, a rectangle of ``scale`` × the
+    area and an aspect ratio within ``ratio`` set to ``value`` (0 after normalisation: the
+    mean)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    p: float = Field(default=0.5, ge=0, le=1)
+    scale: tuple[float, float] = (0.02, 0.33)
+    ratio: tuple[float, float] = (0.3, 3.3)
+    value: float = 0.0
+
+    @model_validator(mode="after")
+    def _check(self) -> ErasingSpec:
+        _range(self.scale, "scale")
+        _range(self.ratio, "ratio")
+        _finite(self.value, "value")
+        if self.scale[1] >= 1:
+            raise ValueError("scale is a fraction of the image's area: below 1")
+        return self
+
+
 class AugmentSpec(BaseModel):
     """Random changes to each training batch, drawn from (seed, epoch, step) and each
     sample's place in the global batch, whatever the number of processes.
@@ -377,6 +422,21 @@ class AugmentSpec(BaseModel):
 
     crop_padding: NonNegativeInt = 0
     flip: bool = False
+    # Classification only:
+    resized_crop: ResizedCropSpec | None = None
+    erasing: ErasingSpec | None = None
+    mixup: PositiveFloat | None = None  # Beta(alpha, alpha)'s alpha
+    cutmix: PositiveFloat | None = None
+
+    @field_validator("resized_crop", "erasing", mode="before")
+    @classmethod
+    def _on(cls, v: Any) -> Any:
+        return {} if v is True else (None if v is False else v)
+
+    @property
+    def per_image_only(self) -> bool:
+        """Whether every change also applies to a dense target (flips and crops do)."""
+        return not (self.resized_crop or self.erasing or self.mixup or self.cutmix)
 
 
 class EmaSpec(BaseModel):

@@ -267,3 +267,82 @@ def test_accumulation_resumes_mid_epoch_exactly(tmp_path):
     a = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)
     b = torch.load(tmp_path / "cut" / "model.pt", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------- augmentations
+
+
+def test_resized_crop_and_erasing_are_torchvision_s_rules():
+    from shapecheck.training.augment import erasing_boxes, resized_crop_boxes
+    from shapecheck.training.data import augment
+    from shapecheck.trainspec import AugmentSpec
+
+    x = torch.randn(40, 1, 28, 28)
+    # The whole image at ratio 1 is the image itself.
+    same = augment(x, AugmentSpec(resized_crop={"scale": [1, 1], "ratio": [1, 1]}), seed=1)
+    assert torch.allclose(same, x, atol=1e-6)
+    g = torch.Generator().manual_seed(3)
+    for t, l, h, w in resized_crop_boxes(g, 200, 28, 28, (0.25, 0.5), (0.5, 2.0)):
+        assert 0 <= t <= 28 - h and 0 <= l <= 28 - w
+        # Rounded sides: the area and ratio within the bounds, up to a pixel each way.
+        assert 0.25 * 784 * 0.8 <= h * w <= 0.5 * 784 * 1.2 and 0.4 <= w / h <= 2.5
+    g = torch.Generator().manual_seed(4)
+    boxes = erasing_boxes(g, 400, 28, 28, 0.5, (0.02, 0.33), (0.3, 3.3))
+    assert 150 < sum(b is not None for b in boxes) < 250  # p = 0.5
+    erased = augment(x, AugmentSpec(erasing={"p": 1.0, "value": 7.0}), seed=2)
+    for a, b in zip(x, erased):
+        changed = a != b
+        assert changed.any() and bool((b[changed] == 7.0).all())
+        rows, cols = changed[0].nonzero().unbind(1)
+        box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+        assert int(changed.sum()) == int(box) and 0.02 * 784 * 0.8 <= int(box) <= 0.33 * 784 * 1.2
+    # A rank's share draws as in one process.
+    spec = AugmentSpec(resized_crop={}, erasing={"p": 0.7}, flip=True)
+    whole = augment(x, spec, seed=9)
+    part = augment(x[1::2], spec, seed=9, share=(torch.arange(1, 40, 2), 40))
+    assert torch.equal(part, whole[1::2])
+
+
+@pytest.mark.parametrize("kind", ["mixup", "cutmix"])
+def test_mixup_and_cutmix_train_on_their_soft_target_loss(kind):
+    from torch.nn import functional as F
+
+    from shapecheck.training.augment import mix
+
+    x, y = torch.randn(8, 1, 28, 28), torch.arange(8) % 10
+    mixed, soft = mix(x, y, torch.Generator().manual_seed(6), 10,
+                      0.4 if kind == "mixup" else None, 1.0 if kind == "cutmix" else None)
+    lam = float(soft[0, y[0]])
+    assert torch.allclose(soft.sum(1), torch.ones(8))
+    if kind == "mixup":
+        assert torch.allclose(mixed, lam * x + (1 - lam) * x.roll(1, 0), atol=1e-6)
+    else:  # each pixel from its own image or from the one before; lam the share kept
+        own = mixed == x
+        assert bool((own | (mixed == x.roll(1, 0))).all())
+        assert lam == pytest.approx(float(own[0].float().mean()))
+    # The soft-target loss is mixup's loss by hand: lam·CE(y) + (1 − lam)·CE(y').
+    out = torch.randn(8, 10)
+    by_hand = lam * F.cross_entropy(out, y) + (1 - lam) * F.cross_entropy(out, y.roll(1, 0))
+    assert float(F.cross_entropy(out, soft)) == pytest.approx(float(by_hand), rel=1e-6)
+
+
+def test_the_new_augmentations_train_and_resume_exactly(tmp_path):
+    from test_train import _CtrlCAt
+
+    from shapecheck.training import TrainError
+
+    s = spec(optimizer={"type": "adam", "lr": 0.003}, augment={
+        "flip": True, "resized_crop": {"scale": [0.5, 1.0]}, "erasing": {"p": 0.3},
+        "mixup": 0.2, "cutmix": 1.0})
+    result, _ = shapecheck_run(s, tmp_path / "whole")
+    assert result.history[-1].test_acc > 0.3  # chance is 0.1
+    with pytest.raises(KeyboardInterrupt):
+        shapecheck_run(s, tmp_path / "cut", module=_CtrlCAt(6 + 2))
+    train(lecture_cnn(), s, name="recipe", input_shape=(1, 28, 28), num_classes=10,
+          base_dir=Path("."), out_dir=tmp_path / "cut", model_source="",
+          log=lambda line: None, resume=True)
+    a = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "model.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(TrainError, match="soft targets, which need cross_entropy"):
+        shapecheck_run(spec(loss="nll_loss", augment={"mixup": 0.2}), tmp_path / "nll")

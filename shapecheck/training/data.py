@@ -14,6 +14,7 @@ from torch import nn
 from shapecheck.data import list_folder, read_image, resolve_path
 from shapecheck.trainspec import AugmentSpec, DatasetSpec, TrainSpec
 
+from .augment import erase, erasing_boxes, resized_crop, resized_crop_boxes
 from .base import TrainError, _rng_state, _set_rng_state
 
 
@@ -277,7 +278,18 @@ def augment(xb: torch.Tensor, spec: AugmentSpec, seed: int,
             s = y4.shape[-1] // w  # the target's scale: 1, or 2 for a ×2 super-resolution
             y4 = _crop(y4, p * s, dy * s, dx * s, IGNORE_INDEX if mask else 0)
             yb = y4[:, 0] if mask else y4
+    h = xb.shape[2]
+    if spec.resized_crop is not None:  # classification only (check_spec)
+        boxes = resized_crop_boxes(g, n, h, w, spec.resized_crop.scale, spec.resized_crop.ratio)
+        xb = resized_crop(xb, _take(boxes, mine))
+    if spec.erasing is not None:
+        e = spec.erasing
+        xb = erase(xb, _take(erasing_boxes(g, n, h, w, e.p, e.scale, e.ratio), mine), e.value)
     return xb if yb is None else (xb, yb)
+
+
+def _take(draws: list, mine: Any) -> list:
+    return draws[mine] if isinstance(mine, slice) else [draws[int(i)] for i in mine]
 
 
 def _crop(xb: torch.Tensor, p: int, dy: torch.Tensor, dx: torch.Tensor,

@@ -26,6 +26,7 @@ from torch import nn
 from shapecheck.runinfo import previous_run_problem
 from shapecheck.trainspec import TrainSpec
 
+from .augment import mix
 from .base import (
     TrainError,
     _capital,
@@ -627,8 +628,9 @@ class _Loop:
             elif run.task == "regress":  # no accuracy: the scores are the errors
                 sums.add(step, loss.detach().float(), torch.zeros((), dtype=torch.int64), size,
                          0)
-            else:
-                sums.add(step, loss.detach().float(), (output.argmax(1) == yb).sum(), size)
+            else:  # mixed (soft) targets count as their larger share's class
+                labels = yb.argmax(1) if yb.is_floating_point() else yb
+                sums.add(step, loss.detach().float(), (output.argmax(1) == labels).sum(), size)
             seen_here += global_size
             if world.any(self.interrupt.set):
                 self._stop_mid_epoch(epoch, step, sums, before_s, t_epoch)
@@ -703,6 +705,13 @@ class _Loop:
                     xb = augment(xb, spec.augment, seed, share=share)
                 else:  # the mask or target image moves with its image
                     xb, yb = augment(xb, spec.augment, seed, yb, share=share)
+                a = spec.augment
+                if a.mixup is not None or a.cutmix is not None:
+                    # One draw per global batch; each sample mixed with the one before it in
+                    # this rank's share. The targets become soft.
+                    g = torch.Generator().manual_seed(
+                        _epoch_seed(spec.seed, 2**41 + epoch * steps + step))
+                    xb, yb = mix(xb, yb, g, run.num_classes, a.mixup, a.cutmix)
             yield step, xb, yb, idx.numel(), global_size, parts
 
     def _step(self, epoch: int, step: int, xb: torch.Tensor, yb: torch.Tensor, size: int,

@@ -165,6 +165,14 @@ def check_spec(module: nn.Module, spec: TrainSpec, device: torch.device,
     if spec.patience is not None and spec.dataset.val_fraction is None:
         raise TrainError("patience needs a validation split: give the dataset a val_fraction "
                          "(e.g. 0.1); the test split drives no decision")
+    a = spec.augment
+    if a is not None and not a.per_image_only:
+        if task != "classify":
+            raise TrainError(f"augment's resized_crop, erasing, mixup and cutmix are for "
+                             f"classification; {task} takes crop_padding and flip")
+        if (a.mixup or a.cutmix) and loss_name != "cross_entropy":
+            raise TrainError(f"mixup and cutmix train on soft targets, which need "
+                             f"cross_entropy; this run's loss is {loss_name}")
     if spec.tensorboard:
         _tensorboard_available()
     return loss_name
