@@ -596,3 +596,13 @@ def test_counts_are_spelled_right():
     assert _plural(2, "process") == "2 processes"  # once "2 processs"
     assert [_plural(n, "epoch") for n in (1, 3)] == ["1 epoch", "3 epochs"]
     assert _plural(1, "process") == "1 process" and _plural(2, "mismatch") == "2 mismatches"
+
+
+def test_a_busy_machine_gets_fewer_threads():
+    from shapecheck.training.loop import threads_for_load
+
+    assert threads_for_load(load=0.1, cores=2, current=2) is None  # an idle machine
+    assert threads_for_load(load=1.9, cores=2, current=2) == 1  # another process on a core
+    assert threads_for_load(load=4.0, cores=2, current=2) == 1  # never fewer than one
+    assert threads_for_load(load=4.2, cores=16, current=16) == 12
+    assert threads_for_load(load=4.2, cores=16, current=8) is None  # already few enough

@@ -159,8 +159,9 @@ def add_parser(sub) -> None:
     t.add_argument("--precision", choices=["32", "bf16", "fp16"], type=str.lower,
                    help="32 (default), or autocast to bf16 or fp16 (fp16 with a GradScaler)")
     t.add_argument("--threads", type=_int(1), metavar="N",
-                   help="torch's intra-op threads (default: torch's choice, one per core); "
-                   "1 is often faster for small nets on a busy machine")
+                   help="torch's intra-op threads (default: one per core, fewer when the load "
+                   "average says other processes share them); 1 is often faster for small "
+                   "nets on a busy machine")
     t.add_argument("--workers", type=_int(0), metavar="N",
                    help="image folders: read the images from disk while training, by N "
                    "processes (0: by the training process), instead of holding them in memory")

@@ -33,6 +33,7 @@ from .base import (
     _loss_fn,
     _plural,
     _rng_state,
+    select_device,
 )
 from .data import (
     _absolute_dataset,
@@ -286,6 +287,8 @@ def train(
     world = world_from_env()
     if threads is not None:
         torch.set_num_threads(threads)
+    elif not world.distributed:  # the launcher gives each rank one thread
+        _share_the_cores(spec, log)
     try:
         with _deterministic(spec.deterministic):
             result = _train(module, spec, name=name, input_shape=input_shape,
@@ -301,6 +304,33 @@ def train(
     finally:
         torch.set_num_threads(before)  # --threads or a deterministic resume changed it
         teardown(world)
+
+
+def threads_for_load(load: float, cores: int, current: int) -> int | None:
+    """Fewer intra-op threads than ``current`` when the load average says other processes
+    hold some of the ``cores`` (a thread per busy core fights them for it, and every parallel
+    region then waits for the slowest thread); None to keep ``current``."""
+    free = max(1, int(cores - load + 0.5))
+    return free if free < current else None
+
+
+def _share_the_cores(spec: TrainSpec, log: Callable[[str], Any]) -> None:
+    if not hasattr(os, "getloadavg"):
+        return
+    try:
+        if select_device(spec.device).type != "cpu":
+            return
+    except TrainError:
+        return  # said later, with the run's other checks
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        else (os.cpu_count() or 1)
+    load = os.getloadavg()[0]
+    fewer = threads_for_load(load, cores, torch.get_num_threads())
+    if fewer is not None:
+        log(f"note: the load average ({load:.1f}) says other processes share the {cores} "
+            f"cores: training with {_plural(fewer, 'thread')} instead of "
+            f"{torch.get_num_threads()} (--threads N chooses)")
+        torch.set_num_threads(fewer)
 
 
 def _quiet(line: str) -> None:
