@@ -465,3 +465,26 @@ def test_each_rank_scores_its_share_of_the_batches():
     shares = [share(1000, 256, World(size=3, rank=r)) for r in range(3)]
     assert shares == [[0, 3], [1], [2]]  # 4 batches, none twice, none left out
     assert share(1000, 256, World()) == [0, 1, 2, 3]
+
+
+@needs_mnist
+@needs_two_cores
+def test_two_processes_accumulating_take_the_one_process_large_batch_steps(tmp_path, capsys):
+    # No BatchNorm: sharing and accumulating change only the order of the sums.
+    plain = BN_SPEC.replace("  - batchnorm2d\n", "").replace("bias: false", "bias: true")
+    big, parts = tmp_path / "big.yaml", tmp_path / "parts.yaml"
+    big.write_text(plain)
+    parts.write_text(plain.replace("batch_size: 64", "batch_size: 16\n  accumulate: 4"))
+    one = tmp_path / "one"
+    assert main(["build", str(big), "--train", "--threads", "1", "--out", str(one), "-q",
+                 "-o", str(tmp_path / "m.py"), "--epochs", "2"]) == 0
+    capsys.readouterr()
+    two = tmp_path / "two"
+    r = subprocess.run([sys.executable, "-m", "shapecheck", "build", str(parts), "--train",
+                        "--threads", "1", "--nproc", "2", "--out", str(two), "-o",
+                        str(tmp_path / "m2.py"), "--epochs", "2"],
+                       check=False, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "batch 16 × 4 accumulated" in r.stdout
+    # 2 epochs of 2 steps, each over the same 64 digits, flipped and cropped alike.
+    assert largest_gap(one, two) < 1e-5
