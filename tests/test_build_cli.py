@@ -232,7 +232,7 @@ def test_bad_training_values(cwd, capsys):
     assert "bad training settings: optimizer.lr" in capsys.readouterr().err
     assert main(["build", str(spec), "--train", "--data", "synthetic", "--optimizer", "adam",
                  "--momentum", "0.9"]) == 2
-    assert "momentum applies to sgd only" in capsys.readouterr().err
+    assert "momentum applies to sgd and rmsprop" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         main(["build", str(spec), "--train", "--epochs", "0"])
     assert e.value.code == 2

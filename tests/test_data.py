@@ -323,7 +323,7 @@ def test_train_spec_defaults_and_shorthands():
     {"epochs": 0},
     {"batch_size": -1},
     {"optimizer": {"lr": 0}},
-    {"optimizer": {"type": "rmsprop"}},
+    {"optimizer": {"type": "lbfgs"}},  # rmsprop is one now
     {"optimizer": {"type": "adam", "momentum": 0.9}},
     {"optimizer": {"momentum": 1.5}},
     {"loss": "huber"},

@@ -482,8 +482,9 @@ def test_deterministic_sets_the_flags_and_a_resume_keeps_the_thread_count(tmp_pa
     run(LectureCNN(), spec(epochs=1, deterministic=True), tmp_path / "split")
     torch.set_num_threads(2)
     try:
+        # threads=2 as --threads 2: left out, a busy machine's load could choose fewer.
         _, lines = run(LectureCNN(), spec(epochs=2, deterministic=True), tmp_path / "split",
-                       resume=True)
+                       resume=True, threads=2)
         assert torch.get_num_threads() == 2  # given back afterwards
     finally:
         torch.set_num_threads(1)
@@ -498,7 +499,7 @@ def test_a_resume_on_another_thread_count_says_the_bits_will_differ(tmp_path):
     run(LectureCNN(), spec(epochs=1), tmp_path / "run")
     torch.set_num_threads(2)
     try:
-        _, lines = run(LectureCNN(), spec(epochs=2), tmp_path / "run", resume=True)
+        _, lines = run(LectureCNN(), spec(epochs=2), tmp_path / "run", resume=True, threads=2)
     finally:
         torch.set_num_threads(1)
     assert any("the run used 1 thread, this process 2" in s and "--deterministic" in s
