@@ -533,15 +533,16 @@ def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
     if args.init is not None:
         from ..training.init import check_weights, read_weights
 
+        # Under torchrun every rank reads the weights; rank 0 alone says what is wrong.
         try:
             weights = read_weights(Path(args.init))
         except TrainError as e:
-            return _fail(str(e), EXIT_INPUT)
+            return _fail(str(e), EXIT_INPUT) if main else EXIT_INPUT
         try:
             init = check_weights(module, weights, args.init, skip_head=bool(args.init_skip_head),
                                  describe=_describer(p, generated, spec_path))
         except TrainError as e:  # one line per layer that does not fit
-            return fail("build", str(e), EXIT_INVALID, keep="\n")
+            return fail("build", str(e), EXIT_INVALID, keep="\n") if main else EXIT_INVALID
     if train_spec.freeze:  # spec names; a layer renamed in the module has its attribute's
         renamed = dict(generated.renamed)
         train_spec = train_spec.model_copy(update={
