@@ -424,6 +424,7 @@ class AugmentSpec(BaseModel):
     flip: bool = False
     # Classification only:
     resized_crop: ResizedCropSpec | None = None
+    trivial: bool = False  # TrivialAugmentWide: one random op of 14 per image
     erasing: ErasingSpec | None = None
     mixup: PositiveFloat | None = None  # Beta(alpha, alpha)'s alpha
     cutmix: PositiveFloat | None = None
@@ -436,7 +437,8 @@ class AugmentSpec(BaseModel):
     @property
     def per_image_only(self) -> bool:
         """Whether every change also applies to a dense target (flips and crops do)."""
-        return not (self.resized_crop or self.erasing or self.mixup or self.cutmix)
+        return not (self.resized_crop or self.trivial or self.erasing or self.mixup
+                    or self.cutmix)
 
 
 class EmaSpec(BaseModel):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -346,3 +347,42 @@ def test_the_new_augmentations_train_and_resume_exactly(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(TrainError, match="soft targets, which need cross_entropy"):
         shapecheck_run(spec(loss="nll_loss", augment={"mixup": 0.2}), tmp_path / "nll")
+
+
+def test_trivial_augment_ops_are_pil_s_and_torch_s():
+    from PIL import Image, ImageOps
+
+    from shapecheck.training.augment import TRIVIAL_OPS, trivial_draws, trivial_op
+
+    g = torch.Generator().manual_seed(0)
+    levels = torch.randint(0, 256, (1, 28, 28), generator=g, dtype=torch.uint8)
+    levels[0, :4] = 40  # a histogram with a peak
+    x = levels.float() / 255
+    pil = Image.fromarray(levels[0].numpy())
+
+    def same(ours: torch.Tensor, theirs: Image.Image) -> bool:
+        return torch.equal((ours[0] * 255).round().to(torch.uint8),
+                           torch.from_numpy(np.array(theirs)))
+
+    assert same(trivial_op(x, "equalize", 0.0), ImageOps.equalize(pil))
+    assert same(trivial_op(x, "posterize", 3), ImageOps.posterize(pil, 3))
+    assert same(trivial_op(x, "autocontrast", 0.0), ImageOps.autocontrast(pil))
+    # Solarize at 128/255: PIL inverts levels at or above 128.
+    assert same(trivial_op(x, "solarize", 128 / 255), ImageOps.solarize(pil, 128))
+    assert torch.equal(trivial_op(x, "rotate", 90.0), torch.rot90(x, 1, (-2, -1)))
+    shifted = torch.zeros_like(x)
+    shifted[..., 5:] = x[..., :-5]
+    assert torch.equal(trivial_op(x, "translate_x", 5.7), shifted)  # whole pixels, as torchvision
+    assert torch.allclose(trivial_op(x, "brightness", -0.5), x * 0.5)
+    assert torch.equal(trivial_op(x, "identity", 0.0), x)
+
+    draws = trivial_draws(torch.Generator().manual_seed(1), 2000)
+    assert {op for op, _ in draws} == set(TRIVIAL_OPS)
+    rotations = [m for op, m in draws if op == "rotate"]
+    assert min(rotations) < -60 and max(rotations) > 60 and all(abs(m) <= 135 for m in rotations)
+
+
+def test_trivial_augment_trains(tmp_path):
+    result, _ = shapecheck_run(spec(optimizer={"type": "adam", "lr": 0.003},
+                                    augment={"trivial": True}), tmp_path / "run")
+    assert result.history[-1].test_acc > 0.3

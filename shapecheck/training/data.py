@@ -14,7 +14,14 @@ from torch import nn
 from shapecheck.data import list_folder, read_image, resolve_path
 from shapecheck.trainspec import AugmentSpec, DatasetSpec, TrainSpec
 
-from .augment import erase, erasing_boxes, resized_crop, resized_crop_boxes
+from .augment import (
+    erase,
+    erasing_boxes,
+    resized_crop,
+    resized_crop_boxes,
+    trivial_augment,
+    trivial_draws,
+)
 from .base import TrainError, _rng_state, _set_rng_state
 
 
@@ -246,13 +253,15 @@ def epoch_loader(ds: FolderImages, batches: list[list[int]], workers: int,
 
 def augment(xb: torch.Tensor, spec: AugmentSpec, seed: int,
             yb: torch.Tensor | None = None,
-            share: tuple[torch.Tensor, int] | None = None) -> Any:
+            share: tuple[torch.Tensor, int] | None = None,
+            norm: tuple[list[float], list[float]] | None = None) -> Any:
     """``xb`` flipped and cropped as ``spec`` says, the draws made from ``seed`` alone (on
     the CPU, whatever the device), so a resumed run draws the same.
 
     ``share`` (positions, global batch size): ``xb`` holds the samples at ``positions`` of
     the global batch (a rank's share); the draws are made for the whole global batch and
-    theirs taken, so each sample is changed as in one process.
+    theirs taken, so each sample is changed as in one process. ``norm`` (mean, std): the
+    run's normalisation, which ``trivial`` undoes to work on [0, 1] images.
 
     With dense targets ``yb`` (masks (B, H, W) or images (B, C, sH, sW)), (xb, yb): each
     target gets its image's flip and crop, scaled by s when it is s times the image's size;
@@ -282,6 +291,10 @@ def augment(xb: torch.Tensor, spec: AugmentSpec, seed: int,
     if spec.resized_crop is not None:  # classification only (check_spec)
         boxes = resized_crop_boxes(g, n, h, w, spec.resized_crop.scale, spec.resized_crop.ratio)
         xb = resized_crop(xb, _take(boxes, mine))
+    if spec.trivial:
+        c = xb.shape[1]
+        mean, std = norm if norm is not None else ([0.0] * c, [1.0] * c)
+        xb = trivial_augment(xb, _take(trivial_draws(g, n), mine), mean, std)
     if spec.erasing is not None:
         e = spec.erasing
         xb = erase(xb, _take(erasing_boxes(g, n, h, w, e.p, e.scale, e.ratio), mine), e.value)

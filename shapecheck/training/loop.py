@@ -732,7 +732,8 @@ class _Loop:
                 seed = _epoch_seed(spec.seed, 2**40 + epoch * steps + step)
                 share = (positions, global_size) if world.distributed else None
                 if run.task == "classify":
-                    xb = augment(xb, spec.augment, seed, share=share)
+                    xb = augment(xb, spec.augment, seed, share=share,
+                                 norm=(data.loaded.mean, data.loaded.std))
                 else:  # the mask or target image moves with its image
                     xb, yb = augment(xb, spec.augment, seed, yb, share=share)
                 a = spec.augment

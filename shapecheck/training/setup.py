@@ -168,7 +168,7 @@ def check_spec(module: nn.Module, spec: TrainSpec, device: torch.device,
     a = spec.augment
     if a is not None and not a.per_image_only:
         if task != "classify":
-            raise TrainError(f"augment's resized_crop, erasing, mixup and cutmix are for "
+            raise TrainError(f"augment's resized_crop, trivial, erasing, mixup and cutmix are for "
                              f"classification; {task} takes crop_padding and flip")
         if (a.mixup or a.cutmix) and loss_name != "cross_entropy":
             raise TrainError(f"mixup and cutmix train on soft targets, which need "
