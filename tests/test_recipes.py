@@ -1,6 +1,7 @@
 """The training recipes people expect, each against the same thing written by hand in PyTorch
 (tests/hand_training.py) or against torch's own implementation: optimizers and their
-settings, learning-rate schedules, early stopping, weight EMA, gradient accumulation."""
+settings, learning-rate schedules, early stopping, weight EMA, gradient accumulation, and the
+augmentations (resized crops, erasing, TrivialAugment against Pillow, mixup and cutmix)."""
 
 from __future__ import annotations
 
