@@ -6,7 +6,10 @@ data on the device, the optimizer, the precision; ``Run``, the state a run carri
 ``runfolder`` (checkpoint, metrics, curves, run.json), ``distributed`` (the processes of a
 DDP run and their launcher), ``data`` (what the loop needs of the dataset), ``dense`` (the
 per-pixel losses and scores of segmentation and regression), ``evaluate``
-(``evaluate()``) and ``base`` (errors, devices, losses shared by all).
+(``evaluate()``), ``init`` (``--init`` weights and ``freeze``), ``syncbn`` (BatchNorm over the
+global batch under DDP), ``scoring`` (scores shared over the ranks), ``ema`` (the weight
+average), ``augment`` (resized crops, erasing, TrivialAugment, mixup, cutmix) and ``base``
+(errors, devices, losses shared by all).
 
 ``train()`` reads the whole dataset into memory once (``shapecheck.data``),
 normalises it once, and runs a plain loop that indexes whole batches from the
