@@ -3,8 +3,8 @@
     python -m benchmarks.exactness
 
 Trains specs/lecture_cnn.yaml (mnist-5k) for 2 epochs through the command line, as a user
-does, with OMP_NUM_THREADS setting torch's thread count, and prints the largest absolute
-difference between the weights (model.pt) of the runs. The README's "What is exact" quotes it.
+does, with --threads (and OMP_NUM_THREADS) setting torch's thread count, and prints the
+largest absolute difference between the weights (model.pt) of the runs. The README's "What is exact" quotes it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ SPEC = ROOT / "specs" / "lecture_cnn.yaml"
 def build(out: Path, threads: int, *flags: str) -> dict[str, torch.Tensor]:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     subprocess.run([sys.executable, "-m", "shapecheck", "build", str(SPEC), "--train",
-                    "--device", "cpu", "--out", str(out), *flags],
+                    "--device", "cpu", "--threads", str(threads), "--out", str(out), *flags],
                    env=env, check=True, capture_output=True)
     return torch.load(out / "model.pt", weights_only=True)
 

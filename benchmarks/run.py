@@ -559,7 +559,9 @@ def bench_train(ctx: Context) -> Table:
             result = train(module, ts.model_copy(update={"epochs": epoch + 1}), name=plan.name,
                            input_shape=input_shape, num_classes=num_classes, base_dir=base_dir,
                            out_dir=out, model_source=source, resume=epoch > 0,
-                           log=lambda _: None, progress=False)
+                           log=lambda _: None, progress=False,
+                           # the hand loop's count: the load must not choose another
+                           threads=torch.get_num_threads())
             rate_o = result.history[-1].samples_per_s
             rate_h = loop.epoch(epoch)
             if r < 0:

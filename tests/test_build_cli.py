@@ -159,7 +159,7 @@ def test_internal_error_is_reported_not_written(cwd, capsys, monkeypatch):
 
 
 def test_import_does_not_import_torch():
-    code = ("import sys, shapecheck.commands.build, shapecheck.commands.eval, shapecheck.codegen;"
+    code = ("import sys, shapecheck.commands.build, shapecheck.commands.eval, shapecheck.emit.codegen;"
             "from shapecheck.cli import build_parser; build_parser();"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy')))")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -232,7 +232,7 @@ def test_bad_training_values(cwd, capsys):
     assert "bad training settings: optimizer.lr" in capsys.readouterr().err
     assert main(["build", str(spec), "--train", "--data", "synthetic", "--optimizer", "adam",
                  "--momentum", "0.9"]) == 2
-    assert "momentum applies to sgd only" in capsys.readouterr().err
+    assert "momentum applies to sgd and rmsprop" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         main(["build", str(spec), "--train", "--epochs", "0"])
     assert e.value.code == 2

@@ -76,7 +76,7 @@ def _mode_writes(value: ast.expr) -> bool:
 
 def direct_writes(source: str, filename: str = "<source>") -> list[str]:
     """`file:line: call` for every place in the source that writes a file other than through
-    shapecheck.atomic."""
+    shapecheck.core.atomic."""
     tree = ast.parse(source, filename)
     atomic_names = {
         item.optional_vars.id
@@ -129,14 +129,14 @@ def test_every_write_in_the_package_goes_through_atomic():
             continue
         rel = path.relative_to(ROOT).as_posix()
         found += direct_writes(path.read_text(encoding="utf-8"), rel)
-    assert found == [], "write these through shapecheck.atomic:\n" + "\n".join(found)
+    assert found == [], "write these through shapecheck.core.atomic:\n" + "\n".join(found)
 
 
 def test_the_guard_finds_direct_writes():
     source = textwrap.dedent('''
         import os, shutil, torch, json
         from pathlib import Path
-        from shapecheck.atomic import atomic_open, atomic_write
+        from shapecheck.core.atomic import atomic_open, atomic_write
 
         def bad(p, obj, fig, mode):
             open(p, "w").write("x")                  # 7

@@ -385,6 +385,12 @@ def test_eval_on_the_training_file_scores_only_the_held_out_part(tmp_path):
     assert every.num_samples == 240 and every.source.startswith("whole dataset: ")
     trained = evaluate(tmp_path / "run", split="train")
     assert trained.num_samples == 180
+    # A byte-for-byte copy of the training file holds the trained-on images too.
+    copy = tmp_path / "copy" / "digits.npz"
+    copy.parent.mkdir()
+    copy.write_bytes(data.read_bytes())
+    ev = evaluate(tmp_path / "run", DatasetSpec(path=str(copy)))
+    assert ev.num_samples == 60 and "held-out part" in ev.source
     # Another file without a split of its own is scored whole, and says so.
     other = write_npz_xy(tmp_path / "other.npz", n=50)
     ev = evaluate(tmp_path / "run", DatasetSpec(path=str(other)))
@@ -476,8 +482,9 @@ def test_deterministic_sets_the_flags_and_a_resume_keeps_the_thread_count(tmp_pa
     run(LectureCNN(), spec(epochs=1, deterministic=True), tmp_path / "split")
     torch.set_num_threads(2)
     try:
+        # threads=2 as --threads 2: left out, a busy machine's load could choose fewer.
         _, lines = run(LectureCNN(), spec(epochs=2, deterministic=True), tmp_path / "split",
-                       resume=True)
+                       resume=True, threads=2)
         assert torch.get_num_threads() == 2  # given back afterwards
     finally:
         torch.set_num_threads(1)
@@ -492,7 +499,7 @@ def test_a_resume_on_another_thread_count_says_the_bits_will_differ(tmp_path):
     run(LectureCNN(), spec(epochs=1), tmp_path / "run")
     torch.set_num_threads(2)
     try:
-        _, lines = run(LectureCNN(), spec(epochs=2), tmp_path / "run", resume=True)
+        _, lines = run(LectureCNN(), spec(epochs=2), tmp_path / "run", resume=True, threads=2)
     finally:
         torch.set_num_threads(1)
     assert any("the run used 1 thread, this process 2" in s and "--deterministic" in s
@@ -545,6 +552,15 @@ def test_practitioner_options_train(tmp_path):
     decayed = {id(p) for p in groups[0]["params"]}
     assert decayed == {id(net[0].weight), id(net[4].weight), id(net[7].weight)}
     assert groups[1]["weight_decay"] == 0.0 and len(groups[1]["params"]) == 5
+    # The LayerScale build writes is a per-channel gain: no decay either.
+    from shapecheck.core.layers.norm import LayerScale as LayerScaleSpec
+
+    helper: dict = {"nn": nn, "torch": torch}
+    exec(LayerScaleSpec.helper_source, helper)  # noqa: S102 - shapecheck's own source
+    scaled = nn.Sequential(nn.Conv2d(1, 4, 3), helper["LayerScale"](4))
+    groups = _param_groups(scaled, OptimizerSpec(weight_decay=0.1, decay_norm_and_bias=False))
+    assert [len(g["params"]) for g in groups] == [1, 2]
+    assert any(p is scaled[1].weight for p in groups[1]["params"])
     with pytest.raises(TrainError, match="class_weights has 3 values"):
         run(LectureCNN(), spec(class_weights=[1, 2, 3]), tmp_path / "w")
     nll = nn.Sequential(*LectureCNN(), nn.LogSoftmax(dim=1))
@@ -573,3 +589,21 @@ def test_tensorboard_asked_for_without_the_package_stops_before_training(tmp_pat
     with pytest.raises(TrainError, match=r"pip install 'shapecheck-cnn\[tensorboard\]'"):
         run(LectureCNN(), spec(tensorboard=True), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_counts_are_spelled_right():
+    from shapecheck.training.base import _plural
+
+    assert _plural(2, "process") == "2 processes"  # once "2 processs"
+    assert [_plural(n, "epoch") for n in (1, 3)] == ["1 epoch", "3 epochs"]
+    assert _plural(1, "process") == "1 process" and _plural(2, "mismatch") == "2 mismatches"
+
+
+def test_a_busy_machine_gets_fewer_threads():
+    from shapecheck.training.loop import threads_for_load
+
+    assert threads_for_load(load=0.1, cores=2, current=2) is None  # an idle machine
+    assert threads_for_load(load=1.9, cores=2, current=2) == 1  # another process on a core
+    assert threads_for_load(load=4.0, cores=2, current=2) == 1  # never fewer than one
+    assert threads_for_load(load=4.2, cores=16, current=16) == 12
+    assert threads_for_load(load=4.2, cores=16, current=8) is None  # already few enough

@@ -22,8 +22,8 @@ no such device) or shapecheck found an internal error; 2 usage or input error (n
 spec, a file that is not ours in the way, a bad flag value, no dataset, a dataset that
 cannot be read or does not fit the spec, a run folder that cannot be written, a damaged
 checkpoint, or a resume its checkpoint cannot continue: another architecture, optimizer
-or dataset); 130 interrupted (training keeps a
-checkpoint: continue with --resume).
+or dataset); 130 interrupted by Ctrl-C, 143 stopped by SIGTERM, 138 by SIGUSR1 (training
+keeps an exact checkpoint: continue with --resume).
 torch is imported only when the command runs."""
 
 from __future__ import annotations
@@ -63,11 +63,12 @@ EXIT_INTERRUPTED = 130
 TRAIN_FLAGS = ["--data", "--data-format", "--task", "--loss", "--optimizer", "--lr", "--momentum",
                "--weight-decay", "--epochs", "--batch-size", "--seed", "--device", "--out",
                "--val-fraction", "--patience", "--precision", "--threads", "--workers", "--nproc",
-               "--master-port", "--backend"]
-TRAIN_SWITCHES = ["--drop-last", "--deterministic", "--tensorboard", "--compile"]
+               "--master-port", "--backend", "--init"]
+TRAIN_SWITCHES = ["--drop-last", "--deterministic", "--tensorboard", "--compile", "--no-sync-bn",
+                  "--init-skip-head"]
 # Bytes per parameter while training, besides the weights themselves: the gradient, plus the
 # optimizer's state (SGD's momentum buffer; Adam's two moments).
-_STATE_COPIES = {"sgd": 0, "adam": 2, "adamw": 2}
+_STATE_COPIES = {"sgd": 0, "adam": 2, "adamw": 2, "rmsprop": 1}
 
 
 def _int(minimum: int):
@@ -135,7 +136,7 @@ def add_parser(sub) -> None:
                    help="default: from the output's shape, (N, K) classify, (N, K, H, W) "
                    "segment (regress with --loss mse or l1)")
     t.add_argument("--loss", choices=["cross_entropy", "nll_loss", "mse", "l1"], type=str.lower)
-    t.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], type=str.lower)
+    t.add_argument("--optimizer", choices=["sgd", "adam", "adamw", "rmsprop"], type=str.lower)
     t.add_argument("--lr", type=float, metavar="LR", help="learning rate")
     t.add_argument("--momentum", type=float, metavar="M", help="SGD momentum")
     t.add_argument("--weight-decay", type=float, metavar="WD")
@@ -169,8 +170,9 @@ def add_parser(sub) -> None:
     t.add_argument("--precision", choices=["32", "bf16", "fp16"], type=str.lower,
                    help="32 (default), or autocast to bf16 or fp16 (fp16 with a GradScaler)")
     t.add_argument("--threads", type=_int(1), metavar="N",
-                   help="torch's intra-op threads (default: torch's choice, one per core); "
-                   "1 is often faster for small nets on a busy machine")
+                   help="torch's intra-op threads (default: one per core, fewer when the load "
+                   "average says other processes share them); 1 is often faster for small "
+                   "nets on a busy machine")
     t.add_argument("--workers", type=_int(0), metavar="N",
                    help="image folders: read the images from disk while training, by N "
                    "processes (0: by the training process), instead of holding them in memory")
@@ -186,6 +188,17 @@ def add_parser(sub) -> None:
                    "free one)")
     t.add_argument("--backend", choices=["auto", "gloo", "nccl"], type=str.lower,
                    help="distributed backend (default auto: nccl on CUDA, gloo on the CPU)")
+    t.add_argument("--no-sync-bn", action="store_true", default=None,
+                   help="with --nproc: keep each process's own BatchNorm statistics (by "
+                   "default they are those of the global batch, as in one process: "
+                   "SyncBatchNorm)")
+    t.add_argument("--init", metavar="PATH",
+                   help="start a new run from these weights: a run folder, its model.pt, a "
+                   "checkpoint.pt or a state-dict file; keys and shapes are checked against "
+                   "the plan first")
+    t.add_argument("--init-skip-head", action="store_true", default=None,
+                   help="with --init: leave the last layer with parameters (the classifier "
+                   "head) freshly initialised, e.g. for another number of classes")
     p.set_defaults(run=run)
 
 
@@ -229,6 +242,11 @@ def run(args: argparse.Namespace) -> int:
     given += ["--resume"] if args.resume else []
     if given and not args.train:
         return _fail(f"{', '.join(given)} only apply with --train")
+    if args.init_skip_head and args.init is None:
+        return _fail("--init-skip-head only applies with --init PATH")
+    if args.init is not None and args.resume:
+        return _fail("--init starts a new run from weights; --resume continues the run "
+                     "folder's checkpoint: give one of them")
     destination = _destination(args)
     if isinstance(destination, Path):
         problem = _check_destination(destination, args.force, Path(args.spec))
@@ -392,7 +410,8 @@ def _train_spec(spec_train: TrainSpec | None, args: argparse.Namespace) -> Train
             seed=args.seed, device=args.device, output=None, val_fraction=args.val_fraction,
             patience=args.patience, drop_last=args.drop_last,
             deterministic=args.deterministic, tensorboard=args.tensorboard,
-            precision=args.precision, workers=args.workers)
+            precision=args.precision, workers=args.workers,
+            sync_bn=False if args.no_sync_bn else None)
     except ValidationError as e:
         problems = []
         for err in e.errors():
@@ -415,7 +434,8 @@ def _same_everywhere(e: Exception) -> bool:
 def _training_copies(train_spec: TrainSpec) -> int:
     """Copies of the parameters training keeps: weights, gradients, optimizer state."""
     states = 2 + _STATE_COPIES[train_spec.optimizer.type]
-    if train_spec.optimizer.type == "sgd" and train_spec.optimizer.effective_momentum:
+    if train_spec.optimizer.type in ("sgd", "rmsprop") and \
+            train_spec.optimizer.effective_momentum:
         states += 1
     return states
 
@@ -438,6 +458,24 @@ def _run_folder(p, train_spec: TrainSpec, spec_path: Path, args) -> Path | str:
     if os.environ.get("RANK", "0") != "0":
         return out  # under torchrun, rank 0 checks the folder (and holds its lock)
     return run_folder_problem(out, args.force) or out
+
+
+def _describer(p, generated, spec_path: Path):
+    """A module path in words, as the spec has it: 'layer fc (linear, net.yaml line 18)'."""
+    layers = {generated.module_names[layer.path]: layer for layer in p.walk()
+              if layer.path in generated.module_names}
+
+    def describe(qualname: str) -> str:
+        name = qualname
+        while name and name not in layers:  # a parameter of a layer's own submodule
+            name = name.rpartition(".")[0]
+        layer = layers.get(name)
+        if layer is None:
+            return f"module {qualname}" if qualname else "the module itself"
+        line = f", {spec_path.name} line {layer.line}" if layer.line else ""
+        return f"layer {layer.name} ({layer.type}{line})"
+
+    return describe
 
 
 def _remove_if_unused(folder: Path) -> bool:
@@ -507,6 +545,24 @@ def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
         _note(f"input.batch is {p.batch} but training uses train.batch_size "
               f"{train_spec.batch_size} (input.batch only sizes the plan)")
     module = instantiate(p, generated, check=False)  # checked on the meta device above
+    init = None
+    if args.init is not None:
+        from ..training.init import check_weights, read_weights
+
+        # Under torchrun every rank reads the weights; rank 0 alone says what is wrong.
+        try:
+            weights = read_weights(Path(args.init))
+        except TrainError as e:
+            return _fail(str(e), EXIT_INPUT) if main else EXIT_INPUT
+        try:
+            init = check_weights(module, weights, args.init, skip_head=bool(args.init_skip_head),
+                                 describe=_describer(p, generated, spec_path))
+        except TrainError as e:  # one line per layer that does not fit
+            return fail("build", str(e), EXIT_INVALID, keep="\n") if main else EXIT_INVALID
+    if train_spec.freeze:  # spec names; a layer renamed in the module has its attribute's
+        renamed = dict(generated.renamed)
+        train_spec = train_spec.model_copy(update={
+            "freeze": [renamed.get(n, n) for n in train_spec.freeze]})
     if train_spec.loss is None:  # the plan's rule, the one its lints use; mse to regress
         train_spec = train_spec.model_copy(update={
             "loss": "mse" if train_spec.task == "regress" else p.default_loss})
@@ -533,14 +589,16 @@ def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
                 log=(lambda line: None) if args.quiet else lambda line: print(printable(line)),
                 progress=False if args.quiet else None,
                 threads=args.threads, backend=args.backend or "auto",
-                compile=bool(args.compile))
+                compile=bool(args.compile), init=init)
     except FolderBusyError as e:
         return _fail(f"the run folder {out_dir} is {e.strerror}; wait for it to finish, or give "
                      "another --out")
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        # Ctrl-C 130; SIGTERM 143 and SIGUSR1 138, as a process those signals killed.
+        code = 128 + getattr(e, "signum", EXIT_INTERRUPTED - 128)
         if launcher_gone():  # the checkpoint is saved; nothing is left to wait for
-            exit_orphaned(EXIT_INTERRUPTED)
-        return EXIT_INTERRUPTED
+            exit_orphaned(code)
+        return code
     except MemoryLimitError as e:
         return _fail(str(e), EXIT_INVALID) if main else EXIT_INVALID
     except DataError as e:

@@ -20,12 +20,20 @@ also come from the command line (``apply_overrides``).
       class_weights: null          # a list (one per class) or "balanced"
       grad_clip: null              # clip the gradients' global norm to this
       patience: null               # stop after this many epochs without a better validation score
+      monitor: score               # or loss: what patience and model_best.pt watch
+      min_delta: 0.0               # an improvement this small does not reset patience
       deterministic: false         # torch.use_deterministic_algorithms and cuDNN flags
       tensorboard: false           # true: event files in <run>/tensorboard (needs tensorboard)
       precision: "32"              # 32, bf16 or fp16: autocast (fp16 with a GradScaler)
-      scheduler: {type: cosine, warmup_epochs: 1, min_lr: 0.0}   # or step (step_size, gamma)
+      scheduler: {type: cosine, warmup_epochs: 1, min_lr: 0.0}   # or step (step_size, gamma),
+                                   # multistep (milestones), exponential, onecycle, plateau
       workers: null                # image folders: stream from disk with N reader processes
       augment: {crop_padding: 4, flip: true}   # random crops and mirror images while training
+      checkpoint_every: null       # N: also checkpoint every N optimizer steps, mid-epoch
+      sync_bn: true                # --nproc: BatchNorm over the global batch (SyncBatchNorm)
+      freeze: [conv1, conv2]       # layers whose parameters do not train (with --init PATH)
+      ema: {decay: 0.999}          # also keep an EMA of the weights: model_ema.pt
+      accumulate: 1                # K: one optimizer step per K batches (gradient accumulation)
 
 Datasets (``format``; left out, it is detected from ``path``):
 
@@ -89,6 +97,7 @@ __all__ = [
     "AugmentSpec",
     "DatasetFormat",
     "DatasetSpec",
+    "EmaSpec",
     "LossName",
     "OptimizerSpec",
     "SchedulerSpec",
@@ -105,7 +114,7 @@ NAMED_DATASETS = ("synthetic", "mnist-seg", "mnist-sr")
 REGRESSION_LOSSES = ("mse", "l1")
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 
-DEFAULT_LR = {"sgd": 0.01, "adam": 0.001, "adamw": 0.001}
+DEFAULT_LR = {"sgd": 0.01, "adam": 0.001, "adamw": 0.001, "rmsprop": 0.01}
 
 
 # Training runs in float32: a value beyond its range overflows inside torch.
@@ -174,19 +183,23 @@ class DatasetSpec(BaseModel):
 
 
 class OptimizerSpec(BaseModel):
-    """``torch.optim`` SGD, Adam or AdamW.
+    """``torch.optim`` SGD, Adam, AdamW or RMSprop.
 
-    Left out, ``lr`` is 0.01 for sgd and 0.001 for adam/adamw, ``momentum`` 0, and
-    ``weight_decay`` PyTorch's default (0, but 0.01 for adamw).
+    Left out, ``lr`` is 0.01 for sgd and rmsprop and 0.001 for adam/adamw, ``momentum`` 0, and
+    ``weight_decay`` PyTorch's default (0, but 0.01 for adamw); ``betas`` and ``eps`` (adam,
+    adamw; ``eps`` also rmsprop) and ``alpha`` (rmsprop's smoothing) are PyTorch's defaults.
     """
 
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
-    type: Literal["sgd", "adam", "adamw"] = "sgd"
+    type: Literal["sgd", "adam", "adamw", "rmsprop"] = "sgd"
     lr: PositiveFloat | None = None
     momentum: NonNegativeFloat | None = None
     nesterov: bool = False
     weight_decay: NonNegativeFloat | None = None
+    betas: tuple[float, float] | None = None
+    eps: PositiveFloat | None = None
+    alpha: float | None = Field(default=None, gt=0, lt=1)
     # False: norm-layer weights and all biases get no weight decay. True (PyTorch's
     # behaviour) keeps a spec meaning what the same numbers mean in torch.optim.
     decay_norm_and_bias: bool = True
@@ -201,8 +214,20 @@ class OptimizerSpec(BaseModel):
     def _check(self) -> OptimizerSpec:
         _finite(self.lr, "lr")
         _finite(self.weight_decay, "weight_decay")
-        if self.momentum is not None and self.type != "sgd" and self.momentum != 0:
-            raise ValueError(f"momentum applies to sgd only ({self.type} has its own betas)")
+        _finite(self.eps, "eps")
+        if self.momentum is not None and self.type not in ("sgd", "rmsprop") \
+                and self.momentum != 0:
+            raise ValueError(f"momentum applies to sgd and rmsprop ({self.type} has its own "
+                             "betas)")
+        if self.betas is not None:
+            if self.type not in ("adam", "adamw"):
+                raise ValueError(f"betas apply to adam and adamw, not {self.type}")
+            if not all(0 <= b < 1 for b in self.betas):
+                raise ValueError("betas must each be at least 0 and below 1")
+        if self.eps is not None and self.type == "sgd":
+            raise ValueError("eps applies to adam, adamw and rmsprop, not sgd")
+        if self.alpha is not None and self.type != "rmsprop":
+            raise ValueError(f"alpha is rmsprop's smoothing constant; {self.type} has none")
         if self.momentum is not None and self.momentum >= 1:
             raise ValueError("momentum must be below 1")
         if self.nesterov and (self.type != "sgd" or not self.momentum):
@@ -229,18 +254,31 @@ class SchedulerSpec(BaseModel):
 
     ``warmup_epochs`` ramps the rate linearly from lr/(warm-up steps) to lr over that
     many epochs (counted in steps); then ``step`` multiplies it by ``gamma`` every
-    ``step_size`` epochs, ``cosine`` lowers it along half a cosine to ``min_lr`` at
-    the last step of the last epoch, and ``constant`` keeps it. As the rate depends on
-    the step alone, a resumed run continues it exactly.
+    ``step_size`` epochs, ``multistep`` at each epoch of ``milestones``, ``exponential``
+    every epoch, ``cosine`` lowers it along half a cosine to ``min_lr`` at the last step of
+    the last epoch, and ``constant`` keeps it. ``onecycle`` is torch's OneCycleLR over the
+    run's steps (lr the peak; ``pct_start``, ``div_factor``, ``final_div_factor``; the
+    momentum is not cycled). ``plateau`` is torch's ReduceLROnPlateau on the validation
+    loss: ``gamma`` times the rate after more than ``patience`` epochs without a relative
+    improvement of ``threshold``, not below ``min_lr``. As the rate depends on the step
+    (and, for plateau, on the validation losses a checkpoint keeps) alone, a resumed run
+    continues it exactly.
     """
 
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
-    type: Literal["constant", "step", "cosine"] = "constant"
+    type: Literal["constant", "step", "multistep", "exponential", "cosine", "onecycle",
+                  "plateau"] = "constant"
     warmup_epochs: NonNegativeFloat = 0.0
     step_size: PositiveInt = 30
+    milestones: list[PositiveInt] | None = None
     gamma: PositiveFloat = 0.1
     min_lr: NonNegativeFloat = 0.0
+    pct_start: float = Field(default=0.3, gt=0, lt=1)
+    div_factor: PositiveFloat = 25.0
+    final_div_factor: PositiveFloat = 1e4
+    patience: NonNegativeInt = 10
+    threshold: NonNegativeFloat = 1e-4
 
     @field_validator("type", mode="before")
     @classmethod
@@ -257,24 +295,124 @@ class SchedulerSpec(BaseModel):
         _finite(self.warmup_epochs, "warmup_epochs")
         _finite(self.gamma, "gamma")
         _finite(self.min_lr, "min_lr")
+        _finite(self.div_factor, "div_factor")
+        _finite(self.final_div_factor, "final_div_factor")
+        if self.type == "multistep":
+            if not self.milestones:
+                raise ValueError("multistep needs milestones: the epochs at which the rate "
+                                 "drops, e.g. [30, 60]")
+            if sorted(set(self.milestones)) != self.milestones:
+                raise ValueError("milestones must rise, each epoch once")
+        elif self.milestones is not None:
+            raise ValueError(f"milestones are for type multistep, not {self.type}")
+        if self.type == "plateau" and self.gamma >= 1:
+            raise ValueError("plateau's gamma (the factor of each drop) must be below 1")
+        if self.type == "onecycle" and self.warmup_epochs:
+            raise ValueError("onecycle has its own warm-up (pct_start): leave warmup_epochs out")
         return self
 
-    def lr_at(self, step: int, steps_per_epoch: int, epochs: int, lr: float) -> float:
-        """The learning rate of optimizer step ``step`` (0-based, counted over the run)."""
+    def lr_at(self, step: int, steps_per_epoch: int, epochs: int, lr: float,
+              val_losses: list[float | None] | None = None) -> float:
+        """The learning rate of optimizer step ``step`` (0-based, counted over the run);
+        ``val_losses``: the validation loss of each epoch done (plateau)."""
+        if self.type == "onecycle":
+            return self._one_cycle(step, epochs * steps_per_epoch, lr)
         warm = round(self.warmup_epochs * steps_per_epoch)
         if step < warm:
             return lr * (step + 1) / warm
+        epoch = step // steps_per_epoch
         if self.type == "step":
-            return lr * self.gamma ** (step // steps_per_epoch // self.step_size)
+            return lr * self.gamma ** (epoch // self.step_size)
+        if self.type == "multistep":
+            return lr * self.gamma ** sum(1 for m in self.milestones or [] if m <= epoch)
+        if self.type == "exponential":
+            return lr * self.gamma ** epoch
+        if self.type == "plateau":
+            return self._plateau(lr, val_losses or [])
         if self.type == "cosine":
             total = max(epochs * steps_per_epoch - warm - 1, 1)
             t = min((step - warm) / total, 1.0)
             return self.min_lr + (lr - self.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
         return lr
 
+    def _one_cycle(self, step: int, total: int, peak: float) -> float:
+        # torch.optim.lr_scheduler.OneCycleLR's two phases, cosine annealing.
+        start = peak / self.div_factor
+        end = start / self.final_div_factor
+        rise = float(self.pct_start * total) - 1
+        if step <= rise:
+            pct, a, b = step / rise if rise > 0 else 1.0, start, peak
+        else:
+            pct, a, b = (step - rise) / (total - 1 - rise), peak, end
+        return b + (a - b) / 2.0 * (math.cos(math.pi * min(pct, 1.0)) + 1)
+
+    def _plateau(self, lr: float, losses: list[float | None]) -> float:
+        # torch.optim.lr_scheduler.ReduceLROnPlateau (mode min, relative threshold,
+        # no cooldown), replayed over the losses so far.
+        best, bad = math.inf, 0
+        for loss in losses:
+            if loss is None:
+                continue
+            if loss < best * (1 - self.threshold):
+                best, bad = loss, 0
+            else:
+                bad += 1
+            if bad > self.patience:
+                new = max(lr * self.gamma, self.min_lr)
+                if lr - new > 1e-8:
+                    lr = new
+                bad = 0
+        return lr
+
+
+def _range(v: tuple[float, float], what: str) -> None:
+    if not (0 < v[0] <= v[1]) or not all(math.isfinite(x) for x in v):
+        raise ValueError(f"{what} must be [low, high] with 0 < low <= high")
+
+
+class ResizedCropSpec(BaseModel):
+    """torchvision's RandomResizedCrop: a random part of ``scale`` × the image's area and an
+    aspect ratio within ``ratio``, resized back to the input size."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+
+    @model_validator(mode="after")
+    def _check(self) -> ResizedCropSpec:
+        _range(self.scale, "scale")
+        _range(self.ratio, "ratio")
+        if self.scale[1] > 1:
+            raise ValueError("scale is a fraction of the image's area: at most 1")
+        return self
+
+
+class ErasingSpec(BaseModel):
+    """torchvision's RandomErasing: with probability ``p``, a rectangle of ``scale`` × the
+    area and an aspect ratio within ``ratio`` set to ``value`` (0 after normalisation: the
+    mean)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    p: float = Field(default=0.5, ge=0, le=1)
+    scale: tuple[float, float] = (0.02, 0.33)
+    ratio: tuple[float, float] = (0.3, 3.3)
+    value: float = 0.0
+
+    @model_validator(mode="after")
+    def _check(self) -> ErasingSpec:
+        _range(self.scale, "scale")
+        _range(self.ratio, "ratio")
+        _finite(self.value, "value")
+        if self.scale[1] >= 1:
+            raise ValueError("scale is a fraction of the image's area: below 1")
+        return self
+
 
 class AugmentSpec(BaseModel):
-    """Random changes to each training batch, drawn from (seed, epoch, step, rank).
+    """Random changes to each training batch, drawn from (seed, epoch, step) and each
+    sample's place in the global batch, whatever the number of processes.
 
     ``crop_padding`` pads each image by that many pixels (with 0 after normalisation: the
     mean) and crops a random window of the original size; ``flip`` mirrors half the images
@@ -284,6 +422,32 @@ class AugmentSpec(BaseModel):
 
     crop_padding: NonNegativeInt = 0
     flip: bool = False
+    # Classification only:
+    resized_crop: ResizedCropSpec | None = None
+    trivial: bool = False  # TrivialAugmentWide: one random op of 14 per image
+    erasing: ErasingSpec | None = None
+    mixup: PositiveFloat | None = None  # Beta(alpha, alpha)'s alpha
+    cutmix: PositiveFloat | None = None
+
+    @field_validator("resized_crop", "erasing", mode="before")
+    @classmethod
+    def _on(cls, v: Any) -> Any:
+        return {} if v is True else (None if v is False else v)
+
+    @property
+    def per_image_only(self) -> bool:
+        """Whether every change also applies to a dense target (flips and crops do)."""
+        return not (self.resized_crop or self.trivial or self.erasing or self.mixup
+                    or self.cutmix)
+
+
+class EmaSpec(BaseModel):
+    """Weight EMA: after each optimizer step, the average moves ``1 - decay`` of the way to
+    the weights (torch's get_ema_multi_avg_fn)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decay: float = Field(default=0.999, gt=0, lt=1)
 
 
 class TrainSpec(BaseModel):
@@ -306,6 +470,10 @@ class TrainSpec(BaseModel):
     class_weights: Literal["balanced"] | list[PositiveFloat] | None = None
     grad_clip: PositiveFloat | None = None
     patience: PositiveInt | None = None
+    # What patience and model_best.pt watch: the validation score (accuracy, mean IoU) or
+    # loss; an improvement smaller than min_delta does not count.
+    monitor: Literal["score", "loss"] = "score"
+    min_delta: NonNegativeFloat = 0.0
     deterministic: bool = False
     tensorboard: bool = False
     precision: Literal["32", "bf16", "fp16"] = "32"
@@ -314,6 +482,18 @@ class TrainSpec(BaseModel):
     # (0: by the training process). Left out, the images are held in memory.
     workers: NonNegativeInt | None = None
     augment: AugmentSpec | None = None
+    # Also save an exact checkpoint every this many optimizer steps (counted over the run),
+    # for epochs too long to lose to a kill.
+    checkpoint_every: PositiveInt | None = None
+    # Distributed runs: BatchNorm statistics over the global batch (SyncBatchNorm), as in one
+    # process. False keeps each process's own (DDP's plain behaviour).
+    sync_bn: bool = True
+    # Layers (their spec names) whose parameters do not train: fine-tuning the rest.
+    freeze: list[str] | None = None
+    ema: EmaSpec | None = None
+    # Gradients summed over this many batches of batch_size before each optimizer step: the
+    # step of one batch accumulate × batch_size large, in the memory of one batch.
+    accumulate: PositiveInt = 1
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -371,6 +551,7 @@ def apply_overrides(
     tensorboard: bool | None = None,
     precision: str | None = None,
     workers: int | None = None,
+    sync_bn: bool | None = None,
 ) -> TrainSpec:
     """A new, validated TrainSpec: ``spec`` (or the defaults) with each non-None flag applied.
 
@@ -388,7 +569,8 @@ def apply_overrides(
     opt: dict[str, Any] = base.setdefault("optimizer", {})
     if optimizer is not None:
         if opt.get("type", "sgd") != optimizer.lower():
-            opt.pop("momentum", None)  # sgd's momentum means nothing to adam
+            for key in ("momentum", "betas", "eps", "alpha"):  # one optimizer's, not another's
+                opt.pop(key, None)
         opt["type"] = optimizer
     for key, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
         if value is not None:
@@ -407,6 +589,7 @@ def apply_overrides(
         ("tensorboard", tensorboard),
         ("precision", precision),
         ("workers", workers),
+        ("sync_bn", sync_bn),
     ):
         if value is not None:
             base[key] = value

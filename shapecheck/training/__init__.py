@@ -6,19 +6,23 @@ data on the device, the optimizer, the precision; ``Run``, the state a run carri
 ``runfolder`` (checkpoint, metrics, curves, run.json), ``distributed`` (the processes of a
 DDP run and their launcher), ``data`` (what the loop needs of the dataset), ``dense`` (the
 per-pixel losses and scores of segmentation and regression), ``evaluate``
-(``evaluate()``) and ``base`` (errors, devices, losses shared by all).
+(``evaluate()``), ``init`` (``--init`` weights and ``freeze``), ``syncbn`` (BatchNorm over the
+global batch under DDP), ``scoring`` (scores shared over the ranks), ``ema`` (the weight
+average), ``augment`` (resized crops, erasing, TrivialAugment, mixup, cutmix) and ``base``
+(errors, devices, losses shared by all).
 
-``train()`` reads the whole dataset into memory once (``shapecheck.data``),
+``train()`` reads the whole dataset into memory once (``shapecheck.training.datasets``),
 normalises it once, and runs a plain loop that indexes whole batches from the
 preloaded tensors; the loss and accuracy of each step stay on the device and
 are only summed every few steps (to check for NaN and to draw the progress
 bar), so the loop costs about what a hand-written one does.
 
 The run folder (``runs/<name>/`` unless told otherwise) holds, each file written
-atomically (``shapecheck.atomic``), so a kill at any instant leaves the last
+atomically (``shapecheck.core.atomic``), so a kill at any instant leaves the last
 complete checkpoint loadable:
 
 - ``model.pt``       the model's ``state_dict`` after the last completed epoch
+- ``model_ema.pt``   with ``ema``: the moving average of the weights (``ema``)
 - ``model_best.pt``  with a validation split: the epoch of the best validation
                      accuracy (ties: lower validation loss)
 - ``checkpoint.pt``  model, optimizer, epoch, step within the epoch, RNG states,
@@ -39,10 +43,11 @@ the position inside the epoch, so with the same spec (and the same number of
 threads) it ends with the same weights as a run that was never stopped. A
 resume mid-epoch refuses a change of seed, batch size, drop_last or dataset
 (the rest of the epoch could not be replayed); at an epoch boundary the change
-applies from the next epoch and is named. Ctrl-C is caught between steps: the
-current position is saved (an exact mid-epoch checkpoint) and KeyboardInterrupt
-is raised again for the caller to exit 130; a second Ctrl-C stops at once,
-keeping the last saved checkpoint.
+applies from the next epoch and is named. Ctrl-C, SIGTERM and SIGUSR1 are caught
+between steps: the current position is saved (an exact mid-epoch checkpoint) and
+``loop.Stopped`` (a KeyboardInterrupt naming the signal) is raised for the caller
+to exit 128 + the signal; a second one stops at once, keeping the last saved
+checkpoint. ``checkpoint_every: N`` saves the same every N optimizer steps.
 
 ``evaluate()`` rebuilds the module from the run folder's ``model.py`` (or takes
 one passed in), loads ``model.pt`` and scores it with the run's normalisation.

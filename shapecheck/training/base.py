@@ -96,7 +96,9 @@ def _predict(module: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_name: str
 
 
 def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
+    if n == 1:
+        return f"{n} {word}"
+    return f"{n} {word}{'es' if word.endswith(('s', 'sh', 'x', 'tch')) else 's'}"
 
 
 def _capital(text: str) -> str:

@@ -12,6 +12,14 @@ import torch
 from torch import nn
 
 from ..core.trainspec import AugmentSpec, DatasetSpec, TrainSpec
+from .augment import (
+    erase,
+    erasing_boxes,
+    resized_crop,
+    resized_crop_boxes,
+    trivial_augment,
+    trivial_draws,
+)
 from .base import TrainError, _rng_state, _set_rng_state
 from .datasets import list_folder, read_image, resolve_path
 
@@ -172,7 +180,7 @@ class LazyImages:
 
 @dataclass
 class StreamedData:
-    """The loop's view of a streamed image folder: as ``shapecheck.data.Dataset``."""
+    """The loop's view of a streamed image folder: as ``shapecheck.training.datasets.Dataset``."""
 
     x_train: LazyImages
     y_train: torch.Tensor
@@ -243,24 +251,32 @@ def epoch_loader(ds: FolderImages, batches: list[list[int]], workers: int,
 
 
 def augment(xb: torch.Tensor, spec: AugmentSpec, seed: int,
-            yb: torch.Tensor | None = None) -> Any:
+            yb: torch.Tensor | None = None,
+            share: tuple[torch.Tensor, int] | None = None,
+            norm: tuple[list[float], list[float]] | None = None) -> Any:
     """``xb`` flipped and cropped as ``spec`` says, the draws made from ``seed`` alone (on
     the CPU, whatever the device), so a resumed run draws the same.
+
+    ``share`` (positions, global batch size): ``xb`` holds the samples at ``positions`` of
+    the global batch (a rank's share); the draws are made for the whole global batch and
+    theirs taken, so each sample is changed as in one process. ``norm`` (mean, std): the
+    run's normalisation, which ``trivial`` undoes to work on [0, 1] images.
 
     With dense targets ``yb`` (masks (B, H, W) or images (B, C, sH, sW)), (xb, yb): each
     target gets its image's flip and crop, scaled by s when it is s times the image's size;
     a mask's padding is ignored (IGNORE_INDEX), a target image's is 0."""
     g = torch.Generator().manual_seed(seed)
     b, w = xb.shape[0], xb.shape[3]
+    n, mine = (b, slice(None)) if share is None else (share[1], share[0])
     if spec.flip:
-        flip = (torch.rand(b, generator=g) < 0.5).to(xb.device)
+        flip = (torch.rand(n, generator=g) < 0.5)[mine].to(xb.device)
         xb = torch.where(flip.view(b, 1, 1, 1), xb.flip(3), xb)
         if yb is not None:
             yb = torch.where(flip.view(b, *[1] * (yb.ndim - 1)), yb.flip(-1), yb)
     p = spec.crop_padding
     if p:
-        dy = torch.randint(0, 2 * p + 1, (b, 1), generator=g)
-        dx = torch.randint(0, 2 * p + 1, (b, 1), generator=g)
+        dy = torch.randint(0, 2 * p + 1, (n, 1), generator=g)[mine]
+        dx = torch.randint(0, 2 * p + 1, (n, 1), generator=g)[mine]
         xb = _crop(xb, p, dy, dx)
         if yb is not None:
             from .dense_datasets import IGNORE_INDEX
@@ -270,7 +286,22 @@ def augment(xb: torch.Tensor, spec: AugmentSpec, seed: int,
             s = y4.shape[-1] // w  # the target's scale: 1, or 2 for a ×2 super-resolution
             y4 = _crop(y4, p * s, dy * s, dx * s, IGNORE_INDEX if mask else 0)
             yb = y4[:, 0] if mask else y4
+    h = xb.shape[2]
+    if spec.resized_crop is not None:  # classification only (check_spec)
+        boxes = resized_crop_boxes(g, n, h, w, spec.resized_crop.scale, spec.resized_crop.ratio)
+        xb = resized_crop(xb, _take(boxes, mine))
+    if spec.trivial:
+        c = xb.shape[1]
+        mean, std = norm if norm is not None else ([0.0] * c, [1.0] * c)
+        xb = trivial_augment(xb, _take(trivial_draws(g, n), mine), mean, std)
+    if spec.erasing is not None:
+        e = spec.erasing
+        xb = erase(xb, _take(erasing_boxes(g, n, h, w, e.p, e.scale, e.ratio), mine), e.value)
     return xb if yb is None else (xb, yb)
+
+
+def _take(draws: list, mine: Any) -> list:
+    return draws[mine] if isinstance(mine, slice) else [draws[int(i)] for i in mine]
 
 
 def _crop(xb: torch.Tensor, p: int, dy: torch.Tensor, dx: torch.Tensor,

@@ -4,7 +4,7 @@ Everything is read into memory up front as float32 image tensors ``(N, C, H, W)`
 and int64 label tensors, normalised once, and checked against the spec (image
 shape, number of classes, label range) so that a mismatch is a ``DataError``
 with a plain message before any training step. The formats, the split rules and
-the normalisation are described in ``shapecheck.trainspec``.
+the normalisation are described in ``shapecheck.core.trainspec``.
 
 Only ``shapecheck build --train`` and ``eval`` import this module.
 """

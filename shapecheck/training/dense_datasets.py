@@ -3,7 +3,7 @@
 A segmentation target is an ``(H, W)`` mask of class indices (int64; ``IGNORE_INDEX``
 marks pixels that count for nothing), a regression target an image ``(C, H, W)`` of the
 network's output shape (float32; 8-bit targets scaled to [0, 1]). Inputs are read,
-scaled and normalised as ``shapecheck.data`` does for classification; the targets are
+scaled and normalised as ``shapecheck.training.datasets`` does for classification; the targets are
 never normalised. Formats:
 
 - ``npz``: ``x, y`` (with ``test_fraction``) or ``x_train, y_train, x_test, y_test``;

@@ -322,9 +322,13 @@ def launch(argv: Sequence[str], nproc: int, port: int | None, out_dir: Path) -> 
     port = port if port is not None else free_port()
     # torchrun would set 1 itself, with a warning on every start; --threads overrides it.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # The launcher passes these on to every rank, which saves the step they agree on and
+    # exits; SIGUSR1 (SLURM's warning before its time limit) is not among torch's own.
+    signals = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
     args = parse_args([
         "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1", "--master-port",
         str(port), "--max-restarts", "0", "--monitor-interval", "0.2",
+        "--signals-to-handle", signals,
         "-m", "shapecheck", *worker_argv(argv)])
     # torch's own log lines about a failed worker (pids, SIGTERMs sent) would tell the
     # story below a second time; LOGLEVEL set by hand keeps them.
@@ -339,8 +343,8 @@ def launch(argv: Sequence[str], nproc: int, port: int | None, out_dir: Path) -> 
         with _passed_on_as_sigterm(received):
             torchrun(args)
     except SignalException as e:
-        # Ctrl-C (or another signal) reached the launcher; it passed it on, and each rank
-        # saved the checkpoint of the step they agreed on.
+        # Ctrl-C, SIGTERM or SIGUSR1 (or another signal) reached the launcher; it passed the
+        # signal on, and each rank saved the checkpoint of the step they agreed on.
         return LaunchResult(128 + int(received[-1] if received else e.sigval), None)
     except ChildFailedError as e:
         return _failed(e.failures, out_dir)

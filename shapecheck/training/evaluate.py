@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import sys
 from dataclasses import dataclass
@@ -101,7 +102,7 @@ def evaluate(
     is taken from ``base_dir`` (default: the working directory). ``data`` naming
     the run's own dataset file is read with the run's dataset entry, so ``test``
     is the part held out from training, never the images trained on (``split="all"``
-    scores every image). ``split`` is test, val, train or all (``shapecheck.data``).
+    scores every image). ``split`` is test, val, train or all (``shapecheck.training.datasets``).
     The images are normalised with the run's training mean/std, whatever the
     dataset entry says. ``module`` overrides rebuilding the model from the run's
     ``model.py``; ``weights`` (``model.pt`` or ``model_best.pt``) is loaded into it
@@ -231,7 +232,8 @@ def _unfinished(run_dir: Path, info: dict) -> str:
 
 
 def _same_dataset(data: DatasetSpec, own: DatasetSpec, base_dir: Path | None) -> bool:
-    """Whether ``data`` names the file or folder the run was trained on."""
+    """Whether ``data`` names the file or folder the run was trained on, or a byte-for-byte
+    copy of it (whose images are the ones trained on just the same)."""
     if data.format == "synthetic" or own.format == "synthetic":
         return data.format == own.format
     if data.path is None and own.path is None:  # mnist-seg, mnist-sr: the shipped digits
@@ -242,9 +244,35 @@ def _same_dataset(data: DatasetSpec, own: DatasetSpec, base_dir: Path | None) ->
                                           and own.format is not None):
         return False
     try:
-        return mine.exists() and theirs.exists() and mine.samefile(theirs)
+        return mine.exists() and theirs.exists() and (mine.samefile(theirs)
+                                                      or _same_bytes(mine, theirs))
     except OSError:
         return False
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    """Two files, or two folders file by file, with the same bytes. Sizes first: a copy's
+    bytes are read only when every size matches."""
+    if a.is_dir() and b.is_dir():
+        files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+        if files != sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file()):
+            return False
+        pairs = [(a / f, b / f) for f in files]
+    elif a.is_file() and b.is_file():
+        pairs = [(a, b)]
+    else:
+        return False
+    if any(x.stat().st_size != y.stat().st_size for x, y in pairs):
+        return False
+    return all(_digest(x) == _digest(y) for x, y in pairs)
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def format_confusion(result: EvalResult) -> str:

@@ -24,14 +24,15 @@ import torch.distributed as dist
 from torch import nn
 
 from ..core.trainspec import TrainSpec
+from .augment import mix
 from .base import (
     RunFolderError,
     TrainError,
     _capital,
     _loss_fn,
     _plural,
-    _predict,
     _rng_state,
+    select_device,
 )
 from .data import (
     _absolute_dataset,
@@ -51,6 +52,9 @@ from .distributed import (
     teardown,
     world_from_env,
 )
+from .ema import EMA_FILE, Ema
+from .init import InitWeights, freeze
+from .init import load as load_weights
 from .resume import note_normalisation, read_checkpoint, restore
 from .runfolder import (
     BEST_FILE,
@@ -73,6 +77,7 @@ from .runfolder import (
     start_afresh,
 )
 from .runinfo import RUN_MARK, run_folder_problem
+from .scoring import score_split
 from .setup import (
     Precision,
     Run,
@@ -85,6 +90,7 @@ from .setup import (
     task_of,
     wrap,
 )
+from .syncbn import convert as sync_batchnorm
 
 # Steps between two looks at the losses (each look is one device sync).
 CHECK_EVERY = 25
@@ -102,11 +108,27 @@ def _params_finite(module: nn.Module) -> bool:
                if t.is_floating_point())
 
 
+# The signals that stop a run at the next step with an exact checkpoint: Ctrl-C, a
+# scheduler's or launcher's SIGTERM, and SIGUSR1, which SLURM sends before its time limit.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1")
+                     if hasattr(signal, name))
+
+
+class Stopped(KeyboardInterrupt):
+    """The run stopped on a signal after saving its checkpoint; ``signum`` says which
+    (the command exits 128 + signum, as a process killed by it would)."""
+
+    def __init__(self, signum: int = signal.SIGINT) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+
+
 class _InterruptFlag:
-    """Turns the first Ctrl-C into a flag the loop checks between steps."""
+    """Turns the first stop signal into a flag the loop checks between steps."""
 
     def __init__(self, distributed: bool = False) -> None:
         self.set = False
+        self.signum: int | None = None
         self._old: dict[int, Any] = {}
         # A distributed rank gets Ctrl-C twice (from the terminal and passed on by the
         # launcher), and SIGTERM when the launcher stops it: neither may cut the checkpoint
@@ -115,17 +137,20 @@ class _InterruptFlag:
 
     def __enter__(self) -> _InterruptFlag:  # noqa: PYI034
         if threading.current_thread() is threading.main_thread():
-            sigs = [signal.SIGINT] + ([signal.SIGTERM] if self._distributed else [])
-            for sig in sigs:
+            for sig in STOP_SIGNALS:
                 old = signal.getsignal(sig)
                 if old is not signal.SIG_IGN:
                     self._old[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.set and not self._distributed:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
+        if self.set and not self._distributed:  # a second signal: stop now
+            raise Stopped(signum)
         self.set = True
+        self.signum = self.signum or signum
+
+    def stopped(self) -> Stopped:
+        return Stopped(self.signum or signal.SIGINT)
 
     def __exit__(self, *exc: object) -> None:
         for sig, old in self._old.items():
@@ -238,6 +263,7 @@ def train(
     threads: int | None = None,
     backend: str = "auto",
     compile: bool = False,
+    init: InitWeights | None = None,
 ) -> TrainResult:
     """Train ``module`` as ``spec`` says and keep the run in a folder.
 
@@ -257,24 +283,30 @@ def train(
     Raises DataError (the data cannot be read or does not fit the spec; a
     MemoryLimitError when it does not fit in memory), TrainError (no dataset, no
     device, a bad resume, the model's output or a batch does not fit, a NaN/inf
-    loss), and KeyboardInterrupt after saving a checkpoint on Ctrl-C.
+    loss), and Stopped (a KeyboardInterrupt) after saving a checkpoint on Ctrl-C, SIGTERM
+    or SIGUSR1.
 
     ``threads`` sets torch's intra-op threads for the run. Under torchrun (``WORLD_SIZE``
     in the environment) each process trains its share with DistributedDataParallel
     (``backend`` auto: gloo on the CPU, nccl on CUDA; see ``distributed``); rank 0 alone
     writes the run folder and logs. ``compile`` runs the module through torch.compile.
+    ``init`` (``init.check_weights``) starts a fresh run from those weights; ``spec.freeze``
+    names layers whose parameters do not train.
     """
     before = torch.get_num_threads()
     world = world_from_env()
     if threads is not None:
         torch.set_num_threads(threads)
+    elif not world.distributed:  # the launcher gives each rank one thread
+        _share_the_cores(spec, log)
     try:
         with _deterministic(spec.deterministic), stop_with_launcher(world):
             result = _train(module, spec, name=name, input_shape=input_shape,
                             num_classes=num_classes, base_dir=base_dir, out_dir=out_dir,
                             model_source=model_source, resume=resume, fresh=fresh, force=force,
                             log=log if world.main else _quiet, progress=progress,
-                            reinit=reinit, world=world, backend=backend, compile=compile)
+                            reinit=reinit, world=world, backend=backend, compile=compile,
+                            init=init)
         # Every rank leaves together: a rank that tore its process group down while rank 0
         # still wrote the results could make rank 0 abort at exit (gloo).
         world.barrier()
@@ -282,6 +314,33 @@ def train(
     finally:
         torch.set_num_threads(before)  # --threads or a deterministic resume changed it
         teardown(world)
+
+
+def threads_for_load(load: float, cores: int, current: int) -> int | None:
+    """Fewer intra-op threads than ``current`` when the load average says other processes
+    hold some of the ``cores`` (a thread per busy core fights them for it, and every parallel
+    region then waits for the slowest thread); None to keep ``current``."""
+    free = max(1, int(cores - load + 0.5))
+    return free if free < current else None
+
+
+def _share_the_cores(spec: TrainSpec, log: Callable[[str], Any]) -> None:
+    if not hasattr(os, "getloadavg"):
+        return
+    try:
+        if select_device(spec.device).type != "cpu":
+            return
+    except TrainError:
+        return  # said later, with the run's other checks
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        else (os.cpu_count() or 1)
+    load = os.getloadavg()[0]
+    fewer = threads_for_load(load, cores, torch.get_num_threads())
+    if fewer is not None:
+        log(f"note: the load average ({load:.1f}) says other processes share the {cores} "
+            f"cores: training with {_plural(fewer, 'thread')} instead of "
+            f"{torch.get_num_threads()} (--threads N chooses)")
+        torch.set_num_threads(fewer)
 
 
 def _quiet(line: str) -> None:
@@ -330,13 +389,13 @@ def _train(
     world: World,
     backend: str,
     compile: bool,
+    init: InitWeights | None,
 ) -> TrainResult:
     t_call = time.perf_counter()
     run, ckpt = _set_up(module, spec, name=name, input_shape=input_shape,
                         num_classes=num_classes, base_dir=Path(base_dir), out_dir=out_dir,
                         resume=resume, fresh=fresh, force=force, log=log, reinit=reinit,
-                        world=world,
-                        backend=backend)
+                        world=world, backend=backend, init=init)
     if world.main:
         open_folder(run.out)
     if ckpt is not None:
@@ -362,13 +421,16 @@ def _train(
 def _set_up(module: nn.Module, spec: TrainSpec, *, name: str,
             input_shape: tuple[int, int, int], num_classes: int, base_dir: Path,
             out_dir: Path | None, resume: bool, fresh: bool, force: bool,
-            log: Callable[[str], Any],
-            reinit: bool, world: World, backend: str) -> tuple[Run, dict[str, Any] | None]:
+            log: Callable[[str], Any], reinit: bool, world: World, backend: str,
+            init: InitWeights | None = None) -> tuple[Run, dict[str, Any] | None]:
     """The run before its folder is touched, and the checkpoint it resumes from: whatever
     refuses the run (the spec, the device, the checkpoint, the data, the model's output or
     batches) does so before a file is written."""
     if spec.dataset is None:
         raise TrainError("no dataset: give train.dataset in the spec (or --data)")
+    if init is not None and resume:
+        raise TrainError("--init starts a new run from weights; --resume continues the run "
+                         "folder's checkpoint: give one of them")
     out = _out_dir(spec, name, base_dir, out_dir)
     # Rank 0 writes the folder; it alone checks it (the others would see its first files).
     if world.main and (problem := run_folder_problem(out, force, replace=resume or fresh)):
@@ -384,7 +446,21 @@ def _set_up(module: nn.Module, spec: TrainSpec, *, name: str,
     if ckpt is not None:
         note_normalisation(ckpt, loaded, log)
     data = place(module, loaded, spec, device, fresh=ckpt is None and reinit)
+    if init is not None:
+        load_weights(module, init)
+        log(f"starting from the weights of {init.source}" + (
+            f"; {', '.join(init.skipped)} left at {'their' if len(init.skipped) > 1 else 'its'}"
+            " fresh initialisation (--init-skip-head)" if init.skipped else ""))
+    if spec.freeze:
+        frozen = freeze(module, spec.freeze)
+        log(f"note: {', '.join(spec.freeze)} frozen: {frozen:,} of "
+            f"{sum(p.numel() for p in module.parameters()):,} parameters do not train")
     _check_output(module, data.x_train[:2], num_classes, output_shape if dense else None)
+    if spec.drop_last and spec.accumulate > 1 and \
+            data.x_train.shape[0] < spec.batch_size * spec.accumulate:
+        raise TrainError(f"drop_last with batch_size {spec.batch_size} × accumulate "
+                         f"{spec.accumulate} leaves no step: the training split has "
+                         f"{data.x_train.shape[0]} samples")
     _check_batches(module, data.x_train, data.x_train.shape[0], spec.batch_size,
                    spec.drop_last, device, world.size)
     class_weights = _class_weights(spec, loaded.y_train, num_classes)
@@ -394,7 +470,8 @@ def _set_up(module: nn.Module, spec: TrainSpec, *, name: str,
               dataset_entry=dataset_entry, input_shape=input_shape, num_classes=num_classes,
               optimizer=make_optimizer(module, spec.optimizer),
               precision=Precision.of(spec, device), task=task,
-              output_shape=output_shape if dense else None)
+              output_shape=output_shape if dense else None,
+              init_from=init.source if init is not None else None)
     return run, ckpt
 
 
@@ -418,6 +495,7 @@ def _run_info(run: Run) -> dict[str, Any]:
         "splits": {"train": run.n, "val": data.num_val, "test": data.num_test},
         "threads": torch.get_num_threads(),
         "world_size": run.world.size,
+        "init": run.init_from,
         "torch_version": str(torch.__version__),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -444,12 +522,14 @@ class _Loop:
                                          spec.label_smoothing)
         self.eval_batch = max(2 * spec.batch_size, 256)
         self.lr = spec.optimizer.effective_lr  # the rate of the latest step
-        self.best_epoch = _best_epoch(run.history, run.task)
-        self.stopped_early = _patience_ran_out(spec, run.history, self.best_epoch)
+        self.best_epoch = _best_epoch(run.history, run.task, spec.monitor)
+        self.stopped_early = _patience_ran_out(spec, run.history, self.best_epoch, run.task)
         self.model: nn.Module = run.module  # as it trains: in DDP, compiled
         self.interrupt = _InterruptFlag(run.world.distributed)
         self.saved = False  # whether a Ctrl-C has been answered with a checkpoint
         self.writer: Any = None  # made with the first epoch's files: a failed start leaves none
+        self.ema = (Ema(spec.ema.decay, run.ema_state).to(run.device)
+                    if spec.ema is not None else None)
         self.last_curves = time.perf_counter()
 
     def start(self) -> None:
@@ -462,7 +542,8 @@ class _Loop:
         run.log(f"training {run.name} on {run.device.type}: {n} training, {val_part}"
                 f"{run.data.x_test.shape[0]} test images ({run.data.loaded.source}), "
                 f"{_plural(spec.epochs, 'epoch')}, batch {bs}"
-                f"{' (last batch dropped)' if spec.drop_last and n % bs else ''}, "
+                + (f" × {spec.accumulate} accumulated" if spec.accumulate > 1 else "")
+                + f"{' (last batch dropped)' if spec.drop_last and n % (bs * spec.accumulate) else ''}, "
                 f"{spec.optimizer.type} lr {self.lr:g}, {run.loss_name}"
                 + (f", {run.world.size} processes ({dist.get_backend()})"
                    if run.world.distributed else "")
@@ -473,6 +554,12 @@ class _Loop:
         elif run.start_epoch >= spec.epochs:
             run.log(f"nothing to do: the checkpoint has {_plural(run.start_epoch, 'epoch')}, "
                     f"the spec asks for {spec.epochs}")
+        if run.world.distributed and spec.sync_bn:
+            synced = sync_batchnorm(run.module, run.device)
+            if synced:
+                run.log(f"note: {_plural(synced, 'BatchNorm layer')} normalised over the global "
+                        "batch, as in one process (SyncBatchNorm; --no-sync-bn keeps each "
+                        "process's own statistics)")
         self.model = wrap(run.module, run.world, run.device, self.compile)
         self.last_curves = time.perf_counter()
 
@@ -532,10 +619,10 @@ class _Loop:
             sums.loss_sum, sums.correct, sums.seen, sums.pixels = (
                 loss_sum, int(correct), int(seen), int(pixels))
         run.history.append(self._scores(epoch, sums, train_s, t_epoch))
-        self.best_epoch = _best_epoch(run.history, run.task)
+        self.best_epoch = _best_epoch(run.history, run.task, spec.monitor)
         self._save_epoch(epoch)
         final = epoch + 1 == spec.epochs
-        self.stopped_early = _patience_ran_out(spec, run.history, self.best_epoch)
+        self.stopped_early = _patience_ran_out(spec, run.history, self.best_epoch, run.task)
         if world.main and (final or self.stopped_early or
                            time.perf_counter() - self.last_curves >= CURVES_INTERVAL_S):
             _write_curves(run.out / CURVES_FILE, run.history, run.name, run.task)
@@ -543,15 +630,16 @@ class _Loop:
         self.show.clear()
         self._log_epoch(run.history[-1])
         if self.stopped_early:
-            run.log(f"stopping early: no better validation {_WATCHED[run.task]} for "
+            watched = "loss" if spec.monitor == "loss" else _WATCHED[run.task]
+            run.log(f"stopping early: no better validation {watched} for "
                     f"{_plural(spec.patience or 0, 'epoch')}; the best, epoch "
                     f"{self.best_epoch}, is in {BEST_FILE}")
             return True
         if world.any(self.interrupt.set):
-            run.log(f"interrupted after epoch {epoch + 1}; checkpoint saved in {run.out} "
-                    "(continue with --resume)")
+            run.log(f"{self._stopped_by()} after epoch {epoch + 1}; checkpoint saved in "
+                    f"{run.out} (continue with --resume)")
             self.saved = True
-            raise KeyboardInterrupt
+            raise self.interrupt.stopped()
         return False
 
     def _sums_at_start(self, epoch: int) -> tuple[_Running, int, float]:
@@ -574,8 +662,8 @@ class _Loop:
         next_check = first + CHECK_EVERY
         next_draw = t_epoch + PROGRESS_INTERVAL_S
         seen_here = 0
-        for step, xb, yb, size, global_size in self._batches(epoch, first):
-            loss, output = self._step(epoch, step, xb, yb, size, global_size)
+        for step, xb, yb, size, global_size, parts in self._batches(epoch, first):
+            loss, output = self._step(epoch, step, xb, yb, size, global_size, parts)
             # argmax carries no graph; nothing here waits for the device.
             if run.task == "segment":
                 hits, counted = pixel_hits(output.detach(), yb)
@@ -583,11 +671,15 @@ class _Loop:
             elif run.task == "regress":  # no accuracy: the scores are the errors
                 sums.add(step, loss.detach().float(), torch.zeros((), dtype=torch.int64), size,
                          0)
-            else:
-                sums.add(step, loss.detach().float(), (output.argmax(1) == yb).sum(), size)
+            else:  # mixed (soft) targets count as their larger share's class
+                labels = yb.argmax(1) if yb.is_floating_point() else yb
+                sums.add(step, loss.detach().float(), (output.argmax(1) == labels).sum(), size)
             seen_here += global_size
             if world.any(self.interrupt.set):
                 self._stop_mid_epoch(epoch, step, sums, before_s, t_epoch)
+            every = run.spec.checkpoint_every
+            if every and (epoch * steps + step + 1) % every == 0 and step + 1 < steps:
+                self._periodic_checkpoint(epoch, step, sums, before_s, t_epoch)
             draw = self.show.enabled and (step + 1 == steps
                                           or time.perf_counter() >= next_draw)
             due = step + 1 >= next_check
@@ -606,29 +698,39 @@ class _Loop:
                                    None if run.task == "regress" else sums.acc,
                                    seen_here / max(now - t_epoch, 1e-9))
 
-    def _batches(self, epoch: int,
-                 first: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, int, int]]:
-        """(step, images, labels, this rank's batch size, the global batch's size) for the
-        epoch's steps from ``first`` on, in the order (seed, epoch) gives."""
+    def _mine(self, global_size: int) -> tuple[torch.Tensor, list[int]]:
+        """This rank's samples of a step's global batch, as positions in it, and how many
+        of them fall in each of its ``accumulate`` parts of batch_size samples. Each part is
+        shared DistributedSampler's way: every world-size-th sample from the rank's."""
+        bs, world = self.run.spec.batch_size, self.run.world
+        parts = [torch.arange(lo + world.rank, min(lo + bs, global_size), world.size)
+                 for lo in range(0, global_size, bs)]
+        return torch.cat(parts), [p.numel() for p in parts]
+
+    def _batches(self, epoch: int, first: int
+                 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, int, int, list[int]]]:
+        """(step, images, labels, this rank's batch size, the global batch's size, this
+        rank's samples in each accumulated part) for the epoch's steps from ``first`` on, in
+        the order (seed, epoch) gives."""
         run, spec, world, data = self.run, self.run.spec, self.run.world, self.run.data
-        bs, steps = spec.batch_size, run.steps
+        bs, steps = spec.batch_size * spec.accumulate, run.steps
         perm = torch.randperm(run.n, generator=torch.Generator().manual_seed(
             _epoch_seed(spec.seed, epoch)))
         streamed: Any = None
         if data.streamed:
             # The same batches as the in-memory path, read ahead by the workers.
             streamed = iter(epoch_loader(data.loaded.train_set, [
-                perm[s * bs:(s + 1) * bs][world.rank::world.size].tolist()
-                for s in range(first, steps)], int(spec.workers or 0),
+                perm[s * bs:(s + 1) * bs][self._mine(perm[s * bs:(s + 1) * bs].numel())[0]]
+                .tolist() for s in range(first, steps)], int(spec.workers or 0),
                 run.device.type == "cuda"))
         else:
             perm = perm.to(run.device)
         for step in range(first, steps):
             idx = perm[step * bs:(step + 1) * bs]
             global_size = idx.numel()
-            if world.distributed:
-                # This rank's share of the global batch, DistributedSampler's way.
-                idx = idx[world.rank::world.size]
+            positions, parts = self._mine(global_size)
+            if world.distributed or spec.accumulate > 1:
+                idx = idx[positions.to(idx.device)]
             if streamed is not None:
                 xb, yb = next(streamed)
                 xb = xb.to(run.device, non_blocking=True)
@@ -638,52 +740,76 @@ class _Loop:
                 # region per call, which costs dearly when other processes hold the cores.
                 xb, yb = data.x_train[idx], data.y_train[idx]
             if spec.augment is not None:
-                # Seeds far above any epoch's: draws of their own.
-                seed = _epoch_seed(spec.seed, 2**40 + (epoch * steps + step) * world.size
-                                   + world.rank)
+                # Seeds far above any epoch's: draws of their own, one set per global batch
+                # whatever the number of processes, each rank taking its samples' draws.
+                seed = _epoch_seed(spec.seed, 2**40 + epoch * steps + step)
+                share = (positions, global_size) if world.distributed else None
                 if run.task == "classify":
-                    xb = augment(xb, spec.augment, seed)
+                    xb = augment(xb, spec.augment, seed, share=share,
+                                 norm=(data.loaded.mean, data.loaded.std))
                 else:  # the mask or target image moves with its image
-                    xb, yb = augment(xb, spec.augment, seed, yb)
-            yield step, xb, yb, idx.numel(), global_size
+                    xb, yb = augment(xb, spec.augment, seed, yb, share=share)
+                a = spec.augment
+                if a.mixup is not None or a.cutmix is not None:
+                    # One draw per global batch; each sample mixed with the one before it in
+                    # this rank's share. The targets become soft.
+                    g = torch.Generator().manual_seed(
+                        _epoch_seed(spec.seed, 2**41 + epoch * steps + step))
+                    xb, yb = mix(xb, yb, g, run.num_classes, a.mixup, a.cutmix)
+            yield step, xb, yb, idx.numel(), global_size, parts
 
     def _step(self, epoch: int, step: int, xb: torch.Tensor, yb: torch.Tensor, size: int,
-              global_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step on this rank's ``size`` samples of the global batch; (their
-        loss, the module's output)."""
+              global_size: int, parts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on this rank's ``size`` samples of the global batch, their
+        gradients accumulated over its ``parts`` (one forward and backward pass each); (their
+        mean loss, the module's output)."""
         run, spec, optimizer = self.run, self.run.spec, self.run.optimizer
         if spec.scheduler is not None:
             self.lr = spec.scheduler.lr_at(epoch * run.steps + step, run.steps, spec.epochs,
-                                           spec.optimizer.effective_lr)
+                                           spec.optimizer.effective_lr,
+                                           [m.val_loss for m in run.history[:epoch]])
             for group in optimizer.param_groups:
                 group["lr"] = self.lr
         optimizer.zero_grad(set_to_none=True)
-        with run.precision.autocast():
-            output = self.model(xb)
-            loss = self.train_loss(output, yb)
-        # DDP averages the ranks' gradients; weighting each share by its size
-        # makes that average the global batch's mean, as in one process.
-        scaled = (loss * (size * run.world.size / global_size) if run.world.distributed
-                  else loss)
         scaler = run.precision.scaler
+        losses, outputs = [], []
+        pieces = [p for p in parts if p]
+        for i, (xp, yp) in enumerate(zip(xb.split(pieces), yb.split(pieces))):
+            last = i == len(pieces) - 1
+            # DDP exchanges the gradients once, after the last part.
+            no_sync = getattr(self.model, "no_sync", None)
+            quiet = no_sync() if no_sync is not None and not last else contextlib.nullcontext()
+            with quiet:
+                with run.precision.autocast():
+                    output = self.model(xp)
+                    loss = self.train_loss(output, yp)
+                # Each part's mean loss weighted by its share of the global batch: the summed
+                # gradients (averaged by DDP over the ranks) are the global batch's mean's.
+                share = xp.shape[0] * run.world.size / global_size
+                scaled = loss * share if share != 1 else loss
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            losses.append(loss.detach() * xp.shape[0])
+            outputs.append(output.detach() if len(pieces) > 1 else output)
         if scaler is not None:
-            scaler.scale(scaled).backward()
             if spec.grad_clip is not None:
                 scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(run.module.parameters(), spec.grad_clip)
             scaler.step(optimizer)
             scaler.update()
         else:
-            scaled.backward()
             if spec.grad_clip is not None:
                 nn.utils.clip_grad_norm_(run.module.parameters(), spec.grad_clip)
             optimizer.step()
-        return loss, output
+        if self.ema is not None:
+            self.ema.update(run.module)
+        if len(pieces) == 1:
+            return loss, outputs[0]
+        return torch.stack(losses).sum() / size, torch.cat(outputs)
 
     def _stop_mid_epoch(self, epoch: int, step: int, sums: _Running, before_s: float,
                         t_epoch: float) -> None:
-        """Ctrl-C between two steps: an exact checkpoint of this position, then
-        KeyboardInterrupt."""
+        """A stop signal between two steps: an exact checkpoint of this position, then
+        Stopped."""
         run = self.run
         self._raise_if_nan(sums, epoch)
         if not _params_finite(run.module):
@@ -691,10 +817,22 @@ class _Loop:
                              f"stopped. {_capital(run.last_good())}")
         self._checkpoint(epoch, step + 1, sums, before_s + time.perf_counter() - t_epoch)
         self.show.clear()
-        run.log(f"interrupted at epoch {epoch + 1}, step {step + 1}/{run.steps}; "
+        run.log(f"{self._stopped_by()} at epoch {epoch + 1}, step {step + 1}/{run.steps}; "
                 f"checkpoint saved in {run.out} (continue with --resume)")
         self.saved = True
-        raise KeyboardInterrupt
+        raise self.interrupt.stopped()
+
+    def _stopped_by(self) -> str:
+        signum = self.interrupt.signum
+        if signum is None or signum == signal.SIGINT:
+            return "interrupted"
+        return f"stopped by {signal.Signals(signum).name}"
+
+    def _periodic_checkpoint(self, epoch: int, step: int, sums: _Running, before_s: float,
+                             t_epoch: float) -> None:
+        """checkpoint_every: an exact checkpoint of this position inside a long epoch."""
+        self._raise_if_nan(sums, epoch)  # the checkpoint's sums are the flushed ones
+        self._checkpoint(epoch, step + 1, sums, before_s + time.perf_counter() - t_epoch)
 
     # ------------------------------------------------------------ the end of an epoch
 
@@ -705,20 +843,27 @@ class _Loop:
         run, data = self.run, self.run.data
         if run.task != "classify":
             return self._dense_scores(epoch, sums, train_s, t_epoch)
-        # Every rank holds the same weights, so each scores alike; no exchange needed.
-        test_loss, test_acc, test_top5 = _score(run.module, data.x_test, data.y_test,
-                                                run.loss_name, self.eval_batch, run.num_classes)
+        # Each rank scores its share of the batches; every rank gets the whole split's scores.
+        def score(x: Any, y: torch.Tensor) -> tuple[float, float, float | None]:
+            return score_split(run.module, x, y, run.loss_name, self.eval_batch,
+                               run.num_classes, run.world, int(run.spec.workers or 0))
+
+        test_loss, test_acc, test_top5 = score(data.x_test, data.y_test)
         val_loss = val_acc = val_top5 = None
         if data.x_val is not None and data.y_val is not None:
-            val_loss, val_acc, val_top5 = _score(run.module, data.x_val, data.y_val,
-                                                 run.loss_name, self.eval_batch,
-                                                 run.num_classes)
+            val_loss, val_acc, val_top5 = score(data.x_val, data.y_val)
         if not math.isfinite(test_loss) or not _params_finite(run.module):
             self.show.clear()
             raise TrainError(
                 f"the weights became NaN or infinite in epoch {epoch + 1} (test loss "
                 f"{test_loss}); stopped. {_capital(run.last_good())}")
+        ema_loss = ema_acc = None
+        if self.ema is not None and self.ema.state is not None:
+            ema_loss, ema_acc, _ = score_split(
+                self.ema.module(run.module), data.x_test, data.y_test, run.loss_name,
+                self.eval_batch, run.num_classes, run.world, int(run.spec.workers or 0))
         return EpochMetrics(
+            ema_test_loss=ema_loss, ema_test_acc=ema_acc,
             epoch=epoch + 1, train_loss=sums.loss, train_acc=sums.acc,
             test_loss=test_loss, test_acc=test_acc, lr=self.lr,
             # The whole epoch's samples over its training time, a resume's part included.
@@ -762,6 +907,8 @@ class _Loop:
         if not run.world.main:
             return
         _save_torch(_cpu_state(run.module), run.out / MODEL_FILE)
+        if self.ema is not None and self.ema.state is not None:
+            _save_torch(self.ema.cpu_state(), run.out / EMA_FILE)
         if self.best_epoch == epoch + 1:
             _save_torch(_cpu_state(run.module), run.out / BEST_FILE)
         _write_metrics(run.out / METRICS_FILE, run.history, run.task)
@@ -782,7 +929,9 @@ class _Loop:
         top5 = f"top-5 {m.test_top5:.2%}  " if m.test_top5 is not None else ""
         self.run.log(f"epoch {m.epoch}/{self.run.spec.epochs}  train loss {m.train_loss:.4f}  "
                      f"{val}test loss {m.test_loss:.4f}  test acc {m.test_acc:.2%}  {top5}"
-                     f"{m.samples_per_s:,.0f} samples/s  ({m.seconds:.1f} s)")
+                     + (f"EMA test acc {m.ema_test_acc:.2%}  " if m.ema_test_acc is not None
+                        else "")
+                     + f"{m.samples_per_s:,.0f} samples/s  ({m.seconds:.1f} s)")
 
     def _checkpoint(self, epoch: int, step: int, sums: _Running | None,
                     train_s: float = 0.0) -> None:
@@ -806,6 +955,7 @@ class _Loop:
             "rng_ranks": rngs,
             "world_size": world.size,
             "scaler": scaler.state_dict() if scaler is not None else None,
+            "ema": self.ema.cpu_state() if self.ema is not None else None,
             "partial": None if totals is None else {
                 "loss_sum": totals[0], "correct": int(totals[1]), "seen": int(totals[2]),
                 "pixels": int(totals[3]), "train_s": train_s},
@@ -877,13 +1027,14 @@ class _Loop:
 _WATCHED = {"classify": "accuracy", "segment": "mean IoU", "regress": "loss"}
 
 
-def _best_epoch(history: Sequence[EpochMetrics], task: str = "classify") -> int | None:
+def _best_epoch(history: Sequence[EpochMetrics], task: str = "classify",
+                monitor: str = "score") -> int | None:
     """The epoch (1-based) of the best validation score, ties to the lower loss: accuracy,
-    mean IoU (segment), or the loss itself (regress)."""
+    mean IoU (segment), or the loss itself (regress, or ``monitor`` loss)."""
     scored = [m for m in history if m.val_loss is not None]
     if not scored:
         return None
-    if task == "regress":
+    if task == "regress" or monitor == "loss":
         return min(scored, key=lambda m: (m.val_loss or 0.0, m.epoch)).epoch
     watched = "val_miou" if task == "segment" else "val_acc"
     return max(scored, key=lambda m: (getattr(m, watched) or 0.0, -(m.val_loss or 0.0),
@@ -908,16 +1059,28 @@ def _dense_line(m: EpochMetrics, split: str) -> str:
 
 
 def _patience_ran_out(spec: TrainSpec, history: Sequence[EpochMetrics],
-                      best_epoch: int | None) -> bool:
-    return (spec.patience is not None and best_epoch is not None
-            and len(history) - best_epoch >= spec.patience)
+                      best_epoch: int | None, task: str = "classify") -> bool:
+    """Whether ``patience`` epochs have passed since the watched value last improved."""
+    if spec.patience is None or best_epoch is None:
+        return False
+    if spec.min_delta == 0 and spec.monitor == "score":
+        return len(history) - best_epoch >= spec.patience
+    last = _last_improvement(history, task, spec.monitor, spec.min_delta)
+    return last is not None and len(history) - last >= spec.patience
 
 
-def _score(module: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_name: str,
-           batch: int, num_classes: int) -> tuple[float, float, float | None]:
-    """Mean loss (the plain loss: no weights, no smoothing), accuracy and, with 10 or more
-    classes, top-5 accuracy over a split."""
-    top5: list[int] | None = [] if num_classes >= 10 else None
-    loss_sum, preds = _predict(module, x, y, loss_name, batch, top5)
-    n = x.shape[0]
-    return loss_sum / n, float((preds == y).sum()) / n, (top5[0] / n if top5 else None)
+def _last_improvement(history: Sequence[EpochMetrics], task: str, monitor: str,
+                      min_delta: float) -> int | None:
+    """The last epoch that beat the best before it by more than ``min_delta`` (Keras' and
+    Lightning's EarlyStopping): the validation loss lower, or the score higher."""
+    lower = monitor == "loss" or task == "regress"
+    watched = "val_loss" if lower else ("val_miou" if task == "segment" else "val_acc")
+    best: float | None = None
+    last = None
+    for m in history:
+        value = getattr(m, watched)
+        if value is None:
+            continue
+        if best is None or (value < best - min_delta if lower else value > best + min_delta):
+            best, last = value, m.epoch
+    return last

@@ -20,7 +20,7 @@ from .setup import Run, apply_hyperparameters
 
 # What a resume may not change in the middle of an epoch: the rest of its batches
 # could not be replayed. At an epoch boundary they apply from the next epoch.
-_EPOCH_KEYS = ("seed", "batch_size", "drop_last")
+_EPOCH_KEYS = ("seed", "batch_size", "drop_last", "accumulate")
 
 
 def read_checkpoint(out: Path, module: nn.Module, input_shape: tuple[int, int, int],
@@ -59,6 +59,7 @@ def restore(run: Run, ckpt: dict[str, Any]) -> None:
                 f"{run.world.size}; the batches are the same, but sums in another order "
                 "differ in the last bits")
     run.partial = ckpt.get("partial")
+    run.ema_state = ckpt.get("ema")
     run.history = [EpochMetrics(**m) for m in ckpt["metrics"]]
     run.log(f"resuming {run.out} {where}")
     if changes:
@@ -83,7 +84,8 @@ def _position(ckpt: dict[str, Any], run: Run) -> str:
         return f"after epoch {run.start_epoch}"
     was = TrainSpec.model_validate(ckpt["train"])
     n = run.n
-    was_steps = n // was.batch_size if was.drop_last else math.ceil(n / was.batch_size)
+    bs = was.batch_size * was.accumulate
+    was_steps = n // bs if was.drop_last else math.ceil(n / bs)
     if run.start_step > was_steps:
         raise RunFolderError(f"cannot resume: {run.out / CHECKPOINT_FILE} is damaged: its step "
                              f"{run.start_step} is past the {was_steps} steps of an epoch")
@@ -179,7 +181,8 @@ def _resume_changes(ckpt: dict[str, Any], spec: TrainSpec, dataset: dict[str, An
     old = _flat(old_spec.model_dump(mode="json", exclude={"dataset", "output"}))
     new = _flat(spec.model_dump(mode="json", exclude={"dataset", "output"}))
     changed = [k for k in sorted(old) if old[k] != new.get(k)]
-    fixed = [k for k in changed if k in ("optimizer.type", "optimizer.decay_norm_and_bias")]
+    fixed = [k for k in changed if k in ("optimizer.type", "optimizer.decay_norm_and_bias",
+                                         "freeze")]
     if fixed:
         raise RunFolderError(
             f"cannot resume with {', '.join(f'{k} {new[k]}' for k in fixed)}: the checkpoint's "

@@ -87,6 +87,8 @@ class EpochMetrics:
     test_miou: float | None = None
     val_psnr: float | None = None  # regress: PSNR in dB, targets in [0, 1]
     test_psnr: float | None = None
+    ema_test_loss: float | None = None  # ema: the averaged weights' test scores
+    ema_test_acc: float | None = None
 
 
 @dataclass

@@ -25,7 +25,7 @@ from .runfolder import EpochMetrics, _tensorboard_available
 
 @dataclass
 class Splits:
-    """The run's data on its device. ``loaded`` is what ``shapecheck.data`` read: its notes,
+    """The run's data on its device. ``loaded`` is what ``shapecheck.training.datasets`` read: its notes,
     classes, normalisation and split sizes (and the image files, when streamed)."""
 
     loaded: Any
@@ -86,6 +86,8 @@ class Run:
     # then leaves the run folder as it was.
     pending_resume: dict[str, Any] | None = None
     task: str = "classify"  # or segment, regress (trainspec.resolve_task)
+    init_from: str | None = None  # --init: where a fresh run's weights came from
+    ema_state: dict[str, Any] | None = None  # a resumed run's weight EMA
     output_shape: tuple[int, ...] | None = None  # the module's output for one sample
 
     @property
@@ -94,7 +96,8 @@ class Run:
 
     @property
     def steps(self) -> int:
-        n, bs = self.n, self.spec.batch_size
+        """Optimizer steps an epoch: each takes ``accumulate`` batches."""
+        n, bs = self.n, self.spec.batch_size * self.spec.accumulate
         return n // bs if self.spec.drop_last else math.ceil(n / bs)
 
     def last_good(self) -> str:
@@ -154,9 +157,21 @@ def check_spec(module: nn.Module, spec: TrainSpec, device: torch.device,
         raise TrainError(f"label_smoothing needs cross_entropy; this run's loss is {loss_name} "
                          "(the last layer is LogSoftmax): give loss: cross_entropy and drop "
                          "the logsoftmax layer")
+    if spec.scheduler is not None and spec.scheduler.type == "plateau" \
+            and spec.dataset.val_fraction is None:
+        raise TrainError("scheduler plateau watches the validation loss: give the dataset a "
+                         "val_fraction (e.g. 0.1); the test split drives no decision")
     if spec.patience is not None and spec.dataset.val_fraction is None:
         raise TrainError("patience needs a validation split: give the dataset a val_fraction "
                          "(e.g. 0.1); the test split drives no decision")
+    a = spec.augment
+    if a is not None and not a.per_image_only:
+        if task != "classify":
+            raise TrainError(f"augment's resized_crop, trivial, erasing, mixup and cutmix are for "
+                             f"classification; {task} takes crop_padding and flip")
+        if (a.mixup or a.cutmix) and loss_name != "cross_entropy":
+            raise TrainError(f"mixup and cutmix train on soft targets, which need "
+                             f"cross_entropy; this run's loss is {loss_name}")
     if spec.tensorboard:
         _tensorboard_available()
     return loss_name
@@ -185,8 +200,8 @@ def read_data(module: nn.Module, spec: TrainSpec, *, input_shape: tuple[int, int
     else:
         # Weights, gradients and optimizer state, counted with the data in one memory check.
         param_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
-        copies = 2 + (2 if spec.optimizer.type != "sgd" else int(bool(
-            spec.optimizer.effective_momentum)))
+        copies = 2 + (2 if spec.optimizer.type in ("adam", "adamw") else int(
+            spec.optimizer.type == "rmsprop") + int(bool(spec.optimizer.effective_momentum)))
         data = load_dataset(spec.dataset, input_shape=input_shape, num_classes=num_classes,
                             base_dir=base_dir, extra_bytes=param_bytes * copies,
                             extra_what="the weights, gradients and optimizer state")
@@ -232,6 +247,9 @@ def _reinit(module: nn.Module) -> None:
 
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+# The scales build writes as helper classes (layers/norm.py): a per-channel gain, like a norm
+# layer's weight, that decay would pull towards zero.
+_SCALES = ("LayerScale",)
 
 
 def _param_groups(module: nn.Module, o: OptimizerSpec) -> list[dict[str, Any]]:
@@ -239,12 +257,17 @@ def _param_groups(module: nn.Module, o: OptimizerSpec) -> list[dict[str, Any]]:
 
     Each group carries ``decay`` so a resume can re-apply the spec's weight decay."""
     wd = o.effective_weight_decay
+    # Frozen parameters (train.freeze) are left out: nothing may move them.
     if o.decay_norm_and_bias:
-        return [{"params": list(module.parameters()), "weight_decay": wd, "decay": True}]
+        return [{"params": [p for p in module.parameters() if p.requires_grad],
+                 "weight_decay": wd, "decay": True}]
     plain, exempt = [], []
     for m in module.modules():
         for pname, p in m.named_parameters(recurse=False):
-            (exempt if isinstance(m, _NORMS) or pname == "bias" else plain).append(p)
+            if p.requires_grad:
+                no_decay = (isinstance(m, _NORMS) or type(m).__name__ in _SCALES
+                            or pname == "bias")
+                (exempt if no_decay else plain).append(p)
     groups = [{"params": plain, "weight_decay": wd, "decay": True},
               {"params": exempt, "weight_decay": 0.0, "decay": False}]
     return [g for g in groups if g["params"]]
@@ -255,8 +278,14 @@ def make_optimizer(module: nn.Module, o: OptimizerSpec) -> torch.optim.Optimizer
     if o.type == "sgd":
         return torch.optim.SGD(groups, lr=o.effective_lr, momentum=o.effective_momentum,
                                nesterov=o.nesterov)
+    # Only what the spec gives is passed: the rest stays PyTorch's default.
+    given = {k: v for k, v in (("eps", o.eps), ("betas", o.betas), ("alpha", o.alpha))
+             if v is not None}
+    if o.type == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=o.effective_lr, momentum=o.effective_momentum,
+                                   **given)
     cls = torch.optim.Adam if o.type == "adam" else torch.optim.AdamW
-    return cls(groups, lr=o.effective_lr)
+    return cls(groups, lr=o.effective_lr, **given)
 
 
 def apply_hyperparameters(optimizer: torch.optim.Optimizer, o: OptimizerSpec) -> None:
@@ -266,7 +295,11 @@ def apply_hyperparameters(optimizer: torch.optim.Optimizer, o: OptimizerSpec) ->
         group["weight_decay"] = o.effective_weight_decay if group.get("decay", True) else 0.0
         if "momentum" in group:
             group["momentum"] = o.effective_momentum
+        if "nesterov" in group:
             group["nesterov"] = o.nesterov
+        for key, value in (("eps", o.eps), ("betas", o.betas), ("alpha", o.alpha)):
+            if value is not None and key in group:
+                group[key] = value
 
 
 def wrap(module: nn.Module, world: World, device: torch.device, compile: bool) -> nn.Module:
