@@ -304,3 +304,59 @@ def test_solve_refuses_what_it_cannot_do_exactly(capsys):
         {"type": "upsample", "scale_factor": 1 / 3}])
     with pytest.raises(Exception, match="not a fraction with a small power-of-two"):
         solve(shapecheck.plan(third))
+
+
+# A small U-Net: two poolings down, two transposed convs up, the skips as concats. At 30×30
+# the inner skip meets 14×14 against 15×15 (15 was floored on the way down).
+ODD_UNET = """
+input: {shape: [1, 30, 30]}
+layers:
+  - {type: conv2d, out_channels: 8, kernel_size: 3, padding: 1}
+  - type: concat
+    branches:
+      - []
+      - - {type: maxpool2d, kernel_size: 2}
+        - {type: conv2d, out_channels: 8, kernel_size: 3, padding: 1}
+        - type: concat
+          branches:
+            - []
+            - - {type: maxpool2d, kernel_size: 2}
+              - {type: conv2d, out_channels: 8, kernel_size: 3, padding: 1}
+              - {type: convtranspose2d, out_channels: 8, kernel_size: 2, stride: 2}
+        - {type: convtranspose2d, out_channels: 8, kernel_size: 2, stride: 2}
+  - {type: conv2d, out_channels: 2, kernel_size: 1}
+"""
+
+
+def test_a_skip_that_fails_on_a_floored_size_names_the_sizes_that_work():
+    p = shapecheck.plan(ODD_UNET)
+    (error,) = p.errors
+    assert error.code == "SC212"
+    assert error.hint == "this network needs H and W ≡ 0 (mod 4): 28 or 32"
+    # what the hint says holds: the spec plans at 28 and 32, not at 29 to 31
+    for n in range(28, 33):
+        planned = shapecheck.plan(ODD_UNET, input_shape=(1, n, n))
+        assert planned.valid == (n in (28, 32)), n
+    # ceil_mode would not make the skip's sizes agree: the pool's warning says the same
+    (warning,) = p.warnings
+    assert warning.code == "SC301" and "ceil_mode" not in warning.hint
+    assert warning.hint == error.hint
+
+
+def test_solve_answers_for_a_spec_whose_only_errors_are_its_size(tmp_path, capsys):
+    spec = tmp_path / "unet.yaml"
+    spec.write_text(ODD_UNET, encoding="utf-8")
+    assert main(["solve", str(spec)]) == 1  # the spec as written is invalid
+    out = capsys.readouterr().out
+    assert "error[SC212]" in out
+    assert "input 1×30×30, which fails; solved from 32×32, which plans" in out
+    assert "H (with W = 32; the spec has H = 30):" in out
+    assert "accepts: every H ≥ 4 with H ≡ 0 (mod 4)" in out
+    assert main(["solve", str(spec), "--format", "json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["planned_at"] == [32, 32] and doc["axes"][0]["smallest"] == 4
+    # an error a size cannot fix (the channels) is still one to fix first
+    spec.write_text(ODD_UNET.replace("out_channels: 2, kernel_size: 1}",
+                                     "in_channels: 3, out_channels: 2, kernel_size: 1}"))
+    assert main(["solve", str(spec)]) == 1
+    assert "not solved: solve needs a spec that plans" in capsys.readouterr().out

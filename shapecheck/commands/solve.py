@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from ..core.diagnostics import Diagnostic, InputError
-from ..core.inputsizes import TooCostly, Unsolvable, describe, solve
+from ..core.analysis import AXES
+from ..core.inputsizes import TooCostly, Unsolvable, describe, plan_near, solve
 from ..core.planner import plan
 from ..core.spec import default_name
 from ..outputs.report import printable
@@ -61,8 +62,13 @@ def run(args: argparse.Namespace) -> int:
             failed(default_name(Path(path).stem), path, "", [e.diagnostic])
             code = EXIT_INPUT
             continue
+        # A spec whose only errors come from its size is solved from a size near it that
+        # plans: which sizes work is exactly what its author wants to know.
+        near = None if result.valid else plan_near(result, lambda h, w: plan(
+            Path(path), batch=args.batch, input_shape=(result.input_dims[1], h, w),
+            scale=args.scale))
         try:
-            solutions = solve(result)
+            solutions = solve(near or result)
         except TooCostly as e:  # refused as the loader refuses what costs too much
             failed(result.name, path, "", [Diagnostic("error", "SC004", str(e), file=path)])
             code = EXIT_INPUT
@@ -72,11 +78,22 @@ def run(args: argparse.Namespace) -> int:
             # A valid spec is not made invalid by what solve cannot do: that is exit 2.
             code = max(code, EXIT_INVALID if not result.valid else EXIT_INPUT)
             continue
+        if near is not None:
+            code = max(code, EXIT_INVALID)  # the spec as written is still invalid
+            for s in solutions:  # said of the spec's own size, not the one planned
+                s.size = result.input_dims[2 + AXES.index(s.axis)]
         if as_json:
             out.append({"name": result.name, "file": result.source,
-                        "axes": [_json(s, args.upto) for s in solutions]})
+                        "axes": [_json(s, args.upto) for s in solutions],
+                        **({"planned_at": list(near.input_dims[2:]),
+                            "diagnostics": [d.to_dict() for d in result.diagnostics]}
+                           if near is not None else {})})
         else:
             shape = "×".join(map(str, result.input_dims[1:]))
+            if near is not None:
+                print_diagnostics(result.diagnostics)
+                shape += (f", which fails; solved from {near.input_dims[2]}×"
+                          f"{near.input_dims[3]}, which plans")
             out.append("\n".join([f"{result.name}: input {shape}  ({printable(path)})",
                                   *(line for s in solutions for line in describe(s))]))
     if as_json:

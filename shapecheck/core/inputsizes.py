@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .analysis import AXES, first_true
@@ -179,6 +180,49 @@ class AxisSolution:
             if all((c in keep) == ((c % p) in kept) for c in range(self.period)):
                 return p, sorted(kept)
         return self.period, sorted(keep)
+
+
+# Errors that come from the input's size alone: the same spec may plan at another size.
+SIZE_ERRORS = frozenset({"SC201", "SC202", "SC204", "SC211", "SC212", "SC217", "SC218"})
+NEARBY = 64  # sizes tried one above another, after the spec's rounded up to 2, 4, … 1024
+
+
+def plan_near(plan: Plan, replan: Callable[[int, int], Plan]) -> Plan | None:
+    """For a plan whose only errors come from its input's size, the spec planned (by
+    ``replan(h, w)``) at a size near its own that works: the spec's H and W rounded up to a
+    multiple of 2, 4, … 1024, then each of the next NEARBY sizes. None where the errors are of
+    another kind, or no size nearby works: a bounded number of plans, each as cheap as the
+    first."""
+    if plan.valid or plan.input_dims is None or len(plan.input_dims) != 4 or not all(
+            d.code in SIZE_ERRORS for d in plan.errors):
+        return None
+    h, w = plan.input_dims[2:]
+    tried = set()
+    rounded = [(-(-h // m) * m, -(-w // m) * m) for m in (1 << k for k in range(1, 11))]
+    for size in [*rounded, *((h + d, w + d) for d in range(1, NEARBY + 1))]:
+        if size not in tried:
+            tried.add(size)
+            near = replan(*size)
+            if near.valid:
+                return near
+    return None
+
+
+def sizes_hint(solutions: list[AxisSolution]) -> str:
+    """What an input must be, in a hint: 'this network needs H and W ≡ 0 (mod 4): 28 or 32'."""
+    parts = []
+    for s in solutions:
+        p, residues = s.residues(lambda r: True)
+        rule = _congruence(s.axis, p, residues).strip() or f"{s.axis} ≥ {s.smallest}"
+        below = [n for n in range(s.size, max(0, s.size - 4 * s.period) , -1) if s.accepts(n)]
+        above = [n for n in range(s.size, s.size + 4 * s.period + 1) if s.accepts(n)]
+        near = " or ".join(str(n) for n in dict.fromkeys([*below[:1], *above[:1]]))
+        parts.append((rule, near))
+    if len(parts) == 2 and parts[0][1] == parts[1][1] and parts[0][0][1:] == parts[1][0][1:]:
+        rule, near = parts[0]
+        parts = [(f"H and W{rule[1:]}", near)]
+    return "this network needs " + "; ".join(f"{rule}: {near}" if near else rule
+                                             for rule, near in parts)
 
 
 def solve(plan: Plan) -> list[AxisSolution]:

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
-from .analysis import field_warning, first_true, receptive_fields
+from .analysis import AXES, field_warning, first_true, receptive_fields
 from .diagnostics import Diagnostic, merge_repeats, more_uses
 from .layers import Block, Context, LayerSpec, Origin, ShapeError
 from .layers.base import Dims
@@ -69,7 +69,36 @@ def plan(
             return Plan(spec.name or "net", spec.description, spec.source, batch or "N", None,
                         [], problems)
     with gc_paused():
-        return _Planner(spec, batch, input_shape).plan()
+        result = _Planner(spec, batch, input_shape).plan()
+    if any(d.code in MERGE_ERRORS for d in result.errors):
+        result = _with_sizes_hint(result, spec, batch)
+    return result
+
+
+# A merge whose inputs disagree (a U-Net's skip after an odd size was floored on the way down)
+# is fixed by the input size, not by the layers: its hint says which sizes work.
+MERGE_ERRORS = frozenset({"SC211", "SC212"})
+
+
+def _with_sizes_hint(result: Plan, spec: Spec, batch) -> Plan:
+    """The plan with its merge errors' hints (and the unused-rows warnings', whose ceil_mode
+    would not make the branches agree) naming the input sizes that work, from solve."""
+    from .inputsizes import TooCostly, Unsolvable, plan_near, solve, sizes_hint
+
+    c = result.input_dims[1] if result.input_dims else None
+    near = plan_near(result, lambda h, w: _Planner(spec, batch, (c, h, w)).plan())
+    if near is None:
+        return result
+    try:
+        solutions = solve(near)
+    except (Unsolvable, TooCostly):
+        return result
+    for s in solutions:  # said of the spec's own size, not the one planned
+        s.size = result.input_dims[2 + AXES.index(s.axis)]
+    hint = sizes_hint(solutions)
+    result.diagnostics = [d.replace(hint=hint) if d.code in MERGE_ERRORS or d.code == "SC301"
+                          else d for d in result.diagnostics]
+    return result
 
 
 def _unread(error: SpecError, source: str | None, batch) -> Plan:
