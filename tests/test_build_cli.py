@@ -135,9 +135,9 @@ def test_renamed_layers_are_noted(cwd, capsys):
 
 def test_big_module_is_written_with_a_note(cwd, capsys, monkeypatch):
     pytest.importorskip("torch")
-    from shapecheck.emit import codegen
+    from shapecheck.core import memory
 
-    monkeypatch.setattr(codegen, "available_memory", lambda: 1000)
+    monkeypatch.setattr(memory, "available_memory", lambda: 1000)
     assert main(["build", str(LECTURE), "--no-memory-check"]) == 0  # the source allocates nothing
     err = capsys.readouterr().err
     assert "its parameters need 33,960 bytes" in err and "1,000 bytes of memory" in err
@@ -240,9 +240,9 @@ def test_bad_training_values(cwd, capsys):
 
 def test_train_refuses_what_does_not_fit(cwd, capsys, monkeypatch):
     pytest.importorskip("torch")
-    from shapecheck.emit import codegen
+    from shapecheck.core import memory
 
-    monkeypatch.setattr(codegen, "available_memory", lambda: 1000)
+    monkeypatch.setattr(memory, "available_memory", lambda: 1000)
     spec = _write(cwd / "small.yaml", SMALL)
     assert main(["build", str(spec), "--train", "--data", "synthetic"]) == 1
     err = capsys.readouterr().err

@@ -14,6 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import shapecheck
+from shapecheck.core import memory
 from shapecheck.emit import codegen, pysource
 from shapecheck.emit.codegen import (
     InternalError,
@@ -266,7 +267,7 @@ def test_build_module_refuses_an_invalid_spec():
 
 
 def test_build_module_refuses_what_does_not_fit(monkeypatch):
-    monkeypatch.setattr(codegen, "available_memory", lambda: 10_000)
+    monkeypatch.setattr(memory, "available_memory", lambda: 10_000)
     allocated = []
     monkeypatch.setattr(codegen, "module_from_source",
                         lambda *a, **k: allocated.append(1))  # must not even get here
@@ -277,7 +278,7 @@ def test_build_module_refuses_what_does_not_fit(monkeypatch):
 
 
 def test_build_module_on_meta_skips_the_memory_check(monkeypatch):
-    monkeypatch.setattr(codegen, "available_memory", lambda: 10)
+    monkeypatch.setattr(memory, "available_memory", lambda: 10)
     assert build_module(SPECS / "vgg16.yaml", device="meta") is not None
 
 

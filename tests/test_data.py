@@ -458,7 +458,7 @@ def test_loading_peaks_well_below_twice_the_float_data(tmp_path):
 
 
 def test_data_and_the_callers_needs_are_counted_against_the_memory(tmp_path):
-    from shapecheck.emit.codegen import available_memory
+    from shapecheck.core.memory import available_memory
     from shapecheck.training.datasets import MemoryLimitError
 
     available = available_memory()

@@ -603,9 +603,9 @@ def test_build_refuses_what_does_not_fit_before_anything_is_built(tmp_path, monk
 @needs_torch
 def test_build_refuses_by_the_memory_available(tmp_path, monkeypatch):
     # The replacement for a note after writing: refused, unless --no-memory-check.
-    from shapecheck.emit import codegen
+    from shapecheck.core import memory
 
-    monkeypatch.setattr(codegen, "available_memory", lambda: 1000)
+    monkeypatch.setattr(memory, "available_memory", lambda: 1000)
     spec = write(tmp_path, SMALL)  # 475 parameters: 1,900 bytes
     out = tmp_path / "small_model.py"
     r = assert_clean(cli("build", spec, "-o", out))

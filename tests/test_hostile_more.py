@@ -24,8 +24,9 @@ from test_hostile import TRACEBACK, assert_clean, cli, warm  # noqa: F401 - warm
 from test_hostile_io import IDX, _idx, _idx_folder, _image_folder, needs_dot, needs_torch
 
 from shapecheck.core.atomic import folder_lock, read_bounded
+from shapecheck.core.memory import human_bytes
 from shapecheck.outputs.report import printable
-from shapecheck.outputs.table import human_bytes, human_count
+from shapecheck.outputs.table import human_count
 
 POSIX = pytest.mark.skipif(sys.platform == "win32" or not hasattr(os, "mkfifo"),
                            reason="FIFOs, symlinks and flock are POSIX")

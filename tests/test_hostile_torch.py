@@ -194,14 +194,22 @@ def test_a_hand_edited_checkpoint_is_one_clear_message(adam_run, tmp_path):
     assert r.code == 0 and "epoch 2/2" in r.out, str(r)
 
 
-def test_the_checkpoint_check_knows_every_metric():
+def test_the_checkpoint_check_takes_every_metric_a_run_writes():
+    """Each metric the loop can write (EpochMetrics, every one set) passes the check; a metric
+    the loop never writes, or one of the wrong type, does not."""
     pytest.importorskip("torch")
-    from dataclasses import fields
+    from dataclasses import asdict, fields
+
+    from pydantic import ValidationError
 
     from shapecheck.training.checkpoint import _Metrics
     from shapecheck.training.runfolder import EpochMetrics
 
-    assert set(_Metrics.model_fields) == {f.name for f in fields(EpochMetrics)}
+    every = EpochMetrics(**{f.name: 1 if f.name == "epoch" else 0.5 for f in fields(EpochMetrics)})
+    assert _Metrics.model_validate(asdict(every))
+    for bad in ({"made_up": 1.0}, {"test_acc": "high"}, {"epoch": 0}):
+        with pytest.raises(ValidationError):
+            _Metrics.model_validate({**asdict(every), **bad})
 
 
 RUN_JSON_CASES = {

@@ -48,10 +48,10 @@ from ..core.atomic import (
     same_file,
 )
 from ..core.loader import SpecError, load_spec
+from ..core.memory import available_memory, human_bytes
 from ..core.planner import plan as make_plan
 from ..core.spec import default_name
 from ..outputs.report import printable
-from ..outputs.table import human_bytes
 from ..training.runinfo import run_folder_problem
 from . import EXIT_INPUT, EXIT_INVALID, EXIT_OK, add_shape_overrides, fail, print_diagnostics
 
@@ -298,7 +298,6 @@ def run(args: argparse.Namespace) -> int:
         BuildError,
         InternalError,
         TooLargeError,
-        available_memory,
         check_fits,
         generate,
         instantiate,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from functools import partial
 from pathlib import Path
 
-from ..core.diagnostics import Diagnostic, InputError
 from ..core.analysis import AXES
+from ..core.diagnostics import Diagnostic, InputError
 from ..core.inputsizes import TooCostly, Unsolvable, describe, plan_near, solve
 from ..core.planner import plan
 from ..core.spec import default_name
@@ -64,9 +65,8 @@ def run(args: argparse.Namespace) -> int:
             continue
         # A spec whose only errors come from its size is solved from a size near it that
         # plans: which sizes work is exactly what its author wants to know.
-        near = None if result.valid else plan_near(result, lambda h, w: plan(
-            Path(path), batch=args.batch, input_shape=(result.input_dims[1], h, w),
-            scale=args.scale))
+        near = None if result.valid else plan_near(result, partial(_replan, Path(path), args,
+                                                                   result.input_dims))
         try:
             solutions = solve(near or result)
         except TooCostly as e:  # refused as the loader refuses what costs too much
@@ -101,6 +101,11 @@ def run(args: argparse.Namespace) -> int:
     elif out:
         print("\n\n".join(out))
     return code
+
+
+def _replan(path: Path, args: argparse.Namespace, dims: tuple, h: int, w: int):
+    """The spec planned at H×W, the channels and the rest as asked."""
+    return plan(path, batch=args.batch, input_shape=(dims[1], h, w), scale=args.scale)
 
 
 def _json(s, upto: int | None) -> dict:

@@ -6,9 +6,9 @@ does (analysis.py)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .analysis import AXES, first_true

@@ -83,7 +83,7 @@ MERGE_ERRORS = frozenset({"SC211", "SC212"})
 def _with_sizes_hint(result: Plan, spec: Spec, batch) -> Plan:
     """The plan with its merge errors' hints (and the unused-rows warnings', whose ceil_mode
     would not make the branches agree) naming the input sizes that work, from solve."""
-    from .inputsizes import TooCostly, Unsolvable, plan_near, solve, sizes_hint
+    from .inputsizes import TooCostly, Unsolvable, plan_near, sizes_hint, solve
 
     c = result.input_dims[1] if result.input_dims else None
     near = plan_near(result, lambda h, w: _Planner(spec, batch, (c, h, w)).plan())

@@ -43,6 +43,7 @@ from .. import __version__
 from ..core.expressions import make_divisible
 from ..core.layers import KINDS
 from ..core.loader import SpecError
+from ..core.memory import available_memory, human_bytes, shortfall
 from ..core.plan import BYTES_PER_VALUE, Plan, with_batch
 from ..core.planner import plan as make_plan
 from ..core.spec import Spec
@@ -585,33 +586,14 @@ def is_generated(path: str | os.PathLike) -> bool:
     return first.startswith(MARKER.encode())
 
 
-def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation, or None where it cannot be told.
-
-    Linux: MemAvailable from /proc/meminfo (free memory plus what the page cache can give
-    back); elsewhere the free physical pages."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    for pages in ("SC_AVPHYS_PAGES", "SC_PHYS_PAGES"):
-        try:
-            return os.sysconf(pages) * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            continue
-    return None
-
-
 def check_fits(nbytes: int, what: str) -> None:
     """Raise TooLargeError when ``nbytes`` exceed the available memory."""
-    available = available_memory()
-    if available is not None and nbytes > available:
+    available = shortfall(nbytes)
+    if available is not None:
         raise TooLargeError(
-            f"{what} need about {nbytes:,} bytes ({_human(nbytes)}), but only {available:,} "
-            f"bytes ({_human(available)}) of memory are available; nothing was allocated"
+            f"{what} need about {nbytes:,} bytes ({human_bytes(nbytes)}), but only "
+            f"{available:,} bytes ({human_bytes(available)}) of memory are available; nothing "
+            "was allocated"
         )
 
 
@@ -638,13 +620,6 @@ def check_torch_limits(plan: Plan) -> None:
                 f"{what} would be a tensor of shape {tuple(shape)}: {nbytes:,} bytes, more than "
                 f"torch can address ({TORCH_MAX_BYTES:,} bytes); nothing was allocated{hint}"
             )
-
-
-def _human(n: int) -> str:
-    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} B"
 
 
 def module_from_source(source: str, name: str = "shapecheck_model") -> types.ModuleType:

@@ -215,7 +215,7 @@ def _check_memory(model, input_dims: tuple[int, ...], trace_batch: int,
     inputs (the trace's and the check's) and, at the check's batch, the largest tensors one
     layer reads and writes, found by running the module on the meta device (no memory). What
     is counted is a lower bound of what the export needs, so only the impossible is refused."""
-    from .codegen import available_memory
+    from ..core.memory import available_memory
 
     per_sample = math.prod(input_dims) * 4  # float32
     needed = per_sample * (trace_batch + check_batch)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..core.analysis import field_text
+from ..core.memory import human_bytes, ratio
 from ..core.plan import LayerPlan, Plan
 from .report import printable
 
@@ -16,25 +17,8 @@ def dims(shape) -> str:
 def human_count(n: int) -> str:
     for unit, size in (("T", 10**12), ("G", 10**9), ("M", 10**6), ("K", 10**3)):
         if n >= size:
-            return f"{_ratio(n, size, 2)} {unit}"
+            return f"{ratio(n, size, 2)} {unit}"
     return str(n)
-
-
-def human_bytes(n: int) -> str:
-    for unit, size in (("EiB", 2**60), ("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30),
-                       ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            return f"{_ratio(n, size, 1)} {unit}"
-    return f"{n} B"
-
-
-def _ratio(n: int, size: int, places: int) -> str:
-    """n / size with `places` decimals; exact ints can exceed a float (1e400 / 2**60 would
-    raise OverflowError), and are then written as a power of two."""
-    try:
-        return f"{n / size:.{places}f}"
-    except OverflowError:
-        return f"about 2^{(n // size).bit_length() - 1}"
 
 
 def _rows(layers: list[LayerPlan], indent: str = "", depth: int | None = None):

@@ -10,6 +10,7 @@ epoch) is resume.py's question.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,13 +23,14 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
 
 from ..core.trainspec import TrainSpec
 from .base import RunFolderError
-from .runfolder import CHECKPOINT_VERSION, _load_tensors
+from .runfolder import CHECKPOINT_VERSION, EpochMetrics, _load_tensors
 
 Count = Annotated[StrictInt, Field(ge=0)]
 Size = Annotated[StrictInt, Field(ge=1)]
@@ -37,26 +39,21 @@ Real = StrictFloat | StrictInt
 _TENSOR = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
 
-class _Metrics(BaseModel):
-    """One epoch's line of metrics (runfolder.EpochMetrics; a test keeps the two equal)."""
+def _metrics_model() -> type[BaseModel]:
+    """One epoch's line of metrics as runfolder.EpochMetrics declares it: a field added there
+    is checked here, with no second list to keep."""
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(EpochMetrics):
+        if f.name == "epoch":
+            fields[f.name] = (Size, ...)
+        elif f.default is dataclasses.MISSING:
+            fields[f.name] = (Real, ...)
+        else:
+            fields[f.name] = (Real | None, None)
+    return create_model("_Metrics", __config__=ConfigDict(extra="forbid"), **fields)
 
-    model_config = ConfigDict(extra="forbid")
-    epoch: Size
-    train_loss: Real
-    train_acc: Real
-    test_loss: Real
-    test_acc: Real
-    lr: Real
-    samples_per_s: Real
-    seconds: Real
-    val_loss: Real | None = None
-    val_acc: Real | None = None
-    val_top5: Real | None = None
-    test_top5: Real | None = None
-    val_miou: Real | None = None
-    test_miou: Real | None = None
-    val_psnr: Real | None = None
-    test_psnr: Real | None = None
+
+_Metrics = _metrics_model()
 
 
 class _Rng(BaseModel):
@@ -118,6 +115,7 @@ class Checkpoint(BaseModel):
     rng_ranks: list[_Rng] | None = None
     world_size: Size = 1
     scaler: dict[StrictStr, Any] | None = None
+    ema: dict[StrictStr, torch.Tensor] | None = None  # the averaged weights, with `ema:`
     partial: _Partial | None = None
     metrics: list[_Metrics]
     train: dict[StrictStr, Any]

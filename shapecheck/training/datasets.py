@@ -24,6 +24,7 @@ import torch
 
 from ..core.atomic import check_regular, read_bounded
 from ..core.diagnostics import install_hint
+from ..core.memory import available_memory, human_bytes, shortfall
 from ..core.trainspec import DatasetSpec
 
 __all__ = [
@@ -496,27 +497,17 @@ def _nbytes(raw: _Raw, shape: tuple[int, int, int]) -> int:
 
 def _check_fits(splits: list[_Raw], shape: tuple[int, int, int], extra: int, what: str) -> None:
     """Refuse, before converting anything, data (plus ``extra``) that would not fit."""
-    from ..emit.codegen import available_memory
-
     data = sum(_nbytes(r, shape) for r in splits)
-    available = available_memory()
-    if available is None or data + extra <= available:
+    available = shortfall(data + extra)
+    if available is None:
         return
     n = sum(int(r.x.shape[0]) for r in splits)
-    also = f" and {what} ({_human(extra)})" if extra else ""
+    also = f" and {what} ({human_bytes(extra)})" if extra else ""
     raise MemoryLimitError(
-        f"the {n:,} images as float32 ({_fmt_shape(shape)} each: {_human(data)}){also} need "
-        f"{_human(data + extra)}, but only {_human(available)} of memory are available; "
+        f"the {n:,} images as float32 ({_fmt_shape(shape)} each: {human_bytes(data)}){also} need "
+        f"{human_bytes(data + extra)}, but only {human_bytes(available)} of memory are available; "
         "train on a subset (train_size, test_size) or smaller images"
     )
-
-
-def _human(n: int) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:,} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return f"{n:.1f} TiB"  # pragma: no cover
 
 
 def _to_float(raw: _Raw, shape: tuple[int, int, int]) -> torch.Tensor:
@@ -529,7 +520,7 @@ def _to_float(raw: _Raw, shape: tuple[int, int, int]) -> torch.Tensor:
         out = torch.empty((n, *shape), dtype=torch.float32)
     except (MemoryError, RuntimeError) as e:
         raise MemoryLimitError(
-            f"{raw.where}: cannot allocate {_human(n * 4 * shape[0] * shape[1] * shape[2])} "
+            f"{raw.where}: cannot allocate {human_bytes(n * 4 * shape[0] * shape[1] * shape[2])} "
             f"for {n:,} images as float32 ({type(e).__name__}); train on a subset "
             "(train_size, test_size) or smaller images"
         ) from None
@@ -717,8 +708,6 @@ def _read_bytes(p: Path) -> bytes:
 def _max_bytes() -> int:
     """The most bytes one dataset file (or synthetic data) may hold: the memory available
     (16 GiB where that cannot be told)."""
-    from ..emit.codegen import available_memory
-
     return available_memory() or 16 * 2**30
 
 
