@@ -38,6 +38,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..core import memory
 from ..core.atomic import (
     LOCK_FILE,
     FolderBusyError,
@@ -48,7 +49,7 @@ from ..core.atomic import (
     same_file,
 )
 from ..core.loader import SpecError, load_spec
-from ..core.memory import available_memory, human_bytes
+from ..core.memory import human_bytes
 from ..core.planner import plan as make_plan
 from ..core.spec import default_name
 from ..outputs.report import printable
@@ -304,7 +305,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     # Refused before anything is generated or built, even on the meta device.
-    available = available_memory()
+    available = memory.available_memory()
     if train_spec is not None:
         try:
             check_fits(p.param_bytes * _training_copies(train_spec),
