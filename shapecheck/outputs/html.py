@@ -15,7 +15,7 @@ import re
 
 from ..core.analysis import field_text
 from ..core.plan import Plan
-from .table import HEADERS, _cells, _rows, _totals, explanation
+from .table import HEADERS, explanation, row_cells, table_rows, total_lines
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
 
@@ -75,11 +75,11 @@ def _dims(shape) -> str | None:
 
 
 def _table(plan: Plan, depth: int | None, statuses: dict[tuple, str]) -> str:
-    rows = list(_rows(plan.layers, depth=depth))
+    rows = list(table_rows(plan.layers, depth=depth))
     head = "".join(f"<th>{esc(h)}</th>" for h in [*HEADERS, "RF"])
     body = []
     for layer, indent in rows:
-        cells = [*_cells(layer, indent, depth, statuses[layer.path]), field_text(layer.receptive_field)]
+        cells = [*row_cells(layer, indent, depth, statuses[layer.path]), field_text(layer.receptive_field)]
         cells[1] = cells[1].strip()
         level = len(indent) // 2
         tds = "".join(
@@ -115,7 +115,7 @@ def render_html(plan: Plan, svg: str | None, depth: int | None = None,
     title = esc(plan.name)
     description = f'<p class="description">{esc(plan.description)}</p>' if plan.description \
         else ""
-    summary = "<br>".join(esc(line) for line in _totals(plan)) if plan.layers else \
+    summary = "<br>".join(esc(line) for line in total_lines(plan)) if plan.layers else \
         esc("the spec does not follow the schema: nothing could be planned")
     statuses = plan.marks()
     table = _table(plan, depth, statuses) if plan.layers else ""

@@ -21,7 +21,7 @@ def human_count(n: int) -> str:
     return str(n)
 
 
-def _rows(layers: list[LayerPlan], indent: str = "", depth: int | None = None):
+def table_rows(layers: list[LayerPlan], indent: str = "", depth: int | None = None):
     """Every row with its indent; blocks nested deeper than ``depth`` are not opened (their
     own row carries their totals)."""
     for layer in layers:
@@ -29,7 +29,7 @@ def _rows(layers: list[LayerPlan], indent: str = "", depth: int | None = None):
         if depth is not None and len(indent) // 2 + 1 >= depth:
             continue
         for branch in layer.branches or []:
-            yield from _rows(branch, indent + "  ", depth)
+            yield from table_rows(branch, indent + "  ", depth)
 
 
 def collapsed(layer: LayerPlan, indent: str, depth: int | None) -> int:
@@ -39,7 +39,7 @@ def collapsed(layer: LayerPlan, indent: str, depth: int | None) -> int:
     return sum(1 + collapsed(sub, "", 1) for branch in layer.branches for sub in branch)
 
 
-def _cells(layer: LayerPlan, indent: str, depth: int | None = None,
+def row_cells(layer: LayerPlan, indent: str, depth: int | None = None,
            mark: str | None = None) -> list:
     """A row's cells; ``mark`` is the layer's mark in Plan.marks (default: its status)."""
     where = "/".join(map(str, layer.path))
@@ -91,9 +91,9 @@ def render_table(plan: Plan, markdown: bool = False, explain: bool = False,
     if not plan.layers:
         return (f"{printable(plan.name)}: not planned, the spec does not follow the schema "
                 "(errors below)")
-    rows = list(_rows(plan.layers, depth=depth))
+    rows = list(table_rows(plan.layers, depth=depth))
     marks = plan.marks()
-    cells = [_cells(layer, ind, depth, marks[layer.path]) for layer, ind in rows]
+    cells = [row_cells(layer, ind, depth, marks[layer.path]) for layer, ind in rows]
     headers = HEADERS
     if fields:
         headers = [*HEADERS, "RF"]
@@ -105,7 +105,7 @@ def render_table(plan: Plan, markdown: bool = False, explain: bool = False,
         for line, (layer, indent) in zip(body, rows):
             lines.append(line)
             lines += [f"{'':6}{indent}{text}" for text in explanation(layer)]
-    totals = _totals(plan)
+    totals = total_lines(plan)
     if markdown:  # a list, or a renderer joins the lines into one paragraph
         totals = ["- " + " ".join(line.split()) for line in totals]
     out = [_header(plan), ""] + lines + [""] + totals
@@ -123,7 +123,7 @@ def _header(plan: Plan) -> str:
     return title + (f"  ({printable(plan.source)})" if plan.source else "")
 
 
-def _totals(plan: Plan) -> list[str]:
+def total_lines(plan: Plan) -> list[str]:
     if not plan.valid:
         return [f"invalid: {len(plan.errors)} error(s); totals are shown for valid specs only"]
     batch = plan.batch if isinstance(plan.batch, int) else None
