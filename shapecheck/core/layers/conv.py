@@ -20,6 +20,8 @@ from .base import (
     _int_or_pair,
     anycase,
     channels_arrive,
+    divisor_list,
+    divisors,
     fmt,
     model_named,
     need_rank,
@@ -56,28 +58,6 @@ def _padding(value: Any) -> Any:
             {"value": repr(value)},
         )
     return _int_or_pair(value, 0)
-
-
-def divisors(n: int) -> list[int]:
-    """The divisors of n, largest first. Trial division stops after 10⁵ tries (then it lists
-    those found and their partners, the largest among them): channel counts may be huge, and
-    trying every number up to √n would take minutes for 10²⁰ channels."""
-    found = {1, n}
-    d = 2
-    while d * d <= n and d <= 100_000:
-        if n % d == 0:
-            found |= {d, n // d}
-        d += 1
-    return sorted(found, reverse=True)
-
-
-def divisor_list(values: list[int], depthwise: int | None = None, shown: int = 6) -> str:
-    """'144 (depthwise), 72, 48, 36, 24, 18, …, 1': the largest few, then 1; the depthwise
-    value is marked."""
-    words = [f"{v} (depthwise)" if v == depthwise else str(v) for v in values]
-    if len(words) > shown + 2:
-        words = [*words[:shown], "…", words[-1]]
-    return ", ".join(words)
 
 
 def groups_hint(c_in: int, c_out: int) -> str:

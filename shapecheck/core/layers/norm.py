@@ -97,7 +97,7 @@ class GroupNorm(LayerSpec):
         return channel_map(dim, "groupnorm")
 
     def infer(self, x: Dims, ctx: Context) -> Inferred:
-        from .conv import divisor_list, divisors
+        from .base import divisor_list, divisors
 
         c = _channels(x, self.num_channels, "num_channels", "groupnorm")
         if c % self.num_groups:

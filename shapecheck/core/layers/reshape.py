@@ -97,7 +97,7 @@ def _make_ChannelShuffle():
             return channel_map(dim, "channelshuffle")
 
         def infer(self, x: Dims, ctx: Context) -> Inferred:
-            from .conv import divisor_list, divisors
+            from .base import divisor_list, divisors
 
             if len(x) < 3:
                 raise ShapeError("SC209", f"channelshuffle needs a tensor of more than 2 dims, but a "
