@@ -16,17 +16,9 @@ from .diagnostics import Diagnostic, merge_repeats, more_uses
 from .layers import Block, Context, LayerSpec, Origin, ShapeError
 from .layers.base import Dims
 from .lint import lint
-from .loader import (
-    Locator,
-    SpecError,
-    SpecFile,
-    duplicate_names,
-    gc_paused,
-    load_spec,
-    looks_like_path,
-    schema_diagnostics,
-)
+from .loader import SpecError, SpecFile, gc_paused, load_spec, looks_like_path
 from .plan import LayerPlan, Plan
+from .schema_errors import Locator, duplicate_names, schema_diagnostics
 from .spec import LayerErrors, Spec, default_name, walk
 
 # Errors that mean "the input is too small for the stack": they get the smallest input as hint.
