@@ -64,7 +64,7 @@ _sys.meta_path.insert(0, _Alias)
 
 def build_module(spec, **kwargs):
     """The torch.nn.Module for a spec (a Spec, path or YAML text). Imports torch."""
-    from .emit.codegen import build_module as _build
+    from .emit.build import build_module as _build
 
     return _build(spec, **kwargs)
 

@@ -146,12 +146,12 @@ def test_big_module_is_written_with_a_note(cwd, capsys, monkeypatch):
 
 def test_internal_error_is_reported_not_written(cwd, capsys, monkeypatch):
     pytest.importorskip("torch")
-    from shapecheck.emit import codegen
+    from shapecheck.emit import build, codegen
 
     def disagree(model, plan, generated):
         raise codegen.InternalError("layer 3 (conv2d conv2): the plan says (1,), torch gives (2,)")
 
-    monkeypatch.setattr(codegen, "check_module", disagree)
+    monkeypatch.setattr(build, "check_module", disagree)
     assert main(["build", str(LECTURE)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("shapecheck build: error: internal error (please report it): layer 3")

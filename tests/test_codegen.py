@@ -15,11 +15,11 @@ torch = pytest.importorskip("torch")
 
 import shapecheck
 from shapecheck.core import memory
-from shapecheck.emit import codegen, pysource
+from shapecheck.emit import build, codegen, pysource
+from shapecheck.emit.build import build_module
 from shapecheck.emit.codegen import (
     InternalError,
     TooLargeError,
-    build_module,
     class_name,
     generate,
     generate_source,
@@ -269,7 +269,7 @@ def test_build_module_refuses_an_invalid_spec():
 def test_build_module_refuses_what_does_not_fit(monkeypatch):
     monkeypatch.setattr(memory, "available_memory", lambda: 10_000)
     allocated = []
-    monkeypatch.setattr(codegen, "module_from_source",
+    monkeypatch.setattr(build, "module_from_source",
                         lambda *a, **k: allocated.append(1))  # must not even get here
     with pytest.raises(TooLargeError) as e:
         build_module(SPECS / "lenet5.yaml", check=False)
@@ -290,7 +290,7 @@ def test_check_catches_a_shape_the_plan_got_wrong():
     generated = generate(p)
     p.layers[3].output_dims = (1, 20, 9, 9)  # as if the planner had a bug
     with pytest.raises(InternalError) as e:
-        codegen.instantiate(p, generated, device="meta")
+        build.instantiate(p, generated, device="meta")
     message = str(e.value)
     assert "conv2" in message and "(64, 20, 9, 9)" in message and "(64, 20, 8, 8)" in message
 
@@ -300,7 +300,7 @@ def test_check_catches_a_parameter_count_the_plan_got_wrong():
     generated = generate(p)
     p.layers[0].params += 1
     with pytest.raises(InternalError, match="8,491.*8,490"):
-        codegen.instantiate(p, generated, device="meta")
+        build.instantiate(p, generated, device="meta")
 
 
 def test_check_reports_torch_failures():
@@ -308,7 +308,7 @@ def test_check_reports_torch_failures():
     generated = generate(p)
     generated.source = generated.source.replace("in_features=320", "in_features=321")
     with pytest.raises(InternalError, match="torch fails"):
-        codegen.instantiate(p, generated, device="meta")
+        build.instantiate(p, generated, device="meta")
 
 
 # ---------------------------------------------------------------- nothing a spec says is code

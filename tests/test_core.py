@@ -214,7 +214,8 @@ def test_a_module_tree_that_does_not_match_the_plan_is_an_internal_error():
     pytest.importorskip("torch")
     import torch
 
-    from shapecheck.emit.codegen import InternalError, check_module, generate, module_from_source
+    from shapecheck.emit.build import check_module, module_from_source
+    from shapecheck.emit.codegen import InternalError, generate
 
     p = shapecheck.plan(ROOT / "specs" / "resnet18.yaml")
     generated = generate(p)

@@ -578,13 +578,13 @@ def test_huge_sizes_plan_instantly_and_exactly(tmp_path):
 
 @needs_torch
 def test_build_refuses_what_does_not_fit_before_anything_is_built(tmp_path, monkeypatch):
-    from shapecheck.emit import codegen
+    from shapecheck.emit import build, codegen
 
     def never(*args, **kwargs):
         raise AssertionError("build generated or built a module that cannot fit")
 
     monkeypatch.setattr(codegen, "generate", never)
-    monkeypatch.setattr(codegen, "instantiate", never)
+    monkeypatch.setattr(build, "instantiate", never)
     spec = write(tmp_path, huge_channels())
     nbytes = 4 * (10**24 * 9 + 10**12)
     for extra in (["-o", tmp_path / "out_model.py"], ["-o", "-"]):

@@ -19,7 +19,7 @@ from onnx import numpy_helper
 
 from shapecheck.cli import main
 from shapecheck.core.planner import plan as make_plan
-from shapecheck.emit.codegen import build_module
+from shapecheck.emit.build import build_module
 from shapecheck.emit.onnx import (
     OPSET,
     OnnxExportError,

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 import shapecheck
-from shapecheck.emit.codegen import generate, instantiate
+from shapecheck.emit.build import instantiate
+from shapecheck.emit.codegen import generate
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import shapecheck
-from shapecheck.emit.codegen import generate, module_from_source
+from shapecheck.emit.build import module_from_source
+from shapecheck.emit.codegen import generate
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted((ROOT / "specs").glob("*.yaml")) + sorted((ROOT / "specs" / "zoo").glob("*.yaml"))

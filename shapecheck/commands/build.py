@@ -295,14 +295,8 @@ def run(args: argparse.Namespace) -> int:
         # Fixed from here on: run.json and eval read the task the run trained.
         train_spec = train_spec.model_copy(update={"task": task[0]})
 
-    from ..emit.codegen import (
-        BuildError,
-        InternalError,
-        TooLargeError,
-        check_fits,
-        generate,
-        instantiate,
-    )
+    from ..emit.build import check_fits, instantiate
+    from ..emit.codegen import BuildError, InternalError, TooLargeError, generate
 
     # Refused before anything is generated or built, even on the meta device.
     available = memory.available_memory()
@@ -518,7 +512,7 @@ def _where_data_is(train_spec: TrainSpec, spec_path: Path) -> str:
 
 
 def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
-    from ..emit.codegen import instantiate
+    from ..emit.build import instantiate
     from ..training import (
         BEST_FILE,
         CURVES_FILE,
