@@ -70,7 +70,7 @@ def metrics(run: Path) -> list[dict[str, str]]:
 
 @needs_digits
 def test_mnist_seg_marks_each_digits_ink_with_its_class():
-    raw, _, _ = cls_data._read_idx(SHIPPED_DIGITS, want=("train",), required=("train",))
+    raw, _, _ = cls_data.read_idx(SHIPPED_DIGITS, want=("train",), required=("train",))
     images, labels = raw.x[:, 0], raw.y
     masks = mnist_seg(images, labels)
     ink = images >= INK_THRESHOLD
@@ -89,7 +89,7 @@ def test_mnist_seg_marks_each_digits_ink_with_its_class():
 
 @needs_digits
 def test_mnist_sr_pairs_a_digit_with_the_mean_of_its_2x2_blocks():
-    raw, _, _ = cls_data._read_idx(SHIPPED_DIGITS, want=("train",), required=("train",))
+    raw, _, _ = cls_data.read_idx(SHIPPED_DIGITS, want=("train",), required=("train",))
     low, high = mnist_sr(raw.x[:50, 0])
     assert low.shape == (50, 14, 14) and high.shape == (50, 28, 28)
     assert np.allclose(high, raw.x[:50, 0] / 255)

@@ -15,7 +15,7 @@ import math
 import os
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,7 +95,7 @@ class Dataset:
 
 # A split as read from disk: images (N, C, H, W) as numpy (uint8 or float), labels int64.
 @dataclass
-class _Raw:
+class RawSplit:
     x: np.ndarray
     y: np.ndarray
     where: str
@@ -153,7 +153,7 @@ def load_dataset(
     caller will need besides the data, counted in the check that everything fits.
     Raises ``DataError`` (``MemoryLimitError`` when it does not fit).
     """
-    shape = _check_input_shape(input_shape)
+    shape = check_input_shape(input_shape)
     parts = _parts(spec, resolve_path(spec, base_dir), shape, num_classes)
     train, val, test = parts.train, parts.val, parts.test
     assert train is not None and test is not None
@@ -175,14 +175,14 @@ def load_dataset(
             "the last layer has"
         )
     splits = [r for r in (train, val, test) if r is not None]
-    _check_fits(splits, shape, extra_bytes, extra_what)
-    x_train, x_val, x_test = (_to_float(r, shape) if r is not None else None
+    check_data_fits(splits, shape, extra_bytes, extra_what)
+    x_train, x_val, x_test = (to_float(r, shape) if r is not None else None
                               for r in (train, val, test))
     assert x_train is not None and x_test is not None
-    mean, std = _mean_std(spec, x_train, shape[0])
+    mean, std = mean_std(spec, x_train, shape[0])
     for x in (x_train, x_val, x_test):
         if x is not None:
-            _normalise(x, mean, std)
+            normalise(x, mean, std)
     return Dataset(
         x_train=x_train,
         y_train=torch.from_numpy(train.y),
@@ -218,7 +218,7 @@ def list_folder(
 ) -> FileLists:
     """The splits of an image folder by the same rules as ``load_dataset``, without reading
     a single image. Raises DataError."""
-    shape = _check_input_shape(input_shape)
+    shape = check_input_shape(input_shape)
     path = resolve_path(spec, base_dir)
     if detect_format(spec, path) != "folder":
         raise DataError("streaming (train.workers) reads image folders; idx, npz and synthetic "
@@ -234,7 +234,7 @@ def list_folder(
         mean = _per_channel(spec.mean, shape[0], "mean")
         std = _per_channel(spec.std, shape[0], "std")
 
-    def pair(raw: _Raw) -> tuple[list[str], np.ndarray]:
+    def pair(raw: RawSplit) -> tuple[list[str], np.ndarray]:
         return [str(p) for p in raw.x], raw.y
 
     return FileLists(train=pair(parts.train), test=pair(parts.test),
@@ -270,7 +270,7 @@ def load_split(
     """
     if split not in SPLITS:
         raise DataError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
-    shape = _check_input_shape(input_shape)
+    shape = check_input_shape(input_shape)
     path = resolve_path(spec, base_dir)
     parts = _parts(spec, path, shape, num_classes, known=classes, want=split)
     raw = {"test": parts.test, "val": parts.val, "train": parts.train, "all": parts.all}[split]
@@ -279,8 +279,8 @@ def load_split(
     if classes is None:
         classes = parts.classes
     _check(raw, shape, num_classes, list(classes) if classes is not None else None, spec.resize)
-    x = _to_float(raw, shape)
-    _normalise(x, list(mean), list(std))
+    x = to_float(raw, shape)
+    normalise(x, list(mean), list(std))
     return x, torch.from_numpy(raw.y), raw.where
 
 
@@ -290,10 +290,10 @@ class _Parts:
 
     path: str
     source: str
-    train: _Raw | None = None
-    val: _Raw | None = None
-    test: _Raw | None = None
-    all: _Raw | None = None
+    train: RawSplit | None = None
+    val: RawSplit | None = None
+    test: RawSplit | None = None
+    all: RawSplit | None = None
     classes: list[str] | None = None
     notes: list[str] = field(default_factory=list)
     why_missing: dict[str, str] = field(default_factory=dict)
@@ -321,11 +321,11 @@ def _parts(
         assert path is not None
         parts = _Parts(path=str(path), source=f"{fmt} {path}")
         if fmt == "idx":
-            train, test, whole = _read_idx(path, want=("train", "test"), required=(
+            train, test, whole = read_idx(path, want=("train", "test"), required=(
                 () if want is not None else
                 ("train",) if spec.test_fraction is not None else ("train", "test")))
         elif fmt == "npz":
-            train, test, whole = _read_npz(path, shape, spec.resize)
+            train, test, whole = read_npz(path, shape, spec.resize)
         elif fmt == "folder":
             train, test, whole, parts.classes = _read_folder(
                 path, shape, num_classes, known=known, resize=spec.resize, listing=listing)
@@ -344,7 +344,7 @@ def _parts(
                     "test_fraction (e.g. 0.2) to hold out part of it"
                 )
             # Data kept for evaluation only: all of it is the test split.
-            parts.test = _Raw(whole.x, whole.y, f"{whole.where} (all of it: no split)")
+            parts.test = RawSplit(whole.x, whole.y, f"{whole.where} (all of it: no split)")
             parts.why_missing = {s: "the data has no separate test set, and the entry no "
                                  "test_fraction, so it has no " + s + " part" for s in SPLITS}
             return parts
@@ -382,18 +382,18 @@ def _parts(
     return parts
 
 
-def _concat(pieces: list[_Raw], where: str) -> _Raw:
+def _concat(pieces: list[RawSplit], where: str) -> RawSplit:
     shapes = {tuple(r.x.shape[1:]) for r in pieces}
     if len(shapes) > 1:
         raise DataError(f"{where}: the splits hold images of different shapes")
-    return _Raw(np.concatenate([r.x for r in pieces]), np.concatenate([r.y for r in pieces]),
+    return RawSplit(np.concatenate([r.x for r in pieces]), np.concatenate([r.y for r in pieces]),
                 where)
 
 
 # ---------------------------------------------------------------- checks
 
 
-def _check_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
+def check_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
     if len(input_shape) != 3:
         raise DataError(
             f"training needs an image input (channels, height, width); "
@@ -403,12 +403,12 @@ def _check_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
     return c, h, w
 
 
-def _fmt_shape(shape: Sequence[int]) -> str:
+def format_shape(shape: Sequence[int]) -> str:
     return "×".join(str(int(v)) for v in shape)
 
 
 def _check(
-    raw: _Raw,
+    raw: RawSplit,
     shape: tuple[int, int, int],
     num_classes: int,
     classes: list[str] | None,
@@ -422,7 +422,7 @@ def _check(
         )
     if tuple(raw.x.shape[1:]) != shape and not (resize and raw.x.shape[1] == shape[0]):
         raise DataError(
-            f"{raw.where}: images are {_fmt_shape(raw.x.shape[1:])} (channels×height×width) "
+            f"{raw.where}: images are {format_shape(raw.x.shape[1:])} (channels×height×width) "
             f"but the spec's input.shape is {list(shape)}"
             + ("" if raw.x.shape[1] != shape[0] else
                " (dataset resize: true resizes them)")
@@ -462,7 +462,7 @@ def _labels(y: np.ndarray, where: str) -> np.ndarray:
     return y.astype(np.int64)
 
 
-def _images(x: np.ndarray, where: str, channels: int | None = None) -> np.ndarray:
+def as_images(x: np.ndarray, where: str, channels: int | None = None) -> np.ndarray:
     """(N, H, W), (N, C, H, W) or (N, H, W, C) to (N, C, H, W)."""
     x = np.asarray(x)
     if x.dtype.kind not in "uif" or x.dtype.kind == "b":
@@ -491,11 +491,11 @@ def _chunk(shape: Sequence[int]) -> int:
     return max(1, CHUNK_BYTES // (8 * int(np.prod(shape[1:]))))
 
 
-def _nbytes(raw: _Raw, shape: tuple[int, int, int]) -> int:
+def _nbytes(raw: RawSplit, shape: tuple[int, int, int]) -> int:
     return int(raw.x.shape[0]) * shape[0] * shape[1] * shape[2] * 4
 
 
-def _check_fits(splits: list[_Raw], shape: tuple[int, int, int], extra: int, what: str) -> None:
+def check_data_fits(splits: list[RawSplit], shape: tuple[int, int, int], extra: int, what: str) -> None:
     """Refuse, before converting anything, data (plus ``extra``) that would not fit."""
     data = sum(_nbytes(r, shape) for r in splits)
     available = shortfall(data + extra)
@@ -504,13 +504,13 @@ def _check_fits(splits: list[_Raw], shape: tuple[int, int, int], extra: int, wha
     n = sum(int(r.x.shape[0]) for r in splits)
     also = f" and {what} ({human_bytes(extra)})" if extra else ""
     raise MemoryLimitError(
-        f"the {n:,} images as float32 ({_fmt_shape(shape)} each: {human_bytes(data)}){also} need "
+        f"the {n:,} images as float32 ({format_shape(shape)} each: {human_bytes(data)}){also} need "
         f"{human_bytes(data + extra)}, but only {human_bytes(available)} of memory are available; "
         "train on a subset (train_size, test_size) or smaller images"
     )
 
 
-def _to_float(raw: _Raw, shape: tuple[int, int, int]) -> torch.Tensor:
+def to_float(raw: RawSplit, shape: tuple[int, int, int]) -> torch.Tensor:
     """float32 (N, C, H, W) of ``shape``: 8-bit images scaled to [0, 1], other sizes resized.
 
     Filled a chunk at a time, so the peak is the result plus one chunk."""
@@ -537,7 +537,7 @@ def _to_float(raw: _Raw, shape: tuple[int, int, int]) -> torch.Tensor:
     return out
 
 
-def _mean_std(
+def mean_std(
     spec: DatasetSpec, x: torch.Tensor, channels: int
 ) -> tuple[list[float], list[float]]:
     if spec.mean is not None and spec.std is not None:
@@ -573,13 +573,13 @@ def _per_channel(v: float | list[float], channels: int, what: str) -> list[float
     return values
 
 
-def _normalise(x: torch.Tensor, mean: list[float], std: list[float]) -> None:
+def normalise(x: torch.Tensor, mean: list[float], std: list[float]) -> None:
     m = torch.tensor(mean, dtype=x.dtype).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=x.dtype).view(1, -1, 1, 1)
     x.sub_(m).div_(s)
 
 
-def _subset(raw: _Raw, n: int | None, key: str, notes: list[str], num_classes: int) -> _Raw:
+def _subset(raw: RawSplit, n: int | None, key: str, notes: list[str], num_classes: int) -> RawSplit:
     """A random subset of n samples, stratified by class, the same for every run.
 
     Each class's samples are shuffled and spread evenly over [0, 1); the n with the
@@ -602,10 +602,10 @@ def _subset(raw: _Raw, n: int | None, key: str, notes: list[str], num_classes: i
             f"{key} {n} keeps {present.size - len(missing)} of the {present.size} classes "
             f"in {raw.where}; missing: {', '.join(map(str, missing))}"
         )
-    return _Raw(raw.x[keep], raw.y[keep], raw.where, raw.labels_where)
+    return RawSplit(raw.x[keep], raw.y[keep], raw.where, raw.labels_where)
 
 
-def _stratified(raw: _Raw, fraction: float, held_out: str = "held-out part") -> tuple[_Raw, _Raw]:
+def _stratified(raw: RawSplit, fraction: float, held_out: str = "held-out part") -> tuple[RawSplit, RawSplit]:
     if raw.x.shape[0] == 0:
         raise DataError(f"{raw.where}: the dataset is empty")
     if raw.x.shape[0] != raw.y.shape[0]:
@@ -624,8 +624,8 @@ def _stratified(raw: _Raw, fraction: float, held_out: str = "held-out part") -> 
     te = np.sort(np.concatenate(test_idx))
     base = raw.where.removesuffix(" (training part)")
     return (
-        _Raw(raw.x[tr], raw.y[tr], f"{base} (training part)", raw.labels_where),
-        _Raw(raw.x[te], raw.y[te], f"{base} ({held_out})", raw.labels_where),
+        RawSplit(raw.x[tr], raw.y[tr], f"{base} (training part)", raw.labels_where),
+        RawSplit(raw.x[te], raw.y[te], f"{base} ({held_out})", raw.labels_where),
     )
 
 
@@ -634,24 +634,24 @@ def _stratified(raw: _Raw, fraction: float, held_out: str = "held-out part") -> 
 
 def _synthetic(
     spec: DatasetSpec, shape: tuple[int, int, int], num_classes: int
-) -> tuple[_Raw, _Raw]:
+) -> tuple[RawSplit, RawSplit]:
     n_train = spec.train_size or SYNTHETIC_TRAIN_SIZE
     n_test = spec.test_size or SYNTHETIC_TEST_SIZE
     # Made here in float32, so bounded before anything is allocated.
     need, limit = (num_classes + n_train + n_test) * math.prod(shape) * 4, _max_bytes()
     if need > limit:
         raise DataError(f"synthetic data: {n_train:,} + {n_test:,} images of "
-                        f"{_fmt_shape(shape)} need {need:,} bytes, more than the {limit:,} "
+                        f"{format_shape(shape)} need {need:,} bytes, more than the {limit:,} "
                         "bytes of memory available")
     # One fixed random template per class plus noise: learnable, yet not trivial.
     g = torch.Generator().manual_seed(1234)
     templates = torch.randn((num_classes, *shape), generator=g)
 
-    def make(n: int, where: str) -> _Raw:
+    def make(n: int, where: str) -> RawSplit:
         y = torch.arange(n) % num_classes
         y = y[torch.randperm(n, generator=g)]
         x = templates[y] + 0.5 * torch.randn((n, *shape), generator=g)
-        return _Raw(x.numpy(), y.numpy().astype(np.int64), where)
+        return RawSplit(x.numpy(), y.numpy().astype(np.int64), where)
 
     train = make(n_train, "synthetic training data")
     test = make(n_test, "synthetic test data")
@@ -733,22 +733,22 @@ def _parse_idx(p: Path, data: bytes, ndim: int) -> np.ndarray:
     if len(data) != expected_bytes:
         what = "truncated" if len(data) < expected_bytes else "has extra bytes"
         raise DataError(
-            f"{p}: {what}: the header says {_fmt_shape(dims)} ({expected_bytes} bytes) "
+            f"{p}: {what}: the header says {format_shape(dims)} ({expected_bytes} bytes) "
             f"but the file has {len(data)} bytes"
         )
     return np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
 
 
-def _read_idx(
+def read_idx(
     path: Path, want: Sequence[str], required: Sequence[str]
-) -> tuple[_Raw | None, _Raw | None, None]:
+) -> tuple[RawSplit | None, RawSplit | None, None]:
     d = _idx_dir(path)
     if d is None:
         raise DataError(
             f"{path}: no MNIST IDX files found (expected {IDX_NAMES['train', 'images']}[.gz] "
             "and the other three)"
         )
-    splits: dict[str, _Raw | None] = {}
+    splits: dict[str, RawSplit | None] = {}
     for split in ("train", "test"):
         img_p = _idx_file(d, IDX_NAMES[split, "images"])
         lbl_p = _idx_file(d, IDX_NAMES[split, "labels"])
@@ -768,7 +768,7 @@ def _read_idx(
                 f"{d}: {img_p.name} has {x.shape[0]} images but {lbl_p.name} has "
                 f"{y.shape[0]} labels"
             )
-        splits[split] = _Raw(_images(x, str(img_p)), _labels(y, str(lbl_p)), str(img_p),
+        splits[split] = RawSplit(as_images(x, str(img_p)), _labels(y, str(lbl_p)), str(img_p),
                              str(lbl_p))
     return splits["train"], splits["test"], None
 
@@ -776,7 +776,7 @@ def _read_idx(
 # ---------------------------------------------------------------- npz
 
 
-def _check_npz(path: Path, shape: tuple[int, int, int], resize: bool) -> None:
+def check_npz(path: Path, shape: tuple[int, int, int], resize: bool) -> None:
     """Refuse before loading what loading would regret: a file that is not a zip archive (numpy
     would try to unpickle it), and arrays whose headers declare images of another size, more
     bytes than their member holds, Python objects, or more bytes than the memory available.
@@ -805,9 +805,9 @@ def _check_npz(path: Path, shape: tuple[int, int, int], resize: bool) -> None:
                 if dtype.hasobject:
                     raise DataError(f"{path} [{key}]: holds Python objects, not numbers")
                 if header + declared > info.file_size:
-                    raise DataError(f"{path} [{key}]: declares {_fmt_shape(dims)} {dtype} "
+                    raise DataError(f"{path} [{key}]: declares {format_shape(dims)} {dtype} "
                                     f"({declared:,} bytes) but holds {info.file_size:,} bytes")
-                # Read as _images will: (N, H, W) is grey, (N, H, W, C) only where C fits.
+                # Read as as_images will: (N, H, W) is grey, (N, H, W, C) only where C fits.
                 image = tuple(dims[1:])
                 if len(image) == 2:
                     image = (1, *image)
@@ -816,7 +816,7 @@ def _check_npz(path: Path, shape: tuple[int, int, int], resize: bool) -> None:
                 wrong = image[:1] != shape[:1] if resize else image != shape  # resize: H, W
                 if key in ("x", "x_train", "x_test") and wrong:
                     raise DataError(
-                        f"{path} [{key}]: images are {_fmt_shape(image)} (channels×height×"
+                        f"{path} [{key}]: images are {format_shape(image)} (channels×height×"
                         f"width) but the spec's input.shape is {list(shape)}"
                         + (" (dataset resize: true resizes them)"
                            if image[:1] == shape[:1] else ""))
@@ -828,10 +828,14 @@ def _check_npz(path: Path, shape: tuple[int, int, int], resize: bool) -> None:
                         "bytes of memory available")
 
 
-def _read_npz(
-    path: Path, shape: tuple[int, int, int], resize: bool = False
-) -> tuple[_Raw | None, _Raw | None, _Raw | None]:
-    _check_npz(path, shape, resize)
+def read_npz(
+    path: Path, shape: tuple[int, int, int], resize: bool = False,
+    targets: Callable[[np.ndarray, str], np.ndarray] | None = None,
+) -> tuple[RawSplit | None, RawSplit | None, RawSplit | None]:
+    """The (train, test, whole) splits of an .npz file; ``targets(y, where)`` checks the y
+    arrays (class labels by default; a dense task's masks or target images)."""
+    check_npz(path, shape, resize)
+    targets = targets or _labels
     channels = shape[0]
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -840,15 +844,15 @@ def _read_npz(
         raise DataError(f"{path}: cannot read as .npz: {e}") from None
     keys = set(arrays)
 
-    def pair(xk: str, yk: str) -> _Raw | None:
+    def pair(xk: str, yk: str) -> RawSplit | None:
         if xk not in arrays and yk not in arrays:
             return None
         if xk not in arrays or yk not in arrays:
             have, lack = (xk, yk) if xk in arrays else (yk, xk)
             raise DataError(f"{path}: has {have!r} but no {lack!r}")
         where = f"{path} [{xk}]"
-        x = _images(arrays[xk], where, channels)
-        return _Raw(x, _labels(arrays[yk], f"{path} [{yk}]"), where, f"{path} [{yk}]")
+        x = as_images(arrays[xk], where, channels)
+        return RawSplit(x, targets(arrays[yk], f"{path} [{yk}]"), where, f"{path} [{yk}]")
 
     train = pair("x_train", "y_train")
     test = pair("x_test", "y_test")
@@ -877,7 +881,7 @@ def _read_folder(
     known: Sequence[str] | None = None,
     resize: bool = False,
     listing: bool = False,
-) -> tuple[_Raw | None, _Raw | None, _Raw | None, list[str]]:
+) -> tuple[RawSplit | None, RawSplit | None, RawSplit | None, list[str]]:
     if not path.is_dir():
         raise DataError(f"{path}: not a folder")
     try:
@@ -922,7 +926,7 @@ def _read_classes(
     subset: bool = False,
     resize: bool = False,
     listing: bool = False,
-) -> _Raw:
+) -> RawSplit:
     """The images of each class folder; with ``listing``, only their paths (as ``x``,
     an object array), for a pipeline that reads them while training."""
     present = _class_dirs(d)
@@ -951,9 +955,9 @@ def _read_classes(
     if not xs:
         raise DataError(f"{d}: the dataset is empty")
     if listing:
-        return _Raw(np.asarray(xs, dtype=object), np.asarray(ys, dtype=np.int64), str(d))
+        return RawSplit(np.asarray(xs, dtype=object), np.asarray(ys, dtype=np.int64), str(d))
     x = np.stack(xs).transpose(0, 3, 1, 2)
-    return _Raw(np.ascontiguousarray(x), np.asarray(ys, dtype=np.int64), str(d))
+    return RawSplit(np.ascontiguousarray(x), np.asarray(ys, dtype=np.int64), str(d))
 
 
 def read_image(p: str | Path, shape: tuple[int, int, int], resize: bool) -> np.ndarray:

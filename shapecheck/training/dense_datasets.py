@@ -29,10 +29,9 @@ Only ``shapecheck build --train`` and ``eval`` import this module.
 
 from __future__ import annotations
 
-import zipfile
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +39,7 @@ import torch
 
 from ..core.trainspec import DatasetSpec
 from . import datasets as cls_data
-from .datasets import DataError, Dataset, _Raw
+from .datasets import DataError, Dataset, RawSplit
 
 IGNORE_INDEX = 255
 INK_THRESHOLD = 128  # of 255: a digit's pixel at half intensity or more is ink
@@ -92,28 +91,28 @@ def mnist_sr(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return low, high
 
 
-def _digits(spec: DatasetSpec, base_dir: str | Path | None) -> tuple[_Raw, _Raw, Path]:
+def _digits(spec: DatasetSpec, base_dir: str | Path | None) -> tuple[RawSplit, RawSplit, Path]:
     path = cls_data.resolve_path(spec, base_dir) or SHIPPED_DIGITS
     if not path.exists():
         raise DataError(f"{path}: the MNIST digits {spec.format} is made from are not there; "
                         "give the dataset a path: an MNIST IDX folder")
-    train, test, _ = cls_data._read_idx(path, want=("train", "test"),
+    train, test, _ = cls_data.read_idx(path, want=("train", "test"),
                                         required=("train", "test"))
     assert train is not None and test is not None
     return train, test, path
 
 
 def _mnist(spec: DatasetSpec, base_dir: str | Path | None, channels: int,
-           target: Target) -> tuple[_Raw, _Raw, str]:
+           target: Target) -> tuple[RawSplit, RawSplit, str]:
     train, test, path = _digits(spec, base_dir)
 
-    def make(raw: _Raw) -> _Raw:
+    def make(raw: RawSplit) -> RawSplit:
         x = raw.x[:, 0]
         if spec.format == "mnist-seg":
-            return _Raw(_repeat(x[:, None], channels), mnist_seg(x, raw.y),
+            return RawSplit(_repeat(x[:, None], channels), mnist_seg(x, raw.y),
                         f"{spec.format} of {raw.where}")
         low, high = mnist_sr(x)
-        return _Raw(_repeat(low[:, None], channels), _repeat(high[:, None], target.shape[0]),
+        return RawSplit(_repeat(low[:, None], channels), _repeat(high[:, None], target.shape[0]),
                     f"{spec.format} of {raw.where}")
 
     return make(train), make(test), f"{spec.format} (made from {path})"
@@ -127,31 +126,9 @@ def _repeat(x: np.ndarray, channels: int) -> np.ndarray:
 
 
 def _read_npz(path: Path, shape: tuple[int, int, int],
-              target: Target, resize: bool) -> tuple[_Raw | None, _Raw | None, _Raw | None]:
-    cls_data._check_npz(path, shape, resize)  # headers only: sizes, objects, memory
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-        raise DataError(f"{path}: cannot read as .npz: {e}") from None
-
-    def pair(xk: str, yk: str) -> _Raw | None:
-        if xk not in arrays and yk not in arrays:
-            return None
-        if xk not in arrays or yk not in arrays:
-            have, lack = (xk, yk) if xk in arrays else (yk, xk)
-            raise DataError(f"{path}: has {have!r} but no {lack!r}")
-        x = cls_data._images(arrays[xk], f"{path} [{xk}]", shape[0])
-        return _Raw(x, _targets(arrays[yk], f"{path} [{yk}]", target), f"{path} [{xk}]",
-                    f"{path} [{yk}]")
-
-    train, test, whole = pair("x_train", "y_train"), pair("x_test", "y_test"), pair("x", "y")
-    if train is None and whole is None:
-        raise DataError(f"{path}: expected arrays x, y (with a test_fraction) or x_train, "
-                        f"y_train, x_test, y_test; found {sorted(arrays) or 'none'}")
-    if whole is not None and train is not None:
-        raise DataError(f"{path}: has both x/y and x_train/y_train; keep one layout")
-    return train, test, whole
+              target: Target, resize: bool) -> tuple[RawSplit | None, RawSplit | None,
+                                                     RawSplit | None]:
+    return cls_data.read_npz(path, shape, resize, partial(_targets, target=target))
 
 
 def _targets(y: np.ndarray, where: str, target: Target) -> np.ndarray:
@@ -160,7 +137,7 @@ def _targets(y: np.ndarray, where: str, target: Target) -> np.ndarray:
     if y.dtype.kind not in "uif" or y.dtype.kind == "b":
         raise DataError(f"{where}: targets must be numbers, not {y.dtype}")
     if target.task == "regress":
-        return cls_data._images(y, where, target.shape[0])
+        return cls_data.as_images(y, where, target.shape[0])
     if y.ndim == 4 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 3:
@@ -174,7 +151,7 @@ def _targets(y: np.ndarray, where: str, target: Target) -> np.ndarray:
 
 
 def _read_folder(path: Path, shape: tuple[int, int, int],
-                 target: Target, resize: bool) -> tuple[_Raw | None, _Raw | None, _Raw | None]:
+                 target: Target, resize: bool) -> tuple[RawSplit | None, RawSplit | None, RawSplit | None]:
     if not path.is_dir():
         raise DataError(f"{path}: not a folder")
     test_dir = next((path / n for n in ("test", "val") if (path / n).is_dir()), None)
@@ -195,7 +172,7 @@ def _stems(d: Path) -> dict[str, Path]:
     return stems
 
 
-def _read_pairs(d: Path, shape: tuple[int, int, int], target: Target, resize: bool) -> _Raw:
+def _read_pairs(d: Path, shape: tuple[int, int, int], target: Target, resize: bool) -> RawSplit:
     kind = "masks" if target.task == "segment" else "targets"
     images_dir, targets_dir = d / "images", d / kind
     for sub in (images_dir, targets_dir):
@@ -217,7 +194,7 @@ def _read_pairs(d: Path, shape: tuple[int, int, int], target: Target, resize: bo
                   else cls_data.read_image(targets[stem], target.shape, False)
                   .transpose(2, 0, 1))
     x = np.ascontiguousarray(np.stack(xs).transpose(0, 3, 1, 2))
-    return _Raw(x, np.stack(ys), str(images_dir), str(targets_dir))
+    return RawSplit(x, np.stack(ys), str(images_dir), str(targets_dir))
 
 
 def _read_mask(p: Path, hw: tuple[int, ...]) -> np.ndarray:
@@ -243,13 +220,13 @@ def _read_mask(p: Path, hw: tuple[int, ...]) -> np.ndarray:
 # ---------------------------------------------------------------- checks and splits
 
 
-def _check(raw: _Raw, shape: tuple[int, int, int], target: Target, resize: bool) -> None:
+def _check(raw: RawSplit, shape: tuple[int, int, int], target: Target, resize: bool) -> None:
     if raw.x.shape[0] == 0:
         raise DataError(f"{raw.where}: the dataset is empty")
     if raw.x.shape[0] != raw.y.shape[0]:
         raise DataError(f"{raw.where}: {raw.x.shape[0]} images but {raw.y.shape[0]} targets")
     if tuple(raw.x.shape[1:]) != shape and not (resize and raw.x.shape[1] == shape[0]):
-        raise DataError(f"{raw.where}: images are {cls_data._fmt_shape(raw.x.shape[1:])} "
+        raise DataError(f"{raw.where}: images are {cls_data.format_shape(raw.x.shape[1:])} "
                         f"(channels×height×width) but the spec's input.shape is {list(shape)}")
     if raw.x.dtype.kind == "f" and not np.isfinite(raw.x).all():
         raise DataError(f"{raw.where}: the images contain NaN or infinite values")
@@ -269,11 +246,11 @@ def _check(raw: _Raw, shape: tuple[int, int, int], target: Target, resize: bool)
         raise DataError(f"{where}: the targets contain NaN or infinite values")
 
 
-def _take(raw: _Raw, idx: np.ndarray, where: str | None = None) -> _Raw:
-    return _Raw(raw.x[idx], raw.y[idx], where or raw.where, raw.labels_where)
+def _take(raw: RawSplit, idx: np.ndarray, where: str | None = None) -> RawSplit:
+    return RawSplit(raw.x[idx], raw.y[idx], where or raw.where, raw.labels_where)
 
 
-def _split(raw: _Raw, fraction: float, held_out: str) -> tuple[_Raw, _Raw]:
+def _split(raw: RawSplit, fraction: float, held_out: str) -> tuple[RawSplit, RawSplit]:
     """(the rest, a fixed random ``fraction``), each in the original order."""
     perm = np.random.default_rng(cls_data.SPLIT_SEED).permutation(raw.x.shape[0])
     k = round(raw.x.shape[0] * fraction)
@@ -282,7 +259,7 @@ def _split(raw: _Raw, fraction: float, held_out: str) -> tuple[_Raw, _Raw]:
             _take(raw, np.sort(perm[:k]), f"{base} ({held_out})"))
 
 
-def _subset(raw: _Raw, n: int | None) -> _Raw:
+def _subset(raw: RawSplit, n: int | None) -> RawSplit:
     if n is None or n >= raw.x.shape[0]:
         return raw
     perm = np.random.default_rng(cls_data.SPLIT_SEED).permutation(raw.x.shape[0])
@@ -291,10 +268,10 @@ def _subset(raw: _Raw, n: int | None) -> _Raw:
 
 @dataclass
 class _Parts:
-    train: _Raw | None
-    val: _Raw | None
-    test: _Raw | None
-    whole: _Raw | None
+    train: RawSplit | None
+    val: RawSplit | None
+    test: RawSplit | None
+    whole: RawSplit | None
     source: str
 
 
@@ -347,17 +324,17 @@ def _parts(spec: DatasetSpec, base_dir: str | Path | None, shape: tuple[int, int
     return _Parts(train, val, test, whole, source)
 
 
-def _y_tensor(raw: _Raw, target: Target) -> torch.Tensor:
+def _y_tensor(raw: RawSplit, target: Target) -> torch.Tensor:
     if target.task == "segment":
         return torch.from_numpy(np.ascontiguousarray(raw.y, dtype=np.int64))
     y = torch.from_numpy(np.asarray(raw.y, dtype=np.float32))
     return y / 255 if raw.y.dtype == np.uint8 else y
 
 
-def _x_tensor(raw: _Raw, shape: tuple[int, int, int], mean: list[float],
+def _x_tensor(raw: RawSplit, shape: tuple[int, int, int], mean: list[float],
               std: list[float]) -> torch.Tensor:
-    x = cls_data._to_float(raw, shape)
-    cls_data._normalise(x, mean, std)
+    x = cls_data.to_float(raw, shape)
+    cls_data.normalise(x, mean, std)
     return x
 
 
@@ -369,16 +346,16 @@ def load_dense(spec: DatasetSpec, *, target: Target, input_shape: Sequence[int],
                extra_what: str = "") -> Dataset:
     """The train, validation and test splits of a dense dataset, checked against the input
     shape and ``target``, inputs normalised. Raises DataError (MemoryLimitError)."""
-    shape = cls_data._check_input_shape(input_shape)
+    shape = cls_data.check_input_shape(input_shape)
     parts = _parts(spec, base_dir, shape, target, training=True)
     assert parts.train is not None and parts.test is not None
     splits = [r for r in (parts.train, parts.val, parts.test) if r is not None]
     y_bytes = sum(r.y.shape[0] * int(np.prod(target.shape)) * 8 for r in splits)
-    cls_data._check_fits(splits, shape, extra_bytes + y_bytes,
+    cls_data.check_data_fits(splits, shape, extra_bytes + y_bytes,
                          " and ".join(w for w in (extra_what, "the targets") if w))
-    x_train = cls_data._to_float(parts.train, shape)
-    mean, std = cls_data._mean_std(spec, x_train, shape[0])
-    cls_data._normalise(x_train, mean, std)
+    x_train = cls_data.to_float(parts.train, shape)
+    mean, std = cls_data.mean_std(spec, x_train, shape[0])
+    cls_data.normalise(x_train, mean, std)
     val = parts.val
     return Dataset(
         x_train=x_train, y_train=_y_tensor(parts.train, target),
@@ -394,11 +371,11 @@ def load_dense_split(spec: DatasetSpec, *, target: Target, input_shape: Sequence
                      split: str = "test") -> tuple[torch.Tensor, torch.Tensor, str]:
     """One split for ``eval``, normalised with the run's ``mean``/``std``: images, targets,
     and what they are in words."""
-    shape = cls_data._check_input_shape(input_shape)
+    shape = cls_data.check_input_shape(input_shape)
     parts = _parts(spec, base_dir, shape, target, training=False)
     if split == "all":
         pieces = [r for r in (parts.whole, parts.train, parts.val, parts.test) if r is not None]
-        raw = pieces[0] if len(pieces) == 1 else _Raw(
+        raw = pieces[0] if len(pieces) == 1 else RawSplit(
             np.concatenate([r.x for r in pieces]), np.concatenate([r.y for r in pieces]),
             parts.source)
     else:
