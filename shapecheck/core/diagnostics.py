@@ -134,6 +134,13 @@ class Diagnostic(Record):
         return self.severity == "error"
 
     @property
+    def layer_path(self) -> tuple | None:
+        """The path of the layer it is about, as LayerPlan.path has it; None for none."""
+        if self.layer is None:
+            return None
+        return tuple(self.path) if self.path is not None else (self.layer,)
+
+    @property
     def detail(self) -> str:
         """The message without its subject, for outputs that show the subject another way
         (a diagram draws it next to the layer)."""

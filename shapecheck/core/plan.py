@@ -190,8 +190,7 @@ class Plan(Record):
         """Each layer's status as the outputs mark it, by path. The planner marks a block failed
         when a layer inside it fails; only the layers an error names are marked ``failed``,
         and the blocks around them ``holds`` (the failure is inside)."""
-        named = {tuple(d.path) if d.path is not None else (d.layer,)
-                 for d in self.errors if d.layer is not None}
+        named = {d.layer_path for d in self.errors if d.layer is not None}
         marks = {}
         for layer in self.walk():
             mark = layer.status

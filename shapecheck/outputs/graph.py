@@ -146,9 +146,9 @@ class _Drawer:
         self.errors: dict[tuple, Diagnostic] = {}
         self.warnings: dict[tuple, list[str]] = {}
         for d in plan.diagnostics:
-            if d.layer is None:
+            where = d.layer_path
+            if where is None:
                 continue
-            where = tuple(d.path) if d.path is not None else (d.layer,)
             if d.is_error:
                 self.errors.setdefault(where, d)
             elif d.code not in self.warnings.setdefault(where, []):

@@ -42,8 +42,7 @@ def _details(plan: Plan, statuses: dict[tuple, str]) -> dict:
     by_path: dict[tuple, list] = {}
     for d in plan.diagnostics:
         if d.layer is not None:
-            where = tuple(d.path) if d.path is not None else (d.layer,)
-            by_path.setdefault(where, []).append(d)
+            by_path.setdefault(d.layer_path, []).append(d)
     layers, nodes = {}, {}
     for row in plan.walk():
         key = layer_key(row.path)
