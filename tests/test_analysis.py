@@ -360,3 +360,25 @@ def test_solve_answers_for_a_spec_whose_only_errors_are_its_size(tmp_path, capsy
                                      "in_channels: 3, out_channels: 2, kernel_size: 1}"))
     assert main(["solve", str(spec)]) == 1
     assert "not solved: solve needs a spec that plans" in capsys.readouterr().out
+
+
+def test_the_sizes_hint_of_a_long_network_costs_a_few_plans():
+    """The search for a size that works plans the spec again at each size it tries: a long
+    network gets few tries, so the hint costs about what its plan does."""
+    from shapecheck.core.inputsizes import NEAR_LAYER_PLANS, plan_near
+
+    convs = "".join("  - {type: conv2d, out_channels: 8, kernel_size: 3, padding: 1}\n"
+                    for _ in range(1000))
+    long_unet = ODD_UNET.replace("layers:\n", "layers:\n" + convs, 1)
+    p = shapecheck.plan(long_unet)
+    assert [d.code for d in p.errors] == ["SC212"]
+    tried = []
+
+    def replan(h, w):
+        tried.append((h, w))
+        return p  # still failing: the search goes on as long as it may
+
+    assert plan_near(p, replan) is None
+    rows = sum(1 for _ in p.walk())
+    assert 1 <= len(tried) <= NEAR_LAYER_PLANS // rows
+    assert len(set(tried)) == len(tried)

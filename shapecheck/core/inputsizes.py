@@ -185,26 +185,32 @@ class AxisSolution:
 # Errors that come from the input's size alone: the same spec may plan at another size.
 SIZE_ERRORS = frozenset({"SC201", "SC202", "SC204", "SC211", "SC212", "SC217", "SC218"})
 NEARBY = 64  # sizes tried one above another, after the spec's rounded up to 2, 4, … 1024
+# The layers plan_near may plan in all: a few tries for a long network, every size for a U-Net,
+# so that a hint never costs much more than the plan it belongs to.
+NEAR_LAYER_PLANS = 20_000
 
 
 def plan_near(plan: Plan, replan: Callable[[int, int], Plan]) -> Plan | None:
     """For a plan whose only errors come from its input's size, the spec planned (by
     ``replan(h, w)``) at a size near its own that works: the spec's H and W rounded up to a
-    multiple of 2, 4, … 1024, then each of the next NEARBY sizes. None where the errors are of
-    another kind, or no size nearby works: a bounded number of plans, each as cheap as the
-    first."""
+    multiple of 2, 4, … 1024, then each of the next NEARBY sizes, as many as NEAR_LAYER_PLANS
+    layers allow. None where the errors are of another kind, or no size tried works."""
     if plan.valid or plan.input_dims is None or len(plan.input_dims) != 4 or not all(
             d.code in SIZE_ERRORS for d in plan.errors):
         return None
     h, w = plan.input_dims[2:]
+    tries = max(1, NEAR_LAYER_PLANS // max(1, sum(1 for _ in plan.walk())))
     tried = set()
     rounded = [(-(-h // m) * m, -(-w // m) * m) for m in (1 << k for k in range(1, 11))]
     for size in [*rounded, *((h + d, w + d) for d in range(1, NEARBY + 1))]:
-        if size not in tried:
-            tried.add(size)
-            near = replan(*size)
-            if near.valid:
-                return near
+        if size in tried:
+            continue
+        if len(tried) == tries:
+            break
+        tried.add(size)
+        near = replan(*size)
+        if near.valid:
+            return near
     return None
 
 
