@@ -7,7 +7,6 @@ import json
 from functools import partial
 from pathlib import Path
 
-from ..core.analysis import AXES
 from ..core.diagnostics import Diagnostic, InputError
 from ..core.inputsizes import TooCostly, Unsolvable, describe, plan_near, solve
 from ..core.planner import plan
@@ -68,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         near = None if result.valid else plan_near(result, partial(_replan, Path(path), args,
                                                                    result.input_dims))
         try:
-            solutions = solve(near or result)
+            solutions = solve(near, spec_plan=result) if near else solve(result)
         except TooCostly as e:  # refused as the loader refuses what costs too much
             failed(result.name, path, "", [Diagnostic("error", "SC004", str(e), file=path)])
             code = EXIT_INPUT
@@ -80,8 +79,6 @@ def run(args: argparse.Namespace) -> int:
             continue
         if near is not None:
             code = max(code, EXIT_INVALID)  # the spec as written is still invalid
-            for s in solutions:  # said of the spec's own size, not the one planned
-                s.size = result.input_dims[2 + AXES.index(s.axis)]
         if as_json:
             out.append({"name": result.name, "file": result.source,
                         "axes": [_json(s, args.upto) for s in solutions],

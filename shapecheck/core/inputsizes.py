@@ -231,7 +231,7 @@ def sizes_hint(solutions: list[AxisSolution]) -> str:
                                              for rule, near in parts)
 
 
-def solve(plan: Plan) -> list[AxisSolution]:
+def solve(plan: Plan, spec_plan: Plan | None = None) -> list[AxisSolution]:
     """The input sizes the network accepts, for H and for W (the other held at the spec's).
 
     Every window layer maps size n to floor((n + a) / s) + b, so over one residue class
@@ -240,11 +240,18 @@ def solve(plan: Plan) -> list[AxisSolution]:
     enough input holds from some q on (found by bisection), an equality that the merge or a
     weight needs (two branch sizes, in_features) holds for every q, at one q, or never (two
     runs find its line), and divisibility and unused rows are the same for the whole class.
-    Raises Unsolvable for an axis map that breaks this (a scale factor such as 1/3)."""
+    Raises Unsolvable for an axis map that breaks this (a scale factor such as 1/3).
+
+    ``spec_plan``: the spec's own (failing) plan, where ``plan`` is plan_near's: the answers
+    then say the spec's sizes, not the ones planned."""
     if plan.input_dims is None or len(plan.input_dims) != 4 or not plan.valid:
         raise Unsolvable("solve needs a spec that plans at its own input size (fix its errors "
                          "first, or give --input)")
-    return [_solve_axis(plan, i) for i in range(2)]
+    solutions = [_solve_axis(plan, i) for i in range(2)]
+    if spec_plan is not None:
+        for s in solutions:
+            s.size = spec_plan.input_dims[2 + AXES.index(s.axis)]
+    return solutions
 
 
 def _solve_axis(plan: Plan, i: int) -> AxisSolution:

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
-from .analysis import AXES, field_warning, first_true, receptive_fields
+from .analysis import field_warning, first_true, receptive_fields
 from .diagnostics import Diagnostic, merge_repeats, more_uses
 from .layers import Block, Context, LayerSpec, Origin, ShapeError
 from .layers.base import Dims
@@ -82,11 +82,9 @@ def _with_sizes_hint(result: Plan, spec: Spec, batch) -> Plan:
     if near is None:
         return result
     try:
-        solutions = solve(near)
+        solutions = solve(near, spec_plan=result)
     except (Unsolvable, TooCostly):
         return result
-    for s in solutions:  # said of the spec's own size, not the one planned
-        s.size = result.input_dims[2 + AXES.index(s.axis)]
     hint = sizes_hint(solutions)
     result.diagnostics = [d.replace(hint=hint) if d.code in MERGE_ERRORS or d.code == "SC301"
                           else d for d in result.diagnostics]
