@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..outputs.report import printable
-from .base import TrainError, _plural
+from .base import TrainError, plural
 from .runfolder import MODEL_FILE
 
 # How a caller names the layer that holds a module path ("fc" -> "layer fc (linear, line 18)").
@@ -114,8 +114,8 @@ def check_weights(module: nn.Module, weights: dict[str, torch.Tensor], source: s
                 "--init-skip-head keeps it freshly initialised" if only_head and not skip_head
                 and not extra else "")
         raise TrainError(f"--init {printable(source)}: the weights do not fit this network "
-                         f"({_plural(sum(map(len, problems.values())), 'mismatch')} in "
-                         f"{_plural(len(problems), 'layer')}){hint}\n" + "\n".join(lines))
+                         f"({plural(sum(map(len, problems.values())), 'mismatch')} in "
+                         f"{plural(len(problems), 'layer')}){hint}\n" + "\n".join(lines))
     state = {k: v for k, v in weights.items() if k in want and k not in skipped}
     return InitWeights(source=source, state=state, skipped=skipped)
 
