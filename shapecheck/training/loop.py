@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -54,8 +54,9 @@ from .distributed import (
     world_from_env,
 )
 from .ema import EMA_FILE, Ema
-from .init import InitWeights, freeze
+from .init import freeze
 from .init import load as load_weights
+from .request import TrainRequest
 from .resume import note_normalisation, read_checkpoint, restore
 from .runfolder import (
     BEST_FILE,
@@ -241,41 +242,20 @@ class _Running:
 # ---------------------------------------------------------------- train
 
 
-def train(
-    module: nn.Module,
-    spec: TrainSpec,
-    *,
-    name: str,
-    input_shape: tuple[int, int, int],
-    num_classes: int,
-    base_dir: Path,
-    out_dir: Path | None,
-    model_source: str,
-    resume: bool = False,
-    fresh: bool = False,
-    force: bool = False,
-    log: Callable[[str], Any] = print,
-    progress: bool | None = None,
-    reinit: bool = True,
-    threads: int | None = None,
-    backend: str = "auto",
-    compile: bool = False,
-    init: InitWeights | None = None,
-) -> TrainResult:
-    """Train ``module`` as ``spec`` says and keep the run in a folder.
+def train(module: nn.Module, spec: TrainSpec, **options: Any) -> TrainResult:
+    """Train ``module`` as ``spec`` says and keep the run in a folder; ``options`` are the other
+    fields of ``TrainRequest`` (``name``, ``input_shape``, ``num_classes``, ``base_dir``,
+    ``out_dir`` and ``model_source`` are required). See ``run_training``."""
+    return run_training(TrainRequest(module, spec, **options))
 
-    ``input_shape`` is the spec's ``(C, H, W)``, ``num_classes`` the last layer's
-    ``out_features``, ``base_dir`` the spec file's folder (relative dataset and
-    output paths start there), ``out_dir`` overrides the output folder (default:
-    ``spec.output``, else ``runs/<name>``), ``model_source`` is written to
-    ``model.py``. ``log`` gets one line per epoch and notes; ``progress`` (default:
-    stderr is a terminal) draws a bar on stderr. ``reinit`` re-initialises the
-    parameters from the seed on a fresh run (the module's own weights are used
-    when False). A run folder that holds a previous run's weights or checkpoint is
-    continued with ``resume``, or replaced with ``fresh``; with neither, it is left as it
-    is and RunFolderError says so. A folder that is not a run folder (runinfo: not empty,
-    and no run.json of shapecheck's) is never written, nor are its files removed, unless
-    ``force``.
+
+def run_training(request: TrainRequest) -> TrainResult:
+    """Train ``request.module`` as ``request.spec`` says and keep the run in a folder.
+
+    A run folder that holds a previous run's weights or checkpoint is continued with
+    ``resume``, or replaced with ``fresh``; with neither, it is left as it is and
+    RunFolderError says so. A folder that is not a run folder (runinfo: not empty, and no
+    run.json of shapecheck's) is never written, nor are its files removed, unless ``force``.
 
     Raises DataError (the data cannot be read or does not fit the spec; a
     MemoryLimitError when it does not fit in memory), TrainError (no dataset, no
@@ -283,27 +263,20 @@ def train(
     loss), and Stopped (a KeyboardInterrupt) after saving a checkpoint on Ctrl-C, SIGTERM
     or SIGUSR1.
 
-    ``threads`` sets torch's intra-op threads for the run. Under torchrun (``WORLD_SIZE``
-    in the environment) each process trains its share with DistributedDataParallel
-    (``backend`` auto: gloo on the CPU, nccl on CUDA; see ``distributed``); rank 0 alone
-    writes the run folder and logs. ``compile`` runs the module through torch.compile.
-    ``init`` (``init.check_weights``) starts a fresh run from those weights; ``spec.freeze``
-    names layers whose parameters do not train.
+    Under torchrun (``WORLD_SIZE`` in the environment) each process trains its share with
+    DistributedDataParallel (see ``distributed``); rank 0 alone writes the run folder and
+    logs. ``spec.freeze`` names layers whose parameters do not train.
     """
+    spec = request.spec
     before = torch.get_num_threads()
     world = world_from_env()
-    if threads is not None:
-        torch.set_num_threads(threads)
+    if request.threads is not None:
+        torch.set_num_threads(request.threads)
     elif not world.distributed:  # the launcher gives each rank one thread
-        _share_the_cores(spec, log)
+        _share_the_cores(spec, request.log)
     try:
         with _deterministic(spec.deterministic), stop_with_launcher(world):
-            result = _train(module, spec, name=name, input_shape=input_shape,
-                            num_classes=num_classes, base_dir=base_dir, out_dir=out_dir,
-                            model_source=model_source, resume=resume, fresh=fresh, force=force,
-                            log=log if world.main else _quiet, progress=progress,
-                            reinit=reinit, world=world, backend=backend, compile=compile,
-                            init=init)
+            result = _train(request if world.main else replace(request, log=_quiet), world)
         # Every rank leaves together: a rank that tore its process group down while rank 0
         # still wrote the results could make rank 0 abort at exit (gloo).
         world.barrier()
@@ -367,39 +340,16 @@ def _deterministic(on: bool):
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
 
-def _train(
-    module: nn.Module,
-    spec: TrainSpec,
-    *,
-    name: str,
-    input_shape: tuple[int, int, int],
-    num_classes: int,
-    base_dir: Path,
-    out_dir: Path | None,
-    model_source: str,
-    resume: bool,
-    fresh: bool,
-    force: bool,
-    log: Callable[[str], Any],
-    progress: bool | None,
-    reinit: bool,
-    world: World,
-    backend: str,
-    compile: bool,
-    init: InitWeights | None,
-) -> TrainResult:
+def _train(request: TrainRequest, world: World) -> TrainResult:
     t_call = time.perf_counter()
-    run, ckpt = _set_up(module, spec, name=name, input_shape=input_shape,
-                        num_classes=num_classes, base_dir=Path(base_dir), out_dir=out_dir,
-                        resume=resume, fresh=fresh, force=force, log=log, reinit=reinit,
-                        world=world, backend=backend, init=init)
+    run, ckpt = _set_up(request, world)
     if world.main:
         open_folder(run.out)
     if ckpt is not None:
         restore(run, ckpt)
     elif world.main:
-        start_afresh(run.out, model_source, _run_info(run), log)
-    loop = _Loop(run, progress, compile)
+        start_afresh(run.out, request.model_source, _run_info(run), request.log)
+    loop = _Loop(run, request.progress, request.compile)
     try:
         loop.start()
         loop.run_epochs()
@@ -415,34 +365,34 @@ def _train(
     return loop.result(t_call)
 
 
-def _set_up(module: nn.Module, spec: TrainSpec, *, name: str,
-            input_shape: tuple[int, int, int], num_classes: int, base_dir: Path,
-            out_dir: Path | None, resume: bool, fresh: bool, force: bool,
-            log: Callable[[str], Any], reinit: bool, world: World, backend: str,
-            init: InitWeights | None = None) -> tuple[Run, dict[str, Any] | None]:
+def _set_up(request: TrainRequest, world: World) -> tuple[Run, Checkpoint | None]:
     """The run before its folder is touched, and the checkpoint it resumes from: whatever
     refuses the run (the spec, the device, the checkpoint, the data, the model's output or
     batches) does so before a file is written."""
+    r = request
+    module, spec, log, init = r.module, r.spec, r.log, r.init
+    input_shape, num_classes, base_dir = r.input_shape, r.num_classes, Path(r.base_dir)
     if spec.dataset is None:
         raise TrainError("no dataset: give train.dataset in the spec (or --data)")
-    if init is not None and resume:
+    if init is not None and r.resume:
         raise TrainError("--init starts a new run from weights; --resume continues the run "
                          "folder's checkpoint: give one of them")
-    out = resolve_out_dir(spec, name, base_dir, out_dir)
+    out = resolve_out_dir(spec, r.name, base_dir, r.out_dir)
     # Rank 0 writes the folder; it alone checks it (the others would see its first files).
-    if world.main and (problem := run_folder_problem(out, force, replace=resume or fresh)):
+    if world.main and (problem := run_folder_problem(out, r.force,
+                                                     replace=r.resume or r.fresh)):
         raise RunFolderError(problem)
-    device = choose_device(spec, world, backend)
+    device = choose_device(spec, world, r.backend)
     task, output_shape = task_of(module, spec, input_shape)
     dense = task != "classify"
     loss_name = check_spec(module, spec, device, log, task)
     dataset_entry = absolute_dataset(spec.dataset, base_dir)
-    ckpt = read_checkpoint(out, module, input_shape, num_classes) if resume else None
+    ckpt = read_checkpoint(out, module, input_shape, num_classes) if r.resume else None
     loaded = read_data(module, spec, input_shape=input_shape, num_classes=num_classes,
                        base_dir=base_dir, log=log, task=task, output_shape=output_shape)
     if ckpt is not None:
         note_normalisation(ckpt, loaded, log)
-    data = place(module, loaded, spec, device, fresh=ckpt is None and reinit)
+    data = place(module, loaded, spec, device, fresh=ckpt is None and r.reinit)
     if init is not None:
         load_weights(module, init)
         log(f"starting from the weights of {init.source}" + (
@@ -461,7 +411,7 @@ def _set_up(module: nn.Module, spec: TrainSpec, *, name: str,
     check_batches(module, data.x_train, data.x_train.shape[0], spec.batch_size,
                    spec.drop_last, device, world.size)
     class_weights = class_weights_for(spec, loaded.y_train, num_classes)
-    run = Run(spec=spec, name=name, world=world, device=device, out=out, log=log,
+    run = Run(spec=spec, name=r.name, world=world, device=device, out=out, log=log,
               module=module, loss_name=loss_name, data=data,
               class_weights=class_weights.to(device) if class_weights is not None else None,
               dataset_entry=dataset_entry, input_shape=input_shape, num_classes=num_classes,
