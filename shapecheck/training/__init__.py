@@ -1,9 +1,12 @@
 """Training and evaluating a built module: ``shapecheck build --train`` and ``shapecheck eval``.
 
-The parts, in the order a run meets them: ``setup`` (the device, the spec's checks, the
-data on the device, the optimizer, the precision; ``Run``, the state a run carries),
-``resume`` (continuing from a checkpoint), ``loop`` (``train()``: the epochs and steps),
-``runfolder`` (checkpoint, metrics, curves, run.json), ``distributed`` (the processes of a
+The parts, in the order a run meets them: ``fromplan`` (what ``build --train`` asks: the run
+folder, its lock, the module from its source, ``--init``), ``request`` (``TrainRequest``, a
+run's arguments), ``setup`` (the device, the spec's checks, the data on the device, the
+optimizer, the precision; ``Run``, the state a run carries), ``resume`` (continuing from a
+checkpoint), ``loop`` (``train()``: the epochs and steps), ``checkpoint`` (``Checkpoint``:
+checkpoint.pt), ``runinfo`` (``RunInfo``: run.json), ``runfolder`` (metrics, curves and the
+other files), ``distributed`` (the processes of a
 DDP run and their launcher), ``data`` (what the loop needs of the dataset), ``dense`` (the
 per-pixel losses and scores of segmentation and regression), ``evaluate``
 (``evaluate()``), ``init`` (``--init`` weights and ``freeze``), ``syncbn`` (BatchNorm over the
