@@ -42,7 +42,7 @@ def join_channels(outs: list[Dims], names: list[str] | None = None) -> tuple[Dim
         if len(out) < 2:  # torch.cat(dim=1) raises: there is no dim 1
             raise ShapeError(
                 "SC209",
-                f"{name} gives a 1-d tensor, but concat joins on dim 1 (channels)",
+                f"{name} gives a 1-d tensor, but torch.cat joins on dim 1 (channels)",
                 "flatten with start_dim: 1 (the default) keeps the batch dimension",
             )
     first = outs[0]
@@ -51,7 +51,7 @@ def join_channels(outs: list[Dims], names: list[str] | None = None) -> tuple[Dim
             raise ShapeError(
                 "SC212",
                 f"{name} gives {chw(out)} but {names[0]} gives {chw(first)}: "
-                "concat needs every dim but channels to agree",
+                "torch.cat needs every dim but channels to agree",
                 f"make {name} keep {chw(first[1:])}: stride 1 and padding (k−1)/2 "
                 "on its convs and pools" if len(out) == len(first) == 4 else None,
             )

@@ -17,6 +17,8 @@ class Merge(LayerSpec):
     name_prefix = "merge"
     word: ClassVar[str] = ""  # how the explain line joins the inputs: "+", "·"
     spatial_merge: ClassVar[str] = "equal"  # as a block's (block.py): "equal" or "broadcast"
+    glyph: ClassVar[str] = "+"  # the diagram's node, as a block's merge
+    merge_word: ClassVar[str] = ""
 
     def infer(self, x: Dims, ctx: Context) -> Inferred:  # pragma: no cover - see merge()
         raise TypeError(f"{self.type} merges several tensors: the planner calls infer_many")
@@ -48,6 +50,7 @@ class Merge(LayerSpec):
 class Add(Merge):
     type: Literal["add"]
     word = "+"
+    glyph, merge_word = "⊕", "add"
     spatial_merge = "broadcast"
     helper = "Add"
     helper_source = '''
@@ -68,6 +71,7 @@ class Add(nn.Module):
 class Mul(Merge):
     type: Literal["mul"]
     word = "·"
+    glyph, merge_word = "⊗", "multiply"
     spatial_merge = "broadcast"
     helper = "Mul"
     helper_source = '''
@@ -88,6 +92,7 @@ class Mul(nn.Module):
 class Cat(Merge):
     type: Literal["cat"]
     word = "‖"
+    glyph, merge_word = "‖", "cat"
     helper = "Cat"
     helper_source = '''
 class Cat(nn.Module):
