@@ -201,3 +201,21 @@ def test_a_unet_is_drawn_as_a_u():
         (node["up1_up"], node["cat1"]), (node["up2_up"], node["cat2"])]
     svg = g.pipe(format="svg").decode()  # the real dot lays it out
     assert svg.count("‖") >= 2
+
+
+def test_onnx_follows_sizes_taken_from_other_tensors(tmp_path):
+    pytest.importorskip("onnxruntime")
+    one = tmp_path / "head.yaml"
+    one.write_text(LRASPP.read_text(encoding="utf-8").replace("outputs: [out, high]\n", ""),
+                   encoding="utf-8")
+    run = subprocess.run([sys.executable, "-m", "shapecheck", "build", str(one), "-o",
+                          str(tmp_path / "head.py"), "--onnx", str(tmp_path / "head.onnx")],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "output (N, 4, 65, 67), checked with onnxruntime" in run.stdout
+    # several outputs: refused, and nothing written
+    two = subprocess.run([sys.executable, "-m", "shapecheck", "build", str(LRASPP), "-o",
+                          str(tmp_path / "two.py"), "--onnx", str(tmp_path / "two.onnx")],
+                         capture_output=True, text=True)
+    assert two.returncode != 0 and "returns several tensors (out, high)" in two.stderr
+    assert not (tmp_path / "two.onnx").exists()
