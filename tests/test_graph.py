@@ -201,3 +201,39 @@ def test_a_unet_is_drawn_as_a_u():
         (node["up1_up"], node["cat1"]), (node["up2_up"], node["cat2"])]
     svg = g.pipe(format="svg").decode()  # the real dot lays it out
     assert svg.count("‖") >= 2
+
+
+def test_onnx_follows_sizes_taken_from_other_tensors(tmp_path):
+    pytest.importorskip("onnxruntime")
+    one = tmp_path / "head.yaml"
+    one.write_text(LRASPP.read_text(encoding="utf-8").replace("outputs: [out, high]\n", ""),
+                   encoding="utf-8")
+    run = subprocess.run([sys.executable, "-m", "shapecheck", "build", str(one), "-o",
+                          str(tmp_path / "head.py"), "--onnx", str(tmp_path / "head.onnx")],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "output (N, 4, 65, 67), checked with onnxruntime" in run.stdout
+    # several outputs: refused, and nothing written
+    two = subprocess.run([sys.executable, "-m", "shapecheck", "build", str(LRASPP), "-o",
+                          str(tmp_path / "two.py"), "--onnx", str(tmp_path / "two.onnx")],
+                         capture_output=True, text=True)
+    assert two.returncode != 0 and "returns several tensors (out, high)" in two.stderr
+    assert not (tmp_path / "two.onnx").exists()
+
+
+def test_a_graph_spec_trains_for_segmentation(tmp_path):
+    pytest.importorskip("torch")
+    spec = tmp_path / "unet.yaml"
+    text = UNET_FLAT.read_text(encoding="utf-8")
+    text = text.replace("input: {shape: [3, 64, 64]}", "input: {shape: [1, 28, 28]}")
+    text = text.replace("out_channels: 2, kernel_size: 1}", "out_channels: 11, kernel_size: 1}")
+    text += ("train:\n  dataset: {format: mnist-seg, path: %s, train_size: 128, test_size: 32}\n"
+             "  optimizer: {type: adam, lr: 0.003}\n  epochs: 1\n  batch_size: 32\n"
+             % (ROOT / "examples" / "data" / "mnist-5k"))
+    spec.write_text(text, encoding="utf-8")
+    run = subprocess.run([sys.executable, "-m", "shapecheck", "build", str(spec), "-o",
+                          str(tmp_path / "unet.py"), "--train", "--threads", "1"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "test pixel acc" in run.stdout and (tmp_path / "runs" / "unet_small_flat" /
+                                               "model.pt").exists()
