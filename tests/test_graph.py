@@ -236,3 +236,16 @@ def test_a_graph_spec_trains_for_segmentation(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "test pixel acc" in run.stdout and (tmp_path / "runs" / "unet_small_flat" /
                                                "model.pt").exists()
+
+
+def test_a_network_with_several_outputs_is_not_trained(tmp_path):
+    spec = tmp_path / "two.yaml"
+    spec.write_text(LRASPP.read_text(encoding="utf-8") + "train: {dataset: synthetic}\n",
+                    encoding="utf-8")
+    run = subprocess.run([sys.executable, "-m", "shapecheck", "build", str(spec), "-o",
+                          str(tmp_path / "two.py"), "--train"], capture_output=True, text=True,
+                         cwd=tmp_path, check=False)
+    assert run.returncode == 1
+    assert "returns several tensors (out, high); training takes a network with one output" \
+        in run.stderr
+    assert not (tmp_path / "runs").exists()
