@@ -76,8 +76,6 @@ as a validation split: it chooses ``model_best.pt`` and drives ``patience``.
 (bilinear, antialiased); left out, a different size is an error.
 """
 
-from __future__ import annotations
-
 import math
 from typing import Any, Literal
 
@@ -166,7 +164,7 @@ class DatasetSpec(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _check(self) -> DatasetSpec:
+    def _check(self) -> "DatasetSpec":
         _finite(self.mean, "mean")
         _finite(self.std, "std")
         if self.format == "synthetic":
@@ -211,7 +209,7 @@ class OptimizerSpec(BaseModel):
         return v.lower() if isinstance(v, str) else v
 
     @model_validator(mode="after")
-    def _check(self) -> OptimizerSpec:
+    def _check(self) -> "OptimizerSpec":
         _finite(self.lr, "lr")
         _finite(self.weight_decay, "weight_decay")
         _finite(self.eps, "eps")
@@ -291,7 +289,7 @@ class SchedulerSpec(BaseModel):
         return {"type": data} if isinstance(data, str) else data
 
     @model_validator(mode="after")
-    def _check(self) -> SchedulerSpec:
+    def _check(self) -> "SchedulerSpec":
         _finite(self.warmup_epochs, "warmup_epochs")
         _finite(self.gamma, "gamma")
         _finite(self.min_lr, "min_lr")
@@ -380,7 +378,7 @@ class ResizedCropSpec(BaseModel):
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
 
     @model_validator(mode="after")
-    def _check(self) -> ResizedCropSpec:
+    def _check(self) -> "ResizedCropSpec":
         _range(self.scale, "scale")
         _range(self.ratio, "ratio")
         if self.scale[1] > 1:
@@ -401,7 +399,7 @@ class ErasingSpec(BaseModel):
     value: float = 0.0
 
     @model_validator(mode="after")
-    def _check(self) -> ErasingSpec:
+    def _check(self) -> "ErasingSpec":
         _range(self.scale, "scale")
         _range(self.ratio, "ratio")
         _finite(self.value, "value")
@@ -513,7 +511,7 @@ class TrainSpec(BaseModel):
         return v.lower() if isinstance(v, str) else v
 
     @model_validator(mode="after")
-    def _check(self) -> TrainSpec:
+    def _check(self) -> "TrainSpec":
         _finite(self.grad_clip, "grad_clip")
         if isinstance(self.class_weights, list):
             _finite(self.class_weights, "class_weights")
