@@ -66,7 +66,9 @@ def uses_names(layers: list, outputs: list | None) -> bool:
 
 
 def _like(layer) -> Like | None:
-    size = getattr(layer, "size", None)
+    # The model's fields are in its __dict__: a getattr of a kind without `size` would go
+    # through pydantic's __getattr__ and an AttributeError, for every layer of every spec.
+    size = layer.__dict__.get("size")
     return size if isinstance(size, Like) else None
 
 
