@@ -12,7 +12,6 @@ This module reads and checks the names (SC112) and finds the named outputs nothi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 INPUT = "input"  # the spec's input tensor
@@ -20,11 +19,23 @@ PREV = "prev"  # the previous layer's output
 RESERVED = (INPUT, PREV)
 
 
-@dataclass(frozen=True)
 class Like:
-    """A size taken from another tensor's height and width (``size: {like: NAME}``)."""
+    """A size taken from another tensor's height and width (``size: {like: NAME}``). A plain
+    class: a frozen dataclass compiled its methods at every start-up."""
 
-    name: str
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Like) and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash((Like, self.name))
+
+    def __repr__(self) -> str:
+        return f"Like(name={self.name!r})"
 
     def __str__(self) -> str:
         return f"like {self.name}"
