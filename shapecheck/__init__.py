@@ -25,6 +25,10 @@ try:
     from .core.planner import plan
     from .core.spec import Spec
 finally:
+    # ... and they join the oldest generation at once, unscanned: else the first collection
+    # after the import would scan every one of them (about 11 M instructions at a start-up).
+    _gc.freeze()
+    _gc.unfreeze()
     if _collecting:
         _gc.enable()
 
