@@ -35,6 +35,8 @@ def printable(text: object, keep: str = "") -> str:
     if text.isprintable():  # no character to escape (they are all non-printable ones)
         return text
     if keep == "\n\t\r":
+        if text.replace("\n", "").isprintable():  # most output: lines with nothing to escape
+            return text
         return re.sub(_UNPRINTABLE_BUT_LINES, _escape, text)  # re compiles on first use
     if keep:
         return re.sub(_UNPRINTABLE, lambda m: m.group() if m.group() in keep else _escape(m),
