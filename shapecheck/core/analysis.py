@@ -37,6 +37,7 @@ from .layers.window import (
     Window,
     effective,
 )
+from .record import Record
 
 if TYPE_CHECKING:
     from .plan import LayerPlan, Plan
@@ -57,13 +58,16 @@ class Field(NamedTuple):
     start: Fraction | int  # an int unless a window of even span made it a half
 
 
-class NoField(NamedTuple):
+class NoField(Record):
     """Where no single field describes the units: ``kind`` is "global" (every unit sees the
-    whole input) or "n/a" (the field depends on the unit's position)."""
+    whole input) or "n/a" (the field depends on the unit's position). A plain class: made for
+    few layers, and quicker to define than a named tuple."""
 
-    kind: str
-    why: str
-    learned: bool = False  # global through weights over every position (a linear after flatten)
+    __slots__ = _fields = ("kind", "why", "learned")
+
+    def __init__(self, kind: str, why: str, learned: bool = False):
+        self.kind, self.why = kind, why
+        self.learned = learned  # global through weights over every position (a linear after flatten)
 
 
 AxisField = Field | NoField

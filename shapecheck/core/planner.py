@@ -9,7 +9,6 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import NamedTuple
 
 from . import graph
 from .analysis import field_warning, first_true, receptive_fields
@@ -29,9 +28,11 @@ MAX_LATER = 10  # errors reported after the first, by planning on with declared 
 MAX_HINT_LAYERS = 5_000
 
 
-class _Failure(NamedTuple):
-    row: LayerPlan
-    error: ShapeError
+class _Failure:
+    __slots__ = ("error", "row")
+
+    def __init__(self, row: LayerPlan, error: ShapeError):
+        self.row, self.error = row, error
 
 
 def plan(

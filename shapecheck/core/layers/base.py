@@ -8,7 +8,7 @@ any size, and nothing is allocated.
 
 import keyword
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any, ClassVar, NamedTuple, get_args
+from typing import Annotated, Any, ClassVar, get_args
 
 from pydantic import (
     BaseModel,
@@ -147,18 +147,22 @@ class ShapeError(Exception):
         self.hint = hint
 
 
-class Origin(NamedTuple):
+class Origin(Record):
     """Where a layer was written: the file and the 1-based line and column of its entry.
 
     A layer that a template made keeps the place it was written in the template, and lists in
-    ``used_at`` the uses that made it, innermost first; each names its template. (A named
-    tuple: every layer gets one, and a tuple is made in half the time of a frozen dataclass.)"""
+    ``used_at`` the uses that made it, innermost first; each names its template. (A plain
+    class: every layer gets one, and it is made in half the time of a frozen dataclass and
+    defined quicker than a named tuple.)"""
 
-    file: str | None = None
-    line: int | None = None
-    column: int | None = None
-    used_at: tuple["Origin", ...] = ()
-    template: str | None = None  # for a use: the template it used
+    __slots__ = _fields = ("file", "line", "column", "used_at", "template")
+
+    def __init__(self, file: str | None = None, line: int | None = None,
+                 column: int | None = None, used_at: tuple["Origin", ...] = (),
+                 template: str | None = None):
+        self.file, self.line, self.column = file, line, column
+        self.used_at = used_at
+        self.template = template  # for a use: the template it used
 
     @property
     def reported(self) -> tuple[int | None, int | None]:
@@ -240,12 +244,16 @@ class Inferred(Record):
         self.layout = layout
 
 
-class Context(NamedTuple):
+class Context(Record):
     """What a rule may know beyond its input shape, for explanations and warnings. Rules only
-    read it; the planner makes the next one after every layer (``after``)."""
+    read it; the planner makes the next one after every layer (``after``). A plain class:
+    quicker to define at start-up than a named tuple, and as quick to make."""
 
-    features_from: str | None = None  # how the last dim was made: "flatten1: 20 × 4 × 4 = 320"
-    channels_last: str | None = None  # the permute that moved the channels to the last dim
+    __slots__ = _fields = ("features_from", "channels_last")
+
+    def __init__(self, features_from: str | None = None, channels_last: str | None = None):
+        self.features_from = features_from  # how the last dim was made: "flatten1: 20 × 4 × 4 = 320"
+        self.channels_last = channels_last  # the permute that moved the channels to the last dim
 
     def after(self, x: Dims, out: Dims, inferred: "Inferred | None" = None) -> "Context":
         """The context for the layer after one that turned ``x`` into ``out``. A note on the

@@ -5,6 +5,7 @@ from here, with PyTorch's formulas."""
 import math
 from typing import NamedTuple
 
+from ..record import Record
 from .base import ShapeError, pair
 
 
@@ -141,59 +142,80 @@ class Window(NamedTuple):
 
 SAME = Window()  # the axis passes through unchanged (elementwise layers, channel ops)
 
+# The other maps are made for few layers: plain classes, quicker to define at start-up than
+# named tuples.
 
-class Scale(NamedTuple):
+
+class Scale(Record):
     """Upsampling by a factor: out = floor(n · factor) (upsample, pixelshuffle)."""
 
-    factor: float
+    __slots__ = _fields = ("factor",)
+
+    def __init__(self, factor: float):
+        self.factor = factor
 
     def out(self, n: int) -> int:
         return math.floor(n * self.factor)  # in float64, as torch computes it
 
 
-class Transposed(NamedTuple):
+class Transposed(Record):
     """A transposed conv on the axis."""
 
-    kernel: int
-    stride: int
-    padding: int
-    output_padding: int
-    dilation: int
+    __slots__ = _fields = ("kernel", "stride", "padding", "output_padding", "dilation")
+
+    def __init__(self, kernel: int, stride: int, padding: int, output_padding: int,
+                 dilation: int):
+        self.kernel, self.stride, self.padding = kernel, stride, padding
+        self.output_padding, self.dilation = output_padding, dilation
 
     def out(self, n: int) -> int:
         return transposed_out(n, self.kernel, self.stride, self.padding, self.output_padding,
                               self.dilation)
 
 
-class Fixed(NamedTuple):
+class Fixed(Record):
     """The output size does not depend on the input's (adaptive pools, upsample to a size)."""
 
-    size: int
+    __slots__ = _fields = ("size",)
+
+    def __init__(self, size: int):
+        self.size = size
 
 
-class Resized(NamedTuple):
+class Resized(Record):
     """The output size is another tensor's (upsample with ``size: {like: NAME}``)."""
 
-    like: str
+    __slots__ = _fields = ("like",)
+
+    def __init__(self, like: str):
+        self.like = like
 
 
-class Consumed(NamedTuple):
+class Consumed(Record):
     """The layer's weights depend on this axis's size (a linear on it, a layernorm over it, a
     conv taking it as channels): the size must be the one the spec was planned at."""
 
-    why: str
+    __slots__ = _fields = ("why",)
+
+    def __init__(self, why: str):
+        self.why = why
 
 
-class Whole(NamedTuple):
+class Whole(Record):
     """Every output position depends on the whole axis, whatever its size (a softmax over
     it)."""
 
-    why: str
+    __slots__ = _fields = ("why",)
+
+    def __init__(self, why: str):
+        self.why = why
 
 
-class Fold(NamedTuple):
+class Fold(Record):
     """The axis is merged with other dims into one (flatten): the values keep their place, but
     later layers see its size only inside a product."""
+
+    __slots__ = ()
 
 
 AxisMap = Window | Scale | Transposed | Fixed | Consumed | Whole | Fold
