@@ -20,6 +20,7 @@ from shapecheck.cli import main
 
 torch = pytest.importorskip("torch")
 
+from shapecheck.emit.build import build_module
 from shapecheck.emit.codegen import generate
 from shapecheck.importer import MARKER, import_file
 
@@ -255,6 +256,73 @@ def test_a_function_returning_the_module_imports_as_its_class_does():
     by_class = import_file(f"{path}:SmallResNet", (3, 32, 32))
     by_function = import_file(f"{path}:small_resnet", (3, 32, 32))
     assert leaves(by_function.plan) == leaves(by_class.plan)
+
+
+# ---------------------------------------------------------------- torchvision's code, exactly
+
+
+def _model(file: str, name: str):
+    """A model of tests/import_models, built for real (CPU), in eval mode."""
+    sys.path.insert(0, str(MODELS))
+    try:
+        module = __import__(file)
+    finally:
+        sys.path.remove(str(MODELS))
+    torch.manual_seed(0)
+    return getattr(module, name)().eval()
+
+
+def _randomise(model) -> None:
+    """Every parameter and buffer random (variances positive), so that no value passes a
+    test by being 0 or 1 in both modules."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for key, tensor in [*model.named_parameters(), *model.named_buffers()]:
+            if tensor.is_floating_point():
+                values = torch.rand(tensor.shape, generator=generator) + 0.5 \
+                    if key.endswith("running_var") else \
+                    torch.randn(tensor.shape, generator=generator) * 0.2
+                tensor.copy_(values)
+
+
+def _rebuilds_exactly(file: str, name: str, shape: tuple[int, int, int]):
+    """Import ``file:name``, build the spec, give the built module the original's weights
+    (state_dicts in the same order, each tensor the same numbers; a layer scale kept as
+    (C, 1, 1) by torchvision is (C,) in the spec) and compare the outputs on a real input.
+    Returns the import."""
+    original = _model(file, name)
+    _randomise(original)
+    imported = import_file(f"{MODELS / file}.py:{name}", shape)
+    built = build_module(imported.text).eval()
+    theirs, ours = original.state_dict(), built.state_dict()
+    assert len(theirs) == len(ours), (list(theirs), list(ours))
+    moved = {}
+    for (key, mine), theirs_value in zip(ours.items(), theirs.values()):
+        assert mine.numel() == theirs_value.numel(), (key, mine.shape, theirs_value.shape)
+        moved[key] = theirs_value.reshape(mine.shape)
+    built.load_state_dict(moved)
+    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want, got = original(x), built(x)
+    if isinstance(want, dict):
+        (want,) = want.values()
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert imported.plan.params == sum(p.numel() for p in original.parameters()) \
+        == sum(p.numel() for p in built.parameters())
+    return imported
+
+
+def test_shufflenet_v2_imports_its_channel_shuffle_and_rebuilds_to_the_same_outputs():
+    imported = _rebuilds_exactly("shufflenet", "shufflenet_v2_x0_5", (3, 32, 32))
+    assert imported.plan.params == 1_366_792  # torchvision's shufflenet_v2_x0_5
+    kinds = [layer.type for layer in imported.plan.walk()]
+    assert kinds.count("channelshuffle") == 16 and "permute" not in kinds
+    shuffles = [layer for layer in imported.plan.walk() if layer.type == "channelshuffle"]
+    assert {layer.spec.groups for layer in shuffles} == {2}
+    text = imported.text
+    line = _line_of(MODELS / "shufflenet.py", "x = x.view(batchsize, -1, height, width)")
+    assert f"# shufflenet.py:{line}: x = x.view(batchsize, -1, height, width)\n" in text
 
 
 # ---------------------------------------------------------------- refusals

@@ -279,6 +279,7 @@ MULTIPLIES = frozenset({"operator.mul", "operator.imul", "torch.mul", "Tensor.mu
 CATS = frozenset({"torch.cat", "torch.concat", "torch.concatenate"})
 CHUNKS = frozenset({"torch.chunk", "Tensor.chunk"})
 RESHAPES = frozenset({"Tensor.view", "Tensor.reshape", "torch.reshape"})
+FLATTENS = frozenset({"torch.flatten", "Tensor.flatten"})
 MEANS = frozenset({"Tensor.mean", "torch.mean"})
 SIZES = frozenset({"Tensor.size", "Tensor.dim", "builtins.getattr", "operator.getitem"})
 

@@ -244,6 +244,7 @@ class _Converter:
         self.of: dict[fx.Node, Step] = {}
         self.names: set[str] = set()
         self.joined: list[tuple[Step, list[Step]]] = []  # each cat, with the inputs it wrote
+        self.skip: set[fx.Node] = set()  # nodes already taken into a step (a channel shuffle)
 
     def convert(self) -> tuple[list[Step], Step]:
         output = next(n for n in self.graph.nodes if n.op == "output")
@@ -302,6 +303,8 @@ class _Converter:
     # ------------------------------------------------------------ nodes
 
     def node(self, node: fx.Node) -> None:
+        if node in self.skip:
+            return
         if node.op == "placeholder":
             if not node.args:
                 self.add(node, INPUT, [], "the input")
@@ -436,13 +439,16 @@ class _Converter:
         self.joined.append((self.add(node, CAT, inputs, shown), written))
 
     def reshape(self, node: fx.Node, name: str) -> None:
-        """x.view(x.size(0), -1) and its kin are a flatten; other reshapes have no layer."""
+        """x.view(x.size(0), -1) and its kin are a flatten; a view that splits the channels
+        into groups, swapped back by a transpose and a view, a channel shuffle; other reshapes
+        have no layer."""
         shown = ops.shown(name)
         source = self.tensor(node, node.args[0], shown)
-        sizes = list(node.args[1:]) or [node.kwargs.get("shape", node.kwargs.get("size"))]
-        if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):
-            sizes = list(sizes[0])
+        sizes = _sizes(node)
         before, after = self.results[node.args[0]], self.results[node]
+        if _splits_channels(before, after):
+            self.channel_shuffle(node, shown, source, sizes)
+            return
         flat = math.prod(before[1:])
 
         def value(arg):
@@ -457,6 +463,34 @@ class _Converter:
             raise self._fail(node, f"{shown[:-1]}{written})", "only a reshape to (batch, -1) "
                              "has a layer (flatten); the batch must be x.size(0) or -1")
         self.add(node, LAYER, [source], shown, entry={"type": "flatten"})
+
+    def channel_shuffle(self, node: fx.Node, shown: str, source: Step, sizes: list) -> None:
+        """ShuffleNet's view(n, g, c // g, h, w), transpose(1, 2), (contiguous,) view(n, -1, h,
+        w): one channelshuffle layer of g groups. The steps after the first view are taken
+        here, and skipped when the walk reaches them."""
+        before, groups = self.results[node.args[0]], self.results[node][1]
+        why = (f"a view that splits the {before[1]} channels into {groups} groups is a channel "
+               "shuffle only when a transpose(1, 2) and a view back to N×C×H×W follow it")
+        if not (sizes[0] == -1 or _is_batch_size(sizes[0])):
+            raise self._fail(node, shown, f"{why}, and its batch is x.size(0) or -1")
+        swap = _only_user(node)
+        if swap is None or not _swaps_1_2(swap):
+            raise self._fail(node, shown, why)
+        last = _only_user(swap)
+        while last is not None and _call_name(last) in ops.PASS_THROUGH:
+            last = _only_user(last)
+        if last is None or _call_name(last) not in (*ops.RESHAPES, *ops.FLATTENS) \
+                or self.results.get(last) != before:
+            raise self._fail(node, shown, why)
+        if _call_name(last) in ops.RESHAPES and \
+                not (_sizes(last)[0] == -1 or _is_batch_size(_sizes(last)[0])):
+            raise self._fail(last, ops.shown(_call_name(last)), f"{why}, and its batch is "
+                             "x.size(0) or -1")
+        taken = [swap]
+        while taken[-1] is not last:
+            taken.append(_only_user(taken[-1]))
+        self.skip.update(taken)
+        self.add(last, LAYER, [source], shown, entry={"type": "channelshuffle", "groups": groups})
 
     def mean(self, node: fx.Node, name: str) -> None:
         """x.mean((2, 3), keepdim=True) is a global average pool; without keepdim, a flatten
@@ -482,6 +516,42 @@ class _Converter:
         pooled = self.add(node, LAYER, [source], shown, entry=pool)
         self.results[node] = result
         self.add(node, LAYER, [pooled], shown, entry={"type": "flatten"})
+
+
+def _sizes(node: fx.Node) -> list:
+    """The sizes a view or reshape asks for, as a list."""
+    sizes = list(node.args[1:]) or [node.kwargs.get("shape", node.kwargs.get("size"))]
+    if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):
+        sizes = list(sizes[0])
+    return sizes
+
+
+def _splits_channels(before: tuple, after: tuple) -> bool:
+    """N×C×H×W viewed as N×g×(C/g)×H×W, the first step of a channel shuffle."""
+    return len(before) == 4 and len(after) == 5 and after[0] == before[0] \
+        and after[1] * after[2] == before[1] and after[3:] == before[2:]
+
+
+def _only_user(node: fx.Node) -> fx.Node | None:
+    users = list(node.users)
+    return users[0] if len(users) == 1 else None
+
+
+def _swaps_1_2(node: fx.Node) -> bool:
+    """x.transpose(1, 2), torch.transpose(x, 1, 2) or x.permute(0, 2, 1, 3, 4) of a 5-d x."""
+    name = _call_name(node)
+    if name in ("torch.transpose", "Tensor.transpose", "torch.swapaxes", "Tensor.swapaxes",
+                "torch.swapdims", "Tensor.swapdims"):
+        dims = [*node.args[1:3], *node.kwargs.values()]
+        return len(dims) == 2 and all(isinstance(d, int) for d in dims) \
+            and sorted(d % 5 for d in dims) == [1, 2]
+    if name in ("torch.permute", "Tensor.permute"):
+        dims = node.args[1:] or [node.kwargs.get("dims")]
+        if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
+            dims = dims[0]
+        return all(isinstance(d, int) for d in dims) \
+            and [d % 5 for d in dims] == [0, 2, 1, 3, 4]
+    return False
 
 
 def _has_node(value: Any) -> bool:
