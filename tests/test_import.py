@@ -285,21 +285,36 @@ def _randomise(model) -> None:
                 tensor.copy_(values)
 
 
+def _tensors(model) -> list[tuple[str, object]]:
+    """The state_dict's entries, each module's own after its children's: CNBlock's own
+    layer_scale follows its block, as the spec's layerscale layer follows the block's layers."""
+    state = model.state_dict()
+
+    def visit(module, prefix):
+        for name, child in module.named_children():
+            yield from visit(child, f"{prefix}{name}.")
+        for key in [*module._parameters, *module._buffers]:
+            if f"{prefix}{key}" in state:
+                yield f"{prefix}{key}", state[f"{prefix}{key}"]
+
+    return list(visit(model, ""))
+
+
 def _rebuilds_exactly(file: str, name: str, shape: tuple[int, int, int]):
     """Import ``file:name``, build the spec, give the built module the original's weights
-    (state_dicts in the same order, each tensor the same numbers; a layer scale kept as
-    (C, 1, 1) by torchvision is (C,) in the spec) and compare the outputs on a real input.
+    (the tensors in the same order, each the same numbers; a layer scale kept as (C, 1, 1) by
+    torchvision is (C,) in the spec) and compare the outputs on a real input, bit for bit.
     Returns the import."""
     original = _model(file, name)
     _randomise(original)
     imported = import_file(f"{MODELS / file}.py:{name}", shape)
     built = build_module(imported.text).eval()
-    theirs, ours = original.state_dict(), built.state_dict()
-    assert len(theirs) == len(ours), (list(theirs), list(ours))
+    theirs, ours = _tensors(original), _tensors(built)
+    assert len(theirs) == len(ours), ([k for k, _ in theirs], [k for k, _ in ours])
     moved = {}
-    for (key, mine), theirs_value in zip(ours.items(), theirs.values()):
-        assert mine.numel() == theirs_value.numel(), (key, mine.shape, theirs_value.shape)
-        moved[key] = theirs_value.reshape(mine.shape)
+    for (key, mine), (their_key, value) in zip(ours, theirs):
+        assert mine.numel() == value.numel(), (key, mine.shape, their_key, value.shape)
+        moved[key] = value.reshape(mine.shape)
     built.load_state_dict(moved)
     x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
@@ -323,6 +338,22 @@ def test_shufflenet_v2_imports_its_channel_shuffle_and_rebuilds_to_the_same_outp
     text = imported.text
     line = _line_of(MODELS / "shufflenet.py", "x = x.view(batchsize, -1, height, width)")
     assert f"# shufflenet.py:{line}: x = x.view(batchsize, -1, height, width)\n" in text
+
+
+def test_convnext_imports_its_layer_norm_2d_and_layer_scale_and_rebuilds_to_the_same_outputs():
+    imported = _rebuilds_exactly("convnext", "small_convnext", (3, 32, 32))
+    data = yaml.safe_load(imported.text)
+    # LayerNorm2d: channels last, F.layer_norm with its own weight and bias, channels first,
+    # the layernorm named after the module holding them (as the zoo's convnext_tiny writes it)
+    assert data["layers"][1:4] == [
+        {"type": "permute", "dims": [0, 2, 3, 1]},
+        {"type": "layernorm", "name": "features_0_1", "normalized_shape": 32, "eps": 1e-6},
+        {"type": "permute", "dims": [0, 3, 1, 2]}]
+    block = data["layers"][4]
+    assert block["type"] == "residual" and block["name"] == "features_1_0"
+    # self.layer_scale * self.block(input): a (dim, 1, 1) parameter times the block
+    assert block["body"][-2] == {"type": "layerscale", "name": "features_1_0_layer_scale"}
+    assert block["body"][-1]["type"] == "stochasticdepth"
 
 
 # ---------------------------------------------------------------- refusals

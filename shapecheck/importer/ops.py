@@ -224,6 +224,14 @@ def _channel_shuffle(input, groups):
     return "channelshuffle", {"groups": groups}
 
 
+def _layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
+    # weight and bias arrive as True where the call passes the layer's own parameters
+    if weight is None and bias is not None:
+        raise Unsupported("it has a bias but no weight, which nn.LayerNorm cannot hold")
+    return "layernorm", {"normalized_shape": normalized_shape, "eps": eps,
+                         "elementwise_affine": weight is not None, "bias": bias is not None}
+
+
 def _flatten(input, start_dim=0, end_dim=-1):
     return "flatten", {"start_dim": start_dim, "end_dim": end_dim}
 
@@ -266,9 +274,14 @@ CALLS.update({
     "F.pixel_unshuffle": _pixel_unshuffle, "torch.pixel_unshuffle": _pixel_unshuffle,
     "F.channel_shuffle": _channel_shuffle, "torch.channel_shuffle": _channel_shuffle,
     "torch.native_channel_shuffle": _channel_shuffle,
+    "F.layer_norm": _layer_norm,
     "torch.flatten": _flatten, "Tensor.flatten": _flatten,
     "Tensor.permute": _permute, "torch.permute": _torch_permute,
 })
+
+# Arguments of a call that hold the layer's own parameters (ConvNeXt's LayerNorm2d passes
+# self.weight and self.bias to F.layer_norm): the stub gets True for each one passed.
+PARAMETER_ARGS: dict[str, tuple[str, ...]] = {"F.layer_norm": ("weight", "bias")}
 
 # Calls that give their input unchanged (for the shapes and the maths of a forward pass).
 PASS_THROUGH = frozenset({"Tensor.contiguous", "Tensor.clone", "torch.clone"})

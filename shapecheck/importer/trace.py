@@ -12,6 +12,7 @@ nothing at all (sizes, `.contiguous()`, nn.Identity).
 from __future__ import annotations
 
 import builtins
+import inspect
 import linecache
 import math
 import operator
@@ -390,15 +391,53 @@ class _Converter:
         if not node.args:
             raise self._fail(node, shown, "it has no layer type in shapecheck")
         source = self.tensor(node, node.args[0], shown)
-        rest = (*node.args[1:], *node.kwargs.values())
-        if name in ops.CALLS and _has_node(rest):
+        args, kwargs, owner = node.args[1:], dict(node.kwargs), None
+        if name in ops.PARAMETER_ARGS:
+            args, kwargs, owner = self.own_parameters(node, name, args, kwargs)
+        if name in ops.CALLS and _has_node((*args, *kwargs.values())):
             raise self._fail(node, shown, "an argument is computed in the forward (a spec "
                              "holds numbers)")
         try:
-            entry = ops.call_entry(name, (None, *node.args[1:]), dict(node.kwargs))
+            entry = ops.call_entry(name, (None, *args), kwargs)
         except ops.Unsupported as e:
             raise self._fail(node, shown, str(e)) from None
+        name = self.name(owner) if owner else None
+        if name:  # the module that holds its parameters (ConvNeXt's LayerNorm2d) names it
+            entry = {"type": entry["type"], "name": name, **entry}
         self.add(node, LAYER, [source], shown, entry=entry)
+
+    def own_parameters(self, node: fx.Node, name: str, args: tuple, kwargs: dict):
+        """The call's arguments with each parameter it passes (F.layer_norm's weight=
+        self.weight) as True: the layer's own parameters, which the spec's layer makes. Also
+        the qualified name of the module holding the first one ("" for the root)."""
+        shown = ops.shown(name)
+        try:
+            bound = inspect.signature(ops.CALLS[name]).bind(None, *args, **kwargs)
+        except TypeError as e:
+            raise self._fail(node, shown, f"its arguments are not those of {name}: {e}"
+                             ) from None
+        owner = None
+        for field in ops.PARAMETER_ARGS[name]:
+            value = bound.arguments.get(field)
+            if isinstance(value, fx.Node):
+                if self._parameter(value) is None:
+                    what = f"self.{value.target}" if value.op == "get_attr" else \
+                        f"a tensor computed in the forward ({value.name})"
+                    raise self._fail(node, shown, f"its {field} is {what}, which is no "
+                                     "parameter (nn.Parameter) of the module: the layer the "
+                                     f"spec makes holds its own {field}")
+                owner = value.target.rpartition(".")[0] if owner is None else owner
+                bound.arguments[field] = True
+        return bound.args[1:], bound.kwargs, owner
+
+    def _parameter(self, node: fx.Node):
+        """The nn.Parameter that a get_attr node reads, or None."""
+        if node.op != "get_attr":
+            return None
+        try:
+            return self.module.get_parameter(node.target)
+        except AttributeError:
+            return None
 
     def merge(self, node: fx.Node, name: str, kind: str) -> None:
         shown = ops.shown(name)
@@ -407,12 +446,36 @@ class _Converter:
         if len(node.args) > 2 or extra:
             raise self._fail(node, shown, "only a plain a + b or a * b of two tensors "
                              "makes a block")
+        if kind == MUL and self.layer_scale(node, shown, args):
+            return
         if not all(isinstance(a, fx.Node) and a in self.of for a in args):
             number = next(a for a in args if not (isinstance(a, fx.Node) and a in self.of))
             raise self._fail(node, shown, f"it {'adds' if kind == ADD else 'multiplies by'} "
                              f"{_describe(number)}, and a spec has no layer for that (a "
                              "residual adds two paths, a gate multiplies by a computed gate)")
         self.add(node, kind, [self.of[a] for a in args], shown)
+
+    def layer_scale(self, node: fx.Node, shown: str, args: list) -> bool:
+        """``self.gamma * x`` with a parameter of one value per channel of x, shaped to
+        broadcast over them (ConvNeXt's (C, 1, 1) layer_scale): a layerscale layer."""
+        params = [a for a in args if isinstance(a, fx.Node) and self._parameter(a) is not None]
+        if len(params) != 1:
+            return False
+        (tensor,) = [a for a in args if a is not params[0]]
+        if not isinstance(tensor, fx.Node) or tensor not in self.of \
+                or self.of[tensor].kind not in (INPUT, LAYER, ADD, MUL, CAT, PART):
+            return False
+        x, weight = self.results[tensor], tuple(self.results[params[0]])
+        aligned = (1,) * (len(x) - len(weight)) + weight
+        if not (2 <= len(x) and len(x) - 1 <= len(weight) <= len(x) and aligned[1] == x[1]
+                and all(size == 1 for i, size in enumerate(aligned) if i != 1)):
+            return False
+        entry = {"type": "layerscale"}
+        name = self.name(params[0].target)
+        if name:
+            entry["name"] = name
+        self.add(node, LAYER, [self.of[tensor]], shown, entry=entry)
+        return True
 
     def cat(self, node: fx.Node, name: str) -> None:
         shown = ops.shown(name)

@@ -51,7 +51,7 @@ class NeedsWidth(nn.Module):
 class ReadsParameter(nn.Module):
     def __init__(self):
         super().__init__()
-        self.scale = nn.Parameter(torch.ones(1, 3, 1, 1))
+        self.scale = nn.Parameter(torch.ones(1, 1, 8, 8))  # per position: no layer scale
 
     def forward(self, x):
         return x * self.scale
