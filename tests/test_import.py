@@ -356,6 +356,16 @@ def test_convnext_imports_its_layer_norm_2d_and_layer_scale_and_rebuilds_to_the_
     assert block["body"][-1]["type"] == "stochasticdepth"
 
 
+def test_a_resnet_with_frozen_batchnorm_imports_it_frozen_and_rebuilds_to_the_same_outputs():
+    imported = _rebuilds_exactly("detection", "frozen_resnet", (3, 32, 32))
+    norms = [layer for layer in imported.plan.walk() if layer.type.endswith("batchnorm2d")]
+    assert len(norms) == 1 + 4 * 4 and {layer.type for layer in norms} == {"frozenbatchnorm2d"}
+    assert all(layer.params == 0 for layer in norms)  # buffers, as torch counts them
+    assert imported.plan.params == 8_017_098  # the convolutions and fc only
+    assert yaml.safe_load(imported.text)["layers"][1] == {"type": "frozenbatchnorm2d",
+                                                          "name": "bn1"}
+
+
 # ---------------------------------------------------------------- refusals
 
 

@@ -48,13 +48,20 @@ def module_kind(module) -> type[LayerSpec] | None:
         if kind is not None and base.__module__.startswith("torch.nn"):
             return kind if cls.forward is base.forward else None
     kind = HELPER_KINDS.get(cls.__name__)
-    if kind is not None and all(hasattr(module, a) for a in _helper_attributes(kind)):
+    if kind is not None and all(hasattr(module, a) for a in _helper_attributes(kind)) \
+            and all(b in getattr(module, "_buffers", {}) for b in _helper_buffers(kind)):
         return kind
     return None
 
 
 def _helper_attributes(kind: type[LayerSpec]) -> list[str]:
     return re.findall(r"self\.(\w+) = ", kind.helper_source)
+
+
+def _helper_buffers(kind: type[LayerSpec]) -> list[str]:
+    # torchvision's FrozenBatchNorm2d keeps its weight as a buffer: one with a parameter is
+    # another layer
+    return re.findall(r'self\.register_buffer\("(\w+)"', kind.helper_source)
 
 
 def module_entry(module, kind: type[LayerSpec]) -> dict:
