@@ -366,6 +366,13 @@ def test_a_resnet_with_frozen_batchnorm_imports_it_frozen_and_rebuilds_to_the_sa
                                                           "name": "bn1"}
 
 
+def test_a_forward_returning_a_dict_of_one_tensor_imports_that_tensor():
+    imported = _rebuilds_exactly("detection", "FeatureHead", (3, 32, 32))
+    assert "# The forward returns {'out': tensor}; the spec's output is that tensor.\n" \
+        in imported.text
+    assert imported.plan.output_shape == ("N", 5, 1, 1)
+
+
 # ---------------------------------------------------------------- refusals
 
 
@@ -410,12 +417,45 @@ def test_a_custom_autograd_op_is_refused_at_its_line(tmp_path, capsys, monkeypat
     ("Crossing", "a = self.a(x)", ("self.a at untraceable.py:{line} (`a = self.a(x)`) feeds "
      "more than one input of torch.cat")),
     ("TwoOutputs", None, "the forward returns a tuple: a spec has one output tensor"),
+    ("BufferNorm", "return F.layer_norm", ("F.layer_norm at untraceable.py:{line} (`return "
+     "F.layer_norm(x.permute(0, 2, 3, 1), (3,), self.gain).permute(0, 3, 1, 2)`): its weight is "
+     "self.gain, which is no parameter (nn.Parameter) of the module: the layer the spec makes "
+     "holds its own weight")),
 ])
 def test_a_forward_with_no_spec_structure_is_refused(tmp_path, capsys, monkeypatch, name, line,
                                                     message):
     path = MODELS / "untraceable.py"
     err = _refused(tmp_path, capsys, monkeypatch, [f"{path}:{name}", "--input", "3x8x8"])
     assert message.format(line=line and _line_of(path, line)) in err
+
+
+def test_a_dict_of_two_tensors_is_refused_by_its_keys(tmp_path, capsys, monkeypatch):
+    err = _refused(tmp_path, capsys, monkeypatch, [f"{MODELS / 'detection.py'}:TwoHeads",
+                                                   "--input", "3x32x32"])
+    assert "the forward returns a dict of 2 values ('out', 'aux'): a spec has one output " \
+        "tensor" in err
+
+
+def test_a_view_transpose_view_that_is_no_channel_shuffle_is_refused(tmp_path, capsys,
+                                                                     monkeypatch):
+    path = MODELS / "shufflenet.py"
+    err = _refused(tmp_path, capsys, monkeypatch, [f"{path}:ShuffleBy", "--input", "3x8x8"])
+    line = _line_of(path, "x = self.conv(x).view(n, 2, 2, h, w)")
+    assert (f".view() at shufflenet.py:{line} (`x = self.conv(x).view(n, 2, 2, h, w)`): a view "
+            "that splits the 4 channels into 2 groups is a channel shuffle only when a "
+            "transpose(1, 2) and a view back to N×C×H×W follow it") in err
+
+
+def test_a_frozen_batchnorm_with_parameters_is_not_taken_as_frozen(tmp_path, capsys,
+                                                                     monkeypatch):
+    # Named as torchvision's class, with its eps and statistics, but learnt weight and bias:
+    # traced through like any module (and refused at its arithmetic), never a 0-parameter norm.
+    path = MODELS / "untraceable.py"
+    err = _refused(tmp_path, capsys, monkeypatch, [f"{path}:FrozenBatchNorm2d", "--input",
+                                                   "3x8x8"])
+    line = _line_of(path, "scale = self.weight.reshape(1, -1, 1, 1)")
+    assert f".reshape(1, -1, 1, 1) at untraceable.py:{line}" in err
+    assert "frozenbatchnorm2d" not in err
 
 
 def test_a_missing_file_is_refused(tmp_path, capsys, monkeypatch):

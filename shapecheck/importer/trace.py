@@ -128,9 +128,11 @@ def _call_name(node: fx.Node) -> str:
     return f"{module}.{getattr(target, '__qualname__', short or repr(target))}"
 
 
-def trace(model: torch.nn.Module, input_shape: tuple[int, ...]) -> tuple[list[Step], Step]:
+def trace(model: torch.nn.Module, input_shape: tuple[int, ...]
+          ) -> tuple[list[Step], Step, Any]:
     """The steps of ``model``'s forward on an input of ``input_shape`` (C, H, W), in order,
-    and the step it returns. Raises ImportFailure."""
+    the step it returns, and the key it returns that step under where the forward returns a
+    dict of one tensor ({'out': x}), else None. Raises ImportFailure."""
     tracer = _Tracer()
     try:
         graph = tracer.trace(model)
@@ -247,7 +249,7 @@ class _Converter:
         self.joined: list[tuple[Step, list[Step]]] = []  # each cat, with the inputs it wrote
         self.skip: set[fx.Node] = set()  # nodes already taken into a step (a channel shuffle)
 
-    def convert(self) -> tuple[list[Step], Step]:
+    def convert(self) -> tuple[list[Step], Step, Any]:
         output = next(n for n in self.graph.nodes if n.op == "output")
         live = {output}
         for node in reversed(list(self.graph.nodes)):
@@ -256,13 +258,21 @@ class _Converter:
         for node in self.graph.nodes:
             if node in live and node.op != "output":
                 self.node(node)
-        returned = output.args[0]
+        returned, key = output.args[0], None
+        if isinstance(returned, dict):  # torchvision's segmentation models: {'out': tensor}
+            if len(returned) != 1:
+                keys = ", ".join(map(repr, returned))
+                raise ImportFailure(f"the forward returns a dict of {len(returned)} values "
+                                    f"({keys}){self._at(output)}: a spec has one output "
+                                    "tensor")
+            ((key, returned),) = returned.items()
         if not isinstance(returned, fx.Node) or returned not in self.of:
             what = (f"a {type(returned).__name__}" if not isinstance(returned, fx.Node)
                     else "a value")
-            raise ImportFailure(f"the forward returns {what}{self._at(output)}: a spec has one "
-                                "output tensor")
-        return self.steps, self.of[returned]
+            held = f" under {key!r}" if key is not None else ""
+            raise ImportFailure(f"the forward returns {what}{held}{self._at(output)}: a spec "
+                                "has one output tensor")
+        return self.steps, self.of[returned], key
 
     # ------------------------------------------------------------ helpers
 

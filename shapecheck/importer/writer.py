@@ -84,13 +84,19 @@ def render(block: Nest) -> str:
 
 
 def to_yaml(items: list, *, name: str, input_shape: tuple[int, ...], origin: str,
-            templates: dict[str, Nest] | None = None) -> str:
-    """The spec text. ``origin`` says what was imported (``model.py:Net``)."""
+            templates: dict[str, Nest] | None = None, returned_key=None) -> str:
+    """The spec text. ``origin`` says what was imported (``model.py:Net``); ``returned_key``
+    the key of the one tensor in the dict the forward returns, if it returns a dict."""
     shape = "×".join(map(str, input_shape))
     writer = _Writer()
     lines = [
         f"{MARKER} {__version__} from {_comment(origin)}, traced with torch.fx on a {shape} input.",
         "# Each comment gives the line of source the layers below it come from.",
+    ]
+    if returned_key is not None:
+        lines.append(f"# The forward returns {{{_comment(repr(returned_key))}: tensor}}; the "
+                     "spec's output is that tensor.")
+    lines += [
         f"name: {name}",
         f"input: {_flow({'shape': list(input_shape), 'batch': 'N'})}",
     ]

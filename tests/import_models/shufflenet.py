@@ -112,7 +112,7 @@ class ShuffleBy(nn.Module):
         self.conv = nn.Conv2d(3, 4, 1)
 
     def forward(self, x):
-        n, c, h, w = x.size()
+        n, _, h, w = x.size()
         x = self.conv(x).view(n, 2, 2, h, w)
         x = x.transpose(1, 3).contiguous()
         return x.view(n, -1, h, w)

@@ -1,6 +1,7 @@
 """Modules that have no spec: each one's forward does something import must refuse."""
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -76,3 +77,30 @@ class TwoOutputs(nn.Module):
 
     def forward(self, x):
         return self.conv(x), x
+
+
+class BufferNorm(nn.Module):
+    """F.layer_norm with a buffer as its weight: no layernorm holds that."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("gain", torch.ones(3))
+
+    def forward(self, x):
+        return F.layer_norm(x.permute(0, 2, 3, 1), (3,), self.gain).permute(0, 3, 1, 2)
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """Named as torchvision's, but its weight and bias are parameters: not a frozen norm."""
+
+    def __init__(self, num_features=3, eps=1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def forward(self, x):
+        scale = self.weight.reshape(1, -1, 1, 1) * (self.running_var + self.eps).rsqrt().reshape(1, -1, 1, 1)
+        return x * scale + (self.bias - self.running_mean * self.weight).reshape(1, -1, 1, 1)
