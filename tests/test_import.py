@@ -23,6 +23,7 @@ torch = pytest.importorskip("torch")
 from shapecheck.emit.build import build_module
 from shapecheck.emit.codegen import generate
 from shapecheck.importer import MARKER, import_file
+from shapecheck.importer.structure import identifier
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = Path(__file__).resolve().parent / "import_models"
@@ -300,31 +301,60 @@ def _tensors(model) -> list[tuple[str, object]]:
     return list(visit(model, ""))
 
 
-def _rebuilds_exactly(file: str, name: str, shape: tuple[int, int, int]):
+def _in_spec_order(model, plan, unused: bool = False) -> list[tuple[str, object]]:
+    """The module's tensors in the order of the spec's layers that hold them: a layer is named
+    after the module holding its weights (`layer1.0.conv1` -> `layer1_0_conv1`), or after the
+    parameter itself (a layer scale). A graph's layers come in the forward's order, which need
+    not be the order the module registers them in (an FPN's inner and layer blocks)."""
+    position = {layer.name: i for i, layer in enumerate(plan.walk())}
+
+    def where(key: str) -> int | None:
+        for name in (identifier(key), identifier(key.rpartition(".")[0])):
+            if name in position:
+                return position[name]
+        assert unused, f"{key}: no layer of the spec holds it"
+        return None
+
+    held = [(where(key), key, value) for key, value in _tensors(model)]
+    return [(key, value) for at, key, value in sorted((h for h in held if h[0] is not None),
+                                                      key=lambda h: h[0])]
+
+
+def _rebuilds_exactly(file: str, name: str, shape: tuple[int, int, int], *,
+                      also: tuple[int, int, int] | None = None, unused: bool = False):
     """Import ``file:name``, build the spec, give the built module the original's weights
     (the tensors in the same order, each the same numbers; a layer scale kept as (C, 1, 1) by
-    torchvision is (C,) in the spec) and compare the outputs on a real input, bit for bit.
-    Returns the import."""
+    torchvision is (C,) in the spec) and compare the outputs on a real input, bit for bit (and
+    at the input size ``also``, where given). ``unused``: the module holds layers its forward
+    never calls, which the spec leaves out. Returns the import."""
     original = _model(file, name)
     _randomise(original)
     imported = import_file(f"{MODELS / file}.py:{name}", shape)
     built = build_module(imported.text).eval()
-    theirs, ours = _tensors(original), _tensors(built)
+    theirs, ours = _in_spec_order(original, imported.plan, unused), _tensors(built)
     assert len(theirs) == len(ours), ([k for k, _ in theirs], [k for k, _ in ours])
     moved = {}
     for (key, mine), (their_key, value) in zip(ours, theirs):
         assert mine.numel() == value.numel(), (key, mine.shape, their_key, value.shape)
         moved[key] = value.reshape(mine.shape)
     built.load_state_dict(moved)
-    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        want, got = original(x), built(x)
-    if isinstance(want, dict):
-        (want,) = want.values()
-    assert got.shape == want.shape
-    torch.testing.assert_close(got, want, rtol=0, atol=0)
-    assert imported.plan.params == sum(p.numel() for p in original.parameters()) \
-        == sum(p.numel() for p in built.parameters())
+    for size in (shape, also) if also else (shape,):
+        x = torch.randn(2, *size, generator=torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            want, got = original(x), built(x)
+        if isinstance(want, dict) and len(want) == 1:
+            (want,) = want.values()
+        if isinstance(want, dict):  # several outputs: the spec's, in the same order
+            assert list(got) == yaml.safe_load(imported.text)["outputs"]
+            want, got = list(want.values()), list(got.values())
+        else:
+            want, got = [want], [got]
+        for mine, theirs_value in zip(got, want, strict=True):
+            assert mine.shape == theirs_value.shape
+            torch.testing.assert_close(mine, theirs_value, rtol=0, atol=0)
+    assert imported.plan.params == sum(p.numel() for p in built.parameters())
+    if not unused:
+        assert imported.plan.params == sum(p.numel() for p in original.parameters())
     return imported
 
 
@@ -373,6 +403,78 @@ def test_a_forward_returning_a_dict_of_one_tensor_imports_that_tensor():
     assert imported.plan.output_shape == ("N", 5, 1, 1)
 
 
+# ---------------------------------------------------------------- graphs
+
+
+def test_fcn_upsamples_like_its_input_and_is_exact_at_other_sizes():
+    imported = _rebuilds_exactly("segmentation", "fcn_resnet", (3, 64, 64), also=(3, 52, 52))
+    data = yaml.safe_load(imported.text)
+    # input_shape = x.shape[-2:] ... F.interpolate(x, size=input_shape, ...)
+    assert data["layers"][-1] == {"type": "upsample", "size": {"like": "input"},
+                                  "mode": "bilinear", "align_corners": False}
+    # the backbone's blocks stay blocks; nothing else reads by name
+    assert [layer["type"] for layer in data["layers"][4:8]] == ["residual"] * 4
+    assert not any("from" in layer for layer in data["layers"])
+
+
+def test_lraspp_multiplies_two_branches_and_upsamples_like_a_low_level_tap():
+    imported = _rebuilds_exactly("segmentation", "lraspp_small", (3, 64, 64), also=(3, 72, 40))
+    layers = {layer.get("name", i): layer
+              for i, layer in enumerate(yaml.safe_load(imported.text)["layers"])}
+    # x = self.cbr(high); s = self.scale(high); x = x * s
+    assert layers["classifier_scale_0"]["from"] == "backbone_5_2"
+    assert {"type": "mul", "from": ["classifier_cbr_2", "classifier_scale_2"]} in layers.values()
+    # F.interpolate(x, size=low.shape[-2:]), then low_classifier(low) + high_classifier(x)
+    assert layers["classifier_upsample"]["size"] == {"like": "backbone_3_2"}
+    assert layers["classifier_low_classifier"]["from"] == "backbone_3_2"
+    assert {"type": "add", "from": ["classifier_low_classifier",
+                                    "classifier_high_classifier"]} in layers.values()
+
+
+def test_a_feature_pyramid_imports_its_levels_as_outputs():
+    imported = _rebuilds_exactly("segmentation", "resnet_fpn", (3, 64, 64), also=(3, 96, 80))
+    data = yaml.safe_load(imported.text)
+    assert data["outputs"] == ["fpn_layer_blocks_0_0", "fpn_layer_blocks_1_0",
+                               "fpn_layer_blocks_2_0", "fpn_layer_blocks_3_0",
+                               "fpn_extra_blocks_maxpool2d"]
+    assert ("# The forward returns {'0': fpn_layer_blocks_0_0, '1': fpn_layer_blocks_1_0, "
+            "'2': fpn_layer_blocks_2_0, '3': fpn_layer_blocks_3_0, 'pool': "
+            "fpn_extra_blocks_maxpool2d}: `outputs:` lists them in that order.") in imported.text
+    layers = {layer.get("name"): layer for layer in data["layers"]}
+    # inner_top_down = F.interpolate(last_inner, size=inner_lateral.shape[-2:])
+    assert {"type": "upsample", "from": "fpn_inner_blocks_3_0",
+            "size": {"like": "fpn_inner_blocks_2_0"}} in data["layers"]
+    assert layers["fpn_add"]["from"] == ["fpn_inner_blocks_2_0", "prev"]
+    assert imported.plan.output_shape == ("N", 32, 1, 1)
+
+
+def test_fcn_with_its_aux_classifier_returns_both_as_outputs():
+    imported = _rebuilds_exactly("segmentation", "fcn_resnet_with_aux", (3, 64, 64))
+    data = yaml.safe_load(imported.text)
+    # result["out"] (the classifier's, upsampled), result["aux"] (layer3's through its head)
+    assert data["outputs"] == ["upsample", "upsample_1"]
+    assert data["layers"][-1] == {"type": "upsample", "name": "upsample_1",
+                                  "size": {"like": "input"}, "mode": "bilinear",
+                                  "align_corners": False}
+    assert data["layers"][-6]["from"] == "backbone_layer3_0"  # the aux head reads layer3
+
+
+def test_one_level_of_a_feature_pyramid_imports_what_its_forward_computes():
+    imported = _rebuilds_exactly("segmentation", "FinestLevel", (3, 64, 64), unused=True)
+    assert imported.plan.output_shape == ("N", 32, 16, 16)
+    assert imported.plan.params == imported.module_params - 3 * (32 * 32 * 9 + 32)
+
+
+def test_paths_that_cross_import_as_a_graph():
+    imported = _rebuilds_exactly("untraceable", "Crossing", (3, 8, 8))
+    assert yaml.safe_load(imported.text)["layers"] == [
+        {"type": "conv2d", "name": "a", "out_channels": 3, "kernel_size": 1},
+        {"type": "conv2d", "name": "b", "from": "input", "out_channels": 3, "kernel_size": 1},
+        {"type": "add", "name": "add", "from": ["b", "a"]},  # b = self.b(x) + a
+        {"type": "add", "from": ["a", "input"]},  # torch.cat([a + x, b], 1)
+        {"type": "cat", "from": ["prev", "add"]}]
+
+
 # ---------------------------------------------------------------- refusals
 
 
@@ -414,9 +516,8 @@ def test_a_custom_autograd_op_is_refused_at_its_line(tmp_path, capsys, monkeypat
 @pytest.mark.parametrize("name, line, message", [
     ("ReadsParameter", "return x * self.scale", ("self.scale at untraceable.py:{line}"
      " (`return x * self.scale`) uses a tensor that does not come from the forward's input")),
-    ("Crossing", "a = self.a(x)", ("self.a at untraceable.py:{line} (`a = self.a(x)`) feeds "
-     "more than one input of torch.cat")),
-    ("TwoOutputs", None, "the forward returns a tuple: a spec has one output tensor"),
+    ("TwoOutputs", None, ("the forward returns its input: a spec's outputs are tensors its "
+                          "layers make")),
     ("BufferNorm", "return F.layer_norm", ("F.layer_norm at untraceable.py:{line} (`return "
      "F.layer_norm(x.permute(0, 2, 3, 1), (3,), self.gain).permute(0, 3, 1, 2)`): its weight is "
      "self.gain, which is no parameter (nn.Parameter) of the module: the layer the spec makes "
@@ -427,13 +528,6 @@ def test_a_forward_with_no_spec_structure_is_refused(tmp_path, capsys, monkeypat
     path = MODELS / "untraceable.py"
     err = _refused(tmp_path, capsys, monkeypatch, [f"{path}:{name}", "--input", "3x8x8"])
     assert message.format(line=line and _line_of(path, line)) in err
-
-
-def test_a_dict_of_two_tensors_is_refused_by_its_keys(tmp_path, capsys, monkeypatch):
-    err = _refused(tmp_path, capsys, monkeypatch, [f"{MODELS / 'detection.py'}:TwoHeads",
-                                                   "--input", "3x32x32"])
-    assert "the forward returns a dict of 2 values ('out', 'aux'): a spec has one output " \
-        "tensor" in err
 
 
 def test_a_view_transpose_view_that_is_no_channel_shuffle_is_refused(tmp_path, capsys,

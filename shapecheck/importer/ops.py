@@ -290,6 +290,9 @@ CALLS.update({
 # self.weight and self.bias to F.layer_norm): the stub gets True for each one passed.
 PARAMETER_ARGS: dict[str, tuple[str, ...]] = {"F.layer_norm": ("weight", "bias")}
 
+# Calls whose size may be another tensor's H×W (size=other.shape[-2:]): `size: {like: NAME}`.
+SIZED = frozenset({"F.interpolate", "F.upsample"})
+
 # Calls that give their input unchanged (for the shapes and the maths of a forward pass).
 PASS_THROUGH = frozenset({"Tensor.contiguous", "Tensor.clone", "torch.clone"})
 ADDS = frozenset({"operator.add", "operator.iadd", "torch.add", "Tensor.add", "Tensor.add_",

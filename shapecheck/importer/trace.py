@@ -25,7 +25,20 @@ import torch.nn.functional as F
 from torch import fx
 
 from . import ops
-from .steps import ADD, CAT, CHUNK, INPUT, LAYER, MUL, OTHER, PART, ImportFailure, Source, Step
+from .steps import (
+    ADD,
+    CAT,
+    CHUNK,
+    INPUT,
+    LAYER,
+    MUL,
+    OTHER,
+    OUTPUT,
+    PART,
+    ImportFailure,
+    Source,
+    Step,
+)
 from .structure import identifier
 
 BATCH = 2  # the traced batch: not 1, so that a size that follows the batch is told from a 1
@@ -259,20 +272,42 @@ class _Converter:
             if node in live and node.op != "output":
                 self.node(node)
         returned, key = output.args[0], None
-        if isinstance(returned, dict):  # torchvision's segmentation models: {'out': tensor}
-            if len(returned) != 1:
-                keys = ", ".join(map(repr, returned))
-                raise ImportFailure(f"the forward returns a dict of {len(returned)} values "
-                                    f"({keys}){self._at(output)}: a spec has one output "
-                                    "tensor")
+        if isinstance(returned, dict) and len(returned) == 1:  # {'out': tensor}
             ((key, returned),) = returned.items()
-        if not isinstance(returned, fx.Node) or returned not in self.of:
-            what = (f"a {type(returned).__name__}" if not isinstance(returned, fx.Node)
+        elif isinstance(returned, (dict, tuple, list)) and len(returned) > 1:
+            return self.steps, self.outputs(output, returned), None
+        return self.steps, self.returned(output, returned, key), key
+
+    def returned(self, output: fx.Node, value: Any, key: Any) -> Step:
+        """The step a forward returns (under ``key`` in its dict, where it returns one)."""
+        if not isinstance(value, fx.Node) or value not in self.of:
+            what = (f"a {type(value).__name__}" if not isinstance(value, fx.Node)
                     else "a value")
             held = f" under {key!r}" if key is not None else ""
-            raise ImportFailure(f"the forward returns {what}{held}{self._at(output)}: a spec "
-                                "has one output tensor")
-        return self.steps, self.of[returned], key
+            raise ImportFailure(f"the forward returns {what}{held}{self._at(output)}: a spec's "
+                                "outputs are tensors its layers make")
+        step = self.of[value]
+        if step.kind == INPUT:
+            held = f" under {key!r}" if key is not None else ""
+            raise ImportFailure(f"the forward returns its input{held}{self._at(output)}: a "
+                                "spec's outputs are tensors its layers make")
+        return step
+
+    def outputs(self, output: fx.Node, returned: Any) -> Step:
+        """Several returned tensors (an FPN's levels, {'out': …, 'aux': …}): one OUTPUT step
+        reading them all, which becomes the spec's `outputs:`."""
+        keys = list(returned) if isinstance(returned, dict) else None
+        values = list(returned.values()) if isinstance(returned, dict) else list(returned)
+        steps = [self.returned(output, v, k) for v, k in zip(values, keys or [None] * len(values))]
+        if len(set(map(id, steps))) != len(steps):
+            raise ImportFailure(f"the forward returns one tensor twice{self._at(output)}: a "
+                                "spec's outputs are distinct layers")
+        step = Step(OUTPUT, steps, "the outputs", where=output.meta.get("shapecheck_source"),
+                    order=len(self.steps), keys=keys)
+        for source in steps:
+            source.users.append(step)
+        self.steps.append(step)
+        return step
 
     # ------------------------------------------------------------ helpers
 
@@ -401,12 +436,16 @@ class _Converter:
         if not node.args:
             raise self._fail(node, shown, "it has no layer type in shapecheck")
         source = self.tensor(node, node.args[0], shown)
-        args, kwargs, owner = node.args[1:], dict(node.kwargs), None
+        args, kwargs, owner, like = node.args[1:], dict(node.kwargs), None, None
         if name in ops.PARAMETER_ARGS:
             args, kwargs, owner = self.own_parameters(node, name, args, kwargs)
+        if name in ops.SIZED:
+            args, kwargs, like = self.sized_like(node, args, kwargs)
         if name in ops.CALLS and _has_node((*args, *kwargs.values())):
             raise self._fail(node, shown, "an argument is computed in the forward (a spec "
-                             "holds numbers)")
+                             "holds numbers)" + ("; a size may be another tensor's H×W, "
+                                                 "size=other.shape[-2:]"
+                                                 if name in ops.SIZED else ""))
         try:
             entry = ops.call_entry(name, (None, *args), kwargs)
         except ops.Unsupported as e:
@@ -414,7 +453,25 @@ class _Converter:
         name = self.name(owner) if owner else None
         if name:  # the module that holds its parameters (ConvNeXt's LayerNorm2d) names it
             entry = {"type": entry["type"], "name": name, **entry}
-        self.add(node, LAYER, [source], shown, entry=entry)
+        if like is not None:  # named once the spec's layers are known (structure.py)
+            entry["size"] = {"like": None}
+        self.add(node, LAYER, [source, *([like] if like else [])], shown, entry=entry,
+                 like=like)
+
+    def sized_like(self, node: fx.Node, args: tuple, kwargs: dict):
+        """F.interpolate's arguments with a size taken from a tensor (``size=other.shape[-2:]``,
+        ``size=(y.size(2), y.size(3))``) replaced by a number, and that tensor's step; or the
+        arguments as they are and None."""
+        try:
+            bound = inspect.signature(ops.CALLS[_call_name(node)]).bind(None, *args, **kwargs)
+        except TypeError:
+            return args, kwargs, None  # call_entry says what is wrong
+        size = bound.arguments.get("size")
+        tensor = _height_and_width_of(size, self.results)
+        if tensor is None or tensor not in self.of:
+            return args, kwargs, None
+        bound.arguments["size"] = 1  # any size, so that the other arguments are checked
+        return bound.args[1:], bound.kwargs, self.of[tensor]
 
     def own_parameters(self, node: fx.Node, name: str, args: tuple, kwargs: dict):
         """The call's arguments with each parameter it passes (F.layer_norm's weight=
@@ -625,6 +682,45 @@ def _swaps_1_2(node: fx.Node) -> bool:
         return all(isinstance(d, int) for d in dims) \
             and [d % 5 for d in dims] == [0, 2, 1, 3, 4]
     return False
+
+
+def _height_and_width_of(size: Any, results: dict) -> fx.Node | None:
+    """The 4-d tensor whose H×W ``size`` is: ``t.shape[-2:]``, ``t.size()[2:]``, or the pair
+    ``(t.size(2), t.shape[3])``; None for anything else."""
+
+    def source(node, sliced: bool):
+        """t of ``t.shape`` / ``t.size()`` (sliced) or of ``t.size(d)`` / ``t.shape[d]``."""
+        if not isinstance(node, fx.Node) or node.op not in ("call_function", "call_method"):
+            return None, None
+        if node.op == "call_method" and node.target == "size" and len(node.args) == 2 \
+                and not sliced:
+            return node.args[0], node.args[1]
+        if node.op == "call_function" and node.target is operator.getitem:
+            base, index = node.args
+            whole = isinstance(base, fx.Node) and (
+                (base.op == "call_method" and base.target == "size" and len(base.args) == 1)
+                or (base.op == "call_function" and base.target is builtins.getattr
+                    and base.args[1] == "shape"))
+            if whole:
+                return base.args[0], index
+        return None, None
+
+    def is_4d(t) -> bool:
+        shape = results.get(t)
+        return isinstance(shape, _Shape) and len(shape) == 4
+
+    if isinstance(size, fx.Node):
+        tensor, index = source(size, True)
+        if isinstance(index, slice) and index.stop is None and index.step is None \
+                and index.start in (-2, 2) and is_4d(tensor):
+            return tensor
+        return None
+    if isinstance(size, (list, tuple)) and len(size) == 2:
+        (t1, d1), (t2, d2) = source(size[0], False), source(size[1], False)
+        if t1 is not None and t1 is t2 and is_4d(t1) and isinstance(d1, int) \
+                and isinstance(d2, int) and (d1 % 4, d2 % 4) == (2, 3):
+            return t1
+    return None
 
 
 def _has_node(value: Any) -> bool:

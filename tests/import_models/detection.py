@@ -164,11 +164,3 @@ class FeatureHead(nn.Module):
         result = OrderedDict()
         result["out"] = self.classifier(features["out"])
         return result
-
-
-class TwoHeads(FeatureHead):
-    """Returns {'out': ..., 'aux': ...}: two tensors, which a spec of one output cannot hold."""
-
-    def forward(self, x):
-        features = self.backbone(x)
-        return {"out": self.classifier(features["out"]), "aux": features["out"]}
