@@ -465,6 +465,63 @@ def test_one_level_of_a_feature_pyramid_imports_what_its_forward_computes():
     assert imported.plan.params == imported.module_params - 3 * (32 * 32 * 9 + 32)
 
 
+def test_a_unet_imports_flat_with_its_skips_named():
+    imported = _rebuilds_exactly("segmentation", "UNet", (3, 32, 32), also=(3, 48, 64))
+    data = yaml.safe_load(imported.text)
+    # x = torch.cat([x2, x1], dim=1) in each Up: the encoder's output read by name
+    cats = [layer for layer in data["layers"] if layer["type"] == "cat"]
+    assert [c["from"] for c in cats] == [
+        ["down2_maxpool_conv_1_double_conv_5", "up1_up"],
+        ["down1_maxpool_conv_1_double_conv_5", "up2_up"],
+        ["inc_double_conv_5", "up3_up"]]
+    assert not any(layer.is_block for layer in imported.plan.walk())  # no nesting at all
+
+
+GRAPH_SPEC = """\
+name: graphy
+input: {shape: [3, 32, 32]}
+layers:
+  - {type: conv2d, name: stem, out_channels: 8, kernel_size: 3, padding: 1}
+  - relu
+  - {type: conv2d, name: a, out_channels: 8, kernel_size: 3, stride: 2, padding: 1}
+  - {type: conv2d, name: b, from: stem, out_channels: 8, kernel_size: 1}
+  - {type: maxpool2d, name: pooled, kernel_size: 2}
+  - {type: add, name: sum3, from: [a, pooled, a]}
+  - type: residual
+    name: res
+    body: [{type: conv2d, out_channels: 8, kernel_size: 3, padding: 1}]
+  - {type: conv2d, name: gate, out_channels: 8, kernel_size: 1}
+  - sigmoid
+  - {type: mul, name: gated, from: [res, prev]}
+  - {type: upsample, name: up, size: {like: stem}, mode: bilinear, align_corners: false}
+  - {type: cat, name: joined, from: [stem, up, b]}
+  - {type: conv2d, name: head, out_channels: 4, kernel_size: 1}
+outputs: [gated, head]
+"""
+
+
+def test_a_graph_spec_built_then_imported_gives_the_same_graph(tmp_path):
+    original = shapecheck.plan(GRAPH_SPEC)
+    assert original.valid and not original.warnings
+    generated = generate(original)
+    module = tmp_path / "graphy_model.py"
+    module.write_text(generated.source, encoding="utf-8")
+    imported = import_file(f"{module}:{generated.class_name}", (3, 32, 32))
+    ours, theirs = imported.plan.to_dict(), original.to_dict()
+    assert ours["outputs"] == theirs["outputs"]
+
+    def rows(d):
+        return [(e["name"], e["type"], e.get("inputs"), e["output_shape"], e["params"])
+                for e in d["layers"]]
+
+    assert rows(ours) == rows(theirs)
+    data = yaml.safe_load(imported.text)
+    assert data["layers"][5] == {"type": "add", "name": "sum3", "from": ["a", "pooled", "a"]}
+    assert data["layers"][10] == {"type": "upsample", "name": "up", "size": {"like": "stem"},
+                                  "mode": "bilinear", "align_corners": False}
+    assert data["layers"][6]["type"] == "residual"  # a block stays a block
+
+
 def test_paths_that_cross_import_as_a_graph():
     imported = _rebuilds_exactly("untraceable", "Crossing", (3, 8, 8))
     assert yaml.safe_load(imported.text)["layers"] == [

@@ -27,8 +27,10 @@ DROPPED = frozenset({"inplace"}) | INFERRED
 
 TORCH_KINDS: dict[str, type[LayerSpec]] = {k.torch_class: k for k in KINDS.values()
                                            if k.torch_class and not k.is_block}
+# build's merge modules (Add, Cat …) take several tensors: fx traces through them, to the
+# +, * or torch.cat inside, as through any module.
 HELPER_KINDS: dict[str, type[LayerSpec]] = {k.helper: k for k in KINDS.values()
-                                            if k.helper and not k.is_block}
+                                            if k.helper and not k.is_block and not k.is_merge}
 
 
 class Unsupported(Exception):

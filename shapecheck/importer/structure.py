@@ -27,6 +27,7 @@ pieces of a chunk used apart) is an ImportFailure naming the operation and its l
 from __future__ import annotations
 
 import keyword
+from collections import Counter
 from dataclasses import dataclass
 from functools import reduce
 
@@ -234,7 +235,45 @@ def _split(graph: _Graph, chunk: Step, region: set[Step]) -> tuple[Nest, Step]:
 
 
 def _nest(type_name: str, branches: list, join: Step) -> Nest:
+    """The block of ``branches`` merged by ``join``, where it is one: see _held."""
+    if not _held(branches, join):
+        raise ImportFailure(f"{join.what}{join.at()} joins tensors from elsewhere in the "
+                            "network: a skip, not a block")
     return Nest(type_name, branches, join, join.where, join.scope, join.scope_class)
+
+
+def _held(branches: list, join: Step) -> bool:
+    """Whether a merge and its branches make a block: the module whose forward merges holds
+    every layer of the branches (a BasicBlock, an Inception module, build's Residual), or
+    they are all one other module's that is not around the merge (DenseNet's next layer joins
+    the features of the one before). A merge of tensors from further away (a U-Net's decoder
+    joining the encoder's output) is a skip, and so is a merge by build's own Add, Mul or Cat
+    module: the spec writes those as a graph."""
+    from ..core.layers import KINDS
+
+    if join.scope_class in {k.helper for k in KINDS.values() if k.is_merge}:
+        return False
+
+    def under(path: str, scope: str) -> bool:
+        return not scope or path == scope or path.startswith(scope + ".")
+
+    def paths(items) -> list[str]:
+        return [p for item in items for p in (
+            [q for _, branch in item.branches for q in paths(branch)] if isinstance(item, Nest)
+            else [item.step.module or item.step.scope])]
+
+    held = [p for _, branch in branches for p in paths(branch)]
+    if all(under(p, join.scope) for p in held):
+        return True
+    common = held[0].split(".")
+    for path in held[1:]:
+        parts = path.split(".")
+        n = 0
+        while n < min(len(common), len(parts)) and common[n] == parts[n]:
+            n += 1
+        common = common[:n]
+    owner = ".".join(common)
+    return bool(owner) and not under(join.scope, owner)
 
 
 def _with_activation(graph: _Graph, block: Nest, region: set[Step]) -> tuple[Nest, Step]:
@@ -287,7 +326,15 @@ class _GraphWriter:
             self.sources[id(item)] = list(step.inputs)
         else:  # a merge: add, mul, cat
             item = Leaf({"type": step.kind}, step)
-            self.sources[id(item)] = list(step.inputs)
+            sources = list(step.inputs)
+            last = self.items[-1] if self.items else None
+            if step.kind in (ADD, MUL) and isinstance(last, Leaf) and id(last) in self.merges \
+                    and last.step is sources[0] and last.step.kind == step.kind \
+                    and self.graph.users(last.step) == [step]:
+                # (a + b) + c, as build's Add sums three: one add of three
+                self.items.pop()
+                sources = self.sources[id(last)] + sources[1:]
+            self.sources[id(item)] = sources
             self.merges.add(id(item))
         self.items.append(item)
 
@@ -337,6 +384,16 @@ class _GraphWriter:
         taken = {i.entry["name"] for i in flatten(self.items)
                  if isinstance(i, Leaf) and i.entry.get("name")}
         taken |= {i.name for i in flatten(self.items) if isinstance(i, Nest) and i.name}
+        # A module whose forward makes one layer (build's Add, Cat, UpsampleLike …) names it.
+        made = Counter(i.step.scope for i in flatten(self.items) if isinstance(i, Leaf))
+        for item in self.items:
+            scope = item.step.scope
+            name = identifier(scope) if scope and made[scope] == 1 else None
+            if isinstance(item, Leaf) and "name" not in item.entry and name \
+                    and name not in taken:
+                taken.add(name)
+                item.entry = {"type": item.entry["type"], "name": name,
+                              **{k: v for k, v in item.entry.items() if k != "type"}}
 
         def name_of(step: Step, previous) -> str:
             if step.kind == INPUT:

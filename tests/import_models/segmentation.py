@@ -7,6 +7,7 @@ dict). Each backbone is small, so that the tests run in a moment."""
 
 from collections import OrderedDict
 
+import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -288,3 +289,71 @@ class FinestLevel(BackboneWithFPN):
 
     def forward(self, x):
         return self.fpn(self.body(x))["0"]
+
+
+# -- a U-Net ----------------------------------------------------------------------------------
+
+
+class DoubleConv(nn.Module):
+    """(conv => BN => ReLU) * 2, as the common U-Net implementations write it."""
+
+    def __init__(self, in_channels, out_channels):
+        super().__init__()
+        self.double_conv = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x):
+        return self.double_conv(x)
+
+
+class Down(nn.Module):
+    def __init__(self, in_channels, out_channels):
+        super().__init__()
+        self.maxpool_conv = nn.Sequential(nn.MaxPool2d(2), DoubleConv(in_channels, out_channels))
+
+    def forward(self, x):
+        return self.maxpool_conv(x)
+
+
+class Up(nn.Module):
+    """Upsampling, then the skip joined on channels (input sizes divisible by 2 per level, so
+    that no padding is needed)."""
+
+    def __init__(self, in_channels, out_channels):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(in_channels, in_channels // 2, kernel_size=2, stride=2)
+        self.conv = DoubleConv(in_channels, out_channels)
+
+    def forward(self, x1, x2):
+        x1 = self.up(x1)
+        x = torch.cat([x2, x1], dim=1)
+        return self.conv(x)
+
+
+class UNet(nn.Module):
+    def __init__(self, n_channels=3, n_classes=2, width=8):
+        super().__init__()
+        self.inc = DoubleConv(n_channels, width)
+        self.down1 = Down(width, width * 2)
+        self.down2 = Down(width * 2, width * 4)
+        self.down3 = Down(width * 4, width * 8)
+        self.up1 = Up(width * 8, width * 4)
+        self.up2 = Up(width * 4, width * 2)
+        self.up3 = Up(width * 2, width)
+        self.outc = nn.Conv2d(width, n_classes, kernel_size=1)
+
+    def forward(self, x):
+        x1 = self.inc(x)
+        x2 = self.down1(x1)
+        x3 = self.down2(x2)
+        x4 = self.down3(x3)
+        x = self.up1(x4, x3)
+        x = self.up2(x, x2)
+        x = self.up3(x, x1)
+        return self.outc(x)
