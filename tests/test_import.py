@@ -436,10 +436,10 @@ def test_a_feature_pyramid_imports_its_levels_as_outputs():
     data = yaml.safe_load(imported.text)
     assert data["outputs"] == ["fpn_layer_blocks_0_0", "fpn_layer_blocks_1_0",
                                "fpn_layer_blocks_2_0", "fpn_layer_blocks_3_0",
-                               "fpn_extra_blocks_maxpool2d"]
+                               "fpn_extra_blocks"]
     assert ("# The forward returns {'0': fpn_layer_blocks_0_0, '1': fpn_layer_blocks_1_0, "
             "'2': fpn_layer_blocks_2_0, '3': fpn_layer_blocks_3_0, 'pool': "
-            "fpn_extra_blocks_maxpool2d}: `outputs:` lists them in that order.") in imported.text
+            "fpn_extra_blocks}: `outputs:` lists them in that order.") in imported.text
     layers = {layer.get("name"): layer for layer in data["layers"]}
     # inner_top_down = F.interpolate(last_inner, size=inner_lateral.shape[-2:])
     assert {"type": "upsample", "from": "fpn_inner_blocks_3_0",
@@ -575,6 +575,10 @@ def test_a_custom_autograd_op_is_refused_at_its_line(tmp_path, capsys, monkeypat
      " (`return x * self.scale`) uses a tensor that does not come from the forward's input")),
     ("TwoOutputs", None, ("the forward returns its input: a spec's outputs are tensors its "
                           "layers make")),
+    ("PiecesApart", "a, b = x.chunk(2, dim=1)", ("the pieces of .chunk() at untraceable.py:"
+     "{line} (`a, b = x.chunk(2, dim=1)`) meet at `+`")),
+    ("SameTwice", None, ("the forward returns one tensor twice: a spec's outputs are "
+                         "distinct layers")),
     ("BufferNorm", "return F.layer_norm", ("F.layer_norm at untraceable.py:{line} (`return "
      "F.layer_norm(x.permute(0, 2, 3, 1), (3,), self.gain).permute(0, 3, 1, 2)`): its weight is "
      "self.gain, which is no parameter (nn.Parameter) of the module: the layer the spec makes "
@@ -607,6 +611,15 @@ def test_a_frozen_batchnorm_with_parameters_is_not_taken_as_frozen(tmp_path, cap
     line = _line_of(path, "scale = self.weight.reshape(1, -1, 1, 1)")
     assert f".reshape(1, -1, 1, 1) at untraceable.py:{line}" in err
     assert "frozenbatchnorm2d" not in err
+
+
+def test_a_computed_size_that_is_no_tensors_is_refused(tmp_path, capsys, monkeypatch):
+    path = MODELS / "untraceable.py"
+    err = _refused(tmp_path, capsys, monkeypatch, [f"{path}:ComputedSize", "--input", "3x8x8"])
+    line = _line_of(path, "size=(h * 2, w)")
+    assert (f"F.interpolate at untraceable.py:{line}") in err
+    assert ("an argument is computed in the forward (a spec holds numbers); a size may be "
+            "another tensor's H×W, size=other.shape[-2:]") in err
 
 
 def test_a_missing_file_is_refused(tmp_path, capsys, monkeypatch):

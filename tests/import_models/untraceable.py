@@ -104,3 +104,31 @@ class FrozenBatchNorm2d(nn.Module):
     def forward(self, x):
         scale = self.weight.reshape(1, -1, 1, 1) * (self.running_var + self.eps).rsqrt().reshape(1, -1, 1, 1)
         return x * scale + (self.bias - self.running_mean * self.weight).reshape(1, -1, 1, 1)
+
+
+class PiecesApart(nn.Module):
+    """The pieces of a chunk added, not joined: no split block, and no layer for a piece."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 1)
+
+    def forward(self, x):
+        a, b = x.chunk(2, dim=1)
+        return self.conv(a) + b
+
+
+class SameTwice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return {"a": y, "b": y}
+
+
+class ComputedSize(nn.Module):
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        return torch.nn.functional.interpolate(x, size=(h * 2, w))
