@@ -27,7 +27,8 @@ from shapecheck.importer.structure import identifier
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = Path(__file__).resolve().parent / "import_models"
-SPECS = sorted([*(ROOT / "specs").glob("*.yaml"), *(ROOT / "specs" / "zoo").glob("*.yaml")])
+SPECS = sorted([*(ROOT / "specs").glob("*.yaml"), *(ROOT / "specs" / "zoo").glob("*.yaml"),
+                *(ROOT / "tests" / "graphs").glob("*.yaml")])
 
 
 def leaves(plan) -> list[tuple]:
@@ -123,6 +124,14 @@ def test_build_then_import_gives_the_same_plan(spec, tmp_path):
     assert imported.plan.params == original.params == imported.module_params
     assert imported.plan.macs == original.macs
     assert imported.plan.output_dims == original.output_dims
+    # a graph comes back a graph: the same layers read by name, the same outputs
+    merges = [(layer.type, len(layer.inputs or ())) for layer in original.layers
+              if layer.inputs]
+    assert [(layer.type, len(layer.inputs or ())) for layer in imported.plan.layers
+            if layer.inputs and layer.type in ("add", "mul", "cat")] == [
+        m for m in merges if m[0] in ("add", "mul", "cat")]
+    assert len(imported.plan.to_dict().get("outputs", ())) == \
+        len(original.to_dict().get("outputs", ()))
 
 
 def test_a_stage_built_in_a_loop_of_block_classes_imports_as_the_same_blocks(tmp_path):
@@ -445,7 +454,7 @@ def test_a_feature_pyramid_imports_its_levels_as_outputs():
     assert {"type": "upsample", "from": "fpn_inner_blocks_3_0",
             "size": {"like": "fpn_inner_blocks_2_0"}} in data["layers"]
     assert layers["fpn_add"]["from"] == ["fpn_inner_blocks_2_0", "prev"]
-    assert imported.plan.output_shape == ("N", 32, 1, 1)
+    assert imported.plan.output_shape == ("N", 32, 16, 16)  # the first of the outputs
 
 
 def test_fcn_with_its_aux_classifier_returns_both_as_outputs():
