@@ -426,6 +426,21 @@ def test_fcn_upsamples_like_its_input_and_is_exact_at_other_sizes():
     assert not any("from" in layer for layer in data["layers"])
 
 
+def test_deeplabv3_reads_its_aspp_branches_by_name_and_is_exact_at_other_sizes():
+    imported = _rebuilds_exactly("segmentation", "deeplabv3_resnet", (3, 64, 64),
+                                 also=(3, 50, 70))
+    layers = {layer.get("name", i): layer
+              for i, layer in enumerate(yaml.safe_load(imported.text)["layers"])}
+    # ASPPPooling: size = x.shape[-2:] of its input, the backbone's output
+    assert layers["classifier_0_convs_4"]["size"] == {"like": "backbone_layer4_0"}
+    # ASPP: torch.cat of its five branches, each reading the backbone's output
+    assert layers["classifier_0"] == {"type": "cat", "name": "classifier_0", "from": [
+        "classifier_0_convs_0_2", "classifier_0_convs_1_2", "classifier_0_convs_2_2",
+        "classifier_0_convs_3_2", "classifier_0_convs_4"]}
+    assert [layers[f"classifier_0_convs_{i}_0"].get("from") for i in range(5)] == [
+        None, *["backbone_layer4_0"] * 4]
+
+
 def test_lraspp_multiplies_two_branches_and_upsamples_like_a_low_level_tap():
     imported = _rebuilds_exactly("segmentation", "lraspp_small", (3, 64, 64), also=(3, 72, 40))
     layers = {layer.get("name", i): layer

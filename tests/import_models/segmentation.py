@@ -357,3 +357,79 @@ class UNet(nn.Module):
         x = self.up2(x, x2)
         x = self.up3(x, x1)
         return self.outc(x)
+
+
+# -- DeepLabV3 --------------------------------------------------------------------------------
+
+
+class ASPPConv(nn.Sequential):
+    def __init__(self, in_channels: int, out_channels: int, dilation: int) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, 3, padding=dilation, dilation=dilation,
+                      bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(),
+        )
+
+
+class ASPPPooling(nn.Sequential):
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(in_channels, out_channels, 1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        size = x.shape[-2:]
+        for mod in self:
+            x = mod(x)
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class ASPP(nn.Module):
+    def __init__(self, in_channels: int, atrous_rates, out_channels: int = 256) -> None:
+        super().__init__()
+        modules = [nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False),
+                                 nn.BatchNorm2d(out_channels), nn.ReLU())]
+        for rate in tuple(atrous_rates):
+            modules.append(ASPPConv(in_channels, out_channels, rate))
+        modules.append(ASPPPooling(in_channels, out_channels))
+        self.convs = nn.ModuleList(modules)
+        self.project = nn.Sequential(
+            nn.Conv2d(len(self.convs) * out_channels, out_channels, 1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        _res = []
+        for conv in self.convs:
+            _res.append(conv(x))
+        res = torch.cat(_res, dim=1)
+        return self.project(res)
+
+
+class DeepLabHead(nn.Sequential):
+    """torchvision's, its 256 channels made a parameter (32 here, to stay small)."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 256) -> None:
+        super().__init__(
+            ASPP(in_channels, [12, 24, 36], width),
+            nn.Conv2d(width, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.Conv2d(width, num_classes, 1),
+        )
+
+
+class DeepLabV3(_SimpleSegmentationModel):
+    pass
+
+
+def deeplabv3_resnet():
+    """deeplabv3_resnet50's code (aux classifier off, 21 classes) on the small ResNet."""
+    backbone = IntermediateLayerGetter(ResNet(), return_layers={"layer4": "out"})
+    return DeepLabV3(backbone, DeepLabHead(128, 21, width=32))
