@@ -483,6 +483,15 @@ def test_fcn_with_its_aux_classifier_returns_both_as_outputs():
     assert data["layers"][-6]["from"] == "backbone_layer3_0"  # the aux head reads layer3
 
 
+def test_the_summary_names_every_output(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["import", f"{MODELS / 'segmentation.py'}:resnet_fpn", "--input", "3x64x64",
+                 "-o", "fpn.yaml"]) == 0
+    assert capsys.readouterr().out == (
+        "wrote fpn.yaml: 354,256 parameters, 9,719,808 MACs per sample, outputs N×32×16×16, "
+        "N×32×8×8, N×32×4×4, N×32×2×2, N×32×1×1, 45 layers\n")
+
+
 def test_one_level_of_a_feature_pyramid_imports_what_its_forward_computes():
     imported = _rebuilds_exactly("segmentation", "FinestLevel", (3, 64, 64), unused=True)
     assert imported.plan.output_shape == ("N", 32, 16, 16)
