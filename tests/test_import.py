@@ -353,9 +353,10 @@ def _rebuilds_exactly(file: str, name: str, shape: tuple[int, int, int], *,
             want, got = original(x), built(x)
         if isinstance(want, dict) and len(want) == 1:
             (want,) = want.values()
-        if isinstance(want, dict):  # several outputs: the spec's, in the same order
+        if isinstance(want, (dict, tuple)):  # several outputs: the spec's, in the same order
             assert list(got) == yaml.safe_load(imported.text)["outputs"]
-            want, got = list(want.values()), list(got.values())
+            want = list(want.values()) if isinstance(want, dict) else list(want)
+            got = list(got.values())
         else:
             want, got = [want], [got]
         for mine, theirs_value in zip(got, want, strict=True):
@@ -553,6 +554,26 @@ def test_a_graph_spec_built_then_imported_gives_the_same_graph(tmp_path):
     assert data["layers"][10] == {"type": "upsample", "name": "up", "size": {"like": "stem"},
                                   "mode": "bilinear", "align_corners": False}
     assert data["layers"][6]["type"] == "residual"  # a block stays a block
+
+
+@pytest.mark.parametrize("name, layers, outputs", [
+    ("Square", [  # y * y + y
+        {"type": "conv2d", "name": "conv", "out_channels": 4, "kernel_size": 1},
+        {"type": "mul", "from": ["conv", "conv"]},
+        {"type": "add", "from": ["prev", "conv"]}], None),
+    ("TupleOut", [  # return a, self.b(a)
+        {"type": "conv2d", "name": "a", "out_channels": 4, "kernel_size": 1},
+        {"type": "conv2d", "name": "b", "out_channels": 4, "kernel_size": 3, "stride": 2,
+         "padding": 1}], ["a", "b"]),
+    ("SizePair", [  # F.interpolate(y, size=(x.size(2), x.size(3)))
+        {"type": "conv2d", "name": "a", "out_channels": 4, "kernel_size": 3, "stride": 2,
+         "padding": 1},
+        {"type": "upsample", "size": {"like": "input"}}], None),
+])
+def test_small_graphs_import_exactly(name, layers, outputs):
+    imported = _rebuilds_exactly("graph_edges", name, (3, 8, 8), also=(3, 10, 6))
+    data = yaml.safe_load(imported.text)
+    assert data["layers"] == layers and data.get("outputs") == outputs
 
 
 def test_paths_that_cross_import_as_a_graph():
