@@ -135,13 +135,13 @@ class Plan(Record):
     """A spec's plan: its layers' rows and its diagnostics."""
 
     _fields = ("name", "description", "source", "batch", "input_dims", "layers", "diagnostics",
-               "loss", "scale", "scales", "templates")
+               "loss", "scale", "scales", "templates", "sized")
 
     def __init__(self, name: str, description: str | None, source: str | None,
                  batch: int | str, input_dims: Dims | None, layers: list[LayerPlan],
                  diagnostics: list[Diagnostic], loss: str | None = None,
                  scale: str | None = None, scales: tuple[str, ...] = (),
-                 templates: Any = None) -> None:
+                 templates: Any = None, sized: bool = False) -> None:
         self.name = name
         self.description = description
         self.source = source  # the spec file, if any
@@ -155,6 +155,9 @@ class Plan(Record):
         # A templated spec's function giving its templates.TemplateCode: `build` writes
         # classes.
         self.templates = templates
+        # Whether its templates read the incoming H or W ($in_h): its layers are those of
+        # this input size, which solve's arithmetic over sizes cannot follow.
+        self.sized = sized
 
     @property
     def input_shape(self) -> Shape | None:

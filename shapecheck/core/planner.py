@@ -61,7 +61,10 @@ def plan(
             return Plan(spec.name or "net", spec.description, spec.source, batch or "N", None,
                         [], problems)
     with gc_paused():
-        result = _Planner(spec, batch, input_shape).plan()
+        try:
+            result = _Planner(spec, batch, input_shape).plan()
+        except SpecError as e:  # expanded again for this input, its templates fail
+            return _unread(e, spec.source, batch)
     if any(d.code in MERGE_ERRORS for d in result.errors):
         result = _with_sizes_hint(result, spec, batch)
     return result
@@ -78,7 +81,7 @@ def _with_sizes_hint(result: Plan, spec: Spec, batch) -> Plan:
     from .inputsizes import TooCostly, Unsolvable, plan_near, sizes_hint, solve
 
     c = result.input_dims[1] if result.input_dims else None
-    near = plan_near(result, lambda h, w: _Planner(spec, batch, (c, h, w)).plan())
+    near = plan_near(result, lambda h, w: _replan(spec, batch, (c, h, w)))
     if near is None:
         return result
     try:
@@ -89,6 +92,14 @@ def _with_sizes_hint(result: Plan, spec: Spec, batch) -> Plan:
     result.diagnostics = [d.replace(hint=hint) if d.code in MERGE_ERRORS or d.code == "SC301"
                           else d for d in result.diagnostics]
     return result
+
+
+def _replan(spec: Spec, batch, input_shape: tuple) -> Plan:
+    """The spec planned at another input, without the hints."""
+    try:
+        return _Planner(spec, batch, input_shape).plan()
+    except SpecError as e:
+        return _unread(e, spec.source, batch)
 
 
 def _unread(error: SpecError, source: str | None, batch) -> Plan:
@@ -118,9 +129,11 @@ def _template_line(d: Diagnostic, rows: dict) -> tuple | None:
 
 class _Planner:
     def __init__(self, spec: Spec, batch, input_shape, hints: bool = True):
+        self.input = tuple(input_shape or spec.input.shape)
+        if spec._at_input is not None and self.input != tuple(spec.input.shape):
+            spec = spec._at_input(self.input)  # its templates read the shape: SpecError
         self.spec = spec
         self.batch = batch if batch is not None else spec.input.batch
-        self.input = tuple(input_shape or spec.input.shape)
         self.hints = hints
         self.failure: _Failure | None = None
         self.warnings: list[tuple[LayerPlan, str, str, str | None]] = []
@@ -150,6 +163,7 @@ class _Planner:
             scale=self.spec.scale,
             scales=self.spec.scales,
             templates=self.spec._templates,
+            sized=bool(self.spec._sized & {"in_h", "in_w"}),
         )
         receptive_fields(result)
         rows_by_path = {row.path: row for row in result.walk()}
@@ -303,8 +317,12 @@ class _Planner:
 
     def _trial(self, h: int, w: int) -> _Failure | None:
         """The first failure at an input of h×w, or None."""
-        trial = _Planner(self.spec, 1, (self.input[0], h, w), hints=False)
-        trial._plan_list(self.spec.layers, (1, self.input[0], h, w), (), Context())
+        try:
+            trial = _Planner(self.spec, 1, (self.input[0], h, w), hints=False)
+        except SpecError as e:  # its templates fail for this input
+            d = e.diagnostics[0]
+            return _Failure(None, ShapeError(d.code, d.message))
+        trial._plan_list(trial.spec.layers, (1, self.input[0], h, w), (), Context())
         return trial.failure
 
     def _valid_at(self, h: int, w: int) -> bool:
@@ -330,3 +348,34 @@ def _too_large() -> ShapeError:
 
 
 MAX_DIM = int(sys.float_info.max)  # about 1.8e308
+
+
+# --- the incoming shape inside templates ---------------------------------------------------
+
+
+def plan_entry(entry, x: Dims, ctx: Context) -> tuple[Dims, Context]:
+    """The output of one raw, expanded layer entry from ``x``, as planning gives it, for the
+    templates that read the incoming shape ($in_channels). ValueError says why there is none."""
+    from .layers import parse_layers
+
+    layers, errors = parse_layers([entry], ("layers",))
+    if errors:
+        raise ValueError("does not follow the schema")
+    planner = _Planner.__new__(_Planner)
+    planner.batch, planner.failure, planner.warnings = 1, None, []
+    layer = layers[0]
+    row = planner._row(0, (0,), layer)
+    out, ctx = planner._plan_layer(row, layer, x, ctx)
+    if planner.failure is not None:
+        raise ValueError(f"fails: {planner.failure.error.message}")
+    return out, ctx
+
+
+def branch_entries(block: type[Block], entry: dict, x: Dims, ctx: Context) -> list:
+    """The (input, context) of each branch of a raw block entry whose branches are not yet
+    expanded: what a split's chunks give, the block's input for the others."""
+    try:
+        inputs = block.model_construct(**entry).branch_inputs(x)
+    except (ShapeError, TypeError, AttributeError, ValueError):
+        raise ValueError("the block fails") from None
+    return [(b, ctx if b[-1:] == x[-1:] else Context()) for b in inputs]

@@ -96,6 +96,10 @@ class Spec(BaseModel):
     _notes: Any = PrivateAttr(default_factory=dict)  # or a function that makes them
     # A function giving templates.TemplateCode, for `build`; None without templates.
     _templates: Any = PrivateAttr(default=None)
+    # Where its templates read the incoming shape ($in_channels, $in_h): the names read, and
+    # a function giving the spec expanded for another input (C, H, W).
+    _sized: frozenset = PrivateAttr(default=frozenset())
+    _at_input: Any = PrivateAttr(default=None)
 
     @property
     def source(self) -> str | None:

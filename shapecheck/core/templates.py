@@ -22,6 +22,7 @@ uses that made it (``Expansion.where``), so that errors name both."""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +47,10 @@ MAX_VALUES = 2_000_000
 # Scales a spec may declare: `check` plans each one (EfficientNet has 8).
 MAX_SCALES = 1_000
 USE_KEYS = ("use", "name", "repeat", "first")
+# The incoming shape where an expression stands, for templates that need it (a depthwise
+# conv's `groups: $in_channels`): worked out only in specs that read one of these.
+SHAPE_NAMES = ("in_channels", "in_h", "in_w")
+_SHAPE_NAME = re.compile(r"\$(in_channels|in_h|in_w)\b")
 
 
 class Site(NamedTuple):
@@ -101,6 +106,9 @@ class Expansion:
     # New location of every layer entry -> (the YAML location it was written at, the uses that
     # made it, innermost first).
     where: dict[tuple, tuple[tuple, tuple[Site, ...]]] = field(default_factory=dict)
+    # The names of the incoming shape it read ($in_channels …): then it holds only for the
+    # input it was expanded for.
+    sized: frozenset = frozenset()
     # New location of a layer entry -> the arithmetic that made its values, for `expand`.
     notes: dict[tuple, list[Callable[[], str]]] = field(default_factory=dict)  # written on use
     scale: str | None = None
@@ -113,9 +121,10 @@ class Expansion:
     written: dict[tuple, dict] = field(default_factory=dict)
 
 
-def expand(data: dict, scale: str | None, limit: int) -> Expansion:
-    """The plain spec for ``data``. Raises TemplateError; SC004 (exit 2, as the YAML limits) for
-    an expansion past ``limit`` layers or nested past the depths above."""
+def expand(data: dict, scale: str | None, limit: int, input_shape: Any = None) -> Expansion:
+    """The plain spec for ``data`` (``input_shape``: the (C, H, W) to expand for, where the
+    spec's templates read it; default the spec's own). Raises TemplateError; SC004 (exit 2, as
+    the YAML limits) for an expansion past ``limit`` layers or nested past the depths above."""
     templates = data.get("templates") or {}
     if not isinstance(templates, dict):
         raise TemplateError("SC108", "`templates` must be a mapping of names to templates",
@@ -123,12 +132,31 @@ def expand(data: dict, scale: str | None, limit: int) -> Expansion:
     classes = _template_classes(templates)
     variables, chosen = _scale(data, scale)
     expander = _Expander(templates, limit, classes)
+    if _reads_shapes(data):
+        declared = data.get("input")
+        expander.track(input_shape or (declared.get("shape") if isinstance(declared, dict)
+                                       else None))
     layers = data.get("layers")
     plain = {k: v for k, v in data.items() if k not in TOP_KEYS}
     if isinstance(layers, list):
         plain["layers"] = expander.items(layers, ("layers",), ("layers",), variables, ())
-    return Expansion(plain, expander.where, expander.notes, chosen, variables, expander.made,
-                     expander.defaults, expander.one_layer, expander.written)
+    return Expansion(plain, expander.where, frozenset(expander.sized), expander.notes, chosen, variables,
+                     expander.made, expander.defaults, expander.one_layer, expander.written)
+
+
+def _reads_shapes(data: dict) -> bool:
+    """Whether any expression in the spec reads the incoming shape (a quick look)."""
+    stack: list = [data.get("templates"), data.get("layers")]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            if "$in_" in value:
+                return True
+        elif isinstance(value, dict):
+            stack += value.values()
+        elif isinstance(value, list):
+            stack += value
+    return False
 
 
 def template_class(name: str) -> str:
@@ -238,6 +266,59 @@ class _Expander:
         # A layer entry given as a use's value (a `shortcut:` list), evaluated -> as written:
         # `build` writes it in the class of the template that wrote it, with its expressions.
         self.unevaluated: dict[int, tuple[dict, dict]] = {}
+        # The incoming shape where expansion stands, and its planner context, while the spec
+        # reads it (track); None where a layer before fails (`unknown` says which and why).
+        self.tracking = False
+        self.shape: tuple | None = None
+        self.unknown = ""
+        self.sized: set[str] = set()  # the names of SHAPE_NAMES read
+
+    def track(self, shape: Any) -> None:
+        from .layers import Context
+
+        self.tracking = True
+        if (isinstance(shape, (list, tuple)) and len(shape) == 3
+                and all(type(v) is int and v > 0 for v in shape)):
+            self.shape = ((1, *shape), Context())
+        else:
+            self.unknown = "the spec's input shape is not three positive integers"
+
+    def shape_names(self, text: str, loc: tuple, chain: tuple) -> dict:
+        """$in_channels (channels or features), $in_h and $in_w where expansion stands, for
+        the expression ``text``."""
+        if self.shape is None:
+            raise TemplateError("SC113", "the incoming shape ($in_channels, $in_h, $in_w) is "
+                                f"not known here: {self.unknown}", loc,
+                                "fix that first: the shape is worked out layer by layer", chain)
+        self.sized.update(_SHAPE_NAME.findall(text))
+        x = self.shape[0]
+        names = {"in_channels": x[1]} if len(x) >= 2 else {}
+        if len(x) == 4:
+            names.update(in_h=x[2], in_w=x[3])
+        return names
+
+    def advance(self, entry: Any, src: tuple) -> None:
+        """The incoming shape after ``entry``, which has just been made."""
+        if self.shape is None:
+            return
+        from .planner import plan_entry
+
+        try:
+            self.shape = plan_entry(entry, *self.shape)
+        except ValueError as e:
+            self.shape = None
+            self.unknown = f"the layer written at {_loc_text(src)} before it {e}"
+
+    def branch_shapes(self, block: Any, item: dict, count: int) -> list:
+        """The incoming shape of each branch of a block entry, while tracking."""
+        if self.shape is None:
+            return [None] * count
+        from .planner import branch_entries
+
+        try:
+            return branch_entries(block, item, *self.shape)
+        except ValueError:  # the block's own error is the planner's to report
+            return [None] * count
 
     def items(self, items: list, src: tuple, dst: tuple, env: dict, chain: tuple,
               start: int = 0) -> list:
@@ -245,6 +326,25 @@ class _Expander:
         ``dst`` from index ``start`` on."""
         out: list = []
         for i, item in enumerate(items):
+            if isinstance(item, dict) and "when" in item:
+                if not self.when(item["when"], env, (*src, i, "when"), chain):
+                    continue
+                item = {k: v for k, v in item.items() if k != "when"}
+                if "layers" in item and "type" not in item and "use" not in item:  # a group
+                    if set(item) != {"layers"} or not isinstance(item["layers"], list):
+                        raise TemplateError("SC113", "a `when:` group holds only `layers:`, a "
+                                            "list of layers", (*src, i), "write `when:` on a "
+                                            "layer or a use, or group layers as "
+                                            "{when: …, layers: [...]}", chain)
+                    out += self.items(item["layers"], (*src, i, "layers"), dst, env, chain,
+                                      start + len(out))
+                    continue
+            elif is_expression(item):  # `- $pre`: a parameter's layers, spliced in
+                value = self.value(item, env, (*src, i), chain)
+                if isinstance(value, list):
+                    out += self.items(value, (*src, i), dst, env, chain, start + len(out))
+                    continue
+                item = value
             if isinstance(item, dict) and "use" in item:
                 made = self.use(item, (*src, i), dst, start + len(out), env, chain)
                 if not made:  # costs as a layer does: a repeat of it must count
@@ -256,6 +356,13 @@ class _Expander:
                 out.append(self.layer(item, (*src, i), (*dst, start + len(out)), env, chain))
         return out
 
+    def when(self, value: Any, env: dict, loc: tuple, chain: tuple) -> bool:
+        result = self.value(value, env, loc, chain)
+        if not isinstance(result, bool):
+            raise TemplateError("SC113", f"when: must be true or false, got {result!r}", loc,
+                                'compare it, as in when: "$expand != 1"', chain)
+        return result
+
     def layer(self, item: Any, src: tuple, dst: tuple, env: dict, chain: tuple) -> Any:
         self.count += 1
         if self.count > self.limit:
@@ -265,8 +372,13 @@ class _Expander:
             given = self.unevaluated.get(id(item))
             self.written[dst] = given[1] if given else item
         if not isinstance(item, dict):
-            return self.value(item, env, src, chain, dst, "type")
+            item = self.value(item, env, src, chain, dst, "type")
+            if self.tracking:
+                self.advance(item, src)
+            return item
         self.spend(len(item), src, chain)  # its fields are copied below
+        if any(isinstance(k, str) and "$" in k for k in item):
+            raise _cut_at_comma(item, src, chain)
         if chain and isinstance(item.get("name"), str):  # as written: the use prefixes it
             check_name(item["name"], "the layer name", (*src, "name"), chain)
         kind = self.value(item.get("type"), env, (*src, "type"), chain)
@@ -283,10 +395,21 @@ class _Expander:
                                     f"{MAX_BLOCK_DEPTH} deep", src, "a template whose block "
                                     "holds a use of a template that is a block nests them; "
                                     "no network needs so many levels", chain)
-            for suffix, branch in block.raw_branches(item):
+            branches = block.raw_branches(item)
+            outer = self.shape
+            inputs = (self.branch_shapes(block, item, len(branches)) if self.tracking
+                      else [None] * len(branches))
+            for (suffix, branch), shape in zip(branches, inputs):
+                if self.tracking:
+                    self.shape = shape
+                    if shape is None:
+                        self.unknown = "the block around it does not plan"
                 expanded = self.items(branch, (*src, *suffix), (*dst, *suffix), env, chain)
                 _put(item, suffix, expanded)
+            self.shape = outer
             self.blocks -= 1
+        if self.tracking:
+            self.advance(item, src)
         return item
 
     def too_many(self, loc: tuple, chain: tuple) -> TemplateError:
@@ -325,6 +448,8 @@ class _Expander:
               key: str | None = None) -> Any:
         """A value with every expression in it evaluated (layer lists inside it included)."""
         if is_expression(value):
+            if self.tracking and "$in_" in value:  # the spec's own names come first
+                env = {**self.shape_names(value, loc, chain), **env}
             try:
                 result = evaluate(value, env)
             except ExpressionError as e:
@@ -411,9 +536,11 @@ class _Expander:
                                       start=at + len(out))
             raw = {**item, **(item.get("first") or {} if i == 0 else {})}
             written = {k: v for k, v in raw.items() if k not in USE_KEYS}
-            self.made.append(Made(name, {k: local[k] for k in defaults}, start, len(produced),
-                                  src, i, given if isinstance(given, str) else None,
-                                  len(chain), written, instance))
+            if produced:  # (a body whose layers are all left out by `when:` makes none)
+                self.made.append(Made(name, {k: local[k] for k in defaults}, start,
+                                      len(produced), src, i,
+                                      given if isinstance(given, str) else None, len(chain),
+                                      written, instance))
             if instance is not None:
                 for layer in produced:
                     if isinstance(layer, dict):
@@ -480,6 +607,8 @@ class _Expander:
         for key, value in given.items():
             if allow_use_keys and key in USE_KEYS:
                 continue
+            if key not in defaults and isinstance(key, str) and "$" in key:
+                raise _cut_at_comma(given, src, chain)
             if key not in defaults:
                 close = _close_matches(str(key), list(defaults), n=1, cutoff=0.5)
                 names = ", ".join(defaults)
@@ -493,6 +622,31 @@ class _Expander:
                 scope = {**env, "index": index}
             args[key] = self.value(value, scope, (*src, key), chain)
         return args
+
+
+def _cut_at_comma(entry: dict, src: tuple, chain: tuple) -> TemplateError:
+    """SC109 for a key holding `$`: in a flow mapping a comma ended the value before it
+    (``{out: max(8, $c)}`` reads as ``out: "max(8"`` and a key ``"$c)"``)."""
+    keys = list(entry)
+    key = next(k for k in keys if isinstance(k, str) and "$" in k)
+    before = keys[keys.index(key) - 1] if keys.index(key) > 0 else None
+    cut = entry.get(before) if before is not None else None
+    if isinstance(cut, str) and cut.count("(") > cut.count(")"):
+        text = f"{cut}, {key}" + ("" if entry[key] is None else f": {entry[key]}")
+        return TemplateError("SC109", f"{before}: {cut!r} is cut short and {key!r} is no "
+                             "field: inside {…} a comma ends the value",
+                             (*src, key), f'quote the expression: {before}: "{text}"', chain)
+    return TemplateError("SC109", f"{key!r} cannot be a key: a $name stands in a value",
+                         (*src, key), "inside {…} a comma ends the value: quote an expression "
+                         'that holds one, out: "max(8, $c)"', chain)
+
+
+def _loc_text(loc: tuple) -> str:
+    """A YAML location for a message: layers[3].body[1]."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else ("." if text else "") + str(part)
+    return text
 
 
 def _put(item: dict, suffix: tuple, value: list) -> None:
