@@ -319,9 +319,9 @@ class _Planner:
         """The first failure at an input of h×w, or None."""
         try:
             trial = _Planner(self.spec, 1, (self.input[0], h, w), hints=False)
-        except SpecError as e:  # its templates fail for this input
-            d = e.diagnostics[0]
-            return _Failure(None, ShapeError(d.code, d.message))
+        except SpecError as e:  # its templates fail for this input: taken as too small, so
+            # that no size is claimed to work that was not planned
+            return _Failure(None, ShapeError("SC202", e.diagnostics[0].message))
         trial._plan_list(trial.spec.layers, (1, self.input[0], h, w), (), Context())
         return trial.failure
 
@@ -369,6 +369,18 @@ def plan_entry(entry, x: Dims, ctx: Context) -> tuple[Dims, Context]:
     if planner.failure is not None:
         raise ValueError(f"fails: {planner.failure.error.message}")
     return out, ctx
+
+
+def merge_entry(block: type[Block], entry: dict, x: Dims, ctx: Context,
+                outs: list[Dims]) -> tuple[Dims, Context]:
+    """The output of a raw block entry whose branches gave ``outs`` (as plan_entry)."""
+    try:
+        out, _ = block.model_construct(**entry).merge(x, outs)
+    except ShapeError as e:
+        raise ValueError(f"fails: {e.message}") from None
+    except (TypeError, AttributeError, ValueError, KeyError, IndexError):
+        raise ValueError("does not follow the schema") from None
+    return out, ctx.after(x, out)
 
 
 def branch_entries(block: type[Block], entry: dict, x: Dims, ctx: Context) -> list:

@@ -307,7 +307,22 @@ class _Expander:
             self.shape = plan_entry(entry, *self.shape)
         except ValueError as e:
             self.shape = None
-            self.unknown = f"the layer written at {_loc_text(src)} before it {e}"
+            self.unknown = f"the layer at {_loc_text(src)}, before it, {e}"
+
+    def merge(self, block: Any, item: dict, outs: list, src: tuple) -> None:
+        """The incoming shape after a block, from its branches' outputs."""
+        if self.shape is None:
+            return
+        if any(out is None for out in outs):
+            self.shape = None
+            return
+        from .planner import merge_entry
+
+        try:
+            self.shape = merge_entry(block, item, *self.shape, [out[0] for out in outs])
+        except ValueError as e:
+            self.shape = None
+            self.unknown = f"the block at {_loc_text(src)}, before it, {e}"
 
     def branch_shapes(self, block: Any, item: dict, count: int) -> list:
         """The incoming shape of each branch of a block entry, while tracking."""
@@ -396,19 +411,22 @@ class _Expander:
                                     "holds a use of a template that is a block nests them; "
                                     "no network needs so many levels", chain)
             branches = block.raw_branches(item)
-            outer = self.shape
+            outer, outs = self.shape, []
             inputs = (self.branch_shapes(block, item, len(branches)) if self.tracking
                       else [None] * len(branches))
             for (suffix, branch), shape in zip(branches, inputs):
                 if self.tracking:
                     self.shape = shape
-                    if shape is None:
-                        self.unknown = "the block around it does not plan"
+                    if shape is None and outer is not None:
+                        self.unknown = f"the block at {_loc_text(src)} fails"
                 expanded = self.items(branch, (*src, *suffix), (*dst, *suffix), env, chain)
                 _put(item, suffix, expanded)
-            self.shape = outer
+                outs.append(self.shape)
             self.blocks -= 1
-        if self.tracking:
+            if self.tracking:
+                self.shape = outer
+                self.merge(block, item, outs, src)
+        elif self.tracking:
             self.advance(item, src)
         return item
 

@@ -702,7 +702,8 @@ class ClassWriter:
                 named = [(attr, item.uses[-1])]
             else:
                 named = []
-                for use in item.uses:
+                for use in item.uses:  # repeats of one use may differ in class (`first:`)
+                    cls = self.class_of(use)
                     attr = (attrs[use.layers[0].index] if cls.one_layer
                             else self.owner.attribute(use.made.instance or use.made.template))
                     init.append(_set(attr, self.call(ctx, cls, [use])))
