@@ -673,3 +673,24 @@ def test_a_comma_before_the_dollar_gets_the_quoting_hint_too(tmp_path, entry, qu
     error = only_error(shapecheck.plan(path))
     assert (error.code, error.line) == ("SC109", 9)
     assert "is cut short" in error.message and error.hint == f"quote the expression: {quoted}"
+
+
+def test_in_channels_inside_blocks_is_what_each_branch_gets(tmp_path):
+    """A split's branches get its chunks, a residual's and a concat's the block's input; after
+    a block, what it gives (a residual without `shortcut:` included)."""
+    path = write(tmp_path, """\
+        input: {shape: [16, 8, 8]}
+        templates:
+          dw:
+            layers: [{type: conv2d, out_channels: $in_channels, kernel_size: 3, padding: 1, groups: $in_channels}]
+        layers:
+          - {type: split, branches: [[{use: dw}], [{type: conv2d, out_channels: 4, kernel_size: 1}, {use: dw}]]}
+          - {type: residual, body: [{use: dw}], shortcut: [{use: dw}]}
+          - {type: residual, body: [{use: dw}]}
+          - {type: concat, branches: [[{use: dw}], [{type: conv2d, out_channels: 4, kernel_size: 1}]]}
+          - {use: dw}
+        """)
+    plan = shapecheck.plan(path)
+    assert plan.valid
+    groups = [r.spec.groups for r in plan.walk() if r.type == "conv2d" and r.spec.kernel_size == 3]
+    assert groups == [8, 4, 12, 12, 12, 12, 16]

@@ -372,10 +372,16 @@ def plan_entry(entry, x: Dims, ctx: Context) -> tuple[Dims, Context]:
 
 
 def merge_entry(block: type[Block], entry: dict, x: Dims, ctx: Context,
-                outs: list[Dims]) -> tuple[Dims, Context]:
-    """The output of a raw block entry whose branches gave ``outs`` (as plan_entry)."""
+                outs: dict[tuple, Dims]) -> tuple[Dims, Context]:
+    """The output of a raw block entry whose branches gave ``outs`` (by their place in the
+    entry, as raw_branches gives it), as plan_entry."""
     try:
-        out, _ = block.model_construct(**entry).merge(x, outs)
+        model = block.model_construct(**entry)
+        inputs = model.branch_inputs(x)
+        # A branch the entry leaves out is empty: it passes its input through.
+        given = [outs.get(_branch_place(model, key), b)
+                 for (key, _), b in zip(model.branch_lists(), inputs)]
+        out, _ = model.merge(x, given)
     except ShapeError as e:
         raise ValueError(f"fails: {e.message}") from None
     except (TypeError, AttributeError, ValueError, KeyError, IndexError):
@@ -383,11 +389,18 @@ def merge_entry(block: type[Block], entry: dict, x: Dims, ctx: Context,
     return out, ctx.after(x, out)
 
 
-def branch_entries(block: type[Block], entry: dict, x: Dims, ctx: Context) -> list:
+def branch_entries(block: type[Block], entry: dict, x: Dims, ctx: Context) -> dict:
     """The (input, context) of each branch of a raw block entry whose branches are not yet
-    expanded: what a split's chunks give, the block's input for the others."""
+    expanded, by its place in the entry: a split's chunks, the block's input for the others."""
     try:
-        inputs = block.model_construct(**entry).branch_inputs(x)
-    except (ShapeError, TypeError, AttributeError, ValueError):
+        model = block.model_construct(**entry)
+        inputs = model.branch_inputs(x)
+        keys = [_branch_place(model, key) for key, _ in model.branch_lists()]
+    except (ShapeError, TypeError, AttributeError, ValueError, KeyError, IndexError):
         raise ValueError("the block fails") from None
-    return [(b, ctx if b[-1:] == x[-1:] else Context()) for b in inputs]
+    return {key: (b, ctx if b[-1:] == x[-1:] else Context()) for key, b in zip(keys, inputs)}
+
+
+def _branch_place(block: Block, key) -> tuple:
+    """Where a branch stands in its block's entry: ("body",) or ("branches", 1)."""
+    return (key,) if isinstance(key, str) else (block.lists_field, key)

@@ -309,31 +309,32 @@ class _Expander:
             self.shape = None
             self.unknown = f"the layer at {_loc_text(src)}, before it, {e}"
 
-    def merge(self, block: Any, item: dict, outs: list, src: tuple) -> None:
-        """The incoming shape after a block, from its branches' outputs."""
+    def merge(self, block: Any, item: dict, outs: dict, src: tuple) -> None:
+        """The incoming shape after a block, from its branches' outputs (by their place)."""
         if self.shape is None:
             return
-        if any(out is None for out in outs):
+        if any(out is None for out in outs.values()):
             self.shape = None
             return
         from .planner import merge_entry
 
         try:
-            self.shape = merge_entry(block, item, *self.shape, [out[0] for out in outs])
+            self.shape = merge_entry(block, item, *self.shape,
+                                     {key: out[0] for key, out in outs.items()})
         except ValueError as e:
             self.shape = None
             self.unknown = f"the block at {_loc_text(src)}, before it, {e}"
 
-    def branch_shapes(self, block: Any, item: dict, count: int) -> list:
-        """The incoming shape of each branch of a block entry, while tracking."""
+    def branch_shapes(self, block: Any, item: dict) -> dict:
+        """The incoming shape of each branch of a block entry, by its place in the entry."""
         if self.shape is None:
-            return [None] * count
+            return {}
         from .planner import branch_entries
 
         try:
             return branch_entries(block, item, *self.shape)
         except ValueError:  # the block's own error is the planner's to report
-            return [None] * count
+            return {}
 
     def items(self, items: list, src: tuple, dst: tuple, env: dict, chain: tuple,
               start: int = 0) -> list:
@@ -410,18 +411,16 @@ class _Expander:
                                     f"{MAX_BLOCK_DEPTH} deep", src, "a template whose block "
                                     "holds a use of a template that is a block nests them; "
                                     "no network needs so many levels", chain)
-            branches = block.raw_branches(item)
-            outer, outs = self.shape, []
-            inputs = (self.branch_shapes(block, item, len(branches)) if self.tracking
-                      else [None] * len(branches))
-            for (suffix, branch), shape in zip(branches, inputs):
+            outer, outs = self.shape, {}
+            inputs = self.branch_shapes(block, item) if self.tracking else {}
+            for suffix, branch in block.raw_branches(item):
                 if self.tracking:
-                    self.shape = shape
-                    if shape is None and outer is not None:
+                    self.shape = inputs.get(suffix)
+                    if self.shape is None and outer is not None:
                         self.unknown = f"the block at {_loc_text(src)} fails"
                 expanded = self.items(branch, (*src, *suffix), (*dst, *suffix), env, chain)
                 _put(item, suffix, expanded)
-                outs.append(self.shape)
+                outs[suffix] = self.shape
             self.blocks -= 1
             if self.tracking:
                 self.shape = outer
