@@ -226,7 +226,7 @@ layers:
 def test_when_and_in_channels_build_and_run(tmp_path):
     """MBConv with its expansion conv and SE under `when:`, depthwise by $in_channels: the
     classes build and compute what the plain layers compute."""
-    path = tmp_path / "mbconv.yaml"
+    path = tmp_path / "net.yaml"
     path.write_text(MBCONV, encoding="utf-8")
     model = _matches_expanded(path, torch.randn(2, 16, 32, 32))
     depthwise = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
@@ -237,6 +237,11 @@ def test_when_and_in_channels_build_and_run(tmp_path):
     other = shapecheck.build_module(path, device="cpu", input_shape=(8, 64, 48))
     assert other(torch.randn(1, 8, 64, 48)).shape == (1, 10)
     assert next(m for m in other.modules() if isinstance(m, torch.nn.Conv2d)).groups == 8
+    # The classes say $in_channels as the channels that arrive, so they serve other widths.
+    source = _source(path)
+    assert "groups=in_channels * t," in source and "groups=in_channels," in source
+    mbconv = module_from_source(source).Mbconv(32, out=8)  # t = 1: depthwise, then project
+    assert mbconv(torch.zeros(1, 32, 8, 8)).shape == (1, 8, 8, 8)
 
 
 def test_spliced_layers_build_and_run(tmp_path):
