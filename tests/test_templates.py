@@ -694,3 +694,24 @@ def test_in_channels_inside_blocks_is_what_each_branch_gets(tmp_path):
     assert plan.valid
     groups = [r.spec.groups for r in plan.walk() if r.type == "conv2d" and r.spec.kernel_size == 3]
     assert groups == [8, 4, 12, 12, 12, 12, 16]
+
+
+def test_each_repeat_sees_what_the_one_before_gives(tmp_path):
+    path = write(tmp_path, """\
+        input: {shape: [4, 8, 8]}
+        templates:
+          b:
+            params: {c: 8}
+            layers: [{type: conv2d, out_channels: $c, kernel_size: 1}]
+        layers:
+          - {use: b, repeat: 3, c: $in_channels * 2}
+          - flatten
+          - {type: linear, out_features: $in_channels // 2}
+          - {type: linear, out_features: 3, when: $in_h > 1}
+        """)
+    error = only_error(shapecheck.plan(path))  # after the flatten there is no height
+    assert (error.code, error.line) == ("SC113", 10)
+    assert error.message == "$in_h is not known here: the tensor that arrives is 1024, without " \
+        "a height and width"
+    plan = shapecheck.plan(write(tmp_path, path.read_text().replace(", when: $in_h > 1", "")))
+    assert [r.output_dims[1] for r in plan.layers] == [8, 16, 32, 2048, 1024, 3]

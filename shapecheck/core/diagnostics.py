@@ -46,7 +46,7 @@ CODES: dict[str, str] = {
     "name, or `scales` that are not named sets of values.",
     "SC113": "A `when:` that is not true or false, a `when:` group with more than `layers:`, or "
     "`$in_channels`, `$in_h` or `$in_w` read where the incoming shape is not known (a layer "
-    "before it fails).",
+    "before it fails) or has no such dimension (`$in_h` after a flatten).",
     # SC2xx: PyTorch would reject the network at this layer (exit code 1).
     "SC201": "The (dilated) kernel is larger than the padded input, or reflect/circular "
     "padding is larger than the input allows.",

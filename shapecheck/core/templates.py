@@ -283,18 +283,25 @@ class _Expander:
         else:
             self.unknown = "the spec's input shape is not three positive integers"
 
-    def shape_names(self, text: str, loc: tuple, chain: tuple) -> dict:
+    def shape_names(self, text: str, env: dict, loc: tuple, chain: tuple) -> dict:
         """$in_channels (channels or features), $in_h and $in_w where expansion stands, for
-        the expression ``text``."""
+        the expression ``text`` (read in ``env``)."""
         if self.shape is None:
             raise TemplateError("SC113", "the incoming shape ($in_channels, $in_h, $in_w) is "
                                 f"not known here: {self.unknown}", loc,
                                 "fix that first: the shape is worked out layer by layer", chain)
-        self.sized.update(_SHAPE_NAME.findall(text))
+        read = [n for n in _SHAPE_NAME.findall(text) if n not in env]
+        self.sized.update(read)
         x = self.shape[0]
         names = {"in_channels": x[1]} if len(x) >= 2 else {}
         if len(x) == 4:
             names.update(in_h=x[2], in_w=x[3])
+        for name in read:
+            if name not in names:
+                raise TemplateError("SC113", f"${name} is not known here: the tensor that "
+                                    f"arrives is {'×'.join(map(str, x[1:])) or 'a scalar'}, "
+                                    "without " + ("a height and width" if name != "in_channels"
+                                                  else "channels"), loc, None, chain)
         return names
 
     def advance(self, entry: Any, src: tuple) -> None:
@@ -466,7 +473,7 @@ class _Expander:
         """A value with every expression in it evaluated (layer lists inside it included)."""
         if is_expression(value):
             if self.tracking and "$in_" in value:  # the spec's own names come first
-                env = {**self.shape_names(value, loc, chain), **env}
+                env = {**self.shape_names(value, env, loc, chain), **env}
             try:
                 result = evaluate(value, env)
             except ExpressionError as e:
