@@ -560,8 +560,10 @@ def test_the_incoming_shape_follows_another_input(tmp_path, capsys):
     capsys.readouterr()
 
 
-def test_the_incoming_shape_where_a_layer_before_fails_is_sc113(tmp_path):
-    path = write(tmp_path, """\
+def test_the_incoming_shape_after_a_layer_that_fails(tmp_path):
+    """A template reads $in_channels after a layer that fails: that layer's own error, at its
+    line, as planning reports it; after an entry that breaks the schema, SC113 names it."""
+    text = """\
         input: {shape: [16, 8, 8]}
         templates:
           dw:
@@ -569,10 +571,16 @@ def test_the_incoming_shape_where_a_layer_before_fails_is_sc113(tmp_path):
         layers:
           - {type: conv2d, out_channels: 16, kernel_size: 9}
           - {use: dw}
-        """)
-    error = only_error(shapecheck.plan(path))
+        """
+    error = only_error(shapecheck.plan(write(tmp_path, text)))
+    assert (error.code, error.line) == ("SC201", 6)
+    assert error.message.startswith("kernel 9×9 (effective 9 with dilation 1) is larger than")
+    assert "a template after it reads the incoming shape" in error.message
+    broken = text.replace("kernel_size: 9}", "kernel_size: 1, colour: red}")
+    error = only_error(shapecheck.plan(write(tmp_path, broken)))
     assert (error.code, error.line) == ("SC113", 7)
-    assert "not known here: the layer at layers[0], before it, fails: kernel 9×9" in error.message
+    assert "not known here: the layer at layers[0], before it, does not follow the schema" \
+        in error.message
 
 
 def test_a_parameter_s_layers_are_spliced_into_a_body(tmp_path):

@@ -45,8 +45,8 @@ CODES: dict[str, str] = {
     "SC111": "An unknown scale (`--scale`, `default_scale`), a `default_scale` that is not a "
     "name, or `scales` that are not named sets of values.",
     "SC113": "A `when:` that is not true or false, a `when:` group with more than `layers:`, or "
-    "`$in_channels`, `$in_h` or `$in_w` read where the incoming shape is not known (a layer "
-    "before it fails) or has no such dimension (`$in_h` after a flatten).",
+    "`$in_channels`, `$in_h` or `$in_w` read where the incoming shape is not known (an entry "
+    "before it breaks the schema) or has no such dimension (`$in_h` after a flatten).",
     # SC2xx: PyTorch would reject the network at this layer (exit code 1).
     "SC201": "The (dilated) kernel is larger than the padded input, or reflect/circular "
     "padding is larger than the input allows.",

@@ -354,20 +354,23 @@ MAX_DIM = int(sys.float_info.max)  # about 1.8e308
 
 
 def plan_entry(entry, x: Dims, ctx: Context) -> tuple[Dims, Context]:
-    """The output of one raw, expanded layer entry from ``x``, as planning gives it, for the
-    templates that read the incoming shape ($in_channels). ValueError says why there is none."""
+    """The output of one raw, expanded layer (not block) entry from ``x``, as planning gives
+    it, for the templates that read the incoming shape ($in_channels). Raises the ShapeError
+    planning would report, or ValueError for an entry that breaks the schema."""
     from .layers import parse_layers
 
     layers, errors = parse_layers([entry], ("layers",))
     if errors:
         raise ValueError("does not follow the schema")
+    if layers[0].is_block:
+        raise ValueError("is a block")  # (blocks are merged from their branches)
     planner = _Planner.__new__(_Planner)
     planner.batch, planner.failure, planner.warnings = 1, None, []
     layer = layers[0]
     row = planner._row(0, (0,), layer)
     out, ctx = planner._plan_layer(row, layer, x, ctx)
     if planner.failure is not None:
-        raise ValueError(f"fails: {planner.failure.error.message}")
+        raise planner.failure.error
     return out, ctx
 
 
@@ -382,10 +385,9 @@ def merge_entry(block: type[Block], entry: dict, x: Dims, ctx: Context,
         given = [outs.get(_branch_place(model, key), b)
                  for (key, _), b in zip(model.branch_lists(), inputs)]
         out, _ = model.merge(x, given)
-    except ShapeError as e:
-        raise ValueError(f"fails: {e.message}") from None
     except (TypeError, AttributeError, ValueError, KeyError, IndexError):
         raise ValueError("does not follow the schema") from None
+    _computable(out)
     return out, ctx.after(x, out)
 
 
@@ -396,8 +398,8 @@ def branch_entries(block: type[Block], entry: dict, x: Dims, ctx: Context) -> di
         model = block.model_construct(**entry)
         inputs = model.branch_inputs(x)
         keys = [_branch_place(model, key) for key, _ in model.branch_lists()]
-    except (ShapeError, TypeError, AttributeError, ValueError, KeyError, IndexError):
-        raise ValueError("the block fails") from None
+    except (TypeError, AttributeError, ValueError, KeyError, IndexError):
+        raise ValueError("does not follow the schema") from None
     return {key: (b, ctx if b[-1:] == x[-1:] else Context()) for key, b in zip(keys, inputs)}
 
 

@@ -267,9 +267,11 @@ class _Expander:
         # `build` writes it in the class of the template that wrote it, with its expressions.
         self.unevaluated: dict[int, tuple[dict, dict]] = {}
         # The incoming shape where expansion stands, and its planner context, while the spec
-        # reads it (track); None where a layer before fails (`unknown` says which and why).
+        # reads it (track); None where a layer before fails: `failed` is then that layer's
+        # error, as planning would report it, or `unknown` says why there is none.
         self.tracking = False
         self.shape: tuple | None = None
+        self.failed: TemplateError | None = None
         self.unknown = ""
         self.sized: set[str] = set()  # the names of SHAPE_NAMES read
 
@@ -287,6 +289,8 @@ class _Expander:
         """$in_channels (channels or features), $in_h and $in_w where expansion stands, for
         the expression ``text`` (read in ``env``)."""
         if self.shape is None:
+            if self.failed is not None:
+                raise self.failed
             raise TemplateError("SC113", "the incoming shape ($in_channels, $in_h, $in_w) is "
                                 f"not known here: {self.unknown}", loc,
                                 "fix that first: the shape is worked out layer by layer", chain)
@@ -304,43 +308,59 @@ class _Expander:
                                                   else "channels"), loc, None, chain)
         return names
 
-    def advance(self, entry: Any, src: tuple) -> None:
+    def lose(self, error: Exception, what: str, src: tuple, chain: tuple) -> None:
+        """No shape after the entry at ``src``: ``error`` says why. A shape error is what
+        planning would report there, and is reported so where a template reads the shape after
+        it; an entry that breaks the schema is named."""
+        from .layers import ShapeError
+
+        self.shape = None
+        self.failed = None
+        if isinstance(error, ShapeError):
+            self.failed = TemplateError(error.code, f"{error.message} (a template after it "
+                                        "reads the incoming shape, which this leaves unknown)",
+                                        src, error.hint, chain)
+        self.unknown = f"the {what} at {_loc_text(src)}, before it, {error}"
+
+    def advance(self, entry: Any, src: tuple, chain: tuple) -> None:
         """The incoming shape after ``entry``, which has just been made."""
         if self.shape is None:
             return
+        from .layers import ShapeError
         from .planner import plan_entry
 
         try:
             self.shape = plan_entry(entry, *self.shape)
-        except ValueError as e:
-            self.shape = None
-            self.unknown = f"the layer at {_loc_text(src)}, before it, {e}"
+        except (ShapeError, ValueError) as e:
+            self.lose(e, "layer", src, chain)
 
-    def merge(self, block: Any, item: dict, outs: dict, src: tuple) -> None:
+    def merge(self, block: Any, item: dict, outs: dict, src: tuple, chain: tuple) -> None:
         """The incoming shape after a block, from its branches' outputs (by their place)."""
         if self.shape is None:
             return
         if any(out is None for out in outs.values()):
-            self.shape = None
+            self.shape = None  # a branch failed: its error stays the one to report
             return
+        from .layers import ShapeError
         from .planner import merge_entry
 
         try:
             self.shape = merge_entry(block, item, *self.shape,
                                      {key: out[0] for key, out in outs.items()})
-        except ValueError as e:
-            self.shape = None
-            self.unknown = f"the block at {_loc_text(src)}, before it, {e}"
+        except (ShapeError, ValueError) as e:
+            self.lose(e, "block", src, chain)
 
-    def branch_shapes(self, block: Any, item: dict) -> dict:
+    def branch_shapes(self, block: Any, item: dict, src: tuple, chain: tuple) -> dict:
         """The incoming shape of each branch of a block entry, by its place in the entry."""
         if self.shape is None:
             return {}
+        from .layers import ShapeError
         from .planner import branch_entries
 
         try:
             return branch_entries(block, item, *self.shape)
-        except ValueError:  # the block's own error is the planner's to report
+        except (ShapeError, ValueError) as e:
+            self.lose(e, "block", src, chain)
             return {}
 
     def items(self, items: list, src: tuple, dst: tuple, env: dict, chain: tuple,
@@ -397,7 +417,7 @@ class _Expander:
         if not isinstance(item, dict):
             item = self.value(item, env, src, chain, dst, "type")
             if self.tracking:
-                self.advance(item, src)
+                self.advance(item, src, chain)
             return item
         self.spend(len(item), src, chain)  # its fields are copied below
         if any(isinstance(k, str) and "$" in k for k in item):
@@ -419,21 +439,19 @@ class _Expander:
                                     "holds a use of a template that is a block nests them; "
                                     "no network needs so many levels", chain)
             outer, outs = self.shape, {}
-            inputs = self.branch_shapes(block, item) if self.tracking else {}
+            inputs = self.branch_shapes(block, item, src, chain) if self.tracking else {}
             for suffix, branch in block.raw_branches(item):
                 if self.tracking:
                     self.shape = inputs.get(suffix)
-                    if self.shape is None and outer is not None:
-                        self.unknown = f"the block at {_loc_text(src)} fails"
                 expanded = self.items(branch, (*src, *suffix), (*dst, *suffix), env, chain)
                 _put(item, suffix, expanded)
                 outs[suffix] = self.shape
             self.blocks -= 1
             if self.tracking:
                 self.shape = outer
-                self.merge(block, item, outs, src)
+                self.merge(block, item, outs, src, chain)
         elif self.tracking:
-            self.advance(item, src)
+            self.advance(item, src, chain)
         return item
 
     def too_many(self, loc: tuple, chain: tuple) -> TemplateError:
