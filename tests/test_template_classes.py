@@ -288,3 +288,32 @@ layers:
   - {use: res, pre: batchnorm2d, first: {pre: dropout}}
 """, encoding="utf-8")
     _matches_expanded(path, torch.randn(2, 8, 16, 16))
+
+
+def test_a_layer_type_parameter_in_a_residual_body_builds(tmp_path):
+    """`{type: $pre}` in a residual's body with two values: the body becomes a module
+    argument, without a default, beside `c`, which has one. Python wants it before `c` (build
+    wrote it after, and its source failed with "non-default argument follows default
+    argument")."""
+    path = tmp_path / "pre.yaml"
+    path.write_text("""\
+input: {shape: [8, 16, 16]}
+templates:
+  res:
+    params: {pre: relu, c: 8}
+    type: residual
+    body:
+      - {type: $pre}
+      - {type: conv2d, out_channels: $c, kernel_size: 3, padding: 1}
+    shortcut: [{type: conv2d, out_channels: $c, kernel_size: 1}]
+layers:
+  - {use: res}
+  - {use: res, pre: gelu, c: 16}
+""", encoding="utf-8")
+    namespace = module_from_source(_source(path))
+    params = inspect.signature(namespace.Res.__init__).parameters
+    assert list(params) == ["self", "in_channels", "body", "c"] and params["c"].default == 8
+    _matches_expanded(path, torch.randn(2, 8, 16, 16))
+    res = namespace.Res(4, body=torch.nn.Sequential(torch.nn.SiLU(),
+                                                    torch.nn.Conv2d(4, 8, 3, padding=1)))
+    assert res(torch.zeros(1, 4, 16, 16)).shape == (1, 8, 16, 16)
