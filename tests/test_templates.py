@@ -379,7 +379,7 @@ def test_a_flow_mapping_cut_at_a_comma_gets_a_quoting_hint(tmp_path):
 
 
 def test_expand_round_trips(tmp_path, capsys):
-    for text, scale in ((RESNET50, None), (SCALED, "x0_5")):
+    for text, scale in ((RESNET50, None), (SCALED, "x0_5"), (MBCONV, None)):
         path = write(tmp_path, text)
         args = ["expand", str(path)] + (["--scale", scale] if scale else [])
         assert main(args) == 0
