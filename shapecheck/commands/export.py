@@ -62,6 +62,10 @@ def export_module(model, plan, generated, fail: Fail):
     or the exit code of the failure, reported with ``fail``."""
     from ..emit.onnx import OnnxExportError, export_onnx
 
+    if len(plan.outputs) > 1:
+        names = ", ".join(name for name, _ in plan.outputs)
+        return fail(f"{plan.name} returns several tensors ({names}); ONNX export takes a network "
+                    "with one output: list one under `outputs:`; no ONNX file was written")
     layers = {generated.module_names[layer.path]: layer for layer in plan.walk()}
 
     def describe(qualname: str) -> str:
@@ -93,10 +97,10 @@ def export_run(run_dir: Path, path: str, fail: Fail, *, best: bool = False,
     """Export the trained module of a run folder to ``path``, checked; an exit code."""
     from ..emit.onnx import OnnxExportError, export_onnx
     from ..training import BEST_FILE, MODEL_FILE, RunFolderError, load_run_module
-    from ..training.runinfo import RunInfoError, load_run_info
+    from ..training.runinfo import RunInfo, RunInfoError
 
     try:
-        info = load_run_info(run_dir)
+        info = RunInfo.load(run_dir)
     except RunInfoError as e:
         return fail(str(e))
     weights = BEST_FILE if best else MODEL_FILE
