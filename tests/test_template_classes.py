@@ -317,3 +317,29 @@ layers:
     res = namespace.Res(4, body=torch.nn.Sequential(torch.nn.SiLU(),
                                                     torch.nn.Conv2d(4, 8, 3, padding=1)))
     assert res(torch.zeros(1, 4, 16, 16)).shape == (1, 8, 16, 16)
+
+
+def test_in_channels_after_named_inputs_builds_and_runs(tmp_path):
+    """Depthwise convs by $in_channels after a cat and a layer that reads `from:` another:
+    the module computes what the plain layers compute, and for another input as well."""
+    path = tmp_path / "net.yaml"
+    path.write_text("""\
+input: {shape: [3, 16, 16]}
+templates:
+  dw:
+    layers: [{type: conv2d, out_channels: $in_channels, kernel_size: 3, padding: 1, groups: $in_channels}, relu]
+layers:
+  - {type: conv2d, name: stem, out_channels: 8, kernel_size: 3, padding: 1}
+  - {type: maxpool2d, kernel_size: 2}
+  - {use: dw}
+  - {type: upsample, size: {like: stem}}
+  - {type: cat, from: [prev, stem]}
+  - {use: dw}
+  - {type: conv2d, from: stem, out_channels: 4, kernel_size: 1}
+  - {use: dw}
+""", encoding="utf-8")
+    model = _matches_expanded(path, torch.randn(2, 3, 16, 16))
+    assert [m.groups for m in model.modules() if isinstance(m, torch.nn.Conv2d)] == \
+        [1, 8, 16, 1, 4]
+    other = shapecheck.build_module(path, device="cpu", input_shape=(3, 20, 12))
+    assert other(torch.randn(1, 3, 20, 12)).shape == (1, 4, 20, 12)

@@ -723,3 +723,42 @@ def test_each_repeat_sees_what_the_one_before_gives(tmp_path):
         "a height and width"
     plan = shapecheck.plan(write(tmp_path, path.read_text().replace(", when: $in_h > 1", "")))
     assert [r.output_dims[1] for r in plan.layers] == [8, 16, 32, 2048, 1024, 3]
+
+
+GRAPH = """\
+input: {shape: [3, 16, 16]}
+templates:
+  dw:
+    layers: [{type: conv2d, out_channels: $in_channels, kernel_size: 3, padding: 1, groups: $in_channels}, relu]
+  cbr:
+    params: {c: 8}
+    layers: [{type: conv2d, out_channels: $c, kernel_size: 3, padding: 1}, relu]
+layers:
+  - {type: conv2d, name: stem, out_channels: 8, kernel_size: 3, padding: 1}
+  - {use: cbr, name: enc, c: 16}
+  - {type: maxpool2d, kernel_size: 2}
+  - {use: dw}
+  - {type: upsample, size: {like: enc}}
+  - {type: cat, name: joined, from: [prev, enc]}
+  - {use: dw}
+  - {type: conv2d, from: stem, out_channels: 4, kernel_size: 1}
+  - {use: dw}
+  - {type: conv2d, from: joined, out_channels: $in_channels // 2, kernel_size: 1}
+  - {type: add, from: [prev, enc]}
+  - {use: dw}
+"""
+
+
+def test_in_channels_follows_named_inputs(tmp_path):
+    """After a layer that reads by name (`from:`, a merge, `size: {like: …}`), the channels
+    that arrive are those of the tensor it reads or makes: a named layer's, a use's last."""
+    plan = shapecheck.plan(write(tmp_path, GRAPH))
+    assert plan.valid, [d.message for d in plan.diagnostics]
+    groups = [r.spec.groups for r in plan.layers if r.type == "conv2d" and r.spec.groups > 1]
+    assert groups == [16, 32, 4, 16]
+    assert plan.layers[13].spec.out_channels == 16  # from joined: 32 // 2
+    # a layer read by a name the expansion does not follow (an automatic name)
+    text = GRAPH.replace("from: stem,", "from: enc_conv1,")
+    error = only_error(shapecheck.plan(write(tmp_path, text, "auto.yaml")))
+    assert error.code == "SC113" and "reads `from: enc_conv1`, whose shape is not followed" \
+        in error.message

@@ -413,10 +413,12 @@ MAX_DIM = int(sys.float_info.max)  # about 1.8e308
 # --- the incoming shape inside templates ---------------------------------------------------
 
 
-def plan_entry(entry, x: Dims, ctx: Context) -> tuple[Dims, Context]:
+def plan_entry(entry, x: Dims, ctx: Context,
+               tensors: dict | None = None) -> tuple[Dims, Context]:
     """The output of one raw, expanded layer (not block) entry from ``x``, as planning gives
-    it, for the templates that read the incoming shape ($in_channels). Raises the ShapeError
-    planning would report, or ValueError for an entry that breaks the schema."""
+    it, for the templates that read the incoming shape ($in_channels). ``tensors``: the
+    (dims, context) of the names a layer of the spec's own list may read (`from:`). Raises the
+    ShapeError planning would report, or ValueError for an entry that breaks the schema."""
     from .layers import parse_layers
 
     layers, errors = parse_layers([entry], ("layers",))
@@ -428,7 +430,16 @@ def plan_entry(entry, x: Dims, ctx: Context) -> tuple[Dims, Context]:
     planner.batch, planner.failure, planner.warnings = 1, None, []
     layer = layers[0]
     row = planner._row(0, (0,), layer)
-    out, ctx = planner._plan_layer(row, layer, x, ctx)
+    if layer.is_merge and not layer.inputs:
+        raise ValueError("merges no tensors it names")  # (SC112 is the loader's)
+    names = (*(layer.inputs or ()), *filter(None, [graph.like_of(layer)]))
+    if names and (tensors is None or any(tensors.get(n) is None for n in names)):
+        raise ValueError(f"reads {', '.join(names)}, whose shape is not followed")
+    if layer.is_merge or names:
+        row.inputs, row.like = layer.inputs, graph.like_of(layer)
+        out, ctx = planner._plan_layer(row, layer, x, ctx, tensors)
+    else:
+        out, ctx = planner._plan_layer(row, layer, x, ctx)
     if planner.failure is not None:
         raise planner.failure.error
     return out, ctx

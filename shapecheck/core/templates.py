@@ -273,6 +273,9 @@ class _Expander:
         self.shape: tuple | None = None
         self.failed: TemplateError | None = None
         self.unknown = ""
+        # The top-level tensors a later layer may read by name (`from:`, graph.py): "input",
+        # the named layers of the spec's own list, and the named uses (their last layer).
+        self.tensors: dict[str, tuple | None] = {}
         self.sized: set[str] = set()  # the names of SHAPE_NAMES read
 
     def track(self, shape: Any) -> None:
@@ -282,6 +285,7 @@ class _Expander:
         if (isinstance(shape, (list, tuple)) and len(shape) == 3
                 and all(type(v) is int and v > 0 for v in shape)):
             self.shape = ((1, *shape), Context())
+            self.tensors["input"] = self.shape
         else:
             self.unknown = "the spec's input shape is not three positive integers"
 
@@ -322,17 +326,41 @@ class _Expander:
                                         src, error.hint, chain)
         self.unknown = f"the {what} at {_loc_text(src)}, before it, {error}"
 
-    def advance(self, entry: Any, src: tuple, chain: tuple) -> None:
-        """The incoming shape after ``entry``, which has just been made."""
+    def advance(self, entry: Any, src: tuple, chain: tuple, top: bool) -> None:
+        """The incoming shape after ``entry``, which has just been made (``top``: in the
+        spec's own list, where it may read tensors by name)."""
         if self.shape is None:
             return
         from .layers import ShapeError
         from .planner import plan_entry
 
         try:
-            self.shape = plan_entry(entry, *self.shape)
+            self.shape = plan_entry(entry, *self.shape, self.named() if top else None)
         except (ShapeError, ValueError) as e:
             self.lose(e, "layer", src, chain)
+
+    def named(self) -> dict:
+        """The tensors a layer of the spec's own list may read by name, this one's included."""
+        return {**self.tensors, "prev": self.shape}
+
+    def read_from(self, item: dict, src: tuple) -> None:
+        """The incoming shape of a top-level entry that reads its input by name (`from:`): the
+        tensor it names first, as the planner gives it."""
+        names = item["from"] if isinstance(item["from"], list) else [item["from"]]
+        name = names[0] if names else None
+        known = self.named()
+        if isinstance(name, str) and known.get(name) is not None:
+            self.shape = known[name]
+        elif self.shape is not None:
+            self.shape, self.failed = None, None
+            self.unknown = (f"the layer at {_loc_text(src)} reads `from: {name}`, whose shape "
+                            "is not followed (name the layer it reads: the layers that a "
+                            "template writes and unnamed layers are not)")
+
+    def record(self, name: Any) -> None:
+        """A top-level tensor a later layer may read by name."""
+        if self.tracking and isinstance(name, str):
+            self.tensors[name] = self.shape
 
     def merge(self, block: Any, item: dict, outs: dict, src: tuple, chain: tuple) -> None:
         """The incoming shape after a block, from its branches' outputs (by their place)."""
@@ -395,6 +423,8 @@ class _Expander:
                     if self.count > self.limit:
                         raise self.too_many((*src, i), chain)
                 out += made
+                if dst == ("layers",):  # `from: NAME` reads the use's last layer
+                    self.record(item.get("name"))
             else:
                 out.append(self.layer(item, (*src, i), (*dst, start + len(out)), env, chain))
         return out
@@ -414,11 +444,14 @@ class _Expander:
         if chain and isinstance(item, dict):
             given = self.unevaluated.get(id(item))
             self.written[dst] = given[1] if given else item
+        top = dst[:1] == ("layers",) and len(dst) == 2
         if not isinstance(item, dict):
             item = self.value(item, env, src, chain, dst, "type")
             if self.tracking:
-                self.advance(item, src, chain)
+                self.advance(item, src, chain, top)
             return item
+        if self.tracking and top and "from" in item:
+            self.read_from(item, src)
         self.spend(len(item), src, chain)  # its fields are copied below
         if any(isinstance(k, str) and "$" in k for k in item):
             raise _cut_at_comma(item, src, chain)
@@ -451,7 +484,9 @@ class _Expander:
                 self.shape = outer
                 self.merge(block, item, outs, src, chain)
         elif self.tracking:
-            self.advance(item, src, chain)
+            self.advance(item, src, chain, top)
+        if top and not chain:
+            self.record(item.get("name"))
         return item
 
     def too_many(self, loc: tuple, chain: tuple) -> TemplateError:
