@@ -22,12 +22,11 @@ uses that made it (``Expansion.where``), so that errors name both."""
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .expressions import ExpressionError, evaluate, is_expression, show
 from .layers import KINDS, block_of
@@ -47,10 +46,9 @@ MAX_VALUES = 2_000_000
 # Scales a spec may declare: `check` plans each one (EfficientNet has 8).
 MAX_SCALES = 1_000
 USE_KEYS = ("use", "name", "repeat", "first")
-# The incoming shape where an expression stands, for templates that need it (a depthwise
-# conv's `groups: $in_channels`): worked out only in specs that read one of these.
-SHAPE_NAMES = ("in_channels", "in_h", "in_w")
-_SHAPE_NAME = re.compile(r"\$(in_channels|in_h|in_w)\b")
+
+if TYPE_CHECKING:
+    from .incoming import Incoming
 
 
 class Site(NamedTuple):
@@ -132,15 +130,18 @@ def expand(data: dict, scale: str | None, limit: int, input_shape: Any = None) -
     classes = _template_classes(templates)
     variables, chosen = _scale(data, scale)
     expander = _Expander(templates, limit, classes)
-    if _reads_shapes(data):
+    if _reads_shapes(data):  # only such specs work out shapes as they expand
+        from .incoming import Incoming
+
         declared = data.get("input")
-        expander.track(input_shape or (declared.get("shape") if isinstance(declared, dict)
-                                       else None))
+        expander.incoming = Incoming(input_shape or (
+            declared.get("shape") if isinstance(declared, dict) else None))
     layers = data.get("layers")
     plain = {k: v for k, v in data.items() if k not in TOP_KEYS}
     if isinstance(layers, list):
         plain["layers"] = expander.items(layers, ("layers",), ("layers",), variables, ())
-    return Expansion(plain, expander.where, frozenset(expander.sized), expander.notes, chosen, variables,
+    read = frozenset(expander.incoming.read) if expander.incoming else frozenset()
+    return Expansion(plain, expander.where, read, expander.notes, chosen, variables,
                      expander.made, expander.defaults, expander.one_layer, expander.written)
 
 
@@ -266,130 +267,8 @@ class _Expander:
         # A layer entry given as a use's value (a `shortcut:` list), evaluated -> as written:
         # `build` writes it in the class of the template that wrote it, with its expressions.
         self.unevaluated: dict[int, tuple[dict, dict]] = {}
-        # The incoming shape where expansion stands, and its planner context, while the spec
-        # reads it (track); None where a layer before fails: `failed` is then that layer's
-        # error, as planning would report it, or `unknown` says why there is none.
-        self.tracking = False
-        self.shape: tuple | None = None
-        self.failed: TemplateError | None = None
-        self.unknown = ""
-        # The top-level tensors a later layer may read by name (`from:`, graph.py): "input",
-        # the named layers of the spec's own list, and the named uses (their last layer).
-        self.tensors: dict[str, tuple | None] = {}
-        self.sized: set[str] = set()  # the names of SHAPE_NAMES read
-
-    def track(self, shape: Any) -> None:
-        from .layers import Context
-
-        self.tracking = True
-        if (isinstance(shape, (list, tuple)) and len(shape) == 3
-                and all(type(v) is int and v > 0 for v in shape)):
-            self.shape = ((1, *shape), Context())
-            self.tensors["input"] = self.shape
-        else:
-            self.unknown = "the spec's input shape is not three positive integers"
-
-    def shape_names(self, text: str, env: dict, loc: tuple, chain: tuple) -> dict:
-        """$in_channels (channels or features), $in_h and $in_w where expansion stands, for
-        the expression ``text`` (read in ``env``)."""
-        if self.shape is None:
-            if self.failed is not None:
-                raise self.failed
-            raise TemplateError("SC113", "the incoming shape ($in_channels, $in_h, $in_w) is "
-                                f"not known here: {self.unknown}", loc,
-                                "fix that first: the shape is worked out layer by layer", chain)
-        read = [n for n in _SHAPE_NAME.findall(text) if n not in env]
-        self.sized.update(read)
-        x = self.shape[0]
-        names = {"in_channels": x[1]} if len(x) >= 2 else {}
-        if len(x) == 4:
-            names.update(in_h=x[2], in_w=x[3])
-        for name in read:
-            if name not in names:
-                raise TemplateError("SC113", f"${name} is not known here: the tensor that "
-                                    f"arrives is {'×'.join(map(str, x[1:])) or 'a scalar'}, "
-                                    "without " + ("a height and width" if name != "in_channels"
-                                                  else "channels"), loc, None, chain)
-        return names
-
-    def lose(self, error: Exception, what: str, src: tuple, chain: tuple) -> None:
-        """No shape after the entry at ``src``: ``error`` says why. A shape error is what
-        planning would report there, and is reported so where a template reads the shape after
-        it; an entry that breaks the schema is named."""
-        from .layers import ShapeError
-
-        self.shape = None
-        self.failed = None
-        if isinstance(error, ShapeError):
-            self.failed = TemplateError(error.code, f"{error.message} (a template after it "
-                                        "reads the incoming shape, which this leaves unknown)",
-                                        src, error.hint, chain)
-        self.unknown = f"the {what} at {_loc_text(src)}, before it, {error}"
-
-    def advance(self, entry: Any, src: tuple, chain: tuple, top: bool) -> None:
-        """The incoming shape after ``entry``, which has just been made (``top``: in the
-        spec's own list, where it may read tensors by name)."""
-        if self.shape is None:
-            return
-        from .layers import ShapeError
-        from .planner import plan_entry
-
-        try:
-            self.shape = plan_entry(entry, *self.shape, self.named() if top else None)
-        except (ShapeError, ValueError) as e:
-            self.lose(e, "layer", src, chain)
-
-    def named(self) -> dict:
-        """The tensors a layer of the spec's own list may read by name, this one's included."""
-        return {**self.tensors, "prev": self.shape}
-
-    def read_from(self, item: dict, src: tuple) -> None:
-        """The incoming shape of a top-level entry that reads its input by name (`from:`): the
-        tensor it names first, as the planner gives it."""
-        names = item["from"] if isinstance(item["from"], list) else [item["from"]]
-        name = names[0] if names else None
-        known = self.named()
-        if isinstance(name, str) and known.get(name) is not None:
-            self.shape = known[name]
-        elif self.shape is not None:
-            self.shape, self.failed = None, None
-            self.unknown = (f"the layer at {_loc_text(src)} reads `from: {name}`, whose shape "
-                            "is not followed (name the layer it reads: the layers that a "
-                            "template writes and unnamed layers are not)")
-
-    def record(self, name: Any) -> None:
-        """A top-level tensor a later layer may read by name."""
-        if self.tracking and isinstance(name, str):
-            self.tensors[name] = self.shape
-
-    def merge(self, block: Any, item: dict, outs: dict, src: tuple, chain: tuple) -> None:
-        """The incoming shape after a block, from its branches' outputs (by their place)."""
-        if self.shape is None:
-            return
-        if any(out is None for out in outs.values()):
-            self.shape = None  # a branch failed: its error stays the one to report
-            return
-        from .layers import ShapeError
-        from .planner import merge_entry
-
-        try:
-            self.shape = merge_entry(block, item, *self.shape,
-                                     {key: out[0] for key, out in outs.items()})
-        except (ShapeError, ValueError) as e:
-            self.lose(e, "block", src, chain)
-
-    def branch_shapes(self, block: Any, item: dict, src: tuple, chain: tuple) -> dict:
-        """The incoming shape of each branch of a block entry, by its place in the entry."""
-        if self.shape is None:
-            return {}
-        from .layers import ShapeError
-        from .planner import branch_entries
-
-        try:
-            return branch_entries(block, item, *self.shape)
-        except (ShapeError, ValueError) as e:
-            self.lose(e, "block", src, chain)
-            return {}
+        # The incoming shape where expansion stands, in a spec that reads it ($in_channels).
+        self.incoming: Incoming | None = None
 
     def items(self, items: list, src: tuple, dst: tuple, env: dict, chain: tuple,
               start: int = 0) -> list:
@@ -423,8 +302,8 @@ class _Expander:
                     if self.count > self.limit:
                         raise self.too_many((*src, i), chain)
                 out += made
-                if dst == ("layers",):  # `from: NAME` reads the use's last layer
-                    self.record(item.get("name"))
+                if self.incoming is not None and dst == ("layers",):
+                    self.incoming.record(item.get("name"))  # `from:` reads its last layer
             else:
                 out.append(self.layer(item, (*src, i), (*dst, start + len(out)), env, chain))
         return out
@@ -444,14 +323,15 @@ class _Expander:
         if chain and isinstance(item, dict):
             given = self.unevaluated.get(id(item))
             self.written[dst] = given[1] if given else item
-        top = dst[:1] == ("layers",) and len(dst) == 2
+        incoming = self.incoming
+        top = len(dst) == 2 and dst[0] == "layers"  # in the spec's own list
         if not isinstance(item, dict):
             item = self.value(item, env, src, chain, dst, "type")
-            if self.tracking:
-                self.advance(item, src, chain, top)
+            if incoming is not None:
+                incoming.after_layer(item, src, chain, top)
             return item
-        if self.tracking and top and "from" in item:
-            self.read_from(item, src)
+        if incoming is not None and top and "from" in item:
+            incoming.reads_from(item["from"], src)
         self.spend(len(item), src, chain)  # its fields are copied below
         if any(isinstance(k, str) and "$" in k for k in item):
             raise _cut_at_comma(item, src, chain)
@@ -471,22 +351,22 @@ class _Expander:
                                     f"{MAX_BLOCK_DEPTH} deep", src, "a template whose block "
                                     "holds a use of a template that is a block nests them; "
                                     "no network needs so many levels", chain)
-            outer, outs = self.shape, {}
-            inputs = self.branch_shapes(block, item, src, chain) if self.tracking else {}
+            outer, outs = incoming and incoming.shape, {}
+            inputs = incoming.branches(block, item, src, chain) if incoming else {}
             for suffix, branch in block.raw_branches(item):
-                if self.tracking:
-                    self.shape = inputs.get(suffix)
+                if incoming is not None:
+                    incoming.shape = inputs.get(suffix)
                 expanded = self.items(branch, (*src, *suffix), (*dst, *suffix), env, chain)
                 _put(item, suffix, expanded)
-                outs[suffix] = self.shape
+                outs[suffix] = incoming and incoming.shape
             self.blocks -= 1
-            if self.tracking:
-                self.shape = outer
-                self.merge(block, item, outs, src, chain)
-        elif self.tracking:
-            self.advance(item, src, chain, top)
-        if top and not chain:
-            self.record(item.get("name"))
+            if incoming is not None:
+                incoming.shape = outer
+                incoming.after_block(block, item, outs, src, chain)
+        elif incoming is not None:
+            incoming.after_layer(item, src, chain, top)
+        if incoming is not None and top and not chain:
+            incoming.record(item.get("name"))
         return item
 
     def too_many(self, loc: tuple, chain: tuple) -> TemplateError:
@@ -525,8 +405,8 @@ class _Expander:
               key: str | None = None) -> Any:
         """A value with every expression in it evaluated (layer lists inside it included)."""
         if is_expression(value):
-            if self.tracking and "$in_" in value:  # the spec's own names come first
-                env = {**self.shape_names(value, env, loc, chain), **env}
+            if self.incoming is not None and "$in_" in value:  # the spec's own names first
+                env = {**self.incoming.names(value, env, loc, chain), **env}
             try:
                 result = evaluate(value, env)
             except ExpressionError as e:
@@ -716,14 +596,6 @@ def _cut_at_comma(entry: dict, src: tuple, chain: tuple) -> TemplateError:
     return TemplateError("SC109", f"{key!r} cannot be a key: a $name stands in a value",
                          (*src, key), "inside {…} a comma ends the value: quote an expression "
                          'that holds one, out: "max(8, $c)"', chain)
-
-
-def _loc_text(loc: tuple) -> str:
-    """A YAML location for a message: layers[3].body[1]."""
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else ("." if text else "") + str(part)
-    return text
 
 
 def _put(item: dict, suffix: tuple, value: list) -> None:
