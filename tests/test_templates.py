@@ -762,3 +762,24 @@ def test_in_channels_follows_named_inputs(tmp_path):
     error = only_error(shapecheck.plan(write(tmp_path, text, "auto.yaml")))
     assert error.code == "SC113" and "reads `from: enc_conv1`, whose shape is not followed" \
         in error.message
+
+
+def test_features_after_a_flatten_follow_the_size(tmp_path, capsys):
+    """$in_channels after a flatten is C×H×W: another size expands the templates again, and
+    solve says it cannot follow; channels alone are the same at every size."""
+    path = write(tmp_path, """\
+        input: {shape: [4, 8, 8]}
+        templates:
+          head:
+            layers: [flatten, {type: linear, out_features: $in_channels // 4}]
+        layers:
+          - {type: conv2d, out_channels: 8, kernel_size: 3, padding: 1, groups: $in_channels}
+          - {use: head}
+        """)
+    assert shapecheck.plan(path).params == (8 * 9 + 8) + (512 * 128 + 128)
+    assert shapecheck.plan(path, input_shape=(4, 4, 4)).layers[-1].output_dims == (1, 32)
+    assert main(["solve", str(path)]) == 2
+    assert "$in_channels after a flatten" in capsys.readouterr().out
+    channels_only = write(tmp_path, path.read_text().replace("$in_channels // 4", "10"), "c.yaml")
+    assert main(["solve", str(channels_only)]) == 0
+    capsys.readouterr()

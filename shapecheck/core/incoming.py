@@ -30,7 +30,9 @@ class Incoming:
         self.shape: tuple | None = None
         self.failed: TemplateError | None = None
         self.unknown = ""
-        self.read: set[str] = set()  # which of the names the expressions read
+        # Which of the names the expressions read, and "features" where $in_channels read the
+        # features after a flatten (which the height and width make).
+        self.read: set[str] = set()
         # The top-level tensors a later layer may read by name (`from:`, graph.py): "input",
         # the named layers of the spec's own list, and the named uses (their last layer).
         self.tensors: dict[str, tuple | None] = {}
@@ -52,6 +54,8 @@ class Incoming:
         read = [n for n in _NAME.findall(text) if n not in env]
         self.read.update(read)
         x = self.shape[0]
+        if "in_channels" in read and len(x) != 4:
+            self.read.add("features")
         names = {"in_channels": x[1]} if len(x) >= 2 else {}
         if len(x) == 4:
             names.update(in_h=x[2], in_w=x[3])

@@ -167,8 +167,9 @@ class Plan(Record):
         self.templates = templates
         # The tensors the network returns, where the spec lists them: (name, top-level index).
         self.outputs = outputs
-        # Whether its templates read the incoming H or W ($in_h): its layers are those of
-        # this input size, which solve's arithmetic over sizes cannot follow.
+        # Whether its templates read the incoming H or W ($in_h, or $in_channels after a
+        # flatten): its layers are those of this input size, which solve's arithmetic over
+        # sizes cannot follow.
         self.sized = sized
 
     def output_rows(self) -> list[LayerPlan]:

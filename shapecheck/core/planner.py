@@ -95,6 +95,22 @@ def _with_sizes_hint(result: Plan, spec: Spec, batch) -> Plan:
     return result
 
 
+# What a template reads that follows the input's height and width: $in_h, $in_w, and
+# $in_channels after a flatten (incoming.py).
+SIZE_NAMES = frozenset({"in_h", "in_w", "features"})
+
+
+def _expanded_for(spec: Spec, shape: tuple) -> Spec:
+    """The spec for the input ``shape``: expanded again where its templates read what differs
+    from the input it was expanded for. Raises SpecError."""
+    declared = tuple(spec.input.shape)
+    read = spec._sized
+    if (shape[0] != declared[0] and read & {"in_channels", "features"}
+            or shape[1:] != declared[1:] and read & SIZE_NAMES):
+        return spec._at_input(shape)
+    return spec
+
+
 def _replan(spec: Spec, batch, input_shape: tuple) -> Plan:
     """The spec planned at another input, without the hints."""
     try:
@@ -136,8 +152,8 @@ def _template_line(d: Diagnostic, rows: dict) -> tuple | None:
 class _Planner:
     def __init__(self, spec: Spec, batch, input_shape, hints: bool = True):
         self.input = tuple(input_shape or spec.input.shape)
-        if spec._at_input is not None and self.input != tuple(spec.input.shape):
-            spec = spec._at_input(self.input)  # its templates read the shape: SpecError
+        if spec._at_input is not None:
+            spec = _expanded_for(spec, self.input)
         self.spec = spec
         self.batch = batch if batch is not None else spec.input.batch
         self.hints = hints
@@ -183,7 +199,7 @@ class _Planner:
             scales=self.spec.scales,
             templates=self.spec._templates,
             outputs=self._outputs(rows),
-            sized=bool(self.spec._sized & {"in_h", "in_w"}),
+            sized=bool(self.spec._sized & SIZE_NAMES),
         )
         receptive_fields(result)
         rows_by_path = {row.path: row for row in result.walk()}
