@@ -783,3 +783,25 @@ def test_features_after_a_flatten_follow_the_size(tmp_path, capsys):
     channels_only = write(tmp_path, path.read_text().replace("$in_channels // 4", "10"), "c.yaml")
     assert main(["solve", str(channels_only)]) == 0
     capsys.readouterr()
+
+
+def test_a_use_that_when_leaves_empty_makes_nothing(tmp_path, capsys):
+    """A use whose layers `when:` all leaves out makes no layer and no note, and build
+    writes the other uses as usual."""
+    path = write(tmp_path, """\
+        input: {shape: [8, 8, 8]}
+        templates:
+          opt:
+            params: {on: false}
+            layers: [{type: relu, when: $on}]
+        layers:
+          - {use: opt, name: a}
+          - {use: opt, name: b, on: true, repeat: 2}
+          - {type: conv2d, out_channels: 4, kernel_size: 1}
+        """)
+    assert [r.name for r in shapecheck.plan(path).layers] == ["b_0_relu1", "b_1_relu2", "conv1"]
+    assert main(["expand", str(path), "--explain"]) == 0
+    assert "# a: use opt" not in capsys.readouterr().out
+    torch = pytest.importorskip("torch")
+    model = shapecheck.build_module(path, device="cpu")
+    assert model(torch.randn(1, 8, 8, 8)).shape == (1, 4, 8, 8)

@@ -493,11 +493,11 @@ class _Expander:
                                       start=at + len(out))
             raw = {**item, **(item.get("first") or {} if i == 0 else {})}
             written = {k: v for k, v in raw.items() if k not in USE_KEYS}
-            if produced:  # (a body whose layers are all left out by `when:` makes none)
-                self.made.append(Made(name, {k: local[k] for k in defaults}, start,
-                                      len(produced), src, i,
-                                      given if isinstance(given, str) else None, len(chain),
-                                      written, instance))
+            if not produced:  # a body whose layers `when:` all leaves out: nothing to note
+                continue
+            self.made.append(Made(name, {k: local[k] for k in defaults}, start, len(produced),
+                                  src, i, given if isinstance(given, str) else None,
+                                  len(chain), written, instance))
             if instance is not None:
                 for layer in produced:
                     if isinstance(layer, dict):
