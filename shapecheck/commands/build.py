@@ -284,6 +284,10 @@ def run(args: argparse.Namespace) -> int:
     if train_spec is not None:
         from ..core.trainspec import resolve_task
 
+        if len(p.outputs) > 1:
+            names = ", ".join(name for name, _ in p.outputs)
+            return _fail(f"{p.name} returns several tensors ({names}); training takes a "
+                         "network with one output: list one under `outputs:`", EXIT_INVALID)
         task = resolve_task(p.output_shape, p.batch, train_spec)
         if isinstance(task, str):
             return _fail(f"{p.name} {task}", EXIT_INVALID)
