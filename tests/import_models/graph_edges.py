@@ -1,9 +1,9 @@
 """Small forwards at the edges of graph import: a tensor squared, a tuple of outputs, a size
 given as the pair (x.size(2), x.size(3))."""
 
-import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
+
 
 class Square(nn.Module):
     def __init__(self):
