@@ -10,7 +10,7 @@ from functools import lru_cache
 
 from pydantic import ValidationError
 
-from ..graph import read_from
+from ..graph import graph_error, like_of, read_from
 from .base import Context, Inferred, LayerSpec, Origin, ShapeError
 from .block import Block
 
@@ -150,6 +150,11 @@ def parse_layers(items: list, loc: tuple, origin: Callable[[tuple], Origin | Non
             layer = kind.model_validate(item)
         except ValidationError as e:
             errors += [{**err, "loc": (*here, *err["loc"])} for err in e.errors()]
+            continue
+        if loc != ("layers",) and like_of(layer) is not None:
+            errors.append(graph_error((*here, "size"), "`size: {like: …}` is allowed only in "
+                                      "the spec's own `layers:` list; a branch sees only its "
+                                      "block's input", "resize after the block instead"))
             continue
         if origin is not None:
             layer.with_origin(origin(here))
