@@ -108,11 +108,11 @@ NEW_KINDS_BY_RANK = {
         "reflectionpad2d", "replicationpad2d", "pixelshuffle", "pixelshuffle",
         "pixelunshuffle", "pixelunshuffle", "channelshuffle", "channelshuffle", "permute",
         "permute", "permute", "layerscale", "layerscale", "stochasticdepth", "gate", "gate",
-        "gate", "split", "split", "split"],
+        "gate", "split", "split", "split", "frozenbatchnorm2d"],
     3: ["upsample", "groupnorm", "layernorm", "layernorm", "localresponsenorm", "prelu",
         "permute", "permute", "layerscale", "channelshuffle", "constantpad2d", "reflectionpad2d",
         "pixelshuffle", "stochasticdepth", "gate", "split", "split", "hardswish", "mish",
-        "softplus"],
+        "softplus", "frozenbatchnorm2d"],
     2: ["layernorm", "layernorm", "groupnorm", "prelu", "layerscale", "permute", "split",
         "gate", "stochasticdepth", "softplus", "hardsigmoid", "mish"],
     1: ["layernorm", "prelu", "permute", "stochasticdepth", "softplus", "hardswish"],
@@ -551,6 +551,13 @@ class _Gen:
             if self.chance(2):
                 dims[-1] -= rank  # the same dim, counted from the end
         return {"dims": dims}
+
+    def frozenbatchnorm2d(self, kind, x, depth, keep):
+        raw = {}
+        right = int(x.shape[1]) if x is not None and x.dim() >= 2 else None
+        self.declared(raw, "num_features", right, 1, 8)
+        self.opt(raw, "eps", st.sampled_from([1e-5, 0.001]), 2)
+        return raw
 
     def layerscale(self, kind, x, depth, keep):
         raw = {}

@@ -8,12 +8,15 @@ layer by layer. Whatever torch raises, at construction or in forward, makes the
 spec invalid at that layer. Nothing here imports shapecheck: the oracle is what
 the planner is checked against.
 
-Three layer types have no torch.nn class; the oracle brings small modules of its
+Four layer types have no torch.nn class; the oracle brings small modules of its
 own, written as torchvision writes them: ``permute`` (``x.permute(*dims)``),
 ``layerscale`` (a learnable per-channel scale on dim 1, weight (C, 1, ..., 1)
-with one 1 per dim after the channels, so (C, 1, 1) on N×C×H×W) and
+with one 1 per dim after the channels, so (C, 1, 1) on N×C×H×W),
 ``stochasticdepth`` (the identity in eval mode; ``p`` must lie in [0, 1] and
-``mode`` be "row" or "batch").
+``mode`` be "row" or "batch") and ``frozenbatchnorm2d`` (torchvision.ops'
+FrozenBatchNorm2d: weight, bias and statistics are buffers; it checks its input
+as nn.BatchNorm2d does, 4-d with num_features channels, where torchvision's would
+broadcast a single channel).
 
 Fields a spec may leave out are read off the arriving tensor as a PyTorch user
 would: ``in_channels`` (conv2d, convtranspose2d), ``num_features`` (batchnorm2d)
@@ -137,6 +140,30 @@ class StochasticDepth(nn.Module):
         return x * noise
 
 
+class FrozenBatchNorm2d(nn.Module):
+    """torchvision.ops.FrozenBatchNorm2d: x · scale + shift per channel, from buffers."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, device=None) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        for name, fill in (("weight", 1.0), ("bias", 0.0), ("running_mean", 0.0),
+                           ("running_var", 1.0)):
+            self.register_buffer(name, torch.full((num_features,), fill, device=device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:  # as nn.BatchNorm2d checks
+            raise ValueError(f"expected 4D input (got {x.dim()}D input)")
+        if x.shape[1] != self.num_features:
+            raise RuntimeError(f"running_mean should contain {x.shape[1]} elements not "
+                               f"{self.num_features}")
+        w = self.weight.reshape(1, -1, 1, 1)
+        rv = self.running_var.reshape(1, -1, 1, 1)
+        scale = w * (rv + self.eps).rsqrt()
+        shift = self.bias.reshape(1, -1, 1, 1) - self.running_mean.reshape(1, -1, 1, 1) * scale
+        return x * scale + shift
+
+
 LAYER_CLASSES: dict[str, type[nn.Module]] = {
     cls.__name__.lower(): cls
     for cls in (
@@ -181,6 +208,7 @@ LAYER_CLASSES: dict[str, type[nn.Module]] = {
         Permute,
         LayerScale,
         StochasticDepth,
+        FrozenBatchNorm2d,
     )
 }
 BLOCK_TYPES = ("residual", "concat", "gate", "split")
@@ -193,6 +221,7 @@ _INFERRED = {
     "conv2d": "in_channels",
     "convtranspose2d": "in_channels",
     "batchnorm2d": "num_features",
+    "frozenbatchnorm2d": "num_features",
     "groupnorm": "num_channels",
     "linear": "in_features",
     "layernorm": "normalized_shape",
@@ -555,7 +584,7 @@ class _Runner:
 
 def _param_shape(module: nn.Module, attr: str) -> tuple[int, ...] | None:
     p = getattr(module, attr, None)
-    return tuple(p.shape) if isinstance(p, torch.Tensor) else None
+    return tuple(p.shape) if isinstance(p, nn.Parameter) else None  # a buffer is no weight
 
 
 def _macs(tname: str, module: nn.Module, inp: tuple[int, ...], out: tuple[int, ...]) -> int:

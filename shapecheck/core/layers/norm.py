@@ -1,5 +1,5 @@
-"""Normalisation and per-channel scaling: batchnorm2d, groupnorm, layernorm, localresponsenorm,
-and layerscale. Running statistics are buffers, not parameters."""
+"""Normalisation and per-channel scaling: batchnorm2d, frozenbatchnorm2d, groupnorm, layernorm,
+localresponsenorm, and layerscale. Running statistics are buffers, not parameters."""
 
 import math
 from typing import Annotated, Any, Literal
@@ -74,6 +74,56 @@ class BatchNorm2d(LayerSpec):
         explain = [f"num_features = channels of the input = {c}"]
         return Inferred(out=x, explain=explain, inferred_args={"num_features": c},
                         **_affine(c, self.affine, explain))
+
+
+class FrozenBatchNorm2d(LayerSpec):
+    """A batchnorm whose statistics and affine are fixed (torchvision.ops.FrozenBatchNorm2d, the
+    norm of detection backbones): y = x · scale + shift per channel, its weight, bias,
+    running_mean and running_var buffers, not parameters. torch.nn has no class for it: build
+    writes a small module with torchvision's buffers and arithmetic."""
+
+    type: Literal["frozenbatchnorm2d"]
+    num_features: PosInt | None = None
+    eps: Number = 1e-5
+
+    family = "norm"
+    name_prefix = "bn"
+    # Not cancels_channel_bias: its mean is fixed, so a bias before it still shifts the output.
+    helper = "FrozenBatchNorm2d"
+    helper_source = '''
+class FrozenBatchNorm2d(nn.Module):
+    """BatchNorm2d with fixed statistics and affine: y = x · scale + shift per channel. Its
+    weight, bias, running_mean and running_var are buffers, not parameters."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.weight.reshape(1, -1, 1, 1) * (
+            self.running_var.reshape(1, -1, 1, 1) + self.eps).rsqrt()
+        shift = self.bias.reshape(1, -1, 1, 1) - self.running_mean.reshape(1, -1, 1, 1) * scale
+        return x * scale + shift
+'''
+
+    def declared_input(self, x: Dims) -> Dims | None:
+        if self.num_features is None or len(x) != 4:
+            return None
+        return (x[0], self.num_features, *x[2:])
+
+    def axis_map(self, x: Dims, dim: int):
+        return channel_map(dim, "frozenbatchnorm2d")
+
+    def infer(self, x: Dims, ctx: Context) -> Inferred:
+        need_rank(x, (4,), "frozenbatchnorm2d")
+        c = _channels(x, self.num_features, "num_features", "frozenbatchnorm2d")
+        explain = [f"num_features = channels of the input = {c}",
+                   f"weight, bias, running_mean, running_var [{c}] each: buffers, 0 params"]
+        return Inferred(out=x, explain=explain, inferred_args={"num_features": c})
 
 
 class GroupNorm(LayerSpec):
