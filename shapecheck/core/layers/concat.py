@@ -4,8 +4,10 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from .base import Dims, ShapeError
-from .block import Block, chw
+from .base import Dims
+from .block import Block, join_channels
+
+__all__ = ["Concat", "join_channels"]  # join_channels is imported from here too
 
 
 class Concat(Block):
@@ -32,26 +34,3 @@ class Concat(nn.Module):
     def merge(self, x: Dims, outs: list[Dims]) -> tuple[Dims, str]:
         return join_channels(outs)
 
-
-def join_channels(outs: list[Dims]) -> tuple[Dims, str]:
-    """torch.cat(outs, dim=1): every dim but channels must agree."""
-    for i, out in enumerate(outs):
-        if len(out) < 2:  # torch.cat(dim=1) raises: there is no dim 1
-            raise ShapeError(
-                "SC209",
-                f"branch {i} gives a 1-d tensor, but concat joins on dim 1 (channels)",
-                "flatten with start_dim: 1 (the default) keeps the batch dimension",
-            )
-    first = outs[0]
-    for i, out in enumerate(outs[1:], start=1):
-        if len(out) != len(first) or out[:1] + out[2:] != first[:1] + first[2:]:
-            raise ShapeError(
-                "SC212",
-                f"branch {i} gives {chw(out)} but branch 0 gives {chw(first)}: "
-                "concat needs every dim but channels to agree",
-                f"make branch {i} keep {chw(first[1:])}: stride 1 and padding (k−1)/2 "
-                "on its convs and pools" if len(out) == len(first) == 4 else None,
-            )
-    channels = sum(out[1] for out in outs)
-    out = (first[0], channels, *first[2:])
-    return out, " + ".join(chw(o) for o in outs) + f" → {chw(out)} (joined on channels)"

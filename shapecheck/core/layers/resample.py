@@ -15,6 +15,7 @@ from .base import (
     LayerSpec,
     PosInt,
     ShapeError,
+    Stricter,
     _number,
     _strict_int,
     int_schema,
@@ -127,6 +128,10 @@ class PixelShuffle(LayerSpec):
 
     torch_class = "PixelShuffle"
     family = "resample"
+    stricter_than_torch = (
+        Stricter("SC213", (3,), why="torch takes a 3-d tensor as one unbatched sample "
+                 "(C, H, W): in a network the batch would be the channels"),
+    )
     name_prefix = "shuffle"
 
     def settings(self) -> str:
@@ -159,6 +164,10 @@ class PixelUnshuffle(LayerSpec):
 
     torch_class = "PixelUnshuffle"
     family = "resample"
+    stricter_than_torch = (
+        Stricter("SC213", (3,), why="torch takes a 3-d tensor as one unbatched sample "
+                 "(C, H, W): in a network the batch would be the channels"),
+    )
     name_prefix = "unshuffle"
 
     def settings(self) -> str:

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field
 from pydantic_core import PydanticCustomError
 
-from .base import Dims, ShapeError
+from .base import Dims, ShapeError, Stricter
 from .block import Block, broadcast, check_same_rank, chw
 
 
@@ -42,6 +42,8 @@ class Residual(Block):
     list_fields = ("body", "shortcut")
     glyph, merge_word = "⊕", "add"
     spatial_merge = "broadcast"
+    stricter_than_torch = (Stricter("SC213", why="tensors of different ranks broadcast by their last dims, "
+                 "so torch would line the batch of one up with another dim of the other"),)
     helper = "Residual"
     helper_source = '''
 class Residual(nn.Module):
