@@ -264,7 +264,7 @@ class Stricter(NamedTuple):
     """A place where a kind refuses, on purpose, what torch runs: the code it gives there, the
     ranks of the arriving tensor where it does (() for any), the flag fields through which
     torch makes the check itself (where one of them is true, torch refuses too), and why.
-    The differential test against torch reads these; docs/spec.md explains them to users."""
+    The differential test against torch (tests/test_differential.py) reads these."""
 
     code: str
     ranks: tuple[int, ...] = ()

@@ -3,8 +3,7 @@
 import math
 from typing import Literal
 
-from .base import (Context, Dims, Flag, Inferred, LayerSpec, PosInt, ShapeError, Stricter, fmt,
-                   times)
+from .base import Context, Dims, Flag, Inferred, LayerSpec, PosInt, ShapeError, Stricter, fmt, times
 from .window import SAME, Consumed
 
 

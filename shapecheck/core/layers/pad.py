@@ -6,8 +6,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BeforeValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
-from .base import (Context, Dims, Inferred, LayerSpec, Number, ShapeError, Stricter,
-                   _strict_int)
+from .base import Context, Dims, Inferred, LayerSpec, Number, ShapeError, Stricter, _strict_int
 from .window import SAME, Window, spatial
 
 INT64 = 2**63

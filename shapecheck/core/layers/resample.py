@@ -73,6 +73,9 @@ class Upsample(LayerSpec):
             raise PydanticCustomError("align_corners", "align_corners applies to bilinear and "
                                       "bicubic only; leave it out for mode {mode}",
                                       {"mode": self.mode})
+        if self.recompute_scale_factor and self.size is not None:
+            raise PydanticCustomError("recompute_scale_factor", "recompute_scale_factor applies "
+                                      "to scale_factor only; leave it out with size", {})
         return self
 
     def settings(self) -> str:
