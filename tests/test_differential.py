@@ -7,7 +7,8 @@ Validity, the first failing layer (index and path), every layer's input and outp
 weight and bias shapes, params and MACs must agree, and ``Plan.to_dict()`` must agree with the
 Plan. A symbolic batch runs in torch as batch 2.
 
-The generator draws every kind of ``KINDS`` and every field of each model; which kinds fit the
+The generator draws every kind of ``KINDS`` (but the merge layers of graph specs, which take
+named tensors: tests/test_graph.py) and every field of each model; which kinds fit the
 tensor that arrives is torch's to say (a draw torch refuses is mostly drawn again).
 
 Deliberate differences from torch (the contract is stricter on purpose) are declared by the layer
@@ -45,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from torch_oracle import LAYER_CLASSES, _LayerFailure, _Runner, run_oracle
+from torch_oracle import LAYER_CLASSES, SEQUENTIAL, _LayerFailure, _Runner, run_oracle
 
 import shapecheck
 from shapecheck.core.layers import KINDS
@@ -56,8 +57,8 @@ MAX_EXAMPLES = 300
 # Each type as a PyTorch user writes it: torch's class name (the generator also writes it
 # lowercased and upper-cased).
 CAMEL = {name: LAYER_CLASSES[name].__name__ if name in LAYER_CLASSES else kind.__name__
-         for name, kind in KINDS.items()}
-BLOCKS = tuple(name for name, kind in KINDS.items() if kind.is_block)
+         for name, kind in SEQUENTIAL.items()}
+BLOCKS = tuple(name for name, kind in SEQUENTIAL.items() if kind.is_block)
 
 # How often a kind is drawn against the others (1 where not named): the kinds that change
 # shapes the most come up more often.
@@ -65,8 +66,8 @@ WEIGHTS = {"conv2d": 4, "flatten": 3, "linear": 3, "maxpool2d": 2, "avgpool2d": 
            "batchnorm2d": 2, "convtranspose2d": 2, "upsample": 2, "groupnorm": 2, "layernorm": 2,
            "pixelshuffle": 2, "pixelunshuffle": 2, "channelshuffle": 2, "permute": 2,
            "residual": 2, "concat": 2, "gate": 2, "split": 2}
-assert set(WEIGHTS) <= set(KINDS), set(WEIGHTS) - set(KINDS)
-DRAWN = [name for name in KINDS for _ in range(WEIGHTS.get(name, 1))]
+assert set(WEIGHTS) <= set(SEQUENTIAL), set(WEIGHTS) - set(SEQUENTIAL)
+DRAWN = [name for name in SEQUENTIAL for _ in range(WEIGHTS.get(name, 1))]
 LEAVES = [name for name in DRAWN if name not in BLOCKS]  # two blocks deep: no third
 
 # Values the generator draws for a field, by its name, for the kinds without a method of their
@@ -793,7 +794,7 @@ def test_generator_draws_every_kind_and_field():
     """Each kind, drawn by the generator on N×8×16×16, runs in torch in most draws (the
     generator also makes invalid ones, on purpose, now and then), and every field of its model
     comes up: a kind or a field the generator cannot draw fails here."""
-    ok, failed, fields = {}, {}, {name: set() for name in KINDS}
+    ok, failed, fields = {}, {}, {name: set() for name in SEQUENTIAL}
 
     @settings(max_examples=20, deadline=None, database=None, derandomize=True,
               suppress_health_check=list(HealthCheck))
@@ -801,20 +802,20 @@ def test_generator_draws_every_kind_and_field():
     def draw(data):
         gen = _Gen(data.draw, 2)
         x = torch.empty(2, 8, 16, 16, device="meta")
-        for kind in KINDS:
+        for kind in SEQUENTIAL:
             raw = gen.layer(x, 0, keep=False, kind=kind)
             fields[kind] |= set(raw) if isinstance(raw, dict) else set()
             good = run_oracle(_spec([raw], shape=(8, 16, 16), batch=2), device="meta").valid
             (ok if good else failed)[kind] = (ok if good else failed).get(kind, 0) + 1
 
     draw()
-    rates = {k: ok.get(k, 0) / (ok.get(k, 0) + failed.get(k, 0)) for k in KINDS}
+    rates = {k: ok.get(k, 0) / (ok.get(k, 0) + failed.get(k, 0)) for k in SEQUENTIAL}
     # a floor per kind (few draws each, so a low one) and a firmer one over all draws
     assert all(rate >= 0.3 for rate in rates.values()), rates
     assert sum(ok.values()) >= 0.75 * (sum(ok.values()) + sum(failed.values())), rates
     assert sum(failed.values()) > 0  # invalid draws come up too
     never = {kind: sorted(set(model.model_fields) - {"name"} - fields[kind])
-             for kind, model in KINDS.items()}
+             for kind, model in SEQUENTIAL.items()}
     assert not any(never.values()), {kind: f for kind, f in never.items() if f}
 
 

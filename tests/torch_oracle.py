@@ -7,7 +7,7 @@ keyword arguments (lists become tuples), then pushes a real tensor through it
 layer by layer. Whatever torch raises, at construction or in forward, makes the
 spec invalid at that layer. The oracle is what the planner is checked against, so
 it reads from shapecheck only what the spec format itself declares: the type names
-(``KINDS``), the YAML keys of a block's layer lists, and which fields a spec may
+(``KINDS``, less the merge layers of graph specs), the YAML keys of a block's layer lists, and which fields a spec may
 leave out (each model's ``inferred_fields``). The torch class of a type is the
 ``torch.nn`` class of that name, found here; every shape, size and verdict is torch's.
 
@@ -152,10 +152,14 @@ def _torch_class(name: str) -> type[nn.Module] | None:
     return cls if isinstance(cls, type) and issubclass(cls, nn.Module) else None
 
 
-# Every layer type of the spec format that torch (or the oracle) can build, and what may be
-# left out of each; the blocks are the oracle's own (_BLOCKS, below).
+# The kinds that take the previous layer's output. Merge layers (add, mul, cat) join the named
+# tensors of a graph spec (`from:`), which the oracle does not read: tests/test_graph.py checks
+# them against hand-written torch modules.
+SEQUENTIAL = {name: kind for name, kind in KINDS.items() if not kind.is_merge}
+# Every such layer type that torch (or the oracle) can build, and what may be left out of each;
+# the blocks are the oracle's own (_BLOCKS, below).
 LAYER_CLASSES: dict[str, type[nn.Module]] = {
-    name: cls for name, kind in KINDS.items()
+    name: cls for name, kind in SEQUENTIAL.items()
     if not kind.is_block and (cls := _torch_class(name)) is not None}
 _INFERRED = {name: kind.inferred_fields for name, kind in KINDS.items() if kind.inferred_fields}
 _FROM_LAST_DIM = {"in_features", "normalized_shape"}  # features: the last dim; else dim 1

@@ -90,33 +90,6 @@ def chw(x: Dims) -> str:
     return "×".join(map(str, x[1:]))  # 128×28×28, as the table writes shapes
 
 
-def join_channels(outs: list[Dims], what: str = "concat", part: str = "branch"
-                  ) -> tuple[Dims, str]:
-    """torch.cat(outs, dim=1), the one channel join of every block or layer that joins on
-    channels (concat, split): every dim but the channels must agree. ``what`` names the joiner
-    and ``part`` its inputs in the messages. Returns the joined shape and the explain line."""
-    for i, out in enumerate(outs):
-        if len(out) < 2:  # torch.cat(dim=1) raises: there is no dim 1
-            raise ShapeError(
-                "SC209",
-                f"{part} {i} gives a 1-d tensor, but {what} joins on dim 1 (channels)",
-                "flatten with start_dim: 1 (the default) keeps the batch dimension",
-            )
-    first = outs[0]
-    for i, out in enumerate(outs[1:], start=1):
-        if len(out) != len(first) or out[:1] + out[2:] != first[:1] + first[2:]:
-            raise ShapeError(
-                "SC212",
-                f"{part} {i} gives {chw(out)} but {part} 0 gives {chw(first)}: "
-                f"{what} needs every dim but channels to agree",
-                f"make {part} {i} keep {chw(first[1:])}: stride 1 and padding (k−1)/2 "
-                "on its convs and pools" if len(out) == len(first) == 4 else None,
-            )
-    channels = sum(out[1] for out in outs)
-    out = (first[0], channels, *first[2:])
-    return out, " + ".join(chw(o) for o in outs) + f" → {chw(out)} (joined on channels)"
-
-
 def check_same_rank(what: str, a: Dims, b: Dims, names: tuple[str, str]) -> None:
     """Tensors of different ranks broadcast by their last dims, so the batch of the smaller one
     would line up with another dim of the larger: every sample combined with every other's

@@ -7,7 +7,8 @@ from typing import Any, Literal
 from pydantic import Field
 
 from .base import Dims, ShapeError
-from .block import Block, chw, join_channels
+from .block import Block, chw
+from .concat import join_channels
 
 
 class Split(Block):
@@ -52,6 +53,6 @@ class Split(nn.Module):
         return [(x[0], s, *x[2:]) for s in self.slices(x)]
 
     def merge(self, x: Dims, outs: list[Dims]) -> tuple[Dims, str]:
-        out, joined = join_channels(outs, "split")
+        out, joined = join_channels(outs)
         parts = " + ".join(map(str, self.slices(x)))
         return out, f"{chw(x)} split into {parts} channels; {joined}"
