@@ -16,6 +16,7 @@ from .base import (
     Number,
     PosInt,
     ShapeError,
+    Stricter,
     _strict_int,
     channels_arrive,
     fmt,
@@ -57,6 +58,11 @@ class BatchNorm2d(LayerSpec):
     torch_class = "BatchNorm2d"
     family = "norm"
     name_prefix = "bn"
+    inferred_fields = ("num_features",)
+    stricter_than_torch = (
+        Stricter("SC205", unless=("affine", "track_running_stats"), why="torch checks "
+                 "num_features only through its weight, bias and running statistics"),
+    )
     cancels_channel_bias = True  # it subtracts each channel's mean
 
     def declared_input(self, x: Dims) -> Dims | None:
@@ -88,6 +94,7 @@ class FrozenBatchNorm2d(LayerSpec):
 
     family = "norm"
     name_prefix = "bn"
+    inferred_fields = ("num_features",)
     # Not cancels_channel_bias: its mean is fixed, so a bias before it still shifts the output.
     helper = "FrozenBatchNorm2d"
     helper_source = '''
@@ -138,6 +145,12 @@ class GroupNorm(LayerSpec):
     torch_class = "GroupNorm"
     family = "norm"
     name_prefix = "gn"
+    inferred_fields = ("num_channels",)
+    stricter_than_torch = (
+        Stricter("SC205", unless=("affine",), why="torch checks num_channels only through "
+                 "its weight and bias (with affine false, only that num_groups divides the "
+                 "channels)"),
+    )
 
     def settings(self) -> str:
         return f"{self.num_groups} groups"
@@ -185,6 +198,11 @@ class LayerNorm(LayerSpec):
     torch_class = "LayerNorm"
     family = "norm"
     name_prefix = "ln"
+    inferred_fields = ("normalized_shape",)
+    stricter_than_torch = (
+        Stricter("SC213", why="a normalized_shape over every dim normalises the batch with "
+                 "each sample"),
+    )
 
     def settings(self) -> str:
         if self.normalized_shape is None:
@@ -265,6 +283,7 @@ class LayerScale(LayerSpec):
 
     family = "norm"
     name_prefix = "scale"
+    inferred_fields = ("num_channels",)
     helper = "LayerScale"
     helper_source = '''
 class LayerScale(nn.Module):
