@@ -8,7 +8,7 @@ any size, and nothing is allocated.
 
 import keyword
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any, ClassVar, get_args
+from typing import Annotated, Any, ClassVar, NamedTuple, get_args
 
 from pydantic import (
     BaseModel,
