@@ -8,7 +8,7 @@ any size, and nothing is allocated.
 
 import keyword
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any, ClassVar, NamedTuple, get_args
+from typing import Annotated, Any, ClassVar, get_args
 
 from pydantic import (
     BaseModel,
@@ -268,16 +268,18 @@ class Context(Record):
         return Context(features, layout)
 
 
-class Stricter(NamedTuple):
+class Stricter(Record):
     """A place where a kind refuses, on purpose, what torch runs: the code it gives there, the
     ranks of the arriving tensor where it does (() for any), the flag fields through which
     torch makes the check itself (where one of them is true, torch refuses too), and why.
-    The differential test against torch (tests/test_differential.py) reads these."""
+    The differential test against torch (tests/test_differential.py) reads these. A plain
+    class: quicker to define at start-up than a named tuple."""
 
-    code: str
-    ranks: tuple[int, ...] = ()
-    unless: tuple[str, ...] = ()
-    why: str = ""
+    __slots__ = _fields = ("code", "ranks", "unless", "why")
+
+    def __init__(self, code: str, ranks: tuple[int, ...] = (), unless: tuple[str, ...] = (),
+                 why: str = ""):
+        self.code, self.ranks, self.unless, self.why = code, ranks, unless, why
 
 
 class LayerSpec(BaseModel):

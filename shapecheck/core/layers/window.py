@@ -3,7 +3,6 @@ the transposed conv) reads its output size, settings text, explanation and unuse
 from here, with PyTorch's formulas."""
 
 import math
-from typing import NamedTuple
 
 from ..record import Record
 from .base import ShapeError, pair
@@ -102,22 +101,25 @@ def kernel_too_large(kernel: tuple[int, int], eff: int, dilation: int, axis: str
 
 # One spatial axis of a layer, as the analyses (receptive field, accepted input sizes) see it.
 # A layer kind states its own with ``axis_map(x, dim)``: how it maps the size of the axis that
-# sits at ``dim`` of its input ``x``, and at which dim that axis leaves.
+# sits at ``dim`` of its input ``x``, and at which dim that axis leaves. The maps are plain
+# classes (record.Record): quicker to define at start-up than named tuples, and as quick to make.
 
 
-class Window(NamedTuple):
+class Window(Record):
     """A sliding window on the axis: conv, pools, padding layers (a 1-wide window that only
-    pads or crops), pixelunshuffle (a window as wide as its stride). A named tuple: the
-    receptive-field walk makes two for every layer."""
+    pads or crops), pixelunshuffle (a window as wide as its stride)."""
 
-    kernel: int = 1
-    stride: int = 1
-    before: int = 0  # padding on the top/left (negative crops)
-    after: int = 0  # padding on the bottom/right
-    dilation: int = 1
-    ceil: bool = False  # pooling's ceil_mode
-    exact: bool = False  # the size must be a multiple of the stride (pixelunshuffle)
-    min_size: int = 1  # reflect/circular padding needs an input at least this large
+    __slots__ = _fields = ("kernel", "stride", "before", "after", "dilation", "ceil", "exact",
+                           "min_size")
+
+    def __init__(self, kernel: int = 1, stride: int = 1, before: int = 0, after: int = 0,
+                 dilation: int = 1, ceil: bool = False, exact: bool = False, min_size: int = 1):
+        self.kernel, self.stride, self.dilation = kernel, stride, dilation
+        self.before = before  # padding on the top/left (negative crops)
+        self.after = after  # padding on the bottom/right
+        self.ceil = ceil  # pooling's ceil_mode
+        self.exact = exact  # the size must be a multiple of the stride (pixelunshuffle)
+        self.min_size = min_size  # reflect/circular padding needs an input at least this large
 
     def out(self, n: int) -> int:
         """The output size for input size n (below 1 where the input is too small)."""
@@ -142,8 +144,6 @@ class Window(NamedTuple):
 
 SAME = Window()  # the axis passes through unchanged (elementwise layers, channel ops)
 
-# The other maps are made for few layers: plain classes, quicker to define at start-up than
-# named tuples.
 
 
 class Scale(Record):
