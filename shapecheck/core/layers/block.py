@@ -12,8 +12,6 @@ The loader, planner, codegen and diagram call these; none of them asks which blo
 A branch is keyed by the field name (``"body"``) or by its index in ``lists_field`` (0, 1 …).
 """
 
-from __future__ import annotations
-
 from typing import Any, ClassVar
 
 from .base import Dims, LayerSpec, ShapeError
@@ -59,7 +57,7 @@ class Block(LayerSpec):
             out += [((cls.lists_field, j), b) for j, b in enumerate(item[cls.lists_field])]
         return [(loc, value) for loc, value in out if isinstance(value, list)]
 
-    def with_branches(self, lists: list[list]) -> Block:
+    def with_branches(self, lists: list[list]) -> "Block":
         """A copy holding ``lists`` (in branch_lists order) as its branches."""
         update = dict(zip(self.list_fields, lists))
         if self.lists_field:
