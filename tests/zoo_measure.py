@@ -29,7 +29,8 @@ def leaf_macs(module: nn.Module, inputs, output) -> int:
 
 
 def measure(model: nn.Module, input_shape: tuple[int, ...], batch: int = 2):
-    """(output shape, MACs per sample, [(kind, per-sample output shape) per weighted call])."""
+    """(output shape, MACs per sample, [(kind, per-sample output shape) per weighted call]).
+    A model that returns a dict of tensors (an FPN's levels) gives {name: shape}."""
     macs = 0
     leaves: list[tuple[str, tuple[int, ...]]] = []
 
@@ -48,7 +49,9 @@ def measure(model: nn.Module, input_shape: tuple[int, ...], batch: int = 2):
     finally:
         for h in handles:
             h.remove()
-    return tuple(out.shape), macs, leaves
+    shape = ({k: tuple(v.shape) for k, v in out.items()} if isinstance(out, dict)
+             else tuple(out.shape))
+    return shape, macs, leaves
 
 
 def build_meta(builder, **kwargs) -> nn.Module:
