@@ -1,0 +1,106 @@
+"""The segmentation zoo (specs/zoo/fcn_resnet50.yaml, deeplabv3_*.yaml, lraspp_*.yaml,
+resnet50_fpn.yaml) against the torch references in tests/seg_reference.py, written after
+torchvision's own code.
+
+Each reference's parameter count equals torchvision's published one (built as torchvision
+counts it: with the auxiliary classifier; the FPN with its frozen batchnorm). Each spec plans
+valid, without warnings, at torchvision's 520×520 and at the odd 513×513, and its outputs,
+parameters, MACs and weighted leaves (in order, with their output shapes) equal the
+reference's, measured on the meta device with forward hooks. The module `build` emits has the
+reference's parameter shapes and module arguments. The U-Net is flat: no block in a block.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+import shapecheck
+
+torch = pytest.importorskip("torch")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from seg_reference import PUBLISHED, SEG_ZOO
+from zoo_measure import build_meta, count_params, hyperparameters, measure
+
+ZOO_DIR = Path(__file__).resolve().parent.parent / "specs" / "zoo"
+SIZES = (520, 513)
+WEIGHTED = ("conv2d", "convtranspose2d", "linear", "batchnorm2d", "layernorm")
+CASES = [(name, hw) for name in SEG_ZOO for hw in SIZES]
+
+
+@pytest.fixture(scope="module")
+def references():
+    cache: dict = {}
+
+    def get(name, hw):
+        if (name, hw) not in cache:
+            model = build_meta(SEG_ZOO[name][0])
+            cache[name, hw] = (model, *measure(model, (3, hw, hw)))
+        return cache[name, hw]
+
+    return get
+
+
+def planned_outputs(plan) -> dict | tuple:
+    """The plan's output shape, or {name: shape} for a spec with several `outputs:`."""
+    outputs = getattr(plan, "outputs", None)
+    if outputs and len(outputs) > 1:
+        return {name: tuple(shape) for name, shape in outputs.items()}
+    return plan.output_shape
+
+
+@pytest.mark.parametrize("name", list(SEG_ZOO))
+def test_reference_has_torchvisions_published_count(name):
+    assert count_params(build_meta(SEG_ZOO[name][1])) == PUBLISHED[name]
+
+
+@pytest.mark.parametrize(("name", "hw"), CASES, ids=[f"{n}-{hw}" for n, hw in CASES])
+def test_seg_spec_equals_reference(name, hw, references):
+    plan = shapecheck.plan(ZOO_DIR / f"{name}.yaml", batch=2, input_shape=(3, hw, hw))
+    assert plan.valid, [str(d) for d in plan.errors]
+    assert not plan.warnings, [str(d) for d in plan.warnings]
+    model, out, macs, leaves = references(name, hw)
+
+    if name == "resnet50_fpn":  # P2 at 1/4 of the input … P5 at 1/32, pool at 1/64
+        sizes = [-(-hw // s) for s in (4, 8, 16, 32, 64)]
+        assert out == {k: (2, 256, s, s) for k, s in zip(("p2", "p3", "p4", "p5", "pool"), sizes)}
+    else:  # the classes at the input's size
+        assert out == (2, 21, hw, hw)
+    assert planned_outputs(plan) == out
+    assert plan.params == count_params(model)
+    assert plan.macs == macs
+    ours = [(layer.type, tuple(layer.output_dims[1:])) for layer in plan.walk()
+            if layer.type in WEIGHTED]
+    assert ours == leaves
+
+
+@pytest.mark.parametrize("name", list(SEG_ZOO))
+def test_seg_build_has_the_reference_modules(name, references):
+    """As test_zoo's: the same parameter shapes and the same conv and norm arguments
+    (kernel, stride, padding, dilation, groups, bias, eps, momentum …)."""
+    spec = shapecheck.load_spec(ZOO_DIR / f"{name}.yaml")
+    built = shapecheck.build_module(spec, device="meta")
+    model = references(name, SIZES[0])[0]
+
+    def shapes(m):
+        return sorted(tuple(p.shape) for p in m.parameters())
+
+    assert shapes(built) == shapes(model)
+    assert hyperparameters(built) == hyperparameters(model)
+
+
+def block_depth(layers) -> int:
+    """How deep blocks sit in blocks: 0 for plain layers, 1 for a block of plain layers."""
+    return max((1 + max((block_depth(b) for b in layer.branches), default=0)
+                for layer in layers if layer.is_block), default=0)
+
+
+def test_unet_is_flat():
+    plan = shapecheck.plan(ZOO_DIR / "unet.yaml")
+    assert plan.valid
+    assert block_depth(plan.layers) <= 1
+    # the skips are merges of named layers
+    assert [layer.type for layer in plan.layers].count("cat") == 4
