@@ -231,6 +231,33 @@ def test_sc111_unknown_scale(tmp_path):
     assert d.line == 3 and d.hint == "did you mean 'small'?"
 
 
+def test_sc112_names_read_before_they_exist(tmp_path):
+    plan = diagnose(tmp_path, HEAD + (
+        "  - {type: conv2d, name: enc1, out_channels: 4, kernel_size: 3, padding: 1}\n"
+        "  - {type: conv2d, out_channels: 4, kernel_size: 1, from: enc2}\n"
+        "  - {type: conv2d, out_channels: 4, kernel_size: 1, from: later}\n"
+        "  - {type: add, from: [enc1]}\n"
+        "  - {type: relu, from: [enc1, prev]}\n"
+        "  - {type: upsample, size: {like: nowhere}}\n"
+        "  - {type: conv2d, name: later, out_channels: 4, kernel_size: 1}\n"
+        "outputs: [enc1, gone]\n"))
+    found = [(d.code, d.line) for d in plan.errors]
+    assert found == [("SC112", 4), ("SC112", 5), ("SC112", 6), ("SC112", 7), ("SC112", 8),
+                     ("SC112", 10)], found
+    by_line = {d.line: d for d in plan.errors}
+    assert "no layer before this one is named 'enc2'" in by_line[4].message
+    assert by_line[4].hint == "did you mean 'enc1'?"
+    assert "'later' is layer 6, after this one" in by_line[5].message
+    assert "add merges two or more tensors" in by_line[6].message
+    assert "relu takes one input, but `from:` lists 2" in by_line[7].message
+    assert "'nowhere'" in by_line[8].message and "outputs" in by_line[10].message
+    # inside a block, a branch reads its block's input
+    nested = diagnose(tmp_path, HEAD + "  - type: residual\n    body:\n"
+                      "      - {type: relu, from: input}\n")
+    d = only(nested, "SC112")
+    assert d.path == (0, "body", 0) and d.line == 5 and "block" in d.message
+
+
 # --- SC2xx: PyTorch would fail here ------------------------------------------------------
 
 
@@ -524,6 +551,18 @@ def test_sc306_large_receptive_field(tmp_path):
                     "  - {type: conv2d, out_channels: 1, kernel_size: 3, padding: 1}\n" * 40)
     d = only(plan, "SC306")
     assert d.layer == 39 and "81×81 pixels, more than 16 times the 4×4 input" in d.message
+
+
+def test_sc307_an_output_nothing_reads(tmp_path):
+    layers = HEAD + (
+        "  - {type: conv2d, name: stem, out_channels: 4, kernel_size: 3, padding: 1}\n"
+        "  - {type: maxpool2d, name: pooled, kernel_size: 2}\n"
+        "  - {type: conv2d, name: side, out_channels: 4, kernel_size: 3, padding: 1, "
+        "from: stem}\n")
+    d = only(diagnose(tmp_path, layers), "SC307")
+    assert (d.layer, d.line) == (1, 4) and "nothing reads" in d.message
+    listed = diagnose(tmp_path, layers + "outputs: [pooled, side]\n")
+    assert not [d for d in listed.diagnostics if d.code == "SC307"]
 
 
 def test_every_code_is_tested():

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from ..core.graph import Like
 from ..core.loader import SpecError, load_spec
 from ..core.spec import Spec
 from ..outputs.report import printable
@@ -44,27 +45,42 @@ def _flow(value) -> str:
     return text.removesuffix("\n...")  # PyYAML ends a lone scalar as a document
 
 
-def _entry(layer) -> dict:
-    """A layer as its YAML mapping: type, name, then the fields the spec gave."""
+def _entry(layer, real=lambda name: name) -> dict:
+    """A layer as its YAML mapping: type, name, then the tensors it reads and the fields the
+    spec gave. ``real`` gives the layer a name read by stands for (a use's name: its last)."""
     entry = {"type": layer.type, "name": layer.name}
+    if layer.inputs is not None:
+        names = [real(name) for name in layer.inputs]
+        entry["from"] = names[0] if len(names) == 1 else names
     for key, value in layer.given_args().items():
         if layer.is_block and (key in layer.list_fields or key == layer.lists_field):
             continue
+        if isinstance(value, Like):
+            value = {"like": real(value.name)}
         entry[key] = list(value) if isinstance(value, tuple) else value
     return entry
 
 
+def _real_names(spec: Spec):
+    """The layer a name in `from:`, `like` or `outputs:` stands for, once the uses are
+    written out: a use's name is its last layer."""
+    names = {layer.name for layer in spec.layers}
+    return lambda name: name if name in names or name not in spec.aliases else \
+        spec.layers[spec.aliases[name]].name
+
+
 def _layers(layers: list, indent: str, path: tuple, spec: Spec, explain: bool) -> list[str]:
     lines = []
+    real = _real_names(spec)
     for i, layer in enumerate(layers):
         here = (*path, i)
         if explain:
             # A note repeats spec text (an expression may hold a line break): one line each.
             lines += [f"{indent}# {printable(note)}" for note in spec.notes.get(here, [])]
         if not layer.is_block:
-            lines.append(f"{indent}- {_flow(_entry(layer))}")
+            lines.append(f"{indent}- {_flow(_entry(layer, real))}")
             continue
-        head, *rest = [f"{k}: {_flow(v)}" for k, v in _entry(layer).items()]
+        head, *rest = [f"{k}: {_flow(v)}" for k, v in _entry(layer, real).items()]
         lines += [f"{indent}- {head}", *(f"{indent}  {line}" for line in rest)]
         for key, branch in layer.branch_lists():
             if isinstance(key, str):
@@ -93,6 +109,8 @@ def to_yaml(spec: Spec, explain: bool = False) -> str:
         lines.append(f"ignore: {_flow(list(spec.ignore))}")
     lines.append("layers:")
     lines += _layers(spec.layers, INDENT, (), spec, explain)
+    if spec.outputs:
+        lines.append(f"outputs: {_flow(list(map(_real_names(spec), spec.outputs)))}")
     if spec.train is not None:
         train = spec.train.model_dump(mode="json", exclude_unset=True)
         lines.append("train: " + _flow(train))

@@ -82,21 +82,36 @@ def receptive_fields(plan: Plan) -> None:
     if plan.input_dims is None or len(plan.input_dims) != 4:
         return
     start = Field(1, 1, 0)  # starts stay ints until a window of even span halves them
-    _walk(plan.layers, [_Axis(start, 2), _Axis(start, 3)])
+    axes = [_Axis(start, 2), _Axis(start, 3)]
+    _walk(plan.layers, axes, {"input": axes})
 
 
-def _walk(rows: list[LayerPlan], axes: list[_Axis]) -> list[_Axis]:
+def _walk(rows: list[LayerPlan], axes: list[_Axis],
+          named: dict[str, list[_Axis]] | None = None) -> list[_Axis]:
+    """The axes after the rows; ``named`` (the top-level list) keeps each row's by name, for
+    the rows that read tensors by name."""
     for row in rows:
         if row.status != "ok":
             return axes
+        if row.inputs is not None:  # a layer that reads other tensors (graph.py)
+            paths = [named[name] for name in row.inputs]
+            axes = _merged(row, paths, list(row.inputs)) if row.spec.is_merge else paths[0]
         if row.is_block:
             axes = _block(row, axes)
+        elif row.spec.is_merge:
+            pass
+        elif row.like is not None:
+            why = f"{row.name} resizes to {row.like}'s size: the field depends on the unit's position"
+            axes = [_Axis(NoField("n/a", why), a.dim) for a in axes]
+            row.field_explain = [f"rf: n/a ({why})"]
         else:
             (h, h_line), (w, w_line) = _step(row, axes[0]), _step(row, axes[1])
             axes = [h, w]
             if h_line is not None or w_line is not None:  # most layers have nothing to explain
                 row.field_explain = Lines(partial(_explain_lines, [h_line, w_line]))
         row.receptive_field = (axes[0].field, axes[1].field)
+        if named is not None:
+            named[row.name] = axes
     return axes
 
 
@@ -145,11 +160,18 @@ def _explain_lines(lines: list) -> list[str]:
 
 def _block(row: LayerPlan, axes: list[_Axis]) -> list[_Axis]:
     paths = [_walk(branch, list(axes)) for branch in row.branches]
+    names = [f"{key}" if isinstance(key, str) else f"branch {key}" for key in row.branch_keys]
     if row.spec.merges_input:
         paths.append(axes)
+        names.append("input")
+    return _merged(row, paths, names)
+
+
+def _merged(row: LayerPlan, paths: list[list[_Axis]], names: list[str]) -> list[_Axis]:
+    """The axes where paths merge (a block's branches, a merge layer's inputs)."""
     fields = [[p[i].field for p in paths] for i in range(len(AXES))]
     if len(paths) > 1:
-        row.field_explain = Lines(partial(_merge_lines, row, fields))
+        row.field_explain = Lines(partial(_merge_lines, names, fields))
     return [_Axis(_largest(f), paths[0][i].dim) for i, f in enumerate(fields)]
 
 
@@ -163,11 +185,8 @@ def _largest(fields: list[AxisField]) -> AxisField:
     return max(fields, key=lambda f: f.size)
 
 
-def _merge_lines(row: LayerPlan, fields: list[list[AxisField]]) -> list[str]:
+def _merge_lines(names: list[str], fields: list[list[AxisField]]) -> list[str]:
     """The explain lines of a merge (written only when shown: see Lines)."""
-    names = [f"{key}" if isinstance(key, str) else f"branch {key}" for key in row.branch_keys]
-    if row.spec.merges_input:
-        names.append("input")
     return _explain_lines([_merge_note(f, names) for f in fields])
 
 
@@ -219,6 +238,9 @@ def field_warning(plan: Plan) -> tuple[tuple, str, str, str] | None:
     ones far beyond it (ConvNeXt-Tiny 1,688 and DenseNet-121 2,071 of 224)."""
     if plan.input_dims is None or len(plan.input_dims) != 4:
         return None
+    if any(row.inputs or row.like for row in plan.layers) and not all(
+            isinstance(f, Field) for row in plan.output_rows() for f in row.receptive_field or ()):
+        return None  # a graph whose output is resized: "the last conv" says nothing of it
     convs = [row for row in plan.walk() if row.family == "conv" and row.receptive_field]
     # the last conv; one whose field is global already (after a squeeze-and-excitation gate)
     # or unknown (after upsampling) has nothing to warn about

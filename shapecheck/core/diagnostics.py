@@ -44,6 +44,10 @@ CODES: dict[str, str] = {
     "SC110": "Templates use each other in a cycle.",
     "SC111": "An unknown scale (`--scale`, `default_scale`), a `default_scale` that is not a "
     "name, or `scales` that are not named sets of values.",
+    "SC112": "A name a layer reads by is wrong: a `from:`, `size: {like: …}` or `outputs:` "
+    "name that no earlier layer of the spec's own list has (a later layer, the layer itself, or "
+    "none), `from:` inside a block, a merge (add, mul, cat) with fewer than two inputs, or "
+    "several inputs for a layer that takes one.",
     # SC2xx: PyTorch would reject the network at this layer (exit code 1).
     "SC201": "The (dilated) kernel is larger than the padded input, or reflect/circular "
     "padding is larger than the input allows.",
@@ -59,9 +63,10 @@ CODES: dict[str, str] = {
     "SC209": "The tensor that arrives has the wrong number of dimensions for this layer.",
     "SC210": "A dimension argument (flatten start_dim/end_dim, softmax dim, permute dims) is "
     "out of range or repeated.",
-    "SC211": "A residual block's body and shortcut give shapes that cannot be added (torch's "
-    "broadcasting).",
-    "SC212": "A concat block's branches disagree on a dimension other than channels.",
+    "SC211": "A residual block's body and shortcut, or an add or mul layer's inputs, give "
+    "shapes that cannot be added or multiplied (torch's broadcasting).",
+    "SC212": "A concat block's branches, or a cat layer's inputs, disagree on a dimension other "
+    "than channels.",
     "SC213": "The layer would mix samples of the batch (it acts on the batch dimension).",
     "SC214": "A convtranspose2d's output_padding is not smaller than its stride or dilation.",
     "SC215": "A layernorm's normalized_shape does not match the trailing dims of the input.",
@@ -81,6 +86,8 @@ CODES: dict[str, str] = {
     "SC305": "linear on a tensor of more than 2 dims acts on the last dim only.",
     "SC306": "The last conv's receptive field is under a quarter of the input, or over 16 "
     "times it.",
+    "SC307": "Nothing reads a layer's output: the next layer reads another tensor (`from:`), "
+    "and no `from:`, `like` or `outputs:` names it.",
 }
 
 WARNING_CODES = tuple(code for code in CODES if code.startswith("SC3"))

@@ -51,60 +51,86 @@ class TooCostly(Unsolvable):
 
 
 def _run(rows: list[LayerPlan], n: int, dim: int, fold_ref: int | None, period: int,
-         trace: _Trace) -> tuple[int, int, int | None, int]:
+         trace: _Trace, named: dict | None = None) -> tuple[int, int, int | None, int]:
     """Push size n of the axis at ``dim`` through the rows; returns the size, dim, the size the
-    spec had where the axis was folded (None while it is not), and the stride product."""
+    spec had where the axis was folded (None while it is not), and the stride product.
+    ``named`` (the top-level list) keeps each row's state by name, for rows that read tensors
+    by name (graph.py)."""
     for row in rows:
-        if row.is_block:
-            outs = [_run(b, n, dim, fold_ref, period, trace) for b in row.branches]
-            sizes = [o[0] for o in outs] + ([n] if row.spec.merges_input else [])
-            if row.spec.spatial_merge == "broadcast":
-                size = sizes[0]
-                for other in sizes[1:]:
-                    trace.zeros.append([size - other, size - 1, other - 1])
-                    size = max(size, other)
+        if row.inputs is not None:
+            states = [named[name] for name in row.inputs]
+            if not row.spec.is_merge:
+                n, dim, fold_ref, period = states[0]
+        if row.is_block or row.spec.is_merge:
+            if row.is_block:
+                outs = [_run(b, n, dim, fold_ref, period, trace) for b in row.branches]
+                outs += [(n, dim, fold_ref, period)] if row.spec.merges_input else []
             else:
-                size = sizes[0]
-                trace.zeros += [[other - size] for other in sizes[1:]]
-            n, dim, fold_ref = size, outs[0][1], outs[0][2]
+                outs = states
+            n = _merge_sizes([o[0] for o in outs], row.spec.spatial_merge, trace)
+            dim, fold_ref = outs[0][1], outs[0][2]
             period = math.lcm(*(o[3] for o in outs))
-            continue
-        m, new_dim = row.spec.axis_map(row.input_dims, dim)
-        if fold_ref is not None and not isinstance(m, (Fold, Whole)) and m != Window():
-            m = Consumed("after a flatten")
-        if isinstance(m, Window):
-            if not m.fits(n):
-                trace.small = True
-            elif m.exact and n % m.stride:
-                trace.indivisible = True
-            else:
-                if m.unused(n):
-                    trace.unused.append((row.name, m.unused(n)))
-                if not m.even(n):
-                    trace.uneven.append(row.name)
-            n = m.out(n)
-            period *= m.stride
-        elif isinstance(m, Scale):
-            f = Fraction(m.factor)
-            if f.denominator > 64:
-                raise Unsolvable(f"{row.name} scales by {m.factor:g}, which is not a fraction "
-                                 "with a small power-of-two denominator")
-            n = m.out(n)
-            if n < 1:  # upsample by 1/2 of a single row: nothing left
-                trace.small = True
-            period *= f.denominator
-        elif isinstance(m, Transposed):
-            n = m.out(n)
-            if n < 1:
-                trace.small = True
-        elif isinstance(m, Fixed):
-            n = m.size
-        elif isinstance(m, Consumed):
-            ref = fold_ref if fold_ref is not None else row.input_dims[dim]
-            trace.zeros.append([n - ref])
-        elif isinstance(m, Fold) and fold_ref is None:
-            fold_ref = row.input_dims[dim]
-        dim = new_dim
+        elif row.like is not None:
+            n = named[row.like][0]
+        else:
+            n, dim, fold_ref, period = _step(row, n, dim, fold_ref, period, trace)
+        if named is not None:
+            named[row.name] = (n, dim, fold_ref, period)
+    return n, dim, fold_ref, period
+
+
+def _merge_sizes(sizes: list[int], how: str, trace: _Trace) -> int:
+    """The size after a merge, and the equalities it needs of its inputs' sizes: equal, or
+    (broadcast) one of them 1."""
+    size = sizes[0]
+    for other in sizes[1:]:
+        if how == "broadcast":
+            trace.zeros.append([size - other, size - 1, other - 1])
+            size = max(size, other)
+        else:
+            trace.zeros.append([other - size])
+    return size
+
+
+def _step(row: LayerPlan, n: int, dim: int, fold_ref: int | None, period: int,
+          trace: _Trace) -> tuple[int, int, int | None, int]:
+    """One layer's step along the axis."""
+    m, new_dim = row.spec.axis_map(row.input_dims, dim)
+    if fold_ref is not None and not isinstance(m, (Fold, Whole)) and m != Window():
+        m = Consumed("after a flatten")
+    if isinstance(m, Window):
+        if not m.fits(n):
+            trace.small = True
+        elif m.exact and n % m.stride:
+            trace.indivisible = True
+        else:
+            if m.unused(n):
+                trace.unused.append((row.name, m.unused(n)))
+            if not m.even(n):
+                trace.uneven.append(row.name)
+        n = m.out(n)
+        period *= m.stride
+    elif isinstance(m, Scale):
+        f = Fraction(m.factor)
+        if f.denominator > 64:
+            raise Unsolvable(f"{row.name} scales by {m.factor:g}, which is not a fraction "
+                             "with a small power-of-two denominator")
+        n = m.out(n)
+        if n < 1:  # upsample by 1/2 of a single row: nothing left
+            trace.small = True
+        period *= f.denominator
+    elif isinstance(m, Transposed):
+        n = m.out(n)
+        if n < 1:
+            trace.small = True
+    elif isinstance(m, Fixed):
+        n = m.size
+    elif isinstance(m, Consumed):
+        ref = fold_ref if fold_ref is not None else row.input_dims[dim]
+        trace.zeros.append([n - ref])
+    elif isinstance(m, Fold) and fold_ref is None:
+        fold_ref = row.input_dims[dim]
+    dim = new_dim
     return n, dim, fold_ref, period
 
 
@@ -260,7 +286,8 @@ def _solve_axis(plan: Plan, i: int) -> AxisSolution:
 
     def run(n: int) -> _Trace:
         trace = _Trace()
-        trace.period = _run(plan.layers, n, dim, None, 1, trace)[3]
+        named = {"input": (n, dim, None, 1)}
+        trace.period = _run(plan.layers, n, dim, None, 1, trace, named)[3]
         return trace
 
     period = run(size).period

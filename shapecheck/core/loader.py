@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from . import yamlread
+from . import graph, yamlread
 from .atomic import FileTooLargeError, NotRegularFileError, read_bounded
 from .diagnostics import Diagnostic, InputError
 from .layers import block_of, parse_layers
@@ -160,6 +160,8 @@ def _spec(loaded: tuple, source: str | None, name: str | None, scale: str | None
         else:
             if expansion is not None:
                 _name_after_uses(spec, expansion.made, data["layers"])
+                spec._aliases = use_names(expansion.made)
+            errors += check_names(spec)
     elif isinstance(layers, list):  # still report the layers' own errors
         errors += parse_layers(layers, ("layers",))[1]
     if errors:
@@ -193,6 +195,20 @@ def _name_after_uses(spec: Spec, made: list, entries: list) -> None:
             if name not in taken:
                 object.__setattr__(layer, "name", name)  # layers are frozen once completed
                 taken.add(name)
+
+
+def use_names(made: list) -> dict[str, int]:
+    """Each named use of the spec's own list -> the index of the last layer it made: `from:`
+    may name it (graph.py)."""
+    return {m.name: m.start[1] + m.count - 1 for m in made
+            if not m.depth and isinstance(m.name, str) and m.count}
+
+
+def check_names(spec: Spec) -> list[dict]:
+    """The errors of the names a spec reads by (`from:`, `like`, `outputs:`), as error dicts."""
+    if not graph.uses_names(spec.layers, spec.outputs):
+        return []
+    return graph.check(spec.layers, spec.outputs, spec.aliases)
 
 
 def _layer_notes(notes: dict[tuple, list]) -> dict[tuple, list[str]]:

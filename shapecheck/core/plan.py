@@ -35,7 +35,7 @@ class LayerPlan(Record):
         "index", "path", "name", "type", "spec", "line", "column", "status", "batch",
         "input_dims", "output_dims", "weight_shape", "bias_shape", "params", "macs", "explain",
         "inferred_args", "branches", "branch_keys", "branch_inputs", "activation_values",
-        "receptive_field", "field_explain")
+        "receptive_field", "field_explain", "inputs", "merged_dims", "like")
 
     def __init__(self, index: int, path: tuple[int | str, ...], name: str, type: str,
                  spec: LayerSpec, line: int | None = None, column: int | None = None,
@@ -48,7 +48,9 @@ class LayerPlan(Record):
                  branch_keys: list[int | str] | None = None,
                  branch_inputs: list[Dims] | None = None, activation_values: int = 0,
                  receptive_field: tuple | None = None,
-                 field_explain: Sequence[str] | None = None) -> None:
+                 field_explain: Sequence[str] | None = None,
+                 inputs: tuple[str, ...] | None = None,
+                 merged_dims: list[Dims] | None = None, like: str | None = None) -> None:
         self.index = index  # position in its own list (top level or branch)
         self.path = path  # full place in the tree, e.g. (3,) or (3, "body", 1)
         self.name = name
@@ -78,6 +80,11 @@ class LayerPlan(Record):
         # (H, W), and its arithmetic for --explain; None where the layer was not planned.
         self.receptive_field = receptive_field
         self.field_explain = [] if field_explain is None else field_explain
+        # The tensors the layer reads (its `from:`), by layer name (`prev` and a template use's
+        # name resolved) or `input`; None where it reads the previous layer's (graph.py).
+        self.inputs = inputs
+        self.merged_dims = merged_dims
+        self.like = like  # the tensor whose H×W an upsample takes (`size: {like: …}`)
 
     @property
     def input_shape(self) -> Shape | None:
@@ -126,6 +133,8 @@ class LayerPlan(Record):
         rf = [field_json(f) for f in self.receptive_field or (None, None)]
         d["receptive_field"], d["jump"], d["start"] = (
             None if any(v[k] is None for v in rf) else [v[k] for v in rf] for k in range(3))
+        if self.inputs is not None:
+            d["inputs"] = list(self.inputs)
         if self.branches is not None:
             d["branches"] = [[layer.to_dict() for layer in branch] for branch in self.branches]
         return d
@@ -135,13 +144,13 @@ class Plan(Record):
     """A spec's plan: its layers' rows and its diagnostics."""
 
     _fields = ("name", "description", "source", "batch", "input_dims", "layers", "diagnostics",
-               "loss", "scale", "scales", "templates")
+               "loss", "scale", "scales", "templates", "outputs")
 
     def __init__(self, name: str, description: str | None, source: str | None,
                  batch: int | str, input_dims: Dims | None, layers: list[LayerPlan],
                  diagnostics: list[Diagnostic], loss: str | None = None,
                  scale: str | None = None, scales: tuple[str, ...] = (),
-                 templates: Any = None) -> None:
+                 templates: Any = None, outputs: tuple[tuple[str, int], ...] = ()) -> None:
         self.name = name
         self.description = description
         self.source = source  # the spec file, if any
@@ -155,6 +164,12 @@ class Plan(Record):
         # A templated spec's function giving its templates.TemplateCode: `build` writes
         # classes.
         self.templates = templates
+        # The tensors the network returns, where the spec lists them: (name, top-level index).
+        self.outputs = outputs
+
+    def output_rows(self) -> list[LayerPlan]:
+        """The rows whose tensors the network returns: those `outputs:` names, else the last."""
+        return [self.layers[i] for _, i in self.outputs] if self.outputs else self.layers[-1:]
 
     @property
     def input_shape(self) -> Shape | None:
@@ -162,9 +177,10 @@ class Plan(Record):
 
     @property
     def output_dims(self) -> Dims | None:
+        """The output's dims; with several `outputs:`, the last one listed."""
         if not self.valid or not self.layers:
             return None
-        return self.layers[-1].output_dims
+        return self.output_rows()[-1].output_dims
 
     @property
     def default_loss(self) -> str:
@@ -204,7 +220,7 @@ class Plan(Record):
     def output_shape(self) -> Shape | None:
         if not self.valid or not self.layers:
             return None
-        return self.layers[-1].output_shape
+        return self.output_rows()[-1].output_shape
 
     @property
     def params(self) -> int:
@@ -248,6 +264,8 @@ class Plan(Record):
             "valid": self.valid,
             "input_shape": _list(self.input_shape),
             "output_shape": _list(self.output_shape),
+            **({"outputs": {name: _list(self.layers[i].output_shape) if self.valid else None
+                            for name, i in self.outputs}} if self.outputs else {}),
             "layers": [layer.to_dict() for layer in self.layers],
             "totals": {
                 "params": self.params,

@@ -11,12 +11,13 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
+from . import graph
 from .analysis import field_warning, first_true, receptive_fields
 from .diagnostics import Diagnostic, merge_repeats, more_uses
 from .layers import Block, Context, LayerSpec, Origin, ShapeError
 from .layers.base import Dims
 from .lint import lint
-from .loader import SpecError, SpecFile, gc_paused, load_spec, looks_like_path
+from .loader import SpecError, SpecFile, check_names, gc_paused, load_spec, looks_like_path
 from .plan import LayerPlan, Plan
 from .schema_errors import Locator, duplicate_names, schema_diagnostics
 from .spec import LayerErrors, Spec, default_name, walk
@@ -105,7 +106,12 @@ def _complete(spec: Spec) -> list[Diagnostic]:
     except LayerErrors as e:
         return schema_diagnostics(e.errors, {"layers": raw}, Locator({}, spec.source),
                                   spec.source)
-    return duplicate_names(duplicates, spec, lambda path: (None, None), spec.source)
+    problems = duplicate_names(duplicates, spec, lambda path: (None, None), spec.source)
+    errors = check_names(spec)
+    if errors:
+        problems += schema_diagnostics(errors, {"layers": raw}, Locator({}, spec.source),
+                                       spec.source)
+    return problems
 
 
 def _template_line(d: Diagnostic, rows: dict) -> tuple | None:
@@ -124,10 +130,23 @@ class _Planner:
         self.hints = hints
         self.failure: _Failure | None = None
         self.warnings: list[tuple[LayerPlan, str, str, str | None]] = []
+        # A spec that reads tensors by name (graph.py) keeps each top-level output by name.
+        self.graph = graph.uses_names(spec.layers, spec.outputs)
+        self.names = {layer.name for layer in spec.layers} if self.graph else set()
+
+    def _outputs(self, rows: list[LayerPlan]) -> tuple[tuple[str, int], ...]:
+        """The spec's `outputs:` as (name, top-level index); a use's name is its last layer."""
+        index = {row.name: row.index for row in rows} | self.spec.aliases
+        return tuple((name, index[name]) for name in self.spec.outputs or ())
+
+    def _tensors(self, x: Dims) -> dict | None:
+        """The named tensors at the start (the spec's input), for a spec that reads by name."""
+        return {graph.INPUT: (x, Context())} if self.graph else None
 
     def plan(self) -> Plan:
         x: Dims = (1, *self.input)
-        rows, _, _ = self._plan_list(self.spec.layers, x, (), Context())
+        tensors = self._tensors(x)
+        rows, _, _ = self._plan_list(self.spec.layers, x, (), Context(), tensors=tensors)
         diagnostics = [self._diagnostic("warning", row, code, msg, hint)
                        for row, code, msg, hint in self.warnings]
         if self.failure:
@@ -150,10 +169,14 @@ class _Planner:
             scale=self.spec.scale,
             scales=self.spec.scales,
             templates=self.spec._templates,
+            outputs=self._outputs(rows),
         )
         receptive_fields(result)
         rows_by_path = {row.path: row for row in result.walk()}
         found = lint(result, has_train=train is not None)
+        if self.graph and result.valid:
+            found += [(row.path, *w) for row, *w in
+                      graph.unused(result.layers, [i for _, i in result.outputs])]
         if result.valid and (w := field_warning(result)):
             found.append(w)
         result.diagnostics += [
@@ -169,9 +192,10 @@ class _Planner:
         return result
 
     def _plan_list(self, layers: list[LayerSpec], x: Dims, prefix: tuple, ctx: Context,
-                   start: int = 0):
+                   start: int = 0, tensors: dict | None = None):
         """Plan layers one after another (the first being number ``start`` of its list);
-        returns their rows, the output and its context."""
+        returns their rows, the output and its context. ``tensors`` holds the named outputs
+        (name -> dims, context) of a spec that reads by name; the top-level list adds to it."""
         rows = []
         for i, layer in enumerate(layers, start):
             row = self._row(i, (*prefix, i), layer)
@@ -180,8 +204,27 @@ class _Planner:
                 if layer.is_block:
                     self._plan_branches(row, layer, x, [x] * len(layer.branch_lists()), ctx)
                 continue
-            x, ctx = self._plan_layer(row, layer, x, ctx)
+            if tensors is None:
+                x, ctx = self._plan_layer(row, layer, x, ctx)
+                continue
+            if layer.inputs is not None:
+                row.inputs = tuple(self._resolve(name, i) for name in layer.inputs)
+                if not layer.is_merge:
+                    x, ctx = tensors[row.inputs[0]]
+            if (like := graph.like_of(layer)) is not None:
+                row.like = self._resolve(like, i)
+            x, ctx = self._plan_layer(row, layer, x, ctx, tensors)
+            tensors[row.name] = (x, ctx)
         return rows, x, ctx
+
+    def _resolve(self, name: str, i: int) -> str:
+        """The top-level layer (or ``input``) a name read by layer ``i`` stands for: ``prev``
+        is the layer before, a template use's name its last layer."""
+        layers = self.spec.layers
+        if name == graph.PREV:
+            return layers[i - 1].name if i else graph.INPUT
+        at = self.spec.aliases.get(name)
+        return layers[at].name if at is not None and name not in self.names else name
 
     def _row(self, i: int, path: tuple, layer: LayerSpec) -> LayerPlan:
         origin = layer.origin
@@ -189,14 +232,23 @@ class _Planner:
                          line=origin and origin.line, column=origin and origin.column,
                          batch=self.batch)
 
-    def _plan_layer(self, row: LayerPlan, layer: LayerSpec, x: Dims, ctx: Context):
+    def _plan_layer(self, row: LayerPlan, layer: LayerSpec, x: Dims, ctx: Context,
+                    tensors: dict | None = None):
         row.input_dims = x
         try:
             if layer.is_block:
                 out, inferred = self._plan_block(row, layer, x, ctx), None
             else:
+                if tensors is not None:  # a size from another tensor, or a merge's inputs
+                    if row.like is not None:
+                        layer = layer.resized_like(tensors[row.like][0])
+                    if layer.is_merge:
+                        named = [(name, tensors[name][0]) for name in row.inputs]
+                        row.input_dims = named[0][1]
+                        row.merged_dims = [dims for _, dims in named]
                 try:
-                    inferred = layer.infer(x, ctx)
+                    inferred = (layer.infer_many(named) if layer.is_merge and tensors is not None
+                                else layer.infer(x, ctx))
                 except OverflowError:  # e.g. upsample: a size times a scale beyond any float
                     raise _too_large() from None
                 out = inferred.out
@@ -277,7 +329,14 @@ class _Planner:
                 break
             after = failed.row.path[0] + 1
             trial = _Planner(self.spec, self.batch, self.input, hints=False)
-            trial._plan_list(self.spec.layers[after:], out, (), Context(), start=after)
+            tensors = None
+            if self.graph:  # the tensors made before, and the failing layer's as declared
+                tensors = {graph.INPUT: ((1, *self.input), Context())}
+                tensors |= {r.name: (r.output_dims, Context()) for r in rows[:after]
+                            if r.output_dims is not None}
+                tensors[failed.row.name] = (out, Context())
+            trial._plan_list(self.spec.layers[after:], out, (), Context(), start=after,
+                             tensors=tensors)
             note = (f" (found by planning on after the error at layer {failed.row.path[0]}, "
                     f"as if {failed.row.name} got the input it declares)")
             failed = trial.failure
@@ -304,7 +363,8 @@ class _Planner:
     def _trial(self, h: int, w: int) -> _Failure | None:
         """The first failure at an input of h×w, or None."""
         trial = _Planner(self.spec, 1, (self.input[0], h, w), hints=False)
-        trial._plan_list(self.spec.layers, (1, self.input[0], h, w), (), Context())
+        x = (1, self.input[0], h, w)
+        trial._plan_list(self.spec.layers, x, (), Context(), tensors=trial._tensors(x))
         return trial.failure
 
     def _valid_at(self, h: int, w: int) -> bool:

@@ -128,7 +128,7 @@ def _fields_at(loc: tuple, data) -> list[str]:
         return list((InputSpec if loc else Spec).model_fields)
     kind = kind_of(_get(data, loc))
     if kind is not None:
-        return [f.alias or k for k, f in kind.model_fields.items()]
+        return [*(f.alias or k for k, f in kind.model_fields.items()), "from"]
     if loc[:1] == ("train",):
         from . import trainspec
 
@@ -240,6 +240,8 @@ def _describe(errors: list[dict], loc: tuple, missing, data) -> tuple[str, str, 
             "allowed fields: " + ", ".join(allowed) if allowed else None)
         owner = _layer_label(loc[:-1], data)
         return "SC102", f"{owner}: unknown field {key!r}", hint
+    if kind == "graph":  # the names a layer reads (graph.py)
+        return "SC112", f"{where}: {e['msg']}", e["hint"]
     if kind == "not_identifier":
         from .spec import default_name
 

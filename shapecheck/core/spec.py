@@ -87,6 +87,8 @@ class Spec(BaseModel):
     # Warnings the spec accepts, e.g. [SC303] for a network kept as its paper has it: not
     # reported, and no failure under --strict.
     ignore: list[WarningCode] = []  # pydantic copies it (default_factory=list cost 5 ms to build)
+    # The layers whose tensors the network returns (graph.py); None: the last layer's.
+    outputs: list[Identifier] | None = Field(default=None, min_length=1)
 
     _source: str | None = PrivateAttr(default=None)  # the file path, if read from a file
     _completed: bool = PrivateAttr(default=False)
@@ -96,6 +98,8 @@ class Spec(BaseModel):
     _notes: Any = PrivateAttr(default_factory=dict)  # or a function that makes them
     # A function giving templates.TemplateCode, for `build`; None without templates.
     _templates: Any = PrivateAttr(default=None)
+    # A template use's name -> the index of its last layer, for `from:` (graph.py).
+    _aliases: dict = PrivateAttr(default_factory=dict)
 
     @property
     def source(self) -> str | None:
@@ -114,6 +118,10 @@ class Spec(BaseModel):
         if callable(self._notes):  # written on first use
             self._notes = self._notes()
         return self._notes
+
+    @property
+    def aliases(self) -> dict[str, int]:
+        return self._aliases
 
     @property
     def completed(self) -> bool:

@@ -128,8 +128,13 @@ def check_module(model, plan: Plan, generated: Generated) -> None:
                 f"{generated.module_names[layer.path]}): the plan says {want}, torch gives "
                 f"{got_text}"
             )
-    want = with_batch(plan.output_dims, batch)
-    got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if len(plan.outputs) > 1:  # a dict of the tensors `outputs:` lists
+        want = {name: with_batch(plan.layers[i].output_dims, batch) for name, i in plan.outputs}
+        got = ({k: tuple(v.shape) for k, v in out.items()} if isinstance(out, dict)
+               else type(out).__name__)
+    else:
+        want = with_batch(plan.output_dims, batch)
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
     if got != want:
         raise InternalError(f"output: the plan says {want}, torch gives {got}")
     params = sum(p.numel() for p in model.parameters())

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 from .. import __version__
 from ..core.expressions import make_divisible
+from ..core.graph import INPUT
 from ..core.layers import KINDS
 from ..core.loader import SpecError
 from ..core.plan import Plan, with_batch
@@ -62,8 +63,9 @@ TORCH_CLASSES = frozenset(
     {cls.torch_class for cls in KINDS.values() if cls.torch_class}
     | {"Sequential", "Identity", "ModuleList", "Module", "Parameter"}
 )
-# The small modules build writes for kinds that torch.nn lacks: class name -> its kind.
-HELPERS = {kind.helper: kind for kind in KINDS.values() if kind.helper}
+# The small modules build writes for kinds that torch.nn lacks: class name -> its source.
+HELPERS = {kind.helper: kind.helper_source for kind in KINDS.values() if kind.helper} | {
+    name: source for kind in KINDS.values() for name, source in kind.more_helpers.items()}
 
 # nn.Module's own attributes (torch 2.x), public and private. A layer with one of these names
 # would replace a method or break the module, so it gets another attribute name. Whatever torch
@@ -196,9 +198,10 @@ class _Writer:
 
     def kind_func(self, layer) -> ast.expr:
         """What creates a (non-block) layer: ``nn.Conv2d``, or a helper build writes."""
-        if layer.spec.helper:
-            self.uses.add(layer.spec.helper)
-            return src.name(layer.spec.helper)
+        helper = layer.spec.helper_for(layer.like is not None)
+        if helper:
+            self.uses.add(helper)
+            return src.name(helper)
         if layer.spec.torch_class in TORCH_CLASSES:
             return src.dotted(f"nn.{layer.spec.torch_class}")
         raise InternalError(f"layer {layer.name}: no torch.nn class for {layer.type}")
@@ -232,13 +235,12 @@ class _Writer:
             self.uses, self.module_names = set(), {}
             writer = ClassWriter(self, instances)
             try:
-                init, forward = writer.main(attrs)
+                init, steps = writer.main(attrs)
                 break
             except Retry:
                 continue
-        main = self.main_class(cls, init, forward)
-        trusted = [HELPERS[name].helper_source.strip("\n") for name in HELPERS
-                   if name in self.uses]
+        main = self.main_class(cls, init, self.forward(steps))
+        trusted = [HELPERS[name].strip("\n") for name in HELPERS if name in self.uses]
         if "make_divisible" in writer.needs:
             trusted.append(inspect.getsource(make_divisible).rstrip("\n"))
         constants = writer.module_statements()
@@ -276,6 +278,38 @@ class _Writer:
             raise InternalError(str(e)) from None
         return Generated(source, cls, self.module_names, renamed)
 
+    def forward(self, steps: list[tuple]) -> list[ast.stmt]:
+        """``forward``'s statements: each step applies an attribute to the tensors its first
+        row reads (the previous step's output, or those its ``from:`` and ``like`` name), and
+        keeps its output in a variable named after its last row where a later step or the
+        outputs read it by name; then the return."""
+        plan = self.plan
+        read = {name for _, first, _ in steps for name in (*(first.inputs or ()), first.like)
+                if name} | {plan.layers[i].name for _, i in plan.outputs}
+        variables = _variables(read, steps)
+        body: list[ast.stmt] = []
+        if INPUT in read:
+            body.append(ast.Assign(targets=[src.name(variables[INPUT], store=True)],
+                                   value=src.name("x")))
+        current = "x"
+        for attr, first, last in steps:
+            args = [variables.get(n, current) for n in first.inputs or (None,)]
+            if first.like is not None:
+                args.append(variables[first.like])
+            target = variables.get(last.name, "x")
+            stmt = ast.Assign(targets=[src.name(target, store=True)],
+                              value=src.call(src.self_attr(attr), [src.name(a) for a in args]))
+            body.append(src.with_comment(stmt, self.shape(last.output_dims)))
+            current = target
+        if len(plan.outputs) > 1:
+            value: ast.expr = ast.Dict(keys=[ast.Constant(name) for name, _ in plan.outputs],
+                                       values=[src.name(variables[plan.layers[i].name])
+                                               for _, i in plan.outputs])
+        else:
+            last = plan.layers[plan.outputs[0][1]].name if plan.outputs else None
+            value = src.name(variables.get(last, current))
+        return [*body, ast.Return(value=value)]
+
     def main_class(self, cls: str, init: list[ast.stmt], forward: list[ast.stmt]) -> ast.ClassDef:
         plan = self.plan
         shapes = f"Input {self.shape(plan.input_dims)}, output {self.shape(plan.output_dims)}."
@@ -286,8 +320,6 @@ class _Writer:
                              f"{INDENT}{shapes}", INDENT])
         else:
             doc = shapes
-        returns = [ast.Return(value=src.name("x"))]
-        forward = forward + returns
         forward[0].leading = [f"x: {self.shape(plan.input_dims)}"]
         tensor = src.dotted("torch.Tensor")
         methods = [
@@ -300,6 +332,21 @@ class _Writer:
         totals = f"{plan.params:,} parameters, {plan.macs:,} multiply-accumulates per sample."
         node.leading = [totals]
         return node
+
+
+def _variables(read: set[str], steps: list[tuple]) -> dict[str, str]:
+    """The variable that keeps each tensor read by name: the layer's name (``input_`` for the
+    spec's input), with ``_`` added where it would be ``x`` or ``self``, or clash."""
+    taken = {"x", "self"}
+    variables = {}
+    for name in [INPUT, *(last.name for _, _, last in steps)]:
+        if name in read:
+            var = "input_" if name == INPUT else name  # not the builtin
+            while var in taken:
+                var += "_"
+            taken.add(var)
+            variables[name] = var
+    return variables
 
 
 def _method(name: str, args: list[ast.arg], body: list[ast.stmt],
@@ -368,7 +415,7 @@ ANNOTATIONS = frozenset({"int", "float", "bool", "str", "object", "tuple", "nn.M
 @functools.lru_cache(maxsize=1)
 def _trusted() -> frozenset[str]:
     """The helper definitions build copies from shapecheck's own source, as dumped trees."""
-    texts = [kind.helper_source for kind in HELPERS.values()]
+    texts = list(HELPERS.values())
     texts.append(inspect.getsource(make_divisible))
     return frozenset(ast.dump(node) for text in texts for node in ast.parse(text).body)
 
@@ -467,16 +514,20 @@ class _Audit:
                     _dotted(stmt.value.func) is None and ast.unparse(stmt.value.func) == \
                     "super().__init__" and not forward:
                 self.arguments(stmt.value, local)
-            elif (forward and isinstance(stmt, ast.Assign) and _is_x(stmt.targets)
-                  and isinstance(stmt.value, ast.Call) and _self_attr(stmt.value.func)
-                  and [ast.unparse(arg) for arg in stmt.value.args] == ["x"]
-                  and not stmt.value.keywords):
-                pass  # x = self.layer(x)
+            elif (forward and isinstance(stmt, ast.Assign) and _is_name(stmt.targets)
+                  and (_is_name([stmt.value]) or isinstance(stmt.value, ast.Call)
+                       and _self_attr(stmt.value.func) and _is_names(stmt.value.args)
+                       and not stmt.value.keywords)):
+                pass  # x = self.layer(x), enc1 = self.enc1(x), x = self.cat1(enc1, x)
             elif (not forward and isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
                   and _self_attr(stmt.targets[0])):
                 self.expression(stmt.value, local)  # self.layer = nn.Conv2d(...)
-            elif forward and isinstance(stmt, ast.Return) and _is_x([stmt.value]):
-                pass
+            elif forward and isinstance(stmt, ast.Return) and (
+                    _is_name([stmt.value]) or isinstance(stmt.value, ast.Dict)
+                    and _is_names(stmt.value.values) and all(
+                        isinstance(k, ast.Constant) and type(k.value) is str
+                        for k in stmt.value.keys)):
+                pass  # return x; return {"p2": p2, "p3": p3}
             elif not _is_docstring(stmt):
                 _refuse(stmt)
 
@@ -545,8 +596,12 @@ def _is_docstring(node: ast.stmt) -> bool:
             and isinstance(node.value.value, str))
 
 
-def _is_x(nodes: list) -> bool:
-    return len(nodes) == 1 and isinstance(nodes[0], ast.Name) and nodes[0].id == "x"
+def _is_name(nodes: list) -> bool:
+    return len(nodes) == 1 and isinstance(nodes[0], ast.Name)
+
+
+def _is_names(nodes: list) -> bool:
+    return bool(nodes) and all(isinstance(node, ast.Name) for node in nodes)
 
 
 def _self_attr(node: ast.AST) -> bool:

@@ -39,8 +39,8 @@ def ident(name: Any) -> str:
     return name
 
 
-def name(id_: str) -> ast.Name:
-    return ast.Name(id=ident(id_), ctx=ast.Load())
+def name(id_: str, store: bool = False) -> ast.Name:
+    return ast.Name(id=ident(id_), ctx=ast.Store() if store else ast.Load())
 
 
 def dotted(path: str) -> ast.expr:

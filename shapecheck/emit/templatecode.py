@@ -675,11 +675,12 @@ class ClassWriter:
         return src.call(src.dotted("nn.Sequential"),
                         self.write_items(ctx, parallel, comments=False), layout=src.EXPLODE)
 
-    def main(self, attrs: dict[int, str]) -> tuple[list[ast.stmt], list[ast.stmt]]:
-        """The main class's ``__init__`` and ``forward`` statements."""
+    def main(self, attrs: dict[int, str]) -> tuple[list[ast.stmt], list[tuple]]:
+        """The main class's ``__init__`` statements, and the steps of its ``forward``: each an
+        attribute and the first and last of the top-level rows it computes."""
         ctx = Context(self, None)
         init: list[ast.stmt] = []
-        forward: list[ast.stmt] = []
+        forward: list[tuple] = []
         items = self.instances.items(self.owner.plan.layers, 0)
         self.owner.attrs_used = {attrs[i.plan.index] for i in items if isinstance(i, Layer)}
         for item in items:
@@ -688,7 +689,7 @@ class ClassWriter:
                 func, args = self.layer_call(ctx, [item])
                 init.append(_set(attr, src.call(func, args, layout=src.SPLIT)))
                 self.map_layer(item, attr, None)
-                forward.append(_apply(attr, self.owner.shape(item.plan.output_dims)))
+                forward.append((attr, item.plan, item.plan))
                 continue
             first = item.uses[0]
             cls = self.class_of(first)
@@ -699,7 +700,7 @@ class ClassWriter:
                                                 layout=src.EXPLODE)))
                 for i, use in enumerate(item.uses):
                     self.map_use(use, f"{attr}.{i}")
-                named = [(attr, item.uses[-1])]
+                named = [(attr, item.uses[0].layers[0], item.uses[-1].layers[-1])]
             else:
                 named = []
                 for use in item.uses:
@@ -707,9 +708,8 @@ class ClassWriter:
                             else self.owner.attribute(use.made.instance or use.made.template))
                     init.append(_set(attr, self.call(ctx, cls, [use])))
                     self.map_use(use, attr)
-                    named.append((attr, use))
-            forward += [_apply(attr, self.owner.shape(use.layers[-1].output_dims))
-                        for attr, use in named]
+                    named.append((attr, use.layers[0], use.layers[-1]))
+            forward += named
         return init, forward
 
     # ------------------------------------------------------------ module names
@@ -775,13 +775,6 @@ def _set(attr: str, value: ast.expr) -> ast.Assign:
     """``self.attr = value``."""
     target = ast.Attribute(value=src.name("self"), attr=src.ident(attr), ctx=ast.Store())
     return ast.Assign(targets=[target], value=value)
-
-
-def _apply(attr: str, shape: str) -> ast.Assign:
-    """``x = self.attr(x)  # shape``."""
-    stmt = ast.Assign(targets=[ast.Name(id="x", ctx=ast.Store())],
-                      value=src.call(src.self_attr(attr), [src.name("x")]))
-    return src.with_comment(stmt, shape)
 
 
 def _annotation(vector: list) -> ast.expr:

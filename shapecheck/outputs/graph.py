@@ -22,7 +22,7 @@ import textwrap
 from typing import TYPE_CHECKING
 
 from ..core.diagnostics import Diagnostic
-from ..core.layers import BLOCKS
+from ..core.layers import BLOCKS, KINDS
 from ..core.plan import LayerPlan, Plan
 from .table import dims, human_count
 
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     import graphviz
 
 FONT = "Helvetica,Arial,sans-serif"
+MERGES = tuple(KINDS[name] for name in ("add", "mul", "cat"))
 
 # Fill colour and legend text per layer family, in legend order.
 FAMILIES: dict[str, tuple[str, str]] = {
@@ -142,7 +143,11 @@ class _Drawer:
         # dot puts the first of parallel branches left in TB but at the bottom in LR: drawn in
         # reverse there, branch 0 comes out on top.
         self.reverse_branches = reverse_branches
-        self.edges: list[tuple[str, str, str | None]] = []
+        self.edges: list[tuple[str, str, str | None, dict]] = []
+        # A spec that reads tensors by name: each top-level tensor's node and shape, and the
+        # (anchor, merge) pairs drawn side by side (a U-Net's skip and the cat it joins).
+        self.tensors: dict[str, tuple[str, object]] = {"input": ("input", plan.input_shape)}
+        self.beside: list[tuple[str, str]] = []
         self.errors: dict[tuple, Diagnostic] = {}
         self.warnings: dict[tuple, list[str]] = {}
         for d in plan.diagnostics:
@@ -167,11 +172,11 @@ class _Drawer:
                 self._network(net)
             else:
                 self._schema_errors(net)
-        for tail_id, head_id, label in self.edges:
+        for tail_id, head_id, label, attrs in self.edges:
             if label is None:
-                g.edge(tail_id, head_id, color=SKIPPED_LINE, style="dashed")
+                g.edge(tail_id, head_id, color=SKIPPED_LINE, style="dashed", **attrs)
             else:
-                g.edge(tail_id, head_id, label=_html(text(label)))
+                g.edge(tail_id, head_id, label=_html(text(label)), **attrs)
         legend = self._legend()
         if legend:
             g.attr(label=f"<{legend}>", labelloc="b")
@@ -192,6 +197,13 @@ class _Drawer:
                        color="#999999", fontcolor="#444444", fontsize="12", margin="12",
                        labeljust="l", peripheries="1")
                 tail, shape = self._chain(c, layers, tail, shape)
+                for anchor, merge in self.beside:  # a skip's source level with its merge
+                    with c.subgraph() as same:
+                        same.attr(rank="same")
+                        same.node(anchor)
+                        same.node(merge)
+        if plan.outputs:  # the last of them is drawn as the output
+            tail, shape = self.tensors[plan.layers[plan.outputs[-1][1]].name]
         done = plan.valid
         g.node("output", _html("<B>output</B>" if done else "output (not reached)"),
                **({"style": "rounded,filled,bold"} if done else self._skipped_attrs()))
@@ -249,8 +261,10 @@ class _Drawer:
         failure styles where the plan is invalid. Empty where nothing was drawn."""
         cells = [f'<TD BGCOLOR="{FAMILIES[f][0]}">{text(FAMILIES[f][1])}</TD>'
                  for f in FAMILIES if f in self.families_seen]
-        drawn = {type(layer.spec) for layer in self.plan.walk() if layer.is_block}
-        cells += [f"<TD>{text(b.glyph + ' ' + b.merge_word)}</TD>" for b in BLOCKS if b in drawn]
+        drawn = {type(layer.spec) for layer in self.plan.walk()
+                 if layer.is_block or layer.spec.is_merge}
+        cells += [f"<TD>{text(b.glyph + ' ' + b.merge_word)}</TD>"
+                  for b in (*BLOCKS, *MERGES) if b in drawn]
         if self.warnings:
             cells.append(f'<TD COLOR="{WARNING_LINE}"><FONT COLOR="{WARNING_TEXT}">warning'
                          "</FONT></TD>")
@@ -268,14 +282,20 @@ class _Drawer:
 
     # -- layers and blocks ------------------------------------------------------------------
 
-    def _edge(self, tail: str, head: str, shape) -> None:
-        self.edges.append((tail, head, _shape(shape)))
+    def _edge(self, tail: str, head: str, shape, **attrs: str) -> None:
+        self.edges.append((tail, head, _shape(shape), attrs))
 
     def _chain(self, c, layers: list[LayerPlan], tail: str, shape, level: int = 1):
         """Draw layers one after another from `tail`; returns the last node and its shape.
         ``level`` is the nesting depth of these layers (1 at the top)."""
         for layer in layers:
-            if layer.is_block and self.depth is not None and level >= self.depth:
+            sources = [(tail, shape)]
+            if layer.inputs is not None:  # it reads tensors by name (graph.py)
+                sources = [self.tensors[name] for name in layer.inputs]
+                tail, shape = sources[0]
+            if layer.spec.is_merge:
+                tail, shape = self._merge(c, layer, sources)
+            elif layer.is_block and self.depth is not None and level >= self.depth:
                 node = _node_id(layer.path)
                 c.node(node, self._collapsed_label(layer), **self._collapsed_attrs(layer))
                 self._edge(tail, node, shape)
@@ -286,8 +306,37 @@ class _Drawer:
                 node = _node_id(layer.path)
                 c.node(node, self._label(layer), **self._attrs(layer))
                 self._edge(tail, node, shape)
+                if layer.like is not None:  # the tensor it takes its size from
+                    like, like_shape = self.tensors[layer.like]
+                    self._edge(like, node, None if like_shape is None else "size",
+                               style="dotted", constraint="false")
                 tail, shape = node, layer.output_shape
+            if level == 1:
+                self.tensors[layer.name] = (tail, shape)
         return tail, shape
+
+    def _merge(self, c, layer: LayerPlan, sources: list[tuple[str, object]]):
+        """A merge layer: its glyph in a circle, an edge from each input. The earliest input
+        (a U-Net's skip, an FPN's lateral) sits beside it; the others reach it from wherever
+        they are, so that a decoder climbs back up beside its encoder."""
+        node = _node_id(layer.path)
+        error = self.errors.get(layer.path)
+        if error is not None:
+            c.node(node, _html(f"<B>{text(layer.spec.glyph)} {text(layer.name)}</B>",
+                               *self._error_lines(error)), **self._failed_attrs())
+        else:
+            c.node(node, layer.spec.glyph, shape="circle", fixedsize="true", width="0.36",
+                   fontsize="16", margin="0", tooltip=f"{layer.name}: {layer.type}",
+                   **(self._skipped_attrs() if layer.status == "skipped" else
+                      {"style": "filled", "fillcolor": "white"}))
+        rows = {row.name: row for row in self.plan.layers}
+        made = [rows.get(name) for name in layer.inputs]
+        anchor = min(range(len(made)), key=lambda i: made[i].index if made[i] else -1)
+        for i, (tail, shape) in enumerate(sources):
+            self._edge(tail, node, shape, **({} if i == anchor else {"constraint": "false"}))
+        if made[anchor] is not None and not made[anchor].is_block:  # a node of this cluster
+            self.beside.append((sources[anchor][0], node))
+        return node, layer.output_shape
 
     def _block(self, c, block: LayerPlan, tail: str, shape, level: int = 1):
         kind = block.type

@@ -36,6 +36,7 @@ def _layer_schema(name: str, kind) -> dict:
                           "description": "a Python identifier, unique in the spec"}
         elif key != "type":
             props[key] = with_expressions(value)
+    props["from"] = FROM  # named inputs (graph.py): not a field of the model
     if kind.is_block:  # a block's fields hold layer lists: the schema recurses
         for key in kind.list_fields:
             props[key] = {**props[key], "items": {"$ref": "#/$defs/layer"}}
@@ -50,6 +51,11 @@ def _layer_schema(name: str, kind) -> dict:
                    "required": ["type"]},
             "then": schema}
 
+
+IDENTIFIER = {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"}
+FROM = {"description": "the tensors the layer reads: an earlier layer's name, `input` or "
+        "`prev`, or a list of them for add, mul and cat",
+        "anyOf": [IDENTIFIER, {"type": "array", "items": IDENTIFIER, "minItems": 1}]}
 
 # A string holding `$` is an expression (templates.py, expressions.py): `$width * 4` may stand
 # wherever a number may, and `$shortcut` wherever a value may.
@@ -138,6 +144,9 @@ def spec_schema() -> dict[str, Any]:
                        "expressions; --scale NAME picks one",
                        "additionalProperties": {"type": "object"}},
             "default_scale": {"type": "string"},
+            "outputs": {"type": "array", "minItems": 1, "items": IDENTIFIER,
+                        "description": "the layers whose tensors the network returns "
+                        "(default: the last)"},
             "ignore": {"type": "array", "description": "warning codes the spec accepts: not "
                        "reported, no failure under --strict",
                        "items": {"enum": list(WARNING_CODES)}},

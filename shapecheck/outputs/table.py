@@ -57,7 +57,8 @@ def row_cells(layer: LayerPlan, indent: str, depth: int | None = None,
     return [
         where,
         indent + layer.name,
-        layer.type + (f" ({hidden} layer{'s' * (hidden != 1)})" if hidden else ""),
+        layer.type + (f" ({hidden} layer{'s' * (hidden != 1)})" if hidden else "")
+        + (f" ← {', '.join(layer.inputs)}" if layer.inputs else ""),
         out,
         dims(layer.weight_shape) if layer.weight_shape else "",
         dims(layer.bias_shape) if layer.bias_shape else "",
@@ -128,8 +129,13 @@ def total_lines(plan: Plan) -> list[str]:
         return [f"invalid: {len(plan.errors)} error(s); totals are shown for valid specs only"]
     batch = plan.batch if isinstance(plan.batch, int) else None
     at = f"at batch {batch}" if batch else "per sample"
+    outputs = [f"output shape:       {dims(plan.output_shape)}"]
+    if plan.outputs:  # the tensors the spec lists under `outputs:`
+        width = max(len(name) for name, _ in plan.outputs) + 1
+        outputs = [f"output {name + ':':{max(width, 13)}}{dims(plan.layers[i].output_shape)}"
+                   for name, i in plan.outputs]
     return [
-        f"output shape:       {dims(plan.output_shape)}",
+        *outputs,
         f"params:             {plan.params:,} (trainable {plan.trainable_params:,})",
         f"MACs per sample:    {plan.macs:,} ({human_count(plan.macs)})",
         f"parameter memory:   {human_bytes(plan.param_bytes)} (float32)",

@@ -10,6 +10,7 @@ from functools import lru_cache
 
 from pydantic import ValidationError
 
+from ..graph import read_from
 from .base import Context, Inferred, LayerSpec, Origin, ShapeError
 from .block import Block
 
@@ -38,6 +39,7 @@ _WHERE = {
     "permute": "reshape.Permute", "linear": "linear.Linear",
     "residual": "residual.Residual", "concat": "concat.Concat", "gate": "gate.Gate",
     "split": "split.Split",
+    "add": "merge.Add", "mul": "merge.Mul", "cat": "merge.Cat",
 }  # fmt: skip
 
 
@@ -135,6 +137,12 @@ def parse_layers(items: list, loc: tuple, origin: Callable[[tuple], Origin | Non
             errors.append({"type": "unknown_layer_type", "loc": here, "input": item,
                            "msg": "unknown layer type"})
             continue
+        inputs = None
+        if "from" in item:  # named inputs (graph.py): not a field of any model
+            inputs, error = read_from(item["from"], (*here, "from"), loc == ("layers",))
+            item = {k: v for k, v in item.items() if k != "from"}
+            if error:
+                errors.append(error)
         try:
             if item["type"] != name:  # KINDS' key is the type
                 item = {**item, "type": name}
@@ -144,6 +152,8 @@ def parse_layers(items: list, loc: tuple, origin: Callable[[tuple], Origin | Non
             continue
         if origin is not None:
             layer.with_origin(origin(here))
+        if inputs is not None:
+            layer.with_inputs(inputs)
         if layer.is_block:
             layer, sub_errors = _parse_branches(layer, here, origin)
             errors += sub_errors

@@ -275,6 +275,7 @@ class LayerSpec(BaseModel):
 
     # Capabilities that rules over several layers read (lint, diagrams, training).
     is_block: ClassVar[bool] = False  # holds layer lists (layers/block.py)
+    is_merge: ClassVar[bool] = False  # joins the tensors its `from:` names (layers/merge.py)
     cancels_channel_bias: ClassVar[bool] = False  # subtracts a per-channel mean (batchnorm)
     starts_classifier: ClassVar[bool] = False  # the diagram's classifier begins here (flatten)
     # What a last layer of this kind hands to the loss: "probabilities", "log_probabilities".
@@ -284,6 +285,13 @@ class LayerSpec(BaseModel):
     # `build` writes for it instead, and its source.
     helper: ClassVar[str] = ""
     helper_source: ClassVar[str] = ""
+    # Further helpers a kind needs in some settings: class name -> source (helper_for).
+    more_helpers: ClassVar[dict[str, str]] = {}
+
+    def helper_for(self, sized_like: bool) -> str:
+        """The helper `build` writes this layer with ("" for a torch.nn class); ``sized_like``:
+        the layer takes its size from another tensor (graph.py)."""
+        return self.helper
 
     @property
     def origin(self) -> Origin | None:
@@ -296,7 +304,18 @@ class LayerSpec(BaseModel):
         # Kept where pydantic keeps private attributes, without declaring one: a declared
         # PrivateAttr makes pydantic run an initialiser for every layer it validates, a third
         # of the validation time.
+        # Set first: a layer's inputs (with_inputs) are set after its origin.
         object.__setattr__(self, "__pydantic_private__", {"origin": origin})
+
+    @property
+    def inputs(self) -> tuple[str, ...] | None:
+        """The names of the tensors the layer reads (its ``from:``), None for the previous
+        layer's output (graph.py)."""
+        private = self.__pydantic_private__
+        return private.get("inputs") if private else None
+
+    def with_inputs(self, inputs: tuple[str, ...] | None) -> None:
+        object.__setattr__(self, "__pydantic_private__", {"origin": self.origin, "inputs": inputs})
 
     def bias_before_norm(self) -> bool:
         """Whether this layer adds a per-channel bias that a following norm would cancel."""

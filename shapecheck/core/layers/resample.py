@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, WithJsonSchema, model_validator
 from pydantic_core import PydanticCustomError
 
+from ..graph import Like, read_like
 from .base import (
     Context,
     Dims,
@@ -20,10 +21,17 @@ from .base import (
     int_schema,
     times,
 )
-from .window import SAME, Consumed, Fixed, Scale, Window, spatial
+from .window import SAME, Consumed, Fixed, Resized, Scale, Window, spatial
 
 
 def _size(value: Any) -> Any:
+    like = read_like(value)
+    if like is not None or isinstance(value, Like):
+        return like or value
+    if isinstance(value, dict):
+        raise PydanticCustomError("size_like", "must be an int, a pair, or {{like: NAME}} "
+                                  "(another tensor's height and width), got {value}",
+                                  {"value": repr(value)})
     if isinstance(value, (list, tuple)):
         return tuple(_strict_int(v, 1) for v in value)
     return _strict_int(value, 1)
@@ -47,8 +55,11 @@ class Upsample(LayerSpec):
     type: Literal["upsample"]
     # an int or one per spatial dim
     size: Annotated[Any, BeforeValidator(_size), WithJsonSchema(
-        {"anyOf": [int_schema(1), {"type": "array", "items": int_schema(1)}, {"type": "null"}]}
-    )] = None
+        {"anyOf": [int_schema(1), {"type": "array", "items": int_schema(1)},
+                   {"type": "object", "properties": {"like": {"type": "string"}},
+                    "required": ["like"], "additionalProperties": False},
+                   {"type": "null"}]}
+    )] = None  # or {like: NAME}: another tensor's H×W (graph.py)
     # a number or one per dim
     scale_factor: Annotated[Any, BeforeValidator(_scale), WithJsonSchema(
         {"anyOf": [{"type": "number", "exclusiveMinimum": 0},
@@ -61,6 +72,28 @@ class Upsample(LayerSpec):
     torch_class = "Upsample"
     family = "resample"
     name_prefix = "up"
+    # With `size: {like: NAME}` the size is known only in forward: F.interpolate takes it then.
+    more_helpers = {"UpsampleLike": '''
+class UpsampleLike(nn.Module):
+    """Resamples x to the height and width of another tensor, as F.interpolate does."""
+
+    def __init__(self, mode: str = "nearest", align_corners: bool | None = None) -> None:
+        super().__init__()
+        self.mode = mode
+        self.align_corners = align_corners
+
+    def forward(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return nn.functional.interpolate(x, size=like.shape[-2:], mode=self.mode,
+                                         align_corners=self.align_corners)
+'''}
+
+    def helper_for(self, sized_like: bool) -> str:
+        return "UpsampleLike" if sized_like else ""
+
+    def torch_kwargs(self, inferred_args: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(self.size, Like):  # UpsampleLike's arguments
+            return {k: v for k, v in self.given_args().items() if k in ("mode", "align_corners")}
+        return super().torch_kwargs(inferred_args)
 
     @model_validator(mode="after")
     def _one_size(self) -> "Upsample":
@@ -75,7 +108,8 @@ class Upsample(LayerSpec):
         return self
 
     def settings(self) -> str:
-        how = (f"→ {times(self.size) if isinstance(self.size, tuple) else self.size}"
+        how = (f"→ {self.size}" if isinstance(self.size, Like) else
+               f"→ {times(self.size) if isinstance(self.size, tuple) else self.size}"
                if self.size is not None else
                f"×{times(f'{s:g}' for s in self.scale_factor) if isinstance(self.scale_factor, tuple) else f'{self.scale_factor:g}'}")
         return f"{how} {self.mode}"
@@ -83,10 +117,20 @@ class Upsample(LayerSpec):
     def axis_map(self, x: Dims, dim: int):
         if dim < 2:
             return SAME, dim
+        if isinstance(self.size, Like):
+            return Resized(self.size.name), dim
         i = dim - 2
         given = self.size if self.size is not None else self.scale_factor
         value = given[i] if isinstance(given, tuple) else given
         return (Fixed(value) if self.size is not None else Scale(value)), dim
+
+    def resized_like(self, like: Dims) -> "Upsample":
+        """This layer with the size of the tensor its ``size: {like: …}`` names."""
+        if len(like) != 4:
+            raise ShapeError("SC209", f"upsample takes its size {self.size}, which is a "
+                             f"{len(like)}-d tensor: it needs the height and width of a 4-d one",
+                             "name a tensor of shape N×C×H×W")
+        return self.model_copy(update={"size": like[2:]})
 
     def infer(self, x: Dims, ctx: Context) -> Inferred:
         ranks = (4,) if self.mode in ("bilinear", "bicubic") else (3, 4, 5)

@@ -171,6 +171,12 @@ class Fixed(NamedTuple):
     size: int
 
 
+class Resized(NamedTuple):
+    """The output size is another tensor's (upsample with ``size: {like: NAME}``)."""
+
+    like: str
+
+
 class Consumed(NamedTuple):
     """The layer's weights depend on this axis's size (a linear on it, a layernorm over it, a
     conv taking it as channels): the size must be the one the spec was planned at."""
