@@ -45,10 +45,9 @@ def references():
 
 
 def planned_outputs(plan) -> dict | tuple:
-    """The plan's output shape, or {name: shape} for a spec with several `outputs:`."""
-    outputs = getattr(plan, "outputs", None)
-    if outputs and len(outputs) > 1:
-        return {name: tuple(shape) for name, shape in outputs.items()}
+    """The plan's output shape, or {name: shape} for a spec that lists its `outputs:`."""
+    if plan.outputs:
+        return {name: plan.layers[i].output_shape for name, i in plan.outputs}
     return plan.output_shape
 
 
