@@ -7,7 +7,8 @@ counts it: with the auxiliary classifier; the FPN with its frozen batchnorm). Ea
 valid, without warnings, at torchvision's 520×520 and at the odd 513×513, and its outputs,
 parameters, MACs and weighted leaves (in order, with their output shapes) equal the
 reference's, measured on the meta device with forward hooks. The module `build` emits has the
-reference's parameter shapes and module arguments. The U-Net is flat: no block in a block.
+reference's parameter shapes and module arguments, and, given the reference's weights, computes
+its output (every level of the FPN). The U-Net is flat: no block in a block.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ torch = pytest.importorskip("torch")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from seg_reference import PUBLISHED, SEG_ZOO
+from zoo_measure import WEIGHTED as WEIGHTED_MODULES
 from zoo_measure import build_meta, count_params, hyperparameters, measure
+from zoo_reference import unet
 
 ZOO_DIR = Path(__file__).resolve().parent.parent / "specs" / "zoo"
 SIZES = (520, 513)
@@ -89,6 +92,54 @@ def test_seg_build_has_the_reference_modules(name, references):
 
     assert shapes(built) == shapes(model)
     assert hyperparameters(built) == hyperparameters(model)
+
+
+def weighted_calls(model, x) -> list:
+    """The weighted modules (conv, norm) in the order the forward pass calls them."""
+    calls: list = []
+    hooks = [m.register_forward_hook(lambda m, i, o: calls.append(m))
+             for m in model.modules() if isinstance(m, WEIGHTED_MODULES)]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return calls
+
+
+# name: (reference builder, input size): a small odd size, and the flat U-Net at a multiple of 16
+COMPUTED = {**{name: (builder, 75) for name, (builder, _) in SEG_ZOO.items()}, "unet": (unet, 64)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(COMPUTED))
+def test_seg_build_computes_the_reference(name):
+    """The reference, with random weights and batchnorm statistics, and the built module, with
+    the same weights copied leaf by leaf in call order, give the same output, in float64, on a
+    small input (the same graph: branch order, merge order, upsampling modes)."""
+    torch.manual_seed(0)
+    builder, hw = COMPUTED[name]
+    reference = builder().double().eval()
+    for m in reference.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):  # so that no batchnorm is the identity
+            for t in (m.weight, m.bias, m.running_mean):
+                t.data.uniform_(-0.5, 0.5)
+            m.running_var.data.uniform_(0.5, 1.5)
+    built = shapecheck.build_module(ZOO_DIR / f"{name}.yaml").double().eval()
+    x = torch.randn(1, 3, hw, hw, dtype=torch.float64)
+    pairs = list(zip(weighted_calls(built, x), weighted_calls(reference, x), strict=True))
+    for ours, theirs in pairs:
+        ours.load_state_dict(theirs.state_dict())
+    with torch.no_grad():
+        want, got = reference(x), built(x)
+    if isinstance(want, dict):
+        assert list(got) == list(want)
+        for k in want:
+            torch.testing.assert_close(got[k], want[k])
+    else:
+        assert got.shape == (1, 2 if name == "unet" else 21, hw, hw)
+        torch.testing.assert_close(got, want)
 
 
 def block_depth(layers) -> int:
