@@ -62,6 +62,10 @@ def export_module(model, plan, generated, fail: Fail):
     or the exit code of the failure, reported with ``fail``."""
     from ..emit.onnx import OnnxExportError, export_onnx
 
+    if len(plan.outputs) > 1:
+        names = ", ".join(name for name, _ in plan.outputs)
+        return fail(f"{plan.name} returns several tensors ({names}); ONNX export takes a network "
+                    "with one output: list one under `outputs:`; no ONNX file was written")
     layers = {generated.module_names[layer.path]: layer for layer in plan.walk()}
 
     def describe(qualname: str) -> str:

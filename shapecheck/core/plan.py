@@ -177,10 +177,10 @@ class Plan(Record):
 
     @property
     def output_dims(self) -> Dims | None:
-        """The output's dims; with several `outputs:`, the last one listed."""
+        """The output's dims; with several `outputs:`, the first one listed."""
         if not self.valid or not self.layers:
             return None
-        return self.output_rows()[-1].output_dims
+        return self.output_rows()[0].output_dims
 
     @property
     def default_loss(self) -> str:
@@ -220,7 +220,7 @@ class Plan(Record):
     def output_shape(self) -> Shape | None:
         if not self.valid or not self.layers:
             return None
-        return self.output_rows()[-1].output_shape
+        return self.output_rows()[0].output_shape
 
     @property
     def params(self) -> int:

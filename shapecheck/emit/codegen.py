@@ -322,10 +322,13 @@ class _Writer:
             doc = shapes
         forward[0].leading = [f"x: {self.shape(plan.input_dims)}"]
         tensor = src.dotted("torch.Tensor")
+        returns = tensor if len(plan.outputs) < 2 else ast.Subscript(
+            value=src.name("dict"), slice=ast.Tuple(elts=[src.name("str"), tensor],
+                                                    ctx=ast.Load()), ctx=ast.Load())
         methods = [
             _method("__init__", [], [ast.Expr(value=src.call(src.super_init())), *init],
                     ast.Constant(None)),
-            _method("forward", [ast.arg(arg="x", annotation=tensor)], forward, tensor),
+            _method("forward", [ast.arg(arg="x", annotation=tensor)], forward, returns),
         ]
         node = ast.ClassDef(name=src.ident(cls), bases=[src.dotted("nn.Module")], keywords=[],
                             body=[src.docstring(doc), *methods], decorator_list=[])
@@ -539,7 +542,7 @@ class _Audit:
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
             self.annotation(node.left)
             self.annotation(node.right)
-        elif isinstance(node, ast.Subscript) and _dotted(node.value) == "tuple":
+        elif isinstance(node, ast.Subscript) and _dotted(node.value) in ("tuple", "dict"):
             items = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
             for item in items:
                 self.annotation(item)

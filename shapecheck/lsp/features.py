@@ -373,7 +373,9 @@ def completions(text: str, line: int, character: int, known: Checked | None) -> 
     if model is None:
         return [Completion("type", "key", "the layer's torch.nn type", "type: "),
                 Completion("use", "key", "a template's use", "use: ")]
-    return [c for c in _model_fields(model) if c.label not in keys]
+    reads = Completion("from", "key", "the tensors it reads: an earlier layer's name, input "
+                       "or prev (a list for add, mul, cat)", "from: ")
+    return [c for c in (*_model_fields(model), reads) if c.label not in keys]
 
 
 def _indent(text: str) -> int:

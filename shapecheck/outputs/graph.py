@@ -202,8 +202,8 @@ class _Drawer:
                         same.attr(rank="same")
                         same.node(anchor)
                         same.node(merge)
-        if plan.outputs:  # the last of them is drawn as the output
-            tail, shape = self.tensors[plan.layers[plan.outputs[-1][1]].name]
+        if plan.outputs:  # the first of them is drawn as the output
+            tail, shape = self.tensors[plan.layers[plan.outputs[0][1]].name]
         done = plan.valid
         g.node("output", _html("<B>output</B>" if done else "output (not reached)"),
                **({"style": "rounded,filled,bold"} if done else self._skipped_attrs()))

@@ -49,6 +49,7 @@ class Merge(LayerSpec):
 
 class Add(Merge):
     type: Literal["add"]
+    name_prefix = "add"
     word = "+"
     glyph, merge_word = "⊕", "add"
     spatial_merge = "broadcast"
@@ -70,6 +71,7 @@ class Add(nn.Module):
 
 class Mul(Merge):
     type: Literal["mul"]
+    name_prefix = "mul"
     word = "·"
     glyph, merge_word = "⊗", "multiply"
     spatial_merge = "broadcast"
@@ -91,6 +93,7 @@ class Mul(nn.Module):
 
 class Cat(Merge):
     type: Literal["cat"]
+    name_prefix = "cat"
     word = "‖"
     glyph, merge_word = "‖", "cat"
     helper = "Cat"
