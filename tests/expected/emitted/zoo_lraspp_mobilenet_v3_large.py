@@ -263,11 +263,11 @@ class LrasppMobilenetV3Large(nn.Module):
         self.scale_pool = nn.AdaptiveAvgPool2d(output_size=1)
         self.scale_conv = nn.Conv2d(in_channels=960, out_channels=128, kernel_size=1, bias=False)
         self.scale = nn.Sigmoid()
-        self.merge1 = Mul()
+        self.mul1 = Mul()
         self.high_up = UpsampleLike(mode='bilinear', align_corners=False)
         self.low_classifier = nn.Conv2d(in_channels=40, out_channels=21, kernel_size=1)
         self.high_classifier = nn.Conv2d(in_channels=128, out_channels=21, kernel_size=1)
-        self.merge2 = Add()
+        self.add1 = Add()
         self.out = UpsampleLike(mode='bilinear', align_corners=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -309,10 +309,10 @@ class LrasppMobilenetV3Large(nn.Module):
         x = self.scale_pool(high_hswish20)  # (N, 960, 1, 1)
         x = self.scale_conv(x)  # (N, 128, 1, 1)
         scale = self.scale(x)  # (N, 128, 1, 1)
-        x = self.merge1(cbr, scale)  # (N, 128, 33, 33)
+        x = self.mul1(cbr, scale)  # (N, 128, 33, 33)
         high_up = self.high_up(x, low_bn12)  # (N, 128, 65, 65)
         low_classifier = self.low_classifier(low_bn12)  # (N, 21, 65, 65)
         high_classifier = self.high_classifier(high_up)  # (N, 21, 65, 65)
-        x = self.merge2(low_classifier, high_classifier)  # (N, 21, 65, 65)
+        x = self.add1(low_classifier, high_classifier)  # (N, 21, 65, 65)
         x = self.out(x, input_)  # (N, 21, 520, 520)
         return x

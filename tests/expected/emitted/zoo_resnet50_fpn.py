@@ -87,7 +87,7 @@ class Downsample(nn.Sequential):
 class Resnet50Fpn(nn.Module):
     """ResNet-50 FPN backbone as torchvision's resnet_fpn_backbone builds it, P2-P5 and pool
 
-    Input (N, 3, 520, 520), output (N, 256, 9, 9).
+    Input (N, 3, 520, 520), output (N, 256, 130, 130).
     """
 
     def __init__(self) -> None:
@@ -130,7 +130,7 @@ class Resnet50Fpn(nn.Module):
         self.p2 = nn.Conv2d(in_channels=256, out_channels=256, kernel_size=3, padding=1)
         self.pool = nn.MaxPool2d(kernel_size=1, stride=2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         # x: (N, 3, 520, 520)
         x = self.conv1(x)  # (N, 64, 260, 260)
         x = self.bn1(x)  # (N, 64, 260, 260)
