@@ -489,13 +489,13 @@ class HandLoop:
         import torch
         import torch.nn.functional as F
 
-        from shapecheck.training.data import _epoch_seed
+        from shapecheck.training.data import epoch_seed
 
         model, opt, x, y, bs = self.model, self.opt, self.x, self.y, self.batch_size
         n = x.shape[0]
         model.train()
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(
-            _epoch_seed(self.seed, epoch)))
+            epoch_seed(self.seed, epoch)))
         t0 = time.perf_counter()
         for i in range(0, n, bs):
             idx = perm[i:i + bs]

@@ -19,7 +19,8 @@ SLOW_TESTS = {"test_planner_equals_torch", "test_classifiers_train_on_synthetic_
               "test_train_and_eval_end_to_end", "test_sigkill_mid_epoch_leaves_a_loadable_checkpoint",
               "test_a_resume_on_another_thread_count_says_the_bits_will_differ",
               "test_no_string_in_a_spec_runs_as_code",
-              "test_onnx_follows_sizes_taken_from_other_tensors"}
+              "test_onnx_follows_sizes_taken_from_other_tensors",
+              "test_a_graph_spec_trains_for_segmentation"}
 
 
 def pytest_addoption(parser):

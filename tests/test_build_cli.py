@@ -267,27 +267,29 @@ def test_data_errors_exit_2_and_train_errors_exit_1(cwd, capsys, monkeypatch):
 
 def test_ctrl_c_exits_130(cwd, monkeypatch):
     pytest.importorskip("torch")
-    import shapecheck.training
+    from shapecheck.training import fromplan
 
-    def interrupted(*args, **kwargs):
+    def interrupted(request):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(shapecheck.training, "train", interrupted)
+    monkeypatch.setattr(fromplan, "run_training", interrupted)
     spec = _write(cwd / "small.yaml", SMALL)
     assert main(["build", str(spec), "--train", "--data", "synthetic"]) == 130
 
 
 def test_spec_paths_are_relative_to_the_spec(cwd, capsys, monkeypatch):
     pytest.importorskip("torch")
-    import shapecheck.training
+    from dataclasses import fields
+
+    from shapecheck.training import TrainError, fromplan
 
     seen = {}
 
-    def fake_train(module, spec, **kwargs):
-        seen.update(kwargs, spec=spec, module=module)
-        raise shapecheck.training.TrainError("stop here")
+    def fake_train(request):
+        seen.update({f.name: getattr(request, f.name) for f in fields(request)})
+        raise TrainError("stop here")
 
-    monkeypatch.setattr(shapecheck.training, "train", fake_train)
+    monkeypatch.setattr(fromplan, "run_training", fake_train)
     spec = _write(cwd / "specs/small.yaml",
                   SMALL + "train:\n  dataset: {path: ../data/mnist}\n  epochs: 3\n")
     assert main(["build", str(spec.relative_to(cwd)), "--train", "--epochs", "1",

@@ -208,15 +208,15 @@ def test_nccl_under_a_cpu_launcher_is_a_clear_error(tmp_path):
 
 def test_a_global_batch_too_small_to_share_is_refused(tmp_path):
     from shapecheck.training import TrainError
-    from shapecheck.training.data import _check_batches
+    from shapecheck.training.data import check_batches
 
     module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
     x = torch.zeros(65, 1, 2, 2)
     with pytest.raises(TrainError, match="last batch of each epoch.*drop_last"):
-        _check_batches(module, x, 65, 32, False, torch.device("cpu"), world_size=2)
+        check_batches(module, x, 65, 32, False, torch.device("cpu"), world_size=2)
     with pytest.raises(TrainError, match="at least the number of processes"):
-        _check_batches(module, x, 65, 1, False, torch.device("cpu"), world_size=2)
-    _check_batches(module, x, 65, 32, True, torch.device("cpu"), world_size=2)
+        check_batches(module, x, 65, 1, False, torch.device("cpu"), world_size=2)
+    check_batches(module, x, 65, 32, True, torch.device("cpu"), world_size=2)
 
 
 # ---------------------------------------------------------------- one process

@@ -32,8 +32,8 @@ def test_a_flat_unet_plans_as_the_nested_one():
     cats = [row for row in flat.layers if row.type == "cat"]
     # a use's name reads as its last layer
     assert [row.inputs for row in cats] == [("down1_mish4", "up1_up"), ("inc_mish2", "up2_up")]
-    assert cats[0].explain == ["down1_mish4 32×32×32 + up1_up 32×32×32 → 64×32×32 "
-                               "(joined on channels)"]
+    assert cats[0].explain == [("down1_mish4 32×32×32 + up1_up 32×32×32 → 64×32×32 "
+                                "(joined on channels)")]
 
 
 def test_the_flat_unet_computes_what_the_nested_one_does():
@@ -56,7 +56,6 @@ class LRASPPHead:
 
     @staticmethod
     def make():
-        import torch
         from torch import nn
         from torch.nn import functional as F
 
@@ -210,12 +209,43 @@ def test_onnx_follows_sizes_taken_from_other_tensors(tmp_path):
                    encoding="utf-8")
     run = subprocess.run([sys.executable, "-m", "shapecheck", "build", str(one), "-o",
                           str(tmp_path / "head.py"), "--onnx", str(tmp_path / "head.onnx")],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, check=False)
     assert run.returncode == 0, run.stderr
     assert "output (N, 4, 65, 67), checked with onnxruntime" in run.stdout
     # several outputs: refused, and nothing written
     two = subprocess.run([sys.executable, "-m", "shapecheck", "build", str(LRASPP), "-o",
                           str(tmp_path / "two.py"), "--onnx", str(tmp_path / "two.onnx")],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, check=False)
     assert two.returncode != 0 and "returns several tensors (out, high)" in two.stderr
     assert not (tmp_path / "two.onnx").exists()
+
+
+def test_a_graph_spec_trains_for_segmentation(tmp_path):
+    pytest.importorskip("torch")
+    spec = tmp_path / "unet.yaml"
+    text = UNET_FLAT.read_text(encoding="utf-8")
+    text = text.replace("input: {shape: [3, 64, 64]}", "input: {shape: [1, 28, 28]}")
+    text = text.replace("out_channels: 2, kernel_size: 1}", "out_channels: 11, kernel_size: 1}")
+    text += ("train:\n  dataset: {format: mnist-seg, path: %s, train_size: 128, test_size: 32}\n"
+             "  optimizer: {type: adam, lr: 0.003}\n  epochs: 1\n  batch_size: 32\n"
+             % (ROOT / "examples" / "data" / "mnist-5k"))
+    spec.write_text(text, encoding="utf-8")
+    run = subprocess.run([sys.executable, "-m", "shapecheck", "build", str(spec), "-o",
+                          str(tmp_path / "unet.py"), "--train", "--threads", "1"],
+                         capture_output=True, text=True, cwd=tmp_path, check=False)
+    assert run.returncode == 0, run.stderr
+    assert "test pixel acc" in run.stdout and (tmp_path / "runs" / "unet_small_flat" /
+                                               "model.pt").exists()
+
+
+def test_a_network_with_several_outputs_is_not_trained(tmp_path):
+    spec = tmp_path / "two.yaml"
+    spec.write_text(LRASPP.read_text(encoding="utf-8") + "train: {dataset: synthetic}\n",
+                    encoding="utf-8")
+    run = subprocess.run([sys.executable, "-m", "shapecheck", "build", str(spec), "-o",
+                          str(tmp_path / "two.py"), "--train"], capture_output=True, text=True,
+                         cwd=tmp_path, check=False)
+    assert run.returncode == 1
+    assert "returns several tensors (out, high); training takes a network with one output" \
+        in run.stderr
+    assert not (tmp_path / "runs").exists()

@@ -336,7 +336,7 @@ def test_ranks_stop_and_release_the_folder_when_the_launcher_is_killed(tmp_path,
     from test_distributed import worker_pids
 
     from shapecheck.core.atomic import folder_lock
-    from shapecheck.training.checkpoint import read_checkpoint_file
+    from shapecheck.training.checkpoint import Checkpoint
 
     sig = signal.SIGKILL if how == "SIGKILL" else signal.SIGRTMIN + 1
     out = tmp_path / "run"
@@ -378,8 +378,8 @@ def test_ranks_stop_and_release_the_folder_when_the_launcher_is_killed(tmp_path,
     assert TRACEBACK not in err and "checkpoint saved in" in said, said + err
     with folder_lock(out, "test"):  # free: no rank holds it
         pass
-    ckpt = read_checkpoint_file(out / "checkpoint.pt")  # whole, every field as written
-    assert ckpt["world_size"] == 2
+    ckpt = Checkpoint.load(out / "checkpoint.pt")  # whole, every field as written
+    assert ckpt.world_size == 2
 
 
 # ---------------------------------------------------------------- ONNX: impossible tensors

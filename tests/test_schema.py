@@ -112,3 +112,15 @@ def test_templates_scales_and_expressions_validate():
     data["layers"][2]["kernel_size"] = "3"
     found = [path for path, _ in errors(data)]
     assert ["layers", 1, "repeat"] in found and ["layers", 2, "kernel_size"] in found
+
+
+def test_when_on_a_layer_a_use_and_a_group_validates():
+    data = yaml.safe_load(TEMPLATED)
+    data["layers"][0]["when"] = "$w > 8"
+    data["layers"][2]["when"] = True
+    data["layers"].insert(3, {"when": "$w != 1", "layers": ["relu", {"type": "relu6"}]})
+    assert errors(data) == []
+    data["layers"][2]["when"] = 3
+    data["layers"][3]["name"] = "x"  # a group holds `when:` and `layers:` only
+    found = [path for path, _ in errors(data)]
+    assert ["layers", 2, "when"] in found and ["layers", 3] in found

@@ -163,3 +163,183 @@ def test_instances_that_cannot_share_a_class_are_split():
     """mbconv with and without its expansion conv (e = 1) are two classes."""
     source = _source(ROOT / "specs/zoo/efficientnet.yaml")
     assert "class Mbconv(nn.Sequential):" in source and "class Mbconv2(nn.Sequential):" in source
+
+
+def _matches_expanded(path, x: torch.Tensor, **kwargs) -> torch.nn.Module:
+    """The templated build computes what the build of its expanded spec (plain layers)
+    computes, with the same weights: tensors are copied over in order, shape for shape."""
+    from shapecheck.commands.expand import to_yaml
+
+    templated = shapecheck.build_module(path, device="cpu", **kwargs).eval()
+    plain = shapecheck.build_module(to_yaml(shapecheck.load_spec(str(path))), device="cpu",
+                                    **kwargs).eval()
+    ours, theirs = templated.state_dict(), plain.state_dict()
+    assert [v.shape for v in ours.values()] == [v.shape for v in theirs.values()]
+    torch.manual_seed(0)
+    for key, value in ours.items():
+        if value.is_floating_point():  # a variance stays positive
+            ours[key] = torch.rand_like(value) + 0.5 if "var" in key else torch.randn_like(value)
+    templated.load_state_dict(ours)
+    plain.load_state_dict(dict(zip(theirs, ours.values(), strict=True)))
+    with torch.no_grad():
+        assert torch.allclose(templated(x), plain(x))
+    return templated
+
+
+
+MBCONV = """\
+input: {shape: [16, 32, 32]}
+templates:
+  se:
+    params: {c: $in_channels}
+    type: gate
+    body:
+      - {type: adaptiveavgpool2d, output_size: 1}
+      - {type: conv2d, out_channels: $c // 4, kernel_size: 1}
+      - relu
+      - {type: conv2d, out_channels: $c, kernel_size: 1}
+      - hardsigmoid
+  mbconv:
+    params: {t: 6, out: null, s: 1, se: false}
+    layers:
+      - when: $t != 1
+        layers:
+          - {type: conv2d, out_channels: $in_channels * $t, kernel_size: 1, bias: false}
+          - batchnorm2d
+          - relu6
+      - {type: conv2d, out_channels: $in_channels, kernel_size: 3, stride: $s, padding: 1, groups: $in_channels, bias: false}
+      - batchnorm2d
+      - relu6
+      - {use: se, when: $se}
+      - {type: conv2d, out_channels: $out, kernel_size: 1, bias: false}
+      - batchnorm2d
+layers:
+  - {use: mbconv, t: 1, out: 16}
+  - {use: mbconv, out: 24, s: 2, se: true}
+  - {use: mbconv, out: 24, t: 4, repeat: 2}
+  - {type: avgpool2d, kernel_size: [$in_h, $in_w]}
+  - flatten
+  - {type: linear, out_features: 10}
+"""
+
+
+def test_when_and_in_channels_build_and_run(tmp_path):
+    """MBConv with its expansion conv and SE under `when:`, depthwise by $in_channels: the
+    classes build and compute what the plain layers compute."""
+    path = tmp_path / "net.yaml"
+    path.write_text(MBCONV, encoding="utf-8")
+    model = _matches_expanded(path, torch.randn(2, 16, 32, 32))
+    depthwise = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    assert [(m.in_channels, m.groups) for m in depthwise] == [(16, 16), (96, 96), (96, 96),
+                                                              (96, 96)]
+    assert sum(p.numel() for p in model.parameters()) == shapecheck.plan(path).params
+    # For another input the templates are expanded again: 8 channels, depthwise by 8.
+    other = shapecheck.build_module(path, device="cpu", input_shape=(8, 64, 48))
+    assert other(torch.randn(1, 8, 64, 48)).shape == (1, 10)
+    assert next(m for m in other.modules() if isinstance(m, torch.nn.Conv2d)).groups == 8
+    # The classes say $in_channels as the channels that arrive, so they serve other widths.
+    source = _source(path)
+    assert "groups=in_channels * t," in source and "groups=in_channels," in source
+    mbconv = module_from_source(source).Mbconv(32, out=8)  # t = 1: depthwise, then project
+    assert mbconv(torch.zeros(1, 32, 8, 8)).shape == (1, 8, 8, 8)
+
+
+def test_spliced_layers_build_and_run(tmp_path):
+    """`- $pre` in a residual's body, given different layers by each use."""
+    path = tmp_path / "pre.yaml"
+    path.write_text("""\
+input: {shape: [8, 16, 16]}
+templates:
+  block:
+    params: {pre: [], c: 8}
+    type: residual
+    activation: relu
+    body:
+      - $pre
+      - {type: conv2d, out_channels: $c, kernel_size: 3, padding: 1, bias: false}
+      - batchnorm2d
+layers:
+  - {use: block}
+  - {use: block, pre: [{type: conv2d, out_channels: 8, kernel_size: 1}, relu]}
+  - {use: block, name: stage, pre: [batchnorm2d], repeat: 2}
+""", encoding="utf-8")
+    model = _matches_expanded(path, torch.randn(2, 8, 16, 16))
+    assert [type(m).__name__ for m in model.stage[0].body] == ["BatchNorm2d", "Conv2d",
+                                                              "BatchNorm2d"]
+
+
+def test_repeats_of_one_use_that_need_two_classes(tmp_path):
+    """`first:` gives the first repeat another layer type (`{type: $pre}` in a shortcut) and
+    the uses differ in their residual's activation: each repeat is written with its own
+    class (this was a KeyError in build)."""
+    path = tmp_path / "two.yaml"
+    path.write_text("""\
+input: {shape: [8, 16, 16]}
+templates:
+  res:
+    params: {act: relu, pre: relu}
+    type: residual
+    activation: $act
+    body: [{type: conv2d, out_channels: 8, kernel_size: 1}]
+    shortcut: [{type: $pre}]
+layers:
+  - {use: res, act: relu6}
+  - {use: res, repeat: 2, first: {pre: identity}}
+  - {use: res, pre: batchnorm2d, first: {pre: dropout}}
+""", encoding="utf-8")
+    _matches_expanded(path, torch.randn(2, 8, 16, 16))
+
+
+def test_a_layer_type_parameter_in_a_residual_body_builds(tmp_path):
+    """`{type: $pre}` in a residual's body with two values: the body becomes a module
+    argument, without a default, beside `c`, which has one. Python wants it before `c` (build
+    wrote it after, and its source failed with "non-default argument follows default
+    argument")."""
+    path = tmp_path / "pre.yaml"
+    path.write_text("""\
+input: {shape: [8, 16, 16]}
+templates:
+  res:
+    params: {pre: relu, c: 8}
+    type: residual
+    body:
+      - {type: $pre}
+      - {type: conv2d, out_channels: $c, kernel_size: 3, padding: 1}
+    shortcut: [{type: conv2d, out_channels: $c, kernel_size: 1}]
+layers:
+  - {use: res}
+  - {use: res, pre: gelu, c: 16}
+""", encoding="utf-8")
+    namespace = module_from_source(_source(path))
+    params = inspect.signature(namespace.Res.__init__).parameters
+    assert list(params) == ["self", "in_channels", "body", "c"] and params["c"].default == 8
+    _matches_expanded(path, torch.randn(2, 8, 16, 16))
+    res = namespace.Res(4, body=torch.nn.Sequential(torch.nn.SiLU(),
+                                                    torch.nn.Conv2d(4, 8, 3, padding=1)))
+    assert res(torch.zeros(1, 4, 16, 16)).shape == (1, 8, 16, 16)
+
+
+def test_in_channels_after_named_inputs_builds_and_runs(tmp_path):
+    """Depthwise convs by $in_channels after a cat and a layer that reads `from:` another:
+    the module computes what the plain layers compute, and for another input as well."""
+    path = tmp_path / "net.yaml"
+    path.write_text("""\
+input: {shape: [3, 16, 16]}
+templates:
+  dw:
+    layers: [{type: conv2d, out_channels: $in_channels, kernel_size: 3, padding: 1, groups: $in_channels}, relu]
+layers:
+  - {type: conv2d, name: stem, out_channels: 8, kernel_size: 3, padding: 1}
+  - {type: maxpool2d, kernel_size: 2}
+  - {use: dw}
+  - {type: upsample, size: {like: stem}}
+  - {type: cat, from: [prev, stem]}
+  - {use: dw}
+  - {type: conv2d, from: stem, out_channels: 4, kernel_size: 1}
+  - {use: dw}
+""", encoding="utf-8")
+    model = _matches_expanded(path, torch.randn(2, 3, 16, 16))
+    assert [m.groups for m in model.modules() if isinstance(m, torch.nn.Conv2d)] == \
+        [1, 8, 16, 1, 4]
+    other = shapecheck.build_module(path, device="cpu", input_shape=(3, 20, 12))
+    assert other(torch.randn(1, 3, 20, 12)).shape == (1, 4, 20, 12)

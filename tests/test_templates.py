@@ -379,7 +379,7 @@ def test_a_flow_mapping_cut_at_a_comma_gets_a_quoting_hint(tmp_path):
 
 
 def test_expand_round_trips(tmp_path, capsys):
-    for text, scale in ((RESNET50, None), (SCALED, "x0_5")):
+    for text, scale in ((RESNET50, None), (SCALED, "x0_5"), (MBCONV, None)):
         path = write(tmp_path, text)
         args = ["expand", str(path)] + (["--scale", scale] if scale else [])
         assert main(args) == 0
@@ -483,3 +483,325 @@ def test_a_named_use_names_the_layers_it_makes(tmp_path):
         "enc1_conv1", "enc1_relu1", "enc1_squeeze", "conv2", "relu2", "down1_squeeze", "conv3"]
     unnamed = shapecheck.plan(write(tmp_path, text.replace(", name: enc1", ""), "plain.yaml"))
     assert [unnamed.layers[i].name for i in (3, 4, 6)] == ["conv2", "relu2", "conv3"]
+
+
+# --- spliced layers, when:, the incoming shape --------------------------------------------
+
+MBCONV = """\
+input: {shape: [16, 32, 32]}
+templates:
+  se:                                # squeeze-and-excitation: c is the channels that arrive
+    params: {c: $in_channels, squeeze: 4}
+    type: gate
+    body:
+      - {type: adaptiveavgpool2d, output_size: 1}
+      - {type: conv2d, out_channels: $c // $squeeze, kernel_size: 1}
+      - relu
+      - {type: conv2d, out_channels: $c, kernel_size: 1}
+      - hardsigmoid
+  mbconv:
+    params: {t: 6, out: null, s: 1, se: false}
+    layers:
+      - when: $t != 1                # the expansion conv, only where there is one
+        layers:
+          - {type: conv2d, out_channels: $in_channels * $t, kernel_size: 1, bias: false}
+          - batchnorm2d
+          - relu6
+      - {type: conv2d, out_channels: $in_channels, kernel_size: 3, stride: $s, padding: 1, groups: $in_channels, bias: false}
+      - batchnorm2d
+      - relu6
+      - {use: se, when: $se}
+      - {type: conv2d, out_channels: $out, kernel_size: 1, bias: false}
+      - batchnorm2d
+layers:
+  - {use: mbconv, t: 1, out: 16}
+  - {use: mbconv, out: 24, s: 2, se: true}
+  - {use: mbconv, out: 24, t: 4}
+  - {type: avgpool2d, kernel_size: [$in_h, $in_w]}
+  - flatten
+  - {type: linear, out_features: 10}
+"""
+
+
+def test_in_channels_is_the_channels_that_arrive_where_the_expression_stands(tmp_path):
+    """A depthwise conv's groups: $in_channels is its own input's channels; in a parameter's
+    default it is those arriving at the use (the SE's c); $in_h, $in_w are the size there."""
+    plan = shapecheck.plan(write(tmp_path, MBCONV))
+    assert plan.valid, [d.message for d in plan.diagnostics]
+    convs = [r for r in plan.walk() if r.type == "conv2d"]
+    depthwise = [r for r in convs if r.spec.kernel_size == 3]
+    assert [(r.input_dims[1], r.spec.groups) for r in depthwise] == [(16, 16), (96, 96), (96, 96)]
+    # t = 1 has no expansion conv; t = 6 and 4 expand 16 and 24 channels
+    assert [r.spec.out_channels for r in convs if r.spec.kernel_size == 1
+            and r.input_dims[2] > 1] == [16, 96, 24, 96, 24]
+    se = next(r for r in plan.walk() if r.type == "gate")
+    assert [r.output_dims[1] for r in se.branches[0][1:4:2]] == [24, 96]
+    pool = next(r for r in plan.walk() if r.type == "avgpool2d")
+    assert pool.spec.kernel_size == (16, 16) and pool.output_dims[2:] == (1, 1)
+    assert plan.params == 16_232 + 24 * 10 + 10
+
+
+def test_the_incoming_shape_follows_another_input(tmp_path, capsys):
+    """Planned at another --input the templates are expanded again for it: groups follow the
+    channels and the pool the size. solve cannot follow $in_h and says so."""
+    path = write(tmp_path, MBCONV)
+    plan = shapecheck.plan(path, input_shape=(8, 64, 48))
+    assert plan.valid
+    first = next(r for r in plan.walk() if r.type == "conv2d")
+    assert (first.spec.groups, first.spec.out_channels) == (8, 8)
+    pool = next(r for r in plan.walk() if r.type == "avgpool2d")
+    assert pool.spec.kernel_size == (32, 24) and pool.output_dims[2:] == (1, 1)
+    assert main(["solve", str(path)]) == 2
+    assert "its templates read the incoming height or width" in capsys.readouterr().out
+    # Without $in_h and $in_w, solve works as for any spec.
+    fixed = write(tmp_path, MBCONV.replace("kernel_size: [$in_h, $in_w]", "kernel_size: 16"),
+                  "fixed.yaml")
+    assert main(["solve", str(fixed)]) == 0
+    capsys.readouterr()
+
+
+def test_the_incoming_shape_after_a_layer_that_fails(tmp_path):
+    """A template reads $in_channels after a layer that fails: that layer's own error, at its
+    line, as planning reports it; after an entry that breaks the schema, SC113 names it."""
+    text = """\
+        input: {shape: [16, 8, 8]}
+        templates:
+          dw:
+            layers: [{type: conv2d, out_channels: $in_channels, kernel_size: 3, groups: $in_channels}]
+        layers:
+          - {type: conv2d, out_channels: 16, kernel_size: 9}
+          - {use: dw}
+        """
+    error = only_error(shapecheck.plan(write(tmp_path, text)))
+    assert (error.code, error.line) == ("SC201", 6)
+    assert error.message.startswith("kernel 9×9 (effective 9 with dilation 1) is larger than")
+    assert "a template after it reads the incoming shape" in error.message
+    broken = text.replace("kernel_size: 9}", "kernel_size: 1, colour: red}")
+    error = only_error(shapecheck.plan(write(tmp_path, broken)))
+    assert (error.code, error.line) == ("SC113", 7)
+    assert "not known here: the layer at layers[0], before it, does not follow the schema" \
+        in error.message
+
+
+def test_a_parameter_s_layers_are_spliced_into_a_body(tmp_path):
+    """`- $pre` in a body: the use's list of layers stands there (none for the default [])."""
+    path = write(tmp_path, """\
+        input: {shape: [8, 16, 16]}
+        templates:
+          block:
+            params: {pre: [], c: 8}
+            type: residual
+            body:
+              - $pre
+              - {type: conv2d, out_channels: $c, kernel_size: 3, padding: 1}
+        layers:
+          - {use: block}
+          - {use: block, pre: [{type: conv2d, out_channels: 8, kernel_size: 1}, relu]}
+          - {use: block, pre: [batchnorm2d], repeat: 2}
+        """)
+    plan = shapecheck.plan(path)
+    assert plan.valid, [d.message for d in plan.diagnostics]
+    bodies = [[r.type for r in layer.branches[0]] for layer in plan.layers]
+    assert bodies == [["conv2d"], ["conv2d", "relu", "conv2d"], ["batchnorm2d", "conv2d"],
+                      ["batchnorm2d", "conv2d"]]
+    assert plan.params == 584 + (72 + 584) + 2 * (16 + 584)
+
+
+@pytest.mark.parametrize(("when", "kept"), [
+    ('"$t != 1"', True), ('"$t == 1"', False), ('"$t > 1 and not $se"', True),
+    ('"$t < 1 or $se"', False), ("true", True), ("false", False), ("$se", False),
+])
+def test_when_keeps_or_leaves_out_a_layer_a_use_or_a_group(tmp_path, when, kept):
+    path = write(tmp_path, f"""\
+        input: {{shape: [8, 16, 16]}}
+        templates:
+          act: {{layers: [relu6]}}
+          t:
+            params: {{t: 6, se: false}}
+            layers:
+              - {{type: conv2d, out_channels: 8, kernel_size: 1, when: {when}}}
+              - {{use: act, when: {when}}}
+              - when: {when}
+                layers: [batchnorm2d, relu]
+              - {{type: conv2d, out_channels: 4, kernel_size: 1}}
+        layers: [{{use: t}}]
+        """)
+    plan = shapecheck.plan(path)
+    assert plan.valid
+    types = [r.type for r in plan.layers]
+    assert types == (["conv2d", "relu6", "batchnorm2d", "relu", "conv2d"] if kept else ["conv2d"])
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ('{type: relu, when: "$t"}', "when: must be true or false, got 6"),
+    ("{when: true, layers: [relu], name: x}", "a `when:` group holds only `layers:`"),
+    ("{when: true, layers: relu}", "a `when:` group holds only `layers:`"),
+])
+def test_a_when_that_is_not_true_or_false_is_sc113(tmp_path, entry, message):
+    path = write(tmp_path, f"""\
+        input: {{shape: [8, 16, 16]}}
+        templates:
+          t:
+            params: {{t: 6}}
+            layers: [{entry}]
+        layers: [relu, {{use: t}}]
+        """)
+    error = only_error(shapecheck.plan(path))
+    assert (error.code, error.line) == ("SC113", 6) and message in error.message
+
+
+def test_comparisons_and_tests_in_expressions():
+    env = {"t": 6, "se": True, "c": 16}
+    assert evaluate("$t != 1", env) is True and evaluate("1 < $t <= 6", env) is True
+    assert evaluate("$t == 1 or not $se", env) is False
+    assert evaluate("$se and max($c, 8) > 8", env) is True
+    with pytest.raises(ExpressionError, match="not true or false"):
+        evaluate("$c and $se", env)
+    with pytest.raises(ExpressionError, match="true or false, not a number"):
+        evaluate("($t > 1) * 2", env)
+
+
+@pytest.mark.parametrize(("entry", "quoted"), [
+    ("{type: conv2d, out_channels: max(8, $c), kernel_size: 1}", 'out_channels: "max(8, $c)"'),
+    ("{use: inner, width: max(8, $c)}", 'width: "max(8, $c)"'),
+])
+def test_a_comma_before_the_dollar_gets_the_quoting_hint_too(tmp_path, entry, quoted):
+    """In {…} `max(8, $c)` reads as a value "max(8" and a key "$c)": the hint says to quote."""
+    path = write(tmp_path, f"""\
+        input: {{shape: [8, 16, 16]}}
+        templates:
+          inner:
+            params: {{width: 8}}
+            layers: [{{type: conv2d, out_channels: $width, kernel_size: 1}}]
+          t:
+            params: {{c: 16}}
+            layers: [{entry}]
+        layers: [{{use: t}}]
+        """)
+    error = only_error(shapecheck.plan(path))
+    assert (error.code, error.line) == ("SC109", 9)
+    assert "is cut short" in error.message and error.hint == f"quote the expression: {quoted}"
+
+
+def test_in_channels_inside_blocks_is_what_each_branch_gets(tmp_path):
+    """A split's branches get its chunks, a residual's and a concat's the block's input; after
+    a block, what it gives (a residual without `shortcut:` included)."""
+    path = write(tmp_path, """\
+        input: {shape: [16, 8, 8]}
+        templates:
+          dw:
+            layers: [{type: conv2d, out_channels: $in_channels, kernel_size: 3, padding: 1, groups: $in_channels}]
+        layers:
+          - {type: split, branches: [[{use: dw}], [{type: conv2d, out_channels: 4, kernel_size: 1}, {use: dw}]]}
+          - {type: residual, body: [{use: dw}], shortcut: [{use: dw}]}
+          - {type: residual, body: [{use: dw}]}
+          - {type: concat, branches: [[{use: dw}], [{type: conv2d, out_channels: 4, kernel_size: 1}]]}
+          - {use: dw}
+        """)
+    plan = shapecheck.plan(path)
+    assert plan.valid
+    groups = [r.spec.groups for r in plan.walk() if r.type == "conv2d" and r.spec.kernel_size == 3]
+    assert groups == [8, 4, 12, 12, 12, 12, 16]
+
+
+def test_each_repeat_sees_what_the_one_before_gives(tmp_path):
+    path = write(tmp_path, """\
+        input: {shape: [4, 8, 8]}
+        templates:
+          b:
+            params: {c: 8}
+            layers: [{type: conv2d, out_channels: $c, kernel_size: 1}]
+        layers:
+          - {use: b, repeat: 3, c: $in_channels * 2}
+          - flatten
+          - {type: linear, out_features: $in_channels // 2}
+          - {type: linear, out_features: 3, when: $in_h > 1}
+        """)
+    error = only_error(shapecheck.plan(path))  # after the flatten there is no height
+    assert (error.code, error.line) == ("SC113", 10)
+    assert error.message == "$in_h is not known here: the tensor that arrives is 1024, without " \
+        "a height and width"
+    plan = shapecheck.plan(write(tmp_path, path.read_text().replace(", when: $in_h > 1", "")))
+    assert [r.output_dims[1] for r in plan.layers] == [8, 16, 32, 2048, 1024, 3]
+
+
+GRAPH = """\
+input: {shape: [3, 16, 16]}
+templates:
+  dw:
+    layers: [{type: conv2d, out_channels: $in_channels, kernel_size: 3, padding: 1, groups: $in_channels}, relu]
+  cbr:
+    params: {c: 8}
+    layers: [{type: conv2d, out_channels: $c, kernel_size: 3, padding: 1}, relu]
+layers:
+  - {type: conv2d, name: stem, out_channels: 8, kernel_size: 3, padding: 1}
+  - {use: cbr, name: enc, c: 16}
+  - {type: maxpool2d, kernel_size: 2}
+  - {use: dw}
+  - {type: upsample, size: {like: enc}}
+  - {type: cat, name: joined, from: [prev, enc]}
+  - {use: dw}
+  - {type: conv2d, from: stem, out_channels: 4, kernel_size: 1}
+  - {use: dw}
+  - {type: conv2d, from: joined, out_channels: $in_channels // 2, kernel_size: 1}
+  - {type: add, from: [prev, enc]}
+  - {use: dw}
+"""
+
+
+def test_in_channels_follows_named_inputs(tmp_path):
+    """After a layer that reads by name (`from:`, a merge, `size: {like: …}`), the channels
+    that arrive are those of the tensor it reads or makes: a named layer's, a use's last."""
+    plan = shapecheck.plan(write(tmp_path, GRAPH))
+    assert plan.valid, [d.message for d in plan.diagnostics]
+    groups = [r.spec.groups for r in plan.layers if r.type == "conv2d" and r.spec.groups > 1]
+    assert groups == [16, 32, 4, 16]
+    assert plan.layers[13].spec.out_channels == 16  # from joined: 32 // 2
+    # a layer read by a name the expansion does not follow (an automatic name)
+    text = GRAPH.replace("from: stem,", "from: enc_conv1,")
+    error = only_error(shapecheck.plan(write(tmp_path, text, "auto.yaml")))
+    assert error.code == "SC113" and "reads `from: enc_conv1`, whose shape is not followed" \
+        in error.message
+
+
+def test_features_after_a_flatten_follow_the_size(tmp_path, capsys):
+    """$in_channels after a flatten is C×H×W: another size expands the templates again, and
+    solve says it cannot follow; channels alone are the same at every size."""
+    path = write(tmp_path, """\
+        input: {shape: [4, 8, 8]}
+        templates:
+          head:
+            layers: [flatten, {type: linear, out_features: $in_channels // 4}]
+        layers:
+          - {type: conv2d, out_channels: 8, kernel_size: 3, padding: 1, groups: $in_channels}
+          - {use: head}
+        """)
+    assert shapecheck.plan(path).params == (8 * 9 + 8) + (512 * 128 + 128)
+    assert shapecheck.plan(path, input_shape=(4, 4, 4)).layers[-1].output_dims == (1, 32)
+    assert main(["solve", str(path)]) == 2
+    assert "$in_channels after a flatten" in capsys.readouterr().out
+    channels_only = write(tmp_path, path.read_text().replace("$in_channels // 4", "10"), "c.yaml")
+    assert main(["solve", str(channels_only)]) == 0
+    capsys.readouterr()
+
+
+def test_a_use_that_when_leaves_empty_makes_nothing(tmp_path, capsys):
+    """A use whose layers `when:` all leaves out makes no layer and no note, and build
+    writes the other uses as usual."""
+    path = write(tmp_path, """\
+        input: {shape: [8, 8, 8]}
+        templates:
+          opt:
+            params: {on: false}
+            layers: [{type: relu, when: $on}]
+        layers:
+          - {use: opt, name: a}
+          - {use: opt, name: b, on: true, repeat: 2}
+          - {type: conv2d, out_channels: 4, kernel_size: 1}
+        """)
+    assert [r.name for r in shapecheck.plan(path).layers] == ["b_0_relu1", "b_1_relu2", "conv1"]
+    assert main(["expand", str(path), "--explain"]) == 0
+    assert "# a: use opt" not in capsys.readouterr().out
+    torch = pytest.importorskip("torch")
+    model = shapecheck.build_module(path, device="cpu")
+    assert model(torch.randn(1, 8, 8, 8)).shape == (1, 4, 8, 8)

@@ -539,7 +539,7 @@ def test_validation_split_chooses_model_best_and_patience_stops(tmp_path):
 
 def test_practitioner_options_train(tmp_path):
     from shapecheck.core.trainspec import OptimizerSpec
-    from shapecheck.training.loop import _param_groups
+    from shapecheck.training.setup import param_groups
 
     s = spec(epochs=1, label_smoothing=0.1, class_weights="balanced", grad_clip=1.0,
              optimizer={"type": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True,
@@ -548,7 +548,7 @@ def test_practitioner_options_train(tmp_path):
     plain, _ = run(bn_net(), spec(epochs=1), tmp_path / "plain")
     assert result.history[0].train_loss != plain.history[0].train_loss
     net = bn_net()
-    groups = _param_groups(net, OptimizerSpec(weight_decay=0.1, decay_norm_and_bias=False))
+    groups = param_groups(net, OptimizerSpec(weight_decay=0.1, decay_norm_and_bias=False))
     decayed = {id(p) for p in groups[0]["params"]}
     assert decayed == {id(net[0].weight), id(net[4].weight), id(net[7].weight)}
     assert groups[1]["weight_decay"] == 0.0 and len(groups[1]["params"]) == 5
@@ -558,7 +558,7 @@ def test_practitioner_options_train(tmp_path):
     helper: dict = {"nn": nn, "torch": torch}
     exec(LayerScaleSpec.helper_source, helper)  # noqa: S102 - shapecheck's own source
     scaled = nn.Sequential(nn.Conv2d(1, 4, 3), helper["LayerScale"](4))
-    groups = _param_groups(scaled, OptimizerSpec(weight_decay=0.1, decay_norm_and_bias=False))
+    groups = param_groups(scaled, OptimizerSpec(weight_decay=0.1, decay_norm_and_bias=False))
     assert [len(g["params"]) for g in groups] == [1, 2]
     assert any(p is scaled[1].weight for p in groups[1]["params"])
     with pytest.raises(TrainError, match="class_weights has 3 values"):
@@ -592,11 +592,11 @@ def test_tensorboard_asked_for_without_the_package_stops_before_training(tmp_pat
 
 
 def test_counts_are_spelled_right():
-    from shapecheck.training.base import _plural
+    from shapecheck.training.base import plural
 
-    assert _plural(2, "process") == "2 processes"  # once "2 processs"
-    assert [_plural(n, "epoch") for n in (1, 3)] == ["1 epoch", "3 epochs"]
-    assert _plural(1, "process") == "1 process" and _plural(2, "mismatch") == "2 mismatches"
+    assert plural(2, "process") == "2 processes"  # once "2 processs"
+    assert [plural(n, "epoch") for n in (1, 3)] == ["1 epoch", "3 epochs"]
+    assert plural(1, "process") == "1 process" and plural(2, "mismatch") == "2 mismatches"
 
 
 def test_a_busy_machine_gets_fewer_threads():

@@ -29,21 +29,17 @@ torch is imported only when the command runs."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shlex
 import sys
-import time
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..core import memory
 from ..core.atomic import (
-    LOCK_FILE,
     FolderBusyError,
     atomic_write,
-    folder_lock,
     folder_problem,
     replace_problem,
     same_file,
@@ -53,7 +49,6 @@ from ..core.memory import human_bytes
 from ..core.planner import plan as make_plan
 from ..core.spec import default_name
 from ..outputs.report import printable
-from ..training.runinfo import run_folder_problem
 from . import EXIT_INPUT, EXIT_INVALID, EXIT_OK, add_shape_overrides, fail, print_diagnostics
 
 if TYPE_CHECKING:
@@ -289,6 +284,10 @@ def run(args: argparse.Namespace) -> int:
     if train_spec is not None:
         from ..core.trainspec import resolve_task
 
+        if len(p.outputs) > 1:
+            names = ", ".join(name for name, _ in p.outputs)
+            return _fail(f"{p.name} returns several tensors ({names}); training takes a "
+                         "network with one output: list one under `outputs:`", EXIT_INVALID)
         task = resolve_task(p.output_shape, p.batch, train_spec)
         if isinstance(task, str):
             return _fail(f"{p.name} {task}", EXIT_INVALID)
@@ -382,11 +381,6 @@ def _shape(shape) -> str:
     return "(" + ", ".join(map(str, shape)) + ")"
 
 
-def _classes(p) -> int:
-    """K: the classes of (N, K) or (N, K, H, W), or the channels regressed."""
-    return int(p.output_shape[1])
-
-
 def _train_spec(spec_train: TrainSpec | None, args: argparse.Namespace) -> TrainSpec | str:
     """The spec's train: section with the flags applied, or why it cannot train."""
     from pydantic import ValidationError
@@ -434,74 +428,6 @@ def _training_copies(train_spec: TrainSpec) -> int:
     return states
 
 
-def _run_folder(p, train_spec: TrainSpec, spec_path: Path, args) -> Path | str:
-    """The run folder: --out, else the spec's train.output (which must stay inside the spec's
-    own folder: a spec does not choose where files go outside it), else runs/<name>. Or why
-    it cannot be used."""
-    if args.out is not None:
-        out = Path(args.out)
-    elif train_spec.output is not None:
-        home = spec_path.resolve().parent
-        out = home / Path(train_spec.output).expanduser()
-        if not out.resolve().is_relative_to(home):
-            return (f"the spec's train.output {train_spec.output!r} is outside the spec's "
-                    f"folder {home}; a spec may only write under its own folder (give --out "
-                    "DIR on the command line to write there)")
-    else:
-        out = Path("runs") / p.name
-    if os.environ.get("RANK", "0") != "0":
-        return out  # under torchrun, rank 0 checks the folder (and holds its lock)
-    return run_folder_problem(out, args.force) or out
-
-
-def _describer(p, generated, spec_path: Path):
-    """A module path in words, as the spec has it: 'layer fc (linear, net.yaml line 18)'."""
-    layers = {generated.module_names[layer.path]: layer for layer in p.walk()
-              if layer.path in generated.module_names}
-
-    def describe(qualname: str) -> str:
-        name = qualname
-        while name and name not in layers:  # a parameter of a layer's own submodule
-            name = name.rpartition(".")[0]
-        layer = layers.get(name)
-        if layer is None:
-            return f"module {qualname}" if qualname else "the module itself"
-        line = f", {spec_path.name} line {layer.line}" if layer.line else ""
-        return f"layer {layer.name} ({layer.type}{line})"
-
-    return describe
-
-
-def _remove_if_unused(folder: Path) -> bool:
-    """A folder this command made and left empty, or holding only its lock (the data could not
-    be read, say), is removed again: a failed start leaves nothing behind. Whether it was."""
-    try:
-        if os.listdir(folder) == [LOCK_FILE]:
-            (folder / LOCK_FILE).unlink()
-        folder.rmdir()  # fails unless empty
-        return True
-    except OSError:
-        return False
-
-
-def _launch(p, train_spec: TrainSpec, spec_path: Path, args) -> int:
-    """--nproc N: the same command in N processes, started by torch.distributed.run."""
-    from ..training import TrainError
-    from ..training.distributed import check_launch, launch
-
-    try:
-        check_launch(args.nproc, train_spec.device, args.backend or "auto", args.master_port)
-    except TrainError as e:
-        return _fail(str(e), EXIT_INVALID)
-    out = _run_folder(p, train_spec, spec_path, args)
-    if isinstance(out, str):
-        return _fail(out)
-    result = launch(args.argv, args.nproc, args.master_port, out)
-    if result.message:
-        _fail(result.message, result.code)
-    return result.code
-
-
 def _where_data_is(train_spec: TrainSpec, spec_path: Path) -> str:
     """Where a relative dataset path is read from, which surprises after copying a spec."""
     path = train_spec.dataset.path if train_spec.dataset is not None else None
@@ -511,8 +437,38 @@ def _where_data_is(train_spec: TrainSpec, spec_path: Path) -> str:
             f"{spec_path.resolve().parent})")
 
 
+def _options(args: argparse.Namespace):
+    """The run's flags, and where its lines go: one line each, paths escaped; none with -q."""
+    from ..training.fromplan import RunOptions
+
+    return RunOptions(
+        out=Path(args.out) if args.out is not None else None, resume=args.resume,
+        fresh=args.fresh, force=args.force, threads=args.threads,
+        backend=args.backend or "auto", compile=bool(args.compile), init=args.init,
+        init_skip_head=bool(args.init_skip_head),
+        log=(lambda line: None) if args.quiet else lambda line: print(printable(line)),
+        note=_note, progress=False if args.quiet else None)
+
+
+def _launch(p, train_spec: TrainSpec, spec_path: Path, args) -> int:
+    """--nproc N: the same command in N processes (training.fromplan.launch_plan)."""
+    from ..training import RunFolderError, TrainError
+    from ..training.fromplan import launch_plan
+
+    try:
+        result = launch_plan(p, train_spec, spec_path, _options(args), argv=args.argv,
+                             nproc=args.nproc, master_port=args.master_port)
+    except RunFolderError as e:
+        return _fail(str(e))
+    except TrainError as e:
+        return _fail(str(e), EXIT_INVALID)
+    if result.message:
+        _fail(result.message, result.code)
+    return result.code
+
+
 def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
-    from ..emit.build import instantiate
+    """--train (training.fromplan.train_plan): what comes back, in words and an exit code."""
     from ..training import (
         BEST_FILE,
         CURVES_FILE,
@@ -521,78 +477,24 @@ def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
         MemoryLimitError,
         RunFolderError,
         TrainError,
-        train,
     )
-    from ..training.distributed import (
-        EXIT_PEER_LOST,
-        LAUNCHED,
-        PeerLostError,
-        exit_orphaned,
-        launcher_gone,
-    )
+    from ..training.distributed import EXIT_PEER_LOST, LAUNCHED, PeerLostError
+    from ..training.fromplan import train_plan
+    from ..training.init import WeightsFileError, WeightsMismatchError
 
-    out_dir = _run_folder(p, train_spec, spec_path, args)
-    if isinstance(out_dir, str):
-        return _fail(out_dir)
     main = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks for the run
-    if main and isinstance(p.batch, int) and p.batch != train_spec.batch_size:
-        _note(f"input.batch is {p.batch} but training uses train.batch_size "
-              f"{train_spec.batch_size} (input.batch only sizes the plan)")
-    module = instantiate(p, generated, check=False)  # checked on the meta device above
-    init = None
-    if args.init is not None:
-        from ..training.init import check_weights, read_weights
-
-        # Under torchrun every rank reads the weights; rank 0 alone says what is wrong.
-        try:
-            weights = read_weights(Path(args.init))
-        except TrainError as e:
-            return _fail(str(e), EXIT_INPUT) if main else EXIT_INPUT
-        try:
-            init = check_weights(module, weights, args.init, skip_head=bool(args.init_skip_head),
-                                 describe=_describer(p, generated, spec_path))
-        except TrainError as e:  # one line per layer that does not fit
-            return fail("build", str(e), EXIT_INVALID, keep="\n") if main else EXIT_INVALID
-    if train_spec.freeze:  # spec names; a layer renamed in the module has its attribute's
-        renamed = dict(generated.renamed)
-        train_spec = train_spec.model_copy(update={
-            "freeze": [renamed.get(n, n) for n in train_spec.freeze]})
-    if train_spec.loss is None:  # the plan's rule, the one its lints use; mse to regress
-        train_spec = train_spec.model_copy(update={
-            "loss": "mse" if train_spec.task == "regress" else p.default_loss})
-    holder = (f"shapecheck build (pid {os.getpid()}, started "
-              f"{time.strftime('%Y-%m-%d %H:%M:%S')})")
-    # The folders this run makes: removed again if the run writes nothing into them.
-    made = [d for d in (out_dir, *out_dir.parents) if not d.exists()]
     try:
-        if main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        # One run at a time in a folder; checked again under the lock, as another run may
-        # have written the folder in between. Under torchrun, rank 0 holds it for the run.
-        with folder_lock(out_dir, holder) if main else contextlib.nullcontext():
-            problem = (run_folder_problem(out_dir, args.force, replace=args.resume or args.fresh)
-                       if main else None)
-            if problem:
-                return _fail(problem)
-            result = train(
-                module, train_spec, name=p.name, input_shape=p.input_dims[1:],
-                num_classes=_classes(p), base_dir=spec_path.resolve().parent, out_dir=out_dir,
-                model_source=generated.source, resume=args.resume,
-                fresh=args.fresh or args.force, force=args.force,
-                # one line each, paths escaped; none with -q
-                log=(lambda line: None) if args.quiet else lambda line: print(printable(line)),
-                progress=False if args.quiet else None,
-                threads=args.threads, backend=args.backend or "auto",
-                compile=bool(args.compile), init=init)
+        result = train_plan(p, generated, train_spec, spec_path, _options(args))
+    except WeightsFileError as e:
+        return _fail(str(e), EXIT_INPUT) if main else EXIT_INPUT
+    except WeightsMismatchError as e:  # one line per layer that does not fit
+        return fail("build", str(e), EXIT_INVALID, keep="\n") if main else EXIT_INVALID
     except FolderBusyError as e:
-        return _fail(f"the run folder {out_dir} is {e.strerror}; wait for it to finish, or give "
-                     "another --out")
+        return _fail(f"the run folder {e.filename} is {e.strerror}; wait for it to finish, or "
+                     "give another --out")
     except KeyboardInterrupt as e:
         # Ctrl-C 130; SIGTERM 143 and SIGUSR1 138, as a process those signals killed.
-        code = 128 + getattr(e, "signum", EXIT_INTERRUPTED - 128)
-        if launcher_gone():  # the checkpoint is saved; nothing is left to wait for
-            exit_orphaned(code)
-        return code
+        return 128 + getattr(e, "signum", EXIT_INTERRUPTED - 128)
     except MemoryLimitError as e:
         return _fail(str(e), EXIT_INVALID) if main else EXIT_INVALID
     except DataError as e:
@@ -617,11 +519,6 @@ def _train(p, generated, train_spec: TrainSpec, spec_path: Path, args) -> int:
     except OSError as e:  # the run folder: --out names a file, no permission, disk full ...
         where = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
         return _fail(f"cannot write the run: {where}", EXIT_INPUT)
-    finally:
-        if main:
-            for folder in made:  # innermost first: runs/NAME, then runs
-                if not _remove_if_unused(folder):
-                    break
     if not main or args.quiet:
         return EXIT_OK
     out = result.out_dir

@@ -88,10 +88,10 @@ def run(args: argparse.Namespace) -> int:
         format_confusion,
         format_dense,
     )
-    from ..training.runinfo import RunInfoError, load_run_info
+    from ..training.runinfo import RunInfo, RunInfoError
 
     try:
-        load_run_info(run_dir)  # a damaged run.json is an input error (exit 2)
+        RunInfo.load(run_dir)  # a damaged run.json is an input error (exit 2)
         result = evaluate(run_dir, data, base_dir=Path.cwd(), split=args.split,
                           device=args.device, batch_size=args.batch_size,
                           weights=BEST_FILE if args.best else MODEL_FILE,

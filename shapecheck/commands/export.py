@@ -97,10 +97,10 @@ def export_run(run_dir: Path, path: str, fail: Fail, *, best: bool = False,
     """Export the trained module of a run folder to ``path``, checked; an exit code."""
     from ..emit.onnx import OnnxExportError, export_onnx
     from ..training import BEST_FILE, MODEL_FILE, RunFolderError, load_run_module
-    from ..training.runinfo import RunInfoError, load_run_info
+    from ..training.runinfo import RunInfo, RunInfoError
 
     try:
-        info = load_run_info(run_dir)
+        info = RunInfo.load(run_dir)
     except RunInfoError as e:
         return fail(str(e))
     weights = BEST_FILE if best else MODEL_FILE

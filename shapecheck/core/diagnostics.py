@@ -40,7 +40,7 @@ CODES: dict[str, str] = {
     "parameter, or a template with neither `type:` nor `layers:`.",
     "SC109": "An expression (`$…`) cannot be evaluated: an unknown name, a value that is not a "
     "number, a division by zero (also inside `make_divisible`), a result too large, or nesting "
-    "more than 50 levels deep.",
+    "more than 50 levels deep; or a value in `{…}` cut short at a comma.",
     "SC110": "Templates use each other in a cycle.",
     "SC111": "An unknown scale (`--scale`, `default_scale`), a `default_scale` that is not a "
     "name, or `scales` that are not named sets of values.",
@@ -48,6 +48,9 @@ CODES: dict[str, str] = {
     "name that no earlier layer of the spec's own list has (a later layer, the layer itself, or "
     "none), `from:` inside a block, a merge (add, mul, cat) with fewer than two inputs, or "
     "several inputs for a layer that takes one.",
+    "SC113": "A `when:` that is not true or false, a `when:` group with more than `layers:`, or "
+    "`$in_channels`, `$in_h` or `$in_w` read where the incoming shape is not known (an entry "
+    "before it breaks the schema) or has no such dimension (`$in_h` after a flatten).",
     # SC2xx: PyTorch would reject the network at this layer (exit code 1).
     "SC201": "The (dilated) kernel is larger than the padded input, or reflect/circular "
     "padding is larger than the input allows.",

@@ -1,8 +1,9 @@
 """Expressions in specs: ``$width * 4``, ``make_divisible(32 * $width_mult, 8)``, ``($k - 1) // 2``.
 
 Pure data: the text is parsed with Python's own grammar and evaluated by walking the tree,
-allowing only numbers, ``$names``, + − * / // % and parentheses, and a few functions. Nothing
-is ever passed to Python's ``eval``. A string that is only ``$name`` gives the value itself,
+allowing only numbers, ``$names``, + − * / // % and parentheses, and a few functions; and, for
+``when:``, comparisons with ``and``, ``or`` and ``not`` (``$t != 1 and $se``). Nothing is ever
+passed to Python's ``eval``. A string that is only ``$name`` gives the value itself,
 of any type (a list of layers, a bool)."""
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def evaluate(text: str, env: Mapping[str, Any]) -> Any:
     whole = _NAME.fullmatch(text.strip())
     if whole:
         return _lookup(whole.group(1), env)
-    return _value(parse_expression(text).body, env, text)
+    body = parse_expression(text).body
+    return _truth(body, env, text) if _is_test(body) else _value(body, env, text)
 
 
 def parse_expression(text: str) -> ast.Expression:
@@ -146,6 +148,46 @@ def _number(value: Any, what: str) -> int | float:
     return value
 
 
+_COMPARE = {
+    ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
+    ast.Gt: operator.gt, ast.GtE: operator.ge,
+}
+
+
+def _is_test(node: ast.AST) -> bool:
+    """Whether a node gives true or false: a comparison, `and`, `or` or `not`."""
+    return isinstance(node, (ast.Compare, ast.BoolOp)) or (
+        isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not))
+
+
+def _truth(node: ast.AST, env: Mapping[str, Any], text: str) -> bool:
+    """The value of a test (``$t != 1 and $se``): comparisons of numbers, and parameters that
+    hold true or false."""
+    if isinstance(node, ast.Compare) and all(type(op) in _COMPARE for op in node.ops):
+        left = _value(node.left, env, text)
+        for op, right_node in zip(node.ops, node.comparators):
+            right = _value(right_node, env, text)
+            if not _COMPARE[type(op)](left, right):
+                return False
+            left = right
+        return True
+    if isinstance(node, ast.BoolOp):
+        parts = (_truth(v, env, text) for v in node.values)
+        return all(parts) if isinstance(node.op, ast.And) else any(parts)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+        return not _truth(node.operand, env, text)
+    if isinstance(node, ast.Name) and variable_name(node.id) is not None:
+        name = variable_name(node.id)
+        value = _lookup(name, env)
+        if not isinstance(value, bool):
+            raise ExpressionError(f"${name} is {value!r}, not true or false",
+                                  f"compare it: ${name} != 0")
+        return value
+    if isinstance(node, ast.Constant) and isinstance(node.value, bool):
+        return node.value
+    return _value(node, env, text)  # a number where a test is wanted: says what is allowed
+
+
 def _value(node: ast.AST, env: Mapping[str, Any], text: str) -> int | float:
     if isinstance(node, ast.Constant) and type(node.value) in (int, float):
         return _number(node.value, "a constant")
@@ -171,5 +213,8 @@ def _value(node: ast.AST, env: Mapping[str, Any], text: str) -> int | float:
         except (TypeError, ValueError, OverflowError) as e:
             raise ExpressionError(f"{node.func.id}() in {text!r}: {e}") from None
     what = ast.unparse(node).replace(_PREFIX, "$")
+    if _is_test(node):
+        raise ExpressionError(f"{what!r} is true or false, not a number")
     raise ExpressionError(f"{what!r} is not allowed in an expression (numbers, $names, "
-                          "+ − * / // %, and " + ", ".join(FUNCTIONS) + ")")
+                          "+ − * / // %, comparisons, and, or, not, and "
+                          + ", ".join(FUNCTIONS) + ")")

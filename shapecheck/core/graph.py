@@ -148,11 +148,13 @@ def unused(rows: list, outputs: list[int]) -> list[tuple]:
     index = {row.name: row.index for row in rows}
     read = {*outputs, len(rows) - 1}
     for row in rows:
-        read |= {index.get(name, -1) for name in row.inputs or ()} if row.inputs else {
-            row.index - 1}
+        if row.inputs is None:
+            read.add(row.index - 1)
+        else:
+            read |= {index.get(name, -1) for name in row.inputs}
         if row.like is not None:
             read.add(index.get(row.like, -1))
-    return [(row, "SC307", "nothing reads this layer's output: the next layer reads another "
-             "tensor (`from:`), and no `from:`, `like` or `outputs:` names it",
-             "read it with `from:` where it is needed, list it under `outputs:`, or remove it")
-            for row in rows if row.index not in read]
+    message = ("nothing reads this layer's output: the next layer reads another tensor "
+               "(`from:`), and no `from:`, `like` or `outputs:` names it")
+    hint = "read it with `from:` where it is needed, list it under `outputs:`, or remove it"
+    return [(row, "SC307", message, hint) for row in rows if row.index not in read]

@@ -270,6 +270,10 @@ def solve(plan: Plan, spec_plan: Plan | None = None) -> list[AxisSolution]:
 
     ``spec_plan``: the spec's own (failing) plan, where ``plan`` is plan_near's: the answers
     then say the spec's sizes, not the ones planned."""
+    if plan.sized:
+        raise Unsolvable("its templates read the incoming height or width ($in_h, $in_w, or "
+                         "$in_channels after a flatten), so its layers change with the input "
+                         "size")
     if plan.input_dims is None or len(plan.input_dims) != 4 or not plan.valid:
         raise Unsolvable("solve needs a spec that plans at its own input size (fix its errors "
                          "first, or give --input)")

@@ -108,9 +108,10 @@ def _parse(text: str, source: str | None, name: str | None, scale: str | None = 
     return _spec(_load(text, source), source, name, scale)
 
 
-def _spec(loaded: tuple, source: str | None, name: str | None, scale: str | None) -> Spec:
+def _spec(loaded: tuple, source: str | None, name: str | None, scale: str | None,
+          input_shape: tuple | None = None) -> Spec:
     """The Spec from the YAML's data (which is not changed: it may be expanded again at another
-    scale)."""
+    scale, or for another input where its templates read the incoming shape)."""
     data, positions, problems = loaded
     problems = list(problems)
     if not isinstance(data, dict) or not ({"input", "layers"} & data.keys()):
@@ -123,7 +124,7 @@ def _spec(loaded: tuple, source: str | None, name: str | None, scale: str | None
     # Top-level `x-...` keys are free for the user, e.g. to hold YAML anchors to merge (<<).
     data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
     scales = data.get("scales")
-    data, locator, expansion = _expand(data, scale, positions, source)
+    data, locator, expansion = _expand(data, scale, positions, source, input_shape)
     errors: list[dict] = []
     duplicates: list = []
     try:
@@ -151,6 +152,9 @@ def _spec(loaded: tuple, source: str | None, name: str | None, scale: str | None
             spec._notes = partial(_layer_notes, expansion.notes)  # for `expand --explain`
             # Only `build` reads it: worked out when asked for, not at every plan.
             spec._templates = partial(_template_code, expansion, positions)
+            if expansion.sized:
+                spec._sized = expansion.sized
+                spec._at_input = partial(_spec, loaded, source, name, scale)
         spec._scales = tuple(map(str, scales)) if isinstance(scales, dict) else ()
         default = name or (default_name(Path(source).stem) if source else "net")
         try:
@@ -217,8 +221,10 @@ def _layer_notes(notes: dict[tuple, list]) -> dict[tuple, list[str]]:
             for loc, made in notes.items()}
 
 
-def _expand(data: dict, scale: str | None, positions: dict, source: str | None):
-    """The spec with its templates expanded, and a Locator for its entries."""
+def _expand(data: dict, scale: str | None, positions: dict, source: str | None,
+            input_shape: tuple | None = None):
+    """The spec with its templates expanded (for ``input_shape``, default the spec's), and a
+    Locator for its entries."""
     if not _uses_templates(data):
         if scale is not None:
             raise SpecError([Diagnostic("error", "SC111", f"--scale {scale}: the spec has no "
@@ -227,7 +233,7 @@ def _expand(data: dict, scale: str | None, positions: dict, source: str | None):
     from .templates import TemplateError, expand  # only specs that need it
 
     try:
-        expansion = expand(data, scale, MAX_LAYERS)
+        expansion = expand(data, scale, MAX_LAYERS, input_shape)
     except TemplateError as e:
         locator = Locator(positions, source)
         origin = locator.origin_of(e.loc, e.chain)
@@ -268,7 +274,7 @@ def _uses_templates(data: dict) -> bool:
             if "$" in value:
                 return True
         elif isinstance(value, dict):
-            if "use" in value:
+            if "use" in value or "when" in value:
                 return True
             stack += value.values()
         elif isinstance(value, list):

@@ -144,13 +144,14 @@ class Plan(Record):
     """A spec's plan: its layers' rows and its diagnostics."""
 
     _fields = ("name", "description", "source", "batch", "input_dims", "layers", "diagnostics",
-               "loss", "scale", "scales", "templates", "outputs")
+               "loss", "scale", "scales", "templates", "outputs", "sized")
 
     def __init__(self, name: str, description: str | None, source: str | None,
                  batch: int | str, input_dims: Dims | None, layers: list[LayerPlan],
                  diagnostics: list[Diagnostic], loss: str | None = None,
                  scale: str | None = None, scales: tuple[str, ...] = (),
-                 templates: Any = None, outputs: tuple[tuple[str, int], ...] = ()) -> None:
+                 templates: Any = None, outputs: tuple[tuple[str, int], ...] = (),
+                 sized: bool = False) -> None:
         self.name = name
         self.description = description
         self.source = source  # the spec file, if any
@@ -166,6 +167,10 @@ class Plan(Record):
         self.templates = templates
         # The tensors the network returns, where the spec lists them: (name, top-level index).
         self.outputs = outputs
+        # Whether its templates read the incoming H or W ($in_h, or $in_channels after a
+        # flatten): its layers are those of this input size, which solve's arithmetic over
+        # sizes cannot follow.
+        self.sized = sized
 
     def output_rows(self) -> list[LayerPlan]:
         """The rows whose tensors the network returns: those `outputs:` names, else the last."""

@@ -62,7 +62,10 @@ def plan(
             return Plan(spec.name or "net", spec.description, spec.source, batch or "N", None,
                         [], problems)
     with gc_paused():
-        result = _Planner(spec, batch, input_shape).plan()
+        try:
+            result = _Planner(spec, batch, input_shape).plan()
+        except SpecError as e:  # expanded again for this input, its templates fail
+            return _unread(e, spec.source, batch)
     if any(d.code in MERGE_ERRORS for d in result.errors):
         result = _with_sizes_hint(result, spec, batch)
     return result
@@ -79,7 +82,7 @@ def _with_sizes_hint(result: Plan, spec: Spec, batch) -> Plan:
     from .inputsizes import TooCostly, Unsolvable, plan_near, sizes_hint, solve
 
     c = result.input_dims[1] if result.input_dims else None
-    near = plan_near(result, lambda h, w: _Planner(spec, batch, (c, h, w)).plan())
+    near = plan_near(result, lambda h, w: _replan(spec, batch, (c, h, w)))
     if near is None:
         return result
     try:
@@ -90,6 +93,30 @@ def _with_sizes_hint(result: Plan, spec: Spec, batch) -> Plan:
     result.diagnostics = [d.replace(hint=hint) if d.code in MERGE_ERRORS or d.code == "SC301"
                           else d for d in result.diagnostics]
     return result
+
+
+# What a template reads that follows the input's height and width: $in_h, $in_w, and
+# $in_channels after a flatten (incoming.py).
+SIZE_NAMES = frozenset({"in_h", "in_w", "features"})
+
+
+def _expanded_for(spec: Spec, shape: tuple) -> Spec:
+    """The spec for the input ``shape``: expanded again where its templates read what differs
+    from the input it was expanded for. Raises SpecError."""
+    declared = tuple(spec.input.shape)
+    read = spec._sized
+    if (shape[0] != declared[0] and read & {"in_channels", "features"}
+            or shape[1:] != declared[1:] and read & SIZE_NAMES):
+        return spec._at_input(shape)
+    return spec
+
+
+def _replan(spec: Spec, batch, input_shape: tuple) -> Plan:
+    """The spec planned at another input, without the hints."""
+    try:
+        return _Planner(spec, batch, input_shape).plan()
+    except SpecError as e:
+        return _unread(e, spec.source, batch)
 
 
 def _unread(error: SpecError, source: str | None, batch) -> Plan:
@@ -124,9 +151,11 @@ def _template_line(d: Diagnostic, rows: dict) -> tuple | None:
 
 class _Planner:
     def __init__(self, spec: Spec, batch, input_shape, hints: bool = True):
+        self.input = tuple(input_shape or spec.input.shape)
+        if spec._at_input is not None:
+            spec = _expanded_for(spec, self.input)
         self.spec = spec
         self.batch = batch if batch is not None else spec.input.batch
-        self.input = tuple(input_shape or spec.input.shape)
         self.hints = hints
         self.failure: _Failure | None = None
         self.warnings: list[tuple[LayerPlan, str, str, str | None]] = []
@@ -170,6 +199,7 @@ class _Planner:
             scales=self.spec.scales,
             templates=self.spec._templates,
             outputs=self._outputs(rows),
+            sized=bool(self.spec._sized & SIZE_NAMES),
         )
         receptive_fields(result)
         rows_by_path = {row.path: row for row in result.walk()}
@@ -362,9 +392,13 @@ class _Planner:
 
     def _trial(self, h: int, w: int) -> _Failure | None:
         """The first failure at an input of h×w, or None."""
-        trial = _Planner(self.spec, 1, (self.input[0], h, w), hints=False)
+        try:
+            trial = _Planner(self.spec, 1, (self.input[0], h, w), hints=False)
+        except SpecError as e:  # its templates fail for this input: taken as too small, so
+            # that no size is claimed to work that was not planned
+            return _Failure(None, ShapeError("SC202", e.diagnostics[0].message))
         x = (1, self.input[0], h, w)
-        trial._plan_list(self.spec.layers, x, (), Context(), tensors=trial._tensors(x))
+        trial._plan_list(trial.spec.layers, x, (), Context(), tensors=trial._tensors(x))
         return trial.failure
 
     def _valid_at(self, h: int, w: int) -> bool:
@@ -390,3 +424,72 @@ def _too_large() -> ShapeError:
 
 
 MAX_DIM = int(sys.float_info.max)  # about 1.8e308
+
+
+# --- the incoming shape inside templates ---------------------------------------------------
+
+
+def plan_entry(entry, x: Dims, ctx: Context,
+               tensors: dict | None = None) -> tuple[Dims, Context]:
+    """The output of one raw, expanded layer (not block) entry from ``x``, as planning gives
+    it, for the templates that read the incoming shape ($in_channels). ``tensors``: the
+    (dims, context) of the names a layer of the spec's own list may read (`from:`). Raises the
+    ShapeError planning would report, or ValueError for an entry that breaks the schema."""
+    from .layers import parse_layers
+
+    layers, errors = parse_layers([entry], ("layers",))
+    if errors:
+        raise ValueError("does not follow the schema")
+    if layers[0].is_block:
+        raise ValueError("is a block")  # (blocks are merged from their branches)
+    planner = _Planner.__new__(_Planner)
+    planner.batch, planner.failure, planner.warnings = 1, None, []
+    layer = layers[0]
+    row = planner._row(0, (0,), layer)
+    if layer.is_merge and not layer.inputs:
+        raise ValueError("merges no tensors it names")  # (SC112 is the loader's)
+    names = (*(layer.inputs or ()), *filter(None, [graph.like_of(layer)]))
+    if names and (tensors is None or any(tensors.get(n) is None for n in names)):
+        raise ValueError(f"reads {', '.join(names)}, whose shape is not followed")
+    if layer.is_merge or names:
+        row.inputs, row.like = layer.inputs, graph.like_of(layer)
+        out, ctx = planner._plan_layer(row, layer, x, ctx, tensors)
+    else:
+        out, ctx = planner._plan_layer(row, layer, x, ctx)
+    if planner.failure is not None:
+        raise planner.failure.error
+    return out, ctx
+
+
+def merge_entry(block: type[Block], entry: dict, x: Dims, ctx: Context,
+                outs: dict[tuple, Dims]) -> tuple[Dims, Context]:
+    """The output of a raw block entry whose branches gave ``outs`` (by their place in the
+    entry, as raw_branches gives it), as plan_entry."""
+    try:
+        model = block.model_construct(**entry)
+        inputs = model.branch_inputs(x)
+        # A branch the entry leaves out is empty: it passes its input through.
+        given = [outs.get(_branch_place(model, key), b)
+                 for (key, _), b in zip(model.branch_lists(), inputs)]
+        out, _ = model.merge(x, given)
+    except (TypeError, AttributeError, ValueError, KeyError, IndexError):
+        raise ValueError("does not follow the schema") from None
+    _computable(out)
+    return out, ctx.after(x, out)
+
+
+def branch_entries(block: type[Block], entry: dict, x: Dims, ctx: Context) -> dict:
+    """The (input, context) of each branch of a raw block entry whose branches are not yet
+    expanded, by its place in the entry: a split's chunks, the block's input for the others."""
+    try:
+        model = block.model_construct(**entry)
+        inputs = model.branch_inputs(x)
+        keys = [_branch_place(model, key) for key, _ in model.branch_lists()]
+    except (TypeError, AttributeError, ValueError, KeyError, IndexError):
+        raise ValueError("does not follow the schema") from None
+    return {key: (b, ctx if b[-1:] == x[-1:] else Context()) for key, b in zip(keys, inputs)}
+
+
+def _branch_place(block: Block, key) -> tuple:
+    """Where a branch stands in its block's entry: ("body",) or ("branches", 1)."""
+    return (key,) if isinstance(key, str) else (block.lists_field, key)

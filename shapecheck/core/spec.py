@@ -100,6 +100,10 @@ class Spec(BaseModel):
     _templates: Any = PrivateAttr(default=None)
     # A template use's name -> the index of its last layer, for `from:` (graph.py).
     _aliases: dict = PrivateAttr(default_factory=dict)
+    # Where its templates read the incoming shape ($in_channels, $in_h): the names read, and
+    # a function giving the spec expanded for another input (C, H, W).
+    _sized: frozenset = PrivateAttr(default=frozenset())
+    _at_input: Any = PrivateAttr(default=None)
 
     @property
     def source(self) -> str | None:

@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .expressions import ExpressionError, evaluate, is_expression, show
 from .layers import KINDS, block_of
@@ -46,6 +46,9 @@ MAX_VALUES = 2_000_000
 # Scales a spec may declare: `check` plans each one (EfficientNet has 8).
 MAX_SCALES = 1_000
 USE_KEYS = ("use", "name", "repeat", "first")
+
+if TYPE_CHECKING:
+    from .incoming import Incoming
 
 
 class Site(NamedTuple):
@@ -101,6 +104,9 @@ class Expansion:
     # New location of every layer entry -> (the YAML location it was written at, the uses that
     # made it, innermost first).
     where: dict[tuple, tuple[tuple, tuple[Site, ...]]] = field(default_factory=dict)
+    # The names of the incoming shape it read ($in_channels …): then it holds only for the
+    # input it was expanded for.
+    sized: frozenset = frozenset()
     # New location of a layer entry -> the arithmetic that made its values, for `expand`.
     notes: dict[tuple, list[Callable[[], str]]] = field(default_factory=dict)  # written on use
     scale: str | None = None
@@ -113,9 +119,10 @@ class Expansion:
     written: dict[tuple, dict] = field(default_factory=dict)
 
 
-def expand(data: dict, scale: str | None, limit: int) -> Expansion:
-    """The plain spec for ``data``. Raises TemplateError; SC004 (exit 2, as the YAML limits) for
-    an expansion past ``limit`` layers or nested past the depths above."""
+def expand(data: dict, scale: str | None, limit: int, input_shape: Any = None) -> Expansion:
+    """The plain spec for ``data`` (``input_shape``: the (C, H, W) to expand for, where the
+    spec's templates read it; default the spec's own). Raises TemplateError; SC004 (exit 2, as
+    the YAML limits) for an expansion past ``limit`` layers or nested past the depths above."""
     templates = data.get("templates") or {}
     if not isinstance(templates, dict):
         raise TemplateError("SC108", "`templates` must be a mapping of names to templates",
@@ -123,12 +130,34 @@ def expand(data: dict, scale: str | None, limit: int) -> Expansion:
     classes = _template_classes(templates)
     variables, chosen = _scale(data, scale)
     expander = _Expander(templates, limit, classes)
+    if _reads_shapes(data):  # only such specs work out shapes as they expand
+        from .incoming import Incoming
+
+        declared = data.get("input")
+        expander.incoming = Incoming(input_shape or (
+            declared.get("shape") if isinstance(declared, dict) else None))
     layers = data.get("layers")
     plain = {k: v for k, v in data.items() if k not in TOP_KEYS}
     if isinstance(layers, list):
         plain["layers"] = expander.items(layers, ("layers",), ("layers",), variables, ())
-    return Expansion(plain, expander.where, expander.notes, chosen, variables, expander.made,
-                     expander.defaults, expander.one_layer, expander.written)
+    read = frozenset(expander.incoming.read) if expander.incoming else frozenset()
+    return Expansion(plain, expander.where, read, expander.notes, chosen, variables,
+                     expander.made, expander.defaults, expander.one_layer, expander.written)
+
+
+def _reads_shapes(data: dict) -> bool:
+    """Whether any expression in the spec reads the incoming shape (a quick look)."""
+    stack: list = [data.get("templates"), data.get("layers")]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            if "$in_" in value:
+                return True
+        elif isinstance(value, dict):
+            stack += value.values()
+        elif isinstance(value, list):
+            stack += value
+    return False
 
 
 def template_class(name: str) -> str:
@@ -238,6 +267,8 @@ class _Expander:
         # A layer entry given as a use's value (a `shortcut:` list), evaluated -> as written:
         # `build` writes it in the class of the template that wrote it, with its expressions.
         self.unevaluated: dict[int, tuple[dict, dict]] = {}
+        # The incoming shape where expansion stands, in a spec that reads it ($in_channels).
+        self.incoming: Incoming | None = None
 
     def items(self, items: list, src: tuple, dst: tuple, env: dict, chain: tuple,
               start: int = 0) -> list:
@@ -245,6 +276,25 @@ class _Expander:
         ``dst`` from index ``start`` on."""
         out: list = []
         for i, item in enumerate(items):
+            if isinstance(item, dict) and "when" in item:
+                if not self.when(item["when"], env, (*src, i, "when"), chain):
+                    continue
+                item = {k: v for k, v in item.items() if k != "when"}
+                if "layers" in item and "type" not in item and "use" not in item:  # a group
+                    if set(item) != {"layers"} or not isinstance(item["layers"], list):
+                        raise TemplateError("SC113", "a `when:` group holds only `layers:`, a "
+                                            "list of layers", (*src, i), "write `when:` on a "
+                                            "layer or a use, or group layers as "
+                                            "{when: …, layers: [...]}", chain)
+                    out += self.items(item["layers"], (*src, i, "layers"), dst, env, chain,
+                                      start + len(out))
+                    continue
+            elif is_expression(item):  # `- $pre`: a parameter's layers, spliced in
+                value = self.value(item, env, (*src, i), chain)
+                if isinstance(value, list):
+                    out += self.items(value, (*src, i), dst, env, chain, start + len(out))
+                    continue
+                item = value
             if isinstance(item, dict) and "use" in item:
                 made = self.use(item, (*src, i), dst, start + len(out), env, chain)
                 if not made:  # costs as a layer does: a repeat of it must count
@@ -252,9 +302,18 @@ class _Expander:
                     if self.count > self.limit:
                         raise self.too_many((*src, i), chain)
                 out += made
+                if self.incoming is not None and dst == ("layers",):
+                    self.incoming.record(item.get("name"))  # `from:` reads its last layer
             else:
                 out.append(self.layer(item, (*src, i), (*dst, start + len(out)), env, chain))
         return out
+
+    def when(self, value: Any, env: dict, loc: tuple, chain: tuple) -> bool:
+        result = self.value(value, env, loc, chain)
+        if not isinstance(result, bool):
+            raise TemplateError("SC113", f"when: must be true or false, got {result!r}", loc,
+                                'compare it, as in when: "$expand != 1"', chain)
+        return result
 
     def layer(self, item: Any, src: tuple, dst: tuple, env: dict, chain: tuple) -> Any:
         self.count += 1
@@ -264,9 +323,18 @@ class _Expander:
         if chain and isinstance(item, dict):
             given = self.unevaluated.get(id(item))
             self.written[dst] = given[1] if given else item
+        incoming = self.incoming
+        top = len(dst) == 2 and dst[0] == "layers"  # in the spec's own list
         if not isinstance(item, dict):
-            return self.value(item, env, src, chain, dst, "type")
+            item = self.value(item, env, src, chain, dst, "type")
+            if incoming is not None:
+                incoming.after_layer(item, src, chain, top)
+            return item
+        if incoming is not None and top and "from" in item:
+            incoming.reads_from(item["from"], src)
         self.spend(len(item), src, chain)  # its fields are copied below
+        if any(isinstance(k, str) and "$" in k for k in item):
+            raise _cut_at_comma(item, src, chain)
         if chain and isinstance(item.get("name"), str):  # as written: the use prefixes it
             check_name(item["name"], "the layer name", (*src, "name"), chain)
         kind = self.value(item.get("type"), env, (*src, "type"), chain)
@@ -283,10 +351,22 @@ class _Expander:
                                     f"{MAX_BLOCK_DEPTH} deep", src, "a template whose block "
                                     "holds a use of a template that is a block nests them; "
                                     "no network needs so many levels", chain)
+            outer, outs = incoming and incoming.shape, {}
+            inputs = incoming.branches(block, item, src, chain) if incoming else {}
             for suffix, branch in block.raw_branches(item):
+                if incoming is not None:
+                    incoming.shape = inputs.get(suffix)
                 expanded = self.items(branch, (*src, *suffix), (*dst, *suffix), env, chain)
                 _put(item, suffix, expanded)
+                outs[suffix] = incoming and incoming.shape
             self.blocks -= 1
+            if incoming is not None:
+                incoming.shape = outer
+                incoming.after_block(block, item, outs, src, chain)
+        elif incoming is not None:
+            incoming.after_layer(item, src, chain, top)
+        if incoming is not None and top and not chain:
+            incoming.record(item.get("name"))
         return item
 
     def too_many(self, loc: tuple, chain: tuple) -> TemplateError:
@@ -325,6 +405,8 @@ class _Expander:
               key: str | None = None) -> Any:
         """A value with every expression in it evaluated (layer lists inside it included)."""
         if is_expression(value):
+            if self.incoming is not None and "$in_" in value:  # the spec's own names first
+                env = {**self.incoming.names(value, env, loc, chain), **env}
             try:
                 result = evaluate(value, env)
             except ExpressionError as e:
@@ -411,6 +493,8 @@ class _Expander:
                                       start=at + len(out))
             raw = {**item, **(item.get("first") or {} if i == 0 else {})}
             written = {k: v for k, v in raw.items() if k not in USE_KEYS}
+            if not produced:  # a body whose layers `when:` all leaves out: nothing to note
+                continue
             self.made.append(Made(name, {k: local[k] for k in defaults}, start, len(produced),
                                   src, i, given if isinstance(given, str) else None,
                                   len(chain), written, instance))
@@ -480,6 +564,8 @@ class _Expander:
         for key, value in given.items():
             if allow_use_keys and key in USE_KEYS:
                 continue
+            if key not in defaults and isinstance(key, str) and "$" in key:
+                raise _cut_at_comma(given, src, chain)
             if key not in defaults:
                 close = _close_matches(str(key), list(defaults), n=1, cutoff=0.5)
                 names = ", ".join(defaults)
@@ -493,6 +579,23 @@ class _Expander:
                 scope = {**env, "index": index}
             args[key] = self.value(value, scope, (*src, key), chain)
         return args
+
+
+def _cut_at_comma(entry: dict, src: tuple, chain: tuple) -> TemplateError:
+    """SC109 for a key holding `$`: in a flow mapping a comma ended the value before it
+    (``{out: max(8, $c)}`` reads as ``out: "max(8"`` and a key ``"$c)"``)."""
+    keys = list(entry)
+    key = next(k for k in keys if isinstance(k, str) and "$" in k)
+    before = keys[keys.index(key) - 1] if keys.index(key) > 0 else None
+    cut = entry.get(before) if before is not None else None
+    if isinstance(cut, str) and cut.count("(") > cut.count(")"):
+        text = f"{cut}, {key}" + ("" if entry[key] is None else f": {entry[key]}")
+        return TemplateError("SC109", f"{before}: {cut!r} is cut short and {key!r} is no "
+                             "field: inside {…} a comma ends the value",
+                             (*src, key), f'quote the expression: {before}: "{text}"', chain)
+    return TemplateError("SC109", f"{key!r} cannot be a key: a $name stands in a value",
+                         (*src, key), "inside {…} a comma ends the value: quote an expression "
+                         'that holds one, out: "max(8, $c)"', chain)
 
 
 def _put(item: dict, suffix: tuple, value: list) -> None:

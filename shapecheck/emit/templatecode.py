@@ -275,11 +275,13 @@ class Context:
     # ------------------------------------------------------------ values
 
     def value(self, vector: list, raw: Any = None, inferred: bool = False,
-              hint: str = "value") -> ast.expr:
+              hint: str = "value", arriving: list | None = None) -> ast.expr:
+        """``arriving``: the channels that arrive at the layer, in each instance, which
+        ``$in_channels`` in ``raw`` reads."""
         if self.cls is None:
             return src.const(vector[0])
         if isinstance(raw, str) and "$" in raw:
-            node = self.translate(raw, vector)
+            node = self.translate(raw, vector, arriving)
             if node is not None:
                 return node
         if _all_same(vector) and not inferred:
@@ -315,17 +317,26 @@ class Context:
                 return ast.BinOp(left=self.use_arg(p), op=op, right=src.const(k))
         return None
 
-    def translate(self, raw: str, vector: list) -> ast.expr | None:
-        """The template's expression in Python, where it gives every instance's value."""
+    def translate(self, raw: str, vector: list, arriving: list | None = None) -> ast.expr | None:
+        """The template's expression in Python, where it gives every instance's value.
+        ``$in_channels`` is the value written last that says the arriving channels."""
         code = self.writer.instances.code
         params = {a.source: a for a in self.params}
         names = set(re.findall(r"\$([A-Za-z_]\w*)", raw))
-        if not names or not all(n in params or n in code.variables for n in names):
+        incoming = None
+        if "in_channels" in names and "in_channels" not in {*params, *code.variables}:
+            incoming = self.flowing(arriving) if arriving is not None else None
+            if incoming is None:
+                return None
+        if not names or not all(n in params or n in code.variables or n == "in_channels"
+                                and incoming is not None for n in names):
             return None
-        for use, want in zip(self.cls.uses, vector):
+        for i, (use, want) in enumerate(zip(self.cls.uses, vector)):
             if want is MISSING:
                 continue
             env = {**code.variables, **use.made.params, "index": use.made.index}
+            if incoming is not None:
+                env["in_channels"] = arriving[i]
             try:
                 got = evaluate(raw, env)
             except ExpressionError:
@@ -345,6 +356,8 @@ class Context:
                 variable = variable_name(node.id)
                 if variable in params:
                     return self.use_arg(params[variable])
+                if variable == "in_channels" and incoming is not None:
+                    return incoming
                 return src.name(self.writer.constant(variable))
             if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
                 return ast.UnaryOp(op=type(node.op)(), operand=rebuild(node.operand))
@@ -365,6 +378,16 @@ class Context:
             return rebuild(tree.body)
         except (Untranslatable, RecursionError):
             return None
+
+    def flowing(self, channels: list) -> ast.expr | None:
+        """The value written last that gives these channels in every instance: the channels
+        arriving at a layer, as the class says them (``in_channels``, ``width * 4``)."""
+        for node, seen in reversed(self.flow):
+            if all(map(_same, seen, channels)):
+                if self.input is not None and _is_name(node, self.input.name):
+                    self.use_arg(self.input)
+                return node
+        return None
 
     def flows(self, key: str, node: ast.expr, vector: list) -> None:
         if key in FLOW_KEYS:
@@ -542,10 +565,12 @@ class ClassWriter:
         first = column[0].plan
         if not first.is_block:
             args = []
+            arriving = [layer.plan.input_dims[1] if layer.plan.input_dims is not None
+                        and len(layer.plan.input_dims) >= 2 else MISSING for layer in column]
             for key in first.torch_kwargs:
                 vector = [layer.plan.torch_kwargs[key] for layer in column]
                 raw = self.owner.written(first).get(key)
-                node = ctx.value(vector, raw, key in first.inferred_args, key)
+                node = ctx.value(vector, raw, key in first.inferred_args, key, arriving)
                 ctx.flows(key, node, vector)
                 args.append(src.kw(key, node))
             return self.owner.kind_func(first), args
@@ -703,7 +728,8 @@ class ClassWriter:
                 named = [(attr, item.uses[0].layers[0], item.uses[-1].layers[-1])]
             else:
                 named = []
-                for use in item.uses:
+                for use in item.uses:  # repeats of one use may differ in class (`first:`)
+                    cls = self.class_of(use)
                     attr = (attrs[use.layers[0].index] if cls.one_layer
                             else self.owner.attribute(use.made.instance or use.made.template))
                     init.append(_set(attr, self.call(ctx, cls, [use])))

@@ -37,6 +37,7 @@ def _layer_schema(name: str, kind) -> dict:
         elif key != "type":
             props[key] = with_expressions(value)
     props["from"] = FROM  # named inputs (graph.py): not a field of the model
+    props["when"] = WHEN
     if kind.is_block:  # a block's fields hold layer lists: the schema recurses
         for key in kind.list_fields:
             props[key] = {**props[key], "items": {"$ref": "#/$defs/layer"}}
@@ -61,6 +62,14 @@ FROM = {"description": "the tensors the layer reads: an earlier layer's name, `i
 # wherever a number may, and `$shortcut` wherever a value may.
 EXPRESSION = {"type": "string", "pattern": "\\$", "description": "an expression: $name, "
               "numbers, + - * / // % and parentheses"}
+# `when:` on a layer, a use or a group of layers keeps it only where it is true.
+WHEN = {"anyOf": [{"type": "boolean"}, EXPRESSION],
+        "description": "keep it only where this is true: true, false, or an expression such as "
+                       "\"$t != 1\""}
+WHEN_GROUP = {
+    "type": "object", "required": ["when", "layers"], "additionalProperties": False,
+    "properties": {"when": WHEN, "layers": {"type": "array", "items": {"$ref": "#/$defs/layer"}}},
+}
 
 
 def with_expressions(schema: dict) -> dict:
@@ -89,6 +98,7 @@ TEMPLATE_USE = {
                            EXPRESSION]},
         "repeat": {"anyOf": [{"type": "integer", "minimum": 1}, EXPRESSION]},
         "first": {"type": "object", "description": "parameters for the first repetition"},
+        "when": WHEN,
     },
 }
 
@@ -115,7 +125,9 @@ def spec_schema() -> dict[str, Any]:
         # if/then/else rather than anyOf, so that a validator names the field that is wrong
         "if": {"type": "string"},
         "then": {"pattern": f"^\\s*((torch\\.)?nn\\.)?({bare})\\s*$"},
-        "else": {"if": {"type": "object", "required": ["use"]}, "then": TEMPLATE_USE,
+        "else": {"if": {"type": "object", "anyOf": [
+                     {"required": ["use"]}, {"required": ["layers"], "not": {"required": ["type"]}}]},
+                 "then": {"if": {"required": ["use"]}, "then": TEMPLATE_USE, "else": WHEN_GROUP},
                  "else": objects},
     }
     input_schema = InputSpec.model_json_schema()

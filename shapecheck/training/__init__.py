@@ -1,9 +1,12 @@
 """Training and evaluating a built module: ``shapecheck build --train`` and ``shapecheck eval``.
 
-The parts, in the order a run meets them: ``setup`` (the device, the spec's checks, the
-data on the device, the optimizer, the precision; ``Run``, the state a run carries),
-``resume`` (continuing from a checkpoint), ``loop`` (``train()``: the epochs and steps),
-``runfolder`` (checkpoint, metrics, curves, run.json), ``distributed`` (the processes of a
+The parts, in the order a run meets them: ``fromplan`` (what ``build --train`` asks: the run
+folder, its lock, the module from its source, ``--init``), ``request`` (``TrainRequest``, a
+run's arguments), ``setup`` (the device, the spec's checks, the data on the device, the
+optimizer, the precision; ``Run``, the state a run carries), ``resume`` (continuing from a
+checkpoint), ``loop`` (``train()``: the epochs and steps), ``checkpoint`` (``Checkpoint``:
+checkpoint.pt), ``runinfo`` (``RunInfo``: run.json), ``runfolder`` (metrics, curves and the
+other files), ``distributed`` (the processes of a
 DDP run and their launcher), ``data`` (what the loop needs of the dataset), ``dense`` (the
 per-pixel losses and scores of segmentation and regression), ``evaluate``
 (``evaluate()``), ``init`` (``--init`` weights and ``freeze``), ``syncbn`` (BatchNorm over the
@@ -62,7 +65,8 @@ _WHERE = {
     **dict.fromkeys(["DataError", "MemoryLimitError"], "datasets"),
     **dict.fromkeys(["EvalResult", "evaluate", "format_confusion", "format_dense",
                      "load_run_module"], "evaluate"),
-    "train": "loop",
+    **dict.fromkeys(["run_training", "train"], "loop"),
+    "TrainRequest": "request",
     **dict.fromkeys(["BEST_FILE", "CHECKPOINT_FILE", "CURVES_FILE", "METRICS_COLUMNS",
                      "METRICS_FILE", "MODEL_FILE", "RUN_FILE", "RUN_FILES", "SOURCE_FILE",
                      "EpochMetrics", "TrainResult"], "runfolder"),
@@ -92,12 +96,14 @@ __all__ = [
     "MemoryLimitError",
     "RunFolderError",
     "TrainError",
+    "TrainRequest",
     "TrainResult",
     "default_loss",
     "evaluate",
     "format_confusion",
     "format_dense",
     "load_run_module",
+    "run_training",
     "select_device",
     "train",
 ]

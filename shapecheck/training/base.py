@@ -38,21 +38,21 @@ def select_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def _last_layer(module: nn.Module) -> nn.Module:
+def last_layer(module: nn.Module) -> nn.Module:
     leaves = [m for m in module.modules() if not any(True for _ in m.children())]
     return leaves[-1] if leaves else module
 
 
 def default_loss(module: nn.Module) -> str:
     """``nll_loss`` when the module ends in LogSoftmax, else ``cross_entropy``."""
-    return "nll_loss" if isinstance(_last_layer(module), nn.LogSoftmax) else "cross_entropy"
+    return "nll_loss" if isinstance(last_layer(module), nn.LogSoftmax) else "cross_entropy"
 
 
-def _loss_fn(name: str) -> Callable[..., torch.Tensor]:
+def loss_function(name: str) -> Callable[..., torch.Tensor]:
     return {"cross_entropy": F.cross_entropy, "nll_loss": F.nll_loss}[name]
 
 
-def _rng_state(device: torch.device) -> dict[str, Any]:
+def rng_state(device: torch.device) -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -61,7 +61,7 @@ def _rng_state(device: torch.device) -> dict[str, Any]:
     return state
 
 
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -70,7 +70,7 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 
 
 @torch.inference_mode()
-def _predict(module: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_name: str,
+def predict(module: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_name: str,
              batch: int, top5: list[int] | None = None) -> tuple[float, torch.Tensor]:
     """(summed loss, predictions) over a whole split, in eval mode.
 
@@ -78,7 +78,7 @@ def _predict(module: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_name: str
     scores is appended to it."""
     was_training = module.training
     module.eval()
-    loss_fn = _loss_fn(loss_name)
+    loss_fn = loss_function(loss_name)
     losses, preds, hits5 = [], [], []
     try:
         for i in range(0, x.shape[0], batch):
@@ -95,13 +95,13 @@ def _predict(module: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_name: str
     return float(torch.stack(losses).to("cpu", torch.float64).sum()), torch.cat(preds)
 
 
-def _plural(n: int, word: str) -> str:
+def plural(n: int, word: str) -> str:
     if n == 1:
         return f"{n} {word}"
     return f"{n} {word}{'es' if word.endswith(('s', 'sh', 'x', 'tch')) else 's'}"
 
 
-def _capital(text: str) -> str:
+def capital(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 

@@ -1,4 +1,4 @@
-"""What a ``checkpoint.pt`` holds, every field checked when it is read.
+"""``checkpoint.pt``: ``Checkpoint`` writes it, reads it back and checks every field.
 
 A checkpoint is a file on disk that anyone can edit: an int that became a string, a tensor
 replaced by a list, a missing key. Each field is validated here, so that a damaged checkpoint is
@@ -24,13 +24,18 @@ from pydantic import (
     StrictStr,
     ValidationError,
     create_model,
+    field_serializer,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
 from ..core.trainspec import TrainSpec
 from .base import RunFolderError
-from .runfolder import CHECKPOINT_VERSION, EpochMetrics, _load_tensors
+from .runfolder import EpochMetrics, load_tensors, save_torch
+
+# What a checkpoint holds; a checkpoint of another version is refused, not guessed at.
+CHECKPOINT_VERSION = 1
 
 Count = Annotated[StrictInt, Field(ge=0)]
 Size = Annotated[StrictInt, Field(ge=1)]
@@ -64,6 +69,11 @@ class _Rng(BaseModel):
     cuda: list[torch.Tensor] | None = None
     mps: torch.Tensor | None = None
 
+    @model_serializer(mode="wrap")
+    def _as_saved(self, handler: Any) -> dict[str, Any]:
+        # A GPU's state is there only when the run had that GPU (base.set_rng_state).
+        return {k: v for k, v in handler(self).items() if v is not None}
+
     @field_validator("torch", "mps")
     @classmethod
     def _bytes(cls, v: torch.Tensor | None) -> torch.Tensor | None:
@@ -72,7 +82,7 @@ class _Rng(BaseModel):
         return v
 
 
-class _Partial(BaseModel):
+class Partial(BaseModel):
     """The sums of the epoch a mid-epoch checkpoint stopped in."""
 
     model_config = ConfigDict(extra="forbid")
@@ -86,7 +96,7 @@ class _Partial(BaseModel):
 class _Optimizer(BaseModel):
     """An optimizer's state_dict: per-parameter state, and the parameter groups."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="allow")
     state: dict[StrictInt, dict[StrictStr, torch.Tensor | Real | bool | None]]
     param_groups: list[dict[StrictStr, Any]] = Field(min_length=1)
 
@@ -102,24 +112,25 @@ class _Optimizer(BaseModel):
 
 
 class Checkpoint(BaseModel):
-    """checkpoint.pt, as loop.py writes it. Fields a later version adds are refused: the
+    """checkpoint.pt: what ``--resume`` continues from. The loop makes one and ``save``s it;
+    ``load`` reads it back, every field checked. Fields a later version adds are refused: the
     version says what a checkpoint holds."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
-    version: Literal[CHECKPOINT_VERSION]
-    epoch: Count
-    step: Count
+    version: Literal[CHECKPOINT_VERSION] = CHECKPOINT_VERSION
+    epoch: Count  # completed epochs
+    step: Count  # optimizer steps done in the next epoch (a mid-epoch checkpoint)
     model: dict[StrictStr, torch.Tensor]
     optimizer: _Optimizer
     rng: _Rng
-    rng_ranks: list[_Rng] | None = None
+    rng_ranks: list[_Rng] | None = None  # each rank's, in a distributed run
     world_size: Size = 1
     scaler: dict[StrictStr, Any] | None = None
     ema: dict[StrictStr, torch.Tensor] | None = None  # the averaged weights, with `ema:`
-    partial: _Partial | None = None
+    partial: Partial | None = None
     metrics: list[_Metrics]
-    train: dict[StrictStr, Any]
-    dataset: dict[StrictStr, Any] | None = None
+    train: dict[StrictStr, Any]  # the train spec, as JSON
+    dataset: dict[StrictStr, Any] | None = None  # the dataset entry (data.absolute_dataset)
     threads: Size | None = None
     input_shape: tuple[Size, Size, Size]
     num_classes: Size
@@ -154,20 +165,48 @@ class Checkpoint(BaseModel):
                                  f"{self.input_shape[0]} input channels")
         return self
 
+    @field_serializer("input_shape")
+    def _shape_as_list(self, shape: tuple[int, int, int]) -> list[int]:
+        return list(shape)  # as every version has written it
 
-def read_checkpoint_file(path: Path) -> dict[str, Any]:
-    """The checkpoint at ``path``, every field checked; RunFolderError says what is wrong."""
-    if not path.is_file():
-        raise RunFolderError(f"nothing to resume: {path} does not exist")
-    ckpt = _load_tensors(path, "checkpoint")
-    if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
-        raise RunFolderError(f"{path} is not a shapecheck checkpoint (version "
-                             f"{CHECKPOINT_VERSION})")
-    try:
-        Checkpoint.model_validate(ckpt)
-    except ValidationError as e:
-        raise RunFolderError(f"{path} is damaged: {_problems(e)}") from None
-    return ckpt
+    @property
+    def history(self) -> list[EpochMetrics]:
+        """The metrics of the completed epochs."""
+        return [EpochMetrics(**m.model_dump()) for m in self.metrics]
+
+    @property
+    def spec(self) -> TrainSpec:
+        """The train spec the checkpoint was made with."""
+        return TrainSpec.model_validate(self.train)
+
+    def optimizer_state(self) -> dict[str, Any]:
+        """The optimizer's state_dict, for ``load_state_dict``."""
+        return self.optimizer.model_dump()
+
+    def rng_state(self, rank: int, world_size: int) -> dict[str, Any]:
+        """The generator state of ``rank``: its own when the run had as many processes (each
+        draws its own dropout masks), else rank 0's."""
+        rngs = self.rng_ranks
+        return (rngs[rank] if rngs and len(rngs) == world_size else self.rng).model_dump()
+
+    def save(self, path: Path) -> None:
+        """Written atomically: a kill at any instant leaves the previous checkpoint whole."""
+        save_torch(self.model_dump(), path)
+
+    @classmethod
+    def load(cls, path: Path) -> Checkpoint:
+        """The checkpoint at ``path``, every field checked; RunFolderError says what is
+        wrong."""
+        if not path.is_file():
+            raise RunFolderError(f"nothing to resume: {path} does not exist")
+        data = load_tensors(path, "checkpoint")
+        if not isinstance(data, dict) or data.get("version") != CHECKPOINT_VERSION:
+            raise RunFolderError(f"{path} is not a shapecheck checkpoint (version "
+                                 f"{CHECKPOINT_VERSION})")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise RunFolderError(f"{path} is damaged: {_problems(e)}") from None
 
 
 def _problems(e: ValidationError) -> str:

@@ -20,11 +20,11 @@ from .augment import (
     trivial_augment,
     trivial_draws,
 )
-from .base import TrainError, _rng_state, _set_rng_state
+from .base import TrainError, rng_state, set_rng_state
 from .datasets import list_folder, read_image, resolve_path
 
 
-def _class_weights(spec: TrainSpec, y: torch.Tensor, num_classes: int) -> torch.Tensor | None:
+def class_weights_for(spec: TrainSpec, y: torch.Tensor, num_classes: int) -> torch.Tensor | None:
     w = spec.class_weights
     if w is None:
         return None
@@ -44,13 +44,13 @@ def _class_weights(spec: TrainSpec, y: torch.Tensor, num_classes: int) -> torch.
     return torch.tensor(w, dtype=torch.float32)
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
+def epoch_seed(seed: int, epoch: int) -> int:
     # The data order of an epoch depends on (seed, epoch) only, never on what
     # ran before, which is what lets a resumed run replay it exactly.
     return (seed * 1_000_003 + epoch) % (2**63)
 
 
-def _check_batches(module: nn.Module, x: torch.Tensor, n: int, bs: int, drop_last: bool,
+def check_batches(module: nn.Module, x: torch.Tensor, n: int, bs: int, drop_last: bool,
                    device: torch.device, world_size: int = 1) -> None:
     """Every batch size the loop will make goes through the module in training mode.
 
@@ -76,7 +76,7 @@ def _check_batches(module: nn.Module, x: torch.Tensor, n: int, bs: int, drop_las
         sizes = sorted({s // world_size for s in sizes} | {-(-s // world_size) for s in sizes})
         last = -1  # the messages below speak of one process's share
     buffers = {k: v.detach().clone() for k, v in module.named_buffers()}
-    rng = _rng_state(device)
+    rng = rng_state(device)
     was_training = module.training
     module.train()
     try:
@@ -99,10 +99,10 @@ def _check_batches(module: nn.Module, x: torch.Tensor, n: int, bs: int, drop_las
         with torch.no_grad():
             for k, v in module.named_buffers():
                 v.copy_(buffers[k])
-        _set_rng_state(rng, device)
+        set_rng_state(rng, device)
 
 
-def _check_output(module: nn.Module, x: torch.Tensor, num_classes: int,
+def check_output(module: nn.Module, x: torch.Tensor, num_classes: int,
                   output_shape: tuple[int, ...] | None = None) -> None:
     was_training = module.training
     module.eval()
@@ -126,7 +126,7 @@ def _check_output(module: nn.Module, x: torch.Tensor, num_classes: int,
             f"{num_classes} classes needs (batch, {num_classes})")
 
 
-def _absolute_dataset(ds: DatasetSpec, base_dir: Path) -> dict[str, Any]:
+def absolute_dataset(ds: DatasetSpec, base_dir: Path) -> dict[str, Any]:
     d = ds.model_dump(mode="json", exclude_none=True)
     path = resolve_path(ds, base_dir)
     if path is not None:

@@ -373,15 +373,16 @@ def _failed(failures: dict[int, Any], out_dir: Path) -> LaunchResult:
 
 def kept(out_dir: Path) -> str:
     """What a stopped run leaves to resume from, in words."""
+    from .checkpoint import Checkpoint
     from .runfolder import CHECKPOINT_FILE
 
     path = out_dir / CHECKPOINT_FILE
     if not path.is_file():
         return "No epoch had completed, so there is no checkpoint."
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        where = (f"epoch {ckpt['epoch'] + 1}, step {ckpt['step']}" if ckpt["step"]
-                 else f"after epoch {ckpt['epoch']}")
+        ckpt = Checkpoint.load(path)
+        where = (f"epoch {ckpt.epoch + 1}, step {ckpt.step}" if ckpt.step
+                 else f"after epoch {ckpt.epoch}")
     except Exception:  # noqa: BLE001 - the message must not fail for want of the detail
         where = "its last save"
     return (f"The last good checkpoint ({where}) is kept in {out_dir}: continue with "

@@ -7,19 +7,18 @@ import importlib.util
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from ..core.trainspec import DatasetSpec
 from ..outputs.report import printable
-from .base import RunFolderError, TrainError, _predict, select_device
-from .data import _check_output
+from .base import RunFolderError, TrainError, predict, select_device
+from .data import check_output
 from .datasets import load_split, resolve_path
 from .dense import DenseScore, format_iou, score_dense, write_predictions
-from .runfolder import BEST_FILE, METRICS_FILE, MODEL_FILE, RUN_FILE, SOURCE_FILE, _load_tensors
-from .runinfo import load_run_info
+from .runfolder import BEST_FILE, METRICS_FILE, MODEL_FILE, RUN_FILE, SOURCE_FILE, load_tensors
+from .runinfo import RunInfo
 
 
 @dataclass
@@ -55,7 +54,7 @@ def load_run_module(run_dir: Path, prefer: str | None = None,
     for p in (src, weights_path):
         if not p.is_file():
             raise RunFolderError(f"{run_dir} is not a finished training run: {p.name} is missing")
-    state = _load_tensors(weights_path, "weights file")
+    state = load_tensors(weights_path, "weights file")
     mod_name = f"_shapecheck_run_{abs(hash(str(src.resolve())))}"
     spec = importlib.util.spec_from_file_location(mod_name, src)
     assert spec is not None and spec.loader is not None
@@ -114,18 +113,18 @@ def evaluate(
     info_path = run_dir / RUN_FILE
     if not info_path.is_file():
         raise RunFolderError(f"{run_dir} is not a training run folder ({RUN_FILE} is missing)")
-    info = load_run_info(run_dir).model_dump(mode="json")  # RunInfoError if damaged
+    info = RunInfo.load(run_dir)  # RunInfoError if damaged
     if weights != MODEL_FILE and not (run_dir / weights).is_file():
         raise RunFolderError(f"{run_dir} has no {weights}" + (
             " (the run had no validation split)" if weights == BEST_FILE else ""))
     if module is None:
-        module = load_run_module(run_dir, prefer=info.get("module_class"), weights=weights)
+        module = load_run_module(run_dir, prefer=info.module_class, weights=weights)
     else:
         try:
-            module.load_state_dict(_load_tensors(run_dir / weights, "weights file"))
+            module.load_state_dict(load_tensors(run_dir / weights, "weights file"))
         except RuntimeError as e:
             raise RunFolderError(f"{run_dir / weights} does not fit the module: {e}") from None
-    own = DatasetSpec.model_validate(info["dataset"])
+    own = info.dataset
     note = ""
     if data is None:
         data, base_dir = own, None
@@ -139,28 +138,28 @@ def evaluate(
         note = ("; the run was trained on this dataset" + (
             ", so only its held-out part is scored (--split all scores every image)"
             if split == "test" else ""))
-    num_classes = int(info["num_classes"])
-    task = info.get("task") or "classify"
+    num_classes = info.num_classes
+    task = info.task
     if task != "classify":
         return _evaluate_dense(module, info, data, base_dir, split, device, batch_size,
                                predictions, note + (f" ({weights})" if weights != MODEL_FILE
                                                     else _unfinished(run_dir, info)))
     x, y, where = load_split(
-        data, input_shape=info["input_shape"], num_classes=num_classes, mean=info["mean"],
-        std=info["std"], base_dir=base_dir if base_dir is not None else Path.cwd(),
-        split=split, classes=info.get("classes"))
+        data, input_shape=info.input_shape, num_classes=num_classes, mean=info.mean,
+        std=info.std, base_dir=base_dir if base_dir is not None else Path.cwd(),
+        split=split, classes=info.classes)
     dev = select_device(device)
     module.to(dev)
     x, y = x.to(dev), y.to(dev)
     try:
-        _check_output(module, x[:2], num_classes)
+        check_output(module, x[:2], num_classes)
     except TrainError as e:  # run.json's num_classes is not the model's: the folder's fault
         raise RunFolderError(f"{run_dir / RUN_FILE} does not fit {SOURCE_FILE}: {e}") from None
-    loss_sum, preds = _predict(module, x, y, info.get("loss", "cross_entropy"), batch_size)
+    loss_sum, preds = predict(module, x, y, info.loss, batch_size)
     confusion = torch.bincount(y * num_classes + preds, minlength=num_classes * num_classes)
     matrix = confusion.view(num_classes, num_classes).cpu().tolist()
     n = int(y.shape[0])
-    names = info.get("classes") or [str(i) for i in range(num_classes)]
+    names = info.classes or [str(i) for i in range(num_classes)]
     return EvalResult(
         accuracy=sum(matrix[i][i] for i in range(num_classes)) / n,
         loss=loss_sum / n, confusion=matrix, classes=list(names), num_samples=n,
@@ -168,26 +167,26 @@ def evaluate(
         + note + (f" ({weights})" if weights != MODEL_FILE else _unfinished(run_dir, info)))
 
 
-def _evaluate_dense(module: nn.Module, info: dict[str, Any], data: DatasetSpec,
+def _evaluate_dense(module: nn.Module, info: RunInfo, data: DatasetSpec,
                     base_dir: Path | None, split: str, device: str, batch_size: int,
                     predictions: Path | None, note: str) -> EvalResult:
     from .dense_datasets import Target, load_dense_split
 
-    task, shape = info["task"], info.get("output_shape")
+    task, shape = info.task, info.output_shape
     if not shape:
         raise TrainError(f"run.json of this {task} run has no output_shape")
     x, y, where = load_dense_split(
-        data, target=Target(task, tuple(shape)), input_shape=info["input_shape"],
-        mean=info["mean"], std=info["std"],
+        data, target=Target(task, tuple(shape)), input_shape=info.input_shape,
+        mean=info.mean, std=info.std,
         base_dir=base_dir if base_dir is not None else Path.cwd(), split=split)
     dev = select_device(device)
     module.to(dev)
     x, y = x.to(dev), y.to(dev)
-    _check_output(module, x[:2], int(shape[0]), tuple(shape))
-    score = score_dense(module, x, y, task, info.get("loss", "cross_entropy"), batch_size,
+    check_output(module, x[:2], int(shape[0]), tuple(shape))
+    score = score_dense(module, x, y, task, info.loss, batch_size,
                         int(shape[0]))
     k = int(shape[0])
-    names = info.get("classes") or [str(i) for i in range(k)]
+    names = info.classes or [str(i) for i in range(k)]
     if predictions is not None:
         write_predictions(predictions, module, x, y, task, names)
     confusion = score.confusion or []
@@ -217,14 +216,14 @@ def format_dense(result: EvalResult) -> str:
     return "\n".join(lines)
 
 
-def _unfinished(run_dir: Path, info: dict) -> str:
+def _unfinished(run_dir: Path, info: RunInfo) -> str:
     """What model.pt is when the run stopped before its last epoch (interrupted, killed, or
     stopped early): model.pt is written at the end of each epoch, metrics.csv gets a row."""
     try:
         done = len((run_dir / METRICS_FILE).read_text(encoding="utf-8").splitlines()) - 1
     except (OSError, UnicodeDecodeError):
         return ""
-    planned = (info.get("train") or {}).get("epochs")
+    planned = (info.train or {}).get("epochs")
     if not isinstance(planned, int) or not 0 < done < planned:
         return ""
     return (f"; {MODEL_FILE} holds epoch {done} of the {planned} planned: the run stopped "

@@ -18,8 +18,18 @@ import torch
 from torch import nn
 
 from ..outputs.report import printable
-from .base import TrainError, _plural
+from .base import TrainError, plural
 from .runfolder import MODEL_FILE
+
+
+class WeightsFileError(TrainError):
+    """--init names no weights file that loads safely: an input error."""
+
+
+class WeightsMismatchError(TrainError):
+    """--init's weights do not fit the network: the message has a line per layer that
+    differs."""
+
 
 # How a caller names the layer that holds a module path ("fc" -> "layer fc (linear, line 18)").
 Describe = Callable[[str], str]
@@ -42,21 +52,22 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """The state dict at ``path``: a run folder, a checkpoint or a state-dict file."""
     file = path / MODEL_FILE if path.is_dir() else path
     if not file.is_file():
-        raise TrainError(f"--init {path}: " + (f"the folder has no {MODEL_FILE} (is it a run "
-                                               "folder?)" if path.is_dir() else "no such file"))
+        raise WeightsFileError(f"--init {path}: " + (
+            f"the folder has no {MODEL_FILE} (is it a run folder?)" if path.is_dir()
+            else "no such file"))
     try:
         obj = torch.load(file, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile,
             ValueError) as e:
-        raise TrainError(f"--init {file}: not a PyTorch weights file that loads safely "
-                         f"({str(e).splitlines()[0][:160]})") from None
+        raise WeightsFileError(f"--init {file}: not a PyTorch weights file that loads safely "
+                               f"({str(e).splitlines()[0][:160]})") from None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "optimizer" in obj:
         obj = obj["model"]  # our checkpoint.pt, or one like it
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]  # Lightning's checkpoints
     if not isinstance(obj, dict) or not obj or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-        raise TrainError(f"--init {file}: holds no state dict (names to tensors)")
+        raise WeightsFileError(f"--init {file}: holds no state dict (names to tensors)")
     if all(k.startswith("module.") for k in obj):  # saved from a DDP wrapper
         obj = {k[len("module."):]: v for k, v in obj.items()}
     return obj
@@ -77,8 +88,8 @@ def head_keys(module: nn.Module) -> list[str]:
 
 def check_weights(module: nn.Module, weights: dict[str, torch.Tensor], source: str, *,
                   skip_head: bool = False, describe: Describe | None = None) -> InitWeights:
-    """The weights that load into ``module``, or TrainError naming every layer that does not
-    fit: a missing key, a key the module has not, a shape that differs."""
+    """The weights that load into ``module``, or WeightsMismatchError naming every layer that
+    does not fit: a missing key, a key the module has not, a shape that differs."""
     want = module.state_dict()
     describe = describe or _plain
     skipped = head_keys(module) if skip_head else []
@@ -113,9 +124,10 @@ def check_weights(module: nn.Module, weights: dict[str, torch.Tensor], source: s
         hint = ("; the classifier head alone differs (another number of classes?): "
                 "--init-skip-head keeps it freshly initialised" if only_head and not skip_head
                 and not extra else "")
-        raise TrainError(f"--init {printable(source)}: the weights do not fit this network "
-                         f"({_plural(sum(map(len, problems.values())), 'mismatch')} in "
-                         f"{_plural(len(problems), 'layer')}){hint}\n" + "\n".join(lines))
+        raise WeightsMismatchError(
+            f"--init {printable(source)}: the weights do not fit this network "
+            f"({plural(sum(map(len, problems.values())), 'mismatch')} in "
+            f"{plural(len(problems), 'layer')}){hint}\n" + "\n".join(lines))
     state = {k: v for k, v in weights.items() if k in want and k not in skipped}
     return InitWeights(source=source, state=state, skipped=skipped)
 

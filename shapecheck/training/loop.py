@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -28,20 +28,21 @@ from .augment import mix
 from .base import (
     RunFolderError,
     TrainError,
-    _capital,
-    _loss_fn,
-    _plural,
-    _rng_state,
+    capital,
+    loss_function,
+    plural,
+    rng_state,
     select_device,
 )
+from .checkpoint import Checkpoint, Partial
 from .data import (
-    _absolute_dataset,
-    _check_batches,
-    _check_output,
-    _class_weights,
-    _epoch_seed,
+    absolute_dataset,
     augment,
+    check_batches,
+    check_output,
+    class_weights_for,
     epoch_loader,
+    epoch_seed,
 )
 from .dense import PREDICTIONS_FILE, dense_loss, pixel_hits, score_dense, write_predictions
 from .distributed import (
@@ -53,35 +54,32 @@ from .distributed import (
     world_from_env,
 )
 from .ema import EMA_FILE, Ema
-from .init import InitWeights, freeze
+from .init import freeze
 from .init import load as load_weights
+from .request import TrainRequest
 from .resume import note_normalisation, read_checkpoint, restore
 from .runfolder import (
     BEST_FILE,
     CHECKPOINT_FILE,
-    CHECKPOINT_VERSION,
     CURVES_FILE,
     METRICS_FILE,
     MODEL_FILE,
-    RUN_FILE,
     EpochMetrics,
     TrainResult,
-    _log_tensorboard,
-    _out_dir,
-    _save_torch,
-    _tensorboard,
-    _update_run_info,
-    _write_curves,
-    _write_metrics,
+    log_tensorboard,
     open_folder,
+    resolve_out_dir,
+    save_torch,
     start_afresh,
+    tensorboard_writer,
+    write_curves,
+    write_metrics,
 )
-from .runinfo import RUN_MARK, run_folder_problem
+from .runinfo import RUN_MARK, RunInfo, record_resume, run_folder_problem
 from .scoring import score_split
 from .setup import (
     Precision,
     Run,
-    _param_groups,  # noqa: F401 - importable from here, where it was first
     check_spec,
     choose_device,
     make_optimizer,
@@ -244,41 +242,20 @@ class _Running:
 # ---------------------------------------------------------------- train
 
 
-def train(
-    module: nn.Module,
-    spec: TrainSpec,
-    *,
-    name: str,
-    input_shape: tuple[int, int, int],
-    num_classes: int,
-    base_dir: Path,
-    out_dir: Path | None,
-    model_source: str,
-    resume: bool = False,
-    fresh: bool = False,
-    force: bool = False,
-    log: Callable[[str], Any] = print,
-    progress: bool | None = None,
-    reinit: bool = True,
-    threads: int | None = None,
-    backend: str = "auto",
-    compile: bool = False,
-    init: InitWeights | None = None,
-) -> TrainResult:
-    """Train ``module`` as ``spec`` says and keep the run in a folder.
+def train(module: nn.Module, spec: TrainSpec, **options: Any) -> TrainResult:
+    """Train ``module`` as ``spec`` says and keep the run in a folder; ``options`` are the other
+    fields of ``TrainRequest`` (``name``, ``input_shape``, ``num_classes``, ``base_dir``,
+    ``out_dir`` and ``model_source`` are required). See ``run_training``."""
+    return run_training(TrainRequest(module, spec, **options))
 
-    ``input_shape`` is the spec's ``(C, H, W)``, ``num_classes`` the last layer's
-    ``out_features``, ``base_dir`` the spec file's folder (relative dataset and
-    output paths start there), ``out_dir`` overrides the output folder (default:
-    ``spec.output``, else ``runs/<name>``), ``model_source`` is written to
-    ``model.py``. ``log`` gets one line per epoch and notes; ``progress`` (default:
-    stderr is a terminal) draws a bar on stderr. ``reinit`` re-initialises the
-    parameters from the seed on a fresh run (the module's own weights are used
-    when False). A run folder that holds a previous run's weights or checkpoint is
-    continued with ``resume``, or replaced with ``fresh``; with neither, it is left as it
-    is and RunFolderError says so. A folder that is not a run folder (runinfo: not empty,
-    and no run.json of shapecheck's) is never written, nor are its files removed, unless
-    ``force``.
+
+def run_training(request: TrainRequest) -> TrainResult:
+    """Train ``request.module`` as ``request.spec`` says and keep the run in a folder.
+
+    A run folder that holds a previous run's weights or checkpoint is continued with
+    ``resume``, or replaced with ``fresh``; with neither, it is left as it is and
+    RunFolderError says so. A folder that is not a run folder (runinfo: not empty, and no
+    run.json of shapecheck's) is never written, nor are its files removed, unless ``force``.
 
     Raises DataError (the data cannot be read or does not fit the spec; a
     MemoryLimitError when it does not fit in memory), TrainError (no dataset, no
@@ -286,27 +263,20 @@ def train(
     loss), and Stopped (a KeyboardInterrupt) after saving a checkpoint on Ctrl-C, SIGTERM
     or SIGUSR1.
 
-    ``threads`` sets torch's intra-op threads for the run. Under torchrun (``WORLD_SIZE``
-    in the environment) each process trains its share with DistributedDataParallel
-    (``backend`` auto: gloo on the CPU, nccl on CUDA; see ``distributed``); rank 0 alone
-    writes the run folder and logs. ``compile`` runs the module through torch.compile.
-    ``init`` (``init.check_weights``) starts a fresh run from those weights; ``spec.freeze``
-    names layers whose parameters do not train.
+    Under torchrun (``WORLD_SIZE`` in the environment) each process trains its share with
+    DistributedDataParallel (see ``distributed``); rank 0 alone writes the run folder and
+    logs. ``spec.freeze`` names layers whose parameters do not train.
     """
+    spec = request.spec
     before = torch.get_num_threads()
     world = world_from_env()
-    if threads is not None:
-        torch.set_num_threads(threads)
+    if request.threads is not None:
+        torch.set_num_threads(request.threads)
     elif not world.distributed:  # the launcher gives each rank one thread
-        _share_the_cores(spec, log)
+        _share_the_cores(spec, request.log)
     try:
         with _deterministic(spec.deterministic), stop_with_launcher(world):
-            result = _train(module, spec, name=name, input_shape=input_shape,
-                            num_classes=num_classes, base_dir=base_dir, out_dir=out_dir,
-                            model_source=model_source, resume=resume, fresh=fresh, force=force,
-                            log=log if world.main else _quiet, progress=progress,
-                            reinit=reinit, world=world, backend=backend, compile=compile,
-                            init=init)
+            result = _train(request if world.main else replace(request, log=_quiet), world)
         # Every rank leaves together: a rank that tore its process group down while rank 0
         # still wrote the results could make rank 0 abort at exit (gloo).
         world.barrier()
@@ -338,7 +308,7 @@ def _share_the_cores(spec: TrainSpec, log: Callable[[str], Any]) -> None:
     fewer = threads_for_load(load, cores, torch.get_num_threads())
     if fewer is not None:
         log(f"note: the load average ({load:.1f}) says other processes share the {cores} "
-            f"cores: training with {_plural(fewer, 'thread')} instead of "
+            f"cores: training with {plural(fewer, 'thread')} instead of "
             f"{torch.get_num_threads()} (--threads N chooses)")
         torch.set_num_threads(fewer)
 
@@ -370,39 +340,16 @@ def _deterministic(on: bool):
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
 
-def _train(
-    module: nn.Module,
-    spec: TrainSpec,
-    *,
-    name: str,
-    input_shape: tuple[int, int, int],
-    num_classes: int,
-    base_dir: Path,
-    out_dir: Path | None,
-    model_source: str,
-    resume: bool,
-    fresh: bool,
-    force: bool,
-    log: Callable[[str], Any],
-    progress: bool | None,
-    reinit: bool,
-    world: World,
-    backend: str,
-    compile: bool,
-    init: InitWeights | None,
-) -> TrainResult:
+def _train(request: TrainRequest, world: World) -> TrainResult:
     t_call = time.perf_counter()
-    run, ckpt = _set_up(module, spec, name=name, input_shape=input_shape,
-                        num_classes=num_classes, base_dir=Path(base_dir), out_dir=out_dir,
-                        resume=resume, fresh=fresh, force=force, log=log, reinit=reinit,
-                        world=world, backend=backend, init=init)
+    run, ckpt = _set_up(request, world)
     if world.main:
         open_folder(run.out)
     if ckpt is not None:
         restore(run, ckpt)
     elif world.main:
-        start_afresh(run.out, model_source, _run_info(run), log)
-    loop = _Loop(run, progress, compile)
+        start_afresh(run.out, request.model_source, _run_info(run), request.log)
+    loop = _Loop(run, request.progress, request.compile)
     try:
         loop.start()
         loop.run_epochs()
@@ -418,34 +365,34 @@ def _train(
     return loop.result(t_call)
 
 
-def _set_up(module: nn.Module, spec: TrainSpec, *, name: str,
-            input_shape: tuple[int, int, int], num_classes: int, base_dir: Path,
-            out_dir: Path | None, resume: bool, fresh: bool, force: bool,
-            log: Callable[[str], Any], reinit: bool, world: World, backend: str,
-            init: InitWeights | None = None) -> tuple[Run, dict[str, Any] | None]:
+def _set_up(request: TrainRequest, world: World) -> tuple[Run, Checkpoint | None]:
     """The run before its folder is touched, and the checkpoint it resumes from: whatever
     refuses the run (the spec, the device, the checkpoint, the data, the model's output or
     batches) does so before a file is written."""
+    r = request
+    module, spec, log, init = r.module, r.spec, r.log, r.init
+    input_shape, num_classes, base_dir = r.input_shape, r.num_classes, Path(r.base_dir)
     if spec.dataset is None:
         raise TrainError("no dataset: give train.dataset in the spec (or --data)")
-    if init is not None and resume:
+    if init is not None and r.resume:
         raise TrainError("--init starts a new run from weights; --resume continues the run "
                          "folder's checkpoint: give one of them")
-    out = _out_dir(spec, name, base_dir, out_dir)
+    out = resolve_out_dir(spec, r.name, base_dir, r.out_dir)
     # Rank 0 writes the folder; it alone checks it (the others would see its first files).
-    if world.main and (problem := run_folder_problem(out, force, replace=resume or fresh)):
+    if world.main and (problem := run_folder_problem(out, r.force,
+                                                     replace=r.resume or r.fresh)):
         raise RunFolderError(problem)
-    device = choose_device(spec, world, backend)
+    device = choose_device(spec, world, r.backend)
     task, output_shape = task_of(module, spec, input_shape)
     dense = task != "classify"
     loss_name = check_spec(module, spec, device, log, task)
-    dataset_entry = _absolute_dataset(spec.dataset, base_dir)
-    ckpt = read_checkpoint(out, module, input_shape, num_classes) if resume else None
+    dataset_entry = absolute_dataset(spec.dataset, base_dir)
+    ckpt = read_checkpoint(out, module, input_shape, num_classes) if r.resume else None
     loaded = read_data(module, spec, input_shape=input_shape, num_classes=num_classes,
                        base_dir=base_dir, log=log, task=task, output_shape=output_shape)
     if ckpt is not None:
         note_normalisation(ckpt, loaded, log)
-    data = place(module, loaded, spec, device, fresh=ckpt is None and reinit)
+    data = place(module, loaded, spec, device, fresh=ckpt is None and r.reinit)
     if init is not None:
         load_weights(module, init)
         log(f"starting from the weights of {init.source}" + (
@@ -455,16 +402,16 @@ def _set_up(module: nn.Module, spec: TrainSpec, *, name: str,
         frozen = freeze(module, spec.freeze)
         log(f"note: {', '.join(spec.freeze)} frozen: {frozen:,} of "
             f"{sum(p.numel() for p in module.parameters()):,} parameters do not train")
-    _check_output(module, data.x_train[:2], num_classes, output_shape if dense else None)
+    check_output(module, data.x_train[:2], num_classes, output_shape if dense else None)
     if spec.drop_last and spec.accumulate > 1 and \
             data.x_train.shape[0] < spec.batch_size * spec.accumulate:
         raise TrainError(f"drop_last with batch_size {spec.batch_size} × accumulate "
                          f"{spec.accumulate} leaves no step: the training split has "
                          f"{data.x_train.shape[0]} samples")
-    _check_batches(module, data.x_train, data.x_train.shape[0], spec.batch_size,
+    check_batches(module, data.x_train, data.x_train.shape[0], spec.batch_size,
                    spec.drop_last, device, world.size)
-    class_weights = _class_weights(spec, loaded.y_train, num_classes)
-    run = Run(spec=spec, name=name, world=world, device=device, out=out, log=log,
+    class_weights = class_weights_for(spec, loaded.y_train, num_classes)
+    run = Run(spec=spec, name=r.name, world=world, device=device, out=out, log=log,
               module=module, loss_name=loss_name, data=data,
               class_weights=class_weights.to(device) if class_weights is not None else None,
               dataset_entry=dataset_entry, input_shape=input_shape, num_classes=num_classes,
@@ -475,30 +422,30 @@ def _set_up(module: nn.Module, spec: TrainSpec, *, name: str,
     return run, ckpt
 
 
-def _run_info(run: Run) -> dict[str, Any]:
+def _run_info(run: Run) -> RunInfo:
     """run.json of a new run: what ``eval`` needs to rebuild the module and score it."""
     data = run.data.loaded
-    return {
-        RUN_MARK[0]: RUN_MARK[1],
-        "name": run.name,
-        "input_shape": list(run.input_shape),
-        "num_classes": run.num_classes,
-        "classes": data.classes,
-        "mean": data.mean,
-        "std": data.std,
-        "loss": run.loss_name,
-        "task": run.task,
-        "output_shape": list(run.output_shape) if run.output_shape is not None else None,
-        "module_class": type(run.module).__name__,
-        "dataset": run.dataset_entry,
-        "train": run.spec.model_dump(mode="json"),
-        "splits": {"train": run.n, "val": data.num_val, "test": data.num_test},
-        "threads": torch.get_num_threads(),
-        "world_size": run.world.size,
-        "init": run.init_from,
-        "torch_version": str(torch.__version__),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+    return RunInfo(
+        shapecheck_run_folder=RUN_MARK[1],
+        name=run.name,
+        input_shape=run.input_shape,
+        num_classes=run.num_classes,
+        classes=data.classes,
+        mean=data.mean,
+        std=data.std,
+        loss=run.loss_name,
+        task=run.task,
+        output_shape=run.output_shape,
+        module_class=type(run.module).__name__,
+        dataset=run.dataset_entry,
+        train=run.spec.model_dump(mode="json"),
+        splits={"train": run.n, "val": data.num_val, "test": data.num_test},
+        threads=torch.get_num_threads(),
+        world_size=run.world.size,
+        init=run.init_from,
+        torch_version=str(torch.__version__),
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
 
 
 # ---------------------------------------------------------------- the epochs
@@ -515,7 +462,7 @@ class _Loop:
                                                   else progress), sys.stderr)
         if run.task == "classify":
             self.train_loss = functools.partial(
-                _loss_fn(run.loss_name), weight=run.class_weights,
+                loss_function(run.loss_name), weight=run.class_weights,
                 **({"label_smoothing": spec.label_smoothing} if spec.label_smoothing else {}))
         else:
             self.train_loss = dense_loss(run.task, run.loss_name, run.class_weights,
@@ -541,7 +488,7 @@ class _Loop:
                     if run.data.x_val is not None else "")
         run.log(f"training {run.name} on {run.device.type}: {n} training, {val_part}"
                 f"{run.data.x_test.shape[0]} test images ({run.data.loaded.source}), "
-                f"{_plural(spec.epochs, 'epoch')}, batch {bs}"
+                f"{plural(spec.epochs, 'epoch')}, batch {bs}"
                 + (f" × {spec.accumulate} accumulated" if spec.accumulate > 1 else "")
                 + f"{' (last batch dropped)' if spec.drop_last and n % (bs * spec.accumulate) else ''}, "
                 f"{spec.optimizer.type} lr {self.lr:g}, {run.loss_name}"
@@ -552,12 +499,12 @@ class _Loop:
             run.log(f"nothing to do: the run stopped early at epoch {len(run.history)} "
                     f"(patience {spec.patience}; best epoch {self.best_epoch})")
         elif run.start_epoch >= spec.epochs:
-            run.log(f"nothing to do: the checkpoint has {_plural(run.start_epoch, 'epoch')}, "
+            run.log(f"nothing to do: the checkpoint has {plural(run.start_epoch, 'epoch')}, "
                     f"the spec asks for {spec.epochs}")
         if run.world.distributed and spec.sync_bn:
             synced = sync_batchnorm(run.module, run.device)
             if synced:
-                run.log(f"note: {_plural(synced, 'BatchNorm layer')} normalised over the global "
+                run.log(f"note: {plural(synced, 'BatchNorm layer')} normalised over the global "
                         "batch, as in one process (SyncBatchNorm; --no-sync-bn keeps each "
                         "process's own statistics)")
         self.model = wrap(run.module, run.world, run.device, self.compile)
@@ -594,7 +541,7 @@ class _Loop:
     def result(self, t_call: float) -> TrainResult:
         run = self.run
         if run.world.main and run.history and not (run.out / CURVES_FILE).exists():
-            _write_curves(run.out / CURVES_FILE, run.history, run.name, run.task)
+            write_curves(run.out / CURVES_FILE, run.history, run.name, run.task)
         if run.world.main and run.history and run.task != "classify":
             write_predictions(run.out / PREDICTIONS_FILE, run.module, run.data.x_test,
                               run.data.y_test, run.task, run.data.loaded.classes)
@@ -625,14 +572,14 @@ class _Loop:
         self.stopped_early = _patience_ran_out(spec, run.history, self.best_epoch, run.task)
         if world.main and (final or self.stopped_early or
                            time.perf_counter() - self.last_curves >= CURVES_INTERVAL_S):
-            _write_curves(run.out / CURVES_FILE, run.history, run.name, run.task)
+            write_curves(run.out / CURVES_FILE, run.history, run.name, run.task)
             self.last_curves = time.perf_counter()
         self.show.clear()
         self._log_epoch(run.history[-1])
         if self.stopped_early:
             watched = "loss" if spec.monitor == "loss" else _WATCHED[run.task]
             run.log(f"stopping early: no better validation {watched} for "
-                    f"{_plural(spec.patience or 0, 'epoch')}; the best, epoch "
+                    f"{plural(spec.patience or 0, 'epoch')}; the best, epoch "
                     f"{self.best_epoch}, is in {BEST_FILE}")
             return True
         if world.any(self.interrupt.set):
@@ -649,9 +596,9 @@ class _Loop:
         if epoch == run.start_epoch and run.partial and run.start_step:
             p = run.partial
             # The sums so far are the run's; rank 0 carries them, the others add.
-            sums = (_Running(p["loss_sum"], p["correct"], p["seen"], p.get("pixels"))
+            sums = (_Running(p.loss_sum, p.correct, p.seen, p.pixels)
                     if run.world.main else _Running())
-            return sums, run.start_step, float(p.get("train_s", 0.0))
+            return sums, run.start_step, float(p.train_s)
         return _Running(), 0, 0.0
 
     def _steps(self, epoch: int, first: int, sums: _Running, t_epoch: float,
@@ -715,7 +662,7 @@ class _Loop:
         run, spec, world, data = self.run, self.run.spec, self.run.world, self.run.data
         bs, steps = spec.batch_size * spec.accumulate, run.steps
         perm = torch.randperm(run.n, generator=torch.Generator().manual_seed(
-            _epoch_seed(spec.seed, epoch)))
+            epoch_seed(spec.seed, epoch)))
         streamed: Any = None
         if data.streamed:
             # The same batches as the in-memory path, read ahead by the workers.
@@ -742,7 +689,7 @@ class _Loop:
             if spec.augment is not None:
                 # Seeds far above any epoch's: draws of their own, one set per global batch
                 # whatever the number of processes, each rank taking its samples' draws.
-                seed = _epoch_seed(spec.seed, 2**40 + epoch * steps + step)
+                seed = epoch_seed(spec.seed, 2**40 + epoch * steps + step)
                 share = (positions, global_size) if world.distributed else None
                 if run.task == "classify":
                     xb = augment(xb, spec.augment, seed, share=share,
@@ -754,7 +701,7 @@ class _Loop:
                     # One draw per global batch; each sample mixed with the one before it in
                     # this rank's share. The targets become soft.
                     g = torch.Generator().manual_seed(
-                        _epoch_seed(spec.seed, 2**41 + epoch * steps + step))
+                        epoch_seed(spec.seed, 2**41 + epoch * steps + step))
                     xb, yb = mix(xb, yb, g, run.num_classes, a.mixup, a.cutmix)
             yield step, xb, yb, idx.numel(), global_size, parts
 
@@ -814,7 +761,7 @@ class _Loop:
         self._raise_if_nan(sums, epoch)
         if not _params_finite(run.module):
             raise TrainError(f"the weights became NaN or infinite in epoch {epoch + 1}; "
-                             f"stopped. {_capital(run.last_good())}")
+                             f"stopped. {capital(run.last_good())}")
         self._checkpoint(epoch, step + 1, sums, before_s + time.perf_counter() - t_epoch)
         self.show.clear()
         run.log(f"{self._stopped_by()} at epoch {epoch + 1}, step {step + 1}/{run.steps}; "
@@ -856,7 +803,7 @@ class _Loop:
             self.show.clear()
             raise TrainError(
                 f"the weights became NaN or infinite in epoch {epoch + 1} (test loss "
-                f"{test_loss}); stopped. {_capital(run.last_good())}")
+                f"{test_loss}); stopped. {capital(run.last_good())}")
         ema_loss = ema_acc = None
         if self.ema is not None and self.ema.state is not None:
             ema_loss, ema_acc, _ = score_split(
@@ -887,7 +834,7 @@ class _Loop:
             self.show.clear()
             raise TrainError(
                 f"the weights became NaN or infinite in epoch {epoch + 1} (test loss "
-                f"{test.loss}); stopped. {_capital(run.last_good())}")
+                f"{test.loss}); stopped. {capital(run.last_good())}")
         return EpochMetrics(
             epoch=epoch + 1, train_loss=sums.loss, train_acc=sums.acc,
             test_loss=test.loss, test_acc=test.pixel_acc or 0.0, lr=self.lr,
@@ -906,16 +853,16 @@ class _Loop:
         self._checkpoint(epoch + 1, 0, None)
         if not run.world.main:
             return
-        _save_torch(_cpu_state(run.module), run.out / MODEL_FILE)
+        save_torch(_cpu_state(run.module), run.out / MODEL_FILE)
         if self.ema is not None and self.ema.state is not None:
-            _save_torch(self.ema.cpu_state(), run.out / EMA_FILE)
+            save_torch(self.ema.cpu_state(), run.out / EMA_FILE)
         if self.best_epoch == epoch + 1:
-            _save_torch(_cpu_state(run.module), run.out / BEST_FILE)
-        _write_metrics(run.out / METRICS_FILE, run.history, run.task)
+            save_torch(_cpu_state(run.module), run.out / BEST_FILE)
+        write_metrics(run.out / METRICS_FILE, run.history, run.task)
         if run.spec.tensorboard:
             if self.writer is None:
-                self.writer = _tensorboard(run.out)
-            _log_tensorboard(self.writer, run.history[-1])
+                self.writer = tensorboard_writer(run.out)
+            log_tensorboard(self.writer, run.history[-1])
 
     def _log_epoch(self, m: EpochMetrics) -> None:
         if self.run.task != "classify":
@@ -938,40 +885,39 @@ class _Loop:
         """checkpoint.pt at (epoch, step); ``sums`` of a step inside the epoch. Collective:
         every rank comes here at the same step; rank 0 writes."""
         run, world = self.run, self.run.world
-        rngs = world.gather(_rng_state(run.device))
+        rngs = world.gather(rng_state(run.device))
         totals = (world.sum([sums.loss_sum, sums.correct, sums.seen, sums.pixels])
                   if sums is not None else None)
         if not world.main:
             world.barrier()
             return
         scaler = run.precision.scaler
-        _save_torch({
-            "version": CHECKPOINT_VERSION,
-            "epoch": epoch,
-            "step": step,
-            "model": _cpu_state(run.module),
-            "optimizer": run.optimizer.state_dict(),
-            "rng": rngs[0],
-            "rng_ranks": rngs,
-            "world_size": world.size,
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "ema": self.ema.cpu_state() if self.ema is not None else None,
-            "partial": None if totals is None else {
-                "loss_sum": totals[0], "correct": int(totals[1]), "seen": int(totals[2]),
-                "pixels": int(totals[3]), "train_s": train_s},
-            "metrics": [asdict(m) for m in run.history],
-            "train": run.spec.model_dump(mode="json"),
-            "dataset": run.dataset_entry,
-            "threads": torch.get_num_threads(),
-            "input_shape": list(run.input_shape),
-            "num_classes": run.num_classes,
-            "mean": run.data.loaded.mean,
-            "std": run.data.loaded.std,
-            "loss": run.loss_name,
-            "torch_version": str(torch.__version__),
-        }, run.out / CHECKPOINT_FILE)
+        Checkpoint(
+            epoch=epoch,
+            step=step,
+            model=_cpu_state(run.module),
+            optimizer=run.optimizer.state_dict(),
+            rng=rngs[0],
+            rng_ranks=rngs,
+            world_size=world.size,
+            scaler=scaler.state_dict() if scaler is not None else None,
+            ema=self.ema.cpu_state() if self.ema is not None else None,
+            partial=None if totals is None else Partial(
+                loss_sum=totals[0], correct=int(totals[1]), seen=int(totals[2]),
+                pixels=int(totals[3]), train_s=train_s),
+            metrics=[asdict(m) for m in run.history],
+            train=run.spec.model_dump(mode="json"),
+            dataset=run.dataset_entry,
+            threads=torch.get_num_threads(),
+            input_shape=run.input_shape,
+            num_classes=run.num_classes,
+            mean=run.data.loaded.mean,
+            std=run.data.loaded.std,
+            loss=run.loss_name,
+            torch_version=str(torch.__version__),
+        ).save(run.out / CHECKPOINT_FILE)
         if run.pending_resume is not None:
-            _update_run_info(run.out / RUN_FILE, run.pending_resume, run.spec)
+            record_resume(run.out, run.pending_resume, run.spec.model_dump(mode="json"))
             run.pending_resume = None
         world.barrier()  # no rank goes on (or exits) before the checkpoint is whole
 
@@ -981,7 +927,7 @@ class _Loop:
         bad = sums.flush()
         if self.run.world.any(bad is not None):
             self.show.clear()
-            last_good = _capital(self.run.last_good())
+            last_good = capital(self.run.last_good())
             if bad is None:
                 raise TrainError(f"the loss became NaN or infinite in another process at "
                                  f"epoch {epoch + 1}; training stopped (try a lower lr). "
@@ -993,7 +939,7 @@ class _Loop:
 
     def _curves_so_far(self) -> None:
         if self.run.history and self.run.world.main:
-            _write_curves(self.run.out / CURVES_FILE, self.run.history, self.run.name,
+            write_curves(self.run.out / CURVES_FILE, self.run.history, self.run.name,
                           self.run.task)
 
     def _explain(self, e: RuntimeError) -> TrainError | None:
@@ -1003,7 +949,7 @@ class _Loop:
         if run.world.distributed and lost_peer(e) is not None:
             return None
         text = str(e)
-        last_good = _capital(run.last_good())
+        last_good = capital(run.last_good())
         if self.compile and "_dynamo" in type(e).__module__ + "".join(
                 c.__module__ for c in type(e).__mro__):
             return TrainError(f"torch.compile failed on this model "

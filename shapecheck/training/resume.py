@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from ..core.trainspec import TrainSpec
-from .base import RunFolderError, _plural, _set_rng_state
-from .checkpoint import read_checkpoint_file
-from .runfolder import CHECKPOINT_FILE, EpochMetrics, _architecture_diff
+from .base import RunFolderError, plural, set_rng_state
+from .checkpoint import Checkpoint
+from .runfolder import CHECKPOINT_FILE, architecture_diff
 from .setup import Run, apply_hyperparameters
 
 # What a resume may not change in the middle of an epoch: the rest of its batches
@@ -24,50 +24,50 @@ _EPOCH_KEYS = ("seed", "batch_size", "drop_last", "accumulate")
 
 
 def read_checkpoint(out: Path, module: nn.Module, input_shape: tuple[int, int, int],
-                    num_classes: int) -> dict[str, Any]:
+                    num_classes: int) -> Checkpoint:
     """The run folder's checkpoint, refused when another architecture made it."""
-    ckpt = read_checkpoint_file(out / CHECKPOINT_FILE)
-    diffs = _architecture_diff(ckpt["model"], module)
-    if diffs or list(ckpt["input_shape"]) != list(input_shape) \
-            or ckpt["num_classes"] != num_classes:
+    ckpt = Checkpoint.load(out / CHECKPOINT_FILE)
+    diffs = architecture_diff(ckpt.model, module)
+    if diffs or list(ckpt.input_shape) != list(input_shape) \
+            or ckpt.num_classes != num_classes:
         detail = "; ".join(diffs[:5]) or (
-            f"input {ckpt['input_shape']} -> {list(input_shape)}, "
-            f"classes {ckpt['num_classes']} -> {num_classes}")
+            f"input {list(ckpt.input_shape)} -> {list(input_shape)}, "
+            f"classes {ckpt.num_classes} -> {num_classes}")
         raise RunFolderError(
             f"cannot resume: {out / CHECKPOINT_FILE} was made by a different "
             f"architecture ({detail})")
     return ckpt
 
 
-def note_normalisation(ckpt: dict[str, Any], data: Any, log: Callable[[str], Any]) -> None:
-    if not torch.allclose(torch.tensor(ckpt["mean"] + ckpt["std"]),
+def note_normalisation(ckpt: Checkpoint, data: Any, log: Callable[[str], Any]) -> None:
+    if not torch.allclose(torch.tensor(ckpt.mean + ckpt.std),
                           torch.tensor(data.mean + data.std), rtol=1e-4, atol=1e-6):
         log("note: the training data's mean/std differ from the checkpoint's; "
             "has the dataset changed?")
 
 
-def restore(run: Run, ckpt: dict[str, Any]) -> None:
+def restore(run: Run, ckpt: Checkpoint) -> None:
     """Put the checkpoint's state back into ``run``, saying what differs from it."""
     run.resumed = True
-    run.start_epoch, run.start_step = int(ckpt["epoch"]), int(ckpt["step"])
+    run.start_epoch, run.start_step = ckpt.epoch, ckpt.step
     where = _position(ckpt, run)
     changes = _resume_changes(ckpt, run.spec, run.dataset_entry, run.start_step, where)
     _load_states(run, ckpt)
-    saved_world = int(ckpt.get("world_size", 1))
+    saved_world = ckpt.world_size
     if saved_world != run.world.size:
-        run.log(f"note: the run trained in {_plural(saved_world, 'process')}, this one in "
+        run.log(f"note: the run trained in {plural(saved_world, 'process')}, this one in "
                 f"{run.world.size}; the batches are the same, but sums in another order "
                 "differ in the last bits")
-    run.partial = ckpt.get("partial")
-    run.ema_state = ckpt.get("ema")
-    run.history = [EpochMetrics(**m) for m in ckpt["metrics"]]
+    run.partial = ckpt.partial
+    run.ema_state = ckpt.ema
+    run.history = ckpt.history
     run.log(f"resuming {run.out} {where}")
     if changes:
         run.log(f"note: changed since the checkpoint: {'; '.join(changes)}"
                 + ("; they apply from here on, so the run differs from one that had them "
                    "from the start" if any(c.split()[0] in _EPOCH_KEYS for c in changes)
                    else ""))
-    _match_threads(run, ckpt.get("threads"))
+    _match_threads(run, ckpt.threads)
     run.pending_resume = {
         "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "epoch": run.start_epoch + (1 if run.start_step else 0),
@@ -78,11 +78,11 @@ def restore(run: Run, ckpt: dict[str, Any]) -> None:
     }
 
 
-def _position(ckpt: dict[str, Any], run: Run) -> str:
+def _position(ckpt: Checkpoint, run: Run) -> str:
     """Where the checkpoint stands, in words; its steps as the run counted them."""
     if not run.start_step:
         return f"after epoch {run.start_epoch}"
-    was = TrainSpec.model_validate(ckpt["train"])
+    was = ckpt.spec
     n = run.n
     bs = was.batch_size * was.accumulate
     was_steps = n // bs if was.drop_last else math.ceil(n / bs)
@@ -92,14 +92,14 @@ def _position(ckpt: dict[str, Any], run: Run) -> str:
     return f"at epoch {run.start_epoch + 1}, step {run.start_step}/{was_steps}"
 
 
-def _load_states(run: Run, ckpt: dict[str, Any]) -> None:
+def _load_states(run: Run, ckpt: Checkpoint) -> None:
     damaged = f"cannot resume: {run.out / CHECKPOINT_FILE} is damaged"
     try:
-        run.module.load_state_dict(ckpt["model"])
+        run.module.load_state_dict(ckpt.model)
     except (RuntimeError, TypeError, ValueError) as e:
         raise RunFolderError(f"{damaged}: its model does not load ({_first(e)})") from None
     try:
-        run.optimizer.load_state_dict(ckpt["optimizer"])
+        run.optimizer.load_state_dict(ckpt.optimizer_state())
     except (ValueError, KeyError, IndexError, TypeError, RuntimeError) as e:
         raise RunFolderError(f"cannot resume: the optimizer's state does not fit ({_first(e)}); "
                              "was the optimizer type or decay_norm_and_bias changed?") from None
@@ -107,15 +107,10 @@ def _load_states(run: Run, ckpt: dict[str, Any]) -> None:
         raise RunFolderError(f"{damaged}: {problem}")
     apply_hyperparameters(run.optimizer, run.spec.optimizer)
     scaler = run.precision.scaler
-    # Each rank draws its own dropout masks: a resume with the same number of
-    # processes gives each its own generator back.
-    rngs = ckpt.get("rng_ranks")
-    world = run.world
     try:
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        _set_rng_state(rngs[world.rank] if rngs and len(rngs) == world.size else ckpt["rng"],
-                       run.device)
+        if scaler is not None and ckpt.scaler:
+            scaler.load_state_dict(ckpt.scaler)
+        set_rng_state(ckpt.rng_state(run.world.rank, run.world.size), run.device)
     except (RuntimeError, TypeError, ValueError, KeyError) as e:
         raise RunFolderError(f"{damaged}: {_first(e)}") from None
 
@@ -147,10 +142,10 @@ def _match_threads(run: Run, saved: int | None) -> None:
         return
     if run.spec.deterministic:
         torch.set_num_threads(int(saved))
-        run.log(f"note: using {_plural(int(saved), 'thread')}, as the run did "
+        run.log(f"note: using {plural(int(saved), 'thread')}, as the run did "
                 "before: CPU results depend on the thread count")
     else:
-        run.log(f"note: the run used {_plural(int(saved), 'thread')}, this "
+        run.log(f"note: the run used {plural(int(saved), 'thread')}, this "
                 f"process {torch.get_num_threads()}; the weights will differ in the last "
                 "bits from an uninterrupted run (--deterministic keeps the count)")
 
@@ -165,11 +160,11 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _resume_changes(ckpt: dict[str, Any], spec: TrainSpec, dataset: dict[str, Any],
+def _resume_changes(ckpt: Checkpoint, spec: TrainSpec, dataset: dict[str, Any],
                     steps_done: int, where: str) -> list[str]:
     """What differs from the checkpoint's spec, in words; RunFolderError where it cannot apply."""
-    old_spec = TrainSpec.model_validate(ckpt["train"])
-    old_ds = ckpt.get("dataset")
+    old_spec = ckpt.spec
+    old_ds = ckpt.dataset
     if old_ds is not None and old_ds != dataset:
         diff = [f"{k} {_flat(old_ds).get(k)} -> {_flat(dataset).get(k)}"
                 for k in sorted(set(_flat(old_ds)) | set(_flat(dataset)))

@@ -1,11 +1,11 @@
-"""The run folder: file names, per-epoch metrics, checkpoint, metrics.csv, curves.png,
-run.json and TensorBoard events, each written atomically."""
+"""The run folder: file names, per-epoch metrics, metrics.csv, curves.png and TensorBoard
+events, each written atomically. checkpoint.pt is ``checkpoint.Checkpoint``'s, run.json
+``runinfo.RunInfo``'s."""
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -18,6 +18,7 @@ from torch import nn
 from ..core.atomic import atomic_open, atomic_write, check_regular, temp_name_prefix
 from ..core.trainspec import TrainSpec
 from .base import RunFolderError, TrainError
+from .runinfo import RunInfo
 
 MODEL_FILE = "model.pt"
 BEST_FILE = "model_best.pt"
@@ -30,7 +31,6 @@ PREDICTIONS_FILE = "predictions.png"
 RUN_FILES = (MODEL_FILE, BEST_FILE, CHECKPOINT_FILE, METRICS_FILE, CURVES_FILE, SOURCE_FILE,
              RUN_FILE, PREDICTIONS_FILE)
 TENSORBOARD_DIR = "tensorboard"
-CHECKPOINT_VERSION = 1
 METRICS_COLUMNS = (
     "epoch",
     "train_loss",
@@ -118,12 +118,12 @@ class TrainResult:
         return self.history[-1].test_loss if self.history else None
 
 
-def _save_torch(obj: Any, path: Path) -> None:
+def save_torch(obj: Any, path: Path) -> None:
     with atomic_open(path, "wb") as f:
         torch.save(obj, f)
 
 
-def _out_dir(spec: TrainSpec, name: str, base_dir: Path, out_dir: Path | None) -> Path:
+def resolve_out_dir(spec: TrainSpec, name: str, base_dir: Path, out_dir: Path | None) -> Path:
     if out_dir is not None:
         return Path(out_dir)
     if spec.output is not None:
@@ -143,11 +143,11 @@ def open_folder(out: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
-def start_afresh(out: Path, model_source: str, run_info: dict[str, Any],
+def start_afresh(out: Path, model_source: str, run_info: RunInfo,
                  log: Callable[[str], Any]) -> None:
     """A new run in ``out``: run.json is written (first: it marks the folder as a run folder,
     runinfo.RUN_MARK), the previous run's results go, and model.py is written."""
-    atomic_write(out / RUN_FILE, json.dumps(run_info, indent=2) + "\n")
+    run_info.save(out)
     old = [f for f in (MODEL_FILE, BEST_FILE, CHECKPOINT_FILE, METRICS_FILE, CURVES_FILE,
                        PREDICTIONS_FILE)
            if (out / f).exists()]
@@ -158,7 +158,7 @@ def start_afresh(out: Path, model_source: str, run_info: dict[str, Any],
     atomic_write(out / SOURCE_FILE, model_source)
 
 
-def _write_metrics(path: Path, history: Sequence[EpochMetrics], task: str = "classify") -> None:
+def write_metrics(path: Path, history: Sequence[EpochMetrics], task: str = "classify") -> None:
     columns = metrics_columns(task)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -170,7 +170,7 @@ def _write_metrics(path: Path, history: Sequence[EpochMetrics], task: str = "cla
     atomic_write(path, buf.getvalue())
 
 
-def _write_curves(path: Path, history: Sequence[EpochMetrics], title: str,
+def write_curves(path: Path, history: Sequence[EpochMetrics], title: str,
                   task: str = "classify") -> bool:
     """curves.png; False when matplotlib is not installed."""
     try:
@@ -231,7 +231,7 @@ def _write_curves(path: Path, history: Sequence[EpochMetrics], title: str,
     return True
 
 
-def _load_tensors(path: Path, what: str) -> Any:
+def load_tensors(path: Path, what: str) -> Any:
     """torch.load of a file that must hold tensors and plain data only. A pickle of anything
     else is refused unrun, and said to be what it is: not a file shapecheck wrote."""
     try:
@@ -248,7 +248,7 @@ def _load_tensors(path: Path, what: str) -> Any:
                              f"tensors ({type(e).__name__}); nothing in it was run") from None
 
 
-def _architecture_diff(saved: dict[str, torch.Tensor], module: nn.Module) -> list[str]:
+def architecture_diff(saved: dict[str, torch.Tensor], module: nn.Module) -> list[str]:
     own = module.state_dict()
     diffs = []
     for k in own.keys() - saved.keys():
@@ -261,7 +261,7 @@ def _architecture_diff(saved: dict[str, torch.Tensor], module: nn.Module) -> lis
     return sorted(diffs)
 
 
-def _tensorboard(out: Path) -> Any:
+def tensorboard_writer(out: Path) -> Any:
     """A SummaryWriter in out/tensorboard; TrainError when tensorboard is not installed."""
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -271,7 +271,7 @@ def _tensorboard(out: Path) -> Any:
     return SummaryWriter(log_dir=str(out / TENSORBOARD_DIR))
 
 
-def _tensorboard_available() -> None:
+def check_tensorboard() -> None:
     try:
         import torch.utils.tensorboard  # noqa: F401
     except ImportError:
@@ -279,21 +279,7 @@ def _tensorboard_available() -> None:
                          "pip install 'shapecheck-cnn[tensorboard]'") from None
 
 
-def _update_run_info(path: Path, entry: dict[str, Any], spec: TrainSpec) -> None:
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return  # run.json is for eval; a resume must not fail for want of it
-    if not isinstance(info, dict):
-        return  # not a run's (eval says so); left as it is
-    if not isinstance(info.get("resumes"), list):
-        info["resumes"] = []
-    info["resumes"].append(entry)
-    info["train"] = spec.model_dump(mode="json")
-    atomic_write(path, json.dumps(info, indent=2) + "\n")
-
-
-def _log_tensorboard(writer: Any, m: EpochMetrics) -> None:
+def log_tensorboard(writer: Any, m: EpochMetrics) -> None:
     for key in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
                 "lr", "samples_per_s", "val_miou", "test_miou", "val_psnr", "test_psnr"):
         value = getattr(m, key)

@@ -1,5 +1,5 @@
-"""A training run folder's ``run.json``, validated as the spec is, and the rule for when a folder
-is shapecheck's run folder.
+"""A training run folder's ``run.json`` (``RunInfo`` writes it, reads it back and validates it, as
+the spec is validated), and the rule for when a folder is shapecheck's run folder.
 
 ``build --train`` writes ``run.json``; ``eval`` reads it back, and a damaged or foreign one is a
 clear error (exit 2), never a traceback or a NaN. A folder is shapecheck's, and training may
@@ -30,11 +30,11 @@ from pydantic import (
     model_validator,
 )
 
-from ..core.atomic import LOCK_FILE, read_bounded, temp_name_prefix
+from ..core.atomic import LOCK_FILE, atomic_write, read_bounded, temp_name_prefix
 from ..core.trainspec import FLOAT32_MAX, INT64_MAX, DatasetSpec, LossName, TaskName
 
-__all__ = ["RUN_FILE", "RunInfo", "RunInfoError", "load_run_info", "previous_run_problem",
-           "run_folder_problem"]
+__all__ = ["RUN_FILE", "RunInfo", "RunInfoError", "previous_run_problem",
+           "record_resume", "run_folder_problem"]
 
 RUN_FILE = "run.json"
 SOURCE_FILE = "model.py"
@@ -63,7 +63,8 @@ Real = Annotated[StrictFloat | StrictInt, AfterValidator(_finite)]
 
 
 class RunInfo(BaseModel):
-    """What ``eval`` needs from a run. Fields a later version adds are allowed."""
+    """run.json: what ``eval`` needs from a run. Training makes one and ``save``s it; ``load``
+    reads it back, validated. Fields a later version adds are allowed."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -87,6 +88,7 @@ class RunInfo(BaseModel):
     splits: dict[StrictStr, Annotated[StrictInt, Field(ge=0)] | None] | None = None
     threads: Size | None = None
     world_size: Size | None = None
+    init: StrictStr | None = None  # --init: where a fresh run's weights came from
     torch_version: StrictStr | None = None
     created: StrictStr | None = None
     resumes: list[dict[StrictStr, Any]] | None = None
@@ -104,31 +106,61 @@ class RunInfo(BaseModel):
         return self
 
 
-def load_run_info(run_dir: str | os.PathLike[str]) -> RunInfo:
-    """The validated run.json of a run folder; RunInfoError says what is wrong with it."""
-    path = Path(run_dir) / RUN_FILE
+    def save(self, folder: Path) -> None:
+        """``folder``/run.json, written atomically: the fields given, in their order (a field
+        left at its default and not given is not written)."""
+        atomic_write(Path(folder) / RUN_FILE,
+                     json.dumps(self.model_dump(mode="json", exclude_unset=True), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike[str]) -> RunInfo:
+        """The validated run.json of a run folder; RunInfoError says what is wrong with it."""
+        path = Path(run_dir) / RUN_FILE
+        try:
+            data = _read_json(path)
+        except FileNotFoundError:
+            raise RunInfoError(f"{run_dir} is not a training run folder ({RUN_FILE} is "
+                               "missing)") from None
+        except OSError as e:
+            raise RunInfoError(f"cannot read {path}: {e.strerror or e}") from None
+        except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
+            raise RunInfoError(f"{path} is not valid JSON ({e})") from None
+        except RecursionError:  # [[[[...]]]] nested deeper than Python's stack
+            raise RunInfoError(f"{path} is damaged: nested too deeply") from None
+        if not isinstance(data, dict):
+            raise RunInfoError(f"{path} is damaged: a JSON {type(data).__name__}, not an "
+                               "object")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            problems = []
+            for err in e.errors()[:5]:
+                where = ".".join(str(part) for part in err["loc"])
+                message = err["msg"].removeprefix("Value error, ")
+                problems.append(f"{where}: {message}" if where else message)
+            raise RunInfoError(f"{path} is damaged: {'; '.join(problems)}") from None
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(read_bounded(path, MAX_RUN_JSON).decode("utf-8"))
+
+
+def record_resume(folder: Path, entry: dict[str, Any], train: dict[str, Any]) -> None:
+    """A resume appended to run.json's ``resumes``, and the train spec it continues with. The
+    rest of the file is kept as it is, unchecked: run.json is for eval, and a resume (one told
+    ``--force`` over a damaged run.json included) must not fail for want of it."""
+    path = Path(folder) / RUN_FILE
     try:
-        data = json.loads(read_bounded(path, MAX_RUN_JSON).decode("utf-8"))
-    except FileNotFoundError:
-        raise RunInfoError(f"{run_dir} is not a training run folder ({RUN_FILE} is "
-                           "missing)") from None
-    except OSError as e:
-        raise RunInfoError(f"cannot read {path}: {e.strerror or e}") from None
-    except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
-        raise RunInfoError(f"{path} is not valid JSON ({e})") from None
-    except RecursionError:  # [[[[...]]]] nested deeper than Python's stack
-        raise RunInfoError(f"{path} is damaged: nested too deeply") from None
-    if not isinstance(data, dict):
-        raise RunInfoError(f"{path} is damaged: a JSON {type(data).__name__}, not an object")
-    try:
-        return RunInfo.model_validate(data)
-    except ValidationError as e:
-        problems = []
-        for err in e.errors()[:5]:
-            where = ".".join(str(part) for part in err["loc"])
-            message = err["msg"].removeprefix("Value error, ")
-            problems.append(f"{where}: {message}" if where else message)
-        raise RunInfoError(f"{path} is damaged: {'; '.join(problems)}") from None
+        info = _read_json(path)
+    except (OSError, ValueError, RecursionError):
+        return
+    if not isinstance(info, dict):
+        return  # not a run's (eval says so); left as it is
+    if not isinstance(info.get("resumes"), list):
+        info["resumes"] = []
+    info["resumes"].append(entry)
+    info["train"] = train
+    atomic_write(path, json.dumps(info, indent=2) + "\n")
 
 
 def previous_run_problem(folder: Path) -> str | None:
@@ -161,7 +193,7 @@ def run_folder_problem(folder: str | os.PathLike[str], force: bool,
         return None
     if (folder / RUN_FILE).exists():
         try:
-            info = load_run_info(folder)
+            info = RunInfo.load(folder)
             if getattr(info, RUN_MARK[0]) == RUN_MARK[1]:
                 return None if replace else previous_run_problem(folder)
             why = (f"its {RUN_FILE} was not written by shapecheck: it has no "

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import _loss_fn
+from .base import loss_function
 from .data import LazyImages
 from .distributed import World
 
@@ -28,7 +28,7 @@ def score_split(module: nn.Module, x: Any, y: torch.Tensor, loss_name: str, batc
     rows: list[tuple[int, float, int, int]] = []
     was_training = module.training
     module.eval()
-    loss_fn = _loss_fn(loss_name)
+    loss_fn = loss_function(loss_name)
     try:
         with torch.no_grad():
             losses, hits, hits5 = [], [], []

@@ -15,12 +15,13 @@ import torch
 from torch import nn
 
 from ..core.trainspec import OptimizerSpec, TrainSpec, resolve_task
-from .base import TrainError, _last_layer, default_loss, select_device
+from .base import TrainError, default_loss, last_layer, select_device
+from .checkpoint import Partial
 from .data import stream_folder
 from .datasets import MemoryLimitError, load_dataset
 from .distributed import World, backend_for
 from .distributed import setup as join_world
-from .runfolder import EpochMetrics, _tensorboard_available
+from .runfolder import EpochMetrics, check_tensorboard
 
 
 @dataclass
@@ -80,7 +81,7 @@ class Run:
     history: list[EpochMetrics] = field(default_factory=list)
     start_epoch: int = 0
     start_step: int = 0  # steps of start_epoch a resumed checkpoint had done
-    partial: dict[str, Any] | None = None  # their sums
+    partial: Partial | None = None  # their sums
     resumed: bool = False
     # Recorded in run.json with the first checkpoint written: a resume that fails before
     # then leaves the run folder as it was.
@@ -120,13 +121,13 @@ def choose_device(spec: TrainSpec, world: World, backend: str) -> torch.device:
 def task_of(module: nn.Module, spec: TrainSpec,
             input_shape: tuple[int, int, int]) -> tuple[str, tuple[int, ...] | None]:
     """(task, the output's shape for one sample), from one sample through the module on the
-    CPU. A module that fails on it is classification here: ``_check_output`` says why."""
+    CPU. A module that fails on it is classification here: ``check_output`` says why."""
     was_training = module.training
     module.eval()
     try:
         with torch.no_grad():
             out = module(torch.zeros((1, *input_shape)))
-    except Exception:  # noqa: BLE001 - said by _check_output, with the batch's shape
+    except Exception:  # noqa: BLE001 - said by check_output, with the batch's shape
         return spec.task or "classify", None
     finally:
         module.train(was_training)
@@ -149,7 +150,7 @@ def check_spec(module: nn.Module, spec: TrainSpec, device: torch.device,
         raise TrainError(f"streaming (workers) reads classification image folders; {task} "
                          "data is held in memory: leave workers out")
     loss_name = spec.loss or ("mse" if task == "regress" else default_loss(module))
-    last = _last_layer(module)
+    last = last_layer(module)
     if loss_name == "nll_loss" and not isinstance(last, nn.LogSoftmax):
         log(f"note: nll_loss expects log-probabilities, but the last layer is "
             f"{type(last).__name__}")
@@ -173,7 +174,7 @@ def check_spec(module: nn.Module, spec: TrainSpec, device: torch.device,
             raise TrainError(f"mixup and cutmix train on soft targets, which need "
                              f"cross_entropy; this run's loss is {loss_name}")
     if spec.tensorboard:
-        _tensorboard_available()
+        check_tensorboard()
     return loss_name
 
 
@@ -252,7 +253,7 @@ _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 _SCALES = ("LayerScale",)
 
 
-def _param_groups(module: nn.Module, o: OptimizerSpec) -> list[dict[str, Any]]:
+def param_groups(module: nn.Module, o: OptimizerSpec) -> list[dict[str, Any]]:
     """One group, or two when norm weights and biases are kept out of weight decay.
 
     Each group carries ``decay`` so a resume can re-apply the spec's weight decay."""
@@ -274,7 +275,7 @@ def _param_groups(module: nn.Module, o: OptimizerSpec) -> list[dict[str, Any]]:
 
 
 def make_optimizer(module: nn.Module, o: OptimizerSpec) -> torch.optim.Optimizer:
-    groups = _param_groups(module, o)
+    groups = param_groups(module, o)
     if o.type == "sgd":
         return torch.optim.SGD(groups, lr=o.effective_lr, momentum=o.effective_momentum,
                                nesterov=o.nesterov)

@@ -2,7 +2,7 @@
 pixelunshuffle (channels traded for resolution)."""
 
 import math
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BeforeValidator, WithJsonSchema, model_validator
 from pydantic_core import PydanticCustomError
@@ -73,7 +73,7 @@ class Upsample(LayerSpec):
     family = "resample"
     name_prefix = "up"
     # With `size: {like: NAME}` the size is known only in forward: F.interpolate takes it then.
-    more_helpers = {"UpsampleLike": '''
+    more_helpers: ClassVar[dict[str, str]] = {"UpsampleLike": '''
 class UpsampleLike(nn.Module):
     """Resamples x to the height and width of another tensor, as F.interpolate does."""
 

@@ -1,0 +1,151 @@
+"""The incoming shape inside templates: ``$in_channels``, ``$in_h`` and ``$in_w``.
+
+A depthwise conv's ``groups: $in_channels`` needs the channels that arrive where it stands.
+Templates are expanded before the spec is planned, so a spec whose expressions read these
+names has its shape worked out entry by entry as it is expanded (the planner's own rules, on
+the raw entries: planner.plan_entry). Specs that do not read them never get here.
+
+Where an expression stands: at a layer's field, that layer's input; at a use's values and its
+template's parameter defaults, the use's input. A repeat sees what the one before it gives, a
+branch what its block gives it, and a layer of the spec's own list that reads by name
+(``from:``) the tensor it names."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .layers import Context, ShapeError
+from .templates import TemplateError
+
+_NAME = re.compile(r"\$(in_channels|in_h|in_w)\b")
+
+
+class Incoming:
+    """The shape where expansion stands, as (dims, planner context); None where an entry
+    before it fails (``failed`` is then that entry's error as planning reports it, or
+    ``unknown`` says why there is no shape)."""
+
+    def __init__(self, shape: Any):
+        self.shape: tuple | None = None
+        self.failed: TemplateError | None = None
+        self.unknown = ""
+        # Which of the names the expressions read, and "features" where $in_channels read the
+        # features after a flatten (which the height and width make).
+        self.read: set[str] = set()
+        # The top-level tensors a later layer may read by name (`from:`, graph.py): "input",
+        # the named layers of the spec's own list, and the named uses (their last layer).
+        self.tensors: dict[str, tuple | None] = {}
+        if (isinstance(shape, (list, tuple)) and len(shape) == 3
+                and all(type(v) is int and v > 0 for v in shape)):
+            self.shape = self.tensors["input"] = ((1, *shape), Context())
+        else:  # (the loader reports the input itself)
+            self.unknown = "the spec's input shape is not three positive integers"
+
+    def names(self, text: str, env: dict, loc: tuple, chain: tuple) -> dict:
+        """$in_channels (channels or features), $in_h and $in_w here, for the expression
+        ``text`` (read in ``env``, whose own names come first)."""
+        if self.shape is None:
+            if self.failed is not None:
+                raise self.failed
+            raise TemplateError("SC113", "the incoming shape ($in_channels, $in_h, $in_w) is "
+                                f"not known here: {self.unknown}", loc,
+                                "fix that first: the shape is worked out layer by layer", chain)
+        read = [n for n in _NAME.findall(text) if n not in env]
+        self.read.update(read)
+        x = self.shape[0]
+        if "in_channels" in read and len(x) != 4:
+            self.read.add("features")
+        names = {"in_channels": x[1]} if len(x) >= 2 else {}
+        if len(x) == 4:
+            names.update(in_h=x[2], in_w=x[3])
+        for name in read:
+            if name not in names:
+                raise TemplateError("SC113", f"${name} is not known here: the tensor that "
+                                    f"arrives is {'×'.join(map(str, x[1:])) or 'a scalar'}, "
+                                    "without " + ("a height and width" if name != "in_channels"
+                                                  else "channels"), loc, None, chain)
+        return names
+
+    def after_layer(self, entry: Any, src: tuple, chain: tuple, top: bool) -> None:
+        """The shape after a layer (not block) entry just made; ``top``: in the spec's own
+        list, where it may read tensors by name."""
+        if self.shape is None:
+            return
+        from .planner import plan_entry
+
+        try:
+            self.shape = plan_entry(entry, *self.shape, self._named() if top else None)
+        except (ShapeError, ValueError) as e:
+            self._lose(e, "layer", src, chain)
+
+    def branches(self, block: Any, item: dict, src: tuple, chain: tuple) -> dict:
+        """The shape each branch of a block entry gets, by its place in the entry."""
+        if self.shape is None:
+            return {}
+        from .planner import branch_entries
+
+        try:
+            return branch_entries(block, item, *self.shape)
+        except (ShapeError, ValueError) as e:
+            self._lose(e, "block", src, chain)
+            return {}
+
+    def after_block(self, block: Any, item: dict, outs: dict, src: tuple, chain: tuple) -> None:
+        """The shape after a block entry, from its branches' (by their place); ``shape`` is
+        the block's input again."""
+        if self.shape is None:
+            return
+        if any(out is None for out in outs.values()):
+            self.shape = None  # a branch failed: its error stays the one to report
+            return
+        from .planner import merge_entry
+
+        try:
+            self.shape = merge_entry(block, item, *self.shape,
+                                     {key: out[0] for key, out in outs.items()})
+        except (ShapeError, ValueError) as e:
+            self._lose(e, "block", src, chain)
+
+    def reads_from(self, value: Any, src: tuple) -> None:
+        """The shape a top-level entry with ``from: value`` gets: the tensor it names first,
+        as the planner gives it."""
+        names = value if isinstance(value, list) else [value]
+        name = names[0] if names else None
+        known = self._named()
+        if isinstance(name, str) and known.get(name) is not None:
+            self.shape = known[name]
+        elif self.shape is not None:
+            self.shape, self.failed = None, None
+            self.unknown = (f"the layer at {_loc_text(src)} reads `from: {name}`, whose shape "
+                            "is not followed (name the layer it reads: the layers that a "
+                            "template writes and unnamed layers are not)")
+
+    def record(self, name: Any) -> None:
+        """The shape here is the tensor ``name`` (a top-level layer's or use's)."""
+        if isinstance(name, str):
+            self.tensors[name] = self.shape
+
+    def _named(self) -> dict:
+        """The tensors a layer of the spec's own list may read by name."""
+        return {**self.tensors, "prev": self.shape}
+
+    def _lose(self, error: Exception, what: str, src: tuple, chain: tuple) -> None:
+        """No shape after the entry at ``src``. A shape error is reported as planning reports
+        it, at that entry, where a template reads the shape after it; an entry that breaks the
+        schema is named (the loader reports it, once expansion is done)."""
+        self.shape = None
+        self.failed = None
+        if isinstance(error, ShapeError):
+            self.failed = TemplateError(error.code, f"{error.message} (a template after it "
+                                        "reads the incoming shape, which this leaves unknown)",
+                                        src, error.hint, chain)
+        self.unknown = f"the {what} at {_loc_text(src)}, before it, {error}"
+
+
+def _loc_text(loc: tuple) -> str:
+    """A YAML location for a message: layers[3].body[1]."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else ("." if text else "") + str(part)
+    return text
