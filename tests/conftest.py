@@ -14,7 +14,8 @@ EXPECTED = Path(__file__).resolve().parent / "expected"
 
 # What `pytest -m "not slow"` leaves out: the tests that train, launch processes or browsers,
 # export ONNX or install hooks, each taking seconds (the rest takes about a third of the time).
-SLOW_MODULES = {"test_distributed", "test_onnx", "test_precommit", "test_dense", "test_benchmarks"}
+SLOW_MODULES = {"test_distributed", "test_onnx", "test_precommit", "test_dense", "test_benchmarks",
+                "test_extending"}
 SLOW_TESTS = {"test_planner_equals_torch", "test_classifiers_train_on_synthetic_data",
               "test_train_and_eval_end_to_end", "test_sigkill_mid_epoch_leaves_a_loadable_checkpoint",
               "test_a_resume_on_another_thread_count_says_the_bits_will_differ",

@@ -20,19 +20,15 @@ from shapecheck.cli import main
 
 torch = pytest.importorskip("torch")
 
+from shapecheck.emit.build import build_module
 from shapecheck.emit.codegen import generate
 from shapecheck.importer import MARKER, import_file
+from shapecheck.importer.structure import identifier
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = Path(__file__).resolve().parent / "import_models"
-SPECS = sorted([*(ROOT / "specs").glob("*.yaml"), *(ROOT / "specs" / "zoo").glob("*.yaml")])
-# The zoo's graph specs (named inputs): what build writes for them (merge modules called with
-# several tensors, an upsampling to another tensor's size, a dict of outputs) does not import
-# yet. Strict: once it does, these fail as XPASS and the mark is to be removed.
-GRAPH_ZOO = {"fcn_resnet50", "deeplabv3_resnet50", "deeplabv3_mobilenet_v3_large",
-             "lraspp_mobilenet_v3_large", "resnet50_fpn", "unet"}
-ROUND_TRIP = [pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="import of graph code"))
-              if p.parent.name == "zoo" and p.stem in GRAPH_ZOO else p for p in SPECS]
+SPECS = sorted([*(ROOT / "specs").glob("*.yaml"), *(ROOT / "specs" / "zoo").glob("*.yaml"),
+                *(ROOT / "tests" / "graphs").glob("*.yaml")])
 
 
 def leaves(plan) -> list[tuple]:
@@ -116,7 +112,7 @@ def test_the_default_output_is_the_name_and_only_our_files_are_replaced(tmp_path
 # ---------------------------------------------------------------- round trip
 
 
-@pytest.mark.parametrize("spec", ROUND_TRIP, ids=lambda p: f"{p.parent.name}/{p.stem}")
+@pytest.mark.parametrize("spec", SPECS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_build_then_import_gives_the_same_plan(spec, tmp_path):
     original = shapecheck.plan(spec)
     assert original.valid
@@ -128,6 +124,14 @@ def test_build_then_import_gives_the_same_plan(spec, tmp_path):
     assert imported.plan.params == original.params == imported.module_params
     assert imported.plan.macs == original.macs
     assert imported.plan.output_dims == original.output_dims
+    # a graph comes back a graph: the same layers read by name, the same outputs
+    merges = [(layer.type, len(layer.inputs or ())) for layer in original.layers
+              if layer.inputs]
+    assert [(layer.type, len(layer.inputs or ())) for layer in imported.plan.layers
+            if layer.inputs and layer.type in ("add", "mul", "cat")] == [
+        m for m in merges if m[0] in ("add", "mul", "cat")]
+    assert len(imported.plan.to_dict().get("outputs", ())) == \
+        len(original.to_dict().get("outputs", ()))
 
 
 def test_a_stage_built_in_a_loop_of_block_classes_imports_as_the_same_blocks(tmp_path):
@@ -264,6 +268,324 @@ def test_a_function_returning_the_module_imports_as_its_class_does():
     assert leaves(by_function.plan) == leaves(by_class.plan)
 
 
+# ---------------------------------------------------------------- torchvision's code, exactly
+
+
+def _model(file: str, name: str):
+    """A model of tests/import_models, built for real (CPU), in eval mode."""
+    sys.path.insert(0, str(MODELS))
+    try:
+        module = __import__(file)
+    finally:
+        sys.path.remove(str(MODELS))
+    torch.manual_seed(0)
+    return getattr(module, name)().eval()
+
+
+def _randomise(model) -> None:
+    """Every parameter and buffer random (variances positive), so that no value passes a
+    test by being 0 or 1 in both modules."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for key, tensor in [*model.named_parameters(), *model.named_buffers()]:
+            if tensor.is_floating_point():
+                values = torch.rand(tensor.shape, generator=generator) + 0.5 \
+                    if key.endswith("running_var") else \
+                    torch.randn(tensor.shape, generator=generator) * 0.2
+                tensor.copy_(values)
+
+
+def _tensors(model) -> list[tuple[str, object]]:
+    """The state_dict's entries, each module's own after its children's: CNBlock's own
+    layer_scale follows its block, as the spec's layerscale layer follows the block's layers."""
+    state = model.state_dict()
+
+    def visit(module, prefix):
+        for name, child in module.named_children():
+            yield from visit(child, f"{prefix}{name}.")
+        for key in [*module._parameters, *module._buffers]:
+            if f"{prefix}{key}" in state:
+                yield f"{prefix}{key}", state[f"{prefix}{key}"]
+
+    return list(visit(model, ""))
+
+
+def _in_spec_order(model, plan, unused: bool = False) -> list[tuple[str, object]]:
+    """The module's tensors in the order of the spec's layers that hold them: a layer is named
+    after the module holding its weights (`layer1.0.conv1` -> `layer1_0_conv1`), or after the
+    parameter itself (a layer scale). A graph's layers come in the forward's order, which need
+    not be the order the module registers them in (an FPN's inner and layer blocks)."""
+    position = {layer.name: i for i, layer in enumerate(plan.walk())}
+
+    def where(key: str) -> int | None:
+        for name in (identifier(key), identifier(key.rpartition(".")[0])):
+            if name in position:
+                return position[name]
+        assert unused, f"{key}: no layer of the spec holds it"
+        return None
+
+    held = [(where(key), key, value) for key, value in _tensors(model)]
+    return [(key, value) for at, key, value in sorted((h for h in held if h[0] is not None),
+                                                      key=lambda h: h[0])]
+
+
+def _rebuilds_exactly(file: str, name: str, shape: tuple[int, int, int], *,
+                      also: tuple[int, int, int] | None = None, unused: bool = False):
+    """Import ``file:name``, build the spec, give the built module the original's weights
+    (the tensors in the same order, each the same numbers; a layer scale kept as (C, 1, 1) by
+    torchvision is (C,) in the spec) and compare the outputs on a real input, bit for bit (and
+    at the input size ``also``, where given). ``unused``: the module holds layers its forward
+    never calls, which the spec leaves out. Returns the import."""
+    original = _model(file, name)
+    _randomise(original)
+    imported = import_file(f"{MODELS / file}.py:{name}", shape)
+    built = build_module(imported.text).eval()
+    theirs, ours = _in_spec_order(original, imported.plan, unused), _tensors(built)
+    assert len(theirs) == len(ours), ([k for k, _ in theirs], [k for k, _ in ours])
+    moved = {}
+    for (key, mine), (their_key, value) in zip(ours, theirs):
+        assert mine.numel() == value.numel(), (key, mine.shape, their_key, value.shape)
+        moved[key] = value.reshape(mine.shape)
+    built.load_state_dict(moved)
+    for size in (shape, also) if also else (shape,):
+        x = torch.randn(2, *size, generator=torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            want, got = original(x), built(x)
+        if isinstance(want, dict) and len(want) == 1:
+            (want,) = want.values()
+        if isinstance(want, (dict, tuple)):  # several outputs: the spec's, in the same order
+            assert list(got) == yaml.safe_load(imported.text)["outputs"]
+            want = list(want.values()) if isinstance(want, dict) else list(want)
+            got = list(got.values())
+        else:
+            want, got = [want], [got]
+        for mine, theirs_value in zip(got, want, strict=True):
+            assert mine.shape == theirs_value.shape
+            torch.testing.assert_close(mine, theirs_value, rtol=0, atol=0)
+    assert imported.plan.params == sum(p.numel() for p in built.parameters())
+    if not unused:
+        assert imported.plan.params == sum(p.numel() for p in original.parameters())
+    return imported
+
+
+def test_shufflenet_v2_imports_its_channel_shuffle_and_rebuilds_to_the_same_outputs():
+    imported = _rebuilds_exactly("shufflenet", "shufflenet_v2_x0_5", (3, 32, 32))
+    assert imported.plan.params == 1_366_792  # torchvision's shufflenet_v2_x0_5
+    kinds = [layer.type for layer in imported.plan.walk()]
+    assert kinds.count("channelshuffle") == 16 and "permute" not in kinds
+    shuffles = [layer for layer in imported.plan.walk() if layer.type == "channelshuffle"]
+    assert {layer.spec.groups for layer in shuffles} == {2}
+    text = imported.text
+    line = _line_of(MODELS / "shufflenet.py", "x = x.view(batchsize, -1, height, width)")
+    assert f"# shufflenet.py:{line}: x = x.view(batchsize, -1, height, width)\n" in text
+
+
+def test_convnext_imports_its_layer_norm_2d_and_layer_scale_and_rebuilds_to_the_same_outputs():
+    imported = _rebuilds_exactly("convnext", "small_convnext", (3, 32, 32))
+    data = yaml.safe_load(imported.text)
+    # LayerNorm2d: channels last, F.layer_norm with its own weight and bias, channels first,
+    # the layernorm named after the module holding them (as the zoo's convnext_tiny writes it)
+    assert data["layers"][1:4] == [
+        {"type": "permute", "dims": [0, 2, 3, 1]},
+        {"type": "layernorm", "name": "features_0_1", "normalized_shape": 32, "eps": 1e-6},
+        {"type": "permute", "dims": [0, 3, 1, 2]}]
+    block = data["layers"][4]
+    assert block["type"] == "residual" and block["name"] == "features_1_0"
+    # self.layer_scale * self.block(input): a (dim, 1, 1) parameter times the block
+    assert block["body"][-2] == {"type": "layerscale", "name": "features_1_0_layer_scale"}
+    assert block["body"][-1]["type"] == "stochasticdepth"
+
+
+def test_a_resnet_with_frozen_batchnorm_imports_it_frozen_and_rebuilds_to_the_same_outputs():
+    imported = _rebuilds_exactly("detection", "frozen_resnet", (3, 32, 32))
+    norms = [layer for layer in imported.plan.walk() if layer.type.endswith("batchnorm2d")]
+    assert len(norms) == 1 + 4 * 4 and {layer.type for layer in norms} == {"frozenbatchnorm2d"}
+    assert all(layer.params == 0 for layer in norms)  # buffers, as torch counts them
+    assert imported.plan.params == 8_017_098  # the convolutions and fc only
+    assert yaml.safe_load(imported.text)["layers"][1] == {"type": "frozenbatchnorm2d",
+                                                          "name": "bn1"}
+
+
+def test_a_forward_returning_a_dict_of_one_tensor_imports_that_tensor():
+    imported = _rebuilds_exactly("detection", "FeatureHead", (3, 32, 32))
+    assert "# The forward returns {'out': tensor}; the spec's output is that tensor.\n" \
+        in imported.text
+    assert imported.plan.output_shape == ("N", 5, 1, 1)
+
+
+# ---------------------------------------------------------------- graphs
+
+
+def test_fcn_upsamples_like_its_input_and_is_exact_at_other_sizes():
+    imported = _rebuilds_exactly("segmentation", "fcn_resnet", (3, 64, 64), also=(3, 52, 52))
+    data = yaml.safe_load(imported.text)
+    # input_shape = x.shape[-2:] ... F.interpolate(x, size=input_shape, ...)
+    assert data["layers"][-1] == {"type": "upsample", "size": {"like": "input"},
+                                  "mode": "bilinear", "align_corners": False}
+    # the backbone's blocks stay blocks; nothing else reads by name
+    assert [layer["type"] for layer in data["layers"][4:8]] == ["residual"] * 4
+    assert not any("from" in layer for layer in data["layers"])
+
+
+def test_deeplabv3_reads_its_aspp_branches_by_name_and_is_exact_at_other_sizes():
+    imported = _rebuilds_exactly("segmentation", "deeplabv3_resnet", (3, 64, 64),
+                                 also=(3, 50, 70))
+    layers = {layer.get("name", i): layer
+              for i, layer in enumerate(yaml.safe_load(imported.text)["layers"])}
+    # ASPPPooling: size = x.shape[-2:] of its input, the backbone's output
+    assert layers["classifier_0_convs_4"]["size"] == {"like": "backbone_layer4_0"}
+    # ASPP: torch.cat of its five branches, each reading the backbone's output
+    assert layers["classifier_0"] == {"type": "cat", "name": "classifier_0", "from": [
+        "classifier_0_convs_0_2", "classifier_0_convs_1_2", "classifier_0_convs_2_2",
+        "classifier_0_convs_3_2", "classifier_0_convs_4"]}
+    assert [layers[f"classifier_0_convs_{i}_0"].get("from") for i in range(5)] == [
+        None, *["backbone_layer4_0"] * 4]
+
+
+def test_lraspp_multiplies_two_branches_and_upsamples_like_a_low_level_tap():
+    imported = _rebuilds_exactly("segmentation", "lraspp_small", (3, 64, 64), also=(3, 72, 40))
+    layers = {layer.get("name", i): layer
+              for i, layer in enumerate(yaml.safe_load(imported.text)["layers"])}
+    # x = self.cbr(high); s = self.scale(high); x = x * s
+    assert layers["classifier_scale_0"]["from"] == "backbone_5_2"
+    assert {"type": "mul", "from": ["classifier_cbr_2", "classifier_scale_2"]} in layers.values()
+    # F.interpolate(x, size=low.shape[-2:]), then low_classifier(low) + high_classifier(x)
+    assert layers["classifier_upsample"]["size"] == {"like": "backbone_3_2"}
+    assert layers["classifier_low_classifier"]["from"] == "backbone_3_2"
+    assert {"type": "add", "from": ["classifier_low_classifier",
+                                    "classifier_high_classifier"]} in layers.values()
+
+
+def test_a_feature_pyramid_imports_its_levels_as_outputs():
+    imported = _rebuilds_exactly("segmentation", "resnet_fpn", (3, 64, 64), also=(3, 96, 80))
+    data = yaml.safe_load(imported.text)
+    assert data["outputs"] == ["fpn_layer_blocks_0_0", "fpn_layer_blocks_1_0",
+                               "fpn_layer_blocks_2_0", "fpn_layer_blocks_3_0",
+                               "fpn_extra_blocks"]
+    assert ("# The forward returns {'0': fpn_layer_blocks_0_0, '1': fpn_layer_blocks_1_0, "
+            "'2': fpn_layer_blocks_2_0, '3': fpn_layer_blocks_3_0, 'pool': "
+            "fpn_extra_blocks}: `outputs:` lists them in that order.") in imported.text
+    layers = {layer.get("name"): layer for layer in data["layers"]}
+    # inner_top_down = F.interpolate(last_inner, size=inner_lateral.shape[-2:])
+    assert {"type": "upsample", "from": "fpn_inner_blocks_3_0",
+            "size": {"like": "fpn_inner_blocks_2_0"}} in data["layers"]
+    assert layers["fpn_add"]["from"] == ["fpn_inner_blocks_2_0", "prev"]
+    assert imported.plan.output_shape == ("N", 32, 16, 16)  # the first of the outputs
+
+
+def test_fcn_with_its_aux_classifier_returns_both_as_outputs():
+    imported = _rebuilds_exactly("segmentation", "fcn_resnet_with_aux", (3, 64, 64))
+    data = yaml.safe_load(imported.text)
+    # result["out"] (the classifier's, upsampled), result["aux"] (layer3's through its head)
+    assert data["outputs"] == ["upsample", "upsample_1"]
+    assert data["layers"][-1] == {"type": "upsample", "name": "upsample_1",
+                                  "size": {"like": "input"}, "mode": "bilinear",
+                                  "align_corners": False}
+    assert data["layers"][-6]["from"] == "backbone_layer3_0"  # the aux head reads layer3
+
+
+def test_the_summary_names_every_output(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["import", f"{MODELS / 'segmentation.py'}:resnet_fpn", "--input", "3x64x64",
+                 "-o", "fpn.yaml"]) == 0
+    assert capsys.readouterr().out == (
+        "wrote fpn.yaml: 354,256 parameters, 9,719,808 MACs per sample, outputs N×32×16×16, "
+        "N×32×8×8, N×32×4×4, N×32×2×2, N×32×1×1, 45 layers\n")
+
+
+def test_one_level_of_a_feature_pyramid_imports_what_its_forward_computes():
+    imported = _rebuilds_exactly("segmentation", "FinestLevel", (3, 64, 64), unused=True)
+    assert imported.plan.output_shape == ("N", 32, 16, 16)
+    assert imported.plan.params == imported.module_params - 3 * (32 * 32 * 9 + 32)
+
+
+def test_a_unet_imports_flat_with_its_skips_named():
+    imported = _rebuilds_exactly("segmentation", "UNet", (3, 32, 32), also=(3, 48, 64))
+    data = yaml.safe_load(imported.text)
+    # x = torch.cat([x2, x1], dim=1) in each Up: the encoder's output read by name
+    cats = [layer for layer in data["layers"] if layer["type"] == "cat"]
+    assert [c["from"] for c in cats] == [
+        ["down2_maxpool_conv_1_double_conv_5", "up1_up"],
+        ["down1_maxpool_conv_1_double_conv_5", "up2_up"],
+        ["inc_double_conv_5", "up3_up"]]
+    assert not any(layer.is_block for layer in imported.plan.walk())  # no nesting at all
+
+
+GRAPH_SPEC = """\
+name: graphy
+input: {shape: [3, 32, 32]}
+layers:
+  - {type: conv2d, name: stem, out_channels: 8, kernel_size: 3, padding: 1}
+  - relu
+  - {type: conv2d, name: a, out_channels: 8, kernel_size: 3, stride: 2, padding: 1}
+  - {type: conv2d, name: b, from: stem, out_channels: 8, kernel_size: 1}
+  - {type: maxpool2d, name: pooled, kernel_size: 2}
+  - {type: add, name: sum3, from: [a, pooled, a]}
+  - type: residual
+    name: res
+    body: [{type: conv2d, out_channels: 8, kernel_size: 3, padding: 1}]
+  - {type: conv2d, name: gate, out_channels: 8, kernel_size: 1}
+  - sigmoid
+  - {type: mul, name: gated, from: [res, prev]}
+  - {type: upsample, name: up, size: {like: stem}, mode: bilinear, align_corners: false}
+  - {type: cat, name: joined, from: [stem, up, b]}
+  - {type: conv2d, name: head, out_channels: 4, kernel_size: 1}
+outputs: [gated, head]
+"""
+
+
+def test_a_graph_spec_built_then_imported_gives_the_same_graph(tmp_path):
+    original = shapecheck.plan(GRAPH_SPEC)
+    assert original.valid and not original.warnings
+    generated = generate(original)
+    module = tmp_path / "graphy_model.py"
+    module.write_text(generated.source, encoding="utf-8")
+    imported = import_file(f"{module}:{generated.class_name}", (3, 32, 32))
+    ours, theirs = imported.plan.to_dict(), original.to_dict()
+    assert ours["outputs"] == theirs["outputs"]
+
+    def rows(d):
+        return [(e["name"], e["type"], e.get("inputs"), e["output_shape"], e["params"])
+                for e in d["layers"]]
+
+    assert rows(ours) == rows(theirs)
+    data = yaml.safe_load(imported.text)
+    assert data["layers"][5] == {"type": "add", "name": "sum3", "from": ["a", "pooled", "a"]}
+    assert data["layers"][10] == {"type": "upsample", "name": "up", "size": {"like": "stem"},
+                                  "mode": "bilinear", "align_corners": False}
+    assert data["layers"][6]["type"] == "residual"  # a block stays a block
+
+
+@pytest.mark.parametrize("name, layers, outputs", [
+    ("Square", [  # y * y + y
+        {"type": "conv2d", "name": "conv", "out_channels": 4, "kernel_size": 1},
+        {"type": "mul", "from": ["conv", "conv"]},
+        {"type": "add", "from": ["prev", "conv"]}], None),
+    ("TupleOut", [  # return a, self.b(a)
+        {"type": "conv2d", "name": "a", "out_channels": 4, "kernel_size": 1},
+        {"type": "conv2d", "name": "b", "out_channels": 4, "kernel_size": 3, "stride": 2,
+         "padding": 1}], ["a", "b"]),
+    ("SizePair", [  # F.interpolate(y, size=(x.size(2), x.size(3)))
+        {"type": "conv2d", "name": "a", "out_channels": 4, "kernel_size": 3, "stride": 2,
+         "padding": 1},
+        {"type": "upsample", "size": {"like": "input"}}], None),
+])
+def test_small_graphs_import_exactly(name, layers, outputs):
+    imported = _rebuilds_exactly("graph_edges", name, (3, 8, 8), also=(3, 10, 6))
+    data = yaml.safe_load(imported.text)
+    assert data["layers"] == layers and data.get("outputs") == outputs
+
+
+def test_paths_that_cross_import_as_a_graph():
+    imported = _rebuilds_exactly("untraceable", "Crossing", (3, 8, 8))
+    assert yaml.safe_load(imported.text)["layers"] == [
+        {"type": "conv2d", "name": "a", "out_channels": 3, "kernel_size": 1},
+        {"type": "conv2d", "name": "b", "from": "input", "out_channels": 3, "kernel_size": 1},
+        {"type": "add", "name": "add", "from": ["b", "a"]},  # b = self.b(x) + a
+        {"type": "add", "from": ["a", "input"]},  # torch.cat([a + x, b], 1)
+        {"type": "cat", "from": ["prev", "add"]}]
+
+
 # ---------------------------------------------------------------- refusals
 
 
@@ -305,15 +627,53 @@ def test_a_custom_autograd_op_is_refused_at_its_line(tmp_path, capsys, monkeypat
 @pytest.mark.parametrize("name, line, message", [
     ("ReadsParameter", "return x * self.scale", ("self.scale at untraceable.py:{line}"
      " (`return x * self.scale`) uses a tensor that does not come from the forward's input")),
-    ("Crossing", "a = self.a(x)", ("self.a at untraceable.py:{line} (`a = self.a(x)`) feeds "
-     "more than one input of torch.cat")),
-    ("TwoOutputs", None, "the forward returns a tuple: a spec has one output tensor"),
+    ("TwoOutputs", None, ("the forward returns its input: a spec's outputs are tensors its "
+                          "layers make")),
+    ("PiecesApart", "a, b = x.chunk(2, dim=1)", ("the pieces of .chunk() at untraceable.py:"
+     "{line} (`a, b = x.chunk(2, dim=1)`) meet at `+`")),
+    ("SameTwice", None, ("the forward returns one tensor twice: a spec's outputs are "
+                         "distinct layers")),
+    ("BufferNorm", "return F.layer_norm", ("F.layer_norm at untraceable.py:{line} (`return "
+     "F.layer_norm(x.permute(0, 2, 3, 1), (3,), self.gain).permute(0, 3, 1, 2)`): its weight is "
+     "self.gain, which is no parameter (nn.Parameter) of the module: the layer the spec makes "
+     "holds its own weight")),
 ])
 def test_a_forward_with_no_spec_structure_is_refused(tmp_path, capsys, monkeypatch, name, line,
                                                     message):
     path = MODELS / "untraceable.py"
     err = _refused(tmp_path, capsys, monkeypatch, [f"{path}:{name}", "--input", "3x8x8"])
     assert message.format(line=line and _line_of(path, line)) in err
+
+
+def test_a_view_transpose_view_that_is_no_channel_shuffle_is_refused(tmp_path, capsys,
+                                                                     monkeypatch):
+    path = MODELS / "shufflenet.py"
+    err = _refused(tmp_path, capsys, monkeypatch, [f"{path}:ShuffleBy", "--input", "3x8x8"])
+    line = _line_of(path, "x = self.conv(x).view(n, 2, 2, h, w)")
+    assert (f".view() at shufflenet.py:{line} (`x = self.conv(x).view(n, 2, 2, h, w)`): a view "
+            "that splits the 4 channels into 2 groups is a channel shuffle only when a "
+            "transpose(1, 2) and a view back to N×C×H×W follow it") in err
+
+
+def test_a_frozen_batchnorm_with_parameters_is_not_taken_as_frozen(tmp_path, capsys,
+                                                                     monkeypatch):
+    # Named as torchvision's class, with its eps and statistics, but learnt weight and bias:
+    # traced through like any module (and refused at its arithmetic), never a 0-parameter norm.
+    path = MODELS / "untraceable.py"
+    err = _refused(tmp_path, capsys, monkeypatch, [f"{path}:FrozenBatchNorm2d", "--input",
+                                                   "3x8x8"])
+    line = _line_of(path, "scale = self.weight.reshape(1, -1, 1, 1)")
+    assert f".reshape(1, -1, 1, 1) at untraceable.py:{line}" in err
+    assert "frozenbatchnorm2d" not in err
+
+
+def test_a_computed_size_that_is_no_tensors_is_refused(tmp_path, capsys, monkeypatch):
+    path = MODELS / "untraceable.py"
+    err = _refused(tmp_path, capsys, monkeypatch, [f"{path}:ComputedSize", "--input", "3x8x8"])
+    line = _line_of(path, "size=(h * 2, w)")
+    assert (f"F.interpolate at untraceable.py:{line}") in err
+    assert ("an argument is computed in the forward (a spec holds numbers); a size may be "
+            "another tensor's H×W, size=other.shape[-2:]") in err
 
 
 def test_a_missing_file_is_refused(tmp_path, capsys, monkeypatch):

@@ -195,6 +195,29 @@ def test_a_flatten_over_the_batch_keeps_the_plan_shape(tmp_path):
         tmp_path / "other.onnx", force=False, inputs=[])
 
 
+def test_a_frozen_batchnorm_exports_with_its_buffers():
+    """frozenbatchnorm2d's weight, bias and statistics are buffers: the graph holds their
+    values (random here, not 1 and 0) and onnxruntime computes what torch does."""
+    spec = ("name: frozen\ninput: {shape: [3, 8, 8]}\nlayers:\n"
+            "  - {type: conv2d, out_channels: 4, kernel_size: 3}\n  - frozenbatchnorm2d\n")
+    p = make_plan(spec)
+    module = build_module(p).eval()
+    assert sum(t.numel() for t in module.parameters()) == p.params == 4 * 3 * 9 + 4
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, buffer in module.bn1.named_buffers():
+            buffer.copy_(torch.rand(4, generator=generator) + 0.5)
+    exported = export_onnx(module, input_dims=(3, 8, 8), batch="N",
+                           output_shape=p.output_shape)
+    assert exported.output_shape == ("N", 4, 6, 6) and exported.max_diff < 1e-5
+    x = torch.randn(2, 3, 8, 8, generator=generator)
+    got = ort.InferenceSession(exported.data, providers=["CPUExecutionProvider"]).run(
+        ["output"], {"input": x.numpy()})[0]
+    with torch.no_grad():
+        want = module(x).numpy()
+    assert np.max(np.abs(got - want)) < 1e-5
+
+
 # ---------------------------------------------------------------- from a run folder
 
 

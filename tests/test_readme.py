@@ -69,6 +69,9 @@ def test_the_spec_format_summary_states_true_counts():
 
     layer_types = sum(not kind.is_block for kind in KINDS.values())
     assert f"{layer_types} layer types" in README
+    blocks = [name for name, kind in KINDS.items() if kind.is_block]
+    number = ["no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    assert f"{number[len(blocks)]} blocks ({', '.join(blocks)})" in " ".join(README.split())
     resnet = re.search(r"```yaml\n(.*?)```", (ROOT / "docs" / "templates.md").read_text(
         encoding="utf-8"), re.DOTALL).group(1)
     lines = len(resnet.splitlines())

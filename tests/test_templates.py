@@ -427,13 +427,15 @@ def test_a_residual_activation_is_built_and_runs(tmp_path):
     assert torch.equal(model(x), expected) and (model(x) >= 0).all()
 
 
-def test_a_residual_activation_must_be_an_activation(tmp_path):
-    p = shapecheck.plan(write(tmp_path, """\
-        input: {shape: [4, 6, 6]}
-        layers: [{type: residual, activation: conv2d, body: [relu]}]
+@pytest.mark.parametrize("activation", ["conv2d", "prelu"])
+def test_a_residual_activation_must_be_an_activation(tmp_path, activation):
+    """One without weights: the block's params are its branches' (prelu has a weight)."""
+    p = shapecheck.plan(write(tmp_path, f"""\
+        input: {{shape: [4, 6, 6]}}
+        layers: [{{type: residual, activation: {activation}, body: [relu]}}]
         """))
     error = only_error(p)
-    assert error.code == "SC103" and "relu" in error.message
+    assert error.code == "SC103" and "relu" in error.message and "prelu," not in error.message
 
 
 def test_check_checks_every_scale(tmp_path, capsys):

@@ -5,21 +5,26 @@ spec file, as described in the spec-format contract) and builds every layer with
 torch's own ``torch.nn`` constructor, passing the spec's fields through as
 keyword arguments (lists become tuples), then pushes a real tensor through it
 layer by layer. Whatever torch raises, at construction or in forward, makes the
-spec invalid at that layer. Nothing here imports shapecheck: the oracle is what
-the planner is checked against.
+spec invalid at that layer. The oracle is what the planner is checked against, so
+it reads from shapecheck only what the spec format itself declares: the type names
+(``KINDS``, less the merge layers of graph specs), the YAML keys of a block's layer lists, and which fields a spec may
+leave out (each model's ``inferred_fields``). The torch class of a type is the
+``torch.nn`` class of that name, found here; every shape, size and verdict is torch's.
 
-Three layer types have no torch.nn class; the oracle brings small modules of its
+Four layer types have no torch.nn class; the oracle brings small modules of its
 own, written as torchvision writes them: ``permute`` (``x.permute(*dims)``),
 ``layerscale`` (a learnable per-channel scale on dim 1, weight (C, 1, ..., 1)
-with one 1 per dim after the channels, so (C, 1, 1) on N×C×H×W) and
+with one 1 per dim after the channels, so (C, 1, 1) on N×C×H×W),
 ``stochasticdepth`` (the identity in eval mode; ``p`` must lie in [0, 1] and
-``mode`` be "row" or "batch").
+``mode`` be "row" or "batch") and ``frozenbatchnorm2d`` (torchvision.ops'
+FrozenBatchNorm2d: weight, bias and statistics are buffers; it checks its input
+as nn.BatchNorm2d does, 4-d with num_features channels, where torchvision's would
+broadcast a single channel).
 
 Fields a spec may leave out are read off the arriving tensor as a PyTorch user
-would: ``in_channels`` (conv2d, convtranspose2d), ``num_features`` (batchnorm2d)
-and ``num_channels`` (groupnorm) from dim 1; ``in_features`` (linear) from the
-last dim; ``normalized_shape`` (layernorm) as ``[last dim]``, the channels-last
-use. layerscale always takes its channels from dim 1.
+would: channels (``in_channels``, ``num_features``, ``num_channels``) from dim 1;
+``in_features`` from the last dim; ``normalized_shape`` as ``[last dim]``, the
+channels-last use.
 
 Devices. By default (``device="auto"``) every layer is built and run on the
 meta device (no memory, no compute, so VGG-16 costs milliseconds), and every
@@ -46,7 +51,8 @@ message (pixelshuffle with upscale_factor 0: ZeroDivisionError on meta,
 
 Blocks. ``residual``: body(x) + shortcut(x), broadcast as torch broadcasts
 (N×C×1×1 + N×C×7×7 gives N×C×7×7). ``gate``: x * body(x), broadcast the same
-way (squeeze-and-excitation). ``concat``: every branch gets x. ``split``: branch
+way (squeeze-and-excitation); a residual's ``activation`` (a type name) runs
+after the add. ``concat``: every branch gets x. ``split``: branch
 i gets ``x.chunk(n, dim=1)[i]`` for n branches; where torch.chunk gives fewer
 than n chunks (4 channels in 3 chunks gives 2) the block itself fails, before
 any branch runs. concat and split join their outputs on dim 1. The block
@@ -83,6 +89,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from shapecheck.core.layers import KINDS
+
 
 class Permute(nn.Module):
     """x.permute(*dims), as torchvision.ops.misc.Permute; torch.nn has no class for it."""
@@ -97,19 +105,20 @@ class Permute(nn.Module):
 
 class LayerScale(nn.Module):
     """A learnable scale per channel (dim 1), as ConvNeXt's layer_scale: a weight of shape (C,)
-    viewed as (C,) + (1,) * (ndim - 2) against the input. num_channels comes from the arriving
-    tensor, never from a spec."""
+    viewed as (C,) + (1,) * (ndim - 2) against the input."""
 
-    def __init__(
-        self, num_channels: int, ndim: int, init_value: float = 1e-6, device=None
-    ) -> None:
+    def __init__(self, num_channels: int, init_value: float = 1e-6, device=None) -> None:
         super().__init__()
-        self.ndim = ndim
         self.weight = nn.Parameter(
             torch.full((num_channels,), init_value, dtype=torch.float32, device=device)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 2 or x.shape[1] != self.weight.shape[0]:
+            # a weight of 1 channel would broadcast against any count: refused as any other
+            channels = x.shape[1] if x.dim() >= 2 else "none"
+            raise RuntimeError(f"layerscale: weight of {self.weight.shape[0]} channels, "
+                               f"input with {channels}")
         return x * self.weight.view(-1, *[1] * (x.dim() - 2))
 
 
@@ -137,67 +146,51 @@ class StochasticDepth(nn.Module):
         return x * noise
 
 
-LAYER_CLASSES: dict[str, type[nn.Module]] = {
-    cls.__name__.lower(): cls
-    for cls in (
-        nn.Conv2d,
-        nn.MaxPool2d,
-        nn.AvgPool2d,
-        nn.AdaptiveAvgPool2d,
-        nn.AdaptiveMaxPool2d,
-        nn.BatchNorm2d,
-        nn.Dropout,
-        nn.Dropout2d,
-        nn.ReLU,
-        nn.ReLU6,
-        nn.LeakyReLU,
-        nn.ELU,
-        nn.GELU,
-        nn.SiLU,
-        nn.Sigmoid,
-        nn.Tanh,
-        nn.Identity,
-        nn.Softmax,
-        nn.LogSoftmax,
-        nn.Flatten,
-        nn.Linear,
-        nn.ConvTranspose2d,
-        nn.Upsample,
-        nn.GroupNorm,
-        nn.LayerNorm,
-        nn.LocalResponseNorm,
-        nn.Hardswish,
-        nn.Hardsigmoid,
-        nn.Mish,
-        nn.PReLU,
-        nn.Softplus,
-        nn.ZeroPad2d,
-        nn.ConstantPad2d,
-        nn.ReflectionPad2d,
-        nn.ReplicationPad2d,
-        nn.PixelShuffle,
-        nn.PixelUnshuffle,
-        nn.ChannelShuffle,
-        Permute,
-        LayerScale,
-        StochasticDepth,
-    )
-}
-BLOCK_TYPES = ("residual", "concat", "gate", "split")
-# The keys of a block's layer lists, in the order of OracleLayer.branches.
-_BLOCK_LISTS = {"residual": ("body", "shortcut"), "gate": ("body",)}
+class FrozenBatchNorm2d(nn.Module):
+    """torchvision.ops.FrozenBatchNorm2d: x · scale + shift per channel, from buffers."""
 
-# Fields the contract lets a spec leave out; they come from dim 1 of the arriving tensor,
-# or from its last dim for the types in _FROM_LAST_DIM.
-_INFERRED = {
-    "conv2d": "in_channels",
-    "convtranspose2d": "in_channels",
-    "batchnorm2d": "num_features",
-    "groupnorm": "num_channels",
-    "linear": "in_features",
-    "layernorm": "normalized_shape",
-}
-_FROM_LAST_DIM = {"linear", "layernorm"}
+    def __init__(self, num_features: int, eps: float = 1e-5, device=None) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        for name, fill in (("weight", 1.0), ("bias", 0.0), ("running_mean", 0.0),
+                           ("running_var", 1.0)):
+            self.register_buffer(name, torch.full((num_features,), fill, device=device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:  # as nn.BatchNorm2d checks
+            raise ValueError(f"expected 4D input (got {x.dim()}D input)")
+        if x.shape[1] != self.num_features:
+            raise RuntimeError(f"running_mean should contain {x.shape[1]} elements not "
+                               f"{self.num_features}")
+        w = self.weight.reshape(1, -1, 1, 1)
+        rv = self.running_var.reshape(1, -1, 1, 1)
+        scale = w * (rv + self.eps).rsqrt()
+        shift = self.bias.reshape(1, -1, 1, 1) - self.running_mean.reshape(1, -1, 1, 1) * scale
+        return x * scale + shift
+
+
+def _torch_class(name: str) -> type[nn.Module] | None:
+    """The torch.nn class a type name names (its name, lowercased), or the oracle's own module
+    for the types torch.nn lacks."""
+    own = {cls.__name__.lower(): cls
+           for cls in (Permute, LayerScale, StochasticDepth, FrozenBatchNorm2d)}
+    by_name = {attr.lower(): getattr(nn, attr) for attr in dir(nn) if attr[:1].isupper()}
+    cls = own.get(name) or by_name.get(name)
+    return cls if isinstance(cls, type) and issubclass(cls, nn.Module) else None
+
+
+# The kinds that take the previous layer's output. Merge layers (add, mul, cat) join the named
+# tensors of a graph spec (`from:`), which the oracle does not read: tests/test_graph.py checks
+# them against hand-written torch modules.
+SEQUENTIAL = {name: kind for name, kind in KINDS.items() if not kind.is_merge}
+# Every such layer type that torch (or the oracle) can build, and what may be left out of each;
+# the blocks are the oracle's own (_BLOCKS, below).
+LAYER_CLASSES: dict[str, type[nn.Module]] = {
+    name: cls for name, kind in SEQUENTIAL.items()
+    if not kind.is_block and (cls := _torch_class(name)) is not None}
+_INFERRED = {name: kind.inferred_fields for name, kind in KINDS.items() if kind.inferred_fields}
+_FROM_LAST_DIM = {"in_features", "normalized_shape"}  # features: the last dim; else dim 1
 
 # A layer is re-run on the CPU when all of these hold (per whole batch).
 _CPU_MAX_PARAMS = 1 << 23
@@ -239,46 +232,72 @@ class OracleResult:
     disagreements: list[str] = field(default_factory=list)
 
 
-class Residual(nn.Module):
-    """y = body(x) + shortcut(x), broadcast; an empty shortcut is the identity."""
+class _Block(nn.Module):
+    """A block as torch computes it: each branch (an nn.Sequential) gets its input (``inputs``)
+    and the outputs join (``join``). Both check shapes explicitly, so that the verdict does not
+    depend on the device."""
 
-    def __init__(self, body: nn.Sequential, shortcut: nn.Sequential) -> None:
-        super().__init__()
-        self.body = body
-        self.shortcut = shortcut
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _residual_add(self.body(x), self.shortcut(x))
-
-
-class Gate(nn.Module):
-    """y = x * body(x), broadcast (squeeze-and-excitation: body ends in a sigmoid)."""
-
-    def __init__(self, body: nn.Sequential) -> None:
-        super().__init__()
-        self.body = body
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _gate_mul(x, self.body(x))
-
-
-class Concat(nn.Module):
-    """Every branch gets the same input; outputs are joined on dim 1."""
+    options: tuple[str, ...] = ()  # the block's fields besides its layer lists
 
     def __init__(self, branches: Sequence[nn.Sequential]) -> None:
         super().__init__()
         self.branches = nn.ModuleList(branches)
 
+    @classmethod
+    def inputs(cls, x: torch.Tensor, n: int) -> Sequence[torch.Tensor]:
+        return [x] * n
+
+    def join(self, x: torch.Tensor, outs: list[torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([b(x) for b in self.branches], dim=1)
+        ins = self.inputs(x, len(self.branches))
+        return self.join(x, [b(i) for b, i in zip(self.branches, ins)])
+
+
+class Residual(_Block):
+    """y = activation(body(x) + shortcut(x)), broadcast; an empty shortcut is the identity."""
+
+    options = ("activation",)
+
+    def __init__(self, branches: Sequence[nn.Sequential], activation: Any = None) -> None:
+        super().__init__(branches)
+        cls = _torch_class(activation.lower()) if isinstance(activation, str) else None
+        if activation is not None and cls is None:
+            raise TypeError(f"residual: activation {activation!r} is no torch.nn class")
+        self.activation = cls() if cls is not None else nn.Identity()
+
+    def join(self, x: torch.Tensor, outs: list[torch.Tensor]) -> torch.Tensor:
+        return self.activation(_residual_add(*outs))
+
+
+class Gate(_Block):
+    """y = x * body(x), broadcast (squeeze-and-excitation: body ends in a sigmoid)."""
+
+    def join(self, x: torch.Tensor, outs: list[torch.Tensor]) -> torch.Tensor:
+        return _gate_mul(x, outs[0])
+
+
+class Concat(_Block):
+    """Every branch gets the same input; outputs are joined on dim 1."""
+
+    def join(self, x: torch.Tensor, outs: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(outs, dim=1)
 
 
 class Split(Concat):
     """Branch i gets x.chunk(n, dim=1)[i]; outputs are joined on dim 1."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        chunks = _split(x, len(self.branches))
-        return torch.cat([b(c) for b, c in zip(self.branches, chunks)], dim=1)
+    @classmethod
+    def inputs(cls, x: torch.Tensor, n: int) -> Sequence[torch.Tensor]:
+        return _split(x, n)
+
+
+# How torch computes each block of the spec format, written here, by hand: a block's meaning
+# is what the planner is checked against.
+_BLOCKS: dict[str, type[_Block]] = {
+    "residual": Residual, "gate": Gate, "concat": Concat, "split": Split}
+BLOCK_TYPES = tuple(_BLOCKS)
 
 
 def _broadcasts(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -362,27 +381,18 @@ class _Runner:
         tname = raw["type"].lower()
         cls = LAYER_CLASSES[tname]
         kwargs = {k: _tuplify(v) for k, v in raw.items() if k not in ("type", "name")}
-        inferred = _INFERRED.get(tname)
-        if tname == "layerscale":
-            if "ndim" in kwargs:
-                raise TypeError("layerscale: unexpected keyword argument ndim")
-            if "num_channels" in kwargs and x.dim() >= 2 and kwargs["num_channels"] != x.shape[1]:
-                # x * weight.view(-1, 1, ...) fails on a mismatch, as any channel count would
-                raise RuntimeError(f"layerscale: weight of {kwargs['num_channels']} channels, "
-                                   f"input with {x.shape[1]}")
-            inferred = "num_channels"
-        if inferred and inferred not in kwargs:
+        for inferred in _INFERRED.get(tname, ()):
+            if inferred in kwargs:
+                continue
             # What a PyTorch user would read off the arriving tensor: channels are
             # dim 1, features the last dim. Torch then judges the rest.
-            last = tname in _FROM_LAST_DIM
+            last = inferred in _FROM_LAST_DIM
             if x.dim() == 0 or (not last and x.dim() < 2):
                 raise RuntimeError(
                     f"cannot infer {inferred} from an input of shape {tuple(x.shape)}"
                 )
             value = int(x.shape[-1] if last else x.shape[1])
-            kwargs[inferred] = (value,) if tname == "layernorm" else value
-        if tname == "layerscale":
-            kwargs["ndim"] = x.dim()
+            kwargs[inferred] = (value,) if inferred == "normalized_shape" else value
 
         caught: list[str] = []
         with warnings.catch_warnings(record=True) as wlist:
@@ -464,20 +474,26 @@ class _Runner:
         self, raw: dict[str, Any], x: torch.Tensor, index: int, path: tuple[int | str, ...]
     ) -> tuple[nn.Module, torch.Tensor, OracleLayer]:
         tname = raw["type"].lower()
-        keys = _BLOCK_LISTS.get(tname, ("branches",))
-        extra = sorted(set(raw) - {"type", "name", *keys})
+        cls = _BLOCKS[tname]
+        kind = KINDS[tname]  # the YAML keys of its layer lists
+        keys = (*kind.list_fields, *((kind.lists_field,) if kind.lists_field else ()))
+        extra = sorted(set(raw) - {"type", "name", *keys, *cls.options})
         if extra:
             raise TypeError(f"{tname}: unexpected keyword argument(s) {', '.join(map(str, extra))}")
-        if tname in _BLOCK_LISTS:
-            lists = [(key, raw.get(key) or []) for key in keys]
-        else:
-            branches = raw.get("branches") or []
+        lists = [(key, raw.get(key) or []) for key in kind.list_fields]
+        if kind.lists_field:
+            branches = raw.get(kind.lists_field) or []
             if not isinstance(branches, list):
-                raise TypeError(f"{tname}: branches must be a list, got {type(branches).__name__}")
-            lists = list(enumerate(branches))
+                raise TypeError(f"{tname}: {kind.lists_field} must be a list, got "
+                                f"{type(branches).__name__}")
+            lists += list(enumerate(branches))
+        options = {k: raw[k] for k in cls.options if k in raw}
         # split hands each branch its own slice of the channels; the block fails here, before
         # any branch runs, where torch.chunk cannot give one slice per branch.
-        inputs = _split(x, len(lists)) if tname == "split" else [x] * len(lists)
+        try:
+            inputs = cls.inputs(x, len(lists))
+        except Exception as exc:
+            raise _LayerFailure(path, exc) from exc
         seqs: list[nn.Sequential] = []
         outs: list[torch.Tensor] = []
         child_layers: list[list[OracleLayer]] = []
@@ -489,21 +505,13 @@ class _Runner:
             outs.append(y)
             child_layers.append(layers)
         try:
-            # The explicit shape checks make the verdict device-independent.
-            if tname == "residual":
-                module: nn.Module = Residual(seqs[0], seqs[1])
-                y = _residual_add(outs[0], outs[1])
-            elif tname == "gate":
-                module = Gate(seqs[0])
-                y = _gate_mul(x, outs[0])
-            else:
-                module = Split(seqs) if tname == "split" else Concat(seqs)
-                y = torch.cat(outs, dim=1)
-                if self.device == "auto" and _numel(y.shape) <= _CPU_MAX_ELEMENTS:
-                    cpu_y = torch.cat([torch.zeros(o.shape) for o in outs], dim=1)
-                    if cpu_y.shape != y.shape:
-                        self.disagreements.append(f"{_fmt_path(path)}: {tname} shapes differ")
-                        y = torch.empty(cpu_y.shape, device=self.main)
+            module = cls(seqs, **options)
+            y = module.join(x, outs)
+            if self.device == "auto" and _numel(y.shape) <= _CPU_MAX_ELEMENTS:
+                cpu_y = module.join(torch.zeros(x.shape), [torch.zeros(o.shape) for o in outs])
+                if cpu_y.shape != y.shape:
+                    self.disagreements.append(f"{_fmt_path(path)}: {tname} shapes differ")
+                    y = torch.empty(cpu_y.shape, device=self.main)
         except Exception as exc:
             raise _LayerFailure(path, exc) from exc
         layer = OracleLayer(
@@ -555,7 +563,7 @@ class _Runner:
 
 def _param_shape(module: nn.Module, attr: str) -> tuple[int, ...] | None:
     p = getattr(module, attr, None)
-    return tuple(p.shape) if isinstance(p, torch.Tensor) else None
+    return tuple(p.shape) if isinstance(p, nn.Parameter) else None  # a buffer is no weight
 
 
 def _macs(tname: str, module: nn.Module, inp: tuple[int, ...], out: tuple[int, ...]) -> int:

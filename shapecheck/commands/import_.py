@@ -82,9 +82,10 @@ def run(args: argparse.Namespace) -> int:
     except ImportFailure as e:
         return _fail(str(e))
     plan = imported.plan
-    shape = "×".join(map(str, plan.output_shape))
+    shapes = ["×".join(map(str, row.output_shape)) for row in plan.output_rows()]
+    outputs = f"output {shapes[0]}" if len(shapes) == 1 else f"outputs {', '.join(shapes)}"
     layers = sum(1 for layer in plan.walk() if not layer.is_block)
-    summary = (f"{plan.params:,} parameters, {plan.macs:,} MACs per sample, output {shape}, "
+    summary = (f"{plan.params:,} parameters, {plan.macs:,} MACs per sample, {outputs}, "
                f"{layers} layers")
     if plan.params != imported.module_params:
         summary += (f" (the module itself has {imported.module_params:,} parameters: a module "

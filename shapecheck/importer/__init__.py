@@ -58,11 +58,12 @@ def import_model(model, input_shape: tuple[int, int, int], *, name: str = "net",
     from .trace import BATCH, trace
 
     model.eval()  # the network as it is used: no training-only branches
-    steps, output = trace(model, tuple(input_shape))
-    items = nest(steps, output)
+    steps, output, key = trace(model, tuple(input_shape))
+    items, outputs = nest(steps, output)
     templates = make_templates(items, render) if use_templates else {}
     text = to_yaml(items, name=name, input_shape=tuple(input_shape), origin=origin,
-                   templates=templates)
+                   templates=templates, returned_key=key, outputs=outputs,
+                   returned_keys=output.keys)
     checked = make_plan(text, batch=BATCH)
     if not checked.valid:
         problem = checked.errors[0]

@@ -27,8 +27,10 @@ DROPPED = frozenset({"inplace"}) | INFERRED
 
 TORCH_KINDS: dict[str, type[LayerSpec]] = {k.torch_class: k for k in KINDS.values()
                                            if k.torch_class and not k.is_block}
+# build's merge modules (Add, Cat …) take several tensors: fx traces through them, to the
+# +, * or torch.cat inside, as through any module.
 HELPER_KINDS: dict[str, type[LayerSpec]] = {k.helper: k for k in KINDS.values()
-                                            if k.helper and not k.is_block}
+                                            if k.helper and not k.is_block and not k.is_merge}
 
 
 class Unsupported(Exception):
@@ -48,13 +50,20 @@ def module_kind(module) -> type[LayerSpec] | None:
         if kind is not None and base.__module__.startswith("torch.nn"):
             return kind if cls.forward is base.forward else None
     kind = HELPER_KINDS.get(cls.__name__)
-    if kind is not None and all(hasattr(module, a) for a in _helper_attributes(kind)):
+    if kind is not None and all(hasattr(module, a) for a in _helper_attributes(kind)) \
+            and all(b in getattr(module, "_buffers", {}) for b in _helper_buffers(kind)):
         return kind
     return None
 
 
 def _helper_attributes(kind: type[LayerSpec]) -> list[str]:
     return re.findall(r"self\.(\w+) = ", kind.helper_source)
+
+
+def _helper_buffers(kind: type[LayerSpec]) -> list[str]:
+    # torchvision's FrozenBatchNorm2d keeps its weight as a buffer: one with a parameter is
+    # another layer
+    return re.findall(r'self\.register_buffer\("(\w+)"', kind.helper_source)
 
 
 def module_entry(module, kind: type[LayerSpec]) -> dict:
@@ -224,6 +233,14 @@ def _channel_shuffle(input, groups):
     return "channelshuffle", {"groups": groups}
 
 
+def _layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
+    # weight and bias arrive as True where the call passes the layer's own parameters
+    if weight is None and bias is not None:
+        raise Unsupported("it has a bias but no weight, which nn.LayerNorm cannot hold")
+    return "layernorm", {"normalized_shape": normalized_shape, "eps": eps,
+                         "elementwise_affine": weight is not None, "bias": bias is not None}
+
+
 def _flatten(input, start_dim=0, end_dim=-1):
     return "flatten", {"start_dim": start_dim, "end_dim": end_dim}
 
@@ -266,9 +283,17 @@ CALLS.update({
     "F.pixel_unshuffle": _pixel_unshuffle, "torch.pixel_unshuffle": _pixel_unshuffle,
     "F.channel_shuffle": _channel_shuffle, "torch.channel_shuffle": _channel_shuffle,
     "torch.native_channel_shuffle": _channel_shuffle,
+    "F.layer_norm": _layer_norm,
     "torch.flatten": _flatten, "Tensor.flatten": _flatten,
     "Tensor.permute": _permute, "torch.permute": _torch_permute,
 })
+
+# Arguments of a call that hold the layer's own parameters (ConvNeXt's LayerNorm2d passes
+# self.weight and self.bias to F.layer_norm): the stub gets True for each one passed.
+PARAMETER_ARGS: dict[str, tuple[str, ...]] = {"F.layer_norm": ("weight", "bias")}
+
+# Calls whose size may be another tensor's H×W (size=other.shape[-2:]): `size: {like: NAME}`.
+SIZED = frozenset({"F.interpolate", "F.upsample"})
 
 # Calls that give their input unchanged (for the shapes and the maths of a forward pass).
 PASS_THROUGH = frozenset({"Tensor.contiguous", "Tensor.clone", "torch.clone"})
@@ -279,6 +304,7 @@ MULTIPLIES = frozenset({"operator.mul", "operator.imul", "torch.mul", "Tensor.mu
 CATS = frozenset({"torch.cat", "torch.concat", "torch.concatenate"})
 CHUNKS = frozenset({"torch.chunk", "Tensor.chunk"})
 RESHAPES = frozenset({"Tensor.view", "Tensor.reshape", "torch.reshape"})
+FLATTENS = frozenset({"torch.flatten", "Tensor.flatten"})
 MEANS = frozenset({"Tensor.mean", "torch.mean"})
 SIZES = frozenset({"Tensor.size", "Tensor.dim", "builtins.getattr", "operator.getitem"})
 

@@ -16,6 +16,7 @@ CAT = "cat"  # torch.cat([...], dim=1): the join of a concat or a split
 CHUNK = "chunk"  # x.chunk(n, dim=1): the fork of a split
 PART = "part"  # one of a chunk's pieces
 OTHER = "other"  # a tensor the importer cannot place (a parameter read in forward); fails if used
+OUTPUT = "output"  # the tensors a forward returns, where it returns several (a dict, a tuple)
 MERGES = (ADD, MUL, CAT)
 
 
@@ -53,6 +54,10 @@ class Step:
     order: int = 0  # position in the traced graph (a topological order)
     shape: tuple[int, ...] | None = None  # the output at the traced batch
     users: list[Step] = field(default_factory=list)
+    # LAYER of F.interpolate(x, size=other.shape[-2:]): the tensor whose H×W it takes (also
+    # the last of its inputs, so that the graph sees it read)
+    like: Step | None = None
+    keys: list[Any] | None = None  # OUTPUT: the dict's keys (None for a tuple)
 
     def at(self) -> str:
         """' at model.py:14 (`x = F.relu(x)`)', or '' where the line is unknown."""

@@ -16,17 +16,22 @@ tree by finding its fork/join regions with post-dominators:
   a split. An activation that is the only user of a residual's add becomes its
   ``activation``.
 
-Anything else (a graph that is not series-parallel, a product of two computed tensors) is an
-ImportFailure naming the operation and its line.
+A forward that is no such tree (a skip into a later merge, a product of two computed tensors,
+an upsample to another tensor's size, several outputs) is written as a graph instead: the
+spec's own list holds its layers, its merges (``add``, ``mul``, ``cat``) and the blocks that are
+still closed (nothing outside reads a tensor inside them), in the forward's order, each reading
+by name (``from:``) where it does not read the item before it. What even that cannot hold (the
+pieces of a chunk used apart) is an ImportFailure naming the operation and its line.
 """
 
 from __future__ import annotations
 
 import keyword
+from collections import Counter
 from dataclasses import dataclass
 from functools import reduce
 
-from .steps import ADD, CAT, CHUNK, INPUT, LAYER, MUL, PART, ImportFailure, Source, Step
+from .steps import ADD, CAT, CHUNK, INPUT, LAYER, MUL, OUTPUT, PART, ImportFailure, Source, Step
 
 
 @dataclass
@@ -49,6 +54,8 @@ class Nest:
     scope_class: str = ""  # that module's class
     activation: str | None = None
     name: str | None = None
+    inputs: str | None = None  # in a graph: the name it reads (`from:`), if not the item before
+    pinned: bool = False  # in a graph: read by name or reading by name, so never a template use
 
 
 @dataclass
@@ -102,17 +109,25 @@ class _Graph:
         return a
 
 
-def nest(steps: list[Step], output: Step) -> list:
-    """The spec's layer tree for the traced steps (in graph order) returning ``output``."""
+def nest(steps: list[Step], output: Step) -> tuple[list, list[str] | None]:
+    """The spec's layers for the traced steps (in graph order) returning ``output``: a tree of
+    blocks where the forward is one, else a graph. Also the names of the spec's `outputs:`,
+    where the forward returns several tensors (else None)."""
     inputs = [s for s in steps if s.kind == INPUT]
     graph = _Graph(steps, output)
     if output.kind == INPUT:
         raise ImportFailure("the forward returns its input unchanged: there is no layer to "
                             "import")
     region = _closure(output, inputs[0], None)
-    items = _series(graph, inputs[0], output, region)
-    _name_blocks(items)
-    return items
+    tree = output.kind != OUTPUT and not any(s.like for s in region)
+    try:
+        items = _series(graph, inputs[0], output, region) if tree else None
+    except ImportFailure:
+        items = None
+    if items is not None:
+        _name_blocks(items)
+        return items, None
+    return _GraphWriter(graph, inputs[0], output, region).write()
 
 
 def _closure(end: Step, start: Step, join: Step | None) -> set[Step]:
@@ -220,7 +235,45 @@ def _split(graph: _Graph, chunk: Step, region: set[Step]) -> tuple[Nest, Step]:
 
 
 def _nest(type_name: str, branches: list, join: Step) -> Nest:
+    """The block of ``branches`` merged by ``join``, where it is one: see _held."""
+    if not _held(branches, join):
+        raise ImportFailure(f"{join.what}{join.at()} joins tensors from elsewhere in the "
+                            "network: a skip, not a block")
     return Nest(type_name, branches, join, join.where, join.scope, join.scope_class)
+
+
+def _held(branches: list, join: Step) -> bool:
+    """Whether a merge and its branches make a block: the module whose forward merges holds
+    every layer of the branches (a BasicBlock, an Inception module, build's Residual), or
+    they are all one other module's that is not around the merge (DenseNet's next layer joins
+    the features of the one before). A merge of tensors from further away (a U-Net's decoder
+    joining the encoder's output) is a skip, and so is a merge by build's own Add, Mul or Cat
+    module: the spec writes those as a graph."""
+    from ..core.layers import KINDS
+
+    if join.scope_class in {k.helper for k in KINDS.values() if k.is_merge}:
+        return False
+
+    def under(path: str, scope: str) -> bool:
+        return not scope or path == scope or path.startswith(scope + ".")
+
+    def paths(items) -> list[str]:
+        return [p for item in items for p in (
+            [q for _, branch in item.branches for q in paths(branch)] if isinstance(item, Nest)
+            else [item.step.module or item.step.scope])]
+
+    held = [p for _, branch in branches for p in paths(branch)]
+    if all(under(p, join.scope) for p in held):
+        return True
+    common = held[0].split(".")
+    for path in held[1:]:
+        parts = path.split(".")
+        n = 0
+        while n < min(len(common), len(parts)) and common[n] == parts[n]:
+            n += 1
+        common = common[:n]
+    owner = ".".join(common)
+    return bool(owner) and not under(join.scope, owner)
 
 
 def _with_activation(graph: _Graph, block: Nest, region: set[Step]) -> tuple[Nest, Step]:
@@ -239,6 +292,158 @@ def _with_activation(graph: _Graph, block: Nest, region: set[Step]) -> tuple[Nes
             block.step = users[0]
             return block, users[0]
     return block, block.step
+
+
+class _GraphWriter:
+    """The top-level items of a forward that is no tree of blocks, in the forward's order."""
+
+    def __init__(self, graph: _Graph, start: Step, exit_: Step, region: set[Step]):
+        self.graph, self.start, self.exit, self.region = graph, start, exit_, region
+        self.items: list = []
+        self.taken: set[Step] = set()
+        self.sources: dict[int, list[Step]] = {}  # id(item) -> the steps it reads
+        self.merges: set[int] = set()  # ids of the merge items
+
+    def write(self) -> tuple[list, list[str] | None]:
+        self.blocks_from(self.start)
+        for step in sorted(self.region, key=lambda s: s.order):
+            if step in self.taken or step is self.exit and step.kind == OUTPUT:
+                continue
+            self.taken.add(step)
+            self.leaf(step)
+            self.blocks_from(step)
+        _name_blocks(self.items)
+        return self.items, self.resolve()
+
+    def leaf(self, step: Step) -> None:
+        if step.kind in (CHUNK, PART):
+            chunk = step if step.kind == CHUNK else step.inputs[0]
+            raise ImportFailure(f"the pieces of {chunk.what}{chunk.at()} are used apart: a "
+                                "split block gives each piece its own branch and joins them "
+                                "with torch.cat(dim=1), and a spec has no layer for one piece")
+        if step.kind == LAYER:
+            item = Leaf(dict(step.entry), step)
+            self.sources[id(item)] = list(step.inputs)
+        else:  # a merge: add, mul, cat
+            item = Leaf({"type": step.kind}, step)
+            sources = list(step.inputs)
+            last = self.items[-1] if self.items else None
+            if step.kind in (ADD, MUL) and isinstance(last, Leaf) and id(last) in self.merges \
+                    and last.step is sources[0] and last.step.kind == step.kind \
+                    and self.graph.users(last.step) == [step]:
+                # (a + b) + c, as build's Add sums three: one add of three
+                self.items.pop()
+                sources = self.sources[id(last)] + sources[1:]
+            self.sources[id(item)] = sources
+            self.merges.add(id(item))
+        self.items.append(item)
+
+    def blocks_from(self, fork: Step) -> None:
+        """The blocks that start at ``fork`` (and at the end of each), where one is closed."""
+        while True:
+            found = self.block_at(fork)
+            if found is None:
+                return
+            block, end, steps = found
+            self.taken |= steps
+            self.sources[id(block)] = [fork]
+            self.items.append(block)
+            fork = end
+
+    def block_at(self, fork: Step):
+        """The largest closed block that reads ``fork``: (block, its last step, its steps),
+        or None."""
+        users = [u for u in self.graph.users(fork) if u in self.region and u not in self.taken]
+        if len(users) == 1 and users[0].kind == CHUNK:
+            block, end = _split(self.graph, users[0], self.region)
+            return block, end, _closure(end, fork, None)
+        if len(users) < 2:
+            return None
+        meets = {reduce(self.graph.meet, users)}
+        meets |= {self.graph.meet(a, b) for i, a in enumerate(users) for b in users[i + 1:]}
+        for join in sorted(meets, key=lambda s: -s.order):
+            if join.kind not in (ADD, MUL, CAT) or join not in self.region:
+                continue
+            try:
+                block, end = _block(self.graph, fork, join, self.region)
+                steps = _closure(end, fork, None)
+            except ImportFailure:
+                continue
+            inner = steps - {end}
+            if all(u in steps for s in inner for u in self.graph.users(s)) \
+                    and not steps & self.taken:
+                return block, end, steps
+        return None
+
+    def resolve(self) -> list[str] | None:
+        """Writes each item's `from:` and `like`, naming the items they read; the names of
+        the `outputs:`."""
+        named: dict[Step, object] = {}  # a step -> the item whose output it is
+        for item in self.items:
+            named[item.step] = item
+        taken = {i.entry["name"] for i in flatten(self.items)
+                 if isinstance(i, Leaf) and i.entry.get("name")}
+        taken |= {i.name for i in flatten(self.items) if isinstance(i, Nest) and i.name}
+        # A module whose forward makes one layer (build's Add, Cat, UpsampleLike …) names it.
+        made = Counter(i.step.scope for i in flatten(self.items) if isinstance(i, Leaf))
+        for item in self.items:
+            scope = item.step.scope
+            name = identifier(scope) if scope and made[scope] == 1 else None
+            if isinstance(item, Leaf) and "name" not in item.entry and name \
+                    and name not in taken:
+                taken.add(name)
+                item.entry = {"type": item.entry["type"], "name": name,
+                              **{k: v for k, v in item.entry.items() if k != "type"}}
+
+        def name_of(step: Step, previous) -> str:
+            if step.kind == INPUT:
+                return "input"
+            item = named[step]
+            name = item.entry.get("name") if isinstance(item, Leaf) else item.name
+            if name is None and item is previous:
+                return "prev"
+            if name is None:
+                kind = item.entry["type"] if isinstance(item, Leaf) else item.type
+                base = identifier(f"{step.scope}.{kind}" if step.scope else kind) or kind
+                name, k = base, 0
+                while name in taken:
+                    k += 1
+                    name = f"{base}_{k}"
+                taken.add(name)
+                if isinstance(item, Leaf):
+                    item.entry = {"type": item.entry["type"], "name": name,
+                                  **{k: v for k, v in item.entry.items() if k != "type"}}
+                else:
+                    item.name = name
+            if isinstance(item, Nest):
+                item.pinned = True
+            return name
+
+        previous_step = self.start
+        for index, item in enumerate(self.items):
+            previous = self.items[index - 1] if index else None
+            sources = self.sources[id(item)]
+            like = item.step.like if isinstance(item, Leaf) else None
+            if id(item) in self.merges:
+                self._set(item, "from", [name_of(s, previous) for s in sources])
+            elif sources[0] is not previous_step:
+                self._set(item, "from", name_of(sources[0], None))
+            if like is not None:
+                item.entry["size"] = {"like": name_of(like, None)}
+            previous_step = item.step
+        if self.exit.kind != OUTPUT:
+            return None
+        return [name_of(s, None) for s in self.exit.inputs]
+
+    @staticmethod
+    def _set(item, key: str, value) -> None:
+        if isinstance(item, Nest):
+            item.inputs = value
+            item.pinned = True
+            return
+        entry = item.entry
+        head = {k: entry[k] for k in ("type", "name") if k in entry}
+        item.entry = {**head, key: value, **{k: v for k, v in entry.items() if k not in head}}
 
 
 def _name_blocks(items: list) -> None:

@@ -27,7 +27,7 @@ def make_templates(items: list, render) -> dict[str, Nest]:
         for item in items:
             if not isinstance(item, Nest):
                 continue
-            form = _relative(item)
+            form = None if item.pinned else _relative(item)
             if form is None:
                 for _, branch in item.branches:
                     collect(branch)

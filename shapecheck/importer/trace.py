@@ -12,6 +12,7 @@ nothing at all (sizes, `.contiguous()`, nn.Identity).
 from __future__ import annotations
 
 import builtins
+import inspect
 import linecache
 import math
 import operator
@@ -24,7 +25,20 @@ import torch.nn.functional as F
 from torch import fx
 
 from . import ops
-from .steps import ADD, CAT, CHUNK, INPUT, LAYER, MUL, OTHER, PART, ImportFailure, Source, Step
+from .steps import (
+    ADD,
+    CAT,
+    CHUNK,
+    INPUT,
+    LAYER,
+    MUL,
+    OTHER,
+    OUTPUT,
+    PART,
+    ImportFailure,
+    Source,
+    Step,
+)
 from .structure import identifier
 
 BATCH = 2  # the traced batch: not 1, so that a size that follows the batch is told from a 1
@@ -127,9 +141,11 @@ def _call_name(node: fx.Node) -> str:
     return f"{module}.{getattr(target, '__qualname__', short or repr(target))}"
 
 
-def trace(model: torch.nn.Module, input_shape: tuple[int, ...]) -> tuple[list[Step], Step]:
+def trace(model: torch.nn.Module, input_shape: tuple[int, ...]
+          ) -> tuple[list[Step], Step, Any]:
     """The steps of ``model``'s forward on an input of ``input_shape`` (C, H, W), in order,
-    and the step it returns. Raises ImportFailure."""
+    the step it returns, and the key it returns that step under where the forward returns a
+    dict of one tensor ({'out': x}), else None. Raises ImportFailure."""
     tracer = _Tracer()
     try:
         graph = tracer.trace(model)
@@ -244,8 +260,9 @@ class _Converter:
         self.of: dict[fx.Node, Step] = {}
         self.names: set[str] = set()
         self.joined: list[tuple[Step, list[Step]]] = []  # each cat, with the inputs it wrote
+        self.skip: set[fx.Node] = set()  # nodes already taken into a step (a channel shuffle)
 
-    def convert(self) -> tuple[list[Step], Step]:
+    def convert(self) -> tuple[list[Step], Step, Any]:
         output = next(n for n in self.graph.nodes if n.op == "output")
         live = {output}
         for node in reversed(list(self.graph.nodes)):
@@ -254,13 +271,43 @@ class _Converter:
         for node in self.graph.nodes:
             if node in live and node.op != "output":
                 self.node(node)
-        returned = output.args[0]
-        if not isinstance(returned, fx.Node) or returned not in self.of:
-            what = (f"a {type(returned).__name__}" if not isinstance(returned, fx.Node)
+        returned, key = output.args[0], None
+        if isinstance(returned, dict) and len(returned) == 1:  # {'out': tensor}
+            ((key, returned),) = returned.items()
+        elif isinstance(returned, (dict, tuple, list)) and len(returned) > 1:
+            return self.steps, self.outputs(output, returned), None
+        return self.steps, self.returned(output, returned, key), key
+
+    def returned(self, output: fx.Node, value: Any, key: Any) -> Step:
+        """The step a forward returns (under ``key`` in its dict, where it returns one)."""
+        if not isinstance(value, fx.Node) or value not in self.of:
+            what = (f"a {type(value).__name__}" if not isinstance(value, fx.Node)
                     else "a value")
-            raise ImportFailure(f"the forward returns {what}{self._at(output)}: a spec has one "
-                                "output tensor")
-        return self.steps, self.of[returned]
+            held = f" under {key!r}" if key is not None else ""
+            raise ImportFailure(f"the forward returns {what}{held}{self._at(output)}: a spec's "
+                                "outputs are tensors its layers make")
+        step = self.of[value]
+        if step.kind == INPUT:
+            held = f" under {key!r}" if key is not None else ""
+            raise ImportFailure(f"the forward returns its input{held}{self._at(output)}: a "
+                                "spec's outputs are tensors its layers make")
+        return step
+
+    def outputs(self, output: fx.Node, returned: Any) -> Step:
+        """Several returned tensors (an FPN's levels, {'out': …, 'aux': …}): one OUTPUT step
+        reading them all, which becomes the spec's `outputs:`."""
+        keys = list(returned) if isinstance(returned, dict) else None
+        values = list(returned.values()) if isinstance(returned, dict) else list(returned)
+        steps = [self.returned(output, v, k) for v, k in zip(values, keys or [None] * len(values))]
+        if len(set(map(id, steps))) != len(steps):
+            raise ImportFailure(f"the forward returns one tensor twice{self._at(output)}: a "
+                                "spec's outputs are distinct layers")
+        step = Step(OUTPUT, steps, "the outputs", where=output.meta.get("shapecheck_source"),
+                    order=len(self.steps), keys=keys)
+        for source in steps:
+            source.users.append(step)
+        self.steps.append(step)
+        return step
 
     # ------------------------------------------------------------ helpers
 
@@ -302,6 +349,8 @@ class _Converter:
     # ------------------------------------------------------------ nodes
 
     def node(self, node: fx.Node) -> None:
+        if node in self.skip:
+            return
         if node.op == "placeholder":
             if not node.args:
                 self.add(node, INPUT, [], "the input")
@@ -387,15 +436,75 @@ class _Converter:
         if not node.args:
             raise self._fail(node, shown, "it has no layer type in shapecheck")
         source = self.tensor(node, node.args[0], shown)
-        rest = (*node.args[1:], *node.kwargs.values())
-        if name in ops.CALLS and _has_node(rest):
+        args, kwargs, owner, like = node.args[1:], dict(node.kwargs), None, None
+        if name in ops.PARAMETER_ARGS:
+            args, kwargs, owner = self.own_parameters(node, name, args, kwargs)
+        if name in ops.SIZED:
+            args, kwargs, like = self.sized_like(node, args, kwargs)
+        if name in ops.CALLS and _has_node((*args, *kwargs.values())):
             raise self._fail(node, shown, "an argument is computed in the forward (a spec "
-                             "holds numbers)")
+                             "holds numbers)" + ("; a size may be another tensor's H×W, "
+                                                 "size=other.shape[-2:]"
+                                                 if name in ops.SIZED else ""))
         try:
-            entry = ops.call_entry(name, (None, *node.args[1:]), dict(node.kwargs))
+            entry = ops.call_entry(name, (None, *args), kwargs)
         except ops.Unsupported as e:
             raise self._fail(node, shown, str(e)) from None
-        self.add(node, LAYER, [source], shown, entry=entry)
+        name = self.name(owner) if owner else None
+        if name:  # the module that holds its parameters (ConvNeXt's LayerNorm2d) names it
+            entry = {"type": entry["type"], "name": name, **entry}
+        if like is not None:  # named once the spec's layers are known (structure.py)
+            entry["size"] = {"like": None}
+        self.add(node, LAYER, [source, *([like] if like else [])], shown, entry=entry,
+                 like=like)
+
+    def sized_like(self, node: fx.Node, args: tuple, kwargs: dict):
+        """F.interpolate's arguments with a size taken from a tensor (``size=other.shape[-2:]``,
+        ``size=(y.size(2), y.size(3))``) replaced by a number, and that tensor's step; or the
+        arguments as they are and None."""
+        try:
+            bound = inspect.signature(ops.CALLS[_call_name(node)]).bind(None, *args, **kwargs)
+        except TypeError:
+            return args, kwargs, None  # call_entry says what is wrong
+        size = bound.arguments.get("size")
+        tensor = _height_and_width_of(size, self.results)
+        if tensor is None or tensor not in self.of:
+            return args, kwargs, None
+        bound.arguments["size"] = 1  # any size, so that the other arguments are checked
+        return bound.args[1:], bound.kwargs, self.of[tensor]
+
+    def own_parameters(self, node: fx.Node, name: str, args: tuple, kwargs: dict):
+        """The call's arguments with each parameter it passes (F.layer_norm's weight=
+        self.weight) as True: the layer's own parameters, which the spec's layer makes. Also
+        the qualified name of the module holding the first one ("" for the root)."""
+        shown = ops.shown(name)
+        try:
+            bound = inspect.signature(ops.CALLS[name]).bind(None, *args, **kwargs)
+        except TypeError as e:
+            raise self._fail(node, shown, f"its arguments are not those of {name}: {e}"
+                             ) from None
+        owner = None
+        for field in ops.PARAMETER_ARGS[name]:
+            value = bound.arguments.get(field)
+            if isinstance(value, fx.Node):
+                if self._parameter(value) is None:
+                    what = f"self.{value.target}" if value.op == "get_attr" else \
+                        f"a tensor computed in the forward ({value.name})"
+                    raise self._fail(node, shown, f"its {field} is {what}, which is no "
+                                     "parameter (nn.Parameter) of the module: the layer the "
+                                     f"spec makes holds its own {field}")
+                owner = value.target.rpartition(".")[0] if owner is None else owner
+                bound.arguments[field] = True
+        return bound.args[1:], bound.kwargs, owner
+
+    def _parameter(self, node: fx.Node):
+        """The nn.Parameter that a get_attr node reads, or None."""
+        if node.op != "get_attr":
+            return None
+        try:
+            return self.module.get_parameter(node.target)
+        except AttributeError:
+            return None
 
     def merge(self, node: fx.Node, name: str, kind: str) -> None:
         shown = ops.shown(name)
@@ -404,12 +513,36 @@ class _Converter:
         if len(node.args) > 2 or extra:
             raise self._fail(node, shown, "only a plain a + b or a * b of two tensors "
                              "makes a block")
+        if kind == MUL and self.layer_scale(node, shown, args):
+            return
         if not all(isinstance(a, fx.Node) and a in self.of for a in args):
             number = next(a for a in args if not (isinstance(a, fx.Node) and a in self.of))
             raise self._fail(node, shown, f"it {'adds' if kind == ADD else 'multiplies by'} "
                              f"{_describe(number)}, and a spec has no layer for that (a "
                              "residual adds two paths, a gate multiplies by a computed gate)")
         self.add(node, kind, [self.of[a] for a in args], shown)
+
+    def layer_scale(self, node: fx.Node, shown: str, args: list) -> bool:
+        """``self.gamma * x`` with a parameter of one value per channel of x, shaped to
+        broadcast over them (ConvNeXt's (C, 1, 1) layer_scale): a layerscale layer."""
+        params = [a for a in args if isinstance(a, fx.Node) and self._parameter(a) is not None]
+        if len(params) != 1:
+            return False
+        (tensor,) = [a for a in args if a is not params[0]]
+        if not isinstance(tensor, fx.Node) or tensor not in self.of \
+                or self.of[tensor].kind not in (INPUT, LAYER, ADD, MUL, CAT, PART):
+            return False
+        x, weight = self.results[tensor], tuple(self.results[params[0]])
+        aligned = (1,) * (len(x) - len(weight)) + weight
+        if not (2 <= len(x) and len(x) - 1 <= len(weight) <= len(x) and aligned[1] == x[1]
+                and all(size == 1 for i, size in enumerate(aligned) if i != 1)):
+            return False
+        entry = {"type": "layerscale"}
+        name = self.name(params[0].target)
+        if name:
+            entry["name"] = name
+        self.add(node, LAYER, [self.of[tensor]], shown, entry=entry)
+        return True
 
     def cat(self, node: fx.Node, name: str) -> None:
         shown = ops.shown(name)
@@ -436,13 +569,16 @@ class _Converter:
         self.joined.append((self.add(node, CAT, inputs, shown), written))
 
     def reshape(self, node: fx.Node, name: str) -> None:
-        """x.view(x.size(0), -1) and its kin are a flatten; other reshapes have no layer."""
+        """x.view(x.size(0), -1) and its kin are a flatten; a view that splits the channels
+        into groups, swapped back by a transpose and a view, a channel shuffle; other reshapes
+        have no layer."""
         shown = ops.shown(name)
         source = self.tensor(node, node.args[0], shown)
-        sizes = list(node.args[1:]) or [node.kwargs.get("shape", node.kwargs.get("size"))]
-        if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):
-            sizes = list(sizes[0])
+        sizes = _sizes(node)
         before, after = self.results[node.args[0]], self.results[node]
+        if _splits_channels(before, after):
+            self.channel_shuffle(node, shown, source, sizes)
+            return
         flat = math.prod(before[1:])
 
         def value(arg):
@@ -457,6 +593,34 @@ class _Converter:
             raise self._fail(node, f"{shown[:-1]}{written})", "only a reshape to (batch, -1) "
                              "has a layer (flatten); the batch must be x.size(0) or -1")
         self.add(node, LAYER, [source], shown, entry={"type": "flatten"})
+
+    def channel_shuffle(self, node: fx.Node, shown: str, source: Step, sizes: list) -> None:
+        """ShuffleNet's view(n, g, c // g, h, w), transpose(1, 2), (contiguous,) view(n, -1, h,
+        w): one channelshuffle layer of g groups. The steps after the first view are taken
+        here, and skipped when the walk reaches them."""
+        before, groups = self.results[node.args[0]], self.results[node][1]
+        why = (f"a view that splits the {before[1]} channels into {groups} groups is a channel "
+               "shuffle only when a transpose(1, 2) and a view back to N×C×H×W follow it")
+        if not (sizes[0] == -1 or _is_batch_size(sizes[0])):
+            raise self._fail(node, shown, f"{why}, and its batch is x.size(0) or -1")
+        swap = _only_user(node)
+        if swap is None or not _swaps_1_2(swap):
+            raise self._fail(node, shown, why)
+        last = _only_user(swap)
+        while last is not None and _call_name(last) in ops.PASS_THROUGH:
+            last = _only_user(last)
+        if last is None or _call_name(last) not in (*ops.RESHAPES, *ops.FLATTENS) \
+                or self.results.get(last) != before:
+            raise self._fail(node, shown, why)
+        if _call_name(last) in ops.RESHAPES and \
+                not (_sizes(last)[0] == -1 or _is_batch_size(_sizes(last)[0])):
+            raise self._fail(last, ops.shown(_call_name(last)), f"{why}, and its batch is "
+                             "x.size(0) or -1")
+        taken = [swap]
+        while taken[-1] is not last:
+            taken.append(_only_user(taken[-1]))
+        self.skip.update(taken)
+        self.add(last, LAYER, [source], shown, entry={"type": "channelshuffle", "groups": groups})
 
     def mean(self, node: fx.Node, name: str) -> None:
         """x.mean((2, 3), keepdim=True) is a global average pool; without keepdim, a flatten
@@ -482,6 +646,81 @@ class _Converter:
         pooled = self.add(node, LAYER, [source], shown, entry=pool)
         self.results[node] = result
         self.add(node, LAYER, [pooled], shown, entry={"type": "flatten"})
+
+
+def _sizes(node: fx.Node) -> list:
+    """The sizes a view or reshape asks for, as a list."""
+    sizes = list(node.args[1:]) or [node.kwargs.get("shape", node.kwargs.get("size"))]
+    if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):
+        sizes = list(sizes[0])
+    return sizes
+
+
+def _splits_channels(before: tuple, after: tuple) -> bool:
+    """N×C×H×W viewed as N×g×(C/g)×H×W, the first step of a channel shuffle."""
+    return len(before) == 4 and len(after) == 5 and after[0] == before[0] \
+        and after[1] * after[2] == before[1] and after[3:] == before[2:]
+
+
+def _only_user(node: fx.Node) -> fx.Node | None:
+    users = list(node.users)
+    return users[0] if len(users) == 1 else None
+
+
+def _swaps_1_2(node: fx.Node) -> bool:
+    """x.transpose(1, 2), torch.transpose(x, 1, 2) or x.permute(0, 2, 1, 3, 4) of a 5-d x."""
+    name = _call_name(node)
+    if name in ("torch.transpose", "Tensor.transpose", "torch.swapaxes", "Tensor.swapaxes",
+                "torch.swapdims", "Tensor.swapdims"):
+        dims = [*node.args[1:3], *node.kwargs.values()]
+        return len(dims) == 2 and all(isinstance(d, int) for d in dims) \
+            and sorted(d % 5 for d in dims) == [1, 2]
+    if name in ("torch.permute", "Tensor.permute"):
+        dims = node.args[1:] or [node.kwargs.get("dims")]
+        if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
+            dims = dims[0]
+        return all(isinstance(d, int) for d in dims) \
+            and [d % 5 for d in dims] == [0, 2, 1, 3, 4]
+    return False
+
+
+def _height_and_width_of(size: Any, results: dict) -> fx.Node | None:
+    """The 4-d tensor whose H×W ``size`` is: ``t.shape[-2:]``, ``t.size()[2:]``, or the pair
+    ``(t.size(2), t.shape[3])``; None for anything else."""
+
+    def source(node, sliced: bool):
+        """t of ``t.shape`` / ``t.size()`` (sliced) or of ``t.size(d)`` / ``t.shape[d]``."""
+        if not isinstance(node, fx.Node) or node.op not in ("call_function", "call_method"):
+            return None, None
+        if node.op == "call_method" and node.target == "size" and len(node.args) == 2 \
+                and not sliced:
+            return node.args[0], node.args[1]
+        if node.op == "call_function" and node.target is operator.getitem:
+            base, index = node.args
+            whole = isinstance(base, fx.Node) and (
+                (base.op == "call_method" and base.target == "size" and len(base.args) == 1)
+                or (base.op == "call_function" and base.target is builtins.getattr
+                    and base.args[1] == "shape"))
+            if whole:
+                return base.args[0], index
+        return None, None
+
+    def is_4d(t) -> bool:
+        shape = results.get(t)
+        return isinstance(shape, _Shape) and len(shape) == 4
+
+    if isinstance(size, fx.Node):
+        tensor, index = source(size, True)
+        if isinstance(index, slice) and index.stop is None and index.step is None \
+                and index.start in (-2, 2) and is_4d(tensor):
+            return tensor
+        return None
+    if isinstance(size, (list, tuple)) and len(size) == 2:
+        (t1, d1), (t2, d2) = source(size[0], False), source(size[1], False)
+        if t1 is not None and t1 is t2 and is_4d(t1) and isinstance(d1, int) \
+                and isinstance(d2, int) and (d1 % 4, d2 % 4) == (2, 3):
+            return t1
+    return None
 
 
 def _has_node(value: Any) -> bool:

@@ -58,6 +58,8 @@ class _Writer:
     def block(self, item, indent: str, bullet: str) -> None:
         """A block's fields, the first after ``bullet`` ("- " in a list, "" for a template)."""
         head = {"type": item.type, **({"name": item.name} if item.name else {})}
+        if item.inputs:
+            head["from"] = item.inputs
         if item.activation:
             head["activation"] = item.activation
         inner = indent + " " * len(bullet)
@@ -84,13 +86,25 @@ def render(block: Nest) -> str:
 
 
 def to_yaml(items: list, *, name: str, input_shape: tuple[int, ...], origin: str,
-            templates: dict[str, Nest] | None = None) -> str:
-    """The spec text. ``origin`` says what was imported (``model.py:Net``)."""
+            templates: dict[str, Nest] | None = None, returned_key=None,
+            outputs: list[str] | None = None, returned_keys: list | None = None) -> str:
+    """The spec text. ``origin`` says what was imported (``model.py:Net``); ``returned_key``
+    the key of the one tensor in the dict the forward returns, if it returns a dict of one;
+    ``outputs`` the layers of the tensors it returns, where it returns several, and
+    ``returned_keys`` their keys where it returns them in a dict."""
     shape = "×".join(map(str, input_shape))
     writer = _Writer()
     lines = [
         f"{MARKER} {__version__} from {_comment(origin)}, traced with torch.fx on a {shape} input.",
         "# Each comment gives the line of source the layers below it come from.",
+    ]
+    if returned_key is not None:
+        lines.append(f"# The forward returns {{{_comment(repr(returned_key))}: tensor}}; the "
+                     "spec's output is that tensor.")
+    if outputs and returned_keys:
+        pairs = ", ".join(f"{_comment(repr(k))}: {n}" for k, n in zip(returned_keys, outputs))
+        lines.append(f"# The forward returns {{{pairs}}}: `outputs:` lists them in that order.")
+    lines += [
         f"name: {name}",
         f"input: {_flow({'shape': list(input_shape), 'batch': 'N'})}",
     ]
@@ -104,4 +118,6 @@ def to_yaml(items: list, *, name: str, input_shape: tuple[int, ...], origin: str
     writer.lines.append("layers:")
     writer.last = None
     writer.items(items, INDENT)
+    if outputs:
+        writer.lines.append(f"outputs: {_flow(outputs)}")
     return "\n".join(lines + writer.lines) + "\n"

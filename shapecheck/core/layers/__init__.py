@@ -10,7 +10,7 @@ from functools import lru_cache
 
 from pydantic import ValidationError
 
-from ..graph import read_from
+from ..graph import graph_error, like_of, read_from
 from .base import Context, Inferred, LayerSpec, Origin, ShapeError
 from .block import Block
 
@@ -21,7 +21,8 @@ _WHERE = {
     "adaptiveavgpool2d": "pool.AdaptiveAvgPool2d", "adaptivemaxpool2d": "pool.AdaptiveMaxPool2d",
     "upsample": "resample.Upsample", "pixelshuffle": "resample.PixelShuffle",
     "pixelunshuffle": "resample.PixelUnshuffle",
-    "batchnorm2d": "norm.BatchNorm2d", "groupnorm": "norm.GroupNorm",
+    "batchnorm2d": "norm.BatchNorm2d", "frozenbatchnorm2d": "norm.FrozenBatchNorm2d",
+    "groupnorm": "norm.GroupNorm",
     "layernorm": "norm.LayerNorm", "localresponsenorm": "norm.LocalResponseNorm",
     "layerscale": "norm.LayerScale",
     "dropout": "elementwise.Dropout", "dropout2d": "elementwise.Dropout2d",
@@ -149,6 +150,11 @@ def parse_layers(items: list, loc: tuple, origin: Callable[[tuple], Origin | Non
             layer = kind.model_validate(item)
         except ValidationError as e:
             errors += [{**err, "loc": (*here, *err["loc"])} for err in e.errors()]
+            continue
+        if loc != ("layers",) and like_of(layer) is not None:
+            errors.append(graph_error((*here, "size"), "`size: {like: …}` is allowed only in "
+                                      "the spec's own `layers:` list; a branch sees only its "
+                                      "block's input", "resize after the block instead"))
             continue
         if origin is not None:
             layer.with_origin(origin(here))

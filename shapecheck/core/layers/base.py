@@ -260,6 +260,18 @@ class Context(NamedTuple):
         return Context(features, layout)
 
 
+class Stricter(NamedTuple):
+    """A place where a kind refuses, on purpose, what torch runs: the code it gives there, the
+    ranks of the arriving tensor where it does (() for any), the flag fields through which
+    torch makes the check itself (where one of them is true, torch refuses too), and why.
+    The differential test against torch (tests/test_differential.py) reads these."""
+
+    code: str
+    ranks: tuple[int, ...] = ()
+    unless: tuple[str, ...] = ()
+    why: str = ""
+
+
 class LayerSpec(BaseModel):
     """Base of every layer kind: a pydantic model of the spec entry plus its shape rule."""
 
@@ -280,6 +292,12 @@ class LayerSpec(BaseModel):
     starts_classifier: ClassVar[bool] = False  # the diagram's classifier begins here (flatten)
     # What a last layer of this kind hands to the loss: "probabilities", "log_probabilities".
     outputs: ClassVar[str | None] = None
+    # Constructor arguments torch needs that a spec may leave out: ``infer`` reads them off the
+    # arriving tensor and names them in ``Inferred.inferred_args``. Channels come from dim 1,
+    # features (in_features, normalized_shape) from the last dim, as a PyTorch user reads them.
+    inferred_fields: ClassVar[tuple[str, ...]] = ()
+    # Where the kind is deliberately stricter than torch (Stricter above).
+    stricter_than_torch: ClassVar[tuple[Stricter, ...]] = ()
 
     # A kind with no torch.nn class (a block, a layer scale …) names the small nn.Module that
     # `build` writes for it instead, and its source.

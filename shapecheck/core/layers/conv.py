@@ -17,6 +17,7 @@ from .base import (
     PosInt,
     PosPair,
     ShapeError,
+    Stricter,
     _int_or_pair,
     anycase,
     channels_arrive,
@@ -118,6 +119,8 @@ def _make_Conv2d():
         torch_class = "Conv2d"
         family = "conv"
         name_prefix = "conv"
+        inferred_fields = ("in_channels",)
+        stricter_than_torch = (Stricter("SC209", (3,), why="torch takes a 3-d tensor as one unbatched sample (C, H, W): in a network it would read the batch as channels"),)
 
 
         def pads(self) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -251,6 +254,12 @@ def _make_ConvTranspose2d():
         torch_class = "ConvTranspose2d"
         family = "conv"
         name_prefix = "deconv"
+        inferred_fields = ("in_channels",)
+        stricter_than_torch = (
+            Stricter("SC209", (3,), why="torch takes a 3-d tensor as one unbatched sample (C, H, W): in a network it would read the batch as channels"),
+            Stricter("SC202", why="where the padding takes all of the output, torch makes an "
+                     "empty tensor, which fails later or never"),
+        )
 
 
         def axis_map(self, x: Dims, dim: int):

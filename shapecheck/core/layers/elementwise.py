@@ -15,6 +15,7 @@ from .base import (
     PosInt,
     Probability,
     ShapeError,
+    Stricter,
     channels_arrive,
     model_named,
     on_first_use,
@@ -281,6 +282,10 @@ def _make_Dropout2d():
     class Dropout2d(_make__Dropout()):
         type: Literal["dropout2d"]
         torch_class = "Dropout2d"
+        stricter_than_torch = (
+            Stricter("SC209", (1,), why="torch raises in training, the only mode where "
+                     "dropout acts; in eval mode it passes the tensor through"),
+        )
 
         def infer(self, x: Dims, ctx: Context) -> Inferred:
             # It zeroes whole channels (dim 1): in training torch raises on a 1-d tensor, which has

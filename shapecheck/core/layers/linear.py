@@ -3,7 +3,7 @@
 import math
 from typing import Literal
 
-from .base import Context, Dims, Flag, Inferred, LayerSpec, PosInt, ShapeError, fmt, times
+from .base import Context, Dims, Flag, Inferred, LayerSpec, PosInt, ShapeError, Stricter, fmt, times
 from .window import SAME, Consumed
 
 
@@ -16,6 +16,11 @@ class Linear(LayerSpec):
     torch_class = "Linear"
     family = "linear"
     name_prefix = "fc"
+    inferred_fields = ("in_features",)
+    stricter_than_torch = (
+        Stricter("SC213", (1,), why="after a flatten with start_dim 0, torch takes the whole "
+                 "batch as one sample's features"),
+    )
 
     def settings(self) -> str:
         return f"→ {self.out_features}"

@@ -1,5 +1,5 @@
-"""Normalisation and per-channel scaling: batchnorm2d, groupnorm, layernorm, localresponsenorm,
-and layerscale. Running statistics are buffers, not parameters."""
+"""Normalisation and per-channel scaling: batchnorm2d, frozenbatchnorm2d, groupnorm, layernorm,
+localresponsenorm, and layerscale. Running statistics are buffers, not parameters."""
 
 import math
 from typing import Annotated, Any, Literal
@@ -16,6 +16,7 @@ from .base import (
     Number,
     PosInt,
     ShapeError,
+    Stricter,
     _strict_int,
     channels_arrive,
     fmt,
@@ -57,6 +58,11 @@ class BatchNorm2d(LayerSpec):
     torch_class = "BatchNorm2d"
     family = "norm"
     name_prefix = "bn"
+    inferred_fields = ("num_features",)
+    stricter_than_torch = (
+        Stricter("SC205", unless=("affine", "track_running_stats"), why="torch checks "
+                 "num_features only through its weight, bias and running statistics"),
+    )
     cancels_channel_bias = True  # it subtracts each channel's mean
 
     def declared_input(self, x: Dims) -> Dims | None:
@@ -76,6 +82,57 @@ class BatchNorm2d(LayerSpec):
                         **_affine(c, self.affine, explain))
 
 
+class FrozenBatchNorm2d(LayerSpec):
+    """A batchnorm whose statistics and affine are fixed (torchvision.ops.FrozenBatchNorm2d, the
+    norm of detection backbones): y = x · scale + shift per channel, its weight, bias,
+    running_mean and running_var buffers, not parameters. torch.nn has no class for it: build
+    writes a small module with torchvision's buffers and arithmetic."""
+
+    type: Literal["frozenbatchnorm2d"]
+    num_features: PosInt | None = None
+    eps: Number = 1e-5
+
+    family = "norm"
+    name_prefix = "bn"
+    inferred_fields = ("num_features",)
+    # Not cancels_channel_bias: its mean is fixed, so a bias before it still shifts the output.
+    helper = "FrozenBatchNorm2d"
+    helper_source = '''
+class FrozenBatchNorm2d(nn.Module):
+    """BatchNorm2d with fixed statistics and affine: y = x · scale + shift per channel. Its
+    weight, bias, running_mean and running_var are buffers, not parameters."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.weight.reshape(1, -1, 1, 1) * (
+            self.running_var.reshape(1, -1, 1, 1) + self.eps).rsqrt()
+        shift = self.bias.reshape(1, -1, 1, 1) - self.running_mean.reshape(1, -1, 1, 1) * scale
+        return x * scale + shift
+'''
+
+    def declared_input(self, x: Dims) -> Dims | None:
+        if self.num_features is None or len(x) != 4:
+            return None
+        return (x[0], self.num_features, *x[2:])
+
+    def axis_map(self, x: Dims, dim: int):
+        return channel_map(dim, "frozenbatchnorm2d")
+
+    def infer(self, x: Dims, ctx: Context) -> Inferred:
+        need_rank(x, (4,), "frozenbatchnorm2d")
+        c = _channels(x, self.num_features, "num_features", "frozenbatchnorm2d")
+        explain = [f"num_features = channels of the input = {c}",
+                   f"weight, bias, running_mean, running_var [{c}] each: buffers, 0 params"]
+        return Inferred(out=x, explain=explain, inferred_args={"num_features": c})
+
+
 class GroupNorm(LayerSpec):
     """Normalises each sample over groups of channels (and all positions)."""
 
@@ -88,6 +145,12 @@ class GroupNorm(LayerSpec):
     torch_class = "GroupNorm"
     family = "norm"
     name_prefix = "gn"
+    inferred_fields = ("num_channels",)
+    stricter_than_torch = (
+        Stricter("SC205", unless=("affine",), why="torch checks num_channels only through "
+                 "its weight and bias (with affine false, only that num_groups divides the "
+                 "channels)"),
+    )
 
     def settings(self) -> str:
         return f"{self.num_groups} groups"
@@ -135,6 +198,11 @@ class LayerNorm(LayerSpec):
     torch_class = "LayerNorm"
     family = "norm"
     name_prefix = "ln"
+    inferred_fields = ("normalized_shape",)
+    stricter_than_torch = (
+        Stricter("SC213", why="a normalized_shape over every dim normalises the batch with "
+                 "each sample"),
+    )
 
     def settings(self) -> str:
         if self.normalized_shape is None:
@@ -215,6 +283,7 @@ class LayerScale(LayerSpec):
 
     family = "norm"
     name_prefix = "scale"
+    inferred_fields = ("num_channels",)
     helper = "LayerScale"
     helper_source = '''
 class LayerScale(nn.Module):

@@ -6,7 +6,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BeforeValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
-from .base import Context, Dims, Inferred, LayerSpec, Number, ShapeError, _strict_int
+from .base import Context, Dims, Inferred, LayerSpec, Number, ShapeError, Stricter, _strict_int
 from .window import SAME, Window, spatial
 
 INT64 = 2**63
@@ -31,6 +31,10 @@ class _Pad2d(LayerSpec):
 
     family = "reshape"
     name_prefix = "pad"
+    stricter_than_torch = (
+        Stricter("SC202", why="negative padding that crops a dim to 0 gives torch an empty "
+                 "tensor, which fails later or never"),
+    )
     ranks: ClassVar[tuple[int, ...]] = ()  # the ranks torch accepts; () for any
     mode_rule: ClassVar[str] = ""  # why the mode limits the padding
 
@@ -87,15 +91,22 @@ class _Pad2d(LayerSpec):
         return Inferred(out=(*x[:-2], h + top + bottom, w + left + right), explain=explain)
 
 
+# torch's F.pad pads whatever dims are last, the batch among them on N×F.
+_PADS_THE_BATCH = Stricter("SC213", (1, 2), why="torch pads the last dims of any tensor, the "
+                           "batch among them on N×F")
+
+
 class ZeroPad2d(_Pad2d):
     type: Literal["zeropad2d"]
     torch_class = "ZeroPad2d"
+    stricter_than_torch = (*_Pad2d.stricter_than_torch, _PADS_THE_BATCH)
 
 
 class ConstantPad2d(_Pad2d):
     type: Literal["constantpad2d"]
     value: Number
     torch_class = "ConstantPad2d"
+    stricter_than_torch = (*_Pad2d.stricter_than_torch, _PADS_THE_BATCH)
 
 
 class ReflectionPad2d(_Pad2d):

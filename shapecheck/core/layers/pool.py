@@ -15,6 +15,7 @@ from .base import (
     PosInt,
     PosPair,
     ShapeError,
+    Stricter,
     _strict_int,
     int_schema,
     model_named,
@@ -184,6 +185,10 @@ def _make_AdaptiveAvgPool2d():
         type: Literal["adaptiveavgpool2d"]
 
         torch_class = "AdaptiveAvgPool2d"
+        stricter_than_torch = (
+            Stricter("SC209", (2,), why="with output_size 1 torch takes the mean over the last "
+                     "two dims, which on N×F averages over the batch"),
+        )
 
     return AdaptiveAvgPool2d
 

@@ -16,6 +16,7 @@ from .base import (
     LayerSpec,
     PosInt,
     ShapeError,
+    Stricter,
     _number,
     _strict_int,
     int_schema,
@@ -105,6 +106,9 @@ class UpsampleLike(nn.Module):
             raise PydanticCustomError("align_corners", "align_corners applies to bilinear and "
                                       "bicubic only; leave it out for mode {mode}",
                                       {"mode": self.mode})
+        if self.recompute_scale_factor and self.size is not None:
+            raise PydanticCustomError("recompute_scale_factor", "recompute_scale_factor applies "
+                                      "to scale_factor only; leave it out with size", {})
         return self
 
     def settings(self) -> str:
@@ -171,6 +175,10 @@ class PixelShuffle(LayerSpec):
 
     torch_class = "PixelShuffle"
     family = "resample"
+    stricter_than_torch = (
+        Stricter("SC213", (3,), why="torch takes a 3-d tensor as one unbatched sample "
+                 "(C, H, W): in a network the batch would be the channels"),
+    )
     name_prefix = "shuffle"
 
     def settings(self) -> str:
@@ -203,6 +211,10 @@ class PixelUnshuffle(LayerSpec):
 
     torch_class = "PixelUnshuffle"
     family = "resample"
+    stricter_than_torch = (
+        Stricter("SC213", (3,), why="torch takes a 3-d tensor as one unbatched sample "
+                 "(C, H, W): in a network the batch would be the channels"),
+    )
     name_prefix = "unshuffle"
 
     def settings(self) -> str:

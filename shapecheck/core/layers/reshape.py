@@ -15,6 +15,7 @@ from .base import (
     LayerSpec,
     PosInt,
     ShapeError,
+    Stricter,
     _strict_int,
     fmt,
     model_named,
@@ -131,6 +132,10 @@ def _make_Permute():
 
         family = "reshape"
         name_prefix = "permute"
+        stricter_than_torch = (
+            Stricter("SC213", why="dims that move the batch (dim 0) run in torch, and the "
+                     "samples then mix with the next layer"),
+        )
         helper = "Permute"
         helper_source = '''
 class Permute(nn.Module):

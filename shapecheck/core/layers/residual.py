@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field
 from pydantic_core import PydanticCustomError
 
-from .base import Dims, ShapeError
+from .base import Context, Dims, ShapeError, Stricter
 from .block import Block, broadcast, check_same_rank, chw
 
 
@@ -26,8 +26,12 @@ def _activation(value: Any) -> str:
 
 @cache  # asked for every block of a long network
 def _usable(kind) -> bool:
-    return kind.family == "activation" and bool(kind.torch_class) and not any(
-        f.is_required() for name, f in kind.model_fields.items() if name != "type")
+    """An activation torch.nn builds with no arguments and that has no weights (the block's
+    params are its branches'): relu, silu …, not prelu."""
+    if kind.family != "activation" or not kind.torch_class or any(
+            f.is_required() for name, f in kind.model_fields.items() if name != "type"):
+        return False
+    return kind.model_validate({}).infer((1, 1, 1, 1), Context()).params == 0
 
 
 class Residual(Block):
@@ -42,6 +46,8 @@ class Residual(Block):
     list_fields = ("body", "shortcut")
     glyph, merge_word = "⊕", "add"
     spatial_merge = "broadcast"
+    stricter_than_torch = (Stricter("SC213", why="tensors of different ranks broadcast by their last dims, "
+                 "so torch would line the batch of one up with another dim of the other"),)
     helper = "Residual"
     helper_source = '''
 class Residual(nn.Module):
