@@ -334,13 +334,12 @@ def lraspp_mobilenet_v3_large(num_classes: int = NUM_CLASSES) -> nn.Module:
 
 
 class ResNet50FPN(nn.Module):
-    """resnet_fpn_backbone(backbone_name="resnet50", norm_layer=…): a FeaturePyramidNetwork
-    (256 channels) over layer1..layer4, with LastLevelMaxPool. Its levels "0" … "3" and "pool"
-    are named p2 … p5 and pool here. torchvision's default norm layer is FrozenBatchNorm2d,
-    whose terms are buffers; the spec's batchnorm2d has parameters, so the spec is compared
-    with norm=nn.BatchNorm2d."""
+    """resnet_fpn_backbone(backbone_name="resnet50"): ResNet-50 with torchvision's default
+    FrozenBatchNorm2d (its terms are buffers) and a FeaturePyramidNetwork (256 channels) over
+    layer1..layer4, with LastLevelMaxPool. Its levels "0" … "3" and "pool" are named p2 … p5
+    and pool here."""
 
-    def __init__(self, norm: Callable[..., nn.Module] = nn.BatchNorm2d, out_channels: int = 256):
+    def __init__(self, norm: Callable[..., nn.Module] = FrozenBatchNorm2d, out_channels: int = 256):
         super().__init__()
         self.body = ResNet50Body(norm=norm)
         in_channels_list = [256, 512, 1024, 2048]
@@ -361,14 +360,13 @@ class ResNet50FPN(nn.Module):
         return OrderedDict(zip(("p2", "p3", "p4", "p5", "pool"), results))
 
 
-def resnet50_fpn(norm: Callable[..., nn.Module] = nn.BatchNorm2d) -> nn.Module:
+def resnet50_fpn(norm: Callable[..., nn.Module] = FrozenBatchNorm2d) -> nn.Module:
     return ResNet50FPN(norm)
 
 
 # torchvision's published num_params: fcn and deeplabv3 with their auxiliary classifier
 # (the zoo's networks leave it out). resnet_fpn_backbone has no published count of its own:
-# fasterrcnn_resnet50_fpn's 41,755,286 less its RPN head (593,935) and box head (14,362,055),
-# with torchvision's FrozenBatchNorm2d.
+# fasterrcnn_resnet50_fpn's 41,755,286 less its RPN head (593,935) and box head (14,362,055).
 PUBLISHED = {
     "fcn_resnet50": 35_322_218,
     "deeplabv3_resnet50": 42_004_074,
@@ -377,12 +375,12 @@ PUBLISHED = {
     "resnet50_fpn": 41_755_286 - 593_935 - 14_362_055,
 }
 
-# name: (builder, the published count's build (aux on, or frozen batchnorm))
+# name: (builder, the build torchvision's count is of: with the auxiliary classifier)
 SEG_ZOO: dict[str, tuple[Callable[..., nn.Module], Callable[[], nn.Module]]] = {
     "fcn_resnet50": (fcn_resnet50, partial(fcn_resnet50, aux=True)),
     "deeplabv3_resnet50": (deeplabv3_resnet50, partial(deeplabv3_resnet50, aux=True)),
     "deeplabv3_mobilenet_v3_large": (deeplabv3_mobilenet_v3_large,
                                      partial(deeplabv3_mobilenet_v3_large, aux=True)),
     "lraspp_mobilenet_v3_large": (lraspp_mobilenet_v3_large, lraspp_mobilenet_v3_large),
-    "resnet50_fpn": (resnet50_fpn, partial(resnet50_fpn, norm=FrozenBatchNorm2d)),
+    "resnet50_fpn": (resnet50_fpn, resnet50_fpn),
 }

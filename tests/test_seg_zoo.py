@@ -3,9 +3,9 @@ resnet50_fpn.yaml) against the torch references in tests/seg_reference.py, writt
 torchvision's own code.
 
 Each reference's parameter count equals torchvision's published one (built as torchvision
-counts it: with the auxiliary classifier; the FPN with its frozen batchnorm). Each spec plans
-valid, without warnings, at torchvision's 520×520 and at the odd 513×513, and its outputs,
-parameters, MACs and weighted leaves (in order, with their output shapes) equal the
+counts it: with the auxiliary classifier). Each spec plans valid, without warnings, at
+torchvision's 520×520 and at the odd 513×513, and its outputs, parameters, MACs and weighted
+leaves (in order, with their output shapes; the FPN's frozen batchnorms too) equal the
 reference's, measured on the meta device with forward hooks. The module `build` emits has the
 reference's parameter shapes and module arguments, and, given the reference's weights, computes
 its output (every level of the FPN). The U-Net is flat: no block in a block.
@@ -24,13 +24,13 @@ torch = pytest.importorskip("torch")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from seg_reference import PUBLISHED, SEG_ZOO
-from zoo_measure import WEIGHTED as WEIGHTED_MODULES
-from zoo_measure import build_meta, count_params, hyperparameters, measure
+from zoo_measure import build_meta, count_params, hyperparameters, is_leaf, measure
 from zoo_reference import unet
 
 ZOO_DIR = Path(__file__).resolve().parent.parent / "specs" / "zoo"
 SIZES = (520, 513)
-WEIGHTED = ("conv2d", "convtranspose2d", "linear", "batchnorm2d", "layernorm")
+WEIGHTED = ("conv2d", "convtranspose2d", "linear", "batchnorm2d", "frozenbatchnorm2d",
+            "layernorm")
 CASES = [(name, hw) for name in SEG_ZOO for hw in SIZES]
 
 
@@ -98,7 +98,7 @@ def weighted_calls(model, x) -> list:
     """The weighted modules (conv, norm) in the order the forward pass calls them."""
     calls: list = []
     hooks = [m.register_forward_hook(lambda m, i, o: calls.append(m))
-             for m in model.modules() if isinstance(m, WEIGHTED_MODULES)]
+             for m in model.modules() if is_leaf(m)]
     try:
         with torch.no_grad():
             model(x)
@@ -122,8 +122,8 @@ def test_seg_build_computes_the_reference(name):
     builder, hw = COMPUTED[name]
     reference = builder().double().eval()
     for m in reference.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):  # so that no batchnorm is the identity
-            for t in (m.weight, m.bias, m.running_mean):
+        if isinstance(m, torch.nn.BatchNorm2d) or type(m).__name__ == "FrozenBatchNorm2d":
+            for t in (m.weight, m.bias, m.running_mean):  # so that no batchnorm is the identity
                 t.data.uniform_(-0.5, 0.5)
             m.running_var.data.uniform_(0.5, 1.5)
     built = shapecheck.build_module(ZOO_DIR / f"{name}.yaml").double().eval()

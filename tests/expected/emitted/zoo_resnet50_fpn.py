@@ -5,6 +5,25 @@ import torch
 from torch import nn
 
 
+class FrozenBatchNorm2d(nn.Module):
+    """BatchNorm2d with fixed statistics and affine: y = x · scale + shift per channel. Its
+    weight, bias, running_mean and running_var are buffers, not parameters."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.weight.reshape(1, -1, 1, 1) * (
+            self.running_var.reshape(1, -1, 1, 1) + self.eps).rsqrt()
+        shift = self.bias.reshape(1, -1, 1, 1) - self.running_mean.reshape(1, -1, 1, 1) * scale
+        return x * scale + shift
+
+
 class Residual(nn.Module):
     """y = body(x) + shortcut(x); an identity shortcut passes x through."""
 
@@ -51,7 +70,7 @@ class Bottleneck(Residual):
         super().__init__(
             body=nn.Sequential(
                 nn.Conv2d(in_channels=in_channels, out_channels=width, kernel_size=1, bias=False),
-                nn.BatchNorm2d(num_features=width),
+                FrozenBatchNorm2d(num_features=width),
                 nn.ReLU(),
                 nn.Conv2d(
                     in_channels=width,
@@ -61,10 +80,10 @@ class Bottleneck(Residual):
                     padding=1,
                     bias=False,
                 ),
-                nn.BatchNorm2d(num_features=width),
+                FrozenBatchNorm2d(num_features=width),
                 nn.ReLU(),
                 nn.Conv2d(in_channels=width, out_channels=width * 4, kernel_size=1, bias=False),
-                nn.BatchNorm2d(num_features=width * 4),
+                FrozenBatchNorm2d(num_features=width * 4),
             ),
             shortcut=nn.Identity() if shortcut is None else shortcut,
             activation=nn.ReLU(),
@@ -79,11 +98,11 @@ class Downsample(nn.Sequential):
             nn.Conv2d(
                 in_channels=in_channels, out_channels=out, kernel_size=1, stride=stride, bias=False
             ),
-            nn.BatchNorm2d(num_features=out),
+            FrozenBatchNorm2d(num_features=out),
         )
 
 
-# 26,852,416 parameters, 38,001,069,056 multiply-accumulates per sample.
+# 26,799,296 parameters, 38,001,069,056 multiply-accumulates per sample.
 class Resnet50Fpn(nn.Module):
     """ResNet-50 FPN backbone as torchvision's resnet_fpn_backbone builds it, P2-P5 and pool
 
@@ -95,7 +114,7 @@ class Resnet50Fpn(nn.Module):
         self.conv1 = nn.Conv2d(
             in_channels=3, out_channels=64, kernel_size=7, stride=2, padding=3, bias=False
         )
-        self.bn1 = nn.BatchNorm2d(num_features=64)
+        self.bn1 = FrozenBatchNorm2d(num_features=64)
         self.relu1 = nn.ReLU()
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.layer1 = nn.Sequential(
