@@ -106,7 +106,12 @@ class Downsample(nn.Sequential):
 class Resnet50Fpn(nn.Module):
     """ResNet-50 FPN backbone as torchvision's resnet_fpn_backbone builds it, P2-P5 and pool
 
-    Input (N, 3, 520, 520), output (N, 256, 130, 130).
+    Input (N, 3, 520, 520); outputs:
+    - p2: (N, 256, 130, 130)
+    - p3: (N, 256, 65, 65)
+    - p4: (N, 256, 33, 33)
+    - p5: (N, 256, 17, 17)
+    - pool: (N, 256, 9, 9)
     """
 
     def __init__(self) -> None:
