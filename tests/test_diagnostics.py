@@ -251,6 +251,11 @@ def test_sc112_names_read_before_they_exist(tmp_path):
     assert "add merges two or more tensors" in by_line[6].message
     assert "relu takes one input, but `from:` lists 2" in by_line[7].message
     assert "'nowhere'" in by_line[8].message and "outputs" in by_line[10].message
+    # the reserved names
+    reserved = diagnose(tmp_path, HEAD + "  - {type: relu, name: input}\n"
+                        "  - {type: add, from: [input, prev]}\n")
+    d = only(reserved, "SC112")
+    assert d.line == 3 and "`input` means the spec's input" in d.message
     # inside a block, a branch reads its block's input
     nested = diagnose(tmp_path, HEAD + "  - type: residual\n    body:\n"
                       "      - {type: relu, from: input}\n")
