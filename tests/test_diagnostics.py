@@ -263,6 +263,18 @@ def test_sc112_names_read_before_they_exist(tmp_path):
     assert d.path == (0, "body", 0) and d.line == 5 and "block" in d.message
 
 
+def test_sc113_when_and_the_incoming_shape(tmp_path):
+    plan = diagnose(tmp_path, "input: {shape: [8, 16, 16]}\ntemplates:\n  t:\n"
+                    "    params: {t: 6}\n    layers: [{type: relu, when: $t}]\n"
+                    "layers: [relu, {use: t}]\n")
+    d = only(plan, "SC113")
+    assert d.line == 6 and "when: must be true or false, got 6" in d.message  # at the use
+    flat = diagnose(tmp_path, HEAD + "  - flatten\n"
+                    "  - {type: linear, out_features: $in_h}\n")
+    d = only(flat, "SC113")
+    assert d.line == 4 and "$in_h" in d.message
+
+
 # --- SC2xx: PyTorch would fail here ------------------------------------------------------
 
 
