@@ -187,7 +187,9 @@ def pinned(path) -> Spec:
             out.append(layer)
         return out
 
-    return Spec(name=spec.name, input=spec.input, layers=pin(spec.layers, plan.layers))
+    # a copy keeps what the layers alone do not say: outputs:, and the template uses' names
+    # that from: may read (the flat U-Net's `from: [enc4, up4]`)
+    return spec.model_copy(update={"layers": pin(spec.layers, plan.layers)})
 
 
 # every spec of specs/, and the zoo's U-Net and ResNet-50 (the rest of the zoo would take minutes)

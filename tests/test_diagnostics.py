@@ -251,11 +251,28 @@ def test_sc112_names_read_before_they_exist(tmp_path):
     assert "add merges two or more tensors" in by_line[6].message
     assert "relu takes one input, but `from:` lists 2" in by_line[7].message
     assert "'nowhere'" in by_line[8].message and "outputs" in by_line[10].message
+    # the reserved names
+    reserved = diagnose(tmp_path, HEAD + "  - {type: relu, name: input}\n"
+                        "  - {type: add, from: [input, prev]}\n")
+    d = only(reserved, "SC112")
+    assert d.line == 3 and "`input` means the spec's input" in d.message
     # inside a block, a branch reads its block's input
     nested = diagnose(tmp_path, HEAD + "  - type: residual\n    body:\n"
                       "      - {type: relu, from: input}\n")
     d = only(nested, "SC112")
     assert d.path == (0, "body", 0) and d.line == 5 and "block" in d.message
+
+
+def test_sc113_when_and_the_incoming_shape(tmp_path):
+    plan = diagnose(tmp_path, "input: {shape: [8, 16, 16]}\ntemplates:\n  t:\n"
+                    "    params: {t: 6}\n    layers: [{type: relu, when: $t}]\n"
+                    "layers: [relu, {use: t}]\n")
+    d = only(plan, "SC113")
+    assert d.line == 6 and "when: must be true or false, got 6" in d.message  # at the use
+    flat = diagnose(tmp_path, HEAD + "  - flatten\n"
+                    "  - {type: linear, out_features: $in_h}\n")
+    d = only(flat, "SC113")
+    assert d.line == 4 and "$in_h" in d.message
 
 
 # --- SC2xx: PyTorch would fail here ------------------------------------------------------

@@ -817,8 +817,10 @@ def test_generator_draws_every_kind_and_field():
 
     draw()
     rates = {k: ok.get(k, 0) / (ok.get(k, 0) + failed.get(k, 0)) for k in SEQUENTIAL}
-    # a floor per kind (few draws each, so a low one) and a firmer one over all draws
-    assert all(rate >= 0.3 for rate in rates.values()), rates
+    # a floor per kind (few draws each, so a low one; lower for a block, whose branches are
+    # random layers that may each fail) and a firmer one over all draws
+    low = {k: r for k, r in rates.items() if r < (0.15 if KINDS[k].is_block else 0.3)}
+    assert not low, low
     assert sum(ok.values()) >= 0.75 * (sum(ok.values()) + sum(failed.values())), rates
     assert sum(failed.values()) > 0  # invalid draws come up too
     never = {kind: sorted(set(model.model_fields) - {"name"} - fields[kind])

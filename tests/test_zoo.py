@@ -22,6 +22,7 @@ import shapecheck
 torch = pytest.importorskip("torch")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from seg_reference import SEG_ZOO
 from zoo_measure import build_meta, count_params, hyperparameters, measure
 from zoo_reference import ZOO, StochasticDepth
 
@@ -68,7 +69,8 @@ def references():
 
 
 def test_every_zoo_spec_has_a_reference():
-    assert sorted(p.stem for p in ZOO_DIR.glob("*.yaml")) == sorted(ZOO)
+    # the segmentation networks' references and tests: seg_reference.py, test_seg_zoo.py
+    assert sorted(p.stem for p in ZOO_DIR.glob("*.yaml")) == sorted([*ZOO, *SEG_ZOO])
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)

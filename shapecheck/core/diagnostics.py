@@ -46,8 +46,9 @@ CODES: dict[str, str] = {
     "name, or `scales` that are not named sets of values.",
     "SC112": "A name a layer reads by is wrong: a `from:`, `size: {like: …}` or `outputs:` "
     "name that no earlier layer of the spec's own list has (a later layer, the layer itself, or "
-    "none), `from:` inside a block, a merge (add, mul, cat) with fewer than two inputs, or "
-    "several inputs for a layer that takes one.",
+    "none), `from:` inside a block, a merge (add, mul, cat) with fewer than two inputs, "
+    "several inputs for a layer that takes one, or a layer named `input` or `prev` in a spec "
+    "that reads by name.",
     "SC113": "A `when:` that is not true or false, a `when:` group with more than `layers:`, or "
     "`$in_channels`, `$in_h` or `$in_w` read where the incoming shape is not known (an entry "
     "before it breaks the schema) or has no such dimension (`$in_h` after a flatten).",

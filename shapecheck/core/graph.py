@@ -117,6 +117,12 @@ def check(layers: list, outputs: list | None, aliases: dict[str, int]) -> list[d
             problem = _undefined(like.name, i, defined, aliases, layers)
             if problem:
                 errors.append(graph_error((*loc, "size"), problem[0], problem[1], like.name))
+        if layer.name in RESERVED:  # `from: input` would not mean this layer
+            errors.append(graph_error((*loc, "name"), f"a layer named {layer.name!r} cannot be "
+                                      f"read by name: `{layer.name}` means "
+                                      + ("the spec's input" if layer.name == INPUT else
+                                         "the previous layer") + " in `from:`",
+                                      f"rename it, e.g. {layer.name}_"))
         defined[layer.name] = i
     for j, name in enumerate(outputs or ()):
         if name in RESERVED or (name not in defined and name not in aliases):

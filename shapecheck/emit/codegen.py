@@ -312,14 +312,20 @@ class _Writer:
 
     def main_class(self, cls: str, init: list[ast.stmt], forward: list[ast.stmt]) -> ast.ClassDef:
         plan = self.plan
-        shapes = f"Input {self.shape(plan.input_dims)}, output {self.shape(plan.output_dims)}."
+        shapes = [f"Input {self.shape(plan.input_dims)}, output {self.shape(plan.output_dims)}."]
+        if len(plan.outputs) > 1:  # forward returns a dict of them, one line each
+            shapes = [f"Input {self.shape(plan.input_dims)}; outputs:",
+                      *(f"- {name}: {self.shape(plan.layers[i].output_dims)}"
+                        for name, i in plan.outputs)]
         description = (plan.description or "").strip()
         if description:
             body = _wrap(description.split("\n"), len(INDENT) + 3)
             doc = "\n".join([body[0], *(f"{INDENT}{line}".rstrip(" ") for line in body[1:]), "",
-                             f"{INDENT}{shapes}", INDENT])
+                             *(f"{INDENT}{line}" for line in shapes), INDENT])
+        elif len(shapes) > 1:
+            doc = "\n".join([shapes[0], "", *(f"{INDENT}{line}" for line in shapes[1:]), INDENT])
         else:
-            doc = shapes
+            doc = shapes[0]
         forward[0].leading = [f"x: {self.shape(plan.input_dims)}"]
         tensor = src.dotted("torch.Tensor")
         returns = tensor if len(plan.outputs) < 2 else ast.Subscript(

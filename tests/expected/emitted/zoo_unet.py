@@ -5,15 +5,11 @@ import torch
 from torch import nn
 
 
-class Concat(nn.Module):
-    """Every branch gets the same input; their outputs are joined on channels (dim 1)."""
+class Cat(nn.Module):
+    """Its inputs joined on channels (dim 1)."""
 
-    def __init__(self, *branches: nn.Module) -> None:
-        super().__init__()
-        self.branches = nn.ModuleList(branches)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([branch(x) for branch in self.branches], dim=1)
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return torch.cat(xs, dim=1)
 
 
 class DoubleConv(nn.Sequential):
@@ -52,55 +48,42 @@ class Unet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.enc1 = DoubleConv(3, out=64)
-        self.skip1 = Concat(
-            nn.Identity(),  # (N, 64, 256, 256)
-            nn.Sequential(
-                Down(64, out=128),
-                Concat(
-                    nn.Identity(),  # (N, 128, 128, 128)
-                    nn.Sequential(
-                        Down(128, out=256),
-                        Concat(
-                            nn.Identity(),  # (N, 256, 64, 64)
-                            nn.Sequential(
-                                Down(256, out=512),
-                                Concat(
-                                    nn.Identity(),  # (N, 512, 32, 32)
-                                    nn.Sequential(
-                                        Down(512, out=1024),
-                                        nn.ConvTranspose2d(
-                                            in_channels=1024,
-                                            out_channels=512,
-                                            kernel_size=2,
-                                            stride=2,
-                                        ),  # (N, 512, 32, 32)
-                                    ),  # (N, 512, 32, 32)
-                                ),  # (N, 1024, 32, 32)
-                                DoubleConv(1024, out=512),
-                                nn.ConvTranspose2d(
-                                    in_channels=512, out_channels=256, kernel_size=2, stride=2
-                                ),  # (N, 256, 64, 64)
-                            ),  # (N, 256, 64, 64)
-                        ),  # (N, 512, 64, 64)
-                        DoubleConv(512, out=256),
-                        nn.ConvTranspose2d(
-                            in_channels=256, out_channels=128, kernel_size=2, stride=2
-                        ),  # (N, 128, 128, 128)
-                    ),  # (N, 128, 128, 128)
-                ),  # (N, 256, 128, 128)
-                DoubleConv(256, out=128),
-                nn.ConvTranspose2d(
-                    in_channels=128, out_channels=64, kernel_size=2, stride=2
-                ),  # (N, 64, 256, 256)
-            ),  # (N, 64, 256, 256)
-        )
+        self.enc2 = Down(64, out=128)
+        self.enc3 = Down(128, out=256)
+        self.enc4 = Down(256, out=512)
+        self.bottleneck = Down(512, out=1024)
+        self.up4 = nn.ConvTranspose2d(in_channels=1024, out_channels=512, kernel_size=2, stride=2)
+        self.skip4 = Cat()
+        self.dec4 = DoubleConv(1024, out=512)
+        self.up3 = nn.ConvTranspose2d(in_channels=512, out_channels=256, kernel_size=2, stride=2)
+        self.skip3 = Cat()
+        self.dec3 = DoubleConv(512, out=256)
+        self.up2 = nn.ConvTranspose2d(in_channels=256, out_channels=128, kernel_size=2, stride=2)
+        self.skip2 = Cat()
+        self.dec2 = DoubleConv(256, out=128)
+        self.up1 = nn.ConvTranspose2d(in_channels=128, out_channels=64, kernel_size=2, stride=2)
+        self.skip1 = Cat()
         self.dec1 = DoubleConv(128, out=64)
         self.head = nn.Conv2d(in_channels=64, out_channels=2, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (N, 3, 256, 256)
-        x = self.enc1(x)  # (N, 64, 256, 256)
-        x = self.skip1(x)  # (N, 128, 256, 256)
+        enc1_relu2 = self.enc1(x)  # (N, 64, 256, 256)
+        enc2_relu4 = self.enc2(enc1_relu2)  # (N, 128, 128, 128)
+        enc3_relu6 = self.enc3(enc2_relu4)  # (N, 256, 64, 64)
+        enc4_relu8 = self.enc4(enc3_relu6)  # (N, 512, 32, 32)
+        x = self.bottleneck(enc4_relu8)  # (N, 1024, 16, 16)
+        up4 = self.up4(x)  # (N, 512, 32, 32)
+        x = self.skip4(enc4_relu8, up4)  # (N, 1024, 32, 32)
+        x = self.dec4(x)  # (N, 512, 32, 32)
+        up3 = self.up3(x)  # (N, 256, 64, 64)
+        x = self.skip3(enc3_relu6, up3)  # (N, 512, 64, 64)
+        x = self.dec3(x)  # (N, 256, 64, 64)
+        up2 = self.up2(x)  # (N, 128, 128, 128)
+        x = self.skip2(enc2_relu4, up2)  # (N, 256, 128, 128)
+        x = self.dec2(x)  # (N, 128, 128, 128)
+        up1 = self.up1(x)  # (N, 64, 256, 256)
+        x = self.skip1(enc1_relu2, up1)  # (N, 128, 256, 256)
         x = self.dec1(x)  # (N, 64, 256, 256)
         x = self.head(x)  # (N, 2, 256, 256)
         return x
