@@ -110,6 +110,15 @@ def test_a_parameter_named_like_a_class_build_writes_is_refused(tmp_path, param)
             f"the parameter {param!r} has the name of a class build writes")
 
 
+def test_every_helper_class_begins_with_a_capital():
+    # The parameter check asks for the helpers' names (defining every kind) only for a
+    # parameter that begins with a capital, as these do.
+    from shapecheck.core.layers import KINDS
+
+    helpers = [kind.helper for kind in KINDS.values() if kind.helper]
+    assert helpers and all(name[:1].isupper() for name in helpers), helpers
+
+
 def test_variables_that_differ_only_in_case_stay_distinct():
     text = named(param="a").replace("{w: 2}", "{w: 1, W: 2, _: 3}").replace(
         "$a * $w", "$a + $w * 10 + $W * 100 + $_")

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .expressions import ExpressionError, evaluate, is_expression, show
@@ -183,9 +183,10 @@ def check_name(name: Any, what: str, loc: tuple, chain: tuple = ()) -> None:
 
 
 def _template_classes(templates: dict) -> set[str]:
-    """The names of the classes `build` writes: the helpers of the blocks, and one per template.
-    Template names are checked here: each is a class's name, so two that differ only in case
-    or underscores (conv_bn, ConvBn) would be one class."""
+    """The names of the classes `build` writes for the templates, one per template (the
+    kinds' helpers are _helper_classes). Template names are checked here: each is a class's
+    name, so two that differ only in case or underscores (conv_bn, ConvBn) would be one
+    class."""
     classes: dict[str, str] = {}
     for name in templates:
         check_name(name, "the template name", ("templates", name))
@@ -195,7 +196,15 @@ def _template_classes(templates: dict) -> set[str]:
                                 f"only in case or underscores: both would be the class {cls}",
                                 ("templates", name), "rename one of them")
         classes[cls] = name
-    return {*classes, *(kind.helper for kind in KINDS.values() if kind.helper)}
+    return set(classes)
+
+
+@cache
+def _helper_classes() -> frozenset[str]:
+    """The helper classes `build` writes for the kinds that have one (Residual, Concat ...).
+    Reading them defines every kind's model, so they are asked for only where a parameter's
+    name begins with a capital, as each of theirs does."""
+    return frozenset(kind.helper for kind in KINDS.values() if kind.helper)
 
 
 def _scale(data: dict, asked: str | None) -> tuple[dict, str | None]:
@@ -541,7 +550,8 @@ class _Expander:
                                 chain=chain)
         for param in params:  # each an argument of the template's class
             check_name(param, f"template {name}: the parameter", (*loc, "params", param), chain)
-            if param in self.classes or param.rstrip("0123456789") in self.classes:
+            names = {param, param.rstrip("0123456789")}
+            if names & self.classes or param[:1].isupper() and names & _helper_classes():
                 raise TemplateError("SC105", f"template {name}: the parameter {param!r} has "
                                     "the name of a class build writes", (*loc, "params", param),
                                     f"use a name such as {param.lower()!r}", chain)
