@@ -249,3 +249,17 @@ def test_a_network_with_several_outputs_is_not_trained(tmp_path):
     assert "returns several tensors (out, high); training takes a network with one output" \
         in run.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_diagram_shows_sizes_taken_and_every_output():
+    pytest.importorskip("graphviz")
+    plan = shapecheck.plan(LRASPP)
+    dot = diagram(plan).source
+    node = {row.name: f"n{row.index}" for row in plan.layers}
+    # a dotted edge marked size from the tensor an upsample takes its size from
+    assert re.search(rf"{node['low']} -> {node['up1']} \[label=<size> constraint=false "
+                     r"style=dotted\]", dot), dot
+    # each output, by name, into the output node
+    assert f"{node['out']} -> output [label=<out: N×4×65×67>]" in dot
+    assert f"{node['high']} -> output [label=<high: N×16×17×17>]" in dot
+    assert dot.count("⊕ add") == 1  # the legend names a glyph once
