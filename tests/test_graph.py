@@ -263,3 +263,21 @@ def test_the_diagram_shows_sizes_taken_and_every_output():
     assert f"{node['out']} -> output [label=<out: N×4×65×67>]" in dot
     assert f"{node['high']} -> output [label=<high: N×16×17×17>]" in dot
     assert dot.count("⊕ add") == 1  # the legend names a glyph once
+
+
+def test_a_template_use_reads_by_name_and_is_read_by_its_name(tmp_path):
+    spec = tmp_path / "net.yaml"
+    spec.write_text("input: {shape: [8, 16, 16]}\ntemplates:\n  cbr:\n    params: {c: 8}\n"
+                    "    layers: [{type: conv2d, out_channels: $c, kernel_size: 3, padding: 1}, "
+                    "relu]\nlayers:\n"
+                    "  - {type: conv2d, name: stem, out_channels: 8, kernel_size: 1}\n"
+                    "  - {use: cbr, name: a, c: 4}\n"
+                    "  - {use: cbr, name: b, c: 4, from: stem}\n"
+                    "  - {type: cat, from: [a, b]}\n", encoding="utf-8")
+    plan = shapecheck.plan(spec)
+    assert plan.valid and plan.output_shape == ("N", 8, 16, 16), plan.diagnostics
+    assert [row.inputs for row in plan.layers if row.inputs] == [("stem",),
+                                                                ("a_relu1", "b_relu2")]
+    forward = generate_source(plan).split("def forward(self, x: torch.Tensor)")[1]
+    assert "a = self.a(stem)" in forward and "b = self.b(stem)" in forward
+    assert "x = self.cat1(a, b)" in forward
