@@ -249,3 +249,35 @@ def test_a_network_with_several_outputs_is_not_trained(tmp_path):
     assert "returns several tensors (out, high); training takes a network with one output" \
         in run.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_diagram_shows_sizes_taken_and_every_output():
+    pytest.importorskip("graphviz")
+    plan = shapecheck.plan(LRASPP)
+    dot = diagram(plan).source
+    node = {row.name: f"n{row.index}" for row in plan.layers}
+    # a dotted edge marked size from the tensor an upsample takes its size from
+    assert re.search(rf"{node['low']} -> {node['up1']} \[label=<size> constraint=false "
+                     r"style=dotted\]", dot), dot
+    # each output, by name, into the output node
+    assert f"{node['out']} -> output [label=<out: N×4×65×67>]" in dot
+    assert f"{node['high']} -> output [label=<high: N×16×17×17>]" in dot
+    assert dot.count("⊕ add") == 1  # the legend names a glyph once
+
+
+def test_a_template_use_reads_by_name_and_is_read_by_its_name(tmp_path):
+    spec = tmp_path / "net.yaml"
+    spec.write_text("input: {shape: [8, 16, 16]}\ntemplates:\n  cbr:\n    params: {c: 8}\n"
+                    "    layers: [{type: conv2d, out_channels: $c, kernel_size: 3, padding: 1}, "
+                    "relu]\nlayers:\n"
+                    "  - {type: conv2d, name: stem, out_channels: 8, kernel_size: 1}\n"
+                    "  - {use: cbr, name: a, c: 4}\n"
+                    "  - {use: cbr, name: b, c: 4, from: stem}\n"
+                    "  - {type: cat, from: [a, b]}\n", encoding="utf-8")
+    plan = shapecheck.plan(spec)
+    assert plan.valid and plan.output_shape == ("N", 8, 16, 16), plan.diagnostics
+    assert [row.inputs for row in plan.layers if row.inputs] == [("stem",),
+                                                                ("a_relu1", "b_relu2")]
+    forward = generate_source(plan).split("def forward(self, x: torch.Tensor)")[1]
+    assert "a = self.a(stem)" in forward and "b = self.b(stem)" in forward
+    assert "x = self.cat1(a, b)" in forward

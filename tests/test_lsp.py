@@ -137,7 +137,7 @@ def test_completion_offers_types_fields_with_defaults_templates_and_scales():
     uses = labels("layers:\n  - {use: }\n", 1, 9, known)
     assert [c.label for c in uses] == ["bottleneck", "downsample"]
     params = labels("layers:\n  - {use: downsample, \n", 1, 22, known)
-    assert [c.label for c in params] == ["out", "stride", "name", "repeat", "first"]
+    assert [c.label for c in params] == ["out", "stride", "name", "repeat", "first", "from"]
     scaled = Checked((SPECS / "zoo" / "efficientnet.yaml").read_text(encoding="utf-8"))
     scales = [c.label for c in labels("default_scale: ", 0, 15, scaled)]
     assert scales == list(scaled.raw(("scales",)))

@@ -45,7 +45,7 @@ MAX_BLOCK_DEPTH = 50
 MAX_VALUES = 2_000_000
 # Scales a spec may declare: `check` plans each one (EfficientNet has 8).
 MAX_SCALES = 1_000
-USE_KEYS = ("use", "name", "repeat", "first")
+USE_KEYS = ("use", "name", "repeat", "first", "from")
 
 if TYPE_CHECKING:
     from .incoming import Incoming
@@ -504,6 +504,9 @@ class _Expander:
             written = {k: v for k, v in raw.items() if k not in USE_KEYS}
             if not produced:  # a body whose layers `when:` all leaves out: nothing to note
                 continue
+            if i == 0 and "from" in item and isinstance(produced[0], dict):
+                # the use reads what its `from:` names: its first layer does (graph.py)
+                produced[0] = {**produced[0], "from": item["from"]}
             self.made.append(Made(name, {k: local[k] for k in defaults}, start, len(produced),
                                   src, i, given if isinstance(given, str) else None,
                                   len(chain), written, instance))

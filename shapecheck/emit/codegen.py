@@ -344,13 +344,13 @@ class _Writer:
 
 
 def _variables(read: set[str], steps: list[tuple]) -> dict[str, str]:
-    """The variable that keeps each tensor read by name: the layer's name (``input_`` for the
-    spec's input), with ``_`` added where it would be ``x`` or ``self``, or clash."""
+    """The variable that keeps each tensor read by name (by its layer's name): the attribute
+    that makes it (``input_`` for the spec's input), with ``_`` added where it would be ``x``
+    or ``self``, or clash."""
     taken = {"x", "self"}
     variables = {}
-    for name in [INPUT, *(last.name for _, _, last in steps)]:
+    for name, var in [(INPUT, "input_"), *((last.name, attr) for attr, _, last in steps)]:
         if name in read:
-            var = "input_" if name == INPUT else name  # not the builtin
             while var in taken:
                 var += "_"
             taken.add(var)

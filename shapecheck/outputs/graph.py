@@ -202,12 +202,17 @@ class _Drawer:
                         same.attr(rank="same")
                         same.node(anchor)
                         same.node(merge)
-        if plan.outputs:  # the first of them is drawn as the output
-            tail, shape = self.tensors[plan.layers[plan.outputs[0][1]].name]
+        ends = [(tail, shape, None)]
+        if plan.outputs:  # each tensor the network returns, by its name
+            ends = [(*self.tensors[plan.layers[i].name], name) for name, i in plan.outputs]
         done = plan.valid
         g.node("output", _html("<B>output</B>" if done else "output (not reached)"),
                **({"style": "rounded,filled,bold"} if done else self._skipped_attrs()))
-        self._edge(tail, "output", shape)
+        for tail, shape, name in ends:
+            if name is None or shape is None:
+                self._edge(tail, "output", shape)
+            else:
+                self._edge(tail, "output", shape, label=f"{name}: {_shape(shape)}")
 
     def _title(self) -> str:
         """The name, the description, and the totals or where the network fails."""
@@ -263,8 +268,9 @@ class _Drawer:
                  for f in FAMILIES if f in self.families_seen]
         drawn = {type(layer.spec) for layer in self.plan.walk()
                  if layer.is_block or layer.spec.is_merge}
-        cells += [f"<TD>{text(b.glyph + ' ' + b.merge_word)}</TD>"
+        glyphs = [f"<TD>{text(b.glyph + ' ' + b.merge_word)}</TD>"
                   for b in (*BLOCKS, *MERGES) if b in drawn]
+        cells += list(dict.fromkeys(glyphs))  # a residual's ⊕ and an add's are one
         if self.warnings:
             cells.append(f'<TD COLOR="{WARNING_LINE}"><FONT COLOR="{WARNING_TEXT}">warning'
                          "</FONT></TD>")
@@ -282,8 +288,10 @@ class _Drawer:
 
     # -- layers and blocks ------------------------------------------------------------------
 
-    def _edge(self, tail: str, head: str, shape, **attrs: str) -> None:
-        self.edges.append((tail, head, _shape(shape), attrs))
+    def _edge(self, tail: str, head: str, shape, label: str | None = None, **attrs: str) -> None:
+        """An edge carrying the tensor's shape (or ``label``); none for a skipped one."""
+        self.edges.append((tail, head, _shape(shape) if shape is None or label is None
+                           else label, attrs))
 
     def _chain(self, c, layers: list[LayerPlan], tail: str, shape, level: int = 1):
         """Draw layers one after another from `tail`; returns the last node and its shape.
@@ -308,8 +316,8 @@ class _Drawer:
                 self._edge(tail, node, shape)
                 if layer.like is not None:  # the tensor it takes its size from
                     like, like_shape = self.tensors[layer.like]
-                    self._edge(like, node, None if like_shape is None else "size",
-                               style="dotted", constraint="false")
+                    self._edge(like, node, like_shape, label="size", style="dotted",
+                               constraint="false")
                 tail, shape = node, layer.output_shape
             if level == 1:
                 self.tensors[layer.name] = (tail, shape)
