@@ -40,6 +40,7 @@ from .layers.window import (
 from .record import Record
 
 if TYPE_CHECKING:
+    from .layers.window import AxisMap
     from .plan import LayerPlan, Plan
 
 AXES = ("H", "W")
@@ -100,32 +101,38 @@ def _walk(rows: list[LayerPlan], axes: list[_Axis],
     for row in rows:
         if row.status != "ok":
             return axes
+        spec = row.spec
         if row.inputs is not None:  # a layer that reads other tensors (graph.py)
             paths = [named[name] for name in row.inputs]
-            axes = _merged(row, paths, list(row.inputs)) if row.spec.is_merge else paths[0]
-        if row.is_block:
+            axes = _merged(row, paths, list(row.inputs)) if spec.is_merge else paths[0]
+        if spec.is_block:
             axes = _block(row, axes)
-        elif row.spec.is_merge:
+        elif spec.is_merge:
             pass
         elif row.like is not None:
             why = f"{row.name} resizes to {row.like}'s size: the field depends on the unit's position"
             axes = [_Axis(NoField("n/a", why), a.dim) for a in axes]
             row.field_explain = [f"rf: n/a ({why})"]
         else:
-            (h, h_line), (w, w_line) = _step(row, axes[0]), _step(row, axes[1])
-            axes = [h, w]
-            if h_line is not None or w_line is not None:  # most layers have nothing to explain
-                row.field_explain = Lines(partial(_explain_lines, [h_line, w_line]))
+            h, w = axes
+            mh, dh = spec.axis_map(row.input_dims, h.dim)
+            mw, dw = spec.axis_map(row.input_dims, w.dim)
+            # both axes stay (activations, norms: most layers) unless a map says otherwise
+            if mh is not SAME or mw is not SAME or dh != h.dim or dw != w.dim:
+                (h, h_line), (w, w_line) = _step(row, h, mh, dh), _step(row, w, mw, dw)
+                axes = [h, w]
+                if h_line is not None or w_line is not None:  # most have nothing to explain
+                    row.field_explain = Lines(partial(_explain_lines, [h_line, w_line]))
         row.receptive_field = (axes[0].field, axes[1].field)
         if named is not None:
             named[row.name] = axes
     return axes
 
 
-def _step(row: LayerPlan, axis: _Axis) -> tuple[_Axis, str | tuple | None]:
-    """The axis after the row's layer, and its explain line (a window's numbers)."""
-    m, dim = row.spec.axis_map(row.input_dims, axis.dim)
-    if m is SAME and dim == axis.dim:  # the field stays (activations, norms): most layers
+def _step(row: LayerPlan, axis: _Axis, m: AxisMap, dim: int) -> tuple[_Axis, str | tuple | None]:
+    """The axis after the row's layer, which maps it by ``m`` to ``dim``, and its explain line
+    (a window's numbers)."""
+    if m is SAME and dim == axis.dim:  # the field stays
         return axis, None
     f = axis.field
     if not isinstance(f, Field):

@@ -69,6 +69,10 @@ def groups_hint(c_in: int, c_out: int) -> str:
 
 # F.pad's limits per side: reflect mirrors without repeating the edge, so it needs pad < size;
 # circular wraps around at most once, pad <= size. zeros and replicate pad any amount.
+# A conv's window on an axis, by its settings: a long network repeats a few convs, and the
+# receptive field asks for both axes of each (a Window is never changed once made)
+_WINDOWS: dict[tuple, Window] = {}
+
 _PAD_RULE = {"reflect": "less than the input size", "circular": "at most the input size"}
 
 
@@ -138,12 +142,20 @@ def _make_Conv2d():
             i = spatial(x, dim) if len(x) == 4 else None
             if i is None:
                 return (Consumed("conv2d has weights per channel") if dim == 1 else SAME), dim
-            before, after = self.pads()[i]
-            min_size = 1
-            if self.padding_mode in _PAD_RULE:  # reflect needs pad < size, circular pad <= size
-                min_size = max(before, after) + (1 if self.padding_mode == "reflect" else 0)
-            return Window(pair(self.kernel_size)[i], pair(self.stride)[i], before, after,
-                          pair(self.dilation)[i], min_size=min_size), dim
+            key = (self.kernel_size, self.stride, self.padding, self.dilation,
+                   self.padding_mode, i)
+            window = _WINDOWS.get(key)
+            if window is None:
+                before, after = self.pads()[i]
+                min_size = 1
+                if self.padding_mode in _PAD_RULE:  # reflect needs pad < size, circular <= size
+                    min_size = max(before, after) + (1 if self.padding_mode == "reflect" else 0)
+                if len(_WINDOWS) > 1024:  # a long-lived process (the language server)
+                    _WINDOWS.clear()
+                window = _WINDOWS[key] = Window(
+                    pair(self.kernel_size)[i], pair(self.stride)[i], before, after,
+                    pair(self.dilation)[i], min_size=min_size)
+            return window, dim
 
         def settings(self) -> str:
             parts = settings(self.kernel_size, self.stride, self.padding, self.dilation)
