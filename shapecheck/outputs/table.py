@@ -11,7 +11,19 @@ HEADERS = ["#", "name", "type", "output shape", "weight", "bias", "params", "MAC
 
 
 def dims(shape) -> str:
-    return "—" if shape is None else "×".join(map(str, shape))
+    if shape is None:
+        return "—"
+    if type(shape) is tuple:  # a long network repeats a few shapes: each written once
+        text = _SHAPES.get(shape)
+        if text is None:
+            if len(_SHAPES) > 1024:  # a long-lived process (the language server)
+                _SHAPES.clear()
+            text = _SHAPES[shape] = "×".join(map(str, shape))
+        return text
+    return "×".join(map(str, shape))
+
+
+_SHAPES: dict[tuple, str] = {}
 
 
 def human_count(n: int) -> str:
@@ -42,26 +54,33 @@ def collapsed(layer: LayerPlan, indent: str, depth: int | None) -> int:
 def row_cells(layer: LayerPlan, indent: str, depth: int | None = None,
            mark: str | None = None) -> list:
     """A row's cells; ``mark`` is the layer's mark in Plan.marks (default: its status)."""
-    where = "/".join(map(str, layer.path))
-    mark = mark or layer.status
+    path, status = layer.path, layer.status
+    where = str(path[0]) if len(path) == 1 else "/".join(map(str, path))
+    mark = mark or status
     if mark == "failed":
         out = "✗ fails here"
     elif mark == "holds":
         out = "✗ fails inside"
-    elif layer.status == "skipped":
+    elif status == "skipped":
         out = "—"
     else:
         out = dims(layer.output_shape)
-    planned = layer.status == "ok"
-    hidden = collapsed(layer, indent, depth) if layer.branches else 0
+    planned = status == "ok"
+    kind = layer.type
+    if layer.branches:
+        hidden = collapsed(layer, indent, depth)
+        if hidden:
+            kind += f" ({hidden} layer{'s' * (hidden != 1)})"
+    if layer.inputs:
+        kind += f" ← {', '.join(layer.inputs)}"
+    weight, bias = layer.weight_shape, layer.bias_shape
     return [
         where,
         indent + layer.name,
-        layer.type + (f" ({hidden} layer{'s' * (hidden != 1)})" if hidden else "")
-        + (f" ← {', '.join(layer.inputs)}" if layer.inputs else ""),
+        kind,
         out,
-        dims(layer.weight_shape) if layer.weight_shape else "",
-        dims(layer.bias_shape) if layer.bias_shape else "",
+        dims(weight) if weight else "",
+        dims(bias) if bias else "",
         f"{layer.params:,}" if planned else "",
         f"{layer.macs:,}" if planned else "",
     ]
