@@ -36,6 +36,9 @@ class Locator:
         return loc, ()
 
     def _written(self, loc: tuple) -> tuple[int | None, int | None]:
+        hit = self.positions.get(loc)
+        if hit is not None:  # most entries
+            return hit
         # Inside a subtree written as an alias (`body: *blk`), that is the alias's place.
         while loc and loc not in self.positions:
             loc = loc[:-1]
@@ -46,6 +49,8 @@ class Locator:
         return self.origin(loc).reported
 
     def origin(self, loc: tuple) -> Origin:
+        if not self.where:  # no template made it: it was written where it is (every layer)
+            return Origin(self.source, *self._written(loc))
         return self.origin_of(*self.place(loc))
 
     def origin_of(self, src: tuple, chain: tuple) -> Origin:
