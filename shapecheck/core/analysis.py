@@ -119,7 +119,11 @@ def _walk(rows: list[LayerPlan], axes: list[_Axis],
             mw, dw = spec.axis_map(row.input_dims, w.dim)
             # both axes stay (activations, norms: most layers) unless a map says otherwise
             if mh is not SAME or mw is not SAME or dh != h.dim or dw != w.dim:
-                (h, h_line), (w, w_line) = _step(row, h, mh, dh), _step(row, w, mw, dw)
+                if mh is mw and h.field is w.field:  # a square window on a square field
+                    h, h_line = _step(row, h, mh, dh)
+                    w, w_line = _Axis(h.field, dw), h_line
+                else:
+                    (h, h_line), (w, w_line) = _step(row, h, mh, dh), _step(row, w, mw, dw)
                 axes = [h, w]
                 if h_line is not None or w_line is not None:  # most have nothing to explain
                     row.field_explain = Lines(partial(_explain_lines, [h_line, w_line]))

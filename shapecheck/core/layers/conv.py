@@ -152,9 +152,12 @@ def _make_Conv2d():
                     min_size = max(before, after) + (1 if self.padding_mode == "reflect" else 0)
                 if len(_WINDOWS) > 1024:  # a long-lived process (the language server)
                     _WINDOWS.clear()
-                window = _WINDOWS[key] = Window(
-                    pair(self.kernel_size)[i], pair(self.stride)[i], before, after,
-                    pair(self.dilation)[i], min_size=min_size)
+                window = Window(pair(self.kernel_size)[i], pair(self.stride)[i], before, after,
+                                pair(self.dilation)[i], min_size=min_size)
+                other = _WINDOWS.get((*key[:-1], 1 - i))
+                # a square conv's two axes share one window: the field is worked out once
+                _WINDOWS[key] = other if other == window else window
+                window = _WINDOWS[key]
             return window, dim
 
         def settings(self) -> str:
