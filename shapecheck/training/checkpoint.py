@@ -112,7 +112,7 @@ class _Optimizer(BaseModel):
 
 
 class Checkpoint(BaseModel):
-    """checkpoint.pt: what ``--resume`` continues from. The loop makes one and ``save``s it;
+    """checkpoint.pt: what ``--resume`` continues from. The loop makes one and ``write``s it;
     ``load`` reads it back, every field checked. Fields a later version adds are refused: the
     version says what a checkpoint holds."""
 
@@ -189,7 +189,7 @@ class Checkpoint(BaseModel):
         rngs = self.rng_ranks
         return (rngs[rank] if rngs and len(rngs) == world_size else self.rng).model_dump()
 
-    def save(self, path: Path) -> None:
+    def write(self, path: Path) -> None:
         """Written atomically: a kill at any instant leaves the previous checkpoint whole."""
         save_torch(self.model_dump(), path)
 

@@ -915,7 +915,7 @@ class _Loop:
             std=run.data.loaded.std,
             loss=run.loss_name,
             torch_version=str(torch.__version__),
-        ).save(run.out / CHECKPOINT_FILE)
+        ).write(run.out / CHECKPOINT_FILE)
         if run.pending_resume is not None:
             record_resume(run.out, run.pending_resume, run.spec.model_dump(mode="json"))
             run.pending_resume = None

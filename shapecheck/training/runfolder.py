@@ -147,7 +147,7 @@ def start_afresh(out: Path, model_source: str, run_info: RunInfo,
                  log: Callable[[str], Any]) -> None:
     """A new run in ``out``: run.json is written (first: it marks the folder as a run folder,
     runinfo.RUN_MARK), the previous run's results go, and model.py is written."""
-    run_info.save(out)
+    run_info.write(out)
     old = [f for f in (MODEL_FILE, BEST_FILE, CHECKPOINT_FILE, METRICS_FILE, CURVES_FILE,
                        PREDICTIONS_FILE)
            if (out / f).exists()]

@@ -63,7 +63,7 @@ Real = Annotated[StrictFloat | StrictInt, AfterValidator(_finite)]
 
 
 class RunInfo(BaseModel):
-    """run.json: what ``eval`` needs from a run. Training makes one and ``save``s it; ``load``
+    """run.json: what ``eval`` needs from a run. Training makes one and ``write``s it; ``load``
     reads it back, validated. Fields a later version adds are allowed."""
 
     model_config = ConfigDict(extra="allow")
@@ -106,7 +106,7 @@ class RunInfo(BaseModel):
         return self
 
 
-    def save(self, folder: Path) -> None:
+    def write(self, folder: Path) -> None:
         """``folder``/run.json, written atomically: the fields given, in their order (a field
         left at its default and not given is not written)."""
         atomic_write(Path(folder) / RUN_FILE,
