@@ -17,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from .trainspec import _finite
+from .trainspec import check_finite
 
 
 class SchedulerSpec(BaseModel):
@@ -63,11 +63,11 @@ class SchedulerSpec(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "SchedulerSpec":
-        _finite(self.warmup_epochs, "warmup_epochs")
-        _finite(self.gamma, "gamma")
-        _finite(self.min_lr, "min_lr")
-        _finite(self.div_factor, "div_factor")
-        _finite(self.final_div_factor, "final_div_factor")
+        check_finite(self.warmup_epochs, "warmup_epochs")
+        check_finite(self.gamma, "gamma")
+        check_finite(self.min_lr, "min_lr")
+        check_finite(self.div_factor, "div_factor")
+        check_finite(self.final_div_factor, "final_div_factor")
         if self.type == "multistep":
             if not self.milestones:
                 raise ValueError("multistep needs milestones: the epochs at which the rate "
@@ -175,7 +175,7 @@ class ErasingSpec(BaseModel):
     def _check(self) -> "ErasingSpec":
         _range(self.scale, "scale")
         _range(self.ratio, "ratio")
-        _finite(self.value, "value")
+        check_finite(self.value, "value")
         if self.scale[1] >= 1:
             raise ValueError("scale is a fraction of the image's area: below 1")
         return self

@@ -118,7 +118,7 @@ FLOAT32_MAX = 3.4028234663852886e38
 INT64_MAX = 2**63 - 1  # torch.manual_seed and the data order take a signed 64-bit seed
 
 
-def _finite(value: float | list[float] | None, what: str) -> None:
+def check_finite(value: float | list[float] | None, what: str) -> None:
     values = value if isinstance(value, list) else [value]
     for v in values:
         if v is not None and not (math.isfinite(v) and abs(v) <= FLOAT32_MAX):
@@ -163,8 +163,8 @@ class DatasetSpec(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "DatasetSpec":
-        _finite(self.mean, "mean")
-        _finite(self.std, "std")
+        check_finite(self.mean, "mean")
+        check_finite(self.std, "std")
         if self.format == "synthetic":
             if self.path is not None:
                 raise ValueError("a synthetic dataset takes no path")
@@ -208,9 +208,9 @@ class OptimizerSpec(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "OptimizerSpec":
-        _finite(self.lr, "lr")
-        _finite(self.weight_decay, "weight_decay")
-        _finite(self.eps, "eps")
+        check_finite(self.lr, "lr")
+        check_finite(self.weight_decay, "weight_decay")
+        check_finite(self.eps, "eps")
         if self.momentum is not None and self.type not in ("sgd", "rmsprop") \
                 and self.momentum != 0:
             raise ValueError(f"momentum applies to sgd and rmsprop ({self.type} has its own "
@@ -342,9 +342,9 @@ class TrainSpec(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "TrainSpec":
-        _finite(self.grad_clip, "grad_clip")
+        check_finite(self.grad_clip, "grad_clip")
         if isinstance(self.class_weights, list):
-            _finite(self.class_weights, "class_weights")
+            check_finite(self.class_weights, "class_weights")
         if self.label_smoothing and self.loss in ("nll_loss", *REGRESSION_LOSSES):
             raise ValueError(f"label_smoothing needs cross_entropy ({self.loss} has none)")
         regression = self.loss in REGRESSION_LOSSES

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .steps import ImportFailure
-from .trace import _first_line, failure_source
+from .trace import failure_source, first_line
 
 _counter = itertools.count()
 
@@ -54,7 +54,7 @@ def run_file(path: Path):
         sys.modules.pop(module_name, None)
         where = failure_source(e)
         at = f" at {where.quoted()}" if where else ""
-        raise ImportFailure(f"running {path} failed{at}: {_first_line(e)}") from None
+        raise ImportFailure(f"running {path} failed{at}: {first_line(e)}") from None
     finally:
         if folder in sys.path:
             sys.path.remove(folder)
@@ -114,7 +114,7 @@ def build(obj, name: str) -> torch.nn.Module:
         except Exception as e:  # noqa: BLE001 - the user's constructor, any failure
             where = failure_source(e)
             at = f" at {where.quoted()}" if where else ""
-            raise ImportFailure(f"{name}() failed{at}: {_first_line(e)}") from None
+            raise ImportFailure(f"{name}() failed{at}: {first_line(e)}") from None
     if not isinstance(model, torch.nn.Module):
         raise ImportFailure(f"{name}() returned a {type(model).__name__}, not an nn.Module")
     return model.to("meta")

@@ -80,7 +80,7 @@ def failure_source(error: BaseException) -> Source | None:
     return found
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
     # A syntax error's own text repeats its file and line, which failure_source gives.
     text = error.msg if isinstance(error, SyntaxError) and error.msg else str(error)
     text = text.strip().split("\n")[0]
@@ -158,7 +158,7 @@ def trace(model: torch.nn.Module, input_shape: tuple[int, ...]
             raise ImportFailure(
                 f"data-dependent control flow{at}: the forward decides on a tensor's values, "
                 "which torch.fx cannot trace without data") from None
-        raise ImportFailure(f"torch.fx cannot trace the forward{at}: {_first_line(e)}"
+        raise ImportFailure(f"torch.fx cannot trace the forward{at}: {first_line(e)}"
                             ) from None
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     required = [n.target for n in placeholders if not n.args]
@@ -191,7 +191,7 @@ class _Recorder(fx.Interpreter):
             at = f" at {where.quoted()}" if where else ""
             shape = "×".join(map(str, self.input_shape))
             raise ImportFailure(f"the module fails on an input of {shape}{at}"
-                                f"{self._in_layer(n)}: {_first_line(e)}") from None
+                                f"{self._in_layer(n)}: {first_line(e)}") from None
         self.results[n] = _summary(result)
         return result
 
