@@ -315,11 +315,16 @@ train:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
+    """Whether any thread of the process still runs. Its main thread shows Z (a zombie) as soon
+    as it has exited, while the others may still be tearing down, holding its files (and so
+    the run folder's lock): every thread is asked."""
+    states = []
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+        except (OSError, IndexError):
+            continue  # a thread that ended meanwhile
+    return any(state not in ("Z", "X") for state in states)
 
 
 @needs_torch
