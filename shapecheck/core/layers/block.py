@@ -14,7 +14,7 @@ A branch is keyed by the field name (``"body"``) or by its index in ``lists_fiel
 
 from typing import Any, ClassVar
 
-from .base import Dims, LayerSpec, ShapeError
+from .base import Dims, LayerSpec, ShapeError, Stricter
 
 BranchKey = int | str
 
@@ -86,6 +86,11 @@ class Block(LayerSpec):
 
 def chw(x: Dims) -> str:
     return "×".join(map(str, x[1:]))  # 128×28×28, as the table writes shapes
+
+
+# What check_same_rank refuses and torch runs: the blocks that add or multiply declare it.
+MIXED_RANKS = Stricter("SC213", why="tensors of different ranks broadcast by their last dims, "
+                       "so torch would line the batch of one up with another dim of the other")
 
 
 def check_same_rank(what: str, a: Dims, b: Dims, names: tuple[str, str]) -> None:

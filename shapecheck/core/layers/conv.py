@@ -49,6 +49,10 @@ from .window import (
     unused_warning,
 )
 
+# conv2d and convtranspose2d: a 3-d tensor is one unbatched sample to torch.
+_UNBATCHED_3D = Stricter("SC209", (3,), why="torch takes a 3-d tensor as one unbatched sample "
+                         "(C, H, W): in a network it would read the batch as channels")
+
 
 def _padding(value: Any) -> Any:
     if isinstance(value, str):
@@ -124,7 +128,7 @@ def _make_Conv2d():
         family = "conv"
         name_prefix = "conv"
         inferred_fields = ("in_channels",)
-        stricter_than_torch = (Stricter("SC209", (3,), why="torch takes a 3-d tensor as one unbatched sample (C, H, W): in a network it would read the batch as channels"),)
+        stricter_than_torch = (_UNBATCHED_3D,)
 
 
         def pads(self) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -271,7 +275,7 @@ def _make_ConvTranspose2d():
         name_prefix = "deconv"
         inferred_fields = ("in_channels",)
         stricter_than_torch = (
-            Stricter("SC209", (3,), why="torch takes a 3-d tensor as one unbatched sample (C, H, W): in a network it would read the batch as channels"),
+            _UNBATCHED_3D,
             Stricter("SC202", why="where the padding takes all of the output, torch makes an "
                      "empty tensor, which fails later or never"),
         )

@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from .base import Dims, ShapeError, Stricter
-from .block import Block, broadcast, check_same_rank, chw
+from .base import Dims, ShapeError
+from .block import MIXED_RANKS, Block, broadcast, check_same_rank, chw
 
 
 class Gate(Block):
@@ -20,8 +20,7 @@ class Gate(Block):
     glyph, merge_word = "⊗", "gate (multiply)"
     merges_input = True
     spatial_merge = "broadcast"
-    stricter_than_torch = (Stricter("SC213", why="tensors of different ranks broadcast by their last dims, "
-                 "so torch would line the batch of one up with another dim of the other"),)
+    stricter_than_torch = (MIXED_RANKS,)
     helper = "Gate"
     helper_source = '''
 class Gate(nn.Module):

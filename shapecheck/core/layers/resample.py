@@ -167,6 +167,11 @@ class UpsampleLike(nn.Module):
         return Inferred(out=(*x[:2], *out), explain=explain)
 
 
+# pixelshuffle and pixelunshuffle: a 3-d tensor is one unbatched sample to torch.
+_UNBATCHED_3D = Stricter("SC213", (3,), why="torch takes a 3-d tensor as one unbatched sample "
+                         "(C, H, W): in a network the batch would be the channels")
+
+
 class PixelShuffle(LayerSpec):
     """Trades channels for resolution: C·r² × H × W → C × H·r × W·r (sub-pixel convolution)."""
 
@@ -175,10 +180,7 @@ class PixelShuffle(LayerSpec):
 
     torch_class = "PixelShuffle"
     family = "resample"
-    stricter_than_torch = (
-        Stricter("SC213", (3,), why="torch takes a 3-d tensor as one unbatched sample "
-                 "(C, H, W): in a network the batch would be the channels"),
-    )
+    stricter_than_torch = (_UNBATCHED_3D,)
     name_prefix = "shuffle"
 
     def settings(self) -> str:
@@ -211,10 +213,7 @@ class PixelUnshuffle(LayerSpec):
 
     torch_class = "PixelUnshuffle"
     family = "resample"
-    stricter_than_torch = (
-        Stricter("SC213", (3,), why="torch takes a 3-d tensor as one unbatched sample "
-                 "(C, H, W): in a network the batch would be the channels"),
-    )
+    stricter_than_torch = (_UNBATCHED_3D,)
     name_prefix = "unshuffle"
 
     def settings(self) -> str:

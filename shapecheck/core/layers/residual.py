@@ -7,8 +7,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field
 from pydantic_core import PydanticCustomError
 
-from .base import Context, Dims, ShapeError, Stricter
-from .block import Block, broadcast, check_same_rank, chw
+from .base import Context, Dims, ShapeError
+from .block import MIXED_RANKS, Block, broadcast, check_same_rank, chw
 
 
 def _activation(value: Any) -> str:
@@ -46,8 +46,7 @@ class Residual(Block):
     list_fields = ("body", "shortcut")
     glyph, merge_word = "⊕", "add"
     spatial_merge = "broadcast"
-    stricter_than_torch = (Stricter("SC213", why="tensors of different ranks broadcast by their last dims, "
-                 "so torch would line the batch of one up with another dim of the other"),)
+    stricter_than_torch = (MIXED_RANKS,)
     helper = "Residual"
     helper_source = '''
 class Residual(nn.Module):
