@@ -223,9 +223,7 @@ class Plan(Record):
 
     @property
     def output_shape(self) -> Shape | None:
-        if not self.valid or not self.layers:
-            return None
-        return self.output_rows()[0].output_shape
+        return with_batch(self.output_dims, self.batch)
 
     @property
     def params(self) -> int:
