@@ -69,9 +69,10 @@ def _real_names(spec: Spec):
         spec.layers[spec.aliases[name]].name
 
 
-def _layers(layers: list, indent: str, path: tuple, spec: Spec, explain: bool) -> list[str]:
+def _layers(layers: list, indent: str, path: tuple, spec: Spec, explain: bool,
+            real) -> list[str]:
+    """The layers' lines; ``real`` gives the layer a name read by stands for (_real_names)."""
     lines = []
-    real = _real_names(spec)
     for i, layer in enumerate(layers):
         here = (*path, i)
         if explain:
@@ -85,12 +86,14 @@ def _layers(layers: list, indent: str, path: tuple, spec: Spec, explain: bool) -
         for key, branch in layer.branch_lists():
             if isinstance(key, str):
                 lines.append(f"{indent}  {key}:" + ("" if branch else " []"))
-                lines += _layers(branch, indent + INDENT * 2, (*here, key), spec, explain)
+                lines += _layers(branch, indent + INDENT * 2, (*here, key), spec, explain,
+                                 real)
             else:
                 if key == 0:
                     lines.append(f"{indent}  {layer.lists_field}:")
                 lines.append(f"{indent}    -" + ("" if branch else " []"))
-                lines += _layers(branch, indent + INDENT * 3, (*here, key), spec, explain)
+                lines += _layers(branch, indent + INDENT * 3, (*here, key), spec, explain,
+                                 real)
     return lines
 
 
@@ -108,9 +111,10 @@ def to_yaml(spec: Spec, explain: bool = False) -> str:
     if spec.ignore:  # the warnings the spec accepts stay accepted
         lines.append(f"ignore: {_flow(list(spec.ignore))}")
     lines.append("layers:")
-    lines += _layers(spec.layers, INDENT, (), spec, explain)
+    real = _real_names(spec)
+    lines += _layers(spec.layers, INDENT, (), spec, explain, real)
     if spec.outputs:
-        lines.append(f"outputs: {_flow(list(map(_real_names(spec), spec.outputs)))}")
+        lines.append(f"outputs: {_flow(list(map(real, spec.outputs)))}")
     if spec.train is not None:
         train = spec.train.model_dump(mode="json", exclude_unset=True)
         lines.append("train: " + _flow(train))

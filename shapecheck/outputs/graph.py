@@ -148,6 +148,7 @@ class _Drawer:
         # (anchor, merge) pairs drawn side by side (a U-Net's skip and the cat it joins).
         self.tensors: dict[str, tuple[str, object]] = {"input": ("input", plan.input_shape)}
         self.beside: list[tuple[str, str]] = []
+        self.rows = {row.name: row for row in plan.layers}  # the top-level rows, by name
         self.errors: dict[tuple, Diagnostic] = {}
         self.warnings: dict[tuple, list[str]] = {}
         for d in plan.diagnostics:
@@ -337,8 +338,7 @@ class _Drawer:
                    fontsize="16", margin="0", tooltip=f"{layer.name}: {layer.type}",
                    **(self._skipped_attrs() if layer.status == "skipped" else
                       {"style": "filled", "fillcolor": "white"}))
-        rows = {row.name: row for row in self.plan.layers}
-        made = [rows.get(name) for name in layer.inputs]
+        made = [self.rows.get(name) for name in layer.inputs]
         anchor = min(range(len(made)), key=lambda i: made[i].index if made[i] else -1)
         for i, (tail, shape) in enumerate(sources):
             self._edge(tail, node, shape, **({} if i == anchor else {"constraint": "false"}))
