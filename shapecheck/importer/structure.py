@@ -301,8 +301,10 @@ class _GraphWriter:
         self.graph, self.start, self.exit, self.region = graph, start, exit_, region
         self.items: list = []
         self.taken: set[Step] = set()
-        self.sources: dict[int, list[Step]] = {}  # id(item) -> the steps it reads
-        self.merges: set[int] = set()  # ids of the merge items
+        # Keyed by each item's own step, never by id(item): an add folded into the next one
+        # is dropped, and its id may come back as a later item's.
+        self.sources: dict[Step, list[Step]] = {}  # item's step -> the steps it reads
+        self.merges: set[Step] = set()  # the steps of the merge items
 
     def write(self) -> tuple[list, list[str] | None]:
         self.blocks_from(self.start)
@@ -323,19 +325,20 @@ class _GraphWriter:
                                 "with torch.cat(dim=1), and a spec has no layer for one piece")
         if step.kind == LAYER:
             item = Leaf(dict(step.entry), step)
-            self.sources[id(item)] = list(step.inputs)
+            self.sources[item.step] = list(step.inputs)
         else:  # a merge: add, mul, cat
             item = Leaf({"type": step.kind}, step)
             sources = list(step.inputs)
             last = self.items[-1] if self.items else None
-            if step.kind in (ADD, MUL) and isinstance(last, Leaf) and id(last) in self.merges \
+            if step.kind in (ADD, MUL) and isinstance(last, Leaf) and last.step in self.merges \
                     and last.step is sources[0] and last.step.kind == step.kind \
                     and self.graph.users(last.step) == [step]:
                 # (a + b) + c, as build's Add sums three: one add of three
                 self.items.pop()
-                sources = self.sources[id(last)] + sources[1:]
-            self.sources[id(item)] = sources
-            self.merges.add(id(item))
+                self.merges.discard(last.step)
+                sources = self.sources.pop(last.step) + sources[1:]
+            self.sources[item.step] = sources
+            self.merges.add(item.step)
         self.items.append(item)
 
     def blocks_from(self, fork: Step) -> None:
@@ -346,7 +349,7 @@ class _GraphWriter:
                 return
             block, end, steps = found
             self.taken |= steps
-            self.sources[id(block)] = [fork]
+            self.sources[block.step] = [fork]
             self.items.append(block)
             fork = end
 
@@ -422,9 +425,9 @@ class _GraphWriter:
         previous_step = self.start
         for index, item in enumerate(self.items):
             previous = self.items[index - 1] if index else None
-            sources = self.sources[id(item)]
+            sources = self.sources[item.step]
             like = item.step.like if isinstance(item, Leaf) else None
-            if id(item) in self.merges:
+            if item.step in self.merges:
                 self._set(item, "from", [name_of(s, previous) for s in sources])
             elif sources[0] is not previous_step:
                 self._set(item, "from", name_of(sources[0], None))
