@@ -130,6 +130,24 @@ def test_expression_errors_say_why():
     assert info.value.hint == "a `(` is not closed: add its `)`"
 
 
+def test_an_expression_parsed_once_reads_each_environment_anew():
+    """A text is parsed once (a template used 1,000 times evaluates the same texts): its
+    value and its errors still come from the names it is evaluated with, every time."""
+    text = "make_divisible($c // $d, 8)"
+    assert evaluate(text, {"c": 64, "d": 4}) == 16
+    assert evaluate(text, {"c": 256, "d": 4}) == 64
+    for _ in range(2):  # an error is raised each time, not remembered
+        with pytest.raises(ExpressionError, match=r"\$d is not defined here"):
+            evaluate(text, {"c": 64})
+        with pytest.raises(ExpressionError, match="divides by zero"):
+            evaluate(text, {"c": 64, "d": 0})
+        with pytest.raises(ExpressionError, match=r"\$c is True, not a number"):
+            evaluate(text, {"c": True, "d": 1})  # True == 1, yet no number
+        with pytest.raises(ExpressionError, match="nests more than"):
+            evaluate("-" * 60 + "$c", {"c": 1})  # a text that does not parse is never kept
+    assert evaluate(text, {"c": 64, "d": 4}) == 16
+
+
 # --- templates and repeat -----------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ import ast
 import math
 import operator
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 MAX_TEXT = 500  # characters in one expression
@@ -69,13 +69,30 @@ def is_expression(value: Any) -> bool:
 
 def evaluate(text: str, env: Mapping[str, Any]) -> Any:
     """The value of an expression in ``env`` (names without their ``$``)."""
+    run = _COMPILED.get(text)
+    if run is None:
+        run = _compile(text)  # raises what a text that cannot be evaluated raises
+        if len(_COMPILED) >= MAX_COMPILED:  # a long-lived process (the language server)
+            _COMPILED.clear()
+        _COMPILED[text] = run
+    return run(env)
+
+
+# An expression is parsed once and turned into a function of its names' values: a template
+# used a thousand times evaluates the same few texts a thousand times each.
+MAX_COMPILED = 10_000
+_COMPILED: dict[str, Callable[[Mapping[str, Any]], Any]] = {}
+
+
+def _compile(text: str) -> Callable[[Mapping[str, Any]], Any]:
     if len(text) > MAX_TEXT:
         raise ExpressionError(f"the expression is {len(text)} characters; at most {MAX_TEXT}")
     whole = _NAME.fullmatch(text.strip())
     if whole:
-        return _lookup(whole.group(1), env)
+        name = whole.group(1)
+        return lambda env: env[name] if name in env else _lookup(name, env)
     body = parse_expression(text).body
-    return _truth(body, env, text) if _is_test(body) else _value(body, env, text)
+    return _test_of(body, text) if _is_test(body) else _value_of(body, text)
 
 
 def parse_expression(text: str) -> ast.Expression:
@@ -160,61 +177,113 @@ def _is_test(node: ast.AST) -> bool:
         isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not))
 
 
-def _truth(node: ast.AST, env: Mapping[str, Any], text: str) -> bool:
-    """The value of a test (``$t != 1 and $se``): comparisons of numbers, and parameters that
-    hold true or false."""
+# Each node becomes a function of ``env`` doing what walking it would: the same checks, in
+# the same order, and the same errors, raised only when evaluation reaches the node.
+Run = Callable[[Mapping[str, Any]], Any]
+
+
+def _test_of(node: ast.AST, text: str) -> Run:
+    """A test (``$t != 1 and $se``): comparisons of numbers, and parameters that hold true or
+    false."""
     if isinstance(node, ast.Compare) and all(type(op) in _COMPARE for op in node.ops):
-        left = _value(node.left, env, text)
-        for op, right_node in zip(node.ops, node.comparators):
-            right = _value(right_node, env, text)
-            if not _COMPARE[type(op)](left, right):
-                return False
-            left = right
-        return True
+        first = _value_of(node.left, text)
+        rest = [(_COMPARE[type(op)], _value_of(right, text))
+                for op, right in zip(node.ops, node.comparators)]
+
+        def compare(env):
+            left = first(env)
+            for holds, right_of in rest:
+                right = right_of(env)
+                if not holds(left, right):
+                    return False
+                left = right
+            return True
+
+        return compare
     if isinstance(node, ast.BoolOp):
-        parts = (_truth(v, env, text) for v in node.values)
-        return all(parts) if isinstance(node.op, ast.And) else any(parts)
+        parts = [_test_of(v, text) for v in node.values]
+        if isinstance(node.op, ast.And):
+            return lambda env: all(part(env) for part in parts)
+        return lambda env: any(part(env) for part in parts)
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
-        return not _truth(node.operand, env, text)
+        operand = _test_of(node.operand, text)
+        return lambda env: not operand(env)
     if isinstance(node, ast.Name) and variable_name(node.id) is not None:
         name = variable_name(node.id)
-        value = _lookup(name, env)
-        if not isinstance(value, bool):
-            raise ExpressionError(f"${name} is {value!r}, not true or false",
-                                  f"compare it: ${name} != 0")
-        return value
+
+        def flag(env):
+            value = _lookup(name, env)
+            if not isinstance(value, bool):
+                raise ExpressionError(f"${name} is {value!r}, not true or false",
+                                      f"compare it: ${name} != 0")
+            return value
+
+        return flag
     if isinstance(node, ast.Constant) and isinstance(node.value, bool):
-        return node.value
-    return _value(node, env, text)  # a number where a test is wanted: says what is allowed
+        constant = node.value
+        return lambda env: constant
+    return _value_of(node, text)  # a number where a test is wanted: says what is allowed
 
 
-def _value(node: ast.AST, env: Mapping[str, Any], text: str) -> int | float:
+def _value_of(node: ast.AST, text: str) -> Run:
+    """A number."""
     if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-        return _number(node.value, "a constant")
+        try:
+            constant = _number(node.value, "a constant")
+        except ExpressionError as e:
+            return _fails(str(e))
+        return lambda env: constant
     if isinstance(node, ast.Name) and variable_name(node.id) is not None:
         name = variable_name(node.id)
-        return _number(_lookup(name, env), f"${name}")
+        what = f"${name}"
+        return lambda env: _number(env[name] if name in env else _lookup(name, env), what)
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        value = _value(node.operand, env, text)
-        return -value if isinstance(node.op, ast.USub) else value
+        operand = _value_of(node.operand, text)
+        if isinstance(node.op, ast.USub):
+            return lambda env: -operand(env)
+        return operand
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
         symbol, apply = _BINARY[type(node.op)]
-        left, right = _value(node.left, env, text), _value(node.right, env, text)
-        if symbol in ("/", "//", "%") and right == 0:
-            raise ExpressionError(f"{text!r} divides by zero")
-        return _number(apply(left, right), f"{text!r}")
+        left_of, right_of = _value_of(node.left, text), _value_of(node.right, text)
+        what = f"{text!r}"
+        if symbol in ("/", "//", "%"):
+            def divide(env):
+                left, right = left_of(env), right_of(env)
+                if right == 0:
+                    raise ExpressionError(f"{text!r} divides by zero")
+                return _number(apply(left, right), what)
+
+            return divide
+        return lambda env: _number(apply(left_of(env), right_of(env)), what)
     if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
             and node.func.id in FUNCTIONS and not node.keywords):
-        args = [_value(a, env, text) for a in node.args]
-        try:
-            return _number(FUNCTIONS[node.func.id](*args), f"{text!r}")
-        except ZeroDivisionError:
-            raise ExpressionError(f"{node.func.id}() in {text!r} divides by zero") from None
-        except (TypeError, ValueError, OverflowError) as e:
-            raise ExpressionError(f"{node.func.id}() in {text!r}: {e}") from None
-    what = ast.unparse(node).replace(_PREFIX, "$")
-    if _is_test(node):
-        raise ExpressionError(f"{what!r} is true or false, not a number")
-    raise ExpressionError(f"{what!r} is not allowed in an expression (numbers, $names, "
-                          "+ − * / // %, comparisons, and, or, not, and "
-                          + ", ".join(FUNCTIONS) + ")")
+        function = node.func.id
+        args_of = [_value_of(a, text) for a in node.args]
+
+        def call(env):
+            args = [arg(env) for arg in args_of]
+            try:
+                return _number(FUNCTIONS[function](*args), f"{text!r}")
+            except ZeroDivisionError:
+                raise ExpressionError(f"{function}() in {text!r} divides by zero") from None
+            except (TypeError, ValueError, OverflowError) as e:
+                raise ExpressionError(f"{function}() in {text!r}: {e}") from None
+
+        return call
+
+    def refuse(env):
+        what = ast.unparse(node).replace(_PREFIX, "$")
+        if _is_test(node):
+            raise ExpressionError(f"{what!r} is true or false, not a number")
+        raise ExpressionError(f"{what!r} is not allowed in an expression (numbers, $names, "
+                              "+ − * / // %, comparisons, and, or, not, and "
+                              + ", ".join(FUNCTIONS) + ")")
+
+    return refuse
+
+
+def _fails(message: str) -> Run:
+    def fail(env):
+        raise ExpressionError(message)
+
+    return fail
