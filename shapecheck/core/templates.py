@@ -250,8 +250,12 @@ def _note(key: str, expression: str, env: dict, result: Any) -> str:
                                                  repr(result)]))
 
 
-def _use_note(head: str, values: dict, raw: dict, env: dict) -> str:
+def _use_note(head: str, repeated: bool, index: int, values: dict, raw: dict,
+              env: dict) -> str:
     """``stage: use unit × 3, $index 0; c: $w = 16``"""
+    if repeated:  # which of the repeats: the $index the template reads
+        head += f", $index {index}"
+    env = {**env, "index": index}
     notes = [_note(k, str(raw[k]), env, v) for k, v in values.items()
              if not isinstance(v, (list, dict))]
     return "; ".join([head, *notes])
@@ -278,17 +282,26 @@ class _Expander:
         self.unevaluated: dict[int, tuple[dict, dict]] = {}
         # The incoming shape where expansion stands, in a spec that reads it ($in_channels).
         self.incoming: Incoming | None = None
+        # What every instance of a template shares, worked out at its first: by the id of
+        # each list and mapping written under `templates` (which outlive the expansion).
+        self.raw = _ids(templates)
+        self.forms: dict[int, _Form] = {}  # a layer entry's, by its id
+        self.places: dict[int, tuple] = {}  # a layer list's locations, by its id
+        self.unless: dict[int, dict] = {}  # an entry with `when:`, without it
+        self.single: dict[str, dict] = {}  # a one-layer template's entry, without `params`
+        self.kinds: dict[str, Any] = {}  # a `type:` as written -> its block, or None
 
     def items(self, items: list, src: tuple, dst: tuple, env: dict, chain: tuple,
               start: int = 0) -> list:
         """Expand a raw layer list written at YAML location ``src``, placed in the list at
         ``dst`` from index ``start`` on."""
         out: list = []
+        places = self._places(items, src)
         for i, item in enumerate(items):
             if isinstance(item, dict) and "when" in item:
                 if not self.when(item["when"], env, (*src, i, "when"), chain):
                     continue
-                item = {k: v for k, v in item.items() if k != "when"}
+                item = self._unless(item)
                 if "layers" in item and "type" not in item and "use" not in item:  # a group
                     if set(item) != {"layers"} or not isinstance(item["layers"], list):
                         raise TemplateError("SC113", "a `when:` group holds only `layers:`, a "
@@ -298,14 +311,14 @@ class _Expander:
                     out += self.items(item["layers"], (*src, i, "layers"), dst, env, chain,
                                       start + len(out))
                     continue
-            elif is_expression(item):  # `- $pre`: a parameter's layers, spliced in
+            elif isinstance(item, str) and "$" in item:  # `- $pre`: a parameter's layers
                 value = self.value(item, env, (*src, i), chain)
                 if isinstance(value, list):
                     out += self.items(value, (*src, i), dst, env, chain, start + len(out))
                     continue
                 item = value
             if isinstance(item, dict) and "use" in item:
-                made = self.use(item, (*src, i), dst, start + len(out), env, chain)
+                made = self.use(item, places[i], dst, start + len(out), env, chain)
                 if not made:  # costs as a layer does: a repeat of it must count
                     self.count += 1
                     if self.count > self.limit:
@@ -314,8 +327,29 @@ class _Expander:
                 if self.incoming is not None and dst == ("layers",):
                     self.incoming.record(item.get("name"))  # `from:` reads its last layer
             else:
-                out.append(self.layer(item, (*src, i), (*dst, start + len(out)), env, chain))
+                out.append(self.layer(item, places[i], (*dst, start + len(out)), env, chain))
         return out
+
+    def _places(self, items: list, src: tuple) -> list[tuple]:
+        """The YAML location of each entry of a layer list written at ``src``: for a list a
+        template writes, the same tuples at every instance."""
+        if id(items) not in self.raw:
+            return [(*src, i) for i in range(len(items))]
+        known = self.places.get(id(items))
+        if known is None or known[0] is not src:
+            known = self.places[id(items)] = (src, [(*src, i) for i in range(len(items))])
+        return known[1]
+
+    def _unless(self, item: dict) -> dict:
+        """The entry without its `when:`: for an entry a template writes, one at every
+        instance."""
+        if id(item) not in self.raw:
+            return {k: v for k, v in item.items() if k != "when"}
+        made = self.unless.get(id(item))
+        if made is None:
+            made = self.unless[id(item)] = {k: v for k, v in item.items() if k != "when"}
+            self.raw.add(id(made))  # (kept here: its id stays its)
+        return made
 
     def when(self, value: Any, env: dict, loc: tuple, chain: tuple) -> bool:
         result = self.value(value, env, loc, chain)
@@ -329,30 +363,42 @@ class _Expander:
         if self.count > self.limit:
             raise self.too_many(src, chain)
         self.where[dst] = (src, chain)
-        if chain and isinstance(item, dict):
-            given = self.unevaluated.get(id(item))
-            self.written[dst] = given[1] if given else item
         incoming = self.incoming
-        top = len(dst) == 2 and dst[0] == "layers"  # in the spec's own list
+        top = incoming is not None and len(dst) == 2 and dst[0] == "layers"  # the spec's list
         if not isinstance(item, dict):
-            item = self.value(item, env, src, chain, dst, "type")
+            if not isinstance(item, str) or "$" in item:  # (a type's name is as written)
+                item = self.value(item, env, src, chain, dst, "type")
             if incoming is not None:
                 incoming.after_layer(item, src, chain, top)
             return item
-        if incoming is not None and top and "from" in item:
+        if chain:
+            given = self.unevaluated.get(id(item))
+            self.written[dst] = given[1] if given else item
+        form = self.forms.get(id(item))
+        if form is None or form.src is not src:
+            form = _Form(item, src)
+            if id(item) in self.raw:  # written in a template: the same at every instance
+                self.forms[id(item)] = form
+        if top and "from" in item:
             incoming.reads_from(item["from"], src)
-        self.spend(len(item), src, chain)  # its fields are copied below
-        if any(isinstance(k, str) and "$" in k for k in item):
-            raise _cut_at_comma(item, src, chain)
-        if chain and isinstance(item.get("name"), str):  # as written: the use prefixes it
-            check_name(item["name"], "the layer name", (*src, "name"), chain)
-        kind = self.value(item.get("type"), env, (*src, "type"), chain)
-        block = block_of({"type": kind})
-        # A block's layer lists are expanded layer by layer below, each with its own notes.
-        lists = {*block.list_fields, block.lists_field} if block is not None else set()
-        item = {k: v if k in lists and isinstance(v, list) or not isinstance(v, (str, list, dict))
-                or isinstance(v, str) and "$" not in v  # plain values, the most, as they are
-                else self.value(v, env, (*src, k), chain, dst, k) for k, v in item.items()}
+        self.values += len(item)  # its fields are copied below
+        if self.values > MAX_VALUES:
+            self.spend(0, src, chain)
+        if form.refused:
+            if form.cut:
+                raise _cut_at_comma(item, src, chain)
+            if chain:  # as written: the use prefixes it
+                check_name(item["name"], "the layer name", (*src, "name"), chain)
+        block, fields = form.block, form.fields
+        if block is _EVALUATED:  # `type: $kind`
+            kind = self.value(item.get("type"), env, (*src, "type"), chain)
+            block = block_of({"type": kind})
+            fields = _fields(item, block)
+        item = item.copy()
+        for k in fields:
+            v = item[k]
+            item[k] = (self.expression(v, env, src, k, chain, dst) if type(v) is str
+                       else self.value(v, env, (*src, k), chain, dst, k))
         if block is not None:
             self.blocks += 1
             if self.blocks > MAX_BLOCK_DEPTH:
@@ -362,10 +408,16 @@ class _Expander:
                                     "no network needs so many levels", chain)
             outer, outs = incoming and incoming.shape, {}
             inputs = incoming.branches(block, item, src, chain) if incoming else {}
-            for suffix, branch in block.raw_branches(item):
+            branches = form.branches if block is form.block else None
+            if branches is None:
+                branches = [(suffix, branch, (*src, *suffix))
+                            for suffix, branch in block.raw_branches(item)]
+                if block is form.block and not form.fields:  # its lists as written
+                    form.branches = branches
+            for suffix, branch, here in branches:
                 if incoming is not None:
                     incoming.shape = inputs.get(suffix)
-                expanded = self.items(branch, (*src, *suffix), (*dst, *suffix), env, chain)
+                expanded = self.items(branch, here, (*dst, *suffix), env, chain)
                 _put(item, suffix, expanded)
                 outs[suffix] = incoming and incoming.shape
             self.blocks -= 1
@@ -374,9 +426,39 @@ class _Expander:
                 incoming.after_block(block, item, outs, src, chain)
         elif incoming is not None:
             incoming.after_layer(item, src, chain, top)
-        if incoming is not None and top and not chain:
+        if top and not chain:
             incoming.record(item.get("name"))
         return item
+
+    def prefix(self, layer: dict, instance: str, top: bool = False) -> None:
+        """Name a template instance's layers after it: the instance's own layer takes its name,
+        named layers inside become ``{instance}_{name}``."""
+        if top:
+            layer["name"] = instance
+        elif isinstance(layer.get("name"), str):
+            layer["name"] = f"{instance}_{layer['name']}"
+        block = self.block_of(layer)
+        if block is None:
+            return
+        branches = [layer.get(f) for f in block.list_fields]
+        if block.lists_field and isinstance(layer.get(block.lists_field), list):
+            branches += layer[block.lists_field]
+        for branch in branches:
+            if isinstance(branch, list):
+                for child in branch:
+                    if isinstance(child, dict):
+                        self.prefix(child, instance)
+
+    def block_of(self, entry: dict) -> Any:
+        """block_of(entry), by its `type:` as written (a spec writes few, thousands of
+        times)."""
+        kind = entry.get("type")
+        if not isinstance(kind, str):
+            return None
+        block = self.kinds.get(kind, self)
+        if block is self:
+            block = self.kinds[kind] = block_of({"type": kind})
+        return block
 
     def too_many(self, loc: tuple, chain: tuple) -> TemplateError:
         return TemplateError("SC004", f"the spec expands to more than {self.limit:,} layers; "
@@ -414,15 +496,7 @@ class _Expander:
               key: str | None = None) -> Any:
         """A value with every expression in it evaluated (layer lists inside it included)."""
         if is_expression(value):
-            if self.incoming is not None and "$in_" in value:  # the spec's own names first
-                env = {**self.incoming.names(value, env, loc, chain), **env}
-            try:
-                result = evaluate(value, env)
-            except ExpressionError as e:
-                raise TemplateError("SC109", str(e), loc, e.hint, chain) from None
-            if dst is not None and not isinstance(result, (list, dict)):
-                self.notes.setdefault(dst, []).append(partial(_note, key, value, env, result))
-            return result
+            return self.expression(value, env, loc, None, chain, dst, key)
         if isinstance(value, (list, dict)):
             self.spend(len(value), loc, chain)
         if isinstance(value, list):
@@ -432,6 +506,22 @@ class _Expander:
             self.unevaluated[id(result)] = (result, value)  # the result kept: its id stays its
             return result
         return value
+
+    def expression(self, text: str, env: dict, src: tuple, field: Any, chain: tuple,
+                   dst: tuple | None = None, key: Any = None) -> Any:
+        """The value of an expression written at ``src`` (a layer's, if ``field`` is not None:
+        at its ``field``, which is then the note's key)."""
+        if field is not None:
+            key = field
+        if self.incoming is not None and "$in_" in text:  # the spec's own names first
+            env = {**self.incoming.names(text, env, _at(src, field), chain), **env}
+        try:
+            result = evaluate(text, env)
+        except ExpressionError as e:
+            raise TemplateError("SC109", str(e), _at(src, field), e.hint, chain) from None
+        if dst is not None and not isinstance(result, (list, dict)):
+            self.notes.setdefault(dst, []).append(partial(_note, key, text, env, result))
+        return result
 
     def use(self, item: dict, src: tuple, dst: tuple, at: int, env: dict, chain: tuple) -> list:
         name = item["use"]
@@ -479,13 +569,19 @@ class _Expander:
         if "name" in item:  # the instance's name: an attribute, and its layers' names' start
             check_name(given, "the use's name", (*src, "name"), chain)
         site = Site(name, src)
+        inner = (site, *chain)  # the uses that made the instances' layers, innermost first
+        valued = any(k not in USE_KEYS for k in item)  # else no values, at every repeat
+        head = f"{given or name}: use {name}" + (f" × {repeat}" if repeat > 1 else "")
+        later: dict | None = None  # the use's values as written, for every repeat but the first
         out: list = []
         for i in range(repeat):
-            if i > 0:  # the use's values may read $index, the repeat being made
+            if i > 0 and valued:  # the use's values may read $index, the repeat being made
                 args = self._args(name, item, src, defaults, env, chain, index=i)
-            given_values = {**args, **(first if i == 0 else {})}
-            self.spend(len(env) + len(defaults), src, chain)
-            local = {**env, **self._defaults(name, defaults, given_values, env, (site, *chain)),
+            given_values = {**args, **first} if i == 0 else args
+            self.values += len(env) + len(defaults)
+            if self.values > MAX_VALUES:
+                self.spend(0, src, chain)
+            local = {**env, **self._defaults(name, defaults, given_values, env, inner),
                      **given_values, "index": i}
             if isinstance(given, str):
                 instance = given if repeat == 1 else f"{given}_{i}"
@@ -496,14 +592,19 @@ class _Expander:
                 instance = f"{name}{self.instances[name]}"
             start = (*dst, at + len(out))
             if single:
-                produced = [self.layer(body, body_loc, start, local, (site, *chain))]
+                produced = [self.layer(body, body_loc, start, local, inner)]
             else:
-                produced = self.items(body, body_loc, dst, local, (site, *chain),
-                                      start=at + len(out))
-            raw = {**item, **(item.get("first") or {} if i == 0 else {})}
-            written = {k: v for k, v in raw.items() if k not in USE_KEYS}
+                produced = self.items(body, body_loc, dst, local, inner, start=at + len(out))
             if not produced:  # a body whose layers `when:` all leaves out: nothing to note
                 continue
+            if i == 0:
+                raw = {**item, **(item.get("first") or {})}
+                written = {k: v for k, v in raw.items() if k not in USE_KEYS}
+            else:  # (read only: the repeats share them)
+                raw = item
+                if later is None:
+                    later = {k: v for k, v in item.items() if k not in USE_KEYS}
+                written = later
             if i == 0 and "from" in item and isinstance(produced[0], dict):
                 # the use reads what its `from:` names: its first layer does (graph.py)
                 produced[0] = {**produced[0], "from": item["from"]}
@@ -513,13 +614,9 @@ class _Expander:
             if instance is not None:
                 for layer in produced:
                     if isinstance(layer, dict):
-                        _prefix_names(layer, instance, top=single)
-            head = f"{given or name}: use {name}" + (f" × {repeat}" if repeat > 1 else "")
-            if repeat > 1:  # which of the repeats: the $index the template reads
-                head += f", $index {i}"
-            values = {**args, **(first if i == 0 else {})}
+                        self.prefix(layer, instance, top=single)
             self.notes.setdefault(start, []).insert(0, partial(
-                _use_note, head, values, raw, {**env, "index": i}))
+                _use_note, head, repeat > 1, i, given_values, raw, env))
             out += produced
         return out
 
@@ -531,11 +628,13 @@ class _Expander:
             if key in given:
                 values[key] = given[key]
             elif is_expression(default):
-                self.spend(len(env) + len(values), ("templates", name, "params", key), chain)
-                values[key] = self.value(default, {**env, **values}, ("templates", name,
-                                                                      "params", key), chain)
+                loc = ("templates", name, "params", key)
+                self.spend(len(env) + len(values), loc, chain)
+                values[key] = self.value(default, {**env, **values}, loc, chain)
             else:  # not copied, but `build` reads it at every instance
-                self.spend(self.size(default), ("templates", name, "params", key), chain)
+                self.values += self.size(default) if isinstance(default, (list, dict)) else 1
+                if self.values > MAX_VALUES:
+                    self.spend(0, ("templates", name, "params", key), chain)
                 values[key] = default
         return values
 
@@ -567,7 +666,10 @@ class _Expander:
                 raise TemplateError("SC108", f"template {name}: `layers` must be a non-empty "
                                     "list", (*loc, "layers"), chain=chain)
             return params, body, (*loc, "layers"), False
-        body = {k: v for k, v in template.items() if k != "params"}
+        body = self.single.get(name)
+        if body is None:  # one at every use: what its instances share is worked out once
+            body = self.single[name] = {k: v for k, v in template.items() if k != "params"}
+            self.raw.add(id(body))
         return params, body, loc, True
 
     def _args(self, template: str, given: dict, src: tuple, defaults: dict, env: dict,
@@ -594,6 +696,57 @@ class _Expander:
         return args
 
 
+def _ids(value: Any) -> set[int]:
+    """The ids of the lists and mappings in ``value``, itself included."""
+    seen: set[int] = set()
+    stack = [value]
+    while stack:
+        part = stack.pop()
+        if isinstance(part, (list, dict)) and id(part) not in seen:
+            seen.add(id(part))
+            stack += part.values() if isinstance(part, dict) else part
+    return seen
+
+
+_EVALUATED = object()  # a `type:` that is an expression: its block is known per instance
+
+
+class _Form:
+    """What expanding a layer entry written at ``src`` needs to know of it before any value
+    is evaluated, the same at each instance of its template."""
+
+    __slots__ = ("src", "cut", "refused", "block", "fields", "branches")
+
+    def __init__(self, item: dict, src: tuple):
+        self.src = src
+        self.cut = any(isinstance(k, str) and "$" in k for k in item)  # (see _cut_at_comma)
+        name = item.get("name")
+        # A key holding `$`, or a name no instance may have: an error to raise.
+        self.refused = self.cut or isinstance(name, str) and name_problem(name) is not None
+        kind = item.get("type")
+        if is_expression(kind) or isinstance(kind, (list, dict)):
+            self.block, self.fields = _EVALUATED, ()
+        else:
+            self.block = block_of({"type": kind})
+            self.fields = _fields(item, self.block)
+        # A block's branches, with their locations, where no value in it is evaluated.
+        self.branches: list[tuple] | None = None
+
+
+def _fields(item: dict, block: Any) -> tuple:
+    """The fields of a layer entry whose values hold expressions. A block's layer lists are
+    not among them: they are expanded layer by layer, each with its own notes."""
+    lists = (*block.list_fields, block.lists_field) if block is not None else ()
+    return tuple(k for k, v in item.items() if not (
+        k in lists and isinstance(v, list) or not isinstance(v, (str, list, dict))
+        or isinstance(v, str) and "$" not in v))  # plain values, the most, as they are
+
+
+def _at(src: tuple, field: Any) -> tuple:
+    """The location of a field of the entry at ``src`` (``field`` None: the entry's own)."""
+    return src if field is None else (*src, field)
+
+
 def _cut_at_comma(entry: dict, src: tuple, chain: tuple) -> TemplateError:
     """SC109 for a key holding `$`: in a flow mapping a comma ended the value before it
     (``{out: max(8, $c)}`` reads as ``out: "max(8"`` and a key ``"$c)"``)."""
@@ -618,22 +771,6 @@ def _put(item: dict, suffix: tuple, value: list) -> None:
         key, index = suffix
         item[key] = list(item[key])
         item[key][index] = value
-
-
-def _prefix_names(layer: dict, instance: str, top: bool = False) -> None:
-    """Name a template instance's layers after it: the instance's own layer takes its name,
-    named layers inside become ``{instance}_{name}``."""
-    if top:
-        layer["name"] = instance
-    elif isinstance(layer.get("name"), str):
-        layer["name"] = f"{instance}_{layer['name']}"
-    block = block_of(layer)
-    if block is None:
-        return
-    for _, branch in block.raw_branches(layer):
-        for child in branch:
-            if isinstance(child, dict):
-                _prefix_names(child, instance)
 
 
 __all__ = ["Expansion", "Made", "Site", "TemplateCode", "TemplateError", "expand"]
