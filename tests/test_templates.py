@@ -603,6 +603,38 @@ def test_the_incoming_shape_after_a_layer_that_fails(tmp_path):
         in error.message
 
 
+def test_instances_that_write_the_same_entry_see_their_own_incoming_shape(tmp_path):
+    """A template's entries are the same at every instance, the shapes they get are not: the
+    shape after an entry is known again only for the same entry from the same shape, and
+    `kernel_size: true` (which planning refuses) is not `kernel_size: 1`."""
+    plan = shapecheck.plan(write(tmp_path, """\
+        input: {shape: [4, 16, 16]}
+        templates:
+          half:
+            layers: [{type: maxpool2d, kernel_size: 2}, {type: conv2d, out_channels: $in_h, kernel_size: 1}]
+        layers:
+          - {use: half, repeat: 3}
+        """))
+    assert [r.output_dims[1:] for r in plan.layers] == [
+        (4, 8, 8), (8, 8, 8), (8, 4, 4), (4, 4, 4), (4, 2, 2), (2, 2, 2)]
+    text = """\
+        input: {shape: [8, 16, 16]}
+        templates:
+          c:
+            params: {k: 1}
+            layers: [{type: conv2d, out_channels: 8, kernel_size: $k}, {type: conv2d, out_channels: $in_channels, kernel_size: 1}]
+        layers:
+          - {use: c}
+          - {use: c, k: 1}
+        """
+    assert shapecheck.plan(write(tmp_path, text)).valid
+    refused = text.replace("{use: c, k: 1}", "{use: c, k: true}")
+    error = only_error(shapecheck.plan(write(tmp_path, refused)))
+    assert (error.code, error.line) == ("SC113", 8)
+    assert "the layer at templates.c.layers[0], before it, does not follow the schema" in \
+        error.message
+
+
 def test_a_parameter_s_layers_are_spliced_into_a_body(tmp_path):
     """`- $pre` in a body: the use's list of layers stands there (none for the default [])."""
     path = write(tmp_path, """\

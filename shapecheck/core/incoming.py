@@ -16,6 +16,7 @@ import re
 from typing import Any
 
 from .layers import Context, ShapeError
+from .planner import branch_entries, merge_entry, plan_entry
 from .templates import TemplateError
 
 _NAME = re.compile(r"\$(in_channels|in_h|in_w)\b")
@@ -36,6 +37,10 @@ class Incoming:
         # The top-level tensors a later layer may read by name (`from:`, graph.py): "input",
         # the named layers of the spec's own list, and the named uses (their last layer).
         self.tensors: dict[str, tuple | None] = {}
+        self._written: dict[str, list[str]] = {}  # the names each expression text holds
+        # The shape after an entry, by the entry and the shape before it (_key): each instance
+        # of a template plans the same entries from the same shapes.
+        self._planned: dict[tuple, tuple] = {}
         if (isinstance(shape, (list, tuple)) and len(shape) == 3
                 and all(type(v) is int and v > 0 for v in shape)):
             self.shape = self.tensors["input"] = ((1, *shape), Context())
@@ -51,7 +56,10 @@ class Incoming:
             raise TemplateError("SC113", "the incoming shape ($in_channels, $in_h, $in_w) is "
                                 f"not known here: {self.unknown}", loc,
                                 "fix that first: the shape is worked out layer by layer", chain)
-        read = [n for n in _NAME.findall(text) if n not in env]
+        written = self._written.get(text)
+        if written is None:  # (a template's expressions are read at each of its instances)
+            written = self._written[text] = _NAME.findall(text)
+        read = [n for n in written if n not in env]
         self.read.update(read)
         x = self.shape[0]
         if "in_channels" in read and len(x) != 4:
@@ -72,19 +80,24 @@ class Incoming:
         list, where it may read tensors by name."""
         if self.shape is None:
             return
-        from .planner import plan_entry
-
+        key = None if top else _key(entry, self.shape)  # (what a top entry reads may differ)
+        if key is not None:
+            known = self._planned.get(key)
+            if known is not None:
+                self.shape = known
+                return
         try:
             self.shape = plan_entry(entry, *self.shape, self._named() if top else None)
         except (ShapeError, ValueError) as e:
             self._lose(e, "layer", src, chain)
+            return
+        if key is not None:
+            self._planned[key] = self.shape
 
     def branches(self, block: Any, item: dict, src: tuple, chain: tuple) -> dict:
         """The shape each branch of a block entry gets, by its place in the entry."""
         if self.shape is None:
             return {}
-        from .planner import branch_entries
-
         try:
             return branch_entries(block, item, *self.shape)
         except (ShapeError, ValueError) as e:
@@ -99,8 +112,6 @@ class Incoming:
         if any(out is None for out in outs.values()):
             self.shape = None  # a branch failed: its error stays the one to report
             return
-        from .planner import merge_entry
-
         try:
             self.shape = merge_entry(block, item, *self.shape,
                                      {key: out[0] for key, out in outs.items()})
@@ -141,6 +152,26 @@ class Incoming:
                                         "reads the incoming shape, which this leaves unknown)",
                                         src, error.hint, chain)
         self.unknown = f"the {what} at {_loc_text(src)}, before it, {error}"
+
+
+def _key(entry: Any, shape: tuple) -> tuple | None:
+    """What plan_entry's result depends on, hashable; None where an entry's value is not
+    (a list). Each value's type is part of it (True == 1, yet `groups: true` is refused), and
+    a float is its exact bits (-0.0 == 0.0)."""
+    x, ctx = shape
+    if isinstance(entry, dict):
+        fields: Any = tuple((k, type(v), v.hex() if type(v) is float else v)
+                            for k, v in entry.items())
+    elif isinstance(entry, str):
+        fields = entry
+    else:
+        return None
+    key = (fields, x, ctx.features_from, ctx.channels_last)
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 def _loc_text(loc: tuple) -> str:

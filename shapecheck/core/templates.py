@@ -715,7 +715,7 @@ class _Form:
     """What expanding a layer entry written at ``src`` needs to know of it before any value
     is evaluated, the same at each instance of its template."""
 
-    __slots__ = ("src", "cut", "refused", "block", "fields", "branches")
+    __slots__ = ("block", "branches", "cut", "fields", "refused", "src")
 
     def __init__(self, item: dict, src: tuple):
         self.src = src
