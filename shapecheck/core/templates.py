@@ -290,6 +290,7 @@ class _Expander:
         self.unless: dict[int, dict] = {}  # an entry with `when:`, without it
         self.single: dict[str, dict] = {}  # a one-layer template's entry, without `params`
         self.kinds: dict[str, Any] = {}  # a `type:` as written -> its block, or None
+        self.named: dict[int, bool] = {}  # a template body's names_inside, by its id
 
     def items(self, items: list, src: tuple, dst: tuple, env: dict, chain: tuple,
               start: int = 0) -> list:
@@ -449,6 +450,16 @@ class _Expander:
                     if isinstance(child, dict):
                         self.prefix(child, instance)
 
+    def names_inside(self, body: Any) -> bool:
+        """Whether a template's body may make a layer with a name below its top: where one is
+        written, or made by a use, or an expression may give a list of layers (`- $pre`,
+        `body: $body`). Worked out once per body, from what is written."""
+        known = self.named.get(id(body))
+        if known is None:
+            known = self.named[id(body)] = (
+                _names_below(body) if isinstance(body, dict) else _names_in(body))
+        return known
+
     def block_of(self, entry: dict) -> Any:
         """block_of(entry), by its `type:` as written (a spec writes few, thousands of
         times)."""
@@ -571,6 +582,7 @@ class _Expander:
         site = Site(name, src)
         inner = (site, *chain)  # the uses that made the instances' layers, innermost first
         valued = any(k not in USE_KEYS for k in item)  # else no values, at every repeat
+        named = self.names_inside(body)  # else prefixing its instances' names finds none
         head = f"{given or name}: use {name}" + (f" × {repeat}" if repeat > 1 else "")
         later: dict | None = None  # the use's values as written, for every repeat but the first
         out: list = []
@@ -611,10 +623,14 @@ class _Expander:
             self.made.append(Made(name, {k: local[k] for k in defaults}, start, len(produced),
                                   src, i, given if isinstance(given, str) else None,
                                   len(chain), written, instance))
-            if instance is not None:
+            if instance is not None and (single or named):
                 for layer in produced:
-                    if isinstance(layer, dict):
+                    if not isinstance(layer, dict):
+                        continue
+                    if named:
                         self.prefix(layer, instance, top=single)
+                    else:  # (only the instance's own layer has a name to give)
+                        layer["name"] = instance
             self.notes.setdefault(start, []).insert(0, partial(
                 _use_note, head, repeat > 1, i, given_values, raw, env))
             out += produced
@@ -740,6 +756,35 @@ def _fields(item: dict, block: Any) -> tuple:
     return tuple(k for k, v in item.items() if not (
         k in lists and isinstance(v, list) or not isinstance(v, (str, list, dict))
         or isinstance(v, str) and "$" not in v))  # plain values, the most, as they are
+
+
+def _names_in(entries: Any) -> bool:
+    """Whether expanding a layer list as written may give a layer in it a name."""
+    if not isinstance(entries, list):
+        return True  # (an expression: any list of layers)
+    return any(isinstance(e, str) and "$" in e  # `- $pre`, or a type an expression gives
+               or isinstance(e, dict) and ("name" in e or "use" in e or _names_below(e))
+               for e in entries)
+
+
+def _names_below(entry: dict) -> bool:
+    """Whether expanding a layer entry as written may name a layer in its branches (or, for
+    a `when:` group, in its layers)."""
+    if "when" in entry and "layers" in entry and "type" not in entry:
+        return _names_in(entry["layers"])
+    kind = entry.get("type")
+    if not isinstance(kind, str) or "$" in kind:
+        return not isinstance(kind, (int, float, bool)) and kind is not None  # (no layer)
+    block = block_of({"type": kind})
+    if block is None:
+        return False
+    fields = (*block.list_fields, block.lists_field)
+    for key, value in entry.items():
+        if key in fields and value is not None and (
+                _names_in(value) if key != block.lists_field
+                else not isinstance(value, list) or any(map(_names_in, value))):
+            return True
+    return False
 
 
 def _at(src: tuple, field: Any) -> tuple:
