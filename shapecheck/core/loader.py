@@ -112,7 +112,7 @@ def _spec(loaded: tuple, source: str | None, name: str | None, scale: str | None
           input_shape: tuple | None = None) -> Spec:
     """The Spec from the YAML's data (which is not changed: it may be expanded again at another
     scale, or for another input where its templates read the incoming shape)."""
-    data, positions, problems = loaded
+    data, positions, problems, literal = loaded
     problems = list(problems)
     if not isinstance(data, dict) or not ({"input", "layers"} & data.keys()):
         what = "a YAML mapping" if isinstance(data, dict) else f"a YAML {_kind(data)}"
@@ -124,7 +124,7 @@ def _spec(loaded: tuple, source: str | None, name: str | None, scale: str | None
     # Top-level `x-...` keys are free for the user, e.g. to hold YAML anchors to merge (<<).
     data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
     scales = data.get("scales")
-    data, locator, expansion = _expand(data, scale, positions, source, input_shape)
+    data, locator, expansion = _expand(data, scale, positions, source, input_shape, literal)
     errors: list[dict] = []
     duplicates: list = []
     try:
@@ -222,10 +222,11 @@ def _layer_notes(notes: dict[tuple, list]) -> dict[tuple, list[str]]:
 
 
 def _expand(data: dict, scale: str | None, positions: dict, source: str | None,
-            input_shape: tuple | None = None):
+            input_shape: tuple | None = None, literal: bool = False):
     """The spec with its templates expanded (for ``input_shape``, default the spec's), and a
-    Locator for its entries."""
-    if not _uses_templates(data):
+    Locator for its entries. ``literal``: the text has none of what templates are written with
+    (_literal)."""
+    if not _uses_templates(data, literal):
         if scale is not None:
             raise SpecError([Diagnostic("error", "SC111", f"--scale {scale}: the spec has no "
                                         "`scales`", file=source)])
@@ -263,10 +264,12 @@ def _template_code(expansion, positions: dict):
                         expansion.scale)
 
 
-def _uses_templates(data: dict) -> bool:
+def _uses_templates(data: dict, literal: bool = False) -> bool:
     """Whether a spec uses templates, scales or expressions (a quick look at the raw data)."""
     if any(k in data for k in ("templates", "scales", "default_scale")):
         return True
+    if literal:
+        return False
     stack = [data.get("layers")]
     while stack:
         value = stack.pop()
@@ -311,19 +314,29 @@ def _kind(data: object) -> str:
     return {list: "list", str: "string", type(None): "empty document"}.get(type(data), "scalar")
 
 
-def _load(text: str, source: str | None) -> tuple[object, dict, list[Diagnostic]]:
-    """YAML text to Python data, positions and duplicate-key problems; InputError if refused."""
+def _load(text: str, source: str | None) -> tuple[object, dict, list[Diagnostic], bool]:
+    """YAML text to Python data, positions, duplicate-key problems and whether the text is
+    literal (_literal); InputError if refused."""
     if len(text) > MAX_BYTES:
         raise InputError(Diagnostic("error", "SC004", f"the text is {len(text):,} characters; "
                                     f"specs are limited to {MAX_BYTES:,}", file=source))
     data, positions, duplicates = yamlread.read(text, source)
+    literal = _literal(text)
     problems = []  # (here: the layer a key belongs to is the spec's business, not YAML's)
     for loc, key, line, column in duplicates:
         index, path = layer_of(loc)
         problems.append(Diagnostic(
             "error", "SC107", f"the key {key!r} is given twice in one mapping", index, path,
             line, column, "keep one: YAML would silently use the last", file=source))
-    return data, positions, problems
+    return data, positions, problems, literal
+
+
+def _literal(text: str) -> bool:
+    """Whether the text holds no `$`, `use` or `when` anywhere. Without a backslash every
+    character of a YAML value or key stands in the text as it is (only a double-quoted escape
+    writes one otherwise), so such a text has no expression and no `use:` or `when:` key, and
+    the data need not be walked to know it (which costs a long spec a few percent)."""
+    return not any(part in text for part in ("$", "use", "when", "\\"))
 
 
 # --- pydantic errors to diagnostics -------------------------------------------------------

@@ -283,12 +283,14 @@ class _Planner:
                 except OverflowError:  # e.g. upsample: a size times a scale beyond any float
                     raise _too_large() from None
                 out = inferred.out
-                _computable(out)
+                if max(out, default=0) > MAX_DIM:
+                    raise _too_large()
                 row.weight_shape, row.bias_shape = inferred.weight, inferred.bias
                 row.params, row.macs, row.explain = inferred.params, inferred.macs, inferred.explain
                 row.inferred_args = inferred.inferred_args
                 row.activation_values = math.prod(out)
-                self.warnings += [(row, *w) for w in inferred.warnings]
+                if inferred.warnings:
+                    self.warnings += [(row, *w) for w in inferred.warnings]
         except ShapeError as e:
             row.status = "failed"
             if self.failure is None:  # a block's child may have failed first
