@@ -259,9 +259,9 @@ class _Planner:
 
     def _row(self, i: int, path: tuple, layer: LayerSpec) -> LayerPlan:
         origin = layer.origin
-        return LayerPlan(index=i, path=path, name=layer.name, type=layer.type, spec=layer,
-                         line=origin and origin.line, column=origin and origin.column,
-                         batch=self.batch)
+        # (by position: matching keywords among its 26 parameters took a good part of a row)
+        return LayerPlan(i, path, layer.name, layer.type, layer, origin and origin.line,
+                         origin and origin.column, "skipped", self.batch)
 
     def _plan_layer(self, row: LayerPlan, layer: LayerSpec, x: Dims, ctx: Context,
                     tensors: dict | None = None):

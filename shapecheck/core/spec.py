@@ -206,22 +206,24 @@ def assign_names(spec: Spec) -> list[tuple[Path, str, Path]]:
     the layer that has the name first)."""
     taken: dict[str, Path] = {}
     duplicates = []
-    every = list(walk(spec.layers))
-    for path, layer in every:
-        if layer.name is not None:
-            if layer.name in taken:
-                duplicates.append((path, layer.name, taken[layer.name]))
-            taken.setdefault(layer.name, path)
+    unnamed = []
+    for path, layer in walk(spec.layers):
+        name = layer.name
+        if name is None:
+            unnamed.append(layer)
+        elif name in taken:
+            duplicates.append((path, name, taken[name]))
+        else:
+            taken[name] = path
     counters: dict[str, int] = {}
-    for _, layer in every:
-        if layer.name is None:
-            prefix = layer.name_prefix
-            n = counters.get(prefix, 0)
-            while True:
-                n += 1
-                if f"{prefix}{n}" not in taken:
-                    break
-            counters[prefix] = n
-            object.__setattr__(layer, "name", f"{prefix}{n}")  # layers are frozen after this
-            taken[layer.name] = ()
+    for layer in unnamed:
+        prefix = layer.name_prefix
+        n = counters.get(prefix, 0) + 1
+        name = f"{prefix}{n}"
+        while name in taken:
+            n += 1
+            name = f"{prefix}{n}"
+        counters[prefix] = n
+        object.__setattr__(layer, "name", name)  # layers are frozen after this
+        taken[name] = ()
     return duplicates
