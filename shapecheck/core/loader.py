@@ -289,9 +289,10 @@ def _count_layers(items: list) -> int:
     """Layers in a raw layer list, those inside blocks included."""
     count, stack = 0, [items]
     while stack:
-        for item in stack.pop():
-            count += 1
-            if isinstance(item, dict):
+        branch = stack.pop()
+        count += len(branch)
+        for item in branch:
+            if type(item) is dict and type(item.get("type")) is str:
                 block = block_of(item)
                 if block is not None:
                     stack += [branch for _, branch in block.raw_branches(item)]

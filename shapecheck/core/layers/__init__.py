@@ -120,7 +120,9 @@ _WRITTEN: dict[str, tuple[type[LayerSpec], str]] = {}
 
 def block_of(item: object) -> type[Block] | None:
     """The Block class of a raw entry, or None where it is not a block."""
-    kind = kind_of(item)
+    if not isinstance(item, dict) or not isinstance(item.get("type"), str):
+        return None
+    kind = _written_type(item["type"])[0]
     return kind if kind is not None and kind.is_block else None
 
 
