@@ -78,6 +78,8 @@ def groups_hint(c_in: int, c_out: int) -> str:
 _WINDOWS: dict[tuple, Window] = {}
 # A conv's kernel, stride, dilation and padding as pairs, by its settings (Conv2d.geometry).
 _GEOMETRY: dict[tuple, tuple] = {}
+# What Conv2d.infer worked out, by the fields it reads and the input.
+_INFERRED: dict[tuple, Inferred] = {}
 
 _PAD_RULE = {"reflect": "less than the input size", "circular": "at most the input size"}
 
@@ -187,6 +189,19 @@ def _make_Conv2d():
             return found
 
         def infer(self, x: Dims, ctx: Context) -> Inferred:
+            # A long network repeats the same conv on the same input: the rule is worked out
+            # once for each (what it reads of the layer, the input). An Inferred is never
+            # changed once made, and errors are not kept.
+            key = (x, self.in_channels, self.out_channels, self.kernel_size, self.stride,
+                   self.padding, self.dilation, self.groups, self.bias, self.padding_mode)
+            found = _INFERRED.get(key)
+            if found is None:
+                if len(_INFERRED) > 1024:  # a long-lived process (the language server)
+                    _INFERRED.clear()
+                found = _INFERRED[key] = self._infer(x)
+            return found
+
+        def _infer(self, x: Dims) -> Inferred:
             if len(x) != 4:
                 need_rank(x, (4,), "conv2d")
             _, c_in, h, w = x
