@@ -146,16 +146,17 @@ def _spec(loaded: tuple, source: str | None, name: str | None, scale: str | None
             "error", "SC004", f"the spec has {count:,} layers; specs are limited to "
             f"{MAX_LAYERS:,}", line=positions.get(("layers",), (None, None))[0], file=source))
     if spec is not None:
-        spec._source = source
+        spec.set_loaded(source=source,
+                        scales=tuple(map(str, scales)) if isinstance(scales, dict) else ())
         if expansion is not None:
-            spec._scale = expansion.scale
-            spec._notes = partial(_layer_notes, expansion.notes)  # for `expand --explain`
-            # Only `build` reads it: worked out when asked for, not at every plan.
-            spec._templates = partial(_template_code, expansion, positions)
+            spec.set_loaded(
+                scale=expansion.scale,
+                notes=partial(_layer_notes, expansion.notes),  # for `expand --explain`
+                # Only `build` reads it: worked out when asked for, not at every plan.
+                templates=partial(_template_code, expansion, positions))
             if expansion.sized:
-                spec._sized = expansion.sized
-                spec._at_input = partial(_spec, loaded, source, name, scale)
-        spec._scales = tuple(map(str, scales)) if isinstance(scales, dict) else ()
+                spec.set_loaded(sized=expansion.sized,
+                                at_input=partial(_spec, loaded, source, name, scale))
         default = name or (default_name(Path(source).stem) if source else "net")
         try:
             duplicates = spec.complete(default=default, origin=locator.origin)
@@ -164,7 +165,7 @@ def _spec(loaded: tuple, source: str | None, name: str | None, scale: str | None
         else:
             if expansion is not None:
                 _name_after_uses(spec, expansion.made, data["layers"])
-                spec._aliases = use_names(expansion.made)
+                spec.set_loaded(aliases=use_names(expansion.made))
             errors += check_names(spec)
     elif isinstance(layers, list):  # still report the layers' own errors
         errors += parse_layers(layers, ("layers",))[1]

@@ -105,10 +105,10 @@ def _expanded_for(spec: Spec, shape: tuple) -> Spec:
     """The spec for the input ``shape``: expanded again where its templates read what differs
     from the input it was expanded for. Raises SpecError."""
     declared = tuple(spec.input.shape)
-    read = spec._sized
+    read = spec.sized
     if (shape[0] != declared[0] and read & {"in_channels", "features"}
             or shape[1:] != declared[1:] and read & SIZE_NAMES):
-        return spec._at_input(shape)
+        return spec.at_input(shape)
     return spec
 
 
@@ -153,7 +153,7 @@ def _template_line(d: Diagnostic, rows: dict) -> tuple | None:
 class _Planner:
     def __init__(self, spec: Spec, batch, input_shape, hints: bool = True):
         self.input = tuple(input_shape or spec.input.shape)
-        if spec._at_input is not None:
+        if spec.at_input is not None:
             spec = _expanded_for(spec, self.input)
         self.spec = spec
         self.batch = batch if batch is not None else spec.input.batch
@@ -198,9 +198,9 @@ class _Planner:
             loss=train.loss if train else None,
             scale=self.spec.scale,
             scales=self.spec.scales,
-            templates=self.spec._templates,
+            templates=self.spec.template_code,
             outputs=self._outputs(rows),
-            sized=bool(self.spec._sized & SIZE_NAMES),
+            sized=bool(self.spec.sized & SIZE_NAMES),
         )
         receptive_fields(result)
         rows_by_path = {row.path: row for row in result.walk()}
