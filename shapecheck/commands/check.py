@@ -137,11 +137,9 @@ def _shared(files: list[Path], scale: str | None, jobs: int):
     """Process i of ``jobs`` checks files i, i + jobs, i + 2·jobs …: this one (i = 0) its
     own, in turn with reading each other's results, in order, from a pipe. (A pool of
     workers cost about a third of the floor's time to import, start and stop.)"""
-    import pickle
-
     sys.stdout.flush()  # else a child would print again what this process holds unwritten
     sys.stderr.flush()
-    readers: list = []
+    pipes: list[int] = []
     children: list[int] = []
     try:
         for i in range(1, jobs):
@@ -152,19 +150,12 @@ def _shared(files: list[Path], scale: str | None, jobs: int):
                 _work(files[i::jobs], scale, write_end)  # never returns
             os.close(write_end)
             children.append(pid)
-            readers.append(os.fdopen(read_end, "rb"))
+            pipes.append(read_end)
         for k, path in enumerate(files):
-            if k % jobs == 0:
-                yield _check(path, scale)
-                continue
-            try:
-                yield pickle.load(readers[k % jobs - 1])
-            except EOFError:
-                raise RuntimeError("a process checking the files stopped (its error is "
-                                   "above)") from None
+            yield _check(path, scale) if k % jobs == 0 else _receive(pipes[k % jobs - 1])
     finally:
-        for reader in readers:
-            reader.close()
+        for fd in pipes:
+            os.close(fd)
         for pid in children:  # ended, unless this one stops early (Ctrl-C)
             try:
                 os.kill(pid, signal.SIGTERM)
@@ -174,17 +165,19 @@ def _shared(files: list[Path], scale: str | None, jobs: int):
 
 
 def _work(files: list[Path], scale: str | None, fd: int) -> None:
-    """In a forked process: each file's result, pickled, to ``fd``; then exit. Ctrl-C is the
-    first process's to handle: it stops this one without a word."""
+    """In a forked process: each file's result to ``fd``; then exit. Ctrl-C is the first
+    process's to handle: it stops this one without a word."""
     import pickle
     import traceback
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     code = 1
     try:
-        with os.fdopen(fd, "wb") as out:
-            for path in files:
-                pickle.dump(_check(path, scale), out, pickle.HIGHEST_PROTOCOL)
+        for path in files:
+            data = pickle.dumps(_check(path, scale), pickle.HIGHEST_PROTOCOL)
+            data = len(data).to_bytes(8, "big") + data
+            while data:
+                data = data[os.write(fd, data):]
         code = 0
     except (KeyboardInterrupt, BrokenPipeError):  # stopped, or the first process is gone
         pass
@@ -192,6 +185,23 @@ def _work(files: list[Path], scale: str | None, fd: int) -> None:
         traceback.print_exc()
     finally:
         os._exit(code)  # not the interpreter's exit: that is the first process's
+
+
+def _receive(fd: int):
+    """The next result a forked process sent (_work)."""
+    import pickle
+
+    def take(n: int) -> bytes:
+        chunks = []
+        while n:
+            chunk = os.read(fd, n)
+            if not chunk:
+                raise RuntimeError("a process checking the files stopped (its error is above)")
+            chunks.append(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
+
+    return pickle.loads(take(int.from_bytes(take(8), "big")))
 
 
 def default_jobs() -> int:

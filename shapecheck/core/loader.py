@@ -34,31 +34,33 @@ class SpecError(Exception):
 
 def read_text(path: str | os.PathLike) -> str:
     """A spec file's text, or an InputError that says why it cannot be read."""
-    path = Path(path)
-    file = str(path)
 
-    def fail(message: str, hint: str | None = None) -> InputError:
-        return InputError(Diagnostic("error", "SC001", message, hint=hint, file=file))
+    def fail(message: str, hint: str | None = None, code: str = "SC001") -> InputError:
+        return InputError(Diagnostic("error", code, message, hint=hint, file=file))
 
+    file = str(Path(path))
+    # One open and one fstat (read_bounded) for a file that can be read; the causes of a
+    # failure are looked up after it.
     try:
-        if path.is_dir():
-            raise fail(f"{file} is a directory, not a spec file")
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            raise InputError(
-                Diagnostic("error", "SC004", f"the file is {size:,} bytes; specs are limited "
-                           f"to {MAX_BYTES:,} bytes", file=file)
-            )
         data = read_bounded(path, MAX_BYTES)  # a FIFO or /dev/zero is refused, not read
     except FileTooLargeError:
-        raise InputError(Diagnostic("error", "SC004", f"the file is larger than {MAX_BYTES:,} "
-                                    "bytes, the limit for a spec", file=file)) from None
-    except NotRegularFileError as e:
+        try:
+            size = os.stat(path).st_size
+        except OSError:
+            size = 0
+        if size > MAX_BYTES:
+            raise fail(f"the file is {size:,} bytes; specs are limited to {MAX_BYTES:,} bytes",
+                       code="SC004") from None
+        raise fail(f"the file is larger than {MAX_BYTES:,} bytes, the limit for a spec",
+                   code="SC004") from None  # it grew while it was read
+    except (NotRegularFileError, PermissionError) as e:
+        if os.path.isdir(path):
+            raise fail(f"{file} is a directory, not a spec file") from None
+        if isinstance(e, PermissionError):
+            raise fail(f"permission denied: {file}") from None
         raise fail(f"cannot read {file}: {e.strerror}") from None
     except FileNotFoundError:
         raise fail(f"no such file: {file}") from None
-    except PermissionError:
-        raise fail(f"permission denied: {file}") from None
     except OSError as e:
         raise fail(f"cannot read {file}: {e.strerror or e}") from None
     try:
