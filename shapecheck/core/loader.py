@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gc
 import os
-from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -77,16 +76,19 @@ def parse(text: str, source: str | None = None, name: str | None = None,
         return _parse(text, source, name, scale)
 
 
-@contextmanager
-def gc_paused():
+class gc_paused:  # named as the function it was: `with gc_paused():`
     """Loading and planning make many small objects and no cycles; the cyclic collector would
-    only rescan them again and again (a 10,000-layer spec loads three times as fast without)."""
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if collecting:
+    only rescan them again and again (a 10,000-layer spec loads three times as fast without).
+    (A class: `check` enters it three times per file, and a generator-based one cost more.)"""
+
+    __slots__ = ("collecting",)
+
+    def __enter__(self) -> None:
+        self.collecting = gc.isenabled()
+        gc.disable()
+
+    def __exit__(self, *exc) -> None:
+        if self.collecting:
             gc.enable()
 
 
