@@ -32,40 +32,48 @@ class SpecError(Exception):
 
 
 def read_text(path: str | os.PathLike) -> str:
-    """A spec file's text, or an InputError that says why it cannot be read."""
-
-    def fail(message: str, hint: str | None = None, code: str = "SC001") -> InputError:
-        return InputError(Diagnostic("error", code, message, hint=hint, file=file))
-
-    file = str(Path(path))
-    # One open and one fstat (read_bounded) for a file that can be read; the causes of a
-    # failure are looked up after it.
+    """A spec file's text, or an InputError that says why it cannot be read. One open and one
+    fstat (read_bounded) for a file that can be read; the cause of a failure is looked up
+    after it."""
     try:
         data = read_bounded(path, MAX_BYTES)  # a FIFO or /dev/zero is refused, not read
-    except FileTooLargeError:
+    except OSError as e:
+        raise _unreadable(path, e) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        file = str(Path(path))
+        raise InputError(Diagnostic("error", "SC001", f"{file} is not UTF-8 text (byte "
+                                    f"{e.start})", hint="save the file as UTF-8", file=file)
+                         ) from None
+
+
+def _unreadable(path: str | os.PathLike, error: OSError) -> InputError:
+    """Why a spec file cannot be read."""
+    file = str(Path(path))
+
+    def fail(message: str, code: str = "SC001") -> InputError:
+        return InputError(Diagnostic("error", code, message, file=file))
+
+    if isinstance(error, FileTooLargeError):
         try:
             size = os.stat(path).st_size
         except OSError:
             size = 0
         if size > MAX_BYTES:
-            raise fail(f"the file is {size:,} bytes; specs are limited to {MAX_BYTES:,} bytes",
-                       code="SC004") from None
-        raise fail(f"the file is larger than {MAX_BYTES:,} bytes, the limit for a spec",
-                   code="SC004") from None  # it grew while it was read
-    except (NotRegularFileError, PermissionError) as e:
-        if os.path.isdir(path):
-            raise fail(f"{file} is a directory, not a spec file") from None
-        if isinstance(e, PermissionError):
-            raise fail(f"permission denied: {file}") from None
-        raise fail(f"cannot read {file}: {e.strerror}") from None
-    except FileNotFoundError:
-        raise fail(f"no such file: {file}") from None
-    except OSError as e:
-        raise fail(f"cannot read {file}: {e.strerror or e}") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise fail(f"{file} is not UTF-8 text (byte {e.start})", "save the file as UTF-8") from None
+            return fail(f"the file is {size:,} bytes; specs are limited to {MAX_BYTES:,} bytes",
+                        "SC004")
+        return fail(f"the file is larger than {MAX_BYTES:,} bytes, the limit for a spec",
+                    "SC004")  # it grew while it was read
+    if isinstance(error, (NotRegularFileError, PermissionError)) and os.path.isdir(path):
+        return fail(f"{file} is a directory, not a spec file")
+    if isinstance(error, PermissionError):
+        return fail(f"permission denied: {file}")
+    if isinstance(error, NotRegularFileError):
+        return fail(f"cannot read {file}: {error.strerror}")
+    if isinstance(error, FileNotFoundError):
+        return fail(f"no such file: {file}")
+    return fail(f"cannot read {file}: {error.strerror or error}")
 
 
 def parse(text: str, source: str | None = None, name: str | None = None,
