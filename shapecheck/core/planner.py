@@ -258,10 +258,10 @@ class _Planner:
         return layers[at].name if at is not None and name not in self.names else name
 
     def _row(self, i: int, path: tuple, layer: LayerSpec) -> LayerPlan:
-        origin = layer.origin
-        # (by position: matching keywords among its 26 parameters took a good part of a row)
-        return LayerPlan(i, path, layer.name, layer.type, layer, origin and origin.line,
-                         origin and origin.column, "skipped", self.batch)
+        # (by position: matching keywords among its 26 parameters took a good part of a row;
+        # its line and column are the layer's origin's, looked up when asked)
+        return LayerPlan(i, path, layer.name, layer.type, layer, None, None, "skipped",
+                         self.batch)
 
     def _plan_layer(self, row: LayerPlan, layer: LayerSpec, x: Dims, ctx: Context,
                     tensors: dict | None = None):

@@ -175,7 +175,7 @@ def parse_layers(items: list, loc: tuple, origin: Callable[[tuple], Origin | Non
                                       "block's input", "resize after the block instead"))
             continue
         if origin is not None:
-            layer.with_origin(origin(here))
+            layer.with_origin(origin, here)
         if inputs is not None:
             layer.with_inputs(inputs)
         if layer.is_block:
