@@ -226,7 +226,8 @@ def _test_of(node: ast.AST, text: str) -> Run:
 
 
 def _value_of(node: ast.AST, text: str) -> Run:
-    """A number."""
+    """A number. (An int within MAX_VALUE, the most, is let through without _number.)"""
+    limit = MAX_VALUE
     if isinstance(node, ast.Constant) and type(node.value) in (int, float):
         try:
             constant = _number(node.value, "a constant")
@@ -236,7 +237,12 @@ def _value_of(node: ast.AST, text: str) -> Run:
     if isinstance(node, ast.Name) and variable_name(node.id) is not None:
         name = variable_name(node.id)
         what = f"${name}"
-        return lambda env: _number(env[name] if name in env else _lookup(name, env), what)
+
+        def variable(env):
+            value = env[name] if name in env else _lookup(name, env)
+            return value if type(value) is int and -limit <= value <= limit else _number(value, what)
+
+        return variable
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
         operand = _value_of(node.operand, text)
         if isinstance(node.op, ast.USub):
@@ -254,7 +260,12 @@ def _value_of(node: ast.AST, text: str) -> Run:
                 return _number(apply(left, right), what)
 
             return divide
-        return lambda env: _number(apply(left_of(env), right_of(env)), what)
+
+        def arithmetic(env):
+            value = apply(left_of(env), right_of(env))
+            return value if type(value) is int and -limit <= value <= limit else _number(value, what)
+
+        return arithmetic
     if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
             and node.func.id in FUNCTIONS and not node.keywords):
         function = node.func.id
