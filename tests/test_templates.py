@@ -617,6 +617,18 @@ def test_instances_that_write_the_same_entry_see_their_own_incoming_shape(tmp_pa
         """))
     assert [r.output_dims[1:] for r in plan.layers] == [
         (4, 8, 8), (8, 8, 8), (8, 4, 4), (4, 4, 4), (4, 2, 2), (2, 2, 2)]
+    plan = shapecheck.plan(write(tmp_path, """\
+        input: {shape: [4, 8, 8]}
+        templates:
+          twice:
+            type: concat
+            branches: [[{type: conv2d, out_channels: $in_channels, kernel_size: 1}], [relu]]
+        layers:
+          - {use: twice, repeat: 3}
+          - {type: split, branches: [[{use: twice}], [{use: twice}, {use: twice}]]}
+          - {type: conv2d, out_channels: $in_channels, kernel_size: 1}
+        """, "blocks.yaml"))
+    assert [r.output_dims[1] for r in plan.layers] == [8, 16, 32, 96, 96]
     text = """\
         input: {shape: [8, 16, 16]}
         templates:

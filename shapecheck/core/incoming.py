@@ -38,9 +38,11 @@ class Incoming:
         # the named layers of the spec's own list, and the named uses (their last layer).
         self.tensors: dict[str, tuple | None] = {}
         self._written: dict[str, list[str]] = {}  # the names each expression text holds
-        # The shape after an entry, by the entry and the shape before it (_key): each instance
-        # of a template plans the same entries from the same shapes.
+        # The shape after an entry, and the shapes a block's branches get, by the entry and
+        # the shape before it (_key): each instance of a template plans the same entries from
+        # the same shapes.
         self._planned: dict[tuple, tuple] = {}
+        self._branched: dict[tuple, dict] = {}
         if (isinstance(shape, (list, tuple)) and len(shape) == 3
                 and all(type(v) is int and v > 0 for v in shape)):
             self.shape = self.tensors["input"] = ((1, *shape), Context())
@@ -98,11 +100,19 @@ class Incoming:
         """The shape each branch of a block entry gets, by its place in the entry."""
         if self.shape is None:
             return {}
+        key = _key(item, self.shape, block)
+        if key is not None:
+            known = self._branched.get(key)
+            if known is not None:
+                return known
         try:
-            return branch_entries(block, item, *self.shape)
+            inputs = branch_entries(block, item, *self.shape)
         except (ShapeError, ValueError) as e:
             self._lose(e, "block", src, chain)
             return {}
+        if key is not None:
+            self._branched[key] = inputs
+        return inputs
 
     def after_block(self, block: Any, item: dict, outs: dict, src: tuple, chain: tuple) -> None:
         """The shape after a block entry, from its branches' (by their place); ``shape`` is
@@ -112,11 +122,20 @@ class Incoming:
         if any(out is None for out in outs.values()):
             self.shape = None  # a branch failed: its error stays the one to report
             return
+        given = {place: out[0] for place, out in outs.items()}
+        key = _key(item, self.shape, block, tuple(given.items()))
+        if key is not None:
+            known = self._planned.get(key)
+            if known is not None:
+                self.shape = known
+                return
         try:
-            self.shape = merge_entry(block, item, *self.shape,
-                                     {key: out[0] for key, out in outs.items()})
+            self.shape = merge_entry(block, item, *self.shape, given)
         except (ShapeError, ValueError) as e:
             self._lose(e, "block", src, chain)
+            return
+        if key is not None:
+            self._planned[key] = self.shape
 
     def reads_from(self, value: Any, src: tuple) -> None:
         """The shape a top-level entry with ``from: value`` gets: the tensor it names first,
@@ -154,24 +173,41 @@ class Incoming:
         self.unknown = f"the {what} at {_loc_text(src)}, before it, {error}"
 
 
-def _key(entry: Any, shape: tuple) -> tuple | None:
-    """What plan_entry's result depends on, hashable; None where an entry's value is not
-    (a list). Each value's type is part of it (True == 1, yet `groups: true` is refused), and
-    a float is its exact bits (-0.0 == 0.0)."""
+def _key(entry: Any, shape: tuple, block: Any = None, outs: tuple = ()) -> tuple | None:
+    """What planning an entry from ``shape`` depends on, hashable; None where an entry's value
+    is not (a list). Each value's type is part of it (True == 1, yet `groups: true` is
+    refused), and a float is its exact bits (-0.0 == 0.0). A block's branches count only by
+    their number and lengths: what they give is ``outs``, the shapes they gave."""
     x, ctx = shape
     if isinstance(entry, dict):
-        fields: Any = tuple((k, type(v), v.hex() if type(v) is float else v)
-                            for k, v in entry.items())
+        if block is not None:
+            entry = {k: _lengths(v, k == block.lists_field) if k in block.list_fields
+                     or k == block.lists_field else v for k, v in entry.items()}
+        values = tuple(entry.values())
+        types = tuple(map(type, values))
+        if float in types:
+            values = tuple(v.hex() if type(v) is float else v for v in values)
+        fields: Any = (tuple(entry), values, types)
     elif isinstance(entry, str):
         fields = entry
     else:
         return None
-    key = (fields, x, ctx.features_from, ctx.channels_last)
+    key = (fields, x, ctx.features_from, ctx.channels_last, block, outs)
     try:
         hash(key)
     except TypeError:
         return None
     return key
+
+
+def _lengths(value: Any, lists: bool) -> Any:
+    """A branch's layer list as its length (a tuple, which YAML does not give), a list of
+    branches as theirs; anything else (an error the planner reports) as it is."""
+    if not isinstance(value, list):
+        return value
+    if lists:
+        return tuple(_lengths(branch, False) for branch in value)
+    return ("layers", len(value))
 
 
 def _loc_text(loc: tuple) -> str:
