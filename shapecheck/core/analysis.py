@@ -58,7 +58,7 @@ class Field(Record):
 
     def __init__(self, size: int, jump: int, start: Fraction | int):
         self.size, self.jump = size, jump
-        self.start = start  # an int unless a window of even span made it a half
+        self.start = start  # an int; a Fraction only where it is a half (a window of even span)
 
 
 class NoField(Record):
@@ -75,13 +75,9 @@ class NoField(Record):
 AxisField = Field | NoField
 
 
-class _Axis:
-    """One spatial axis as the walk sees it: its field and the dim it sits at."""
-
-    __slots__ = ("dim", "field")
-
-    def __init__(self, field: AxisField, dim: int):
-        self.field, self.dim = field, dim
+# The walk carries the two axes as one tuple (H's field, W's field, H's dim, W's dim): the
+# dims are where each axis sits in the tensor (a permute or flatten moves it).
+Axes = tuple
 
 
 def receptive_fields(plan: Plan) -> None:
@@ -90,14 +86,14 @@ def receptive_fields(plan: Plan) -> None:
     if plan.input_dims is None or len(plan.input_dims) != 4:
         return
     start = Field(1, 1, 0)  # starts stay ints until a window of even span halves them
-    axes = [_Axis(start, 2), _Axis(start, 3)]
+    axes = (start, start, 2, 3)
     _walk(plan.layers, axes, {"input": axes})
 
 
-def _walk(rows: list[LayerPlan], axes: list[_Axis],
-          named: dict[str, list[_Axis]] | None = None) -> list[_Axis]:
+def _walk(rows: list[LayerPlan], axes: Axes, named: dict[str, Axes] | None = None) -> Axes:
     """The axes after the rows; ``named`` (the top-level list) keeps each row's by name, for
     the rows that read tensors by name."""
+    fields = axes[:2]  # the rows whose layer keeps the field share one tuple
     for row in rows:
         if row.status != "ok":
             return axes
@@ -111,63 +107,72 @@ def _walk(rows: list[LayerPlan], axes: list[_Axis],
             pass
         elif row.like is not None:
             why = f"{row.name} resizes to {row.like}'s size: the field depends on the unit's position"
-            axes = [_Axis(NoField("n/a", why), a.dim) for a in axes]
+            h = w = NoField("n/a", why)
+            axes = (h, w, axes[2], axes[3])
             row.field_explain = [f"rf: n/a ({why})"]
         else:
-            h, w = axes
-            mh, dh = spec.axis_map(row.input_dims, h.dim)
-            mw, dw = spec.axis_map(row.input_dims, w.dim)
+            h, w, dh, dw = axes
+            x = row.input_dims
+            mh, nh = spec.axis_map(x, dh)
+            mw, nw = spec.axis_map(x, dw)
             # both axes stay (activations, norms: most layers) unless a map says otherwise
-            if mh is not SAME or mw is not SAME or dh != h.dim or dw != w.dim:
-                if mh is mw and h.field is w.field:  # a square window on a square field
-                    h, h_line = _step(row, h, mh, dh)
-                    w, w_line = _Axis(h.field, dw), h_line
+            if mh is not SAME or mw is not SAME or nh != dh or nw != dw:
+                if mh is mw and h is w:  # a square window on a square field
+                    h, h_line = _step(row, h, mh)
+                    w, w_line = h, h_line
                 else:
-                    (h, h_line), (w, w_line) = _step(row, h, mh, dh), _step(row, w, mw, dw)
-                axes = [h, w]
+                    (h, h_line), (w, w_line) = _step(row, h, mh), _step(row, w, mw)
+                axes = (h, w, nh, nw)
                 if h_line is not None or w_line is not None:  # most have nothing to explain
-                    row.field_explain = Lines(partial(_explain_lines, [h_line, w_line]))
-        row.receptive_field = (axes[0].field, axes[1].field)
+                    row.field_explain = Lines(partial(_explain_lines, h_line, w_line))
+        if axes[0] is not fields[0] or axes[1] is not fields[1]:
+            fields = axes[:2]
+        row.receptive_field = fields
         if named is not None:
             named[row.name] = axes
     return axes
 
 
-def _step(row: LayerPlan, axis: _Axis, m: AxisMap, dim: int) -> tuple[_Axis, str | tuple | None]:
-    """The axis after the row's layer, which maps it by ``m`` to ``dim``, and its explain line
-    (a window's numbers)."""
-    if m is SAME and dim == axis.dim:  # the field stays
-        return axis, None
-    f = axis.field
-    if not isinstance(f, Field):
-        return _Axis(f, dim), None
-    if isinstance(m, Window):
+def _step(row: LayerPlan, f: AxisField, m: AxisMap) -> tuple[AxisField, str | tuple | None]:
+    """The field after the row's layer, which maps its axis by ``m``, and its explain line (a
+    window's numbers)."""
+    if f.__class__ is not Field:  # global or n/a stays so
+        return f, None
+    if m.__class__ is Window:
         if m.kernel == 1 and m.stride == 1 and m.before == 0:  # the field stays (a 1×1 conv)
-            return _Axis(f, dim), None
-        span = effective(m.kernel, m.dilation) - 1
-        size = f.size + span * f.jump
-        jump = f.jump * m.stride
-        half = span // 2 if span % 2 == 0 else Fraction(span, 2)
-        start = f.start + (half - m.before) * f.jump
-        return _Axis(Field(size, jump, start), dim), (f, m, size, jump, half, start)
+            return f, None
+        span = m.dilation * (m.kernel - 1)
+        jump = f.jump
+        size = f.size + span * jump
+        start = f.start
+        if span & 1 == 0 and start.__class__ is int:  # whole pixels: no Fraction
+            start += (span // 2 - m.before) * jump
+        else:  # in half pixels, and a Fraction only for a true half
+            twice = 2 * start if start.__class__ is int else start.numerator * 2 // start.denominator
+            twice += (span - 2 * m.before) * jump
+            start = twice // 2 if twice & 1 == 0 else Fraction(twice, 2)
+        new = Field(size, jump * m.stride, start)
+        return new, (f, m, new)
     if isinstance(m, (Scale, Transposed)):
         why = f"{row.name} upsamples: the field depends on the unit's position"
-        return _Axis(NoField("n/a", why), dim), f"rf: n/a ({why})"
+        return NoField("n/a", why), f"rf: n/a ({why})"
     if isinstance(m, (Fixed, Consumed, Whole)):
         why = f"every unit of {row.name} sees the whole input"
-        return (_Axis(NoField("global", why, learned=isinstance(m, Consumed)), dim),
-                f"rf: global ({why})")
+        return NoField("global", why, learned=isinstance(m, Consumed)), f"rf: global ({why})"
     assert isinstance(m, Fold)
-    return _Axis(f, dim), None
+    return f, None
 
 
-def _window_line(f: Field, m: Window, size: int, jump: int, half, start) -> str:
+def _window_line(f: Field, m: Window, new: Field) -> str:
+    span = effective(m.kernel, m.dilation) - 1
+    half = span // 2 if span % 2 == 0 else Fraction(span, 2)
     k = f"({m.kernel} − 1)" if m.dilation == 1 else f"{m.dilation}·({m.kernel} − 1)"
-    return (f"rf = {f.size} + {k} · {f.jump} = {size}, jump = {f.jump} · {m.stride} = {jump}, "
-            f"start = {_num(f.start)} + ({_num(half)} − {m.before}) · {f.jump} = {_num(start)}")
+    return (f"rf = {f.size} + {k} · {f.jump} = {new.size}, jump = {f.jump} · {m.stride} = "
+            f"{new.jump}, start = {_num(f.start)} + ({_num(half)} − {m.before}) · {f.jump} = "
+            f"{_num(new.start)}")
 
 
-def _explain_lines(lines: list) -> list[str]:
+def _explain_lines(*lines) -> list[str]:
     """The explain lines of the two axes: each a line, None, or a window step's numbers
     (written only now: see Lines)."""
     h, w = (_window_line(*line) if isinstance(line, tuple) else line for line in lines)
@@ -176,8 +181,8 @@ def _explain_lines(lines: list) -> list[str]:
     return [f"{a}: {line}" for a, line in zip(AXES, (h, w)) if line is not None]
 
 
-def _block(row: LayerPlan, axes: list[_Axis]) -> list[_Axis]:
-    paths = [_walk(branch, list(axes)) for branch in row.branches]
+def _block(row: LayerPlan, axes: Axes) -> Axes:
+    paths = [_walk(branch, axes) for branch in row.branches]
     names = [f"{key}" if isinstance(key, str) else f"branch {key}" for key in row.branch_keys]
     if row.spec.merges_input:
         paths.append(axes)
@@ -185,12 +190,12 @@ def _block(row: LayerPlan, axes: list[_Axis]) -> list[_Axis]:
     return _merged(row, paths, names)
 
 
-def _merged(row: LayerPlan, paths: list[list[_Axis]], names: list[str]) -> list[_Axis]:
+def _merged(row: LayerPlan, paths: list[Axes], names: list[str]) -> Axes:
     """The axes where paths merge (a block's branches, a merge layer's inputs)."""
-    fields = [[p[i].field for p in paths] for i in range(len(AXES))]
+    fields = [[p[i] for p in paths] for i in range(len(AXES))]
     if len(paths) > 1:
         row.field_explain = Lines(partial(_merge_lines, names, fields))
-    return [_Axis(_largest(f), paths[0][i].dim) for i, f in enumerate(fields)]
+    return (_largest(fields[0]), _largest(fields[1]), paths[0][2], paths[0][3])
 
 
 def _largest(fields: list[AxisField]) -> AxisField:
@@ -205,7 +210,7 @@ def _largest(fields: list[AxisField]) -> AxisField:
 
 def _merge_lines(names: list[str], fields: list[list[AxisField]]) -> list[str]:
     """The explain lines of a merge (written only when shown: see Lines)."""
-    return _explain_lines([_merge_note(f, names) for f in fields])
+    return _explain_lines(*[_merge_note(f, names) for f in fields])
 
 
 def _merge_note(fields: list[AxisField], names: list[str]) -> str | None:
