@@ -36,6 +36,7 @@ from .layers.window import (
     Whole,
     Window,
     effective,
+    keeps_axes,
 )
 from .record import Record
 
@@ -79,6 +80,16 @@ AxisField = Field | NoField
 # dims are where each axis sits in the tensor (a permute or flatten moves it).
 Axes = tuple
 
+# What the walk asks of each layer kind, read once per kind: whether it is a block, whether
+# it is a merge, and its axis_map (None where it keeps every axis: activations and the like).
+_KINDS: dict[type, tuple] = {}
+
+
+def _kind(kind: type) -> tuple:
+    axis_map = None if kind.axis_map is keeps_axes else kind.axis_map
+    facts = _KINDS[kind] = (kind.is_block, kind.is_merge, axis_map)
+    return facts
+
 
 def receptive_fields(plan: Plan) -> None:
     """Set ``receptive_field`` (one AxisField per axis) and the explain lines on every planned
@@ -98,12 +109,13 @@ def _walk(rows: list[LayerPlan], axes: Axes, named: dict[str, Axes] | None = Non
         if row.status != "ok":
             return axes
         spec = row.spec
+        is_block, is_merge, axis_map = _KINDS.get(type(spec)) or _kind(type(spec))
         if row.inputs is not None:  # a layer that reads other tensors (graph.py)
             paths = [named[name] for name in row.inputs]
-            axes = _merged(row, paths, list(row.inputs)) if spec.is_merge else paths[0]
-        if spec.is_block:
+            axes = _merged(row, paths, list(row.inputs)) if is_merge else paths[0]
+        if is_block:
             axes = _block(row, axes)
-        elif spec.is_merge:
+        elif is_merge or axis_map is None:
             pass
         elif row.like is not None:
             why = f"{row.name} resizes to {row.like}'s size: the field depends on the unit's position"
@@ -113,9 +125,9 @@ def _walk(rows: list[LayerPlan], axes: Axes, named: dict[str, Axes] | None = Non
         else:
             h, w, dh, dw = axes
             x = row.input_dims
-            mh, nh = spec.axis_map(x, dh)
-            mw, nw = spec.axis_map(x, dw)
-            # both axes stay (activations, norms: most layers) unless a map says otherwise
+            mh, nh = axis_map(spec, x, dh)
+            mw, nw = axis_map(spec, x, dw)
+            # both axes stay (norms, channel ops) unless a map says otherwise
             if mh is not SAME or mw is not SAME or nh != dh or nw != dw:
                 if mh is mw and h is w:  # a square window on a square field
                     h, h_line = _step(row, h, mh)

@@ -43,7 +43,6 @@ from .window import (
     pad_text,
     same_padding,
     settings,
-    spatial,
     transposed_out,
     unused_rows,
     unused_warning,
@@ -143,7 +142,7 @@ def _make_Conv2d():
             return (ph, ph), (pw, pw)
 
         def axis_map(self, x: Dims, dim: int):
-            i = spatial(x, dim) if len(x) == 4 else None
+            i = dim - 2 if len(x) == 4 and 2 <= dim <= 3 else None  # H or W of N×C×H×W
             if i is None:
                 return (Consumed("conv2d has weights per channel") if dim == 1 else SAME), dim
             key = (self.kernel_size, self.stride, self.padding, self.dilation,
@@ -282,7 +281,7 @@ def _make_ConvTranspose2d():
 
 
         def axis_map(self, x: Dims, dim: int):
-            i = spatial(x, dim) if len(x) == 4 else None
+            i = dim - 2 if len(x) == 4 and 2 <= dim <= 3 else None  # H or W of N×C×H×W
             if i is None:
                 return (Consumed("convtranspose2d has weights per channel") if dim == 1 else SAME), dim
             return Transposed(pair(self.kernel_size)[i], pair(self.stride)[i], pair(self.padding)[i],
