@@ -273,31 +273,44 @@ def field_warning(plan: Plan) -> tuple[tuple, str, str, str] | None:
     ones far beyond it (ConvNeXt-Tiny 1,688 and DenseNet-121 2,071 of 224)."""
     if plan.input_dims is None or len(plan.input_dims) != 4:
         return None
-    if any(row.inputs or row.like for row in plan.layers) and not all(
-            isinstance(f, Field) for row in plan.output_rows() for f in row.receptive_field or ()):
-        return None  # a graph whose output is resized: "the last conv" says nothing of it
-    convs = [row for row in plan.walk() if row.family == "conv" and row.receptive_field]
     # the last conv; one whose field is global already (after a squeeze-and-excitation gate)
     # or unknown (after upsampling) has nothing to warn about
-    last = convs[-1] if convs else None
+    last = _last_conv(plan.layers)
     if last is None or not all(isinstance(f, Field) for f in last.receptive_field):
         return None
     h, w = plan.input_dims[2:]
     rf = tuple(f.size for f in last.receptive_field)
-    shown = f"{rf[0]}×{rf[1]}"
     final = plan.layers[-1].receptive_field or ()
     joined = any(isinstance(f, NoField) and f.learned for f in final)
-    if (rf[0] * 4 < h or rf[1] * 4 < w) and not joined:
+    small = (rf[0] * 4 < h or rf[1] * 4 < w) and not joined
+    if not small and not (rf[0] > 16 * h or rf[1] > 16 * w):
+        return None
+    if any(row.inputs or row.like for row in plan.layers) and not all(
+            isinstance(f, Field) for row in plan.output_rows() for f in row.receptive_field or ()):
+        return None  # a graph whose output is resized: "the last conv" says nothing of it
+    shown = f"{rf[0]}×{rf[1]}"
+    if small:
         return (last.path, "SC306",
                 (f"the last conv's units see {shown} pixels of the {h}×{w} input, less than a "
                  "quarter of it, and no learnt layer joins the positions after it"),
                 ("add layers, larger kernels, dilation or strides so they see more of the "
                  "image, or use a smaller input"))
-    if rf[0] > 16 * h or rf[1] > 16 * w:
-        return (last.path, "SC306",
-                (f"the last conv's units see {shown} pixels, more than 16 times the {h}×{w} "
-                 "input: almost all of each field is padding"),
-                "use fewer layers or strides, or a larger input")
+    return (last.path, "SC306",
+            (f"the last conv's units see {shown} pixels, more than 16 times the {h}×{w} "
+             "input: almost all of each field is padding"),
+            "use fewer layers or strides, or a larger input")
+
+
+def _last_conv(rows: list[LayerPlan]) -> LayerPlan | None:
+    """The last conv with a field in walk order (blocks before their contents), looked for
+    from the end: it is usually near it."""
+    for row in reversed(rows):
+        for branch in reversed(row.branches or ()):
+            found = _last_conv(branch)
+            if found is not None:
+                return found
+        if row.receptive_field and row.family == "conv":
+            return row
     return None
 
 
