@@ -155,15 +155,15 @@ def _step(row: LayerPlan, f: AxisField, m: AxisMap) -> tuple[AxisField, str | tu
             return f, None
         span = m.dilation * (m.kernel - 1)
         jump = f.jump
-        size = f.size + span * jump
         start = f.start
-        if span & 1 == 0 and start.__class__ is int:  # whole pixels: no Fraction
-            start += (span // 2 - m.before) * jump
-        else:  # in half pixels, and a Fraction only for a true half
+        shift = (span - 2 * m.before) * jump  # how far the centre moves, in half pixels
+        if shift & 1 == 0 and start.__class__ is int:  # by whole pixels: no Fraction
+            start += shift // 2
+        elif shift:  # a Fraction only for a true half
             twice = 2 * start if start.__class__ is int else start.numerator * 2 // start.denominator
-            twice += (span - 2 * m.before) * jump
+            twice += shift
             start = twice // 2 if twice & 1 == 0 else Fraction(twice, 2)
-        new = Field(size, jump * m.stride, start)
+        new = Field(f.size + span * jump, jump * m.stride, start)
         return new, (f, m, new)
     if isinstance(m, (Scale, Transposed)):
         why = f"{row.name} upsamples: the field depends on the unit's position"
