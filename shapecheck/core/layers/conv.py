@@ -145,8 +145,10 @@ def _make_Conv2d():
             i = dim - 2 if len(x) == 4 and 2 <= dim <= 3 else None  # H or W of N×C×H×W
             if i is None:
                 return (Consumed("conv2d has weights per channel") if dim == 1 else SAME), dim
-            key = (self.kernel_size, self.stride, self.padding, self.dilation,
-                   self.padding_mode, i)
+            # the settings read at once from the fields: each attribute of a model is read
+            # through pydantic's __getattr__ hook, and this runs twice for every conv
+            d = self.__dict__
+            key = (d["kernel_size"], d["stride"], d["padding"], d["dilation"], d["padding_mode"], i)
             window = _WINDOWS.get(key)
             if window is None:
                 before, after = self.pads()[i]
