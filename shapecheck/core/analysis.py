@@ -41,6 +41,8 @@ from .layers.window import (
 from .record import Record
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from .layers.window import AxisMap
     from .plan import LayerPlan, Plan
 
@@ -112,7 +114,7 @@ def _walk(rows: list[LayerPlan], axes: Axes, named: dict[str, Axes] | None = Non
         is_block, is_merge, axis_map = _KINDS.get(type(spec)) or _kind(type(spec))
         if row.inputs is not None:  # a layer that reads other tensors (graph.py)
             paths = [named[name] for name in row.inputs]
-            axes = _merged(row, paths, list(row.inputs)) if is_merge else paths[0]
+            axes = _merged(row, paths, row.inputs) if is_merge else paths[0]
         if is_block:
             axes = _block(row, axes)
         elif is_merge or axis_map is None:
@@ -148,19 +150,19 @@ def _walk(rows: list[LayerPlan], axes: Axes, named: dict[str, Axes] | None = Non
 def _step(row: LayerPlan, f: AxisField, m: AxisMap) -> tuple[AxisField, str | tuple | None]:
     """The field after the row's layer, which maps its axis by ``m``, and its explain line (a
     window's numbers)."""
-    if f.__class__ is not Field:  # global or n/a stays so
+    if type(f) is not Field:  # global or n/a stays so
         return f, None
-    if m.__class__ is Window:
+    if type(m) is Window:
         if m.kernel == 1 and m.stride == 1 and m.before == 0:  # the field stays (a 1×1 conv)
             return f, None
         span = m.dilation * (m.kernel - 1)
         jump = f.jump
         start = f.start
         shift = (span - 2 * m.before) * jump  # how far the centre moves, in half pixels
-        if shift & 1 == 0 and start.__class__ is int:  # by whole pixels: no Fraction
+        if shift & 1 == 0 and type(start) is int:  # by whole pixels: no Fraction
             start += shift // 2
         elif shift:  # a Fraction only for a true half
-            twice = 2 * start if start.__class__ is int else start.numerator * 2 // start.denominator
+            twice = 2 * start if type(start) is int else start.numerator * 2 // start.denominator
             twice += shift
             start = twice // 2 if twice & 1 == 0 else Fraction(twice, 2)
         new = Field(f.size + span * jump, jump * m.stride, start)
@@ -195,18 +197,19 @@ def _explain_lines(*lines) -> list[str]:
 
 def _block(row: LayerPlan, axes: Axes) -> Axes:
     paths = [_walk(branch, axes) for branch in row.branches]
-    names = [f"{key}" if isinstance(key, str) else f"branch {key}" for key in row.branch_keys]
+    keys = row.branch_keys
     if row.spec.merges_input:
         paths.append(axes)
-        names.append("input")
-    return _merged(row, paths, names)
+        keys = [*keys, "input"]
+    return _merged(row, paths, keys)
 
 
-def _merged(row: LayerPlan, paths: list[Axes], names: list[str]) -> Axes:
-    """The axes where paths merge (a block's branches, a merge layer's inputs)."""
-    fields = [[p[i] for p in paths] for i in range(len(AXES))]
+def _merged(row: LayerPlan, paths: list[Axes], keys: Sequence[int | str]) -> Axes:
+    """The axes where paths merge (a block's branches by key, a merge layer's inputs by
+    name)."""
+    fields = [[p[0] for p in paths], [p[1] for p in paths]]
     if len(paths) > 1:
-        row.field_explain = Lines(partial(_merge_lines, names, fields))
+        row.field_explain = Lines(partial(_merge_lines, keys, fields))
     return (_largest(fields[0]), _largest(fields[1]), paths[0][2], paths[0][3])
 
 
@@ -220,8 +223,9 @@ def _largest(fields: list[AxisField]) -> AxisField:
     return max(fields, key=lambda f: f.size)
 
 
-def _merge_lines(names: list[str], fields: list[list[AxisField]]) -> list[str]:
+def _merge_lines(keys: Sequence[int | str], fields: list[list[AxisField]]) -> list[str]:
     """The explain lines of a merge (written only when shown: see Lines)."""
+    names = [key if isinstance(key, str) else f"branch {key}" for key in keys]
     return _explain_lines(*[_merge_note(f, names) for f in fields])
 
 
