@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
 from typing import Any, Literal
 
 from .analysis import field_json
@@ -31,11 +32,12 @@ def with_batch(dims: Dims | None, batch: int | str) -> Shape | None:
 class LayerPlan(Record):
     """One layer's row of the plan; a block's holds its branches' rows."""
 
-    __slots__ = _fields = (
+    _fields = (
         "index", "path", "name", "type", "spec", "line", "column", "status", "batch",
         "input_dims", "output_dims", "weight_shape", "bias_shape", "params", "macs", "explain",
         "inferred_args", "branches", "branch_keys", "branch_inputs", "activation_values",
         "receptive_field", "field_explain", "inputs", "merged_dims", "like")
+    __slots__ = tuple(f"_{f}" if f in ("line", "column") else f for f in _fields)
 
     def __init__(self, index: int, path: tuple[int | str, ...], name: str, type: str,
                  spec: LayerSpec, line: int | None = None, column: int | None = None,
@@ -56,8 +58,7 @@ class LayerPlan(Record):
         self.name = name
         self.type = type
         self.spec = spec
-        self.line = line
-        self.column = column
+        self._line, self._column = line, column  # None: the spec's origin's, when asked
         self.status = status
         self.batch = batch
         # The shapes with the batch factored out (layers/base.py); input_shape and
@@ -85,6 +86,19 @@ class LayerPlan(Record):
         self.inputs = inputs
         self.merged_dims = merged_dims
         self.like = like  # the tensor whose H×W an upsample takes (`size: {like: …}`)
+
+    @property
+    def line(self) -> int | None:
+        """The line the layer was written at (in its template, for a template's layer)."""
+        if self._line is None and self.spec is not None and self.spec.origin is not None:
+            return self.spec.origin.line
+        return self._line
+
+    @property
+    def column(self) -> int | None:
+        if self._column is None and self.spec is not None and self.spec.origin is not None:
+            return self.spec.origin.column
+        return self._column
 
     @property
     def input_shape(self) -> Shape | None:
@@ -250,14 +264,17 @@ class Plan(Record):
 
     def walk(self):
         """Every LayerPlan in order, blocks before their contents."""
-
-        def _walk(layers):
-            for layer in layers:
+        # A stack of iterators, not nested generators: each level of those passed every row
+        # below it up one more generator.
+        stack = [iter(self.layers)]
+        while stack:
+            for layer in stack[-1]:
                 yield layer
-                for branch in layer.branches or []:
-                    yield from _walk(branch)
-
-        yield from _walk(self.layers)
+                if layer.branches:
+                    stack.append(chain.from_iterable(layer.branches))
+                    break
+            else:
+                stack.pop()
 
     def to_dict(self) -> dict:
         return {

@@ -265,6 +265,8 @@ class Context(Record):
             features = inferred.features_from or features
             if inferred.layout is not None:
                 layout = inferred.layout or None  # "" says: channels first again
+        if features is self.features_from and layout is self.channels_last:
+            return self  # read only: most layers keep it as it is
         return Context(features, layout)
 
 
@@ -326,14 +328,23 @@ class LayerSpec(BaseModel):
         """Where the layer was written; set by the loader (``with_origin``), kept by
         model_copy."""
         private = self.__pydantic_private__
-        return private["origin"] if private else None
+        if not private:
+            return None
+        origin = private["origin"]
+        if type(origin) is tuple:  # (find, YAML location): looked up on first use
+            find, loc = origin
+            origin = private["origin"] = find(loc)
+        return origin
 
-    def with_origin(self, origin: Origin | None) -> None:
+    def with_origin(self, origin: Origin | None, at: tuple | None = None) -> None:
+        """Note where the layer was written: an Origin, or a function that finds it and the
+        YAML location to give it, called on first use (most runs print no line)."""
         # Kept where pydantic keeps private attributes, without declaring one: a declared
         # PrivateAttr makes pydantic run an initialiser for every layer it validates, a third
         # of the validation time.
         # Set first: a layer's inputs (with_inputs) are set after its origin.
-        object.__setattr__(self, "__pydantic_private__", {"origin": origin})
+        object.__setattr__(self, "__pydantic_private__",
+                           {"origin": origin if at is None else (origin, at)})
 
     @property
     def inputs(self) -> tuple[str, ...] | None:
@@ -343,7 +354,9 @@ class LayerSpec(BaseModel):
         return private.get("inputs") if private else None
 
     def with_inputs(self, inputs: tuple[str, ...] | None) -> None:
-        object.__setattr__(self, "__pydantic_private__", {"origin": self.origin, "inputs": inputs})
+        private = self.__pydantic_private__
+        object.__setattr__(self, "__pydantic_private__",
+                           {"origin": private["origin"] if private else None, "inputs": inputs})
 
     def bias_before_norm(self) -> bool:
         """Whether this layer adds a per-channel bias that a following norm would cancel."""
