@@ -124,6 +124,9 @@ def _walk(rows: list[LayerPlan], axes: Axes, named: dict[str, Axes] | None = Non
             h = w = NoField("n/a", why)
             axes = (h, w, axes[2], axes[3])
             row.field_explain = [f"rf: n/a ({why})"]
+        elif type(axes[0]) is not Field and type(axes[1]) is not Field:
+            pass  # no field on either axis, and none comes back (see _largest): nor do the
+            # dims matter any more
         else:
             h, w, dh, dw = axes
             x = row.input_dims
