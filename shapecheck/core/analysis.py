@@ -292,8 +292,9 @@ def field_warning(plan: Plan) -> tuple[tuple, str, str, str] | None:
     small = (rf[0] * 4 < h or rf[1] * 4 < w) and not joined
     if not small and not (rf[0] > 16 * h or rf[1] > 16 * w):
         return None
-    if any(row.inputs or row.like for row in plan.layers) and not all(
-            isinstance(f, Field) for row in plan.output_rows() for f in row.receptive_field or ()):
+    if not all(isinstance(f, Field) for row in plan.output_rows()
+               for f in row.receptive_field or ()) and any(
+            row.inputs or row.like for row in plan.layers):
         return None  # a graph whose output is resized: "the last conv" says nothing of it
     shown = f"{rf[0]}×{rf[1]}"
     if small:
