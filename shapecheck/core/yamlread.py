@@ -18,6 +18,7 @@ from yaml.events import (
     StreamEndEvent,
 )
 
+from . import yamlfast
 from .diagnostics import Diagnostic, InputError
 
 MAX_NODES = 1_000_000  # after expanding aliases: stops alias and merge-key bombs
@@ -48,6 +49,9 @@ def read(text: str, source: str | None = None) -> tuple[object, dict, list[Dupli
     InputError if the text is not YAML or is refused. A location is a tuple of keys and
     indexes from the root, e.g. ("layers", 3, "kernel_size"); the root's is ()."""
     text = text.lstrip("\ufeff")
+    fast = yamlfast.read(text)  # the plain YAML specs are written in, line by line
+    if fast is not None:
+        return fast
 
     def refuse(message: str, mark=None, code="SC004", hint=None) -> InputError:
         line = mark.line + 1 if mark else None
