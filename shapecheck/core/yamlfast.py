@@ -202,7 +202,7 @@ def _resolve(text: str):
         raise _Decline  # refused, or an error: the event reader says which
     try:
         value = yamlread._scalar(tag, text)
-    except Exception:  # e.g. 2001-02-30: the event reader reports it
+    except Exception:  # noqa: BLE001 - e.g. 2001-02-30: whatever it is, the event reader's
         raise _Decline from None
     if len(text) < 100 and len(plain) < 10_000:
         plain[text] = value
