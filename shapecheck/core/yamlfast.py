@@ -37,10 +37,6 @@ from . import yamlread  # (which imports this module: its names are looked up wh
 
 _DEPTH = 64  # deepest node read here; deeper texts go to the event reader (MAX_DEPTH 100)
 
-# Any character that ends the fast path: everything but `\n` and the printable characters
-# YAML allows (tabs, CR and the other line breaks, the BOM and control characters included).
-_OUTSIDE = re.compile("[^\n\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd"
-                      "\U00010000-\U0010ffff]")
 _START = r"(?:[A-Za-z0-9_$.~/(+]|-(?=[A-Za-z0-9_.]))"  # how a plain scalar may begin
 _KEY = re.compile(_START + r"[A-Za-z0-9_$.~/()+\-]*")
 _PLAIN_START = re.compile(_START)
@@ -89,7 +85,7 @@ def _read(text: str):
     for number, line in enumerate(text.split("\n"), 1):
         content = line.lstrip(" ")
         if not content or content[0] == "#":
-            if _OUTSIDE.search(content):
+            if not content.isprintable():
                 raise _Decline
             gap = True
             continue
@@ -118,7 +114,9 @@ def _read(text: str):
 
 def _form(content: str) -> tuple:
     """The form of a line's text after its indentation (not blank, not a comment)."""
-    if _OUTSIDE.search(content) or content.startswith(("---", "...")):
+    # Python's printable characters are ones YAML allows too: not a tab, CR, NEL, line or
+    # paragraph separator, BOM, control character or surrogate (nor some YAML allows).
+    if not content.isprintable() or content.startswith(("---", "...")):
         raise _Decline
     if content[0] == "-" and (len(content) == 1 or content[1] == " "):
         rest = content[1:].lstrip(" ")
