@@ -80,7 +80,8 @@ def read(text: str) -> tuple[object, dict, list] | None:
 
 
 def _read(text: str):
-    numbers, indents, forms, gaps = [], [], [], []
+    numbers, indents, forms = [], [], []
+    gaps = set()  # the lines (their indexes in forms) after a blank line or a comment
     known, gap = _forms, False
     for number, line in enumerate(text.split("\n"), 1):
         content = line.lstrip(" ")
@@ -94,11 +95,12 @@ def _read(text: str):
             form = _form(content)
             if len(content) < 300 and len(known) < 20_000:
                 known[content] = form
+        if gap:
+            gaps.add(len(forms))
+            gap = False
         numbers.append(number)
         indents.append(len(line) - len(content))
         forms.append(form)
-        gaps.append(gap)
-        gap = False
     if not forms:
         raise _Decline  # empty: the event reader says so
     reader = _Reader(numbers, indents, forms, gaps)
@@ -320,7 +322,9 @@ class _Reader:
             else:
                 kind = form[0]
                 if kind == FLOW:
-                    item = self.flow(form[1], key_loc, line, column + 1 + offset, depth + 1)
+                    if depth + 1 + form[1][3] > _DEPTH:
+                        raise _Decline
+                    item = self.build(form[1], key_loc, line, column + 1 + offset)
                 else:
                     item = form[1]
                 if i < n and indents[i] > column:
@@ -354,7 +358,9 @@ class _Reader:
                 positions.setdefault(item_loc, (line, at))
                 form = form[2]
                 if form[0] == FLOW:
-                    item = self.flow(form[1], item_loc, line, at, depth + 1)
+                    if depth + 1 + form[1][3] > _DEPTH:
+                        raise _Decline
+                    item = self.build(form[1], item_loc, line, at)
                 else:
                     item = form[1]
                 if i < n and indents[i] > column:
@@ -390,19 +396,14 @@ class _Reader:
         indents, forms, gaps, n = self.indents, self.forms, self.gaps, len(self.forms)
         parts = [text]
         while i < n and indents[i] > column:
-            if gaps[i] or forms[i][0] != TEXT:
+            if i in gaps or forms[i][0] != TEXT:
                 raise _Decline
             parts.append(forms[i][1])
             i += 1
         return _resolve(" ".join(parts)), i
 
-    def flow(self, recipe: tuple, loc: tuple, line: int, column: int, depth: int):
-        """The value of a flow collection at `loc`, opening at (line, column)."""
-        if depth + recipe[3] > _DEPTH:
-            raise _Decline
-        return self.build(recipe, loc, line, column)
-
     def build(self, recipe: tuple, loc: tuple, line: int, column: int):
+        """The value of a flow collection at `loc`, opening at (line, column)."""
         positions = self.positions
         kind, entries, template, _, places = recipe
         if template is not None:  # scalars only: the places, then a copy
