@@ -7,23 +7,26 @@ _plain cache; the same positions, in the same order; the same duplicate keys), o
 then the event reader reads the text. It returns None for anything outside a strict subset,
 so every refusal and every error, with its line and column, stays the event reader's:
 
-- one document, its root a block mapping or a block sequence; only spaces and `\\n` as
-  white space and line ends (no tab, CR, NEL, BOM, control character), no `---` or `...`;
+- one document, its root a block mapping or a block sequence; `\n` the only line end and the
+  space the only white space; no character Python deems unprintable (so no tab, CR, NEL,
+  line separator, BOM, control character or surrogate); no line starting `---` or `...`;
 - block mappings and sequences by indentation: `key: value`, `key:` with its value on the
   next lines (more indented, or a sequence at the key's own indentation), `- value`,
-  `- key: value` (a mapping that starts on the item's line), `-` with its value on the next
-  lines (not an empty item);
-- keys: plain words of letters, digits and `_$.~/()+-`, not starting with `(` ... `-` unless
-  a letter, digit, `_` or `.` follows, and not `<<` (no merges);
-- values: plain scalars (a plain value may go on over more indented lines, folded with
-  spaces, with no blank or comment line between); quoted scalars on one line without
-  escapes (no backslash in "...", no '' in '...'); flow mappings and sequences closed on the
-  line they open, of plain scalars (without `:` or `#`), such quoted scalars and flows,
-  `key: value` in mappings, no empty entry or trailing comma;
-- comments after white space, comment lines and blank lines anywhere (except inside a plain
-  value that goes on over lines);
+  `- key: value` and `- - value` (a collection that starts on the item's line), `-` with its
+  value on the next lines (never an empty item);
+- keys: words of ASCII letters, digits and `_$.~/()+-`, starting as a plain scalar does
+  (below), resolved as the event reader resolves them (no merge key `<<`, no `=`);
+- plain scalars starting with an ASCII letter or digit or one of `_$.~/(+`, or `-` before a
+  letter, digit, `_` or `.`: in a block, up to a comment, without `: ` and not ending in `:`,
+  going on over more indented lines of such text (folded with spaces, no blank or comment
+  line between); in a flow, without `:` or `#`;
+- quoted scalars on one line without escapes (no backslash in "...", no '' in '...');
+- flow mappings and sequences closed on the line they open, of such scalars and flows, with
+  `key: value` in mappings, no empty entry, no trailing comma;
+- comments after a space, comment lines and blank lines anywhere (except inside a plain
+  scalar that goes on over lines);
 - nodes nested at most _DEPTH deep (well within yamlread.MAX_DEPTH); no anchor, alias, tag,
-  block scalar (| or >), `?` key or directive; no node budget is needed without aliases.
+  block scalar (| or >), `?` key or directive, so no node budget is needed.
 
 What the subset leaves out is no loss: the event reader reads it, as before."""
 
@@ -149,15 +152,20 @@ def _key_form(text: str) -> tuple | None:
     end = match.end()
     if text[end:end + 1] != ":" or text[end + 1:end + 2] not in ("", " "):
         return None
-    key = match.group()
-    if len(key) > 500:  # (libyaml limits a key's length)
-        raise _Decline
-    if key not in yamlread._plain:
-        _resolve(key)  # refuses what the event reader refuses or reports
+    key = _key(match.group())
     rest = text[end + 1:].lstrip(" ")
     if not rest or rest[0] == "#":
         return (KEY, key, None, 0)
     return (KEY, key, _value_form(rest), len(text) - len(rest))
+
+
+def _key(key: str) -> str:
+    """A key as the event reader keeps it: the text written, once it resolves to a value."""
+    if len(key) > 500:  # (libyaml limits a key's length)
+        raise _Decline
+    if key not in yamlread._plain:
+        _resolve(key)  # declines what the event reader refuses or reports (`<<`, `=` ...)
+    return key
 
 
 def _value_form(text: str) -> tuple:
@@ -225,11 +233,7 @@ def _flow(text: str, at: int, depth: int) -> tuple[tuple, int]:
             match = _KEY.match(text, at)
             if match is None or text[match.end():match.end() + 2] != ": ":
                 raise _Decline
-            key = match.group()
-            if len(key) > 500:
-                raise _Decline
-            if key not in yamlread._plain:
-                _resolve(key)
+            key = _key(match.group())
             at = _skip(text, match.end() + 2)
         first = text[at:at + 1]
         if first == "{" or first == "[":
