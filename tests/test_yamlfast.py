@@ -137,6 +137,9 @@ def test_values_are_built_afresh_each_time():
     "- a: x#b\n  b: http://x.y/z\n  c: $c * 4 + ($k - 1) // 2   # a comment\n",
     "layers:\n- type: residual\n  body:\n  - relu\n  - - a\n    - - b\n  -   # c\n    x: 1\n",
     "  a:\n      - 1\n      -  2\n  b:   {c: [1, [2, {d: e}]], f: []}  \n",
+    # (columns count characters: astral ones and combining marks are one each)
+    ("a: {b: x\U0001F600y, c: 1}  # \u00e9\nd: [xe\u0301x\U0001F600, z, 1\u00b2]\n"
+     "e: x\u4e2d\u6587 text\n  more \U0001F600\n"),
 ])
 def test_quirks_read_here_as_the_event_reader_reads_them(text):
     assert check(text)
@@ -189,10 +192,11 @@ WORDS = ["relu", "conv2d", "N", "$c", "$c * 4", "($k - 1) // 2", "a:b", "http://
          "~", "null", "Null", ".inf", "-.inf", ".NaN", "0x1f", "0o7", "012", "1e3", "1.0e+3",
          "+1", "-.5", "1_0", "1_000", "1:30", "1:30.5", "-1:30", "2001-12-14", "0b101", "0",
          "-0", "+0", "1.", ".5", "0.5e-3", "3", "8", "-7", "0x_1F", "190:20:30", "1,5", "a, b",
-         "a - b", "x\u00a0y", "caf\u00e9", "a'b", 'a"b', "a!b", "a&b", "a*b", "a|b", "a>b",
-         "a%b", "a@b", "a`b", "-a", "...", "/p/q", "(x)", "x)", "_", "$", "a  b", "a[0]"]
-ODD_WORDS = ["2001-02-30", "=", "<<", "[x]", "{x}", "é", "-", "--", "?a", ":a", "a:", ".",
-             "&a x", "*a", "!t x", "|", ">", "%a", "@a", "`a", ",a"]
+         "a - b", "caf\u00e9", "x\U0001F600y", "1\u00b2", "a'b", 'a"b', "a!b", "a&b", "a*b",
+         "a|b", "a>b", "a%b", "a@b", "a`b", "-a", "...", "/p/q", "(x)", "x)", "_", "$", "a  b",
+         "a[0]"]
+ODD_WORDS = ["2001-02-30", "=", "<<", "[x]", "{x}", "é", "x\u00a0y", "-", "--", "?a", ":a",
+             "a:", ".", "&a x", "*a", "!t x", "|", ">", "%a", "@a", "`a", ",a"]
 KEYS = ["type", "name", "out_channels", "kernel_size", "a", "b", "c", "yes", "1", "~", "null",
         "x-parts", "$c", "1_0", "0x1f", "-1", ".5", "on", "+1", "a.b", "a/b", "(x)", "true",
         "y", "2001-12-14"]
