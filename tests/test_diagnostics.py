@@ -50,6 +50,19 @@ def test_sc001_missing_file_directory_and_not_utf8(tmp_path):
     assert d.code == "SC001" and "UTF-8" in d.message
 
 
+def test_sc004_a_file_past_the_limit_is_refused_with_its_size(tmp_path):
+    from shapecheck.core.schema_errors import MAX_BYTES
+
+    path = tmp_path / "big.yaml"
+    path.write_bytes(b"#" * (MAX_BYTES + 1))
+    with pytest.raises(InputError) as info:
+        shapecheck.plan(path)
+    d = info.value.diagnostic
+    assert d.code == "SC004"
+    assert d.message == (f"the file is {MAX_BYTES + 1:,} bytes; specs are limited to "
+                         f"{MAX_BYTES:,} bytes")
+
+
 def test_sc002_not_yaml_points_at_the_problem(tmp_path):
     d = input_error(tmp_path, "input: {shape: [1, 28, 28]}\nlayers: [relu\n")
     assert d.code == "SC002"

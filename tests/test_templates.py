@@ -807,3 +807,24 @@ def test_a_use_that_when_leaves_empty_makes_nothing(tmp_path, capsys):
     torch = pytest.importorskip("torch")
     model = shapecheck.build_module(path, device="cpu")
     assert model(torch.randn(1, 8, 8, 8)).shape == (1, 4, 8, 8)
+
+
+@pytest.mark.parametrize("written, escaped", [
+    # an expression and a `when:` key, written out and as double-quoted escapes
+    ('out_channels: "$c"', 'out_channels: "\\x24c"'),
+    ("when: false", '"wh\\x65n": false'),
+])
+def test_an_escaped_dollar_or_key_counts_as_written(written, escaped):
+    """The loader skips its walk for templates when the text has no `$`, `use` or `when`:
+    an escape writes them without those characters, and must be seen all the same."""
+    def plan_of(field: str):
+        return shapecheck.plan(textwrap.dedent(f"""\
+            input: {{shape: [3, 8, 8]}}
+            layers:
+              - {{type: conv2d, kernel_size: 3, out_channels: 2, {field}}}
+            """).replace(", out_channels: 2, out_channels", ", out_channels"))
+
+    ours, theirs = plan_of(escaped), plan_of(written)
+    assert [(d.code, d.message) for d in ours.diagnostics] == \
+        [(d.code, d.message) for d in theirs.diagnostics]
+    assert [r.output_shape for r in ours.layers] == [r.output_shape for r in theirs.layers]

@@ -79,6 +79,8 @@ def print_diagnostics(diagnostics: list[Diagnostic], stream=None, *, strict: boo
     """Print diagnostics, by default to stdout: they are what the command found, its output
     (docs/cli.md). With -q, warnings are left out unless ``strict`` makes them fail the run.
     ``form``: a formatter such as format_github, instead of the (coloured) text form."""
+    if not diagnostics:  # most specs `check` reads: nothing to print, no terminal to ask
+        return
     stream = stream or sys.stdout
     color = form is None and colored(stream)
     # A coloured line bypasses the stream's escaping: format_text escaped the user's text

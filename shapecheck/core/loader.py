@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gc
 import os
-from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -33,38 +32,48 @@ class SpecError(Exception):
 
 
 def read_text(path: str | os.PathLike) -> str:
-    """A spec file's text, or an InputError that says why it cannot be read."""
-    path = Path(path)
-    file = str(path)
-
-    def fail(message: str, hint: str | None = None) -> InputError:
-        return InputError(Diagnostic("error", "SC001", message, hint=hint, file=file))
-
+    """A spec file's text, or an InputError that says why it cannot be read. One open and one
+    fstat (read_bounded) for a file that can be read; the cause of a failure is looked up
+    after it."""
     try:
-        if path.is_dir():
-            raise fail(f"{file} is a directory, not a spec file")
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            raise InputError(
-                Diagnostic("error", "SC004", f"the file is {size:,} bytes; specs are limited "
-                           f"to {MAX_BYTES:,} bytes", file=file)
-            )
         data = read_bounded(path, MAX_BYTES)  # a FIFO or /dev/zero is refused, not read
-    except FileTooLargeError:
-        raise InputError(Diagnostic("error", "SC004", f"the file is larger than {MAX_BYTES:,} "
-                                    "bytes, the limit for a spec", file=file)) from None
-    except NotRegularFileError as e:
-        raise fail(f"cannot read {file}: {e.strerror}") from None
-    except FileNotFoundError:
-        raise fail(f"no such file: {file}") from None
-    except PermissionError:
-        raise fail(f"permission denied: {file}") from None
     except OSError as e:
-        raise fail(f"cannot read {file}: {e.strerror or e}") from None
+        raise _unreadable(path, e) from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise fail(f"{file} is not UTF-8 text (byte {e.start})", "save the file as UTF-8") from None
+        file = str(Path(path))
+        raise InputError(Diagnostic("error", "SC001", f"{file} is not UTF-8 text (byte "
+                                    f"{e.start})", hint="save the file as UTF-8", file=file)
+                         ) from None
+
+
+def _unreadable(path: str | os.PathLike, error: OSError) -> InputError:
+    """Why a spec file cannot be read."""
+    file = str(Path(path))
+
+    def fail(message: str, code: str = "SC001") -> InputError:
+        return InputError(Diagnostic("error", code, message, file=file))
+
+    if isinstance(error, FileTooLargeError):
+        try:
+            size = os.stat(path).st_size
+        except OSError:
+            size = 0
+        if size > MAX_BYTES:
+            return fail(f"the file is {size:,} bytes; specs are limited to {MAX_BYTES:,} bytes",
+                        "SC004")
+        return fail(f"the file is larger than {MAX_BYTES:,} bytes, the limit for a spec",
+                    "SC004")  # it grew while it was read
+    if isinstance(error, (NotRegularFileError, PermissionError)) and os.path.isdir(path):
+        return fail(f"{file} is a directory, not a spec file")
+    if isinstance(error, PermissionError):
+        return fail(f"permission denied: {file}")
+    if isinstance(error, NotRegularFileError):
+        return fail(f"cannot read {file}: {error.strerror}")
+    if isinstance(error, FileNotFoundError):
+        return fail(f"no such file: {file}")
+    return fail(f"cannot read {file}: {error.strerror or error}")
 
 
 def parse(text: str, source: str | None = None, name: str | None = None,
@@ -75,16 +84,19 @@ def parse(text: str, source: str | None = None, name: str | None = None,
         return _parse(text, source, name, scale)
 
 
-@contextmanager
-def gc_paused():
+class gc_paused:  # named as the function it was: `with gc_paused():`
     """Loading and planning make many small objects and no cycles; the cyclic collector would
-    only rescan them again and again (a 10,000-layer spec loads three times as fast without)."""
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if collecting:
+    only rescan them again and again (a 10,000-layer spec loads three times as fast without).
+    (A class: `check` enters it three times per file, and a generator-based one cost more.)"""
+
+    __slots__ = ("collecting",)
+
+    def __enter__(self) -> None:
+        self.collecting = gc.isenabled()
+        gc.disable()
+
+    def __exit__(self, *exc) -> None:
+        if self.collecting:
             gc.enable()
 
 
@@ -112,7 +124,7 @@ def _spec(loaded: tuple, source: str | None, name: str | None, scale: str | None
           input_shape: tuple | None = None) -> Spec:
     """The Spec from the YAML's data (which is not changed: it may be expanded again at another
     scale, or for another input where its templates read the incoming shape)."""
-    data, positions, problems = loaded
+    data, positions, problems, literal = loaded
     problems = list(problems)
     if not isinstance(data, dict) or not ({"input", "layers"} & data.keys()):
         what = "a YAML mapping" if isinstance(data, dict) else f"a YAML {_kind(data)}"
@@ -124,7 +136,7 @@ def _spec(loaded: tuple, source: str | None, name: str | None, scale: str | None
     # Top-level `x-...` keys are free for the user, e.g. to hold YAML anchors to merge (<<).
     data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
     scales = data.get("scales")
-    data, locator, expansion = _expand(data, scale, positions, source, input_shape)
+    data, locator, expansion = _expand(data, scale, positions, source, input_shape, literal)
     errors: list[dict] = []
     duplicates: list = []
     try:
@@ -146,16 +158,17 @@ def _spec(loaded: tuple, source: str | None, name: str | None, scale: str | None
             "error", "SC004", f"the spec has {count:,} layers; specs are limited to "
             f"{MAX_LAYERS:,}", line=positions.get(("layers",), (None, None))[0], file=source))
     if spec is not None:
-        spec._source = source
+        spec.set_loaded(source=source,
+                        scales=tuple(map(str, scales)) if isinstance(scales, dict) else ())
         if expansion is not None:
-            spec._scale = expansion.scale
-            spec._notes = partial(_layer_notes, expansion.notes)  # for `expand --explain`
-            # Only `build` reads it: worked out when asked for, not at every plan.
-            spec._templates = partial(_template_code, expansion, positions)
+            spec.set_loaded(
+                scale=expansion.scale,
+                notes=partial(_layer_notes, expansion.notes),  # for `expand --explain`
+                # Only `build` reads it: worked out when asked for, not at every plan.
+                templates=partial(_template_code, expansion, positions))
             if expansion.sized:
-                spec._sized = expansion.sized
-                spec._at_input = partial(_spec, loaded, source, name, scale)
-        spec._scales = tuple(map(str, scales)) if isinstance(scales, dict) else ()
+                spec.set_loaded(sized=expansion.sized,
+                                at_input=partial(_spec, loaded, source, name, scale))
         default = name or (default_name(Path(source).stem) if source else "net")
         try:
             duplicates = spec.complete(default=default, origin=locator.origin)
@@ -164,7 +177,7 @@ def _spec(loaded: tuple, source: str | None, name: str | None, scale: str | None
         else:
             if expansion is not None:
                 _name_after_uses(spec, expansion.made, data["layers"])
-                spec._aliases = use_names(expansion.made)
+                spec.set_loaded(aliases=use_names(expansion.made))
             errors += check_names(spec)
     elif isinstance(layers, list):  # still report the layers' own errors
         errors += parse_layers(layers, ("layers",))[1]
@@ -222,10 +235,11 @@ def _layer_notes(notes: dict[tuple, list]) -> dict[tuple, list[str]]:
 
 
 def _expand(data: dict, scale: str | None, positions: dict, source: str | None,
-            input_shape: tuple | None = None):
+            input_shape: tuple | None = None, literal: bool = False):
     """The spec with its templates expanded (for ``input_shape``, default the spec's), and a
-    Locator for its entries."""
-    if not _uses_templates(data):
+    Locator for its entries. ``literal``: the text has none of what templates are written with
+    (_literal)."""
+    if not _uses_templates(data, literal):
         if scale is not None:
             raise SpecError([Diagnostic("error", "SC111", f"--scale {scale}: the spec has no "
                                         "`scales`", file=source)])
@@ -263,10 +277,12 @@ def _template_code(expansion, positions: dict):
                         expansion.scale)
 
 
-def _uses_templates(data: dict) -> bool:
+def _uses_templates(data: dict, literal: bool = False) -> bool:
     """Whether a spec uses templates, scales or expressions (a quick look at the raw data)."""
     if any(k in data for k in ("templates", "scales", "default_scale")):
         return True
+    if literal:
+        return False
     stack = [data.get("layers")]
     while stack:
         value = stack.pop()
@@ -286,9 +302,10 @@ def _count_layers(items: list) -> int:
     """Layers in a raw layer list, those inside blocks included."""
     count, stack = 0, [items]
     while stack:
-        for item in stack.pop():
-            count += 1
-            if isinstance(item, dict):
+        branch = stack.pop()
+        count += len(branch)
+        for item in branch:
+            if type(item) is dict and type(item.get("type")) is str:
                 block = block_of(item)
                 if block is not None:
                     stack += [branch for _, branch in block.raw_branches(item)]
@@ -311,19 +328,29 @@ def _kind(data: object) -> str:
     return {list: "list", str: "string", type(None): "empty document"}.get(type(data), "scalar")
 
 
-def _load(text: str, source: str | None) -> tuple[object, dict, list[Diagnostic]]:
-    """YAML text to Python data, positions and duplicate-key problems; InputError if refused."""
+def _load(text: str, source: str | None) -> tuple[object, dict, list[Diagnostic], bool]:
+    """YAML text to Python data, positions, duplicate-key problems and whether the text is
+    literal (_literal); InputError if refused."""
     if len(text) > MAX_BYTES:
         raise InputError(Diagnostic("error", "SC004", f"the text is {len(text):,} characters; "
                                     f"specs are limited to {MAX_BYTES:,}", file=source))
     data, positions, duplicates = yamlread.read(text, source)
+    literal = _literal(text)
     problems = []  # (here: the layer a key belongs to is the spec's business, not YAML's)
     for loc, key, line, column in duplicates:
         index, path = layer_of(loc)
         problems.append(Diagnostic(
             "error", "SC107", f"the key {key!r} is given twice in one mapping", index, path,
             line, column, "keep one: YAML would silently use the last", file=source))
-    return data, positions, problems
+    return data, positions, problems, literal
+
+
+def _literal(text: str) -> bool:
+    """Whether the text holds no `$`, `use` or `when` anywhere. Without a backslash every
+    character of a YAML value or key stands in the text as it is (only a double-quoted escape
+    writes one otherwise), so such a text has no expression and no `use:` or `when:` key, and
+    the data need not be walked to know it (which costs a long spec a few percent)."""
+    return not any(part in text for part in ("$", "use", "when", "\\"))
 
 
 # --- pydantic errors to diagnostics -------------------------------------------------------

@@ -105,10 +105,10 @@ def _expanded_for(spec: Spec, shape: tuple) -> Spec:
     """The spec for the input ``shape``: expanded again where its templates read what differs
     from the input it was expanded for. Raises SpecError."""
     declared = tuple(spec.input.shape)
-    read = spec._sized
+    read = spec.sized
     if (shape[0] != declared[0] and read & {"in_channels", "features"}
             or shape[1:] != declared[1:] and read & SIZE_NAMES):
-        return spec._at_input(shape)
+        return spec.at_input(shape)
     return spec
 
 
@@ -153,7 +153,7 @@ def _template_line(d: Diagnostic, rows: dict) -> tuple | None:
 class _Planner:
     def __init__(self, spec: Spec, batch, input_shape, hints: bool = True):
         self.input = tuple(input_shape or spec.input.shape)
-        if spec._at_input is not None:
+        if spec.at_input is not None:
             spec = _expanded_for(spec, self.input)
         self.spec = spec
         self.batch = batch if batch is not None else spec.input.batch
@@ -198,9 +198,9 @@ class _Planner:
             loss=train.loss if train else None,
             scale=self.spec.scale,
             scales=self.spec.scales,
-            templates=self.spec._templates,
+            templates=self.spec.template_code,
             outputs=self._outputs(rows),
-            sized=bool(self.spec._sized & SIZE_NAMES),
+            sized=bool(self.spec.sized & SIZE_NAMES),
         )
         receptive_fields(result)
         rows_by_path = {row.path: row for row in result.walk()}
@@ -259,9 +259,9 @@ class _Planner:
 
     def _row(self, i: int, path: tuple, layer: LayerSpec) -> LayerPlan:
         origin = layer.origin
-        return LayerPlan(index=i, path=path, name=layer.name, type=layer.type, spec=layer,
-                         line=origin and origin.line, column=origin and origin.column,
-                         batch=self.batch)
+        # (by position: matching keywords among its 26 parameters took a good part of a row)
+        return LayerPlan(i, path, layer.name, layer.type, layer, origin and origin.line,
+                         origin and origin.column, "skipped", self.batch)
 
     def _plan_layer(self, row: LayerPlan, layer: LayerSpec, x: Dims, ctx: Context,
                     tensors: dict | None = None):
@@ -283,12 +283,14 @@ class _Planner:
                 except OverflowError:  # e.g. upsample: a size times a scale beyond any float
                     raise _too_large() from None
                 out = inferred.out
-                _computable(out)
+                if max(out, default=0) > MAX_DIM:
+                    raise _too_large()
                 row.weight_shape, row.bias_shape = inferred.weight, inferred.bias
                 row.params, row.macs, row.explain = inferred.params, inferred.macs, inferred.explain
                 row.inferred_args = inferred.inferred_args
                 row.activation_values = math.prod(out)
-                self.warnings += [(row, *w) for w in inferred.warnings]
+                if inferred.warnings:
+                    self.warnings += [(row, *w) for w in inferred.warnings]
         except ShapeError as e:
             row.status = "failed"
             if self.failure is None:  # a block's child may have failed first

@@ -50,7 +50,8 @@ class Locator:
 
     def origin(self, loc: tuple) -> Origin:
         if not self.where:  # no template made it: it was written where it is (every layer)
-            return Origin(self.source, *self._written(loc))
+            hit = self.positions.get(loc)
+            return Origin(self.source, *(self._written(loc) if hit is None else hit))
         return self.origin_of(*self.place(loc))
 
     def origin_of(self, src: tuple, chain: tuple) -> Origin:

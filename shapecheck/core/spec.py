@@ -5,7 +5,7 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from .diagnostics import WARNING_CODES
@@ -90,46 +90,71 @@ class Spec(BaseModel):
     # The layers whose tensors the network returns (graph.py); None: the last layer's.
     outputs: list[Identifier] | None = Field(default=None, min_length=1)
 
-    _source: str | None = PrivateAttr(default=None)  # the file path, if read from a file
-    _completed: bool = PrivateAttr(default=False)
-    _scale: str | None = PrivateAttr(default=None)  # the scale its templates were expanded at
-    _scales: tuple[str, ...] = PrivateAttr(default=())  # every scale the YAML declares
-    # Layer path -> the template arithmetic that made its values, for `expand --explain`.
-    _notes: Any = PrivateAttr(default_factory=dict)  # or a function that makes them
-    # A function giving templates.TemplateCode, for `build`; None without templates.
-    _templates: Any = PrivateAttr(default=None)
-    # A template use's name -> the index of its last layer, for `from:` (graph.py).
-    _aliases: dict = PrivateAttr(default_factory=dict)
-    # Where its templates read the incoming shape ($in_channels, $in_h): the names read, and
-    # a function giving the spec expanded for another input (C, H, W).
-    _sized: frozenset = PrivateAttr(default=frozenset())
-    _at_input: Any = PrivateAttr(default=None)
+    # What loading learnt beyond the fields (set_loaded): kept in pydantic's private dict without
+    # declaring private attributes, which cost a small spec a tenth of its check.
+    #   source: the file path, if read from a file; completed: complete() has run;
+    #   scale: the scale its templates were expanded at; scales: every scale the YAML declares;
+    #   notes: layer path -> the template arithmetic that made its values, for `expand
+    #     --explain` (or a function that makes them); templates: a function giving
+    #     templates.TemplateCode, for `build`, None without templates; aliases: a template
+    #     use's name -> the index of its last layer, for `from:` (graph.py); sized: the names
+    #     its templates read of the incoming shape ($in_channels, $in_h); at_input: a function
+    #     giving the spec expanded for another input (C, H, W).
+
+    def _loaded(self, key: str):
+        private = self.__pydantic_private__
+        return private.get(key, _LOADED[key]) if private else _LOADED[key]
+
+    def set_loaded(self, **values) -> None:
+        """Note what loading learnt (the keys above)."""
+        private = self.__pydantic_private__
+        if private is None:
+            private = {}
+            object.__setattr__(self, "__pydantic_private__", private)
+        private.update(values)
 
     @property
     def source(self) -> str | None:
-        return self._source
+        return self._loaded("source")
 
     @property
     def scale(self) -> str | None:
-        return self._scale
+        return self._loaded("scale")
 
     @property
     def scales(self) -> tuple[str, ...]:
-        return self._scales
+        return self._loaded("scales")
 
     @property
     def notes(self) -> dict[tuple, list[str]]:
-        if callable(self._notes):  # written on first use
-            self._notes = self._notes()
-        return self._notes
+        notes = self._loaded("notes")
+        if callable(notes):  # written on first use
+            notes = notes()
+            self.set_loaded(notes=notes)
+        return notes if notes is not None else {}
+
+    @property
+    def template_code(self):
+        """A function giving the spec's templates.TemplateCode, for `build`; None without
+        templates."""
+        return self._loaded("templates")
 
     @property
     def aliases(self) -> dict[str, int]:
-        return self._aliases
+        aliases = self._loaded("aliases")
+        return aliases if aliases is not None else {}
+
+    @property
+    def sized(self) -> frozenset:
+        return self._loaded("sized")
+
+    @property
+    def at_input(self):
+        return self._loaded("at_input")
 
     @property
     def completed(self) -> bool:
-        return self._completed
+        return self._loaded("completed")
 
     def complete(self, *, default: str = "net",
                  origin: Callable[[tuple], Origin | None] | None = None,
@@ -138,7 +163,7 @@ class Spec(BaseModel):
         each layer its origin (``origin(yaml_loc)``), give the spec the name ``default`` if it
         has none and every unnamed layer a stable one. Returns the names used twice (see
         assign_names). Idempotent."""
-        if self._completed:
+        if self.completed:
             return []
         layers, errors = parse_layers(self.layers, ("layers",), origin)
         if errors:
@@ -146,7 +171,7 @@ class Spec(BaseModel):
         self.layers = layers
         if self.name is None:
             self.name = default
-        self._completed = True
+        self.set_loaded(completed=True)
         return assign_names(self)
 
     def find(self, path: Path) -> LayerSpec:
@@ -158,6 +183,10 @@ class Spec(BaseModel):
             if rest:
                 layers = dict(layer.branch_lists())[rest.pop(0)]
         return layer
+
+
+_LOADED = {"source": None, "completed": False, "scale": None, "scales": (), "notes": None,
+           "templates": None, "aliases": None, "sized": frozenset(), "at_input": None}
 
 
 def yaml_loc(path: Path, layers: list) -> tuple:
@@ -206,22 +235,24 @@ def assign_names(spec: Spec) -> list[tuple[Path, str, Path]]:
     the layer that has the name first)."""
     taken: dict[str, Path] = {}
     duplicates = []
-    every = list(walk(spec.layers))
-    for path, layer in every:
-        if layer.name is not None:
-            if layer.name in taken:
-                duplicates.append((path, layer.name, taken[layer.name]))
-            taken.setdefault(layer.name, path)
+    unnamed = []
+    for path, layer in walk(spec.layers):
+        name = layer.name
+        if name is None:
+            unnamed.append(layer)
+        elif name in taken:
+            duplicates.append((path, name, taken[name]))
+        else:
+            taken[name] = path
     counters: dict[str, int] = {}
-    for _, layer in every:
-        if layer.name is None:
-            prefix = layer.name_prefix
-            n = counters.get(prefix, 0)
-            while True:
-                n += 1
-                if f"{prefix}{n}" not in taken:
-                    break
-            counters[prefix] = n
-            object.__setattr__(layer, "name", f"{prefix}{n}")  # layers are frozen after this
-            taken[layer.name] = ()
+    for layer in unnamed:
+        prefix = layer.name_prefix
+        n = counters.get(prefix, 0) + 1
+        name = f"{prefix}{n}"
+        while name in taken:
+            n += 1
+            name = f"{prefix}{n}"
+        counters[prefix] = n
+        object.__setattr__(layer, "name", name)  # layers are frozen after this
+        taken[name] = ()
     return duplicates

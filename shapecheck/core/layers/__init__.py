@@ -98,12 +98,31 @@ def kind_of(item: object) -> type[LayerSpec] | None:
     """The model of a raw entry (a mapping with `type`), or None where it names no known type."""
     if not isinstance(item, dict) or not isinstance(item.get("type"), str):
         return None
-    return KINDS.get(normalize_type(item["type"]))
+    return _written_type(item["type"])[0]
+
+
+def _written_type(written: str) -> tuple[type[LayerSpec] | None, str]:
+    """The model of a type as written (`Conv2d`, `nn.Conv2d` …), or None, and the type's
+    name: a spec writes the same few types thousands of times."""
+    found = _WRITTEN.get(written)
+    if found is None:
+        name = normalize_type(written)
+        found = (KINDS.get(name), name)
+        if found[0] is not None:
+            if len(_WRITTEN) > 512:  # a long-lived process (the language server)
+                _WRITTEN.clear()
+            _WRITTEN[written] = found
+    return found
+
+
+_WRITTEN: dict[str, tuple[type[LayerSpec], str]] = {}
 
 
 def block_of(item: object) -> type[Block] | None:
     """The Block class of a raw entry, or None where it is not a block."""
-    kind = kind_of(item)
+    if not isinstance(item, dict) or not isinstance(item.get("type"), str):
+        return None
+    kind = _written_type(item["type"])[0]
     return kind if kind is not None and kind.is_block else None
 
 
@@ -117,9 +136,12 @@ def parse_layers(items: list, loc: tuple, origin: Callable[[tuple], Origin | Non
     which keeps start-up fast. Returns the layers and pydantic-style error dicts whose `loc`
     starts at `loc` (e.g. ("layers", 3, "kernel_size"))."""
     layers, errors = [], []
+    top = loc == ("layers",)  # the spec's own list
     for i, item in enumerate(items):
         here = (*loc, i)
-        if isinstance(item, LayerSpec):  # built in Python; a block's branches may still be raw
+        # (dict first: pydantic's models are ABCs, and asking one for isinstance is slow)
+        if type(item) is not dict and isinstance(item, LayerSpec):
+            # built in Python; a block's branches may still be raw
             layer = item.model_copy()  # naming must not touch the caller's model, nor reuses
             if layer.is_block:
                 layer, sub_errors = _parse_branches(layer, here, origin)
@@ -128,30 +150,26 @@ def parse_layers(items: list, loc: tuple, origin: Callable[[tuple], Origin | Non
             continue
         if isinstance(item, str):
             item = {"type": item}
-        if not isinstance(item, dict) or not isinstance(item.get("type"), str):
-            errors.append({"type": "unknown_layer_type", "loc": here, "input": item,
-                           "msg": "unknown layer type"})
-            continue
-        name = normalize_type(item["type"])
-        kind = KINDS.get(name)
+        written = item.get("type") if isinstance(item, dict) else None
+        kind, name = _written_type(written) if isinstance(written, str) else (None, None)
         if kind is None:
             errors.append({"type": "unknown_layer_type", "loc": here, "input": item,
                            "msg": "unknown layer type"})
             continue
         inputs = None
         if "from" in item:  # named inputs (graph.py): not a field of any model
-            inputs, error = read_from(item["from"], (*here, "from"), loc == ("layers",))
+            inputs, error = read_from(item["from"], (*here, "from"), top)
             item = {k: v for k, v in item.items() if k != "from"}
             if error:
                 errors.append(error)
         try:
-            if item["type"] != name:  # KINDS' key is the type
+            if written != name:  # KINDS' key is the type
                 item = {**item, "type": name}
             layer = kind.model_validate(item)
         except ValidationError as e:
             errors += [{**err, "loc": (*here, *err["loc"])} for err in e.errors()]
             continue
-        if loc != ("layers",) and like_of(layer) is not None:
+        if not top and like_of(layer) is not None:
             errors.append(graph_error((*here, "size"), "`size: {like: …}` is allowed only in "
                                       "the spec's own `layers:` list; a branch sees only its "
                                       "block's input", "resize after the block instead"))

@@ -265,6 +265,8 @@ class Context(Record):
             features = inferred.features_from or features
             if inferred.layout is not None:
                 layout = inferred.layout or None  # "" says: channels first again
+        if features is self.features_from and layout is self.channels_last:
+            return self  # read only: most layers keep it as it is
         return Context(features, layout)
 
 

@@ -76,6 +76,10 @@ def groups_hint(c_in: int, c_out: int) -> str:
 # A conv's window on an axis, by its settings: a long network repeats a few convs, and the
 # receptive field asks for both axes of each (a Window is never changed once made)
 _WINDOWS: dict[tuple, Window] = {}
+# A conv's kernel, stride, dilation and padding as pairs, by its settings (Conv2d.geometry).
+_GEOMETRY: dict[tuple, tuple] = {}
+# What Conv2d.infer worked out, by the fields it reads and the input.
+_INFERRED: dict[tuple, Inferred] = {}
 
 _PAD_RULE = {"reflect": "less than the input size", "circular": "at most the input size"}
 
@@ -170,56 +174,83 @@ def _make_Conv2d():
                 parts.append(f"g{self.groups}")
             return " ".join(parts)
 
+        def geometry(self) -> tuple:
+            """(kernel, stride, dilation, ((top, bottom), (left, right)), effective kernel),
+            each a pair: worked out once per distinct setting, as a long network repeats a few
+            convs."""
+            key = (self.kernel_size, self.stride, self.padding, self.dilation)
+            found = _GEOMETRY.get(key)
+            if found is None:
+                if len(_GEOMETRY) > 1024:  # a long-lived process (the language server)
+                    _GEOMETRY.clear()
+                kernel, stride, dil = pair(self.kernel_size), pair(self.stride), pair(self.dilation)
+                found = _GEOMETRY[key] = (kernel, stride, dil, self.pads(),
+                                          (effective(kernel[0], dil[0]), effective(kernel[1], dil[1])))
+            return found
+
         def infer(self, x: Dims, ctx: Context) -> Inferred:
-            need_rank(x, (4,), "conv2d")
+            # A long network repeats the same conv on the same input: the rule is worked out
+            # once for each (what it reads of the layer, the input). An Inferred is never
+            # changed once made, and errors are not kept.
+            key = (x, self.in_channels, self.out_channels, self.kernel_size, self.stride,
+                   self.padding, self.dilation, self.groups, self.bias, self.padding_mode)
+            found = _INFERRED.get(key)
+            if found is None:
+                if len(_INFERRED) > 1024:  # a long-lived process (the language server)
+                    _INFERRED.clear()
+                found = _INFERRED[key] = self._infer(x)
+            return found
+
+        def _infer(self, x: Dims) -> Inferred:
+            if len(x) != 4:
+                need_rank(x, (4,), "conv2d")
             _, c_in, h, w = x
             self.check_channels(c_in)
             c_out, g = self.out_channels, self.groups
-            kernel, stride, dil = pair(self.kernel_size), pair(self.stride), pair(self.dilation)
-            if self.padding == "same" and stride != (1, 1):
-                k, s, d = kernel[0], stride[0], dil[0]
-                p = d * (k - 1) // 2
-                raise ShapeError(
-                    "SC207",
-                    f"padding='same' needs stride 1, but stride is {self.stride}",
-                    f"use padding: {p} (with stride {s} it gives H={conv_out(h, k, s, 2 * p, d)} "
-                    f"from {h}), or set stride: 1",
-                )
+            kernel, stride, dil, pads, effs = self.geometry()
             warnings = []
-            if self.padding == "same" and (kernel[0] % 2 == 0 or kernel[1] % 2 == 0):
-                warnings.append(
-                    (
-                        "SC304",
-                        (f"kernel {times(kernel)} with padding='same' pads one more pixel on "
-                         "the bottom/right than on the top/left"),
-                        "use an odd kernel_size for symmetric padding",
-                    )
-                )
-            out_hw, axes, unused = [], [], []
-            for axis, size, k, s, d, (pl, pr) in zip(
-                ("H", "W"), (h, w), kernel, stride, dil, self.pads()
-            ):
-                padded, eff = size + pl + pr, effective(k, d)
-                limit = None if self.padding_mode == "zeros" else _pad_limit(self.padding_mode, size)
-                if limit is not None and max(pl, pr) > limit:
+            if self.padding == "same":
+                if stride != (1, 1):
+                    k, s, d = kernel[0], stride[0], dil[0]
+                    p = d * (k - 1) // 2
                     raise ShapeError(
-                        "SC201",
-                        f"padding {max(pl, pr)} is too large for padding_mode="
-                        f"'{self.padding_mode}' on an input of {axis}={size}",
-                        f"{self.padding_mode} padding must be at most {limit} here "
-                        f"({_PAD_RULE[self.padding_mode]}); use padding_mode: zeros or replicate, "
-                        "or a larger input",
+                        "SC207",
+                        f"padding='same' needs stride 1, but stride is {self.stride}",
+                        f"use padding: {p} (with stride {s} it gives H={conv_out(h, k, s, 2 * p, d)} "
+                        f"from {h}), or set stride: 1",
                     )
+                if kernel[0] % 2 == 0 or kernel[1] % 2 == 0:
+                    warnings.append(
+                        (
+                            "SC304",
+                            (f"kernel {times(kernel)} with padding='same' pads one more pixel on "
+                             "the bottom/right than on the top/left"),
+                            "use an odd kernel_size for symmetric padding",
+                        )
+                    )
+            out_hw, unused = [], []
+            for i, (axis, size) in enumerate((("H", h), ("W", w))):
+                (pl, pr), eff, s = pads[i], effs[i], stride[i]
+                if self.padding_mode != "zeros":
+                    limit = _pad_limit(self.padding_mode, size)
+                    if limit is not None and max(pl, pr) > limit:
+                        raise ShapeError(
+                            "SC201",
+                            f"padding {max(pl, pr)} is too large for padding_mode="
+                            f"'{self.padding_mode}' on an input of {axis}={size}",
+                            f"{self.padding_mode} padding must be at most {limit} here "
+                            f"({_PAD_RULE[self.padding_mode]}); use padding_mode: zeros or "
+                            "replicate, or a larger input",
+                        )
+                padded = size + pl + pr
                 if padded < eff:
-                    raise kernel_too_large(kernel, eff, d, axis, size, pl + pr)
-                out = conv_out(size, k, s, pl + pr, d)
-                out_hw.append(out)
-                axes.append((axis, size, pl, pr, d, k, s, out))
+                    raise kernel_too_large(kernel, eff, dil[i], axis, size, pl + pr)
+                out_hw.append((padded - eff) // s + 1)  # conv_out
                 unused.append(unused_rows(size, pl, pr, eff, s))
-            warning = unused_warning(tuple(unused), (h, w), stride,
-                                     "adjust padding or the input size so the windows reach the edge")
-            if warning:
-                warnings.append(warning)
+            if unused[0] or unused[1]:
+                warnings.append(unused_warning(
+                    tuple(unused), (h, w), stride,
+                    "adjust padding or the input size so the windows reach the edge"))
             weight = (c_out, c_in // g, *kernel)
             per_out = (c_in // g) * kernel[0] * kernel[1]
             out = (x[0], c_out, *out_hw)
@@ -227,8 +258,9 @@ def _make_Conv2d():
             params = math.prod(weight) + (c_out if self.bias else 0)
 
             def explain() -> list[str]:
-                lines = [floor_line(axis, size, pad_text(pl, pr), d, k, s, out)
-                         for axis, size, pl, pr, d, k, s, out in axes]
+                lines = [floor_line(axis, size, pad_text(*pads[i]), dil[i], kernel[i], stride[i],
+                                    out_hw[i])
+                         for i, (axis, size) in enumerate((("H", h), ("W", w)))]
                 lines.append(
                     f"weight = out × in/groups × kh × kw = {times(weight)}; params = "
                     f"{fmt(math.prod(weight))}"
@@ -238,16 +270,8 @@ def _make_Conv2d():
                     f"({c_in // g}×{kernel[0]}×{kernel[1]}) = {fmt(macs)}")
                 return lines
 
-            return Inferred(
-                out=out,
-                weight=weight,
-                bias=(c_out,) if self.bias else None,
-                params=params,
-                macs=macs,
-                explain=Lines(explain),
-                inferred_args={"in_channels": c_in},
-                warnings=warnings,
-            )
+            return Inferred(out, weight, (c_out,) if self.bias else None, params, macs,
+                            Lines(explain), {"in_channels": c_in}, warnings)
 
     return Conv2d
 

@@ -11,6 +11,7 @@ from .base import (
     Flag,
     Inferred,
     LayerSpec,
+    Lines,
     NonNegPair,
     PosInt,
     PosPair,
@@ -83,8 +84,9 @@ def _make__WindowPool():
                         f"padding {p} is more than half the kernel size {k}",
                         f"use padding: {k // 2} or less",
                     )
-            out_hw, explain, warnings, unused = [], [], [], []
-            for axis, size, k, s, p, d in zip(("H", "W"), x[-2:], kernel, stride, pad, dil):
+            out_hw, warnings, unused = [], [], []
+            axes = tuple(zip(("H", "W"), x[-2:], kernel, stride, pad, dil))
+            for axis, size, k, s, p, d in axes:
                 out = pool_out(size, k, s, p, d, self.ceil_mode)
                 if out < 1:
                     raise ShapeError(
@@ -94,21 +96,26 @@ def _make__WindowPool():
                         None,  # the planner adds the smallest input that works
                     )
                 out_hw.append(out)
-                num = f"{size} + 2·{p} − {d}·({k}−1) − 1"
-                if self.ceil_mode:
-                    line = f"{axis}_out = ceil(({num}) / {s}) + 1"
-                    floor_based = (size + 2 * p - d * (k - 1) - 1 + s - 1) // s + 1
-                    if floor_based != out:
-                        line += f" = {floor_based}, minus the last window (it would start in the padding)"
-                    explain.append(f"{line} = {out}")
-                else:
-                    explain.append(floor_line(axis, size, pad_text(p, p), d, k, s, out))
                 unused.append(0 if self.ceil_mode else unused_rows(size, p, p, effective(k, d), s))
-            warning = unused_warning(tuple(unused), x[-2:], stride,
-                                     "use ceil_mode: true to keep them, or adjust padding")
-            if warning:
-                warnings.append(warning)
-            return Inferred(out=(*x[:-2], *out_hw), explain=explain, warnings=warnings)
+            if unused[0] or unused[1]:
+                warnings.append(unused_warning(tuple(unused), x[-2:], stride,
+                                               "use ceil_mode: true to keep them, or adjust padding"))
+
+            def explain() -> list[str]:
+                lines = []
+                for (axis, size, k, s, p, d), out in zip(axes, out_hw):
+                    num = f"{size} + 2·{p} − {d}·({k}−1) − 1"
+                    if self.ceil_mode:
+                        line = f"{axis}_out = ceil(({num}) / {s}) + 1"
+                        floor_based = (size + 2 * p - d * (k - 1) - 1 + s - 1) // s + 1
+                        if floor_based != out:
+                            line += f" = {floor_based}, minus the last window (it would start in the padding)"
+                        lines.append(f"{line} = {out}")
+                    else:
+                        lines.append(floor_line(axis, size, pad_text(p, p), d, k, s, out))
+                return lines
+
+            return Inferred(out=(*x[:-2], *out_hw), explain=Lines(explain), warnings=warnings)
 
     return _WindowPool
 
