@@ -32,19 +32,18 @@ What the subset leaves out is no loss: the event reader reads it, as before."""
 
 from __future__ import annotations
 
-import re
-
 import yaml
 
 from . import yamlread  # (which imports this module: its names are looked up when used)
 
 _DEPTH = 64  # deepest node read here; deeper texts go to the event reader (MAX_DEPTH 100)
 
-_START = r"(?:[A-Za-z0-9_$.~/(+]|-(?=[A-Za-z0-9_.]))"  # how a plain scalar may begin
-_KEY = re.compile(_START + r"[A-Za-z0-9_$.~/()+\-]*")
-_PLAIN_START = re.compile(_START)
-_FLOW_PLAIN = re.compile(_START + r"[^,\[\]{}:#]*")  # ends at a flow indicator, `:` or `#`
-_QUOTED = re.compile(r"\"[^\"\\]*\"|'[^']*'(?!')")  # one line, no escapes
+# (No regular expressions: compiling them would cost every run more than they save.)
+_ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+_FIRST = frozenset(_ALNUM + "_$.~/(+")  # how a plain scalar of the subset starts
+_AFTER_DASH = frozenset(_ALNUM + "_.")  # ... or with `-` before one of these
+_KEY_CHARS = _ALNUM + "_$.~/()+-"
+_FLOW_STOPS = ",[]{}:#"  # what ends a plain scalar in a flow here
 
 # What a line holds (after its indentation), the first item of its form:
 KEY = 0  # (KEY, key, value form or None, the value's offset in the line)
@@ -138,25 +137,46 @@ def _form(content: str) -> tuple:
     if key is not None:
         return key
     text = content.rstrip(" ")
-    if (_PLAIN_START.match(text) and " #" not in text and ": " not in text
-            and text[-1] != ":"):
+    if _plain_start(text, 0) and " #" not in text and ": " not in text and text[-1] != ":":
         return (TEXT, text)
     raise _Decline
 
 
 def _key_form(text: str) -> tuple | None:
     """The form of `key: ...`, or None where the text does not start with a key."""
-    match = _KEY.match(text)
-    if match is None:
+    end = _key_end(text, 0)
+    if end < 0 or text[end + 1:end + 2] not in ("", " "):
         return None
-    end = match.end()
-    if text[end:end + 1] != ":" or text[end + 1:end + 2] not in ("", " "):
-        return None
-    key = _key(match.group())
+    key = _key(text[:end])
     rest = text[end + 1:].lstrip(" ")
     if not rest or rest[0] == "#":
         return (KEY, key, None, 0)
     return (KEY, key, _value_form(rest), len(text) - len(rest))
+
+
+def _plain_start(text: str, at: int) -> bool:
+    """Whether a plain scalar of the subset starts at text[at]."""
+    first = text[at:at + 1]
+    return first in _FIRST or first == "-" and text[at + 1:at + 2] in _AFTER_DASH
+
+
+def _key_end(text: str, at: int) -> int:
+    """Where the `:` after a key of the subset starting at text[at] is, or -1."""
+    end = text.find(":", at)
+    if end <= at or text[at:end].strip(_KEY_CHARS) or not _plain_start(text, at):
+        return -1
+    return end
+
+
+def _quoted_end(text: str, at: int) -> int:
+    """Where the quoted scalar of the subset opening at text[at] ends (after its closing
+    quote), or -1: it goes on past the line, or holds an escape."""
+    quote = text[at]
+    end = text.find(quote, at + 1)
+    if end < 0 or (quote == '"' and "\\" in text[at + 1:end]
+                   or quote == "'" and text[end + 1:end + 2] == "'"):
+        return -1
+    return end + 1
 
 
 def _key(key: str) -> str:
@@ -176,12 +196,12 @@ def _value_form(text: str) -> tuple:
         _end_of_line(text, end)
         return (FLOW, recipe)
     if first == '"' or first == "'":
-        match = _QUOTED.match(text)
-        if match is None:
+        end = _quoted_end(text, 0)
+        if end < 0:
             raise _Decline
-        _end_of_line(text, match.end())
-        return (FIXED, match.group()[1:-1])
-    if not _PLAIN_START.match(text):
+        _end_of_line(text, end)
+        return (FIXED, text[1:end - 1])
+    if not _plain_start(text, 0):
         raise _Decline  # anchors, aliases, tags, block scalars, `key: - x` ...
     comment = text.find(" #")
     plain = (text if comment < 0 else text[:comment]).rstrip(" ")
@@ -230,24 +250,28 @@ def _flow(text: str, at: int, depth: int) -> tuple[tuple, int]:
     while True:
         start = at
         if mapping:
-            match = _KEY.match(text, at)
-            if match is None or text[match.end():match.end() + 2] != ": ":
+            end = _key_end(text, at)
+            if end < 0 or text[end + 1:end + 2] != " ":
                 raise _Decline
-            key = _key(match.group())
-            at = _skip(text, match.end() + 2)
+            key = _key(text[at:end])
+            at = _skip(text, end + 2)
         first = text[at:at + 1]
         if first == "{" or first == "[":
             recipe, at = _flow(text, at, depth + 1)
         elif first == '"' or first == "'":
-            match = _QUOTED.match(text, at)
-            if match is None:
+            end = _quoted_end(text, at)
+            if end < 0:
                 raise _Decline
-            recipe, at = (SCALAR, match.group()[1:-1]), match.end()
+            recipe, at = (SCALAR, text[at + 1:end - 1]), end
         else:
-            match = _FLOW_PLAIN.match(text, at)
-            if match is None:
+            if not _plain_start(text, at):
                 raise _Decline
-            recipe, at = (SCALAR, _resolve(match.group().rstrip(" "))), match.end()
+            end = len(text)
+            for stop in _FLOW_STOPS:  # (the first character is none of them)
+                found = text.find(stop, at, end)
+                if found >= 0:
+                    end = found
+            recipe, at = (SCALAR, _resolve(text[at:end].rstrip(" "))), end
         entries.append((key, start, recipe) if mapping else (start, recipe))
         at = _skip(text, at)
         after = text[at:at + 1]
