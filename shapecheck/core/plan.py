@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
 from typing import Any, Literal
 
 from .analysis import field_json
@@ -250,14 +251,17 @@ class Plan(Record):
 
     def walk(self):
         """Every LayerPlan in order, blocks before their contents."""
-
-        def _walk(layers):
-            for layer in layers:
+        # A stack of iterators, not nested generators: each level of those passed every row
+        # below it up one more generator.
+        stack = [iter(self.layers)]
+        while stack:
+            for layer in stack[-1]:
                 yield layer
-                for branch in layer.branches or []:
-                    yield from _walk(branch)
-
-        yield from _walk(self.layers)
+                if layer.branches:
+                    stack.append(chain.from_iterable(layer.branches))
+                    break
+            else:
+                stack.pop()
 
     def to_dict(self) -> dict:
         return {

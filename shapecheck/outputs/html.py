@@ -74,7 +74,7 @@ def _dims(shape) -> str | None:
 
 
 def _table(plan: Plan, depth: int | None, statuses: dict[tuple, str]) -> str:
-    rows = list(table_rows(plan.layers, depth=depth))
+    rows = table_rows(plan.layers, depth=depth)
     head = "".join(f"<th>{esc(h)}</th>" for h in [*HEADERS, "RF"])
     body = []
     for layer, indent in rows:

@@ -34,14 +34,20 @@ def human_count(n: int) -> str:
 
 
 def table_rows(layers: list[LayerPlan], indent: str = "", depth: int | None = None):
-    """Every row with its indent; blocks nested deeper than ``depth`` are not opened (their
-    own row carries their totals)."""
-    for layer in layers:
-        yield layer, indent
-        if depth is not None and len(indent) // 2 + 1 >= depth:
-            continue
-        for branch in layer.branches or []:
-            yield from table_rows(branch, indent + "  ", depth)
+    """Every row with its indent, as a list; blocks nested deeper than ``depth`` are not
+    opened (their own row carries their totals)."""
+    rows: list = []
+
+    def add(layers: list[LayerPlan], indent: str) -> None:
+        opens = depth is None or len(indent) // 2 + 1 < depth
+        for layer in layers:
+            rows.append((layer, indent))
+            if opens and layer.branches:
+                for branch in layer.branches:
+                    add(branch, indent + "  ")
+
+    add(layers, indent)
+    return rows
 
 
 def collapsed(layer: LayerPlan, indent: str, depth: int | None) -> int:
@@ -111,7 +117,7 @@ def render_table(plan: Plan, markdown: bool = False, explain: bool = False,
     if not plan.layers:
         return (f"{printable(plan.name)}: not planned, the spec does not follow the schema "
                 "(errors below)")
-    rows = list(table_rows(plan.layers, depth=depth))
+    rows = table_rows(plan.layers, depth=depth)
     marks = plan.marks()
     cells = [row_cells(layer, ind, depth, marks[layer.path]) for layer, ind in rows]
     headers = HEADERS
