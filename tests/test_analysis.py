@@ -89,6 +89,34 @@ def test_receptive_field_warning():
     assert "more than 16 times" in big.warnings[0].message
 
 
+
+def test_starts_are_ints_but_for_a_true_half():
+    """A window of even span moves the field's centre by half a pixel; two bring it back to a
+    whole one, which stays an int (JSON and explain show 1, not 1.0)."""
+    even = {"type": "conv2d", "out_channels": 1, "kernel_size": 2}
+    plan = shapecheck.plan(Spec(input={"shape": [1, 16, 16]}, layers=[even, even]))
+    half, whole = (r.receptive_field[0].start for r in plan.layers)
+    assert half == 0.5 and whole == 1 and type(whole) is int
+    assert plan.layers[1].to_dict()["start"] == [1, 1]
+    assert "start = 0.5 + (0.5 − 0) · 1 = 1" in plan.layers[1].field_explain[0]
+
+
+def test_lint_and_field_warning_read_blocks_in_walk_order():
+    """SC303 lists a layer list's own pairs before those inside its blocks; SC306 names the
+    last conv in walk order (blocks before their contents), inside a block where it is last."""
+    from shapecheck.core.analysis import field_warning
+    from shapecheck.core.lint import lint
+
+    conv = {"type": "conv2d", "out_channels": 2, "kernel_size": 3, "padding": 1}
+    block = {"type": "residual", "body": [conv, "batchnorm2d"]}
+    plan = shapecheck.plan(Spec(input={"shape": [2, 64, 64]}, layers=[
+        block, conv, "batchnorm2d", block]))
+    assert [(w[0], w[1]) for w in lint(plan, has_train=False)] == [
+        ((1,), "SC303"), ((0, "body", 0), "SC303"), ((3, "body", 0), "SC303")]
+    assert field_warning(plan)[:2] == ((3, "body", 0), "SC306")
+    plan = shapecheck.plan(Spec(input={"shape": [2, 64, 64]}, layers=[block, conv, "relu"]))
+    assert field_warning(plan)[:2] == ((1,), "SC306")
+
 # --- the receptive field against torch's gradients -----------------------------------------
 
 def _random_layer(rng: random.Random) -> dict:

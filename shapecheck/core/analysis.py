@@ -36,10 +36,13 @@ from .layers.window import (
     Whole,
     Window,
     effective,
+    keeps_axes,
 )
 from .record import Record
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from .layers.window import AxisMap
     from .plan import LayerPlan, Plan
 
@@ -58,7 +61,7 @@ class Field(Record):
 
     def __init__(self, size: int, jump: int, start: Fraction | int):
         self.size, self.jump = size, jump
-        self.start = start  # an int unless a window of even span made it a half
+        self.start = start  # an int; a Fraction only where it is a half (a window of even span)
 
 
 class NoField(Record):
@@ -75,13 +78,19 @@ class NoField(Record):
 AxisField = Field | NoField
 
 
-class _Axis:
-    """One spatial axis as the walk sees it: its field and the dim it sits at."""
+# The walk carries the two axes as one tuple (H's field, W's field, H's dim, W's dim): the
+# dims are where each axis sits in the tensor (a permute or flatten moves it).
+Axes = tuple
 
-    __slots__ = ("dim", "field")
+# What the walk asks of each layer kind, read once per kind: whether it is a block, whether
+# it is a merge, and its axis_map (None where it keeps every axis: activations and the like).
+_KINDS: dict[type, tuple] = {}
 
-    def __init__(self, field: AxisField, dim: int):
-        self.field, self.dim = field, dim
+
+def _kind(kind: type) -> tuple:
+    axis_map = None if kind.axis_map is keeps_axes else kind.axis_map
+    facts = _KINDS[kind] = (kind.is_block, kind.is_merge, axis_map)
+    return facts
 
 
 def receptive_fields(plan: Plan) -> None:
@@ -90,84 +99,97 @@ def receptive_fields(plan: Plan) -> None:
     if plan.input_dims is None or len(plan.input_dims) != 4:
         return
     start = Field(1, 1, 0)  # starts stay ints until a window of even span halves them
-    axes = [_Axis(start, 2), _Axis(start, 3)]
+    axes = (start, start, 2, 3)
     _walk(plan.layers, axes, {"input": axes})
 
 
-def _walk(rows: list[LayerPlan], axes: list[_Axis],
-          named: dict[str, list[_Axis]] | None = None) -> list[_Axis]:
+def _walk(rows: list[LayerPlan], axes: Axes, named: dict[str, Axes] | None = None) -> Axes:
     """The axes after the rows; ``named`` (the top-level list) keeps each row's by name, for
     the rows that read tensors by name."""
+    fields = axes[:2]  # the rows whose layer keeps the field share one tuple
     for row in rows:
         if row.status != "ok":
             return axes
         spec = row.spec
+        is_block, is_merge, axis_map = _KINDS.get(type(spec)) or _kind(type(spec))
         if row.inputs is not None:  # a layer that reads other tensors (graph.py)
             paths = [named[name] for name in row.inputs]
-            axes = _merged(row, paths, list(row.inputs)) if spec.is_merge else paths[0]
-        if spec.is_block:
+            axes = _merged(row, paths, row.inputs) if is_merge else paths[0]
+        if is_block:
             axes = _block(row, axes)
-        elif spec.is_merge:
+        elif is_merge or axis_map is None:
             pass
         elif row.like is not None:
             why = f"{row.name} resizes to {row.like}'s size: the field depends on the unit's position"
-            axes = [_Axis(NoField("n/a", why), a.dim) for a in axes]
+            h = w = NoField("n/a", why)
+            axes = (h, w, axes[2], axes[3])
             row.field_explain = [f"rf: n/a ({why})"]
+        elif type(axes[0]) is not Field and type(axes[1]) is not Field:
+            pass  # no field on either axis, and none comes back (see _largest): nor do the
+            # dims matter any more
         else:
-            h, w = axes
-            mh, dh = spec.axis_map(row.input_dims, h.dim)
-            mw, dw = spec.axis_map(row.input_dims, w.dim)
-            # both axes stay (activations, norms: most layers) unless a map says otherwise
-            if mh is not SAME or mw is not SAME or dh != h.dim or dw != w.dim:
-                if mh is mw and h.field is w.field:  # a square window on a square field
-                    h, h_line = _step(row, h, mh, dh)
-                    w, w_line = _Axis(h.field, dw), h_line
+            h, w, dh, dw = axes
+            x = row.input_dims
+            mh, nh = axis_map(spec, x, dh)
+            mw, nw = axis_map(spec, x, dw)
+            # both axes stay (norms, channel ops) unless a map says otherwise
+            if mh is not SAME or mw is not SAME or nh != dh or nw != dw:
+                if mh is mw and h is w:  # a square window on a square field
+                    h, h_line = _step(row, h, mh)
+                    w, w_line = h, h_line
                 else:
-                    (h, h_line), (w, w_line) = _step(row, h, mh, dh), _step(row, w, mw, dw)
-                axes = [h, w]
+                    (h, h_line), (w, w_line) = _step(row, h, mh), _step(row, w, mw)
+                axes = (h, w, nh, nw)
                 if h_line is not None or w_line is not None:  # most have nothing to explain
-                    row.field_explain = Lines(partial(_explain_lines, [h_line, w_line]))
-        row.receptive_field = (axes[0].field, axes[1].field)
+                    row.field_explain = Lines(partial(_explain_lines, h_line, w_line))
+        if axes[0] is not fields[0] or axes[1] is not fields[1]:
+            fields = axes[:2]
+        row.receptive_field = fields
         if named is not None:
             named[row.name] = axes
     return axes
 
 
-def _step(row: LayerPlan, axis: _Axis, m: AxisMap, dim: int) -> tuple[_Axis, str | tuple | None]:
-    """The axis after the row's layer, which maps it by ``m`` to ``dim``, and its explain line
-    (a window's numbers)."""
-    if m is SAME and dim == axis.dim:  # the field stays
-        return axis, None
-    f = axis.field
-    if not isinstance(f, Field):
-        return _Axis(f, dim), None
-    if isinstance(m, Window):
+def _step(row: LayerPlan, f: AxisField, m: AxisMap) -> tuple[AxisField, str | tuple | None]:
+    """The field after the row's layer, which maps its axis by ``m``, and its explain line (a
+    window's numbers)."""
+    if type(f) is not Field:  # global or n/a stays so
+        return f, None
+    if type(m) is Window:
         if m.kernel == 1 and m.stride == 1 and m.before == 0:  # the field stays (a 1×1 conv)
-            return _Axis(f, dim), None
-        span = effective(m.kernel, m.dilation) - 1
-        size = f.size + span * f.jump
-        jump = f.jump * m.stride
-        half = span // 2 if span % 2 == 0 else Fraction(span, 2)
-        start = f.start + (half - m.before) * f.jump
-        return _Axis(Field(size, jump, start), dim), (f, m, size, jump, half, start)
+            return f, None
+        span = m.dilation * (m.kernel - 1)
+        jump = f.jump
+        start = f.start
+        shift = (span - 2 * m.before) * jump  # how far the centre moves, in half pixels
+        if shift & 1 == 0 and type(start) is int:  # by whole pixels: no Fraction
+            start += shift // 2
+        elif shift:  # a Fraction only for a true half
+            twice = 2 * start if type(start) is int else start.numerator * 2 // start.denominator
+            twice += shift
+            start = twice // 2 if twice & 1 == 0 else Fraction(twice, 2)
+        new = Field(f.size + span * jump, jump * m.stride, start)
+        return new, (f, m, new)
     if isinstance(m, (Scale, Transposed)):
         why = f"{row.name} upsamples: the field depends on the unit's position"
-        return _Axis(NoField("n/a", why), dim), f"rf: n/a ({why})"
+        return NoField("n/a", why), f"rf: n/a ({why})"
     if isinstance(m, (Fixed, Consumed, Whole)):
         why = f"every unit of {row.name} sees the whole input"
-        return (_Axis(NoField("global", why, learned=isinstance(m, Consumed)), dim),
-                f"rf: global ({why})")
+        return NoField("global", why, learned=isinstance(m, Consumed)), f"rf: global ({why})"
     assert isinstance(m, Fold)
-    return _Axis(f, dim), None
+    return f, None
 
 
-def _window_line(f: Field, m: Window, size: int, jump: int, half, start) -> str:
+def _window_line(f: Field, m: Window, new: Field) -> str:
+    span = effective(m.kernel, m.dilation) - 1
+    half = span // 2 if span % 2 == 0 else Fraction(span, 2)
     k = f"({m.kernel} − 1)" if m.dilation == 1 else f"{m.dilation}·({m.kernel} − 1)"
-    return (f"rf = {f.size} + {k} · {f.jump} = {size}, jump = {f.jump} · {m.stride} = {jump}, "
-            f"start = {_num(f.start)} + ({_num(half)} − {m.before}) · {f.jump} = {_num(start)}")
+    return (f"rf = {f.size} + {k} · {f.jump} = {new.size}, jump = {f.jump} · {m.stride} = "
+            f"{new.jump}, start = {_num(f.start)} + ({_num(half)} − {m.before}) · {f.jump} = "
+            f"{_num(new.start)}")
 
 
-def _explain_lines(lines: list) -> list[str]:
+def _explain_lines(*lines) -> list[str]:
     """The explain lines of the two axes: each a line, None, or a window step's numbers
     (written only now: see Lines)."""
     h, w = (_window_line(*line) if isinstance(line, tuple) else line for line in lines)
@@ -176,21 +198,22 @@ def _explain_lines(lines: list) -> list[str]:
     return [f"{a}: {line}" for a, line in zip(AXES, (h, w)) if line is not None]
 
 
-def _block(row: LayerPlan, axes: list[_Axis]) -> list[_Axis]:
-    paths = [_walk(branch, list(axes)) for branch in row.branches]
-    names = [f"{key}" if isinstance(key, str) else f"branch {key}" for key in row.branch_keys]
+def _block(row: LayerPlan, axes: Axes) -> Axes:
+    paths = [_walk(branch, axes) for branch in row.branches]
+    keys = row.branch_keys
     if row.spec.merges_input:
         paths.append(axes)
-        names.append("input")
-    return _merged(row, paths, names)
+        keys = [*keys, "input"]
+    return _merged(row, paths, keys)
 
 
-def _merged(row: LayerPlan, paths: list[list[_Axis]], names: list[str]) -> list[_Axis]:
-    """The axes where paths merge (a block's branches, a merge layer's inputs)."""
-    fields = [[p[i].field for p in paths] for i in range(len(AXES))]
+def _merged(row: LayerPlan, paths: list[Axes], keys: Sequence[int | str]) -> Axes:
+    """The axes where paths merge (a block's branches by key, a merge layer's inputs by
+    name)."""
+    fields = [[p[0] for p in paths], [p[1] for p in paths]]
     if len(paths) > 1:
-        row.field_explain = Lines(partial(_merge_lines, names, fields))
-    return [_Axis(_largest(f), paths[0][i].dim) for i, f in enumerate(fields)]
+        row.field_explain = Lines(partial(_merge_lines, keys, fields))
+    return (_largest(fields[0]), _largest(fields[1]), paths[0][2], paths[0][3])
 
 
 def _largest(fields: list[AxisField]) -> AxisField:
@@ -203,9 +226,10 @@ def _largest(fields: list[AxisField]) -> AxisField:
     return max(fields, key=lambda f: f.size)
 
 
-def _merge_lines(names: list[str], fields: list[list[AxisField]]) -> list[str]:
+def _merge_lines(keys: Sequence[int | str], fields: list[list[AxisField]]) -> list[str]:
     """The explain lines of a merge (written only when shown: see Lines)."""
-    return _explain_lines([_merge_note(f, names) for f in fields])
+    names = [key if isinstance(key, str) else f"branch {key}" for key in keys]
+    return _explain_lines(*[_merge_note(f, names) for f in fields])
 
 
 def _merge_note(fields: list[AxisField], names: list[str]) -> str | None:
@@ -256,31 +280,45 @@ def field_warning(plan: Plan) -> tuple[tuple, str, str, str] | None:
     ones far beyond it (ConvNeXt-Tiny 1,688 and DenseNet-121 2,071 of 224)."""
     if plan.input_dims is None or len(plan.input_dims) != 4:
         return None
-    if any(row.inputs or row.like for row in plan.layers) and not all(
-            isinstance(f, Field) for row in plan.output_rows() for f in row.receptive_field or ()):
-        return None  # a graph whose output is resized: "the last conv" says nothing of it
-    convs = [row for row in plan.walk() if row.family == "conv" and row.receptive_field]
     # the last conv; one whose field is global already (after a squeeze-and-excitation gate)
     # or unknown (after upsampling) has nothing to warn about
-    last = convs[-1] if convs else None
+    last = _last_conv(plan.layers)
     if last is None or not all(isinstance(f, Field) for f in last.receptive_field):
         return None
     h, w = plan.input_dims[2:]
     rf = tuple(f.size for f in last.receptive_field)
-    shown = f"{rf[0]}×{rf[1]}"
     final = plan.layers[-1].receptive_field or ()
     joined = any(isinstance(f, NoField) and f.learned for f in final)
-    if (rf[0] * 4 < h or rf[1] * 4 < w) and not joined:
+    small = (rf[0] * 4 < h or rf[1] * 4 < w) and not joined
+    if not small and not (rf[0] > 16 * h or rf[1] > 16 * w):
+        return None
+    if not all(isinstance(f, Field) for row in plan.output_rows()
+               for f in row.receptive_field or ()) and any(
+            row.inputs or row.like for row in plan.layers):
+        return None  # a graph whose output is resized: "the last conv" says nothing of it
+    shown = f"{rf[0]}×{rf[1]}"
+    if small:
         return (last.path, "SC306",
                 (f"the last conv's units see {shown} pixels of the {h}×{w} input, less than a "
                  "quarter of it, and no learnt layer joins the positions after it"),
                 ("add layers, larger kernels, dilation or strides so they see more of the "
                  "image, or use a smaller input"))
-    if rf[0] > 16 * h or rf[1] > 16 * w:
-        return (last.path, "SC306",
-                (f"the last conv's units see {shown} pixels, more than 16 times the {h}×{w} "
-                 "input: almost all of each field is padding"),
-                "use fewer layers or strides, or a larger input")
+    return (last.path, "SC306",
+            (f"the last conv's units see {shown} pixels, more than 16 times the {h}×{w} "
+             "input: almost all of each field is padding"),
+            "use fewer layers or strides, or a larger input")
+
+
+def _last_conv(rows: list[LayerPlan]) -> LayerPlan | None:
+    """The last conv with a field in walk order (blocks before their contents), looked for
+    from the end: it is usually near it."""
+    for row in reversed(rows):
+        for branch in reversed(row.branches or ()):
+            found = _last_conv(branch)
+            if found is not None:
+                return found
+        if row.receptive_field and row.family == "conv":
+            return row
     return None
 
 

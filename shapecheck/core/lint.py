@@ -5,8 +5,9 @@ layer's own shape rule.)"""
 
 from __future__ import annotations
 
-from itertools import pairwise
 from typing import TYPE_CHECKING
+
+from .layers.base import LayerSpec
 
 if TYPE_CHECKING:
     from .plan import LayerPlan, Plan
@@ -31,14 +32,34 @@ def lint(plan: Plan, has_train: bool) -> list[Warning]:
     return found
 
 
+# Per layer kind, read once: whether it may add a per-channel bias (its bias_before_norm is
+# its own), and whether it cancels one (cancels_channel_bias).
+_KINDS: dict[type, tuple[bool, bool]] = {}
+
+
+def _kind(kind: type) -> tuple[bool, bool]:
+    facts = _KINDS[kind] = (kind.bias_before_norm is not LayerSpec.bias_before_norm,
+                            kind.cancels_channel_bias)
+    return facts
+
+
 def _conv_bias_before_batchnorm(layers: list[LayerPlan], found: list[Warning]) -> None:
-    for layer, after in pairwise(layers):
-        if layer.spec.bias_before_norm() and after.spec.cancels_channel_bias:
+    """SC303 for each layer whose bias the next one cancels: those of this list, then those
+    inside its blocks, in order."""
+    biased = None  # the layer before, where it adds a bias that a norm would cancel
+    blocks = []
+    for layer in layers:
+        spec = layer.spec
+        adds, cancels = _KINDS.get(type(spec)) or _kind(type(spec))
+        if cancels and biased is not None:
             found.append((
-                layer.path, "SC303",
-                f"the bias of {layer.name} is cancelled by {after.name}, which subtracts the mean",
+                biased.path, "SC303",
+                f"the bias of {biased.name} is cancelled by {layer.name}, which subtracts the mean",
                 "set bias: false on the conv",
             ))
-    for layer in layers:
-        for branch in layer.branches or []:
+        biased = layer if adds and spec.bias_before_norm() else None
+        if layer.branches:
+            blocks.append(layer)
+    for layer in blocks:
+        for branch in layer.branches:
             _conv_bias_before_batchnorm(branch, found)

@@ -203,13 +203,15 @@ class _Planner:
             sized=bool(self.spec.sized & SIZE_NAMES),
         )
         receptive_fields(result)
-        rows_by_path = {row.path: row for row in result.walk()}
         found = lint(result, has_train=train is not None)
         if self.graph and result.valid:
             found += [(row.path, *w) for row, *w in
                       graph.unused(result.layers, [i for _, i in result.outputs])]
         if result.valid and (w := field_warning(result)):
             found.append(w)
+        # the rows by path place the diagnostics: most plans have none
+        rows_by_path = ({row.path: row for row in result.walk()}
+                        if found or result.diagnostics else {})
         result.diagnostics += [
             self._diagnostic("warning", rows_by_path[path], code, msg, hint)
             for path, code, msg, hint in found

@@ -43,7 +43,6 @@ from .window import (
     pad_text,
     same_padding,
     settings,
-    spatial,
     transposed_out,
     unused_rows,
     unused_warning,
@@ -147,11 +146,13 @@ def _make_Conv2d():
             return (ph, ph), (pw, pw)
 
         def axis_map(self, x: Dims, dim: int):
-            i = spatial(x, dim) if len(x) == 4 else None
+            i = dim - 2 if len(x) == 4 and 2 <= dim <= 3 else None  # H or W of N×C×H×W
             if i is None:
                 return (Consumed("conv2d has weights per channel") if dim == 1 else SAME), dim
-            key = (self.kernel_size, self.stride, self.padding, self.dilation,
-                   self.padding_mode, i)
+            # the settings read at once from the fields: each attribute of a model is read
+            # through pydantic's __getattr__ hook, and this runs twice for every conv
+            d = self.__dict__
+            key = (d["kernel_size"], d["stride"], d["padding"], d["dilation"], d["padding_mode"], i)
             window = _WINDOWS.get(key)
             if window is None:
                 before, after = self.pads()[i]
@@ -306,7 +307,7 @@ def _make_ConvTranspose2d():
 
 
         def axis_map(self, x: Dims, dim: int):
-            i = spatial(x, dim) if len(x) == 4 else None
+            i = dim - 2 if len(x) == 4 and 2 <= dim <= 3 else None  # H or W of N×C×H×W
             if i is None:
                 return (Consumed("convtranspose2d has weights per channel") if dim == 1 else SAME), dim
             return Transposed(pair(self.kernel_size)[i], pair(self.stride)[i], pair(self.padding)[i],

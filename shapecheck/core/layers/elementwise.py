@@ -21,7 +21,7 @@ from .base import (
     on_first_use,
 )
 from .reshape import wrap_dim
-from .window import SAME, Whole, channel_map
+from .window import SAME, Whole, channel_map, keeps_axes
 
 
 @on_first_use
@@ -32,8 +32,7 @@ def _make__Elementwise():
         def infer(self, x: Dims, ctx: Context) -> Inferred:
             return Inferred(out=x)
 
-        def axis_map(self, x: Dims, dim: int):
-            return SAME, dim  # value by value
+        axis_map = keeps_axes  # value by value
 
     return _Elementwise
 

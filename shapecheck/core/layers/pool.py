@@ -38,6 +38,9 @@ from .window import (
     unused_warning,
 )
 
+# Each pool setting's Window per axis (0 for H, 1 for W), made once.
+_WINDOWS: dict[tuple, Window] = {}
+
 
 @on_first_use
 def _make__WindowPool():
@@ -67,10 +70,20 @@ def _make__WindowPool():
             i = spatial(x, dim)
             if i is None:
                 return SAME, dim
-            stride = self.stride if self.stride is not None else self.kernel_size
-            p = pair(self.padding)[i]
-            return Window(pair(self.kernel_size)[i], pair(stride)[i], p, p, self._dilation()[i],
-                          ceil=self.ceil_mode), dim
+            d = self.__dict__  # the settings at once (as conv2d's axis_map reads them)
+            key = (d["kernel_size"], d["stride"], d["padding"], d["ceil_mode"], self._dilation(), i)
+            window = _WINDOWS.get(key)
+            if window is None:
+                if len(_WINDOWS) > 1024:  # a long-lived process (the language server)
+                    _WINDOWS.clear()
+                stride = self.stride if self.stride is not None else self.kernel_size
+                p = pair(self.padding)[i]
+                window = Window(pair(self.kernel_size)[i], pair(stride)[i], p, p,
+                                self._dilation()[i], ceil=self.ceil_mode)
+                other = _WINDOWS.get((*key[:-1], 1 - i))
+                # a square pool's two axes share one window: the field is worked out once
+                window = _WINDOWS[key] = other if other == window else window
+            return window, dim
 
         def infer(self, x: Dims, ctx: Context) -> Inferred:
             need_rank(x, (3, 4), self.type)

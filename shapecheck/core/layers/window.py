@@ -145,6 +145,11 @@ class Window(Record):
 SAME = Window()  # the axis passes through unchanged (elementwise layers, channel ops)
 
 
+def keeps_axes(self, x, dim: int) -> "tuple[AxisMap, int]":
+    """The axis_map of a layer that works value by value: every axis stays as it is. The
+    receptive field knows it, and skips such layers without asking."""
+    return SAME, dim
+
 
 class Scale(Record):
     """Upsampling by a factor: out = floor(n · factor) (upsample, pixelshuffle)."""
