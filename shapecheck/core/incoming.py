@@ -83,36 +83,20 @@ class Incoming:
         if self.shape is None:
             return
         key = None if top else _key(entry, self.shape)  # (what a top entry reads may differ)
-        if key is not None:
-            known = self._planned.get(key)
-            if known is not None:
-                self.shape = known
-                return
-        try:
-            self.shape = plan_entry(entry, *self.shape, self._named() if top else None)
-        except (ShapeError, ValueError) as e:
-            self._lose(e, "layer", src, chain)
-            return
-        if key is not None:
-            self._planned[key] = self.shape
+        named = self._named() if top else None
+        self.shape = self._worked_out(self._planned, key,
+                                      lambda: plan_entry(entry, *self.shape, named),
+                                      "layer", src, chain)
 
     def branches(self, block: Any, item: dict, src: tuple, chain: tuple) -> dict:
         """The shape each branch of a block entry gets, by its place in the entry."""
         if self.shape is None:
             return {}
         key = _key(item, self.shape, block)
-        if key is not None:
-            known = self._branched.get(key)
-            if known is not None:
-                return known
-        try:
-            inputs = branch_entries(block, item, *self.shape)
-        except (ShapeError, ValueError) as e:
-            self._lose(e, "block", src, chain)
-            return {}
-        if key is not None:
-            self._branched[key] = inputs
-        return inputs
+        inputs = self._worked_out(self._branched, key,
+                                  lambda: branch_entries(block, item, *self.shape),
+                                  "block", src, chain)
+        return {} if inputs is None else inputs
 
     def after_block(self, block: Any, item: dict, outs: dict, src: tuple, chain: tuple) -> None:
         """The shape after a block entry, from its branches' (by their place); ``shape`` is
@@ -124,18 +108,27 @@ class Incoming:
             return
         given = {place: out[0] for place, out in outs.items()}
         key = _key(item, self.shape, block, tuple(given.items()))
+        self.shape = self._worked_out(self._planned, key,
+                                      lambda: merge_entry(block, item, *self.shape, given),
+                                      "block", src, chain)
+
+    def _worked_out(self, table: dict, key: tuple | None, work, what: str, src: tuple,
+                    chain: tuple):
+        """``work()``, kept in ``table`` by ``key`` (None: not kept), as every instance of a
+        template plans the same entries from the same shapes; None where it fails (_lose).
+        Failures are not kept."""
         if key is not None:
-            known = self._planned.get(key)
+            known = table.get(key)
             if known is not None:
-                self.shape = known
-                return
+                return known
         try:
-            self.shape = merge_entry(block, item, *self.shape, given)
+            found = work()
         except (ShapeError, ValueError) as e:
-            self._lose(e, "block", src, chain)
-            return
+            self._lose(e, what, src, chain)
+            return None
         if key is not None:
-            self._planned[key] = self.shape
+            table[key] = found
+        return found
 
     def reads_from(self, value: Any, src: tuple) -> None:
         """The shape a top-level entry with ``from: value`` gets: the tensor it names first,
